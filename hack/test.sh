@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The test command (README): every unit and integration test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --locked --all-targets -- --test-threads=4

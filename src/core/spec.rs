@@ -1,0 +1,115 @@
+//! The deployment spec: what a user asks for, independent of how it is stored or sent.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Default container port (TensorFlow Serving's REST port).
+pub const DEFAULT_PORT: u32 = 8501;
+/// Default namespace for deployments.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// One environment variable of the model container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+/// CPU and memory requests and limits as Kubernetes quantities; `None` means unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+/// The model-proxy sidecar settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySpec {
+    pub enabled: bool,
+    pub class_names: Vec<String>,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            class_names: Vec::new(),
+        }
+    }
+}
+
+/// The desired state of one deployment, minus its identity (name, namespace, IDs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSpec {
+    pub model_name: String,
+    pub image: String,
+    pub replicas: u32,
+    pub port: u32,
+    /// Ingress host; `None` means no Ingress.
+    pub host: Option<String>,
+    pub ingress_class: Option<String>,
+    pub env: Vec<EnvVar>,
+    pub resources: Resources,
+    pub proxy: ProxySpec,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DeploymentSpec {
+    /// A minimal valid spec for tests and examples: `DeploymentSpec::test("iris")`.
+    pub fn test(model: &str) -> Self {
+        Self {
+            model_name: model.to_string(),
+            image: "tensorflow/serving:2.15.0".to_string(),
+            replicas: 1,
+            port: DEFAULT_PORT,
+            host: None,
+            ingress_class: None,
+            env: Vec::new(),
+            resources: Resources::default(),
+            proxy: ProxySpec::default(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the image (test builder).
+    pub fn image(mut self, image: &str) -> Self {
+        self.image = image.to_string();
+        self
+    }
+
+    /// Sets the replica count (test builder).
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the ingress host (test builder).
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_string());
+        self
+    }
+
+    /// Turns the model-proxy sidecar on or off (test builder).
+    pub fn proxy(mut self, enabled: bool) -> Self {
+        self.proxy.enabled = enabled;
+        self
+    }
+}
+
+/// A desired deployment as the agent receives it: identity, owner and spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployedObject {
+    /// Gateway-assigned deployment ID.
+    pub id: String,
+    /// Owning deployer ID (the agent's owner label value).
+    pub deployer_id: String,
+    /// Object name in the cluster.
+    pub name: String,
+    /// Target namespace.
+    pub namespace: String,
+    /// Deployer revision of the last change to this deployment.
+    pub revision: u64,
+    pub spec: DeploymentSpec,
+}

@@ -1,0 +1,94 @@
+//! ds-deployer: deploy model servers into many Kubernetes clusters from one place.
+//!
+//! # Layout
+//! - [`core`]: domain types and validation (depends on neither kube nor tonic).
+//! - [`proto`]: the generated gRPC types and services (`proto/deployer/v1`).
+//! - [`gateway`]: the control plane (`ds gateway`): store, auth, gRPC services.
+//! - [`agent`]: the in-cluster agent (`ds agent`): sync with the gateway, reconcile.
+//! - [`cli`]: the kubectl-like commands (`ds deployer …`, `ds deployment …`).
+//! - [`proxy`]: the model-proxy sidecar (`ds model-proxy`).
+//! - [`kube_sim`]: a simulated Kubernetes API server (`ds sim-cluster`) for tests.
+//! - [`telemetry`]: logging set-up and shutdown signals shared by the commands.
+
+pub mod agent;
+pub mod cli;
+pub mod core;
+pub mod gateway;
+pub mod kube_sim;
+pub mod proto;
+pub mod proxy;
+pub mod telemetry;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// The `ds` command line.
+#[derive(Debug, Parser)]
+#[command(name = "ds", version, about = "Deploy model servers into many Kubernetes clusters")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The `ds` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane.
+    Gateway(gateway::GatewayArgs),
+    /// Run the in-cluster agent.
+    Agent(agent::AgentArgs),
+    /// Run the model-proxy sidecar.
+    ModelProxy(proxy::ProxyArgs),
+    /// Run a simulated Kubernetes API server (for tests and `ds dev`).
+    SimCluster(kube_sim::SimArgs),
+    /// Manage deployers (one per cluster or group of clusters).
+    Deployer(cli::DeployerArgs),
+    /// Manage deployments.
+    Deployment(cli::DeploymentArgs),
+    /// Save the gateway address and API key to the CLI config file.
+    Login(cli::LoginArgs),
+}
+
+/// Runs a parsed command line and turns any error into one line on stderr.
+pub fn main_with(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gateway(args) => {
+            telemetry::init_logging();
+            gateway::run(args, telemetry::shutdown_signal()).await?
+        }
+        Command::Agent(args) => {
+            telemetry::init_logging();
+            agent::run(args, telemetry::shutdown_signal()).await?
+        }
+        Command::ModelProxy(args) => {
+            telemetry::init_logging();
+            proxy::run(args, telemetry::shutdown_signal()).await?
+        }
+        Command::SimCluster(args) => {
+            telemetry::init_logging();
+            kube_sim::run(args, telemetry::shutdown_signal()).await?
+        }
+        Command::Deployer(args) => cli::deployer(args).await?,
+        Command::Deployment(args) => cli::deployment(args).await?,
+        Command::Login(args) => cli::login(args).await?,
+    }
+    Ok(())
+}
