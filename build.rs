@@ -2,10 +2,14 @@
 //! the Rust toolchain can build.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure()
-        .protoc_path(protoc)
-        .compile_protos(&["proto/deployer/v1/deployer.proto"], &["proto"])?;
+    let mut config = prost_build::Config::new();
+    // The vendored binary: no system protoc needed, and no `set_var` (unsafe in 2024).
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["proto/deployer/v1/deployer.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }
