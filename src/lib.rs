@@ -38,6 +38,8 @@ pub struct Cli {
 
 /// The `ds` subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest Args does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane.
     Gateway(gateway::GatewayArgs),
