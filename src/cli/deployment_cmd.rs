@@ -149,10 +149,12 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
             })
             .collect(),
         resources: core::Resources {
+            // One value sets both, as `update --cpu` does on the gateway; a separate
+            // limit is the exception.
             cpu_request: args.cpu.clone(),
-            cpu_limit: args.cpu_limit.clone(),
+            cpu_limit: args.cpu_limit.clone().or_else(|| args.cpu.clone()),
             memory_request: args.memory.clone(),
-            memory_limit: args.memory_limit.clone(),
+            memory_limit: args.memory_limit.clone().or_else(|| args.memory.clone()),
         },
         proxy: core::ProxySpec {
             enabled: !args.no_proxy,

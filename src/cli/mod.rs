@@ -226,16 +226,16 @@ pub struct CreateArgs {
     /// Environment variable `NAME=VALUE` (repeatable).
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::parse_env)]
     pub env: Vec<(String, String)>,
-    /// CPU request, e.g. `500m`.
+    /// CPU request and limit, e.g. `500m` (see --cpu-limit for a different limit).
     #[arg(long)]
     pub cpu: Option<String>,
-    /// CPU limit, e.g. `2`.
+    /// CPU limit when it differs from --cpu, e.g. `2`.
     #[arg(long)]
     pub cpu_limit: Option<String>,
-    /// Memory request, e.g. `512Mi`.
+    /// Memory request and limit, e.g. `512Mi` (see --memory-limit).
     #[arg(long)]
     pub memory: Option<String>,
-    /// Memory limit, e.g. `1Gi`.
+    /// Memory limit when it differs from --memory, e.g. `1Gi`.
     #[arg(long)]
     pub memory_limit: Option<String>,
     /// Run without the model-proxy sidecar.
@@ -274,10 +274,10 @@ pub struct UpdateArgs {
     /// Remove environment variable NAME (repeatable).
     #[arg(long = "unset-env", value_name = "NAME")]
     pub unset_env: Vec<String>,
-    /// New CPU request.
+    /// New CPU request and limit.
     #[arg(long)]
     pub cpu: Option<String>,
-    /// New memory request.
+    /// New memory request and limit.
     #[arg(long)]
     pub memory: Option<String>,
     /// Turn the model-proxy sidecar on.
