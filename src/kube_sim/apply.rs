@@ -1,0 +1,1 @@
+//! Server-side apply with managedFields (placeholder while patch.rs lands).
