@@ -97,7 +97,7 @@ impl PathElement {
 }
 
 /// A path as the real server prints it in conflicts: `.spec.containers[name="web"].image`.
-fn display_path(path: &Path) -> String {
+fn display_path(path: &[PathElement]) -> String {
     let mut out = String::new();
     for pe in path {
         match pe {
@@ -186,74 +186,84 @@ fn parent_names(names: &[String]) -> Vec<&str> {
 
 /// The field set of an object (or an applied configuration), server-owned fields excluded.
 fn fields_of(obj: &Value) -> FieldSet {
-    let mut out = FieldSet::new();
+    collect(obj).set
+}
+
+/// Walks an object into its field set, noting associative-list items with duplicate keys.
+#[derive(Default)]
+struct Collector {
+    path: Path,
+    names: Vec<String>,
+    set: FieldSet,
+    /// Real-server style messages: `.spec.containers: duplicate entries for key [name="a"]`.
+    duplicates: Vec<String>,
+}
+
+fn collect(obj: &Value) -> Collector {
+    let mut c = Collector::default();
     if let Value::Object(m) = obj {
-        collect_map(m, &mut Vec::new(), &mut Vec::new(), &mut out);
+        c.map(m);
     }
-    out
+    c
 }
 
-fn collect_map(
-    map: &Map<String, Value>,
-    path: &mut Path,
-    names: &mut Vec<String>,
-    out: &mut FieldSet,
-) {
-    for (k, v) in map {
-        if is_server_owned(names, k) {
-            continue;
+impl Collector {
+    fn map(&mut self, map: &Map<String, Value>) {
+        for (k, v) in map {
+            if is_server_owned(&self.names, k) {
+                continue;
+            }
+            self.path.push(PathElement::Field(k.clone()));
+            self.field(k, v);
+            self.path.pop();
         }
-        path.push(PathElement::Field(k.clone()));
-        collect_field(k, v, path, names, out);
-        path.pop();
     }
-}
 
-fn collect_field(
-    field: &str,
-    value: &Value,
-    path: &mut Path,
-    names: &mut Vec<String>,
-    out: &mut FieldSet,
-) {
-    match value {
-        Value::Object(m) if !m.is_empty() && !is_atomic_map(field) => {
-            names.push(field.to_owned());
-            collect_map(m, path, names, out);
-            names.pop();
-        }
-        Value::Array(items) if !items.is_empty() => {
-            match list_type(&parent_names(names), field) {
-                ListType::Atomic => {
-                    out.insert(path.clone());
-                }
-                ListType::Set => {
-                    for item in items {
-                        path.push(PathElement::Value(item.to_string()));
-                        out.insert(path.clone());
-                        path.pop();
+    fn leaf(&mut self) {
+        self.set.insert(self.path.clone());
+    }
+
+    fn field(&mut self, field: &str, value: &Value) {
+        match value {
+            Value::Object(m) if !m.is_empty() && !is_atomic_map(field) => {
+                self.names.push(field.to_owned());
+                self.map(m);
+                self.names.pop();
+            }
+            Value::Array(items) if !items.is_empty() => {
+                match list_type(&parent_names(&self.names), field) {
+                    ListType::Atomic => self.leaf(),
+                    ListType::Set => {
+                        for item in items {
+                            self.path.push(PathElement::Value(item.to_string()));
+                            self.leaf();
+                            self.path.pop();
+                        }
                     }
-                }
-                ListType::Map(keys) => {
-                    if items.iter().any(|i| !i.is_object()) {
-                        // Not the shape the schema expects: own it whole.
-                        out.insert(path.clone());
-                        return;
+                    // Not the shape the schema expects: owned whole.
+                    ListType::Map(_) if items.iter().any(|i| !i.is_object()) => self.leaf(),
+                    ListType::Map(keys) => {
+                        self.names.push(field.to_owned());
+                        for item in items.iter().filter_map(Value::as_object) {
+                            self.path.push(PathElement::Key(item_key(item, keys)));
+                            if !self.set.insert(self.path.clone())
+                                && let Some((key, list)) = self.path.split_last()
+                            {
+                                self.duplicates.push(format!(
+                                    "{}: duplicate entries for key {}",
+                                    display_path(list),
+                                    display_path(std::slice::from_ref(key)),
+                                ));
+                            }
+                            self.map(item);
+                            self.path.pop();
+                        }
+                        self.names.pop();
                     }
-                    names.push(field.to_owned());
-                    for item in items.iter().filter_map(Value::as_object) {
-                        path.push(PathElement::Key(item_key(item, keys)));
-                        out.insert(path.clone());
-                        collect_map(item, path, names, out);
-                        path.pop();
-                    }
-                    names.pop();
                 }
             }
-        }
-        // Scalars, nulls, empty maps and lists, atomic maps: owned as a leaf.
-        _ => {
-            out.insert(path.clone());
+            // Scalars, nulls, empty maps and lists, atomic maps: owned as a leaf.
+            _ => self.leaf(),
         }
     }
 }
@@ -689,7 +699,14 @@ pub fn apply(
         });
     }
 
-    let applied_set = fields_of(applied);
+    let Collector {
+        set: applied_set,
+        duplicates,
+        ..
+    } = collect(applied);
+    if !duplicates.is_empty() {
+        return Err(ApplyError::InvalidConfig(duplicates.join("; ")));
+    }
     let mut merged = match live {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
@@ -1408,6 +1425,19 @@ mod tests {
             ),
             Err(ApplyError::InvalidManagedFields(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_in_an_applied_list_are_rejected() {
+        let mut cfg = agent_config("nginx:1.25");
+        cfg["spec"]["template"]["spec"]["containers"][0]["env"] =
+            json!([{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]);
+        let err = apply(None, &cfg, "m", false, T0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid apply configuration: .spec.template.spec.containers[name=\"web\"].env: \
+             duplicate entries for key [name=\"A\"]"
+        );
     }
 
     #[test]

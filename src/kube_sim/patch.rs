@@ -69,6 +69,8 @@ pub(crate) fn list_type(parent: &[&str], field: &str) -> ListType {
         "conditions" => ListType::Map(&["type"]),
         "ownerReferences" if parent == ["metadata"] => ListType::Map(&["uid"]),
         "finalizers" if parent == ["metadata"] => ListType::Set,
+        // ServiceAccount.secrets (its imagePullSecrets are atomic, unlike a pod's).
+        "secrets" if parent.is_empty() => ListType::Map(&["name"]),
         _ => ListType::Atomic,
     }
 }
