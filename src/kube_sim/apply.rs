@@ -33,6 +33,15 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// The HTTP status the real API server answers with (409 for conflicts).
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Self::Conflict { .. } => 409,
+            Self::InvalidConfig(_) => 400,
+            Self::InvalidManagedFields(_) => 500,
+        }
+    }
+
     /// The `(message, field)` pairs of a Status' `details.causes` (type
     /// `FieldManagerConflict`), one per conflicting field.
     pub fn causes(&self) -> Vec<(String, String)> {
@@ -1084,6 +1093,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        assert_eq!(err.status_code(), 409);
         assert_eq!(
             err.causes(),
             vec![(

@@ -30,6 +30,17 @@ pub enum PatchError {
     MissingMergeKey { item: String, key: String },
 }
 
+impl PatchError {
+    /// The HTTP status the real API server answers with: 400 for a body that is not a patch
+    /// of the right shape, 422 for a well-formed patch that cannot be applied.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            Self::InvalidPatch(_) | Self::Directive { .. } => 400,
+            Self::JsonPatchOperation { .. } | Self::MissingMergeKey { .. } => 422,
+        }
+    }
+}
+
 /// How a list field is patched and owned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ListType {
@@ -282,6 +293,12 @@ fn merge_map(
             }
             // Absent or of another type: the patch list, cleaned of directives.
             (_, Value::Array(p)) => Value::Array(merge_list(Vec::new(), p, None, key, path)?),
+            // Deleting a map that is not there: nothing to store.
+            (None, Value::Object(p))
+                if p.get(DIRECTIVE).and_then(Value::as_str) == Some("delete") =>
+            {
+                continue;
+            }
             (current, Value::Object(p)) => {
                 let base = match current {
                     Some(Value::Object(o)) => o,
@@ -645,6 +662,7 @@ mod tests {
         let mut d = json!({});
         let err = json_patch(&mut d, &json!({"op":"add"})).unwrap_err();
         assert!(matches!(err, PatchError::InvalidPatch(_)));
+        assert_eq!(err.status_code(), 400);
         let err = json_patch(&mut d, &json!([{"op":"frobnicate","path":"/a"}])).unwrap_err();
         assert!(matches!(err, PatchError::InvalidPatch(_)));
     }
@@ -858,6 +876,8 @@ mod tests {
 
         strategic_merge_patch(&mut d, &json!({"metadata":{"labels":{"$patch":"delete"}}})).unwrap();
         assert_eq!(d["metadata"]["labels"], json!({}));
+        strategic_merge_patch(&mut d, &json!({"spec":{"absent":{"$patch":"delete"}}})).unwrap();
+        assert!(d["spec"].get("absent").is_none());
         assert!(!has_directive(&d));
     }
 
