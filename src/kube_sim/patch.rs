@@ -222,8 +222,9 @@ fn merge_map(
             return Err(directive_error(path, "$retainKeys must be a list"));
         };
         let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
-        for k in patch.keys() {
-            if !k.starts_with('$') && !keys.contains(&k.as_str()) {
+        for (k, v) in patch {
+            // Nulls delete anyway and directives are not fields: neither needs retaining.
+            if !v.is_null() && !k.starts_with('$') && !keys.contains(&k.as_str()) {
                 return Err(directive_error(
                     path,
                     format!("field {k} is in the patch but not in $retainKeys"),
@@ -958,6 +959,95 @@ mod tests {
         assert!(err.to_string().contains(".spec"), "{err}");
         assert!(strategic_merge_patch(&mut d, &json!([1])).is_err());
         assert_eq!(d, before);
+    }
+
+    fn names(list: &Value) -> Vec<&str> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect()
+    }
+
+    /// Expectations taken from `kubectl patch --local --type strategic`, which runs the same
+    /// apimachinery code as the API server.
+    #[test]
+    fn smp_matches_kubectl_local_patch_results() {
+        let order = |order: Value, patch: Value| {
+            let mut d = deployment();
+            let mut p =
+                json!({"spec":{"template":{"spec":{"$setElementOrder/containers": order}}}});
+            if !patch.is_null() {
+                p["spec"]["template"]["spec"]["containers"] = patch;
+            }
+            strategic_merge_patch(&mut d, &p).unwrap();
+            d["spec"]["template"]["spec"]["containers"].clone()
+        };
+        let new = json!([{"name":"new","image":"n"}]);
+        let c = order(
+            json!([{"name":"new"},{"name":"web"},{"name":"sidecar"}]),
+            new.clone(),
+        );
+        assert_eq!(names(&c), ["new", "web", "sidecar"]);
+        let c = order(
+            json!([{"name":"web"},{"name":"new"},{"name":"sidecar"}]),
+            new,
+        );
+        assert_eq!(names(&c), ["web", "new", "sidecar"]);
+        let c = order(json!([{"name":"sidecar"},{"name":"web"}]), Value::Null);
+        assert_eq!(names(&c), ["sidecar", "web"]);
+
+        // Container ports merge by containerPort alone; volumeMounts by mountPath.
+        let mut pod = json!({"spec":{"containers":[{"name":"a","image":"1",
+            "ports":[{"containerPort":80,"protocol":"TCP","name":"h"},{"containerPort":53,"protocol":"UDP"}],
+            "volumeMounts":[{"name":"v","mountPath":"/a"},{"name":"w","mountPath":"/b"}],"args":["x","y"]}],
+            "volumes":[{"name":"v","emptyDir":{}},{"name":"w","configMap":{"name":"cm"}}]}});
+        strategic_merge_patch(
+            &mut pod,
+            &json!({"spec":{
+                "containers":[{"name":"a",
+                    "ports":[{"containerPort":53,"protocol":"TCP"},{"containerPort":8080}],
+                    "volumeMounts":[{"mountPath":"/b","readOnly":true}],"args":["z"]}],
+                "volumes":[{"name":"w","$retainKeys":["name","secret"],"secret":{"secretName":"s"}}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            pod["spec"]["containers"][0],
+            json!({"args":["z"],"image":"1","name":"a",
+                "ports":[{"containerPort":80,"name":"h","protocol":"TCP"},{"containerPort":53,"protocol":"TCP"},{"containerPort":8080}],
+                "volumeMounts":[{"mountPath":"/a","name":"v"},{"mountPath":"/b","name":"w","readOnly":true}]})
+        );
+        assert_eq!(
+            pod["spec"]["volumes"],
+            json!([{"emptyDir":{},"name":"v"},{"name":"w","secret":{"secretName":"s"}}])
+        );
+
+        let mut d =
+            json!({"spec":{"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1}}}});
+        strategic_merge_patch(
+            &mut d,
+            &json!({"spec":{"strategy":{"$retainKeys":["rollingUpdate","type"],"rollingUpdate":{"maxUnavailable":0}}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            d["spec"]["strategy"],
+            json!({"rollingUpdate":{"maxSurge":1,"maxUnavailable":0},"type":"RollingUpdate"})
+        );
+        // A null next to $retainKeys needs no retaining (kubectl sends this on a strategy change).
+        strategic_merge_patch(
+            &mut d,
+            &json!({"spec":{"strategy":{"$retainKeys":["type"],"type":"Recreate","rollingUpdate":null}}}),
+        )
+        .unwrap();
+        assert_eq!(d["spec"]["strategy"], json!({"type":"Recreate"}));
+
+        let mut svc = json!({"metadata":{"finalizers":["a/x","b/y"]}});
+        strategic_merge_patch(
+            &mut svc,
+            &json!({"metadata":{"$setElementOrder/finalizers":["b/y","n/n","a/x"],"finalizers":["n/n"]}}),
+        )
+        .unwrap();
+        assert_eq!(svc["metadata"]["finalizers"], json!(["b/y", "n/n", "a/x"]));
     }
 
     #[test]
