@@ -81,7 +81,7 @@ impl Admin {
     async fn probe(&self) -> Result<(), String> {
         let uri = self
             .upstream
-            .uri_for(&self.ready_path)
+            .uri_for_str(&self.ready_path)
             .ok_or_else(|| format!("invalid readiness path {:?}", self.ready_path))?;
         let request = Request::get(uri)
             .body(Empty::new())

@@ -60,14 +60,14 @@ impl Upstream {
     }
 
     /// The upstream URL for a request path (and query).
-    pub(crate) fn uri_for(&self, path_and_query: &str) -> Option<Uri> {
+    pub(crate) fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
         // Only origin-form targets make sense here; `*` and authority-form (CONNECT) do not.
-        if !path_and_query.starts_with('/') {
+        if !path_and_query.as_str().starts_with('/') {
             return None;
         }
         let pq = if self.base_path.is_empty() {
-            PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(path_and_query.as_bytes()))
-                .ok()?
+            // A cheap clone: the parsed request target shares its buffer.
+            path_and_query.clone()
         } else {
             format!("{}{}", self.base_path, path_and_query)
                 .parse()
@@ -79,6 +79,11 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .ok()
+    }
+
+    /// [`Self::uri_for`] for a path given as text (the readiness path).
+    pub(crate) fn uri_for_str(&self, path: &str) -> Option<Uri> {
+        self.uri_for(&path.parse().ok()?)
     }
 }
 
@@ -292,7 +297,7 @@ fn local_response(
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     shared.metrics.request_started();
@@ -304,15 +309,13 @@ pub(crate) async fn handle(
             id
         }
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("", PathAndQuery::as_str)
-        .to_owned();
+    let path_and_query = req.uri().path_and_query().cloned();
     let log = shared.query_log.as_ref().map(|_| {
         Box::new(LogContext {
             time: SystemTime::now(),
-            path: path_and_query.clone(),
+            path: path_and_query
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
             request: Arc::new(Mutex::new(Capture::new(shared.log_body_limit))),
         })
     });
@@ -331,7 +334,10 @@ pub(crate) async fn handle(
         log,
     };
 
-    let Some(uri) = shared.upstream.uri_for(&path_and_query) else {
+    let Some(uri) = path_and_query
+        .as_ref()
+        .and_then(|pq| shared.upstream.uri_for(pq))
+    else {
         return Ok(local_response(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -432,15 +438,35 @@ pub(crate) async fn handle(
     Ok(response.map(|body| ResponseBody::upstream(body, capture, exchange)))
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+/// The client end of a connection, with its `X-Forwarded-For` value made once per
+/// connection rather than once per request.
+pub(crate) struct Peer {
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip }
     }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.ip.len());
+            joined.extend_from_slice(prior);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.ip.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(value) => value,
+                Err(_) => return,
+            }
+        }
+        None => peer.ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), value);
 }
 
 /// Displays an error with its sources, which is where hyper puts the useful part.
@@ -466,18 +492,18 @@ mod tests {
     fn upstream_paths_join_the_base_path() {
         let up = Upstream::parse("http://127.0.0.1:8501").unwrap();
         assert_eq!(
-            up.uri_for("/v1/models/iris:predict?x=1")
+            up.uri_for_str("/v1/models/iris:predict?x=1")
                 .unwrap()
                 .to_string(),
             "http://127.0.0.1:8501/v1/models/iris:predict?x=1"
         );
         let up = Upstream::parse("http://localhost:9000/base/").unwrap();
         assert_eq!(
-            up.uri_for("/a").unwrap().to_string(),
+            up.uri_for_str("/a").unwrap().to_string(),
             "http://localhost:9000/base/a"
         );
-        assert!(up.uri_for("*").is_none());
-        assert!(up.uri_for("").is_none());
+        assert!(up.uri_for_str("*").is_none());
+        assert!(up.uri_for_str("").is_none());
     }
 
     #[test]

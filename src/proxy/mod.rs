@@ -259,7 +259,11 @@ impl RunningProxy {
         let stop_servers = CancellationToken::new();
         let proxy_server = tokio::spawn(serve(listener, stop_servers.clone(), move |peer| {
             let shared = shared.clone();
-            service_fn(move |req: Request<Incoming>| forward::handle(shared.clone(), req, peer))
+            let peer = Arc::new(forward::Peer::new(peer));
+            service_fn(move |req: Request<Incoming>| {
+                let (shared, peer) = (shared.clone(), peer.clone());
+                async move { forward::handle(shared, req, &peer).await }
+            })
         }));
         let admin_server = tokio::spawn(serve(admin_listener, stop_servers.clone(), move |_| {
             let admin = admin.clone();
