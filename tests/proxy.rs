@@ -935,3 +935,86 @@ async fn many_concurrent_requests_share_the_upstream_pool() {
     .await;
     proxy.shutdown().await;
 }
+
+// === the `ds model-proxy` command ===
+
+/// A loopback port that was free a moment ago (the child process binds it itself).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn ds_model_proxy_reads_ds_env_logs_to_stdout_and_stops_on_sigterm() {
+    use std::process::Stdio;
+    use tokio::io::AsyncBufReadExt;
+
+    let upstream = start_upstream().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds"))
+        .arg("model-proxy")
+        .env("DS_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DS_PROXY_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("DS_PROXY_UPSTREAM", format!("http://{upstream}"))
+        .env("DS_PROXY_CLASS_NAMES", "cat,dog")
+        .env("DS_PROXY_DEPLOYMENT_ID", "dep-env")
+        .env("DS_PROXY_QUERY_LOG", "-")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ds runs");
+
+    // Ready once the admin port answers.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let ready_url = format!("http://127.0.0.1:{admin_port}{READY_PATH}");
+    loop {
+        let probe = http1_client()
+            .request(Request::get(ready_url.as_str()).body(full("")).unwrap())
+            .await;
+        if matches!(probe, Ok(ref r) if r.status() == StatusCode::OK) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "proxy never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let answer = send(
+        &http1_client(),
+        Method::POST,
+        format!("http://127.0.0.1:{port}/echo"),
+        &[],
+        full(r#"{"predictions": [[0.2, 0.8]]}"#),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    // The query-log line arrives on stdout.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, stdout.next_line())
+        .await
+        .expect("a query-log line within the deadline")
+        .unwrap()
+        .expect("a line");
+    let line: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(line["deployment_id"], "dep-env");
+    assert_eq!(line["predictions"], serde_json::json!(["dog"]));
+    assert_eq!(
+        line["request_id"].as_str(),
+        answer.header(REQUEST_ID_HEADER)
+    );
+
+    // SIGTERM: a clean exit.
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits within the deadline")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
