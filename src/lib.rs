@@ -37,6 +37,8 @@ pub struct Cli {
 }
 
 /// The `ds` subcommands.
+// Parsed once per process: boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 // Parsed once per process: the size of the largest Args does not matter.
 #[allow(clippy::large_enum_variant)]
