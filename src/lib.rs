@@ -40,8 +40,6 @@ pub struct Cli {
 // Parsed once per process: boxing the larger argument structs would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-// Parsed once per process: the size of the largest Args does not matter.
-#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane.
     Gateway(gateway::GatewayArgs),
