@@ -6,7 +6,7 @@
 //! while also having owned children. Which lists are associative, sets or atomic comes from the
 //! registry shared with strategic merge ([`super::patch`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use serde_json::{Map, Value};
@@ -649,8 +649,8 @@ fn merge_ordered(
 ) -> Vec<Value> {
     let lhs: Vec<String> = live.iter().map(&key_of).collect();
     let rhs: Vec<String> = applied.iter().map(&key_of).collect();
-    let in_rhs: std::collections::HashSet<&str> = rhs.iter().map(String::as_str).collect();
-    let lhs_index: std::collections::HashMap<&str, usize> = lhs
+    let in_rhs: HashSet<&str> = rhs.iter().map(String::as_str).collect();
+    let lhs_index: HashMap<&str, usize> = lhs
         .iter()
         .enumerate()
         .rev()
@@ -662,7 +662,7 @@ fn merge_ordered(
         .map(String::as_str);
     let mut next_shared = shared.next();
     let mut live: Vec<Option<Value>> = live.into_iter().map(Some).collect();
-    let mut merged_rhs = std::collections::HashSet::new();
+    let mut merged_rhs = HashSet::new();
     let mut out = Vec::with_capacity(live.len().max(applied.len()));
     let (mut li, mut ri) = (0, 0);
     while li < lhs.len() || ri < rhs.len() {
@@ -1626,6 +1626,73 @@ mod tests {
         }
         record_update(Some(&patched), &mut same, "scaler", T2);
         assert_eq!(same, patched);
+    }
+
+    /// What the server does for `kubectl apply` (client-side): POST, then strategic merge
+    /// PATCHes, each recorded as an Update; then the agent takes over with server-side apply.
+    #[test]
+    fn kubectl_client_side_apply_then_strategic_merge_then_server_side_apply() {
+        let mut live = agent_config("nginx:1.25");
+        live["spec"]["replicas"] = json!(2);
+        record_update(None, &mut live, "kubectl-client-side-apply", T0);
+
+        let patch = json!({"spec": {"replicas": 3, "template": {"spec": {
+            "$setElementOrder/containers": [{"name": "web"}],
+            "containers": [{"name": "web", "image": "nginx:1.26"}]}}}});
+        let mut patched = live.clone();
+        crate::kube_sim::patch::strategic_merge_patch(&mut patched, &patch).unwrap();
+        record_update(Some(&live), &mut patched, "kubectl-client-side-apply", T1);
+        assert_eq!(patched["spec"]["replicas"], 3);
+        assert_eq!(*image(&patched), "nginx:1.26");
+        let e = entry(&patched, "kubectl-client-side-apply", "Update").unwrap();
+        assert_eq!(e["time"], T1);
+
+        // `kubectl scale` is a merge patch by another manager: replicas change hands.
+        let mut scaled = patched.clone();
+        crate::kube_sim::patch::json_merge_patch(&mut scaled, &json!({"spec": {"replicas": 5}}));
+        record_update(Some(&patched), &mut scaled, "kubectl", T1);
+        assert!(owns(
+            &scaled,
+            "kubectl",
+            "Update",
+            &["f:spec", "f:replicas"]
+        ));
+        assert!(!owns(
+            &scaled,
+            "kubectl-client-side-apply",
+            "Update",
+            &["f:spec", "f:replicas"]
+        ));
+
+        // The agent applies the same image: shared ownership, no conflict, nothing changes.
+        let applied = apply(
+            Some(&scaled),
+            &agent_config("nginx:1.26"),
+            "ds-agent",
+            false,
+            T2,
+        )
+        .unwrap();
+        assert_eq!(
+            without_managed_fields(&applied),
+            without_managed_fields(&scaled)
+        );
+        // A different image conflicts with the client-side applier.
+        let err = apply(
+            Some(&scaled),
+            &agent_config("nginx:2"),
+            "ds-agent",
+            false,
+            T2,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1 at {T1}: \
+                 .spec.template.spec.containers[name=\"web\"].image"
+            )
+        );
     }
 
     #[test]
