@@ -6,7 +6,7 @@
 //! while also having owned children. Which lists are associative, sets or atomic comes from the
 //! registry shared with strategic merge ([`super::patch`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use serde_json::{Map, Value};
@@ -617,24 +617,93 @@ fn merge_applied_list(
 ) {
     match kind {
         ListType::Map(keys) if applied.iter().all(Value::is_object) => {
-            for item in applied.iter().filter_map(Value::as_object) {
-                let key: Map<String, Value> =
-                    serde_json::from_str(&item_key(item, keys)).unwrap_or_default();
-                match live.iter_mut().find(|l| item_matches(l, &key)) {
-                    Some(Value::Object(existing)) => merge_applied(existing, item, names),
-                    _ => live.push(without_nulls(&Value::Object(item.clone()))),
+            let key_of = |v: &Value| match v {
+                Value::Object(m) => item_key(m, keys),
+                other => format!("!{other}"),
+            };
+            *live = merge_ordered(std::mem::take(live), applied, key_of, |l, a| match (l, a) {
+                (Some(Value::Object(mut existing)), Value::Object(item)) => {
+                    merge_applied(&mut existing, item, names);
+                    Value::Object(existing)
                 }
-            }
+                _ => without_nulls(a),
+            });
         }
         ListType::Set => {
-            for item in applied {
-                if !live.contains(item) {
-                    live.push(item.clone());
-                }
-            }
+            *live = merge_ordered(std::mem::take(live), applied, Value::to_string, |_, a| {
+                a.clone()
+            });
         }
         _ => *live = applied.iter().map(without_nulls).collect(),
     }
+}
+
+/// Merges the items of an applied list into the live list in structured-merge-diff's order:
+/// live-only items keep their place, applied items come in the applied order, and an item in
+/// both is merged where the applied order reaches it.
+fn merge_ordered(
+    live: Vec<Value>,
+    applied: &[Value],
+    key_of: impl Fn(&Value) -> String,
+    mut merge: impl FnMut(Option<Value>, &Value) -> Value,
+) -> Vec<Value> {
+    let lhs: Vec<String> = live.iter().map(&key_of).collect();
+    let rhs: Vec<String> = applied.iter().map(&key_of).collect();
+    let in_rhs: HashSet<&str> = rhs.iter().map(String::as_str).collect();
+    let lhs_index: HashMap<&str, usize> = lhs
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    let mut shared = rhs
+        .iter()
+        .filter(|k| lhs_index.contains_key(k.as_str()))
+        .map(String::as_str);
+    let mut next_shared = shared.next();
+    let mut live: Vec<Option<Value>> = live.into_iter().map(Some).collect();
+    let mut merged_rhs = HashSet::new();
+    let mut out = Vec::with_capacity(live.len().max(applied.len()));
+    let (mut li, mut ri) = (0, 0);
+    while li < lhs.len() || ri < rhs.len() {
+        if li < lhs.len() && ri < rhs.len() {
+            if lhs[li] == rhs[ri] {
+                merged_rhs.insert(rhs[ri].as_str());
+                out.push(merge(live[li].take(), &applied[ri]));
+                li += 1;
+                ri += 1;
+                next_shared = shared.next();
+                continue;
+            }
+            if in_rhs.contains(lhs[li].as_str()) && next_shared.is_some_and(|n| n != lhs[li]) {
+                // Shared, but the applied order reaches it later: it is merged then.
+                li += 1;
+                continue;
+            }
+        }
+        if li < lhs.len() {
+            if !in_rhs.contains(lhs[li].as_str()) {
+                out.extend(live[li].take());
+                li += 1;
+                continue;
+            }
+            if merged_rhs.contains(lhs[li].as_str()) {
+                li += 1;
+                continue;
+            }
+        }
+        if ri < rhs.len() {
+            let key = rhs[ri].as_str();
+            merged_rhs.insert(key);
+            let existing = lhs_index.get(key).and_then(|&i| live[i].take());
+            out.push(merge(existing, &applied[ri]));
+            ri += 1;
+            if next_shared == Some(key) {
+                next_shared = shared.next();
+            }
+        }
+    }
+    out
 }
 
 fn without_nulls(v: &Value) -> Value {
@@ -792,14 +861,22 @@ pub fn apply(
         }
     }
 
-    let unchanged_object =
-        live.is_some_and(|l| without_managed_fields(l) == without_managed_fields(&merged));
+    // Fields the write took out of the object leave every other manager's set.
+    if let Some(l) = live {
+        for e in entries.iter_mut().filter(|e| !e.is(manager, APPLY)) {
+            e.set
+                .retain(|p| get(&merged, p).is_some() || get(l, p).is_none());
+        }
+    }
+
+    // As the real server: the entry's time moves only when the object changed, so applying
+    // unchanged intent (even by a manager taking shared ownership) writes nothing new.
+    let changed_object =
+        live.is_none_or(|l| without_managed_fields(l) != without_managed_fields(&merged));
+    let time = changed_object.then(|| now.to_owned());
     match entries.iter_mut().find(|e| e.is(manager, APPLY)) {
         Some(e) => {
-            let same = e.set == applied_set && e.api_version == api_version;
-            if !(same && unchanged_object) {
-                e.time = Some(now.to_owned());
-            }
+            e.time = time.or(e.time.take());
             e.set = applied_set;
             e.api_version = api_version.to_owned();
         }
@@ -807,7 +884,7 @@ pub fn apply(
             manager: manager.to_owned(),
             operation: APPLY.into(),
             api_version: api_version.to_owned(),
-            time: Some(now.to_owned()),
+            time,
             subresource: None,
             set: applied_set,
         }),
@@ -1131,6 +1208,8 @@ mod tests {
         let obj = apply(Some(&obj), &scaler_config(2), "hpa", false, T1).unwrap();
         assert!(owns(&obj, "hpa", "Apply", &["f:spec", "f:replicas"]));
         assert!(owns(&obj, "ds-agent", "Apply", &["f:spec", "f:replicas"]));
+        // The object did not change, so (as on the real server) the new entry has no time.
+        assert!(entry(&obj, "hpa", "Apply").unwrap().get("time").is_none());
         // The agent dropping replicas leaves the field: the scaler still owns it.
         let obj = apply(
             Some(&obj),
@@ -1225,6 +1304,36 @@ mod tests {
             obj["spec"]["template"]["spec"]["volumes"][0]["name"],
             "certs"
         );
+    }
+
+    #[test]
+    fn applied_list_order_is_kept_around_live_only_items() {
+        let cfg = |names: &[&str]| {
+            let containers: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"name": n, "image": "i"}))
+                .collect();
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                   "spec": {"containers": containers}})
+        };
+        let order = |obj: &Value| -> Vec<String> {
+            obj["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let obj = apply(None, &cfg(&["a", "b"]), "m1", false, T0).unwrap();
+        let obj = apply(Some(&obj), &cfg(&["injected"]), "m2", false, T0).unwrap();
+        assert_eq!(order(&obj), ["a", "b", "injected"]);
+        // m1 puts a new item first and swaps the others: live-only items keep their place.
+        let obj = apply(Some(&obj), &cfg(&["new", "b", "a"]), "m1", false, T1).unwrap();
+        // structured-merge-diff's order: a shared item is placed where the applied order
+        // reaches it, after the live-only items passed on the way.
+        assert_eq!(order(&obj), ["new", "b", "injected", "a"]);
+        let again = apply(Some(&obj), &cfg(&["new", "b", "a"]), "m1", false, T2).unwrap();
+        assert_eq!(again, obj);
     }
 
     #[test]
@@ -1517,6 +1626,73 @@ mod tests {
         }
         record_update(Some(&patched), &mut same, "scaler", T2);
         assert_eq!(same, patched);
+    }
+
+    /// What the server does for `kubectl apply` (client-side): POST, then strategic merge
+    /// PATCHes, each recorded as an Update; then the agent takes over with server-side apply.
+    #[test]
+    fn kubectl_client_side_apply_then_strategic_merge_then_server_side_apply() {
+        let mut live = agent_config("nginx:1.25");
+        live["spec"]["replicas"] = json!(2);
+        record_update(None, &mut live, "kubectl-client-side-apply", T0);
+
+        let patch = json!({"spec": {"replicas": 3, "template": {"spec": {
+            "$setElementOrder/containers": [{"name": "web"}],
+            "containers": [{"name": "web", "image": "nginx:1.26"}]}}}});
+        let mut patched = live.clone();
+        crate::kube_sim::patch::strategic_merge_patch(&mut patched, &patch).unwrap();
+        record_update(Some(&live), &mut patched, "kubectl-client-side-apply", T1);
+        assert_eq!(patched["spec"]["replicas"], 3);
+        assert_eq!(*image(&patched), "nginx:1.26");
+        let e = entry(&patched, "kubectl-client-side-apply", "Update").unwrap();
+        assert_eq!(e["time"], T1);
+
+        // `kubectl scale` is a merge patch by another manager: replicas change hands.
+        let mut scaled = patched.clone();
+        crate::kube_sim::patch::json_merge_patch(&mut scaled, &json!({"spec": {"replicas": 5}}));
+        record_update(Some(&patched), &mut scaled, "kubectl", T1);
+        assert!(owns(
+            &scaled,
+            "kubectl",
+            "Update",
+            &["f:spec", "f:replicas"]
+        ));
+        assert!(!owns(
+            &scaled,
+            "kubectl-client-side-apply",
+            "Update",
+            &["f:spec", "f:replicas"]
+        ));
+
+        // The agent applies the same image: shared ownership, no conflict, nothing changes.
+        let applied = apply(
+            Some(&scaled),
+            &agent_config("nginx:1.26"),
+            "ds-agent",
+            false,
+            T2,
+        )
+        .unwrap();
+        assert_eq!(
+            without_managed_fields(&applied),
+            without_managed_fields(&scaled)
+        );
+        // A different image conflicts with the client-side applier.
+        let err = apply(
+            Some(&scaled),
+            &agent_config("nginx:2"),
+            "ds-agent",
+            false,
+            T2,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1 at {T1}: \
+                 .spec.template.spec.containers[name=\"web\"].image"
+            )
+        );
     }
 
     #[test]
