@@ -8,12 +8,14 @@
 //! - [`cli`]: the kubectl-like commands (`ds deployer …`, `ds deployment …`).
 //! - [`proxy`]: the model-proxy sidecar (`ds model-proxy`).
 //! - [`kube_sim`]: a simulated Kubernetes API server (`ds sim-cluster`) for tests.
+//! - [`install`]: the agent install manifest the gateway renders (`deploy/agent.yaml`).
 //! - [`telemetry`]: logging set-up and shutdown signals shared by the commands.
 
 pub mod agent;
 pub mod cli;
 pub mod core;
 pub mod gateway;
+pub mod install;
 pub mod kube_sim;
 pub mod proto;
 pub mod proxy;
@@ -24,13 +26,19 @@ use std::process::ExitCode;
 
 /// The `ds` command line.
 #[derive(Debug, Parser)]
-#[command(name = "ds", version, about = "Deploy model servers into many Kubernetes clusters")]
+#[command(
+    name = "ds",
+    version,
+    about = "Deploy model servers into many Kubernetes clusters"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// The `ds` subcommands.
+// Parsed once per process: boxing the larger argument structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane.

@@ -395,6 +395,45 @@ async fn server_side_apply_tracks_two_field_managers() {
     assert!(managers.contains(&"alpha".to_string()), "{managers:?}");
     assert!(managers.contains(&"beta".to_string()), "{managers:?}");
 
+    // beta changing alpha's field conflicts (409 naming the manager and field)...
+    let steal = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "shared"},
+        "data": {"a": "stolen", "b": "2"}
+    });
+    let err = cms
+        .patch("shared", &PatchParams::apply("beta"), &Patch::Apply(&steal))
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+            assert!(s.message.contains("alpha"), "{}", s.message);
+            assert!(s.message.contains(".data.a"), "{}", s.message);
+        }
+        other => panic!("{other}"),
+    }
+    // ...and succeeds with force, moving the field to beta.
+    let forced = cms
+        .patch(
+            "shared",
+            &PatchParams::apply("beta").force(),
+            &Patch::Apply(&steal),
+        )
+        .await
+        .unwrap();
+    assert_eq!(forced.data.unwrap()["a"], "stolen");
+    // alpha no longer owns `a`: its re-apply of only `a: 1` now conflicts with beta.
+    let err = cms
+        .patch(
+            "shared",
+            &PatchParams::apply("alpha"),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_err(err).0, 409);
+
     // Apply without a field manager is rejected.
     let err = cms
         .patch("shared", &PatchParams::default(), &Patch::Apply(&applied))

@@ -4,17 +4,20 @@
 //! - [`resources`]: the served resource types and their discovery facts.
 //! - `store`: objects in memory, one cluster-wide resourceVersion, watch history.
 //! - `server`: the HTTP routes and the API semantics (CRUD, patch, apply, watch).
-//! - `patching`: the patch flavours (merge, JSON, strategic, server-side apply).
+//! - [`patch`], [`apply`]: strategic merge patch and server-side apply with managedFields;
+//!   `patching` adapts them (and JSON merge/JSON patch) to the server.
 //! - `defaults`, `controllers`: server-side defaulting and simulated controllers.
 //! - [`faults`]: fault injection and request counters for tests.
 //!
 //! Kubernetes clients (kubectl, `kube::Client`) talk to it unchanged over plain HTTP on
 //! loopback; nothing in production code knows it is a simulator.
 
+pub mod apply;
 mod controllers;
 mod defaults;
 mod discovery;
 pub mod faults;
+pub mod patch;
 mod patching;
 pub mod resources;
 mod selector;

@@ -1,185 +1,81 @@
-//! The patch flavours the server applies (JSON merge, JSON patch, strategic merge, apply).
-//!
-//! Interim implementations: `patch.rs`/`apply.rs` (written on the `patch` branch) replace
-//! them with the full strategic-merge and managedFields logic; the server only calls the
-//! functions of this module so that swap is local.
+//! Adapts the patch flavours ([`super::patch`]) and server-side apply ([`super::apply`]) to
+//! the server's error answers, so the request handlers see one small interface.
 
-use serde_json::{Map, Value, json};
+use super::apply::{self, ApplyError};
+use super::patch::{self, PatchError};
+use super::resources::ResourceType;
+use super::status::ApiError;
+use serde_json::{Value, json};
 
-/// A patch that cannot be applied (answered 422/400).
-#[derive(Debug, Clone)]
-pub struct PatchFailure(pub String);
-
-/// A server-side apply conflict: the fields and the managers that own them.
-#[derive(Debug, Clone)]
-pub struct ApplyConflict {
-    /// `(field path, manager)` pairs.
-    pub conflicts: Vec<(String, String)>,
+fn patch_error(r: &ResourceType, name: &str, e: &PatchError) -> ApiError {
+    if e.status_code() == 400 {
+        ApiError::bad_request(e.to_string())
+    } else {
+        ApiError::invalid(r, name, "", &e.to_string())
+    }
 }
 
 /// RFC 7386 JSON merge patch.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    json_patch::merge(target, patch);
+pub fn merge_patch(target: &mut Value, p: &Value) {
+    patch::json_merge_patch(target, p);
 }
 
 /// RFC 6902 JSON patch.
 ///
 /// # Errors
-/// The operation that failed.
-pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchFailure> {
-    let p: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| PatchFailure(e.to_string()))?;
-    json_patch::patch(target, &p).map_err(|e| PatchFailure(e.to_string()))
+/// 400/422 as the real server answers a malformed or failing patch.
+pub fn json_patch(
+    r: &ResourceType,
+    name: &str,
+    target: &mut Value,
+    p: &Value,
+) -> Result<(), ApiError> {
+    patch::json_patch(target, p).map_err(|e| patch_error(r, name, &e))
 }
 
-/// The merge key of a list under `key`, for the lists kubectl patches most.
-fn merge_key(key: &str) -> Option<&'static str> {
-    Some(match key {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "volumeMounts" => "mountPath",
-        "conditions" => "type",
-        "ownerReferences" => "uid",
-        _ => return None,
-    })
-}
-
-/// Strategic merge patch (interim: merge keys by field name, directives honoured and
-/// stripped).
+/// Strategic merge patch with kubectl's directives.
 ///
 /// # Errors
-/// Never in this interim version.
-pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), PatchFailure> {
-    smp(target, patch, None);
-    Ok(())
+/// 400/422 as the real server answers a malformed or failing patch.
+pub fn strategic_merge(
+    r: &ResourceType,
+    name: &str,
+    target: &mut Value,
+    p: &Value,
+) -> Result<(), ApiError> {
+    patch::strategic_merge_patch(target, p).map_err(|e| patch_error(r, name, &e))
 }
 
-fn smp(target: &mut Value, patch: &Value, parent_key: Option<&str>) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut p = p.clone();
-        p.remove("$patch");
-        *target = Value::Object(p);
-        return;
-    }
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(t) = target else { return };
-    for (k, v) in p {
-        if k.starts_with("$setElementOrder/") || k == "$retainKeys" || k == "$patch" {
-            continue;
-        }
-        if let Some(list) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(cur)), Value::Array(del)) = (t.get_mut(list), v) {
-                cur.retain(|x| !del.contains(x));
-            }
-            continue;
-        }
-        if v.is_null() {
-            t.remove(k);
-            continue;
-        }
-        match (t.get_mut(k), v) {
-            (Some(Value::Array(cur)), Value::Array(items)) if merge_key(k).is_some() => {
-                let mk = merge_key(k).unwrap_or("name");
-                for item in items {
-                    let id = item.get(mk).cloned();
-                    let pos = cur
-                        .iter()
-                        .position(|c| c.get(mk) == id.as_ref() && id.is_some());
-                    let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                    match (pos, delete) {
-                        (Some(i), true) => {
-                            cur.remove(i);
-                        }
-                        (None, true) => {}
-                        (Some(i), false) => smp(&mut cur[i], item, Some(k)),
-                        (None, false) => {
-                            let mut fresh = Value::Object(Map::new());
-                            smp(&mut fresh, item, Some(k));
-                            cur.push(fresh);
-                        }
-                    }
-                }
-            }
-            (Some(cur), Value::Object(_)) if cur.is_object() => smp(cur, v, Some(k)),
-            _ => {
-                let mut fresh = Value::Null;
-                smp(&mut fresh, v, Some(k));
-                if let Value::Array(items) = &mut fresh {
-                    strip_directives(items);
-                }
-                t.insert(k.clone(), fresh);
-            }
-        }
-    }
-    let _ = parent_key;
-}
-
-fn strip_directives(items: &mut [Value]) {
-    for it in items {
-        if let Value::Object(m) = it {
-            m.retain(|k, _| !k.starts_with('$'));
-        }
-    }
-}
-
-/// Server-side apply (interim: merges the applied configuration into the live object and
-/// records one managedFields entry per manager, without conflict detection).
+/// Server-side apply by `manager`.
 ///
 /// # Errors
-/// Never in this interim version.
+/// 409 Conflict naming fields and managers, 400 for a bad configuration.
 pub fn apply(
+    r: &ResourceType,
+    name: &str,
     live: Option<&Value>,
     applied: &Value,
     manager: &str,
-    _force: bool,
+    force: bool,
     now: &str,
-) -> Result<Value, ApplyConflict> {
-    let mut out = live.cloned().unwrap_or_else(|| json!({}));
-    let mut a = applied.clone();
-    if let Some(m) = a.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-        m.remove("resourceVersion");
-    }
-    smp(&mut out, &a, None);
-    set_managed(&mut out, manager, "Apply", now);
-    Ok(out)
+) -> Result<Value, ApiError> {
+    apply::apply(live, applied, manager, force, now).map_err(|e| match &e {
+        ApplyError::Conflict { message, .. } => {
+            let causes: Vec<Value> = e
+                .causes()
+                .into_iter()
+                .map(|(message, field)| {
+                    json!({"reason": "FieldManagerConflict", "message": message, "field": field})
+                })
+                .collect();
+            ApiError::conflict_msg(r, name, message.clone(), Value::Array(causes))
+        }
+        ApplyError::InvalidConfig(_) => ApiError::bad_request(e.to_string()),
+        ApplyError::InvalidManagedFields(_) => ApiError::internal(e.to_string()),
+    })
 }
 
 /// Records a non-apply write by `manager` in managedFields.
-pub fn record_update(_old: Option<&Value>, new: &mut Value, manager: &str, now: &str) {
-    set_managed(new, manager, "Update", now);
-}
-
-fn set_managed(obj: &mut Value, manager: &str, operation: &str, now: &str) {
-    let api_version = obj
-        .get("apiVersion")
-        .cloned()
-        .unwrap_or(Value::String("v1".into()));
-    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let entry = json!({
-        "manager": manager, "operation": operation, "apiVersion": api_version,
-        "time": now, "fieldsType": "FieldsV1", "fieldsV1": {}
-    });
-    let list = meta
-        .entry("managedFields")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if let Value::Array(l) = list {
-        l.retain(|e| {
-            !(e.get("manager").and_then(Value::as_str) == Some(manager)
-                && e.get("operation").and_then(Value::as_str) == Some(operation))
-        });
-        l.push(entry);
-    }
+pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &str) {
+    apply::record_update(old, new, manager, now);
 }

@@ -702,60 +702,81 @@ fn patch(
             None => applied["metadata"]["name"] = json!(name),
         }
     }
-    let written = shared.store.modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
-        let Some(old) = old else {
-            if !is_apply || status_only {
-                return Err(ApiError::not_found(r, &name));
+    let written = shared
+        .store
+        .modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
+            let Some(old) = old else {
+                if !is_apply || status_only {
+                    return Err(ApiError::not_found(r, &name));
+                }
+                // Apply creates.
+                let mut obj = patching::apply(r, &name, None, &applied, &manager, force, &now)?;
+                check_type(r, &mut obj)?;
+                check_namespace(t, &mut obj)?;
+                prepare_create(shared, t, &mut obj, &manager, &now, true)?;
+                return Ok(Change::Put(obj));
+            };
+            let base: Value = if scale {
+                scale_of(old)
+            } else {
+                (**old).clone()
+            };
+            let mut patched = base.clone();
+            match ct.as_str() {
+                "application/merge-patch+json" | "application/json" => {
+                    patching::merge_patch(&mut patched, &patch_body)
+                }
+                "application/json-patch+json" => {
+                    patching::json_patch(r, &name, &mut patched, &patch_body)?
+                }
+                "application/strategic-merge-patch+json" => {
+                    patching::strategic_merge(r, &name, &mut patched, &patch_body)?
+                }
+                "application/apply-patch+yaml" => {
+                    patched =
+                        patching::apply(r, &name, Some(old), &applied, &manager, force, &now)?;
+                }
+                other => return Err(ApiError::unsupported_media_type(other)),
             }
-            // Apply creates.
-            let mut obj = patching::apply(None, &applied, &manager, force, &now)
-                .map_err(|c| apply_conflict(r, &name, c))?;
-            check_type(r, &mut obj)?;
-            check_namespace(t, &mut obj)?;
-            prepare_create(shared, t, &mut obj, &manager, &now, true)?;
-            return Ok(Change::Put(obj));
-        };
-        let base: Value = if scale { scale_of(old) } else { (**old).clone() };
-        let mut patched = base.clone();
-        match ct.as_str() {
-            "application/merge-patch+json" | "application/json" => {
-                patching::merge_patch(&mut patched, &patch_body)
+            if !patched.get("metadata").is_some_and(Value::is_object) {
+                return Err(ApiError::invalid(
+                    r,
+                    &name,
+                    "metadata",
+                    "Required value: the patched object must keep its metadata",
+                ));
             }
-            "application/json-patch+json" => patching::json_patch(&mut patched, &patch_body)
-                .map_err(|e| ApiError::invalid(r, &name, "", &format!("the server rejected our request due to an error in our request: {}", e.0)))?,
-            "application/strategic-merge-patch+json" => {
-                patching::strategic_merge(&mut patched, &patch_body)
-                    .map_err(|e| ApiError::invalid(r, &name, "", &e.0))?
+            if scale {
+                let mut new = (**old).clone();
+                new["spec"]["replicas"] = patched
+                    .pointer("/spec/replicas")
+                    .cloned()
+                    .unwrap_or(json!(1));
+                let mut new = merge_update(r, old, new, false);
+                patching::record_update(Some(old), &mut new, &manager, &now);
+                return Ok(Change::Put(new));
             }
-            "application/apply-patch+yaml" => {
-                patched = patching::apply(Some(old), &applied, &manager, force, &now)
-                    .map_err(|c| apply_conflict(r, &name, c))?;
+            check_rv(r, &name, old, &patched)?;
+            if patched.pointer("/metadata/name").and_then(Value::as_str) != Some(name.as_str())
+                || patched.get("kind") != old.get("kind")
+                || patched.get("apiVersion") != old.get("apiVersion")
+            {
+                return Err(ApiError::invalid(
+                    r,
+                    &name,
+                    "metadata.name",
+                    "Invalid value: field is immutable",
+                ));
             }
-            other => return Err(ApiError::unsupported_media_type(other)),
-        }
-        if scale {
-            let mut new = (**old).clone();
-            new["spec"]["replicas"] = patched.pointer("/spec/replicas").cloned().unwrap_or(json!(1));
-            let mut new = merge_update(r, old, new, false);
-            patching::record_update(Some(old), &mut new, &manager, &now);
-            return Ok(Change::Put(new));
-        }
-        check_rv(r, &name, old, &patched)?;
-        if patched.pointer("/metadata/name").and_then(Value::as_str) != Some(name.as_str())
-            || patched.get("kind") != old.get("kind")
-            || patched.get("apiVersion") != old.get("apiVersion")
-        {
-            return Err(ApiError::invalid(r, &name, "metadata.name", "Invalid value: field is immutable"));
-        }
-        let mut new = merge_update(r, old, patched, status_only);
-        if !status_only {
-            defaults::apply(shared, t.rt, &mut new, Some(old));
-        }
-        if !is_apply {
-            patching::record_update(Some(old), &mut new, &manager, &now);
-        }
-        Ok(Change::Put(new))
-    })?;
+            let mut new = merge_update(r, old, patched, status_only);
+            if !status_only {
+                defaults::apply(shared, t.rt, &mut new, Some(old));
+            }
+            if !is_apply {
+                patching::record_update(Some(old), &mut new, &manager, &now);
+            }
+            Ok(Change::Put(new))
+        })?;
     let code = if written.created {
         StatusCode::CREATED
     } else {
@@ -767,28 +788,6 @@ fn patch(
         (*written.obj).clone()
     };
     Ok(json_response(code, &out))
-}
-
-fn apply_conflict(r: &ResourceType, name: &str, c: patching::ApplyConflict) -> ApiError {
-    let n = c.conflicts.len();
-    let lines: Vec<String> = c
-        .conflicts
-        .iter()
-        .map(|(field, manager)| format!("conflict with \"{manager}\": {field}"))
-        .collect();
-    let causes: Vec<Value> = c
-        .conflicts
-        .iter()
-        .map(|(field, manager)| {
-            json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{manager}\""), "field": field})
-        })
-        .collect();
-    let msg = if n == 1 {
-        format!("Apply failed with 1 conflict: {}", lines[0])
-    } else {
-        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
-    };
-    ApiError::conflict_msg(r, name, msg, Value::Array(causes))
 }
 
 /// DeleteOptions from the body and query parameters.

@@ -103,7 +103,11 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {field}: {why}", rt.group_kind()),
+            if field.is_empty() {
+                format!("{} \"{name}\" is invalid: {why}", rt.group_kind())
+            } else {
+                format!("{} \"{name}\" is invalid: {field}: {why}", rt.group_kind())
+            },
         )
         .with_details(json!({
             "name": name, "group": rt.group, "kind": rt.kind,
