@@ -789,3 +789,72 @@ async fn wait_times_out_with_the_progress_so_far() {
     assert!(last.contains("0/1 ready"), "{last}");
     t.gw.shutdown().await;
 }
+
+// === TLS ===
+
+/// A test CA and a `localhost` server certificate it signed.
+fn test_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// Over TLS the CLI trusts the CA given by `--ca-cert` (or `DS_CA_CERT`), and without it
+/// fails in one line that names the gateway.
+#[tokio::test]
+async fn tls_gateway_is_trusted_through_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, cert_pem, key_pem) = test_pki();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+    );
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let mut args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    args.insecure = false;
+    args.tls_cert = Some(cert);
+    args.tls_key = Some(key);
+    let gw = RunningGateway::start(args)
+        .await
+        .expect("TLS gateway starts");
+    let t = TestGateway { gw, dir };
+    let url = format!("https://localhost:{}", t.gw.addr.port());
+
+    let mut cmd = t.bare(&["deployer", "create", "tls-ok", "--ca-cert"]);
+    cmd.arg(&ca)
+        .env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key);
+    output(cmd).await.ok();
+
+    let mut cmd = t.bare(&["deployer", "ls", "-o", "json"]);
+    cmd.env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key)
+        .env("DS_CA_CERT", &ca);
+    assert_eq!(output(cmd).await.json()[0]["name"], "tls-ok");
+
+    // The test CA is in no system store.
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key);
+    let run = output(cmd).await;
+    let line = run.one_line_error();
+    assert!(line.contains(&url), "{line}");
+    assert!(line.contains("--ca-cert"), "{line}");
+    t.gw.shutdown().await;
+}
