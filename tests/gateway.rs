@@ -476,6 +476,32 @@ async fn rotated_token_works_during_the_overlap_and_not_after() {
 }
 
 #[tokio::test]
+async fn a_stream_on_a_rotated_out_token_ends_after_the_overlap() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, old) = create_deployer(&mut control, "alpha").await;
+    let (_, mut stream) = open_watch(&mut t.agent(&old).await).await;
+    control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 1,
+        })
+        .await
+        .unwrap();
+    let end = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("stream ends")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn deployers_see_only_their_own_deployments() {
     let t = start().await;
     let mut control = t.control().await;

@@ -100,17 +100,17 @@ impl AgentSvc {
         Self { shared }
     }
 
-    /// The deployer the request's token authenticates.
+    /// The deployer (and token) the request's token authenticates.
     async fn authenticate<T>(
         &self,
         req: &Request<T>,
         method: &'static str,
-    ) -> Result<String, Status> {
+    ) -> Result<credentials::Authenticated, Status> {
         let presented = bearer(req).inspect_err(|_| {
             self.shared.metrics.auth_failures.inc();
         })?;
         match credentials::verify_token(self.shared.store.as_ref(), presented).await {
-            Ok(Some(deployer_id)) => Ok(deployer_id),
+            Ok(Some(auth)) => Ok(auth),
             Ok(None) => {
                 self.shared.metrics.auth_failures.inc();
                 tracing::warn!(
@@ -160,7 +160,8 @@ impl AgentService for AgentSvc {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let deployer_id = self.authenticate(&request, "Watch").await?;
+        let auth = self.authenticate(&request, "Watch").await?;
+        let deployer_id = auth.deployer_id.clone();
         let agent = heartbeat_of(request.into_inner().agent);
         let store = &self.shared.store;
         // Subscribe before reading the snapshot: every later commit is then either in
@@ -182,12 +183,12 @@ impl AgentService for AgentSvc {
         self.shared.metrics.watch_events.inc();
         tracing::info!(deployer = %deployer_id, revision, cluster = %agent.cluster, version = %agent.version, "watch stream opened");
         let guard = StreamGuard::new(self.shared.clone(), deployer_id);
-        tokio::spawn(produce(guard, changes, tx, revision));
+        tokio::spawn(produce(guard, auth.token_id, changes, tx, revision));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn list(&self, request: Request<ListRequest>) -> Result<Response<Snapshot>, Status> {
-        let deployer_id = self.authenticate(&request, "List").await?;
+        let deployer_id = self.authenticate(&request, "List").await?.deployer_id;
         let (revision, deployments) = self
             .shared
             .store
@@ -205,7 +206,10 @@ impl AgentService for AgentSvc {
         &self,
         request: Request<StatusReport>,
     ) -> Result<Response<StatusAck>, Status> {
-        let deployer_id = self.authenticate(&request, "ReportStatus").await?;
+        let deployer_id = self
+            .authenticate(&request, "ReportStatus")
+            .await?
+            .deployer_id;
         let report = request.into_inner();
         let store = &self.shared.store;
         let revision = store
@@ -226,9 +230,11 @@ impl AgentService for AgentSvc {
 }
 
 /// Feeds one Watch stream: changes above `revision` in order, heartbeats when idle. Ends
-/// when the client goes, the deployer is deleted, the stream lags, or the gateway stops.
+/// when the client goes, the deployer is deleted, its token is no longer valid (checked
+/// at each heartbeat), the stream lags, or the gateway stops.
 async fn produce(
     guard: StreamGuard,
+    token_id: String,
     mut changes: broadcast::Receiver<Change>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
     mut last: u64,
@@ -244,7 +250,19 @@ async fn produce(
                 break;
             }
             _ = tx.closed() => break,
-            _ = heartbeat.tick() => watch_event::Event::Heartbeat(Heartbeat { revision: last }),
+            _ = heartbeat.tick() => {
+                match credentials::still_valid(shared.store.as_ref(), &token_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(deployer = %guard.deployer_id, "ending a watch stream: its token was rotated out or revoked");
+                        let _ = tx.send(Err(Status::unauthenticated("deployer token expired or revoked"))).await;
+                        break;
+                    }
+                    // A database hiccup is no reason to drop a healthy agent.
+                    Err(error) => tracing::warn!(%error, "re-checking a watch stream's token failed"),
+                }
+                watch_event::Event::Heartbeat(Heartbeat { revision: last })
+            }
             change = changes.recv() => match change {
                 Ok(Change::DeployerDeleted) => {
                     let _ = tx.send(Err(Status::unauthenticated("deployer deleted"))).await;

@@ -73,14 +73,23 @@ pub fn matches(record: &TokenRecord, presented: &str) -> bool {
     ok && record.expires_at.is_none_or(|t| t > Utc::now())
 }
 
-/// Checks a deployer token; returns the deployer ID it authenticates.
+/// Who a valid deployer token authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The deployer the token belongs to.
+    pub deployer_id: String,
+    /// The token's public ID, to re-check later that it is still valid.
+    pub token_id: String,
+}
+
+/// Checks a deployer token; returns the deployer it authenticates.
 ///
 /// # Errors
 /// Only database failures; a wrong token is `Ok(None)`.
 pub async fn verify_token(
     store: &dyn Store,
     presented: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<Option<Authenticated>, StoreError> {
     let Some(id) = parse_id(TOKEN_PREFIX, presented) else {
         return Ok(None);
     };
@@ -88,7 +97,23 @@ pub async fn verify_token(
         .find_token(id)
         .await?
         .filter(|r| matches(r, presented))
-        .map(|r| r.deployer_id))
+        .map(|r| Authenticated {
+            deployer_id: r.deployer_id,
+            token_id: id.to_string(),
+        }))
+}
+
+/// Whether a token that was verified earlier is still valid: not revoked (its deployer
+/// deleted) and not rotated out past its overlap window. Long-lived streams call this
+/// so that a rotated-out token does not keep a stream open forever.
+///
+/// # Errors
+/// Only database failures.
+pub async fn still_valid(store: &dyn Store, token_id: &str) -> Result<bool, StoreError> {
+    Ok(store
+        .find_token(token_id)
+        .await?
+        .is_some_and(|r| r.expires_at.is_none_or(|t| t > Utc::now())))
 }
 
 /// Checks an admin API key.

@@ -1,5 +1,8 @@
 //! A simulated Kubernetes API server (`ds sim-cluster`) for tests and local runs.
 
+pub mod apply;
+pub mod patch;
+
 /// Placeholder, replaced by the simulator implementation.
 #[derive(Debug, clap::Args)]
 pub struct SimArgs {}
