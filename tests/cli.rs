@@ -513,6 +513,9 @@ async fn deployment_create_ls_get_update_rm() {
     t.run(&["deployment", "rm", &id]).await.ok();
     let empty = t.run(&["deployment", "ls", "-o", "json"]).await.json();
     assert_eq!(empty, Value::Array(vec![]));
+    let empty = t.run(&["deployment", "ls"]).await;
+    assert_eq!(empty.ok(), "", "no table for nothing");
+    assert!(empty.stderr.contains("No deployments found"));
     let gone = t.run(&["deployment", "get", &id]).await;
     assert!(gone.one_line_error().contains("not found"));
     t.gw.shutdown().await;
@@ -701,6 +704,26 @@ async fn create_wait_follows_progress_until_available() {
     let (code, stderr) = running.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
+
+    // What the agent reported shows in `get` and, for the deployer, in `ls`.
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    let text = got.ok();
+    assert!(text.contains("Available"), "{text}");
+    assert!(text.contains("2/2 ready"), "{text}");
+    let deployers = t.run(&["deployer", "ls"]).await;
+    let row = deployers
+        .ok()
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("Online") && row.contains("test-agent"),
+        "{row}"
+    );
+    let ls = t.run(&["deployment", "ls"]).await;
+    let row = ls.ok().lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains("2/2") && row.contains("Available"), "{row}");
     t.gw.shutdown().await;
 }
 
