@@ -190,7 +190,7 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     if !args.no_verify {
         let mut control = client::connect(&connection).await?;
         control
-            .list_deployers(crate::proto::ListDeployersRequest {})
+            .list_deployers(client::request(crate::proto::ListDeployersRequest {}))
             .await
             .map_err(|status| client::status_error(status, &connection.url))?;
     }

@@ -334,6 +334,10 @@ pub enum CliError {
     ReadCaCert { path: String, cause: std::io::Error },
     #[error("cannot reach the gateway at {url}{detail}: is `ds gateway` running?")]
     Unreachable { url: String, detail: String },
+    #[error(
+        "cannot verify the gateway at {url} ({detail}): pass its CA bundle with --ca-cert or DS_CA_CERT"
+    )]
+    UntrustedGateway { url: String, detail: String },
     #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
     Unauthenticated,
     #[error("permission denied: {0}")]
