@@ -122,7 +122,8 @@ pub struct ProxyArgs {
     #[arg(long, env = env::CLASS_BODY_LIMIT, default_value_t = 64 * 1024)]
     pub class_body_limit: usize,
 
-    /// Write query logs: `-` or `stdout` for standard output, else a file path (appended).
+    /// Write query logs: `-` or `stdout` for standard output, else a file path (appended);
+    /// absent or empty: off.
     #[arg(long, env = env::QUERY_LOG)]
     pub query_log: Option<String>,
 
@@ -248,7 +249,8 @@ impl RunningProxy {
         let admin_addr = local_addr(&admin_listener, args.admin_listen)?;
 
         let stop_log = CancellationToken::new();
-        let (query_log, log_writer) = match &args.query_log {
+        // An empty value (a manifest clearing the variable) means off, like an absent one.
+        let (query_log, log_writer) = match args.query_log.as_deref().filter(|t| !t.is_empty()) {
             Some(target) => {
                 let target = QueryLogTarget::parse(target);
                 let (sender, writer) = querylog::start(
