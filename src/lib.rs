@@ -24,7 +24,11 @@ use std::process::ExitCode;
 
 /// The `ds` command line.
 #[derive(Debug, Parser)]
-#[command(name = "ds", version, about = "Deploy model servers into many Kubernetes clusters")]
+#[command(
+    name = "ds",
+    version,
+    about = "Deploy model servers into many Kubernetes clusters"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -1,5 +1,7 @@
 //! The in-cluster agent (`ds agent`): follows the gateway and reconciles owned objects.
 
+pub mod builders;
+
 /// Placeholder, replaced by the agent implementation.
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {}
