@@ -8,12 +8,14 @@
 //! - [`cli`]: the kubectl-like commands (`ds deployer …`, `ds deployment …`).
 //! - [`proxy`]: the model-proxy sidecar (`ds model-proxy`).
 //! - [`kube_sim`]: a simulated Kubernetes API server (`ds sim-cluster`) for tests.
+//! - [`install`]: the agent install manifest the gateway renders (`deploy/agent.yaml`).
 //! - [`telemetry`]: logging set-up and shutdown signals shared by the commands.
 
 pub mod agent;
 pub mod cli;
 pub mod core;
 pub mod gateway;
+pub mod install;
 pub mod kube_sim;
 pub mod proto;
 pub mod proxy;
@@ -38,6 +40,8 @@ pub struct Cli {
 // Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest Args does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the control plane.
     Gateway(gateway::GatewayArgs),

@@ -1,6 +1,5 @@
 //! Logging set-up and the shutdown signal shared by the long-running commands.
 
-use std::future::Future;
 use tracing_subscriber::EnvFilter;
 
 /// Installs a `tracing` subscriber: `RUST_LOG` filters (default `info`), and
@@ -20,8 +19,8 @@ pub fn init_logging() {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    async {
+pub async fn shutdown_signal() {
+    {
         let ctrl_c = async {
             let _ = tokio::signal::ctrl_c().await;
         };

@@ -1,0 +1,19 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build of the single `ds` binary (gateway, agent, model-proxy, CLI).
+# Not built in this project's CI (no container engine there); kept conventional.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+COPY deploy deploy
+RUN cargo build --release --locked --bin ds \
+ && strip target/release/ds
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/ds /usr/local/bin/ds
+# The distroless "nonroot" user; manifests set the same IDs.
+USER 65532:65532
+EXPOSE 8800 9090 9501 9502
+ENTRYPOINT ["/usr/local/bin/ds"]
