@@ -37,8 +37,6 @@ pub struct Cli {
 }
 
 /// The `ds` subcommands.
-// Parsed once per process: the size of the largest variant does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 // Parsed once per process: the size of the largest Args does not matter.
 #[allow(clippy::large_enum_variant)]
