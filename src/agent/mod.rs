@@ -489,6 +489,11 @@ async fn controller(
     let (stores, watch_tasks) =
         reconcile::start_watches(&client, &deployer_id, trigger.clone(), &cancel);
     let mut children = watch_tasks;
+    // Waited for here, once: a store's readiness wakes only one waiter at a time.
+    tokio::select! {
+        () = stores.ready() => {}
+        () = cancel.cancelled() => return,
+    }
     if args.leader_elect {
         let lease = leader::LeaseConfig {
             namespace: args.lease_namespace.clone(),
@@ -527,12 +532,7 @@ async fn controller(
         let standby_ready = c.ready.clone();
         let mut d = c.desired.clone();
         let sc = cancel.clone();
-        let stores_ready = stores.clone();
         children.push(tokio::spawn(async move {
-            tokio::select! {
-                () = stores_ready.ready() => {}
-                () = sc.cancelled() => return,
-            }
             loop {
                 if d.borrow_and_update().complete {
                     standby_ready.send_replace(true);
