@@ -209,6 +209,27 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// Waits until the gateway's status for the deployment satisfies `f`.
+    async fn wait_status(
+        &mut self,
+        id: &str,
+        what: &str,
+        f: impl Fn(&proto::DeploymentStatus) -> bool,
+    ) -> proto::DeploymentStatus {
+        let start = tokio::time::Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last status {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the gateway shows `phase` for the deployment.
     async fn wait_phase(&mut self, id: &str, phase: Phase) -> proto::DeploymentStatus {
         let start = tokio::time::Instant::now();
@@ -428,8 +449,11 @@ async fn image_and_replica_change_update_the_same_deployment_in_place() {
         vec!["ds-deployer".to_string()],
         "one field manager"
     );
-    let status = e.wait_phase(&id, Phase::Available).await;
-    assert_eq!(status.available_replicas, 3);
+    // The rollout of the new template completes: Available with the new replica count.
+    e.wait_status(&id, "Available with 3 replicas", |s| {
+        s.phase == Phase::Available as i32 && s.available_replicas == 3 && s.updated_replicas == 3
+    })
+    .await;
     agent.shutdown().await;
 }
 
