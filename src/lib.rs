@@ -37,9 +37,9 @@ pub struct Cli {
 }
 
 /// The `ds` subcommands.
-#[derive(Debug, Subcommand)]
-// Parsed once per process: the size of the largest Args does not matter.
+// Parsed once per process: boxing the larger argument structs would buy nothing.
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane.
     Gateway(gateway::GatewayArgs),

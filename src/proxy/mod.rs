@@ -1,20 +1,456 @@
 //! The model-proxy sidecar (`ds model-proxy`): metrics and query logs in front of a model.
+//!
+//! Ingress → Service → model-proxy → model server on localhost. The proxy streams requests
+//! and responses both ways (HTTP/1.1 and h2c in, a keep-alive HTTP/1.1 pool out), counts
+//! requests, latency and predicted classes for Prometheus on a separate admin port, and can
+//! write one JSON line per query for a monitoring loop.
+//!
+//! # Layout
+//! - `forward`: the request path (upstream URL, headers, timeouts, 502/504) and the
+//!   per-request `Exchange` that records metrics and the query-log line when it ends.
+//! - `body`: streaming bodies that tee a bounded prefix.
+//! - `classes`: TensorFlow-Serving answers → predicted class.
+//! - `metrics`: the `ds_proxy_*` metrics.
+//! - `querylog`: the bounded queue and its writer task.
+//! - `admin`: `/metrics`, `/healthz`, `/readyz`.
 
-/// Placeholder, replaced by the proxy implementation.
-#[derive(Debug, clap::Args)]
-pub struct ProxyArgs {}
+mod admin;
+mod body;
+pub mod classes;
+mod forward;
+mod metrics;
+pub mod querylog;
+
+pub use forward::REQUEST_ID_HEADER;
+pub use querylog::QueryLogTarget;
+
+use classes::ClassNames;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The port the proxy serves model traffic on (the Service targets it).
+pub const DEFAULT_PORT: u16 = 9501;
+/// The admin port: metrics and probes (Prometheus scrapes it, the kubelet probes it).
+pub const DEFAULT_ADMIN_PORT: u16 = 9502;
+/// Prometheus metrics on the admin port.
+pub const METRICS_PATH: &str = "/metrics";
+/// Liveness on the admin port: the proxy process answers.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness on the admin port: the model server behind the proxy answers.
+pub const READY_PATH: &str = "/readyz";
+/// The default upstream: TensorFlow Serving's REST port in the same pod.
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8501";
+
+/// How long in-flight requests get to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of one readiness probe to the upstream.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The environment variables behind the flags, for whoever builds the sidecar container.
+pub mod env {
+    /// `--listen`.
+    pub const LISTEN: &str = "DS_PROXY_LISTEN";
+    /// `--admin-listen`.
+    pub const ADMIN_LISTEN: &str = "DS_PROXY_ADMIN_LISTEN";
+    /// `--upstream`.
+    pub const UPSTREAM: &str = "DS_PROXY_UPSTREAM";
+    /// `--class-names` (comma-separated).
+    pub const CLASS_NAMES: &str = "DS_PROXY_CLASS_NAMES";
+    /// `--deployment-id`.
+    pub const DEPLOYMENT_ID: &str = "DS_PROXY_DEPLOYMENT_ID";
+    /// `--timeout`.
+    pub const TIMEOUT: &str = "DS_PROXY_TIMEOUT";
+    /// `--ready-path`.
+    pub const READY_PATH: &str = "DS_PROXY_READY_PATH";
+    /// `--class-body-limit`.
+    pub const CLASS_BODY_LIMIT: &str = "DS_PROXY_CLASS_BODY_LIMIT";
+    /// `--query-log`.
+    pub const QUERY_LOG: &str = "DS_PROXY_QUERY_LOG";
+    /// `--query-log-body-limit`.
+    pub const QUERY_LOG_BODY_LIMIT: &str = "DS_PROXY_QUERY_LOG_BODY_LIMIT";
+    /// `--query-log-queue`.
+    pub const QUERY_LOG_QUEUE: &str = "DS_PROXY_QUERY_LOG_QUEUE";
+    /// `--upstream-max-idle`.
+    pub const UPSTREAM_MAX_IDLE: &str = "DS_PROXY_UPSTREAM_MAX_IDLE";
+}
+
+/// `ds model-proxy`: every flag can also come from a `DS_PROXY_*` environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Address for model traffic (HTTP/1.1 and h2c).
+    #[arg(long, env = env::LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = env::ADMIN_LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)))]
+    pub admin_listen: SocketAddr,
+
+    /// The model server (plain HTTP, usually on localhost).
+    #[arg(long, env = env::UPSTREAM, default_value = DEFAULT_UPSTREAM)]
+    pub upstream: String,
+
+    /// Class names in model output order, comma-separated (argmax index → name).
+    #[arg(long, env = env::CLASS_NAMES, value_delimiter = ',')]
+    pub class_names: Vec<String>,
+
+    /// Deployment ID written in every query-log line.
+    #[arg(long, env = env::DEPLOYMENT_ID, default_value = "")]
+    pub deployment_id: String,
+
+    /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504.
+    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Upstream path asked by /readyz; any answer below 500 means ready.
+    #[arg(long, env = env::READY_PATH, default_value = "/")]
+    pub ready_path: String,
+
+    /// Response bytes inspected for the predicted class; 0 turns class counting off.
+    #[arg(long, env = env::CLASS_BODY_LIMIT, default_value_t = 64 * 1024)]
+    pub class_body_limit: usize,
+
+    /// Write query logs: `-` or `stdout` for standard output, else a file path (appended);
+    /// absent or empty: off.
+    #[arg(long, env = env::QUERY_LOG)]
+    pub query_log: Option<String>,
+
+    /// Request and response body bytes kept per query-log line (longer ones are truncated
+    /// and flagged).
+    #[arg(long, env = env::QUERY_LOG_BODY_LIMIT, default_value_t = 4096)]
+    pub query_log_body_limit: usize,
+
+    /// Query-log lines queued for the writer; when full, lines are dropped and counted.
+    #[arg(long, env = env::QUERY_LOG_QUEUE, default_value_t = 4096)]
+    pub query_log_queue: usize,
+
+    /// Idle keep-alive connections kept to the upstream.
+    #[arg(long, env = env::UPSTREAM_MAX_IDLE, default_value_t = 512)]
+    pub upstream_max_idle: usize,
+}
+
+impl ProxyArgs {
+    /// Parses flags as the command line would (environment fallbacks included), e.g.
+    /// `ProxyArgs::from_flags(["--upstream", "http://127.0.0.1:8080"])`.
+    ///
+    /// # Errors
+    /// An unknown flag or an invalid value.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{Args as _, FromArgMatches as _};
+        let command = Self::augment_args(clap::Command::new("model-proxy").no_binary_name(true));
+        let matches = command.try_get_matches_from(flags)?;
+        Self::from_arg_matches(&matches)
+    }
+}
+
+/// Parses `250ms`, `30s`, `1.5s`, `2m` or a bare number of seconds.
+///
+/// # Errors
+/// Text that is none of these.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (value, 1.0)
+    };
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration (examples: 500ms, 30s, 2m)"))?;
+    Duration::try_from_secs_f64(number * scale)
+        .map_err(|_| format!("{value:?} is not a valid duration"))
+}
 
 /// Errors of the proxy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("not built yet")]
-    NotBuilt,
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid upstream {upstream:?}: {reason}")]
+    InvalidUpstream { upstream: String, reason: String },
+    #[error("invalid readiness path {0:?}: it must start with '/'")]
+    InvalidReadyPath(String),
+    #[error("opening the query log {target:?}: {source}")]
+    QueryLogOpen {
+        target: QueryLogTarget,
+        source: std::io::Error,
+    },
+}
+
+/// A started proxy: both ports bound and serving.
+#[derive(Debug)]
+pub struct RunningProxy {
+    /// Where model traffic is served.
+    pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin_addr: SocketAddr,
+    stop_servers: CancellationToken,
+    stop_log: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+    log_writer: Option<JoinHandle<()>>,
+}
+
+impl RunningProxy {
+    /// Binds both ports and starts serving.
+    ///
+    /// # Errors
+    /// An invalid upstream or readiness path, a port that cannot be bound, or a query-log
+    /// file that cannot be opened.
+    pub async fn start(args: ProxyArgs) -> Result<Self, ProxyError> {
+        let upstream = forward::Upstream::parse(&args.upstream).map_err(|reason| {
+            ProxyError::InvalidUpstream {
+                upstream: args.upstream.clone(),
+                reason,
+            }
+        })?;
+        if !args.ready_path.starts_with('/') {
+            return Err(ProxyError::InvalidReadyPath(args.ready_path));
+        }
+        let classes = ClassNames::new(args.class_names.clone());
+        let metrics = Arc::new(metrics::Metrics::new(&classes));
+
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let admin_listener = TcpListener::bind(args.admin_listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: args.admin_listen,
+                source,
+            })?;
+        let addr = local_addr(&listener, args.listen)?;
+        let admin_addr = local_addr(&admin_listener, args.admin_listen)?;
+
+        let stop_log = CancellationToken::new();
+        // An empty value (a manifest clearing the variable) means off, like an absent one.
+        let (query_log, log_writer) = match args.query_log.as_deref().filter(|t| !t.is_empty()) {
+            Some(target) => {
+                let target = QueryLogTarget::parse(target);
+                let (sender, writer) = querylog::start(
+                    &target,
+                    args.query_log_queue,
+                    args.deployment_id.clone(),
+                    metrics.clone(),
+                    stop_log.clone(),
+                )
+                .await
+                .map_err(|source| ProxyError::QueryLogOpen { target, source })?;
+                (Some(sender), Some(tokio::spawn(writer)))
+            }
+            None => (None, None),
+        };
+
+        let shared = Arc::new(forward::Shared {
+            client: upstream_client(&args, args.upstream_max_idle),
+            upstream: upstream.clone(),
+            timeout: args.timeout,
+            metrics: metrics.clone(),
+            classes,
+            class_limit: args.class_body_limit,
+            query_log,
+            log_body_limit: args.query_log_body_limit,
+            ids: forward::RequestIds::new(),
+        });
+        let admin = Arc::new(admin::Admin {
+            metrics,
+            client: upstream_client(&args, 4),
+            upstream,
+            ready_path: args.ready_path.clone(),
+            ready_timeout: READY_TIMEOUT.min(args.timeout),
+        });
+
+        let stop_servers = CancellationToken::new();
+        let proxy_server = tokio::spawn(serve(listener, stop_servers.clone(), move |peer| {
+            let shared = shared.clone();
+            let peer = Arc::new(forward::Peer::new(peer));
+            service_fn(move |req: Request<Incoming>| {
+                let (shared, peer) = (shared.clone(), peer.clone());
+                async move { forward::handle(shared, req, &peer).await }
+            })
+        }));
+        let admin_server = tokio::spawn(serve(admin_listener, stop_servers.clone(), move |_| {
+            let admin = admin.clone();
+            service_fn(move |req: Request<Incoming>| admin::handle(admin.clone(), req))
+        }));
+        tracing::info!(%addr, %admin_addr, upstream = %args.upstream, query_log = ?args.query_log, "model proxy listening");
+        Ok(Self {
+            addr,
+            admin_addr,
+            stop_servers,
+            stop_log,
+            servers: vec![proxy_server, admin_server],
+            log_writer,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 10 s), then writes the
+    /// queued query-log lines and returns.
+    pub async fn shutdown(mut self) {
+        self.stop_servers.cancel();
+        for server in self.servers.drain(..) {
+            if let Err(error) = server.await {
+                tracing::warn!(%error, "a proxy server task failed");
+            }
+        }
+        self.stop_log.cancel();
+        if let Some(writer) = self.log_writer.take()
+            && let Err(error) = writer.await
+        {
+            tracing::warn!(%error, "the query-log writer failed");
+        }
+        tracing::info!("model proxy stopped");
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        // A proxy dropped without `shutdown` must not keep serving in the background.
+        self.stop_servers.cancel();
+        self.stop_log.cancel();
+    }
+}
+
+fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, ProxyError> {
+    listener
+        .local_addr()
+        .map_err(|source| ProxyError::Bind { addr, source })
+}
+
+fn upstream_client<B>(args: &ProxyArgs, max_idle: usize) -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connector = HttpConnector::new();
+    // Small JSON requests and answers: Nagle's delay would dominate the added latency.
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(args.timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(max_idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Accepts connections until `stop` fires, then drains them (HTTP/1.1 and h2c).
+async fn serve<M, S, B>(listener: TcpListener, stop: CancellationToken, make_service: M)
+where
+    M: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = hyper::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The timer enables hyper's header-read timeout, which closes idle half-open clients.
+    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Usually EMFILE: back off instead of spinning, and keep serving.
+                tracing::warn!(%error, "accept failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), make_service(peer))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // Malformed requests and clients that vanish end here, not in a crash.
+                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
+            tracing::warn!("connections still open after the drain timeout; closing them");
+        }
+    }
 }
 
 /// Runs the proxy until `shutdown` resolves.
+///
+/// # Errors
+/// See [`RunningProxy::start`]; once serving, problems become HTTP answers, not errors.
 pub async fn run(
-    _args: ProxyArgs,
-    _shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    args: ProxyArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ProxyError> {
-    Err(ProxyError::NotBuilt)
+    let proxy = RunningProxy::start(args).await?;
+    shutdown.await;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_constants() {
+        let args = ProxyArgs::from_flags(Vec::<String>::new()).unwrap();
+        assert_eq!(args.listen.port(), DEFAULT_PORT);
+        assert_eq!(args.admin_listen.port(), DEFAULT_ADMIN_PORT);
+        assert_eq!(args.upstream, DEFAULT_UPSTREAM);
+        let args = ProxyArgs::from_flags(["--class-names", "a,b,c", "--timeout", "5s"]).unwrap();
+        assert_eq!(args.class_names, ["a", "b", "c"]);
+        assert_eq!(args.timeout, Duration::from_secs(5));
+    }
 }

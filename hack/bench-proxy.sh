@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Benchmark of `ds model-proxy` (issue 5): the same local upstream reached directly, through
+# `ds model-proxy` (metrics on; query logs off, then on), and through nginx as the reference
+# reverse proxy (proxy_pass with an upstream keepalive pool), driven by wrk at 1, 16 and 64
+# connections. Prints a Markdown table (requests/s, p50, p99) for docs/benchmarks.md, then a
+# 100 MB upload and download through the proxy with its peak memory.
+#
+# The upstream is nginx answering every request with a fixed TensorFlow-Serving body, so the
+# upstream costs next to nothing and the proxies' own overhead shows.
+#
+# Usage: hack/bench-proxy.sh   (env: DURATION=10s, CONNS="1 16 64", BASE_PORT=38500, DS_BIN=)
+# Needs root for apt-get when nginx or wrk are missing. Builds `ds` with --release.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-"1 16 64"}
+BASE_PORT=${BASE_PORT:-38500}
+UP=$((BASE_PORT + 1))         # upstream (nginx, fixed answer)
+NGX=$((BASE_PORT + 2))        # nginx reverse proxy
+DSP=$((BASE_PORT + 3))        # ds model-proxy, query logs off
+DSA=$((BASE_PORT + 4))        #   its admin port
+DSL=$((BASE_PORT + 5))        # ds model-proxy, query logs on
+DSLA=$((BASE_PORT + 6))       #   its admin port
+PREDICT_PATH=/v1/models/iris:predict
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    echo "installing nginx and wrk from Debian" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+fi
+
+if [ -n "${DS_BIN:-}" ]; then
+    DS=$DS_BIN # e.g. a debug build, to try the script itself quickly
+else
+    echo "building ds (release)" >&2
+    cargo build --release --locked --bin ds
+    DS="${CARGO_TARGET_DIR:-target}/release/ds"
+fi
+
+WORK=$(mktemp -d)
+chmod a+rx "$WORK" # nginx workers run as nobody and serve /big from here
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- the upstream: nginx with a fixed model answer --------------------------------------
+head -c 100M /dev/urandom >"$WORK/big.bin"
+chmod a+r "$WORK/big.bin"
+mkdir -p "$WORK/up" "$WORK/ngx"
+cat >"$WORK/up/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path $WORK/up/body;
+    client_max_body_size 0;
+    server {
+        listen 127.0.0.1:$UP backlog=4096;
+        location / {
+            default_type application/json;
+            return 200 '{"predictions": [[0.05, 0.9, 0.05]]}';
+        }
+        location = /big { alias $WORK/big.bin; }
+    }
+}
+EOF
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+# --- the reference: nginx as a reverse proxy with a keepalive pool ----------------------
+cat >"$WORK/ngx/nginx.conf" <<EOF
+worker_processes auto;
+pid $WORK/ngx/nginx.pid;
+error_log $WORK/ngx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path $WORK/ngx/body;
+    proxy_temp_path $WORK/ngx/proxy;
+    client_max_body_size 0;
+    upstream model {
+        server 127.0.0.1:$UP;
+        keepalive 256;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX backlog=4096;
+        location / {
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+        }
+    }
+}
+EOF
+nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+# --- ds model-proxy, without and with query logs ----------------------------------------
+COMMON=(--upstream "http://127.0.0.1:$UP" --class-names setosa,versicolor,virginica
+    --deployment-id bench)
+RUST_LOG=warn "$DS" model-proxy --listen "127.0.0.1:$DSP" --admin-listen "127.0.0.1:$DSA" \
+    "${COMMON[@]}" &
+DS_PID=$!
+PIDS+=("$DS_PID")
+RUST_LOG=warn "$DS" model-proxy --listen "127.0.0.1:$DSL" --admin-listen "127.0.0.1:$DSLA" \
+    "${COMMON[@]}" --query-log "$WORK/queries.jsonl" &
+DSL_PID=$!
+PIDS+=("$DSL_PID")
+
+for port in $UP $NGX $DSP $DSL; do
+    for _ in $(seq 100); do
+        curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port$PREDICT_PATH" 2>/dev/null && break
+        sleep 0.1
+    done
+done
+
+cat >"$WORK/post.lua" <<'EOF'
+wrk.method = "POST"
+wrk.body = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+wrk.headers["Content-Type"] = "application/json"
+EOF
+
+# wrk prints latencies as 123.45us / 1.23ms / 1.20s: convert to milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000
+        printf "%.3f", n }'
+}
+
+run_wrk() { # target port conns
+    local threads=2
+    [ "$3" -lt 2 ] && threads=1
+    local url="http://127.0.0.1:$2$PREDICT_PATH"
+    wrk -t"$threads" -c"$3" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
+    local out
+    out=$(wrk -t"$threads" -c"$3" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
+    local rps p50 p99 errors
+    rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+    errors=$(awk '/Non-2xx|Socket errors/ { printf "%s ", $0 }' <<<"$out")
+    printf '| %s | %s | %s | %s | %s |%s\n' "$1" "$3" "$rps" "$p50" "$p99" \
+        "${errors:+ errors: $errors}"
+}
+
+echo
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+echo
+echo "| target | connections | requests/s | p50 ms | p99 ms |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+for c in $CONNS; do
+    run_wrk "direct" "$UP" "$c"
+    run_wrk "nginx proxy_pass (keepalive pool)" "$NGX" "$c"
+    run_wrk "ds model-proxy (metrics)" "$DSP" "$c"
+    run_wrk "ds model-proxy (metrics + query logs)" "$DSL" "$c"
+done
+echo
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+metric() { # admin-port name
+    curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'
+}
+echo
+echo "query-log proxy: $(wc -l <"$WORK/queries.jsonl") lines written," \
+    "$(metric "$DSLA" ds_proxy_query_log_dropped_total) dropped (queue full)"
+echo "predictions counted (versicolor) by the metrics-only proxy:" \
+    "$(curl -fsS "http://127.0.0.1:$DSA/metrics" | awk '/^ds_proxy_predictions_total\{class="versicolor"\}/ { print $2 }')"
+
+# --- 100 MB both ways through the proxy: memory stays flat ------------------------------
+hwm() { awk '/^VmHWM/ { print $2 " " $3 }' "/proc/$1/status"; }
+echo
+echo "ds model-proxy peak RSS before the 100 MB transfers: $(hwm "$DS_PID")"
+curl -fsS -o /dev/null -X POST --data-binary @"$WORK/big.bin" \
+    -H 'content-type: application/octet-stream' "http://127.0.0.1:$DSP/upload"
+want=$(sha256sum <"$WORK/big.bin" | cut -d' ' -f1)
+got=$(curl -fsS "http://127.0.0.1:$DSP/big" | sha256sum | cut -d' ' -f1)
+[ "$want" = "$got" ] && same=identical || same=DIFFERENT
+echo "100 MB upload and download through ds model-proxy done; download $same to the source"
+echo "ds model-proxy peak RSS after the 100 MB transfers: $(hwm "$DS_PID")"

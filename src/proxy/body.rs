@@ -1,0 +1,208 @@
+//! Streaming bodies that tee a bounded prefix of what passes through them.
+//!
+//! Frames are handed on as soon as they arrive; the tee keeps reference-counted slices of
+//! at most `limit` bytes, so memory stays flat whatever the body size.
+
+use super::forward::Exchange;
+use bytes::{Bytes, BytesMut};
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+/// The first `limit` bytes of a body, and how many bytes passed in total.
+#[derive(Debug, Default)]
+pub(crate) struct Capture {
+    chunks: Vec<Bytes>,
+    kept: usize,
+    limit: usize,
+    total: u64,
+}
+
+impl Capture {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        self.total += data.len() as u64;
+        let room = self.limit - self.kept;
+        if room > 0 && !data.is_empty() {
+            let take = room.min(data.len());
+            self.chunks.push(data.slice(..take));
+            self.kept += take;
+        }
+    }
+
+    /// Bytes seen in total.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The first `n` bytes (at most what was kept) and whether the body was longer.
+    pub(crate) fn prefix(&self, n: usize) -> (Bytes, bool) {
+        let truncated = self.total > n as u64;
+        let n = n.min(self.kept);
+        // One chunk is the common case for small JSON bodies: no copy.
+        if let Some(first) = self.chunks.first()
+            && first.len() >= n
+        {
+            return (first.slice(..n), truncated);
+        }
+        let mut out = BytesMut::with_capacity(n);
+        for chunk in &self.chunks {
+            let want = n - out.len();
+            if want == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..want.min(chunk.len())]);
+        }
+        (out.freeze(), truncated)
+    }
+}
+
+/// A request body on its way to the upstream, optionally teed for the query log.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    /// Shared with the [`Exchange`], which reads it when the response ends; the lock is
+    /// uncontended in practice (the upstream has read the request by then).
+    capture: Option<Arc<Mutex<Capture>>>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, capture: Option<Arc<Mutex<Capture>>>) -> Self {
+        Self { inner, capture }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(capture)) = (&frame, &this.capture)
+            && let Some(data) = frame.data_ref()
+        {
+            capture
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(data);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Source {
+    Upstream(Incoming),
+    /// A response the proxy made itself (errors); `None` once sent.
+    Local(Option<Bytes>),
+}
+
+/// A response body on its way to the client. It owns the request's [`Exchange`] and ends it
+/// (metrics, classes, query log) when the body ends or is dropped.
+pub(crate) struct ResponseBody {
+    source: Source,
+    capture: Option<Capture>,
+    exchange: Option<Exchange>,
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(inner: Incoming, capture: Option<Capture>, exchange: Exchange) -> Self {
+        Self {
+            source: Source::Upstream(inner),
+            capture,
+            exchange: Some(exchange),
+        }
+    }
+
+    pub(crate) fn local(bytes: Bytes, exchange: Option<Exchange>) -> Self {
+        Self {
+            source: Source::Local(Some(bytes)),
+            capture: None,
+            exchange,
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(mut exchange) = self.exchange.take() {
+            exchange.set_response(self.capture.take(), complete);
+            // Dropping the exchange records it.
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.source {
+            Source::Upstream(inner) => {
+                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let (Some(capture), Some(data)) = (&mut this.capture, f.data_ref()) {
+                            capture.push(data);
+                        }
+                    }
+                    Some(Err(_)) => this.finish(false),
+                    None => this.finish(true),
+                }
+                Poll::Ready(frame)
+            }
+            Source::Local(bytes) => match bytes.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => {
+                    this.finish(true);
+                    Poll::Ready(None)
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Upstream(inner) => inner.is_end_stream(),
+            Source::Local(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Upstream(inner) => inner.size_hint(),
+            Source::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // The server stops polling once a sized body is fully written, so a body dropped at
+        // its end counts as complete; anything else means the client went away mid-body.
+        let complete = self.is_end_stream();
+        self.finish(complete);
+    }
+}

@@ -1,0 +1,567 @@
+//! The request path: forward one request to the model server and account for it.
+
+use super::body::{Capture, RequestBody, ResponseBody};
+use super::classes::{self, ClassNames};
+use super::metrics::{MethodLabel, Metrics, UpstreamErrorKind};
+use super::querylog::{BodySample, QueryLogSender, QueryRecord};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The request-ID header, added to the request (and echoed on the response) when absent.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1); a proxy must not
+/// forward them.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Where requests go: the upstream's scheme and authority and an optional base path.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) authority: Authority,
+    /// The upstream's path without a trailing slash; empty when it is `/`.
+    pub(crate) base_path: String,
+}
+
+impl Upstream {
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
+        let uri: Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return Err("only http:// upstreams are supported (the model is on localhost)".into());
+        }
+        let authority = uri.authority().cloned().ok_or("missing host")?;
+        if uri.query().is_some() {
+            return Err("must not have a query".into());
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream URL for a request path (and query).
+    pub(crate) fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
+        // Only origin-form targets make sense here; `*` and authority-form (CONNECT) do not.
+        if !path_and_query.as_str().starts_with('/') {
+            return None;
+        }
+        let pq = if self.base_path.is_empty() {
+            // A cheap clone: the parsed request target shares its buffer.
+            path_and_query.clone()
+        } else {
+            format!("{}{}", self.base_path, path_and_query)
+                .parse()
+                .ok()?
+        };
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    /// [`Self::uri_for`] for a path given as text (the readiness path).
+    pub(crate) fn uri_for_str(&self, path: &str) -> Option<Uri> {
+        self.uri_for(&path.parse().ok()?)
+    }
+}
+
+/// Settings and shared state of the request path.
+pub(crate) struct Shared {
+    pub(crate) client: Client<HttpConnector, RequestBody>,
+    pub(crate) upstream: Upstream,
+    pub(crate) timeout: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) classes: ClassNames,
+    /// Response bytes inspected for the predicted class; 0 turns class counting off.
+    pub(crate) class_limit: usize,
+    pub(crate) query_log: Option<QueryLogSender>,
+    /// Body bytes kept per query-log line.
+    pub(crate) log_body_limit: usize,
+    pub(crate) ids: RequestIds,
+}
+
+/// Request IDs unique per process and, through a random prefix, across pods; cheaper than a
+/// random UUID per request and still UUID-shaped for log tooling.
+pub(crate) struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new() -> Self {
+        Self {
+            prefix: uuid::Uuid::new_v4().as_u64_pair().0,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = uuid::Uuid::from_u64_pair(self.prefix, n)
+            .hyphenated()
+            .encode_lower(&mut buf);
+        HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid"))
+    }
+}
+
+/// Log-only state of an exchange, allocated only when the query log is on.
+struct LogContext {
+    time: SystemTime,
+    path: String,
+    request: Arc<Mutex<Capture>>,
+}
+
+/// One request from arrival to the end of its response. Dropping it records it: metrics,
+/// predicted classes and the query-log line. It lives in the response body, so it is
+/// recorded when the body ends, or when the client goes away first (status 499).
+pub(crate) struct Exchange {
+    shared: Arc<Shared>,
+    start: Instant,
+    method: Method,
+    request_id: HeaderValue,
+    status: Option<StatusCode>,
+    error: Option<&'static str>,
+    count_classes: bool,
+    response: Option<Capture>,
+    complete: bool,
+    log: Option<Box<LogContext>>,
+}
+
+impl Exchange {
+    pub(crate) fn set_response(&mut self, capture: Option<Capture>, complete: bool) {
+        self.response = capture;
+        self.complete = complete;
+    }
+
+    /// The predicted class indices of a complete, fully inspected answer.
+    fn predictions(&self) -> Option<Vec<usize>> {
+        let capture = self.response.as_ref()?;
+        let (body, truncated) = capture.prefix(self.shared.class_limit);
+        if truncated {
+            return None;
+        }
+        classes::predicted_indices(&body)
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let shared = &*self.shared;
+        let latency = self.start.elapsed();
+        // 499 (nginx's "client closed request"): the client left before the answer began.
+        let status = self.status.map_or(499, |s| s.as_u16());
+        shared.metrics.request_finished(
+            MethodLabel::of(&self.method),
+            status,
+            latency.as_secs_f64(),
+        );
+        let mut predicted = None;
+        if self.count_classes && self.complete {
+            match self.predictions() {
+                Some(indices) => {
+                    for &i in &indices {
+                        shared.metrics.predicted(i, &shared.classes);
+                    }
+                    predicted = Some(indices);
+                }
+                None => shared.metrics.unparsed(),
+            }
+        }
+        let (Some(log), Some(sender)) = (self.log.take(), &shared.query_log) else {
+            return;
+        };
+        let limit = shared.log_body_limit;
+        let request = {
+            let capture = log
+                .request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (bytes, truncated) = capture.prefix(limit);
+            BodySample {
+                bytes,
+                truncated,
+                total: capture.total(),
+            }
+        };
+        let response = match &self.response {
+            Some(capture) => {
+                let (bytes, truncated) = capture.prefix(limit);
+                BodySample {
+                    bytes,
+                    truncated,
+                    total: capture.total(),
+                }
+            }
+            None => BodySample::default(),
+        };
+        let error = self.error.or(match (self.status, self.complete) {
+            (None, _) => Some("client_closed"),
+            (Some(_), false) => Some("response_incomplete"),
+            _ => None,
+        });
+        let record = QueryRecord {
+            time: log.time,
+            request_id: Bytes::copy_from_slice(self.request_id.as_bytes()),
+            method: self.method.clone(),
+            path: log.path,
+            status,
+            latency,
+            error,
+            request,
+            response,
+            predictions: predicted.map(|indices| {
+                indices
+                    .into_iter()
+                    .map(|i| shared.classes.name(i).into_owned())
+                    .collect()
+            }),
+        };
+        if !sender.send(record) {
+            shared.metrics.query_log_dropped();
+        }
+    }
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: most requests carry none of them.
+    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// A short JSON answer made by the proxy itself.
+fn local_response(
+    status: StatusCode,
+    error: &'static str,
+    message: String,
+    request_id: &HeaderValue,
+    mut exchange: Option<Exchange>,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": error,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    });
+    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+    bytes.push(b'\n');
+    if let Some(exchange) = &mut exchange {
+        exchange.status = Some(status);
+        exchange.error = Some(error);
+    }
+    let mut response = Response::new(ResponseBody::local(Bytes::from(bytes), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+/// Forwards one request. Never fails: every problem becomes an HTTP answer.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: &Peer,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let start = Instant::now();
+    shared.metrics.request_started();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = shared.ids.next();
+            req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let path_and_query = req.uri().path_and_query().cloned();
+    let log = shared.query_log.as_ref().map(|_| {
+        Box::new(LogContext {
+            time: SystemTime::now(),
+            path: path_and_query
+                .as_ref()
+                .map_or_else(String::new, ToString::to_string),
+            request: Arc::new(Mutex::new(Capture::new(shared.log_body_limit))),
+        })
+    });
+    let request_capture = log.as_ref().map(|l| l.request.clone());
+    let method = req.method().clone();
+    let mut exchange = Exchange {
+        shared: shared.clone(),
+        start,
+        method: method.clone(),
+        request_id: request_id.clone(),
+        status: None,
+        error: None,
+        count_classes: false,
+        response: None,
+        complete: false,
+        log,
+    };
+
+    let Some(uri) = path_and_query
+        .as_ref()
+        .and_then(|pq| shared.upstream.uri_for(pq))
+    else {
+        return Ok(local_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request target must be a path (origin form)".into(),
+            &request_id,
+            Some(exchange),
+        ));
+    };
+
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // HTTP/2 carries the host in the `:authority` pseudo-header; the model server should
+    // see the host the client asked for, as it would over HTTP/1.1.
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    append_forwarded_for(&mut parts.headers, peer);
+    parts.uri = uri;
+    // The upstream pool speaks HTTP/1.1 whatever the client spoke.
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, RequestBody::new(body, request_capture));
+
+    let outcome = tokio::time::timeout(shared.timeout, shared.client.request(upstream_req)).await;
+    let mut response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) if client_body_failed(&error) => {
+            // The client's own body broke (bad chunking, short content): not the model's fault.
+            tracing::debug!(request_id = ?request_id, error = %ErrorChain(&error), "request body failed");
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body ended early or was malformed".into(),
+                &request_id,
+                Some(exchange),
+            ));
+        }
+        Ok(Err(error)) => {
+            let kind = if error.is_connect() {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Other
+            };
+            shared.metrics.upstream_error(kind);
+            tracing::warn!(request_id = ?request_id, kind = kind.as_str(), error = %ErrorChain(&error), "upstream request failed");
+            let (error, message) = match kind {
+                UpstreamErrorKind::Connect => (
+                    "upstream_unavailable",
+                    format!(
+                        "could not connect to the model server at {}",
+                        shared.upstream.authority
+                    ),
+                ),
+                _ => (
+                    "upstream_error",
+                    "the model server closed the connection without an answer".to_owned(),
+                ),
+            };
+            return Ok(local_response(
+                StatusCode::BAD_GATEWAY,
+                error,
+                message,
+                &request_id,
+                Some(exchange),
+            ));
+        }
+        Err(_elapsed) => {
+            shared.metrics.upstream_error(UpstreamErrorKind::Timeout);
+            tracing::warn!(request_id = ?request_id, timeout = ?shared.timeout, "upstream timed out");
+            return Ok(local_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                format!(
+                    "the model server did not answer within {:?}",
+                    shared.timeout
+                ),
+                &request_id,
+                Some(exchange),
+            ));
+        }
+    };
+
+    let status = response.status();
+    exchange.status = Some(status);
+    strip_hop_by_hop(response.headers_mut());
+    if !response.headers().contains_key(&X_REQUEST_ID) {
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+    }
+    // Predictions are answers to POSTs that succeeded; a compressed body is not inspected.
+    exchange.count_classes = shared.class_limit > 0
+        && method == Method::POST
+        && status.is_success()
+        && response
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let mut limit = 0;
+    if exchange.count_classes {
+        limit = shared.class_limit;
+    }
+    if exchange.log.is_some() {
+        limit = limit.max(shared.log_body_limit);
+    }
+    let capture = (limit > 0).then(|| Capture::new(limit));
+    Ok(response.map(|body| ResponseBody::upstream(body, capture, exchange)))
+}
+
+/// The client end of a connection, with its `X-Forwarded-For` value made once per
+/// connection rather than once per request.
+pub(crate) struct Peer {
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
+    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.ip.len());
+            joined.extend_from_slice(prior);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer.ip.as_bytes());
+            match HeaderValue::from_bytes(&joined) {
+                Ok(value) => value,
+                Err(_) => return,
+            }
+        }
+        None => peer.ip.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), value);
+}
+
+/// True when the upstream request failed because reading the client's body failed.
+fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Displays an error with its sources, which is where hyper puts the useful part.
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_paths_join_the_base_path() {
+        let up = Upstream::parse("http://127.0.0.1:8501").unwrap();
+        assert_eq!(
+            up.uri_for_str("/v1/models/iris:predict?x=1")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:8501/v1/models/iris:predict?x=1"
+        );
+        let up = Upstream::parse("http://localhost:9000/base/").unwrap();
+        assert_eq!(
+            up.uri_for_str("/a").unwrap().to_string(),
+            "http://localhost:9000/base/a"
+        );
+        assert!(up.uri_for_str("*").is_none());
+        assert!(up.uri_for_str("").is_none());
+    }
+
+    #[test]
+    fn only_plain_http_upstreams() {
+        assert!(Upstream::parse("https://model:8501").is_err());
+        assert!(Upstream::parse("model:8501").is_err());
+        assert!(Upstream::parse("http://model:8501/?q=1").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_unique_uuids() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert!(uuid::Uuid::parse_str(a.to_str().unwrap()).is_ok());
+    }
+}
