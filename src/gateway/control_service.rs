@@ -205,25 +205,6 @@ fn invalid(e: core::ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// A deployer name must be a DNS-1123 label: it ends up in label values and URLs.
-fn check_deployer_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "invalid name {name:?}: a deployer name must be a DNS-1123 label \
-             (1-63 lowercase letters, digits or '-', starting and ending with a letter or digit)"
-        )))
-    }
-}
-
 /// Applies an update request's set fields to a spec.
 fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
@@ -278,7 +259,7 @@ impl ControlService for ControlSvc {
     ) -> Result<Response<CreateDeployerResponse>, Status> {
         self.authorize(&request).await?;
         let name = request.into_inner().name;
-        check_deployer_name(&name)?;
+        core::validate_deployer_name(&name).map_err(invalid)?;
         let token = credentials::generate(credentials::TOKEN_PREFIX);
         let record = self
             .shared
