@@ -31,14 +31,6 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 fi
 
-if [ -n "${DS_BIN:-}" ]; then
-    DS=$DS_BIN # e.g. a debug build, to try the script itself quickly
-else
-    echo "building ds (release)" >&2
-    cargo build --release --locked --bin ds
-    DS="${CARGO_TARGET_DIR:-target}/release/ds"
-fi
-
 WORK=$(mktemp -d)
 chmod a+rx "$WORK" # nginx workers run as nobody and serve /big from here
 PIDS=()
@@ -48,6 +40,16 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+if [ -n "${DS_BIN:-}" ]; then
+    DS=$DS_BIN # e.g. a debug build, to try the script itself quickly
+else
+    echo "building ds (release)" >&2
+    cargo build --release --locked --bin ds
+    # A private copy: a shared target dir may get another branch's build meanwhile.
+    cp "${CARGO_TARGET_DIR:-target}/release/ds" "$WORK/ds"
+    DS="$WORK/ds"
+fi
 
 # --- the upstream: nginx with a fixed model answer --------------------------------------
 head -c 100M /dev/urandom >"$WORK/big.bin"
