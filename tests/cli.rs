@@ -881,3 +881,52 @@ async fn tls_gateway_is_trusted_through_ca_cert() {
     assert!(line.contains("--ca-cert"), "{line}");
     t.gw.shutdown().await;
 }
+
+/// `--wait` survives a gateway restart: the status stream is reopened and the wait ends
+/// when the restarted gateway (same database) reports the deployment Available.
+#[tokio::test]
+async fn wait_survives_a_gateway_restart() {
+    let t = start().await;
+    let (_, token) = t.deployer("prod").await;
+    let created = t.deployment("prod", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let revision = created["revision"].as_u64().unwrap();
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "2m",
+    ]));
+    running
+        .wait_for_line("default/iris: Unknown, 0/2 ready")
+        .await;
+
+    let TestGateway { gw, dir } = t;
+    let addr = gw.addr;
+    gw.shutdown().await;
+    // The same address and data directory: the CLI's URL stays valid.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let gw = loop {
+        match RunningGateway::start(GatewayArgs::insecure(addr, dir.path().join("data"))).await {
+            Ok(gw) => break gw,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("restart not possible yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("gateway restart: {e}"),
+        }
+    };
+    let t = TestGateway { gw, dir };
+    let mut agent = t.agent(&token).await;
+    agent
+        .report(&id, Phase::Available, 2, revision + 1, "")
+        .await;
+    let (code, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
+    t.gw.shutdown().await;
+}
