@@ -890,7 +890,6 @@ async fn wait_survives_a_gateway_restart() {
     let (_, token) = t.deployer("prod").await;
     let created = t.deployment("prod", "iris", &[]).await;
     let id = created["id"].as_str().unwrap().to_string();
-    let revision = created["revision"].as_u64().unwrap();
     let mut running = Running::spawn(t.ds(&[
         "deployment",
         "update",
@@ -921,10 +920,17 @@ async fn wait_survives_a_gateway_restart() {
         }
     };
     let t = TestGateway { gw, dir };
+    let updated = t
+        .run(&["deployment", "get", &id, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        updated["spec"]["replicas"], 2,
+        "the update survived the restart"
+    );
+    let revision = updated["revision"].as_u64().unwrap();
     let mut agent = t.agent(&token).await;
-    agent
-        .report(&id, Phase::Available, 2, revision + 1, "")
-        .await;
+    agent.report(&id, Phase::Available, 2, revision, "").await;
     let (code, stderr) = running.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
