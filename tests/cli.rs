@@ -565,6 +565,20 @@ async fn bad_specs_are_rejected_in_one_line_naming_the_field() {
         ])
         .await;
     assert!(run.one_line_error().contains("nope"), "{}", run.stderr);
+    // A second deployment of the same name in the same place.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+        ])
+        .await;
+    assert!(run.one_line_error().contains("iris"), "{}", run.stderr);
     // Nothing to change.
     let run = t.run(&["deployment", "update", "iris"]).await;
     assert!(run.one_line_error().contains("nothing to change"));
@@ -628,7 +642,23 @@ async fn login_saves_a_private_config_that_later_commands_use() {
     assert!(run.one_line_error().contains("rejected the API key"));
     assert!(!t.config_path().exists());
 
-    let run = output(t.bare(&["login", "--gateway", &url, "--api-key", &t.gw.admin_key])).await;
+    // The key from stdin keeps it out of the process list.
+    let mut cmd = t.bare(&["login", "--gateway", &url, "--api-key", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ds starts");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{}\n", t.gw.admin_key).as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let run = Run::from(
+        tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .expect("ds finishes")
+            .unwrap(),
+    );
     assert!(run.ok().contains("Logged in"), "{}", run.stdout);
     #[cfg(unix)]
     {
