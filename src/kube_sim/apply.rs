@@ -1759,6 +1759,17 @@ mod tests {
     }
 
     #[test]
+    fn applying_null_removes_a_field_and_owns_it() {
+        let mut cfg = agent_config("nginx:1.25");
+        cfg["spec"]["paused"] = json!(true);
+        let obj = apply(None, &cfg, "ds-agent", false, T0).unwrap();
+        cfg["spec"]["paused"] = Value::Null;
+        let obj = apply(Some(&obj), &cfg, "ds-agent", false, T1).unwrap();
+        assert!(obj["spec"].get("paused").is_none());
+        assert!(owns(&obj, "ds-agent", "Apply", &["f:spec", "f:paused"]));
+    }
+
+    #[test]
     fn record_update_honours_client_sent_managed_fields() {
         let mut created = agent_config("nginx:1.25");
         record_update(None, &mut created, "creator", T0);
