@@ -1287,3 +1287,54 @@ async fn kubectl_get_watch_streams_changes() {
     child.kill().await.unwrap();
     k.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn watch_sends_bookmarks_and_ends_at_its_timeout() {
+    let sim = SimCluster::start(SimConfig {
+        bookmark_interval: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    let rv = sim.resource_version().to_string();
+    let params = kube::api::WatchParams::default().timeout(1);
+    let events: Vec<_> =
+        tokio::time::timeout(DEADLINE, cms.watch(&params, &rv).await.unwrap().collect())
+            .await
+            .expect("the watch ends after timeoutSeconds");
+    let bookmarks = events
+        .iter()
+        .filter(|e| matches!(e, Ok(kube::core::WatchEvent::Bookmark(_))))
+        .count();
+    assert!(bookmarks >= 1, "{events:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn gone_on_next_watch_answers_410_once() {
+    let sim = sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    let rv = sim.resource_version().to_string();
+    sim.faults().gone_on_next_watch();
+    let params = kube::api::WatchParams::default().timeout(1);
+    let first: Vec<_> = cms.watch(&params, &rv).await.unwrap().collect().await;
+    match first.as_slice() {
+        [Ok(kube::core::WatchEvent::Error(e))] => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected one 410 ERROR event, got {other:?}"),
+    }
+    // The next watch from the same version works.
+    let mut second = cms.watch(&params, &rv).await.unwrap().boxed();
+    cms.create(&PostParams::default(), &configmap("after", json!({})))
+        .await
+        .unwrap();
+    match second.try_next().await.unwrap() {
+        Some(kube::core::WatchEvent::Added(c)) => {
+            assert_eq!(c.metadata.name.as_deref(), Some("after"))
+        }
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    sim.shutdown().await;
+}

@@ -319,6 +319,13 @@ fn manager_of(params: &Params, headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.starts_with(b"k8s\x00") {
+        // Kubernetes protobuf (typed client-go clients, e.g. `kubectl create configmap`):
+        // decoding it needs the Go types' schemas, which the simulator does not have.
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request was in an unknown format: {e}"
@@ -688,7 +695,7 @@ fn patch(
     let mut applied = patch_body.clone();
     if is_apply {
         if scale {
-            return Err(ApiError::unsupported_media_type(&ct));
+            return Err(ApiError::unsupported_patch_type(&ct));
         }
         check_type(r, &mut applied)?;
         check_namespace(t, &mut applied)?;
@@ -736,7 +743,7 @@ fn patch(
                     patched =
                         patching::apply(r, &name, Some(old), &applied, &manager, force, &now)?;
                 }
-                other => return Err(ApiError::unsupported_media_type(other)),
+                other => return Err(ApiError::unsupported_patch_type(other)),
             }
             if !patched.get("metadata").is_some_and(Value::is_object) {
                 return Err(ApiError::invalid(
