@@ -1338,3 +1338,50 @@ async fn gone_on_next_watch_answers_410_once() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn reapplying_an_unchanged_deployment_is_a_no_op() {
+    let sim = sim().await;
+    let deps: Api<Deployment> = Api::namespaced(sim.client(), "default");
+    let desired = serde_json::to_value(deployment("iris", "models/iris:1", 2)).unwrap();
+    let pp = PatchParams::apply("ds-deployer").force();
+    deps.patch("iris", &pp, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    let settled = eventually("rollout done", || {
+        let deps = deps.clone();
+        async move {
+            let d = deps.get("iris").await.ok()?;
+            (d.status.as_ref()?.available_replicas == Some(2)).then_some(d)
+        }
+    })
+    .await;
+    let again = deps
+        .patch("iris", &pp, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        settled.metadata.resource_version
+    );
+    assert_eq!(again.metadata.generation, Some(1));
+
+    // A changed image is an in-place update: same uid, generation 2, new rollout.
+    let mut changed = desired.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("models/iris:2");
+    let updated = deps
+        .patch("iris", &pp, &Patch::Apply(&changed))
+        .await
+        .unwrap();
+    assert_eq!(updated.metadata.uid, settled.metadata.uid);
+    assert_eq!(updated.metadata.generation, Some(2));
+    eventually("second rollout done", || {
+        let deps = deps.clone();
+        async move {
+            let s = deps.get("iris").await.ok()?.status?;
+            (s.observed_generation == Some(2) && s.available_replicas == Some(2)).then_some(())
+        }
+    })
+    .await;
+    sim.shutdown().await;
+}
