@@ -4,4 +4,4 @@ pub mod spec;
 pub mod validate;
 
 pub use spec::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources};
-pub use validate::{ValidationError, validate_deployment};
+pub use validate::{ValidationError, validate_deployer_name, validate_deployment};

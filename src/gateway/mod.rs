@@ -1,20 +1,273 @@
 //! The control plane (`ds gateway`): store, credentials, gRPC services for agents and CLI.
+//!
+//! # Layout
+//! - [`store`]: the storage trait, its records, and the change hub watchers read from.
+//! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
+//! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
+//! - [`convert`]: `proto` ⇄ `core` conversions.
+//! - [`agent_service`] / [`control_service`]: the two gRPC services.
+//! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
+//! - [`rpc`]: credential extraction and error mapping shared by the services.
+//! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 
-/// Placeholder, replaced by the gateway implementation.
-#[derive(Debug, clap::Args)]
-pub struct GatewayArgs {}
+pub mod agent_service;
+pub mod control_service;
+pub mod convert;
+pub mod credentials;
+pub mod metrics;
+pub mod rpc;
+pub mod server;
+pub mod sqlite;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `ds gateway`; each also reads a `DS_*` environment variable.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GatewayArgs {
+    /// Address to serve gRPC and HTTP on.
+    #[arg(long, env = "DS_LISTEN", default_value = "127.0.0.1:8800")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database and `admin.key`.
+    #[arg(long, env = "DS_DATA_DIR", default_value = "./ds-data")]
+    pub data_dir: PathBuf,
+    /// Database URL (e.g. `sqlite:///var/lib/ds/gateway.db`); overrides the SQLite file
+    /// in the data directory.
+    #[arg(long, env = "DS_DATABASE")]
+    pub database: Option<String>,
+    /// Serve plaintext (no TLS). Only for local development and tests.
+    #[arg(long, env = "DS_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "DS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "DS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Heartbeat period on idle Watch streams (e.g. `10s`).
+    #[arg(long, env = "DS_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A deployer is offline when no agent reported for this long (e.g. `60s`).
+    #[arg(long, env = "DS_OFFLINE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub offline_after: Duration,
+    /// How long a rotated-out token keeps working (e.g. `10m`).
+    #[arg(long, env = "DS_TOKEN_OVERLAP", default_value = "10m", value_parser = parse_duration)]
+    pub token_overlap: Duration,
+    /// The gateway's public URL, used in install URLs (default: derived from --listen).
+    #[arg(long, env = "DS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl GatewayArgs {
+    /// Settings for a test or an embedded gateway: plaintext, on `listen`, data in
+    /// `data_dir`, default timings.
+    pub fn insecure(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            database: None,
+            insecure: true,
+            tls_cert: None,
+            tls_key: None,
+            heartbeat_interval: Duration::from_secs(10),
+            offline_after: Duration::from_secs(60),
+            token_overlap: Duration::from_secs(600),
+            public_url: None,
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 5m, 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    }
+}
 
 /// Errors of the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("not built yet")]
-    NotBuilt,
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("opening the store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("setting up the admin API key: {0}")]
+    AdminKey(#[from] credentials::AdminKeyError),
+    #[error("TLS is required: give --tls-cert and --tls-key, or --insecure for plaintext")]
+    TlsRequired,
+    #[error("loading TLS material: {0}")]
+    Tls(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
 }
 
-/// Runs the gateway until `shutdown` resolves.
+/// Settings and state shared by the gRPC services.
+pub(crate) struct Shared {
+    pub store: Arc<dyn store::Store>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub presence: agent_service::Presence,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    pub token_overlap: Duration,
+    /// Cancelled at shutdown: long-lived streams end so connections can close.
+    pub shutdown: CancellationToken,
+}
+
+/// A gateway serving in the background (in tests, or embedded in `ds dev`).
+pub struct RunningGateway {
+    /// The bound address (the real port when `--listen` had port 0).
+    pub addr: SocketAddr,
+    /// The admin API key: newly created, or read back from `admin.key`; empty when that
+    /// file is missing on a later start.
+    pub admin_key: String,
+    tls: bool,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    store: Arc<sqlite::SqliteStore>,
+}
+
+impl std::fmt::Debug for RunningGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningGateway")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningGateway {
+    /// Opens the store, makes sure an admin key exists, binds and starts serving.
+    ///
+    /// # Errors
+    /// The data directory, database, TLS material or listen address is unusable.
+    pub async fn start(args: GatewayArgs) -> Result<RunningGateway, GatewayError> {
+        server::install_crypto_provider();
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+            _ if args.insecure => None,
+            _ => return Err(GatewayError::TlsRequired),
+        };
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| GatewayError::DataDir {
+            path: args.data_dir.display().to_string(),
+            source,
+        })?;
+        let store = Arc::new(match &args.database {
+            Some(url) => sqlite::SqliteStore::open_url(url).await?,
+            None => sqlite::SqliteStore::open_path(&args.data_dir.join("gateway.db")).await?,
+        });
+        let (admin_key, created) =
+            credentials::ensure_admin_key(store.as_ref(), &args.data_dir).await?;
+        if created {
+            // Shown once, on purpose outside the logs: the file keeps the only other copy.
+            println!(
+                "Admin API key (shown once; also saved 0600 in {}): {admin_key}",
+                args.data_dir.join(credentials::ADMIN_KEY_FILE).display()
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+        if tls.is_none() {
+            tracing::warn!(%addr, "serving plaintext without TLS (--insecure): tokens cross the network in clear");
+        }
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            presence: agent_service::Presence::default(),
+            heartbeat_interval: args.heartbeat_interval,
+            offline_after: args.offline_after,
+            token_overlap: args.token_overlap,
+            shutdown: shutdown.clone(),
+        });
+        let app = server::router(shared);
+        let is_tls = tls.is_some();
+        let task = tokio::spawn(server::serve(listener, app, tls, shutdown.clone()));
+        tracing::info!(%addr, tls = is_tls, data_dir = %args.data_dir.display(), "gateway listening");
+        Ok(RunningGateway {
+            addr,
+            admin_key,
+            tls: is_tls,
+            shutdown,
+            task,
+            store,
+        })
+    }
+
+    /// The URL clients dial: `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops accepting, ends open streams, waits for connections to close (bounded), and
+    /// closes the database.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "gateway server task ended abnormally");
+        }
+        self.store.close().await;
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops gracefully.
+///
+/// # Errors
+/// Start-up failures (see [`RunningGateway::start`]).
 pub async fn run(
-    _args: GatewayArgs,
-    _shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    args: GatewayArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    Err(GatewayError::NotBuilt)
+    let running = RunningGateway::start(args).await?;
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
 }

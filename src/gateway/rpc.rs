@@ -1,0 +1,39 @@
+//! Helpers shared by the gRPC services: credential extraction and error mapping.
+
+use super::store::StoreError;
+use tonic::{Request, Status};
+
+/// The bearer credential of a request, without its `Bearer ` prefix.
+///
+/// # Errors
+/// UNAUTHENTICATED when the `authorization` metadata is missing or malformed; the
+/// message never repeats what was sent.
+pub fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
+    let value = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer credential"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization metadata"))?;
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or_else(|| Status::unauthenticated("authorization must be a Bearer credential"))
+}
+
+/// Maps a store error to a gRPC status. Database details are logged, not sent.
+pub fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
+        StoreError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        StoreError::Conflict(what) => {
+            Status::aborted(format!("{what} was changed concurrently; retry"))
+        }
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::internal("internal storage error")
+        }
+    }
+}

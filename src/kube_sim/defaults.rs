@@ -1,0 +1,173 @@
+//! Server-side defaulting that clients depend on (Service clusterIP/type, Deployment strategy…).
+
+use super::resources::RESOURCES;
+use super::server::Shared;
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+use std::sync::atomic::Ordering;
+
+fn obj_mut<'a>(v: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
+    if !v.get(key).is_some_and(Value::is_object) {
+        v[key] = json!({});
+    }
+    match v.get_mut(key) {
+        Some(Value::Object(m)) => m,
+        // Just made an object above.
+        _ => unreachable!("key set to an object"),
+    }
+}
+
+fn default(m: &mut Map<String, Value>, key: &str, v: Value) {
+    if m.get(key).is_none_or(Value::is_null) {
+        m.insert(key.to_string(), v);
+    }
+}
+
+/// Fills defaults into `obj` of resource `rt`; `old` is the stored object on updates
+/// (immutable allocated values such as a Service's clusterIP are carried over).
+pub(crate) fn apply(shared: &Shared, rt: usize, obj: &mut Value, old: Option<&Value>) {
+    match RESOURCES[rt].resource {
+        "namespaces" => namespace(obj),
+        "services" => service(shared, obj, old),
+        "deployments" => deployment(obj),
+        "secrets" => secret(obj),
+        "pods" => {
+            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+                pod_spec(spec);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn namespace(obj: &mut Value) {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let labels = obj_mut(&mut obj["metadata"], "labels");
+    labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+    default(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
+    default(obj_mut(obj, "status"), "phase", json!("Active"));
+}
+
+fn service(shared: &Shared, obj: &mut Value, old: Option<&Value>) {
+    let spec = obj_mut(obj, "spec");
+    default(spec, "type", json!("ClusterIP"));
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    if ty != "ExternalName" {
+        let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).cloned();
+        if spec.get("clusterIP").is_none_or(|v| v.is_null() || v == "") {
+            let ip = old_ip.unwrap_or_else(|| {
+                let n = shared.next_ip.fetch_add(1, Ordering::Relaxed) + 10;
+                json!(format!("10.96.{}.{}", (n >> 8) & 0xff, n & 0xff))
+            });
+            spec.insert("clusterIP".into(), ip);
+        }
+        let ip = spec.get("clusterIP").cloned().unwrap_or(Value::Null);
+        default(spec, "clusterIPs", json!([ip]));
+        default(spec, "ipFamilies", json!(["IPv4"]));
+        default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    default(spec, "sessionAffinity", json!("None"));
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for (i, p) in ports.iter_mut().enumerate() {
+            let Some(p) = p.as_object_mut() else { continue };
+            default(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                default(p, "targetPort", port);
+            }
+            if (ty == "NodePort" || ty == "LoadBalancer") && p.get("nodePort").is_none() {
+                let old_np = old
+                    .and_then(|o| o.pointer(&format!("/spec/ports/{i}/nodePort")))
+                    .cloned();
+                let np = old_np.unwrap_or_else(|| {
+                    json!(30000 + shared.next_ip.fetch_add(1, Ordering::Relaxed) % 2768)
+                });
+                p.insert("nodePort".into(), np);
+            }
+        }
+    }
+    if obj.get("status").is_none() {
+        obj["status"] = json!({"loadBalancer": {}});
+    }
+}
+
+fn deployment(obj: &mut Value) {
+    let spec = obj_mut(obj, "spec");
+    default(spec, "replicas", json!(1));
+    default(spec, "revisionHistoryLimit", json!(10));
+    default(spec, "progressDeadlineSeconds", json!(600));
+    let strategy = spec.entry("strategy").or_insert_with(|| json!({}));
+    if let Some(s) = strategy.as_object_mut() {
+        default(s, "type", json!("RollingUpdate"));
+        if s.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+            let ru = s.entry("rollingUpdate").or_insert_with(|| json!({}));
+            if let Some(ru) = ru.as_object_mut() {
+                default(ru, "maxUnavailable", json!("25%"));
+                default(ru, "maxSurge", json!("25%"));
+            }
+        }
+    }
+    if let Some(pod) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+        pod_spec(pod);
+    }
+}
+
+fn pod_spec(pod: &mut Value) {
+    let Some(p) = pod.as_object_mut() else { return };
+    default(p, "restartPolicy", json!("Always"));
+    default(p, "terminationGracePeriodSeconds", json!(30));
+    default(p, "dnsPolicy", json!("ClusterFirst"));
+    default(p, "securityContext", json!({}));
+    default(p, "schedulerName", json!("default-scheduler"));
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(cs)) = p.get_mut(list) {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                default(c, "terminationMessagePolicy", json!("File"));
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+                let last = image.rsplit('/').next().unwrap_or(image);
+                let latest = !last.contains(':') || last.ends_with(":latest");
+                let policy = if latest && !image.contains('@') {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                };
+                default(c, "imagePullPolicy", json!(policy));
+                default(c, "resources", json!({}));
+                if let Some(Value::Array(ports)) = c.get_mut("ports") {
+                    for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        default(port, "protocol", json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn secret(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else { return };
+    default(m, "type", json!("Opaque"));
+    if let Some(Value::Object(sd)) = m.remove("stringData") {
+        let data = m.entry("data").or_insert_with(|| json!({}));
+        if let Some(d) = data.as_object_mut() {
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or("");
+                d.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! API errors answered as `Status` objects, with the reasons and codes of the real API server.
+
+use super::resources::ResourceType;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A failed request, rendered as a Kubernetes `Status` (kind Status, status Failure).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status code (also `Status.code`).
+    pub code: u16,
+    /// `Status.reason` (`NotFound`, `AlreadyExists`, `Conflict`, …).
+    pub reason: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// `Status.details`, when the real server fills it.
+    pub details: Option<Value>,
+    /// Seconds for a `Retry-After` header (429).
+    pub retry_after: Option<u64>,
+}
+
+fn details(rt: &ResourceType, name: &str) -> Value {
+    json!({"name": name, "group": rt.group, "kind": rt.resource})
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            retry_after: None,
+        }
+    }
+
+    fn with_details(mut self, d: Value) -> Self {
+        self.details = Some(d);
+        self
+    }
+
+    /// 404 `deployments.apps "x" not found`.
+    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.group_resource()),
+        )
+        .with_details(details(rt, name))
+    }
+
+    /// 404 for a namespaced write into a namespace that does not exist.
+    pub fn namespace_not_found(ns: &str) -> Self {
+        Self::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+            .with_details(json!({"name": ns, "kind": "namespaces"}))
+    }
+
+    /// 404 for a URL that names no resource.
+    pub fn no_route() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
+    }
+
+    /// 409 `deployments.apps "x" already exists`.
+    pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.group_resource()),
+        )
+        .with_details(details(rt, name))
+    }
+
+    /// 409 for a stale `resourceVersion`.
+    pub fn conflict(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                rt.group_resource()
+            ),
+        )
+        .with_details(details(rt, name))
+    }
+
+    /// 409 with a free message (server-side apply conflicts, injected faults).
+    pub fn conflict_msg(rt: &ResourceType, name: &str, message: String, causes: Value) -> Self {
+        let mut d = details(rt, name);
+        if causes.as_array().is_some_and(|c| !c.is_empty()) {
+            d["causes"] = causes;
+        }
+        Self::new(409, "Conflict", message).with_details(d)
+    }
+
+    /// 422 `Deployment.apps "x" is invalid: field: why`.
+    pub fn invalid(rt: &ResourceType, name: &str, field: &str, why: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            if field.is_empty() {
+                format!("{} \"{name}\" is invalid: {why}", rt.group_kind())
+            } else {
+                format!("{} \"{name}\" is invalid: {field}: {why}", rt.group_kind())
+            },
+        )
+        .with_details(json!({
+            "name": name, "group": rt.group, "kind": rt.kind,
+            "causes": [{"reason": "FieldValueInvalid", "message": why, "field": field}]
+        }))
+    }
+
+    /// 400 BadRequest.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+        .with_details(json!({}))
+    }
+
+    /// 415 UnsupportedMediaType for a body encoding the simulator does not read.
+    pub fn unsupported_media_type(ct: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (the simulated API server does not decode {ct})"
+            ),
+        )
+    }
+
+    /// 415 UnsupportedMediaType for a PATCH content type.
+    pub fn unsupported_patch_type(ct: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct})"
+            ),
+        )
+    }
+
+    /// 410 Expired: a watch asked for a resourceVersion older than the kept history.
+    pub fn gone(asked: u64, oldest: u64) -> Self {
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {asked} ({oldest})"),
+        )
+    }
+
+    /// 500 InternalError.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message).with_details(json!({
+            "causes": [{"message": "injected fault"}]
+        }))
+    }
+
+    /// 429 TooManyRequests with `Retry-After`.
+    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+        let mut e = Self::new(
+            429,
+            "TooManyRequests",
+            "Too many requests, please try again later.",
+        )
+        .with_details(json!({"retryAfterSeconds": retry_after_secs}));
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self.to_status()).unwrap_or_default();
+        let mut resp = (
+            code,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// The `Status` a successful delete answers with (kind Status, status Success).
+pub fn delete_success(rt: &ResourceType, name: &str, uid: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": rt.group, "kind": rt.resource, "uid": uid}
+    })
+}

@@ -1,0 +1,1047 @@
+//! Integration tests of `ds gateway`: a real gateway on 127.0.0.1:0 with a temporary
+//! SQLite file, driven by tonic clients acting as agents and as the CLI.
+
+use ds_deployer::core::DeploymentSpec;
+use ds_deployer::gateway::{GatewayArgs, RunningGateway};
+use ds_deployer::proto::agent_service_client::AgentServiceClient;
+use ds_deployer::proto::control_service_client::ControlServiceClient;
+use ds_deployer::proto::{self, WatchEvent, watch_event};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::Code;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// === helpers ===
+
+/// Adds `authorization: Bearer …` to every request.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+fn bearer(secret: &str) -> Bearer {
+    Bearer(
+        format!("Bearer {secret}")
+            .parse()
+            .expect("ascii credential"),
+    )
+}
+
+type Agent = AgentServiceClient<InterceptedService<Channel, Bearer>>;
+type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
+
+struct TestGateway {
+    gw: RunningGateway,
+    dir: tempfile::TempDir,
+}
+
+fn args(dir: &std::path::Path) -> GatewayArgs {
+    let mut args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir);
+    args.heartbeat_interval = Duration::from_millis(300);
+    args
+}
+
+async fn start() -> TestGateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = RunningGateway::start(args(dir.path()))
+        .await
+        .expect("gateway starts");
+    TestGateway { gw, dir }
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+impl TestGateway {
+    async fn control(&self) -> Control {
+        ControlServiceClient::with_interceptor(
+            channel(&self.gw.url()).await,
+            bearer(&self.gw.admin_key),
+        )
+    }
+
+    async fn agent(&self, token: &str) -> Agent {
+        AgentServiceClient::with_interceptor(channel(&self.gw.url()).await, bearer(token))
+    }
+}
+
+/// Creates a deployer; returns `(id, token)`.
+async fn create_deployer(control: &mut Control, name: &str) -> (String, String) {
+    let resp = control
+        .create_deployer(proto::CreateDeployerRequest {
+            name: name.to_string(),
+        })
+        .await
+        .expect("create deployer")
+        .into_inner();
+    (resp.deployer.expect("deployer").id, resp.token)
+}
+
+async fn create_deployment(
+    control: &mut Control,
+    deployer: &str,
+    name: &str,
+) -> Result<proto::DeploymentView, tonic::Status> {
+    control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: deployer.to_string(),
+            name: name.to_string(),
+            namespace: "models".to_string(),
+            spec: Some(DeploymentSpec::test(name).into()),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn select(deployment: &str) -> proto::GetDeploymentRequest {
+    proto::GetDeploymentRequest {
+        deployment: deployment.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The next event that is not a heartbeat.
+async fn next_change(stream: &mut tonic::Streaming<WatchEvent>) -> watch_event::Event {
+    loop {
+        let ev = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("event within the deadline")
+            .expect("stream healthy")
+            .expect("stream open")
+            .event
+            .expect("event set");
+        if !matches!(ev, watch_event::Event::Heartbeat(_)) {
+            return ev;
+        }
+    }
+}
+
+async fn open_watch(agent: &mut Agent) -> (proto::Snapshot, tonic::Streaming<WatchEvent>) {
+    let mut stream = agent
+        .watch(proto::WatchRequest {
+            agent: Some(proto::AgentInfo {
+                version: "1.2.3".into(),
+                cluster: "test-cluster".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("first message in time")
+        .expect("ok")
+        .expect("some")
+        .event
+        .expect("event");
+    match first {
+        watch_event::Event::Snapshot(s) => (s, stream),
+        other => panic!("first message must be a snapshot, got {other:?}"),
+    }
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + DEADLINE;
+    while tokio::time::Instant::now() < end {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+// === snapshot and ordering ===
+
+#[tokio::test]
+async fn watch_starts_with_a_complete_snapshot() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (id, token) = create_deployer(&mut control, "alpha").await;
+    let made = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .expect("create");
+    let mut agent = t.agent(&token).await;
+    let (snap, _stream) = open_watch(&mut agent).await;
+    assert!(snap.complete, "the gateway always sends complete snapshots");
+    assert_eq!(snap.deployer_id, id);
+    assert_eq!(snap.revision, 1);
+    assert_eq!(snap.deployments.len(), 1);
+    let d = &snap.deployments[0];
+    assert_eq!(d.id, made.deployment.unwrap().id);
+    assert_eq!((d.name.as_str(), d.namespace.as_str()), ("iris", "models"));
+    assert_eq!(d.revision_of_last_change, 1);
+    assert_eq!(d.spec.as_ref().unwrap().image, "tensorflow/serving:2.15.0");
+
+    // An empty deployer still gets a complete (empty) snapshot.
+    let (_, token_b) = create_deployer(&mut control, "beta").await;
+    let (snap_b, _s) = open_watch(&mut t.agent(&token_b).await).await;
+    assert!(snap_b.complete);
+    assert!(snap_b.deployments.is_empty());
+    assert_eq!(snap_b.revision, 0);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn creates_updates_and_deletes_arrive_in_revision_order() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let mut agent = t.agent(&token).await;
+    let (snap, mut stream) = open_watch(&mut agent).await;
+    assert_eq!(snap.revision, 0);
+
+    let a = create_deployment(&mut control, "alpha", "a").await.unwrap();
+    let b = create_deployment(&mut control, "alpha", "b").await.unwrap();
+    let a_id = a.deployment.unwrap().id;
+    let b_id = b.deployment.unwrap().id;
+    let updated = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&a_id)),
+            image: Some("tensorflow/serving:2.16.0".into()),
+            replicas: Some(3),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        updated.deployment.as_ref().unwrap().revision_of_last_change,
+        3
+    );
+    let deleted = control
+        .delete_deployment(proto::DeleteDeploymentRequest {
+            selector: Some(select(&b_id)),
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(deleted.revision, 4);
+
+    let mut last = snap.revision;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (rev, what) = match next_change(&mut stream).await {
+            watch_event::Event::Upsert(u) => {
+                let d = u.deployment.unwrap();
+                assert_eq!(d.revision_of_last_change, u.revision);
+                (
+                    u.revision,
+                    format!("upsert {} {}", d.name, d.spec.unwrap().replicas),
+                )
+            }
+            watch_event::Event::Removal(r) => {
+                assert_eq!(r.deployment_id, b_id);
+                assert_eq!((r.namespace.as_str(), r.name.as_str()), ("models", "b"));
+                (r.revision, "removal b".to_string())
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(rev > last, "revision {rev} after {last}");
+        last = rev;
+        seen.push(what);
+    }
+    assert_eq!(
+        seen,
+        ["upsert a 1", "upsert b 1", "upsert a 3", "removal b"],
+        "events in commit order"
+    );
+    assert_eq!(last, 4);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats_with_the_latest_revision() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    create_deployment(&mut control, "alpha", "a").await.unwrap();
+    let (snap, mut stream) = open_watch(&mut t.agent(&token).await).await;
+    let ev = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("heartbeat in time")
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    match ev {
+        watch_event::Event::Heartbeat(h) => assert_eq!(h.revision, snap.revision),
+        other => panic!("expected a heartbeat on an idle stream, got {other:?}"),
+    }
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn reconnect_gets_a_fresh_snapshot_and_list_matches() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let mut agent = t.agent(&token).await;
+    let (_, stream) = open_watch(&mut agent).await;
+    create_deployment(&mut control, "alpha", "a").await.unwrap();
+    drop(stream);
+    create_deployment(&mut control, "alpha", "b").await.unwrap();
+
+    let (snap, _stream) = open_watch(&mut agent).await;
+    assert_eq!(snap.revision, 2);
+    let names: Vec<_> = snap.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+
+    let listed = agent
+        .list(proto::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.complete);
+    assert_eq!(listed.revision, snap.revision);
+    assert_eq!(listed.deployments, snap.deployments);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_on_the_same_database_keeps_state_and_revisions_grow() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (id, token) = create_deployer(&mut control, "alpha").await;
+    create_deployment(&mut control, "alpha", "a").await.unwrap();
+    create_deployment(&mut control, "alpha", "b").await.unwrap();
+    let admin_key = t.gw.admin_key.clone();
+    let TestGateway { gw, dir } = t;
+    gw.shutdown().await;
+
+    let gw = RunningGateway::start(args(dir.path()))
+        .await
+        .expect("restart");
+    assert_eq!(
+        gw.admin_key, admin_key,
+        "admin key read back from admin.key"
+    );
+    let t = TestGateway { gw, dir };
+    let mut control = t.control().await;
+    let deployers = control
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployers;
+    assert_eq!(deployers.len(), 1);
+    assert_eq!(deployers[0].id, id);
+    assert_eq!(deployers[0].deployments, 2);
+    assert_eq!(deployers[0].revision, 2);
+
+    // The same token still works and sees the same state.
+    let mut agent = t.agent(&token).await;
+    let (snap, mut stream) = open_watch(&mut agent).await;
+    assert_eq!(snap.revision, 2);
+    assert_eq!(snap.deployments.len(), 2);
+    create_deployment(&mut control, "alpha", "c").await.unwrap();
+    match next_change(&mut stream).await {
+        watch_event::Event::Upsert(u) => assert_eq!(u.revision, 3),
+        other => panic!("unexpected {other:?}"),
+    }
+    t.gw.shutdown().await;
+}
+
+// === credentials ===
+
+#[tokio::test]
+async fn wrong_missing_and_revoked_tokens_are_unauthenticated() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+
+    // Well-formed but unknown, garbage, and a token with its secret part changed.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    for bad in [
+        "dst_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "garbage",
+        forged.as_str(),
+    ] {
+        let err = t
+            .agent(bad)
+            .await
+            .list(proto::ListRequest {})
+            .await
+            .expect_err("bad token refused");
+        assert_eq!(err.code(), Code::Unauthenticated, "{bad}");
+        assert!(!err.message().contains(bad));
+    }
+    let mut no_auth = AgentServiceClient::new(channel(&t.gw.url()).await);
+    let err = no_auth.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // The admin API key is not a deployer token and vice versa.
+    let err = t
+        .agent(&t.gw.admin_key)
+        .await
+        .list(proto::ListRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut as_admin =
+        ControlServiceClient::with_interceptor(channel(&t.gw.url()).await, bearer(&token));
+    let err = as_admin
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Deleting the deployer revokes its token and ends its open streams.
+    let mut agent = t.agent(&token).await;
+    let (_, mut stream) = open_watch(&mut agent).await;
+    control
+        .delete_deployer(proto::DeleteDeployerRequest {
+            deployer: "alpha".into(),
+        })
+        .await
+        .unwrap();
+    let err = agent.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let end = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("stream ends")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotated_token_works_during_the_overlap_and_not_after() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, old) = create_deployer(&mut control, "alpha").await;
+    let rotated = control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(rotated.token, old);
+    assert!(!rotated.previous_expires_at.is_empty());
+    let mut old_agent = t.agent(&old).await;
+    let mut new_agent = t.agent(&rotated.token).await;
+    // Within the overlap both work (the window is 2 s; the first call is immediate).
+    old_agent
+        .list(proto::ListRequest {})
+        .await
+        .expect("old token valid during the overlap");
+    new_agent
+        .list(proto::ListRequest {})
+        .await
+        .expect("new token");
+
+    eventually("the old token expires", || {
+        let mut a = old_agent.clone();
+        async move {
+            matches!(a.list(proto::ListRequest {}).await, Err(e) if e.code() == Code::Unauthenticated)
+        }
+    })
+    .await;
+    new_agent
+        .list(proto::ListRequest {})
+        .await
+        .expect("new token still valid");
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_on_a_rotated_out_token_ends_after_the_overlap() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, old) = create_deployer(&mut control, "alpha").await;
+    let (_, mut stream) = open_watch(&mut t.agent(&old).await).await;
+    control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 1,
+        })
+        .await
+        .unwrap();
+    let end = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("stream ends")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployers_see_only_their_own_deployments() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (a_id, a_token) = create_deployer(&mut control, "alpha").await;
+    let (_, b_token) = create_deployer(&mut control, "beta").await;
+    let (_, mut a_stream) = open_watch(&mut t.agent(&a_token).await).await;
+    let mut b_agent = t.agent(&b_token).await;
+    let (_, mut b_stream) = open_watch(&mut b_agent).await;
+
+    let b_dep = create_deployment(&mut control, "beta", "secret-model")
+        .await
+        .unwrap();
+    let a_dep = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    let a_dep_id = a_dep.deployment.unwrap().id;
+
+    // A's first change is its own deployment, never B's.
+    match next_change(&mut a_stream).await {
+        watch_event::Event::Upsert(u) => {
+            let d = u.deployment.unwrap();
+            assert_eq!(d.id, a_dep_id);
+            assert_eq!(d.deployer_id, a_id);
+            assert_eq!(u.revision, 1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match next_change(&mut b_stream).await {
+        watch_event::Event::Upsert(u) => assert_eq!(u.deployment.unwrap().name, "secret-model"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let a_list = t
+        .agent(&a_token)
+        .await
+        .list(proto::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a_list.deployments.len(), 1);
+    assert_eq!(a_list.deployments[0].id, a_dep_id);
+
+    // B cannot write statuses of A's deployment.
+    b_agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![proto::DeploymentStatus {
+                deployment_id: a_dep_id.clone(),
+                phase: proto::Phase::Failed as i32,
+                last_error: "forged".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    let view = control
+        .get_deployment(select(&a_dep_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.status.unwrap().phase, proto::Phase::Unspecified as i32);
+    assert!(b_dep.deployment.is_some());
+    t.gw.shutdown().await;
+}
+
+// === control service ===
+
+#[tokio::test]
+async fn invalid_specs_are_rejected_naming_the_field() {
+    let t = start().await;
+    let mut control = t.control().await;
+    create_deployer(&mut control, "alpha").await;
+    let err = create_deployment(&mut control, "alpha", "Bad_Name")
+        .await
+        .expect_err("bad name refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("name"), "{}", err.message());
+
+    let mut spec: proto::DeploymentSpec = DeploymentSpec::test("iris").into();
+    spec.replicas = 5000;
+    let err = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "alpha".into(),
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too many replicas refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("replicas"), "{}", err.message());
+
+    let ok = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&ok.deployment.unwrap().id)),
+            port: Some(70000),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad port refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("port"), "{}", err.message());
+
+    let err = control
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "Not A Name".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("name"));
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_crud_and_lookups() {
+    let t = start().await;
+    let mut control = t.control().await;
+    create_deployer(&mut control, "alpha").await;
+    let err = control
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "alpha".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Name defaults to the model name, namespace to "default".
+    let mut spec: proto::DeploymentSpec =
+        DeploymentSpec::test("iris").host("iris.example.com").into();
+    spec.port = 0;
+    let view = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "alpha".into(),
+            spec: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d = view.deployment.clone().unwrap();
+    assert_eq!((d.name.as_str(), d.namespace.as_str()), ("iris", "default"));
+    assert_eq!(d.spec.as_ref().unwrap().port, 8501);
+    assert_eq!(view.url, "http://iris.example.com/");
+    assert_eq!(view.deployer_name, "alpha");
+
+    let err = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "alpha".into(),
+            spec: Some(DeploymentSpec::test("iris").into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+
+    // Get by name and by ID; unknown is NOT_FOUND.
+    let by_name = control
+        .get_deployment(select("iris"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_name.deployment.unwrap().id, d.id);
+    let err = control.get_deployment(select("nope")).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Update env and proxy; a no-op update does not bump the revision.
+    let updated = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select("iris")),
+            set_env: vec![proto::EnvVar {
+                name: "MODEL".into(),
+                value: "iris".into(),
+            }],
+            proxy_enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(updated.revision_of_last_change, 2);
+    let spec = updated.spec.unwrap();
+    assert_eq!(spec.env[0].name, "MODEL");
+    assert!(!spec.proxy.unwrap().enabled);
+    let same = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select("iris")),
+            proxy_enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(same.deployment.unwrap().revision_of_last_change, 2);
+
+    let listed = control
+        .list_deployments(proto::ListDeploymentsRequest {
+            deployer: "alpha".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    assert_eq!(listed.len(), 1);
+    control
+        .delete_deployment(proto::DeleteDeploymentRequest {
+            selector: Some(select("iris")),
+        })
+        .await
+        .unwrap();
+    let listed = control
+        .list_deployments(proto::ListDeploymentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    assert!(listed.is_empty());
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_reports_show_in_deployer_list_and_status_watch() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let before = control
+        .get_deployer(proto::GetDeployerRequest {
+            deployer: "alpha".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.state, proto::DeployerState::Unspecified as i32);
+    assert!(before.last_seen.is_empty());
+
+    let view = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    let id = view.deployment.unwrap().id;
+    let mut watch = control
+        .watch_deployment_status(select(&id))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.status.unwrap().phase,
+        proto::Phase::Unspecified as i32
+    );
+
+    let mut agent = t.agent(&token).await;
+    let ack = agent
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "9.9.9".into(),
+                cluster: "kind".into(),
+                ..Default::default()
+            }),
+            statuses: vec![proto::DeploymentStatus {
+                deployment_id: id.clone(),
+                phase: proto::Phase::Available as i32,
+                ready_replicas: 1,
+                available_replicas: 1,
+                updated_replicas: 1,
+                applied_revision: 1,
+                endpoint: "http://iris.models.svc:8080".into(),
+                last_error: String::new(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ack.revision, 1);
+
+    let next = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("status view in time")
+        .unwrap()
+        .unwrap();
+    let status = next.status.unwrap();
+    assert_eq!(status.phase, proto::Phase::Available as i32);
+    assert_eq!(status.applied_revision, 1);
+    assert!(!next.status_updated_at.is_empty());
+
+    let deployers = control
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployers;
+    let d = &deployers[0];
+    assert_eq!(d.state, proto::DeployerState::Online as i32);
+    assert_eq!(d.agent_version, "9.9.9");
+    assert_eq!(d.cluster, "kind");
+    assert_eq!(d.deployments, 1);
+    assert!(!d.last_seen.is_empty());
+
+    // Deleting the deployment ends the status watch with NOT_FOUND.
+    control
+        .delete_deployment(proto::DeleteDeploymentRequest {
+            selector: Some(select(&id)),
+        })
+        .await
+        .unwrap();
+    let end = loop {
+        match tokio::time::timeout(DEADLINE, watch.message())
+            .await
+            .expect("ends")
+        {
+            Ok(Some(_)) => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(end.unwrap_err().code(), Code::NotFound);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployer_goes_offline_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(dir.path());
+    a.offline_after = Duration::from_millis(500);
+    let t = TestGateway {
+        gw: RunningGateway::start(a).await.unwrap(),
+        dir,
+    };
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let (_, stream) = open_watch(&mut t.agent(&token).await).await;
+    let state = |c: &Control| {
+        let mut c = c.clone();
+        async move {
+            c.get_deployer(proto::GetDeployerRequest {
+                deployer: "alpha".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+        }
+    };
+    assert_eq!(state(&control).await, proto::DeployerState::Online as i32);
+    drop(stream);
+    eventually("deployer offline", || {
+        let s = state(&control);
+        async move { s.await == proto::DeployerState::Offline as i32 }
+    })
+    .await;
+    t.gw.shutdown().await;
+}
+
+// === operations ===
+
+#[tokio::test]
+async fn admin_key_file_is_private_and_http_endpoints_answer() {
+    let t = start().await;
+    let path = t.dir.path().join("admin.key");
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(on_disk.trim(), t.gw.admin_key);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let health = http_get(t.gw.addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(t.gw.addr, "/metrics").await;
+    assert!(metrics.contains("ds_gateway_watch_streams"), "{metrics}");
+    t.gw.shutdown().await;
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// A writer that keeps everything logged, for the no-secrets test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// One thread: the gateway's tasks then log through this test's thread-local subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn tokens_never_appear_in_logs() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    let mut agent = t.agent(&token).await;
+    let (_, mut stream) = open_watch(&mut agent).await;
+    agent.list(proto::ListRequest {}).await.unwrap();
+    let rotated = control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    t.agent(&rotated)
+        .await
+        .list(proto::ListRequest {})
+        .await
+        .unwrap();
+    let mut wrong = token.clone();
+    wrong.replace_range(wrong.len() - 4.., "AAAA");
+    let _ = t.agent(&wrong).await.list(proto::ListRequest {}).await;
+    create_deployment(&mut control, "alpha", "other")
+        .await
+        .unwrap();
+    next_change(&mut stream).await;
+    let admin_key = t.gw.admin_key.clone();
+    t.gw.shutdown().await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
+    assert!(
+        logs.contains("deployer created"),
+        "logs were captured: {logs}"
+    );
+    for secret in [&token, &rotated, &wrong, &admin_key] {
+        // PREFIX_ID_SECRET: the 43-character secret part must never show up.
+        let body = secret.splitn(3, '_').nth(2).unwrap();
+        assert_eq!(body.len(), 43);
+        assert!(!logs.contains(body), "a secret leaked into the logs");
+    }
+}
+
+// === TLS ===
+
+struct TestPki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn test_pki() -> TestPki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    TestPki {
+        ca_pem: ca_cert.pem(),
+        cert_pem: leaf_cert.pem(),
+        key_pem: leaf_key.serialize_pem(),
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_grpc_with_a_test_ca_and_plaintext_needs_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
+
+    let mut plain = args(dir.path());
+    plain.insecure = false;
+    let err = RunningGateway::start(plain.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("--insecure"), "{err}");
+
+    plain.tls_cert = Some(cert);
+    plain.tls_key = Some(key);
+    let gw = RunningGateway::start(plain).await.expect("TLS gateway");
+    assert!(gw.url().starts_with("https://"));
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(gw.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connect");
+    let mut control = ControlServiceClient::with_interceptor(channel, bearer(&gw.admin_key));
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    assert!(!token.is_empty());
+    let listed = control
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.deployers.len(), 1);
+
+    // A client that does not trust the CA fails.
+    let untrusted = Channel::from_shared(gw.url())
+        .unwrap()
+        .tls_config(tonic::transport::ClientTlsConfig::new().domain_name("localhost"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = untrusted {
+        let mut c = ControlServiceClient::with_interceptor(ch, bearer(&gw.admin_key));
+        assert!(
+            c.list_deployers(proto::ListDeployersRequest {})
+                .await
+                .is_err()
+        );
+    }
+    gw.shutdown().await;
+}
