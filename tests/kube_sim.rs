@@ -1385,3 +1385,39 @@ async fn reapplying_an_unchanged_deployment_is_a_no_op() {
     .await;
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn kubectl_apply_reports_unknown_fields_and_get_prints_tables() {
+    let k = Kubectl::start().await;
+    let typo = manifest("nginx:1.27", 1).replace("  replicas: 1", "  replicaz: 1");
+    let file = k.write("typo.yaml", &typo);
+    let out = k.run(&["apply", "-f", &file]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unknown field \"spec.replicaz\""),
+        "{}",
+        out.stderr
+    );
+
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    k.ok(&["apply", "-f", &file]).await;
+    k.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "fid",
+        "--timeout=60s",
+    ])
+    .await;
+    let table = k.ok(&["get", "deployment", "web", "-n", "fid"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(table.lines().nth(1).unwrap().starts_with("web"), "{table}");
+    assert!(table.contains("2/2"), "{table}");
+    let svc = k.ok(&["get", "service", "web", "-n", "fid"]).await;
+    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
+    let pods = k.ok(&["get", "pods", "-n", "fid", "-l", "app=web"]).await;
+    assert_eq!(pods.matches("Running").count(), 2, "{pods}");
+    k.sim.shutdown().await;
+}
