@@ -1421,3 +1421,69 @@ async fn kubectl_apply_reports_unknown_fields_and_get_prints_tables() {
     assert_eq!(pods.matches("Running").count(), 2, "{pods}");
     k.sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_and_paged_initial_list() {
+    let sim = sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    for i in 0..12 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("s-{i}"), json!({"team": "s"})),
+        )
+        .await
+        .unwrap();
+    }
+    for config in [
+        watcher::Config::default()
+            .labels("team=s")
+            .streaming_lists(),
+        watcher::Config::default().labels("team=s").page_size(5),
+    ] {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let stream = watcher(cms.clone(), config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let task = tokio::spawn(async move {
+            let mut s = std::pin::pin!(stream);
+            while s.next().await.is_some() {}
+        });
+        reader.wait_until_ready().await.unwrap();
+        assert_eq!(reader.state().len(), 12);
+        task.abort();
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_replace_with_stale_version_conflicts() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let sim = sim().await;
+    let leases: Api<Lease> = Api::namespaced(sim.client(), "default");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "ds-agent"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    // Two candidates read the same version; the first replace wins, the second conflicts.
+    let mut a = created.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("a2".into());
+    let mut b = created.clone();
+    b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("ds-agent", &PostParams::default(), &a)
+        .await
+        .unwrap();
+    let (code, reason) = api_err(
+        leases
+            .replace("ds-agent", &PostParams::default(), &b)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let held = leases.get("ds-agent").await.unwrap();
+    assert_eq!(held.spec.unwrap().holder_identity.as_deref(), Some("a2"));
+    sim.shutdown().await;
+}
