@@ -582,11 +582,26 @@ async fn namespace_delete_removes_its_objects() {
     cms.create(&PostParams::default(), &configmap("c", json!({})))
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .delete("tmp", &DeleteParams::default())
-        .await
-        .unwrap();
-    assert_eq!(api_err(cms.get("c").await.unwrap_err()).0, 404);
+    let nss = Api::<Namespace>::all(client.clone());
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    // Terminating first: no new content, existing content still readable.
+    let ns = nss.get("tmp").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let (code, reason) = api_err(
+        cms.create(&PostParams::default(), &configmap("d", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    eventually("namespace and content gone", || {
+        let (nss, cms) = (nss.clone(), cms.clone());
+        async move {
+            let ns_gone = nss.get("tmp").await.is_err();
+            let cm_gone = cms.get("c").await.is_err();
+            (ns_gone && cm_gone).then_some(())
+        }
+    })
+    .await;
     sim.shutdown().await;
 }
 
