@@ -62,6 +62,7 @@ fn chunked(data: &[u8]) -> TestBody {
 
 /// A small model-server stand-in:
 /// - `/echo`: streams the request body back; status from `x-want-status`;
+/// - `/collect`: reads the whole body, then answers with its length;
 /// - `/chunked`: 300 kB of `pattern(_, 7)` in uneven chunks, no content length;
 /// - `/big`: 10 MB of `pattern(_, 11)`;
 /// - `/slow`: answers after a minute.
@@ -90,6 +91,13 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<TestBody>, 
     }
     let body = match req.uri().path() {
         "/echo" => req.into_body().map_err(BoxError::from).boxed(),
+        "/collect" => {
+            // Reads the whole request before answering, as TensorFlow Serving does.
+            match req.into_body().collect().await {
+                Ok(body) => full(format!("{} bytes", body.to_bytes().len())),
+                Err(_) => full("broken body"),
+            }
+        }
         "/chunked" => chunked(&pattern(300_000, 7)),
         "/big" => full(pattern(10 * 1024 * 1024, 11)),
         "/slow" => {
@@ -893,6 +901,25 @@ async fn malformed_requests_get_an_error_not_a_crash() {
         let answer = raw_exchange(proxy.addr, case).await;
         assert!(!answer.contains("only a few byteshello"), "{answer}");
     }
+    // A broken body on its way to an upstream that waits for all of it: 400, and the
+    // upstream is not blamed.
+    let broken = raw_exchange(
+        proxy.addr,
+        b"POST /collect HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    assert!(broken.starts_with("HTTP/1.1 400"), "{broken}");
+    assert!(broken.contains("bad_request_body"), "{broken}");
+    let text = scrape(&proxy).await;
+    assert_eq!(
+        sample(
+            &text,
+            "ds_proxy_upstream_errors_total",
+            &[("kind", "other")]
+        ),
+        None,
+        "{text}"
+    );
     let star = raw_exchange(proxy.addr, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(star.starts_with("HTTP/1.1 400"), "{star}");
     assert!(star.contains("bad_request"));

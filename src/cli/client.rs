@@ -95,13 +95,21 @@ pub async fn connect(connection: &Connection) -> Result<Control, CliError> {
                 reason: root_cause(&e),
             })?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable {
-            url: url.clone(),
-            detail: format!(" ({})", root_cause(&e)),
-        })?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        let detail = root_cause(&e);
+        // A certificate problem is not an outage: say which flag fixes it.
+        if detail.to_lowercase().contains("certificate") {
+            CliError::UntrustedGateway {
+                url: url.clone(),
+                detail,
+            }
+        } else {
+            CliError::Unreachable {
+                url: url.clone(),
+                detail: format!(" ({detail})"),
+            }
+        }
+    })?;
     Ok(ControlServiceClient::with_interceptor(
         channel,
         BearerAuth { header },

@@ -83,7 +83,11 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                 .into_inner();
             let views: Vec<DeployerView> =
                 response.deployers.iter().map(DeployerView::from).collect();
-            print(format, &views, || output::deployers_table(&views))?;
+            if views.is_empty() && format == OutputFormat::Table {
+                eprintln!("No deployers found. Register one with `ds deployer create NAME`.");
+            } else {
+                print(format, &views, || output::deployers_table(&views))?;
+            }
         }
         DeployerCommand::Get { deployer } => {
             let found = control

@@ -1,7 +1,7 @@
 //! `ds deployment create|ls|get|update|rm`.
 
 use super::client::{self, Control, request, status_error};
-use super::output::{self, DeploymentView, print};
+use super::output::{self, DeploymentView, OutputFormat, print};
 use super::{
     CliError, CreateArgs, DeploymentArgs, DeploymentCommand, SelectArgs, UpdateArgs, config, wait,
 };
@@ -60,7 +60,11 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
                 .iter()
                 .map(DeploymentView::from)
                 .collect();
-            print(format, &views, || output::deployments_table(&views))?;
+            if views.is_empty() && format == OutputFormat::Table {
+                eprintln!("No deployments found.");
+            } else {
+                print(format, &views, || output::deployments_table(&views))?;
+            }
         }
         DeploymentCommand::Get(select) => {
             let found = get(&mut control, &select).await.map_err(err)?;

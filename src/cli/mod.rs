@@ -302,7 +302,7 @@ pub struct LoginArgs {
     /// Gateway URL, e.g. `https://gateway.example.com:8800`.
     #[arg(long, env = "DS_GATEWAY")]
     pub gateway: String,
-    /// Admin API key (printed by `ds gateway` on its first start).
+    /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
     #[arg(long, env = "DS_API_KEY", hide_env_values = true)]
     pub api_key: Secret,
     /// PEM CA bundle to trust for the gateway's TLS certificate.
@@ -334,6 +334,10 @@ pub enum CliError {
     ReadCaCert { path: String, cause: std::io::Error },
     #[error("cannot reach the gateway at {url}{detail}: is `ds gateway` running?")]
     Unreachable { url: String, detail: String },
+    #[error(
+        "cannot verify the gateway at {url} ({detail}): pass its CA bundle with --ca-cert or DS_CA_CERT"
+    )]
+    UntrustedGateway { url: String, detail: String },
     #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
     Unauthenticated,
     #[error("permission denied: {0}")]

@@ -201,7 +201,7 @@ impl Drop for Exchange {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (bytes, truncated) = capture.prefix(limit);
             BodySample {
-                bytes,
+                bytes: Bytes::copy_from_slice(&bytes),
                 truncated,
                 total: capture.total(),
             }
@@ -210,7 +210,9 @@ impl Drop for Exchange {
             Some(capture) => {
                 let (bytes, truncated) = capture.prefix(limit);
                 BodySample {
-                    bytes,
+                    // A copy: a slice would keep the connection's whole read buffer alive
+                    // while the record waits in the queue.
+                    bytes: Bytes::copy_from_slice(&bytes),
                     truncated,
                     total: capture.total(),
                 }
@@ -366,6 +368,17 @@ pub(crate) async fn handle(
     let outcome = tokio::time::timeout(shared.timeout, shared.client.request(upstream_req)).await;
     let mut response = match outcome {
         Ok(Ok(response)) => response,
+        Ok(Err(error)) if client_body_failed(&error) => {
+            // The client's own body broke (bad chunking, short content): not the model's fault.
+            tracing::debug!(request_id = ?request_id, error = %ErrorChain(&error), "request body failed");
+            return Ok(local_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "the request body ended early or was malformed".into(),
+                &request_id,
+                Some(exchange),
+            ));
+        }
         Ok(Err(error)) => {
             let kind = if error.is_connect() {
                 UpstreamErrorKind::Connect
@@ -467,6 +480,20 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
         None => peer.ip.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), value);
+}
+
+/// True when the upstream request failed because reading the client's body failed.
+fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Displays an error with its sources, which is where hyper puts the useful part.

@@ -59,56 +59,92 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound of one readiness probe to the upstream.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The environment variables behind the flags, for whoever builds the sidecar container.
+pub mod env {
+    /// `--listen`.
+    pub const LISTEN: &str = "DS_PROXY_LISTEN";
+    /// `--admin-listen`.
+    pub const ADMIN_LISTEN: &str = "DS_PROXY_ADMIN_LISTEN";
+    /// `--upstream`.
+    pub const UPSTREAM: &str = "DS_PROXY_UPSTREAM";
+    /// `--class-names` (comma-separated).
+    pub const CLASS_NAMES: &str = "DS_PROXY_CLASS_NAMES";
+    /// `--deployment-id`.
+    pub const DEPLOYMENT_ID: &str = "DS_PROXY_DEPLOYMENT_ID";
+    /// `--timeout`.
+    pub const TIMEOUT: &str = "DS_PROXY_TIMEOUT";
+    /// `--ready-path`.
+    pub const READY_PATH: &str = "DS_PROXY_READY_PATH";
+    /// `--class-body-limit`.
+    pub const CLASS_BODY_LIMIT: &str = "DS_PROXY_CLASS_BODY_LIMIT";
+    /// `--query-log`.
+    pub const QUERY_LOG: &str = "DS_PROXY_QUERY_LOG";
+    /// `--query-log-body-limit`.
+    pub const QUERY_LOG_BODY_LIMIT: &str = "DS_PROXY_QUERY_LOG_BODY_LIMIT";
+    /// `--query-log-queue`.
+    pub const QUERY_LOG_QUEUE: &str = "DS_PROXY_QUERY_LOG_QUEUE";
+    /// `--query-log-interval`.
+    pub const QUERY_LOG_INTERVAL: &str = "DS_PROXY_QUERY_LOG_INTERVAL";
+    /// `--upstream-max-idle`.
+    pub const UPSTREAM_MAX_IDLE: &str = "DS_PROXY_UPSTREAM_MAX_IDLE";
+}
+
 /// `ds model-proxy`: every flag can also come from a `DS_PROXY_*` environment variable.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
     /// Address for model traffic (HTTP/1.1 and h2c).
-    #[arg(long, env = "DS_PROXY_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    #[arg(long, env = env::LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     pub listen: SocketAddr,
 
     /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "DS_PROXY_ADMIN_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)))]
+    #[arg(long, env = env::ADMIN_LISTEN, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_ADMIN_PORT)))]
     pub admin_listen: SocketAddr,
 
     /// The model server (plain HTTP, usually on localhost).
-    #[arg(long, env = "DS_PROXY_UPSTREAM", default_value = DEFAULT_UPSTREAM)]
+    #[arg(long, env = env::UPSTREAM, default_value = DEFAULT_UPSTREAM)]
     pub upstream: String,
 
     /// Class names in model output order, comma-separated (argmax index → name).
-    #[arg(long, env = "DS_PROXY_CLASS_NAMES", value_delimiter = ',')]
+    #[arg(long, env = env::CLASS_NAMES, value_delimiter = ',')]
     pub class_names: Vec<String>,
 
     /// Deployment ID written in every query-log line.
-    #[arg(long, env = "DS_PROXY_DEPLOYMENT_ID", default_value = "")]
+    #[arg(long, env = env::DEPLOYMENT_ID, default_value = "")]
     pub deployment_id: String,
 
     /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504.
-    #[arg(long, env = "DS_PROXY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 
     /// Upstream path asked by /readyz; any answer below 500 means ready.
-    #[arg(long, env = "DS_PROXY_READY_PATH", default_value = "/")]
+    #[arg(long, env = env::READY_PATH, default_value = "/")]
     pub ready_path: String,
 
     /// Response bytes inspected for the predicted class; 0 turns class counting off.
-    #[arg(long, env = "DS_PROXY_CLASS_BODY_LIMIT", default_value_t = 64 * 1024)]
+    #[arg(long, env = env::CLASS_BODY_LIMIT, default_value_t = 64 * 1024)]
     pub class_body_limit: usize,
 
-    /// Write query logs: `-` or `stdout` for standard output, else a file path (appended).
-    #[arg(long, env = "DS_PROXY_QUERY_LOG")]
+    /// Write query logs: `-` or `stdout` for standard output, else a file path (appended);
+    /// absent or empty: off.
+    #[arg(long, env = env::QUERY_LOG)]
     pub query_log: Option<String>,
 
     /// Request and response body bytes kept per query-log line (longer ones are truncated
     /// and flagged).
-    #[arg(long, env = "DS_PROXY_QUERY_LOG_BODY_LIMIT", default_value_t = 4096)]
+    #[arg(long, env = env::QUERY_LOG_BODY_LIMIT, default_value_t = 4096)]
     pub query_log_body_limit: usize,
 
     /// Query-log lines queued for the writer; when full, lines are dropped and counted.
-    #[arg(long, env = "DS_PROXY_QUERY_LOG_QUEUE", default_value_t = 4096)]
+    #[arg(long, env = env::QUERY_LOG_QUEUE, default_value_t = 4096)]
     pub query_log_queue: usize,
 
+    /// How often the query-log writer drains its queue (e.g. 50ms): lines reach the log at
+    /// most this late.
+    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = parse_duration)]
+    pub query_log_interval: Duration,
+
     /// Idle keep-alive connections kept to the upstream.
-    #[arg(long, env = "DS_PROXY_UPSTREAM_MAX_IDLE", default_value_t = 512)]
+    #[arg(long, env = env::UPSTREAM_MAX_IDLE, default_value_t = 512)]
     pub upstream_max_idle: usize,
 }
 
@@ -180,9 +216,8 @@ pub struct RunningProxy {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub admin_addr: SocketAddr,
     stop_servers: CancellationToken,
-    stop_log: CancellationToken,
     servers: Vec<JoinHandle<()>>,
-    log_writer: Option<JoinHandle<()>>,
+    log_writer: Option<querylog::QueryLogWriter>,
 }
 
 impl RunningProxy {
@@ -219,20 +254,20 @@ impl RunningProxy {
         let addr = local_addr(&listener, args.listen)?;
         let admin_addr = local_addr(&admin_listener, args.admin_listen)?;
 
-        let stop_log = CancellationToken::new();
-        let (query_log, log_writer) = match &args.query_log {
+        // An empty value (a manifest clearing the variable) means off, like an absent one.
+        let (query_log, log_writer) = match args.query_log.as_deref().filter(|t| !t.is_empty()) {
             Some(target) => {
                 let target = QueryLogTarget::parse(target);
                 let (sender, writer) = querylog::start(
                     &target,
                     args.query_log_queue,
+                    args.query_log_interval,
                     args.deployment_id.clone(),
                     metrics.clone(),
-                    stop_log.clone(),
                 )
                 .await
                 .map_err(|source| ProxyError::QueryLogOpen { target, source })?;
-                (Some(sender), Some(tokio::spawn(writer)))
+                (Some(sender), Some(writer))
             }
             None => (None, None),
         };
@@ -274,7 +309,6 @@ impl RunningProxy {
             addr,
             admin_addr,
             stop_servers,
-            stop_log,
             servers: vec![proxy_server, admin_server],
             log_writer,
         })
@@ -289,11 +323,8 @@ impl RunningProxy {
                 tracing::warn!(%error, "a proxy server task failed");
             }
         }
-        self.stop_log.cancel();
-        if let Some(writer) = self.log_writer.take()
-            && let Err(error) = writer.await
-        {
-            tracing::warn!(%error, "the query-log writer failed");
+        if let Some(writer) = self.log_writer.take() {
+            writer.stop().await;
         }
         tracing::info!("model proxy stopped");
     }
@@ -303,7 +334,7 @@ impl Drop for RunningProxy {
     fn drop(&mut self) {
         // A proxy dropped without `shutdown` must not keep serving in the background.
         self.stop_servers.cancel();
-        self.stop_log.cancel();
+        // The writer (if still here) ends on its own after a last drain.
     }
 }
 

@@ -1,0 +1,365 @@
+//! Agent benchmark (issue 4): propagation latency and cold restart, against an in-process
+//! gateway and simulated cluster, with the agent as a separate `ds agent` process (so its
+//! RSS is its own). Run through `hack/bench-agent.sh`, which builds in release first.
+//!
+//! - Propagation: time from the gateway's UpdateDeployment RPC to the changed Deployment
+//!   seen by a watch on the simulated cluster, over N changes; next to it, the simulator's
+//!   own write latency (a server-side apply round trip) measured in the same run.
+//! - Cold restart: with M owned deployments and nothing changed, a fresh agent process:
+//!   time until `/readyz` answers 200, write calls it made (target 0), its peak RSS.
+
+use ds_deployer::core::DeploymentSpec;
+use ds_deployer::gateway::{GatewayArgs, RunningGateway};
+use ds_deployer::kube_sim::{SimCluster, SimConfig};
+use ds_deployer::proto;
+use ds_deployer::proto::control_service_client::ControlServiceClient;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Starts `ds agent` as a child process.
+fn spawn_agent(
+    ds: &Path,
+    gateway: &str,
+    token: &str,
+    kubeconfig: &Path,
+    health: SocketAddr,
+) -> Child {
+    Command::new(ds)
+        .arg("agent")
+        .args(["--gateway", gateway, "--insecure"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--listen-health", &health.to_string(), "--resync", "30s"])
+        .env("DS_TOKEN", token)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ds agent")
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
+    ))
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let changes = env_usize("CHANGES", 1000);
+    let cold = env_usize("DEPLOYMENTS", 5000);
+    let ds: PathBuf = std::env::var("DS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let exe = std::env::current_exe().expect("exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .join("ds")
+        });
+    assert!(ds.exists(), "build `ds` first: {}", ds.display());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gargs = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path());
+    gargs.heartbeat_interval = Duration::from_secs(5);
+    let gw = RunningGateway::start(gargs).await.expect("gateway");
+    let sim = SimCluster::start(SimConfig {
+        rollout_delay: Duration::from_millis(10),
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    let channel = Channel::from_shared(gw.url()).unwrap().connect_lazy();
+    let mut control: Control = ControlServiceClient::with_interceptor(
+        channel,
+        Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap()),
+    );
+    let created = control
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "bench".into(),
+        })
+        .await
+        .expect("deployer")
+        .into_inner();
+    let token = created.token;
+
+    // === Propagation ===
+    let health = free_port();
+    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health);
+    let spec = DeploymentSpec::test("prop");
+    let view = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "bench".into(),
+            name: "prop".into(),
+            namespace: "default".into(),
+            spec: Some(spec.into()),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let id = view.deployment.unwrap().id;
+    let api: Api<Deployment> = Api::namespaced(sim.client(), "default");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch_api = api.clone();
+    tokio::spawn(async move {
+        let stream = watcher(
+            watch_api,
+            watcher::Config::default().labels("app.kubernetes.io/name=prop"),
+        );
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) = ev {
+                let image = d
+                    .spec
+                    .and_then(|s| s.template.spec)
+                    .map(|p| p.containers[0].image.clone().unwrap_or_default());
+                let _ = tx.send((image.unwrap_or_default(), Instant::now()));
+            }
+        }
+    });
+    // Wait for the first version.
+    loop {
+        let (image, _) = rx.recv().await.expect("watch");
+        if image == "tensorflow/serving:2.15.0" {
+            break;
+        }
+    }
+    let mut lat = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let image = format!("bench/model:{i}");
+        let t0 = Instant::now();
+        control
+            .update_deployment(proto::UpdateDeploymentRequest {
+                selector: Some(proto::GetDeploymentRequest {
+                    deployment: id.clone(),
+                    ..Default::default()
+                }),
+                image: Some(image.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect("update");
+        loop {
+            let (seen, at) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("change within 30 s")
+                .expect("watch");
+            if seen == image {
+                lat.push(at - t0);
+                break;
+            }
+        }
+    }
+    lat.sort();
+    // The simulator's own write latency: a server-side apply round trip on another object.
+    let probe = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"app": "probe"}}, "template": {
+            "metadata": {"labels": {"app": "probe"}},
+            "spec": {"containers": [{"name": "c", "image": "probe:0"}]}}}
+    });
+    let pp = PatchParams::apply("bench").force();
+    api.patch("probe", &pp, &Patch::Apply(&probe))
+        .await
+        .expect("probe");
+    let mut sim_lat = Vec::with_capacity(changes);
+    for i in 0..changes {
+        let mut p = probe.clone();
+        p["spec"]["template"]["spec"]["containers"][0]["image"] =
+            serde_json::json!(format!("probe:{i}"));
+        let t0 = Instant::now();
+        api.patch("probe", &pp, &Patch::Apply(&p))
+            .await
+            .expect("probe");
+        sim_lat.push(t0.elapsed());
+    }
+    sim_lat.sort();
+    println!("## propagation over {changes} changes (ms)");
+    println!("| measure | p50 | p99 | max |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| gateway UpdateDeployment → Deployment changed in the cluster | {} | {} | {} |",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    println!(
+        "| simulator's own write (server-side apply round trip) | {} | {} | {} |",
+        ms(percentile(&sim_lat, 0.5)),
+        ms(percentile(&sim_lat, 0.99)),
+        ms(*sim_lat.last().unwrap())
+    );
+
+    // === Cold restart ===
+    let t0 = Instant::now();
+    let mut pending = futures::stream::iter(0..cold)
+        .map(|i| {
+            let mut c = control.clone();
+            async move {
+                c.create_deployment(proto::CreateDeploymentRequest {
+                    deployer: "bench".into(),
+                    name: format!("m{i:05}"),
+                    namespace: "default".into(),
+                    spec: Some(DeploymentSpec::test(&format!("m{i:05}")).into()),
+                })
+                .await
+                .expect("create")
+            }
+        })
+        .buffer_unordered(16);
+    while pending.next().await.is_some() {}
+    let want = (cold + 1) as f64;
+    wait_until(
+        "every Deployment owned",
+        Duration::from_secs(1800),
+        || async {
+            http_get(health, "/metrics").await.is_some_and(|(_, body)| {
+                metric(&body, "ds_agent_owned_objects{kind=\"Deployment\"}") >= want
+            })
+        },
+    )
+    .await;
+    let first_pass = t0.elapsed();
+    let steady_rss = peak_rss_kib(agent.id());
+    stop(&mut agent);
+    sim.counters().reset();
+    let health2 = free_port();
+    let t0 = Instant::now();
+    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health2);
+    wait_until("ready", Duration::from_secs(600), || async {
+        http_get(health2, "/readyz")
+            .await
+            .is_some_and(|(c, _)| c == 200)
+    })
+    .await;
+    let ready = t0.elapsed();
+    // One more full pass after ready, so late writes would be counted too.
+    let runs = |body: &str| metric(body, "ds_agent_reconcile_runs_total");
+    let start_runs = runs(&http_get(health2, "/metrics").await.unwrap().1);
+    wait_until("another pass", Duration::from_secs(120), || async {
+        http_get(health2, "/metrics")
+            .await
+            .is_some_and(|(_, b)| runs(&b) > start_runs)
+    })
+    .await;
+    let writes = sim.counters().writes();
+    let rss = peak_rss_kib(agent.id());
+    stop(&mut agent);
+    println!();
+    println!("## cold restart with {cold} owned deployments, nothing changed");
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| first start: create {cold} via the gateway until all owned | {:.1} s |",
+        first_pass.as_secs_f64()
+    );
+    println!(
+        "| first agent's peak RSS after creating them | {:.1} MiB |",
+        steady_rss as f64 / 1024.0
+    );
+    println!(
+        "| restart: time to ready (`/readyz` 200) | {:.2} s |",
+        ready.as_secs_f64()
+    );
+    println!("| restart: write calls to the API server | {writes} |");
+    println!(
+        "| restart: agent peak RSS | {:.1} MiB |",
+        rss as f64 / 1024.0
+    );
+    sim.shutdown().await;
+    gw.shutdown().await;
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Agent benchmark (issue 4): propagation latency over CHANGES updates (default 1000) and a
+# cold restart with DEPLOYMENTS owned deployments (default 5000). Prints Markdown tables
+# for docs/benchmarks.md. Loopback only; everything stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --bin ds --example agent_bench
+target_dir="${CARGO_TARGET_DIR:-target}"
+DS_BIN="$target_dir/release/ds" "$target_dir/release/examples/agent_bench"

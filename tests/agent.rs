@@ -1,0 +1,1070 @@
+//! Integration tests of `ds agent`: a real gateway, the simulated Kubernetes API server and
+//! agents, all in this process on loopback ports. One test per rule of DESIGN.md's
+//! "Ownership and safety" contract, plus the behaviours issue 4 lists.
+
+use ds_deployer::agent::builders::{
+    DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER,
+};
+use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret};
+use ds_deployer::core::DeploymentSpec;
+use ds_deployer::gateway::{GatewayArgs, RunningGateway};
+use ds_deployer::kube_sim::{SimCluster, SimConfig};
+use ds_deployer::proto::control_service_client::ControlServiceClient;
+use ds_deployer::proto::{self, Phase};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+const NS: &str = "default";
+const PROXY_IMAGE: &str = "ds:test";
+
+// === helpers ===
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Gateway {
+    gw: Option<RunningGateway>,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    admin_key: String,
+}
+
+fn gateway_args(dir: &Path, listen: SocketAddr) -> GatewayArgs {
+    let mut args = GatewayArgs::insecure(listen, dir);
+    args.heartbeat_interval = Duration::from_millis(500);
+    args
+}
+
+impl Gateway {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gw = RunningGateway::start(gateway_args(dir.path(), "127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("gateway starts");
+        Self {
+            addr: gw.addr,
+            admin_key: gw.admin_key.clone(),
+            gw: Some(gw),
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.shutdown().await;
+        }
+    }
+
+    /// Starts again on the same address and data (a gateway restart).
+    async fn restart(&mut self) {
+        self.stop().await;
+        let gw = eventually("the gateway to bind its old address again", || async {
+            RunningGateway::start(gateway_args(self.dir.path(), self.addr))
+                .await
+                .ok()
+        })
+        .await;
+        self.gw = Some(gw);
+    }
+
+    async fn control(&self) -> Control {
+        let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
+        let bearer = Bearer(format!("Bearer {}", self.admin_key).parse().unwrap());
+        ControlServiceClient::with_interceptor(channel, bearer)
+    }
+}
+
+struct Env {
+    gw: Gateway,
+    sim: SimCluster,
+    control: Control,
+}
+
+async fn env_with(config: SimConfig) -> Env {
+    ds_deployer::telemetry::init_logging();
+    let gw = Gateway::start().await;
+    let sim = SimCluster::start(config).await.expect("sim starts");
+    let control = gw.control().await;
+    Env { gw, sim, control }
+}
+
+async fn env() -> Env {
+    env_with(SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+}
+
+fn select(id: &str) -> proto::GetDeploymentRequest {
+    proto::GetDeploymentRequest {
+        deployment: id.to_string(),
+        ..Default::default()
+    }
+}
+
+impl Env {
+    /// Creates a deployer; returns `(id, token)`.
+    async fn deployer(&mut self, name: &str) -> (String, String) {
+        let r = self
+            .control
+            .create_deployer(proto::CreateDeployerRequest { name: name.into() })
+            .await
+            .expect("create deployer")
+            .into_inner();
+        (r.deployer.expect("deployer").id, r.token)
+    }
+
+    /// Creates a deployment; returns its ID.
+    async fn deploy(
+        &mut self,
+        deployer: &str,
+        name: &str,
+        ns: &str,
+        spec: DeploymentSpec,
+    ) -> String {
+        let view = self
+            .control
+            .create_deployment(proto::CreateDeploymentRequest {
+                deployer: deployer.into(),
+                name: name.into(),
+                namespace: ns.into(),
+                spec: Some(spec.into()),
+            })
+            .await
+            .expect("create deployment")
+            .into_inner();
+        view.deployment.expect("deployment").id
+    }
+
+    async fn update(&mut self, id: &str, f: impl FnOnce(&mut proto::UpdateDeploymentRequest)) {
+        let mut req = proto::UpdateDeploymentRequest {
+            selector: Some(select(id)),
+            ..Default::default()
+        };
+        f(&mut req);
+        self.control
+            .update_deployment(req)
+            .await
+            .expect("update deployment");
+    }
+
+    async fn delete(&mut self, id: &str) {
+        self.control
+            .delete_deployment(proto::DeleteDeploymentRequest {
+                selector: Some(select(id)),
+            })
+            .await
+            .expect("delete deployment");
+    }
+
+    async fn status(&mut self, id: &str) -> proto::DeploymentStatus {
+        self.control
+            .get_deployment(select(id))
+            .await
+            .expect("get deployment")
+            .into_inner()
+            .status
+            .unwrap_or_default()
+    }
+
+    /// Waits until the gateway's status for the deployment satisfies `f`.
+    async fn wait_status(
+        &mut self,
+        id: &str,
+        what: &str,
+        f: impl Fn(&proto::DeploymentStatus) -> bool,
+    ) -> proto::DeploymentStatus {
+        let start = tokio::time::Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; last status {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the gateway shows `phase` for the deployment.
+    async fn wait_phase(&mut self, id: &str, phase: Phase) -> proto::DeploymentStatus {
+        let start = tokio::time::Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if s.phase == phase as i32 {
+                return s;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {phase:?}; last status {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn args(&self, token: &str) -> AgentArgs {
+        let mut a = AgentArgs::new(self.gw.url());
+        a.insecure = true;
+        a.token = Some(Secret(token.to_string()));
+        a.listen_health = "127.0.0.1:0".parse().unwrap();
+        a.resync = Duration::from_millis(500);
+        a.heartbeat = Duration::from_millis(500);
+        a.proxy_image = PROXY_IMAGE.into();
+        a.cluster_name = "test".into();
+        a
+    }
+
+    async fn agent(&self, token: &str) -> RunningAgent {
+        self.agent_with(self.args(token)).await
+    }
+
+    async fn agent_with(&self, args: AgentArgs) -> RunningAgent {
+        RunningAgent::start_with_client(args, self.sim.client())
+            .await
+            .expect("agent starts")
+    }
+
+    fn deployments(&self, ns: &str) -> Api<Deployment> {
+        Api::namespaced(self.sim.client(), ns)
+    }
+
+    fn services(&self, ns: &str) -> Api<Service> {
+        Api::namespaced(self.sim.client(), ns)
+    }
+
+    fn ingresses(&self, ns: &str) -> Api<Ingress> {
+        Api::namespaced(self.sim.client(), ns)
+    }
+
+    async fn wait_deployment(
+        &self,
+        ns: &str,
+        name: &str,
+        what: &str,
+        f: impl Fn(&Deployment) -> bool,
+    ) -> Deployment {
+        let api = self.deployments(ns);
+        eventually(what, || async {
+            api.get_opt(name).await.ok().flatten().filter(|d| f(d))
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, ns: &str, name: &str) {
+        let (d, s, i) = (self.deployments(ns), self.services(ns), self.ingresses(ns));
+        eventually("objects to be deleted", || async {
+            let gone = matches!(d.get_opt(name).await, Ok(None))
+                && matches!(s.get_opt(name).await, Ok(None))
+                && matches!(i.get_opt(name).await, Ok(None));
+            gone.then_some(())
+        })
+        .await;
+    }
+}
+
+fn image_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+fn labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> std::collections::BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn uid(d: &Deployment) -> String {
+    d.metadata.uid.clone().unwrap()
+}
+
+/// Waits until the agent has run at least `n` more reconcile passes.
+async fn passes(agent: &RunningAgent, n: u64) {
+    let count = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("ds_agent_reconcile_runs_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let start = count(agent.metrics_text());
+    eventually("more reconcile passes", || async {
+        (count(agent.metrics_text()) >= start + n).then_some(())
+    })
+    .await;
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect health");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+// === create, update, delete ===
+
+#[tokio::test]
+async fn create_makes_owned_objects_and_reports_available() {
+    // Rule 1: every object carries managed-by, the owner (deployer ID) and deployment ID.
+    let mut e = env().await;
+    let (deployer, token) = e.deployer("c1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "c1",
+            "iris",
+            NS,
+            DeploymentSpec::test("iris")
+                .replicas(2)
+                .host("iris.example.com"),
+        )
+        .await;
+    let d = e
+        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    let s = e.services(NS).get("iris").await.expect("Service");
+    let i = eventually("the Ingress", || async {
+        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    for meta in [&d.metadata, &s.metadata, &i.metadata] {
+        let l = labels(meta);
+        assert_eq!(l[MANAGED_BY_LABEL], "ds-deployer");
+        assert_eq!(l[OWNER_LABEL], deployer);
+        assert_eq!(l[DEPLOYMENT_ID_LABEL], id);
+    }
+    assert_eq!(d.spec.as_ref().unwrap().replicas, Some(2));
+    let status = e.wait_phase(&id, Phase::Available).await;
+    assert_eq!(status.available_replicas, 2);
+    assert_eq!(status.endpoint, "http://iris.example.com/");
+    assert!(status.applied_revision > 0);
+    assert!(agent.is_ready());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn image_and_replica_change_update_the_same_deployment_in_place() {
+    // Rule 6: in-place rolling update through server-side apply, never delete-and-recreate.
+    let mut e = env().await;
+    let (_, token) = e.deployer("u1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("u1", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    let before = e
+        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    e.update(&id, |r| {
+        r.image = Some("tensorflow/serving:2.16.0".into());
+        r.replicas = Some(3);
+    })
+    .await;
+    let after = e
+        .wait_deployment(NS, "iris", "the new image", |d| {
+            image_of(d) == "tensorflow/serving:2.16.0"
+        })
+        .await;
+    assert_eq!(uid(&after), uid(&before), "same object, updated in place");
+    assert_eq!(after.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(e.sim.counters().get("delete", "deployments"), 0);
+    assert_eq!(
+        e.sim.counters().get("create", "deployments"),
+        0,
+        "writes are server-side apply"
+    );
+    let managers: Vec<String> = after
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(
+        managers,
+        vec!["ds-deployer".to_string()],
+        "one field manager"
+    );
+    // The rollout of the new template completes: Available with the new replica count.
+    e.wait_status(&id, "Available with 3 replicas", |s| {
+        s.phase == Phase::Available as i32 && s.available_replicas == 3 && s.updated_replicas == 3
+    })
+    .await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_removes_the_objects() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("d1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "d1",
+            "iris",
+            NS,
+            DeploymentSpec::test("iris").host("iris.example.com"),
+        )
+        .await;
+    e.wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    eventually("the Ingress", || async {
+        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    e.delete(&id).await;
+    e.wait_gone(NS, "iris").await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_the_host_deletes_only_the_ingress() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("h1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "h1",
+            "iris",
+            NS,
+            DeploymentSpec::test("iris").host("iris.example.com"),
+        )
+        .await;
+    let d = e
+        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    eventually("the Ingress", || async {
+        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    e.update(&id, |r| r.host = Some(String::new())).await;
+    eventually("the Ingress to go", || async {
+        matches!(e.ingresses(NS).get_opt("iris").await, Ok(None)).then_some(())
+    })
+    .await;
+    let still = e.deployments(NS).get("iris").await.unwrap();
+    assert_eq!(uid(&still), uid(&d));
+    assert!(e.services(NS).get_opt("iris").await.unwrap().is_some());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn proxy_toggle_updates_the_deployment_in_place() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("p1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("p1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
+        .await;
+    let has_proxy = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .any(|c| c.name == PROXY_CONTAINER)
+    };
+    let before = e
+        .wait_deployment(NS, "iris", "the Deployment with the proxy", has_proxy)
+        .await;
+    let target = |s: &Service| {
+        s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+            .target_port
+            .clone()
+    };
+    let svc = e.services(NS).get("iris").await.unwrap();
+    assert_eq!(
+        target(&svc),
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9501))
+    );
+    e.update(&id, |r| r.proxy_enabled = Some(false)).await;
+    let after = e
+        .wait_deployment(NS, "iris", "the proxy to go", |d| !has_proxy(d))
+        .await;
+    assert_eq!(uid(&after), uid(&before));
+    let svc = eventually("the Service to target the model port", || async {
+        e.services(NS).get("iris").await.ok().filter(|s| {
+            target(s) == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8501))
+        })
+    })
+    .await;
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8501);
+    agent.shutdown().await;
+}
+
+// === the contract ===
+
+#[tokio::test]
+async fn foreign_object_with_the_desired_name_is_never_touched() {
+    // Rule 2: no owner label (or another's) → never modified or deleted; "name taken".
+    let mut e = env().await;
+    let (_, token) = e.deployer("f1").await;
+    let foreign: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "iris", "labels": {"team": "other"}},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}},
+    }))
+    .unwrap();
+    let foreign = e
+        .services(NS)
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("f1", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    let status = e.wait_phase(&id, Phase::Failed).await;
+    assert!(
+        status.last_error.contains("name taken"),
+        "{}",
+        status.last_error
+    );
+    passes(&agent, 3).await;
+    let now = e.services(NS).get("iris").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, foreign.metadata.resource_version,
+        "untouched"
+    );
+    assert_eq!(e.sim.counters().get("patch", "services"), 0);
+    // Deleting the deployment does not delete the foreign object either.
+    e.delete(&id).await;
+    passes(&agent, 3).await;
+    let now = e.services(NS).get("iris").await.unwrap();
+    assert_eq!(now.metadata.uid, foreign.metadata.uid);
+    assert_eq!(e.sim.counters().get("delete", "services"), 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up() {
+    // Rule 3 and rule 8: no complete snapshot, no prune; catching up when it comes.
+    let mut e = env().await;
+    let (_, token) = e.deployer("s1").await;
+    let first = e.agent(&token).await;
+    let keep = e
+        .deploy("s1", "keep", NS, DeploymentSpec::test("keep"))
+        .await;
+    let gone = e
+        .deploy("s1", "gone", NS, DeploymentSpec::test("gone"))
+        .await;
+    let kept = e.wait_deployment(NS, "keep", "keep", |_| true).await;
+    e.wait_deployment(NS, "gone", "gone", |_| true).await;
+    first.shutdown().await;
+    // While no agent runs: one deployment is removed, another added.
+    e.delete(&gone).await;
+    let added = e
+        .deploy("s1", "added", NS, DeploymentSpec::test("added"))
+        .await;
+    e.gw.stop().await;
+    e.sim.counters().reset();
+    let agent = e.agent(&token).await;
+    // The agent keeps retrying the gateway; the cluster sees no write meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!agent.is_ready());
+    assert_eq!(
+        e.sim.counters().writes(),
+        0,
+        "nothing written or pruned without a snapshot"
+    );
+    assert!(e.deployments(NS).get_opt("gone").await.unwrap().is_some());
+    e.gw.restart().await;
+    e.wait_gone(NS, "gone").await;
+    e.wait_deployment(NS, "added", "the deployment added meanwhile", |_| true)
+        .await;
+    let still = e.deployments(NS).get("keep").await.unwrap();
+    assert_eq!(uid(&still), uid(&kept));
+    let _ = (keep, added);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_prunes_only_owned_objects_absent_from_the_snapshot() {
+    // Rule 4: prune removes an owned object only when its deployment is absent from a
+    // complete snapshot; others' objects stay.
+    let mut e = env().await;
+    let (_, token) = e.deployer("r1").await;
+    let a = e.agent(&token).await;
+    let one = e.deploy("r1", "one", NS, DeploymentSpec::test("one")).await;
+    let two = e.deploy("r1", "two", NS, DeploymentSpec::test("two")).await;
+    e.wait_phase(&one, Phase::Available).await;
+    e.wait_phase(&two, Phase::Available).await;
+    let one_before = e.deployments(NS).get("one").await.unwrap();
+    a.shutdown().await;
+    // A labelled-but-unowned object (someone copied our managed-by label).
+    let stranger: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stranger", "labels": {MANAGED_BY_LABEL: "ds-deployer"}},
+        "spec": {"selector": {"matchLabels": {"app": "s"}}, "template": {
+            "metadata": {"labels": {"app": "s"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    e.deployments(NS)
+        .create(&PostParams::default(), &stranger)
+        .await
+        .unwrap();
+    e.delete(&two).await;
+    e.sim.counters().reset();
+    let b = e.agent(&token).await;
+    e.wait_gone(NS, "two").await;
+    eventually("ready", || async { b.is_ready().then_some(()) }).await;
+    passes(&b, 2).await;
+    let one_after = e.deployments(NS).get("one").await.unwrap();
+    assert_eq!(
+        one_after.metadata.resource_version, one_before.metadata.resource_version,
+        "untouched"
+    );
+    assert!(
+        e.deployments(NS)
+            .get_opt("stranger")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(e.sim.counters().get("patch", "*"), 0, "nothing re-applied");
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_deployers_in_one_cluster_stay_apart() {
+    // Rule 5.
+    let mut e = env().await;
+    let (x_id, x_token) = e.deployer("x").await;
+    let (y_id, y_token) = e.deployer("y").await;
+    let ax = e.agent(&x_token).await;
+    let ay = e.agent(&y_token).await;
+    let x1 = e
+        .deploy("x", "x-model", NS, DeploymentSpec::test("x-model"))
+        .await;
+    let y1 = e
+        .deploy("y", "y-model", NS, DeploymentSpec::test("y-model"))
+        .await;
+    let yd = e
+        .wait_deployment(NS, "y-model", "y's deployment", |_| true)
+        .await;
+    let xd = e
+        .wait_deployment(NS, "x-model", "x's deployment", |_| true)
+        .await;
+    assert_eq!(labels(&xd.metadata)[OWNER_LABEL], x_id);
+    assert_eq!(labels(&yd.metadata)[OWNER_LABEL], y_id);
+    // The same name in the same namespace for y: x's object is not y's to take.
+    let clash = e
+        .deploy(
+            "y",
+            "x-model",
+            NS,
+            DeploymentSpec::test("x-model").image("clash:1"),
+        )
+        .await;
+    let status = e.wait_phase(&clash, Phase::Failed).await;
+    assert!(
+        status.last_error.contains("name taken"),
+        "{}",
+        status.last_error
+    );
+    // x removes everything it has: y's objects stay.
+    e.delete(&x1).await;
+    e.wait_gone(NS, "x-model").await;
+    passes(&ay, 2).await;
+    let y_after = e.deployments(NS).get("y-model").await.unwrap();
+    assert_eq!(uid(&y_after), uid(&yd));
+    assert_eq!(
+        y_after.metadata.resource_version,
+        e.deployments(NS)
+            .get("y-model")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+    );
+    let _ = y1;
+    ax.shutdown().await;
+    ay.shutdown().await;
+}
+
+#[tokio::test]
+async fn unchanged_resync_makes_zero_writes() {
+    // Rule 7.
+    let mut e = env().await;
+    let (_, token) = e.deployer("z1").await;
+    let agent = e.agent(&token).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        ids.push(
+            e.deploy(
+                "z1",
+                name,
+                NS,
+                DeploymentSpec::test(name).host(&format!("{name}.example.com")),
+            )
+            .await,
+        );
+    }
+    for id in &ids {
+        e.wait_phase(id, Phase::Available).await;
+    }
+    passes(&agent, 2).await;
+    let before = e.sim.counters().writes();
+    // Several full passes (resync is 500 ms here), each with a List from the gateway.
+    passes(&agent, 4).await;
+    assert_eq!(
+        e.sim.counters().writes(),
+        before,
+        "a resync with nothing changed writes nothing"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn drift_is_corrected_within_one_resync() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("dr").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("dr", "iris", NS, DeploymentSpec::test("iris").replicas(2))
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    // Someone scales it by hand with their own field manager.
+    let patch = serde_json::json!({"spec": {"replicas": 5}});
+    e.deployments(NS)
+        .patch("iris", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    e.wait_deployment(NS, "iris", "the replica count restored", |d| {
+        d.spec.as_ref().unwrap().replicas == Some(2)
+    })
+    .await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn gateway_restart_leaves_workloads_and_the_agent_catches_up() {
+    // Rule 8: gateway unreachable → workloads untouched; reconnect and catch up.
+    let mut e = env().await;
+    let (_, token) = e.deployer("g1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("g1", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    let before = e
+        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    e.gw.stop().await;
+    e.sim.counters().reset();
+    passes(&agent, 3).await;
+    assert_eq!(
+        e.sim.counters().writes(),
+        0,
+        "nothing touched while the gateway is away"
+    );
+    e.gw.restart().await;
+    e.control = e.gw.control().await;
+    e.update(&id, |r| r.image = Some("tensorflow/serving:2.17.0".into()))
+        .await;
+    let after = e
+        .wait_deployment(NS, "iris", "the change made after the restart", |d| {
+            image_of(d) == "tensorflow/serving:2.17.0"
+        })
+        .await;
+    assert_eq!(uid(&after), uid(&before));
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn leader_election_one_writer_and_failover() {
+    // Rule 9.
+    let mut e = env().await;
+    let (_, token) = e.deployer("le").await;
+    let mut args = e.args(&token);
+    args.leader_elect = true;
+    args.lease_duration = Duration::from_secs(2);
+    let mut a1 = args.clone();
+    a1.instance = Some("one".into());
+    let mut a2 = args;
+    a2.instance = Some("two".into());
+    let one = e.agent_with(a1).await;
+    let two = e.agent_with(a2).await;
+    let id = e
+        .deploy("le", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    e.wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .await;
+    eventually("exactly one leader", || async {
+        (one.is_leader() != two.is_leader()).then_some(())
+    })
+    .await;
+    let (leader, standby) = if one.is_leader() {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    assert!(!standby.is_leader());
+    let writes = |a: &RunningAgent| {
+        a.metrics_text()
+            .lines()
+            .filter(|l| l.starts_with("ds_agent_writes_total"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    assert_eq!(writes(&standby), 0, "the standby never writes");
+    // The leader dies without releasing the Lease; the standby takes over after it expires.
+    leader.kill().await;
+    eventually("the standby to lead", || async {
+        standby.is_leader().then_some(())
+    })
+    .await;
+    e.update(&id, |r| r.image = Some("tensorflow/serving:2.18.0".into()))
+        .await;
+    e.wait_deployment(NS, "iris", "the new leader's write", |d| {
+        image_of(d) == "tensorflow/serving:2.18.0"
+    })
+    .await;
+    assert!(writes(&standby) > 0);
+    standby.shutdown().await;
+}
+
+// === failures and faults ===
+
+#[tokio::test]
+async fn failing_image_reports_failed() {
+    let mut e = env_with(SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        failing_image: Some("^broken/".into()),
+        ..Default::default()
+    })
+    .await;
+    let (_, token) = e.deployer("fi").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "fi",
+            "iris",
+            NS,
+            DeploymentSpec::test("iris").image("broken/model:1"),
+        )
+        .await;
+    let status = e.wait_phase(&id, Phase::Failed).await;
+    assert!(!status.last_error.is_empty());
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_namespace_is_reported_unless_create_namespaces() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("ns").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("ns", "iris", "models", DeploymentSpec::test("iris"))
+        .await;
+    let status = e.wait_phase(&id, Phase::Failed).await;
+    assert!(
+        status.last_error.contains("namespace models not found"),
+        "{}",
+        status.last_error
+    );
+    agent.shutdown().await;
+    let mut args = e.args(&token);
+    args.create_namespaces = true;
+    let agent = e.agent_with(args).await;
+    e.wait_deployment(
+        "models",
+        "iris",
+        "the Deployment in the new namespace",
+        |_| true,
+    )
+    .await;
+    e.wait_phase(&id, Phase::Available).await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_errors_and_dropped_watches_still_converge() {
+    use ds_deployer::kube_sim::faults::{FaultAnswer, Limit};
+    let mut e = env().await;
+    let (_, token) = e.deployer("ft").await;
+    let f = e.sim.faults();
+    f.fail(
+        "patch",
+        "deployments",
+        FaultAnswer::Conflict,
+        Limit::Count(2),
+    );
+    f.fail("patch", "services", FaultAnswer::Internal, Limit::Count(2));
+    f.fail(
+        "patch",
+        "deployments",
+        FaultAnswer::TooManyRequests {
+            retry_after_secs: 0,
+        },
+        Limit::Count(2),
+    );
+    f.drop_watches_after_events(3);
+    let agent = e.agent(&token).await;
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        ids.push(e.deploy("ft", name, NS, DeploymentSpec::test(name)).await);
+    }
+    for id in &ids {
+        e.wait_phase(id, Phase::Available).await;
+    }
+    e.sim.faults().gone_on_next_watch();
+    e.update(&ids[0], |r| {
+        r.image = Some("tensorflow/serving:2.19.0".into())
+    })
+    .await;
+    e.wait_deployment(NS, "a", "the change through faults", |d| {
+        image_of(d) == "tensorflow/serving:2.19.0"
+    })
+    .await;
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_rotation_orphans_nothing() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("tr").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let mut args = e.args("");
+    args.token = None;
+    args.token_file = Some(token_file.clone());
+    let agent = e.agent_with(args.clone()).await;
+    let id = e
+        .deploy("tr", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    let before = e.deployments(NS).get("iris").await.unwrap();
+    agent.shutdown().await;
+    let rotated = e
+        .control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "tr".into(),
+            overlap_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    std::fs::write(&token_file, &rotated.token).unwrap();
+    e.sim.counters().reset();
+    let agent = e.agent_with(args).await;
+    eventually("ready with the new token", || async {
+        agent.is_ready().then_some(())
+    })
+    .await;
+    passes(&agent, 2).await;
+    assert_eq!(
+        e.sim.counters().writes(),
+        0,
+        "same owner: nothing pruned or rewritten"
+    );
+    let after = e.deployments(NS).get("iris").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    agent.shutdown().await;
+}
+
+// === operations ===
+
+#[tokio::test]
+async fn health_ready_and_metrics_endpoints() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("op").await;
+    e.gw.stop().await;
+    let agent = e.agent(&token).await;
+    let addr = agent.health_addr();
+    assert_eq!(http_get(addr, "/healthz").await.0, 200);
+    assert_eq!(
+        http_get(addr, "/readyz").await.0,
+        503,
+        "not ready before a snapshot"
+    );
+    e.gw.restart().await;
+    eventually("ready", || async {
+        (http_get(addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let (code, body) = http_get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "ds_agent_reconcile_runs_total",
+        "ds_agent_reconcile_failures_total",
+        "ds_agent_reconcile_duration_seconds",
+        "ds_agent_gateway_connected 1",
+        "ds_agent_desired_deployments",
+        "ds_agent_owned_objects",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+    agent.shutdown().await;
+}

@@ -1,0 +1,968 @@
+//! The `ds` CLI tested as a process (`CARGO_BIN_EXE_ds`) against a real gateway running
+//! in the test on 127.0.0.1:0, with a temporary SQLite file. Where a status is needed
+//! (`--wait`), the test plays the agent with a tonic client and the deployer's token.
+
+use ds_deployer::gateway::{GatewayArgs, RunningGateway};
+use ds_deployer::proto::agent_service_client::AgentServiceClient;
+use ds_deployer::proto::{self, Phase};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+
+/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const IMAGE: &str = "tensorflow/serving:2.15.0";
+
+// === helpers ===
+
+struct TestGateway {
+    gw: RunningGateway,
+    dir: tempfile::TempDir,
+}
+
+async fn start() -> TestGateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    let gw = RunningGateway::start(args).await.expect("gateway starts");
+    TestGateway { gw, dir }
+}
+
+/// What a finished `ds` run printed.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts success and returns stdout.
+    fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "ds failed\nstdout: {}\nstderr: {}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts a failure reported as exactly one `error: …` line; returns that line.
+    fn one_line_error(&self) -> &str {
+        assert_ne!(self.code, Some(0), "ds succeeded: {}", self.stdout);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one line, got: {}", self.stderr);
+        assert!(lines[0].starts_with("error: "), "{}", self.stderr);
+        assert!(
+            !self.stderr.contains("Status {"),
+            "debug dump: {}",
+            self.stderr
+        );
+        lines[0]
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl TestGateway {
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ds-config.yaml")
+    }
+
+    /// `ds ARGS` with the gateway and key in the environment, and a private config path
+    /// so the user's own config never leaks into the test.
+    fn ds(&self, args: &[&str]) -> Command {
+        let mut cmd = self.bare(args);
+        cmd.env("DS_GATEWAY", self.gw.url())
+            .env("DS_API_KEY", &self.gw.admin_key);
+        cmd
+    }
+
+    /// `ds ARGS` with no gateway or key, only the test's config path.
+    fn bare(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ds_binary());
+        cmd.args(args)
+            .env_remove("DS_GATEWAY")
+            .env_remove("DS_API_KEY")
+            .env_remove("DS_CA_CERT")
+            .env("DS_CONFIG", self.config_path())
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        output(self.ds(args)).await
+    }
+
+    /// Creates a deployer through the CLI; returns its ID and token.
+    async fn deployer(&self, name: &str) -> (String, String) {
+        let created = self
+            .run(&["deployer", "create", name, "-o", "json"])
+            .await
+            .json();
+        (
+            created["id"].as_str().unwrap().to_string(),
+            created["token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Creates a deployment through the CLI; returns its JSON view.
+    async fn deployment(&self, deployer: &str, model: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "deployment",
+            "create",
+            "--model-name",
+            model,
+            "-d",
+            deployer,
+            "-i",
+            IMAGE,
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args).await.json()
+    }
+
+    async fn agent(&self, token: &str) -> FakeAgent {
+        let channel = Channel::from_shared(self.gw.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        let header: MetadataValue<Ascii> = format!("Bearer {token}").parse().unwrap();
+        FakeAgent(AgentServiceClient::with_interceptor(
+            channel,
+            Bearer(header),
+        ))
+    }
+}
+
+/// The `ds` binary cargo built for this test. `DS_TEST_BIN` overrides it: with a target
+/// directory shared by several checkouts, another checkout's build can replace
+/// `target/debug/ds` while these tests run, so a copy taken right after the build is used.
+fn ds_binary() -> PathBuf {
+    std::env::var_os("DS_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")))
+}
+
+async fn output(mut cmd: Command) -> Run {
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("ds finishes")
+        .expect("ds runs");
+    Run::from(out)
+}
+
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+/// The test acting as a deployer's agent: it reports statuses like `ds agent` would.
+struct FakeAgent(
+    AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>,
+);
+
+impl FakeAgent {
+    async fn report(&mut self, id: &str, phase: Phase, ready: u32, applied: u64, error: &str) {
+        self.0
+            .report_status(proto::StatusReport {
+                agent: Some(proto::AgentInfo {
+                    version: "test-agent".into(),
+                    cluster: "test".into(),
+                    connected_since: "2026-11-22T00:00:00Z".into(),
+                    instance: "t".into(),
+                }),
+                statuses: vec![proto::DeploymentStatus {
+                    deployment_id: id.to_string(),
+                    phase: phase as i32,
+                    ready_replicas: ready,
+                    available_replicas: ready,
+                    updated_replicas: ready,
+                    applied_revision: applied,
+                    endpoint: String::new(),
+                    last_error: error.to_string(),
+                }],
+            })
+            .await
+            .expect("status accepted");
+    }
+}
+
+/// A `ds` process whose stderr is read line by line while it runs.
+struct Running {
+    child: Child,
+    stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ds starts");
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Self {
+            child,
+            stderr,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads stderr until a line contains `needle`.
+    async fn wait_for_line(&mut self, needle: &str) {
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = self.stderr.next_line().await.expect("read stderr") {
+                let hit = line.contains(needle);
+                self.seen.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "no stderr line with {needle:?}; saw: {:?}",
+            self.seen
+        );
+    }
+
+    /// Waits for the exit; returns the code and the rest of stderr.
+    async fn finish(mut self) -> (Option<i32>, String) {
+        let rest = tokio::time::timeout(DEADLINE, async {
+            let mut rest = self.seen.join("\n");
+            while let Some(line) = self.stderr.next_line().await.expect("read stderr") {
+                rest.push('\n');
+                rest.push_str(&line);
+            }
+            rest
+        })
+        .await
+        .expect("stderr closes");
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("ds exits")
+            .expect("wait");
+        (status.code(), rest)
+    }
+}
+
+// === deployers ===
+
+#[tokio::test]
+async fn deployer_create_ls_get_rotate_rm() {
+    let t = start().await;
+
+    let created = t.run(&["deployer", "create", "prod-eu"]).await;
+    let text = created.ok();
+    assert!(text.contains("Name:") && text.contains("prod-eu"), "{text}");
+    let token_line = text
+        .lines()
+        .find(|l| l.starts_with("Token:"))
+        .expect("token line");
+    let token = token_line.trim_start_matches("Token:").trim();
+    assert!(token.len() >= 32, "{token_line}");
+    assert!(
+        created.stderr.contains("shown only once"),
+        "{}",
+        created.stderr
+    );
+
+    let ls = t.run(&["deployer", "ls"]).await;
+    let table = ls.ok();
+    let header = table.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "DEPLOYMENTS",
+        "STATUS",
+        "VERSION",
+        "LAST SEEN",
+        "AGE",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = table.lines().nth(1).expect("one row");
+    assert!(row.starts_with("prod-eu"), "{row}");
+    assert!(row.contains("<never>"), "never seen: {row}");
+
+    let listed = t.run(&["deployer", "ls", "-o", "json"]).await.json();
+    let list = listed.as_array().expect("a JSON list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "prod-eu");
+    assert_eq!(list[0]["status"], "Unknown");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+
+    // By ID and by name, in YAML.
+    let by_id = t.run(&["deployer", "get", &id, "-o", "yaml"]).await;
+    let yaml: Value = serde_saphyr::from_str(by_id.ok()).expect("YAML parses");
+    assert_eq!(yaml["name"], "prod-eu");
+    let by_name = t.run(&["deployer", "get", "prod-eu"]).await;
+    assert!(by_name.ok().contains(&id));
+
+    let rotated = t
+        .run(&[
+            "deployer",
+            "rotate-token",
+            "prod-eu",
+            "--overlap",
+            "1m",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    let new_token = rotated["token"].as_str().unwrap();
+    assert_ne!(new_token, token);
+    assert!(!rotated["previous_expires_at"].as_str().unwrap().is_empty());
+
+    t.run(&["deployer", "rm", "prod-eu"]).await.ok();
+    let gone = t.run(&["deployer", "get", "prod-eu"]).await;
+    let line = gone.one_line_error();
+    assert!(
+        line.contains("prod-eu") && line.contains("not found"),
+        "{line}"
+    );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployer_install_prints_one_line_or_says_it_is_unsupported() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let install = t.run(&["deployer", "install", "prod"]).await;
+    if install.code == Some(0) {
+        let lines: Vec<&str> = install.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", install.stdout);
+        assert!(lines[0].starts_with("kubectl apply -f \""), "{}", lines[0]);
+    } else {
+        let line = install.one_line_error();
+        assert!(line.contains("does not support install links"), "{line}");
+    }
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_deployer_name_is_one_line_naming_the_field() {
+    let t = start().await;
+    let run = t.run(&["deployer", "create", "Prod_EU"]).await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid name \"Prod_EU\""), "{line}");
+    assert!(line.contains("DNS-1123"), "{line}");
+    t.gw.shutdown().await;
+}
+
+// === deployments ===
+
+#[tokio::test]
+async fn deployment_create_ls_get_update_rm() {
+    let t = start().await;
+    t.deployer("prod").await;
+
+    let created = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+            "-r",
+            "2",
+            "--host",
+            "iris.models.example.com",
+            "--namespace",
+            "models",
+            "--env",
+            "MODEL_NAME=iris",
+            "--cpu",
+            "500m",
+            "--memory",
+            "1Gi",
+            "--class-names",
+            "setosa,versicolor,virginica",
+        ])
+        .await;
+    let text = created.ok();
+    for field in ["ID:", "Namespace:", "Name:", "URL:"] {
+        assert!(text.contains(field), "{text}");
+    }
+    assert!(
+        text.contains("models") && text.contains("iris.models.example.com"),
+        "{text}"
+    );
+
+    let ls = t.run(&["deployment", "ls"]).await;
+    let table = ls.ok();
+    let header = table.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "NAMESPACE",
+        "DEPLOYER",
+        "IMAGE",
+        "REPLICAS",
+        "STATUS",
+        "AGE",
+    ] {
+        assert!(header.contains(column), "{header}");
+    }
+    let row = table.lines().nth(1).expect("one row");
+    for cell in ["iris", "models", "prod", IMAGE, "0/2", "Unknown"] {
+        assert!(row.contains(cell), "{cell} missing in {row}");
+    }
+
+    let got = t
+        .run(&["deployment", "get", "iris", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(got["name"], "iris");
+    assert_eq!(got["namespace"], "models");
+    assert_eq!(got["deployer"], "prod");
+    assert_eq!(got["spec"]["replicas"], 2);
+    assert_eq!(got["spec"]["resources"]["cpu_request"], "500m");
+    assert_eq!(got["spec"]["resources"]["memory_limit"], "1Gi");
+    assert_eq!(got["spec"]["env"][0]["name"], "MODEL_NAME");
+    assert_eq!(got["spec"]["proxy"]["enabled"], true);
+    assert_eq!(got["spec"]["proxy"]["class_names"][2], "virginica");
+    assert_eq!(got["status"]["phase"], "Unknown");
+    let id = got["id"].as_str().unwrap().to_string();
+    let revision = got["revision"].as_u64().unwrap();
+
+    let described = t.run(&["deployment", "get", &id]).await;
+    let text = described.ok();
+    for part in [
+        "Image:",
+        IMAGE,
+        "Status:",
+        "Phase:",
+        "Applied revision:",
+        "Last error:",
+    ] {
+        assert!(text.contains(part), "{part} missing in {text}");
+    }
+
+    let updated = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "-n",
+            "models",
+            "--image",
+            "tensorflow/serving:2.16.1",
+            "--replicas",
+            "3",
+            "--env",
+            "BATCH=8",
+            "--unset-env",
+            "MODEL_NAME",
+            "--no-proxy",
+        ])
+        .await;
+    assert!(updated.ok().contains("updated"), "{}", updated.stdout);
+    let got = t
+        .run(&["deployment", "get", &id, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(got["spec"]["image"], "tensorflow/serving:2.16.1");
+    assert_eq!(got["spec"]["replicas"], 3);
+    assert_eq!(got["spec"]["env"].as_array().unwrap().len(), 1);
+    assert_eq!(got["spec"]["env"][0]["name"], "BATCH");
+    assert_eq!(got["spec"]["proxy"]["enabled"], false);
+    assert!(got["revision"].as_u64().unwrap() > revision);
+
+    let yaml = t
+        .run(&["deployment", "ls", "-d", "prod", "-o", "yaml"])
+        .await;
+    let list: Value = serde_saphyr::from_str(yaml.ok()).expect("YAML parses");
+    assert_eq!(list[0]["spec"]["replicas"], 3);
+
+    t.run(&["deployment", "rm", &id]).await.ok();
+    let empty = t.run(&["deployment", "ls", "-o", "json"]).await.json();
+    assert_eq!(empty, Value::Array(vec![]));
+    let empty = t.run(&["deployment", "ls"]).await;
+    assert_eq!(empty.ok(), "", "no table for nothing");
+    assert!(empty.stderr.contains("No deployments found"));
+    let gone = t.run(&["deployment", "get", &id]).await;
+    assert!(gone.one_line_error().contains("not found"));
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_specs_are_rejected_in_one_line_naming_the_field() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let base = ["deployment", "create", "--model-name", "iris", "-d", "prod"];
+    let cases: [(&[&str], &str); 6] = [
+        (&["-i", "tensorflow/Serving:2.15"], "invalid image"),
+        (&["-i", IMAGE, "-r", "5000"], "invalid replicas"),
+        (&["-i", IMAGE, "--port", "70000"], "invalid port"),
+        (&["-i", IMAGE, "--host", "not a host"], "invalid host"),
+        (
+            &["-i", IMAGE, "--cpu", "lots"],
+            "invalid resources.cpu_request",
+        ),
+        (&["-i", IMAGE, "-e", "1BAD=x"], "invalid env[0].name"),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let run = t.run(&args).await;
+        let line = run.one_line_error();
+        assert!(line.contains(expected), "{extra:?}: {line}");
+    }
+    // The gateway's own validation, reached through update (the CLI cannot check an
+    // update's image against the rest of the spec).
+    t.deployment("prod", "iris", &[]).await;
+    let run = t
+        .run(&["deployment", "update", "iris", "--image", "UPPER/Case"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("image"), "{line}");
+    // A deployer that does not exist: the gateway's message, as is.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "x",
+            "-d",
+            "nope",
+            "-i",
+            IMAGE,
+        ])
+        .await;
+    assert!(run.one_line_error().contains("nope"), "{}", run.stderr);
+    // A second deployment of the same name in the same place.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+        ])
+        .await;
+    assert!(run.one_line_error().contains("iris"), "{}", run.stderr);
+    // Nothing to change.
+    let run = t.run(&["deployment", "update", "iris"]).await;
+    assert!(run.one_line_error().contains("nothing to change"));
+    t.gw.shutdown().await;
+}
+
+// === credentials and connection errors ===
+
+#[tokio::test]
+async fn missing_api_key_says_what_to_do() {
+    let t = start().await;
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", t.gw.url());
+    let run = output(cmd).await;
+    let line = run.one_line_error();
+    assert!(line.contains("--api-key"), "{line}");
+    assert!(line.contains("DS_API_KEY"), "{line}");
+    assert!(line.contains("ds login"), "{line}");
+
+    let run = output(t.bare(&["deployment", "ls"])).await;
+    assert!(run.one_line_error().contains("no gateway address"));
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_api_key_is_rejected_without_echoing_it() {
+    let t = start().await;
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", t.gw.url())
+        .env("DS_API_KEY", "not-the-key-4a1f");
+    let run = output(cmd).await;
+    let line = run.one_line_error();
+    assert!(line.contains("rejected the API key"), "{line}");
+    assert!(!run.stderr.contains("not-the-key-4a1f"));
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_gateway_is_one_line() {
+    let t = start().await;
+    // A port that was just free: nothing listens there.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", &url).env("DS_API_KEY", "k");
+    let run = output(cmd).await;
+    let line = run.one_line_error();
+    assert!(line.contains("cannot reach the gateway"), "{line}");
+    assert!(line.contains(&url) && line.contains("ds gateway"), "{line}");
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn login_saves_a_private_config_that_later_commands_use() {
+    let t = start().await;
+    let url = t.gw.url();
+
+    // A wrong key is refused and nothing is saved.
+    let run = output(t.bare(&["login", "--gateway", &url, "--api-key", "wrong"])).await;
+    assert!(run.one_line_error().contains("rejected the API key"));
+    assert!(!t.config_path().exists());
+
+    // The key from stdin keeps it out of the process list.
+    let mut cmd = t.bare(&["login", "--gateway", &url, "--api-key", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ds starts");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{}\n", t.gw.admin_key).as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let run = Run::from(
+        tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .expect("ds finishes")
+            .unwrap(),
+    );
+    assert!(run.ok().contains("Logged in"), "{}", run.stdout);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(t.config_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "config file mode {mode:o}");
+    }
+    assert!(!run.stdout.contains(&t.gw.admin_key), "the key was echoed");
+
+    // No flags, no environment: the config file answers.
+    output(t.bare(&["deployer", "create", "from-config"]))
+        .await
+        .ok();
+    let listed = output(t.bare(&["deployer", "ls", "-o", "json"]))
+        .await
+        .json();
+    assert_eq!(listed[0]["name"], "from-config");
+
+    // The saved key is never sent to another gateway.
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", "http://127.0.0.1:9");
+    let run = output(cmd).await;
+    assert!(
+        run.one_line_error().contains("no API key"),
+        "{}",
+        run.stderr
+    );
+    t.gw.shutdown().await;
+}
+
+// === --wait ===
+
+/// `create --wait`: plain progress lines (stderr is not a terminal), exit 0 once the
+/// agent reports the deployment Available at its revision.
+#[tokio::test]
+async fn create_wait_follows_progress_until_available() {
+    let t = start().await;
+    let (_, token) = t.deployer("prod").await;
+    let mut agent = t.agent(&token).await;
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+        "-r",
+        "2",
+        "--wait",
+        "--timeout",
+        "2m",
+    ]));
+    running
+        .wait_for_line("default/iris: Unknown, 0/2 ready")
+        .await;
+    let got = t
+        .run(&["deployment", "get", "iris", "-o", "json"])
+        .await
+        .json();
+    let id = got["id"].as_str().unwrap().to_string();
+    let revision = got["revision"].as_u64().unwrap();
+
+    agent.report(&id, Phase::Progressing, 1, revision, "").await;
+    running
+        .wait_for_line("default/iris: Progressing, 1/2 ready")
+        .await;
+    agent.report(&id, Phase::Available, 2, revision, "").await;
+    let (code, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
+
+    // What the agent reported shows in `get` and, for the deployer, in `ls`.
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    let text = got.ok();
+    assert!(text.contains("Available"), "{text}");
+    assert!(text.contains("2/2 ready"), "{text}");
+    let deployers = t.run(&["deployer", "ls"]).await;
+    let row = deployers
+        .ok()
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("Online") && row.contains("test-agent"),
+        "{row}"
+    );
+    let ls = t.run(&["deployment", "ls"]).await;
+    let row = ls.ok().lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains("2/2") && row.contains("Available"), "{row}");
+    t.gw.shutdown().await;
+}
+
+/// `update --wait` ignores the Available status of the previous revision and fails
+/// with the agent's error when the new revision fails.
+#[tokio::test]
+async fn update_wait_ignores_the_old_revision_and_reports_failure() {
+    let t = start().await;
+    let (_, token) = t.deployer("prod").await;
+    let mut agent = t.agent(&token).await;
+    let created = t.deployment("prod", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let first = created["revision"].as_u64().unwrap();
+    agent.report(&id, Phase::Available, 1, first, "").await;
+
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--image",
+        "tensorflow/serving:9.9.9",
+        "--wait",
+    ]));
+    // The first view still shows the old revision Available: not done yet.
+    running
+        .wait_for_line("waiting for the agent to apply revision")
+        .await;
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "exited on the previous revision's status"
+    );
+    let updated = t
+        .run(&["deployment", "get", &id, "-o", "json"])
+        .await
+        .json();
+    let second = updated["revision"].as_u64().unwrap();
+    assert!(second > first);
+    agent
+        .report(
+            &id,
+            Phase::Failed,
+            0,
+            second,
+            "image tensorflow/serving:9.9.9 not found",
+        )
+        .await;
+    let (code, stderr) = running.finish().await;
+    assert_ne!(code, Some(0));
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: deployment default/iris failed"),
+        "{stderr}"
+    );
+    assert!(last.contains("9.9.9 not found"), "{stderr}");
+    t.gw.shutdown().await;
+}
+
+/// Without an agent nothing becomes Available: `--wait` gives up at `--timeout` and
+/// says how far it got.
+#[tokio::test]
+async fn wait_times_out_with_the_progress_so_far() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+            "--wait",
+            "--timeout",
+            "2s",
+        ])
+        .await;
+    assert_ne!(run.code, Some(0));
+    let last = run.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: timed out after 2s"),
+        "{}",
+        run.stderr
+    );
+    assert!(last.contains("0/1 ready"), "{last}");
+    t.gw.shutdown().await;
+}
+
+// === TLS ===
+
+/// A test CA and a `localhost` server certificate it signed.
+fn test_pki() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+}
+
+/// Over TLS the CLI trusts the CA given by `--ca-cert` (or `DS_CA_CERT`), and without it
+/// fails in one line that names the gateway.
+#[tokio::test]
+async fn tls_gateway_is_trusted_through_ca_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, cert_pem, key_pem) = test_pki();
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+    );
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let mut args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    args.insecure = false;
+    args.tls_cert = Some(cert);
+    args.tls_key = Some(key);
+    let gw = RunningGateway::start(args)
+        .await
+        .expect("TLS gateway starts");
+    let t = TestGateway { gw, dir };
+    let url = format!("https://localhost:{}", t.gw.addr.port());
+
+    let mut cmd = t.bare(&["deployer", "create", "tls-ok", "--ca-cert"]);
+    cmd.arg(&ca)
+        .env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key);
+    output(cmd).await.ok();
+
+    let mut cmd = t.bare(&["deployer", "ls", "-o", "json"]);
+    cmd.env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key)
+        .env("DS_CA_CERT", &ca);
+    assert_eq!(output(cmd).await.json()[0]["name"], "tls-ok");
+
+    // The test CA is in no system store.
+    let mut cmd = t.bare(&["deployer", "ls"]);
+    cmd.env("DS_GATEWAY", &url)
+        .env("DS_API_KEY", &t.gw.admin_key);
+    let run = output(cmd).await;
+    let line = run.one_line_error();
+    assert!(line.contains(&url), "{line}");
+    assert!(line.contains("--ca-cert"), "{line}");
+    t.gw.shutdown().await;
+}
+
+/// `--wait` survives a gateway restart: the status stream is reopened and the wait ends
+/// when the restarted gateway (same database) reports the deployment Available.
+#[tokio::test]
+async fn wait_survives_a_gateway_restart() {
+    let t = start().await;
+    let (_, token) = t.deployer("prod").await;
+    let created = t.deployment("prod", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "2m",
+    ]));
+    running
+        .wait_for_line("default/iris: Unknown, 0/2 ready")
+        .await;
+
+    let TestGateway { gw, dir } = t;
+    let addr = gw.addr;
+    gw.shutdown().await;
+    // The same address and data directory: the CLI's URL stays valid.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let gw = loop {
+        match RunningGateway::start(GatewayArgs::insecure(addr, dir.path().join("data"))).await {
+            Ok(gw) => break gw,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("restart not possible yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("gateway restart: {e}"),
+        }
+    };
+    let t = TestGateway { gw, dir };
+    let updated = t
+        .run(&["deployment", "get", &id, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        updated["spec"]["replicas"], 2,
+        "the update survived the restart"
+    );
+    let revision = updated["revision"].as_u64().unwrap();
+    let mut agent = t.agent(&token).await;
+    agent.report(&id, Phase::Available, 2, revision, "").await;
+    let (code, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
+    t.gw.shutdown().await;
+}
