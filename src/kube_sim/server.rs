@@ -321,13 +321,39 @@ fn list(
             meta,
         )));
     }
-    let body = json!({
-        "kind": format!("{}List", r.kind),
-        "apiVersion": r.api_version(),
-        "metadata": meta,
-        "items": page.items.iter().map(|v| &**v).collect::<Vec<_>>(),
-    });
-    Ok(ok(&body))
+    // Serialized straight from the stored objects: building a Value of the whole list
+    // would deep-copy every item.
+    let body = ListBody {
+        kind: format!("{}List", r.kind),
+        api_version: r.api_version(),
+        metadata: meta,
+        items: Items(&page.items),
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+/// A list answer, serialized without copying its items.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<'a> {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Items<'a>,
+}
+
+/// Stored objects as a JSON array.
+struct Items<'a>(&'a [Arc<Value>]);
+
+impl serde::Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| &**v))
+    }
 }
 
 fn field_validation(params: &Params) -> validate::FieldValidation {
