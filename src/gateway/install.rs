@@ -337,7 +337,11 @@ async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<Stri
 /// The public URL: `--public-url` without a trailing `/`, else `http(s)://` and the bound
 /// address (loopback instead of an unspecified address, so the URL is at least usable on
 /// this machine).
-pub(crate) fn public_url(configured: Option<&str>, addr: std::net::SocketAddr, tls: bool) -> String {
+pub(crate) fn public_url(
+    configured: Option<&str>,
+    addr: std::net::SocketAddr,
+    tls: bool,
+) -> String {
     if let Some(url) = configured.filter(|u| !u.is_empty()) {
         return url.trim_end_matches('/').to_string();
     }

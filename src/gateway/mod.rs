@@ -188,7 +188,11 @@ impl RunningGateway {
             path: args.data_dir.display().to_string(),
             source,
         })?;
-        let agent_ca = match args.agent_ca_cert.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        let agent_ca = match args
+            .agent_ca_cert
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 GatewayError::Tls(format!("agent CA bundle {}: {e}", path.display()))
             })?),
