@@ -249,6 +249,19 @@ impl Store for SqliteStore {
         deployer_from_row(&row)
     }
 
+    async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name FROM deployers WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1",
+        )
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployer {id_or_name}")))?;
+        Ok((row.try_get("id")?, row.try_get("name")?))
+    }
+
     async fn delete_deployer(&self, id: &str) -> Result<(), StoreError> {
         let _w = self.writer.lock().await;
         let done = sqlx::query("DELETE FROM deployers WHERE id = ?")

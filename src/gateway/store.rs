@@ -159,6 +159,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError>;
     /// One deployer by ID or name.
     async fn get_deployer(&self, id_or_name: &str) -> Result<DeployerRecord, StoreError>;
+    /// A deployer's `(id, name)` by ID or name, without the counts (cheap).
+    async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError>;
     /// Deletes a deployer, its deployments and its tokens.
     async fn delete_deployer(&self, id: &str) -> Result<(), StoreError>;
     /// Adds a new current token; the deployer's other current tokens expire at `old_expire`.

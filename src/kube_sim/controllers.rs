@@ -135,10 +135,10 @@ fn reconcile(shared: &Arc<Shared>, cfg: &ControllerConfig, dep: &Value) {
             },
             &now,
         );
+        // The new ReplicaSet has no pods yet: clients (kubectl rollout status) wait.
         let mut status = json!({
             "observedGeneration": generation,
             "replicas": replicas,
-            "updatedReplicas": replicas,
             "conditions": [
                 available_cond,
                 condition("Progressing", true, "ReplicaSetUpdated",

@@ -24,6 +24,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod tables;
 
 pub use faults::{Counters, FaultAnswer, Faults, Limit};
 

@@ -8,6 +8,7 @@ use super::resources::{self, DEPLOYMENTS, PODS, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
+use super::tables;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -183,10 +184,16 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         return e.into_response();
     }
     tracing::debug!(verb, resource = r.resource, ns = ?target.ns, %name, "request");
+    let as_table = tables::wants_table(
+        parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let result = match verb {
         "get" => get(&shared, &target),
-        "list" => list(&shared, &target, &params),
-        "watch" => return watch(shared.clone(), target, params),
+        "list" => list(&shared, &target, &params, as_table),
+        "watch" => return watch(shared.clone(), target, params, as_table),
         "create" => create(&shared, &target, &params, &parts.headers, &body),
         "update" => update(&shared, &target, &params, &parts.headers, &body),
         "patch" => patch(&shared, &target, &params, &parts.headers, &body),
@@ -271,7 +278,12 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     Ok((a.to_string(), b.to_string()))
 }
 
-fn list(shared: &Shared, t: &Target, params: &Params) -> Result<Response, ApiError> {
+fn list(
+    shared: &Shared,
+    t: &Target,
+    params: &Params,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
     let (ls, fs) = selectors(params)?;
     let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
@@ -289,6 +301,13 @@ fn list(shared: &Shared, t: &Target, params: &Params) -> Result<Response, ApiErr
     let mut meta = json!({"resourceVersion": page.rv.to_string()});
     if let Some(next) = &page.next {
         meta["continue"] = json!(encode_continue(next));
+    }
+    if as_table {
+        return Ok(ok(&tables::table(
+            r.kind,
+            page.items.iter().map(|v| &**v),
+            meta,
+        )));
     }
     let body = json!({
         "kind": format!("{}List", r.kind),
@@ -319,6 +338,13 @@ fn manager_of(params: &Params, headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.starts_with(b"k8s\x00") {
+        // Kubernetes protobuf (typed client-go clients, e.g. `kubectl create configmap`):
+        // decoding it needs the Go types' schemas, which the simulator does not have.
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request was in an unknown format: {e}"
@@ -688,7 +714,7 @@ fn patch(
     let mut applied = patch_body.clone();
     if is_apply {
         if scale {
-            return Err(ApiError::unsupported_media_type(&ct));
+            return Err(ApiError::unsupported_patch_type(&ct));
         }
         check_type(r, &mut applied)?;
         check_namespace(t, &mut applied)?;
@@ -736,7 +762,7 @@ fn patch(
                     patched =
                         patching::apply(r, &name, Some(old), &applied, &manager, force, &now)?;
                 }
-                other => return Err(ApiError::unsupported_media_type(other)),
+                other => return Err(ApiError::unsupported_patch_type(other)),
             }
             if !patched.get("metadata").is_some_and(Value::is_object) {
                 return Err(ApiError::invalid(
@@ -909,20 +935,35 @@ fn event_line(ty: &str, obj: &Value) -> Bytes {
     Bytes::from(v)
 }
 
-/// The wire line of an event for one watcher. A selected watch sees objects enter and
-/// leave its selection as ADDED and DELETED, as from the real server.
-fn render(ev: &Event, pred: &impl Fn(&Value) -> bool, selective: bool) -> Option<Bytes> {
+/// The wire line of an event for one watcher (a one-row Table when `table` names the kind).
+/// A selected watch sees objects enter and leave its selection as ADDED and DELETED, as
+/// from the real server.
+fn render(
+    ev: &Event,
+    pred: &impl Fn(&Value) -> bool,
+    selective: bool,
+    table: Option<&str>,
+) -> Option<Bytes> {
     let now_matches = pred(&ev.obj);
-    if !selective || ev.ty != EventType::Modified {
-        return now_matches.then(|| ev.line.clone());
-    }
-    let was = ev.prev.as_ref().is_some_and(|p| pred(p));
-    match (was, now_matches) {
-        (true, true) => Some(ev.line.clone()),
-        (false, true) => Some(event_line("ADDED", &ev.obj)),
-        (true, false) => Some(event_line("DELETED", &ev.obj)),
-        (false, false) => None,
-    }
+    let ty = if !selective || ev.ty != EventType::Modified {
+        if !now_matches {
+            return None;
+        }
+        ev.ty.as_str()
+    } else {
+        let was = ev.prev.as_ref().is_some_and(|p| pred(p));
+        match (was, now_matches) {
+            (true, true) => "MODIFIED",
+            (false, true) => "ADDED",
+            (true, false) => "DELETED",
+            (false, false) => return None,
+        }
+    };
+    Some(match table {
+        Some(kind) => tables::event_line(ty, kind, &ev.obj),
+        None if ty == ev.ty.as_str() => ev.line.clone(),
+        None => event_line(ty, &ev.obj),
+    })
 }
 
 fn watch_response(rx: mpsc::Receiver<Bytes>) -> Response {
@@ -936,7 +977,7 @@ fn watch_response(rx: mpsc::Receiver<Bytes>) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
+fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Response {
     let r = &RESOURCES[t.rt];
     let (ls, fs) = match selectors(&params) {
         Ok(s) => s,
@@ -1001,13 +1042,18 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
     let rt = t.rt;
     let selective = params.contains_key("labelSelector") || params.contains_key("fieldSelector");
     let interval = shared.bookmark_interval;
+    let table = as_table.then_some(kind);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut sent: u64 = 0;
         let mut last_rv = start.rv;
         let limit_hit = |sent: u64| max_events.is_some_and(|m| sent >= m);
         for obj in &start.initial {
-            if limit_hit(sent) || tx.send(event_line("ADDED", obj)).await.is_err() {
+            let line = match table {
+                Some(kind) => tables::event_line("ADDED", kind, obj),
+                None => event_line("ADDED", obj),
+            };
+            if limit_hit(sent) || tx.send(line).await.is_err() {
                 return;
             }
             sent += 1;
@@ -1021,7 +1067,7 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
             }
         }
         for ev in &start.replay {
-            let Some(line) = render(ev, &pred, selective) else {
+            let Some(line) = render(ev, &pred, selective, table) else {
                 continue;
             };
             if limit_hit(sent) || tx.send(line).await.is_err() {
@@ -1053,7 +1099,7 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
                             continue;
                         }
                         last_rv = ev.rv;
-                        let Some(line) = render(&ev, &pred, selective) else {
+                        let Some(line) = render(&ev, &pred, selective, table) else {
                             continue;
                         };
                         if tx.send(line).await.is_err() {

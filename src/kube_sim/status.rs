@@ -130,8 +130,19 @@ impl ApiError {
         .with_details(json!({}))
     }
 
-    /// 415 UnsupportedMediaType.
+    /// 415 UnsupportedMediaType for a body encoding the simulator does not read.
     pub fn unsupported_media_type(ct: &str) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (the simulated API server does not decode {ct})"
+            ),
+        )
+    }
+
+    /// 415 UnsupportedMediaType for a PATCH content type.
+    pub fn unsupported_patch_type(ct: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
