@@ -8,12 +8,15 @@
 # The upstream is nginx answering every request with a fixed TensorFlow-Serving body, so the
 # upstream costs next to nothing and the proxies' own overhead shows.
 #
-# Usage: hack/bench-proxy.sh   (env: DURATION=10s, CONNS="1 16 64", BASE_PORT=38500, DS_BIN=)
+# Usage: hack/bench-proxy.sh
+#   env: DURATION=5s per run, ROUNDS=3, CONNS="1 16 64", BASE_PORT=38500,
+#        DS_BIN=path (skip the release build, e.g. to try the script with a debug build)
 # Needs root for apt-get when nginx or wrk are missing. Builds `ds` with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-"1 16 64"}
 BASE_PORT=${BASE_PORT:-38500}
@@ -31,14 +34,6 @@ if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 fi
 
-if [ -n "${DS_BIN:-}" ]; then
-    DS=$DS_BIN # e.g. a debug build, to try the script itself quickly
-else
-    echo "building ds (release)" >&2
-    cargo build --release --locked --bin ds
-    DS="${CARGO_TARGET_DIR:-target}/release/ds"
-fi
-
 WORK=$(mktemp -d)
 chmod a+rx "$WORK" # nginx workers run as nobody and serve /big from here
 PIDS=()
@@ -48,6 +43,16 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+if [ -n "${DS_BIN:-}" ]; then
+    DS=$DS_BIN # e.g. a debug build, to try the script itself quickly
+else
+    echo "building ds (release)" >&2
+    cargo build --release --locked --bin ds
+    # A private copy: a shared target dir may get another branch's build meanwhile.
+    cp "${CARGO_TARGET_DIR:-target}/release/ds" "$WORK/ds"
+    DS="$WORK/ds"
+fi
 
 # --- the upstream: nginx with a fixed model answer --------------------------------------
 head -c 100M /dev/urandom >"$WORK/big.bin"
@@ -105,7 +110,8 @@ http {
 }
 EOF
 nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGX_PID=$!
+PIDS+=("$NGX_PID")
 
 # --- ds model-proxy, without and with query logs ----------------------------------------
 COMMON=(--upstream "http://127.0.0.1:$UP" --class-names setosa,versicolor,virginica
@@ -140,35 +146,82 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-run_wrk() { # target port conns
+# CPU time (clock ticks, user + system) used so far by these processes, all threads.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+run_wrk() { # port conns pids-of-the-proxy... -> "rps p50 p99 errors cpu-us-per-request"
+    local port=$1 conns=$2
+    shift 2
     local threads=2
-    [ "$3" -lt 2 ] && threads=1
-    local url="http://127.0.0.1:$2$PREDICT_PATH"
-    wrk -t"$threads" -c"$3" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
-    local out
-    out=$(wrk -t"$threads" -c"$3" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
-    local rps p50 p99 errors
+    [ "$conns" -lt 2 ] && threads=1
+    local url="http://127.0.0.1:$port$PREDICT_PATH"
+    wrk -t"$threads" -c"$conns" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
+    local out before after
+    before=$(cpu_ticks "$@")
+    out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
+    after=$(cpu_ticks "$@")
+    local rps p50 p99 errors requests cpu
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
-    errors=$(awk '/Non-2xx|Socket errors/ { printf "%s ", $0 }' <<<"$out")
-    printf '| %s | %s | %s | %s | %s |%s\n' "$1" "$3" "$rps" "$p50" "$p99" \
-        "${errors:+ errors: $errors}"
+    errors=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
+    requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+    # CPU per request: machine load from elsewhere slows a proxy down but does not make it
+    # burn more CPU per request, so this compares the proxies even on a busy machine.
+    cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+        'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')
+    echo "$rps $p50 $p99 $errors $cpu"
 }
 
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# name:port:pids whose CPU counts as the proxy's (none for direct; nginx: its workers).
+NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
+TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
+    "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
+RAW="$WORK/raw.txt"
+: >"$RAW"
 echo
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
-echo
-echo "| target | connections | requests/s | p50 ms | p99 ms |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+# Rounds interleave the targets, so a burst of load from elsewhere on the machine hits
+# them alike; each figure is the median over the rounds.
 for c in $CONNS; do
-    run_wrk "direct" "$UP" "$c"
-    run_wrk "nginx proxy_pass (keepalive pool)" "$NGX" "$c"
-    run_wrk "ds model-proxy (metrics)" "$DSP" "$c"
-    run_wrk "ds model-proxy (metrics + query logs)" "$DSL" "$c"
+    for round in $(seq "$ROUNDS"); do
+        for target in "${TARGETS[@]}"; do
+            IFS=: read -r name port pids <<<"$target"
+            # shellcheck disable=SC2086 # pids is a list
+            echo "$c|$name|$(run_wrk "$port" "$c" $pids)" >>"$RAW"
+        done
+        echo "  connections $c, round $round done" >&2
+    done
+done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "| target | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+for c in $CONNS; do
+    for target in "${TARGETS[@]}"; do
+        name=${target%%:*}
+        rows=$(awk -F'|' -v c="$c" -v n="$name" '$1 == c && $2 == n { print $3 }' "$RAW")
+        col() { awk -v i="$1" '{ print $i }' <<<"$rows" | median; }
+        errors=$(awk '{ s += $4 } END { print s + 0 }' <<<"$rows")
+        note=""
+        [ "$errors" -gt 0 ] && note=" (wrk reported errors in $errors runs)"
+        cpu=$(col 5)
+        [ "$name" = direct ] && cpu="-"
+        echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) | $cpu |"
+    done
 done
 echo
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request):"
+sed 's/^/    /' "$RAW"
 
 metric() { # admin-port name
     curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'

@@ -565,6 +565,20 @@ async fn bad_specs_are_rejected_in_one_line_naming_the_field() {
         ])
         .await;
     assert!(run.one_line_error().contains("nope"), "{}", run.stderr);
+    // A second deployment of the same name in the same place.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+        ])
+        .await;
+    assert!(run.one_line_error().contains("iris"), "{}", run.stderr);
     // Nothing to change.
     let run = t.run(&["deployment", "update", "iris"]).await;
     assert!(run.one_line_error().contains("nothing to change"));
@@ -628,7 +642,23 @@ async fn login_saves_a_private_config_that_later_commands_use() {
     assert!(run.one_line_error().contains("rejected the API key"));
     assert!(!t.config_path().exists());
 
-    let run = output(t.bare(&["login", "--gateway", &url, "--api-key", &t.gw.admin_key])).await;
+    // The key from stdin keeps it out of the process list.
+    let mut cmd = t.bare(&["login", "--gateway", &url, "--api-key", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("ds starts");
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{}\n", t.gw.admin_key).as_bytes())
+        .await
+        .unwrap();
+    drop(stdin);
+    let run = Run::from(
+        tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .expect("ds finishes")
+            .unwrap(),
+    );
     assert!(run.ok().contains("Logged in"), "{}", run.stdout);
     #[cfg(unix)]
     {
@@ -879,5 +909,60 @@ async fn tls_gateway_is_trusted_through_ca_cert() {
     let line = run.one_line_error();
     assert!(line.contains(&url), "{line}");
     assert!(line.contains("--ca-cert"), "{line}");
+    t.gw.shutdown().await;
+}
+
+/// `--wait` survives a gateway restart: the status stream is reopened and the wait ends
+/// when the restarted gateway (same database) reports the deployment Available.
+#[tokio::test]
+async fn wait_survives_a_gateway_restart() {
+    let t = start().await;
+    let (_, token) = t.deployer("prod").await;
+    let created = t.deployment("prod", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "2m",
+    ]));
+    running
+        .wait_for_line("default/iris: Unknown, 0/2 ready")
+        .await;
+
+    let TestGateway { gw, dir } = t;
+    let addr = gw.addr;
+    gw.shutdown().await;
+    // The same address and data directory: the CLI's URL stays valid.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let gw = loop {
+        match RunningGateway::start(GatewayArgs::insecure(addr, dir.path().join("data"))).await {
+            Ok(gw) => break gw,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("restart not possible yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("gateway restart: {e}"),
+        }
+    };
+    let t = TestGateway { gw, dir };
+    let updated = t
+        .run(&["deployment", "get", &id, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        updated["spec"]["replicas"], 2,
+        "the update survived the restart"
+    );
+    let revision = updated["revision"].as_u64().unwrap();
+    let mut agent = t.agent(&token).await;
+    agent.report(&id, Phase::Available, 2, revision, "").await;
+    let (code, stderr) = running.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
     t.gw.shutdown().await;
 }

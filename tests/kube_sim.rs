@@ -582,11 +582,26 @@ async fn namespace_delete_removes_its_objects() {
     cms.create(&PostParams::default(), &configmap("c", json!({})))
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .delete("tmp", &DeleteParams::default())
-        .await
-        .unwrap();
-    assert_eq!(api_err(cms.get("c").await.unwrap_err()).0, 404);
+    let nss = Api::<Namespace>::all(client.clone());
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    // Terminating first: no new content, existing content still readable.
+    let ns = nss.get("tmp").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let (code, reason) = api_err(
+        cms.create(&PostParams::default(), &configmap("d", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    eventually("namespace and content gone", || {
+        let (nss, cms) = (nss.clone(), cms.clone());
+        async move {
+            let ns_gone = nss.get("tmp").await.is_err();
+            let cm_gone = cms.get("c").await.is_err();
+            (ns_gone && cm_gone).then_some(())
+        }
+    })
+    .await;
     sim.shutdown().await;
 }
 
@@ -878,4 +893,612 @@ async fn reqwest_like_get(sim: &SimCluster, path: &str) -> (u16, Option<String>,
         retry,
         serde_json::from_slice(&body).unwrap_or(Value::Null),
     )
+}
+
+// === fidelity: the real kubectl against the simulator ===
+
+/// The kubectl binary (`$KUBECTL`, else `/usr/bin/kubectl`). Missing kubectl fails the test.
+fn kubectl_path() -> std::path::PathBuf {
+    let path = std::env::var_os("KUBECTL")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from("/usr/bin/kubectl"));
+    assert!(
+        path.exists(),
+        "kubectl not found at {}: the fidelity tests need the real kubectl. Install it \
+         (e.g. `curl -LO https://dl.k8s.io/release/v1.32.4/bin/linux/amd64/kubectl && \
+         install kubectl /usr/bin/kubectl`) or point $KUBECTL at one",
+        path.display()
+    );
+    path
+}
+
+/// A simulator plus a kubeconfig file and a private kubectl cache directory.
+struct Kubectl {
+    sim: SimCluster,
+    dir: tempfile::TempDir,
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Kubectl {
+    async fn start() -> Self {
+        let sim = sim().await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kubeconfig"), sim.kubeconfig()).unwrap();
+        Self { sim, dir }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(kubectl_path());
+        cmd.arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args)
+            .env("HOME", self.dir.path())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Out {
+        let out = tokio::time::timeout(DEADLINE * 2, self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish"))
+            .expect("kubectl runs");
+        Out {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs kubectl and asserts success.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.ok,
+            "kubectl {args:?} failed:\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a).await).expect("kubectl printed JSON")
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+}
+
+fn manifest(image: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: fid
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: fid
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: fid-reader
+rules:
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: fid-reader
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: fid-reader
+subjects:
+- kind: ServiceAccount
+  name: web
+  namespace: fid
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-token
+  namespace: fid
+type: Opaque
+stringData:
+  token: not-a-real-token
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: fid
+  labels:
+    app: web
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      serviceAccountName: web
+      containers:
+      - name: web
+        image: {image}
+        ports:
+        - containerPort: 8080
+          name: http
+        env:
+        - name: MODE
+          value: fidelity
+      - name: sidecar
+        image: busybox:1.36
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: fid
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels:
+      app: web
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: fid
+  labels:
+    app: web
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+"#
+    )
+}
+
+#[tokio::test]
+async fn kubectl_apply_reapply_get_and_delete() {
+    let k = Kubectl::start().await;
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    let out = k.ok(&["apply", "-f", &file]).await;
+    for line in [
+        "namespace/fid created",
+        "serviceaccount/web created",
+        "clusterrole.rbac.authorization.k8s.io/fid-reader created",
+        "clusterrolebinding.rbac.authorization.k8s.io/fid-reader created",
+        "secret/web-token created",
+        "deployment.apps/web created",
+        "poddisruptionbudget.policy/web created",
+        "service/web created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    let dep = k.json(&["get", "deployment", "web", "-n", "fid"]).await;
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+    assert!(
+        dep["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    let secret = k.json(&["get", "secret", "web-token", "-n", "fid"]).await;
+    assert_eq!(secret["data"]["token"], "bm90LWEtcmVhbC10b2tlbg==");
+
+    // Re-apply with a new image and replica count: a strategic merge patch.
+    let file = k.write("app.yaml", &manifest("nginx:1.28", 3));
+    let out = k.ok(&["apply", "-f", &file]).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("service/web unchanged"), "{out}");
+    assert!(out.contains("namespace/fid unchanged"), "{out}");
+    let dep = k.json(&["get", "deployment", "web", "-n", "fid"]).await;
+    let containers = dep["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[0]["name"], "web");
+    assert_eq!(containers[0]["image"], "nginx:1.28");
+    assert_eq!(containers[0]["ports"][0]["containerPort"], 8080);
+    assert_eq!(containers[0]["env"][0]["value"], "fidelity");
+    assert_eq!(dep["spec"]["replicas"], 3);
+    assert_eq!(dep["metadata"]["generation"], 2);
+    let raw = serde_json::to_string(&dep).unwrap();
+    assert!(
+        !raw.contains("$setElementOrder"),
+        "directives are never stored"
+    );
+
+    // get -l, and the list form of -o json.
+    let list = k
+        .json(&["get", "deployments,services", "-n", "fid", "-l", "app=web"])
+        .await;
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["Deployment", "Service"]);
+    let none = k
+        .ok(&["get", "deployments", "-n", "fid", "-l", "app in (other)"])
+        .await;
+    assert!(!none.contains("web"), "{none}");
+    let table = k.ok(&["get", "deploy", "-n", "fid"]).await;
+    assert!(table.contains("web"), "{table}");
+
+    // delete, then NotFound.
+    let out = k.ok(&["delete", "deployment", "web", "-n", "fid"]).await;
+    assert!(out.contains("deployment.apps \"web\" deleted"), "{out}");
+    let gone = k.run(&["get", "deployment", "web", "-n", "fid"]).await;
+    assert!(!gone.ok);
+    assert!(
+        gone.stderr.contains("NotFound") || gone.stderr.contains("not found"),
+        "{}",
+        gone.stderr
+    );
+    let out = k.ok(&["delete", "-f", &file, "--ignore-not-found"]).await;
+    assert!(out.contains("namespace \"fid\" deleted"), "{out}");
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_server_side_apply() {
+    let k = Kubectl::start().await;
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 1));
+    let out = k.ok(&["apply", "--server-side", "-f", &file]).await;
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let dep = k
+        .json(&[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "fid",
+            "--show-managed-fields",
+        ])
+        .await;
+    let managers: Vec<&str> = dep["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
+    assert!(managers.contains(&"kubectl"), "{managers:?}");
+
+    // Another manager taking a field kubectl owns conflicts; kubectl's re-apply with a
+    // change then fails until forced.
+    let cms: Api<Deployment> = Api::namespaced(k.sim.client(), "fid");
+    cms.patch(
+        "web",
+        &PatchParams::apply("other").force(),
+        &Patch::Apply(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web"}, "spec": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    let out = k.run(&["apply", "--server-side", "-f", &file]).await;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("conflict"), "{}", out.stderr);
+    let out = k
+        .ok(&["apply", "--server-side", "--force-conflicts", "-f", &file])
+        .await;
+    assert!(
+        out.contains("deployment.apps/web serverside-applied"),
+        "{out}"
+    );
+    let dep = k.json(&["get", "deployment", "web", "-n", "fid"]).await;
+    assert_eq!(dep["spec"]["replicas"], 2);
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_rollout_status_waits_for_the_rollout() {
+    let k = Kubectl::start().await;
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    k.ok(&["apply", "-f", &file]).await;
+    let out = k
+        .ok(&[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "fid",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    // An image that never becomes available: rollout status reports the failure.
+    let file = k.write("app.yaml", &manifest("registry/broken:1", 2));
+    k.ok(&["apply", "-f", &file]).await;
+    let out = k
+        .run(&[
+            "rollout",
+            "status",
+            "deployment/web",
+            "-n",
+            "fid",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("exceeded its progress deadline"),
+        "{}",
+        out.stderr
+    );
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_get_watch_streams_changes() {
+    let k = Kubectl::start().await;
+    let mut child = k
+        .command(&["get", "configmaps", "-n", "default", "-w", "-o", "name"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let cms: Api<ConfigMap> = Api::namespaced(k.sim.client(), "default");
+    // Wait until kubectl's watch is open, then change things.
+    eventually("kubectl opened its watch", || async {
+        (k.sim.counters().get("watch", "configmaps") > 0).then_some(())
+    })
+    .await;
+    cms.create(&PostParams::default(), &configmap("w1", json!({})))
+        .await
+        .unwrap();
+    cms.create(&PostParams::default(), &configmap("w2", json!({})))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push(line.clone());
+            if line.contains("w2") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("kubectl printed the watched changes");
+    assert!(seen.iter().any(|l| l == "configmap/w1"), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "configmap/w2"), "{seen:?}");
+    child.kill().await.unwrap();
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_sends_bookmarks_and_ends_at_its_timeout() {
+    let sim = SimCluster::start(SimConfig {
+        bookmark_interval: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    let rv = sim.resource_version().to_string();
+    let params = kube::api::WatchParams::default().timeout(1);
+    let events: Vec<_> =
+        tokio::time::timeout(DEADLINE, cms.watch(&params, &rv).await.unwrap().collect())
+            .await
+            .expect("the watch ends after timeoutSeconds");
+    let bookmarks = events
+        .iter()
+        .filter(|e| matches!(e, Ok(kube::core::WatchEvent::Bookmark(_))))
+        .count();
+    assert!(bookmarks >= 1, "{events:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn gone_on_next_watch_answers_410_once() {
+    let sim = sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    let rv = sim.resource_version().to_string();
+    sim.faults().gone_on_next_watch();
+    let params = kube::api::WatchParams::default().timeout(1);
+    let first: Vec<_> = cms.watch(&params, &rv).await.unwrap().collect().await;
+    match first.as_slice() {
+        [Ok(kube::core::WatchEvent::Error(e))] => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"))
+        }
+        other => panic!("expected one 410 ERROR event, got {other:?}"),
+    }
+    // The next watch from the same version works.
+    let mut second = cms.watch(&params, &rv).await.unwrap().boxed();
+    cms.create(&PostParams::default(), &configmap("after", json!({})))
+        .await
+        .unwrap();
+    match second.try_next().await.unwrap() {
+        Some(kube::core::WatchEvent::Added(c)) => {
+            assert_eq!(c.metadata.name.as_deref(), Some("after"))
+        }
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn reapplying_an_unchanged_deployment_is_a_no_op() {
+    let sim = sim().await;
+    let deps: Api<Deployment> = Api::namespaced(sim.client(), "default");
+    let desired = serde_json::to_value(deployment("iris", "models/iris:1", 2)).unwrap();
+    let pp = PatchParams::apply("ds-deployer").force();
+    deps.patch("iris", &pp, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    let settled = eventually("rollout done", || {
+        let deps = deps.clone();
+        async move {
+            let d = deps.get("iris").await.ok()?;
+            (d.status.as_ref()?.available_replicas == Some(2)).then_some(d)
+        }
+    })
+    .await;
+    let again = deps
+        .patch("iris", &pp, &Patch::Apply(&desired))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.metadata.resource_version,
+        settled.metadata.resource_version
+    );
+    assert_eq!(again.metadata.generation, Some(1));
+
+    // A changed image is an in-place update: same uid, generation 2, new rollout.
+    let mut changed = desired.clone();
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("models/iris:2");
+    let updated = deps
+        .patch("iris", &pp, &Patch::Apply(&changed))
+        .await
+        .unwrap();
+    assert_eq!(updated.metadata.uid, settled.metadata.uid);
+    assert_eq!(updated.metadata.generation, Some(2));
+    eventually("second rollout done", || {
+        let deps = deps.clone();
+        async move {
+            let s = deps.get("iris").await.ok()?.status?;
+            (s.observed_generation == Some(2) && s.available_replicas == Some(2)).then_some(())
+        }
+    })
+    .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_apply_reports_unknown_fields_and_get_prints_tables() {
+    let k = Kubectl::start().await;
+    let typo = manifest("nginx:1.27", 1).replace("  replicas: 1", "  replicaz: 1");
+    let file = k.write("typo.yaml", &typo);
+    let out = k.run(&["apply", "-f", &file]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unknown field \"spec.replicaz\""),
+        "{}",
+        out.stderr
+    );
+
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    k.ok(&["apply", "-f", &file]).await;
+    k.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "fid",
+        "--timeout=60s",
+    ])
+    .await;
+    let table = k.ok(&["get", "deployment", "web", "-n", "fid"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(table.lines().nth(1).unwrap().starts_with("web"), "{table}");
+    assert!(table.contains("2/2"), "{table}");
+    let svc = k.ok(&["get", "service", "web", "-n", "fid"]).await;
+    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
+    let pods = k.ok(&["get", "pods", "-n", "fid", "-l", "app=web"]).await;
+    assert_eq!(pods.matches("Running").count(), 2, "{pods}");
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_and_paged_initial_list() {
+    let sim = sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    for i in 0..12 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("s-{i}"), json!({"team": "s"})),
+        )
+        .await
+        .unwrap();
+    }
+    for config in [
+        watcher::Config::default()
+            .labels("team=s")
+            .streaming_lists(),
+        watcher::Config::default().labels("team=s").page_size(5),
+    ] {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let stream = watcher(cms.clone(), config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let task = tokio::spawn(async move {
+            let mut s = std::pin::pin!(stream);
+            while s.next().await.is_some() {}
+        });
+        reader.wait_until_ready().await.unwrap();
+        assert_eq!(reader.state().len(), 12);
+        task.abort();
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_replace_with_stale_version_conflicts() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let sim = sim().await;
+    let leases: Api<Lease> = Api::namespaced(sim.client(), "default");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "ds-agent"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    // Two candidates read the same version; the first replace wins, the second conflicts.
+    let mut a = created.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("a2".into());
+    let mut b = created.clone();
+    b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("ds-agent", &PostParams::default(), &a)
+        .await
+        .unwrap();
+    let (code, reason) = api_err(
+        leases
+            .replace("ds-agent", &PostParams::default(), &b)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let held = leases.get("ds-agent").await.unwrap();
+    assert_eq!(held.spec.unwrap().holder_identity.as_deref(), Some("a2"));
+    sim.shutdown().await;
 }

@@ -169,7 +169,21 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
         path: "~/.config/ds/config.yaml".into(),
         reason: "no home directory: set DS_CONFIG to the config file's path".into(),
     })?;
-    if args.api_key.expose().is_empty() {
+    // `--api-key -` reads the key from stdin, keeping it out of the process list.
+    let api_key = if args.api_key.expose() == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| CliError::BadFlag {
+                flag: "--api-key".into(),
+                value: "-".into(),
+                reason: format!("reading the key from stdin: {e}"),
+            })?;
+        Secret::new(line.trim())
+    } else {
+        args.api_key.clone()
+    };
+    if api_key.expose().is_empty() {
         return Err(CliError::NoApiKey);
     }
     // Store an absolute CA path: the file is read from other working directories later.
@@ -184,7 +198,7 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     };
     let connection = Connection {
         url: normalize_url(&args.gateway)?,
-        api_key: args.api_key.clone(),
+        api_key,
         ca_cert,
     };
     if !args.no_verify {

@@ -302,7 +302,7 @@ pub struct LoginArgs {
     /// Gateway URL, e.g. `https://gateway.example.com:8800`.
     #[arg(long, env = "DS_GATEWAY")]
     pub gateway: String,
-    /// Admin API key (printed by `ds gateway` on its first start).
+    /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
     #[arg(long, env = "DS_API_KEY", hide_env_values = true)]
     pub api_key: Secret,
     /// PEM CA bundle to trust for the gateway's TLS certificate.

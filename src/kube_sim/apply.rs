@@ -62,12 +62,74 @@ impl ApplyError {
 enum PathElement {
     /// A map field.
     Field(String),
-    /// An associative list item, by its key fields as canonical JSON (sorted, compact).
-    Key(String),
-    /// A set member, as compact JSON.
-    Value(String),
+    /// An associative list item, by its key fields.
+    Key(Parsed),
+    /// A set member.
+    Value(Parsed),
     /// A list index (only read from foreign field sets; never produced here).
     Index(usize),
+}
+
+/// A JSON value with its canonical text (compact, keys sorted): compared, ordered and hashed
+/// by the text, matched against list items by the value without re-parsing.
+#[derive(Debug, Clone)]
+struct Parsed {
+    text: String,
+    value: Value,
+}
+
+impl Parsed {
+    fn new(value: Value) -> Self {
+        Self {
+            text: canonical_json(&value),
+            value,
+        }
+    }
+}
+
+impl PartialEq for Parsed {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Parsed {}
+
+impl PartialOrd for Parsed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Parsed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.text.cmp(&other.text)
+    }
+}
+
+impl std::hash::Hash for Parsed {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
+}
+
+/// Compact JSON with object keys sorted, whatever serde_json's map ordering is.
+fn canonical_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<&String, &Value> = m.iter().collect();
+            let parts: Vec<String> = sorted
+                .iter()
+                .map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), canonical_json(v)))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical_json).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
 }
 
 type Path = Vec<PathElement>;
@@ -77,8 +139,8 @@ impl PathElement {
     fn encode(&self) -> String {
         match self {
             Self::Field(f) => format!("f:{f}"),
-            Self::Key(k) => format!("k:{k}"),
-            Self::Value(v) => format!("v:{v}"),
+            Self::Key(k) => format!("k:{}", k.text),
+            Self::Value(v) => format!("v:{}", v.text),
             Self::Index(i) => format!("i:{i}"),
         }
     }
@@ -89,18 +151,26 @@ impl PathElement {
             Ok(Self::Field(f.to_owned()))
         } else if let Some(k) = s.strip_prefix("k:") {
             match serde_json::from_str::<Value>(k) {
-                Ok(Value::Object(m)) => Ok(Self::Key(canonical_key(
-                    m.iter().map(|(k, v)| (k.as_str(), v.clone())),
-                ))),
+                Ok(v @ Value::Object(_)) => Ok(Self::Key(Parsed::new(v))),
                 _ => Err(bad()),
             }
         } else if let Some(v) = s.strip_prefix("v:") {
             let v: Value = serde_json::from_str(v).map_err(|_| bad())?;
-            Ok(Self::Value(v.to_string()))
+            Ok(Self::Value(Parsed::new(v)))
         } else if let Some(i) = s.strip_prefix("i:") {
             i.parse().map(Self::Index).map_err(|_| bad())
         } else {
             Err(bad())
+        }
+    }
+
+    /// The list item this element selects, if `value` is a list holding it.
+    fn find(&self, items: &[Value]) -> Option<usize> {
+        match self {
+            Self::Key(k) => items.iter().position(|i| item_matches(i, &k.value)),
+            Self::Value(v) => items.iter().position(|i| *i == v.value),
+            Self::Index(i) => (*i < items.len()).then_some(*i),
+            Self::Field(_) => None,
         }
     }
 }
@@ -115,24 +185,20 @@ fn display_path(path: &[PathElement]) -> String {
                 out.push_str(f);
             }
             PathElement::Key(k) => {
-                let fields: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
-                let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let parts: Vec<String> = k
+                    .value
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 out.push_str(&format!("[{}]", parts.join(",")));
             }
-            PathElement::Value(v) => out.push_str(&format!("[={v}]")),
+            PathElement::Value(v) => out.push_str(&format!("[={}]", v.text)),
             PathElement::Index(i) => out.push_str(&format!("[{i}]")),
         }
     }
     out
-}
-
-fn canonical_key<'a>(fields: impl Iterator<Item = (&'a str, Value)>) -> String {
-    let sorted: BTreeMap<&str, Value> = fields.collect();
-    let parts: Vec<String> = sorted
-        .iter()
-        .map(|(k, v)| format!("{}:{v}", Value::String((*k).to_owned())))
-        .collect();
-    format!("{{{}}}", parts.join(","))
 }
 
 /// The value a key field has when the item leaves it out (the server defaults a port's
@@ -147,19 +213,23 @@ fn key_field(item: &Map<String, Value>, field: &str) -> Option<Value> {
         .or_else(|| key_field_default(field))
 }
 
-fn item_key(item: &Map<String, Value>, keys: &[&str]) -> String {
-    canonical_key(
+/// The key of an associative list item: its key fields (defaults filled in).
+fn item_key(item: &Map<String, Value>, keys: &[&str]) -> Parsed {
+    Parsed::new(Value::Object(
         keys.iter()
-            .filter_map(|k| key_field(item, k).map(|v| (*k, v))),
-    )
+            .filter_map(|k| key_field(item, k).map(|v| ((*k).to_owned(), v)))
+            .collect(),
+    ))
 }
 
-fn item_matches(item: &Value, key: &Map<String, Value>) -> bool {
-    let Value::Object(item) = item else {
+fn item_matches(item: &Value, key: &Value) -> bool {
+    let (Value::Object(item), Value::Object(key)) = (item, key) else {
         return false;
     };
-    key.iter()
-        .all(|(f, want)| key_field(item, f).as_ref() == Some(want))
+    key.iter().all(|(f, want)| match item.get(f) {
+        Some(v) => v == want,
+        None => key_field_default(f).as_ref() == Some(want),
+    })
 }
 
 /// Metadata fields the server owns: never in a field set, never taken from an applied config.
@@ -244,7 +314,8 @@ impl Collector {
                     ListType::Atomic => self.leaf(),
                     ListType::Set => {
                         for item in items {
-                            self.path.push(PathElement::Value(item.to_string()));
+                            self.path
+                                .push(PathElement::Value(Parsed::new(item.clone())));
                             self.leaf();
                             self.path.pop();
                         }
@@ -287,15 +358,7 @@ fn has_descendant(set: &FieldSet, path: &Path) -> bool {
 fn step<'a>(value: &'a Value, pe: &PathElement) -> Option<&'a Value> {
     match (pe, value) {
         (PathElement::Field(f), Value::Object(m)) => m.get(f),
-        (PathElement::Key(k), Value::Array(items)) => {
-            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            items.iter().find(|i| item_matches(i, &key))
-        }
-        (PathElement::Value(v), Value::Array(items)) => {
-            let v: Value = serde_json::from_str(v).ok()?;
-            items.iter().find(|i| **i == v)
-        }
-        (PathElement::Index(i), Value::Array(items)) => items.get(*i),
+        (_, Value::Array(items)) => pe.find(items).map(|i| &items[i]),
         _ => None,
     }
 }
@@ -303,15 +366,7 @@ fn step<'a>(value: &'a Value, pe: &PathElement) -> Option<&'a Value> {
 fn step_mut<'a>(value: &'a mut Value, pe: &PathElement) -> Option<&'a mut Value> {
     match (pe, value) {
         (PathElement::Field(f), Value::Object(m)) => m.get_mut(f),
-        (PathElement::Key(k), Value::Array(items)) => {
-            let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            items.iter_mut().find(|i| item_matches(i, &key))
-        }
-        (PathElement::Value(v), Value::Array(items)) => {
-            let v: Value = serde_json::from_str(v).ok()?;
-            items.iter_mut().find(|i| **i == v)
-        }
-        (PathElement::Index(i), Value::Array(items)) => items.get_mut(*i),
+        (_, Value::Array(items)) => pe.find(items).map(|i| &mut items[i]),
         _ => None,
     }
 }
@@ -332,18 +387,14 @@ fn remove(obj: &mut Value, path: &Path) {
         (PathElement::Field(f), Value::Object(m)) => {
             m.remove(f);
         }
-        (PathElement::Key(k), Value::Array(items)) => {
-            if let Ok(key) = serde_json::from_str::<Map<String, Value>>(k) {
-                items.retain(|i| !item_matches(i, &key));
+        (_, Value::Array(items)) => {
+            // Every match goes: a duplicated key or member is not half-removed.
+            while let Some(i) = last.find(items) {
+                items.remove(i);
+                if matches!(last, PathElement::Index(_)) {
+                    break;
+                }
             }
-        }
-        (PathElement::Value(v), Value::Array(items)) => {
-            if let Ok(v) = serde_json::from_str::<Value>(v) {
-                items.retain(|i| *i != v);
-            }
-        }
-        (PathElement::Index(i), Value::Array(items)) if *i < items.len() => {
-            items.remove(*i);
         }
         _ => {}
     }
@@ -550,13 +601,28 @@ fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
     }
 }
 
-/// The object without its managedFields, to tell whether a write changed anything else.
-fn without_managed_fields(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(Value::Object(meta)) = o.get_mut("metadata") {
-        meta.remove("managedFields");
+/// Whether two objects are equal apart from their managedFields (did a write change anything?).
+fn same_data(a: &Value, b: &Value) -> bool {
+    fn same_map(a: &Map<String, Value>, b: &Map<String, Value>, skip: &str) -> bool {
+        let count = |m: &Map<String, Value>| m.keys().filter(|k| *k != skip).count();
+        count(a) == count(b)
+            && a.iter()
+                .filter(|(k, _)| *k != skip)
+                .all(|(k, v)| b.get(k) == Some(v))
     }
-    o
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let meta = |m: &Map<String, Value>| m.get("metadata").cloned().unwrap_or(Value::Null);
+            let metadata_same = match (x.get("metadata"), y.get("metadata")) {
+                (Some(Value::Object(mx)), Some(Value::Object(my))) => {
+                    same_map(mx, my, "managedFields")
+                }
+                _ => meta(x) == meta(y),
+            };
+            metadata_same && same_map(x, y, "metadata")
+        }
+        _ => a == b,
+    }
 }
 
 // === Apply ===
@@ -618,7 +684,7 @@ fn merge_applied_list(
     match kind {
         ListType::Map(keys) if applied.iter().all(Value::is_object) => {
             let key_of = |v: &Value| match v {
-                Value::Object(m) => item_key(m, keys),
+                Value::Object(m) => item_key(m, keys).text,
                 other => format!("!{other}"),
             };
             *live = merge_ordered(std::mem::take(live), applied, key_of, |l, a| match (l, a) {
@@ -630,7 +696,7 @@ fn merge_applied_list(
             });
         }
         ListType::Set => {
-            *live = merge_ordered(std::mem::take(live), applied, Value::to_string, |_, a| {
+            *live = merge_ordered(std::mem::take(live), applied, canonical_json, |_, a| {
                 a.clone()
             });
         }
@@ -871,8 +937,7 @@ pub fn apply(
 
     // As the real server: the entry's time moves only when the object changed, so applying
     // unchanged intent (even by a manager taking shared ownership) writes nothing new.
-    let changed_object =
-        live.is_none_or(|l| without_managed_fields(l) != without_managed_fields(&merged));
+    let changed_object = live.is_none_or(|l| !same_data(l, &merged));
     let time = changed_object.then(|| now.to_owned());
     match entries.iter_mut().find(|e| e.is(manager, APPLY)) {
         Some(e) => {
@@ -1568,7 +1633,7 @@ mod tests {
                     "k:{\"protocol\":\"TCP\",\"containerPort\":80}": {".": {}}}}}}}}
         });
         let set = from_fields_v1(&foreign).unwrap();
-        let key = PathElement::Key("{\"containerPort\":80,\"protocol\":\"TCP\"}".into());
+        let key = PathElement::decode("k:{\"containerPort\":80,\"protocol\":\"TCP\"}").unwrap();
         assert!(set.iter().any(|p| p.last() == Some(&key)));
         let back = to_fields_v1(&set);
         assert_eq!(back["f:metadata"], foreign["f:metadata"]);
@@ -1673,10 +1738,8 @@ mod tests {
             T2,
         )
         .unwrap();
-        assert_eq!(
-            without_managed_fields(&applied),
-            without_managed_fields(&scaled)
-        );
+        assert!(same_data(&applied, &scaled));
+        assert_ne!(applied, scaled, "the agent now shares ownership");
         // A different image conflicts with the client-side applier.
         let err = apply(
             Some(&scaled),
@@ -1693,6 +1756,17 @@ mod tests {
                  .spec.template.spec.containers[name=\"web\"].image"
             )
         );
+    }
+
+    #[test]
+    fn applying_null_removes_a_field_and_owns_it() {
+        let mut cfg = agent_config("nginx:1.25");
+        cfg["spec"]["paused"] = json!(true);
+        let obj = apply(None, &cfg, "ds-agent", false, T0).unwrap();
+        cfg["spec"]["paused"] = Value::Null;
+        let obj = apply(Some(&obj), &cfg, "ds-agent", false, T1).unwrap();
+        assert!(obj["spec"].get("paused").is_none());
+        assert!(owns(&obj, "ds-agent", "Apply", &["f:spec", "f:paused"]));
     }
 
     #[test]

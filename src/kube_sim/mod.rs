@@ -24,6 +24,8 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod tables;
+mod validate;
 
 pub use faults::{Counters, FaultAnswer, Faults, Limit};
 

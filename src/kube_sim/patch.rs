@@ -1051,6 +1051,47 @@ mod tests {
     }
 
     #[test]
+    fn smp_edge_cases() {
+        let mut d = json!({"metadata":{"name":"x"}});
+        // Deleting from a list that is not there, and nulls for absent keys: no-ops.
+        strategic_merge_patch(
+            &mut d,
+            &json!({"metadata":{"$deleteFromPrimitiveList/finalizers":["a"],"labels":null}}),
+        )
+        .unwrap();
+        assert_eq!(d, json!({"metadata":{"name":"x"}}));
+        let err =
+            strategic_merge_patch(&mut d, &json!({"metadata":{"$frobnicate":1}})).unwrap_err();
+        assert!(err.to_string().contains("$frobnicate"), "{err}");
+        assert_eq!(err.status_code(), 400);
+        // A scalar replaced by a map, and a map by a scalar.
+        strategic_merge_patch(&mut d, &json!({"metadata":{"name":{"a":1}}})).unwrap();
+        assert_eq!(d["metadata"]["name"], json!({"a":1}));
+        strategic_merge_patch(&mut d, &json!({"metadata":{"name":"y"}})).unwrap();
+        assert_eq!(d["metadata"]["name"], "y");
+        // A list item lacking its merge key is refused with 422.
+        let err = strategic_merge_patch(&mut d, &json!({"spec":{"containers":[{"image":"i"}]}}))
+            .unwrap_err();
+        assert_eq!(err.status_code(), 422);
+    }
+
+    #[test]
+    fn json_patch_on_the_root_and_escaped_paths() {
+        let mut d = json!({"metadata":{"annotations":{"a/b":"1","c~d":"2"}}});
+        json_patch(
+            &mut d,
+            &json!([
+                {"op":"remove","path":"/metadata/annotations/a~1b"},
+                {"op":"replace","path":"/metadata/annotations/c~0d","value":"3"}
+            ]),
+        )
+        .unwrap();
+        assert_eq!(d, json!({"metadata":{"annotations":{"c~d":"3"}}}));
+        json_patch(&mut d, &json!([{"op":"replace","path":"","value":{"x":1}}])).unwrap();
+        assert_eq!(d, json!({"x":1}));
+    }
+
+    #[test]
     fn list_types_follow_the_real_merge_keys() {
         let pod = ["spec", "template", "spec"];
         assert_eq!(list_type(&pod, "containers"), ListType::Map(&["name"]));

@@ -8,6 +8,8 @@ use super::resources::{self, DEPLOYMENTS, PODS, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
+use super::tables;
+use super::validate;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -183,10 +185,16 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         return e.into_response();
     }
     tracing::debug!(verb, resource = r.resource, ns = ?target.ns, %name, "request");
+    let as_table = tables::wants_table(
+        parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let result = match verb {
-        "get" => get(&shared, &target),
-        "list" => list(&shared, &target, &params),
-        "watch" => return watch(shared.clone(), target, params),
+        "get" => get(&shared, &target, as_table),
+        "list" => list(&shared, &target, &params, as_table),
+        "watch" => return watch(shared.clone(), target, params, as_table),
         "create" => create(&shared, &target, &params, &parts.headers, &body),
         "update" => update(&shared, &target, &params, &parts.headers, &body),
         "patch" => patch(&shared, &target, &params, &parts.headers, &body),
@@ -203,7 +211,7 @@ fn ns_of(t: &Target) -> &str {
     t.ns.as_deref().unwrap_or("")
 }
 
-fn get(shared: &Shared, t: &Target) -> Result<Response, ApiError> {
+fn get(shared: &Shared, t: &Target, as_table: bool) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
     let name = t.name.as_deref().unwrap_or("");
     let obj = shared
@@ -211,6 +219,17 @@ fn get(shared: &Shared, t: &Target) -> Result<Response, ApiError> {
         .get(t.rt, ns_of(t), name)
         .ok_or_else(|| ApiError::not_found(r, name))?;
     match t.sub.as_deref() {
+        None if as_table => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            Ok(ok(&tables::table(
+                r.kind,
+                std::iter::once(&*obj),
+                json!({"resourceVersion": rv}),
+            )))
+        }
         None | Some("status") => Ok(ok(&obj)),
         Some("scale") if t.rt == DEPLOYMENTS => Ok(ok(&scale_of(&obj))),
         Some("log") if t.rt == PODS => {
@@ -271,7 +290,12 @@ fn decode_continue(token: &str) -> Result<(String, String), ApiError> {
     Ok((a.to_string(), b.to_string()))
 }
 
-fn list(shared: &Shared, t: &Target, params: &Params) -> Result<Response, ApiError> {
+fn list(
+    shared: &Shared,
+    t: &Target,
+    params: &Params,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
     let (ls, fs) = selectors(params)?;
     let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
@@ -290,13 +314,61 @@ fn list(shared: &Shared, t: &Target, params: &Params) -> Result<Response, ApiErr
     if let Some(next) = &page.next {
         meta["continue"] = json!(encode_continue(next));
     }
-    let body = json!({
-        "kind": format!("{}List", r.kind),
-        "apiVersion": r.api_version(),
-        "metadata": meta,
-        "items": page.items.iter().map(|v| &**v).collect::<Vec<_>>(),
-    });
-    Ok(ok(&body))
+    if as_table {
+        return Ok(ok(&tables::table(
+            r.kind,
+            page.items.iter().map(|v| &**v),
+            meta,
+        )));
+    }
+    // Serialized straight from the stored objects: building a Value of the whole list
+    // would deep-copy every item.
+    let body = ListBody {
+        kind: format!("{}List", r.kind),
+        api_version: r.api_version(),
+        metadata: meta,
+        items: Items(&page.items),
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+/// A list answer, serialized without copying its items.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<'a> {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Items<'a>,
+}
+
+/// Stored objects as a JSON array.
+struct Items<'a>(&'a [Arc<Value>]);
+
+impl serde::Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| &**v))
+    }
+}
+
+fn field_validation(params: &Params) -> validate::FieldValidation {
+    validate::FieldValidation::from_param(params.get("fieldValidation").map(String::as_str))
+}
+
+/// Adds `Warning: 299 - "…"` headers, as the real server reports dropped unknown fields.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = header::HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn dry_run(params: &Params) -> bool {
@@ -319,6 +391,13 @@ fn manager_of(params: &Params, headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.starts_with(b"k8s\x00") {
+        // Kubernetes protobuf (typed client-go clients, e.g. `kubectl create configmap`):
+        // decoding it needs the Go types' schemas, which the simulator does not have.
+        return Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf",
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request was in an unknown format: {e}"
@@ -508,8 +587,12 @@ fn create(
     let now = now();
     let manager = manager_of(params, headers);
     prepare_create(shared, t, &mut obj, &manager, &now, false)?;
+    let warnings = validate::check(r, &mut obj, field_validation(params))?;
     let stored = shared.store.create(t.rt, obj, dry_run(params))?;
-    Ok(json_response(StatusCode::CREATED, &stored))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &stored),
+        &warnings,
+    ))
 }
 
 /// Carries over what a client cannot change on update: identity, creation time,
@@ -607,6 +690,8 @@ fn update(
     }
     let now = now();
     let manager = manager_of(params, headers);
+    let mut warnings = Vec::new();
+    let mode = field_validation(params);
     let written = shared
         .store
         .modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
@@ -632,6 +717,7 @@ fn update(
                     .unwrap_or(json!([]));
             }
             patching::record_update(Some(old), &mut new, &manager, &now);
+            warnings = validate::check(r, &mut new, mode)?;
             Ok(Change::Put(new))
         })?;
     let out = if scale {
@@ -639,7 +725,7 @@ fn update(
     } else {
         (*written.obj).clone()
     };
-    Ok(ok(&out))
+    Ok(with_warnings(ok(&out), &warnings))
 }
 
 fn patch(
@@ -688,7 +774,7 @@ fn patch(
     let mut applied = patch_body.clone();
     if is_apply {
         if scale {
-            return Err(ApiError::unsupported_media_type(&ct));
+            return Err(ApiError::unsupported_patch_type(&ct));
         }
         check_type(r, &mut applied)?;
         check_namespace(t, &mut applied)?;
@@ -702,6 +788,8 @@ fn patch(
             None => applied["metadata"]["name"] = json!(name),
         }
     }
+    let mut warnings = Vec::new();
+    let mode = field_validation(params);
     let written = shared
         .store
         .modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
@@ -714,6 +802,7 @@ fn patch(
                 check_type(r, &mut obj)?;
                 check_namespace(t, &mut obj)?;
                 prepare_create(shared, t, &mut obj, &manager, &now, true)?;
+                warnings = validate::check(r, &mut obj, mode)?;
                 return Ok(Change::Put(obj));
             };
             let base: Value = if scale {
@@ -736,7 +825,7 @@ fn patch(
                     patched =
                         patching::apply(r, &name, Some(old), &applied, &manager, force, &now)?;
                 }
-                other => return Err(ApiError::unsupported_media_type(other)),
+                other => return Err(ApiError::unsupported_patch_type(other)),
             }
             if !patched.get("metadata").is_some_and(Value::is_object) {
                 return Err(ApiError::invalid(
@@ -775,6 +864,7 @@ fn patch(
             if !is_apply {
                 patching::record_update(Some(old), &mut new, &manager, &now);
             }
+            warnings = validate::check(r, &mut new, mode)?;
             Ok(Change::Put(new))
         })?;
     let code = if written.created {
@@ -787,7 +877,7 @@ fn patch(
     } else {
         (*written.obj).clone()
     };
-    Ok(json_response(code, &out))
+    Ok(with_warnings(json_response(code, &out), &warnings))
 }
 
 /// DeleteOptions from the body and query parameters.
@@ -909,20 +999,35 @@ fn event_line(ty: &str, obj: &Value) -> Bytes {
     Bytes::from(v)
 }
 
-/// The wire line of an event for one watcher. A selected watch sees objects enter and
-/// leave its selection as ADDED and DELETED, as from the real server.
-fn render(ev: &Event, pred: &impl Fn(&Value) -> bool, selective: bool) -> Option<Bytes> {
+/// The wire line of an event for one watcher (a one-row Table when `table` names the kind).
+/// A selected watch sees objects enter and leave its selection as ADDED and DELETED, as
+/// from the real server.
+fn render(
+    ev: &Event,
+    pred: &impl Fn(&Value) -> bool,
+    selective: bool,
+    table: Option<&str>,
+) -> Option<Bytes> {
     let now_matches = pred(&ev.obj);
-    if !selective || ev.ty != EventType::Modified {
-        return now_matches.then(|| ev.line.clone());
-    }
-    let was = ev.prev.as_ref().is_some_and(|p| pred(p));
-    match (was, now_matches) {
-        (true, true) => Some(ev.line.clone()),
-        (false, true) => Some(event_line("ADDED", &ev.obj)),
-        (true, false) => Some(event_line("DELETED", &ev.obj)),
-        (false, false) => None,
-    }
+    let ty = if !selective || ev.ty != EventType::Modified {
+        if !now_matches {
+            return None;
+        }
+        ev.ty.as_str()
+    } else {
+        let was = ev.prev.as_ref().is_some_and(|p| pred(p));
+        match (was, now_matches) {
+            (true, true) => "MODIFIED",
+            (false, true) => "ADDED",
+            (true, false) => "DELETED",
+            (false, false) => return None,
+        }
+    };
+    Some(match table {
+        Some(kind) => tables::event_line(ty, kind, &ev.obj),
+        None if ty == ev.ty.as_str() => ev.line.clone(),
+        None => event_line(ty, &ev.obj),
+    })
 }
 
 fn watch_response(rx: mpsc::Receiver<Bytes>) -> Response {
@@ -936,7 +1041,7 @@ fn watch_response(rx: mpsc::Receiver<Bytes>) -> Response {
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
+fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Response {
     let r = &RESOURCES[t.rt];
     let (ls, fs) = match selectors(&params) {
         Ok(s) => s,
@@ -1001,13 +1106,18 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
     let rt = t.rt;
     let selective = params.contains_key("labelSelector") || params.contains_key("fieldSelector");
     let interval = shared.bookmark_interval;
+    let table = as_table.then_some(kind);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut sent: u64 = 0;
         let mut last_rv = start.rv;
         let limit_hit = |sent: u64| max_events.is_some_and(|m| sent >= m);
         for obj in &start.initial {
-            if limit_hit(sent) || tx.send(event_line("ADDED", obj)).await.is_err() {
+            let line = match table {
+                Some(kind) => tables::event_line("ADDED", kind, obj),
+                None => event_line("ADDED", obj),
+            };
+            if limit_hit(sent) || tx.send(line).await.is_err() {
                 return;
             }
             sent += 1;
@@ -1021,7 +1131,7 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
             }
         }
         for ev in &start.replay {
-            let Some(line) = render(ev, &pred, selective) else {
+            let Some(line) = render(ev, &pred, selective, table) else {
                 continue;
             };
             if limit_hit(sent) || tx.send(line).await.is_err() {
@@ -1053,7 +1163,7 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params) -> Response {
                             continue;
                         }
                         last_rv = ev.rv;
-                        let Some(line) = render(&ev, &pred, selective) else {
+                        let Some(line) = render(&ev, &pred, selective, table) else {
                             continue;
                         };
                         if tx.send(line).await.is_err() {

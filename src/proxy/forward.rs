@@ -201,7 +201,7 @@ impl Drop for Exchange {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let (bytes, truncated) = capture.prefix(limit);
             BodySample {
-                bytes,
+                bytes: Bytes::copy_from_slice(&bytes),
                 truncated,
                 total: capture.total(),
             }
@@ -210,7 +210,9 @@ impl Drop for Exchange {
             Some(capture) => {
                 let (bytes, truncated) = capture.prefix(limit);
                 BodySample {
-                    bytes,
+                    // A copy: a slice would keep the connection's whole read buffer alive
+                    // while the record waits in the queue.
+                    bytes: Bytes::copy_from_slice(&bytes),
                     truncated,
                     total: capture.total(),
                 }

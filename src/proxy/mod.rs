@@ -83,6 +83,8 @@ pub mod env {
     pub const QUERY_LOG_BODY_LIMIT: &str = "DS_PROXY_QUERY_LOG_BODY_LIMIT";
     /// `--query-log-queue`.
     pub const QUERY_LOG_QUEUE: &str = "DS_PROXY_QUERY_LOG_QUEUE";
+    /// `--query-log-interval`.
+    pub const QUERY_LOG_INTERVAL: &str = "DS_PROXY_QUERY_LOG_INTERVAL";
     /// `--upstream-max-idle`.
     pub const UPSTREAM_MAX_IDLE: &str = "DS_PROXY_UPSTREAM_MAX_IDLE";
 }
@@ -135,6 +137,11 @@ pub struct ProxyArgs {
     /// Query-log lines queued for the writer; when full, lines are dropped and counted.
     #[arg(long, env = env::QUERY_LOG_QUEUE, default_value_t = 4096)]
     pub query_log_queue: usize,
+
+    /// How often the query-log writer drains its queue (e.g. 50ms): lines reach the log at
+    /// most this late.
+    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = parse_duration)]
+    pub query_log_interval: Duration,
 
     /// Idle keep-alive connections kept to the upstream.
     #[arg(long, env = env::UPSTREAM_MAX_IDLE, default_value_t = 512)]
@@ -209,9 +216,8 @@ pub struct RunningProxy {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub admin_addr: SocketAddr,
     stop_servers: CancellationToken,
-    stop_log: CancellationToken,
     servers: Vec<JoinHandle<()>>,
-    log_writer: Option<JoinHandle<()>>,
+    log_writer: Option<querylog::QueryLogWriter>,
 }
 
 impl RunningProxy {
@@ -248,7 +254,6 @@ impl RunningProxy {
         let addr = local_addr(&listener, args.listen)?;
         let admin_addr = local_addr(&admin_listener, args.admin_listen)?;
 
-        let stop_log = CancellationToken::new();
         // An empty value (a manifest clearing the variable) means off, like an absent one.
         let (query_log, log_writer) = match args.query_log.as_deref().filter(|t| !t.is_empty()) {
             Some(target) => {
@@ -256,13 +261,13 @@ impl RunningProxy {
                 let (sender, writer) = querylog::start(
                     &target,
                     args.query_log_queue,
+                    args.query_log_interval,
                     args.deployment_id.clone(),
                     metrics.clone(),
-                    stop_log.clone(),
                 )
                 .await
                 .map_err(|source| ProxyError::QueryLogOpen { target, source })?;
-                (Some(sender), Some(tokio::spawn(writer)))
+                (Some(sender), Some(writer))
             }
             None => (None, None),
         };
@@ -304,7 +309,6 @@ impl RunningProxy {
             addr,
             admin_addr,
             stop_servers,
-            stop_log,
             servers: vec![proxy_server, admin_server],
             log_writer,
         })
@@ -319,11 +323,8 @@ impl RunningProxy {
                 tracing::warn!(%error, "a proxy server task failed");
             }
         }
-        self.stop_log.cancel();
-        if let Some(writer) = self.log_writer.take()
-            && let Err(error) = writer.await
-        {
-            tracing::warn!(%error, "the query-log writer failed");
+        if let Some(writer) = self.log_writer.take() {
+            writer.stop().await;
         }
         tracing::info!("model proxy stopped");
     }
@@ -333,7 +334,7 @@ impl Drop for RunningProxy {
     fn drop(&mut self) {
         // A proxy dropped without `shutdown` must not keep serving in the background.
         self.stop_servers.cancel();
-        self.stop_log.cancel();
+        // The writer (if still here) ends on its own after a last drain.
     }
 }
 

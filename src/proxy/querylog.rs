@@ -1,19 +1,20 @@
 //! Query logs: one JSON line per request, written by a background task off the request path.
 //!
-//! The request path only hands a [`QueryRecord`] (cheap: the captured bodies are
-//! reference-counted `Bytes`) to a bounded queue with `try_send`; when the queue is full the
-//! record is dropped and counted, so a slow disk never slows a model answer down.
+//! The request path only hands a [`QueryRecord`] (body prefixes already copied, so a queued
+//! record never pins a connection's read buffer) to a bounded queue with `try_send`; when the
+//! queue is full the record is dropped and counted, so a slow disk never slows a model answer
+//! down. A dedicated thread drains the queue on an interval, encodes and writes in batches:
+//! blocking writes (a full pipe to the container log) stall only that thread.
 
 use super::metrics::Metrics;
 use bytes::Bytes;
 use serde::Serialize;
 use std::borrow::Cow;
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Where query-log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,92 +123,149 @@ impl QueryRecord {
 /// The request side of the queue.
 #[derive(Debug, Clone)]
 pub(crate) struct QueryLogSender {
-    tx: mpsc::Sender<QueryRecord>,
+    tx: mpsc::SyncSender<QueryRecord>,
 }
 
 impl QueryLogSender {
     /// Queues a record without waiting; returns false when it was dropped (queue full).
+    ///
+    /// The writer polls the queue on an interval instead of sleeping on it, so a send
+    /// never wakes a thread: the request path pays a few atomic operations, no syscall.
     pub(crate) fn send(&self, record: QueryRecord) -> bool {
         match self.tx.try_send(record) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-            // Closed only during shutdown, after the writer drained: nothing to count.
-            Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(mpsc::TrySendError::Full(_)) => false,
+            // Disconnected only during shutdown, after the writer drained: nothing to count.
+            Err(mpsc::TrySendError::Disconnected(_)) => true,
         }
     }
 }
 
-/// Opens the target and returns the queue's sender and the writer future, which runs until
-/// `stop` fires and then writes what is still queued.
+/// The writer thread; [`QueryLogWriter::stop`] writes what is queued and ends it.
+#[derive(Debug)]
+pub(crate) struct QueryLogWriter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QueryLogWriter {
+    /// Asks the writer to write what is queued and stop, without waiting for it.
+    pub(crate) fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+
+    /// Writes what is queued, then stops the thread.
+    pub(crate) async fn stop(mut self) {
+        self.signal_stop();
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::warn!("the query-log writer thread failed");
+            }
+        }
+    }
+}
+
+impl Drop for QueryLogWriter {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+/// Opens the target and starts the writer thread, which drains the queue every
+/// `interval` into one write.
 pub(crate) async fn start(
     target: &QueryLogTarget,
     capacity: usize,
+    interval: Duration,
     deployment_id: String,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> std::io::Result<(
-    QueryLogSender,
-    impl std::future::Future<Output = ()> + Send + 'static,
-)> {
-    let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
-        QueryLogTarget::Stdout => Box::new(tokio::io::stdout()),
-        QueryLogTarget::File(path) => Box::new(
-            tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await?,
-        ),
+) -> std::io::Result<(QueryLogSender, QueryLogWriter)> {
+    let out: Box<dyn Write + Send> = match target {
+        QueryLogTarget::Stdout => Box::new(std::io::stdout()),
+        QueryLogTarget::File(path) => {
+            let path = path.clone();
+            // Opening can block (a FIFO waits for its reader): keep it off the runtime.
+            let file = tokio::task::spawn_blocking(move || {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            Box::new(file)
+        }
     };
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let writer = write_lines(rx, BufWriter::new(out), deployment_id, metrics, stop);
-    Ok((QueryLogSender { tx }, writer))
+    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("ds-query-log".into())
+        .spawn(move || write_lines(&rx, out, &deployment_id, &metrics, &thread_stop, interval))?;
+    Ok((
+        QueryLogSender { tx },
+        QueryLogWriter {
+            stop,
+            thread: Some(thread),
+        },
+    ))
 }
 
-async fn write_lines(
-    mut rx: mpsc::Receiver<QueryRecord>,
-    mut out: BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
-    deployment_id: String,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
+/// Batches up to this many bytes into one write.
+const BATCH_BYTES: usize = 1024 * 1024;
+
+fn write_lines(
+    rx: &mpsc::Receiver<QueryRecord>,
+    mut out: Box<dyn Write + Send>,
+    deployment_id: &str,
+    metrics: &Metrics,
+    stop: &AtomicBool,
+    interval: Duration,
 ) {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    loop {
-        let first = tokio::select! {
-            record = rx.recv() => record,
-            () = stop.cancelled() => {
-                // Refuse new records, then write what is already queued.
-                rx.close();
-                rx.recv().await
-            }
-        };
-        let Some(first) = first else { break };
-        // Batch whatever is queued already into one write and one flush.
-        let mut lines = 0u64;
-        let mut next = Some(first);
-        while let Some(record) = next {
-            match record.write_json(&deployment_id, &mut buf) {
-                Ok(()) => lines += 1,
-                Err(error) => tracing::warn!(%error, "encoding a query-log line failed"),
-            }
-            next = if buf.len() < 1024 * 1024 {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut lines = 0u64;
+    let mut flush = |buf: &mut Vec<u8>, lines: &mut u64| {
+        if buf.is_empty() {
+            return;
         }
-        let result = async {
-            out.write_all(&buf).await?;
-            out.flush().await
+        match out.write_all(buf).and_then(|()| out.flush()) {
+            Ok(()) => metrics.query_log_written(*lines),
+            Err(error) => tracing::warn!(%error, lines = *lines, "writing query-log lines failed"),
         }
-        .await;
         buf.clear();
-        match result {
-            Ok(()) => metrics.query_log_written(lines),
-            Err(error) => tracing::warn!(%error, lines, "writing query-log lines failed"),
+        *lines = 0;
+    };
+    loop {
+        // Read the flag before draining: a stop that lands during the drain gets one more
+        // round, so nothing queued before `stop` is lost.
+        let stopping = stop.load(Ordering::Acquire);
+        let mut disconnected = false;
+        loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    match record.write_json(deployment_id, &mut buf) {
+                        Ok(()) => lines += 1,
+                        Err(error) => tracing::warn!(%error, "encoding a query-log line failed"),
+                    }
+                    if buf.len() >= BATCH_BYTES {
+                        flush(&mut buf, &mut lines);
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
         }
-    }
-    if let Err(error) = out.flush().await {
-        tracing::warn!(%error, "flushing the query log failed");
+        flush(&mut buf, &mut lines);
+        if stopping || disconnected {
+            return;
+        }
+        std::thread::park_timeout(interval);
     }
 }
