@@ -582,11 +582,26 @@ async fn namespace_delete_removes_its_objects() {
     cms.create(&PostParams::default(), &configmap("c", json!({})))
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .delete("tmp", &DeleteParams::default())
-        .await
-        .unwrap();
-    assert_eq!(api_err(cms.get("c").await.unwrap_err()).0, 404);
+    let nss = Api::<Namespace>::all(client.clone());
+    nss.delete("tmp", &DeleteParams::default()).await.unwrap();
+    // Terminating first: no new content, existing content still readable.
+    let ns = nss.get("tmp").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    let (code, reason) = api_err(
+        cms.create(&PostParams::default(), &configmap("d", json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (403, "Forbidden"));
+    eventually("namespace and content gone", || {
+        let (nss, cms) = (nss.clone(), cms.clone());
+        async move {
+            let ns_gone = nss.get("tmp").await.is_err();
+            let cm_gone = cms.get("c").await.is_err();
+            (ns_gone && cm_gone).then_some(())
+        }
+    })
+    .await;
     sim.shutdown().await;
 }
 
@@ -1383,5 +1398,107 @@ async fn reapplying_an_unchanged_deployment_is_a_no_op() {
         }
     })
     .await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn kubectl_apply_reports_unknown_fields_and_get_prints_tables() {
+    let k = Kubectl::start().await;
+    let typo = manifest("nginx:1.27", 1).replace("  replicas: 1", "  replicaz: 1");
+    let file = k.write("typo.yaml", &typo);
+    let out = k.run(&["apply", "-f", &file]).await;
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("unknown field \"spec.replicaz\""),
+        "{}",
+        out.stderr
+    );
+
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 2));
+    k.ok(&["apply", "-f", &file]).await;
+    k.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "fid",
+        "--timeout=60s",
+    ])
+    .await;
+    let table = k.ok(&["get", "deployment", "web", "-n", "fid"]).await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert!(table.lines().nth(1).unwrap().starts_with("web"), "{table}");
+    assert!(table.contains("2/2"), "{table}");
+    let svc = k.ok(&["get", "service", "web", "-n", "fid"]).await;
+    assert!(svc.contains("ClusterIP") && svc.contains("80/TCP"), "{svc}");
+    let pods = k.ok(&["get", "pods", "-n", "fid", "-l", "app=web"]).await;
+    assert_eq!(pods.matches("Running").count(), 2, "{pods}");
+    k.sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn watcher_with_streaming_lists_and_paged_initial_list() {
+    let sim = sim().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client(), "default");
+    for i in 0..12 {
+        cms.create(
+            &PostParams::default(),
+            &configmap(&format!("s-{i}"), json!({"team": "s"})),
+        )
+        .await
+        .unwrap();
+    }
+    for config in [
+        watcher::Config::default()
+            .labels("team=s")
+            .streaming_lists(),
+        watcher::Config::default().labels("team=s").page_size(5),
+    ] {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let stream = watcher(cms.clone(), config)
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects();
+        let task = tokio::spawn(async move {
+            let mut s = std::pin::pin!(stream);
+            while s.next().await.is_some() {}
+        });
+        reader.wait_until_ready().await.unwrap();
+        assert_eq!(reader.state().len(), 12);
+        task.abort();
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn lease_replace_with_stale_version_conflicts() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let sim = sim().await;
+    let leases: Api<Lease> = Api::namespaced(sim.client(), "default");
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": "ds-agent"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}
+    }))
+    .unwrap();
+    let created = leases.create(&PostParams::default(), &lease).await.unwrap();
+    // Two candidates read the same version; the first replace wins, the second conflicts.
+    let mut a = created.clone();
+    a.spec.as_mut().unwrap().holder_identity = Some("a2".into());
+    let mut b = created.clone();
+    b.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("ds-agent", &PostParams::default(), &a)
+        .await
+        .unwrap();
+    let (code, reason) = api_err(
+        leases
+            .replace("ds-agent", &PostParams::default(), &b)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    let held = leases.get("ds-agent").await.unwrap();
+    assert_eq!(held.spec.unwrap().holder_identity.as_deref(), Some("a2"));
     sim.shutdown().await;
 }

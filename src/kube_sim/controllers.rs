@@ -1,6 +1,6 @@
 //! Simulated controllers: Deployment rollout status and one pod per replica.
 
-use super::resources::{DEPLOYMENTS, PODS};
+use super::resources::{DEPLOYMENTS, NAMESPACES, PODS};
 use super::server::{Shared, now};
 use super::store::{Change, DeleteOptions, EventType, Propagation};
 use regex::Regex;
@@ -9,6 +9,10 @@ use sha2::Digest as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
+
+/// How long a deleted namespace stays Terminating before its content and itself are gone
+/// (`kubectl delete -f` deletes the namespace's objects after the namespace itself).
+const NAMESPACE_CLEANUP_DELAY: Duration = Duration::from_millis(1000);
 
 /// Settings of the simulated controllers.
 #[derive(Clone)]
@@ -73,6 +77,22 @@ pub(crate) async fn run(shared: Arc<Shared>, cfg: ControllerConfig) {
             ev = rx.recv() => match ev {
                 Ok(ev) if ev.rt == DEPLOYMENTS && ev.ty != EventType::Deleted => {
                     reconcile(&shared, &cfg, &ev.obj);
+                }
+                Ok(ev) if ev.rt == NAMESPACES
+                    && ev.ty == EventType::Modified
+                    && ev.obj.pointer("/metadata/deletionTimestamp").is_some()
+                    && ev.prev.as_ref().is_some_and(|p| p.pointer("/metadata/deletionTimestamp").is_none()) =>
+                {
+                    let name = s(&ev.obj, "/metadata/name").to_string();
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shared.shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(NAMESPACE_CLEANUP_DELAY) => {
+                                shared.store.purge_namespace(&name);
+                            }
+                        }
+                    });
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(_)) => reconcile_all(&shared, &cfg),

@@ -25,6 +25,7 @@ mod server;
 mod status;
 mod store;
 mod tables;
+mod validate;
 
 pub use faults::{Counters, FaultAnswer, Faults, Limit};
 

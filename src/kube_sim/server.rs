@@ -9,6 +9,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
 use super::tables;
+use super::validate;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -191,7 +192,7 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
             .and_then(|v| v.to_str().ok()),
     );
     let result = match verb {
-        "get" => get(&shared, &target),
+        "get" => get(&shared, &target, as_table),
         "list" => list(&shared, &target, &params, as_table),
         "watch" => return watch(shared.clone(), target, params, as_table),
         "create" => create(&shared, &target, &params, &parts.headers, &body),
@@ -210,7 +211,7 @@ fn ns_of(t: &Target) -> &str {
     t.ns.as_deref().unwrap_or("")
 }
 
-fn get(shared: &Shared, t: &Target) -> Result<Response, ApiError> {
+fn get(shared: &Shared, t: &Target, as_table: bool) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
     let name = t.name.as_deref().unwrap_or("");
     let obj = shared
@@ -218,6 +219,17 @@ fn get(shared: &Shared, t: &Target) -> Result<Response, ApiError> {
         .get(t.rt, ns_of(t), name)
         .ok_or_else(|| ApiError::not_found(r, name))?;
     match t.sub.as_deref() {
+        None if as_table => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            Ok(ok(&tables::table(
+                r.kind,
+                std::iter::once(&*obj),
+                json!({"resourceVersion": rv}),
+            )))
+        }
         None | Some("status") => Ok(ok(&obj)),
         Some("scale") if t.rt == DEPLOYMENTS => Ok(ok(&scale_of(&obj))),
         Some("log") if t.rt == PODS => {
@@ -309,13 +321,54 @@ fn list(
             meta,
         )));
     }
-    let body = json!({
-        "kind": format!("{}List", r.kind),
-        "apiVersion": r.api_version(),
-        "metadata": meta,
-        "items": page.items.iter().map(|v| &**v).collect::<Vec<_>>(),
-    });
-    Ok(ok(&body))
+    // Serialized straight from the stored objects: building a Value of the whole list
+    // would deep-copy every item.
+    let body = ListBody {
+        kind: format!("{}List", r.kind),
+        api_version: r.api_version(),
+        metadata: meta,
+        items: Items(&page.items),
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+/// A list answer, serialized without copying its items.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<'a> {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Items<'a>,
+}
+
+/// Stored objects as a JSON array.
+struct Items<'a>(&'a [Arc<Value>]);
+
+impl serde::Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|v| &**v))
+    }
+}
+
+fn field_validation(params: &Params) -> validate::FieldValidation {
+    validate::FieldValidation::from_param(params.get("fieldValidation").map(String::as_str))
+}
+
+/// Adds `Warning: 299 - "…"` headers, as the real server reports dropped unknown fields.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let v = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = header::HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn dry_run(params: &Params) -> bool {
@@ -534,8 +587,12 @@ fn create(
     let now = now();
     let manager = manager_of(params, headers);
     prepare_create(shared, t, &mut obj, &manager, &now, false)?;
+    let warnings = validate::check(r, &mut obj, field_validation(params))?;
     let stored = shared.store.create(t.rt, obj, dry_run(params))?;
-    Ok(json_response(StatusCode::CREATED, &stored))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &stored),
+        &warnings,
+    ))
 }
 
 /// Carries over what a client cannot change on update: identity, creation time,
@@ -633,6 +690,8 @@ fn update(
     }
     let now = now();
     let manager = manager_of(params, headers);
+    let mut warnings = Vec::new();
+    let mode = field_validation(params);
     let written = shared
         .store
         .modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
@@ -658,6 +717,7 @@ fn update(
                     .unwrap_or(json!([]));
             }
             patching::record_update(Some(old), &mut new, &manager, &now);
+            warnings = validate::check(r, &mut new, mode)?;
             Ok(Change::Put(new))
         })?;
     let out = if scale {
@@ -665,7 +725,7 @@ fn update(
     } else {
         (*written.obj).clone()
     };
-    Ok(ok(&out))
+    Ok(with_warnings(ok(&out), &warnings))
 }
 
 fn patch(
@@ -728,6 +788,8 @@ fn patch(
             None => applied["metadata"]["name"] = json!(name),
         }
     }
+    let mut warnings = Vec::new();
+    let mode = field_validation(params);
     let written = shared
         .store
         .modify(t.rt, ns_of(t), &name, dry_run(params), |old| {
@@ -740,6 +802,7 @@ fn patch(
                 check_type(r, &mut obj)?;
                 check_namespace(t, &mut obj)?;
                 prepare_create(shared, t, &mut obj, &manager, &now, true)?;
+                warnings = validate::check(r, &mut obj, mode)?;
                 return Ok(Change::Put(obj));
             };
             let base: Value = if scale {
@@ -801,6 +864,7 @@ fn patch(
             if !is_apply {
                 patching::record_update(Some(old), &mut new, &manager, &now);
             }
+            warnings = validate::check(r, &mut new, mode)?;
             Ok(Change::Put(new))
         })?;
     let code = if written.created {
@@ -813,7 +877,7 @@ fn patch(
     } else {
         (*written.obj).clone()
     };
-    Ok(json_response(code, &out))
+    Ok(with_warnings(json_response(code, &out), &warnings))
 }
 
 /// DeleteOptions from the body and query parameters.

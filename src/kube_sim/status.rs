@@ -56,6 +56,19 @@ impl ApiError {
             .with_details(json!({"name": ns, "kind": "namespaces"}))
     }
 
+    /// 403 for a create in a namespace that is being deleted.
+    pub fn namespace_terminating(rt: &ResourceType, name: &str, ns: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.group_resource()
+            ),
+        )
+        .with_details(details(rt, name))
+    }
+
     /// 404 for a URL that names no resource.
     pub fn no_route() -> Self {
         Self::new(

@@ -345,10 +345,14 @@ impl Store {
                             created: false,
                         });
                     }
-                } else if RESOURCES[rt].namespaced
-                    && !st.objects[NAMESPACES].contains_key(&(String::new(), ns.to_string()))
-                {
-                    return Err(ApiError::namespace_not_found(ns));
+                } else if RESOURCES[rt].namespaced {
+                    match st.objects[NAMESPACES].get(&(String::new(), ns.to_string())) {
+                        None => return Err(ApiError::namespace_not_found(ns)),
+                        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                            return Err(ApiError::namespace_terminating(&RESOURCES[rt], name, ns));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 // An object whose deletion only waited for finalizers goes once they are gone.
                 let finalized = old.is_some()
@@ -450,28 +454,47 @@ impl Store {
             self.emit(&mut st, rt, EventType::Modified, new.clone(), Some(old));
             return Ok(Deleted::Pending(new));
         }
-        let gone = self.remove(&mut st, rt, &key);
         if rt == NAMESPACES {
-            // Namespace deletion removes everything inside it.
-            for (i, res) in RESOURCES.iter().enumerate() {
-                if !res.namespaced {
-                    continue;
-                }
-                let keys: Vec<Key> = st.objects[i]
-                    .range::<Key, _>((name.to_string(), String::new())..)
-                    .take_while(|(k, _)| k.0 == name)
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for k in keys {
-                    self.remove(&mut st, i, &k);
-                }
+            // As in Kubernetes: the namespace turns Terminating and the namespace controller
+            // (controllers.rs) removes its content and then the namespace, a moment later.
+            if old.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(Deleted::Pending(old));
             }
+            let mut new = (*old).clone();
+            new["metadata"]["deletionTimestamp"] = Value::String(now.to_string());
+            new["status"] = json!({"phase": "Terminating"});
+            st.rv += 1;
+            set_rv(&mut new, st.rv);
+            let new = Arc::new(new);
+            st.objects[rt].insert(key, new.clone());
+            self.emit(&mut st, rt, EventType::Modified, new.clone(), Some(old));
+            return Ok(Deleted::Pending(new));
         }
+        let gone = self.remove(&mut st, rt, &key);
         if let Some(g) = &gone {
             self.cascade(&mut st, rt, g, opts.propagation);
         }
         gone.map(Deleted::Gone)
             .ok_or_else(|| ApiError::not_found(r, name))
+    }
+
+    /// Removes a terminating namespace and everything in it (the namespace controller).
+    pub fn purge_namespace(&self, name: &str) {
+        let mut st = self.lock();
+        for (i, res) in RESOURCES.iter().enumerate() {
+            if !res.namespaced {
+                continue;
+            }
+            let keys: Vec<Key> = st.objects[i]
+                .range::<Key, _>((name.to_string(), String::new())..)
+                .take_while(|(k, _)| k.0 == name)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                self.remove(&mut st, i, &k);
+            }
+        }
+        self.remove(&mut st, NAMESPACES, &(String::new(), name.to_string()));
     }
 
     fn remove(&self, st: &mut State, rt: usize, key: &Key) -> Option<Arc<Value>> {
