@@ -481,6 +481,20 @@ async fn expired_and_unknown_install_links_are_refused() {
 }
 
 #[tokio::test]
+async fn two_concurrent_fetches_of_one_link_serve_it_once() {
+    let mut env = env().await;
+    env.create_deployer("race").await;
+    let url = env.install_url("race").await;
+    let (a, b) = tokio::join!(http_get(&url), http_get(&url));
+    let mut codes = [a.0, b.0];
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 410], "exactly one fetch gets the manifest");
+    let manifest = if a.0 == 200 { a.1 } else { b.1 };
+    assert!(manifest.contains("kind: Secret"), "{manifest}");
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_install_keeps_the_running_agents_token_valid() {
     // The install issues an additional token: an agent already running with the
     // deployer's first token keeps its access.
