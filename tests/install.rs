@@ -160,7 +160,14 @@ impl Env {
 
     /// `ds deployer install NAME` as a process; returns the URL of its one line.
     async fn install_url(&self, deployer: &str) -> String {
-        let mut cmd = ds(self.dir.path(), &["deployer", "install", deployer]);
+        self.install_url_with(deployer, &[]).await
+    }
+
+    /// `ds deployer install NAME EXTRA…` as a process; returns the URL of its one line.
+    async fn install_url_with(&self, deployer: &str, extra: &[&str]) -> String {
+        let mut args = vec!["deployer", "install", deployer];
+        args.extend_from_slice(extra);
+        let mut cmd = ds(self.dir.path(), &args);
         cmd.env("DS_GATEWAY", self.gw.url())
             .env("DS_API_KEY", &self.gw.admin_key);
         let run = output(cmd).await;
@@ -437,6 +444,7 @@ async fn expired_and_unknown_install_links_are_refused() {
         .create_install_code(proto::CreateInstallCodeRequest {
             deployer: "late".into(),
             ttl_seconds: 1,
+            ..Default::default()
         })
         .await
         .expect("install code")
@@ -458,6 +466,7 @@ async fn expired_and_unknown_install_links_are_refused() {
         .create_install_code(proto::CreateInstallCodeRequest {
             deployer: "late".into(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect("install code")
@@ -473,10 +482,78 @@ async fn expired_and_unknown_install_links_are_refused() {
         .create_install_code(proto::CreateInstallCodeRequest {
             deployer: "nobody".into(),
             ttl_seconds: 0,
+            ..Default::default()
         })
         .await
         .expect_err("unknown deployer");
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn install_options_choose_the_namespaced_variant() {
+    let mut env = env().await;
+    env.create_deployer("restricted").await;
+    let url = env
+        .install_url_with(
+            "restricted",
+            &[
+                "--namespaces",
+                "models,staging",
+                "--agent-namespace",
+                "ds-agents",
+                "--cluster-name",
+                "eu-1",
+            ],
+        )
+        .await;
+    let (status, manifest) = http_get(&url).await;
+    assert_eq!(status, 200, "{manifest}");
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&manifest).expect("the manifest is YAML");
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    assert!(of_kind("ClusterRole").is_empty(), "no cluster-wide rights");
+    let mut role_namespaces: Vec<&str> = of_kind("Role")
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    role_namespaces.sort_unstable();
+    // The two target namespaces, plus the agent's own Lease Role.
+    assert_eq!(role_namespaces, ["ds-agents", "models", "staging"]);
+    let deployment = of_kind("Deployment")[0];
+    assert_eq!(deployment["metadata"]["namespace"], "ds-agents");
+    let env_vars = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let cluster = env_vars
+        .iter()
+        .find(|e| e["name"] == "DS_CLUSTER_NAME")
+        .unwrap();
+    assert_eq!(cluster["value"], "eu-1");
+
+    // A bad namespace is refused at the gateway, naming the field, in one line.
+    let mut cmd = ds(
+        env.dir.path(),
+        &[
+            "deployer",
+            "install",
+            "restricted",
+            "--namespaces",
+            "Bad_NS",
+        ],
+    );
+    cmd.env("DS_GATEWAY", env.gw.url())
+        .env("DS_API_KEY", &env.gw.admin_key);
+    let run = output(cmd).await;
+    assert!(!run.ok, "a bad namespace must fail");
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("target_namespaces[0]"),
+        "{}",
+        run.stderr
+    );
     env.gw.shutdown().await;
 }
 

@@ -148,12 +148,23 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                 );
             }
         }
-        DeployerCommand::Install { deployer, ttl } => {
+        DeployerCommand::Install {
+            deployer,
+            ttl,
+            agent_namespace,
+            cluster_name,
+            create_namespaces,
+            target_namespaces,
+        } => {
             let ttl_seconds = ttl.map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX));
             let response = control
                 .create_install_code(request(proto::CreateInstallCodeRequest {
                     deployer: deployer.clone(),
                     ttl_seconds,
+                    namespace: agent_namespace.unwrap_or_default(),
+                    create_namespaces,
+                    target_namespaces,
+                    cluster_name: cluster_name.unwrap_or_default(),
                 }))
                 .await
                 .map_err(|status| {

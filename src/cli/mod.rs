@@ -139,6 +139,19 @@ pub enum DeployerCommand {
         /// How long the install link works (default: the gateway's, 15m).
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
+        /// Namespace the agent runs in (default: ds-deployer).
+        #[arg(long = "agent-namespace")]
+        agent_namespace: Option<String>,
+        /// Cluster name the agent reports (default: the deployer's name).
+        #[arg(long)]
+        cluster_name: Option<String>,
+        /// Let the agent create missing target namespaces (grants namespace create).
+        #[arg(long)]
+        create_namespaces: bool,
+        /// Grant rights only in these namespaces (Roles instead of a ClusterRole), for
+        /// clusters where cluster-wide rights are refused. Comma-separated or repeated.
+        #[arg(long = "namespaces", value_delimiter = ',')]
+        target_namespaces: Vec<String>,
     },
 }
 

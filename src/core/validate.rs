@@ -159,6 +159,14 @@ pub fn validate_deployer_name(name: &str) -> Result<(), ValidationError> {
     check_dns1123_label("name", name)
 }
 
+/// Checks a namespace name given in `field` (a DNS-1123 label), e.g. install options.
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), ValidationError> {
+    check_dns1123_label(field, namespace)
+}
+
 // === names ===
 
 /// A deployment's name becomes the name of its Deployment, Service and Ingress. A Service

@@ -17,6 +17,8 @@ use super::credentials;
 use super::rpc::store_status;
 use super::sqlite::SqliteStore;
 use super::store::StoreError;
+use crate::core::ValidationError;
+use crate::core::validate::validate_namespace;
 use crate::install::{AgentManifest, DEFAULT_AGENT_NAMESPACE, render_agent_manifest};
 use crate::proto::{CreateInstallCodeRequest, CreateInstallCodeResponse};
 use axum::extract::{Path, State};
@@ -50,6 +52,52 @@ pub struct InstallSettings {
     pub ca_bundle: Option<String>,
 }
 
+/// How the manifest of one install link is rendered; chosen by `ds deployer install`
+/// and stored with the code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct InstallOptions {
+    /// Namespace the agent runs in (empty: [`DEFAULT_AGENT_NAMESPACE`]).
+    pub namespace: String,
+    /// Cluster name the agent reports (empty: the deployer's name).
+    pub cluster_name: String,
+    /// Whether the agent may create missing target namespaces.
+    pub create_namespaces: bool,
+    /// Empty: cluster-wide rights. Otherwise Roles in these namespaces only.
+    pub target_namespaces: Vec<String>,
+}
+
+impl InstallOptions {
+    /// The options of a request, checked: namespaces must be DNS-1123 labels.
+    ///
+    /// # Errors
+    /// The first invalid field, named as the request names it.
+    fn from_request(req: &CreateInstallCodeRequest) -> Result<Self, ValidationError> {
+        if !req.namespace.is_empty() {
+            validate_namespace("namespace", &req.namespace)?;
+        }
+        for (i, ns) in req.target_namespaces.iter().enumerate() {
+            validate_namespace(&format!("target_namespaces[{i}]"), ns)?;
+        }
+        if req.cluster_name.chars().count() > 253 || req.cluster_name.contains(char::is_control) {
+            return Err(ValidationError {
+                field: "cluster_name".into(),
+                value: req.cluster_name.clone(),
+                rule: "must be at most 253 printable characters".into(),
+            });
+        }
+        let mut target_namespaces = req.target_namespaces.clone();
+        target_namespaces.sort();
+        target_namespaces.dedup();
+        Ok(Self {
+            namespace: req.namespace.clone(),
+            cluster_name: req.cluster_name.clone(),
+            create_namespaces: req.create_namespaces,
+            target_namespaces,
+        })
+    }
+}
+
 /// Why a code could not be redeemed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedeemError {
@@ -67,23 +115,6 @@ pub enum RedeemError {
     Store(#[from] StoreError),
 }
 
-/// A redeemed code: the deployer and the token issued for it.
-pub struct Redeemed {
-    /// The deployer the code was issued for.
-    pub deployer_id: String,
-    /// The new token (shown once, in the manifest's Secret).
-    pub token: String,
-}
-
-// Hand-written so that a stray `{:?}` cannot print the token.
-impl std::fmt::Debug for Redeemed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redeemed")
-            .field("deployer_id", &self.deployer_id)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Storage of install codes (hashes only).
 #[async_trait::async_trait]
 pub trait InstallCodes: Send + Sync + 'static {
@@ -93,15 +124,16 @@ pub trait InstallCodes: Send + Sync + 'static {
         hash: [u8; 32],
         deployer_id: &str,
         expires_at: DateTime<Utc>,
+        options: &InstallOptions,
     ) -> Result<(), StoreError>;
     /// Marks the code used and adds the token `(token_id, token_hash)` to its deployer,
-    /// atomically; returns the deployer ID.
+    /// atomically; returns the deployer ID and the options the code was created with.
     async fn redeem_code(
         &self,
         hash: [u8; 32],
         token_id: &str,
         token_hash: [u8; 32],
-    ) -> Result<String, RedeemError>;
+    ) -> Result<(String, InstallOptions), RedeemError>;
 }
 
 /// SHA-256 of a code.
@@ -123,7 +155,10 @@ impl InstallCodes for SqliteStore {
         hash: [u8; 32],
         deployer_id: &str,
         expires_at: DateTime<Utc>,
+        options: &InstallOptions,
     ) -> Result<(), StoreError> {
+        let options = serde_json::to_string(options)
+            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
         let now = Utc::now();
         let mut tx = self.pool().begin().await?;
         sqlx::query("DELETE FROM install_codes WHERE expires_at < ?")
@@ -131,13 +166,14 @@ impl InstallCodes for SqliteStore {
             .execute(&mut *tx)
             .await?;
         let inserted = sqlx::query(
-            "INSERT INTO install_codes (hash, deployer_id, created_at, expires_at) \
-             VALUES (?, ?, ?, ?)",
+            "INSERT INTO install_codes (hash, deployer_id, created_at, expires_at, options) \
+             VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&hash[..])
         .bind(deployer_id)
         .bind(now.timestamp_millis())
         .bind(expires_at.timestamp_millis())
+        .bind(options)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -158,14 +194,15 @@ impl InstallCodes for SqliteStore {
         hash: [u8; 32],
         token_id: &str,
         token_hash: [u8; 32],
-    ) -> Result<String, RedeemError> {
+    ) -> Result<(String, InstallOptions), RedeemError> {
         let now = Utc::now().timestamp_millis();
         // The first statement writes, so the transaction holds SQLite's write lock from
         // the start: two fetches of one code cannot both succeed.
         let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
         let claimed = sqlx::query(
             "UPDATE install_codes SET used_at = ? \
-             WHERE hash = ? AND used_at IS NULL AND expires_at > ? RETURNING deployer_id",
+             WHERE hash = ? AND used_at IS NULL AND expires_at > ? \
+             RETURNING deployer_id, options",
         )
         .bind(now)
         .bind(&hash[..])
@@ -191,6 +228,9 @@ impl InstallCodes for SqliteStore {
             });
         };
         let deployer_id: String = row.try_get("deployer_id").map_err(StoreError::from)?;
+        let options: String = row.try_get("options").map_err(StoreError::from)?;
+        let options: InstallOptions = serde_json::from_str(&options)
+            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
         sqlx::query("INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES (?, ?, ?, ?)")
             .bind(token_id)
             .bind(&deployer_id)
@@ -200,7 +240,7 @@ impl InstallCodes for SqliteStore {
             .await
             .map_err(StoreError::from)?;
         tx.commit().await.map_err(StoreError::from)?;
-        Ok(deployer_id)
+        Ok((deployer_id, options))
     }
 }
 
@@ -231,6 +271,8 @@ pub(crate) async fn create_install_code(
             MAX_TTL.as_secs()
         )));
     }
+    let options = InstallOptions::from_request(&req)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
     let deployer = shared
         .store
         .get_deployer(&req.deployer)
@@ -240,7 +282,7 @@ pub(crate) async fn create_install_code(
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(KEEP_EXPIRED);
     shared
         .install_codes
-        .create_code(code_hash(&code), &deployer.id, expires_at)
+        .create_code(code_hash(&code), &deployer.id, expires_at, &options)
         .await
         .map_err(store_status)?;
     // The code is a credential for one manifest: log who and until when, never the code.
@@ -279,7 +321,7 @@ async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<Stri
         return text(StatusCode::NOT_FOUND, "unknown install link\n");
     };
     let token = credentials::generate(credentials::TOKEN_PREFIX);
-    let deployer_id = match shared
+    let (deployer_id, options) = match shared
         .install_codes
         .redeem_code(code_hash(code), &token.id, token.hash)
         .await
@@ -316,11 +358,11 @@ async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<Stri
         gateway_url: shared.install.public_url.clone(),
         token: token.secret,
         image: shared.install.agent_image.clone(),
-        namespace: DEFAULT_AGENT_NAMESPACE.to_string(),
-        cluster_name: deployer.name.clone(),
+        namespace: non_empty_or(options.namespace, DEFAULT_AGENT_NAMESPACE),
+        cluster_name: non_empty_or(options.cluster_name, &deployer.name),
         ca_bundle: shared.install.ca_bundle.clone(),
-        create_namespaces: false,
-        target_namespaces: Vec::new(),
+        create_namespaces: options.create_namespaces,
+        target_namespaces: options.target_namespaces,
     });
     tracing::info!(deployer = %deployer.id, name = %deployer.name, token_id = %token.id, "install manifest served; a new deployer token was issued");
     (
@@ -332,6 +374,14 @@ async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<Stri
         manifest,
     )
         .into_response()
+}
+
+fn non_empty_or(value: String, default: &str) -> String {
+    if value.is_empty() {
+        default.to_string()
+    } else {
+        value
+    }
 }
 
 /// The public URL: `--public-url` without a trailing `/`, else `http(s)://` and the bound
