@@ -548,6 +548,12 @@ async fn deployment_rollout_converges_and_failing_images_do_not() {
         .await
         .unwrap();
     assert_eq!(good_pods.items.len(), 3);
+    let pod_name = good_pods.items[0].metadata.name.clone().unwrap();
+    let log = pods
+        .logs(&pod_name, &kube::api::LogParams::default())
+        .await
+        .unwrap();
+    assert!(log.contains(&pod_name), "{log}");
 
     let cond = eventually("bad deployment times out", || {
         let deps = deps.clone();
