@@ -6,4 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ds --example agent_bench
 target_dir="${CARGO_TARGET_DIR:-target}"
-DS_BIN="$target_dir/release/ds" "$target_dir/release/examples/agent_bench"
+# Run private copies: a shared target directory may be rebuilt from another tree meanwhile.
+bin_dir="$(mktemp -d)"
+trap 'rm -rf "$bin_dir"' EXIT
+cp "$target_dir/release/ds" "$target_dir/release/examples/agent_bench" "$bin_dir/"
+DS_BIN="$bin_dir/ds" "$bin_dir/agent_bench"

@@ -110,7 +110,8 @@ http {
 }
 EOF
 nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' &
-PIDS+=($!)
+NGX_PID=$!
+PIDS+=("$NGX_PID")
 
 # --- ds model-proxy, without and with query logs ----------------------------------------
 COMMON=(--upstream "http://127.0.0.1:$UP" --class-names setosa,versicolor,virginica
@@ -145,25 +146,46 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-run_wrk() { # port conns -> "rps p50 p99 errors"
+# CPU time (clock ticks, user + system) used so far by these processes, all threads.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+run_wrk() { # port conns pids-of-the-proxy... -> "rps p50 p99 errors cpu-us-per-request"
+    local port=$1 conns=$2
+    shift 2
     local threads=2
-    [ "$2" -lt 2 ] && threads=1
-    local url="http://127.0.0.1:$1$PREDICT_PATH"
-    wrk -t"$threads" -c"$2" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
-    local out
-    out=$(wrk -t"$threads" -c"$2" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
-    local rps p50 p99 errors
+    [ "$conns" -lt 2 ] && threads=1
+    local url="http://127.0.0.1:$port$PREDICT_PATH"
+    wrk -t"$threads" -c"$conns" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
+    local out before after
+    before=$(cpu_ticks "$@")
+    out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
+    after=$(cpu_ticks "$@")
+    local rps p50 p99 errors requests cpu
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
     errors=$(awk '/Non-2xx|Socket errors/ { n++ } END { print n + 0 }' <<<"$out")
-    echo "$rps $p50 $p99 $errors"
+    requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+    # CPU per request: machine load from elsewhere slows a proxy down but does not make it
+    # burn more CPU per request, so this compares the proxies even on a busy machine.
+    cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+        'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')
+    echo "$rps $p50 $p99 $errors $cpu"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-TARGETS=("direct:$UP" "nginx proxy_pass (keepalive pool):$NGX" "ds model-proxy (metrics):$DSP"
-    "ds model-proxy (metrics + query logs):$DSL")
+# name:port:pids whose CPU counts as the proxy's (none for direct; nginx: its workers).
+NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
+TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
+    "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
 RAW="$WORK/raw.txt"
 : >"$RAW"
 echo
@@ -173,28 +195,32 @@ echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
 for c in $CONNS; do
     for round in $(seq "$ROUNDS"); do
         for target in "${TARGETS[@]}"; do
-            echo "$c|${target%:*}|$(run_wrk "${target##*:}" "$c")" >>"$RAW"
+            IFS=: read -r name port pids <<<"$target"
+            # shellcheck disable=SC2086 # pids is a list
+            echo "$c|$name|$(run_wrk "$port" "$c" $pids)" >>"$RAW"
         done
         echo "  connections $c, round $round done" >&2
     done
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| target | connections | requests/s | p50 ms | p99 ms |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| target | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for c in $CONNS; do
     for target in "${TARGETS[@]}"; do
-        name=${target%:*}
+        name=${target%%:*}
         rows=$(awk -F'|' -v c="$c" -v n="$name" '$1 == c && $2 == n { print $3 }' "$RAW")
         col() { awk -v i="$1" '{ print $i }' <<<"$rows" | median; }
         errors=$(awk '{ s += $4 } END { print s + 0 }' <<<"$rows")
         note=""
         [ "$errors" -gt 0 ] && note=" (wrk reported errors in $errors runs)"
-        echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) |"
+        cpu=$(col 5)
+        [ "$name" = direct ] && cpu="-"
+        echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) | $cpu |"
     done
 done
 echo
-echo "raw runs (connections|target|req/s p50 p99 error-lines):"
+echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request):"
 sed 's/^/    /' "$RAW"
 
 metric() { # admin-port name

@@ -45,7 +45,13 @@ pub fn render_agent_manifest(params: &AgentManifest) -> String {
     } else {
         String::new()
     };
-    let common: [(&str, &str); 9] = [
+    // A plain-http gateway (local development) needs the agent's explicit consent.
+    let insecure = if params.gateway_url.starts_with("http://") {
+        "true"
+    } else {
+        "false"
+    };
+    let common: [(&str, &str); 10] = [
         ("DEPLOYER_NAME", &params.deployer_name),
         ("GATEWAY_URL", &params.gateway_url),
         ("TOKEN", &params.token),
@@ -54,6 +60,7 @@ pub fn render_agent_manifest(params: &AgentManifest) -> String {
         ("CLUSTER_NAME", &params.cluster_name),
         ("CA_BUNDLE", params.ca_bundle.as_deref().unwrap_or("")),
         ("CA_CERT_PATH", &ca_path),
+        ("INSECURE", insecure),
         (
             "CREATE_NAMESPACES",
             if params.create_namespaces {

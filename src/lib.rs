@@ -8,12 +8,14 @@
 //! - [`cli`]: the kubectl-like commands (`ds deployer …`, `ds deployment …`).
 //! - [`proxy`]: the model-proxy sidecar (`ds model-proxy`).
 //! - [`kube_sim`]: a simulated Kubernetes API server (`ds sim-cluster`) for tests.
+//! - [`dev`]: `ds dev`, gateway + simulated cluster + agent in one process.
 //! - [`install`]: the agent install manifest the gateway renders (`deploy/agent.yaml`).
 //! - [`telemetry`]: logging set-up and shutdown signals shared by the commands.
 
 pub mod agent;
 pub mod cli;
 pub mod core;
+pub mod dev;
 pub mod gateway;
 pub mod install;
 pub mod kube_sim;
@@ -55,6 +57,8 @@ pub enum Command {
     Deployment(cli::DeploymentArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
+    /// Run a gateway, a simulated cluster and an agent in one process, to try things out.
+    Dev(dev::DevArgs),
 }
 
 /// Runs a parsed command line and turns any error into one line on stderr.
@@ -97,6 +101,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployer(args) => cli::deployer(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
         Command::Login(args) => cli::login(args).await?,
+        Command::Dev(args) => {
+            telemetry::init_logging();
+            dev::run(args, telemetry::shutdown_signal()).await?
+        }
     }
     Ok(())
 }

@@ -403,6 +403,23 @@ async fn create_makes_owned_objects_and_reports_available() {
     assert_eq!(status.endpoint, "http://iris.example.com/");
     assert!(status.applied_revision > 0);
     assert!(agent.is_ready());
+    // The agent's heartbeat: `ds deployer ls` shows it online with version and cluster.
+    let shown = eventually("the deployer online", || {
+        let mut control = e.control.clone();
+        async move {
+            let d = control
+                .get_deployer(proto::GetDeployerRequest {
+                    deployer: "c1".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (d.state == proto::DeployerState::Online as i32).then_some(d)
+        }
+    })
+    .await;
+    assert_eq!(shown.agent_version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(shown.cluster, "test");
     agent.shutdown().await;
 }
 
@@ -1067,4 +1084,81 @@ async fn health_ready_and_metrics_endpoints() {
         assert!(body.contains(name), "{name} missing from\n{body}");
     }
     agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_gateway_with_a_ca_bundle() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    ds_deployer::telemetry::init_logging();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_cert = leaf
+        .signed_by(&leaf_key, &Issuer::from_params(&ca, &ca_key))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_file) = (
+        dir.path().join("tls.crt"),
+        dir.path().join("tls.key"),
+        dir.path().join("ca.crt"),
+    );
+    std::fs::write(&cert, leaf_cert.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let mut gargs = gateway_args(dir.path(), "127.0.0.1:0".parse().unwrap());
+    gargs.insecure = false;
+    gargs.tls_cert = Some(cert);
+    gargs.tls_key = Some(key);
+    let gw = RunningGateway::start(gargs).await.expect("TLS gateway");
+    let url = format!("https://localhost:{}", gw.addr.port());
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_cert.pem()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(url.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let bearer = Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap());
+    let mut control = ControlServiceClient::with_interceptor(channel, bearer);
+    let token = control
+        .create_deployer(proto::CreateDeployerRequest { name: "tls".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "tls".into(),
+            name: "iris".into(),
+            namespace: NS.into(),
+            spec: Some(DeploymentSpec::test("iris").into()),
+        })
+        .await
+        .unwrap();
+    let sim = SimCluster::start(SimConfig::default()).await.unwrap();
+    let mut args = AgentArgs::new(url);
+    args.token = Some(Secret(token));
+    args.ca_cert = Some(ca_file);
+    args.listen_health = "127.0.0.1:0".parse().unwrap();
+    let agent = RunningAgent::start_with_client(args, sim.client())
+        .await
+        .expect("agent starts");
+    let api: Api<Deployment> = Api::namespaced(sim.client(), NS);
+    eventually("the Deployment over TLS", || async {
+        api.get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    agent.shutdown().await;
+    sim.shutdown().await;
+    gw.shutdown().await;
 }

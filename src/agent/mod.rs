@@ -47,8 +47,9 @@ pub struct AgentArgs {
     /// The deployer token itself (tests and embedding; the command line reads `DS_TOKEN`).
     #[arg(skip)]
     pub token: Option<Secret>,
-    /// PEM bundle of CAs trusted for the gateway (besides the system roots).
-    #[arg(long, env = "DS_CA_CERT")]
+    /// PEM bundle of CAs trusted for the gateway (besides the system roots). Empty means
+    /// none, so a manifest can always set DS_CA_CERT.
+    #[arg(long, env = "DS_CA_CERT", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub ca_cert: Option<PathBuf>,
     /// Kubeconfig file; default: in-cluster config, else the usual kubeconfig lookup.
     #[arg(long, env = "DS_KUBECONFIG")]
@@ -297,6 +298,7 @@ impl RunningAgent {
             (None, Some(t)) => TokenSource::Fixed(t.clone()),
             (None, None) => return Err(AgentError::NoToken),
         };
+        args.ca_cert = args.ca_cert.filter(|p| !p.as_os_str().is_empty());
         let channel = sync::channel(&args.gateway, args.insecure, args.ca_cert.as_ref())?;
         let grpc = crate::proto::agent_service_client::AgentServiceClient::with_interceptor(
             channel,

@@ -318,7 +318,12 @@ fn status_of(
         s.phase = Phase::Pending as i32;
     }
     if let Some(e) = error {
-        s.phase = Phase::Failed as i32;
+        // Waiting for a prune to finish is not a failure: the next pass proceeds.
+        s.phase = if matches!(e, AgentError::Waiting { .. }) {
+            Phase::Pending as i32
+        } else {
+            Phase::Failed as i32
+        };
         s.last_error = e.to_string();
     }
     s

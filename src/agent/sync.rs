@@ -325,13 +325,16 @@ pub fn channel(
 
 /// The reconnect backoff: jittered, exponential, capped at [`MAX_BACKOFF`], never giving up.
 pub fn backoff() -> impl Iterator<Item = Duration> + Send {
+    // backon's jitter adds up to 100% of the delay: grow to half the cap, so the jittered
+    // delay stays within it and agents that lost the gateway together do not return together.
     ExponentialBuilder::default()
         .with_min_delay(MIN_BACKOFF)
-        .with_max_delay(MAX_BACKOFF)
+        .with_max_delay(MAX_BACKOFF / 2)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
         .build()
+        .map(|d| d.min(MAX_BACKOFF))
 }
 
 // === Shared context ===
@@ -666,6 +669,16 @@ mod tests {
         assert_eq!(o.spec.resources.cpu_limit, None);
         assert_eq!(o.revision, 1);
         assert_eq!(o.deployer_id, "d1");
+    }
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let delays: Vec<Duration> = backoff().take(40).collect();
+        assert!(delays[0] >= MIN_BACKOFF && delays[0] <= MIN_BACKOFF * 2);
+        assert!(delays.iter().all(|d| *d <= MAX_BACKOFF));
+        assert!(delays[39] >= MAX_BACKOFF / 2, "reaches the cap region");
+        let distinct: std::collections::HashSet<_> = delays[30..].iter().collect();
+        assert!(distinct.len() > 1, "jittered, not a fixed period");
     }
 
     #[test]

@@ -183,39 +183,9 @@ fn create_request(args: &CreateArgs) -> Result<proto::CreateDeploymentRequest, C
         deployer: args.deployer.clone(),
         name,
         namespace: args.namespace.clone(),
-        spec: Some(spec_to_proto(spec)),
+        // The wire conversion lives with the gateway (`gateway::convert`).
+        spec: Some(spec.into()),
     })
-}
-
-/// The domain spec on the wire; unset optionals travel as empty strings.
-fn spec_to_proto(s: DeploymentSpec) -> proto::DeploymentSpec {
-    proto::DeploymentSpec {
-        model_name: s.model_name,
-        image: s.image,
-        replicas: s.replicas,
-        port: s.port,
-        host: s.host.unwrap_or_default(),
-        ingress_class: s.ingress_class.unwrap_or_default(),
-        env: s
-            .env
-            .into_iter()
-            .map(|e| proto::EnvVar {
-                name: e.name,
-                value: e.value,
-            })
-            .collect(),
-        resources: Some(proto::Resources {
-            cpu_request: s.resources.cpu_request.unwrap_or_default(),
-            cpu_limit: s.resources.cpu_limit.unwrap_or_default(),
-            memory_request: s.resources.memory_request.unwrap_or_default(),
-            memory_limit: s.resources.memory_limit.unwrap_or_default(),
-        }),
-        proxy: Some(proto::ProxySpec {
-            enabled: s.proxy.enabled,
-            class_names: s.proxy.class_names,
-        }),
-        labels: s.labels.into_iter().collect(),
-    }
 }
 
 /// Builds the update request; refuses an update that changes nothing.

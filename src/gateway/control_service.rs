@@ -350,9 +350,9 @@ impl ControlService for ControlSvc {
         request: Request<CreateInstallCodeRequest>,
     ) -> Result<Response<CreateInstallCodeResponse>, Status> {
         self.authorize(&request).await?;
-        Err(Status::unimplemented(
-            "install codes are not available yet; use the deployer token with the agent manifest",
-        ))
+        super::install::create_install_code(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn create_deployment(

@@ -6,6 +6,7 @@
 //! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
 //! - [`convert`]: `proto` ⇄ `core` conversions.
 //! - [`agent_service`] / [`control_service`]: the two gRPC services.
+//! - [`install`]: install codes and the `/install/CODE.yaml` endpoint.
 //! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
@@ -14,6 +15,7 @@ pub mod agent_service;
 pub mod control_service;
 pub mod convert;
 pub mod credentials;
+pub mod install;
 pub mod metrics;
 pub mod rpc;
 pub mod server;
@@ -61,6 +63,13 @@ pub struct GatewayArgs {
     /// The gateway's public URL, used in install URLs (default: derived from --listen).
     #[arg(long, env = "DS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Agent image written into install manifests.
+    #[arg(long, env = "DS_AGENT_IMAGE", default_value = install::DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+    /// PEM bundle that installed agents trust for the gateway (when its certificate is
+    /// not signed by a public CA); written into the install manifest's Secret.
+    #[arg(long, env = "DS_AGENT_CA_CERT")]
+    pub agent_ca_cert: Option<PathBuf>,
 }
 
 impl GatewayArgs {
@@ -78,6 +87,8 @@ impl GatewayArgs {
             offline_after: Duration::from_secs(60),
             token_overlap: Duration::from_secs(600),
             public_url: None,
+            agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
+            agent_ca_cert: None,
         }
     }
 }
@@ -132,6 +143,9 @@ pub(crate) struct Shared {
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
     pub token_overlap: Duration,
+    /// Install codes (the SQLite store) and what the install manifest needs.
+    pub install_codes: Arc<dyn install::InstallCodes>,
+    pub install: install::InstallSettings,
     /// Cancelled at shutdown: long-lived streams end so connections can close.
     pub shutdown: CancellationToken,
 }
@@ -174,6 +188,16 @@ impl RunningGateway {
             path: args.data_dir.display().to_string(),
             source,
         })?;
+        let agent_ca = match args
+            .agent_ca_cert
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                GatewayError::Tls(format!("agent CA bundle {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
         let store = Arc::new(match &args.database {
             Some(url) => sqlite::SqliteStore::open_url(url).await?,
             None => sqlite::SqliteStore::open_path(&args.data_dir.join("gateway.db")).await?,
@@ -209,9 +233,15 @@ impl RunningGateway {
             heartbeat_interval: args.heartbeat_interval,
             offline_after: args.offline_after,
             token_overlap: args.token_overlap,
+            install_codes: store.clone(),
+            install: install::InstallSettings {
+                public_url: install::public_url(args.public_url.as_deref(), addr, tls.is_some()),
+                agent_image: args.agent_image.clone(),
+                ca_bundle: agent_ca,
+            },
             shutdown: shutdown.clone(),
         });
-        let app = server::router(shared);
+        let app = server::router(shared.clone()).merge(install::router(shared));
         let is_tls = tls.is_some();
         let task = tokio::spawn(server::serve(listener, app, tls, shutdown.clone()));
         tracing::info!(%addr, tls = is_tls, data_dir = %args.data_dir.display(), "gateway listening");

@@ -72,6 +72,11 @@ impl SqliteStore {
         })
     }
 
+    /// The connection pool, for tables owned by other gateway modules (install codes).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// Closes the connection pool.
     pub async fn close(&self) {
         self.pool.close().await;

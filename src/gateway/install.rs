@@ -1,0 +1,384 @@
+//! Install codes: `CreateInstallCode` hands out a short-lived, single-use code, and
+//! `GET /install/CODE.yaml` serves the rendered agent manifest for it exactly once.
+//!
+//! # Guarantees
+//! - The code is 128 random bits; the database keeps only its SHA-256.
+//! - The deployer token is issued when the manifest is fetched, in the same transaction
+//!   that marks the code used: an unused code never produced a token, and the plaintext
+//!   token exists only in the one response (inside the Secret), never in a URL or the DB.
+//! - The fetch *adds* a token instead of rotating: agents already running with an older
+//!   token of this deployer (other clusters of a group, or the agent being reinstalled)
+//!   keep working. `ds deployer rotate-token` or deleting the deployer still revokes all
+//!   of them, install-issued ones included.
+
+use super::Shared;
+use super::convert::rfc3339;
+use super::credentials;
+use super::rpc::store_status;
+use super::sqlite::SqliteStore;
+use super::store::StoreError;
+use crate::install::{AgentManifest, DEFAULT_AGENT_NAMESPACE, render_agent_manifest};
+use crate::proto::{CreateInstallCodeRequest, CreateInstallCodeResponse};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an install link works unless the request says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
+/// The longest lifetime a request may ask for: a link is meant to be used right away.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The default agent image: this very build of `ds`.
+pub const DEFAULT_AGENT_IMAGE: &str = crate::agent::DEFAULT_PROXY_IMAGE;
+/// Hex digits of a code (128 bits).
+const CODE_LEN: usize = 32;
+/// Expired codes older than this are deleted when a new code is created.
+const KEEP_EXPIRED: chrono::Duration = chrono::Duration::days(1);
+
+/// What the install endpoint needs besides the store.
+#[derive(Debug, Clone)]
+pub struct InstallSettings {
+    /// The gateway URL the agent dials and the install URL starts with (no trailing `/`).
+    pub public_url: String,
+    /// The agent image written into the manifest.
+    pub agent_image: String,
+    /// PEM bundle the agents should trust for the gateway (`None`: the system roots).
+    pub ca_bundle: Option<String>,
+}
+
+/// Why a code could not be redeemed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// No such code (never issued, or its deployer was deleted).
+    #[error("unknown install link")]
+    Unknown,
+    /// The code was used already.
+    #[error("install link already used")]
+    Used,
+    /// The code expired unused.
+    #[error("install link expired")]
+    Expired,
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A redeemed code: the deployer and the token issued for it.
+pub struct Redeemed {
+    /// The deployer the code was issued for.
+    pub deployer_id: String,
+    /// The new token (shown once, in the manifest's Secret).
+    pub token: String,
+}
+
+// Hand-written so that a stray `{:?}` cannot print the token.
+impl std::fmt::Debug for Redeemed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redeemed")
+            .field("deployer_id", &self.deployer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Storage of install codes (hashes only).
+#[async_trait::async_trait]
+pub trait InstallCodes: Send + Sync + 'static {
+    /// Stores a new code's hash for `deployer_id`, valid until `expires_at`.
+    async fn create_code(
+        &self,
+        hash: [u8; 32],
+        deployer_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Marks the code used and adds the token `(token_id, token_hash)` to its deployer,
+    /// atomically; returns the deployer ID.
+    async fn redeem_code(
+        &self,
+        hash: [u8; 32],
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<String, RedeemError>;
+}
+
+/// SHA-256 of a code.
+fn code_hash(code: &str) -> [u8; 32] {
+    Sha256::digest(code.as_bytes()).into()
+}
+
+/// Whether `code` has the shape of an issued code (checked before any database lookup).
+fn well_formed(code: &str) -> bool {
+    code.len() == CODE_LEN && code.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+// === impl InstallCodes for SqliteStore ===
+
+#[async_trait::async_trait]
+impl InstallCodes for SqliteStore {
+    async fn create_code(
+        &self,
+        hash: [u8; 32],
+        deployer_id: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM install_codes WHERE expires_at < ?")
+            .bind((now - KEEP_EXPIRED).timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO install_codes (hash, deployer_id, created_at, expires_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(&hash[..])
+        .bind(deployer_id)
+        .bind(now.timestamp_millis())
+        .bind(expires_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e)
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_foreign_key_violation()) =>
+            {
+                return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn redeem_code(
+        &self,
+        hash: [u8; 32],
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<String, RedeemError> {
+        let now = Utc::now().timestamp_millis();
+        // The first statement writes, so the transaction holds SQLite's write lock from
+        // the start: two fetches of one code cannot both succeed.
+        let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
+        let claimed = sqlx::query(
+            "UPDATE install_codes SET used_at = ? \
+             WHERE hash = ? AND used_at IS NULL AND expires_at > ? RETURNING deployer_id",
+        )
+        .bind(now)
+        .bind(&hash[..])
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(row) = claimed else {
+            let row = sqlx::query("SELECT used_at FROM install_codes WHERE hash = ?")
+                .bind(&hash[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            return Err(match row {
+                None => RedeemError::Unknown,
+                Some(row) => match row
+                    .try_get::<Option<i64>, _>("used_at")
+                    .map_err(StoreError::from)?
+                {
+                    Some(_) => RedeemError::Used,
+                    None => RedeemError::Expired,
+                },
+            });
+        };
+        let deployer_id: String = row.try_get("deployer_id").map_err(StoreError::from)?;
+        sqlx::query("INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES (?, ?, ?, ?)")
+            .bind(token_id)
+            .bind(&deployer_id)
+            .bind(&token_hash[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(deployer_id)
+    }
+}
+
+// === the RPC ===
+
+/// `CreateInstallCode`: a new code for the deployer and the URL that redeems it. The
+/// caller has been authorized already.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a missing deployer or a lifetime above [`MAX_TTL`], NOT_FOUND for
+/// an unknown deployer, INTERNAL for store failures.
+pub(crate) async fn create_install_code(
+    shared: &Shared,
+    req: CreateInstallCodeRequest,
+) -> Result<CreateInstallCodeResponse, tonic::Status> {
+    if req.deployer.is_empty() {
+        return Err(tonic::Status::invalid_argument(
+            "deployer: an ID or name is required",
+        ));
+    }
+    let ttl = match req.ttl_seconds {
+        0 => DEFAULT_TTL,
+        s => Duration::from_secs(u64::from(s)),
+    };
+    if ttl > MAX_TTL {
+        return Err(tonic::Status::invalid_argument(format!(
+            "ttl_seconds: at most {} (an install link is meant to be used right away)",
+            MAX_TTL.as_secs()
+        )));
+    }
+    let deployer = shared
+        .store
+        .get_deployer(&req.deployer)
+        .await
+        .map_err(store_status)?;
+    let code = hex::encode(rand::random::<[u8; 16]>());
+    let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(KEEP_EXPIRED);
+    shared
+        .install_codes
+        .create_code(code_hash(&code), &deployer.id, expires_at)
+        .await
+        .map_err(store_status)?;
+    // The code is a credential for one manifest: log who and until when, never the code.
+    tracing::info!(deployer = %deployer.id, name = %deployer.name, expires_at = %rfc3339(expires_at), "install code created");
+    Ok(CreateInstallCodeResponse {
+        url: format!("{}/install/{code}.yaml", shared.install.public_url),
+        expires_at: rfc3339(expires_at),
+    })
+}
+
+// === the HTTP endpoint ===
+
+/// The `/install/{file}` route.
+pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
+    axum::Router::new()
+        .route("/install/{file}", axum::routing::get(serve_manifest))
+        .with_state(shared)
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /install/CODE.yaml`: the manifest once; 410 for a used or expired code, 404 for
+/// anything else.
+async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+    let Some(code) = file.strip_suffix(".yaml").filter(|c| well_formed(c)) else {
+        return text(StatusCode::NOT_FOUND, "unknown install link\n");
+    };
+    let token = credentials::generate(credentials::TOKEN_PREFIX);
+    let deployer_id = match shared
+        .install_codes
+        .redeem_code(code_hash(code), &token.id, token.hash)
+        .await
+    {
+        Ok(id) => id,
+        Err(RedeemError::Unknown) => return text(StatusCode::NOT_FOUND, "unknown install link\n"),
+        Err(RedeemError::Used) => {
+            tracing::warn!("install link fetched again after its first use");
+            return text(
+                StatusCode::GONE,
+                "this install link was already used; run `ds deployer install NAME` for a new one\n",
+            );
+        }
+        Err(RedeemError::Expired) => {
+            return text(
+                StatusCode::GONE,
+                "this install link has expired; run `ds deployer install NAME` for a new one\n",
+            );
+        }
+        Err(RedeemError::Store(error)) => {
+            tracing::error!(%error, "redeeming an install code");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    let deployer = match shared.store.get_deployer(&deployer_id).await {
+        Ok(d) => d,
+        Err(error) => {
+            tracing::error!(deployer = %deployer_id, %error, "reading the deployer of an install code");
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    };
+    let manifest = render_agent_manifest(&AgentManifest {
+        deployer_name: deployer.name.clone(),
+        gateway_url: shared.install.public_url.clone(),
+        token: token.secret,
+        image: shared.install.agent_image.clone(),
+        namespace: DEFAULT_AGENT_NAMESPACE.to_string(),
+        cluster_name: deployer.name.clone(),
+        ca_bundle: shared.install.ca_bundle.clone(),
+        create_namespaces: false,
+        target_namespaces: Vec::new(),
+    });
+    tracing::info!(deployer = %deployer.id, name = %deployer.name, token_id = %token.id, "install manifest served; a new deployer token was issued");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/yaml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        manifest,
+    )
+        .into_response()
+}
+
+/// The public URL: `--public-url` without a trailing `/`, else `http(s)://` and the bound
+/// address (loopback instead of an unspecified address, so the URL is at least usable on
+/// this machine).
+pub(crate) fn public_url(
+    configured: Option<&str>,
+    addr: std::net::SocketAddr,
+    tls: bool,
+) -> String {
+    if let Some(url) = configured.filter(|u| !u.is_empty()) {
+        return url.trim_end_matches('/').to_string();
+    }
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        addr.set_ip(loopback);
+    }
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_codes_reach_the_database() {
+        let code = hex::encode(rand::random::<[u8; 16]>());
+        assert!(well_formed(&code));
+        assert!(!well_formed("abc"));
+        assert!(!well_formed(&format!("{}z", &code[1..])));
+        assert!(!well_formed(""));
+    }
+
+    #[test]
+    fn public_url_defaults_to_a_usable_address() {
+        let any: std::net::SocketAddr = "0.0.0.0:8800".parse().unwrap();
+        assert_eq!(public_url(None, any, false), "http://127.0.0.1:8800");
+        assert_eq!(public_url(None, any, true), "https://127.0.0.1:8800");
+        assert_eq!(
+            public_url(Some("https://gw.example.com/"), any, true),
+            "https://gw.example.com"
+        );
+    }
+}
