@@ -84,7 +84,13 @@ async fn make_ns(client: &kube::Client, name: &str) {
 
 #[tokio::test]
 async fn crud_roundtrip_with_kube_client() {
-    let sim = sim().await;
+    // A rollout that never finishes: the only status write is the one at rollout start.
+    let sim = SimCluster::start(SimConfig {
+        rollout_delay: Duration::from_secs(3600),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
     let client = sim.client();
     make_ns(&client, "apps").await;
     let api: Api<Deployment> = Api::namespaced(client.clone(), "apps");
@@ -105,7 +111,16 @@ async fn crud_roundtrip_with_kube_client() {
     );
     assert_eq!(spec.revision_history_limit, Some(10));
 
-    let got = api.get("web").await.unwrap();
+    // Read after the simulated controller has recorded the rollout start, so the replace
+    // below carries the latest resourceVersion.
+    let got = eventually("rollout start observed", || {
+        let api = api.clone();
+        async move {
+            let d = api.get("web").await.ok()?;
+            (d.status.as_ref()?.observed_generation == Some(1)).then_some(d)
+        }
+    })
+    .await;
     assert_eq!(got.metadata.uid, meta.uid);
     assert_eq!(
         api.list(&ListParams::default()).await.unwrap().items.len(),
@@ -548,6 +563,12 @@ async fn deployment_rollout_converges_and_failing_images_do_not() {
         .await
         .unwrap();
     assert_eq!(good_pods.items.len(), 3);
+    let pod_name = good_pods.items[0].metadata.name.clone().unwrap();
+    let log = pods
+        .logs(&pod_name, &kube::api::LogParams::default())
+        .await
+        .unwrap();
+    assert!(log.contains(&pod_name), "{log}");
 
     let cond = eventually("bad deployment times out", || {
         let deps = deps.clone();

@@ -9,8 +9,34 @@
 //! - `defaults`, `controllers`: server-side defaulting and simulated controllers.
 //! - [`faults`]: fault injection and request counters for tests.
 //!
+//! - `validate`, `tables`: schema checks with the `k8s-openapi` types, `kubectl get` tables.
+//!
 //! Kubernetes clients (kubectl, `kube::Client`) talk to it unchanged over plain HTTP on
 //! loopback; nothing in production code knows it is a simulator.
+//!
+//! # Use from tests
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ds_deployer::kube_sim::{FaultAnswer, Limit, SimCluster, SimConfig};
+//! let sim = SimCluster::start(SimConfig::default()).await?;
+//! let client = sim.client(); // a plain kube::Client
+//! sim.faults().fail("patch", "deployments", FaultAnswer::Internal, Limit::Count(2));
+//! sim.counters().reset();
+//! // … run the code under test …
+//! assert_eq!(sim.counters().writes(), 0);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Not simulated
+//! - Protobuf bodies (kubectl's typed generators, `kubectl create deployment …`) get 415;
+//!   `kubectl create … --dry-run=client -o yaml | kubectl apply -f -` works.
+//! - Authentication, authorization and admission: every request is allowed.
+//! - Validation is the schema (unknown fields, types, required fields), not the semantic
+//!   rules (selector/label agreement, immutable fields, port ranges).
+//! - ReplicaSets: simulated pods are owned by their Deployment directly.
+//! - Continue tokens are not snapshot-consistent; aggregated discovery is not offered
+//!   (kubectl falls back to the legacy documents).
 
 pub mod apply;
 mod controllers;
