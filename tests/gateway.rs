@@ -272,6 +272,76 @@ async fn creates_updates_and_deletes_arrive_in_revision_order() {
     t.gw.shutdown().await;
 }
 
+// Concurrent creates are committed in groups: each one still gets its own revision, a
+// taken name is refused without failing its neighbours, and the stream sees every
+// created deployment once, in revision order.
+#[tokio::test]
+async fn concurrent_creates_get_distinct_revisions_in_order() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let (_, other_token) = create_deployer(&mut control, "beta").await;
+    let mut agent = t.agent(&token).await;
+    let (snapshot, mut stream) = open_watch(&mut agent).await;
+    let (_, mut other_stream) = open_watch(&mut t.agent(&other_token).await).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let mut control = control.clone();
+        // 30 creates of 20 names on alpha (the second of a pair is refused), 10 on beta.
+        let (deployer, name) = match i % 4 {
+            3 => ("beta", format!("b{}", i / 4)),
+            _ => ("alpha", format!("m{}", i / 2)),
+        };
+        tasks.spawn(async move {
+            let created = create_deployment(&mut control, deployer, &name).await;
+            (deployer, name, created)
+        });
+    }
+    let mut alpha: Vec<(String, u64)> = Vec::new();
+    let mut beta = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            ("alpha", name, Ok(view)) => alpha.push((
+                name,
+                view.deployment.expect("deployment").revision_of_last_change,
+            )),
+            (_, _, Ok(_)) => beta += 1,
+            (_, _, Err(status)) => assert_eq!(status.code(), Code::AlreadyExists, "{status}"),
+        }
+    }
+    assert_eq!(beta, 10);
+    let mut names: Vec<&str> = alpha.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), alpha.len(), "a name was created twice");
+    assert_eq!(names.len(), 20, "each distinct alpha name is created once");
+    let mut revisions: Vec<u64> = alpha.iter().map(|(_, r)| *r).collect();
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (snapshot.revision + 1..=snapshot.revision + 20).collect();
+    assert_eq!(
+        revisions, expected,
+        "one revision per created deployment, no gaps"
+    );
+
+    let mut seen = Vec::new();
+    while seen.len() < alpha.len() {
+        match next_change(&mut stream).await {
+            watch_event::Event::Upsert(u) => seen.push(u.revision),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, expected, "published in revision order");
+    let mut other_seen = 0;
+    while other_seen < 10 {
+        if let watch_event::Event::Upsert(u) = next_change(&mut other_stream).await {
+            assert!(u.deployment.is_some_and(|d| d.name.starts_with('b')));
+            other_seen += 1;
+        }
+    }
+    t.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn idle_streams_get_heartbeats_with_the_latest_revision() {
     let t = start().await;
