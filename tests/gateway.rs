@@ -272,6 +272,76 @@ async fn creates_updates_and_deletes_arrive_in_revision_order() {
     t.gw.shutdown().await;
 }
 
+// Concurrent creates are committed in groups: each one still gets its own revision, a
+// taken name is refused without failing its neighbours, and the stream sees every
+// created deployment once, in revision order.
+#[tokio::test]
+async fn concurrent_creates_get_distinct_revisions_in_order() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "alpha").await;
+    let (_, other_token) = create_deployer(&mut control, "beta").await;
+    let mut agent = t.agent(&token).await;
+    let (snapshot, mut stream) = open_watch(&mut agent).await;
+    let (_, mut other_stream) = open_watch(&mut t.agent(&other_token).await).await;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let mut control = control.clone();
+        // 30 creates of 20 names on alpha (the second of a pair is refused), 10 on beta.
+        let (deployer, name) = match i % 4 {
+            3 => ("beta", format!("b{}", i / 4)),
+            _ => ("alpha", format!("m{}", i / 2)),
+        };
+        tasks.spawn(async move {
+            let created = create_deployment(&mut control, deployer, &name).await;
+            (deployer, name, created)
+        });
+    }
+    let mut alpha: Vec<(String, u64)> = Vec::new();
+    let mut beta = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            ("alpha", name, Ok(view)) => alpha.push((
+                name,
+                view.deployment.expect("deployment").revision_of_last_change,
+            )),
+            (_, _, Ok(_)) => beta += 1,
+            (_, _, Err(status)) => assert_eq!(status.code(), Code::AlreadyExists, "{status}"),
+        }
+    }
+    assert_eq!(beta, 10);
+    let mut names: Vec<&str> = alpha.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), alpha.len(), "a name was created twice");
+    assert_eq!(names.len(), 20, "each distinct alpha name is created once");
+    let mut revisions: Vec<u64> = alpha.iter().map(|(_, r)| *r).collect();
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (snapshot.revision + 1..=snapshot.revision + 20).collect();
+    assert_eq!(
+        revisions, expected,
+        "one revision per created deployment, no gaps"
+    );
+
+    let mut seen = Vec::new();
+    while seen.len() < alpha.len() {
+        match next_change(&mut stream).await {
+            watch_event::Event::Upsert(u) => seen.push(u.revision),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, expected, "published in revision order");
+    let mut other_seen = 0;
+    while other_seen < 10 {
+        if let watch_event::Event::Upsert(u) = next_change(&mut other_stream).await {
+            assert!(u.deployment.is_some_and(|d| d.name.starts_with('b')));
+            other_seen += 1;
+        }
+    }
+    t.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn idle_streams_get_heartbeats_with_the_latest_revision() {
     let t = start().await;
@@ -888,38 +958,154 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     out
 }
 
-/// A writer that keeps everything logged, for the no-secrets test.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+/// A `ds gateway` child process; killed (SIGKILL) if a test fails before stopping it.
+struct GatewayProcess {
+    child: std::process::Child,
+    /// Everything the process wrote to stderr so far (its logs).
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
 
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-// One thread: the gateway's tasks then log through this test's thread-local subscriber.
-#[tokio::test(flavor = "current_thread")]
-async fn tokens_never_appear_in_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// Drops terminal escape sequences (`ESC [ … letter`), in case the logs are coloured.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
-    let t = start().await;
-    let mut control = t.control().await;
+impl GatewayProcess {
+    /// Starts `ds gateway --insecure` on 127.0.0.1:0 with every log level enabled and
+    /// returns it with the address from its "gateway listening" log line.
+    async fn start(data_dir: &std::path::Path) -> (Self, std::net::SocketAddr) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ds"))
+            .args([
+                "gateway",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "trace")
+            .env("NO_COLOR", "1")
+            .env_remove("DS_LOG_FORMAT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ds gateway");
+        let pipe = child.stderr.take().expect("stderr piped");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = stderr.clone();
+        // A thread drains the pipe to the end, so the gateway never blocks on a full pipe.
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if line.contains("gateway listening") {
+                    let addr = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+                    let _ = addr_tx.send(addr);
+                }
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let mut process = Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        };
+        let addr = tokio::time::timeout(DEADLINE, addr_rx.recv()).await;
+        match addr {
+            Ok(Some(Some(addr))) => (process, addr),
+            _ => {
+                let _ = process.child.kill();
+                panic!(
+                    "no address in the gateway's logs: {}",
+                    process.stderr.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// Stops the gateway with SIGTERM, waits for it to exit cleanly and returns its logs.
+    async fn terminate(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the gateway") {
+                break status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // The process is gone, so the pipe is closed and the reader reaches its end.
+        let reader = self.reader.take().expect("reader");
+        tokio::task::spawn_blocking(move || reader.join())
+            .await
+            .unwrap()
+            .expect("stderr reader");
+        let logs = self.stderr.lock().unwrap().clone();
+        assert!(status.success(), "gateway exit {status}: {logs}");
+        logs
+    }
+}
+
+/// The real binary as a child process at RUST_LOG=trace: every token and the admin key are
+/// used (right and wrong), and none of their secret parts reaches the logs.
+#[tokio::test]
+async fn tokens_never_appear_in_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (gateway, addr) = GatewayProcess::start(dir.path()).await;
+    let url = format!("http://{addr}");
+    let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
+        .expect("admin.key written at start")
+        .trim()
+        .to_string();
+    let mut control =
+        ControlServiceClient::with_interceptor(channel(&url).await, bearer(&admin_key));
+    let agent_for = |token: String| {
+        let url = url.clone();
+        async move { AgentServiceClient::with_interceptor(channel(&url).await, bearer(&token)) }
+    };
+
     let (_, token) = create_deployer(&mut control, "alpha").await;
     create_deployment(&mut control, "alpha", "iris")
         .await
         .unwrap();
-    let mut agent = t.agent(&token).await;
+    let mut agent = agent_for(token.clone()).await;
     let (_, mut stream) = open_watch(&mut agent).await;
     agent.list(proto::ListRequest {}).await.unwrap();
     let rotated = control
@@ -931,27 +1117,47 @@ async fn tokens_never_appear_in_logs() {
         .unwrap()
         .into_inner()
         .token;
-    t.agent(&rotated)
+    agent_for(rotated.clone())
         .await
         .list(proto::ListRequest {})
         .await
         .unwrap();
+    // Same key id, wrong secret: the failure path must not echo what was presented.
     let mut wrong = token.clone();
     wrong.replace_range(wrong.len() - 4.., "AAAA");
-    let _ = t.agent(&wrong).await.list(proto::ListRequest {}).await;
+    let denied = agent_for(wrong.clone())
+        .await
+        .list(proto::ListRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
+    let mut wrong_admin = admin_key.clone();
+    wrong_admin.replace_range(wrong_admin.len() - 4.., "AAAA");
+    let denied = ControlServiceClient::with_interceptor(channel(&url).await, bearer(&wrong_admin))
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::Unauthenticated);
     create_deployment(&mut control, "alpha", "other")
         .await
         .unwrap();
     next_change(&mut stream).await;
-    let admin_key = t.gw.admin_key.clone();
-    t.gw.shutdown().await;
+    drop((stream, agent, control));
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
-    assert!(
-        logs.contains("deployer created"),
-        "logs were captured: {logs}"
-    );
-    for secret in [&token, &rotated, &wrong, &admin_key] {
+    let logs = gateway.terminate().await;
+    for event in [
+        "gateway listening",
+        "deployer created",
+        "deployment created",
+        "watch stream opened",
+        "deployer token rotated",
+        "rejected a deployer token",
+        "rejected an API key",
+        "gateway stopped",
+    ] {
+        assert!(logs.contains(event), "no {event:?} in the logs: {logs}");
+    }
+    for secret in [&token, &rotated, &wrong, &admin_key, &wrong_admin] {
         // PREFIX_ID_SECRET: the 43-character secret part must never show up.
         let body = secret.splitn(3, '_').nth(2).unwrap();
         assert_eq!(body.len(), 43);

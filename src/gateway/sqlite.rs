@@ -28,6 +28,18 @@ pub struct SqliteStore {
     /// Serializes writers: SQLite has one writer anyway, and publishing while holding
     /// this lock keeps each deployer's changes in revision order on the hub.
     writer: tokio::sync::Mutex<()>,
+    /// Creates waiting to be committed; whoever holds `writer` next commits all of them in
+    /// one transaction (group commit), so a burst of creates costs one BEGIN/COMMIT.
+    pending_creates: std::sync::Mutex<Vec<CreateJob>>,
+}
+
+/// One queued CreateDeployment: the row to insert (its revision is assigned in the
+/// batch) and where to send the outcome once the batch is committed.
+#[derive(Debug)]
+struct CreateJob {
+    record: DeploymentRecord,
+    json: String,
+    reply: tokio::sync::oneshot::Sender<Result<DeploymentRecord, StoreError>>,
 }
 
 impl SqliteStore {
@@ -69,7 +81,132 @@ impl SqliteStore {
             pool,
             hub: ChangeHub::default(),
             writer: tokio::sync::Mutex::new(()),
+            pending_creates: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Commits every queued create in one transaction, then publishes and answers them in
+    /// revision order. The caller holds the writer lock.
+    async fn commit_pending_creates(&self) {
+        let batch = std::mem::take(
+            &mut *self
+                .pending_creates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if batch.is_empty() {
+            return;
+        }
+        match self.insert_batch(&batch).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let outcome = outcome.map(|revision| {
+                        let mut record = job.record;
+                        record.revision = revision;
+                        // Published after the commit and under the writer lock: agents
+                        // only see durable changes, in revision order.
+                        self.hub.publish(
+                            &record.deployer_id,
+                            Change::Upsert(Arc::new(record.clone())),
+                        );
+                        record
+                    });
+                    // The caller may have gone away (RPC cancelled); the row stays created.
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                // Nothing of the batch was committed: every caller gets the failure.
+                let message = error.to_string();
+                for job in batch {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                            "group commit failed: {message}"
+                        )))));
+                }
+            }
+        }
+    }
+
+    /// Inserts a batch of creates in one transaction. Each deployer's revision is read
+    /// once, advanced per inserted row and written back before the commit, so every row
+    /// and its revision bump commit together. Per job: the new revision, or why that one
+    /// job was refused (unknown deployer, name taken); the others still commit.
+    async fn insert_batch(
+        &self,
+        batch: &[CreateJob],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // deployer id -> (revision now, revision at the start of the batch)
+        let mut revisions: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let r = &job.record;
+            let current = match revisions.get(r.deployer_id.as_str()) {
+                Some(&(now, _)) => now,
+                None => {
+                    let row = sqlx::query("SELECT revision FROM deployers WHERE id = ?")
+                        .bind(&r.deployer_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let Some(row) = row else {
+                        outcomes.push(Err(StoreError::NotFound(format!(
+                            "deployer {}",
+                            r.deployer_id
+                        ))));
+                        continue;
+                    };
+                    let rev = to_u64(row.try_get("revision")?);
+                    revisions.insert(&r.deployer_id, (rev, rev));
+                    rev
+                }
+            };
+            let revision = current + 1;
+            let created = r.created_at.timestamp_millis();
+            // A unique violation undoes only this statement; the transaction goes on.
+            let inserted = sqlx::query(
+                "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&r.id)
+            .bind(&r.deployer_id)
+            .bind(&r.name)
+            .bind(&r.namespace)
+            .bind(&job.json)
+            .bind(to_i64(revision))
+            .bind(created)
+            .bind(created)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    outcomes.push(Err(StoreError::AlreadyExists(format!(
+                        "deployment {}/{} on this deployer",
+                        r.namespace, r.name
+                    ))));
+                }
+                Err(e) => return Err(e.into()),
+                Ok(_) => {
+                    revisions.insert(
+                        &r.deployer_id,
+                        (revision, revisions[r.deployer_id.as_str()].1),
+                    );
+                    outcomes.push(Ok(revision));
+                }
+            }
+        }
+        for (deployer_id, (now, start)) in revisions {
+            if now != start {
+                sqlx::query("UPDATE deployers SET revision = ? WHERE id = ?")
+                    .bind(to_i64(now))
+                    .bind(deployer_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// The connection pool, for tables owned by other gateway modules (install codes).
@@ -378,47 +515,37 @@ impl Store for SqliteStore {
         spec: &DeploymentSpec,
     ) -> Result<DeploymentRecord, StoreError> {
         let json = spec_json(spec)?;
-        let id = uuid::Uuid::new_v4().to_string();
-        let _w = self.writer.lock().await;
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let revision = bump_revision(&mut tx, deployer_id).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(deployer_id)
-        .bind(name)
-        .bind(namespace)
-        .bind(&json)
-        .bind(to_i64(revision))
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::AlreadyExists(format!(
-                    "deployment {namespace}/{name} on this deployer"
-                )));
-            }
-            other => other?,
-        };
-        tx.commit().await?;
+        let now = ts(now_ms());
+        let (reply, outcome) = tokio::sync::oneshot::channel();
         let record = DeploymentRecord {
-            id,
+            id: uuid::Uuid::new_v4().to_string(),
             deployer_id: deployer_id.to_string(),
             name: name.to_string(),
             namespace: namespace.to_string(),
             spec: spec.clone(),
-            revision,
-            created_at: ts(now),
-            updated_at: ts(now),
+            revision: 0,
+            created_at: now,
+            updated_at: now,
         };
-        self.hub
-            .publish(deployer_id, Change::Upsert(Arc::new(record.clone())));
-        Ok(record)
+        self.pending_creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(CreateJob {
+                record,
+                json,
+                reply,
+            });
+        {
+            // Creates queued while the previous holder was committing go together; ours
+            // may already have been committed by then, leaving nothing to do here.
+            let _w = self.writer.lock().await;
+            self.commit_pending_creates().await;
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(StoreError::Database(sqlx::Error::Protocol(
+                "the create was abandoned before its commit".into(),
+            )))
+        })
     }
 
     async fn update_deployment(
