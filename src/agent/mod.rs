@@ -10,6 +10,7 @@
 //! [`RunningAgent`] wires them together; `ds agent` runs one until a signal.
 
 pub mod builders;
+pub mod cache;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
@@ -488,10 +489,18 @@ async fn controller(
     };
     info!(deployer = %deployer_id, "deployer known: watching owned objects");
     let trigger = Arc::new(Notify::new());
-    let (stores, watch_tasks) =
-        reconcile::start_watches(&client, &deployer_id, trigger.clone(), &cancel);
+    let judge = cache::Judge {
+        desired: c.desired.clone(),
+        proxy_image: args.proxy_image.as_str().into(),
+    };
+    let (stores, watch_tasks) = cache::start_watches(
+        &client,
+        &builders::owner_selector(&deployer_id),
+        judge,
+        trigger.clone(),
+        &cancel,
+    );
     let mut children = watch_tasks;
-    // Waited for here, once: a store's readiness wakes only one waiter at a time.
     tokio::select! {
         () = stores.ready() => {}
         () = cancel.cancelled() => return,

@@ -2,8 +2,9 @@
 //! writes the difference with server-side apply.
 //!
 //! # Guarantees
-//! - Reads go through label-selected watches ([`owner_selector`]) kept in reflector stores;
-//!   a name not found there is looked up once by name to tell "free" from "taken".
+//! - Reads go through label-selected watches ([`super::builders::owner_selector`]) kept in compact caches
+//!   ([`super::cache`]); a name not found there, or whose cached comparison is stale, is
+//!   read once by name (to tell "free" from "taken", or to compare again).
 //! - An object without this deployer's owner label is never written or deleted: the
 //!   deployment reports "name taken" instead.
 //! - Nothing is pruned until a complete snapshot has been applied; afterwards an owned object
@@ -14,20 +15,18 @@
 
 use super::AgentError;
 use super::builders::{
-    DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_LABEL, REVISION_ANNOTATION,
-    desired_deployment, desired_ingress, desired_service, endpoint, owner_selector,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, desired_deployment, desired_ingress, desired_service,
+    endpoint,
 };
+use super::cache::{Cached, RolloutStatus, Stores, verdict_against};
 use super::metrics::Metrics;
 use super::sync::{DesiredState, Statuses};
 use crate::core::DeployedObject;
 use crate::proto::{self, Phase};
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
@@ -66,41 +65,6 @@ impl Kind {
     }
 }
 
-/// An object of one of the three kinds, as the cluster holds it.
-#[derive(Debug, Clone)]
-enum Actual {
-    Deployment(Arc<Deployment>),
-    Service(Arc<Service>),
-    Ingress(Arc<Ingress>),
-}
-
-impl Actual {
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        match self {
-            Self::Deployment(o) => &o.metadata,
-            Self::Service(o) => &o.metadata,
-            Self::Ingress(o) => &o.metadata,
-        }
-    }
-
-    fn to_value(&self) -> Value {
-        let v = match self {
-            Self::Deployment(o) => serde_json::to_value(o.as_ref()),
-            Self::Service(o) => serde_json::to_value(o.as_ref()),
-            Self::Ingress(o) => serde_json::to_value(o.as_ref()),
-        };
-        v.unwrap_or(Value::Null)
-    }
-
-    fn label(&self, key: &str) -> Option<&str> {
-        self.meta().labels.as_ref()?.get(key).map(String::as_str)
-    }
-
-    fn rv(&self) -> Option<&str> {
-        self.meta().resource_version.as_deref()
-    }
-}
-
 /// The desired objects of one deployment, built only when a comparison or a write needs
 /// them (steady state compares digests and resource versions only).
 struct Built {
@@ -114,6 +78,19 @@ impl Built {
             .find(|(k, _)| *k == kind)
             .map_or(&Value::Null, |(_, v)| v)
     }
+}
+
+/// The desired object of one kind (`Null` for an Ingress the deployment does not want).
+pub(super) fn build_kind(obj: &DeployedObject, kind: Kind, proxy_image: &str) -> Value {
+    let v = match kind {
+        Kind::Deployment => serde_json::to_value(desired_deployment(obj, proxy_image)),
+        Kind::Service => serde_json::to_value(desired_service(obj)),
+        Kind::Ingress => match desired_ingress(obj) {
+            Some(i) => serde_json::to_value(i),
+            None => Ok(Value::Null),
+        },
+    };
+    v.unwrap_or(Value::Null)
 }
 
 fn build(obj: &DeployedObject, proxy_image: &str) -> Built {
@@ -135,7 +112,7 @@ fn build(obj: &DeployedObject, proxy_image: &str) -> Built {
 }
 
 /// The kinds a deployment wants.
-fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
+pub(super) fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
     if obj.spec.host.as_ref().is_some_and(|h| !h.is_empty()) {
         &[Kind::Deployment, Kind::Service, Kind::Ingress]
     } else {
@@ -144,7 +121,7 @@ fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
 }
 
 /// A compact identity of what a deployment wants: equal digests, equal desired objects.
-fn digest(obj: &DeployedObject) -> String {
+pub(super) fn digest(obj: &DeployedObject) -> String {
     let bytes = serde_json::to_vec(&(&obj.name, &obj.namespace, &obj.spec)).unwrap_or_default();
     format!(
         "{}/{}",
@@ -253,45 +230,33 @@ fn quantity_eq(d: &Value, a: &Value) -> bool {
 
 // === Status ===
 
-/// The rollout phase of an owned Deployment.
-pub fn phase_of(want_replicas: u32, d: &Deployment) -> (Phase, String) {
+/// The rollout phase of an owned Deployment, from its status (`None`: none reported yet).
+pub fn phase_of(want_replicas: u32, st: Option<&RolloutStatus>) -> (Phase, String) {
     let want = i32::try_from(want_replicas).unwrap_or(i32::MAX);
-    let Some(st) = d.status.as_ref() else {
+    let Some(st) = st else {
         return (Phase::Progressing, String::new());
     };
-    for c in st.conditions.iter().flatten() {
-        let failed_progress = c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded");
-        let replica_failure = c.type_ == "ReplicaFailure" && c.status == "True";
-        if failed_progress || replica_failure {
-            let why = c
-                .message
-                .clone()
-                .or_else(|| c.reason.clone())
-                .unwrap_or_default();
-            return (Phase::Failed, why);
-        }
+    if let Some(why) = &st.failure {
+        return (Phase::Failed, why.clone());
     }
-    let generation = d.metadata.generation.unwrap_or(0);
-    let observed = st.observed_generation.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let available = st.available_replicas.unwrap_or(0);
-    let total = st.replicas.unwrap_or(0);
-    if observed >= generation && updated == want && available >= want && total == want {
+    if st.observed_generation >= st.generation
+        && st.updated_replicas == want
+        && st.available_replicas >= want
+        && st.replicas == want
+    {
         (Phase::Available, String::new())
     } else {
         (Phase::Progressing, String::new())
     }
 }
 
-fn as_u32(v: Option<i32>) -> u32 {
-    u32::try_from(v.unwrap_or(0)).unwrap_or(0)
+fn as_u32(v: i32) -> u32 {
+    u32::try_from(v).unwrap_or(0)
 }
 
 fn status_of(
     obj: &DeployedObject,
-    actual: Option<&Deployment>,
+    actual: Option<&Cached>,
     error: Option<&AgentError>,
 ) -> proto::DeploymentStatus {
     let mut s = proto::DeploymentStatus {
@@ -300,18 +265,12 @@ fn status_of(
         ..Default::default()
     };
     if let Some(d) = actual {
-        let st = d.status.clone().unwrap_or_default();
+        let st = d.rollout.clone().unwrap_or_default();
         s.ready_replicas = as_u32(st.ready_replicas);
         s.available_replicas = as_u32(st.available_replicas);
         s.updated_replicas = as_u32(st.updated_replicas);
-        s.applied_revision = d
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(REVISION_ANNOTATION))
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        let (phase, why) = phase_of(obj.spec.replicas, d);
+        s.applied_revision = d.revision;
+        let (phase, why) = phase_of(obj.spec.replicas, d.rollout.as_ref());
         s.phase = phase as i32;
         s.last_error = why;
     } else {
@@ -327,140 +286,6 @@ fn status_of(
         s.last_error = e.to_string();
     }
     s
-}
-
-// === Stores ===
-
-/// Reflector stores of the owned objects, kept by label-selected watches.
-#[derive(Clone)]
-pub struct Stores {
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub ingresses: Store<Ingress>,
-}
-
-impl Stores {
-    fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Actual> {
-        match kind {
-            Kind::Deployment => self
-                .deployments
-                .get(&ObjectRef::new(name).within(namespace))
-                .map(Actual::Deployment),
-            Kind::Service => self
-                .services
-                .get(&ObjectRef::new(name).within(namespace))
-                .map(Actual::Service),
-            Kind::Ingress => self
-                .ingresses
-                .get(&ObjectRef::new(name).within(namespace))
-                .map(Actual::Ingress),
-        }
-    }
-
-    fn all(&self) -> Vec<(Kind, Actual)> {
-        let mut v: Vec<(Kind, Actual)> = Vec::new();
-        v.extend(
-            self.deployments
-                .state()
-                .into_iter()
-                .map(|o| (Kind::Deployment, Actual::Deployment(o))),
-        );
-        v.extend(
-            self.services
-                .state()
-                .into_iter()
-                .map(|o| (Kind::Service, Actual::Service(o))),
-        );
-        v.extend(
-            self.ingresses
-                .state()
-                .into_iter()
-                .map(|o| (Kind::Ingress, Actual::Ingress(o))),
-        );
-        v
-    }
-
-    /// Waits until every store has its first complete list.
-    pub async fn ready(&self) {
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.ingresses.wait_until_ready().await;
-    }
-}
-
-fn spawn_watch<K>(
-    api: Api<K>,
-    selector: &str,
-    trigger: Arc<Notify>,
-    cancel: CancellationToken,
-) -> (Store<K>, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default().labels(selector))
-        .default_backoff()
-        // The cache needs neither field ownership nor kubectl's copy of the object: keeping
-        // them out roughly halves the memory per object.
-        .modify(|o: &mut K| {
-            o.meta_mut().managed_fields = None;
-            if let Some(a) = o.meta_mut().annotations.as_mut() {
-                a.remove("kubectl.kubernetes.io/last-applied-configuration");
-            }
-        })
-        .reflect(writer);
-    let handle = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            let next = tokio::select! {
-                n = stream.next() => n,
-                () = cancel.cancelled() => return,
-            };
-            match next {
-                Some(Ok(_)) => trigger.notify_one(),
-                Some(Err(error)) => warn!(%error, kind = %K::kind(&()), "watch failed; retrying"),
-                None => return,
-            }
-        }
-    });
-    (reader, handle)
-}
-
-/// Starts the three label-selected watches; every event wakes the reconciler.
-pub fn start_watches(
-    client: &kube::Client,
-    deployer_id: &str,
-    trigger: Arc<Notify>,
-    cancel: &CancellationToken,
-) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
-    let selector = owner_selector(deployer_id);
-    let (deployments, a) = spawn_watch(
-        Api::all(client.clone()),
-        &selector,
-        trigger.clone(),
-        cancel.clone(),
-    );
-    let (services, b) = spawn_watch(
-        Api::all(client.clone()),
-        &selector,
-        trigger.clone(),
-        cancel.clone(),
-    );
-    let (ingresses, c) = spawn_watch(Api::all(client.clone()), &selector, trigger, cancel.clone());
-    (
-        Stores {
-            deployments,
-            services,
-            ingresses,
-        },
-        vec![a, b, c],
-    )
 }
 
 // === The reconciler ===
@@ -540,8 +365,8 @@ impl Reconciler {
     }
 
     /// Whether `actual` is a version already known to match `digest`.
-    fn known_in_sync(&self, key: &Key, digest: &str, actual: &Actual) -> bool {
-        let rv = actual.rv().unwrap_or_default();
+    fn known_in_sync(&self, key: &Key, digest: &str, actual: &Cached) -> bool {
+        let rv = actual.resource_version.as_deref().unwrap_or_default();
         let Some(k) = self.known.get(key) else {
             return false;
         };
@@ -567,54 +392,73 @@ impl Reconciler {
         }
     }
 
+    /// Reads one object by name, compared with what `obj` wants of it.
     async fn get_by_name(
         &self,
         kind: Kind,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Actual>, kube::Error> {
+        obj: &DeployedObject,
+    ) -> Result<Option<Arc<Cached>>, kube::Error> {
+        fn judged<K: kube::Resource + serde::Serialize>(
+            kind: Kind,
+            o: &K,
+            rollout: Option<RolloutStatus>,
+            obj: &DeployedObject,
+            proxy_image: &str,
+        ) -> Arc<Cached> {
+            Arc::new(Cached::project(kind, o.meta(), o, rollout, |_, value| {
+                Some(verdict_against(obj, kind, proxy_image, &value()))
+            }))
+        }
+        let (ns, name, proxy) = (&obj.namespace, &obj.name, &self.config.proxy_image);
         Ok(match kind {
-            Kind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), namespace)
+            Kind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| Actual::Deployment(Arc::new(o))),
-            Kind::Service => Api::<Service>::namespaced(self.client.clone(), namespace)
+                .map(|o| judged(kind, &o, RolloutStatus::of(&o), obj, proxy)),
+            Kind::Service => Api::<Service>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| Actual::Service(Arc::new(o))),
-            Kind::Ingress => Api::<Ingress>::namespaced(self.client.clone(), namespace)
+                .map(|o| judged(kind, &o, None, obj, proxy)),
+            Kind::Ingress => Api::<Ingress>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| Actual::Ingress(Arc::new(o))),
+                .map(|o| judged(kind, &o, None, obj, proxy)),
         })
     }
 
+    /// Applies `value`; returns the resource version written.
     async fn apply(
         &self,
         kind: Kind,
         namespace: &str,
         name: &str,
         value: &Value,
-    ) -> Result<Actual, kube::Error> {
+    ) -> Result<Option<String>, kube::Error> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(value);
         self.metrics.write("apply", kind.as_str());
         Ok(match kind {
-            Kind::Deployment => Actual::Deployment(Arc::new(
+            Kind::Deployment => {
                 Api::<Deployment>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
-                    .await?,
-            )),
-            Kind::Service => Actual::Service(Arc::new(
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+            Kind::Service => {
                 Api::<Service>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
-                    .await?,
-            )),
-            Kind::Ingress => Actual::Ingress(Arc::new(
+                    .await?
+                    .metadata
+                    .resource_version
+            }
+            Kind::Ingress => {
                 Api::<Ingress>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
-                    .await?,
-            )),
+                    .await?
+                    .metadata
+                    .resource_version
+            }
         })
     }
 
@@ -708,14 +552,8 @@ impl Reconciler {
             let actual = self
                 .stores
                 .deployments
-                .get(&ObjectRef::new(&obj.name).within(&obj.namespace))
-                .filter(|d| {
-                    d.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(DEPLOYMENT_ID_LABEL))
-                        == Some(&obj.id)
-                });
+                .get(&obj.namespace, &obj.name)
+                .filter(|d| d.deployment_id.as_deref() == Some(obj.id.as_str()));
             let error = result.err();
             if let Some(e) = &error {
                 out.failures += 1;
@@ -736,15 +574,11 @@ impl Reconciler {
             .stores
             .all()
             .iter()
-            .filter_map(|(_, a)| a.meta().uid.clone())
+            .filter_map(|a| a.uid.clone())
             .collect();
         self.deleted.retain(|uid| live.contains(uid));
         for kind in [Kind::Deployment, Kind::Service, Kind::Ingress] {
-            let n = match kind {
-                Kind::Deployment => self.stores.deployments.len(),
-                Kind::Service => self.stores.services.len(),
-                Kind::Ingress => self.stores.ingresses.len(),
-            };
+            let n = self.stores.of(kind).len();
             self.metrics
                 .owned
                 .get_or_create(&vec![("kind".into(), kind.as_str().into())])
@@ -754,16 +588,14 @@ impl Reconciler {
     }
 
     async fn prune(&mut self, desired: &DesiredState, out: &mut PassOutcome) {
-        for (kind, actual) in self.stores.all() {
-            let meta = actual.meta();
-            let (Some(name), Some(namespace)) = (meta.name.clone(), meta.namespace.clone()) else {
-                continue;
-            };
+        for actual in self.stores.all() {
+            let (kind, name, namespace) =
+                (actual.kind, actual.name.clone(), actual.namespace.clone());
             // The store is label-selected, but check again: never delete what is not ours.
-            if actual.label(OWNER_LABEL) != Some(self.config.deployer_id.as_str()) {
+            if actual.owner.as_deref() != Some(self.config.deployer_id.as_str()) {
                 continue;
             }
-            let dep_id = actual.label(DEPLOYMENT_ID_LABEL).unwrap_or_default();
+            let dep_id = actual.deployment_id.as_deref().unwrap_or_default();
             let wanted = match desired.deployments.get(dep_id) {
                 Some(obj) => {
                     obj.name == name
@@ -775,10 +607,10 @@ impl Reconciler {
                 None if !desired.complete => true,
                 None => false,
             };
-            if wanted || meta.deletion_timestamp.is_some() {
+            if wanted || actual.deleting {
                 continue;
             }
-            let uid = meta.uid.clone();
+            let uid = actual.uid.clone();
             if let Some(u) = &uid
                 && self.deleted.contains(u)
             {
@@ -804,6 +636,46 @@ impl Reconciler {
         }
     }
 
+    /// Refuses an object this deployment may not write: foreign, held by another deployment
+    /// of ours, or being deleted.
+    fn check_holder(
+        &self,
+        kind: Kind,
+        obj: &DeployedObject,
+        desired: &DesiredState,
+        actual: &Cached,
+    ) -> Result<(), AgentError> {
+        let blocked = |waiting: bool| {
+            let (kind, namespace, name) = (kind.as_str(), obj.namespace.clone(), obj.name.clone());
+            if waiting {
+                AgentError::Waiting {
+                    kind,
+                    namespace,
+                    name,
+                }
+            } else {
+                AgentError::NameTaken {
+                    kind,
+                    namespace,
+                    name,
+                }
+            }
+        };
+        if actual.owner.as_deref() != Some(self.config.deployer_id.as_str()) {
+            return Err(blocked(false));
+        }
+        let other = actual.deployment_id.as_deref().unwrap_or_default();
+        if other != obj.id {
+            // Another deployment of ours holds the name: taken while it is desired, else
+            // it is being pruned and this one waits for the name.
+            return Err(blocked(!desired.deployments.contains_key(other)));
+        }
+        if actual.deleting {
+            return Err(blocked(true));
+        }
+        Ok(())
+    }
+
     async fn reconcile_one(
         &mut self,
         obj: &DeployedObject,
@@ -817,59 +689,37 @@ impl Reconciler {
         let mut needs_namespace = false;
         for &kind in wanted_kinds(obj) {
             let key: Key = (kind, obj.namespace.clone(), obj.name.clone());
-            let actual = match self.stores.get(kind, &obj.namespace, &obj.name) {
+            let read_error = |source: kube::Error| AgentError::Read {
+                kind: kind.as_str(),
+                namespace: obj.namespace.clone(),
+                name: obj.name.clone(),
+                source: Box::new(source),
+            };
+            let mut actual = match self.stores.get(kind, &obj.namespace, &obj.name) {
                 Some(a) => Some(a),
                 // Not among ours: free, taken by someone else, or ours but not yet seen.
-                None => self
-                    .get_by_name(kind, &obj.namespace, &obj.name)
-                    .await
-                    .map_err(|source| AgentError::Read {
-                        kind: kind.as_str(),
-                        namespace: obj.namespace.clone(),
-                        name: obj.name.clone(),
-                        source: Box::new(source),
-                    })?,
+                None => self.get_by_name(kind, obj).await.map_err(read_error)?,
             };
+            if let Some(a) = &actual {
+                self.check_holder(kind, obj, desired, a)?;
+                if a.in_sync_with(&digest).is_none() && !self.known_in_sync(&key, &digest, a) {
+                    // Compared on receipt with an older desired state: compare again.
+                    actual = self.get_by_name(kind, obj).await.map_err(read_error)?;
+                    if let Some(a) = &actual {
+                        self.check_holder(kind, obj, desired, a)?;
+                    }
+                }
+            }
             let Some(actual) = actual else {
                 needs_namespace = true;
                 to_write.push(kind);
                 continue;
             };
-            let blocked = |waiting: bool| {
-                let (kind, namespace, name) =
-                    (kind.as_str(), obj.namespace.clone(), obj.name.clone());
-                if waiting {
-                    AgentError::Waiting {
-                        kind,
-                        namespace,
-                        name,
-                    }
-                } else {
-                    AgentError::NameTaken {
-                        kind,
-                        namespace,
-                        name,
-                    }
-                }
-            };
-            if actual.label(OWNER_LABEL) != Some(self.config.deployer_id.as_str()) {
-                return Err(blocked(false));
-            }
-            let other = actual.label(DEPLOYMENT_ID_LABEL).unwrap_or_default();
-            if other != obj.id {
-                // Another deployment of ours holds the name: taken while it is desired, else
-                // it is being pruned and this one waits for the name.
-                return Err(blocked(!desired.deployments.contains_key(other)));
-            }
-            if actual.meta().deletion_timestamp.is_some() {
-                return Err(blocked(true));
-            }
             if self.known_in_sync(&key, &digest, &actual) {
                 continue;
             }
-            let b = built.get_or_insert_with(|| build(obj, &self.config.proxy_image));
-            if is_subset(b.value(kind), &actual.to_value()) {
-                self.remember(key, actual.rv(), &digest);
+            if actual.in_sync_with(&digest) == Some(true) {
+                self.remember(key, actual.resource_version.as_deref(), &digest);
             } else {
                 to_write.push(kind);
             }
@@ -908,7 +758,7 @@ impl Reconciler {
             debug!(deployment = %obj.id, kind = kind.as_str(), revision = obj.revision, "applied");
             self.remember(
                 (kind, obj.namespace.clone(), obj.name.clone()),
-                written.rv(),
+                written.as_deref(),
                 &digest,
             );
         }
@@ -1035,12 +885,13 @@ mod tests {
         ));
     }
 
-    fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
-        serde_json::from_value(json!({
+    fn deployment(generation: i64, status: serde_json::Value) -> Option<RolloutStatus> {
+        let d: Deployment = serde_json::from_value(json!({
             "metadata": {"name": "x", "generation": generation},
             "status": status,
         }))
-        .unwrap()
+        .unwrap();
+        RolloutStatus::of(&d)
     }
 
     #[test]
@@ -1049,13 +900,13 @@ mod tests {
             2,
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3}),
         );
-        assert_eq!(phase_of(3, &d).0, Phase::Available);
+        assert_eq!(phase_of(3, d.as_ref()).0, Phase::Available);
         let d = deployment(
             3,
             json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3}),
         );
         assert_eq!(
-            phase_of(3, &d).0,
+            phase_of(3, d.as_ref()).0,
             Phase::Progressing,
             "new generation not yet observed"
         );
@@ -1064,7 +915,7 @@ mod tests {
             json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3}),
         );
         assert_eq!(
-            phase_of(3, &d).0,
+            phase_of(3, d.as_ref()).0,
             Phase::Progressing,
             "old pods still running"
         );
@@ -1075,10 +926,14 @@ mod tests {
             ]}),
         );
         assert_eq!(
-            phase_of(3, &d),
+            phase_of(3, d.as_ref()),
             (Phase::Failed, "image pull failed".to_string())
         );
         let d = deployment(1, json!({"observedGeneration": 1}));
-        assert_eq!(phase_of(0, &d).0, Phase::Available, "scaled to zero");
+        assert_eq!(
+            phase_of(0, d.as_ref()).0,
+            Phase::Available,
+            "scaled to zero"
+        );
     }
 }
