@@ -10,7 +10,9 @@
 #
 # Usage: hack/bench-proxy.sh
 #   env: DURATION=5s per run, ROUNDS=3, CONNS="1 16 64", BASE_PORT=38500,
-#        DS_BIN=path (skip the release build, e.g. to try the script with a debug build)
+#        DS_BIN=path (skip the release build, e.g. to try the script with a debug build),
+#        BASELINE_BIN=path (an older `ds` build, run too as "ds model-proxy, baseline" with
+#        metrics on and query logs off, for a before/after ratio measured in the same run)
 # Needs root for apt-get when nginx or wrk are missing. Builds `ds` with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +28,8 @@ DSP=$((BASE_PORT + 3))        # ds model-proxy, query logs off
 DSA=$((BASE_PORT + 4))        #   its admin port
 DSL=$((BASE_PORT + 5))        # ds model-proxy, query logs on
 DSLA=$((BASE_PORT + 6))       #   its admin port
+DSB=$((BASE_PORT + 7))        # BASELINE_BIN model-proxy, query logs off
+DSBA=$((BASE_PORT + 8))       #   its admin port
 PREDICT_PATH=/v1/models/iris:predict
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -124,8 +128,17 @@ RUST_LOG=warn "$DS" model-proxy --listen "127.0.0.1:$DSL" --admin-listen "127.0.
     "${COMMON[@]}" --query-log "$WORK/queries.jsonl" &
 DSL_PID=$!
 PIDS+=("$DSL_PID")
+PORTS="$UP $NGX $DSP $DSL"
+if [ -n "${BASELINE_BIN:-}" ]; then
+    cp "$BASELINE_BIN" "$WORK/ds-baseline"
+    RUST_LOG=warn "$WORK/ds-baseline" model-proxy --listen "127.0.0.1:$DSB" \
+        --admin-listen "127.0.0.1:$DSBA" "${COMMON[@]}" &
+    DSB_PID=$!
+    PIDS+=("$DSB_PID")
+    PORTS="$PORTS $DSB"
+fi
 
-for port in $UP $NGX $DSP $DSL; do
+for port in $PORTS; do
     for _ in $(seq 100); do
         curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port$PREDICT_PATH" 2>/dev/null && break
         sleep 0.1
@@ -186,6 +199,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
 TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
     "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
+[ -n "${BASELINE_BIN:-}" ] && TARGETS+=("ds model-proxy, baseline (metrics):$DSB:$DSB_PID")
 RAW="$WORK/raw.txt"
 : >"$RAW"
 echo

@@ -1,7 +1,9 @@
 //! Predicted classes from TensorFlow-Serving answers (`{"predictions": [[scores…]]}` → argmax).
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use std::borrow::Cow;
+use std::fmt;
 
 /// The label used for answers whose shape is not a batch of score vectors.
 pub const UNPARSED: &str = "unparsed";
@@ -10,7 +12,61 @@ pub const UNPARSED: &str = "unparsed";
 /// so an answer with extra metadata still counts.
 #[derive(Deserialize)]
 struct Answer {
-    predictions: Vec<Vec<f64>>,
+    predictions: Rows,
+}
+
+/// The argmax of every row, computed while parsing: no score vector is ever allocated,
+/// which matters because this runs on every answer.
+struct Rows(Vec<usize>);
+
+impl<'de> Deserialize<'de> for Rows {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RowsVisitor;
+        impl<'de> Visitor<'de> for RowsVisitor {
+            type Value = Rows;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of score lists")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows, A::Error> {
+                let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(1));
+                while let Some(Argmax(i)) = seq.next_element()? {
+                    rows.push(i);
+                }
+                Ok(Rows(rows))
+            }
+        }
+        deserializer.deserialize_seq(RowsVisitor)
+    }
+}
+
+/// Index of the highest score of one row; the first one wins a tie, so the result is
+/// deterministic. An empty row is an error (nothing was predicted from it).
+struct Argmax(usize);
+
+impl<'de> Deserialize<'de> for Argmax {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ArgmaxVisitor;
+        impl<'de> Visitor<'de> for ArgmaxVisitor {
+            type Value = Argmax;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-empty list of numbers")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Argmax, A::Error> {
+                let mut best: Option<(usize, f64)> = None;
+                let mut i = 0;
+                while let Some(score) = seq.next_element::<f64>()? {
+                    match best {
+                        Some((_, b)) if score <= b => {}
+                        _ => best = Some((i, score)),
+                    }
+                    i += 1;
+                }
+                best.map(|(i, _)| Argmax(i))
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))
+            }
+        }
+        deserializer.deserialize_seq(ArgmaxVisitor)
+    }
 }
 
 /// Parses a TensorFlow-Serving `predict` answer and returns the argmax of every row.
@@ -20,19 +76,7 @@ struct Answer {
 /// an error. An empty batch yields an empty list (nothing was predicted).
 pub fn predicted_indices(body: &[u8]) -> Option<Vec<usize>> {
     let answer: Answer = serde_json::from_slice(body).ok()?;
-    answer.predictions.iter().map(|row| argmax(row)).collect()
-}
-
-/// Index of the highest score; the first one wins a tie, so the result is deterministic.
-fn argmax(row: &[f64]) -> Option<usize> {
-    let mut best: Option<(usize, f64)> = None;
-    for (i, &score) in row.iter().enumerate() {
-        match best {
-            Some((_, b)) if score <= b => {}
-            _ => best = Some((i, score)),
-        }
-    }
-    best.map(|(i, _)| i)
+    Some(answer.predictions.0)
 }
 
 /// Class names by output index, as given on the command line.

@@ -3,14 +3,13 @@
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
 use super::metrics::{MethodLabel, Metrics, UpstreamErrorKind};
+use super::pool::{Conn, Pool, PoolError};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,6 +80,21 @@ impl Upstream {
             .ok()
     }
 
+    /// The origin-form target (path and query only) sent on an upstream connection.
+    pub(crate) fn target_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
+        if !path_and_query.as_str().starts_with('/') {
+            return None;
+        }
+        if self.base_path.is_empty() {
+            // A cheap clone: the parsed request target shares its buffer.
+            return Some(Uri::from(path_and_query.clone()));
+        }
+        let pq: PathAndQuery = format!("{}{}", self.base_path, path_and_query)
+            .parse()
+            .ok()?;
+        Some(Uri::from(pq))
+    }
+
     /// [`Self::uri_for`] for a path given as text (the readiness path).
     pub(crate) fn uri_for_str(&self, path: &str) -> Option<Uri> {
         self.uri_for(&path.parse().ok()?)
@@ -89,7 +103,7 @@ impl Upstream {
 
 /// Settings and shared state of the request path.
 pub(crate) struct Shared {
-    pub(crate) client: Client<HttpConnector, RequestBody>,
+    pub(crate) pool: Pool,
     pub(crate) upstream: Upstream,
     pub(crate) timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
@@ -148,6 +162,8 @@ pub(crate) struct Exchange {
     response: Option<Capture>,
     complete: bool,
     log: Option<Box<LogContext>>,
+    /// The upstream connection of the answer; back to the pool if it was read to its end.
+    conn: Option<Conn>,
 }
 
 impl Exchange {
@@ -170,6 +186,11 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let shared = &*self.shared;
+        if let Some(conn) = self.conn.take()
+            && self.complete
+        {
+            shared.pool.put(conn);
+        }
         let latency = self.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.
         let status = self.status.map_or(499, |s| s.as_u16());
@@ -334,11 +355,12 @@ pub(crate) async fn handle(
         response: None,
         complete: false,
         log,
+        conn: None,
     };
 
     let Some(uri) = path_and_query
         .as_ref()
-        .and_then(|pq| shared.upstream.uri_for(pq))
+        .and_then(|pq| shared.upstream.target_for(pq))
     else {
         return Ok(local_response(
             StatusCode::BAD_REQUEST,
@@ -359,15 +381,24 @@ pub(crate) async fn handle(
     {
         parts.headers.insert(header::HOST, host);
     }
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(shared.upstream.authority.as_str())
+    {
+        // HTTP/1.1 requires a Host; without one from the client, name the upstream.
+        parts.headers.insert(header::HOST, host);
+    }
     append_forwarded_for(&mut parts.headers, peer);
     parts.uri = uri;
     // The upstream pool speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, request_capture));
 
-    let outcome = tokio::time::timeout(shared.timeout, shared.client.request(upstream_req)).await;
+    let outcome = tokio::time::timeout(shared.timeout, shared.pool.send(upstream_req)).await;
     let mut response = match outcome {
-        Ok(Ok(response)) => response,
+        Ok(Ok((response, conn))) => {
+            exchange.conn = Some(conn);
+            response
+        }
         Ok(Err(error)) if client_body_failed(&error) => {
             // The client's own body broke (bad chunking, short content): not the model's fault.
             tracing::debug!(request_id = ?request_id, error = %ErrorChain(&error), "request body failed");
@@ -380,7 +411,7 @@ pub(crate) async fn handle(
             ));
         }
         Ok(Err(error)) => {
-            let kind = if error.is_connect() {
+            let kind = if matches!(error, PoolError::Connect(_)) {
                 UpstreamErrorKind::Connect
             } else {
                 UpstreamErrorKind::Other
@@ -483,8 +514,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
 }
 
 /// True when the upstream request failed because reading the client's body failed.
-fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
+fn client_body_failed(error: &PoolError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)

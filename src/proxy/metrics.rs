@@ -9,6 +9,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+/// Status codes whose request counters are cached per method (all valid HTTP codes).
+const CACHED_CODES: std::ops::Range<u16> = 100..600;
+/// Number of [`MethodLabel`] variants.
+const METHODS: usize = 8;
 
 /// Latency buckets in seconds: fine-grained below 100 ms where a model answer usually lands,
 /// then coarse up to the longest sensible timeout.
@@ -43,6 +49,10 @@ impl MethodLabel {
             Method::PATCH => Self::Patch,
             _ => Self::Other,
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 
     fn as_str(self) -> &'static str {
@@ -112,6 +122,9 @@ struct ClassLabels {
 pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    /// The `requests` counter of each (method, code), resolved on first use: the family's
+    /// lookup hashes the labels and takes a lock on every request, this is one atomic load.
+    request_counters: Box<[OnceLock<Counter>]>,
     duration: Histogram,
     upstream_errors: Family<ErrorLabels, Counter>,
     in_flight: Gauge,
@@ -179,9 +192,13 @@ impl Metrics {
         let unparsed = predictions.get_or_create_owned(&ClassLabels {
             class: UNPARSED.to_owned(),
         });
+        let request_counters = (0..METHODS * CACHED_CODES.len())
+            .map(|_| OnceLock::new())
+            .collect();
         Self {
             registry,
             requests,
+            request_counters,
             duration,
             upstream_errors,
             in_flight,
@@ -199,9 +216,15 @@ impl Metrics {
 
     pub(crate) fn request_finished(&self, method: MethodLabel, code: u16, seconds: f64) {
         self.in_flight.dec();
-        self.requests
-            .get_or_create(&RequestLabels { method, code })
-            .inc();
+        let labels = || RequestLabels { method, code };
+        if CACHED_CODES.contains(&code) {
+            let slot = method.index() * CACHED_CODES.len() + usize::from(code - CACHED_CODES.start);
+            self.request_counters[slot]
+                .get_or_init(|| self.requests.get_or_create_owned(&labels()))
+                .inc();
+        } else {
+            self.requests.get_or_create(&labels()).inc();
+        }
         self.duration.observe(seconds);
     }
 

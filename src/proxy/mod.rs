@@ -19,6 +19,7 @@ mod body;
 pub mod classes;
 mod forward;
 mod metrics;
+mod pool;
 pub mod querylog;
 
 pub use forward::REQUEST_ID_HEADER;
@@ -56,6 +57,8 @@ pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8501";
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream connections older than this are closed rather than reused.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Upper bound of one readiness probe to the upstream.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -273,7 +276,12 @@ impl RunningProxy {
         };
 
         let shared = Arc::new(forward::Shared {
-            client: upstream_client(&args, args.upstream_max_idle),
+            pool: pool::Pool::new(
+                upstream.authority.clone(),
+                args.timeout,
+                UPSTREAM_IDLE_TIMEOUT,
+                args.upstream_max_idle,
+            ),
             upstream: upstream.clone(),
             timeout: args.timeout,
             metrics: metrics.clone(),
@@ -355,7 +363,7 @@ where
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(args.timeout));
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
         .pool_max_idle_per_host(max_idle)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
