@@ -51,7 +51,8 @@ pub fn render_agent_manifest(params: &AgentManifest) -> String {
     } else {
         "false"
     };
-    let common: [(&str, &str); 10] = [
+    let target_namespaces = params.target_namespaces.join(",");
+    let common: [(&str, &str); 11] = [
         ("DEPLOYER_NAME", &params.deployer_name),
         ("GATEWAY_URL", &params.gateway_url),
         ("TOKEN", &params.token),
@@ -61,6 +62,7 @@ pub fn render_agent_manifest(params: &AgentManifest) -> String {
         ("CA_BUNDLE", params.ca_bundle.as_deref().unwrap_or("")),
         ("CA_CERT_PATH", &ca_path),
         ("INSECURE", insecure),
+        ("TARGET_NAMESPACES", &target_namespaces),
         (
             "CREATE_NAMESPACES",
             if params.create_namespaces {

@@ -1162,3 +1162,63 @@ async fn tls_gateway_with_a_ca_bundle() {
     sim.shutdown().await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
+    let mut e = env().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e.sim.client());
+    for ns in ["models", "other"] {
+        let n = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        namespaces
+            .create(&Default::default(), &n)
+            .await
+            .expect("create namespace");
+    }
+    // From here on the API server answers like namespaced RBAC: 403 outside these.
+    e.sim
+        .faults()
+        .restrict_to_namespaces(Some(vec!["models".into(), "staging".into()]));
+    let (_, token) = e.deployer("scoped").await;
+    let mut args = e.args(&token);
+    args.namespaces = vec!["models".into(), "staging".into()];
+    let agent = e.agent_with(args).await;
+
+    let inside = e
+        .deploy("scoped", "iris", "models", DeploymentSpec::test("iris"))
+        .await;
+    let outside = e
+        .deploy("scoped", "wine", "other", DeploymentSpec::test("wine"))
+        .await;
+    let missing = e
+        .deploy(
+            "scoped",
+            "digits",
+            "staging",
+            DeploymentSpec::test("digits"),
+        )
+        .await;
+    e.wait_phase(&inside, Phase::Available).await;
+    let s = e.wait_phase(&outside, Phase::Failed).await;
+    assert!(
+        s.last_error
+            .contains("namespace other is outside this agent's namespaces (models,staging)"),
+        "{}",
+        s.last_error
+    );
+    let s = e.wait_phase(&missing, Phase::Failed).await;
+    assert!(
+        s.last_error.contains("namespace staging not found"),
+        "{}",
+        s.last_error
+    );
+
+    // Still level-triggered inside its namespaces: a delete prunes.
+    e.delete(&inside).await;
+    e.wait_gone("models", "iris").await;
+    e.sim.faults().restrict_to_namespaces(None);
+    assert!(matches!(
+        e.deployments("other").get_opt("wine").await,
+        Ok(None)
+    ));
+    agent.shutdown().await;
+}

@@ -190,6 +190,48 @@ impl Env {
         url.to_string()
     }
 
+    /// Runs `ds agent` with exactly the manifest's env (plus the token file and health
+    /// address a pod would have) and waits until it reports ready.
+    async fn agent_process(
+        &self,
+        vars: &[(String, String)],
+        token_file: &Path,
+        health: std::net::SocketAddr,
+    ) -> tokio::process::Child {
+        let log = self.dir.path().join("agent.log");
+        let mut cmd = Command::new(ds_binary());
+        cmd.arg("agent")
+            .env_clear()
+            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("DS_TOKEN_FILE", token_file)
+            .env("DS_LISTEN_HEALTH", health.to_string())
+            .env("DS_KUBECONFIG", &self.kubeconfig)
+            .env("DS_LEASE_DURATION", "5s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).expect("log file")))
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("ds agent starts");
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("ds agent exited ({status}) with the manifest's env:\n{stderr}");
+            }
+            if tokio::net::TcpStream::connect(health).await.is_ok()
+                && http_get(&format!("http://{health}/readyz")).await.0 == 200
+            {
+                return child;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for the agent process to report ready:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn kubectl(&self, args: &[&str]) -> Run {
         let mut cmd = Command::new(kubectl());
         cmd.arg("--kubeconfig")
@@ -212,11 +254,15 @@ impl Env {
     }
 
     async fn deploy(&mut self, deployer: &str, name: &str) {
+        self.deploy_in(deployer, name, "default").await;
+    }
+
+    async fn deploy_in(&mut self, deployer: &str, name: &str, namespace: &str) {
         self.control
             .create_deployment(proto::CreateDeploymentRequest {
                 deployer: deployer.into(),
                 name: name.into(),
-                namespace: "default".into(),
+                namespace: namespace.into(),
                 spec: Some(DeploymentSpec::test(name).into()),
             })
             .await
@@ -224,11 +270,18 @@ impl Env {
     }
 
     async fn wait_for_deployment(&self, name: &str) -> Deployment {
-        let api: Api<Deployment> = Api::namespaced(self.sim.client(), "default");
-        eventually(&format!("Deployment default/{name} in the cluster"), || {
-            let api = api.clone();
-            async move { api.get_opt(name).await.ok().flatten() }
-        })
+        self.wait_for_deployment_in(name, "default").await
+    }
+
+    async fn wait_for_deployment_in(&self, name: &str, namespace: &str) -> Deployment {
+        let api: Api<Deployment> = Api::namespaced(self.sim.client(), namespace);
+        eventually(
+            &format!("Deployment {namespace}/{name} in the cluster"),
+            || {
+                let api = api.clone();
+                async move { api.get_opt(name).await.ok().flatten() }
+            },
+        )
         .await
     }
 }
@@ -397,39 +450,7 @@ async fn the_manifest_env_starts_the_agent_binary() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr")
     };
-    let mut cmd = Command::new(ds_binary());
-    cmd.arg("agent")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("DS_TOKEN_FILE", &token_file)
-        .env("DS_LISTEN_HEALTH", health.to_string())
-        .env("DS_KUBECONFIG", &env.kubeconfig)
-        .env("DS_LEASE_DURATION", "5s")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(env.dir.path().join("agent.log")).expect("log file"),
-        ))
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().expect("ds agent starts");
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let stderr =
-                std::fs::read_to_string(env.dir.path().join("agent.log")).unwrap_or_default();
-            panic!("ds agent exited ({status}) with the manifest's env:\n{stderr}");
-        }
-        if tokio::net::TcpStream::connect(health).await.is_ok()
-            && http_get(&format!("http://{health}/readyz")).await.0 == 200
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting for the agent process to report ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut child = env.agent_process(&vars, &token_file, health).await;
     let _ = child.start_kill();
     let _ = child.wait().await;
     env.gw.shutdown().await;
@@ -554,6 +575,75 @@ async fn install_options_choose_the_namespaced_variant() {
         "{}",
         run.stderr
     );
+
+    // Creating namespaces needs cluster-wide rights: refused with the namespaced variant.
+    let mut cmd = ds(
+        env.dir.path(),
+        &[
+            "deployer",
+            "install",
+            "restricted",
+            "--namespaces",
+            "models",
+            "--create-namespaces",
+        ],
+    );
+    cmd.env("DS_GATEWAY", env.gw.url())
+        .env("DS_API_KEY", &env.gw.admin_key);
+    let run = output(cmd).await;
+    assert!(!run.ok, "--create-namespaces with --namespaces must fail");
+    assert!(run.stderr.contains("create_namespaces"), "{}", run.stderr);
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
+    let mut env = env().await;
+    env.create_deployer("scoped").await;
+    // The namespaces a Role goes into exist before the install (kubectl would refuse).
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.sim.client());
+    for ns in ["models", "staging"] {
+        let n = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
+        namespaces
+            .create(&Default::default(), &n)
+            .await
+            .expect("create namespace");
+    }
+    let url = env
+        .install_url_with("scoped", &["--namespaces", "models,staging"])
+        .await;
+    let applied = env.kubectl(&["apply", "-f", &url]).await;
+    assert!(applied.ok, "{}\n{}", applied.stdout, applied.stderr);
+    assert!(
+        !applied.stdout.contains("clusterrole"),
+        "no cluster-wide rights: {}",
+        applied.stdout
+    );
+    let agents: Api<Deployment> = Api::namespaced(env.sim.client(), AGENT_NS);
+    let vars = manifest_env(
+        &agents
+            .get("ds-agent-scoped")
+            .await
+            .expect("agent Deployment"),
+    );
+    let token_file = env.dir.path().join("token");
+    std::fs::write(&token_file, env.secret_token("scoped").await).expect("write token");
+
+    // From here the API server answers as those Roles allow: 403 anywhere else.
+    env.sim.faults().restrict_to_namespaces(Some(vec![
+        AGENT_NS.into(),
+        "models".into(),
+        "staging".into(),
+    ]));
+    let health = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        l.local_addr().expect("addr")
+    };
+    let mut child = env.agent_process(&vars, &token_file, health).await;
+    env.deploy_in("scoped", "iris", "models").await;
+    env.wait_for_deployment_in("iris", "models").await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
     env.gw.shutdown().await;
 }
 

@@ -1523,3 +1523,41 @@ async fn lease_replace_with_stale_version_conflicts() {
     assert_eq!(held.spec.unwrap().holder_identity.as_deref(), Some("a2"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn namespace_restriction_answers_like_namespaced_rbac_to_kubectl() {
+    let k = Kubectl::start().await;
+    let file = k.write("app.yaml", &manifest("nginx:1.27", 1));
+    k.ok(&["apply", "-f", &file]).await;
+    k.sim
+        .faults()
+        .restrict_to_namespaces(Some(vec!["fid".into()]));
+
+    // Inside the namespace everything works; cluster scope and other namespaces are 403.
+    let inside = k
+        .ok(&["get", "deployments", "-n", "fid", "-o", "name"])
+        .await;
+    assert_eq!(inside.trim(), "deployment.apps/web");
+    let all = k.run(&["get", "deployments", "--all-namespaces"]).await;
+    assert!(!all.ok, "a cluster-wide list must be refused");
+    assert!(
+        all.stderr.contains(
+            "deployments.apps is forbidden: User \"system:serviceaccount:ds-sim:restricted\" \
+             cannot list resource \"deployments\" in API group \"apps\" at the cluster scope"
+        ),
+        "{}",
+        all.stderr
+    );
+    let other = k.run(&["get", "services", "-n", "default"]).await;
+    assert!(!other.ok);
+    assert!(
+        other.stderr.contains("in the namespace \"default\""),
+        "{}",
+        other.stderr
+    );
+    let namespaces = k.run(&["get", "namespaces"]).await;
+    assert!(!namespaces.ok, "namespaces are cluster-scoped");
+
+    k.sim.faults().restrict_to_namespaces(None);
+    k.ok(&["get", "deployments", "--all-namespaces"]).await;
+}

@@ -217,9 +217,10 @@ impl Cache {
     }
 }
 
-/// Watches `api` (label-selected) into a [`Cache`]; every change wakes `trigger`.
+/// Watches each of `apis` (label-selected; one per watched namespace, or one cluster-wide)
+/// into one [`Cache`]; every change wakes `trigger`.
 pub fn spawn_watch<K>(
-    api: Api<K>,
+    apis: Vec<(Option<String>, Api<K>)>,
     kind: Kind,
     selector: &str,
     judge: Judge,
@@ -249,20 +250,31 @@ where
         });
         ((c.namespace.clone(), c.name.clone()), Arc::new(c))
     };
-    let stream = watcher(api, watcher::Config::default().labels(selector)).default_backoff();
+    let scopes: Vec<Option<String>> = apis.iter().map(|(ns, _)| ns.clone()).collect();
+    let streams: Vec<_> = apis
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, api))| {
+            watcher(api, watcher::Config::default().labels(selector))
+                .default_backoff()
+                .map(move |e| (i, e))
+                .boxed()
+        })
+        .collect();
     let handle = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        // A relist fills a fresh map, swapped in whole when complete.
-        let mut relist: Option<Map> = None;
+        let mut stream = futures::stream::select_all(streams);
+        // A relist of one scope fills a fresh map, swapped in for that scope when complete.
+        let mut relists: Vec<Option<Map>> = vec![None; scopes.len()];
+        let mut listed = vec![false; scopes.len()];
         loop {
             let next = tokio::select! {
                 n = stream.next() => n,
                 () = cancel.cancelled() => return,
             };
-            let event = match next {
-                Some(Ok(e)) => e,
-                Some(Err(error)) => {
-                    warn!(%error, kind = kind.as_str(), "watch failed; retrying");
+            let (i, event) = match next {
+                Some((i, Ok(e))) => (i, e),
+                Some((i, Err(error))) => {
+                    warn!(%error, kind = kind.as_str(), namespace = scopes[i].as_deref().unwrap_or("*"), "watch failed; retrying");
                     continue;
                 }
                 None => return,
@@ -270,18 +282,29 @@ where
             let mut changed = true;
             match event {
                 watcher::Event::Init => {
-                    relist = Some(Map::new());
+                    relists[i] = Some(Map::new());
                     changed = false;
                 }
                 watcher::Event::InitApply(o) => {
                     let (k, v) = project(&o);
-                    relist.get_or_insert_with(Map::new).insert(k, v);
+                    relists[i].get_or_insert_with(Map::new).insert(k, v);
                     changed = false;
                 }
                 watcher::Event::InitDone => {
-                    let fresh = relist.take().unwrap_or_default();
-                    *map.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-                    ready_tx.send_replace(true);
+                    let fresh = relists[i].take().unwrap_or_default();
+                    let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+                    match &scopes[i] {
+                        None => *m = fresh,
+                        Some(ns) => {
+                            m.retain(|(n, _), _| n != ns);
+                            m.extend(fresh);
+                        }
+                    }
+                    drop(m);
+                    listed[i] = true;
+                    if listed.iter().all(|l| *l) {
+                        ready_tx.send_replace(true);
+                    }
                 }
                 watcher::Event::Apply(o) => {
                     let (k, v) = project(&o);
@@ -336,16 +359,32 @@ impl Stores {
     }
 }
 
-/// Starts the three label-selected watches; every event wakes the reconciler.
+/// One API handle per watched scope: each of `namespaces`, or cluster-wide when empty.
+fn scoped_apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    if namespaces.is_empty() {
+        return vec![(None, Api::all(client.clone()))];
+    }
+    namespaces
+        .iter()
+        .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
+        .collect()
+}
+
+/// Starts the label-selected watches of the three kinds (per namespace when `namespaces`
+/// is not empty, so namespaced RBAC suffices); every event wakes the reconciler.
 pub fn start_watches(
     client: &kube::Client,
+    namespaces: &[String],
     selector: &str,
     judge: Judge,
     trigger: Arc<Notify>,
     cancel: &CancellationToken,
 ) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
     let (deployments, a) = spawn_watch::<Deployment>(
-        Api::all(client.clone()),
+        scoped_apis(client, namespaces),
         Kind::Deployment,
         selector,
         judge.clone(),
@@ -354,7 +393,7 @@ pub fn start_watches(
         cancel.clone(),
     );
     let (services, b) = spawn_watch::<Service>(
-        Api::all(client.clone()),
+        scoped_apis(client, namespaces),
         Kind::Service,
         selector,
         judge.clone(),
@@ -363,7 +402,7 @@ pub fn start_watches(
         cancel.clone(),
     );
     let (ingresses, c) = spawn_watch::<Ingress>(
-        Api::all(client.clone()),
+        scoped_apis(client, namespaces),
         Kind::Ingress,
         selector,
         judge,

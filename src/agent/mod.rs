@@ -79,6 +79,10 @@ pub struct AgentArgs {
     /// Create missing target namespaces (labelled, never deleted).
     #[arg(long, env = "DS_CREATE_NAMESPACES")]
     pub create_namespaces: bool,
+    /// Watch and write only in these namespaces (comma-separated), for installs whose
+    /// rights are Roles in those namespaces; empty: cluster-wide.
+    #[arg(long, env = "DS_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Allow a plain http:// gateway URL.
     #[arg(long, env = "DS_INSECURE")]
     pub insecure: bool,
@@ -110,6 +114,7 @@ impl AgentArgs {
             lease_name: None,
             lease_duration: Duration::from_secs(15),
             create_namespaces: false,
+            namespaces: Vec::new(),
             insecure: false,
             proxy_image: DEFAULT_PROXY_IMAGE.into(),
             heartbeat: Duration::from_secs(10),
@@ -153,6 +158,12 @@ pub enum AgentError {
     },
     #[error("no deployer token: set DS_TOKEN or --token-file")]
     NoToken,
+    #[error("--namespaces: {0}")]
+    Namespaces(crate::core::ValidationError),
+    #[error(
+        "--namespaces with --create-namespaces: creating namespaces needs cluster-wide rights; create them first"
+    )]
+    NamespacesAndCreate,
     #[error("loading the Kubernetes config: {0}")]
     KubeConfig(String),
     #[error("binding the health address {addr}: {source}")]
@@ -170,6 +181,10 @@ pub enum AgentError {
         "namespace {namespace} not found (create it, or run the agent with --create-namespaces)"
     )]
     NamespaceMissing { namespace: String },
+    #[error(
+        "namespace {namespace} is outside this agent's namespaces ({watched}): use one of them, or reinstall the agent with --namespaces including it"
+    )]
+    NamespaceNotWatched { namespace: String, watched: String },
     #[error("waiting for {kind} {namespace}/{name} of a removed deployment to be deleted")]
     Waiting {
         kind: &'static str,
@@ -300,6 +315,17 @@ impl RunningAgent {
             (None, None) => return Err(AgentError::NoToken),
         };
         args.ca_cert = args.ca_cert.filter(|p| !p.as_os_str().is_empty());
+        // An empty DS_NAMESPACES (the cluster-wide manifest) means no restriction.
+        args.namespaces.retain(|n| !n.trim().is_empty());
+        args.namespaces.sort();
+        args.namespaces.dedup();
+        for (i, ns) in args.namespaces.iter().enumerate() {
+            crate::core::validate::validate_namespace(&format!("namespaces[{i}]"), ns)
+                .map_err(AgentError::Namespaces)?;
+        }
+        if !args.namespaces.is_empty() && args.create_namespaces {
+            return Err(AgentError::NamespacesAndCreate);
+        }
         let channel = sync::channel(&args.gateway, args.insecure, args.ca_cert.as_ref())?;
         let grpc = crate::proto::agent_service_client::AgentServiceClient::with_interceptor(
             channel,
@@ -495,6 +521,7 @@ async fn controller(
     };
     let (stores, watch_tasks) = cache::start_watches(
         &client,
+        &args.namespaces,
         &builders::owner_selector(&deployer_id),
         judge,
         trigger.clone(),
@@ -560,6 +587,7 @@ async fn controller(
         deployer_id,
         proxy_image: args.proxy_image.clone(),
         create_namespaces: args.create_namespaces,
+        namespaces: args.namespaces.clone(),
     };
     let rec = reconcile::Reconciler::new(client, config, stores, c.metrics.clone());
     let io = reconcile::LoopIo {
@@ -607,6 +635,40 @@ mod tests {
         let e = sync::channel("http://127.0.0.1:1", false, None).unwrap_err();
         assert!(e.to_string().contains("--insecure"), "{e}");
         assert!(sync::channel("ftp://x", true, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn bad_namespaces_flags_are_refused_at_start() {
+        let client = kube::Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client");
+        let mut args = AgentArgs::new("http://127.0.0.1:1");
+        args.insecure = true;
+        args.token = Some(Secret("t".into()));
+        args.listen_health = "127.0.0.1:0".parse().expect("an address");
+        args.namespaces = vec!["models".into(), "Bad_NS".into()];
+        let e = RunningAgent::start_with_client(args.clone(), client.clone())
+            .await
+            .err()
+            .expect("a bad namespace is refused");
+        assert!(e.to_string().contains("namespaces[0]"), "{e}");
+        assert!(e.to_string().contains("Bad_NS"), "{e}");
+
+        args.namespaces = vec!["models".into()];
+        args.create_namespaces = true;
+        let e = RunningAgent::start_with_client(args.clone(), client.clone())
+            .await
+            .err()
+            .expect("--create-namespaces needs cluster-wide rights");
+        assert!(e.to_string().contains("create them first"), "{e}");
+
+        // The cluster-wide manifest sets DS_NAMESPACES to an empty string.
+        args.namespaces = vec![String::new()];
+        let agent = RunningAgent::start_with_client(args, client)
+            .await
+            .expect("an empty list means cluster-wide");
+        agent.shutdown().await;
     }
 
     #[test]

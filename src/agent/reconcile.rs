@@ -309,6 +309,8 @@ pub struct ReconcileConfig {
     pub deployer_id: String,
     pub proxy_image: String,
     pub create_namespaces: bool,
+    /// The namespaces this agent may use (`--namespaces`); empty: all of them.
+    pub namespaces: Vec<String>,
 }
 
 /// Compares and writes. Nothing else in the agent writes to the API server (but the Lease).
@@ -508,6 +510,10 @@ impl Reconciler {
         if let Some(&exists) = cache.get(namespace) {
             return Ok(exists);
         }
+        if !self.config.namespaces.is_empty() {
+            // Namespaced rights cannot read Namespaces; a missing one shows as a 404 on apply.
+            return Ok(true);
+        }
         let api = Api::<Namespace>::all(self.client.clone());
         let mut exists = api.get_opt(namespace).await?.is_some();
         if !exists && self.config.create_namespaces {
@@ -683,6 +689,12 @@ impl Reconciler {
         namespaces: &mut HashMap<String, bool>,
         out: &mut PassOutcome,
     ) -> Result<(), AgentError> {
+        if !self.config.namespaces.is_empty() && !self.config.namespaces.contains(&obj.namespace) {
+            return Err(AgentError::NamespaceNotWatched {
+                namespace: obj.namespace.clone(),
+                watched: self.config.namespaces.join(","),
+            });
+        }
         let digest = self.digest(obj);
         let mut built: Option<Built> = None;
         let mut to_write: Vec<Kind> = Vec::new();
@@ -749,11 +761,19 @@ impl Reconciler {
             let written = self
                 .apply(kind, &obj.namespace, &obj.name, b.value(kind))
                 .await
-                .map_err(|source| AgentError::Apply {
-                    kind: kind.as_str(),
-                    namespace: obj.namespace.clone(),
-                    name: obj.name.clone(),
-                    source: Box::new(source),
+                .map_err(|source| match &source {
+                    // The namespace vanished, or was never readable (`--namespaces`).
+                    kube::Error::Api(s) if s.code == 404 && s.message.starts_with("namespaces") => {
+                        AgentError::NamespaceMissing {
+                            namespace: obj.namespace.clone(),
+                        }
+                    }
+                    _ => AgentError::Apply {
+                        kind: kind.as_str(),
+                        namespace: obj.namespace.clone(),
+                        name: obj.name.clone(),
+                        source: Box::new(source),
+                    },
                 })?;
             debug!(deployment = %obj.id, kind = kind.as_str(), revision = obj.revision, "applied");
             self.remember(

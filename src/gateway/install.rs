@@ -86,6 +86,13 @@ impl InstallOptions {
                 rule: "must be at most 253 printable characters".into(),
             });
         }
+        if req.create_namespaces && !req.target_namespaces.is_empty() {
+            return Err(ValidationError {
+                field: "create_namespaces".into(),
+                value: "true".into(),
+                rule: "cannot be combined with target_namespaces: creating namespaces needs cluster-wide rights, so create the listed namespaces first".into(),
+            });
+        }
         let mut target_namespaces = req.target_namespaces.clone();
         target_namespaces.sort();
         target_namespaces.dedup();

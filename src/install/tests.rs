@@ -439,3 +439,24 @@ fn manifests_pass_kubernetes_validate_strict_for_oldest_and_newest_versions() {
         );
     }
 }
+
+#[test]
+fn the_agent_is_told_the_namespaces_its_roles_cover() {
+    let namespaces_env = |yaml: &str| -> String {
+        let docs = parse(yaml);
+        let env = &find(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "DS_NAMESPACES")
+            .map(|e| e["value"].as_str().unwrap().to_string())
+            .expect("DS_NAMESPACES is set")
+    };
+    let variants = variants();
+    assert_eq!(
+        namespaces_env(&variants[0].1),
+        "",
+        "cluster-wide: no restriction"
+    );
+    assert_eq!(namespaces_env(&variants[2].1), "models,staging");
+}

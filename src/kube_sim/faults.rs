@@ -48,6 +48,7 @@ pub struct Faults {
     drop_after_events: AtomicU64,
     drop_after_ms: AtomicU64,
     gone_next_watch: AtomicBool,
+    allowed_namespaces: Mutex<Option<Vec<String>>>,
 }
 
 impl Faults {
@@ -84,8 +85,36 @@ impl Faults {
         self.gone_next_watch.store(true, Ordering::Relaxed);
     }
 
+    /// Answers like namespaced RBAC: with `Some(list)`, every request outside those
+    /// namespaces (cluster-scoped resources, cluster-wide lists and watches, other
+    /// namespaces) gets 403 Forbidden. `None` lifts the restriction.
+    pub fn restrict_to_namespaces(&self, namespaces: Option<Vec<String>>) {
+        *self
+            .allowed_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = namespaces;
+    }
+
+    /// The 403 for a request outside the allowed namespaces, if restricted.
+    pub(crate) fn check_scope(
+        &self,
+        verb: &str,
+        resource: &super::resources::ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<ApiError> {
+        let allowed = self
+            .allowed_namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let allowed = allowed.as_ref()?;
+        let inside = resource.namespaced && ns.is_some_and(|ns| allowed.iter().any(|a| a == ns));
+        (!inside).then(|| ApiError::forbidden(resource, verb, name, ns))
+    }
+
     /// Removes every fault.
     pub fn clear(&self) {
+        self.restrict_to_namespaces(None);
         self.lock().clear();
         self.latency_ms.store(0, Ordering::Relaxed);
         self.drop_after_events.store(0, Ordering::Relaxed);

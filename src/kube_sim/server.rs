@@ -181,6 +181,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         tokio::time::sleep(d).await;
     }
     let name = target.name.clone().unwrap_or_default();
+    if let Some(e) = shared
+        .faults
+        .check_scope(verb, r, target.ns.as_deref(), &name)
+    {
+        return e.into_response();
+    }
     if let Some(e) = shared.faults.check(verb, r, &name) {
         return e.into_response();
     }

@@ -102,6 +102,25 @@ impl ApiError {
         .with_details(details(rt, name))
     }
 
+    /// 403 as RBAC answers a request outside the caller's rights.
+    pub fn forbidden(rt: &ResourceType, verb: &str, name: &str, ns: Option<&str>) -> Self {
+        let scope = match ns {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} is forbidden: User \"system:serviceaccount:ds-sim:restricted\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+                rt.group_resource(),
+                rt.resource,
+                rt.group
+            ),
+        )
+        .with_details(details(rt, name))
+    }
+
     /// 409 with a free message (server-side apply conflicts, injected faults).
     pub fn conflict_msg(rt: &ResourceType, name: &str, message: String, causes: Value) -> Self {
         let mut d = details(rt, name);
