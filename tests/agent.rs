@@ -1179,15 +1179,17 @@ async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
         .faults()
         .restrict_to_namespaces(Some(vec!["models".into(), "staging".into()]));
     let (_, token) = e.deployer("scoped").await;
+    // Created before the agent first reported its namespaces (as after a reinstall with
+    // narrower rights): the gateway could not refuse it, so the agent reports it.
+    let outside = e
+        .deploy("scoped", "wine", "other", DeploymentSpec::test("wine"))
+        .await;
     let mut args = e.args(&token);
     args.namespaces = vec!["models".into(), "staging".into()];
     let agent = e.agent_with(args).await;
 
     let inside = e
         .deploy("scoped", "iris", "models", DeploymentSpec::test("iris"))
-        .await;
-    let outside = e
-        .deploy("scoped", "wine", "other", DeploymentSpec::test("wine"))
         .await;
     let missing = e
         .deploy(
@@ -1211,6 +1213,19 @@ async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
         "{}",
         s.last_error
     );
+
+    // Once the agent has reported, the gateway refuses new ones outside up front.
+    let refused = e
+        .control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "scoped".into(),
+            name: "beer".into(),
+            namespace: "other".into(),
+            spec: Some(DeploymentSpec::test("beer").into()),
+        })
+        .await
+        .expect_err("the gateway knows the agent's namespaces");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
     // Still level-triggered inside its namespaces: a delete prunes.
     e.delete(&inside).await;

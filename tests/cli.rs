@@ -199,6 +199,7 @@ impl FakeAgent {
                     cluster: "test".into(),
                     connected_since: "2026-11-22T00:00:00Z".into(),
                     instance: "t".into(),
+                    namespaces: vec![],
                 }),
                 statuses: vec![proto::DeploymentStatus {
                     deployment_id: id.to_string(),

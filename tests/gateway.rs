@@ -98,11 +98,20 @@ async fn create_deployment(
     deployer: &str,
     name: &str,
 ) -> Result<proto::DeploymentView, tonic::Status> {
+    create_deployment_in(control, deployer, name, "models").await
+}
+
+async fn create_deployment_in(
+    control: &mut Control,
+    deployer: &str,
+    name: &str,
+    namespace: &str,
+) -> Result<proto::DeploymentView, tonic::Status> {
     control
         .create_deployment(proto::CreateDeploymentRequest {
             deployer: deployer.to_string(),
             name: name.to_string(),
-            namespace: "models".to_string(),
+            namespace: namespace.to_string(),
             spec: Some(DeploymentSpec::test(name).into()),
         })
         .await
@@ -1250,4 +1259,51 @@ async fn tls_serves_grpc_with_a_test_ca_and_plaintext_needs_insecure() {
         );
     }
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_namespaced_agent_limits_where_deployments_may_go() {
+    let t = start().await;
+    let mut control = t.control().await;
+    let (_, token) = create_deployer(&mut control, "scoped").await;
+    // Before any agent report the gateway cannot know: anything valid is accepted.
+    create_deployment_in(&mut control, "scoped", "early", "anywhere")
+        .await
+        .expect("accepted before the agent reports");
+
+    let mut agent = t.agent(&token).await;
+    let _stream = agent
+        .watch(proto::WatchRequest {
+            agent: Some(proto::AgentInfo {
+                version: "1.2.3".into(),
+                namespaces: vec!["models".into(), "staging".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("watch");
+    let deployer = control
+        .get_deployer(proto::GetDeployerRequest {
+            deployer: "scoped".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deployer.agent_namespaces, ["models", "staging"]);
+
+    let refused = create_deployment_in(&mut control, "scoped", "iris", "other")
+        .await
+        .expect_err("outside the agent's namespaces");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().starts_with("invalid namespace \"other\"")
+            && refused
+                .message()
+                .contains("only has rights in: models, staging"),
+        "{}",
+        refused.message()
+    );
+    create_deployment_in(&mut control, "scoped", "iris", "staging")
+        .await
+        .expect("inside the agent's namespaces");
 }

@@ -387,6 +387,7 @@ impl RunningAgent {
                 cluster: args.cluster_name.clone(),
                 connected_since: String::new(),
                 instance: instance.clone(),
+                namespaces: args.namespaces.clone(),
             },
             metrics: metrics.clone(),
         };

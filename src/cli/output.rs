@@ -135,6 +135,8 @@ pub struct DeployerView {
     pub status: &'static str,
     pub agent_version: Option<String>,
     pub cluster: Option<String>,
+    /// The namespaces its agent is limited to; empty: cluster-wide (or not reported).
+    pub agent_namespaces: Vec<String>,
     pub last_seen: Option<String>,
     pub created_at: String,
     pub deployments: u32,
@@ -154,6 +156,7 @@ impl From<&proto::Deployer> for DeployerView {
             status,
             agent_version: none_if_empty(&d.agent_version),
             cluster: none_if_empty(&d.cluster),
+            agent_namespaces: d.agent_namespaces.clone(),
             last_seen: none_if_empty(&d.last_seen),
             created_at: d.created_at.clone(),
             deployments: d.deployments,
@@ -200,6 +203,14 @@ pub fn deployer_fields(d: &DeployerView) -> String {
         ("Status", d.status.to_string()),
         ("Version", or_none(d.agent_version.as_deref().unwrap_or(""))),
         ("Cluster", or_none(d.cluster.as_deref().unwrap_or(""))),
+        (
+            "Namespaces",
+            if d.agent_namespaces.is_empty() {
+                "<all>".to_string()
+            } else {
+                d.agent_namespaces.join(",")
+            },
+        ),
         (
             "Last seen",
             d.last_seen.as_deref().map_or_else(

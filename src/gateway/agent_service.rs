@@ -132,6 +132,7 @@ fn heartbeat_of(agent: Option<AgentInfo>) -> AgentHeartbeat {
         version: agent.version,
         cluster: agent.cluster,
         instance: agent.instance,
+        namespaces: agent.namespaces,
     }
 }
 

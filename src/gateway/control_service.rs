@@ -380,6 +380,24 @@ impl ControlService for ControlSvc {
             req.namespace
         };
         core::validate_deployment(&name, &namespace, &spec).map_err(invalid)?;
+        let deployer = self
+            .shared
+            .store
+            .get_deployer(&deployer_id)
+            .await
+            .map_err(store_status)?;
+        if !deployer.agent_namespaces.is_empty() && !deployer.agent_namespaces.contains(&namespace)
+        {
+            // The agent could never write there: say so now rather than as a Failed status.
+            return Err(invalid(core::ValidationError {
+                field: "namespace".into(),
+                value: namespace,
+                rule: format!(
+                    "deployer {deployer_name}'s agent only has rights in: {} (installed with --namespaces); use one of them, or reinstall the agent with this namespace",
+                    deployer.agent_namespaces.join(", ")
+                ),
+            }));
+        }
         let record = self
             .shared
             .store

@@ -184,6 +184,7 @@ pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
         created_at: rfc3339(d.created_at),
         deployments: d.deployments,
         revision: d.revision,
+        agent_namespaces: d.agent_namespaces,
     }
 }
 

@@ -251,6 +251,12 @@ fn deployer_from_row(row: &SqliteRow) -> Result<DeployerRecord, StoreError> {
         agent_version: row.try_get("agent_version")?,
         cluster: row.try_get("cluster")?,
         instance: row.try_get("instance")?,
+        agent_namespaces: row
+            .try_get::<String, _>("agent_namespaces")?
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
         last_seen: row.try_get::<Option<i64>, _>("last_seen")?.map(ts),
         deployments: u32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(u32::MAX),
     })
@@ -357,6 +363,7 @@ impl Store for SqliteStore {
             agent_version: String::new(),
             cluster: String::new(),
             instance: String::new(),
+            agent_namespaces: Vec::new(),
             last_seen: None,
             deployments: 0,
         })
@@ -694,12 +701,13 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let _w = self.writer.lock().await;
         let row = sqlx::query(
-            "UPDATE deployers SET agent_version = ?, cluster = ?, instance = ?, last_seen = ? \
-             WHERE id = ? RETURNING revision",
+            "UPDATE deployers SET agent_version = ?, cluster = ?, instance = ?, \
+             agent_namespaces = ?, last_seen = ? WHERE id = ? RETURNING revision",
         )
         .bind(&agent.version)
         .bind(&agent.cluster)
         .bind(&agent.instance)
+        .bind(agent.namespaces.join(","))
         .bind(now_ms())
         .bind(deployer_id)
         .fetch_optional(&self.pool)

@@ -49,6 +49,8 @@ pub struct DeployerRecord {
     pub agent_version: String,
     pub cluster: String,
     pub instance: String,
+    /// The namespaces the agent is limited to; empty: cluster-wide or never reported.
+    pub agent_namespaces: Vec<String>,
     pub last_seen: Option<DateTime<Utc>>,
     /// Number of deployments it holds.
     pub deployments: u32,
@@ -100,6 +102,7 @@ pub struct AgentHeartbeat {
     pub version: String,
     pub cluster: String,
     pub instance: String,
+    pub namespaces: Vec<String>,
 }
 
 /// A committed change of one deployer, published after the commit in revision order.
