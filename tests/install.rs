@@ -164,13 +164,18 @@ impl Env {
     }
 
     /// `ds deployer install NAME EXTRA…` as a process; returns the URL of its one line.
+    /// Runs the `ds` CLI against this gateway as its admin.
+    async fn ds_cli(&self, args: &[&str]) -> Run {
+        let mut cmd = ds(self.dir.path(), args);
+        cmd.env("DS_GATEWAY", self.gw.url())
+            .env("DS_API_KEY", &self.gw.admin_key);
+        output(cmd).await
+    }
+
     async fn install_url_with(&self, deployer: &str, extra: &[&str]) -> String {
         let mut args = vec!["deployer", "install", deployer];
         args.extend_from_slice(extra);
-        let mut cmd = ds(self.dir.path(), &args);
-        cmd.env("DS_GATEWAY", self.gw.url())
-            .env("DS_API_KEY", &self.gw.admin_key);
-        let run = output(cmd).await;
+        let run = self.ds_cli(&args).await;
         assert!(run.ok, "ds deployer install failed: {}", run.stderr);
         let lines: Vec<&str> = run.stdout.lines().collect();
         assert_eq!(lines.len(), 1, "exactly one line: {:?}", run.stdout);
@@ -555,19 +560,15 @@ async fn install_options_choose_the_namespaced_variant() {
     assert_eq!(cluster["value"], "eu-1");
 
     // A bad namespace is refused at the gateway, naming the field, in one line.
-    let mut cmd = ds(
-        env.dir.path(),
-        &[
+    let run = env
+        .ds_cli(&[
             "deployer",
             "install",
             "restricted",
             "--namespaces",
             "Bad_NS",
-        ],
-    );
-    cmd.env("DS_GATEWAY", env.gw.url())
-        .env("DS_API_KEY", &env.gw.admin_key);
-    let run = output(cmd).await;
+        ])
+        .await;
     assert!(!run.ok, "a bad namespace must fail");
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     assert!(
@@ -577,20 +578,16 @@ async fn install_options_choose_the_namespaced_variant() {
     );
 
     // Creating namespaces needs cluster-wide rights: refused with the namespaced variant.
-    let mut cmd = ds(
-        env.dir.path(),
-        &[
+    let run = env
+        .ds_cli(&[
             "deployer",
             "install",
             "restricted",
             "--namespaces",
             "models",
             "--create-namespaces",
-        ],
-    );
-    cmd.env("DS_GATEWAY", env.gw.url())
-        .env("DS_API_KEY", &env.gw.admin_key);
-    let run = output(cmd).await;
+        ])
+        .await;
     assert!(!run.ok, "--create-namespaces with --namespaces must fail");
     assert!(run.stderr.contains("create_namespaces"), "{}", run.stderr);
     env.gw.shutdown().await;
