@@ -1561,3 +1561,99 @@ async fn namespace_restriction_answers_like_namespaced_rbac_to_kubectl() {
     k.sim.faults().restrict_to_namespaces(None);
     k.ok(&["get", "deployments", "--all-namespaces"]).await;
 }
+
+#[tokio::test]
+async fn kubectl_create_commands_send_protobuf_and_work() {
+    let k = Kubectl::start().await;
+    let created = [
+        (
+            vec!["create", "namespace", "models"],
+            "namespace/models created",
+        ),
+        (
+            vec![
+                "create",
+                "deployment",
+                "web",
+                "--image=nginx:1.27",
+                "--replicas=2",
+                "--port=8080",
+                "-n",
+                "models",
+            ],
+            "deployment.apps/web created",
+        ),
+        (
+            vec![
+                "create",
+                "configmap",
+                "cfg",
+                "--from-literal=a=1",
+                "-n",
+                "models",
+            ],
+            "configmap/cfg created",
+        ),
+        (
+            vec![
+                "create",
+                "secret",
+                "generic",
+                "creds",
+                "--from-literal=token=abc",
+                "-n",
+                "models",
+            ],
+            "secret/creds created",
+        ),
+        (
+            vec!["create", "serviceaccount", "robot", "-n", "models"],
+            "serviceaccount/robot created",
+        ),
+        (
+            vec![
+                "create",
+                "service",
+                "clusterip",
+                "web",
+                "--tcp=80:8080",
+                "-n",
+                "models",
+            ],
+            "service/web created",
+        ),
+    ];
+    for (args, said) in created {
+        let out = k.ok(&args).await;
+        assert!(out.contains(said), "kubectl {args:?}: {out}");
+    }
+    let ns = k.json(&["get", "namespace", "models"]).await;
+    assert_eq!(ns["status"]["phase"], "Active");
+    let dep = k.json(&["get", "deployment", "web", "-n", "models"]).await;
+    assert_eq!(dep["spec"]["replicas"], 2);
+    assert_eq!(dep["spec"]["selector"]["matchLabels"]["app"], "web");
+    let container = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(
+        dep["spec"]["strategy"]["type"], "RollingUpdate",
+        "defaulted"
+    );
+    let cm = k.json(&["get", "configmap", "cfg", "-n", "models"]).await;
+    assert_eq!(cm["data"]["a"], "1");
+    let secret = k.json(&["get", "secret", "creds", "-n", "models"]).await;
+    assert_eq!(secret["data"]["token"], "YWJj", "base64 of abc");
+    let svc = k.json(&["get", "service", "web", "-n", "models"]).await;
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["selector"]["app"], "web");
+    k.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "models",
+        "--timeout=20s",
+    ])
+    .await;
+}

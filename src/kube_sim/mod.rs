@@ -10,6 +10,7 @@
 //! - [`faults`]: fault injection and request counters for tests.
 //!
 //! - `validate`, `tables`: schema checks with the `k8s-openapi` types, `kubectl get` tables.
+//! - `protobuf`: decodes the protobuf bodies of `kubectl create namespace|deployment|…`.
 //!
 //! Kubernetes clients (kubectl, `kube::Client`) talk to it unchanged over plain HTTP on
 //! loopback; nothing in production code knows it is a simulator.
@@ -29,9 +30,11 @@
 //! ```
 //!
 //! # Not simulated
-//! - Protobuf bodies (kubectl's typed generators, `kubectl create deployment …`) get 415;
-//!   `kubectl create … --dry-run=client -o yaml | kubectl apply -f -` works.
-//! - Authentication, authorization and admission: every request is allowed.
+//! - Protobuf bodies are decoded for Namespace, Deployment, Service, ConfigMap, Secret and
+//!   ServiceAccount (what `kubectl create <kind>` sends); others get 415 naming what is not
+//!   understood, and `kubectl create … --dry-run=client -o yaml | kubectl apply -f -` works.
+//! - Authentication and admission: every request is allowed. Authorization only as
+//!   `Faults::restrict_to_namespaces` (403 outside a namespace list, like namespaced RBAC).
 //! - Validation is the schema (unknown fields, types, required fields), not the semantic
 //!   rules (selector/label agreement, immutable fields, port ranges).
 //! - ReplicaSets: simulated pods are owned by their Deployment directly.
@@ -45,6 +48,7 @@ mod discovery;
 pub mod faults;
 pub mod patch;
 mod patching;
+mod protobuf;
 pub mod resources;
 mod selector;
 mod server;

@@ -397,12 +397,13 @@ fn manager_of(params: &Params, headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    if body.starts_with(b"k8s\x00") {
-        // Kubernetes protobuf (typed client-go clients, e.g. `kubectl create configmap`):
-        // decoding it needs the Go types' schemas, which the simulator does not have.
-        return Err(ApiError::unsupported_media_type(
-            "application/vnd.kubernetes.protobuf",
-        ));
+    if body.starts_with(super::protobuf::MAGIC) {
+        // Kubernetes protobuf, as kubectl's typed clients send it (`kubectl create …`).
+        return super::protobuf::decode(body).map_err(|what| {
+            ApiError::unsupported_media_type(&format!(
+                "application/vnd.kubernetes.protobuf: {what}"
+            ))
+        });
     }
     serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
