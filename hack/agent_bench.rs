@@ -66,9 +66,19 @@ fn spawn_agent(
     token: &str,
     kubeconfig: &Path,
     health: SocketAddr,
+    wrap: Option<&str>,
 ) -> Child {
-    Command::new(ds)
-        .arg("agent")
+    // AGENT_WRAP (e.g. "heaptrack -o /tmp/agent") runs the restarted agent under a profiler.
+    let mut cmd = match wrap {
+        Some(w) => {
+            let mut words = w.split_whitespace();
+            let mut c = Command::new(words.next().expect("AGENT_WRAP command"));
+            c.args(words).arg(ds);
+            c
+        }
+        None => Command::new(ds),
+    };
+    cmd.arg("agent")
         .args(["--gateway", gateway, "--insecure"])
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -90,11 +100,15 @@ fn stop(child: &mut Child) {
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -178,7 +192,7 @@ async fn main() {
 
     // === Propagation ===
     let health = free_port();
-    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health);
+    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health, None);
     let spec = DeploymentSpec::test("prop");
     let view = control
         .create_deployment(proto::CreateDeploymentRequest {
@@ -328,7 +342,32 @@ async fn main() {
     sim.counters().reset();
     let health2 = free_port();
     let t0 = Instant::now();
-    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health2);
+    let wrap = std::env::var("AGENT_WRAP").ok();
+    let mut agent = spawn_agent(
+        &ds,
+        &gw.url(),
+        &token,
+        &kubeconfig,
+        health2,
+        wrap.as_deref(),
+    );
+    // RSS timeline of the restarted agent: when the peak happens says what causes it.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (pid, on) = (agent.id(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while on.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push((
+                    t0.elapsed(),
+                    status_kib(pid, "VmRSS:"),
+                    status_kib(pid, "RssFile:"),
+                ));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        })
+    };
     wait_until("ready", Duration::from_secs(600), || async {
         http_get(health2, "/readyz")
             .await
@@ -347,7 +386,33 @@ async fn main() {
     .await;
     let writes = sim.counters().writes();
     let rss = peak_rss_kib(agent.id());
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
     stop(&mut agent);
+    if std::env::var_os("RSS_TIMELINE").is_some() {
+        // Every 250 ms, the highest RSS seen in that window.
+        let mut window = Duration::ZERO;
+        let mut high = (0, 0);
+        eprintln!(
+            "restart RSS timeline (s, MiB of which file-backed), ready at {:.2} s:",
+            ready.as_secs_f64()
+        );
+        for (t, kib, file) in &samples {
+            if *kib > high.0 {
+                high = (*kib, *file);
+            }
+            if *t >= window + Duration::from_millis(250) {
+                eprintln!(
+                    "{:6.2} {:6.1} {:6.1}",
+                    t.as_secs_f64(),
+                    high.0 as f64 / 1024.0,
+                    high.1 as f64 / 1024.0
+                );
+                window = *t;
+                high = (0, 0);
+            }
+        }
+    }
     println!();
     println!("## cold restart with {cold} owned deployments, nothing changed");
     println!("| measure | value |");

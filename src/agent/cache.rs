@@ -21,14 +21,161 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
-use std::collections::HashMap;
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+/// Objects per page of a watch's initial list. kube's default (500) decodes 500 objects
+/// at once for each of the three watches; small pages keep that transient small, at the
+/// cost of a few more round trips (50 per 5,000 objects).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// An object of kind `K` as the agent reads it: the metadata it uses, `spec` and `status`
+/// as JSON, nothing else.
+///
+/// Decoding straight into this skips what the agent never looks at, above all
+/// `metadata.managedFields` (the biggest part of an object the API server returns, and the
+/// biggest allocation of a list page when decoded into `k8s-openapi` types). Its
+/// [`Resource`] impl borrows `K`'s, so `Api<Slim<Deployment>>` reads Deployments.
+#[derive(Debug, Clone)]
+pub struct Slim<K> {
+    pub metadata: ObjectMeta,
+    pub spec: Value,
+    pub status: Value,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Slim<K> {
+    /// A slim object from its parts (tests).
+    pub fn new(metadata: ObjectMeta, spec: Value, status: Value) -> Self {
+        Self {
+            metadata,
+            spec,
+            status,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn api_version(dt: &()) -> Cow<'_, str> {
+        K::api_version(dt)
+    }
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn url_path(dt: &(), namespace: Option<&str>) -> String {
+        K::url_path(dt, namespace)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<'de, K> Deserialize<'de> for Slim<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Unknown fields (apiVersion, kind, managedFields, ownerReferences, ...) are skipped
+        // by the decoder without being built.
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: Meta,
+            #[serde(default)]
+            spec: Value,
+            #[serde(default)]
+            status: Value,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta {
+            name: Option<String>,
+            namespace: Option<String>,
+            uid: Option<String>,
+            resource_version: Option<String>,
+            generation: Option<i64>,
+            labels: Option<BTreeMap<String, String>>,
+            annotations: Option<BTreeMap<String, String>>,
+            deletion_timestamp: Option<Time>,
+        }
+        let Raw {
+            metadata: m,
+            spec,
+            status,
+        } = Raw::deserialize(d)?;
+        Ok(Self::new(
+            ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                uid: m.uid,
+                resource_version: m.resource_version,
+                generation: m.generation,
+                labels: m.labels,
+                annotations: m.annotations,
+                deletion_timestamp: m.deletion_timestamp,
+                ..Default::default()
+            },
+            spec,
+            status,
+        ))
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Slim<K> {
+    /// The object as JSON, as far as a desired object can ask about it: kind, name,
+    /// namespace, labels, annotations and spec (moved, not copied).
+    fn into_json(self) -> Value {
+        fn strings(m: Option<BTreeMap<String, String>>) -> Value {
+            Value::Object(
+                m.unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            )
+        }
+        let meta = self.metadata;
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("name".into(), meta.name.map_or(Value::Null, Value::String));
+        if let Some(ns) = meta.namespace {
+            metadata.insert("namespace".into(), Value::String(ns));
+        }
+        metadata.insert("labels".into(), strings(meta.labels));
+        metadata.insert("annotations".into(), strings(meta.annotations));
+        let mut o = serde_json::Map::new();
+        o.insert(
+            "apiVersion".into(),
+            Value::String(K::api_version(&()).into()),
+        );
+        o.insert("kind".into(), Value::String(K::kind(&()).into()));
+        o.insert("metadata".into(), Value::Object(metadata));
+        o.insert("spec".into(), self.spec);
+        Value::Object(o)
+    }
+}
 
 /// The result of comparing a received object with its deployment's desired object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,26 +202,37 @@ pub struct RolloutStatus {
 impl RolloutStatus {
     /// The rollout status of `d`; `None` while the controller has not reported any.
     pub fn of(d: &Deployment) -> Option<Self> {
-        let st = d.status.as_ref()?;
-        let failure = st.conditions.iter().flatten().find_map(|c| {
-            let failed_progress = c.type_ == "Progressing"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded");
-            let replica_failure = c.type_ == "ReplicaFailure" && c.status == "True";
+        let status = serde_json::to_value(d.status.as_ref()?).ok()?;
+        Self::from_json(d.metadata.generation, &status)
+    }
+
+    /// The rollout status from a Deployment's `metadata.generation` and `status` (JSON);
+    /// `None` while the controller has not reported any.
+    pub fn from_json(generation: Option<i64>, st: &Value) -> Option<Self> {
+        let st = st.as_object()?;
+        let int = |k: &str| st.get(k).and_then(Value::as_i64).unwrap_or(0);
+        let replicas = |k: &str| i32::try_from(int(k)).unwrap_or(0);
+        let text = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+        let conditions = st.get("conditions").and_then(Value::as_array);
+        let failure = conditions.into_iter().flatten().find_map(|c| {
+            let is = |k: &str, v: &str| c.get(k).and_then(Value::as_str) == Some(v);
+            let failed_progress = is("type", "Progressing")
+                && is("status", "False")
+                && is("reason", "ProgressDeadlineExceeded");
+            let replica_failure = is("type", "ReplicaFailure") && is("status", "True");
             (failed_progress || replica_failure).then(|| {
-                c.message
-                    .clone()
-                    .or_else(|| c.reason.clone())
+                text(c, "message")
+                    .or_else(|| text(c, "reason"))
                     .unwrap_or_default()
             })
         });
         Some(Self {
-            generation: d.metadata.generation.unwrap_or(0),
-            observed_generation: st.observed_generation.unwrap_or(0),
-            replicas: st.replicas.unwrap_or(0),
-            updated_replicas: st.updated_replicas.unwrap_or(0),
-            ready_replicas: st.ready_replicas.unwrap_or(0),
-            available_replicas: st.available_replicas.unwrap_or(0),
+            generation: generation.unwrap_or(0),
+            observed_generation: int("observedGeneration"),
+            replicas: replicas("replicas"),
+            updated_replicas: replicas("updatedReplicas"),
+            ready_replicas: replicas("readyReplicas"),
+            available_replicas: replicas("availableReplicas"),
             failure,
         })
     }
@@ -102,17 +260,19 @@ pub struct Cached {
 }
 
 impl Cached {
-    /// Projects a received object. `verdict_of` compares it (as JSON) with what is desired.
-    pub fn project<K: serde::Serialize>(
+    /// Projects a received object. `verdict_of` compares it (as JSON) with what is desired;
+    /// the object is consumed, so its JSON is built by moving, not copying.
+    pub fn project<K: Resource<DynamicType = ()>>(
         kind: Kind,
-        meta: &ObjectMeta,
-        object: &K,
-        rollout: Option<RolloutStatus>,
-        verdict_of: impl FnOnce(&ObjectMeta, &dyn Fn() -> serde_json::Value) -> Option<Verdict>,
+        object: Slim<K>,
+        verdict_of: impl FnOnce(&Cached, Value) -> Option<Verdict>,
     ) -> Self {
+        let meta = &object.metadata;
         let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
-        let value = || serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
-        Self {
+        let rollout = (kind == Kind::Deployment)
+            .then(|| RolloutStatus::from_json(meta.generation, &object.status))
+            .flatten();
+        let mut cached = Self {
             kind,
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_default(),
@@ -128,8 +288,10 @@ impl Cached {
                 .unwrap_or(0),
             deleting: meta.deletion_timestamp.is_some(),
             rollout,
-            verdict: verdict_of(meta, &value),
-        }
+            verdict: None,
+        };
+        cached.verdict = verdict_of(&cached, object.into_json());
+        cached
     }
 
     /// Whether the verdict was computed against `digest`, and if so its answer.
@@ -162,18 +324,13 @@ pub struct Judge {
 }
 
 impl Judge {
-    fn verdict(
-        &self,
-        kind: Kind,
-        meta: &ObjectMeta,
-        value: &dyn Fn() -> serde_json::Value,
-    ) -> Option<Verdict> {
-        let id = meta.labels.as_ref()?.get(DEPLOYMENT_ID_LABEL)?;
+    fn verdict(&self, kind: Kind, cached: &Cached, value: Value) -> Option<Verdict> {
+        let id = cached.deployment_id.as_deref()?;
         let obj = self.desired.borrow().deployments.get(id)?.clone();
-        let wanted = meta.name.as_deref() == Some(obj.name.as_str())
-            && meta.namespace.as_deref() == Some(obj.namespace.as_str())
+        let wanted = cached.name == obj.name
+            && cached.namespace == obj.namespace
             && wanted_kinds(&obj).contains(&kind);
-        wanted.then(|| verdict_against(&obj, kind, &self.proxy_image, &value()))
+        wanted.then(|| verdict_against(&obj, kind, &self.proxy_image, &value))
     }
 }
 
@@ -220,23 +377,15 @@ impl Cache {
 /// Watches each of `apis` (label-selected; one per watched namespace, or one cluster-wide)
 /// into one [`Cache`]; every change wakes `trigger`.
 pub fn spawn_watch<K>(
-    apis: Vec<(Option<String>, Api<K>)>,
+    apis: Vec<(Option<String>, Api<Slim<K>>)>,
     kind: Kind,
     selector: &str,
     judge: Judge,
-    rollout: fn(&K) -> Option<RolloutStatus>,
     trigger: Arc<Notify>,
     cancel: CancellationToken,
 ) -> (Cache, tokio::task::JoinHandle<()>)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
     let map: Arc<RwLock<Map>> = Arc::default();
     let (ready_tx, ready) = watch::channel(false);
@@ -244,18 +393,26 @@ where
         map: map.clone(),
         ready,
     };
-    let project = move |o: &K| -> ((String, String), Arc<Cached>) {
-        let c = Cached::project(kind, o.meta(), o, rollout(o), |meta, value| {
-            judge.verdict(kind, meta, value)
-        });
+    let project = move |o: Slim<K>| -> ((String, String), Arc<Cached>) {
+        let c = Cached::project(kind, o, |c, value| judge.verdict(kind, c, value));
         ((c.namespace.clone(), c.name.clone()), Arc::new(c))
+    };
+    let key = |o: &Slim<K>| {
+        let m = o.meta();
+        (
+            m.namespace.clone().unwrap_or_default(),
+            m.name.clone().unwrap_or_default(),
+        )
     };
     let scopes: Vec<Option<String>> = apis.iter().map(|(ns, _)| ns.clone()).collect();
     let streams: Vec<_> = apis
         .into_iter()
         .enumerate()
         .map(|(i, (_, api))| {
-            watcher(api, watcher::Config::default().labels(selector))
+            let config = watcher::Config::default()
+                .labels(selector)
+                .page_size(LIST_PAGE_SIZE);
+            watcher(api, config)
                 .default_backoff()
                 .map(move |e| (i, e))
                 .boxed()
@@ -286,7 +443,7 @@ where
                     changed = false;
                 }
                 watcher::Event::InitApply(o) => {
-                    let (k, v) = project(&o);
+                    let (k, v) = project(o);
                     relists[i].get_or_insert_with(Map::new).insert(k, v);
                     changed = false;
                 }
@@ -307,12 +464,13 @@ where
                     }
                 }
                 watcher::Event::Apply(o) => {
-                    let (k, v) = project(&o);
+                    let (k, v) = project(o);
                     map.write().unwrap_or_else(|e| e.into_inner()).insert(k, v);
                 }
                 watcher::Event::Delete(o) => {
-                    let (k, _) = project(&o);
-                    map.write().unwrap_or_else(|e| e.into_inner()).remove(&k);
+                    map.write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key(&o));
                 }
             }
             if changed {
@@ -360,7 +518,10 @@ impl Stores {
 }
 
 /// One API handle per watched scope: each of `namespaces`, or cluster-wide when empty.
-fn scoped_apis<K>(client: &kube::Client, namespaces: &[String]) -> Vec<(Option<String>, Api<K>)>
+fn scoped_apis<K>(
+    client: &kube::Client,
+    namespaces: &[String],
+) -> Vec<(Option<String>, Api<Slim<K>>)>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
@@ -388,7 +549,6 @@ pub fn start_watches(
         Kind::Deployment,
         selector,
         judge.clone(),
-        RolloutStatus::of,
         trigger.clone(),
         cancel.clone(),
     );
@@ -397,7 +557,6 @@ pub fn start_watches(
         Kind::Service,
         selector,
         judge.clone(),
-        |_| None,
         trigger.clone(),
         cancel.clone(),
     );
@@ -406,7 +565,6 @@ pub fn start_watches(
         Kind::Ingress,
         selector,
         judge,
-        |_| None,
         trigger,
         cancel.clone(),
     );
@@ -418,4 +576,80 @@ pub fn start_watches(
         },
         vec![a, b, c],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::builders::desired_deployment;
+    use crate::core::DeploymentSpec;
+    use serde_json::json;
+
+    fn obj() -> DeployedObject {
+        DeployedObject {
+            id: "dep-1".into(),
+            deployer_id: "owner-1".into(),
+            name: "iris".into(),
+            namespace: "models".into(),
+            revision: 3,
+            spec: DeploymentSpec::test("iris"),
+        }
+    }
+
+    /// The desired Deployment as an API server returns it: defaults, status, managed fields.
+    fn as_served(o: &DeployedObject) -> Value {
+        let mut v = serde_json::to_value(desired_deployment(o, "proxy:1")).unwrap();
+        let m = &mut v["metadata"];
+        m["uid"] = json!("u-1");
+        m["resourceVersion"] = json!("42");
+        m["generation"] = json!(2);
+        m["managedFields"] = json!([{"manager": "ds-deployer", "operation": "Apply",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:replicas": {}}}}]);
+        v["spec"]["revisionHistoryLimit"] = json!(10);
+        v["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
+        v["status"] = json!({"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+            "readyReplicas": 1, "availableReplicas": 1});
+        v
+    }
+
+    fn judge(o: &DeployedObject, served: Value) -> Cached {
+        let slim: Slim<Deployment> = serde_json::from_value(served).unwrap();
+        assert!(slim.metadata.managed_fields.is_none(), "never decoded");
+        Cached::project(Kind::Deployment, slim, |_, v| {
+            Some(verdict_against(o, Kind::Deployment, "proxy:1", &v))
+        })
+    }
+
+    #[test]
+    fn slim_objects_keep_what_the_agent_uses() {
+        let o = obj();
+        let c = judge(&o, as_served(&o));
+        assert_eq!((c.name.as_str(), c.namespace.as_str()), ("iris", "models"));
+        assert_eq!(c.uid.as_deref(), Some("u-1"));
+        assert_eq!(c.resource_version.as_deref(), Some("42"));
+        assert_eq!(c.owner.as_deref(), Some("owner-1"));
+        assert_eq!(c.deployment_id.as_deref(), Some("dep-1"));
+        assert_eq!(c.revision, 3);
+        assert!(!c.deleting);
+        let r = c.rollout.expect("status read");
+        assert_eq!((r.generation, r.observed_generation), (2, 2));
+        assert_eq!(r.available_replicas, 1);
+        assert_eq!(c.verdict.map(|v| v.in_sync), Some(true), "served = desired");
+    }
+
+    #[test]
+    fn slim_objects_still_show_drift() {
+        let o = obj();
+        let mut served = as_served(&o);
+        served["spec"]["template"]["spec"]["containers"][0]["image"] = json!("other:2");
+        assert_eq!(judge(&o, served).verdict.map(|v| v.in_sync), Some(false));
+        let mut served = as_served(&o);
+        served["metadata"]["labels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(OWNER_LABEL);
+        let c = judge(&o, served);
+        assert_eq!(c.owner, None);
+        assert_eq!(c.verdict.map(|v| v.in_sync), Some(false), "label removed");
+    }
 }

@@ -18,7 +18,7 @@ use super::builders::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, desired_deployment, desired_ingress, desired_service,
     endpoint,
 };
-use super::cache::{Cached, RolloutStatus, Stores, verdict_against};
+use super::cache::{Cached, RolloutStatus, Slim, Stores, verdict_against};
 use super::metrics::Metrics;
 use super::sync::{DesiredState, Statuses};
 use crate::core::DeployedObject;
@@ -188,6 +188,9 @@ fn subset_at(key: &str, desired: &Value, actual: &Value) -> bool {
         }
         (Value::Number(d), Value::Number(a)) => d.as_f64() == a.as_f64(),
         (Value::Null, a) => is_empty(a),
+        // An explicit null reads like an absent field (objects are compared as sent by the
+        // API server, not re-encoded from typed structs that drop nulls).
+        (d, Value::Null) => is_empty(d),
         (d, a) => d == a,
     }
 }
@@ -400,31 +403,30 @@ impl Reconciler {
         kind: Kind,
         obj: &DeployedObject,
     ) -> Result<Option<Arc<Cached>>, kube::Error> {
-        fn judged<K: kube::Resource + serde::Serialize>(
+        fn judged<K: kube::Resource<DynamicType = ()>>(
             kind: Kind,
-            o: &K,
-            rollout: Option<RolloutStatus>,
+            o: Slim<K>,
             obj: &DeployedObject,
             proxy_image: &str,
         ) -> Arc<Cached> {
-            Arc::new(Cached::project(kind, o.meta(), o, rollout, |_, value| {
-                Some(verdict_against(obj, kind, proxy_image, &value()))
+            Arc::new(Cached::project(kind, o, |_, value| {
+                Some(verdict_against(obj, kind, proxy_image, &value))
             }))
         }
         let (ns, name, proxy) = (&obj.namespace, &obj.name, &self.config.proxy_image);
         Ok(match kind {
-            Kind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), ns)
+            Kind::Deployment => Api::<Slim<Deployment>>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| judged(kind, &o, RolloutStatus::of(&o), obj, proxy)),
-            Kind::Service => Api::<Service>::namespaced(self.client.clone(), ns)
+                .map(|o| judged(kind, o, obj, proxy)),
+            Kind::Service => Api::<Slim<Service>>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| judged(kind, &o, None, obj, proxy)),
-            Kind::Ingress => Api::<Ingress>::namespaced(self.client.clone(), ns)
+                .map(|o| judged(kind, o, obj, proxy)),
+            Kind::Ingress => Api::<Slim<Ingress>>::namespaced(self.client.clone(), ns)
                 .get_opt(name)
                 .await?
-                .map(|o| judged(kind, &o, None, obj, proxy)),
+                .map(|o| judged(kind, o, obj, proxy)),
         })
     }
 
@@ -441,21 +443,21 @@ impl Reconciler {
         self.metrics.write("apply", kind.as_str());
         Ok(match kind {
             Kind::Deployment => {
-                Api::<Deployment>::namespaced(self.client.clone(), namespace)
+                Api::<Slim<Deployment>>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
                     .await?
                     .metadata
                     .resource_version
             }
             Kind::Service => {
-                Api::<Service>::namespaced(self.client.clone(), namespace)
+                Api::<Slim<Service>>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
                     .await?
                     .metadata
                     .resource_version
             }
             Kind::Ingress => {
-                Api::<Ingress>::namespaced(self.client.clone(), namespace)
+                Api::<Slim<Ingress>>::namespaced(self.client.clone(), namespace)
                     .patch(name, &pp, &patch)
                     .await?
                     .metadata
@@ -481,15 +483,15 @@ impl Reconciler {
         };
         self.metrics.write("delete", kind.as_str());
         let r = match kind {
-            Kind::Deployment => Api::<Deployment>::namespaced(self.client.clone(), namespace)
+            Kind::Deployment => Api::<Slim<Deployment>>::namespaced(self.client.clone(), namespace)
                 .delete(name, &dp)
                 .await
                 .map(|_| ()),
-            Kind::Service => Api::<Service>::namespaced(self.client.clone(), namespace)
+            Kind::Service => Api::<Slim<Service>>::namespaced(self.client.clone(), namespace)
                 .delete(name, &dp)
                 .await
                 .map(|_| ()),
-            Kind::Ingress => Api::<Ingress>::namespaced(self.client.clone(), namespace)
+            Kind::Ingress => Api::<Slim<Ingress>>::namespaced(self.client.clone(), namespace)
                 .delete(name, &dp)
                 .await
                 .map(|_| ()),
@@ -707,15 +709,21 @@ impl Reconciler {
                 name: obj.name.clone(),
                 source: Box::new(source),
             };
+            // Whether `actual` is a read by name, not the cache's own copy.
+            let mut read = false;
             let mut actual = match self.stores.get(kind, &obj.namespace, &obj.name) {
                 Some(a) => Some(a),
                 // Not among ours: free, taken by someone else, or ours but not yet seen.
-                None => self.get_by_name(kind, obj).await.map_err(read_error)?,
+                None => {
+                    read = true;
+                    self.get_by_name(kind, obj).await.map_err(read_error)?
+                }
             };
             if let Some(a) = &actual {
                 self.check_holder(kind, obj, desired, a)?;
                 if a.in_sync_with(&digest).is_none() && !self.known_in_sync(&key, &digest, a) {
                     // Compared on receipt with an older desired state: compare again.
+                    read = true;
                     actual = self.get_by_name(kind, obj).await.map_err(read_error)?;
                     if let Some(a) = &actual {
                         self.check_holder(kind, obj, desired, a)?;
@@ -730,10 +738,17 @@ impl Reconciler {
             if self.known_in_sync(&key, &digest, &actual) {
                 continue;
             }
-            if actual.in_sync_with(&digest) == Some(true) {
-                self.remember(key, actual.resource_version.as_deref(), &digest);
-            } else {
-                to_write.push(kind);
+            match actual.in_sync_with(&digest) {
+                // The cache's verdict is current: it answers by itself next pass too, so
+                // nothing needs remembering (a restart with nothing changed keeps no
+                // per-object memo at all).
+                Some(true) if !read => {
+                    self.known.remove(&key);
+                }
+                // A read by name is not cached: remember its version, or the next pass
+                // would read it again.
+                Some(true) => self.remember(key, actual.resource_version.as_deref(), &digest),
+                _ => to_write.push(kind),
             }
         }
         if to_write.is_empty() {

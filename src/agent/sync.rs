@@ -52,29 +52,30 @@ pub struct DesiredState {
 /// Where the desired state lives: the sync tasks write, the reconciler reads.
 pub type DesiredTx = watch::Sender<DesiredState>;
 
-/// Converts a gateway deployment into the domain type the builders take.
-pub fn from_proto(d: &proto::Deployment, deployer_id: &str) -> DeployedObject {
-    let spec = d.spec.clone().unwrap_or_default();
-    let opt = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+/// Converts a gateway deployment into the domain type the builders take (moving its
+/// strings, not copying them).
+pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
+    let spec = d.spec.unwrap_or_default();
+    let opt = |s: String| Some(s).filter(|s| !s.is_empty());
     let res = spec.resources.unwrap_or_default();
     let proxy = spec.proxy.unwrap_or_default();
     DeployedObject {
-        id: d.id.clone(),
+        id: d.id,
         deployer_id: if d.deployer_id.is_empty() {
             deployer_id.to_string()
         } else {
-            d.deployer_id.clone()
+            d.deployer_id
         },
-        name: d.name.clone(),
-        namespace: d.namespace.clone(),
+        name: d.name,
+        namespace: d.namespace,
         revision: d.revision_of_last_change,
         spec: DeploymentSpec {
             model_name: spec.model_name,
             image: spec.image,
             replicas: spec.replicas,
             port: spec.port,
-            host: opt(&spec.host),
-            ingress_class: opt(&spec.ingress_class),
+            host: opt(spec.host),
+            ingress_class: opt(spec.ingress_class),
             env: spec
                 .env
                 .into_iter()
@@ -84,10 +85,10 @@ pub fn from_proto(d: &proto::Deployment, deployer_id: &str) -> DeployedObject {
                 })
                 .collect(),
             resources: Resources {
-                cpu_request: opt(&res.cpu_request),
-                cpu_limit: opt(&res.cpu_limit),
-                memory_request: opt(&res.memory_request),
-                memory_limit: opt(&res.memory_limit),
+                cpu_request: opt(res.cpu_request),
+                cpu_limit: opt(res.cpu_limit),
+                memory_request: opt(res.memory_request),
+                memory_limit: opt(res.memory_limit),
             },
             proxy: ProxySpec {
                 enabled: proxy.enabled,
@@ -101,8 +102,12 @@ pub fn from_proto(d: &proto::Deployment, deployer_id: &str) -> DeployedObject {
 /// Applies a snapshot. `from_watch` snapshots (sent on connect) are always authoritative;
 /// a List answer older than what the stream already delivered is ignored.
 ///
+/// The snapshot is consumed one deployment at a time: each is converted (moving its
+/// strings), compared with the one already known, and the known `Arc` kept when equal, so
+/// a snapshot of thousands of unchanged deployments never exists twice in memory.
+///
 /// Returns whether the state changed.
-pub fn apply_snapshot(state: &mut DesiredState, snap: &proto::Snapshot, from_watch: bool) -> bool {
+pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watch: bool) -> bool {
     if !from_watch && snap.revision < state.revision {
         debug!(
             revision = snap.revision,
@@ -127,27 +132,38 @@ pub fn apply_snapshot(state: &mut DesiredState, snap: &proto::Snapshot, from_wat
         state.deployer_id = Some(snap.deployer_id.clone());
     }
     let deployer_id = state.deployer_id.clone().unwrap_or_default();
-    let incoming: HashMap<String, Arc<DeployedObject>> = snap
-        .deployments
-        .iter()
-        .map(|d| (d.id.clone(), Arc::new(from_proto(d, &deployer_id))))
-        .collect();
-    let before = (state.revision, state.complete, state.deployments.len());
+    let before = (state.revision, state.complete);
     if snap.complete {
-        let same = state.deployments.len() == incoming.len()
-            && incoming
-                .iter()
-                .all(|(id, d)| state.deployments.get(id).is_some_and(|o| o == d));
-        if !same {
-            state.deployments = incoming;
+        let mut old = std::mem::take(&mut state.deployments);
+        let known = old.len();
+        let mut same = true;
+        let mut fresh = HashMap::with_capacity(snap.deployments.len());
+        for d in snap.deployments {
+            let new = from_proto(d, &deployer_id);
+            let (id, obj) = match old.remove_entry(&new.id) {
+                Some((id, o)) if *o == new => (id, o),
+                Some((id, _)) => {
+                    same = false;
+                    (id, Arc::new(new))
+                }
+                None => {
+                    same = false;
+                    (new.id.clone(), Arc::new(new))
+                }
+            };
+            fresh.insert(id, obj);
         }
+        // Whatever is left was known and is no longer desired.
+        same &= old.is_empty() && fresh.len() == known;
+        state.deployments = fresh;
         state.complete = true;
         state.revision = snap.revision;
         !same || before.0 != state.revision || !before.1
     } else {
         // An incomplete list adds what it carries but proves nothing about absences.
-        for (id, d) in incoming {
-            state.deployments.insert(id, d);
+        for d in snap.deployments {
+            let obj = from_proto(d, &deployer_id);
+            state.deployments.insert(obj.id.clone(), Arc::new(obj));
         }
         state.revision = state.revision.max(snap.revision);
         true
@@ -188,7 +204,7 @@ fn apply_ordered(
 }
 
 /// Applies one Watch event; snapshots are handled by [`apply_snapshot`].
-pub fn apply_event(state: &mut DesiredState, event: &proto::watch_event::Event) -> EventOutcome {
+pub fn apply_event(state: &mut DesiredState, event: proto::watch_event::Event) -> EventOutcome {
     use proto::watch_event::Event;
     match event {
         Event::Snapshot(s) => {
@@ -199,7 +215,7 @@ pub fn apply_event(state: &mut DesiredState, event: &proto::watch_event::Event) 
             }
         }
         Event::Upsert(u) => {
-            let Some(d) = &u.deployment else {
+            let Some(d) = u.deployment else {
                 return EventOutcome::Ignored;
             };
             let deployer_id = state.deployer_id.clone().unwrap_or_default();
@@ -409,10 +425,11 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                         Ok(Some(proto::WatchEvent { event: Some(event) })) => {
                             let is_snapshot =
                                 matches!(event, proto::watch_event::Event::Snapshot(_));
+                            let is_heartbeat =
+                                matches!(event, proto::watch_event::Event::Heartbeat(_));
                             let outcome = ctx.update(|s| {
-                                let o = apply_event(s, &event);
-                                let changed = o != EventOutcome::Ignored
-                                    && !matches!(event, proto::watch_event::Event::Heartbeat(_));
+                                let o = apply_event(s, event);
+                                let changed = o != EventOutcome::Ignored && !is_heartbeat;
                                 (o, changed)
                             });
                             if is_snapshot && ctx.connected.borrow().is_none() {
@@ -478,7 +495,7 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
         match answer {
             Ok(snap) => {
                 let snap = snap.into_inner();
-                ctx.update(|s| ((), apply_snapshot(s, &snap, false)));
+                ctx.update(|s| ((), apply_snapshot(s, snap, false)));
                 ctx.record_desired();
             }
             Err(status) => {
@@ -592,7 +609,7 @@ mod tests {
     fn snapshot_then_ordered_events() {
         let mut s = DesiredState::default();
         assert!(!s.complete);
-        apply_snapshot(&mut s, &snap(3, vec![dep("a", 2), dep("b", 3)], true), true);
+        apply_snapshot(&mut s, snap(3, vec![dep("a", 2), dep("b", 3)], true), true);
         assert!(s.complete);
         assert_eq!(s.deployer_id.as_deref(), Some("d1"));
         assert_eq!(s.deployments.len(), 2);
@@ -600,14 +617,18 @@ mod tests {
             revision: 4,
             deployment: Some(dep("c", 4)),
         });
-        assert_eq!(apply_event(&mut s, &up), EventOutcome::Applied);
-        assert_eq!(apply_event(&mut s, &up), EventOutcome::Ignored, "duplicate");
+        assert_eq!(apply_event(&mut s, up.clone()), EventOutcome::Applied);
+        assert_eq!(
+            apply_event(&mut s, up.clone()),
+            EventOutcome::Ignored,
+            "duplicate"
+        );
         let rm = Event::Removal(proto::Removal {
             revision: 5,
             deployment_id: "a".into(),
             ..Default::default()
         });
-        assert_eq!(apply_event(&mut s, &rm), EventOutcome::Applied);
+        assert_eq!(apply_event(&mut s, rm), EventOutcome::Applied);
         assert!(!s.deployments.contains_key("a"));
         assert!(s.complete);
         assert_eq!(s.revision, 5);
@@ -616,19 +637,19 @@ mod tests {
     #[test]
     fn gap_marks_incomplete_until_a_list() {
         let mut s = DesiredState::default();
-        apply_snapshot(&mut s, &snap(3, vec![dep("a", 3)], true), true);
+        apply_snapshot(&mut s, snap(3, vec![dep("a", 3)], true), true);
         let up = Event::Upsert(proto::Upsert {
             revision: 6,
             deployment: Some(dep("b", 6)),
         });
-        assert_eq!(apply_event(&mut s, &up), EventOutcome::Gap);
+        assert_eq!(apply_event(&mut s, up.clone()), EventOutcome::Gap);
         assert!(!s.complete, "no prune while something may be missing");
         let hb = Event::Heartbeat(proto::Heartbeat { revision: 9 });
-        assert_eq!(apply_event(&mut s, &hb), EventOutcome::Gap);
+        assert_eq!(apply_event(&mut s, hb), EventOutcome::Gap);
         // An older List answer is ignored; a current one restores completeness.
-        assert!(!apply_snapshot(&mut s, &snap(5, vec![], true), false));
+        assert!(!apply_snapshot(&mut s, snap(5, vec![], true), false));
         assert!(!s.complete);
-        apply_snapshot(&mut s, &snap(9, vec![dep("b", 6)], true), false);
+        apply_snapshot(&mut s, snap(9, vec![dep("b", 6)], true), false);
         assert!(s.complete);
         assert_eq!(s.deployments.len(), 1);
     }
@@ -636,20 +657,51 @@ mod tests {
     #[test]
     fn incomplete_snapshot_never_removes() {
         let mut s = DesiredState::default();
-        apply_snapshot(&mut s, &snap(1, vec![], false), true);
+        apply_snapshot(&mut s, snap(1, vec![], false), true);
         assert!(!s.complete, "an empty list counts only when complete");
-        apply_snapshot(&mut s, &snap(2, vec![dep("a", 2)], true), true);
-        apply_snapshot(&mut s, &snap(3, vec![], false), true);
+        apply_snapshot(&mut s, snap(2, vec![dep("a", 2)], true), true);
+        apply_snapshot(&mut s, snap(3, vec![], false), true);
         assert!(s.deployments.contains_key("a"));
+    }
+
+    #[test]
+    fn unchanged_snapshot_keeps_the_known_deployments() {
+        let mut s = DesiredState::default();
+        apply_snapshot(&mut s, snap(3, vec![dep("a", 2), dep("b", 3)], true), true);
+        let a = s.deployments["a"].clone();
+        let b = s.deployments["b"].clone();
+        assert!(!apply_snapshot(
+            &mut s,
+            snap(3, vec![dep("a", 2), dep("b", 3)], true),
+            false
+        ));
+        assert!(Arc::ptr_eq(&a, &s.deployments["a"]), "not rebuilt");
+        let mut b2 = dep("b", 4);
+        b2.spec.as_mut().unwrap().image = "img:2".into();
+        assert!(apply_snapshot(
+            &mut s,
+            snap(4, vec![dep("a", 2), b2], true),
+            false
+        ));
+        assert!(Arc::ptr_eq(&a, &s.deployments["a"]));
+        assert_eq!(s.deployments["b"].spec.image, "img:2");
+        assert!(!Arc::ptr_eq(&b, &s.deployments["b"]));
+        // Same revision, one fewer deployment: a change.
+        assert!(apply_snapshot(
+            &mut s,
+            snap(4, vec![dep("a", 2)], true),
+            false
+        ));
+        assert!(!s.deployments.contains_key("b"));
     }
 
     #[test]
     fn snapshot_of_another_deployer_is_refused() {
         let mut s = DesiredState::default();
-        apply_snapshot(&mut s, &snap(1, vec![dep("a", 1)], true), true);
+        apply_snapshot(&mut s, snap(1, vec![dep("a", 1)], true), true);
         let mut other = snap(2, vec![], true);
         other.deployer_id = "d2".into();
-        assert!(!apply_snapshot(&mut s, &other, true));
+        assert!(!apply_snapshot(&mut s, other, true));
         assert!(s.deployments.contains_key("a"));
     }
 
@@ -662,7 +714,7 @@ mod tests {
             cpu_request: "500m".into(),
             ..Default::default()
         });
-        let o = from_proto(&d, "d1");
+        let o = from_proto(d, "d1");
         assert_eq!(o.spec.host.as_deref(), Some("iris.example.com"));
         assert_eq!(o.spec.ingress_class, None);
         assert_eq!(o.spec.resources.cpu_request.as_deref(), Some("500m"));
