@@ -14,7 +14,7 @@
 //! detection and "no write when nothing changed" are exactly those of a full comparison.
 
 use super::builders::{DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION};
-use super::reconcile::{Kind, build_kind, digest, is_subset, wanted_kinds};
+use super::reconcile::{Kind, SpecDigest, build_kind, digest, is_subset, wanted_kinds};
 use super::sync::DesiredState;
 use crate::core::DeployedObject;
 use futures::StreamExt;
@@ -181,7 +181,7 @@ impl<K: Resource<DynamicType = ()>> Slim<K> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     /// Digest of the desired deployment compared against (see `reconcile::digest`).
-    pub digest: Arc<str>,
+    pub digest: SpecDigest,
     /// Whether every desired field had the desired value.
     pub in_sync: bool,
 }
@@ -247,15 +247,16 @@ pub struct Cached {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     /// Value of the owner label (the deployer ID), if any.
-    pub owner: Option<String>,
+    /// Shared between the objects of one watch (they all carry the same value).
+    pub owner: Option<Arc<str>>,
     /// Value of the deployment-ID label, if any.
     pub deployment_id: Option<String>,
     /// The deployer revision the object was last applied with (0 if unknown).
     pub revision: u64,
     /// The object is being deleted.
     pub deleting: bool,
-    /// Deployments only.
-    pub rollout: Option<RolloutStatus>,
+    /// Deployments only (boxed: Services and Ingresses do not pay for it).
+    pub rollout: Option<Box<RolloutStatus>>,
     pub verdict: Option<Verdict>,
 }
 
@@ -271,14 +272,15 @@ impl Cached {
         let label = |k: &str| meta.labels.as_ref().and_then(|l| l.get(k)).cloned();
         let rollout = (kind == Kind::Deployment)
             .then(|| RolloutStatus::from_json(meta.generation, &object.status))
-            .flatten();
+            .flatten()
+            .map(Box::new);
         let mut cached = Self {
             kind,
             name: meta.name.clone().unwrap_or_default(),
             namespace: meta.namespace.clone().unwrap_or_default(),
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
-            owner: label(OWNER_LABEL),
+            owner: label(OWNER_LABEL).map(Arc::from),
             deployment_id: label(DEPLOYMENT_ID_LABEL),
             revision: meta
                 .annotations
@@ -295,10 +297,10 @@ impl Cached {
     }
 
     /// Whether the verdict was computed against `digest`, and if so its answer.
-    pub fn in_sync_with(&self, digest: &str) -> Option<bool> {
+    pub fn in_sync_with(&self, digest: SpecDigest) -> Option<bool> {
         self.verdict
             .as_ref()
-            .filter(|v| *v.digest == *digest)
+            .filter(|v| v.digest == digest)
             .map(|v| v.in_sync)
     }
 }
@@ -311,7 +313,7 @@ pub fn verdict_against(
     value: &serde_json::Value,
 ) -> Verdict {
     Verdict {
-        digest: digest(obj).into(),
+        digest: digest(obj),
         in_sync: is_subset(&build_kind(obj, kind, proxy_image), value),
     }
 }
@@ -393,8 +395,15 @@ where
         map: map.clone(),
         ready,
     };
-    let project = move |o: Slim<K>| -> ((String, String), Arc<Cached>) {
-        let c = Cached::project(kind, o, |c, value| judge.verdict(kind, c, value));
+    // Every object of the watch carries the same owner label: keep one copy of it.
+    let mut owner: Option<Arc<str>> = None;
+    let mut project = move |o: Slim<K>| -> ((String, String), Arc<Cached>) {
+        let mut c = Cached::project(kind, o, |c, value| judge.verdict(kind, c, value));
+        match (&c.owner, &owner) {
+            (Some(new), Some(known)) if new == known => c.owner = Some(known.clone()),
+            (Some(new), _) => owner = Some(new.clone()),
+            (None, _) => {}
+        }
         ((c.namespace.clone(), c.name.clone()), Arc::new(c))
     };
     let key = |o: &Slim<K>| {

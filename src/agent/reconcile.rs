@@ -121,13 +121,25 @@ pub(super) fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
 }
 
 /// A compact identity of what a deployment wants: equal digests, equal desired objects.
-pub(super) fn digest(obj: &DeployedObject) -> String {
+/// Two words, so verdicts and memos hold it inline (no allocation per object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecDigest {
+    /// The deployer revision of the deployment's last change.
+    pub revision: u64,
+    /// The first 8 bytes of the SHA-256 of name, namespace and spec.
+    pub hash: u64,
+}
+
+/// The [`SpecDigest`] of `obj`.
+pub(super) fn digest(obj: &DeployedObject) -> SpecDigest {
     let bytes = serde_json::to_vec(&(&obj.name, &obj.namespace, &obj.spec)).unwrap_or_default();
-    format!(
-        "{}/{}",
-        obj.revision,
-        hex::encode(&sha2::Sha256::digest(&bytes)[..8])
-    )
+    let sum = sha2::Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&sum[..8]);
+    SpecDigest {
+        revision: obj.revision,
+        hash: u64::from_le_bytes(first),
+    }
 }
 
 type Key = (Kind, String, String);
@@ -136,7 +148,7 @@ type Key = (Kind, String, String);
 #[derive(Debug, Clone)]
 struct Known {
     rv: String,
-    digest: Arc<str>,
+    digest: SpecDigest,
 }
 
 fn rv_number(rv: &str) -> Option<u64> {
@@ -268,12 +280,12 @@ fn status_of(
         ..Default::default()
     };
     if let Some(d) = actual {
-        let st = d.rollout.clone().unwrap_or_default();
+        let st = d.rollout.as_deref().cloned().unwrap_or_default();
         s.ready_replicas = as_u32(st.ready_replicas);
         s.available_replicas = as_u32(st.available_replicas);
         s.updated_replicas = as_u32(st.updated_replicas);
         s.applied_revision = d.revision;
-        let (phase, why) = phase_of(obj.spec.replicas, d.rollout.as_ref());
+        let (phase, why) = phase_of(obj.spec.replicas, d.rollout.as_deref());
         s.phase = phase as i32;
         s.last_error = why;
     } else {
@@ -322,7 +334,7 @@ pub struct Reconciler {
     config: ReconcileConfig,
     stores: Stores,
     metrics: Arc<Metrics>,
-    digests: HashMap<String, (u64, Arc<str>)>,
+    digests: HashMap<String, SpecDigest>,
     known: HashMap<Key, Known>,
     deleted: HashSet<String>,
 }
@@ -357,25 +369,24 @@ impl Reconciler {
         }
     }
 
-    fn digest(&mut self, obj: &DeployedObject) -> Arc<str> {
-        if let Some((rev, d)) = self.digests.get(&obj.id)
-            && *rev == obj.revision
+    fn digest(&mut self, obj: &DeployedObject) -> SpecDigest {
+        if let Some(d) = self.digests.get(&obj.id)
+            && d.revision == obj.revision
         {
-            return d.clone();
+            return *d;
         }
-        let d: Arc<str> = digest(obj).into();
-        self.digests
-            .insert(obj.id.clone(), (obj.revision, d.clone()));
+        let d = digest(obj);
+        self.digests.insert(obj.id.clone(), d);
         d
     }
 
     /// Whether `actual` is a version already known to match `digest`.
-    fn known_in_sync(&self, key: &Key, digest: &str, actual: &Cached) -> bool {
+    fn known_in_sync(&self, key: &Key, digest: SpecDigest, actual: &Cached) -> bool {
         let rv = actual.resource_version.as_deref().unwrap_or_default();
         let Some(k) = self.known.get(key) else {
             return false;
         };
-        if *k.digest != *digest {
+        if k.digest != digest {
             return false;
         }
         if k.rv == rv {
@@ -385,13 +396,13 @@ impl Reconciler {
         matches!((rv_number(&k.rv), rv_number(rv)), (Some(mine), Some(seen)) if seen < mine)
     }
 
-    fn remember(&mut self, key: Key, rv: Option<&str>, digest: &Arc<str>) {
+    fn remember(&mut self, key: Key, rv: Option<&str>, digest: SpecDigest) {
         if let Some(rv) = rv {
             self.known.insert(
                 key,
                 Known {
                     rv: rv.to_string(),
-                    digest: digest.clone(),
+                    digest,
                 },
             );
         }
@@ -547,7 +558,12 @@ impl Reconciler {
 
     /// One level-triggered pass over every desired deployment and every owned object.
     pub async fn pass(&mut self, desired: &DesiredState) -> PassOutcome {
-        let mut out = PassOutcome::default();
+        let mut out = PassOutcome {
+            // Sized once: growing by doubling would leave the smaller tables behind as
+            // allocator fragments.
+            statuses: HashMap::with_capacity(desired.deployments.len()),
+            ..Default::default()
+        };
         self.prune(desired, &mut out).await;
         let mut ids: Vec<&String> = desired.deployments.keys().collect();
         ids.sort();
@@ -578,13 +594,15 @@ impl Reconciler {
         // Forget what belongs to deployments that are gone.
         self.digests
             .retain(|id, _| desired.deployments.contains_key(id));
-        let live: HashSet<String> = self
-            .stores
-            .all()
-            .iter()
-            .filter_map(|a| a.uid.clone())
-            .collect();
-        self.deleted.retain(|uid| live.contains(uid));
+        if !self.deleted.is_empty() {
+            let live: HashSet<String> = self
+                .stores
+                .all()
+                .iter()
+                .filter_map(|a| a.uid.clone())
+                .collect();
+            self.deleted.retain(|uid| live.contains(uid));
+        }
         for kind in [Kind::Deployment, Kind::Service, Kind::Ingress] {
             let n = self.stores.of(kind).len();
             self.metrics
@@ -721,7 +739,7 @@ impl Reconciler {
             };
             if let Some(a) = &actual {
                 self.check_holder(kind, obj, desired, a)?;
-                if a.in_sync_with(&digest).is_none() && !self.known_in_sync(&key, &digest, a) {
+                if a.in_sync_with(digest).is_none() && !self.known_in_sync(&key, digest, a) {
                     // Compared on receipt with an older desired state: compare again.
                     read = true;
                     actual = self.get_by_name(kind, obj).await.map_err(read_error)?;
@@ -735,10 +753,10 @@ impl Reconciler {
                 to_write.push(kind);
                 continue;
             };
-            if self.known_in_sync(&key, &digest, &actual) {
+            if self.known_in_sync(&key, digest, &actual) {
                 continue;
             }
-            match actual.in_sync_with(&digest) {
+            match actual.in_sync_with(digest) {
                 // The cache's verdict is current: it answers by itself next pass too, so
                 // nothing needs remembering (a restart with nothing changed keeps no
                 // per-object memo at all).
@@ -747,7 +765,7 @@ impl Reconciler {
                 }
                 // A read by name is not cached: remember its version, or the next pass
                 // would read it again.
-                Some(true) => self.remember(key, actual.resource_version.as_deref(), &digest),
+                Some(true) => self.remember(key, actual.resource_version.as_deref(), digest),
                 _ => to_write.push(kind),
             }
         }
@@ -794,7 +812,7 @@ impl Reconciler {
             self.remember(
                 (kind, obj.namespace.clone(), obj.name.clone()),
                 written.as_deref(),
-                &digest,
+                digest,
             );
         }
         Ok(())

@@ -45,8 +45,9 @@ pub struct DesiredState {
     /// True when the map is known complete: a complete snapshot was applied and no gap seen
     /// since. Only then may owned objects absent from it be pruned.
     pub complete: bool,
-    /// Desired deployments by ID.
-    pub deployments: HashMap<String, Arc<DeployedObject>>,
+    /// Desired deployments by ID. Shared, so that a reconcile pass holding the state does
+    /// not copy the map; an update while a pass holds it copies it once (`Arc::make_mut`).
+    pub deployments: Arc<HashMap<String, Arc<DeployedObject>>>,
 }
 
 /// Where the desired state lives: the sync tasks write, the reconciler reads.
@@ -134,7 +135,7 @@ pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watc
     let deployer_id = state.deployer_id.clone().unwrap_or_default();
     let before = (state.revision, state.complete);
     if snap.complete {
-        let mut old = std::mem::take(&mut state.deployments);
+        let mut old = Arc::unwrap_or_clone(std::mem::take(&mut state.deployments));
         let known = old.len();
         let mut same = true;
         let mut fresh = HashMap::with_capacity(snap.deployments.len());
@@ -155,15 +156,16 @@ pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watc
         }
         // Whatever is left was known and is no longer desired.
         same &= old.is_empty() && fresh.len() == known;
-        state.deployments = fresh;
+        state.deployments = Arc::new(fresh);
         state.complete = true;
         state.revision = snap.revision;
         !same || before.0 != state.revision || !before.1
     } else {
         // An incomplete list adds what it carries but proves nothing about absences.
+        let map = Arc::make_mut(&mut state.deployments);
         for d in snap.deployments {
             let obj = from_proto(d, &deployer_id);
-            state.deployments.insert(obj.id.clone(), Arc::new(obj));
+            map.insert(obj.id.clone(), Arc::new(obj));
         }
         state.revision = state.revision.max(snap.revision);
         true
@@ -221,11 +223,11 @@ pub fn apply_event(state: &mut DesiredState, event: proto::watch_event::Event) -
             let deployer_id = state.deployer_id.clone().unwrap_or_default();
             let obj = Arc::new(from_proto(d, &deployer_id));
             apply_ordered(state, u.revision, |s| {
-                s.deployments.insert(obj.id.clone(), obj);
+                Arc::make_mut(&mut s.deployments).insert(obj.id.clone(), obj);
             })
         }
         Event::Removal(r) => apply_ordered(state, r.revision, |s| {
-            s.deployments.remove(&r.deployment_id);
+            Arc::make_mut(&mut s.deployments).remove(&r.deployment_id);
         }),
         Event::Heartbeat(h) => {
             if h.revision > state.revision {
@@ -509,6 +511,23 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
 /// Current statuses as the reconciler computes them, by deployment ID.
 pub type Statuses = Arc<HashMap<String, proto::DeploymentStatus>>;
 
+/// Most statuses in one report: a first report after a restart covers every deployment,
+/// and chunks keep its encoding (and the copies it needs) small.
+const REPORT_CHUNK: usize = 500;
+
+/// A fingerprint of a status as sent (its encoding hashed into `buf`'s reused bytes), so
+/// the statuses already reported are remembered as one word each, not as copies.
+fn fingerprint(s: &proto::DeploymentStatus, buf: &mut Vec<u8>) -> u64 {
+    use prost::Message;
+    use std::hash::{Hash, Hasher};
+    buf.clear();
+    // Encoding into a Vec cannot run out of space.
+    let _ = s.encode(buf);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    buf.hash(&mut h);
+    h.finish()
+}
+
 /// Sends statuses that changed, a full report after each (re)connect, and a heartbeat.
 pub async fn status_loop(
     ctx: SyncContext,
@@ -517,7 +536,9 @@ pub async fn status_loop(
     heartbeat: Duration,
     cancel: CancellationToken,
 ) {
-    let mut sent: HashMap<String, proto::DeploymentStatus> = HashMap::new();
+    // Fingerprints of the statuses the gateway has, by deployment ID.
+    let mut sent: HashMap<String, u64> = HashMap::new();
+    let mut buf = Vec::new();
     let mut connected = ctx.connected.subscribe();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -539,37 +560,48 @@ pub async fn status_loop(
             continue;
         }
         let current = statuses.borrow_and_update().clone();
-        let changed: Vec<proto::DeploymentStatus> = current
+        let mut changed: Vec<(&proto::DeploymentStatus, u64)> = current
             .values()
-            .filter(|s| sent.get(&s.deployment_id) != Some(*s))
-            .cloned()
+            .filter_map(|s| {
+                let f = fingerprint(s, &mut buf);
+                (sent.get(&s.deployment_id) != Some(&f)).then_some((s, f))
+            })
             .collect();
         if changed.is_empty() && !beat {
             continue;
         }
-        let report = proto::StatusReport {
-            agent: Some(ctx.agent_info()),
-            statuses: changed.clone(),
-        };
-        let mut client = ctx.client.clone();
-        let result = tokio::select! {
-            r = client.report_status(report) => r,
-            () = cancel.cancelled() => return,
-        };
-        match result {
-            Ok(ack) => {
-                for s in changed {
-                    sent.insert(s.deployment_id.clone(), s);
+        let mut gateway_ahead = false;
+        loop {
+            let chunk: Vec<_> = changed.drain(..changed.len().min(REPORT_CHUNK)).collect();
+            let report = proto::StatusReport {
+                agent: Some(ctx.agent_info()),
+                statuses: chunk.iter().map(|(s, _)| (*s).clone()).collect(),
+            };
+            let mut client = ctx.client.clone();
+            let result = tokio::select! {
+                r = client.report_status(report) => r,
+                () = cancel.cancelled() => return,
+            };
+            match result {
+                Ok(ack) => {
+                    for (s, f) in chunk {
+                        sent.insert(s.deployment_id.clone(), f);
+                    }
+                    gateway_ahead |= ack.into_inner().revision > ctx.desired.borrow().revision;
                 }
-                sent.retain(|id, _| current.contains_key(id));
-                if ack.into_inner().revision > ctx.desired.borrow().revision {
-                    ctx.list_now.notify_one();
+                Err(status) => {
+                    // Unsent statuses stay different from `sent`, so the next wake-up retries.
+                    debug!(code = ?status.code(), message = %status.message(), "status report failed");
+                    break;
                 }
             }
-            Err(status) => {
-                // Unsent statuses stay different from `sent`, so the next wake-up retries.
-                debug!(code = ?status.code(), message = %status.message(), "status report failed");
+            if changed.is_empty() {
+                break;
             }
+        }
+        sent.retain(|id, _| current.contains_key(id));
+        if gateway_ahead {
+            ctx.list_now.notify_one();
         }
     }
 }
