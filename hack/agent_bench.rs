@@ -339,18 +339,72 @@ async fn main() {
     let first_pass = t0.elapsed();
     let steady_rss = peak_rss_kib(agent.id());
     stop(&mut agent);
+    println!();
+    println!("## cold restart with {cold} owned deployments, nothing changed");
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| first start: create {cold} via the gateway until all owned | {:.1} s |",
+        first_pass.as_secs_f64()
+    );
+    println!(
+        "| first agent's peak RSS after creating them | {:.1} MiB |",
+        steady_rss as f64 / 1024.0
+    );
+    // RESTARTS=n restarts n times; with DS_BIN_ALT set they alternate between DS_BIN and
+    // that binary (A/B in one run, same cluster and gateway state).
+    let restarts = env_usize("RESTARTS", 1);
+    let alt = std::env::var("DS_BIN_ALT").ok().map(PathBuf::from);
+    let wrap = std::env::var("AGENT_WRAP").ok();
+    for n in 0..restarts {
+        let bin = match &alt {
+            Some(b) if n % 2 == 1 => b.clone(),
+            _ => ds.clone(),
+        };
+        let r = restart(&bin, &sim, &gw.url(), &token, &kubeconfig, wrap.as_deref()).await;
+        println!(
+            "| restart {} (`{}`): time to ready (`/readyz` 200) | {:.2} s |",
+            n + 1,
+            bin.display(),
+            r.ready.as_secs_f64()
+        );
+        println!(
+            "| restart {}: write calls to the API server | {} |",
+            n + 1,
+            r.writes
+        );
+        println!(
+            "| restart {}: agent peak RSS (of which file-backed at the end) | {:.1} MiB ({:.1} MiB) |",
+            n + 1,
+            r.peak_kib as f64 / 1024.0,
+            r.file_kib as f64 / 1024.0
+        );
+    }
+    sim.shutdown().await;
+    gw.shutdown().await;
+}
+
+struct Restart {
+    ready: Duration,
+    writes: u64,
+    peak_kib: u64,
+    file_kib: u64,
+}
+
+/// Starts a fresh agent process on the existing state; measures until ready and one more
+/// full pass.
+async fn restart(
+    ds: &Path,
+    sim: &SimCluster,
+    gateway: &str,
+    token: &str,
+    kubeconfig: &Path,
+    wrap: Option<&str>,
+) -> Restart {
     sim.counters().reset();
     let health2 = free_port();
     let t0 = Instant::now();
-    let wrap = std::env::var("AGENT_WRAP").ok();
-    let mut agent = spawn_agent(
-        &ds,
-        &gw.url(),
-        &token,
-        &kubeconfig,
-        health2,
-        wrap.as_deref(),
-    );
+    let mut agent = spawn_agent(ds, gateway, token, kubeconfig, health2, wrap);
     // RSS timeline of the restarted agent: when the peak happens says what causes it.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -363,7 +417,7 @@ async fn main() {
                     status_kib(pid, "VmRSS:"),
                     status_kib(pid, "RssFile:"),
                 ));
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(1));
             }
             samples
         })
@@ -385,12 +439,13 @@ async fn main() {
     })
     .await;
     let writes = sim.counters().writes();
-    let rss = peak_rss_kib(agent.id());
+    let peak_kib = peak_rss_kib(agent.id());
+    let file_kib = status_kib(agent.id(), "RssFile:");
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.join().expect("sampler");
     stop(&mut agent);
     if std::env::var_os("RSS_TIMELINE").is_some() {
-        // Every 250 ms, the highest RSS seen in that window.
+        // Every 50 ms, the highest RSS seen in that window.
         let mut window = Duration::ZERO;
         let mut high = (0, 0);
         eprintln!(
@@ -401,7 +456,7 @@ async fn main() {
             if *kib > high.0 {
                 high = (*kib, *file);
             }
-            if *t >= window + Duration::from_millis(250) {
+            if *t >= window + Duration::from_millis(50) {
                 eprintln!(
                     "{:6.2} {:6.1} {:6.1}",
                     t.as_secs_f64(),
@@ -413,27 +468,10 @@ async fn main() {
             }
         }
     }
-    println!();
-    println!("## cold restart with {cold} owned deployments, nothing changed");
-    println!("| measure | value |");
-    println!("| --- | --- |");
-    println!(
-        "| first start: create {cold} via the gateway until all owned | {:.1} s |",
-        first_pass.as_secs_f64()
-    );
-    println!(
-        "| first agent's peak RSS after creating them | {:.1} MiB |",
-        steady_rss as f64 / 1024.0
-    );
-    println!(
-        "| restart: time to ready (`/readyz` 200) | {:.2} s |",
-        ready.as_secs_f64()
-    );
-    println!("| restart: write calls to the API server | {writes} |");
-    println!(
-        "| restart: agent peak RSS | {:.1} MiB |",
-        rss as f64 / 1024.0
-    );
-    sim.shutdown().await;
-    gw.shutdown().await;
+    Restart {
+        ready,
+        writes,
+        peak_kib,
+        file_kib,
+    }
 }
