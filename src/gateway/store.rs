@@ -34,7 +34,9 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The database URL names a back end this build does not serve.
-    #[error("unsupported database URL scheme {0:?} (supported: sqlite:)")]
+    #[error(
+        "unsupported database URL scheme {0:?} (supported: sqlite:, postgres://, postgresql://)"
+    )]
     Unsupported(String),
 }
 
@@ -282,6 +284,14 @@ impl ChangeHub {
                 map.remove(deployer_id);
             }
         }
+    }
+
+    /// Ends a deployer's watchers (their channel closes): they reconnect and start over
+    /// from a fresh snapshot. For a back end that cannot deliver some changes in order,
+    /// e.g. another replica's changes that were pruned before this one read them.
+    pub fn resync(&self, deployer_id: &str) {
+        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(deployer_id);
     }
 
     /// Subscribes to the IDs of deployments whose spec or status changed.
