@@ -527,6 +527,76 @@ async fn old_changes_are_pruned_and_a_gap_resyncs_watchers() {
     db.drop_db().await;
 }
 
+/// Terminates the listener connections of the replicas on database `name`.
+async fn cut_listeners(conn: &mut sqlx::PgConnection, name: &str) -> u64 {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .bind(name)
+    .execute(conn)
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+/// How many listener connections are open on database `name`.
+async fn listeners(conn: &mut sqlx::PgConnection, name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+// A replica whose listener connection is cut misses the notifications sent meanwhile,
+// but not the changes: after reconnecting it re-scans and publishes them in order.
+#[tokio::test]
+async fn a_replica_whose_listener_was_cut_catches_up_in_order() {
+    let db = TestDb::new().await;
+    let a = PgStore::open_url(&db.url).await.expect("open a");
+    let b = PgStore::open_url(&db.url).await.expect("open b");
+    let d = a
+        .create_deployer("alpha", "tok1", hash("t1"))
+        .await
+        .unwrap();
+    let mut on_b = b.hub().subscribe(&d.id);
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    assert!(
+        cut_listeners(&mut conn, &db.name).await >= 2,
+        "both listeners were connected"
+    );
+    for name in ["x", "y", "z"] {
+        a.create_deployment(&d.id, name, "models", &spec(name, 1))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_hub_change(&mut on_b).await.revision());
+    }
+    assert_eq!(seen, [1, 2, 3]);
+
+    // A deletion while cut off still ends the watchers once the listener is back.
+    let start = tokio::time::Instant::now();
+    while listeners(&mut conn, &db.name).await < 2 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the listeners reconnect in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cut_listeners(&mut conn, &db.name).await;
+    a.delete_deployer(&d.id).await.unwrap();
+    assert_eq!(next_hub_change(&mut on_b).await, Change::DeployerDeleted);
+    conn.close().await.ok();
+    a.close().await;
+    b.close().await;
+    db.drop_db().await;
+}
+
 // === two gateway replicas ===
 
 /// Adds `authorization: Bearer …` to every request.
@@ -867,4 +937,121 @@ async fn unknown_database_schemes_are_refused_naming_the_supported_ones() {
         .to_string();
     assert!(err.contains("\"mysql\""), "{err}");
     assert!(err.contains("postgres://"), "{err}");
+}
+
+// === end to end: gateway replicas on PostgreSQL, the simulator and an agent ===
+
+/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// The agent talks to replica B only; the user talks to replica A only. Creates, updates
+// and deletes through A reach the cluster, and the agent's statuses show through A.
+#[tokio::test]
+async fn an_agent_on_one_replica_deploys_what_the_other_replica_is_told() {
+    use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret};
+    use ds_deployer::kube_sim::{SimCluster, SimConfig};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::Api;
+
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&db, dir.path()).await;
+    let b = replica(&db, dir.path()).await;
+    let sim = SimCluster::start(SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("sim starts");
+    let mut control_a = control(&a).await;
+    let (_, token) = create_deployer(&mut control_a, "e2e").await;
+    let mut args = AgentArgs::new(b.url());
+    args.insecure = true;
+    args.token = Some(Secret(token));
+    args.listen_health = "127.0.0.1:0".parse().unwrap();
+    args.resync = Duration::from_millis(500);
+    args.heartbeat = Duration::from_millis(500);
+    args.proxy_image = "ds:test".into();
+    args.cluster_name = "test".into();
+    let agent = RunningAgent::start_with_client(args, sim.client())
+        .await
+        .expect("agent starts");
+
+    let id = control_a
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "e2e".into(),
+            name: "iris".into(),
+            namespace: "default".into(),
+            spec: Some(DeploymentSpec::test("iris").replicas(2).into()),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .deployment
+        .expect("deployment")
+        .id;
+    let deployments: Api<Deployment> = Api::namespaced(sim.client(), "default");
+    eventually("the Deployment in the cluster", || async {
+        deployments.get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    let status = eventually("Available through replica A", || {
+        let mut control = control_a.clone();
+        let id = id.clone();
+        async move {
+            let s = control
+                .get_deployment(select(&id))
+                .await
+                .ok()?
+                .into_inner()
+                .status?;
+            (s.phase == proto::Phase::Available as i32).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.available_replicas, 2);
+
+    control_a
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&id)),
+            image: Some("tensorflow/serving:2.16.0".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    eventually("the new image in the cluster", || async {
+        let d = deployments.get_opt("iris").await.ok().flatten()?;
+        let image = d.spec?.template.spec?.containers.first()?.image.clone()?;
+        (image == "tensorflow/serving:2.16.0").then_some(())
+    })
+    .await;
+
+    control_a
+        .delete_deployment(proto::DeleteDeploymentRequest {
+            selector: Some(select(&id)),
+        })
+        .await
+        .expect("delete");
+    eventually("the Deployment gone", || async {
+        matches!(deployments.get_opt("iris").await, Ok(None)).then_some(())
+    })
+    .await;
+    agent.shutdown().await;
+    sim.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_db().await;
 }
