@@ -253,9 +253,7 @@ impl Fanout {
                     return;
                 };
                 let mut published = self.published.lock().await;
-                if published.get(deployer_id).copied().unwrap_or(0) < revision {
-                    self.catch_up(&mut published, deployer_id).await;
-                }
+                self.catch_up(&mut published, deployer_id, revision).await;
             }
             STATUS_CHANNEL => {
                 let Some((replica, ids)) = payload.split_once(' ') else {
@@ -284,13 +282,23 @@ impl Fanout {
             published.insert(deployer_id.to_string(), revision);
             self.hub.publish(deployer_id, change);
         } else {
-            self.catch_up(&mut published, deployer_id).await;
+            self.catch_up(&mut published, deployer_id, revision).await;
         }
     }
 
-    /// Publishes, in order, a deployer's logged changes above the last one published.
-    async fn catch_up(&self, published: &mut HashMap<String, u64>, deployer_id: &str) {
+    /// Publishes, in order, a deployer's logged changes above the last one published, up
+    /// to at least `target` (a committed revision).
+    async fn catch_up(&self, published: &mut HashMap<String, u64>, deployer_id: &str, target: u64) {
         let last = published.get(deployer_id).copied().unwrap_or(0);
+        if last >= target {
+            return;
+        }
+        if !self.hub.has_watchers(deployer_id) {
+            // Nobody would receive them; a watcher that subscribes later reads a
+            // snapshot, which includes these committed changes.
+            published.insert(deployer_id.to_string(), target);
+            return;
+        }
         let rows = sqlx::query(
             "SELECT revision, kind, payload FROM changes \
              WHERE deployer_id = $1 AND revision > $2 ORDER BY revision",
@@ -370,9 +378,7 @@ impl Fanout {
             self.hub.publish(&id, Change::DeployerDeleted);
         }
         for (id, revision) in current {
-            if published.get(&id).copied().unwrap_or(0) < revision {
-                self.catch_up(&mut published, &id).await;
-            }
+            self.catch_up(&mut published, &id, revision).await;
         }
     }
 }

@@ -267,8 +267,8 @@ impl ChangeHub {
             .subscribe()
     }
 
-    /// Publishes a committed change. Callers publish while holding the store's write
-    /// lock, so changes of one deployer are published in revision order.
+    /// Publishes a committed change. Callers publish each deployer's changes in revision
+    /// order (SQLite under its write lock, PostgreSQL under its fan-out lock).
     pub fn publish(&self, deployer_id: &str, change: Change) {
         if let Change::Upsert(d) = &change {
             let _ = self.touched.send(d.id.clone());
@@ -292,6 +292,17 @@ impl ChangeHub {
     pub fn resync(&self, deployer_id: &str) {
         let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(deployer_id);
+    }
+
+    /// Whether anyone would receive a change of this deployer: a watcher of it, or of any
+    /// deployment status. Lets a back end skip reading changes nobody receives.
+    pub fn has_watchers(&self, deployer_id: &str) -> bool {
+        if self.touched.receiver_count() > 0 {
+            return true;
+        }
+        let map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(deployer_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Subscribes to the IDs of deployments whose spec or status changed.
