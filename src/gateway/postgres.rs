@@ -54,6 +54,19 @@ pub struct PgStore {
     /// Stops the listener task.
     shutdown: CancellationToken,
     listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held by whoever commits the queued creates; see [`PgStore::commit_pending_creates`].
+    committer: tokio::sync::Mutex<()>,
+    /// Creates waiting to be committed together (group commit).
+    pending_creates: std::sync::Mutex<Vec<CreateJob>>,
+}
+
+/// One queued CreateDeployment: the row to insert (its revision is assigned in the
+/// batch) and where to send the outcome once the batch is committed.
+#[derive(Debug)]
+struct CreateJob {
+    record: DeploymentRecord,
+    json: String,
+    reply: tokio::sync::oneshot::Sender<Result<DeploymentRecord, StoreError>>,
 }
 
 /// Publishes committed changes on the local hub, per deployer in revision order,
@@ -144,6 +157,8 @@ impl PgStore {
             fanout,
             shutdown,
             listener: std::sync::Mutex::new(Some(task)),
+            committer: tokio::sync::Mutex::new(()),
+            pending_creates: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -417,13 +432,9 @@ fn change_from_row(deployer_id: &str, row: &PgRow) -> Result<Change, StoreError>
     }
 }
 
-/// Logs a change in `tx`, prunes the deployer's old ones and announces it (at commit).
-async fn log_change(
-    tx: &mut Transaction<'static, Postgres>,
-    deployer_id: &str,
-    change: &Change,
-) -> Result<(), StoreError> {
-    let revision = change.revision();
+/// The `changes` row of a change: its kind and JSON payload (`None` for a deleted
+/// deployer, which is announced but not logged).
+fn change_row(change: &Change) -> Result<Option<(&'static str, String)>, StoreError> {
     let (kind, payload) = match change {
         Change::Upsert(d) => (
             "upsert",
@@ -450,9 +461,22 @@ async fn log_change(
                 name: name.clone(),
             }),
         ),
-        Change::DeployerDeleted => return Ok(()),
+        Change::DeployerDeleted => return Ok(None),
     };
     let payload = payload.map_err(|e| StoreError::Corrupt(format!("change payload: {e}")))?;
+    Ok(Some((kind, payload)))
+}
+
+/// Inserts one `changes` row in `tx`.
+async fn insert_change(
+    tx: &mut Transaction<'static, Postgres>,
+    deployer_id: &str,
+    revision: u64,
+    change: &Change,
+) -> Result<(), StoreError> {
+    let Some((kind, payload)) = change_row(change)? else {
+        return Ok(());
+    };
     sqlx::query(
         "INSERT INTO changes (deployer_id, revision, kind, payload) VALUES ($1, $2, $3, $4)",
     )
@@ -462,6 +486,15 @@ async fn log_change(
     .bind(payload)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Prunes a deployer's old changes and announces its new revision (delivered at commit).
+async fn announce(
+    tx: &mut Transaction<'static, Postgres>,
+    deployer_id: &str,
+    revision: u64,
+) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM changes WHERE deployer_id = $1 AND revision <= $2")
         .bind(deployer_id)
         .bind(to_i64(revision) - KEEP_CHANGES)
@@ -473,6 +506,17 @@ async fn log_change(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Logs a change in `tx`, prunes the deployer's old ones and announces it (at commit).
+async fn log_change(
+    tx: &mut Transaction<'static, Postgres>,
+    deployer_id: &str,
+    change: &Change,
+) -> Result<(), StoreError> {
+    let revision = change.revision();
+    insert_change(tx, deployer_id, revision, change).await?;
+    announce(tx, deployer_id, revision).await
 }
 
 fn now_ms() -> i64 {
@@ -562,16 +606,21 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
-/// A deadlock or serialization failure between replicas is a conflict the caller may
-/// retry, not a database failure.
+/// Whether the database gave up on a transaction for a deadlock or serialization
+/// failure between replicas: a conflict the caller may retry, not a database failure.
+fn is_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// Maps a retryable failure (see [`is_retryable`]) to [`StoreError::Conflict`].
 fn retryable(what: &str) -> impl Fn(StoreError) -> StoreError + '_ {
-    move |e| match e {
-        StoreError::Database(sqlx::Error::Database(db))
-            if matches!(db.code().as_deref(), Some("40001" | "40P01")) =>
-        {
+    move |e| {
+        if is_retryable(&e) {
             StoreError::Conflict(what.to_string())
+        } else {
+            e
         }
-        other => other,
     }
 }
 
@@ -594,39 +643,129 @@ async fn bump_revision(
 // === impl PgStore: the writes (the trait methods map their errors) ===
 
 impl PgStore {
-    async fn try_create_deployment(
-        &self,
-        record: &mut DeploymentRecord,
-        json: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        record.revision = bump_revision(&mut tx, &record.deployer_id).await?;
-        let created = record.created_at.timestamp_millis();
-        let inserted = sqlx::query(
-            "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-             ON CONFLICT (deployer_id, namespace, name) DO NOTHING RETURNING id",
-        )
-        .bind(&record.id)
-        .bind(&record.deployer_id)
-        .bind(&record.name)
-        .bind(&record.namespace)
-        .bind(json)
-        .bind(to_i64(record.revision))
-        .bind(created)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if inserted.is_none() {
-            return Err(StoreError::AlreadyExists(format!(
-                "deployment {}/{} on this deployer",
-                record.namespace, record.name
-            )));
+    /// Commits every queued create in one transaction (one WAL flush for the batch),
+    /// then publishes and answers them in revision order. The caller holds `committer`.
+    async fn commit_pending_creates(&self) {
+        let batch = std::mem::take(
+            &mut *self
+                .pending_creates
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if batch.is_empty() {
+            return;
         }
-        let change = Change::Upsert(Arc::new(record.clone()));
-        log_change(&mut tx, &record.deployer_id, &change).await?;
+        match self.insert_batch(&batch).await {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let outcome = match outcome {
+                        Ok(revision) => {
+                            let mut record = job.record;
+                            record.revision = revision;
+                            let change = Change::Upsert(Arc::new(record.clone()));
+                            self.fanout.publish_local(&record.deployer_id, change).await;
+                            Ok(record)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    // The caller may have gone away (RPC cancelled); the row stays created.
+                    let _ = job.reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                // Nothing of the batch was committed: every caller gets the failure.
+                let conflict = is_retryable(&error);
+                let message = error.to_string();
+                for job in batch {
+                    let r = &job.record;
+                    let _ = job.reply.send(Err(if conflict {
+                        StoreError::Conflict(format!("deployment {}/{}", r.namespace, r.name))
+                    } else {
+                        StoreError::Database(sqlx::Error::Protocol(format!(
+                            "group commit failed: {message}"
+                        )))
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Inserts a batch of creates in one transaction. The deployers involved are locked
+    /// once, in ID order (no deadlock with another replica's batch); each one's revision
+    /// is advanced per inserted row and written back before the commit, with the change
+    /// rows and one notification per deployer. Per job: the new revision, or why that
+    /// one job was refused (unknown deployer, name taken); the others still commit.
+    async fn insert_batch(
+        &self,
+        batch: &[CreateJob],
+    ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let mut ids: Vec<String> = batch.iter().map(|j| j.record.deployer_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut tx = self.pool.begin().await?;
+        // deployer id -> (revision now, revision at the start of the batch)
+        let mut revisions: HashMap<String, (u64, u64)> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT id, revision FROM deployers WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        {
+            let rev = to_u64(row.try_get("revision")?);
+            revisions.insert(row.try_get("id")?, (rev, rev));
+        }
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let r = &job.record;
+            let Some(&(current, start)) = revisions.get(&r.deployer_id) else {
+                outcomes.push(Err(StoreError::NotFound(format!(
+                    "deployer {}",
+                    r.deployer_id
+                ))));
+                continue;
+            };
+            let revision = current + 1;
+            let created = r.created_at.timestamp_millis();
+            // ON CONFLICT keeps the transaction alive when a name is taken.
+            let inserted = sqlx::query(
+                "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                 ON CONFLICT (deployer_id, namespace, name) DO NOTHING RETURNING id",
+            )
+            .bind(&r.id)
+            .bind(&r.deployer_id)
+            .bind(&r.name)
+            .bind(&r.namespace)
+            .bind(&job.json)
+            .bind(to_i64(revision))
+            .bind(created)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if inserted.is_none() {
+                outcomes.push(Err(StoreError::AlreadyExists(format!(
+                    "deployment {}/{} on this deployer",
+                    r.namespace, r.name
+                ))));
+                continue;
+            }
+            let change = Change::Upsert(Arc::new(r.clone()));
+            insert_change(&mut tx, &r.deployer_id, revision, &change).await?;
+            revisions.insert(r.deployer_id.clone(), (revision, start));
+            outcomes.push(Ok(revision));
+        }
+        for (deployer_id, (now, start)) in &revisions {
+            if now != start {
+                sqlx::query("UPDATE deployers SET revision = $1 WHERE id = $2")
+                    .bind(to_i64(*now))
+                    .bind(deployer_id)
+                    .execute(&mut *tx)
+                    .await?;
+                announce(&mut tx, deployer_id, *now).await?;
+            }
+        }
         tx.commit().await?;
-        self.fanout.publish_local(&record.deployer_id, change).await;
-        Ok(())
+        Ok(outcomes)
     }
 
     async fn try_update_deployment(
@@ -986,7 +1125,7 @@ impl Store for PgStore {
     ) -> Result<DeploymentRecord, StoreError> {
         let json = spec_json(spec)?;
         let now = ts(now_ms());
-        let mut record = DeploymentRecord {
+        let record = DeploymentRecord {
             id: uuid::Uuid::new_v4().to_string(),
             deployer_id: deployer_id.to_string(),
             name: name.to_string(),
@@ -996,10 +1135,26 @@ impl Store for PgStore {
             created_at: now,
             updated_at: now,
         };
-        self.try_create_deployment(&mut record, &json)
-            .await
-            .map_err(retryable(&format!("deployment {namespace}/{name}")))?;
-        Ok(record)
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.pending_creates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(CreateJob {
+                record,
+                json,
+                reply,
+            });
+        {
+            // Creates queued while the previous holder was committing go together; ours
+            // may already have been committed by then, leaving nothing to do here.
+            let _c = self.committer.lock().await;
+            self.commit_pending_creates().await;
+        }
+        outcome.await.unwrap_or_else(|_| {
+            Err(StoreError::Database(sqlx::Error::Protocol(
+                "the create was abandoned before its commit".into(),
+            )))
+        })
     }
 
     async fn update_deployment(
