@@ -406,7 +406,8 @@ async fn install_codes_are_single_use_across_replicas() {
     db.drop_db().await;
 }
 
-// Writers on two replicas race on one deployer: revisions stay distinct and gap-free, and
+// Writers on two replicas race on one deployer (creates are committed in groups):
+// revisions stay distinct and gap-free, taken names are refused, and
 // each replica's hub publishes all of them, its own and the other's, in revision order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_replicas_publish_every_change_in_revision_order() {
@@ -431,10 +432,27 @@ async fn both_replicas_publish_every_change_in_revision_order() {
                 .map(|r| r.revision)
         });
     }
-    let mut revisions = Vec::new();
-    while let Some(r) = writers.join_next().await {
-        revisions.push(r.unwrap().expect("create"));
+    // A second create of a taken name is refused without failing its batch neighbours.
+    for i in 0..10 {
+        let store = if i % 2 == 0 { b.clone() } else { a.clone() };
+        let id = d.id.clone();
+        writers.spawn(async move {
+            store
+                .create_deployment(&id, &format!("m{i}"), "models", &spec("m", 1))
+                .await
+                .map(|r| r.revision)
+        });
     }
+    let mut revisions = Vec::new();
+    let mut refused = 0;
+    while let Some(r) = writers.join_next().await {
+        match r.unwrap() {
+            Ok(revision) => revisions.push(revision),
+            Err(StoreError::AlreadyExists(_)) => refused += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(refused, 10);
     revisions.sort_unstable();
     assert_eq!(revisions, (1..=N).collect::<Vec<_>>());
     for rx in [&mut on_a, &mut on_b] {

@@ -60,6 +60,41 @@ pub struct PgStore {
     pending_creates: std::sync::Mutex<Vec<CreateJob>>,
 }
 
+/// The rows of a create batch, column by column (bound as arrays, inserted with UNNEST).
+#[derive(Debug, Default)]
+struct BatchColumns {
+    ids: Vec<String>,
+    deployers: Vec<String>,
+    names: Vec<String>,
+    namespaces: Vec<String>,
+    specs: Vec<String>,
+    revisions: Vec<i64>,
+    created: Vec<i64>,
+    kinds: Vec<String>,
+    payloads: Vec<String>,
+}
+
+impl BatchColumns {
+    fn push(
+        &mut self,
+        r: &DeploymentRecord,
+        spec: &str,
+        revision: i64,
+        kind: &str,
+        payload: String,
+    ) {
+        self.ids.push(r.id.clone());
+        self.deployers.push(r.deployer_id.clone());
+        self.names.push(r.name.clone());
+        self.namespaces.push(r.namespace.clone());
+        self.specs.push(spec.to_string());
+        self.revisions.push(revision);
+        self.created.push(r.created_at.timestamp_millis());
+        self.kinds.push(kind.to_string());
+        self.payloads.push(payload);
+    }
+}
+
 /// One queued CreateDeployment: the row to insert (its revision is assigned in the
 /// batch) and where to send the outcome once the batch is committed.
 #[derive(Debug)]
@@ -715,6 +750,39 @@ impl PgStore {
             let rev = to_u64(row.try_get("revision")?);
             revisions.insert(row.try_get("id")?, (rev, rev));
         }
+        // Names already taken. Reliable without ON CONFLICT: every insert of a deployment
+        // holds its deployer's row lock, and we hold all of this batch's.
+        let mut taken: std::collections::HashSet<(String, String, String)> = sqlx::query(
+            "SELECT d.deployer_id, d.namespace, d.name FROM deployments d \
+             JOIN UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[]) AS q(deployer_id, namespace, name) \
+             ON d.deployer_id = q.deployer_id AND d.namespace = q.namespace AND d.name = q.name",
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.record.deployer_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.record.namespace.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.record.name.clone())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+        // Column arrays of the rows to insert: one statement each for all deployments and
+        // all change rows, whatever the batch size.
+        let mut cols = BatchColumns::default();
         let mut outcomes = Vec::with_capacity(batch.len());
         for job in batch {
             let r = &job.record;
@@ -725,34 +793,53 @@ impl PgStore {
                 ))));
                 continue;
             };
-            let revision = current + 1;
-            let created = r.created_at.timestamp_millis();
-            // ON CONFLICT keeps the transaction alive when a name is taken.
-            let inserted = sqlx::query(
-                "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
-                 ON CONFLICT (deployer_id, namespace, name) DO NOTHING RETURNING id",
-            )
-            .bind(&r.id)
-            .bind(&r.deployer_id)
-            .bind(&r.name)
-            .bind(&r.namespace)
-            .bind(&job.json)
-            .bind(to_i64(revision))
-            .bind(created)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if inserted.is_none() {
+            // Also catches the second of two creates of one name in this batch.
+            if !taken.insert((r.deployer_id.clone(), r.namespace.clone(), r.name.clone())) {
                 outcomes.push(Err(StoreError::AlreadyExists(format!(
                     "deployment {}/{} on this deployer",
                     r.namespace, r.name
                 ))));
                 continue;
             }
-            let change = Change::Upsert(Arc::new(r.clone()));
-            insert_change(&mut tx, &r.deployer_id, revision, &change).await?;
+            let revision = current + 1;
+            let Some((kind, payload)) = change_row(&Change::Upsert(Arc::new(r.clone())))? else {
+                continue;
+            };
+            cols.push(r, &job.json, to_i64(revision), kind, payload);
             revisions.insert(r.deployer_id.clone(), (revision, start));
             outcomes.push(Ok(revision));
+        }
+        if !cols.ids.is_empty() {
+            let inserted = sqlx::query(
+                "INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
+                 SELECT id, deployer_id, name, namespace, spec, revision, created_at, created_at \
+                 FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], $7::BIGINT[]) \
+                 AS q(id, deployer_id, name, namespace, spec, revision, created_at)",
+            )
+            .bind(&cols.ids)
+            .bind(&cols.deployers)
+            .bind(&cols.names)
+            .bind(&cols.namespaces)
+            .bind(&cols.specs)
+            .bind(&cols.revisions)
+            .bind(&cols.created)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() != cols.ids.len() as u64 {
+                return Err(StoreError::Corrupt(
+                    "group commit inserted fewer deployments than planned".into(),
+                ));
+            }
+            sqlx::query(
+                "INSERT INTO changes (deployer_id, revision, kind, payload) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])",
+            )
+            .bind(&cols.deployers)
+            .bind(&cols.revisions)
+            .bind(&cols.kinds)
+            .bind(&cols.payloads)
+            .execute(&mut *tx)
+            .await?;
         }
         for (deployer_id, (now, start)) in &revisions {
             if now != start {
