@@ -1073,3 +1073,52 @@ async fn an_agent_on_one_replica_deploys_what_the_other_replica_is_told() {
     b.shutdown().await;
     db.drop_db().await;
 }
+
+/// `GET path` over plain HTTP/1.0; returns the status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (code, body)
+}
+
+// An install link made through one replica is served once, by whichever replica the
+// fetch reaches; a second fetch through the other replica is refused.
+#[tokio::test]
+async fn an_install_link_from_one_replica_works_once_on_any() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = replica(&db, dir.path()).await;
+    let b = replica(&db, dir.path()).await;
+    let mut control_a = control(&a).await;
+    create_deployer(&mut control_a, "alpha").await;
+    let link = control_a
+        .create_install_code(proto::CreateInstallCodeRequest {
+            deployer: "alpha".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("install code")
+        .into_inner()
+        .url;
+    let path = &link[link.find("/install/").expect("an install URL")..];
+    let (code, manifest) = http_get(b.addr, path).await;
+    assert_eq!(code, 200, "{manifest}");
+    assert!(manifest.contains("kind: Secret"), "{manifest}");
+    let (code, body) = http_get(a.addr, path).await;
+    assert_eq!(code, 410, "{body}");
+    assert!(body.contains("already used"), "{body}");
+    a.shutdown().await;
+    b.shutdown().await;
+    db.drop_db().await;
+}
