@@ -12,6 +12,9 @@
 //! Old change rows are pruned per deployer ([`KEEP_CHANGES`]); a replica that finds a
 //! gap ends that deployer's watchers, which reconnect for a fresh snapshot.
 //!
+//! Concurrent creates are committed in groups, as on SQLite: one transaction (one WAL
+//! flush) for every create queued meanwhile, with one NOTIFY per deployer.
+//!
 //! Status reports are announced the same way (`NOTIFY` with the deployment IDs) so that
 //! status watchers on every replica wake up; they are not logged, a missed one only
 //! delays a status view until the next report.
