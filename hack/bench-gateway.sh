@@ -4,6 +4,8 @@
 # second on SQLite. The gateway and the load generator (benches/gateway_load.rs) run as
 # two processes on loopback; results go to docs/benchmarks.md (## Gateway).
 # Needs about 2 x STREAMS open files per process (ulimit -n).
+# DATABASE_URL=postgres://… runs the gateway on that (empty) PostgreSQL database instead of
+# a fresh SQLite file; the data directory then keeps the admin key between the runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ds
@@ -15,9 +17,14 @@ port=${PORT:-18800}
 url="http://127.0.0.1:$port"
 
 start_gateway() {
-  rm -rf "$work/data"
+  database=()
+  if [ -n "${DATABASE_URL:-}" ]; then
+    database=(--database "$DATABASE_URL")
+  else
+    rm -rf "$work/data"
+  fi
   RUST_LOG=warn "$target_dir/release/ds" gateway --insecure --data-dir "$work/data" \
-    --listen "127.0.0.1:$port" >"$work/gateway.out" 2>"$work/gateway.err" &
+    --listen "127.0.0.1:$port" "${database[@]}" >"$work/gateway.out" 2>"$work/gateway.err" &
   gw_pid=$!
   for _ in $(seq 100); do
     [ -s "$work/data/admin.key" ] && curl -sf "$url/healthz" >/dev/null && return

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`store`]: the storage trait, its records, and the change hub watchers read from.
 //! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
+//! - [`postgres`]: the PostgreSQL back end, for several replicas on one database.
 //! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
 //! - [`convert`]: `proto` ⇄ `core` conversions.
 //! - [`agent_service`] / [`control_service`]: the two gRPC services.
@@ -17,6 +18,7 @@ pub mod convert;
 pub mod credentials;
 pub mod install;
 pub mod metrics;
+pub mod postgres;
 pub mod rpc;
 pub mod server;
 pub mod sqlite;
@@ -38,8 +40,9 @@ pub struct GatewayArgs {
     /// Directory of the SQLite database and `admin.key`.
     #[arg(long, env = "DS_DATA_DIR", default_value = "./ds-data")]
     pub data_dir: PathBuf,
-    /// Database URL (e.g. `sqlite:///var/lib/ds/gateway.db`); overrides the SQLite file
-    /// in the data directory.
+    /// Database URL: `sqlite:///var/lib/ds/gateway.db`, or `postgres://USER@HOST/DB` for
+    /// several gateway replicas sharing one database; overrides the SQLite file in the
+    /// data directory.
     #[arg(long, env = "DS_DATABASE")]
     pub database: Option<String>,
     /// Serve plaintext (no TLS). Only for local development and tests.
@@ -160,7 +163,49 @@ pub struct RunningGateway {
     tls: bool,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    store: Arc<sqlite::SqliteStore>,
+    store: Backend,
+}
+
+/// The opened store, to close it on the way out.
+enum Backend {
+    Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
+}
+
+impl Backend {
+    /// Opens the back end a database URL names (SQLite in `data_dir` without one).
+    async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Self, GatewayError> {
+        Ok(match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Backend::Postgres(Arc::new(postgres::PgStore::open_url(url).await?))
+            }
+            Some(url) => Backend::Sqlite(Arc::new(sqlite::SqliteStore::open_url(url).await?)),
+            None => Backend::Sqlite(Arc::new(
+                sqlite::SqliteStore::open_path(&data_dir.join("gateway.db")).await?,
+            )),
+        })
+    }
+
+    fn store(&self) -> Arc<dyn store::Store> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+        }
+    }
+
+    fn install_codes(&self) -> Arc<dyn install::InstallCodes> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
+        }
+    }
 }
 
 impl std::fmt::Debug for RunningGateway {
@@ -198,12 +243,9 @@ impl RunningGateway {
             })?),
             None => None,
         };
-        let store = Arc::new(match &args.database {
-            Some(url) => sqlite::SqliteStore::open_url(url).await?,
-            None => sqlite::SqliteStore::open_path(&args.data_dir.join("gateway.db")).await?,
-        });
+        let backend = Backend::open(args.database.as_deref(), &args.data_dir).await?;
         let (admin_key, created) =
-            credentials::ensure_admin_key(store.as_ref(), &args.data_dir).await?;
+            credentials::ensure_admin_key(backend.store().as_ref(), &args.data_dir).await?;
         if created {
             // Shown once, on purpose outside the logs: the file keeps the only other copy.
             println!(
@@ -227,13 +269,13 @@ impl RunningGateway {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::new());
         let shared = Arc::new(Shared {
-            store: store.clone(),
+            store: backend.store(),
             metrics: metrics.clone(),
             presence: agent_service::Presence::default(),
             heartbeat_interval: args.heartbeat_interval,
             offline_after: args.offline_after,
             token_overlap: args.token_overlap,
-            install_codes: store.clone(),
+            install_codes: backend.install_codes(),
             install: install::InstallSettings {
                 public_url: install::public_url(args.public_url.as_deref(), addr, tls.is_some()),
                 agent_image: args.agent_image.clone(),
@@ -251,7 +293,7 @@ impl RunningGateway {
             tls: is_tls,
             shutdown,
             task,
-            store,
+            store: backend,
         })
     }
 

@@ -34,7 +34,9 @@ pub enum StoreError {
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// The database URL names a back end this build does not serve.
-    #[error("unsupported database URL scheme {0:?} (supported: sqlite:)")]
+    #[error(
+        "unsupported database URL scheme {0:?} (supported: sqlite:, postgres://, postgresql://)"
+    )]
     Unsupported(String),
 }
 
@@ -265,8 +267,8 @@ impl ChangeHub {
             .subscribe()
     }
 
-    /// Publishes a committed change. Callers publish while holding the store's write
-    /// lock, so changes of one deployer are published in revision order.
+    /// Publishes a committed change. Callers publish each deployer's changes in revision
+    /// order (SQLite under its write lock, PostgreSQL under its fan-out lock).
     pub fn publish(&self, deployer_id: &str, change: Change) {
         if let Change::Upsert(d) = &change {
             let _ = self.touched.send(d.id.clone());
@@ -282,6 +284,25 @@ impl ChangeHub {
                 map.remove(deployer_id);
             }
         }
+    }
+
+    /// Ends a deployer's watchers (their channel closes): they reconnect and start over
+    /// from a fresh snapshot. For a back end that cannot deliver some changes in order,
+    /// e.g. another replica's changes that were pruned before this one read them.
+    pub fn resync(&self, deployer_id: &str) {
+        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(deployer_id);
+    }
+
+    /// Whether anyone would receive a change of this deployer: a watcher of it, or of any
+    /// deployment status. Lets a back end skip reading changes nobody receives.
+    pub fn has_watchers(&self, deployer_id: &str) -> bool {
+        if self.touched.receiver_count() > 0 {
+            return true;
+        }
+        let map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(deployer_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     /// Subscribes to the IDs of deployments whose spec or status changed.
