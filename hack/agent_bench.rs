@@ -380,8 +380,13 @@ async fn main() {
             r.file_kib as f64 / 1024.0
         );
     }
-    sim.shutdown().await;
-    gw.shutdown().await;
+    // Bounded: a slow drain must not keep the benchmark (and its CPU use) alive.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        sim.shutdown().await;
+        gw.shutdown().await;
+    })
+    .await;
+    std::process::exit(0);
 }
 
 struct Restart {

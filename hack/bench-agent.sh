@@ -2,6 +2,9 @@
 # Agent benchmark (issue 4): propagation latency over CHANGES updates (default 1000) and a
 # cold restart with DEPLOYMENTS owned deployments (default 5000). Prints Markdown tables
 # for docs/benchmarks.md. Loopback only; everything stops by itself.
+# Also passed through: RESTARTS=n (restart n times), DS_BIN_ALT=<ds binary> (alternate the
+# restarts with it: A/B in one run), RSS_TIMELINE=1 (the restart's RSS over time on stderr),
+# AGENT_WRAP="heaptrack -o /tmp/ht" (run the restarted agent under a profiler).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ds --example agent_bench
