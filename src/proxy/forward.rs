@@ -3,7 +3,7 @@
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
 use super::metrics::{MethodLabel, Metrics, UpstreamErrorKind};
-use super::pool::{Conn, Pool, PoolError};
+use super::pool::{Conn, Pool, PoolError, Slot};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -152,7 +152,7 @@ struct LogContext {
 /// predicted classes and the query-log line. It lives in the response body, so it is
 /// recorded when the body ends, or when the client goes away first (status 499).
 pub(crate) struct Exchange {
-    shared: Arc<Shared>,
+    peer: Arc<Peer>,
     start: Instant,
     method: Method,
     request_id: HeaderValue,
@@ -162,8 +162,9 @@ pub(crate) struct Exchange {
     response: Option<Capture>,
     complete: bool,
     log: Option<Box<LogContext>>,
-    /// The upstream connection of the answer; back to the pool if it was read to its end.
-    conn: Option<Conn>,
+    /// The upstream connection of the answer: the response body drives it, and it is
+    /// parked for reuse if the answer was read to its end.
+    pub(crate) conn: Option<Conn>,
 }
 
 impl Exchange {
@@ -175,7 +176,7 @@ impl Exchange {
     /// The predicted class indices of a complete, fully inspected answer.
     fn predictions(&self) -> Option<Vec<usize>> {
         let capture = self.response.as_ref()?;
-        let (body, truncated) = capture.prefix(self.shared.class_limit);
+        let (body, truncated) = capture.prefix(self.peer.shared.class_limit);
         if truncated {
             return None;
         }
@@ -185,11 +186,11 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let shared = &*self.shared;
+        let shared = &*self.peer.shared;
         if let Some(conn) = self.conn.take()
             && self.complete
         {
-            shared.pool.put(conn);
+            shared.pool.put(&self.peer.slot, conn);
         }
         let latency = self.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.
@@ -318,11 +319,11 @@ fn local_response(
 
 /// Forwards one request. Never fails: every problem becomes an HTTP answer.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    peer: Arc<Peer>,
     mut req: Request<Incoming>,
-    peer: &Peer,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
+    let shared = &*peer.shared;
     shared.metrics.request_started();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -345,7 +346,7 @@ pub(crate) async fn handle(
     let request_capture = log.as_ref().map(|l| l.request.clone());
     let method = req.method().clone();
     let mut exchange = Exchange {
-        shared: shared.clone(),
+        peer: peer.clone(),
         start,
         method: method.clone(),
         request_id: request_id.clone(),
@@ -387,13 +388,14 @@ pub(crate) async fn handle(
         // HTTP/1.1 requires a Host; without one from the client, name the upstream.
         parts.headers.insert(header::HOST, host);
     }
-    append_forwarded_for(&mut parts.headers, peer);
+    append_forwarded_for(&mut parts.headers, &peer);
     parts.uri = uri;
     // The upstream pool speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, request_capture));
 
-    let outcome = tokio::time::timeout(shared.timeout, shared.pool.send(upstream_req)).await;
+    let outcome =
+        tokio::time::timeout(shared.timeout, shared.pool.send(&peer.slot, upstream_req)).await;
     let mut response = match outcome {
         Ok(Ok((response, conn))) => {
             exchange.conn = Some(conn);
@@ -482,17 +484,31 @@ pub(crate) async fn handle(
     Ok(response.map(|body| ResponseBody::upstream(body, capture, exchange)))
 }
 
-/// The client end of a connection, with its `X-Forwarded-For` value made once per
-/// connection rather than once per request.
+/// One client connection: its `X-Forwarded-For` value (made once per connection rather
+/// than once per request) and the upstream connection it used last, kept for its next
+/// request.
 pub(crate) struct Peer {
+    shared: Arc<Shared>,
     ip: HeaderValue,
+    slot: Slot,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, addr: SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Self { ip }
+        Self {
+            shared,
+            ip,
+            slot: Slot::default(),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The client connection is gone: its upstream connection serves others now.
+        self.shared.pool.release(&self.slot);
     }
 }
 
