@@ -190,7 +190,19 @@ impl Drop for Exchange {
         if let Some(conn) = self.conn.take()
             && self.complete
         {
-            shared.pool.put(&self.peer.slot, conn);
+            if conn.is_idle() {
+                shared.pool.put(&self.peer.slot, conn);
+            } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // The request body is still going out and nothing else drives this
+                // connection now: finish it on a task of its own (rare: the upstream
+                // answered before reading the whole request), within the request timeout.
+                let (peer, timeout) = (self.peer.clone(), shared.timeout);
+                runtime.spawn(async move {
+                    if let Ok(Some(conn)) = tokio::time::timeout(timeout, conn.finish()).await {
+                        peer.shared.pool.put(&peer.slot, conn);
+                    }
+                });
+            }
         }
         let latency = self.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.

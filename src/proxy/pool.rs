@@ -61,6 +61,28 @@ impl Conn {
     fn is_open(&self) -> bool {
         self.driver.is_some() && !self.send.is_closed()
     }
+
+    /// True when the connection is done with its exchange and takes the next request.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.is_open() && self.send.is_ready()
+    }
+
+    /// Drives a connection whose answer was read while its request is still going out (the
+    /// upstream answered before reading the whole request body) until it is idle again;
+    /// `None` if it ended instead.
+    pub(crate) async fn finish(mut self) -> Option<Self> {
+        let open = poll_fn(|cx| {
+            if !self.drive(cx) {
+                Poll::Ready(false)
+            } else if self.send.is_ready() {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        open.then_some(self)
+    }
 }
 
 /// Why no answer came from the upstream.
