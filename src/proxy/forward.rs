@@ -281,20 +281,46 @@ impl Drop for Exchange {
     }
 }
 
+/// True for the hop-by-hop headers of [`HOP_BY_HOP`]; standard names compare as enum
+/// values, the two others by length first, so no name is hashed.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == HOP_BY_HOP[1]
+        || *name == HOP_BY_HOP[2]
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of them.
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+    // One pass over the names, no hashing: most messages carry none of them, and the rest
+    // usually just `Connection: keep-alive` (nginx's answers do).
+    let mut found: [Option<&HeaderName>; 7] = [None; 7];
+    let mut count = 0;
+    for name in headers.keys() {
+        if count < found.len() && is_hop_by_hop(name) {
+            found[count] = Some(name);
+            count += 1;
+        }
+    }
+    if count == 0 {
         return;
     }
+    let found: Vec<HeaderName> = found.iter().flatten().map(|&n| n.clone()).collect();
+    // Other headers the `Connection` header names are hop-by-hop too; `close` and
+    // `keep-alive` are options, not header names to look up.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in found.iter().chain(&named) {
         headers.remove(name);
     }
 }
