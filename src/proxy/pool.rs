@@ -8,8 +8,8 @@
 //! while the answer streams to the client. Between requests a connection is parked, first
 //! on the client connection that used it last (an HTTP/1.1 client sends its next request on
 //! the same connection, so it finds its upstream connection right there), else in the
-//! worker's idle list. An idle connection is not polled; it is polled once when taken,
-//! which is when a close by the upstream meanwhile is noticed.
+//! worker's idle list. An idle connection is not polled; a close by the upstream meanwhile
+//! is noticed when the next request is sent on it, and that request is retried on another.
 
 use super::body::RequestBody;
 use http::uri::Authority;
@@ -51,11 +51,6 @@ impl Conn {
         }
         self.driver = None;
         false
-    }
-
-    /// Polls an idle connection once: true when it is still open and takes a request.
-    async fn check(&mut self) -> bool {
-        poll_fn(|cx| Poll::Ready(self.drive(cx) && self.send.is_ready())).await
     }
 
     fn is_open(&self) -> bool {
@@ -173,9 +168,14 @@ impl Pool {
         slot: &Slot,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Conn), PoolError> {
-        while let Some(mut conn) = slot.take().or_else(|| self.take_idle()) {
-            if !conn.check().await {
-                continue; // closed meanwhile: dropping it releases the socket
+        while let Some(conn) = slot.take().or_else(|| self.take_idle()) {
+            // Only idle connections are parked, so this fails only for one closed meanwhile
+            // as far as we know (dropping it releases the socket). One the upstream closed
+            // since it was last polled is noticed when the request is sent: its dispatcher
+            // reads the close before writing and hands the request back for a retry, so
+            // taking a connection costs no poll of its own.
+            if !conn.is_idle() {
+                continue;
             }
             match exchange(conn, req).await {
                 Ok(answer) => return Ok(answer),
