@@ -324,16 +324,27 @@ impl RunningProxy {
         })?;
         let mut workers = Vec::with_capacity(worker_count);
         for index in 0..worker_count {
-            let worker = Worker {
-                index,
-                header_timeout: header_read_timeout(args.timeout),
-                listener: listener
-                    .try_clone()
-                    .map_err(|source| ProxyError::Worker { index, source })?,
-                shared: make_shared(),
-                stop: stop_servers.clone(),
-            };
-            workers.push(worker.start()?);
+            let started = listener
+                .try_clone()
+                .map_err(|source| ProxyError::Worker { index, source })
+                .and_then(|listener| {
+                    Worker {
+                        index,
+                        header_timeout: header_read_timeout(args.timeout),
+                        listener,
+                        shared: make_shared(),
+                        stop: stop_servers.clone(),
+                    }
+                    .start()
+                });
+            match started {
+                Ok(stopped) => workers.push(stopped),
+                Err(error) => {
+                    // The workers already running must not outlive a failed start.
+                    stop_servers.cancel();
+                    return Err(error);
+                }
+            }
         }
         drop(listener);
         let admin = Arc::new(admin::Admin {
