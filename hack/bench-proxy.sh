@@ -10,6 +10,8 @@
 #
 # Usage: hack/bench-proxy.sh
 #   env: DURATION=5s per run, ROUNDS=3, CONNS="1 16 64", BASE_PORT=38500,
+#        WORKERS=2 (nginx worker_processes of the reverse proxy, and worker threads of every
+#        ds model-proxy: both proxies get the same number of event loops),
 #        DS_BIN=path (skip the release build, e.g. to try the script with a debug build),
 #        BASELINE_BIN=path (an older `ds` build, run too as "ds model-proxy, baseline" with
 #        metrics on and query logs off, for a before/after ratio measured in the same run)
@@ -22,6 +24,7 @@ ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-"1 16 64"}
 BASE_PORT=${BASE_PORT:-38500}
+WORKERS=${WORKERS:-2}
 UP=$((BASE_PORT + 1))         # upstream (nginx, fixed answer)
 NGX=$((BASE_PORT + 2))        # nginx reverse proxy
 DSP=$((BASE_PORT + 3))        # ds model-proxy, query logs off
@@ -87,7 +90,7 @@ PIDS+=($!)
 
 # --- the reference: nginx as a reverse proxy with a keepalive pool ----------------------
 cat >"$WORK/ngx/nginx.conf" <<EOF
-worker_processes auto;
+worker_processes $WORKERS;
 pid $WORK/ngx/nginx.pid;
 error_log $WORK/ngx/error.log warn;
 events { worker_connections 4096; }
@@ -120,6 +123,9 @@ PIDS+=("$NGX_PID")
 # --- ds model-proxy, without and with query logs ----------------------------------------
 COMMON=(--upstream "http://127.0.0.1:$UP" --class-names setosa,versicolor,virginica
     --deployment-id bench)
+# Same number of event loops as nginx: DS_PROXY_WORKER_THREADS for ds model-proxy, and
+# TOKIO_WORKER_THREADS for a baseline build that runs on tokio's multi-thread runtime.
+export DS_PROXY_WORKER_THREADS=$WORKERS TOKIO_WORKER_THREADS=$WORKERS
 RUST_LOG=warn "$DS" model-proxy --listen "127.0.0.1:$DSP" --admin-listen "127.0.0.1:$DSA" \
     "${COMMON[@]}" &
 DS_PID=$!
@@ -203,7 +209,8 @@ TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
 RAW="$WORK/raw.txt"
 : >"$RAW"
 echo
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores;" \
+    "$WORKERS nginx workers, $WORKERS ds model-proxy worker threads"
 # Rounds interleave the targets, so a burst of load from elsewhere on the machine hits
 # them alike; each figure is the median over the rounds.
 for c in $CONNS; do

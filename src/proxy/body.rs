@@ -159,7 +159,17 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.source {
             Source::Upstream(inner) => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                let mut polled = Pin::new(&mut *inner).poll_frame(cx);
+                // The upstream connection has no task of its own: when the body has nothing
+                // yet, run the connection's I/O here (it reads the next bytes into the body)
+                // and look again, rather than waiting for a wake-up of this same task.
+                if polled.is_pending()
+                    && let Some(conn) = this.exchange.as_mut().and_then(|e| e.conn.as_mut())
+                {
+                    conn.drive(cx);
+                    polled = Pin::new(inner).poll_frame(cx);
+                }
+                let frame = ready!(polled);
                 match &frame {
                     Some(Ok(f)) => {
                         if let (Some(capture), Some(data)) = (&mut this.capture, f.data_ref()) {

@@ -3,7 +3,7 @@
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
 use super::metrics::{MethodLabel, Metrics, UpstreamErrorKind};
-use super::pool::{Conn, Pool, PoolError};
+use super::pool::{Conn, Pool, PoolError, Slot};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -152,7 +152,7 @@ struct LogContext {
 /// predicted classes and the query-log line. It lives in the response body, so it is
 /// recorded when the body ends, or when the client goes away first (status 499).
 pub(crate) struct Exchange {
-    shared: Arc<Shared>,
+    peer: Arc<Peer>,
     start: Instant,
     method: Method,
     request_id: HeaderValue,
@@ -162,8 +162,9 @@ pub(crate) struct Exchange {
     response: Option<Capture>,
     complete: bool,
     log: Option<Box<LogContext>>,
-    /// The upstream connection of the answer; back to the pool if it was read to its end.
-    conn: Option<Conn>,
+    /// The upstream connection of the answer: the response body drives it, and it is
+    /// parked for reuse if the answer was read to its end.
+    pub(crate) conn: Option<Conn>,
 }
 
 impl Exchange {
@@ -175,7 +176,7 @@ impl Exchange {
     /// The predicted class indices of a complete, fully inspected answer.
     fn predictions(&self) -> Option<Vec<usize>> {
         let capture = self.response.as_ref()?;
-        let (body, truncated) = capture.prefix(self.shared.class_limit);
+        let (body, truncated) = capture.prefix(self.peer.shared.class_limit);
         if truncated {
             return None;
         }
@@ -185,11 +186,23 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let shared = &*self.shared;
+        let shared = &*self.peer.shared;
         if let Some(conn) = self.conn.take()
             && self.complete
         {
-            shared.pool.put(conn);
+            if conn.is_idle() {
+                shared.pool.put(&self.peer.slot, conn);
+            } else if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // The request body is still going out and nothing else drives this
+                // connection now: finish it on a task of its own (rare: the upstream
+                // answered before reading the whole request), within the request timeout.
+                let (peer, timeout) = (self.peer.clone(), shared.timeout);
+                runtime.spawn(async move {
+                    if let Ok(Some(conn)) = tokio::time::timeout(timeout, conn.finish()).await {
+                        peer.shared.pool.put(&peer.slot, conn);
+                    }
+                });
+            }
         }
         let latency = self.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.
@@ -268,20 +281,46 @@ impl Drop for Exchange {
     }
 }
 
+/// True for the hop-by-hop headers of [`HOP_BY_HOP`]; standard names compare as enum
+/// values, the two others by length first, so no name is hashed.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == HOP_BY_HOP[1]
+        || *name == HOP_BY_HOP[2]
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most requests carry none of them.
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+    // One pass over the names, no hashing: most messages carry none of them, and the rest
+    // usually just `Connection: keep-alive` (nginx's answers do).
+    let mut found: [Option<&HeaderName>; 7] = [None; 7];
+    let mut count = 0;
+    for name in headers.keys() {
+        if count < found.len() && is_hop_by_hop(name) {
+            found[count] = Some(name);
+            count += 1;
+        }
+    }
+    if count == 0 {
         return;
     }
+    let found: Vec<HeaderName> = found.iter().flatten().map(|&n| n.clone()).collect();
+    // Other headers the `Connection` header names are hop-by-hop too; `close` and
+    // `keep-alive` are options, not header names to look up.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in found.iter().chain(&named) {
         headers.remove(name);
     }
 }
@@ -318,11 +357,11 @@ fn local_response(
 
 /// Forwards one request. Never fails: every problem becomes an HTTP answer.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    peer: Arc<Peer>,
     mut req: Request<Incoming>,
-    peer: &Peer,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
+    let shared = &*peer.shared;
     shared.metrics.request_started();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
@@ -345,7 +384,7 @@ pub(crate) async fn handle(
     let request_capture = log.as_ref().map(|l| l.request.clone());
     let method = req.method().clone();
     let mut exchange = Exchange {
-        shared: shared.clone(),
+        peer: peer.clone(),
         start,
         method: method.clone(),
         request_id: request_id.clone(),
@@ -387,13 +426,14 @@ pub(crate) async fn handle(
         // HTTP/1.1 requires a Host; without one from the client, name the upstream.
         parts.headers.insert(header::HOST, host);
     }
-    append_forwarded_for(&mut parts.headers, peer);
+    append_forwarded_for(&mut parts.headers, &peer);
     parts.uri = uri;
     // The upstream pool speaks HTTP/1.1 whatever the client spoke.
     parts.version = Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, RequestBody::new(body, request_capture));
 
-    let outcome = tokio::time::timeout(shared.timeout, shared.pool.send(upstream_req)).await;
+    let outcome =
+        tokio::time::timeout(shared.timeout, shared.pool.send(&peer.slot, upstream_req)).await;
     let mut response = match outcome {
         Ok(Ok((response, conn))) => {
             exchange.conn = Some(conn);
@@ -482,17 +522,31 @@ pub(crate) async fn handle(
     Ok(response.map(|body| ResponseBody::upstream(body, capture, exchange)))
 }
 
-/// The client end of a connection, with its `X-Forwarded-For` value made once per
-/// connection rather than once per request.
+/// One client connection: its `X-Forwarded-For` value (made once per connection rather
+/// than once per request) and the upstream connection it used last, kept for its next
+/// request.
 pub(crate) struct Peer {
+    shared: Arc<Shared>,
     ip: HeaderValue,
+    slot: Slot,
 }
 
 impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, addr: SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or(HeaderValue::from_static("unknown"));
-        Self { ip }
+        Self {
+            shared,
+            ip,
+            slot: Slot::default(),
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The client connection is gone: its upstream connection serves others now.
+        self.shared.pool.release(&self.slot);
     }
 }
 

@@ -1,10 +1,15 @@
-//! A keep-alive pool of HTTP/1.1 connections to the one upstream.
+//! Keep-alive HTTP/1.1 connections to the one upstream, driven by the task that uses them.
 //!
-//! hyper-util's pooled client spawns a background task per request to put the connection
-//! back once it is idle again, and looks the pool up by scheme and authority every time.
-//! Here the proxy has exactly one upstream, and it knows when an answer has been read to
-//! its end (the response body says so), so the connection goes back right then: no task,
-//! no key. Connections whose answer was not read to the end are dropped, never reused.
+//! hyper's client connections are usually spawned as tasks of their own, so every request
+//! crosses tasks twice (the client's connection task hands the request over, the upstream
+//! connection task hands the answer back), each crossing a wake-up and a trip through the
+//! scheduler. Here a connection has no task: whoever sends a request on it polls its I/O
+//! ([`Conn::drive`]) while waiting for the answer, and the response body polls it again
+//! while the answer streams to the client. Between requests a connection is parked, first
+//! on the client connection that used it last (an HTTP/1.1 client sends its next request on
+//! the same connection, so it finds its upstream connection right there), else in the
+//! worker's idle list. An idle connection is not polled; a close by the upstream meanwhile
+//! is noticed when the next request is sent on it, and that request is retried on another.
 
 use super::body::RequestBody;
 use http::uri::Authority;
@@ -12,12 +17,68 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-/// The sending half of one upstream connection (its connection task runs on its own).
-pub(crate) type Conn = SendRequest<RequestBody>;
+type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+
+/// One upstream connection: the sending half and the connection's I/O state machine.
+pub(crate) struct Conn {
+    send: SendRequest<RequestBody>,
+    /// `None` once the connection has ended (closed by either side or broken).
+    driver: Option<Pin<Box<Driver>>>,
+    /// When it was last parked, for the idle expiry.
+    since: Instant,
+}
+
+impl Conn {
+    /// Runs the connection's pending I/O on the calling task (whose waker it registers).
+    /// Returns false once the connection has ended.
+    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(driver) = &mut self.driver else {
+            return false;
+        };
+        match driver.as_mut().poll(cx) {
+            Poll::Pending => return true,
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        }
+        self.driver = None;
+        false
+    }
+
+    fn is_open(&self) -> bool {
+        self.driver.is_some() && !self.send.is_closed()
+    }
+
+    /// True when the connection is done with its exchange and takes the next request.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.is_open() && self.send.is_ready()
+    }
+
+    /// Drives a connection whose answer was read while its request is still going out (the
+    /// upstream answered before reading the whole request body) until it is idle again;
+    /// `None` if it ended instead.
+    pub(crate) async fn finish(mut self) -> Option<Self> {
+        let open = poll_fn(|cx| {
+            if !self.drive(cx) {
+                Poll::Ready(false)
+            } else if self.send.is_ready() {
+                Poll::Ready(true)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        open.then_some(self)
+    }
+}
 
 /// Why no answer came from the upstream.
 #[derive(Debug)]
@@ -47,18 +108,39 @@ impl std::error::Error for PoolError {
     }
 }
 
-struct Idle {
-    conn: Conn,
-    since: Instant,
+/// The connection a client connection used last, kept for its next request.
+#[derive(Default)]
+pub(crate) struct Slot(Mutex<Option<Conn>>);
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<Conn> {
+        self.lock().take()
+    }
+
+    /// Parks a connection here if the slot is free; else hands it back.
+    fn put(&self, conn: Conn) -> Option<Conn> {
+        let mut slot = self.lock();
+        if slot.is_some() {
+            return Some(conn);
+        }
+        *slot = Some(conn);
+        None
+    }
 }
 
-/// Idle connections to the upstream, most recently used last.
+/// Idle connections of one worker, most recently used last.
 pub(crate) struct Pool {
     authority: Authority,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Conn>>,
 }
 
 impl Pool {
@@ -77,58 +159,82 @@ impl Pool {
         }
     }
 
-    /// Sends a request (origin-form target, `Host` set) on an idle connection, else on a
-    /// new one. A request refused by a reused connection before it went out (the upstream
-    /// closed it meanwhile) is retried on another, as hyper-util's client does.
+    /// Sends a request (origin-form target, `Host` set) on the client connection's own
+    /// upstream connection, else an idle one, else a new one, and drives it until the
+    /// answer's head arrives. A request refused by a reused connection before it went out
+    /// (the upstream closed it meanwhile) is retried on another, as hyper-util's client does.
     pub(crate) async fn send(
         &self,
+        slot: &Slot,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Conn), PoolError> {
-        while let Some(mut conn) = self.take_idle() {
-            match conn.try_send_request(req).await {
-                Ok(response) => return Ok((response, conn)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Send(error.into_error())),
-                },
+        while let Some(conn) = slot.take().or_else(|| self.take_idle()) {
+            // Only idle connections are parked, so this fails only for one closed meanwhile
+            // as far as we know (dropping it releases the socket). One the upstream closed
+            // since it was last polled is noticed when the request is sent: its dispatcher
+            // reads the close before writing and hands the request back for a retry, so
+            // taking a connection costs no poll of its own.
+            if !conn.is_idle() {
+                continue;
+            }
+            match exchange(conn, req).await {
+                Ok(answer) => return Ok(answer),
+                Err((Some(unsent), _)) => req = unsent,
+                Err((None, error)) => return Err(PoolError::Send(error)),
             }
         }
-        let mut conn = self.connect().await?;
-        match conn.try_send_request(req).await {
-            Ok(response) => Ok((response, conn)),
-            Err(error) => Err(PoolError::Send(error.into_error())),
-        }
+        let conn = self.connect().await?;
+        exchange(conn, req)
+            .await
+            .map_err(|(_, error)| PoolError::Send(error))
     }
 
-    /// Hands back a connection whose answer was read to its end.
-    pub(crate) fn put(&self, conn: Conn) {
-        if conn.is_closed() {
+    /// Parks a connection whose answer was read to its end: on its client connection if
+    /// that has none, else in the idle list.
+    pub(crate) fn put(&self, slot: &Slot, mut conn: Conn) {
+        if !conn.is_open() {
             return;
         }
-        let mut idle = self.lock();
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        conn.since = Instant::now();
+        if let Some(conn) = slot.put(conn) {
+            self.put_idle(conn);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    /// Moves a client connection's parked upstream connection to the idle list (the client
+    /// connection has ended).
+    pub(crate) fn release(&self, slot: &Slot) {
+        if let Some(conn) = slot.take()
+            && conn.is_open()
+        {
+            self.put_idle(conn);
+        }
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used connection that is ready for a request. Closed and expired
-    /// ones are dropped here (closing them); one that is not ready yet (its connection task
-    /// is still finishing the previous exchange) stays for a later request.
+    /// The most recently parked connection that has not expired; expired and closed ones
+    /// are dropped (closing them).
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.lock();
         let now = Instant::now();
-        idle.retain(|e| !e.conn.is_closed() && now.duration_since(e.since) < self.idle_timeout);
-        let at = idle.iter().rposition(|e| e.conn.is_ready())?;
-        Some(idle.remove(at).conn)
+        while let Some(conn) = idle.pop() {
+            if conn.is_open() && now.duration_since(conn.since) < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     async fn connect(&self) -> Result<Conn, PoolError> {
@@ -156,15 +262,36 @@ impl Pool {
         };
         // Small JSON requests and answers: Nagle's delay would dominate the added latency.
         let _ = stream.set_nodelay(true);
-        let (conn, connection) = http1::Builder::new()
+        let (send, driver) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(PoolError::Send)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-        });
-        Ok(conn)
+        Ok(Conn {
+            send,
+            driver: Some(Box::pin(driver)),
+            since: Instant::now(),
+        })
+    }
+}
+
+/// Sends one request on a connection and drives the connection on this task until the
+/// answer's head is in. On failure, the request comes back if it never went out.
+async fn exchange(
+    mut conn: Conn,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, Conn), (Option<Request<RequestBody>>, hyper::Error)> {
+    let mut answer = pin!(conn.send.try_send_request(req));
+    let result = poll_fn(|cx| {
+        // I/O first: it may complete the answer in this same poll.
+        conn.drive(cx);
+        answer.as_mut().poll(cx)
+    })
+    .await;
+    match result {
+        Ok(response) => Ok((response, conn)),
+        Err(mut error) => {
+            let unsent = error.take_message();
+            Err((unsent, error.into_error()))
+        }
     }
 }
