@@ -511,6 +511,9 @@ async fn serve<M, S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // A client may send its request and half-close (as `curl --data @- < file` or
+        // netcat do): it still gets its answer.
+        .half_close(true)
         .keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
