@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod install;
 pub mod metrics;
 pub mod postgres;
+mod rows;
 pub mod rpc;
 pub mod server;
 pub mod sqlite;
