@@ -68,6 +68,14 @@ pub struct InstallOptions {
 }
 
 impl InstallOptions {
+    /// The options as a code's row stores them (JSON).
+    ///
+    /// # Errors
+    /// The stored text is not the JSON of install options.
+    pub(super) fn from_stored(json: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("install options: {e}")))
+    }
+
     /// The options of a request, checked: namespaces must be DNS-1123 labels.
     ///
     /// # Errors
@@ -120,6 +128,18 @@ pub enum RedeemError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RedeemError {
+    /// Why a code that could not be claimed was refused, from its `used_at` column:
+    /// `None` when no row has the code at all.
+    pub(super) fn of_unclaimed(used_at: Option<Option<i64>>) -> Self {
+        match used_at {
+            None => Self::Unknown,
+            Some(Some(_)) => Self::Used,
+            Some(None) => Self::Expired,
+        }
+    }
 }
 
 /// Storage of install codes (hashes only).
@@ -223,21 +243,20 @@ impl InstallCodes for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-            return Err(match row {
-                None => RedeemError::Unknown,
-                Some(row) => match row
-                    .try_get::<Option<i64>, _>("used_at")
-                    .map_err(StoreError::from)?
-                {
-                    Some(_) => RedeemError::Used,
-                    None => RedeemError::Expired,
-                },
-            });
+            let used_at = match row {
+                None => None,
+                Some(row) => Some(
+                    row.try_get::<Option<i64>, _>("used_at")
+                        .map_err(StoreError::from)?,
+                ),
+            };
+            return Err(RedeemError::of_unclaimed(used_at));
         };
         let deployer_id: String = row.try_get("deployer_id").map_err(StoreError::from)?;
-        let options: String = row.try_get("options").map_err(StoreError::from)?;
-        let options: InstallOptions = serde_json::from_str(&options)
-            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
+        let options = InstallOptions::from_stored(
+            &row.try_get::<String, _>("options")
+                .map_err(StoreError::from)?,
+        )?;
         sqlx::query("INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES (?, ?, ?, ?)")
             .bind(token_id)
             .bind(&deployer_id)

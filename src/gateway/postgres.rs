@@ -965,18 +965,7 @@ impl Store for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(DeployerRecord {
-            id,
-            name: name.to_string(),
-            created_at: ts(now),
-            revision: 0,
-            agent_version: String::new(),
-            cluster: String::new(),
-            instance: String::new(),
-            agent_namespaces: Vec::new(),
-            last_seen: None,
-            deployments: 0,
-        })
+        Ok(DeployerRecord::registered(id, name, ts(now)))
     }
 
     async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError> {
@@ -1387,21 +1376,20 @@ impl InstallCodes for PgStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(StoreError::from)?;
-            return Err(match row {
-                None => RedeemError::Unknown,
-                Some(row) => match row
-                    .try_get::<Option<i64>, _>("used_at")
-                    .map_err(StoreError::from)?
-                {
-                    Some(_) => RedeemError::Used,
-                    None => RedeemError::Expired,
-                },
-            });
+            let used_at = match row {
+                None => None,
+                Some(row) => Some(
+                    row.try_get::<Option<i64>, _>("used_at")
+                        .map_err(StoreError::from)?,
+                ),
+            };
+            return Err(RedeemError::of_unclaimed(used_at));
         };
         let deployer_id: String = row.try_get("deployer_id").map_err(StoreError::from)?;
-        let options: String = row.try_get("options").map_err(StoreError::from)?;
-        let options: InstallOptions = serde_json::from_str(&options)
-            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
+        let options = InstallOptions::from_stored(
+            &row.try_get::<String, _>("options")
+                .map_err(StoreError::from)?,
+        )?;
         sqlx::query(
             "INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES ($1, $2, $3, $4)",
         )

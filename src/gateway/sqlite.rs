@@ -278,18 +278,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(DeployerRecord {
-            id,
-            name: name.to_string(),
-            created_at: ts(now),
-            revision: 0,
-            agent_version: String::new(),
-            cluster: String::new(),
-            instance: String::new(),
-            agent_namespaces: Vec::new(),
-            last_seen: None,
-            deployments: 0,
-        })
+        Ok(DeployerRecord::registered(id, name, ts(now)))
     }
 
     async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError> {

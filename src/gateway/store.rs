@@ -58,6 +58,24 @@ pub struct DeployerRecord {
     pub deployments: u32,
 }
 
+impl DeployerRecord {
+    /// A deployer just registered: no revision, no deployments, never seen by an agent.
+    pub fn registered(id: String, name: &str, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            name: name.to_string(),
+            created_at,
+            revision: 0,
+            agent_version: String::new(),
+            cluster: String::new(),
+            instance: String::new(),
+            agent_namespaces: Vec::new(),
+            last_seen: None,
+            deployments: 0,
+        }
+    }
+}
+
 /// A deployment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeploymentRecord {
