@@ -1,10 +1,11 @@
-//! Streaming bodies that tee a bounded prefix of what passes through them.
+//! Streaming bodies (h2c path) that tee a bounded prefix of what passes through them, and
+//! the prefix itself ([`Capture`], used by both paths).
 //!
-//! Frames are handed on as soon as they arrive; the tee keeps reference-counted slices of
-//! at most `limit` bytes, so memory stays flat whatever the body size.
+//! Frames are handed on as soon as they arrive; the tee copies at most `limit` bytes, so
+//! memory stays flat whatever the body size.
 
 use super::forward::Exchange;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -12,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 /// The first `limit` bytes of a body, and how many bytes passed in total.
+///
+/// The prefix is copied: it is small (a query-log excerpt, or the part of an answer read
+/// for its predicted class), and a copy does not pin a connection's read buffer.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
-    chunks: Vec<Bytes>,
-    kept: usize,
+    kept: Vec<u8>,
     limit: usize,
     total: u64,
 }
@@ -28,13 +31,11 @@ impl Capture {
         }
     }
 
-    fn push(&mut self, data: &Bytes) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
-        let room = self.limit - self.kept;
+        let room = self.limit - self.kept.len();
         if room > 0 && !data.is_empty() {
-            let take = room.min(data.len());
-            self.chunks.push(data.slice(..take));
-            self.kept += take;
+            self.kept.extend_from_slice(&data[..room.min(data.len())]);
         }
     }
 
@@ -44,24 +45,9 @@ impl Capture {
     }
 
     /// The first `n` bytes (at most what was kept) and whether the body was longer.
-    pub(crate) fn prefix(&self, n: usize) -> (Bytes, bool) {
+    pub(crate) fn prefix(&self, n: usize) -> (&[u8], bool) {
         let truncated = self.total > n as u64;
-        let n = n.min(self.kept);
-        // One chunk is the common case for small JSON bodies: no copy.
-        if let Some(first) = self.chunks.first()
-            && first.len() >= n
-        {
-            return (first.slice(..n), truncated);
-        }
-        let mut out = BytesMut::with_capacity(n);
-        for chunk in &self.chunks {
-            let want = n - out.len();
-            if want == 0 {
-                break;
-            }
-            out.extend_from_slice(&chunk[..want.min(chunk.len())]);
-        }
-        (out.freeze(), truncated)
+        (&self.kept[..n.min(self.kept.len())], truncated)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The request path: forward one request to the model server and account for it.
+//! The h2c request path on hyper (forward one request to the model server), and the
+//! accounting of a finished request that the HTTP/1.1 path ([`super::h1`]) shares.
 
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
@@ -103,7 +104,10 @@ impl Upstream {
 
 /// Settings and shared state of the request path.
 pub(crate) struct Shared {
+    /// Upstream connections of the h2c path (hyper's client connections).
     pub(crate) pool: Pool,
+    /// Upstream connections of the HTTP/1.1 path (plain sockets).
+    pub(crate) conns: super::upstream::Connections,
     pub(crate) upstream: Upstream,
     pub(crate) timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
@@ -131,7 +135,7 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> HeaderValue {
+    pub(crate) fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
         let text = uuid::Uuid::from_u64_pair(self.prefix, n)
@@ -172,16 +176,6 @@ impl Exchange {
         self.response = capture;
         self.complete = complete;
     }
-
-    /// The predicted class indices of a complete, fully inspected answer.
-    fn predictions(&self) -> Option<Vec<usize>> {
-        let capture = self.response.as_ref()?;
-        let (body, truncated) = capture.prefix(self.peer.shared.class_limit);
-        if truncated {
-            return None;
-        }
-        classes::predicted_indices(&body)
-    }
 }
 
 impl Drop for Exchange {
@@ -204,79 +198,116 @@ impl Drop for Exchange {
                 });
             }
         }
-        let latency = self.start.elapsed();
+        let log = self.log.take();
+        let request = log.as_ref().map(|log| {
+            log.request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        });
+        shared.record(Outcome {
+            method: &self.method,
+            start: self.start,
+            request_id: self.request_id.as_bytes(),
+            status: self.status.map(|s| s.as_u16()),
+            error: self.error,
+            complete: self.complete,
+            count_classes: self.count_classes,
+            request: request.as_deref(),
+            response: self.response.as_ref(),
+            log: log.as_ref().map(|log| (log.time, log.path.as_str())),
+        });
+    }
+}
+
+/// How one request ended, as [`Shared::record`] accounts for it.
+pub(crate) struct Outcome<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) start: Instant,
+    pub(crate) request_id: &'a [u8],
+    /// `None` when the client left before the answer began (recorded as 499).
+    pub(crate) status: Option<u16>,
+    pub(crate) error: Option<&'static str>,
+    /// The answer reached the client to its end.
+    pub(crate) complete: bool,
+    /// The answer is one whose predicted classes are counted.
+    pub(crate) count_classes: bool,
+    /// The request body's prefix (kept only when the query log is on).
+    pub(crate) request: Option<&'a Capture>,
+    /// The answer body's prefix (for the classes and the query log).
+    pub(crate) response: Option<&'a Capture>,
+    /// Arrival time and request target, when the query log is on.
+    pub(crate) log: Option<(SystemTime, &'a str)>,
+}
+
+impl Shared {
+    /// Accounts for a finished request: metrics, predicted classes and the query-log line.
+    pub(crate) fn record(&self, outcome: Outcome<'_>) {
+        let latency = outcome.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.
-        let status = self.status.map_or(499, |s| s.as_u16());
-        shared.metrics.request_finished(
-            MethodLabel::of(&self.method),
+        let status = outcome.status.unwrap_or(499);
+        self.metrics.request_finished(
+            MethodLabel::of(outcome.method),
             status,
             latency.as_secs_f64(),
         );
         let mut predicted = None;
-        if self.count_classes && self.complete {
-            match self.predictions() {
+        if outcome.count_classes && outcome.complete {
+            let indices = outcome.response.and_then(|capture| {
+                let (body, truncated) = capture.prefix(self.class_limit);
+                if truncated {
+                    None
+                } else {
+                    classes::predicted_indices(body)
+                }
+            });
+            match indices {
                 Some(indices) => {
                     for &i in &indices {
-                        shared.metrics.predicted(i, &shared.classes);
+                        self.metrics.predicted(i, &self.classes);
                     }
                     predicted = Some(indices);
                 }
-                None => shared.metrics.unparsed(),
+                None => self.metrics.unparsed(),
             }
         }
-        let (Some(log), Some(sender)) = (self.log.take(), &shared.query_log) else {
+        let (Some((time, path)), Some(sender)) = (outcome.log, &self.query_log) else {
             return;
         };
-        let limit = shared.log_body_limit;
-        let request = {
-            let capture = log
-                .request
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (bytes, truncated) = capture.prefix(limit);
-            BodySample {
-                bytes: Bytes::copy_from_slice(&bytes),
-                truncated,
-                total: capture.total(),
-            }
-        };
-        let response = match &self.response {
+        let sample = |capture: Option<&Capture>| match capture {
             Some(capture) => {
-                let (bytes, truncated) = capture.prefix(limit);
+                let (bytes, truncated) = capture.prefix(self.log_body_limit);
                 BodySample {
-                    // A copy: a slice would keep the connection's whole read buffer alive
-                    // while the record waits in the queue.
-                    bytes: Bytes::copy_from_slice(&bytes),
+                    bytes: Bytes::copy_from_slice(bytes),
                     truncated,
                     total: capture.total(),
                 }
             }
             None => BodySample::default(),
         };
-        let error = self.error.or(match (self.status, self.complete) {
+        let error = outcome.error.or(match (outcome.status, outcome.complete) {
             (None, _) => Some("client_closed"),
             (Some(_), false) => Some("response_incomplete"),
             _ => None,
         });
         let record = QueryRecord {
-            time: log.time,
-            request_id: Bytes::copy_from_slice(self.request_id.as_bytes()),
-            method: self.method.clone(),
-            path: log.path,
+            time,
+            request_id: Bytes::copy_from_slice(outcome.request_id),
+            method: outcome.method.clone(),
+            path: path.to_owned(),
             status,
             latency,
             error,
-            request,
-            response,
+            request: sample(outcome.request),
+            response: sample(outcome.response),
             predictions: predicted.map(|indices| {
                 indices
                     .into_iter()
-                    .map(|i| shared.classes.name(i).into_owned())
+                    .map(|i| self.classes.name(i).into_owned())
                     .collect()
             }),
         };
         if !sender.send(record) {
-            shared.metrics.query_log_dropped();
+            self.metrics.query_log_dropped();
         }
     }
 }

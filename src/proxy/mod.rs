@@ -6,9 +6,12 @@
 //! write one JSON line per query for a monitoring loop.
 //!
 //! # Layout
-//! - `forward`: the request path (upstream URL, headers, timeouts, 502/504) and the
-//!   per-request `Exchange` that records metrics and the query-log line when it ends.
-//! - `body`: streaming bodies that tee a bounded prefix.
+//! - `h1`: the HTTP/1.1 request path (parse in place, relay bytes) and its upstream
+//!   connections (`upstream`), chunked framing (`chunked`).
+//! - `forward`: the h2c request path on hyper (upstream URL, headers, timeouts, 502/504), and
+//!   the accounting of a finished request (metrics, classes, query-log line) both paths use.
+//! - `body`: hyper bodies that tee a bounded prefix (h2c), and the prefix itself.
+//! - `rewind`: replays the bytes read to tell h2c from HTTP/1.1.
 //! - `classes`: TensorFlow-Serving answers → predicted class.
 //! - `metrics`: the `ds_proxy_*` metrics.
 //! - `querylog`: the bounded queue and its writer task.
@@ -16,11 +19,15 @@
 
 mod admin;
 mod body;
+mod chunked;
 pub mod classes;
 mod forward;
+mod h1;
 mod metrics;
 mod pool;
 pub mod querylog;
+mod rewind;
+mod upstream;
 
 pub use forward::REQUEST_ID_HEADER;
 pub use querylog::QueryLogTarget;
@@ -36,9 +43,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -297,6 +306,12 @@ impl RunningProxy {
         // metrics and the query-log queue.
         let make_shared = || {
             Arc::new(forward::Shared {
+                conns: upstream::Connections::new(
+                    upstream.authority.clone(),
+                    args.timeout,
+                    UPSTREAM_IDLE_TIMEOUT,
+                    args.upstream_max_idle,
+                ),
                 pool: pool::Pool::new(
                     upstream.authority.clone(),
                     args.timeout,
@@ -437,6 +452,8 @@ impl Worker {
         Ok(stopped)
     }
 
+    /// Accepts connections until the stop, then gives open ones the drain time to finish
+    /// their current request (idle ones close at once).
     async fn run(self) {
         let listener = match TcpListener::from_std(self.listener) {
             Ok(listener) => listener,
@@ -445,12 +462,105 @@ impl Worker {
                 return;
             }
         };
-        let shared = self.shared;
-        serve(listener, self.stop, self.header_timeout, move |addr| {
-            let peer = Arc::new(forward::Peer::new(shared.clone(), addr));
-            service_fn(move |req: Request<Incoming>| forward::handle(peer.clone(), req))
-        })
-        .await;
+        let open = Arc::new(AtomicUsize::new(0));
+        loop {
+            let accepted = tokio::select! {
+                () = self.stop.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning, and keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::select! {
+                        () = self.stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let guard = OpenConnection::new(&open);
+            let (shared, stop) = (self.shared.clone(), self.stop.clone());
+            let header_timeout = self.header_timeout;
+            tokio::spawn(async move {
+                let _guard = guard;
+                serve_client(stream, peer, shared, stop, header_timeout).await;
+            });
+        }
+        drop(listener);
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while open.load(Ordering::Acquire) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("connections still open after the drain timeout; closing them");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Counts a client connection as open while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Self(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one client connection: HTTP/1.1 on the proxy's own path, h2c (which opens with
+/// the HTTP/2 preface) on hyper's.
+async fn serve_client(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<forward::Shared>,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) {
+    let mut buf = h1::ClientConn::buffer();
+    match h1::sniff(&mut stream, &mut buf, header_timeout).await {
+        h1::Sniffed::Http1 => {
+            let ip = peer.ip().to_string();
+            h1::ClientConn::new(stream, buf, ip, shared, stop, header_timeout)
+                .run()
+                .await;
+        }
+        h1::Sniffed::H2 => serve_h2(rewind::Rewind::new(buf, stream), peer, shared, stop).await,
+        h1::Sniffed::Gone => {}
+    }
+}
+
+/// Serves an h2c connection with hyper; on stop, it lets open streams finish.
+async fn serve_h2(
+    io: rewind::Rewind<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<forward::Shared>,
+    stop: CancellationToken,
+) {
+    let peer_state = Arc::new(forward::Peer::new(shared, peer));
+    let service =
+        service_fn(move |req: Request<Incoming>| forward::handle(peer_state.clone(), req));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        // Malformed requests and clients that vanish end here, not in a crash.
+        tracing::debug!(%peer, %error, "h2c connection ended with an error");
     }
 }
 
@@ -478,9 +588,8 @@ where
         .build(connector)
 }
 
-/// Accepts connections until `stop` fires, then drains them (HTTP/1.1 and h2c).
-/// The time a client gets to send a request's headers: hyper's 30 s, or the request
-/// timeout if longer.
+/// The time a client gets to send a request's head, and an idle keep-alive connection
+/// lasts: 30 s, or the request timeout if longer.
 ///
 /// Both are timers registered per request on the worker's timer wheel, and the wheel wakes
 /// its event loop through an eventfd (a system call) whenever a new timer is due before every
@@ -491,6 +600,7 @@ fn header_read_timeout(request_timeout: Duration) -> Duration {
     HEADER_READ_TIMEOUT.max(request_timeout)
 }
 
+/// Serves the admin port with hyper until `stop` fires, then drains its connections.
 async fn serve<M, S, B>(
     listener: TcpListener,
     stop: CancellationToken,

@@ -1,0 +1,1434 @@
+//! The HTTP/1.1 request path: one task per client connection parses request heads with
+//! `httparse` and relays bytes to a keep-alive upstream connection, as nginx's proxy module
+//! does.
+//!
+//! hyper's server and client each turn a message into a `Request`/`Response` with a
+//! `HeaderMap` and a body of frames, and back into bytes on the other side; for a proxy that
+//! only adds a request ID, strips hop-by-hop headers and counts, that round trip was most
+//! of its CPU time per request (callgrind: 44 k instructions per request, mostly hyper's
+//! connection state machines and header maps). Here the client's head is parsed in place
+//! and the upstream head written straight from it; bodies are relayed as bytes, with
+//! chunked framing checked by [`super::chunked`] but passed on as it came. A small request
+//! whose body has arrived goes out in one write with its head; a small answer comes back in
+//! one write too.
+//!
+//! A connection that opens with the HTTP/2 preface is handed to hyper (h2c), see
+//! [`super::serve_h2`].
+
+use super::body::Capture;
+use super::chunked::{ChunkError, Decoder};
+use super::forward::{Outcome, Shared};
+use super::metrics::UpstreamErrorKind;
+use super::upstream::{Connections, UpConn};
+use bytes::{Buf, BytesMut};
+use http::{HeaderValue, Method, StatusCode};
+use std::io::Write as _;
+use std::mem::MaybeUninit;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (h2c).
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Header fields per message; more gets 431 (requests) or 502 (answers).
+const MAX_HEADERS: usize = 100;
+/// Bytes of a message head; more gets 431 (requests) or 502 (answers).
+const MAX_HEAD: usize = 64 * 1024;
+/// Free space kept in a read buffer before each read.
+const READ_SPACE: usize = 16 * 1024;
+/// Capacity of a client connection's read buffer to start with.
+const INITIAL_BUFFER: usize = 8 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the first bytes of a new connection are.
+pub(crate) enum Sniffed {
+    Http1,
+    H2,
+    /// Closed, failed or silent before saying anything.
+    Gone,
+}
+
+/// Reads until the bytes in `buf` tell HTTP/2's preface from anything else.
+pub(crate) async fn sniff(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: std::time::Duration,
+) -> Sniffed {
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Sniffed::Http1;
+        }
+        if n == H2_PREFACE.len() {
+            return Sniffed::H2;
+        }
+        reserve(buf);
+        match tokio::time::timeout(timeout, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Sniffed::Gone,
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_SPACE / 4 {
+        buf.reserve(READ_SPACE);
+    }
+}
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the sender closes (answers only).
+    Close,
+}
+
+/// What the proxy needs to know of a request once its head has been turned into the
+/// upstream's.
+struct RequestHead {
+    method: Method,
+    /// The target as the client sent it, for the query log (empty when the log is off).
+    path: String,
+    http10: bool,
+    /// The client wants the connection kept after this exchange.
+    keep_alive: bool,
+    framing: Framing,
+    expect_continue: bool,
+    request_id: HeaderValue,
+    /// The target is not a path (`*` or authority-form): answered 400.
+    bad_target: bool,
+}
+
+/// A request head the proxy refuses before it reaches the model.
+struct Rejected {
+    status: StatusCode,
+    error: &'static str,
+    message: &'static str,
+}
+
+impl Rejected {
+    const fn bad(message: &'static str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            message,
+        }
+    }
+}
+
+/// Per-connection constants the head parser needs.
+struct HeadContext<'a> {
+    shared: &'a Shared,
+    /// The client's address, the value added to `X-Forwarded-For`.
+    client_ip: &'a str,
+}
+
+/// The connection header's options and the extra hop-by-hop names it lists.
+#[derive(Default)]
+struct ConnectionOptions<'a> {
+    close: bool,
+    keep_alive: bool,
+    named: Vec<&'a str>,
+}
+
+impl<'a> ConnectionOptions<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return;
+        };
+        for token in value.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                self.named.push(token);
+            }
+        }
+    }
+
+    fn names(&self, name: &str) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the framing
+/// headers the proxy writes itself.
+fn is_hop_or_framing(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "expect",
+    ];
+    // Most names are longer than any of these; the length check skips them cheaply.
+    name.len() <= 17 && NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// A Content-Length value: digits only, and every copy of the header the same.
+fn content_length(prior: Option<u64>, value: &[u8]) -> Result<u64, ()> {
+    let text = std::str::from_utf8(value).map_err(|_| ())?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    let n: u64 = text.parse().map_err(|_| ())?;
+    match prior {
+        Some(p) if p != n => Err(()),
+        _ => Ok(n),
+    }
+}
+
+/// True when the last transfer coding is `chunked` (the only one this proxy relays).
+fn ends_chunked(value: &[u8]) -> bool {
+    std::str::from_utf8(value).is_ok_and(|v| {
+        v.rsplit(',')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+    })
+}
+
+/// Parses a request head at the start of `buf` and writes the upstream's version of it to
+/// `out`. `Ok(None)`: the head is not complete yet.
+fn parse_request(
+    buf: &[u8],
+    cx: &HeadContext<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Option<(usize, RequestHead)>, Rejected> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut storage) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Rejected {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                error: "headers_too_large",
+                message: "too many header fields",
+            });
+        }
+        Err(_) => return Err(Rejected::bad("the request head is not valid HTTP/1.1")),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(Rejected::bad("the request head is not valid HTTP/1.1"));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Rejected::bad("the request method is not valid"))?;
+    let http10 = version == 0;
+
+    let mut connection = ConnectionOptions::default();
+    let mut length = None;
+    let mut chunked = None;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                content_length(length, h.value)
+                    .map_err(|()| Rejected::bad("the Content-Length header is not valid"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = Some(ends_chunked(h.value));
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+    let framing = match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) => {
+            return Err(Rejected {
+                status: StatusCode::NOT_IMPLEMENTED,
+                error: "unsupported_transfer_encoding",
+                message: "only the chunked transfer coding is supported",
+            });
+        }
+        (None, Some(0) | None) => Framing::None,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    // Both framings at once is a smuggling risk: chunked wins (RFC 9112 §6.3) and the
+    // connection closes after the answer.
+    let keep_alive = !(chunked.is_some() && length.is_some())
+        && if http10 {
+            connection.keep_alive
+        } else {
+            !connection.close
+        };
+
+    // Origin form is the rule; absolute form (`http://host/path`) is reduced to its path.
+    let (path, bad_target) = match target.as_bytes().first() {
+        Some(b'/') => (target, false),
+        _ => match target.strip_prefix("http://") {
+            Some(rest) => (rest.find('/').map_or("/", |i| &rest[i..]), false),
+            None => (target, true),
+        },
+    };
+
+    let shared = cx.shared;
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(shared.upstream.base_path.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut request_id = None;
+    let mut has_host = false;
+    let mut forwarded_for: Option<Vec<u8>> = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if is_hop_or_framing(name) || (!connection.named.is_empty() && connection.names(name)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            let joined = forwarded_for.get_or_insert_with(Vec::new);
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(h.value);
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-request-id") {
+            request_id = HeaderValue::from_bytes(h.value).ok();
+        } else if name.eq_ignore_ascii_case("host") {
+            has_host = true;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    if !has_host {
+        // HTTP/1.1 requires a Host; without one from the client, name the upstream.
+        push_header(out, b"host", shared.upstream.authority.as_str().as_bytes());
+    }
+    let request_id = match request_id {
+        Some(id) => id,
+        None => {
+            let id = shared.ids.next();
+            push_header(out, b"x-request-id", id.as_bytes());
+            id
+        }
+    };
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        out.extend_from_slice(&prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(cx.client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match framing {
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let head = RequestHead {
+        path: if shared.query_log.is_some() {
+            target.to_owned()
+        } else {
+            String::new()
+        },
+        method,
+        http10,
+        keep_alive,
+        framing,
+        expect_continue,
+        request_id,
+        bad_target,
+    };
+    Ok(Some((len, head)))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the proxy needs to know of an answer once its head has been turned into the
+/// client's (all but the framing and connection headers, which [`relay_response`] adds).
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+    /// The upstream will close the connection after this answer.
+    upstream_close: bool,
+    /// No content coding (the body can be read for its predicted class).
+    identity: bool,
+    has_request_id: bool,
+}
+
+/// Parses an answer's head at the start of `buf`, writing the client's version of it to
+/// `out` without its final empty line. `Ok(None)`: not complete yet.
+fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Result<Option<(usize, ResponseHead)>, RelayError> {
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut storage,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => {
+            return Err(RelayError::Malformed(
+                "the answer's head is not valid HTTP/1.1",
+            ));
+        }
+    };
+    let (Some(version), Some(status)) = (res.version, res.code) else {
+        return Err(RelayError::Malformed(
+            "the answer's head is not valid HTTP/1.1",
+        ));
+    };
+    let mut connection = ConnectionOptions::default();
+    let mut length = None;
+    let mut chunked = None;
+    let mut identity = true;
+    let mut has_request_id = false;
+    for h in res.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length =
+                Some(content_length(length, h.value).map_err(|()| {
+                    RelayError::Malformed("the answer's Content-Length is not valid")
+                })?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = Some(ends_chunked(h.value));
+        } else if name.eq_ignore_ascii_case("content-encoding") {
+            identity = h.value.eq_ignore_ascii_case(b"identity");
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            has_request_id = true;
+        }
+    }
+    // RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304, whatever the headers say.
+    let no_body = head_request || status < 200 || status == 204 || status == 304;
+    let framing = match (chunked, length) {
+        _ if no_body => Framing::None,
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) | (None, None) => Framing::Close,
+        (None, Some(0)) => Framing::None,
+        (None, Some(n)) => Framing::Length(n),
+    };
+    let upstream_close = if version == 0 {
+        !connection.keep_alive
+    } else {
+        connection.close
+    };
+
+    out.clear();
+    let _ = write!(out, "HTTP/1.1 {status} ");
+    out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in res.headers.iter() {
+        let name = h.name;
+        if is_hop_or_framing(name) || (!connection.named.is_empty() && connection.names(name)) {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    // What the answer said of its length also describes a HEAD or 304 answer's missing body.
+    if chunked.is_none()
+        && let Some(n) = length
+        && (framing != Framing::None || status != 204)
+    {
+        let _ = write!(out, "content-length: {n}\r\n");
+    }
+    Ok(Some((
+        len,
+        ResponseHead {
+            status,
+            framing,
+            upstream_close,
+            identity,
+            has_request_id,
+        },
+    )))
+}
+
+/// Why an answer did not reach the client in full.
+#[derive(Debug)]
+enum RelayError {
+    /// No answer head within the request timeout.
+    Timeout,
+    /// The upstream closed or failed; `nothing` when not one byte of an answer came (the
+    /// request may then be retried on a fresh connection).
+    Upstream { nothing: bool },
+    /// The upstream's answer was not valid HTTP/1.1.
+    Malformed(&'static str),
+    /// Writing to the client failed: it went away.
+    Client,
+}
+
+/// Per-request settings of [`relay_response`].
+struct ResponseContext<'a> {
+    head_request: bool,
+    client_http10: bool,
+    client_keep_alive: bool,
+    request_id: &'a HeaderValue,
+    /// Answers to this request count predicted classes (a POST, counting on).
+    count_allowed: bool,
+    class_limit: usize,
+    log_limit: usize,
+    deadline: tokio::time::Instant,
+    /// The proxy is stopping: the connection closes after this answer.
+    stopping: bool,
+}
+
+/// How the answer went, filled in by [`relay_response`] as it goes, so it is known even
+/// when the relay fails or is abandoned half-way.
+#[derive(Default)]
+struct ResponseState {
+    status: Option<u16>,
+    /// The final head has gone (or started to go) to the client: the proxy can no longer
+    /// answer with an error of its own.
+    head_sent: bool,
+    complete: bool,
+    count_classes: bool,
+    capture: Option<Capture>,
+    /// The upstream connection can take another request.
+    upstream_reusable: bool,
+    /// The client connection must close after this answer.
+    client_close: bool,
+}
+
+/// Reads the answer from the upstream and writes it to the client.
+async fn relay_response<R, W>(
+    upstream: &mut R,
+    ubuf: &mut BytesMut,
+    client: &mut W,
+    out: &mut Vec<u8>,
+    cx: &ResponseContext<'_>,
+    st: &mut ResponseState,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut got_bytes = !ubuf.is_empty();
+    let head = loop {
+        if !ubuf.is_empty() {
+            match parse_response(ubuf, cx.head_request, out)? {
+                Some((len, head)) if (100..200).contains(&head.status) => {
+                    ubuf.advance(len);
+                    if head.status == 101 {
+                        // The proxy never asks for an upgrade, so it cannot relay one.
+                        return Err(RelayError::Malformed("the answer switched protocols"));
+                    }
+                    // An interim answer (103 Early Hints, say) passes on to HTTP/1.1 clients.
+                    if !cx.client_http10 {
+                        out.extend_from_slice(b"\r\n");
+                        client
+                            .write_all(out)
+                            .await
+                            .map_err(|_| RelayError::Client)?;
+                    }
+                    continue;
+                }
+                Some((len, head)) => {
+                    ubuf.advance(len);
+                    break head;
+                }
+                None if ubuf.len() > MAX_HEAD => {
+                    return Err(RelayError::Malformed("the answer's head is too large"));
+                }
+                None => {}
+            }
+        }
+        reserve(ubuf);
+        match tokio::time::timeout_at(cx.deadline, upstream.read_buf(ubuf)).await {
+            Err(_elapsed) => return Err(RelayError::Timeout),
+            Ok(Ok(n)) if n > 0 => got_bytes = true,
+            Ok(_) => {
+                return Err(RelayError::Upstream {
+                    nothing: !got_bytes,
+                });
+            }
+        }
+    };
+
+    st.status = Some(head.status);
+    st.count_classes = cx.count_allowed && (200..300).contains(&head.status) && head.identity;
+    let limit = cx
+        .log_limit
+        .max(if st.count_classes { cx.class_limit } else { 0 });
+    if limit > 0 {
+        st.capture = Some(Capture::new(limit));
+    }
+    // An HTTP/1.0 client cannot take chunks: it gets the data, delimited by the close.
+    let dechunk = head.framing == Framing::Chunked && cx.client_http10;
+    st.client_close =
+        !cx.client_keep_alive || head.framing == Framing::Close || dechunk || cx.stopping;
+    if head.framing == Framing::Chunked && !dechunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if st.client_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if cx.client_http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !head.has_request_id {
+        push_header(out, b"x-request-id", cx.request_id.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+
+    match head.framing {
+        Framing::None => {
+            st.head_sent = true;
+            client
+                .write_all(out)
+                .await
+                .map_err(|_| RelayError::Client)?;
+        }
+        Framing::Length(total) => {
+            // The head and what has arrived of the body go out in one write.
+            let mut remaining = total;
+            let take = clamp(remaining, ubuf.len());
+            capture(st, &ubuf[..take]);
+            out.extend_from_slice(&ubuf[..take]);
+            ubuf.advance(take);
+            remaining -= take as u64;
+            st.head_sent = true;
+            client
+                .write_all(out)
+                .await
+                .map_err(|_| RelayError::Client)?;
+            while remaining > 0 {
+                fill(upstream, ubuf).await?;
+                let take = clamp(remaining, ubuf.len());
+                capture(st, &ubuf[..take]);
+                client
+                    .write_all(&ubuf[..take])
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+                ubuf.advance(take);
+                remaining -= take as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut decoder = Decoder::new();
+            let mut first = true;
+            loop {
+                if !first {
+                    out.clear();
+                    fill(upstream, ubuf).await?;
+                }
+                let used = {
+                    let data = &ubuf[..];
+                    let capture_ref = &mut st.capture;
+                    let out_ref = &mut *out;
+                    decoder
+                        .decode(data, |range| {
+                            if let Some(c) = capture_ref {
+                                c.push(&data[range.clone()]);
+                            }
+                            if dechunk {
+                                out_ref.extend_from_slice(&data[range]);
+                            }
+                        })
+                        .map_err(|_| {
+                            RelayError::Malformed("the answer's chunked body is malformed")
+                        })?
+                };
+                if !dechunk {
+                    out.extend_from_slice(&ubuf[..used]);
+                }
+                ubuf.advance(used);
+                if first {
+                    st.head_sent = true;
+                    first = false;
+                }
+                if !out.is_empty() {
+                    client
+                        .write_all(out)
+                        .await
+                        .map_err(|_| RelayError::Client)?;
+                }
+                if decoder.is_done() {
+                    break;
+                }
+            }
+        }
+        Framing::Close => {
+            st.head_sent = true;
+            loop {
+                capture(st, &ubuf[..]);
+                out.extend_from_slice(&ubuf[..]);
+                ubuf.clear();
+                client
+                    .write_all(out)
+                    .await
+                    .map_err(|_| RelayError::Client)?;
+                out.clear();
+                reserve(ubuf);
+                match upstream.read_buf(ubuf).await {
+                    Ok(n) if n > 0 => {}
+                    // The upstream's close ends the body.
+                    _ => break,
+                }
+            }
+            st.complete = true;
+            st.upstream_reusable = false;
+            return Ok(());
+        }
+    }
+    st.complete = true;
+    // Bytes after the answer were never asked for: the connection is in an unknown state.
+    st.upstream_reusable = !head.upstream_close && ubuf.is_empty();
+    Ok(())
+}
+
+fn clamp(remaining: u64, available: usize) -> usize {
+    usize::try_from(remaining).map_or(available, |r| r.min(available))
+}
+
+fn capture(st: &mut ResponseState, data: &[u8]) {
+    if let Some(c) = &mut st.capture {
+        c.push(data);
+    }
+}
+
+/// Reads more of an answer's body; the upstream closing before its end is an error.
+async fn fill<R: AsyncRead + Unpin>(
+    upstream: &mut R,
+    ubuf: &mut BytesMut,
+) -> Result<(), RelayError> {
+    reserve(ubuf);
+    match upstream.read_buf(ubuf).await {
+        Ok(n) if n > 0 => Ok(()),
+        _ => Err(RelayError::Upstream { nothing: false }),
+    }
+}
+
+/// Why a request body did not reach the upstream in full.
+#[derive(Debug)]
+enum BodyError {
+    /// The client closed, failed, or sent malformed chunks: its request is broken.
+    Client,
+    /// Writing to the upstream failed (it may have answered early and closed).
+    Upstream,
+}
+
+impl From<ChunkError> for BodyError {
+    fn from(_: ChunkError) -> Self {
+        Self::Client
+    }
+}
+
+/// Relays a request body that has not fully arrived with its head, as it arrives. Once a
+/// write to the upstream fails (it answered early and closed, say), the rest of the body is
+/// still read from the client and dropped, so the client can finish sending and read the
+/// answer on a connection that stays usable; the result then says the upstream failed.
+async fn send_body<R, W>(
+    client: &mut R,
+    cbuf: &mut BytesMut,
+    upstream: &mut W,
+    framing: Framing,
+    capture: &mut Option<Capture>,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut upstream_ok = true;
+    let mut decoder = Decoder::new();
+    let mut remaining = match framing {
+        Framing::None | Framing::Close => return Ok(()),
+        Framing::Length(n) => n,
+        Framing::Chunked => 0,
+    };
+    loop {
+        if cbuf.is_empty() {
+            reserve(cbuf);
+            match client.read_buf(cbuf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(BodyError::Client),
+            }
+        }
+        let data = &cbuf[..];
+        let used = if framing == Framing::Chunked {
+            decoder.decode(data, |range| {
+                if let Some(c) = capture.as_mut() {
+                    c.push(&data[range]);
+                }
+            })?
+        } else {
+            let take = clamp(remaining, data.len());
+            if let Some(c) = capture.as_mut() {
+                c.push(&data[..take]);
+            }
+            remaining -= take as u64;
+            take
+        };
+        if upstream_ok && upstream.write_all(&cbuf[..used]).await.is_err() {
+            upstream_ok = false;
+        }
+        cbuf.advance(used);
+        let done = if framing == Framing::Chunked {
+            decoder.is_done()
+        } else {
+            remaining == 0
+        };
+        if done {
+            return if upstream_ok {
+                Ok(())
+            } else {
+                Err(BodyError::Upstream)
+            };
+        }
+    }
+}
+
+/// How the current request is going, for [`Shared::record`].
+struct RequestState {
+    start: Instant,
+    error: Option<&'static str>,
+    request_capture: Option<Capture>,
+    response: ResponseState,
+    /// A proxy-made answer's status (errors), which has no upstream head.
+    local_status: Option<u16>,
+    local_complete: bool,
+}
+
+/// One client connection speaking HTTP/1.1.
+pub(crate) struct ClientConn {
+    stream: TcpStream,
+    /// Bytes read from the client and not yet handled (the next request may be here).
+    buf: BytesMut,
+    shared: Arc<Shared>,
+    client_ip: String,
+    /// The upstream connection this client used last, kept for its next request.
+    parked: Option<UpConn>,
+    stop: CancellationToken,
+    header_timeout: std::time::Duration,
+    /// The upstream request head (and a small body) being built.
+    out: Vec<u8>,
+    /// The client answer head (and the start of its body) being built.
+    resp: Vec<u8>,
+}
+
+impl ClientConn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        buf: BytesMut,
+        client_ip: String,
+        shared: Arc<Shared>,
+        stop: CancellationToken,
+        header_timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            stream,
+            buf,
+            shared,
+            client_ip,
+            parked: None,
+            stop,
+            header_timeout,
+            out: Vec::with_capacity(1024),
+            resp: Vec::with_capacity(1024),
+        }
+    }
+
+    /// A new client connection's read buffer.
+    pub(crate) fn buffer() -> BytesMut {
+        BytesMut::with_capacity(INITIAL_BUFFER)
+    }
+
+    /// Serves requests until the client closes, an exchange leaves the connection unusable,
+    /// or the proxy stops.
+    pub(crate) async fn run(mut self) {
+        loop {
+            let head = match self.next_request().await {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(rejected) => {
+                    // Not counted as a request: it never was one the proxy could name.
+                    let id = self.shared.ids.next();
+                    let _ = self.write_local(&rejected, &id, true).await;
+                    break;
+                }
+            };
+            if !self.exchange(head).await || self.stop.is_cancelled() {
+                break;
+            }
+        }
+        if let Some(conn) = self.parked.take() {
+            self.shared.conns.put(conn);
+        }
+    }
+
+    /// Reads the next request head; `Ok(None)` when the client closed or went quiet, or the
+    /// proxy is stopping while the connection is idle.
+    async fn next_request(&mut self) -> Result<Option<RequestHead>, Rejected> {
+        loop {
+            if !self.buf.is_empty() {
+                let cx = HeadContext {
+                    shared: &self.shared,
+                    client_ip: &self.client_ip,
+                };
+                match parse_request(&self.buf, &cx, &mut self.out)? {
+                    Some((len, head)) => {
+                        self.buf.advance(len);
+                        return Ok(Some(head));
+                    }
+                    None if self.buf.len() > MAX_HEAD => {
+                        return Err(Rejected {
+                            status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            error: "headers_too_large",
+                            message: "the request head is larger than 64 KiB",
+                        });
+                    }
+                    None => {}
+                }
+            }
+            reserve(&mut self.buf);
+            let idle = self.buf.is_empty();
+            let read = async {
+                if idle {
+                    // Between requests the connection may close for a stop; mid-head it
+                    // finishes the request first.
+                    tokio::select! {
+                        biased;
+                        read = self.stream.read_buf(&mut self.buf) => Some(read),
+                        () = self.stop.cancelled() => None,
+                    }
+                } else {
+                    Some(self.stream.read_buf(&mut self.buf).await)
+                }
+            };
+            match tokio::time::timeout(self.header_timeout, read).await {
+                Ok(Some(Ok(n))) if n > 0 => {}
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Forwards one request and accounts for it; returns whether the connection goes on.
+    async fn exchange(&mut self, head: RequestHead) -> bool {
+        let shared = self.shared.clone();
+        shared.metrics.request_started();
+        let log_on = shared.query_log.is_some();
+        let mut st = RequestState {
+            start: Instant::now(),
+            error: None,
+            request_capture: log_on.then(|| Capture::new(shared.log_body_limit)),
+            response: ResponseState::default(),
+            local_status: None,
+            local_complete: false,
+        };
+        let time = log_on.then(SystemTime::now);
+        let keep = self.forward(&head, &mut st).await;
+        let (status, complete) = match st.local_status {
+            Some(status) => (Some(status), st.local_complete),
+            None => (st.response.status, st.response.complete),
+        };
+        // A client that left before its answer's head could be written is a 499.
+        let status = if st.local_status.is_none() && !st.response.head_sent {
+            None
+        } else {
+            status
+        };
+        shared.record(Outcome {
+            method: &head.method,
+            start: st.start,
+            request_id: head.request_id.as_bytes(),
+            status,
+            error: st.error,
+            complete,
+            count_classes: st.response.count_classes,
+            request: st.request_capture.as_ref(),
+            response: st.response.capture.as_ref(),
+            log: time.map(|t| (t, head.path.as_str())),
+        });
+        keep
+    }
+
+    async fn forward(&mut self, head: &RequestHead, st: &mut RequestState) -> bool {
+        if head.bad_target {
+            let rejected = Rejected::bad("the request target must be a path (origin form)");
+            return self
+                .answer_locally(st, &rejected, &head.request_id, true)
+                .await;
+        }
+        let shared = self.shared.clone();
+        let deadline = tokio::time::Instant::now() + shared.timeout;
+        // Is the whole body already here? Then head and body go out in one write.
+        let buffered = match head.framing {
+            Framing::None | Framing::Close => Some(0),
+            Framing::Length(n) => usize::try_from(n).ok().filter(|&n| n <= self.buf.len()),
+            Framing::Chunked => {
+                let mut decoder = Decoder::new();
+                match decoder.decode(&self.buf, |_| {}) {
+                    Ok(used) if decoder.is_done() => Some(used),
+                    Ok(_) => None,
+                    Err(_) => {
+                        return self.bad_body(st, head).await;
+                    }
+                }
+            }
+        };
+        let cx = ResponseContext {
+            head_request: head.method == Method::HEAD,
+            client_http10: head.http10,
+            client_keep_alive: head.keep_alive,
+            request_id: &head.request_id,
+            count_allowed: shared.class_limit > 0 && head.method == Method::POST,
+            class_limit: shared.class_limit,
+            log_limit: if shared.query_log.is_some() {
+                shared.log_body_limit
+            } else {
+                0
+            },
+            deadline,
+            stopping: self.stop.is_cancelled(),
+        };
+        match buffered {
+            Some(len) => self.forward_buffered(head, len, &cx, st).await,
+            None => self.forward_streaming(head, &cx, st).await,
+        }
+    }
+
+    /// The request body (if any) is all here: it goes out with the head, and the request
+    /// can be sent again on a fresh connection if a reused one turns out to be closed.
+    async fn forward_buffered(
+        &mut self,
+        head: &RequestHead,
+        len: usize,
+        cx: &ResponseContext<'_>,
+        st: &mut RequestState,
+    ) -> bool {
+        let body = &self.buf[..len];
+        if let Some(c) = &mut st.request_capture {
+            if head.framing == Framing::Chunked {
+                let _ = Decoder::new().decode(body, |range| c.push(&body[range]));
+            } else {
+                c.push(body);
+            }
+        }
+        self.out.extend_from_slice(body);
+        self.buf.advance(len);
+        let mut up = match self.upstream(cx.deadline).await {
+            Ok(up) => up,
+            Err(failure) => {
+                return self
+                    .upstream_failed(st, failure, &head.request_id, true)
+                    .await;
+            }
+        };
+        loop {
+            st.response = ResponseState::default();
+            let result = match up.stream.write_all(&self.out).await {
+                Ok(()) => {
+                    relay_response(
+                        &mut up.stream,
+                        &mut up.buf,
+                        &mut self.stream,
+                        &mut self.resp,
+                        cx,
+                        &mut st.response,
+                    )
+                    .await
+                }
+                Err(_) => Err(RelayError::Upstream { nothing: true }),
+            };
+            match result {
+                Ok(()) => {
+                    if st.response.upstream_reusable {
+                        self.park(up);
+                    }
+                    return !st.response.client_close;
+                }
+                Err(RelayError::Upstream { nothing: true }) if up.reused => {
+                    // Most likely the upstream closed this idle connection just now.
+                    up = match self.connect(cx.deadline).await {
+                        Ok(up) => up,
+                        Err(failure) => {
+                            return self
+                                .upstream_failed(st, failure, &head.request_id, true)
+                                .await;
+                        }
+                    };
+                }
+                Err(error) => {
+                    return self
+                        .relay_failed(st, error, &head.request_id, head.keep_alive)
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// The request body is still arriving: it streams to the upstream while the answer
+    /// streams back (an upstream may answer before it has read the whole body, or echo it
+    /// as it reads).
+    async fn forward_streaming(
+        &mut self,
+        head: &RequestHead,
+        cx: &ResponseContext<'_>,
+        st: &mut RequestState,
+    ) -> bool {
+        let mut up = loop {
+            let up = match self.upstream(cx.deadline).await {
+                Ok(up) => up,
+                Err(failure) => {
+                    return self
+                        .upstream_failed(st, failure, &head.request_id, false)
+                        .await;
+                }
+            };
+            // The body cannot be sent twice, so a reused connection is checked first.
+            if !up.reused || up.is_reusable() {
+                break up;
+            }
+        };
+        if head.expect_continue && !head.http10 && self.stream.write_all(CONTINUE).await.is_err() {
+            return false;
+        }
+        if up.stream.write_all(&self.out).await.is_err() {
+            return self
+                .relay_failed(
+                    st,
+                    RelayError::Upstream { nothing: true },
+                    &head.request_id,
+                    false,
+                )
+                .await;
+        }
+        let mut body_result = None;
+        let relayed = {
+            let (mut client_read, mut client_write) = self.stream.split();
+            let (mut up_read, mut up_write) = up.stream.split();
+            let mut send = pin!(send_body(
+                &mut client_read,
+                &mut self.buf,
+                &mut up_write,
+                head.framing,
+                &mut st.request_capture,
+            ));
+            let mut recv = pin!(relay_response(
+                &mut up_read,
+                &mut up.buf,
+                &mut client_write,
+                &mut self.resp,
+                cx,
+                &mut st.response,
+            ));
+            let relayed = loop {
+                tokio::select! {
+                    biased;
+                    relayed = &mut recv => break relayed,
+                    sent = &mut send, if body_result.is_none() => {
+                        let client_broke = matches!(sent, Err(BodyError::Client));
+                        body_result = Some(sent);
+                        if client_broke {
+                            break Err(RelayError::Client);
+                        }
+                    }
+                }
+            };
+            if relayed.is_ok() && body_result.is_none() {
+                // The model answered before it had the whole body (a 413, say): the client
+                // is still sending. Take the rest (passed on, or dropped once the upstream
+                // stops reading) so both connections end at a message boundary.
+                body_result = tokio::time::timeout(self.shared.timeout, &mut send)
+                    .await
+                    .ok();
+            }
+            relayed
+        };
+        match (relayed, body_result) {
+            (Ok(()), Some(Ok(()))) => {
+                if st.response.upstream_reusable {
+                    self.park(up);
+                }
+                !st.response.client_close
+            }
+            // The upstream stopped reading the body: its connection is done, the client's
+            // goes on.
+            (Ok(()), Some(Err(BodyError::Upstream))) => !st.response.client_close,
+            // The client's body broke or never ended: its connection is not at a message
+            // boundary any more.
+            (Ok(()), _) => false,
+            (Err(_), Some(Err(BodyError::Client))) => self.bad_body(st, head).await,
+            (Err(error), _) => self.relay_failed(st, error, &head.request_id, false).await,
+        }
+    }
+
+    /// The client's request body broke (bad chunks, or it ended early).
+    async fn bad_body(&mut self, st: &mut RequestState, head: &RequestHead) -> bool {
+        if !st.response.head_sent {
+            let rejected = Rejected {
+                status: StatusCode::BAD_REQUEST,
+                error: "bad_request_body",
+                message: "the request body ended early or was malformed",
+            };
+            tracing::debug!(request_id = ?head.request_id, "request body failed");
+            self.answer_locally(st, &rejected, &head.request_id, true)
+                .await;
+        }
+        false
+    }
+
+    /// The client's parked upstream connection, else an idle one, else a new one.
+    async fn upstream(&mut self, deadline: tokio::time::Instant) -> Result<UpConn, Failure> {
+        if let Some(up) = self.parked.take()
+            && !self.shared.conns.expired(&up)
+        {
+            return Ok(up);
+        }
+        if let Some(up) = self.shared.conns.take_idle() {
+            return Ok(up);
+        }
+        self.connect(deadline).await
+    }
+
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<UpConn, Failure> {
+        match tokio::time::timeout_at(deadline, self.shared.conns.connect()).await {
+            Ok(Ok(up)) => Ok(up),
+            Ok(Err(error)) => Err(Failure::Connect(error)),
+            Err(_elapsed) => Err(Failure::Timeout),
+        }
+    }
+
+    fn park(&mut self, mut up: UpConn) {
+        Connections::park(&mut up);
+        if let Some(previous) = self.parked.replace(up) {
+            self.shared.conns.put(previous);
+        }
+    }
+
+    async fn upstream_failed(
+        &mut self,
+        st: &mut RequestState,
+        failure: Failure,
+        request_id: &HeaderValue,
+        keep: bool,
+    ) -> bool {
+        let shared = self.shared.clone();
+        match failure {
+            Failure::Connect(error) => {
+                shared.metrics.upstream_error(UpstreamErrorKind::Connect);
+                tracing::warn!(request_id = ?request_id, kind = "connect", %error, "upstream request failed");
+                let message = format!(
+                    "could not connect to the model server at {}",
+                    shared.upstream.authority
+                );
+                self.answer_error(
+                    st,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    &message,
+                    request_id,
+                    keep,
+                )
+                .await
+            }
+            Failure::Timeout => self.timed_out(st, request_id, keep).await,
+        }
+    }
+
+    async fn timed_out(
+        &mut self,
+        st: &mut RequestState,
+        request_id: &HeaderValue,
+        keep: bool,
+    ) -> bool {
+        let timeout = self.shared.timeout;
+        self.shared
+            .metrics
+            .upstream_error(UpstreamErrorKind::Timeout);
+        tracing::warn!(request_id = ?request_id, ?timeout, "upstream timed out");
+        let message = format!("the model server did not answer within {timeout:?}");
+        self.answer_error(
+            st,
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            &message,
+            request_id,
+            keep,
+        )
+        .await
+    }
+
+    /// An answer that failed: an error of the proxy's own if nothing was sent yet, else the
+    /// connection closes (the client sees a cut answer, as from the model itself).
+    async fn relay_failed(
+        &mut self,
+        st: &mut RequestState,
+        error: RelayError,
+        request_id: &HeaderValue,
+        keep: bool,
+    ) -> bool {
+        if st.response.head_sent {
+            if matches!(
+                error,
+                RelayError::Upstream { .. } | RelayError::Malformed(_)
+            ) {
+                self.shared.metrics.upstream_error(UpstreamErrorKind::Other);
+            }
+            return false;
+        }
+        st.response.status = None;
+        match error {
+            RelayError::Client => false,
+            RelayError::Timeout => self.timed_out(st, request_id, false).await,
+            RelayError::Upstream { .. } | RelayError::Malformed(_) => {
+                self.shared.metrics.upstream_error(UpstreamErrorKind::Other);
+                let message = match error {
+                    RelayError::Malformed(what) => what,
+                    _ => "the model server closed the connection without an answer",
+                };
+                tracing::warn!(request_id = ?request_id, kind = "other", message, "upstream request failed");
+                self.answer_error(
+                    st,
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    message,
+                    request_id,
+                    keep,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn answer_error(
+        &mut self,
+        st: &mut RequestState,
+        status: StatusCode,
+        error: &'static str,
+        message: &str,
+        request_id: &HeaderValue,
+        keep: bool,
+    ) -> bool {
+        st.error = Some(error);
+        st.local_status = Some(status.as_u16());
+        let close = !keep || self.stop.is_cancelled();
+        st.local_complete = self
+            .write_answer(status, error, message, request_id, close)
+            .await;
+        st.local_complete && !close
+    }
+
+    async fn answer_locally(
+        &mut self,
+        st: &mut RequestState,
+        rejected: &Rejected,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        self.answer_error(
+            st,
+            rejected.status,
+            rejected.error,
+            rejected.message,
+            request_id,
+            !close,
+        )
+        .await
+    }
+
+    async fn write_local(
+        &mut self,
+        rejected: &Rejected,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        self.write_answer(
+            rejected.status,
+            rejected.error,
+            rejected.message,
+            request_id,
+            close,
+        )
+        .await
+    }
+
+    /// Writes a short JSON answer made by the proxy itself; false if the client is gone.
+    async fn write_answer(
+        &mut self,
+        status: StatusCode,
+        error: &'static str,
+        message: &str,
+        request_id: &HeaderValue,
+        close: bool,
+    ) -> bool {
+        let body = serde_json::json!({
+            "error": error,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        });
+        let mut body = serde_json::to_vec(&body).unwrap_or_default();
+        body.push(b'\n');
+        let out = &mut self.resp;
+        out.clear();
+        let _ = write!(
+            out,
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        push_header(out, b"x-request-id", request_id.as_bytes());
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        self.stream.write_all(out).await.is_ok()
+    }
+}
+
+/// Why no upstream connection was had.
+enum Failure {
+    Connect(std::io::Error),
+    Timeout,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_options_name_hop_by_hop_headers() {
+        let mut options = ConnectionOptions::default();
+        options.add(b"close, X-Hop , keep-alive");
+        assert!(options.close && options.keep_alive);
+        assert!(options.names("x-hop"));
+        assert!(!options.names("x-other"));
+    }
+
+    #[test]
+    fn content_lengths_must_agree_and_be_digits() {
+        assert_eq!(content_length(None, b"42"), Ok(42));
+        assert_eq!(content_length(Some(42), b" 42 "), Ok(42));
+        assert!(content_length(Some(42), b"43").is_err());
+        assert!(content_length(None, b"+4").is_err());
+        assert!(content_length(None, b"").is_err());
+        assert!(content_length(None, b"99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn only_a_final_chunked_coding_counts() {
+        assert!(ends_chunked(b"chunked"));
+        assert!(ends_chunked(b"gzip, Chunked"));
+        assert!(!ends_chunked(b"chunked, gzip"));
+    }
+}

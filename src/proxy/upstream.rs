@@ -1,0 +1,126 @@
+//! Plain keep-alive TCP connections to the upstream for the HTTP/1.1 path.
+//!
+//! Each worker thread has its own list; a client connection keeps the upstream connection
+//! it used last for its next request (an HTTP/1.1 client sends it on the same connection),
+//! and hands it to the worker's list when it closes. An idle connection is not watched: a
+//! close by the upstream meanwhile shows when the next request is sent on it, and
+//! [`super::h1`] then retries that request on a fresh connection.
+
+use bytes::BytesMut;
+use http::uri::Authority;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Read-buffer capacity of a new upstream connection: a model answer's head and a small
+/// JSON body fit in one read.
+const INITIAL_BUFFER: usize = 8 * 1024;
+
+/// One connection to the upstream and the bytes read from it but not yet relayed.
+pub(crate) struct UpConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
+    /// True when it carried a request before: a failure before any answer byte may then be
+    /// the upstream's idle close, and the request is worth one retry on a fresh connection.
+    pub(crate) reused: bool,
+    since: Instant,
+}
+
+impl UpConn {
+    /// False when the upstream has closed the connection (or sent bytes nobody asked for)
+    /// while it was idle. Costs one non-blocking read, so it is asked only before a request
+    /// body is streamed, which cannot be replayed on another connection.
+    pub(crate) fn is_reusable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Idle connections of one worker, most recently used last.
+pub(crate) struct Connections {
+    authority: Authority,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<UpConn>>,
+}
+
+impl Connections {
+    pub(crate) fn new(
+        authority: Authority,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            authority,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UpConn>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently parked connection that has not expired (expired ones are closed).
+    pub(crate) fn take_idle(&self) -> Option<UpConn> {
+        let mut idle = self.lock();
+        let now = Instant::now();
+        while let Some(conn) = idle.pop() {
+            if now.duration_since(conn.since) < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Parks a connection whose last answer was read to its end.
+    pub(crate) fn put(&self, mut conn: UpConn) {
+        conn.since = Instant::now();
+        conn.reused = true;
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    /// Marks a connection kept by a client connection as used, for the idle expiry.
+    pub(crate) fn park(conn: &mut UpConn) {
+        conn.since = Instant::now();
+        conn.reused = true;
+    }
+
+    /// True when a connection parked on a client connection has been idle too long to use.
+    pub(crate) fn expired(&self, conn: &UpConn) -> bool {
+        conn.since.elapsed() >= self.idle_timeout
+    }
+
+    /// Opens a new connection (within the connect timeout).
+    pub(crate) async fn connect(&self) -> std::io::Result<UpConn> {
+        let host = self.authority.host();
+        // IPv6 literals come bracketed in the authority; connect wants them bare.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = self.authority.port_u16().unwrap_or(80);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        // Small JSON requests and answers: Nagle's delay would dominate the added latency.
+        let _ = stream.set_nodelay(true);
+        Ok(UpConn {
+            stream,
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
+            reused: false,
+            since: Instant::now(),
+        })
+    }
+}
