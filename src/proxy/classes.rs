@@ -75,8 +75,140 @@ impl<'de> Deserialize<'de> for Argmax {
 /// not lists of numbers, an empty row): the caller counts that as [`UNPARSED`], never as
 /// an error. An empty batch yields an empty list (nothing was predicted).
 pub fn predicted_indices(body: &[u8]) -> Option<Vec<usize>> {
+    // Most answers are exactly `{"predictions": [[…], …]}`: a scanner for that one shape
+    // costs a fraction of serde's generic path. Anything else, or anything it is unsure
+    // of, goes to serde, so both give the same result for every input.
+    if let Some(rows) = Scanner::new(body).predictions_only() {
+        return Some(rows);
+    }
     let answer: Answer = serde_json::from_slice(body).ok()?;
     Some(answer.predictions.0)
+}
+
+/// A scanner for answers whose only field is `predictions`, a list of non-empty lists of
+/// JSON numbers. It returns `None` whenever the text is anything else (other fields,
+/// escapes, invalid JSON), leaving the verdict to serde.
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// Skips whitespace, then takes `byte` if it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_ws();
+        if self.bytes.get(self.at) == Some(&byte) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn predictions_only(mut self) -> Option<Vec<usize>> {
+        const KEY: &[u8] = b"\"predictions\"";
+        if !self.eat(b'{') {
+            return None;
+        }
+        self.skip_ws();
+        if !self.bytes[self.at..].starts_with(KEY) {
+            return None;
+        }
+        self.at += KEY.len();
+        if !self.eat(b':') || !self.eat(b'[') {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(1);
+        if !self.eat(b']') {
+            loop {
+                rows.push(self.argmax_row()?);
+                if self.eat(b']') {
+                    break;
+                }
+                if !self.eat(b',') {
+                    return None;
+                }
+            }
+        }
+        if !self.eat(b'}') {
+            return None;
+        }
+        self.skip_ws();
+        (self.at == self.bytes.len()).then_some(rows)
+    }
+
+    /// `[n, n, …]` (non-empty) → the index of its first highest number.
+    fn argmax_row(&mut self) -> Option<usize> {
+        if !self.eat(b'[') {
+            return None;
+        }
+        let mut best: Option<(usize, f64)> = None;
+        let mut i = 0;
+        loop {
+            self.skip_ws();
+            let score = self.number()?;
+            match best {
+                Some((_, b)) if score <= b => {}
+                _ => best = Some((i, score)),
+            }
+            i += 1;
+            if self.eat(b']') {
+                return best.map(|(i, _)| i);
+            }
+            if !self.eat(b',') {
+                return None;
+            }
+        }
+    }
+
+    /// A number in JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<f64> {
+        let start = self.at;
+        let digits = |s: &mut Self| {
+            let from = s.at;
+            while s.bytes.get(s.at).is_some_and(u8::is_ascii_digit) {
+                s.at += 1;
+            }
+            s.at - from
+        };
+        if self.bytes.get(self.at) == Some(&b'-') {
+            self.at += 1;
+        }
+        let int_start = self.at;
+        let int_digits = digits(self);
+        if int_digits == 0 || (int_digits > 1 && self.bytes[int_start] == b'0') {
+            return None;
+        }
+        if self.bytes.get(self.at) == Some(&b'.') {
+            self.at += 1;
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
+                self.at += 1;
+            }
+            if digits(self) == 0 {
+                return None;
+            }
+        }
+        let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+        let value: f64 = text.parse().ok()?;
+        // serde_json refuses numbers out of f64's range; leave those to it.
+        value.is_finite().then_some(value)
+    }
 }
 
 /// Class names by output index, as given on the command line.
@@ -157,6 +289,37 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    #[test]
+    fn the_fast_scanner_agrees_with_serde() {
+        for body in [
+            &br#"{"predictions": [[0.1, 0.7, 0.2], [0.9, 0.05, 0.05]]}"#[..],
+            br#" { "predictions" : [ [ 1 , 2 ] ] } "#,
+            br#"{"predictions":[[-0,-1e2,1E+2,3.5e-1]]}"#,
+            br#"{"predictions": [[01, 2]]}"#,
+            br#"{"predictions": [[1., 2]]}"#,
+            br#"{"predictions": [[.5, 2]]}"#,
+            br#"{"predictions": [[1e, 2]]}"#,
+            br#"{"predictions": [[1, 2,]]}"#,
+            br#"{"predictions": [[1, 2]],}"#,
+            br#"{"predictions": [[1, 2]]} x"#,
+            br#"{"predictions": [[1e400, 2]]}"#,
+            br#"{"predictions": [[+1, 2]]}"#,
+            br#"{"predictions": [[1, 2]], "predictions": [[2, 1]]}"#,
+            br#"{"predictions": [[1, 2]]"#,
+            br#"{"predictions": [[1, 2], []]}"#,
+            br#"{"predictions": []}"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            let serde = serde_json::from_slice::<Answer>(body)
+                .ok()
+                .map(|a| a.predictions.0);
+            if let Some(fast) = Scanner::new(body).predictions_only() {
+                assert_eq!(Some(fast), serde, "{text}");
+            }
+            assert_eq!(predicted_indices(body), serde, "{text}");
         }
     }
 

@@ -123,25 +123,45 @@ pub(crate) struct Shared {
 /// Request IDs unique per process and, through a random prefix, across pods; cheaper than a
 /// random UUID per request and still UUID-shaped for log tooling.
 pub(crate) struct RequestIds {
-    prefix: u64,
+    /// The constant first half of every ID (`xxxxxxxx-xxxx-xxxx-`): the random prefix,
+    /// formatted once.
+    head: [u8; 19],
     next: AtomicU64,
 }
 
 impl RequestIds {
     pub(crate) fn new() -> Self {
+        let mut head = [0u8; 19];
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let prefix = uuid::Uuid::new_v4().as_u64_pair().0;
+        let text = uuid::Uuid::from_u64_pair(prefix, 0)
+            .hyphenated()
+            .encode_lower(&mut buf);
+        head.copy_from_slice(&text.as_bytes()[..19]);
         Self {
-            prefix: uuid::Uuid::new_v4().as_u64_pair().0,
+            head,
             next: AtomicU64::new(1),
         }
     }
 
+    /// The next ID: the UUID whose high half is the prefix and low half a counter, written
+    /// without going through `uuid`'s formatter (this runs on every request).
     pub(crate) fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = uuid::Uuid::from_u64_pair(self.prefix, n)
-            .hyphenated()
-            .encode_lower(&mut buf);
-        HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("invalid"))
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        id[..19].copy_from_slice(&self.head);
+        // The low 64 bits as `xxxx-xxxxxxxxxxxx`.
+        let mut at = 19;
+        for i in (0..16).rev() {
+            if at == 23 {
+                id[at] = b'-';
+                at += 1;
+            }
+            id[at] = HEX[((n >> (i * 4)) & 0xf) as usize];
+            at += 1;
+        }
+        HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("invalid"))
     }
 }
 
@@ -680,6 +700,13 @@ mod tests {
         let a = ids.next();
         let b = ids.next();
         assert_ne!(a, b);
-        assert!(uuid::Uuid::parse_str(a.to_str().unwrap()).is_ok());
+        let a = uuid::Uuid::parse_str(a.to_str().unwrap()).expect("a UUID");
+        let b = uuid::Uuid::parse_str(b.to_str().unwrap()).expect("a UUID");
+        // One random prefix per process, then a counter.
+        assert_eq!(a.as_u64_pair().0, b.as_u64_pair().0);
+        assert_eq!(a.as_u64_pair().1 + 1, b.as_u64_pair().1);
+        ids.next.store(0x0123_4567_89ab_cdef, Ordering::Relaxed);
+        let c = ids.next();
+        assert!(c.to_str().unwrap().ends_with("-0123-456789abcdef"), "{c:?}");
     }
 }
