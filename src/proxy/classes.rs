@@ -174,35 +174,77 @@ impl<'a> Scanner<'a> {
     /// A number in JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
     fn number(&mut self) -> Option<f64> {
         let start = self.at;
-        let digits = |s: &mut Self| {
+        // Digits as an integer mantissa, for the exact fast path below.
+        let mut mantissa: u64 = 0;
+        let mut mantissa_digits = 0u32;
+        let mut digits = |s: &mut Self, into_mantissa: bool| {
             let from = s.at;
-            while s.bytes.get(s.at).is_some_and(u8::is_ascii_digit) {
+            while let Some(&b) = s.bytes.get(s.at).filter(|b| b.is_ascii_digit()) {
+                if into_mantissa && mantissa_digits < 19 {
+                    mantissa = mantissa * 10 + u64::from(b - b'0');
+                    if mantissa != 0 {
+                        mantissa_digits += 1;
+                    }
+                } else if into_mantissa {
+                    mantissa_digits = u32::MAX; // too many digits for the fast path
+                }
                 s.at += 1;
             }
             s.at - from
         };
-        if self.bytes.get(self.at) == Some(&b'-') {
+        let negative = self.bytes.get(self.at) == Some(&b'-');
+        if negative {
             self.at += 1;
         }
         let int_start = self.at;
-        let int_digits = digits(self);
+        let int_digits = digits(self, true);
         if int_digits == 0 || (int_digits > 1 && self.bytes[int_start] == b'0') {
             return None;
         }
+        let mut exponent: i64 = 0;
         if self.bytes.get(self.at) == Some(&b'.') {
             self.at += 1;
-            if digits(self) == 0 {
+            let fraction = digits(self, true);
+            if fraction == 0 {
                 return None;
             }
+            exponent -= i64::try_from(fraction).ok()?;
         }
+        let mut exact = true;
         if let Some(b'e' | b'E') = self.bytes.get(self.at) {
             self.at += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
+            let sign = match self.bytes.get(self.at) {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            if sign != 0 {
                 self.at += 1;
             }
-            if digits(self) == 0 {
+            let exp_start = self.at;
+            if digits(self, false) == 0 {
                 return None;
             }
+            match std::str::from_utf8(&self.bytes[exp_start..self.at])
+                .ok()
+                .and_then(|t| t.parse::<i64>().ok())
+            {
+                Some(e) => exponent += if sign < 0 { -e } else { e },
+                None => exact = false,
+            }
+        }
+        // Clinger's fast path: a mantissa below 2^53 times a power of ten up to 10^22 is
+        // one correctly rounded operation on exact values, the same f64 as a full parse.
+        const POW10: [f64; 23] = [
+            1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+            1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        ];
+        if exact && mantissa_digits <= 15 && (-22..=22).contains(&exponent) {
+            #[allow(clippy::cast_precision_loss)] // below 10^15 < 2^53: exact
+            let m = mantissa as f64;
+            let power = POW10[usize::try_from(exponent.unsigned_abs()).ok()?];
+            let value = if exponent < 0 { m / power } else { m * power };
+            return Some(if negative { -value } else { value });
         }
         let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
         let value: f64 = text.parse().ok()?;
@@ -320,6 +362,32 @@ mod tests {
                 assert_eq!(Some(fast), serde, "{text}");
             }
             assert_eq!(predicted_indices(body), serde, "{text}");
+        }
+    }
+
+    #[test]
+    fn fast_numbers_equal_a_full_parse() {
+        for text in [
+            "0",
+            "-0",
+            "0.05",
+            "0.9",
+            "1e5",
+            "1E+2",
+            "-1e-2",
+            "3.14159",
+            "123456789012345",
+            "1234567890123456789",
+            "0.000000000000000000000001",
+            "1e22",
+            "1e23",
+            "2.5e-22",
+            "9007199254740993",
+            "0.1",
+            "0.30000000000000004",
+        ] {
+            let parsed = Scanner::new(text.as_bytes()).number();
+            assert_eq!(parsed, text.parse::<f64>().ok(), "{text}");
         }
     }
 

@@ -192,22 +192,57 @@ impl<'a> ConnectionOptions<'a> {
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus the framing
-/// headers the proxy writes itself.
-fn is_hop_or_framing(name: &str) -> bool {
-    let name = name.as_bytes();
-    // Sorted by length, so most names are told apart by their length alone.
-    let candidates: &[&[u8]] = match name.len() {
-        2 => &[b"te"],
-        6 => &[b"expect"],
-        7 => &[b"trailer", b"upgrade"],
-        10 => &[b"connection", b"keep-alive"],
-        14 => &[b"content-length"],
-        16 => &[b"proxy-connection"],
-        17 => &[b"transfer-encoding"],
-        _ => return false,
-    };
-    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+/// The header fields the proxy looks at; everything else passes through untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    ContentEncoding,
+    Expect,
+    Host,
+    RequestId,
+    ForwardedFor,
+    /// Another field that describes one hop, not the message (RFC 9110 §7.6.1):
+    /// `keep-alive`, `proxy-connection`, `te`, `trailer`, `upgrade`.
+    Hop,
+    Other,
+}
+
+impl Field {
+    /// Classifies a field name by its length first, so most names take one comparison.
+    fn of(name: &str) -> Self {
+        let name = name.as_bytes();
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Self::Hop,
+            4 if is(b"host") => Self::Host,
+            6 if is(b"expect") => Self::Expect,
+            7 if is(b"trailer") || is(b"upgrade") => Self::Hop,
+            10 if is(b"connection") => Self::Connection,
+            10 if is(b"keep-alive") => Self::Hop,
+            12 if is(b"x-request-id") => Self::RequestId,
+            14 if is(b"content-length") => Self::ContentLength,
+            15 if is(b"x-forwarded-for") => Self::ForwardedFor,
+            16 if is(b"content-encoding") => Self::ContentEncoding,
+            16 if is(b"proxy-connection") => Self::Hop,
+            17 if is(b"transfer-encoding") => Self::TransferEncoding,
+            _ => Self::Other,
+        }
+    }
+
+    /// Fields the proxy never passes on as they came: hop-by-hop ones, and the framing
+    /// ones it writes itself.
+    fn is_dropped(self) -> bool {
+        matches!(
+            self,
+            Self::Connection
+                | Self::ContentLength
+                | Self::TransferEncoding
+                | Self::Expect
+                | Self::Hop
+        )
+    }
 }
 
 /// A Content-Length value: digits only, and every copy of the header the same.
@@ -269,19 +304,20 @@ fn parse_request(
     let mut length = None;
     let mut chunked = None;
     let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
-            connection.add(h.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                content_length(length, h.value)
-                    .map_err(|()| Rejected::bad("the Content-Length header is not valid"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = Some(ends_chunked(h.value));
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (h, field) in req.headers.iter().zip(&mut fields) {
+        *field = Field::of(h.name);
+        match field {
+            Field::Connection => connection.add(h.value),
+            Field::ContentLength => {
+                length = Some(
+                    content_length(length, h.value)
+                        .map_err(|()| Rejected::bad("the Content-Length header is not valid"))?,
+                );
+            }
+            Field::TransferEncoding => chunked = Some(ends_chunked(h.value)),
+            Field::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
+            _ => {}
         }
     }
     let framing = match (chunked, length) {
@@ -324,25 +360,24 @@ fn parse_request(
     let mut request_id = None;
     let mut has_host = false;
     let mut forwarded_for: Option<Vec<u8>> = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if is_hop_or_framing(name) || (!connection.named.is_empty() && connection.names(name)) {
+    for (h, &field) in req.headers.iter().zip(&fields) {
+        if field.is_dropped() || (!connection.named.is_empty() && connection.names(h.name)) {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            let joined = forwarded_for.get_or_insert_with(Vec::new);
-            if !joined.is_empty() {
-                joined.extend_from_slice(b", ");
+        match field {
+            Field::ForwardedFor => {
+                let joined = forwarded_for.get_or_insert_with(Vec::new);
+                if !joined.is_empty() {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(h.value);
+                continue;
             }
-            joined.extend_from_slice(h.value);
-            continue;
+            Field::RequestId => request_id = HeaderValue::from_bytes(h.value).ok(),
+            Field::Host => has_host = true,
+            _ => {}
         }
-        if name.eq_ignore_ascii_case("x-request-id") {
-            request_id = HeaderValue::from_bytes(h.value).ok();
-        } else if name.eq_ignore_ascii_case("host") {
-            has_host = true;
-        }
-        push_header(out, name.as_bytes(), h.value);
+        push_header(out, h.name.as_bytes(), h.value);
     }
     if !has_host {
         // HTTP/1.1 requires a Host; without one from the client, name the upstream.
@@ -445,21 +480,20 @@ fn parse_response(
     let mut chunked = None;
     let mut identity = true;
     let mut has_request_id = false;
-    for h in res.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
-            connection.add(h.value);
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length =
-                Some(content_length(length, h.value).map_err(|()| {
+    let mut fields = [Field::Other; MAX_HEADERS];
+    for (h, field) in res.headers.iter().zip(&mut fields) {
+        *field = Field::of(h.name);
+        match field {
+            Field::Connection => connection.add(h.value),
+            Field::ContentLength => {
+                length = Some(content_length(length, h.value).map_err(|()| {
                     RelayError::Malformed("the answer's Content-Length is not valid")
                 })?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = Some(ends_chunked(h.value));
-        } else if name.eq_ignore_ascii_case("content-encoding") {
-            identity = h.value.eq_ignore_ascii_case(b"identity");
-        } else if name.eq_ignore_ascii_case("x-request-id") {
-            has_request_id = true;
+            }
+            Field::TransferEncoding => chunked = Some(ends_chunked(h.value)),
+            Field::ContentEncoding => identity = h.value.eq_ignore_ascii_case(b"identity"),
+            Field::RequestId => has_request_id = true,
+            _ => {}
         }
     }
     // RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304, whatever the headers say.
@@ -483,12 +517,11 @@ fn parse_response(
     out.push(b' ');
     out.extend_from_slice(res.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in res.headers.iter() {
-        let name = h.name;
-        if is_hop_or_framing(name) || (!connection.named.is_empty() && connection.names(name)) {
+    for (h, field) in res.headers.iter().zip(fields) {
+        if field.is_dropped() || (!connection.named.is_empty() && connection.names(h.name)) {
             continue;
         }
-        push_header(out, name.as_bytes(), h.value);
+        push_header(out, h.name.as_bytes(), h.value);
     }
     // What the answer said of its length also describes a HEAD or 304 answer's missing body.
     if chunked.is_none()
@@ -1478,6 +1511,19 @@ mod tests {
         assert!(options.close && options.keep_alive);
         assert!(options.names("x-hop"));
         assert!(!options.names("x-other"));
+    }
+
+    #[test]
+    fn fields_are_classified_whatever_their_case() {
+        assert_eq!(Field::of("Content-Length"), Field::ContentLength);
+        assert_eq!(Field::of("TRANSFER-ENCODING"), Field::TransferEncoding);
+        assert_eq!(Field::of("X-Request-Id"), Field::RequestId);
+        for hop in ["te", "Trailer", "upgrade", "Keep-Alive", "proxy-connection"] {
+            assert_eq!(Field::of(hop), Field::Hop, "{hop}");
+        }
+        for kept in ["content-type", "x-custom", "content-encoding", "host", "tee"] {
+            assert!(!Field::of(kept).is_dropped(), "{kept}");
+        }
     }
 
     #[test]
