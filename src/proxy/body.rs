@@ -5,6 +5,7 @@
 //! memory stays flat whatever the body size.
 
 use super::forward::Exchange;
+use super::querylog::BodySample;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
@@ -39,9 +40,21 @@ impl Capture {
         }
     }
 
-    /// Bytes seen in total.
-    pub(crate) fn total(&self) -> u64 {
-        self.total
+    /// The first `limit` bytes as a query-log sample: moved when that is all that was
+    /// kept, copied when more was kept (for the classes), so a queued record holds no more
+    /// than `limit` bytes.
+    pub(crate) fn into_sample(self, limit: usize) -> BodySample {
+        let truncated = self.total > limit as u64;
+        let bytes = if self.kept.len() <= limit {
+            Bytes::from(self.kept)
+        } else {
+            Bytes::copy_from_slice(&self.kept[..limit])
+        };
+        BodySample {
+            bytes,
+            truncated,
+            total: self.total,
+        }
     }
 
     /// The first `n` bytes (at most what was kept) and whether the body was longer.

@@ -218,11 +218,14 @@ impl Drop for Exchange {
                 });
             }
         }
-        let log = self.log.take();
-        let request = log.as_ref().map(|log| {
-            log.request
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let log = self.log.take().map(|log| {
+            let request = std::mem::take(
+                &mut *log
+                    .request
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            (log.time, log.path, request)
         });
         shared.record(Outcome {
             method: &self.method,
@@ -232,9 +235,12 @@ impl Drop for Exchange {
             error: self.error,
             complete: self.complete,
             count_classes: self.count_classes,
-            request: request.as_deref(),
-            response: self.response.as_ref(),
-            log: log.as_ref().map(|log| (log.time, log.path.as_str())),
+            response: self.response.take(),
+            log: log.map(|(time, path, request)| LogPart {
+                time,
+                path,
+                request,
+            }),
         });
     }
 }
@@ -251,12 +257,19 @@ pub(crate) struct Outcome<'a> {
     pub(crate) complete: bool,
     /// The answer is one whose predicted classes are counted.
     pub(crate) count_classes: bool,
-    /// The request body's prefix (kept only when the query log is on).
-    pub(crate) request: Option<&'a Capture>,
     /// The answer body's prefix (for the classes and the query log).
-    pub(crate) response: Option<&'a Capture>,
-    /// Arrival time and request target, when the query log is on.
-    pub(crate) log: Option<(SystemTime, &'a str)>,
+    pub(crate) response: Option<Capture>,
+    /// What only the query log needs, when it is on.
+    pub(crate) log: Option<LogPart>,
+}
+
+/// The query-log part of an [`Outcome`], moved into the log record rather than copied.
+pub(crate) struct LogPart {
+    pub(crate) time: SystemTime,
+    /// The request target as the client sent it.
+    pub(crate) path: String,
+    /// The request body's prefix.
+    pub(crate) request: Capture,
 }
 
 impl Shared {
@@ -272,7 +285,7 @@ impl Shared {
         );
         let mut predicted = None;
         if outcome.count_classes && outcome.complete {
-            let indices = outcome.response.and_then(|capture| {
+            let indices = outcome.response.as_ref().and_then(|capture| {
                 let (body, truncated) = capture.prefix(self.class_limit);
                 if truncated {
                     None
@@ -290,19 +303,11 @@ impl Shared {
                 None => self.metrics.unparsed(),
             }
         }
-        let (Some((time, path)), Some(sender)) = (outcome.log, &self.query_log) else {
+        let (Some(log), Some(sender)) = (outcome.log, &self.query_log) else {
             return;
         };
-        let sample = |capture: Option<&Capture>| match capture {
-            Some(capture) => {
-                let (bytes, truncated) = capture.prefix(self.log_body_limit);
-                BodySample {
-                    bytes: Bytes::copy_from_slice(bytes),
-                    truncated,
-                    total: capture.total(),
-                }
-            }
-            None => BodySample::default(),
+        let sample = |capture: Option<Capture>| {
+            capture.map_or_else(BodySample::default, |c| c.into_sample(self.log_body_limit))
         };
         let error = outcome.error.or(match (outcome.status, outcome.complete) {
             (None, _) => Some("client_closed"),
@@ -310,21 +315,16 @@ impl Shared {
             _ => None,
         });
         let record = QueryRecord {
-            time,
+            time: log.time,
             request_id: Bytes::copy_from_slice(outcome.request_id),
             method: outcome.method.clone(),
-            path: path.to_owned(),
+            path: log.path,
             status,
             latency,
             error,
-            request: sample(outcome.request),
+            request: sample(Some(log.request)),
             response: sample(outcome.response),
-            predictions: predicted.map(|indices| {
-                indices
-                    .into_iter()
-                    .map(|i| self.classes.name(i).into_owned())
-                    .collect()
-            }),
+            predictions: predicted,
         };
         if !sender.send(record) {
             self.metrics.query_log_dropped();

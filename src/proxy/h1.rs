@@ -17,7 +17,7 @@
 
 use super::body::Capture;
 use super::chunked::{ChunkError, Decoder};
-use super::forward::{Outcome, Shared};
+use super::forward::{LogPart, Outcome, Shared};
 use super::metrics::UpstreamErrorKind;
 use super::upstream::{Connections, UpConn};
 use bytes::{Buf, BytesMut};
@@ -1017,7 +1017,7 @@ impl ClientConn {
     }
 
     /// Forwards one request and accounts for it; returns whether the connection goes on.
-    async fn exchange(&mut self, head: RequestHead) -> bool {
+    async fn exchange(&mut self, mut head: RequestHead) -> bool {
         let shared = self.shared.clone();
         shared.metrics.request_started();
         let log_on = shared.query_log.is_some();
@@ -1049,9 +1049,12 @@ impl ClientConn {
             error: st.error,
             complete,
             count_classes: st.response.count_classes,
-            request: st.request_capture.as_ref(),
-            response: st.response.capture.as_ref(),
-            log: time.map(|t| (t, head.path.as_str())),
+            response: st.response.capture.take(),
+            log: time.map(|time| LogPart {
+                time,
+                path: std::mem::take(&mut head.path),
+                request: st.request_capture.take().unwrap_or_default(),
+            }),
         });
         keep
     }
@@ -1521,7 +1524,13 @@ mod tests {
         for hop in ["te", "Trailer", "upgrade", "Keep-Alive", "proxy-connection"] {
             assert_eq!(Field::of(hop), Field::Hop, "{hop}");
         }
-        for kept in ["content-type", "x-custom", "content-encoding", "host", "tee"] {
+        for kept in [
+            "content-type",
+            "x-custom",
+            "content-encoding",
+            "host",
+            "tee",
+        ] {
             assert!(!Field::of(kept).is_dropped(), "{kept}");
         }
     }

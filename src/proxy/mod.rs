@@ -292,6 +292,7 @@ impl RunningProxy {
                     args.query_log_queue,
                     args.query_log_interval,
                     args.deployment_id.clone(),
+                    classes.clone(),
                     metrics.clone(),
                 )
                 .await
