@@ -45,11 +45,12 @@ impl Capture {
     /// than `limit` bytes.
     pub(crate) fn into_sample(self, limit: usize) -> BodySample {
         let truncated = self.total > limit as u64;
-        let bytes = if self.kept.len() <= limit {
-            Bytes::from(self.kept)
-        } else {
-            Bytes::copy_from_slice(&self.kept[..limit])
-        };
+        let mut bytes = self.kept;
+        if bytes.len() > limit {
+            // A prefix kept for the classes is longer: keep the queue's memory bounded.
+            bytes.truncate(limit);
+            bytes.shrink_to_fit();
+        }
         BodySample {
             bytes,
             truncated,

@@ -230,7 +230,7 @@ impl Drop for Exchange {
         shared.record(Outcome {
             method: &self.method,
             start: self.start,
-            request_id: self.request_id.as_bytes(),
+            request_id: std::mem::replace(&mut self.request_id, HeaderValue::from_static("")),
             status: self.status.map(|s| s.as_u16()),
             error: self.error,
             complete: self.complete,
@@ -249,7 +249,7 @@ impl Drop for Exchange {
 pub(crate) struct Outcome<'a> {
     pub(crate) method: &'a Method,
     pub(crate) start: Instant,
-    pub(crate) request_id: &'a [u8],
+    pub(crate) request_id: HeaderValue,
     /// `None` when the client left before the answer began (recorded as 499).
     pub(crate) status: Option<u16>,
     pub(crate) error: Option<&'static str>,
@@ -316,7 +316,7 @@ impl Shared {
         });
         let record = QueryRecord {
             time: log.time,
-            request_id: Bytes::copy_from_slice(outcome.request_id),
+            request_id: outcome.request_id,
             method: outcome.method.clone(),
             path: log.path,
             status,

@@ -1044,7 +1044,7 @@ impl ClientConn {
         shared.record(Outcome {
             method: &head.method,
             start: st.start,
-            request_id: head.request_id.as_bytes(),
+            request_id: std::mem::replace(&mut head.request_id, HeaderValue::from_static("")),
             status,
             error: st.error,
             complete,

@@ -8,7 +8,6 @@
 
 use super::classes::ClassNames;
 use super::metrics::Metrics;
-use bytes::Bytes;
 use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,7 +37,7 @@ impl QueryLogTarget {
 /// A body prefix kept for the log, with whether the body was longer than the prefix.
 #[derive(Debug, Default)]
 pub(crate) struct BodySample {
-    pub(crate) bytes: Bytes,
+    pub(crate) bytes: Vec<u8>,
     pub(crate) truncated: bool,
     pub(crate) total: u64,
 }
@@ -47,7 +46,7 @@ pub(crate) struct BodySample {
 #[derive(Debug)]
 pub(crate) struct QueryRecord {
     pub(crate) time: SystemTime,
-    pub(crate) request_id: Bytes,
+    pub(crate) request_id: http::HeaderValue,
     pub(crate) method: http::Method,
     pub(crate) path: String,
     pub(crate) status: u16,
@@ -136,9 +135,25 @@ impl Clock {
 fn push_str(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = text.as_bytes();
-    out.push(b'"');
-    let mut run = 0;
+    // Most strings need no escape at all: find the first byte that does, and copy
+    // everything before it in one go.
     let mut i = 0;
+    while let Some(word) = bytes.get(i..i + 8)
+        && !needs_escape(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])))
+    {
+        i += 8;
+    }
+    while i < bytes.len() && !matches!(bytes[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    if i == bytes.len() {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    let mut run = 0;
     while i < bytes.len() {
         // Eight bytes at a time while none needs escaping: the usual case by far.
         if let Some(word) = bytes.get(i..i + 8)
@@ -215,7 +230,7 @@ impl QueryRecord {
         push_field(out, "deployment_id");
         push_str(out, deployment_id);
         push_field(out, "request_id");
-        push_str(out, &String::from_utf8_lossy(&self.request_id));
+        push_str(out, &String::from_utf8_lossy(self.request_id.as_bytes()));
         push_field(out, "method");
         push_str(out, self.method.as_str());
         push_field(out, "path");
@@ -442,19 +457,19 @@ mod tests {
     ) -> QueryRecord {
         QueryRecord {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_598_203_045),
-            request_id: Bytes::from_static(b"id-\"1\""),
+            request_id: http::HeaderValue::from_static("id-\"1\""),
             method: http::Method::POST,
             path: path.to_owned(),
             status: 200,
             latency: Duration::from_micros(1234),
             error,
             request: BodySample {
-                bytes: Bytes::copy_from_slice(request),
+                bytes: request.to_vec(),
                 truncated: true,
                 total: 99,
             },
             response: BodySample {
-                bytes: Bytes::copy_from_slice(response),
+                bytes: response.to_vec(),
                 truncated: false,
                 total: response.len() as u64,
             },
@@ -476,7 +491,7 @@ mod tests {
             time: chrono::DateTime::<chrono::Utc>::from(record.time)
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             deployment_id,
-            request_id: String::from_utf8_lossy(&record.request_id),
+            request_id: String::from_utf8_lossy(record.request_id.as_bytes()),
             method: record.method.as_str(),
             path: &record.path,
             status: record.status,
