@@ -3,7 +3,7 @@
 
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
-use super::metrics::{MethodLabel, Metrics, UpstreamErrorKind};
+use super::metrics::{MethodLabel, Metrics, Shard, UpstreamErrorKind};
 use super::pool::{Conn, Pool, PoolError, Slot};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
 use bytes::Bytes;
@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) upstream: Upstream,
     pub(crate) timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
+    /// This worker's part of the per-request metrics.
+    pub(crate) shard: Arc<Shard>,
     pub(crate) classes: ClassNames,
     /// Response bytes inspected for the predicted class; 0 turns class counting off.
     pub(crate) class_limit: usize,
@@ -278,11 +280,8 @@ impl Shared {
         let latency = outcome.start.elapsed();
         // 499 (nginx's "client closed request"): the client left before the answer began.
         let status = outcome.status.unwrap_or(499);
-        self.metrics.request_finished(
-            MethodLabel::of(outcome.method),
-            status,
-            latency.as_secs_f64(),
-        );
+        self.shard
+            .request_finished(MethodLabel::of(outcome.method), status, latency);
         let mut predicted = None;
         if outcome.count_classes && outcome.complete {
             let indices = outcome.response.as_ref().and_then(|capture| {
@@ -296,11 +295,11 @@ impl Shared {
             match indices {
                 Some(indices) => {
                     for &i in &indices {
-                        self.metrics.predicted(i, &self.classes);
+                        self.shard.predicted(i, &self.classes);
                     }
                     predicted = Some(indices);
                 }
-                None => self.metrics.unparsed(),
+                None => self.shard.unparsed(),
             }
         }
         let (Some(log), Some(sender)) = (outcome.log, &self.query_log) else {
@@ -413,7 +412,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     let start = Instant::now();
     let shared = &*peer.shared;
-    shared.metrics.request_started();
+    shared.shard.request_started();
     let request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(id) => id.clone(),
         None => {

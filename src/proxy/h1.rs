@@ -1019,7 +1019,7 @@ impl ClientConn {
     /// Forwards one request and accounts for it; returns whether the connection goes on.
     async fn exchange(&mut self, mut head: RequestHead) -> bool {
         let shared = self.shared.clone();
-        shared.metrics.request_started();
+        shared.shard.request_started();
         let log_on = shared.query_log.is_some();
         let mut st = RequestState {
             start: Instant::now(),

@@ -2,14 +2,19 @@
 
 use super::classes::{ClassNames, UNPARSED};
 use http::Method;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Status codes whose request counters are cached per method (all valid HTTP codes).
 const CACHED_CODES: std::ops::Range<u16> = 100..600;
@@ -38,6 +43,18 @@ pub(crate) enum MethodLabel {
 }
 
 impl MethodLabel {
+    /// Every variant, in index order.
+    const ALL: [Self; METHODS] = [
+        Self::Get,
+        Self::Post,
+        Self::Put,
+        Self::Delete,
+        Self::Head,
+        Self::Options,
+        Self::Patch,
+        Self::Other,
+    ];
+
     pub(crate) fn of(method: &Method) -> Self {
         match *method {
             Method::GET => Self::Get,
@@ -119,56 +136,228 @@ struct ClassLabels {
 }
 
 /// All metrics of one proxy and the registry that renders them.
+///
+/// What changes on every request (request counts, latencies, requests in flight, predicted
+/// classes) is kept in one [`Shard`] per worker thread and summed when scraped: shared
+/// counters and the histogram's lock, touched by both cores on every request, were cache
+/// lines bouncing between them. The rest (errors, query-log counts) is rare enough to share.
 pub(crate) struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    /// The `requests` counter of each (method, code), resolved on first use: the family's
-    /// lookup hashes the labels and takes a lock on every request, this is one atomic load.
-    request_counters: Box<[OnceLock<Counter>]>,
-    duration: Histogram,
     upstream_errors: Family<ErrorLabels, Counter>,
-    in_flight: Gauge,
-    predictions: Family<ClassLabels, Counter>,
-    /// Counters of the configured class names, resolved once so the hot path does not
-    /// allocate a label string per prediction.
-    named_classes: Vec<Counter>,
-    unparsed: Counter,
     query_log_dropped: Counter,
     query_log_written: Counter,
+    shards: Arc<Shards>,
+}
+
+/// The per-worker shards and what they share, rendered by [`Shards::encode`] on a scrape.
+#[derive(Debug)]
+struct Shards {
+    shards: Vec<Arc<Shard>>,
+    /// Configured class names, in output order.
+    class_names: Vec<String>,
+    rare: Arc<Rare>,
+}
+
+/// Counts too rare for a slot of their own: status codes outside 100–599 and predicted
+/// indices past the configured names.
+#[derive(Debug, Default)]
+struct Rare {
+    requests: Mutex<BTreeMap<(usize, u16), u64>>,
+    classes: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The hot-path metrics of one worker thread. Only that thread writes them, so its atomic
+/// operations never contend; a scrape reads them from another thread.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    /// Requests by method × status code 100–599.
+    requests: Box<[AtomicU64]>,
+    /// Latency observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    duration_nanos: AtomicU64,
+    in_flight: AtomicI64,
+    /// Predictions of each configured class, then "unparsed".
+    classes: Box<[AtomicU64]>,
+    rare: Arc<Rare>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shard {
+    fn new(classes: usize, rare: Arc<Rare>) -> Self {
+        Self {
+            requests: (0..METHODS * CACHED_CODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration_nanos: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+            classes: (0..=classes).map(|_| AtomicU64::new(0)).collect(),
+            rare,
+        }
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self, method: MethodLabel, code: u16, latency: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if CACHED_CODES.contains(&code) {
+            let slot = method.index() * CACHED_CODES.len() + usize::from(code - CACHED_CODES.start);
+            self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        } else {
+            *lock(&self.rare.requests)
+                .entry((method.index(), code))
+                .or_default() += 1;
+        }
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.duration_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn predicted(&self, index: usize, classes: &ClassNames) {
+        // The last slot is "unparsed": named classes are the ones before it.
+        if index + 1 < self.classes.len() {
+            self.classes[index].fetch_add(1, Ordering::Relaxed);
+        } else {
+            *lock(&self.rare.classes)
+                .entry(classes.name(index).into_owned())
+                .or_default() += 1;
+        }
+    }
+
+    pub(crate) fn unparsed(&self) {
+        if let Some(unparsed) = self.classes.last() {
+            unparsed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Shards {
+    fn sum(&self, value: impl Fn(&Shard) -> u64) -> u64 {
+        self.shards.iter().map(|s| value(s)).sum()
+    }
+}
+
+impl Collector for Shards {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut family = encoder.encode_descriptor(
+                "requests",
+                "Requests answered, by HTTP method and status code (499: client went away first)",
+                None,
+                MetricType::Counter,
+            )?;
+            let rare = lock(&self.rare.requests).clone();
+            for (m, method) in MethodLabel::ALL.iter().enumerate() {
+                for code in CACHED_CODES {
+                    let slot = m * CACHED_CODES.len() + usize::from(code - CACHED_CODES.start);
+                    let count = self.sum(|s| s.requests[slot].load(Ordering::Relaxed));
+                    if count > 0 {
+                        let labels = RequestLabels {
+                            method: *method,
+                            code,
+                        };
+                        family
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                    }
+                }
+            }
+            for ((m, code), count) in rare {
+                let labels = RequestLabels {
+                    method: MethodLabel::ALL[m],
+                    code,
+                };
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        {
+            let mut histogram = encoder.encode_descriptor(
+                "request_duration_seconds",
+                "Time from receiving a request to the end of its response body",
+                None,
+                MetricType::Histogram,
+            )?;
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+                .iter()
+                .copied()
+                .chain(std::iter::once(f64::INFINITY))
+                .enumerate()
+                .map(|(i, bound)| (bound, self.sum(|s| s.buckets[i].load(Ordering::Relaxed))))
+                .collect();
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            #[allow(clippy::cast_precision_loss)] // a sum of nanoseconds, reported in seconds
+            let seconds = self.sum(|s| s.duration_nanos.load(Ordering::Relaxed)) as f64 / 1e9;
+            histogram.encode_histogram::<NoLabelSet>(seconds, count, &buckets, None)?;
+        }
+        {
+            let mut gauge = encoder.encode_descriptor(
+                "requests_in_flight",
+                "Requests received whose response has not finished yet",
+                None,
+                MetricType::Gauge,
+            )?;
+            let in_flight: i64 = self
+                .shards
+                .iter()
+                .map(|s| s.in_flight.load(Ordering::Relaxed))
+                .sum();
+            gauge.encode_gauge(&in_flight)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "predictions",
+            "Predicted classes (argmax of TensorFlow-Serving answers); other answer shapes count as \"unparsed\"",
+            None,
+            MetricType::Counter,
+        )?;
+        let names = self
+            .class_names
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(UNPARSED));
+        for (i, name) in names.enumerate() {
+            let count = self.sum(|s| s.classes[i].load(Ordering::Relaxed));
+            let labels = ClassLabels {
+                class: name.to_owned(),
+            };
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+        }
+        for (name, count) in lock(&self.rare.classes).iter() {
+            let labels = ClassLabels {
+                class: name.clone(),
+            };
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
-    pub(crate) fn new(classes: &ClassNames) -> Self {
+    /// Metrics with one [`Shard`] per worker thread.
+    pub(crate) fn new(classes: &ClassNames, workers: usize) -> Self {
         let mut registry = Registry::with_prefix("ds_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by HTTP method and status code (499: client went away first)",
-            requests.clone(),
-        );
-        let duration = Histogram::new(LATENCY_BUCKETS);
-        registry.register(
-            "request_duration_seconds",
-            "Time from receiving a request to the end of its response body",
-            duration.clone(),
-        );
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
             "Requests that got no answer from the model server, by kind (connect, timeout, other)",
             upstream_errors.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "requests_in_flight",
-            "Requests received whose response has not finished yet",
-            in_flight.clone(),
-        );
-        let predictions = Family::<ClassLabels, Counter>::default();
-        registry.register(
-            "predictions",
-            "Predicted classes (argmax of TensorFlow-Serving answers); other answer shapes count as \"unparsed\"",
-            predictions.clone(),
         );
         let query_log_dropped = Counter::default();
         registry.register(
@@ -182,75 +371,35 @@ impl Metrics {
             "Query-log lines written",
             query_log_written.clone(),
         );
-        let named_classes = (0..classes.len())
-            .map(|i| {
-                predictions.get_or_create_owned(&ClassLabels {
-                    class: classes.name(i).into_owned(),
-                })
-            })
-            .collect();
-        let unparsed = predictions.get_or_create_owned(&ClassLabels {
-            class: UNPARSED.to_owned(),
+        let rare = Arc::new(Rare::default());
+        let shards = Arc::new(Shards {
+            shards: (0..workers.max(1))
+                .map(|_| Arc::new(Shard::new(classes.len(), rare.clone())))
+                .collect(),
+            class_names: (0..classes.len())
+                .map(|i| classes.name(i).into_owned())
+                .collect(),
+            rare,
         });
-        let request_counters = (0..METHODS * CACHED_CODES.len())
-            .map(|_| OnceLock::new())
-            .collect();
+        registry.register_collector(Box::new(shards.clone()));
         Self {
             registry,
-            requests,
-            request_counters,
-            duration,
             upstream_errors,
-            in_flight,
-            predictions,
-            named_classes,
-            unparsed,
             query_log_dropped,
             query_log_written,
+            shards,
         }
     }
 
-    pub(crate) fn request_started(&self) {
-        self.in_flight.inc();
-    }
-
-    pub(crate) fn request_finished(&self, method: MethodLabel, code: u16, seconds: f64) {
-        self.in_flight.dec();
-        let labels = || RequestLabels { method, code };
-        if CACHED_CODES.contains(&code) {
-            let slot = method.index() * CACHED_CODES.len() + usize::from(code - CACHED_CODES.start);
-            self.request_counters[slot]
-                .get_or_init(|| self.requests.get_or_create_owned(&labels()))
-                .inc();
-        } else {
-            self.requests.get_or_create(&labels()).inc();
-        }
-        self.duration.observe(seconds);
+    /// The shard of worker `index`.
+    pub(crate) fn shard(&self, index: usize) -> Arc<Shard> {
+        self.shards.shards[index % self.shards.shards.len()].clone()
     }
 
     pub(crate) fn upstream_error(&self, kind: UpstreamErrorKind) {
         self.upstream_errors
             .get_or_create(&ErrorLabels { kind })
             .inc();
-    }
-
-    pub(crate) fn predicted(&self, index: usize, classes: &ClassNames) {
-        match self.named_classes.get(index) {
-            Some(counter) => {
-                counter.inc();
-            }
-            None => {
-                self.predictions
-                    .get_or_create(&ClassLabels {
-                        class: classes.name(index).into_owned(),
-                    })
-                    .inc();
-            }
-        }
-    }
-
-    pub(crate) fn unparsed(&self) {
-        self.unparsed.inc();
     }
 
     pub(crate) fn query_log_dropped(&self) {
@@ -269,5 +418,56 @@ impl Metrics {
             tracing::error!(%error, "encoding metrics failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_add_up_on_a_scrape() {
+        let classes = ClassNames::new(vec!["cat".into(), "dog".into()]);
+        let metrics = Metrics::new(&classes, 2);
+        let (a, b) = (metrics.shard(0), metrics.shard(1));
+        for shard in [&a, &b, &a] {
+            shard.request_started();
+            shard.request_finished(MethodLabel::Post, 200, Duration::from_millis(2));
+            shard.predicted(1, &classes);
+        }
+        b.request_started();
+        b.request_finished(MethodLabel::Get, 799, Duration::from_secs(90));
+        b.predicted(5, &classes);
+        a.unparsed();
+        a.request_started();
+        let text = metrics.encode();
+        for line in [
+            "ds_proxy_requests_total{method=\"POST\",code=\"200\"} 3",
+            "ds_proxy_requests_total{method=\"GET\",code=\"799\"} 1",
+            "ds_proxy_request_duration_seconds_count 4",
+            "ds_proxy_request_duration_seconds_bucket{le=\"0.0025\"} 3",
+            "ds_proxy_request_duration_seconds_bucket{le=\"60.0\"} 3",
+            "ds_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "ds_proxy_requests_in_flight 1",
+            "ds_proxy_predictions_total{class=\"cat\"} 0",
+            "ds_proxy_predictions_total{class=\"dog\"} 3",
+            "ds_proxy_predictions_total{class=\"5\"} 1",
+            "ds_proxy_predictions_total{class=\"unparsed\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ds_proxy_request_duration_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("a sum");
+        assert!((sum - 90.006).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            text.matches("# TYPE ds_proxy_predictions counter").count(),
+            1
+        );
     }
 }

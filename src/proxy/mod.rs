@@ -266,7 +266,11 @@ impl RunningProxy {
             return Err(ProxyError::InvalidReadyPath(args.ready_path));
         }
         let classes = ClassNames::new(args.class_names.clone());
-        let metrics = Arc::new(metrics::Metrics::new(&classes));
+        let worker_count = match args.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
+        let metrics = Arc::new(metrics::Metrics::new(&classes, worker_count));
 
         let listener = TcpListener::bind(args.listen)
             .await
@@ -305,7 +309,7 @@ impl RunningProxy {
         // Each worker has its own state: its upstream connections are registered with its
         // own event loop, and nothing on the request path is shared between threads but the
         // metrics and the query-log queue.
-        let make_shared = || {
+        let make_shared = |index: usize| {
             Arc::new(forward::Shared {
                 conns: upstream::Connections::new(
                     upstream.authority.clone(),
@@ -321,6 +325,7 @@ impl RunningProxy {
                 ),
                 upstream: upstream.clone(),
                 timeout: args.timeout,
+                shard: metrics.shard(index),
                 metrics: metrics.clone(),
                 classes: classes.clone(),
                 class_limit: args.class_body_limit,
@@ -328,10 +333,6 @@ impl RunningProxy {
                 log_body_limit: args.query_log_body_limit,
                 ids: forward::RequestIds::new(),
             })
-        };
-        let worker_count = match args.worker_threads {
-            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-            n => n,
         };
         let stop_servers = CancellationToken::new();
         let listener = listener.into_std().map_err(|source| ProxyError::Bind {
@@ -349,8 +350,10 @@ impl RunningProxy {
                         index,
                         header_timeout: header_read_timeout(args.timeout),
                         listener,
-                        shared: make_shared(),
-                        stop: stop_servers.clone(),
+                        shared: make_shared(index),
+                        // A token of its own: waiting on the shared one would touch a lock
+                        // both workers share on every request.
+                        stop: stop_servers.child_token(),
                         balancer: balancer.clone(),
                         handoff,
                     }
