@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark of `ds model-proxy` (issue 5): the same local upstream reached directly, through
 # `ds model-proxy` (metrics on; query logs off, then on), and through nginx as the reference
-# reverse proxy (proxy_pass with an upstream keepalive pool), driven by wrk at 1, 16 and 64
-# connections. Prints a Markdown table (requests/s, p50, p99) for docs/benchmarks.md, then a
+# reverse proxy (proxy_pass with an upstream keepalive pool; once as is, once also adding a
+# request ID both ways and X-Forwarded-For, the header work ds model-proxy does), driven by
+# wrk at 1, 16 and 64 connections. Prints a Markdown table (requests/s, p50, p99) for docs/benchmarks.md, then a
 # 100 MB upload and download through the proxy with its peak memory.
 #
 # The upstream is nginx answering every request with a fixed TensorFlow-Serving body, so the
@@ -33,6 +34,7 @@ DSL=$((BASE_PORT + 5))        # ds model-proxy, query logs on
 DSLA=$((BASE_PORT + 6))       #   its admin port
 DSB=$((BASE_PORT + 7))        # BASELINE_BIN model-proxy, query logs off
 DSBA=$((BASE_PORT + 8))       #   its admin port
+NGH=$((BASE_PORT + 9))        # nginx reverse proxy doing ds model-proxy's header work
 PREDICT_PATH=/v1/models/iris:predict
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
@@ -114,6 +116,20 @@ http {
             proxy_set_header Host \$host;
         }
     }
+    # The same, plus the header work ds model-proxy does on every request: a request ID
+    # to the model and back to the client, and X-Forwarded-For.
+    server {
+        listen 127.0.0.1:$NGH backlog=4096;
+        location / {
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            add_header X-Request-Id \$request_id always;
+        }
+    }
 }
 EOF
 nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' &
@@ -134,7 +150,7 @@ RUST_LOG=warn "$DS" model-proxy --listen "127.0.0.1:$DSL" --admin-listen "127.0.
     "${COMMON[@]}" --query-log "$WORK/queries.jsonl" &
 DSL_PID=$!
 PIDS+=("$DSL_PID")
-PORTS="$UP $NGX $DSP $DSL"
+PORTS="$UP $NGX $NGH $DSP $DSL"
 if [ -n "${BASELINE_BIN:-}" ]; then
     cp "$BASELINE_BIN" "$WORK/ds-baseline"
     RUST_LOG=warn "$WORK/ds-baseline" model-proxy --listen "127.0.0.1:$DSB" \
@@ -204,6 +220,7 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 # name:port:pids whose CPU counts as the proxy's (none for direct; nginx: its workers).
 NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
 TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
+    "nginx, with request ID and X-Forwarded-For:$NGH:$NGX_WORKERS"
     "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
 [ -n "${BASELINE_BIN:-}" ] && TARGETS+=("ds model-proxy, baseline (metrics):$DSB:$DSB_PID")
 RAW="$WORK/raw.txt"
