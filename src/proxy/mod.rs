@@ -546,14 +546,8 @@ impl Worker {
             };
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
-                Err(error) => {
-                    // Usually EMFILE: back off instead of spinning, and keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    }
-                }
+                Err(error) if accept_failed(&error, &stop).await => continue,
+                Err(_) => break,
             };
             let (target, open) = balancer.assign(index);
             if target == index {
@@ -576,6 +570,16 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// After a failed accept (usually EMFILE): waits a moment rather than spinning, and keeps
+/// serving. False when the stop came meanwhile.
+async fn accept_failed(error: &std::io::Error, stop: &CancellationToken) -> bool {
+    tracing::warn!(%error, "accept failed");
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(Duration::from_millis(100)) => true,
     }
 }
 
@@ -713,14 +717,8 @@ async fn serve<M, S, B>(
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
-            Err(error) => {
-                // Usually EMFILE: back off instead of spinning, and keep serving.
-                tracing::warn!(%error, "accept failed");
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
+            Err(error) if accept_failed(&error, &stop).await => continue,
+            Err(_) => break,
         };
         let _ = stream.set_nodelay(true);
         let connection = builder

@@ -238,30 +238,9 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Conn, PoolError> {
-        let host = self.authority.host();
-        // IPv6 literals come bracketed in the authority; connect wants them bare.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = self.authority.port_u16().unwrap_or(80);
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((host, port)),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(PoolError::Connect(error)),
-            Err(_elapsed) => {
-                return Err(PoolError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                )));
-            }
-        };
-        // Small JSON requests and answers: Nagle's delay would dominate the added latency.
-        let _ = stream.set_nodelay(true);
+        let stream = super::upstream::connect(&self.authority, self.connect_timeout)
+            .await
+            .map_err(PoolError::Connect)?;
         let (send, driver) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

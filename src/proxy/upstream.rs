@@ -102,20 +102,7 @@ impl Connections {
 
     /// Opens a new connection (within the connect timeout).
     pub(crate) async fn connect(&self) -> std::io::Result<UpConn> {
-        let host = self.authority.host();
-        // IPv6 literals come bracketed in the authority; connect wants them bare.
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = self.authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-            })??;
-        // Small JSON requests and answers: Nagle's delay would dominate the added latency.
-        let _ = stream.set_nodelay(true);
+        let stream = connect(&self.authority, self.connect_timeout).await?;
         Ok(UpConn {
             stream,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
@@ -123,4 +110,25 @@ impl Connections {
             since: Instant::now(),
         })
     }
+}
+
+/// A TCP connection to the upstream, with `TCP_NODELAY`, within `timeout` (both upstream
+/// pools open theirs here).
+pub(crate) async fn connect(
+    authority: &Authority,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let host = authority.host();
+    // IPv6 literals come bracketed in the authority; connect wants them bare.
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    // Small JSON requests and answers: Nagle's delay would dominate the added latency.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
