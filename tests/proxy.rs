@@ -7,43 +7,24 @@ use ds_deployer::proxy::{
 };
 use futures::StreamExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type TestBody = BoxBody<Bytes, BoxError>;
+mod common;
+use common::{BoxError, TestBody, full, pattern, serve_http1};
 
 /// Generous: the machine is shared and slow; nothing here should take more than a second.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 // === helpers: data ===
-
-/// Deterministic, non-repeating bytes (xorshift), so a shifted or dropped chunk shows.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn full(bytes: impl Into<Bytes>) -> TestBody {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
-}
 
 /// A body sent as many frames of varying size and no length: chunked on HTTP/1.1.
 fn chunked(data: &[u8]) -> TestBody {
@@ -113,21 +94,7 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<TestBody>, 
 }
 
 async fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_http1(upstream_handler).await
 }
 
 /// An address where nothing listens.

@@ -2,13 +2,10 @@
 //! misbehaving model server, raw scripted upstreams) that check what any correct proxy
 //! must do, whatever parses and relays the bytes.
 
-use bytes::Bytes;
 use ds_deployer::proxy::{ProxyArgs, RunningProxy};
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,8 +15,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type TestBody = BoxBody<Bytes, BoxError>;
+mod common;
+use common::{BoxError, TestBody, full, pattern, serve_http1};
 
 /// Generous: the machine is shared and slow; a hang must fail, not block the suite.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -28,24 +25,6 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const DOC: &[u8] = b"a document of known length\n";
 
 // === helpers: data ===
-
-/// Deterministic, non-repeating bytes (xorshift), so a shifted or dropped chunk shows.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn full(bytes: impl Into<Bytes>) -> TestBody {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
-}
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
@@ -322,21 +301,7 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<TestBody>, 
 }
 
 async fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_http1(upstream_handler).await
 }
 
 /// A scripted upstream: every accepted connection runs `script` on a task of its own.
