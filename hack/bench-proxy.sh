@@ -229,10 +229,14 @@ echo
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores;" \
     "$WORKERS nginx workers, $WORKERS ds model-proxy worker threads"
 # Rounds interleave the targets, so a burst of load from elsewhere on the machine hits
-# them alike; each figure is the median over the rounds.
+# them alike, and each round starts one target later, so none always runs in the same
+# slot (the slot right after "direct" measured a few percent low whatever ran in it);
+# each figure is the median over the rounds.
 for c in $CONNS; do
     for round in $(seq "$ROUNDS"); do
-        for target in "${TARGETS[@]}"; do
+        shift_by=$(((round - 1) % ${#TARGETS[@]}))
+        ORDER=("${TARGETS[@]:shift_by}" "${TARGETS[@]:0:shift_by}")
+        for target in "${ORDER[@]}"; do
             IFS=: read -r name port pids <<<"$target"
             # shellcheck disable=SC2086 # pids is a list
             echo "$c|$name|$(run_wrk "$port" "$c" $pids)" >>"$RAW"
