@@ -2,9 +2,7 @@
 //! upstream, all on loopback sockets.
 
 use bytes::Bytes;
-use ds_deployer::proxy::{
-    HEALTH_PATH, METRICS_PATH, ProxyArgs, READY_PATH, REQUEST_ID_HEADER, RunningProxy,
-};
+use ds_deployer::proxy::{HEALTH_PATH, METRICS_PATH, READY_PATH, REQUEST_ID_HEADER, RunningProxy};
 use futures::StreamExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -19,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{BoxError, TestBody, full, pattern, serve_http1};
+use common::{BoxError, TestBody, full, pattern, serve_http1, start_proxy};
 
 /// Generous: the machine is shared and slow; nothing here should take more than a second.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -104,22 +102,6 @@ async fn dead_address() -> SocketAddr {
 }
 
 // === helpers: the proxy and clients ===
-
-async fn start_proxy(upstream: SocketAddr, extra: &[&str]) -> RunningProxy {
-    let upstream = format!("http://{upstream}");
-    let mut flags = vec![
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-    ];
-    flags.extend_from_slice(extra);
-    RunningProxy::start(ProxyArgs::from_flags(flags).expect("valid flags"))
-        .await
-        .expect("proxy starts")
-}
 
 fn http1_client() -> Client<HttpConnector, TestBody> {
     Client::builder(TokioExecutor::new()).build_http()

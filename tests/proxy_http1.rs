@@ -2,7 +2,6 @@
 //! misbehaving model server, raw scripted upstreams) that check what any correct proxy
 //! must do, whatever parses and relays the bytes.
 
-use ds_deployer::proxy::{ProxyArgs, RunningProxy};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -11,12 +10,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{BoxError, TestBody, full, pattern, serve_http1};
+use common::{BoxError, TestBody, full, pattern, serve_each, serve_http1, start_proxy};
 
 /// Generous: the machine is shared and slow; a hang must fail, not block the suite.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -310,17 +309,7 @@ where
     F: Fn(Wire) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(script(Wire::new(stream)));
-        }
-    });
-    addr
+    serve_each(move |stream| script(Wire::new(stream))).await
 }
 
 /// Reads one request (head and Content-Length body) on an upstream connection; `None`
@@ -332,21 +321,6 @@ async fn next_request(wire: &mut Wire) -> Option<(String, Vec<u8>)> {
 }
 
 // === helpers: the proxy ===
-
-async fn start_proxy(upstream: SocketAddr) -> RunningProxy {
-    let upstream = format!("http://{upstream}");
-    let flags = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &upstream,
-    ];
-    RunningProxy::start(ProxyArgs::from_flags(flags).expect("valid flags"))
-        .await
-        .expect("proxy starts")
-}
 
 fn post(path: &str, body: &[u8]) -> Vec<u8> {
     let mut request = format!(
@@ -366,7 +340,7 @@ fn get(path: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     let second_body = pattern(20_000, 3);
     let mut three = post("/echo", b"the first request");
@@ -388,7 +362,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn http10_closes_unless_kept_alive() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
 
     // No keep-alive: the answer, then the proxy closes.
     let mut client = Wire::connect(proxy.addr).await;
@@ -436,7 +410,7 @@ async fn http10_closes_unless_kept_alive() {
 
 #[tokio::test]
 async fn expect_100_continue_gets_an_interim_answer_before_the_body() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     let body = b"sent after 100 Continue";
     client
@@ -486,7 +460,7 @@ async fn upstream_closing_idle_keep_alive_connections_is_not_an_error() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     for path in ["/one", "/two-now", "/three", "/four", "/five-now", "/six"] {
         client.send(&get(path)).await;
@@ -523,7 +497,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let addr = proxy.addr;
     let mut client = Wire::connect(addr).await;
     client.send(&get("/slow")).await;
@@ -566,7 +540,7 @@ async fn close_delimited_upstream_answers_arrive_whole() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     client.send(&get("/stream")).await;
     let answer = client.response().await;
@@ -578,7 +552,7 @@ async fn close_delimited_upstream_answers_arrive_whole() {
 
 #[tokio::test]
 async fn head_answers_carry_no_body() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     client
         .send(b"HEAD /doc HTTP/1.1\r\nHost: model\r\n\r\n")
@@ -618,7 +592,7 @@ async fn no_content_and_not_modified_carry_no_body() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     for _ in 0..2 {
         client.send(&get("/204")).await;
@@ -657,7 +631,7 @@ async fn an_early_upstream_answer_reaches_a_client_still_uploading() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     let mut writer = client.write.take().expect("the write half");
     let size = 5 * 1024 * 1024;
@@ -701,7 +675,7 @@ async fn an_answer_before_the_body_leaves_the_upload_whole_and_the_connection_us
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     let mut writer = client.write.take().expect("the write half");
     let size = 8 * 1024 * 1024;
@@ -733,7 +707,7 @@ async fn an_answer_before_the_body_leaves_the_upload_whole_and_the_connection_us
 
 #[tokio::test]
 async fn chunked_framing_wins_over_content_length() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     // Content-Length framing would end the body after "5\r\n" and read the rest as a
     // second request: the classic request-smuggling ambiguity (RFC 9112 §6.3 item 3).
@@ -783,7 +757,7 @@ async fn repeated_response_headers_and_encoded_targets_pass_verbatim() {
         }
     })
     .await;
-    let proxy = start_proxy(upstream).await;
+    let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
     for path in [
         "/echo/a%20b?x=1&y=%2F",
@@ -809,7 +783,7 @@ async fn repeated_response_headers_and_encoded_targets_pass_verbatim() {
 
 #[tokio::test]
 async fn an_oversized_head_is_refused_and_the_proxy_keeps_serving() {
-    let proxy = start_proxy(start_upstream().await).await;
+    let proxy = start_proxy(start_upstream().await, &[]).await;
     // 1 MiB: over any sane head limit (hyper's is about 400 KiB, the planned one 128 KiB).
     let mut request = b"GET /doc HTTP/1.1\r\nHost: model\r\nX-Huge: ".to_vec();
     request.extend(std::iter::repeat_n(b'a', 1024 * 1024));

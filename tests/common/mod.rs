@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
+use ds_deployer::proxy::{ProxyArgs, RunningProxy};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -12,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -35,11 +36,12 @@ pub fn full(bytes: impl Into<Bytes>) -> TestBody {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()
 }
 
-/// Serves `handler` over HTTP/1.1 (hyper) on a loopback port until the test ends.
-pub async fn serve_http1<F, Fut>(handler: F) -> SocketAddr
+/// Accepts connections on a loopback port until the test ends, each served by `serve` on a
+/// task of its own.
+pub async fn serve_each<F, Fut>(serve: F) -> SocketAddr
 where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<Response<TestBody>, Infallible>> + Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -48,13 +50,42 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handler))
-                    .await;
-            });
+            tokio::spawn(serve(stream));
         }
     });
     addr
+}
+
+/// Serves `handler` over HTTP/1.1 (hyper) on a loopback port until the test ends.
+pub async fn serve_http1<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<TestBody>, Infallible>> + Send + 'static,
+{
+    serve_each(move |stream| {
+        let handler = handler.clone();
+        async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(handler))
+                .await;
+        }
+    })
+    .await
+}
+
+/// A proxy on loopback ports in front of `upstream`, with `extra` flags.
+pub async fn start_proxy(upstream: SocketAddr, extra: &[&str]) -> RunningProxy {
+    let upstream = format!("http://{upstream}");
+    let mut flags = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &upstream,
+    ];
+    flags.extend_from_slice(extra);
+    RunningProxy::start(ProxyArgs::from_flags(flags).expect("valid flags"))
+        .await
+        .expect("proxy starts")
 }
