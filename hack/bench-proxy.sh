@@ -3,8 +3,9 @@
 # `ds model-proxy` (metrics on; query logs off, then on), and through nginx as the reference
 # reverse proxy (proxy_pass with an upstream keepalive pool; once as is, once also adding a
 # request ID both ways and X-Forwarded-For, the header work ds model-proxy does), driven by
-# wrk at 1, 16 and 64 connections. Prints a Markdown table (requests/s, p50, p99) for docs/benchmarks.md, then a
-# 100 MB upload and download through the proxy with its peak memory.
+# wrk at 1, 16 and 64 connections. Prints a Markdown table (requests/s, p50, p99) for
+# docs/benchmarks.md, the two proxies' ratios paired round by round, then a 100 MB upload
+# and download through the proxy with its peak memory.
 #
 # The upstream is nginx answering every request with a fixed TensorFlow-Serving body, so the
 # upstream costs next to nothing and the proxies' own overhead shows.
@@ -224,7 +225,9 @@ TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
     "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
 [ -n "${BASELINE_BIN:-}" ] && TARGETS+=("ds model-proxy, baseline (metrics):$DSB:$DSB_PID")
 RAW="$WORK/raw.txt"
+PAIRS="$WORK/pairs.txt" # the same, with the round: compares targets measured minutes apart
 : >"$RAW"
+: >"$PAIRS"
 echo
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores;" \
     "$WORKERS nginx workers, $WORKERS ds model-proxy worker threads"
@@ -239,7 +242,9 @@ for c in $CONNS; do
         for target in "${ORDER[@]}"; do
             IFS=: read -r name port pids <<<"$target"
             # shellcheck disable=SC2086 # pids is a list
-            echo "$c|$name|$(run_wrk "$port" "$c" $pids)" >>"$RAW"
+            result=$(run_wrk "$port" "$c" $pids)
+            echo "$c|$name|$result" >>"$RAW"
+            echo "$c|$round|$name|$result" >>"$PAIRS"
         done
         echo "  connections $c, round $round done" >&2
     done
@@ -260,6 +265,31 @@ for c in $CONNS; do
         [ "$name" = direct ] && cpu="-"
         echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) | $cpu |"
     done
+done
+
+# Round by round, the proxies against each other: a burst of load from elsewhere, or a
+# scheduler placement that favours one run, moves both sides of a round alike.
+paired() { # connections numerator denominator column(1 = req/s, 3 = p99)
+    awk -F'|' -v c="$1" -v a="$2" -v b="$3" -v col="$4" '
+        $1 == c && $3 == a { split($4, f, " "); x[$2] = f[col] }
+        $1 == c && $3 == b { split($4, f, " "); y[$2] = f[col] }
+        END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$PAIRS" |
+        sort -g | awk '{ v[NR] = $1 } $1 > 1 { above++ }
+            END {
+                if (NR == 0) { print "-"; exit }
+                printf "median %.3f (%.3f to %.3f), above 1 in %d of %d rounds\n",
+                    v[int((NR + 1) / 2)], v[1], v[NR], above, NR
+            }'
+}
+DSM="ds model-proxy (metrics)"
+NGP="nginx proxy_pass (keepalive pool)"
+echo
+echo "paired by round (ratio of the two figures measured in the same round):"
+for c in $CONNS; do
+    echo "  $c connections:"
+    echo "    req/s, ds model-proxy / nginx:           $(paired "$c" "$DSM" "$NGP" 1)"
+    echo "    p99, ds model-proxy / nginx:             $(paired "$c" "$DSM" "$NGP" 3)"
+    echo "    req/s, query logs on / off:              $(paired "$c" "ds model-proxy (metrics + query logs)" "$DSM" 1)"
 done
 echo
 echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request):"
