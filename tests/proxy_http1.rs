@@ -5,6 +5,8 @@
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -819,5 +821,128 @@ async fn an_oversized_head_is_refused_and_the_proxy_keeps_serving() {
     let answer = client.response().await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.body, DOC);
+    proxy.shutdown().await;
+}
+
+// === malformed input ===
+
+/// Well-formed requests that the mutations below start from: bodies of each framing,
+/// headers the proxy acts on, and two requests pipelined.
+const TEMPLATES: [&[u8]; 5] = [
+    b"GET /doc HTTP/1.1\r\nHost: model\r\nX-Request-Id: abc\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: model\r\nContent-Length: 11\r\n\r\nhello world",
+    b"POST /echo HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: model\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+    b"GET /doc HTTP/1.1\r\nHost: model\r\n\r\nPOST /echo HTTP/1.1\r\nHost: model\r\nContent-Length: 3\r\n\r\nabc",
+];
+
+/// Chunked bodies that a lenient parser lets through and the model server (hyper here;
+/// h11 too) refuses: the proxy must refuse them itself, with a 400.
+const DISPUTED: [&[u8]; 4] = [
+    b"POST /echo HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n5 x=1\r\nhello\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nno colon\r\n\r\n",
+    b"POST /doc HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n: no name\r\n\r\n",
+    b"POST /doc HTTP/1.1\r\nHost: model\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx-t: a\x01b\r\n\r\n",
+];
+
+/// Bytes that matter to an HTTP/1.1 parser, and a few that should not appear at all.
+const INTERESTING: &[u8] = b"\r\n :;\t\0\x7f\xff,\"/0159aAfFzZ-";
+
+/// One to three random edits of `template`: a byte replaced (anywhere, or where the
+/// framing is), bytes removed, a byte inserted, a line repeated, or the end cut off.
+fn mutate(rng: &mut StdRng, template: &[u8]) -> Vec<u8> {
+    let mut bytes = template.to_vec();
+    for _ in 0..rng.random_range(1..=3) {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = rng.random_range(0..bytes.len());
+        let pick = INTERESTING[rng.random_range(0..INTERESTING.len())];
+        match rng.random_range(0..6) {
+            0 => bytes[at] = pick,
+            1 => {
+                // Where the framing is: a CR, LF, colon, semicolon or space.
+                let framing: Vec<usize> = (0..bytes.len())
+                    .filter(|&i| b"\r\n:; ".contains(&bytes[i]))
+                    .collect();
+                if !framing.is_empty() {
+                    bytes[framing[rng.random_range(0..framing.len())]] = pick;
+                }
+            }
+            2 => {
+                let end = (at + rng.random_range(1..=4)).min(bytes.len());
+                bytes.drain(at..end);
+            }
+            3 => bytes.insert(at, pick),
+            4 => {
+                // The line around `at`, CRLF included, written twice.
+                let start = bytes[..at]
+                    .windows(2)
+                    .rposition(|w| w == b"\r\n")
+                    .map_or(0, |i| i + 2);
+                let end = find(&bytes[at..], b"\r\n").map_or(bytes.len(), |i| at + i + 2);
+                let line = bytes[start..end].to_vec();
+                bytes.splice(start..start, line);
+            }
+            _ => bytes.truncate(at),
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn mutated_requests_get_an_answer_or_a_close_and_the_model_is_never_blamed() {
+    let proxy = start_proxy(start_upstream().await, &["--timeout", "5s"]).await;
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut requests: Vec<Vec<u8>> = DISPUTED.iter().map(|r| r.to_vec()).collect();
+    requests.extend((0..400).map(|i| mutate(&mut rng, TEMPLATES[i % TEMPLATES.len()])));
+    for (case, request) in requests.into_iter().enumerate() {
+        let shown = String::from_utf8_lossy(&request).into_owned();
+        let mut client = Wire::connect(proxy.addr).await;
+        // The disputed ones whole, so the proxy reads their bodies before it forwards
+        // anything: sent in pieces, a model may answer before the bad bytes come. The
+        // others in up to three writes: a parser must not care where the reads split.
+        let disputed = case < DISPUTED.len();
+        let mut rest = &request[..];
+        for _ in 0..if disputed { 0 } else { rng.random_range(0..3) } {
+            let at = rng.random_range(0..=rest.len());
+            client.send(&rest[..at]).await;
+            rest = &rest[at..];
+            tokio::task::yield_now().await;
+        }
+        // The client may be refused halfway; its writes failing is no failure.
+        let _ = client.write(rest).await;
+        client.finish_writing().await;
+        let statuses = tokio::time::timeout(DEADLINE, async {
+            let mut statuses = Vec::new();
+            loop {
+                match client.try_read_response(false).await {
+                    Ok(answer) => statuses.push(answer.status),
+                    Err(e) if e.starts_with("bad status line") => {
+                        panic!("case {case}, {shown:?}: {e}")
+                    }
+                    // Closed, or cut inside an answer whose request body was broken.
+                    Err(_) => return statuses,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("case {case}, {shown:?}: no answer or close in time"));
+        // A 5xx would blame a model that is fine: the proxy passed on something it should
+        // have refused itself.
+        assert!(
+            statuses.iter().all(|s| *s < 500 || *s == 501 || *s == 505),
+            "case {case}, {shown:?}: statuses {statuses:?}"
+        );
+        if disputed {
+            assert_eq!(statuses, [400], "case {case}, {shown:?}");
+        }
+    }
+    // Still serving.
+    let mut client = Wire::connect(proxy.addr).await;
+    client.send(&post("/echo", b"fine")).await;
+    let answer = client.response().await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"fine");
     proxy.shutdown().await;
 }
