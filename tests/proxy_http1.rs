@@ -946,3 +946,67 @@ async fn mutated_requests_get_an_answer_or_a_close_and_the_model_is_never_blamed
     assert_eq!(answer.body, b"fine");
     proxy.shutdown().await;
 }
+
+/// Answers a model server might send: each framing, interim answers, trailers.
+const ANSWERS: [&[u8]; 6] = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+    b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+];
+
+#[tokio::test]
+async fn mutated_answers_reach_the_client_well_formed_or_not_at_all() {
+    // The answer to give next; each upstream connection gives one and closes.
+    let next = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upstream = start_raw_upstream({
+        let next = next.clone();
+        move |mut wire| {
+            let next = next.clone();
+            async move {
+                if next_request(&mut wire).await.is_some() {
+                    let answer = next.lock().expect("not poisoned").clone();
+                    let _ = wire.write(&answer).await;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = start_proxy(upstream, &["--timeout", "5s"]).await;
+    let mut rng = StdRng::seed_from_u64(0xa115);
+    for case in 0..300 {
+        let answer = mutate(&mut rng, ANSWERS[case % ANSWERS.len()]);
+        let shown = String::from_utf8_lossy(&answer).into_owned();
+        *next.lock().expect("not poisoned") = answer;
+        let mut client = Wire::connect(proxy.addr).await;
+        client.send(&get("/predict")).await;
+        let outcome = tokio::time::timeout(DEADLINE, async {
+            loop {
+                match client.try_read_response(false).await {
+                    Ok(answer) if answer.status < 200 => {}
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("case {case}, {shown:?}: no answer or close in time"));
+        // What the client gets is HTTP: a whole answer (the model's or the proxy's 502),
+        // or an answer cut short by a close, never bytes it cannot frame.
+        if let Err(e) = outcome {
+            assert!(
+                e.starts_with("connection closed") || e.starts_with("stream ended"),
+                "case {case}, {shown:?}: {e}"
+            );
+        }
+    }
+    // Still serving.
+    *next.lock().expect("not poisoned") = ANSWERS[0].to_vec();
+    let mut client = Wire::connect(proxy.addr).await;
+    client.send(&get("/predict")).await;
+    let answer = client.response().await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, b"hello");
+    proxy.shutdown().await;
+}
