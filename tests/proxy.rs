@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{BoxError, TestBody, full, pattern, serve_http1, start_proxy};
+use common::{BoxError, TestBody, full, pattern, serve_each, serve_http1, start_proxy};
 
 /// Generous: the machine is shared and slow; nothing here should take more than a second.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -357,6 +357,21 @@ async fn headers_and_status_codes_pass_through() {
     assert_eq!(answer.header("x-seen-host"), Some("iris.models.example"));
     assert_eq!(answer.header("x-seen-hop"), None);
     assert_eq!(answer.header("x-seen-forwarded-for"), Some("127.0.0.1"));
+    let answer = send(
+        &client,
+        Method::GET,
+        url.clone(),
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ],
+        full(""),
+    )
+    .await;
+    assert_eq!(
+        answer.header("x-seen-forwarded-for"),
+        Some("10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1")
+    );
     proxy.shutdown().await;
 }
 
@@ -391,6 +406,22 @@ async fn h2c_requests_are_proxied() {
     )
     .await;
     assert_eq!(answer.status.as_u16(), 418);
+    // Every X-Forwarded-For field the client sent is kept, the peer appended.
+    let answer = send(
+        &client,
+        Method::GET,
+        format!("http://{}/echo", proxy.addr),
+        &[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ],
+        full(""),
+    )
+    .await;
+    assert_eq!(
+        answer.header("x-seen-forwarded-for"),
+        Some("10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1")
+    );
     scrape_until(
         &proxy,
         &[
@@ -472,6 +503,86 @@ async fn slow_upstream_gives_504_with_json() {
     )
     .await;
     proxy.shutdown().await;
+}
+
+/// A model server that starts every answer (a head promising 100 bytes, and 10 of them)
+/// and then closes the connection, or (`stall`) sends nothing more.
+async fn start_breaking_upstream(stall: bool) -> SocketAddr {
+    serve_each(move |mut stream: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await;
+        if stall {
+            // Holds the connection open without a byte more, until the proxy gives up.
+            let _ = stream.read(&mut byte).await;
+        }
+    })
+    .await
+}
+
+/// Sends a GET and reads the answer: its status (`None`: the stream was reset before the
+/// head came) and whether its body came whole.
+async fn get_whole(
+    client: &Client<HttpConnector, TestBody>,
+    url: String,
+) -> (Option<StatusCode>, bool) {
+    let request = Request::get(url).body(full("")).unwrap();
+    let response = tokio::time::timeout(DEADLINE, client.request(request))
+        .await
+        .expect("an answer or an error within the deadline");
+    let Ok(response) = response else {
+        return (None, false);
+    };
+    let status = response.status();
+    let body = tokio::time::timeout(DEADLINE, response.into_body().collect())
+        .await
+        .expect("the body ends or breaks within the deadline");
+    (Some(status), body.is_ok_and(|b| b.to_bytes().len() == 100))
+}
+
+#[tokio::test]
+async fn answers_the_model_breaks_off_or_stalls_are_cut_and_counted() {
+    for (stall, kind) in [(false, "other"), (true, "timeout")] {
+        let proxy = start_proxy(
+            start_breaking_upstream(stall).await,
+            &["--timeout", "300ms"],
+        )
+        .await;
+        let url = format!("http://{}/predict", proxy.addr);
+        // Over HTTP/1.1 and h2c alike: the model's head has gone out, so the client sees
+        // the answer cut (a close, or a reset stream, on h2c possibly before the head
+        // arrives), never a whole one, nor an error of the proxy's own.
+        for client in [http1_client(), h2c_client()] {
+            let (status, whole) = get_whole(&client, url.clone()).await;
+            assert!(
+                matches!(status, None | Some(StatusCode::OK)),
+                "stall {stall}: {status:?}"
+            );
+            assert!(!whole, "stall {stall}: the answer must arrive cut");
+        }
+        scrape_until(
+            &proxy,
+            &[
+                ("ds_proxy_upstream_errors_total", &[("kind", kind)], 2.0),
+                (
+                    "ds_proxy_requests_total",
+                    &[("method", "GET"), ("code", "200")],
+                    2.0,
+                ),
+                ("ds_proxy_requests_in_flight", &[], 0.0),
+            ],
+        )
+        .await;
+        proxy.shutdown().await;
+    }
 }
 
 // === probes ===

@@ -5,6 +5,7 @@
 //! memory stays flat whatever the body size.
 
 use super::forward::Exchange;
+use super::metrics::UpstreamErrorKind;
 use super::querylog::BodySample;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -12,6 +13,12 @@ use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use tokio::time::Sleep;
+
+/// What the client sees (a reset stream) when the model stalls mid-answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the model server stopped sending its answer")]
+struct Stalled;
 
 /// The first `limit` bytes of a body, and how many bytes passed in total.
 ///
@@ -121,6 +128,10 @@ pub(crate) struct ResponseBody {
     source: Source,
     capture: Option<Capture>,
     exchange: Option<Exchange>,
+    /// Armed while the body waits for the model; reset when bytes come.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// A frame came since the stall timer was last armed.
+    progressed: bool,
 }
 
 impl ResponseBody {
@@ -129,6 +140,8 @@ impl ResponseBody {
             source: Source::Upstream(inner),
             capture,
             exchange: Some(exchange),
+            stall: None,
+            progressed: false,
         }
     }
 
@@ -137,7 +150,34 @@ impl ResponseBody {
             source: Source::Local(Some(bytes)),
             capture: None,
             exchange,
+            stall: None,
+            progressed: false,
         }
+    }
+
+    /// The model has sent nothing more yet: waits at most `--timeout` (from the last
+    /// frame) before the answer is given up as stalled, as the HTTP/1.1 path does.
+    fn poll_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, <Self as Body>::Error>>> {
+        let Some(pause) = self.exchange.as_ref().map(Exchange::pause) else {
+            return Poll::Pending;
+        };
+        let deadline = tokio::time::Instant::now() + pause;
+        match &mut self.stall {
+            None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(sleep) if self.progressed => sleep.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.progressed = false;
+        let sleep = self.stall.as_mut().expect("armed above");
+        ready!(sleep.as_mut().poll(cx));
+        if let Some(exchange) = &self.exchange {
+            exchange.upstream_broke(UpstreamErrorKind::Timeout);
+        }
+        self.finish(false);
+        Poll::Ready(Some(Err(Box::new(Stalled))))
     }
 
     fn finish(&mut self, complete: bool) {
@@ -150,12 +190,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match &mut this.source {
             Source::Upstream(inner) => {
@@ -169,17 +209,26 @@ impl Body for ResponseBody {
                     conn.drive(cx);
                     polled = Pin::new(inner).poll_frame(cx);
                 }
+                if polled.is_pending() {
+                    return this.poll_stall(cx);
+                }
                 let frame = ready!(polled);
                 match &frame {
                     Some(Ok(f)) => {
+                        this.progressed = true;
                         if let (Some(capture), Some(data)) = (&mut this.capture, f.data_ref()) {
                             capture.push(data);
                         }
                     }
-                    Some(Err(_)) => this.finish(false),
+                    Some(Err(_)) => {
+                        if let Some(exchange) = &this.exchange {
+                            exchange.upstream_broke(UpstreamErrorKind::Other);
+                        }
+                        this.finish(false);
+                    }
                     None => this.finish(true),
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Source::Local(bytes) => match bytes.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),

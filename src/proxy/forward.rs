@@ -122,8 +122,9 @@ pub(crate) struct Shared {
     pub(crate) ids: RequestIds,
 }
 
-/// Request IDs unique per process and, through a random prefix, across pods; cheaper than a
-/// random UUID per request and still UUID-shaped for log tooling.
+/// Request IDs: a random prefix (one per worker thread, so unique across threads and pods)
+/// and a counter; cheaper than a random UUID per request and still UUID-shaped for log
+/// tooling.
 pub(crate) struct RequestIds {
     /// The constant first half of every ID (`xxxxxxxx-xxxx-xxxx-`): the random prefix,
     /// formatted once.
@@ -197,6 +198,17 @@ impl Exchange {
     pub(crate) fn set_response(&mut self, capture: Option<Capture>, complete: bool) {
         self.response = capture;
         self.complete = complete;
+    }
+
+    /// The model server broke off (`Other`) or stalled (`Timeout`) an answer it had begun:
+    /// counted as an upstream error, as the HTTP/1.1 path counts it.
+    pub(crate) fn upstream_broke(&self, kind: UpstreamErrorKind) {
+        self.peer.shared.metrics.upstream_error(kind);
+    }
+
+    /// The longest wait for the next bytes of the answer's body (`--timeout`).
+    pub(crate) fn pause(&self) -> Duration {
+        self.peer.shared.timeout
     }
 }
 
@@ -600,19 +612,22 @@ impl Drop for Peer {
     }
 }
 
+/// Appends the peer to `X-Forwarded-For`, joining the client's own fields (a client may
+/// send several) into one, as the HTTP/1.1 path does.
 fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(prior) => {
-            let mut joined = Vec::with_capacity(prior.len() + 2 + peer.ip.len());
-            joined.extend_from_slice(prior);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer.ip.as_bytes());
-            match HeaderValue::from_bytes(&joined) {
-                Ok(value) => value,
-                Err(_) => return,
-            }
+    let mut joined = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        joined.extend_from_slice(prior.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    let value = if joined.is_empty() {
+        peer.ip.clone()
+    } else {
+        joined.extend_from_slice(peer.ip.as_bytes());
+        match HeaderValue::from_bytes(&joined) {
+            Ok(value) => value,
+            Err(_) => return,
         }
-        None => peer.ip.clone(),
     };
     headers.insert(X_FORWARDED_FOR.clone(), value);
 }
@@ -701,7 +716,7 @@ mod tests {
         assert_ne!(a, b);
         let a = uuid::Uuid::parse_str(a.to_str().unwrap()).expect("a UUID");
         let b = uuid::Uuid::parse_str(b.to_str().unwrap()).expect("a UUID");
-        // One random prefix per process, then a counter.
+        // One random prefix per generator (worker thread), then a counter.
         assert_eq!(a.as_u64_pair().0, b.as_u64_pair().0);
         assert_eq!(a.as_u64_pair().1 + 1, b.as_u64_pair().1);
         ids.next.store(0x0123_4567_89ab_cdef, Ordering::Relaxed);

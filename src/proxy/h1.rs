@@ -26,7 +26,7 @@ use std::io::Write as _;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -567,6 +567,9 @@ struct ResponseContext<'a> {
     class_limit: usize,
     log_limit: usize,
     deadline: tokio::time::Instant,
+    /// The longest wait for the next bytes of an answer's body (`--timeout`, as nginx's
+    /// `proxy_read_timeout`): a model that stalls mid-answer does not hold the client for ever.
+    pause: Duration,
     /// The proxy is stopping: the connection closes after this answer.
     stopping: bool,
 }
@@ -695,7 +698,7 @@ where
                 .await
                 .map_err(|_| RelayError::Client)?;
             while remaining > 0 {
-                fill(upstream, ubuf).await?;
+                fill(upstream, ubuf, timer, cx.pause).await?;
                 let take = clamp(remaining, ubuf.len());
                 capture(st, &ubuf[..take]);
                 client
@@ -712,7 +715,7 @@ where
             loop {
                 if !first {
                     out.clear();
-                    fill(upstream, ubuf).await?;
+                    fill(upstream, ubuf, timer, cx.pause).await?;
                 }
                 let used = {
                     let data = &ubuf[..];
@@ -761,9 +764,9 @@ where
                     .await
                     .map_err(|_| RelayError::Client)?;
                 out.clear();
-                reserve(ubuf);
-                match upstream.read_buf(ubuf).await {
+                match read_body(upstream, ubuf, timer, cx.pause).await {
                     Ok(n) if n > 0 => {}
+                    Err(RelayError::Timeout) => return Err(RelayError::Timeout),
                     // The upstream's close ends the body.
                     _ => break,
                 }
@@ -793,11 +796,28 @@ fn capture(st: &mut ResponseState, data: &[u8]) {
 async fn fill<R: AsyncRead + Unpin>(
     upstream: &mut R,
     ubuf: &mut BytesMut,
+    timer: &mut LazyTimer,
+    pause: Duration,
 ) -> Result<(), RelayError> {
+    match read_body(upstream, ubuf, timer, pause).await? {
+        0 => Err(RelayError::Upstream { nothing: false }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads more of an answer's body (0 bytes: the upstream closed), waiting at most `pause`.
+async fn read_body<R: AsyncRead + Unpin>(
+    upstream: &mut R,
+    ubuf: &mut BytesMut,
+    timer: &mut LazyTimer,
+    pause: Duration,
+) -> Result<usize, RelayError> {
     reserve(ubuf);
-    match upstream.read_buf(ubuf).await {
-        Ok(n) if n > 0 => Ok(()),
-        _ => Err(RelayError::Upstream { nothing: false }),
+    let deadline = tokio::time::Instant::now() + pause;
+    tokio::select! {
+        biased;
+        read = upstream.read_buf(ubuf) => read.map_err(|_| RelayError::Upstream { nothing: false }),
+        () = timer.until(deadline) => Err(RelayError::Timeout),
     }
 }
 
@@ -1096,6 +1116,7 @@ impl ClientConn {
                 0
             },
             deadline,
+            pause: shared.timeout,
             stopping: self.stop.is_cancelled(),
         };
         match buffered {
@@ -1378,11 +1399,18 @@ impl ClientConn {
         keep: bool,
     ) -> bool {
         if st.response.head_sent {
-            if matches!(
-                error,
-                RelayError::Upstream { .. } | RelayError::Malformed(_)
-            ) {
-                self.shared.metrics.upstream_error(UpstreamErrorKind::Other);
+            // Too late for an answer of the proxy's own: the cut answer tells the client.
+            match error {
+                RelayError::Upstream { .. } | RelayError::Malformed(_) => {
+                    self.shared.metrics.upstream_error(UpstreamErrorKind::Other);
+                }
+                RelayError::Timeout => {
+                    tracing::warn!(request_id = ?request_id, kind = "timeout", "the model server stopped sending its answer");
+                    self.shared
+                        .metrics
+                        .upstream_error(UpstreamErrorKind::Timeout);
+                }
+                RelayError::Client => {}
             }
             return false;
         }

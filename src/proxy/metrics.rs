@@ -146,6 +146,7 @@ pub(crate) struct Metrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     query_log_dropped: Counter,
     query_log_written: Counter,
+    query_log_lost: Counter,
     shards: Arc<Shards>,
 }
 
@@ -356,7 +357,7 @@ impl Metrics {
         let upstream_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
-            "Requests that got no answer from the model server, by kind (connect, timeout, other)",
+            "Requests the model server failed, by kind: connect (no connection), timeout (the answer's head, or its body's next bytes, not within --timeout), other (the connection broke or the answer was invalid, before or during the answer)",
             upstream_errors.clone(),
         );
         let query_log_dropped = Counter::default();
@@ -370,6 +371,12 @@ impl Metrics {
             "query_log_written",
             "Query-log lines written",
             query_log_written.clone(),
+        );
+        let query_log_lost = Counter::default();
+        registry.register(
+            "query_log_lost",
+            "Query-log lines lost because writing them failed (disk full, closed output)",
+            query_log_lost.clone(),
         );
         let rare = Arc::new(Rare::default());
         let shards = Arc::new(Shards {
@@ -387,6 +394,7 @@ impl Metrics {
             upstream_errors,
             query_log_dropped,
             query_log_written,
+            query_log_lost,
             shards,
         }
     }
@@ -408,6 +416,10 @@ impl Metrics {
 
     pub(crate) fn query_log_written(&self, lines: u64) {
         self.query_log_written.inc_by(lines);
+    }
+
+    pub(crate) fn query_log_lost(&self, lines: u64) {
+        self.query_log_lost.inc_by(lines);
     }
 
     /// Renders the OpenMetrics text exposition.

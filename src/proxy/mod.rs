@@ -129,7 +129,8 @@ pub struct ProxyArgs {
     #[arg(long, env = env::DEPLOYMENT_ID, default_value = "")]
     pub deployment_id: String,
 
-    /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504.
+    /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504. Also the
+    /// longest pause allowed within an answer's body; then the answer is cut.
     #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
 

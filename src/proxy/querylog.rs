@@ -425,7 +425,12 @@ fn write_lines(
         }
         match out.write_all(buf).and_then(|()| out.flush()) {
             Ok(()) => metrics.query_log_written(*lines),
-            Err(error) => tracing::warn!(%error, lines = *lines, "writing query-log lines failed"),
+            Err(error) => {
+                // Part of the batch may have reached the output; counted as lost, since no
+                // line of it can be told apart as whole.
+                metrics.query_log_lost(*lines);
+                tracing::warn!(%error, lines = *lines, "writing query-log lines failed");
+            }
         }
         buf.clear();
         *lines = 0;
@@ -576,6 +581,50 @@ mod tests {
                 assert_eq!(out, serde_json::to_vec(text).unwrap(), "{text:?}");
             }
         }
+    }
+
+    /// An output that refuses every write, like a full disk.
+    struct FullDisk;
+
+    impl Write for FullDisk {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_that_cannot_be_written_are_counted_as_lost() {
+        let classes = ClassNames::new(vec![]);
+        let metrics = Metrics::new(&classes, 1);
+        let (tx, rx) = mpsc::sync_channel(8);
+        for _ in 0..3 {
+            tx.send(record("/", b"", b"", None)).unwrap();
+        }
+        drop(tx);
+        let line = LineContext {
+            deployment_id: String::new(),
+            classes,
+            capacity: 8,
+        };
+        let stop = AtomicBool::new(false);
+        write_lines(
+            &rx,
+            Box::new(FullDisk),
+            &line,
+            &metrics,
+            &stop,
+            Duration::ZERO,
+        );
+        let text = metrics.encode();
+        assert!(text.contains("ds_proxy_query_log_lost_total 3\n"), "{text}");
+        assert!(
+            text.contains("ds_proxy_query_log_written_total 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
