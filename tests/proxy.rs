@@ -863,6 +863,83 @@ async fn query_log_lines_parse_and_truncate_as_configured() {
 }
 
 #[tokio::test]
+async fn refused_requests_are_counted_and_logged_with_what_could_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("queries.jsonl");
+    let log_flag = log.to_str().unwrap().to_owned();
+    let proxy = start_proxy(start_upstream().await, &["--query-log", &log_flag]).await;
+    // Not even a request line: counted under OTHER, logged with "-".
+    let garbage = raw_exchange(proxy.addr, b"GARBAGE\r\n\r\n").await;
+    assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage}");
+    // A readable head the proxy refuses: the client's own request ID is kept.
+    let bad_length = raw_exchange(
+        proxy.addr,
+        b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\nContent-Length: +5\r\n\r\nhello",
+    )
+    .await;
+    assert!(bad_length.starts_with("HTTP/1.1 400"), "{bad_length}");
+    assert!(
+        bad_length
+            .to_ascii_lowercase()
+            .contains("x-request-id: mine-1"),
+        "{bad_length}"
+    );
+    assert!(
+        bad_length.contains(r#""request_id":"mine-1""#),
+        "{bad_length}"
+    );
+    let gzip = raw_exchange(
+        proxy.addr,
+        b"PUT /v1/models/iris HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    )
+    .await;
+    assert!(gzip.starts_with("HTTP/1.1 501"), "{gzip}");
+    scrape_until(
+        &proxy,
+        &[
+            (
+                "ds_proxy_requests_total",
+                &[("method", "OTHER"), ("code", "400")],
+                1.0,
+            ),
+            (
+                "ds_proxy_requests_total",
+                &[("method", "POST"), ("code", "400")],
+                1.0,
+            ),
+            (
+                "ds_proxy_requests_total",
+                &[("method", "PUT"), ("code", "501")],
+                1.0,
+            ),
+            ("ds_proxy_requests_in_flight", &[], 0.0),
+        ],
+    )
+    .await;
+    proxy.shutdown().await;
+
+    let lines = read_lines(&log);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let by_status = |status: u64, method: &str| {
+        lines
+            .iter()
+            .find(|l| l["status"] == status && l["method"] == method)
+            .unwrap_or_else(|| panic!("a {status} {method} line in {lines:?}"))
+    };
+    let garbage = by_status(400, "-");
+    assert_eq!(garbage["path"], "-");
+    assert_eq!(garbage["error"], "bad_request");
+    let bad_length = by_status(400, "POST");
+    assert_eq!(bad_length["path"], "/v1/models/iris:predict");
+    assert_eq!(bad_length["request_id"], "mine-1");
+    assert_eq!(bad_length["error"], "bad_request");
+    assert_eq!(
+        by_status(501, "PUT")["error"],
+        "unsupported_transfer_encoding"
+    );
+}
+
+#[tokio::test]
 async fn query_log_to_a_stalled_reader_drops_and_counts_without_slowing_requests() {
     // A FIFO whose reader never reads: the writer blocks once the pipe buffer is full, the
     // queue fills, and further lines must be dropped while requests keep flowing.

@@ -145,6 +145,16 @@ struct Rejected {
     status: StatusCode,
     error: &'static str,
     message: &'static str,
+    /// What could be read of the request before it was refused, for its metrics and
+    /// query-log line; `None` when not even its request line could be read.
+    seen: Option<Box<Seen>>,
+}
+
+/// The parts of a refused request that could be read.
+struct Seen {
+    method: Method,
+    target: String,
+    request_id: Option<HeaderValue>,
 }
 
 impl Rejected {
@@ -153,7 +163,17 @@ impl Rejected {
             status: StatusCode::BAD_REQUEST,
             error: "bad_request",
             message,
+            seen: None,
         }
+    }
+
+    fn having_seen(mut self, method: &Method, target: &str, request_id: Option<&[u8]>) -> Self {
+        self.seen = Some(Box::new(Seen {
+            method: method.clone(),
+            target: target.to_owned(),
+            request_id: request_id.and_then(|id| HeaderValue::from_bytes(id).ok()),
+        }));
+        self
     }
 }
 
@@ -289,6 +309,7 @@ fn parse_request(
                 status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 error: "headers_too_large",
                 message: "too many header fields",
+                seen: None,
             });
         }
         Err(_) => return Err(Rejected::bad("the request head is not valid HTTP/1.1")),
@@ -304,21 +325,26 @@ fn parse_request(
     let mut length = None;
     let mut chunked = None;
     let mut expect_continue = false;
+    let mut bad_length = false;
+    let mut client_id = None;
     let mut fields = [Field::Other; MAX_HEADERS];
     for (h, field) in req.headers.iter().zip(&mut fields) {
         *field = Field::of(h.name);
         match field {
             Field::Connection => connection.add(h.value),
-            Field::ContentLength => {
-                length = Some(
-                    content_length(length, h.value)
-                        .map_err(|()| Rejected::bad("the Content-Length header is not valid"))?,
-                );
-            }
+            Field::ContentLength => match content_length(length, h.value) {
+                Ok(n) => length = Some(n),
+                Err(()) => bad_length = true,
+            },
             Field::TransferEncoding => chunked = Some(ends_chunked(h.value)),
             Field::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
+            Field::RequestId => client_id = Some(h.value),
             _ => {}
         }
+    }
+    if bad_length {
+        return Err(Rejected::bad("the Content-Length header is not valid")
+            .having_seen(&method, target, client_id));
     }
     let framing = match (chunked, length) {
         (Some(true), _) => Framing::Chunked,
@@ -327,7 +353,9 @@ fn parse_request(
                 status: StatusCode::NOT_IMPLEMENTED,
                 error: "unsupported_transfer_encoding",
                 message: "only the chunked transfer coding is supported",
-            });
+                seen: None,
+            }
+            .having_seen(&method, target, client_id));
         }
         (None, Some(0) | None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
@@ -970,9 +998,7 @@ impl ClientConn {
                 Ok(Some(head)) => head,
                 Ok(None) => break,
                 Err(rejected) => {
-                    // Not counted as a request: it never was one the proxy could name.
-                    let id = self.shared.ids.next();
-                    let _ = self.write_local(&rejected, &id, true).await;
+                    self.refuse(rejected).await;
                     break;
                 }
             };
@@ -983,6 +1009,45 @@ impl ClientConn {
         if let Some(conn) = self.parked.take() {
             self.shared.conns.put(conn);
         }
+    }
+
+    /// Answers a head the proxy cannot forward, then closes: the rest of the connection
+    /// cannot be framed. Counted and logged like any request, so a client sending broken
+    /// requests shows in the metrics; what could not be read is logged as `-`.
+    async fn refuse(&mut self, rejected: Rejected) {
+        let shared = self.shared.clone();
+        shared.shard.request_started();
+        let start = Instant::now();
+        let time = shared.query_log.is_some().then(SystemTime::now);
+        let (method, target, client_id) = match rejected.seen.as_deref() {
+            Some(seen) => (
+                seen.method.clone(),
+                seen.target.clone(),
+                seen.request_id.clone(),
+            ),
+            None => (
+                Method::from_bytes(b"-").expect("a token"),
+                "-".to_owned(),
+                None,
+            ),
+        };
+        let request_id = client_id.unwrap_or_else(|| shared.ids.next());
+        let written = self.write_local(&rejected, &request_id, true).await;
+        shared.record(Outcome {
+            method: &method,
+            start,
+            request_id,
+            status: written.then_some(rejected.status.as_u16()),
+            error: Some(rejected.error),
+            complete: written,
+            count_classes: false,
+            response: None,
+            log: time.map(|time| LogPart {
+                time,
+                path: target,
+                request: Capture::default(),
+            }),
+        });
     }
 
     /// Reads the next request head; `Ok(None)` when the client closed or went quiet, or the
@@ -1007,6 +1072,7 @@ impl ClientConn {
                             status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                             error: "headers_too_large",
                             message: "the request head is larger than 64 KiB",
+                            seen: None,
                         });
                     }
                     None => {}
@@ -1300,6 +1366,7 @@ impl ClientConn {
                 status: StatusCode::BAD_REQUEST,
                 error: "bad_request_body",
                 message: "the request body ended early or was malformed",
+                seen: None,
             };
             tracing::debug!(request_id = ?head.request_id, "request body failed");
             self.answer_locally(st, &rejected, &head.request_id, true)
