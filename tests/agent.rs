@@ -3,7 +3,7 @@
 //! "Ownership and safety" contract, plus the behaviours issue 4 lists.
 
 use ds_deployer::agent::builders::{
-    DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER,
+    DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER, REVISION_ANNOTATION,
 };
 use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret};
 use ds_deployer::core::DeploymentSpec;
@@ -574,6 +574,75 @@ async fn proxy_toggle_updates_the_deployment_in_place() {
     })
     .await;
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8501);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_log_toggle_updates_the_sidecar_in_place() {
+    let mut e = env().await;
+    let (_, token) = e.deployer("q1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("q1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
+        .await;
+    let sidecar_args = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default()
+    };
+    let logs_to_stdout = |d: &Deployment| {
+        sidecar_args(d)
+            .windows(2)
+            .any(|w| w == ["--query-log", "-"])
+    };
+    let before = e
+        .wait_deployment(NS, "iris", "the Deployment with the proxy", |d| {
+            !sidecar_args(d).is_empty()
+        })
+        .await;
+    assert!(!logs_to_stdout(&before), "query logs are off by default");
+    e.wait_phase(&id, Phase::Available).await;
+    let service_before = e.services(NS).get("iris").await.unwrap().spec;
+
+    e.update(&id, |r| r.proxy_query_log = Some(true)).await;
+    let after = e
+        .wait_deployment(NS, "iris", "the sidecar to log queries", logs_to_stdout)
+        .await;
+    assert_eq!(uid(&after), uid(&before), "same object, updated in place");
+    let mut args = sidecar_args(&after);
+    let at = args.iter().position(|a| a == "--query-log").unwrap();
+    args.drain(at..at + 2);
+    assert_eq!(args, sidecar_args(&before), "only --query-log was added");
+    assert_eq!(e.sim.counters().get("delete", "deployments"), 0);
+    assert_eq!(e.sim.counters().get("create", "deployments"), 0);
+    // The new pods roll out behind the same Service (only its revision annotation moves).
+    let revision: u64 = after.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION]
+        .parse()
+        .unwrap();
+    e.wait_status(&id, "Available with the new template", |s| {
+        s.applied_revision >= revision && s.phase == Phase::Available as i32
+    })
+    .await;
+    assert_eq!(
+        e.services(NS).get("iris").await.unwrap().spec,
+        service_before
+    );
+
+    e.update(&id, |r| r.proxy_query_log = Some(false)).await;
+    let off = e
+        .wait_deployment(NS, "iris", "query logs to stop", |d| !logs_to_stdout(d))
+        .await;
+    assert_eq!(uid(&off), uid(&before));
+    assert_eq!(sidecar_args(&off), sidecar_args(&before));
     agent.shutdown().await;
 }
 

@@ -523,6 +523,77 @@ async fn deployment_create_ls_get_update_rm() {
 }
 
 #[tokio::test]
+async fn query_logs_are_switched_on_and_off_with_the_proxy() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let created = t.deployment("prod", "iris", &["--query-log"]).await;
+    assert_eq!(created["spec"]["proxy"]["enabled"], true);
+    assert_eq!(created["spec"]["proxy"]["query_log"], true);
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(
+        got.ok().contains("on (query logs to stdout)"),
+        "{}",
+        got.stdout
+    );
+    let yaml = t.run(&["deployment", "get", "iris", "-o", "yaml"]).await;
+    let doc: Value = serde_saphyr::from_str(yaml.ok()).expect("YAML parses");
+    assert_eq!(doc["spec"]["proxy"]["query_log"], true);
+
+    // Without the proxy nothing would write them: refused, naming the field.
+    let run = t.run(&["deployment", "update", "iris", "--no-proxy"]).await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid proxy.query_log"), "{line}");
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "other",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+            "--no-proxy",
+            "--query-log",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid proxy.query_log"), "{line}");
+
+    t.run(&["deployment", "update", "iris", "--no-query-log"])
+        .await
+        .ok();
+    let got = t
+        .run(&["deployment", "get", "iris", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(got["spec"]["proxy"]["query_log"], false);
+    assert_eq!(got["spec"]["proxy"]["enabled"], true);
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!got.ok().contains("query logs"), "{}", got.stdout);
+    t.run(&["deployment", "update", "iris", "--query-log"])
+        .await
+        .ok();
+    let got = t
+        .run(&["deployment", "get", "iris", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(got["spec"]["proxy"]["query_log"], true);
+
+    let both = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "--query-log",
+            "--no-query-log",
+        ])
+        .await;
+    assert_eq!(both.code, Some(2), "a usage error: {}", both.stderr);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_specs_are_rejected_in_one_line_naming_the_field() {
     let t = start().await;
     t.deployer("prod").await;

@@ -685,6 +685,93 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("port"), "{}", err.message());
 
+    // Query logs need the sidecar that writes them, on create and on the merged update.
+    let err = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "alpha".into(),
+            name: "logged".into(),
+            spec: Some(
+                DeploymentSpec::test("logged")
+                    .proxy(false)
+                    .query_log(true)
+                    .into(),
+            ),
+            ..Default::default()
+        })
+        .await
+        .expect_err("query logs without the proxy refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("proxy.query_log"),
+        "{}",
+        err.message()
+    );
+    let logged = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "alpha".into(),
+            name: "logged".into(),
+            spec: Some(DeploymentSpec::test("logged").query_log(true).into()),
+            ..Default::default()
+        })
+        .await
+        .expect("query logs with the proxy accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert!(
+        logged
+            .spec
+            .as_ref()
+            .unwrap()
+            .proxy
+            .as_ref()
+            .unwrap()
+            .query_log
+    );
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_enabled: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect_err("turning the proxy off under query logs refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("proxy.query_log"),
+        "{}",
+        err.message()
+    );
+    let off = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_enabled: Some(false),
+            proxy_query_log: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect("both off together accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    let proxy = off.spec.unwrap().proxy.unwrap();
+    assert!(!proxy.enabled && !proxy.query_log);
+    assert!(off.revision_of_last_change > logged.revision_of_last_change);
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_query_log: Some(true),
+            ..Default::default()
+        })
+        .await
+        .expect_err("query logs on a deployment without the proxy refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("proxy.query_log"),
+        "{}",
+        err.message()
+    );
+
     let err = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "Not A Name".into(),

@@ -225,6 +225,12 @@ fn proxy_container(obj: &DeployedObject, proxy_image: &str) -> Container {
         args.push("--class-names".into());
         args.push(obj.spec.proxy.class_names.join(","));
     }
+    if obj.spec.proxy.query_log {
+        // Stdout is the container log, which the cluster's log pipeline already collects;
+        // nothing is added when off, so existing Deployments stay byte-for-byte the same.
+        args.push("--query-log".into());
+        args.push("-".into());
+    }
     Container {
         name: PROXY_CONTAINER.into(),
         image: Some(proxy_image.to_string()),
@@ -576,6 +582,84 @@ mod tests {
         let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!(port.port, 8501);
         assert_eq!(port.target_port, Some(IntOrString::Int(9501)));
+    }
+
+    #[test]
+    fn query_log_writes_to_the_sidecars_stdout() {
+        let off = obj(DeploymentSpec::test("iris").proxy(true));
+        let on = obj(DeploymentSpec::test("iris").proxy(true).query_log(true));
+        let args_of = |o: &DeployedObject| {
+            container(&desired_deployment(o, IMAGE), PROXY_CONTAINER)
+                .expect("sidecar")
+                .args
+                .clone()
+                .unwrap()
+        };
+        let with_log = args_of(&on);
+        let at = with_log
+            .iter()
+            .position(|a| a == "--query-log")
+            .expect("--query-log passed");
+        assert_eq!(
+            with_log[at + 1],
+            "-",
+            "stdout, for the cluster's log pipeline"
+        );
+        assert!(!args_of(&off).contains(&"--query-log".to_string()));
+        // Only the sidecar's arguments differ: the toggle is a pod-template change that the
+        // Deployment rolls out in place, and the Service and Ingress stay as they are.
+        let mut without_log = with_log.clone();
+        without_log.drain(at..at + 2);
+        assert_eq!(without_log, args_of(&off));
+        let mut d_on = desired_deployment(&on, IMAGE);
+        let mut d_off = desired_deployment(&off, IMAGE);
+        for d in [&mut d_on, &mut d_off] {
+            d.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(SPEC_HASH_ANNOTATION);
+            let pod = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+            pod.containers.iter_mut().for_each(|c| c.args = None);
+        }
+        assert_eq!(d_on, d_off);
+        assert_eq!(desired_service(&on), desired_service(&off));
+    }
+
+    #[test]
+    fn query_logs_off_builds_the_objects_built_before_the_setting_existed() {
+        // Pinned from the builders before `proxy.query_log` existed: agents upgraded to a
+        // version with the setting must see no difference on deployments that leave it off,
+        // or every resync after the upgrade would rewrite (and roll) every Deployment.
+        // Change these pins only for a change meant to roll every model.
+        let o = obj(DeploymentSpec::test("iris"));
+        let d = desired_deployment(&o, IMAGE);
+        let args = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(
+            args,
+            [
+                "--listen",
+                "0.0.0.0:9501",
+                "--upstream",
+                "http://127.0.0.1:8501",
+                "--admin-listen",
+                "0.0.0.0:9502",
+                "--deployment-id",
+                "dep-1",
+            ]
+        );
+        let hash = |ann: &Option<BTreeMap<String, String>>| {
+            ann.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(hash(&d.metadata.annotations), "23e3e72fec31cb60c9481289");
+        assert_eq!(
+            hash(&desired_service(&o).metadata.annotations),
+            "d610b5b7203d6b1eeb7d9d0a"
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
             proxy: ProxySpec {
                 enabled: proxy.enabled,
                 class_names: proxy.class_names,
+                query_log: proxy.query_log,
             },
             labels: spec.labels.into_iter().collect(),
         },
@@ -753,6 +754,20 @@ mod tests {
         assert_eq!(o.spec.resources.cpu_limit, None);
         assert_eq!(o.revision, 1);
         assert_eq!(o.deployer_id, "d1");
+    }
+
+    #[test]
+    fn proto_conversion_keeps_the_proxy_settings() {
+        let mut d = dep("a", 1);
+        d.spec.as_mut().unwrap().proxy = Some(proto::ProxySpec {
+            enabled: true,
+            class_names: vec!["setosa".into()],
+            query_log: true,
+        });
+        let o = from_proto(d, "d1");
+        assert!(o.spec.proxy.enabled);
+        assert_eq!(o.spec.proxy.class_names, vec!["setosa".to_string()]);
+        assert!(o.spec.proxy.query_log, "query logs reach the builders");
     }
 
     #[test]

@@ -163,6 +163,7 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
         proxy: core::ProxySpec {
             enabled: !args.no_proxy,
             class_names: args.class_names.clone(),
+            query_log: args.query_log,
         },
         labels: args.labels.iter().cloned().collect(),
     }
@@ -204,6 +205,11 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         (_, true) => Some(false),
         _ => None,
     };
+    let proxy_query_log = match (args.query_log, args.no_query_log) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
     let req = proto::UpdateDeploymentRequest {
         selector: Some(selector(&args.select)),
         image: args.image.clone(),
@@ -223,6 +229,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         memory: args.memory.clone(),
         proxy_enabled,
         ingress_class: args.ingress_class.clone(),
+        proxy_query_log,
     };
     let changes_something = req.image.is_some()
         || req.replicas.is_some()
@@ -233,6 +240,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         || req.cpu.is_some()
         || req.memory.is_some()
         || req.proxy_enabled.is_some()
+        || req.proxy_query_log.is_some()
         || req.ingress_class.is_some();
     if !changes_something {
         return Err(CliError::NothingToUpdate(args.select.deployment.clone()));

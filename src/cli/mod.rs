@@ -257,6 +257,10 @@ pub struct CreateArgs {
     /// Class names for the proxy's prediction metrics, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub class_names: Vec<String>,
+    /// Have the model-proxy write query logs: one JSON line per request on its stdout,
+    /// for the cluster's log pipeline (needs the proxy).
+    #[arg(long)]
+    pub query_log: bool,
     /// Ingress class (default: the cluster's).
     #[arg(long)]
     pub ingress_class: Option<String>,
@@ -299,6 +303,12 @@ pub struct UpdateArgs {
     /// Turn the model-proxy sidecar off.
     #[arg(long)]
     pub no_proxy: bool,
+    /// Turn the model-proxy's query logs on (JSON lines on its stdout; needs the proxy).
+    #[arg(long, conflicts_with = "no_query_log")]
+    pub query_log: bool,
+    /// Turn the model-proxy's query logs off.
+    #[arg(long)]
+    pub no_query_log: bool,
     /// New Ingress host; `""` removes the Ingress.
     #[arg(long)]
     pub host: Option<String>,

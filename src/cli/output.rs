@@ -299,6 +299,7 @@ pub fn spec_from_proto(s: &proto::DeploymentSpec) -> DeploymentSpec {
             .map(|p| core::ProxySpec {
                 enabled: p.enabled,
                 class_names: p.class_names.clone(),
+                query_log: p.query_log,
             })
             .unwrap_or_default(),
         labels: s
@@ -410,10 +411,21 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let proxy = match (s.proxy.enabled, s.proxy.class_names.is_empty()) {
-        (false, _) => "off".to_string(),
-        (true, true) => "on".to_string(),
-        (true, false) => format!("on (classes: {})", s.proxy.class_names.join(", ")),
+    let proxy = if s.proxy.enabled {
+        let mut details = Vec::new();
+        if !s.proxy.class_names.is_empty() {
+            details.push(format!("classes: {}", s.proxy.class_names.join(", ")));
+        }
+        if s.proxy.query_log {
+            details.push("query logs to stdout".to_string());
+        }
+        if details.is_empty() {
+            "on".to_string()
+        } else {
+            format!("on ({})", details.join("; "))
+        }
+    } else {
+        "off".to_string()
     };
     let st = &d.status;
     let mut text = fields(&[
@@ -546,5 +558,35 @@ mod tests {
         assert!(text.contains("0/3"), "{text}");
         let get = deployment_fields(&view);
         assert!(get.contains("Phase:") && get.contains("Unknown"), "{get}");
+    }
+
+    #[test]
+    fn the_proxy_line_and_json_show_query_logs() {
+        let view = proto::DeploymentView {
+            deployment: Some(proto::Deployment {
+                spec: Some(proto::DeploymentSpec {
+                    proxy: Some(proto::ProxySpec {
+                        enabled: true,
+                        class_names: vec!["setosa".into(), "versicolor".into()],
+                        query_log: true,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let view = DeploymentView::from(&view);
+        let get = deployment_fields(&view);
+        let line = get
+            .lines()
+            .find(|l| l.starts_with("Proxy:"))
+            .unwrap_or_else(|| panic!("no Proxy line in {get}"));
+        assert!(
+            line.ends_with("on (classes: setosa, versicolor; query logs to stdout)"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["spec"]["proxy"]["query_log"], true);
     }
 }

@@ -29,6 +29,10 @@ pub struct Resources {
 pub struct ProxySpec {
     pub enabled: bool,
     pub class_names: Vec<String>,
+    /// The sidecar writes one JSON line per request to its stdout (the container log).
+    /// Defaulted so specs stored before the field existed still load.
+    #[serde(default)]
+    pub query_log: bool,
 }
 
 impl Default for ProxySpec {
@@ -36,6 +40,7 @@ impl Default for ProxySpec {
         Self {
             enabled: true,
             class_names: Vec::new(),
+            query_log: false,
         }
     }
 }
@@ -96,6 +101,12 @@ impl DeploymentSpec {
         self.proxy.enabled = enabled;
         self
     }
+
+    /// Turns the model-proxy's query logs on or off (test builder).
+    pub fn query_log(mut self, on: bool) -> Self {
+        self.proxy.query_log = on;
+        self
+    }
 }
 
 /// A desired deployment as the agent receives it: identity, owner and spec.
@@ -112,4 +123,22 @@ pub struct DeployedObject {
     /// Deployer revision of the last change to this deployment.
     pub revision: u64,
     pub spec: DeploymentSpec,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_stored_before_query_logs_existed_loads_with_them_off() {
+        // What gateways stored (`spec` column, change payloads) before `proxy.query_log`.
+        let stored = r#"{"model_name":"iris","image":"tensorflow/serving:2.15.0","replicas":1,
+            "port":8501,"host":null,"ingress_class":null,"env":[],
+            "resources":{"cpu_request":null,"cpu_limit":null,"memory_request":null,"memory_limit":null},
+            "proxy":{"enabled":true,"class_names":["setosa"]},"labels":{}}"#;
+        let spec: DeploymentSpec = serde_json::from_str(stored).expect("old spec loads");
+        assert!(spec.proxy.enabled);
+        assert!(!spec.proxy.query_log);
+        assert_eq!(spec.proxy.class_names, vec!["setosa".to_string()]);
+    }
 }

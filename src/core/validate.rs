@@ -144,6 +144,14 @@ pub fn validate_deployment(
             ));
         }
     }
+    if spec.proxy.query_log && !spec.proxy.enabled {
+        // The sidecar writes the query logs: without it they would silently never appear.
+        return Err(ValidationError::new(
+            "proxy.query_log",
+            "true",
+            "query logs are written by the model-proxy sidecar, which is off              (proxy.enabled is false): turn the proxy on or query logs off",
+        ));
+    }
     for (key, value) in &spec.labels {
         check_label(key, value)?;
     }
@@ -863,6 +871,15 @@ mod tests {
         let mut s = spec();
         s.proxy.class_names = vec!["setosa".into(), " ".into()];
         rejected(&s, "proxy.class_names[1]");
+    }
+
+    #[test]
+    fn query_logs_need_the_proxy() {
+        let s = spec().proxy(false).query_log(true);
+        let err = rejected(&s, "proxy.query_log");
+        assert!(err.rule.contains("proxy.enabled"), "{err}");
+        validate_deployment("iris", "default", &spec().proxy(true).query_log(true)).unwrap();
+        validate_deployment("iris", "default", &spec().proxy(false).query_log(false)).unwrap();
     }
 
     // --- labels ---

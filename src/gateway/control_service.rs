@@ -247,6 +247,9 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     if let Some(enabled) = req.proxy_enabled {
         spec.proxy.enabled = enabled;
     }
+    if let Some(on) = req.proxy_query_log {
+        spec.proxy.query_log = on;
+    }
 }
 
 #[tonic::async_trait]

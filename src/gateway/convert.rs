@@ -43,6 +43,7 @@ impl From<core::DeploymentSpec> for proto::DeploymentSpec {
             proxy: Some(proto::ProxySpec {
                 enabled: s.proxy.enabled,
                 class_names: s.proxy.class_names,
+                query_log: s.proxy.query_log,
             }),
             labels: s.labels.into_iter().collect(),
         }
@@ -79,6 +80,7 @@ impl From<proto::DeploymentSpec> for core::DeploymentSpec {
                 .map(|p| core::ProxySpec {
                     enabled: p.enabled,
                     class_names: p.class_names,
+                    query_log: p.query_log,
                 })
                 .unwrap_or_default(),
             labels: s.labels.into_iter().collect(),
@@ -208,6 +210,15 @@ mod tests {
     }
 
     #[test]
+    fn proxy_settings_round_trip_through_proto() {
+        let mut spec = core::DeploymentSpec::test("iris").query_log(true);
+        spec.proxy.class_names = vec!["setosa".into(), "versicolor".into()];
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert!(wire.proxy.as_ref().unwrap().query_log);
+        assert_eq!(core::DeploymentSpec::from(wire), spec);
+    }
+
+    #[test]
     fn absent_proxy_means_proxy_on() {
         let wire = proto::DeploymentSpec {
             image: "x".into(),
@@ -215,6 +226,7 @@ mod tests {
         };
         let spec = core::DeploymentSpec::from(wire);
         assert!(spec.proxy.enabled);
+        assert!(!spec.proxy.query_log);
         assert_eq!(spec.host, None);
     }
 }
