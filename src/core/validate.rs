@@ -149,7 +149,7 @@ pub fn validate_deployment(
         return Err(ValidationError::new(
             "proxy.query_log",
             "true",
-            "query logs are written by the model-proxy sidecar, which is off              (proxy.enabled is false): turn the proxy on or query logs off",
+            "query logs are written by the model-proxy sidecar, which is off (proxy.enabled is false): turn the proxy on or query logs off",
         ));
     }
     for (key, value) in &spec.labels {
