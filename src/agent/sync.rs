@@ -59,7 +59,6 @@ pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
     let spec = d.spec.unwrap_or_default();
     let opt = |s: String| Some(s).filter(|s| !s.is_empty());
     let res = spec.resources.unwrap_or_default();
-    let proxy = spec.proxy.unwrap_or_default();
     DeployedObject {
         id: d.id,
         deployer_id: if d.deployer_id.is_empty() {
@@ -91,11 +90,15 @@ pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
                 memory_request: opt(res.memory_request),
                 memory_limit: opt(res.memory_limit),
             },
-            proxy: ProxySpec {
-                enabled: proxy.enabled,
-                class_names: proxy.class_names,
-                query_log: proxy.query_log,
-            },
+            // No proxy settings at all reads as the gateway reads them: the defaults (on).
+            proxy: spec
+                .proxy
+                .map(|proxy| ProxySpec {
+                    enabled: proxy.enabled,
+                    class_names: proxy.class_names,
+                    query_log: proxy.query_log,
+                })
+                .unwrap_or_default(),
             labels: spec.labels.into_iter().collect(),
         },
     }
@@ -768,6 +771,10 @@ mod tests {
         assert!(o.spec.proxy.enabled);
         assert_eq!(o.spec.proxy.class_names, vec!["setosa".to_string()]);
         assert!(o.spec.proxy.query_log, "query logs reach the builders");
+        // No settings at all: the defaults, as the gateway and the CLI read them.
+        let mut d = dep("b", 2);
+        d.spec.as_mut().unwrap().proxy = None;
+        assert_eq!(from_proto(d, "d1").spec.proxy, ProxySpec::default());
     }
 
     #[test]
