@@ -12,7 +12,7 @@ use ds_deployer::kube_sim::{SimCluster, SimConfig};
 use ds_deployer::proto::control_service_client::ControlServiceClient;
 use ds_deployer::proto::{self, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Container, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::future::Future;
@@ -306,18 +306,25 @@ impl Env {
     }
 }
 
-fn image_of(d: &Deployment) -> String {
-    d.spec
+/// The pod template's containers, the model's first.
+fn containers(d: &Deployment) -> &[Container] {
+    &d.spec
         .as_ref()
         .unwrap()
         .template
         .spec
         .as_ref()
         .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap_or_default()
+        .containers
+}
+
+fn image_of(d: &Deployment) -> String {
+    containers(d)[0].image.clone().unwrap_or_default()
+}
+
+/// The model-proxy sidecar, when the pod has one.
+fn sidecar(d: &Deployment) -> Option<&Container> {
+    containers(d).iter().find(|c| c.name == PROXY_CONTAINER)
 }
 
 fn labels(
@@ -537,18 +544,7 @@ async fn proxy_toggle_updates_the_deployment_in_place() {
     let id = e
         .deploy("p1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
         .await;
-    let has_proxy = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers
-            .iter()
-            .any(|c| c.name == PROXY_CONTAINER)
-    };
+    let has_proxy = |d: &Deployment| sidecar(d).is_some();
     let before = e
         .wait_deployment(NS, "iris", "the Deployment with the proxy", has_proxy)
         .await;
@@ -585,20 +581,7 @@ async fn query_log_toggle_updates_the_sidecar_in_place() {
     let id = e
         .deploy("q1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
         .await;
-    let sidecar_args = |d: &Deployment| {
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers
-            .iter()
-            .find(|c| c.name == PROXY_CONTAINER)
-            .and_then(|c| c.args.clone())
-            .unwrap_or_default()
-    };
+    let sidecar_args = |d: &Deployment| sidecar(d).and_then(|c| c.args.clone()).unwrap_or_default();
     let logs_to_stdout = |d: &Deployment| {
         sidecar_args(d)
             .windows(2)
