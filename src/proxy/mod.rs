@@ -156,8 +156,8 @@ pub struct ProxyArgs {
     #[arg(long, env = env::QUERY_LOG_QUEUE, default_value_t = 4096)]
     pub query_log_queue: usize,
 
-    /// How often the query-log writer drains its queue (e.g. 50ms): lines reach the log at
-    /// most this late.
+    /// How often worker threads hand their batched query-log lines to the writer (e.g.
+    /// 50ms): lines reach the log at most this late.
     #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = parse_duration)]
     pub query_log_interval: Duration,
 
@@ -550,6 +550,22 @@ impl Worker {
                 return;
             }
         };
+        // Query-log lines are batched on this thread and handed over every interval; the
+        // guard hands over the last ones when the worker ends.
+        let _batching = shared
+            .query_log
+            .as_ref()
+            .map(querylog::QueryLogSender::attach);
+        let flusher = shared.query_log.as_ref().map(|log| {
+            let mut every = tokio::time::interval(log.interval().max(Duration::from_millis(1)));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tokio::spawn(async move {
+                loop {
+                    every.tick().await;
+                    querylog::flush_thread();
+                }
+            })
+        });
         let spawn = |stream: TcpStream, peer: SocketAddr, open: OpenConnection| {
             let _ = stream.set_nodelay(true);
             let (shared, stop) = (shared.clone(), stop.clone());
@@ -595,6 +611,9 @@ impl Worker {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(flusher) = flusher {
+            flusher.abort();
         }
     }
 }

@@ -1,18 +1,19 @@
-//! Query logs: one JSON line per request, written by a background task off the request path.
+//! Query logs: one JSON line per request, written by a background thread off the request path.
 //!
-//! The request path only hands a [`QueryRecord`] (body prefixes already copied, so a queued
-//! record never pins a connection's read buffer) to a bounded queue with `try_send`; when the
-//! queue is full the record is dropped and counted, so a slow disk never slows a model answer
-//! down. A dedicated thread drains the queue on an interval, encodes and writes in batches:
-//! blocking writes (a full pipe to the container log) stall only that thread.
+//! A worker thread formats each line into a batch of its own (the record's body prefixes are
+//! still in its cache, and nothing it allocated is freed by another thread) and hands whole
+//! batches to the writer thread, at most an interval late. The queue is bounded in lines:
+//! past the bound a line is dropped and counted, so a slow disk never slows a model answer
+//! down; blocking writes (a full pipe to the container log) stall only the writer thread.
 
 use super::classes::ClassNames;
 use super::metrics::Metrics;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 
 /// Where query-log lines go.
@@ -292,24 +293,183 @@ impl QueryRecord {
     }
 }
 
+/// Lines handed to the writer in one piece once a thread's batch reaches this size.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Lines formatted by one thread, handed to the writer in one piece.
+#[derive(Debug, Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    lines: usize,
+}
+
+/// What the senders of one proxy share.
+struct Queue {
+    tx: mpsc::Sender<Batch>,
+    /// Lines formatted and not yet written, in batches being filled or handed over; the
+    /// writer takes written lines off.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    deployment_id: String,
+    classes: ClassNames,
+    interval: Duration,
+    /// Emptied batch buffers the writer gives back, so a thread starting a batch does not
+    /// allocate (and fault in) a fresh one.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("capacity", &self.capacity)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    /// Hands a batch to the writer; a batch the writer can no longer take (shutdown) had
+    /// its lines counted as queued, so they are taken off.
+    fn hand_over(&self, batch: Batch) {
+        if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
+            self.queued.fetch_sub(batch.lines, Ordering::AcqRel);
+        }
+    }
+
+    /// A batch is handed over when it is big, or holds a good part of the queue's lines
+    /// (a small queue must not sit in one thread's batch while others drop lines).
+    fn full(&self, batch: &Batch) -> bool {
+        batch.bytes.len() >= BATCH_BYTES || batch.lines * 8 >= self.capacity
+    }
+
+    fn fresh_buffer(&self) -> Vec<u8> {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        spare.unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 16 * 1024))
+    }
+}
+
+/// The batch being filled on a worker thread (see [`QueryLogSender::attach`]).
+struct Local {
+    queue: Arc<Queue>,
+    batch: Batch,
+    clock: Clock,
+}
+
+impl Local {
+    fn flush(&mut self) {
+        if self.batch.lines > 0 {
+            let fresh = Batch {
+                bytes: self.queue.fresh_buffer(),
+                lines: 0,
+            };
+            self.queue
+                .hand_over(std::mem::replace(&mut self.batch, fresh));
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
 /// The request side of the queue.
+///
+/// A line is formatted where the request was served, into that worker thread's batch, and
+/// whole batches go to the writer thread: a record never crosses threads, so its body
+/// copies are freed where they were allocated and read while still in that core's cache,
+/// and the writer only writes.
 #[derive(Debug, Clone)]
 pub(crate) struct QueryLogSender {
-    tx: mpsc::SyncSender<QueryRecord>,
+    queue: Arc<Queue>,
 }
 
 impl QueryLogSender {
-    /// Queues a record without waiting; returns false when it was dropped (queue full).
-    ///
-    /// The writer polls the queue on an interval instead of sleeping on it, so a send
-    /// never wakes a thread: the request path pays a few atomic operations, no syscall.
+    /// Logs a record without waiting; returns false when it was dropped (queue full).
+    /// No syscall unless a batch is handed over (once per [`BATCH_BYTES`] or per interval).
     pub(crate) fn send(&self, record: QueryRecord) -> bool {
-        match self.tx.try_send(record) {
-            Ok(()) => true,
-            Err(mpsc::TrySendError::Full(_)) => false,
-            // Disconnected only during shutdown, after the writer drained: nothing to count.
-            Err(mpsc::TrySendError::Disconnected(_)) => true,
+        let queue = &self.queue;
+        if queue.queued.fetch_add(1, Ordering::AcqRel) >= queue.capacity {
+            queue.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
         }
+        let batched = LOCAL
+            .try_with(|local| {
+                let mut local = local.borrow_mut();
+                let Some(local) = local.as_mut().filter(|l| Arc::ptr_eq(&l.queue, queue)) else {
+                    return false;
+                };
+                let Local { batch, clock, .. } = local;
+                record.write_json(
+                    &queue.deployment_id,
+                    &queue.classes,
+                    clock,
+                    &mut batch.bytes,
+                );
+                batch.lines += 1;
+                if queue.full(&local.batch) {
+                    local.flush();
+                }
+                true
+            })
+            .unwrap_or(false);
+        if !batched {
+            // Not a worker thread of this proxy (or one that is ending): a batch of its own.
+            let mut bytes = Vec::new();
+            record.write_json(
+                &queue.deployment_id,
+                &queue.classes,
+                &mut Clock::default(),
+                &mut bytes,
+            );
+            queue.hand_over(Batch { bytes, lines: 1 });
+        }
+        true
+    }
+
+    /// Makes the calling thread batch the lines it logs until the guard is dropped, which
+    /// hands the last batch over. The thread must call [`flush_thread`] at least every
+    /// [`QueryLogSender::interval`] so lines are not held longer.
+    pub(crate) fn attach(&self) -> AttachedThread {
+        let local = Local {
+            queue: self.queue.clone(),
+            batch: Batch {
+                bytes: self.queue.fresh_buffer(),
+                lines: 0,
+            },
+            clock: Clock::default(),
+        };
+        if let Some(mut previous) = LOCAL.with(|cell| cell.borrow_mut().replace(local)) {
+            previous.flush();
+        }
+        AttachedThread
+    }
+
+    /// How often an attached thread hands over what it has batched.
+    pub(crate) fn interval(&self) -> Duration {
+        self.queue.interval
+    }
+}
+
+/// Hands the calling thread's batch to the writer if it holds lines.
+pub(crate) fn flush_thread() {
+    let _ = LOCAL.try_with(|local| {
+        if let Some(local) = local.borrow_mut().as_mut() {
+            local.flush();
+        }
+    });
+}
+
+/// Returned by [`QueryLogSender::attach`]; dropping it hands the thread's last lines over.
+#[derive(Debug)]
+pub(crate) struct AttachedThread;
+
+impl Drop for AttachedThread {
+    fn drop(&mut self) {
+        let _ = LOCAL.try_with(|local| {
+            if let Some(mut local) = local.borrow_mut().take() {
+                local.flush();
+            }
+        });
     }
 }
 
@@ -317,6 +477,8 @@ impl QueryLogSender {
 #[derive(Debug)]
 pub(crate) struct QueryLogWriter {
     stop: Arc<AtomicBool>,
+    /// Wakes the writer to see the stop (an empty batch).
+    wake: mpsc::Sender<Batch>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -324,9 +486,7 @@ impl QueryLogWriter {
     /// Asks the writer to write what is queued and stop, without waiting for it.
     pub(crate) fn signal_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(thread) = &self.thread {
-            thread.thread().unpark();
-        }
+        let _ = self.wake.send(Batch::default());
     }
 
     /// Writes what is queued, then stops the thread.
@@ -347,8 +507,8 @@ impl Drop for QueryLogWriter {
     }
 }
 
-/// Opens the target and starts the writer thread, which drains the queue every
-/// `interval` into one write.
+/// Opens the target and starts the writer thread. Threads that log attach themselves
+/// ([`QueryLogSender::attach`]) and hand over their batches at least every `interval`.
 pub(crate) async fn start(
     target: &QueryLogTarget,
     capacity: usize,
@@ -373,99 +533,81 @@ pub(crate) async fn start(
             Box::new(file)
         }
     };
-    let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+    let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
+    let queue = Arc::new(Queue {
+        tx: tx.clone(),
+        queued: Arc::new(AtomicUsize::new(0)),
+        capacity: capacity.max(1),
+        deployment_id,
+        classes,
+        interval,
+        spare: Arc::default(),
+    });
+    let written = Written {
+        queued: queue.queued.clone(),
+        spare: queue.spare.clone(),
+        metrics,
+    };
     let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("ds-query-log".into())
-        .spawn(move || {
-            let line = LineContext {
-                deployment_id,
-                classes,
-                capacity: capacity.max(1),
-            };
-            write_lines(&rx, out, &line, &metrics, &thread_stop, interval);
-        })?;
+        .spawn(move || write_batches(&rx, out, &written, &thread_stop))?;
     Ok((
-        QueryLogSender { tx },
+        QueryLogSender { queue },
         QueryLogWriter {
             stop,
+            wake: tx,
             thread: Some(thread),
         },
     ))
 }
 
-/// Batches up to this many bytes into one write.
-const BATCH_BYTES: usize = 1024 * 1024;
-
-/// What every line of one proxy shares.
-struct LineContext {
-    deployment_id: String,
-    classes: ClassNames,
-    /// The queue's capacity: a drain that finds it a quarter full shortens the next wait.
-    capacity: usize,
+/// What the writer reports back: lines off the queue, buffers to reuse, metrics.
+struct Written {
+    queued: Arc<AtomicUsize>,
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    metrics: Arc<Metrics>,
 }
 
-fn write_lines(
-    rx: &mpsc::Receiver<QueryRecord>,
+/// Spare buffers kept; more would only hold memory.
+const SPARE_BUFFERS: usize = 8;
+
+fn write_batches(
+    rx: &mpsc::Receiver<Batch>,
     mut out: Box<dyn Write + Send>,
-    line: &LineContext,
-    metrics: &Metrics,
+    written: &Written,
     stop: &AtomicBool,
-    interval: Duration,
 ) {
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut lines = 0u64;
-    let mut clock = Clock::default();
-    let mut flush = |buf: &mut Vec<u8>, lines: &mut u64| {
-        if buf.is_empty() {
-            return;
-        }
-        match out.write_all(buf).and_then(|()| out.flush()) {
-            Ok(()) => metrics.query_log_written(*lines),
-            Err(error) => {
-                // Part of the batch may have reached the output; counted as lost, since no
-                // line of it can be told apart as whole.
-                metrics.query_log_lost(*lines);
-                tracing::warn!(%error, lines = *lines, "writing query-log lines failed");
+    let mut write = |mut batch: Batch| {
+        if batch.lines > 0 {
+            match out.write_all(&batch.bytes).and_then(|()| out.flush()) {
+                Ok(()) => written.metrics.query_log_written(batch.lines as u64),
+                Err(error) => {
+                    // Part of the batch may have reached the output; counted as lost, since
+                    // no line of it can be told apart as whole.
+                    written.metrics.query_log_lost(batch.lines as u64);
+                    tracing::warn!(%error, lines = batch.lines, "writing query-log lines failed");
+                }
             }
+            written.queued.fetch_sub(batch.lines, Ordering::AcqRel);
         }
-        buf.clear();
-        *lines = 0;
+        if batch.bytes.capacity() > 0
+            && let Ok(mut spare) = written.spare.lock()
+            && spare.len() < SPARE_BUFFERS
+        {
+            batch.bytes.clear();
+            spare.push(batch.bytes);
+        }
     };
-    loop {
-        // Read the flag before draining: a stop that lands during the drain gets one more
-        // round, so nothing queued before `stop` is lost.
-        let stopping = stop.load(Ordering::Acquire);
-        let mut disconnected = false;
-        let mut drained = 0;
-        loop {
-            match rx.try_recv() {
-                Ok(record) => {
-                    record.write_json(&line.deployment_id, &line.classes, &mut clock, &mut buf);
-                    lines += 1;
-                    drained += 1;
-                    if buf.len() >= BATCH_BYTES {
-                        flush(&mut buf, &mut lines);
-                    }
-                }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    disconnected = true;
-                    break;
-                }
+    while let Ok(batch) = rx.recv() {
+        write(batch);
+        if stop.load(Ordering::Acquire) {
+            // Everything handed over before the stop is already in the channel.
+            while let Ok(batch) = rx.try_recv() {
+                write(batch);
             }
-        }
-        flush(&mut buf, &mut lines);
-        if stopping || disconnected {
             return;
-        }
-        // At high request rates the queue would fill within one interval and lines would be
-        // dropped: drain more often while it fills fast (no cost on the request path).
-        if drained * 4 > line.capacity {
-            std::thread::park_timeout(interval / 8);
-        } else {
-            std::thread::park_timeout(interval);
         }
     }
 }
@@ -599,32 +741,127 @@ mod tests {
     #[test]
     fn lines_that_cannot_be_written_are_counted_as_lost() {
         let classes = ClassNames::new(vec![]);
-        let metrics = Metrics::new(&classes, 1);
-        let (tx, rx) = mpsc::sync_channel(8);
+        let metrics = Arc::new(Metrics::new(&classes, 1));
+        let (tx, rx) = mpsc::channel();
+        let mut batch = Batch::default();
         for _ in 0..3 {
-            tx.send(record("/", b"", b"", None)).unwrap();
+            record("/", b"", b"", None).write_json(
+                "",
+                &classes,
+                &mut Clock::default(),
+                &mut batch.bytes,
+            );
+            batch.lines += 1;
         }
+        tx.send(batch).unwrap();
         drop(tx);
-        let line = LineContext {
-            deployment_id: String::new(),
-            classes,
-            capacity: 8,
+        let written = Written {
+            queued: Arc::new(AtomicUsize::new(3)),
+            spare: Arc::default(),
+            metrics: metrics.clone(),
         };
-        let stop = AtomicBool::new(false);
-        write_lines(
-            &rx,
-            Box::new(FullDisk),
-            &line,
-            &metrics,
-            &stop,
-            Duration::ZERO,
-        );
+        write_batches(&rx, Box::new(FullDisk), &written, &AtomicBool::new(false));
         let text = metrics.encode();
         assert!(text.contains("ds_proxy_query_log_lost_total 3\n"), "{text}");
         assert!(
             text.contains("ds_proxy_query_log_written_total 0\n"),
             "{text}"
         );
+        assert_eq!(written.queued.load(Ordering::Acquire), 0, "off the queue");
+    }
+
+    /// Starts a query log into a file of `dir`.
+    async fn file_log(
+        dir: &tempfile::TempDir,
+        capacity: usize,
+    ) -> (QueryLogSender, QueryLogWriter, Arc<Metrics>, PathBuf) {
+        let classes = ClassNames::new(vec!["no".into(), "yes".into()]);
+        let metrics = Arc::new(Metrics::new(&classes, 1));
+        let path = dir.path().join("queries.jsonl");
+        let (sender, writer) = start(
+            &QueryLogTarget::File(path.clone()),
+            capacity,
+            Duration::from_millis(50),
+            "dep".into(),
+            classes,
+            metrics.clone(),
+        )
+        .await
+        .unwrap();
+        (sender, writer, metrics, path)
+    }
+
+    fn lines_in(path: &std::path::Path) -> usize {
+        std::fs::read_to_string(path).unwrap().lines().count()
+    }
+
+    #[tokio::test]
+    async fn an_attached_thread_batches_until_flushed_and_hands_its_last_lines_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sender, writer, metrics, path) = file_log(&dir, 64).await;
+        let thread_sender = sender.clone();
+        let (step, steps) = mpsc::channel::<()>();
+        let (done, finished) = mpsc::channel::<usize>();
+        let thread = std::thread::spawn(move || {
+            let guard = thread_sender.attach();
+            // Seven lines stay in this thread's batch (an eighth of 64 hands it over).
+            let sent = (0..7)
+                .filter(|_| thread_sender.send(record("/a", b"{}", b"{}", None)))
+                .count();
+            done.send(sent).unwrap();
+            steps.recv().unwrap();
+            flush_thread();
+            done.send(0).unwrap();
+            steps.recv().unwrap();
+            // Batches of eight go out as they fill; the guard hands over the last three.
+            let sent = (0..19)
+                .filter(|_| thread_sender.send(record("/b", b"{}", b"{}", None)))
+                .count();
+            drop(guard);
+            done.send(sent).unwrap();
+        });
+        assert_eq!(finished.recv().unwrap(), 7);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(lines_in(&path), 0, "held in the thread's batch");
+        step.send(()).unwrap();
+        finished.recv().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines_in(&path) < 7 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flushed lines never written"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        step.send(()).unwrap();
+        assert_eq!(finished.recv().unwrap(), 19);
+        thread.join().unwrap();
+        writer.stop().await;
+        assert_eq!(lines_in(&path), 26, "every line written");
+        let text = metrics.encode();
+        assert!(
+            text.contains("ds_proxy_query_log_written_total 26\n"),
+            "{text}"
+        );
+        let lines = std::fs::read_to_string(&path).unwrap();
+        for line in lines.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).expect("whole JSON lines");
+            assert_eq!(value["deployment_id"], "dep");
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_from_a_thread_that_is_not_attached_go_out_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sender, writer, _, path) = file_log(&dir, 64).await;
+        assert!(sender.send(record("/", b"", b"", None)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines_in(&path) < 1 {
+            assert!(std::time::Instant::now() < deadline, "line never written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        writer.stop().await;
+        assert_eq!(lines_in(&path), 1);
     }
 
     #[test]
