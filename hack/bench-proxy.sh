@@ -20,6 +20,8 @@
 # Needs root for apt-get when nginx or wrk are missing. Builds `ds` with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib/proxy-bench.sh
+source hack/lib/proxy-bench.sh
 
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
@@ -67,72 +69,12 @@ fi
 # --- the upstream: nginx with a fixed model answer --------------------------------------
 head -c 100M /dev/urandom >"$WORK/big.bin"
 chmod a+r "$WORK/big.bin"
-mkdir -p "$WORK/up" "$WORK/ngx"
-cat >"$WORK/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/up/body;
-    client_max_body_size 0;
-    server {
-        listen 127.0.0.1:$UP backlog=4096;
-        location / {
-            default_type application/json;
-            return 200 '{"predictions": [[0.05, 0.9, 0.05]]}';
-        }
-        location = /big { alias $WORK/big.bin; }
-    }
-}
-EOF
+write_upstream_conf "$WORK" "$UP"
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # --- the reference: nginx as a reverse proxy with a keepalive pool ----------------------
-cat >"$WORK/ngx/nginx.conf" <<EOF
-worker_processes $WORKERS;
-pid $WORK/ngx/nginx.pid;
-error_log $WORK/ngx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/ngx/body;
-    proxy_temp_path $WORK/ngx/proxy;
-    client_max_body_size 0;
-    upstream model {
-        server 127.0.0.1:$UP;
-        keepalive 256;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$NGX backlog=4096;
-        location / {
-            proxy_pass http://model;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
-    # The same, plus the header work ds model-proxy does on every request: a request ID
-    # to the model and back to the client, and X-Forwarded-For.
-    server {
-        listen 127.0.0.1:$NGH backlog=4096;
-        location / {
-            proxy_pass http://model;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Request-Id \$request_id;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            add_header X-Request-Id \$request_id always;
-        }
-    }
-}
-EOF
+write_proxy_conf "$WORK" "$WORKERS" "$NGX" "$UP" "$NGH"
 nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;' &
 NGX_PID=$!
 PIDS+=("$NGX_PID")
@@ -168,11 +110,7 @@ for port in $PORTS; do
     done
 done
 
-cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+write_post_lua "$WORK/post.lua"
 
 # wrk prints latencies as 123.45us / 1.23ms / 1.20s: convert to milliseconds.
 to_ms() {
@@ -182,28 +120,31 @@ to_ms() {
         printf "%.3f", n }'
 }
 
-# CPU time (clock ticks, user + system) used so far by these processes, all threads.
+# CPU time (clock ticks) used so far by these processes, all threads: "user system".
 cpu_ticks() {
-    local total=0 pid
+    local user=0 system=0 pid u s
     for pid in "$@"; do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+        read -r u s < <(awk '{ print $14, $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0 0)
+        user=$((user + u))
+        system=$((system + s))
     done
-    echo "$total"
+    echo "$user $system"
 }
 CLK_TCK=$(getconf CLK_TCK)
 
-run_wrk() { # port conns pids-of-the-proxy... -> "rps p50 p99 errors cpu-us-per-request"
+# port conns pids-of-the-proxy... -> "rps p50 p99 errors cpu-us-per-request kernel-us-per-request"
+run_wrk() {
     local port=$1 conns=$2
     shift 2
     local threads=2
     [ "$conns" -lt 2 ] && threads=1
     local url="http://127.0.0.1:$port$PREDICT_PATH"
     wrk -t"$threads" -c"$conns" -d"$WARMUP" -s "$WORK/post.lua" "$url" >/dev/null
-    local out before after
-    before=$(cpu_ticks "$@")
+    local out user0 sys0 user1 sys1
+    read -r user0 sys0 < <(cpu_ticks "$@")
     out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "$WORK/post.lua" "$url")
-    after=$(cpu_ticks "$@")
-    local rps p50 p99 errors requests cpu
+    read -r user1 sys1 < <(cpu_ticks "$@")
+    local rps p50 p99 errors requests cpu kernel
     rps=$(awk '/^Requests\/sec:/ { printf "%.0f", $2 }' <<<"$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
     p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
@@ -211,9 +152,14 @@ run_wrk() { # port conns pids-of-the-proxy... -> "rps p50 p99 errors cpu-us-per-
     requests=$(awk '/requests in/ { print $1 }' <<<"$out")
     # CPU per request: machine load from elsewhere slows a proxy down but does not make it
     # burn more CPU per request, so this compares the proxies even on a busy machine.
-    cpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
-        'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }')
-    echo "$rps $p50 $p99 $errors $cpu"
+    per_request() {
+        awk -v t="$1" -v hz="$CLK_TCK" -v n="$requests" \
+            'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "-" }'
+    }
+    cpu=$(per_request $((user1 - user0 + sys1 - sys0)))
+    # The kernel's share: on loopback, sending also runs the receiving side's TCP work.
+    kernel=$(per_request $((sys1 - sys0)))
+    echo "$rps $p50 $p99 $errors $cpu $kernel"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
@@ -251,8 +197,8 @@ for c in $CONNS; do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| target | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+echo "| target | connections | requests/s | p50 ms | p99 ms | proxy CPU µs/request | of which kernel |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 for c in $CONNS; do
     for target in "${TARGETS[@]}"; do
         name=${target%%:*}
@@ -262,8 +208,9 @@ for c in $CONNS; do
         note=""
         [ "$errors" -gt 0 ] && note=" (wrk reported errors in $errors runs)"
         cpu=$(col 5)
-        [ "$name" = direct ] && cpu="-"
-        echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) | $cpu |"
+        kernel=$(col 6)
+        [ "$name" = direct ] && cpu="-" && kernel="-"
+        echo "| $name$note | $c | $(col 1) | $(col 2) | $(col 3) | $cpu | $kernel |"
     done
 done
 
@@ -292,7 +239,7 @@ for c in $CONNS; do
     echo "    req/s, query logs on / off:              $(paired "$c" "ds model-proxy (metrics + query logs)" "$DSM" 1)"
 done
 echo
-echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request):"
+echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request kernel-us/request):"
 sed 's/^/    /' "$RAW"
 
 metric() { # admin-port name

@@ -12,6 +12,8 @@
 # Needs root for apt-get when nginx, wrk or valgrind are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=hack/lib/proxy-bench.sh
+source hack/lib/proxy-bench.sh
 
 SECS=${SECONDS_PER_RUN:-10}
 CONNS=${CONNS:-16}
@@ -45,63 +47,15 @@ else
     DS="$WORK/ds"
 fi
 
-mkdir -p "$WORK/up" "$WORK/px"
-cat >"$WORK/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/up/body;
-    server {
-        listen 127.0.0.1:$UP;
-        location / {
-            default_type application/json;
-            return 200 '{"predictions": [[0.05, 0.9, 0.05]]}';
-        }
-    }
-}
-EOF
+write_upstream_conf "$WORK" "$UP"
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 
 # The reverse proxy as in hack/bench-proxy.sh, as one process (no master) so callgrind
 # follows the worker.
-cat >"$WORK/px/nginx.conf" <<EOF
-master_process off;
-worker_processes 1;
-pid $WORK/px/nginx.pid;
-error_log $WORK/px/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $WORK/px/body;
-    proxy_temp_path $WORK/px/proxy;
-    upstream model {
-        server 127.0.0.1:$UP;
-        keepalive 256;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$PX;
-        location / {
-            proxy_pass http://model;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-        }
-    }
-}
-EOF
+NGINX_MASTER=off write_proxy_conf "$WORK" 1 "$PX" "$UP"
 
-cat >"$WORK/post.lua" <<'EOF'
-wrk.method = "POST"
-wrk.body = '{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
-wrk.headers["Content-Type"] = "application/json"
-EOF
+write_post_lua "$WORK/post.lua"
 
 wait_ready() {
     for _ in $(seq 150); do
@@ -139,7 +93,7 @@ echo "wrk -t1 -c$CONNS for ${SECS}s per proxy; one worker each; instructions inc
 echo
 echo "| proxy | requests | instructions | instructions/request |"
 echo "| --- | ---: | ---: | ---: |"
-measure nginx QUIT nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -g 'daemon off;'
+measure nginx QUIT nginx -p "$WORK/ngx" -c "$WORK/ngx/nginx.conf" -g 'daemon off;'
 COMMON=(model-proxy --listen "127.0.0.1:$PX" --admin-listen "127.0.0.1:$ADMIN"
     --upstream "http://127.0.0.1:$UP" --class-names setosa,versicolor,virginica
     --deployment-id bench --worker-threads 1)
