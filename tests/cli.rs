@@ -126,6 +126,13 @@ impl TestGateway {
         )
     }
 
+    /// `ds deployment get NAME -o json`, parsed.
+    async fn get_json(&self, name: &str) -> Value {
+        self.run(&["deployment", "get", name, "-o", "json"])
+            .await
+            .json()
+    }
+
     /// Creates a deployment through the CLI; returns its JSON view.
     async fn deployment(&self, deployer: &str, model: &str, extra: &[&str]) -> Value {
         let mut args = vec![
@@ -445,10 +452,7 @@ async fn deployment_create_ls_get_update_rm() {
         assert!(row.contains(cell), "{cell} missing in {row}");
     }
 
-    let got = t
-        .run(&["deployment", "get", "iris", "-o", "json"])
-        .await
-        .json();
+    let got = t.get_json("iris").await;
     assert_eq!(got["name"], "iris");
     assert_eq!(got["namespace"], "models");
     assert_eq!(got["deployer"], "prod");
@@ -494,10 +498,7 @@ async fn deployment_create_ls_get_update_rm() {
         ])
         .await;
     assert!(updated.ok().contains("updated"), "{}", updated.stdout);
-    let got = t
-        .run(&["deployment", "get", &id, "-o", "json"])
-        .await
-        .json();
+    let got = t.get_json(&id).await;
     assert_eq!(got["spec"]["image"], "tensorflow/serving:2.16.1");
     assert_eq!(got["spec"]["replicas"], 3);
     assert_eq!(got["spec"]["env"].as_array().unwrap().len(), 1);
@@ -563,10 +564,7 @@ async fn query_logs_are_switched_on_and_off_with_the_proxy() {
     t.run(&["deployment", "update", "iris", "--no-query-log"])
         .await
         .ok();
-    let got = t
-        .run(&["deployment", "get", "iris", "-o", "json"])
-        .await
-        .json();
+    let got = t.get_json("iris").await;
     assert_eq!(got["spec"]["proxy"]["query_log"], false);
     assert_eq!(got["spec"]["proxy"]["enabled"], true);
     let got = t.run(&["deployment", "get", "iris"]).await;
@@ -574,10 +572,7 @@ async fn query_logs_are_switched_on_and_off_with_the_proxy() {
     t.run(&["deployment", "update", "iris", "--query-log"])
         .await
         .ok();
-    let got = t
-        .run(&["deployment", "get", "iris", "-o", "json"])
-        .await
-        .json();
+    let got = t.get_json("iris").await;
     assert_eq!(got["spec"]["proxy"]["query_log"], true);
 
     let both = t
@@ -791,10 +786,7 @@ async fn create_wait_follows_progress_until_available() {
     running
         .wait_for_line("default/iris: Unknown, 0/2 ready")
         .await;
-    let got = t
-        .run(&["deployment", "get", "iris", "-o", "json"])
-        .await
-        .json();
+    let got = t.get_json("iris").await;
     let id = got["id"].as_str().unwrap().to_string();
     let revision = got["revision"].as_u64().unwrap();
 
@@ -857,10 +849,7 @@ async fn update_wait_ignores_the_old_revision_and_reports_failure() {
         running.child.try_wait().unwrap().is_none(),
         "exited on the previous revision's status"
     );
-    let updated = t
-        .run(&["deployment", "get", &id, "-o", "json"])
-        .await
-        .json();
+    let updated = t.get_json(&id).await;
     let second = updated["revision"].as_u64().unwrap();
     assert!(second > first);
     agent
@@ -1022,10 +1011,7 @@ async fn wait_survives_a_gateway_restart() {
         }
     };
     let t = TestGateway { gw, dir };
-    let updated = t
-        .run(&["deployment", "get", &id, "-o", "json"])
-        .await
-        .json();
+    let updated = t.get_json(&id).await;
     assert_eq!(
         updated["spec"]["replicas"], 2,
         "the update survived the restart"
