@@ -550,22 +550,15 @@ impl Worker {
                 return;
             }
         };
-        // Query-log lines are batched on this thread and handed over every interval; the
-        // guard hands over the last ones when the worker ends.
-        let _batching = shared
+        // Query-log lines are batched on this thread and handed over at most an interval
+        // late; the guard hands over the last ones when the worker ends.
+        let batching = shared
             .query_log
             .as_ref()
             .map(querylog::QueryLogSender::attach);
-        let flusher = shared.query_log.as_ref().map(|log| {
-            let mut every = tokio::time::interval(log.interval().max(Duration::from_millis(1)));
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tokio::spawn(async move {
-                loop {
-                    every.tick().await;
-                    querylog::flush_thread();
-                }
-            })
-        });
+        let flusher = batching
+            .as_ref()
+            .map(|batching| tokio::spawn(batching.flusher()));
         let spawn = |stream: TcpStream, peer: SocketAddr, open: OpenConnection| {
             let _ = stream.set_nodelay(true);
             let (shared, stop) = (shared.clone(), stop.clone());

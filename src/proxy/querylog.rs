@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
 
 /// Where query-log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +354,9 @@ struct Local {
     queue: Arc<Queue>,
     batch: Batch,
     clock: Clock,
+    /// Told when a batch gets its first line, so the thread's flusher only wakes when
+    /// there is something to hand over.
+    started: Arc<Notify>,
 }
 
 impl Local {
@@ -408,6 +412,8 @@ impl QueryLogSender {
                 batch.lines += 1;
                 if queue.full(&local.batch) {
                     local.flush();
+                } else if local.batch.lines == 1 {
+                    local.started.notify_one();
                 }
                 true
             })
@@ -427,9 +433,10 @@ impl QueryLogSender {
     }
 
     /// Makes the calling thread batch the lines it logs until the guard is dropped, which
-    /// hands the last batch over. The thread must call [`flush_thread`] at least every
-    /// [`QueryLogSender::interval`] so lines are not held longer.
+    /// hands the last batch over. The thread must also run [`AttachedThread::flusher`], so
+    /// lines are not held longer than the interval.
     pub(crate) fn attach(&self) -> AttachedThread {
+        let started = Arc::new(Notify::new());
         let local = Local {
             queue: self.queue.clone(),
             batch: Batch {
@@ -437,21 +444,20 @@ impl QueryLogSender {
                 lines: 0,
             },
             clock: Clock::default(),
+            started: started.clone(),
         };
         if let Some(mut previous) = LOCAL.with(|cell| cell.borrow_mut().replace(local)) {
             previous.flush();
         }
-        AttachedThread
-    }
-
-    /// How often an attached thread hands over what it has batched.
-    pub(crate) fn interval(&self) -> Duration {
-        self.queue.interval
+        AttachedThread {
+            started,
+            interval: self.queue.interval,
+        }
     }
 }
 
 /// Hands the calling thread's batch to the writer if it holds lines.
-pub(crate) fn flush_thread() {
+fn flush_thread() {
     let _ = LOCAL.try_with(|local| {
         if let Some(local) = local.borrow_mut().as_mut() {
             local.flush();
@@ -461,7 +467,26 @@ pub(crate) fn flush_thread() {
 
 /// Returned by [`QueryLogSender::attach`]; dropping it hands the thread's last lines over.
 #[derive(Debug)]
-pub(crate) struct AttachedThread;
+pub(crate) struct AttachedThread {
+    started: Arc<Notify>,
+    interval: Duration,
+}
+
+impl AttachedThread {
+    /// A task for the attached thread's runtime (a current-thread one, so it runs on that
+    /// thread): an interval after a batch gets its first line, hands the batch over. An idle
+    /// worker is not woken.
+    pub(crate) fn flusher(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (started, interval) = (self.started.clone(), self.interval);
+        async move {
+            loop {
+                started.notified().await;
+                tokio::time::sleep(interval).await;
+                flush_thread();
+            }
+        }
+    }
+}
 
 impl Drop for AttachedThread {
     fn drop(&mut self) {
@@ -848,6 +873,30 @@ mod tests {
             let value: serde_json::Value = serde_json::from_str(line).expect("whole JSON lines");
             assert_eq!(value["deployment_id"], "dep");
         }
+    }
+
+    #[tokio::test]
+    async fn the_flusher_hands_a_batch_over_an_interval_after_its_first_line() {
+        // A current-thread runtime, as on a worker: the flusher runs on this thread.
+        let dir = tempfile::tempdir().unwrap();
+        let (sender, writer, _, path) = file_log(&dir, 64).await;
+        let attached = sender.attach();
+        let flusher = tokio::spawn(attached.flusher());
+        for round in 1..=2 {
+            assert!(sender.send(record("/", b"", b"", None)));
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while lines_in(&path) < round {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "line {round} never written"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        flusher.abort();
+        drop(attached);
+        writer.stop().await;
+        assert_eq!(lines_in(&path), 2);
     }
 
     #[tokio::test]
