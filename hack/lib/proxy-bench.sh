@@ -1,21 +1,31 @@
 # Pieces shared by hack/bench-proxy.sh and hack/callgrind-proxy.sh, so both measure the same
 # nginx set-up and the same request. Sourced, not run.
 
+# What every nginx here starts with, up to the open `http {` block: workers, files in
+# DIR/NAME, no access log, keep-alive for the whole run, bodies of any size.
+nginx_head() { # dir name workers
+    local dir=$1 name=$2 workers=$3
+    cat <<EOF
+worker_processes $workers;
+pid $dir/$name/nginx.pid;
+error_log $dir/$name/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path $dir/$name/body;
+    client_max_body_size 0;
+EOF
+}
+
 # The upstream: nginx (1 worker) answering every request with a fixed TensorFlow-Serving
 # body, and serving DIR/big.bin at /big for the transfer check.
 write_upstream_conf() { # dir port
     local dir=$1 port=$2
     mkdir -p "$dir/up"
-    cat >"$dir/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $dir/up/nginx.pid;
-error_log $dir/up/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $dir/up/body;
-    client_max_body_size 0;
+    {
+        nginx_head "$dir" up 1
+        cat <<EOF
     server {
         listen 127.0.0.1:$port backlog=4096;
         location / {
@@ -26,6 +36,7 @@ http {
     }
 }
 EOF
+    } >"$dir/up/nginx.conf"
 }
 
 # The reference: nginx as a reverse proxy (proxy_pass with an upstream keepalive pool), in
@@ -42,17 +53,9 @@ write_proxy_conf() { # dir workers port upstream-port [header-work-port]
             proxy_set_header Host $host;'
     {
         [ "${NGINX_MASTER:-on}" = off ] && echo "master_process off;"
+        nginx_head "$dir" ngx "$workers"
         cat <<EOF
-worker_processes $workers;
-pid $dir/ngx/nginx.pid;
-error_log $dir/ngx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $dir/ngx/body;
     proxy_temp_path $dir/ngx/proxy;
-    client_max_body_size 0;
     upstream model {
         server 127.0.0.1:$upstream;
         keepalive 256;
