@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -304,19 +304,32 @@ struct Batch {
     lines: usize,
 }
 
-/// What the senders of one proxy share.
-struct Queue {
-    tx: mpsc::Sender<Batch>,
+/// What goes to the writer thread.
+enum ToWriter {
+    Lines(Batch),
+    /// Write what came before, then end.
+    Stop,
+}
+
+/// What the senders and the writer of one proxy share.
+#[derive(Default)]
+struct Shared {
     /// Lines formatted and not yet written, in batches being filled or handed over; the
     /// writer takes written lines off.
-    queued: Arc<AtomicUsize>,
+    queued: AtomicUsize,
+    /// Emptied batch buffers the writer gives back, so a thread starting a batch does not
+    /// allocate (and fault in) a fresh one.
+    spare: Mutex<Vec<Vec<u8>>>,
+}
+
+/// What the senders of one proxy share.
+struct Queue {
+    tx: mpsc::Sender<ToWriter>,
+    shared: Arc<Shared>,
     capacity: usize,
     deployment_id: String,
     classes: ClassNames,
     interval: Duration,
-    /// Emptied batch buffers the writer gives back, so a thread starting a batch does not
-    /// allocate (and fault in) a fresh one.
-    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -332,9 +345,15 @@ impl Queue {
     /// Hands a batch to the writer; a batch the writer can no longer take (shutdown) had
     /// its lines counted as queued, so they are taken off.
     fn hand_over(&self, batch: Batch) {
-        if let Err(mpsc::SendError(batch)) = self.tx.send(batch) {
-            self.queued.fetch_sub(batch.lines, Ordering::AcqRel);
+        let lines = batch.lines;
+        if self.tx.send(ToWriter::Lines(batch)).is_err() {
+            self.shared.queued.fetch_sub(lines, Ordering::AcqRel);
         }
+    }
+
+    /// Appends the record's line, with this proxy's deployment ID and class names.
+    fn format(&self, record: &QueryRecord, clock: &mut Clock, out: &mut Vec<u8>) {
+        record.write_json(&self.deployment_id, &self.classes, clock, out);
     }
 
     /// A batch is handed over when it is big, or holds a good part of the queue's lines
@@ -344,7 +363,12 @@ impl Queue {
     }
 
     fn fresh_buffer(&self) -> Vec<u8> {
-        let spare = self.spare.lock().ok().and_then(|mut spare| spare.pop());
+        let spare = self
+            .shared
+            .spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop());
         spare.unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 16 * 1024))
     }
 }
@@ -392,8 +416,9 @@ impl QueryLogSender {
     /// No syscall unless a batch is handed over (once per [`BATCH_BYTES`] or per interval).
     pub(crate) fn send(&self, record: QueryRecord) -> bool {
         let queue = &self.queue;
-        if queue.queued.fetch_add(1, Ordering::AcqRel) >= queue.capacity {
-            queue.queued.fetch_sub(1, Ordering::AcqRel);
+        let queued = &queue.shared.queued;
+        if queued.fetch_add(1, Ordering::AcqRel) >= queue.capacity {
+            queued.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         let batched = LOCAL
@@ -403,12 +428,7 @@ impl QueryLogSender {
                     return false;
                 };
                 let Local { batch, clock, .. } = local;
-                record.write_json(
-                    &queue.deployment_id,
-                    &queue.classes,
-                    clock,
-                    &mut batch.bytes,
-                );
+                queue.format(&record, clock, &mut batch.bytes);
                 batch.lines += 1;
                 if queue.full(&local.batch) {
                     local.flush();
@@ -421,12 +441,7 @@ impl QueryLogSender {
         if !batched {
             // Not a worker thread of this proxy (or one that is ending): a batch of its own.
             let mut bytes = Vec::new();
-            record.write_json(
-                &queue.deployment_id,
-                &queue.classes,
-                &mut Clock::default(),
-                &mut bytes,
-            );
+            queue.format(&record, &mut Clock::default(), &mut bytes);
             queue.hand_over(Batch { bytes, lines: 1 });
         }
         true
@@ -501,17 +516,15 @@ impl Drop for AttachedThread {
 /// The writer thread; [`QueryLogWriter::stop`] writes what is queued and ends it.
 #[derive(Debug)]
 pub(crate) struct QueryLogWriter {
-    stop: Arc<AtomicBool>,
-    /// Wakes the writer to see the stop (an empty batch).
-    wake: mpsc::Sender<Batch>,
+    tx: mpsc::Sender<ToWriter>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl QueryLogWriter {
     /// Asks the writer to write what is queued and stop, without waiting for it.
     pub(crate) fn signal_stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = self.wake.send(Batch::default());
+        // Batches handed over before this are ahead of it in the channel.
+        let _ = self.tx.send(ToWriter::Stop);
     }
 
     /// Writes what is queued, then stops the thread.
@@ -559,80 +572,68 @@ pub(crate) async fn start(
         }
     };
     let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared::default());
     let queue = Arc::new(Queue {
         tx: tx.clone(),
-        queued: Arc::new(AtomicUsize::new(0)),
+        shared: shared.clone(),
         capacity: capacity.max(1),
         deployment_id,
         classes,
         interval,
-        spare: Arc::default(),
     });
-    let written = Written {
-        queued: queue.queued.clone(),
-        spare: queue.spare.clone(),
-        metrics,
-    };
-    let thread_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name("ds-query-log".into())
-        .spawn(move || write_batches(&rx, out, &written, &thread_stop))?;
+        .spawn(move || write_batches(&rx, out, &shared, &metrics))?;
     Ok((
         QueryLogSender { queue },
         QueryLogWriter {
-            stop,
-            wake: tx,
+            tx,
             thread: Some(thread),
         },
     ))
-}
-
-/// What the writer reports back: lines off the queue, buffers to reuse, metrics.
-struct Written {
-    queued: Arc<AtomicUsize>,
-    spare: Arc<Mutex<Vec<Vec<u8>>>>,
-    metrics: Arc<Metrics>,
 }
 
 /// Spare buffers kept; more would only hold memory.
 const SPARE_BUFFERS: usize = 8;
 
 fn write_batches(
-    rx: &mpsc::Receiver<Batch>,
+    rx: &mpsc::Receiver<ToWriter>,
     mut out: Box<dyn Write + Send>,
-    written: &Written,
-    stop: &AtomicBool,
+    shared: &Shared,
+    metrics: &Metrics,
 ) {
     let mut write = |mut batch: Batch| {
         if batch.lines > 0 {
             match out.write_all(&batch.bytes).and_then(|()| out.flush()) {
-                Ok(()) => written.metrics.query_log_written(batch.lines as u64),
+                Ok(()) => metrics.query_log_written(batch.lines as u64),
                 Err(error) => {
                     // Part of the batch may have reached the output; counted as lost, since
                     // no line of it can be told apart as whole.
-                    written.metrics.query_log_lost(batch.lines as u64);
+                    metrics.query_log_lost(batch.lines as u64);
                     tracing::warn!(%error, lines = batch.lines, "writing query-log lines failed");
                 }
             }
-            written.queued.fetch_sub(batch.lines, Ordering::AcqRel);
+            shared.queued.fetch_sub(batch.lines, Ordering::AcqRel);
         }
         if batch.bytes.capacity() > 0
-            && let Ok(mut spare) = written.spare.lock()
+            && let Ok(mut spare) = shared.spare.lock()
             && spare.len() < SPARE_BUFFERS
         {
             batch.bytes.clear();
             spare.push(batch.bytes);
         }
     };
-    while let Ok(batch) = rx.recv() {
-        write(batch);
-        if stop.load(Ordering::Acquire) {
-            // Everything handed over before the stop is already in the channel.
-            while let Ok(batch) = rx.try_recv() {
-                write(batch);
+    while let Ok(message) = rx.recv() {
+        match message {
+            ToWriter::Lines(batch) => write(batch),
+            ToWriter::Stop => {
+                // What was handed over before the stop came ahead of it; take what is
+                // left too, then end.
+                while let Ok(ToWriter::Lines(batch)) = rx.try_recv() {
+                    write(batch);
+                }
+                return;
             }
-            return;
         }
     }
 }
@@ -778,21 +779,18 @@ mod tests {
             );
             batch.lines += 1;
         }
-        tx.send(batch).unwrap();
+        tx.send(ToWriter::Lines(batch)).unwrap();
         drop(tx);
-        let written = Written {
-            queued: Arc::new(AtomicUsize::new(3)),
-            spare: Arc::default(),
-            metrics: metrics.clone(),
-        };
-        write_batches(&rx, Box::new(FullDisk), &written, &AtomicBool::new(false));
+        let shared = Shared::default();
+        shared.queued.store(3, Ordering::Release);
+        write_batches(&rx, Box::new(FullDisk), &shared, &metrics);
         let text = metrics.encode();
         assert!(text.contains("ds_proxy_query_log_lost_total 3\n"), "{text}");
         assert!(
             text.contains("ds_proxy_query_log_written_total 0\n"),
             "{text}"
         );
-        assert_eq!(written.queued.load(Ordering::Acquire), 0, "off the queue");
+        assert_eq!(shared.queued.load(Ordering::Acquire), 0, "off the queue");
     }
 
     /// Starts a query log into a file of `dir`.
