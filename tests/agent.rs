@@ -1169,7 +1169,9 @@ async fn missing_namespace_is_reported_unless_create_namespaces(b: Backend) {
         .await;
     let status = e.wait_phase(&id, Phase::Failed).await;
     assert!(
-        status.last_error.contains("namespace models not found"),
+        status
+            .last_error
+            .contains(&format!("namespace {models} not found")),
         "{}",
         status.last_error
     );

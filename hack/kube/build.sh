@@ -36,7 +36,6 @@ declare -A targets=(
 )
 
 export GOFLAGS="-trimpath -mod=readonly"
-export CGO_ENABLED=0
 start=$(date +%s)
 built=()
 for pkg in "${!targets[@]}"; do

@@ -290,6 +290,9 @@ async fn start(children: &mut Vec<Child>) -> Result<RealKube, String> {
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // The `kubernetes` Service endpoints may not point at loopback; nothing here
+            // needs them (envtest does the same).
+            "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={port}"),
             format!("--tls-cert-file={}", cert_file.display()),
             format!("--tls-private-key-file={}", key_file.display()),
