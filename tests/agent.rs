@@ -545,7 +545,11 @@ async fn create_makes_owned_objects_and_reports_available(b: Backend) {
     let d = e
         .wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
-    let s = e.services(ns).get("iris").await.expect("Service");
+    // The agent applies the three objects one after the other.
+    let s = eventually("the Service", || async {
+        e.services(ns).get_opt("iris").await.ok().flatten()
+    })
+    .await;
     let i = eventually("the Ingress", || async {
         e.ingresses(ns).get_opt("iris").await.ok().flatten()
     })
@@ -712,7 +716,10 @@ async fn proxy_toggle_updates_the_deployment_in_place(b: Backend) {
             .target_port
             .clone()
     };
-    let svc = e.services(ns).get("iris").await.unwrap();
+    let svc = eventually("the Service", || async {
+        e.services(ns).get_opt("iris").await.ok().flatten()
+    })
+    .await;
     assert_eq!(
         target(&svc),
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9501))
