@@ -332,6 +332,12 @@ impl Env {
     }
 }
 
+/// A loopback address nobody listens on, for an agent's health endpoint.
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr")
+}
+
 /// A plain HTTP/1.1 GET; returns the status code and body.
 async fn http_get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
@@ -492,10 +498,7 @@ async fn the_manifest_env_starts_the_agent_binary() {
     let vars = manifest_env(&agents.get("ds-agent-proc").await.expect("agent Deployment"));
     let token_file = env.dir.path().join("token");
     std::fs::write(&token_file, env.secret_token("proc").await).expect("write token");
-    let health = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr")
-    };
+    let health = free_addr();
     let mut child = env
         .agent_process(&vars, &token_file, health, &env.kubeconfig)
         .await;
@@ -675,10 +678,7 @@ async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
         "models".into(),
         "staging".into(),
     ]));
-    let health = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-        l.local_addr().expect("addr")
-    };
+    let health = free_addr();
     let mut child = env
         .agent_process(&vars, &token_file, health, &env.kubeconfig)
         .await;
@@ -788,10 +788,7 @@ impl Env {
         );
         let token_file = self.dir.path().join(format!("{deployer}.token"));
         std::fs::write(&token_file, self.secret_token(deployer).await).expect("write token");
-        let health = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-            l.local_addr().expect("addr")
-        };
+        let health = free_addr();
         let kubeconfig = self.service_account_kubeconfig(deployer).await;
         self.agent_process(&vars, &token_file, health, &kubeconfig)
             .await
