@@ -7,7 +7,7 @@
 //! Each test creates its own database, so they run in parallel.
 
 use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::install::{InstallCodes, InstallOptions, RedeemError};
+use ds_deployer::gateway::install::{InstallCodes, InstallOptions};
 use ds_deployer::gateway::postgres::PgStore;
 use ds_deployer::gateway::store::{Change, Store, StoreError};
 use ds_deployer::gateway::{GatewayArgs, RunningGateway};
@@ -115,54 +115,10 @@ async fn install_codes_are_single_use_across_replicas() {
     a.create_code(hash("code"), &d.id, expires, &options)
         .await
         .unwrap();
-    assert!(matches!(
-        a.create_code(hash("other"), "no-such", expires, &options)
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..16 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        racers.spawn(async move {
-            store
-                .redeem_code(hash("code"), &format!("issued{i}"), hash(&format!("s{i}")))
-                .await
-        });
-    }
-    let mut won = Vec::new();
-    let mut used = 0;
-    while let Some(outcome) = racers.join_next().await {
-        match outcome.unwrap() {
-            Ok(x) => won.push(x),
-            Err(RedeemError::Used) => used += 1,
-            Err(other) => panic!("unexpected redeem outcome {other:?}"),
-        }
-    }
-    assert_eq!(won.len(), 1, "exactly one fetch gets the manifest");
-    assert_eq!(used, 15);
-    assert_eq!(won[0], (d.id.clone(), options));
-    // Exactly one token was issued with the code.
-    let mut issued = 0;
-    for i in 0..16 {
-        if a.find_token(&format!("issued{i}")).await.unwrap().is_some() {
-            issued += 1;
-        }
-    }
-    assert_eq!(issued, 1);
-
-    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-    b.create_code(hash("stale"), &d.id, past, &InstallOptions::default())
-        .await
-        .unwrap();
-    assert!(matches!(
-        b.redeem_code(hash("stale"), "t9", hash("t9")).await,
-        Err(RedeemError::Expired)
-    ));
-    assert!(matches!(
-        b.redeem_code(hash("never"), "t9", hash("t9")).await,
-        Err(RedeemError::Unknown)
-    ));
+    let replicas: [Arc<dyn InstallCodes>; 2] = [a.clone(), b.clone()];
+    let store: Arc<dyn Store> = a.clone();
+    let won = store_contract::race_for_code(&replicas, &store, hash("code"), 16).await;
+    assert_eq!(won, (d.id.clone(), options));
     a.close().await;
     b.close().await;
     db.drop_db().await;

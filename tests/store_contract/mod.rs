@@ -7,7 +7,8 @@ use ds_deployer::gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_deployer::gateway::postgres::PgStore;
 use ds_deployer::gateway::sqlite::SqliteStore;
 use ds_deployer::gateway::store::{
-    AgentHeartbeat, Change, DeploymentRecord, DeploymentSelector, StatusRecord, Store, StoreError,
+    AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, StatusRecord,
+    Store, StoreError,
 };
 use std::sync::Arc;
 
@@ -134,6 +135,27 @@ contract!(
     install_codes_are_single_use_and_expire,
 );
 
+/// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
+async fn register(store: &Arc<dyn Store>, name: &str) -> DeployerRecord {
+    store
+        .create_deployer(name, &format!("tok-{name}"), hash(name))
+        .await
+        .unwrap()
+}
+
+/// Creates deployment `name` (one replica of model `name`) in `namespace`.
+async fn deploy(
+    store: &Arc<dyn Store>,
+    deployer_id: &str,
+    namespace: &str,
+    name: &str,
+) -> DeploymentRecord {
+    store
+        .create_deployment(deployer_id, name, namespace, &spec(name, 1))
+        .await
+        .unwrap()
+}
+
 // === api keys ===
 
 async fn api_keys_are_unique_and_found_by_id(b: Backend) -> Backend {
@@ -158,14 +180,8 @@ async fn api_keys_are_unique_and_found_by_id(b: Backend) -> Backend {
 
 async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
     let store = b.store();
-    let beta = store
-        .create_deployer("beta", "tok-b", hash("b"))
-        .await
-        .unwrap();
-    let alpha = store
-        .create_deployer("alpha", "tok-a", hash("a"))
-        .await
-        .unwrap();
+    let beta = register(&store, "beta").await;
+    let alpha = register(&store, "alpha").await;
     assert_ne!(alpha.id, beta.id);
     assert_eq!(
         (alpha.name.as_str(), alpha.revision, alpha.deployments),
@@ -213,10 +229,7 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
     }
 
     // Deleting a deployer ends its watchers and takes its deployments and tokens along.
-    let x = store
-        .create_deployment(&alpha.id, "x", "models", &spec("x", 1))
-        .await
-        .unwrap();
+    let x = deploy(&store, &alpha.id, "models", "x").await;
     assert_eq!(store.get_deployer("alpha").await.unwrap().deployments, 1);
     let mut watch = store.hub().subscribe(&alpha.id);
     store.delete_deployer(&alpha.id).await.unwrap();
@@ -229,7 +242,7 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
         store.get_deployment(&x.id).await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(store.find_token("tok-a").await.unwrap().is_none());
+    assert!(store.find_token("tok-alpha").await.unwrap().is_none());
     assert!(matches!(
         store.delete_deployer(&alpha.id).await,
         Err(StoreError::NotFound(_))
@@ -249,14 +262,15 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
 
 async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
+    let d = register(&store, "alpha").await;
+    let t1 = store
+        .find_token("tok-alpha")
         .await
-        .unwrap();
-    let t1 = store.find_token("tok1").await.unwrap().expect("tok1");
+        .unwrap()
+        .expect("its token");
     assert_eq!(
         (t1.deployer_id.as_str(), t1.hash),
-        (d.id.as_str(), hash("t1"))
+        (d.id.as_str(), hash("alpha"))
     );
     assert!(t1.expires_at.is_none());
     let expiry = |token: &str| {
@@ -276,7 +290,10 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         .rotate_token(&d.id, "tok2", hash("t2"), soon)
         .await
         .unwrap();
-    assert_eq!(expiry("tok1").await, Some(Some(soon.timestamp_millis())));
+    assert_eq!(
+        expiry("tok-alpha").await,
+        Some(Some(soon.timestamp_millis()))
+    );
     assert_eq!(expiry("tok2").await, Some(None));
     // A second rotation within the window keeps the first deadline.
     let later = now + chrono::Duration::minutes(20);
@@ -284,7 +301,10 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         .rotate_token(&d.id, "tok3", hash("t3"), later)
         .await
         .unwrap();
-    assert_eq!(expiry("tok1").await, Some(Some(soon.timestamp_millis())));
+    assert_eq!(
+        expiry("tok-alpha").await,
+        Some(Some(soon.timestamp_millis()))
+    );
     assert_eq!(expiry("tok2").await, Some(Some(later.timestamp_millis())));
     // A rotation without overlap revokes the current token at once; the others keep
     // their windows.
@@ -298,7 +318,10 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         .await
         .unwrap();
     assert_eq!(expiry("tok3").await, None);
-    assert_eq!(expiry("tok1").await, Some(Some(soon.timestamp_millis())));
+    assert_eq!(
+        expiry("tok-alpha").await,
+        Some(Some(soon.timestamp_millis()))
+    );
     assert_eq!(expiry("tok4").await, Some(None));
     assert!(matches!(
         store
@@ -314,19 +337,10 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
 
 async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
     let mut changes = store.hub().subscribe(&d.id);
-    let a = store
-        .create_deployment(&d.id, "a", "models", &spec("a", 1))
-        .await
-        .unwrap();
-    let b2 = store
-        .create_deployment(&d.id, "b", "models", &spec("b", 1))
-        .await
-        .unwrap();
+    let a = deploy(&store, &d.id, "models", "a").await;
+    let b2 = deploy(&store, &d.id, "models", "b").await;
     assert_eq!((a.revision, b2.revision), (1, 2));
     assert_eq!(
         (a.deployer_id.as_str(), a.namespace.as_str()),
@@ -339,10 +353,7 @@ async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
         Err(StoreError::AlreadyExists(_))
     ));
     // The same name in another namespace is another deployment.
-    let c = store
-        .create_deployment(&d.id, "a", "other", &spec("a", 1))
-        .await
-        .unwrap();
+    let c = deploy(&store, &d.id, "other", "a").await;
     assert_eq!(c.revision, 3, "a refused create does not use up a revision");
     assert!(matches!(
         store
@@ -404,23 +415,11 @@ async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
 
 async fn a_snapshot_is_the_complete_state_at_its_revision(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
     assert_eq!(store.snapshot(&d.id).await.unwrap(), (0, Vec::new()));
-    let z = store
-        .create_deployment(&d.id, "z", "models", &spec("z", 1))
-        .await
-        .unwrap();
-    let a = store
-        .create_deployment(&d.id, "a", "zeta", &spec("a", 1))
-        .await
-        .unwrap();
-    let m = store
-        .create_deployment(&d.id, "m", "models", &spec("m", 1))
-        .await
-        .unwrap();
+    let z = deploy(&store, &d.id, "models", "z").await;
+    let a = deploy(&store, &d.id, "zeta", "a").await;
+    let m = deploy(&store, &d.id, "models", "m").await;
     store.delete_deployment(&m.id).await.unwrap();
     let z2 = store
         .update_deployment(&z.id, z.revision, &spec("z", 2))
@@ -437,31 +436,16 @@ async fn a_snapshot_is_the_complete_state_at_its_revision(b: Backend) -> Backend
 
 async fn revisions_are_per_deployer_and_survive_a_restart(b: Backend) -> Backend {
     let store = b.store();
-    let alpha = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
-    let beta = store
-        .create_deployer("beta", "tok2", hash("t2"))
-        .await
-        .unwrap();
-    let x = store
-        .create_deployment(&alpha.id, "x", "models", &spec("x", 1))
-        .await
-        .unwrap();
-    let y = store
-        .create_deployment(&beta.id, "y", "models", &spec("y", 1))
-        .await
-        .unwrap();
+    let alpha = register(&store, "alpha").await;
+    let beta = register(&store, "beta").await;
+    let x = deploy(&store, &alpha.id, "models", "x").await;
+    let y = deploy(&store, &beta.id, "models", "y").await;
     assert_eq!((x.revision, y.revision), (1, 1));
     store
         .update_deployment(&x.id, 1, &spec("x", 2))
         .await
         .unwrap();
-    let z = store
-        .create_deployment(&beta.id, "z", "models", &spec("z", 1))
-        .await
-        .unwrap();
+    let z = deploy(&store, &beta.id, "models", "z").await;
     assert_eq!(z.revision, 2);
     assert_eq!(store.delete_deployment(&y.id).await.unwrap().1, 3);
     assert_eq!(store.snapshot(&alpha.id).await.unwrap().0, 2);
@@ -472,20 +456,14 @@ async fn revisions_are_per_deployer_and_survive_a_restart(b: Backend) -> Backend
     let store = b.store();
     assert_eq!(store.snapshot(&beta.id).await.unwrap(), (3, vec![z]));
     assert_eq!(store.get_deployer(&alpha.id).await.unwrap().revision, 2);
-    let w = store
-        .create_deployment(&alpha.id, "w", "models", &spec("w", 1))
-        .await
-        .unwrap();
+    let w = deploy(&store, &alpha.id, "models", "w").await;
     assert_eq!(w.revision, 3);
     b
 }
 
 async fn concurrent_creates_get_distinct_gap_free_revisions(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
     let mut changes = store.hub().subscribe(&d.id);
     let mut racers = tokio::task::JoinSet::new();
     for i in 0..24 {
@@ -527,14 +505,8 @@ async fn concurrent_creates_get_distinct_gap_free_revisions(b: Backend) -> Backe
 
 async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
     let store = b.store();
-    let alpha = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
-    let beta = store
-        .create_deployer("beta", "tok2", hash("t2"))
-        .await
-        .unwrap();
+    let alpha = register(&store, "alpha").await;
+    let beta = register(&store, "beta").await;
     let mut made = Vec::new();
     for (deployer, namespace, name) in [
         (&beta.id, "models", "iris"),
@@ -542,12 +514,7 @@ async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
         (&alpha.id, "models", "wine"),
         (&alpha.id, "models", "iris"),
     ] {
-        made.push(
-            store
-                .create_deployment(deployer, name, namespace, &spec(name, 1))
-                .await
-                .unwrap(),
-        );
+        made.push(deploy(&store, deployer, namespace, name).await);
     }
     let key = |d: &DeploymentRecord| (d.deployer_id.clone(), d.namespace.clone(), d.name.clone());
     let mut expected = made.clone();
@@ -589,10 +556,7 @@ async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
 
 async fn heartbeats_show_on_the_deployer(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
     let beat = AgentHeartbeat {
         version: "1.2.3".into(),
         cluster: "kind".into(),
@@ -612,10 +576,7 @@ async fn heartbeats_show_on_the_deployer(b: Backend) -> Backend {
     assert_eq!(seen.agent_namespaces, ["a", "b"]);
     assert!(seen.last_seen.is_some());
     // The answer carries the latest revision, for the agent to detect a gap.
-    store
-        .create_deployment(&d.id, "x", "models", &spec("x", 1))
-        .await
-        .unwrap();
+    deploy(&store, &d.id, "models", "x").await;
     let cluster_wide = AgentHeartbeat {
         namespaces: Vec::new(),
         ..beat
@@ -652,22 +613,10 @@ fn status(id: &str, phase: i32) -> StatusRecord {
 
 async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> Backend {
     let store = b.store();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
-    let other = store
-        .create_deployer("beta", "tok2", hash("t2"))
-        .await
-        .unwrap();
-    let x = store
-        .create_deployment(&d.id, "x", "models", &spec("x", 1))
-        .await
-        .unwrap();
-    let y = store
-        .create_deployment(&other.id, "y", "models", &spec("y", 1))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
+    let other = register(&store, "beta").await;
+    let x = deploy(&store, &d.id, "models", "x").await;
+    let y = deploy(&store, &other.id, "models", "y").await;
     assert!(store.get_status(&x.id).await.unwrap().is_none());
     assert!(store.put_statuses(&d.id, &[]).await.unwrap().is_empty());
 
@@ -717,13 +666,59 @@ async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> B
 
 // === install codes ===
 
+/// Lets `racers` fetches race for one code, spread over the `replicas`, and checks that
+/// exactly one wins and only the winner's token was issued; returns what it won.
+pub(crate) async fn race_for_code(
+    replicas: &[Arc<dyn InstallCodes>],
+    store: &Arc<dyn Store>,
+    code: [u8; 32],
+    racers: usize,
+) -> (String, InstallOptions) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..racers {
+        let codes = replicas[i % replicas.len()].clone();
+        set.spawn(async move {
+            codes
+                .redeem_code(code, &format!("issued{i}"), hash(&format!("s{i}")))
+                .await
+                .map(|won| (won, i))
+        });
+    }
+    let mut won = Vec::new();
+    let mut used = 0;
+    while let Some(outcome) = set.join_next().await {
+        match outcome.unwrap() {
+            Ok(x) => won.push(x),
+            Err(RedeemError::Used) => used += 1,
+            Err(other) => panic!("unexpected redeem outcome {other:?}"),
+        }
+    }
+    assert_eq!(
+        (won.len(), used),
+        (1, racers - 1),
+        "exactly one fetch gets the manifest"
+    );
+    let ((deployer_id, options), winner) = won.pop().unwrap();
+    let token = store
+        .find_token(&format!("issued{winner}"))
+        .await
+        .unwrap()
+        .expect("the winner's token");
+    assert_eq!(
+        (token.deployer_id.as_str(), token.hash, token.expires_at),
+        (deployer_id.as_str(), hash(&format!("s{winner}")), None)
+    );
+    for i in (0..racers).filter(|i| *i != winner) {
+        let token = store.find_token(&format!("issued{i}")).await.unwrap();
+        assert!(token.is_none(), "a losing fetch issued no token");
+    }
+    (deployer_id, options)
+}
+
 async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
     let store = b.store();
     let codes = b.codes();
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
+    let d = register(&store, "alpha").await;
     let options = InstallOptions {
         namespace: "ds-system".into(),
         cluster_name: "kind-1".into(),
@@ -743,53 +738,10 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         Err(StoreError::NotFound(_))
     ));
 
-    // Fetches race for the code: exactly one gets it, with a token of its deployer.
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let codes = codes.clone();
-        racers.spawn(async move {
-            codes
-                .redeem_code(hash("code"), &format!("issued{i}"), hash(&format!("s{i}")))
-                .await
-                .map(|won| (won, i))
-        });
-    }
-    let mut won = Vec::new();
-    let mut used = 0;
-    while let Some(outcome) = racers.join_next().await {
-        match outcome.unwrap() {
-            Ok(x) => won.push(x),
-            Err(RedeemError::Used) => used += 1,
-            Err(other) => panic!("unexpected redeem outcome {other:?}"),
-        }
-    }
-    assert_eq!(
-        (won.len(), used),
-        (1, 7),
-        "exactly one fetch gets the manifest"
-    );
-    let ((deployer_id, got), winner) = won.pop().unwrap();
-    assert_eq!((deployer_id.as_str(), &got), (d.id.as_str(), &options));
-    let token = store
-        .find_token(&format!("issued{winner}"))
-        .await
-        .unwrap()
-        .expect("the winner's token");
-    assert_eq!(
-        (token.deployer_id.as_str(), token.hash, token.expires_at),
-        (d.id.as_str(), hash(&format!("s{winner}")), None)
-    );
-    for i in (0..8).filter(|i| *i != winner) {
-        assert!(
-            store
-                .find_token(&format!("issued{i}"))
-                .await
-                .unwrap()
-                .is_none()
-        );
-    }
+    let won = race_for_code(&[codes.clone()], &store, hash("code"), 8).await;
+    assert_eq!(won, (d.id.clone(), options.clone()));
     assert!(
-        store.find_token("tok1").await.unwrap().is_some(),
+        store.find_token("tok-alpha").await.unwrap().is_some(),
         "an install adds a token, it does not rotate"
     );
 
