@@ -154,6 +154,35 @@ where
         Ok(row.text("deployer_id")?)
     }
 
+    /// Starts a change of deployment `id`: its deployer, and a transaction in which that
+    /// deployer's revision is bumped already (the deployer row first, then the
+    /// deployment: every writer locks in this order).
+    async fn begin_change(
+        &self,
+        id: &str,
+    ) -> Result<(String, Transaction<'static, B::Db>, u64), StoreError> {
+        let deployer_id = self.deployer_of(id).await?;
+        let mut tx = self.pool().begin().await?;
+        let revision = Self::bump_revision(&mut tx, &deployer_id).await?;
+        Ok((deployer_id, tx, revision))
+    }
+
+    /// Logs `change` in `tx`, commits, and only then publishes it: watchers see durable
+    /// changes only.
+    async fn commit_change(
+        &self,
+        mut tx: Transaction<'static, B::Db>,
+        deployer_id: &str,
+        change: Change,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .log_change(&mut tx, deployer_id, &change)
+            .await?;
+        tx.commit().await?;
+        self.backend.publish(deployer_id, change).await;
+        Ok(())
+    }
+
     async fn try_update_deployment(
         &self,
         id: &str,
@@ -162,10 +191,7 @@ where
     ) -> Result<DeploymentRecord, StoreError> {
         let json = spec_json(spec)?;
         let _w = self.serial().await;
-        let deployer_id = self.deployer_of(id).await?;
-        let mut tx = self.pool().begin().await?;
-        // The deployer row first, then the deployment: every writer locks in this order.
-        let revision = Self::bump_revision(&mut tx, &deployer_id).await?;
+        let (deployer_id, mut tx, revision) = self.begin_change(id).await?;
         let current = sqlx::query(deployment_sql("WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -189,19 +215,13 @@ where
         record.revision = revision;
         record.updated_at = ts(now);
         let change = Change::Upsert(Arc::new(record.clone()));
-        self.backend
-            .log_change(&mut tx, &deployer_id, &change)
-            .await?;
-        tx.commit().await?;
-        self.backend.publish(&deployer_id, change).await;
+        self.commit_change(tx, &deployer_id, change).await?;
         Ok(record)
     }
 
     async fn try_delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {
         let _w = self.serial().await;
-        let deployer_id = self.deployer_of(id).await?;
-        let mut tx = self.pool().begin().await?;
-        let revision = Self::bump_revision(&mut tx, &deployer_id).await?;
+        let (deployer_id, mut tx, revision) = self.begin_change(id).await?;
         let sql = format!("DELETE FROM deployments WHERE id = $1 RETURNING {DEPLOYMENT_COLUMNS}");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -215,11 +235,7 @@ where
             namespace: record.namespace.clone(),
             name: record.name.clone(),
         };
-        self.backend
-            .log_change(&mut tx, &deployer_id, &change)
-            .await?;
-        tx.commit().await?;
-        self.backend.publish(&deployer_id, change).await;
+        self.commit_change(tx, &deployer_id, change).await?;
         Ok((record, revision))
     }
 
@@ -233,12 +249,7 @@ where
         if B::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(format!("deployer {id}")));
         }
-        self.backend
-            .log_change(&mut tx, id, &Change::DeployerDeleted)
-            .await?;
-        tx.commit().await?;
-        self.backend.publish(id, Change::DeployerDeleted).await;
-        Ok(())
+        self.commit_change(tx, id, Change::DeployerDeleted).await
     }
 
     async fn try_record_heartbeat(

@@ -273,56 +273,51 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         (d.id.as_str(), hash("alpha"))
     );
     assert!(t1.expires_at.is_none());
-    let expiry = |token: &str| {
+    // Per token of the deployer: None when gone, Some(None) while current, Some(Some(ms))
+    // while it works until that deadline.
+    let tokens = || {
         let store = store.clone();
-        let token = token.to_string();
+        async move {
+            let mut states = Vec::new();
+            for token in ["tok-alpha", "tok2", "tok3", "tok4"] {
+                let found = store.find_token(token).await.unwrap();
+                states.push(found.map(|t| t.expires_at.map(|e| e.timestamp_millis())));
+            }
+            states
+        }
+    };
+    let rotate = |token: &'static str, deadline: chrono::DateTime<chrono::Utc>| {
+        let store = store.clone();
+        let deployer = d.id.clone();
         async move {
             store
-                .find_token(&token)
+                .rotate_token(&deployer, token, hash(token), deadline)
                 .await
                 .unwrap()
-                .map(|t| t.expires_at.map(|e| e.timestamp_millis()))
         }
     };
     let now = chrono::Utc::now();
     let soon = now + chrono::Duration::minutes(10);
-    store
-        .rotate_token(&d.id, "tok2", hash("t2"), soon)
-        .await
-        .unwrap();
-    assert_eq!(
-        expiry("tok-alpha").await,
-        Some(Some(soon.timestamp_millis()))
-    );
-    assert_eq!(expiry("tok2").await, Some(None));
-    // A second rotation within the window keeps the first deadline.
     let later = now + chrono::Duration::minutes(20);
-    store
-        .rotate_token(&d.id, "tok3", hash("t3"), later)
-        .await
-        .unwrap();
+    let (soon_ms, later_ms) = (soon.timestamp_millis(), later.timestamp_millis());
+    rotate("tok2", soon).await;
     assert_eq!(
-        expiry("tok-alpha").await,
-        Some(Some(soon.timestamp_millis()))
+        tokens().await,
+        [Some(Some(soon_ms)), Some(None), None, None]
     );
-    assert_eq!(expiry("tok2").await, Some(Some(later.timestamp_millis())));
+    // A second rotation within the window keeps the first deadline.
+    rotate("tok3", later).await;
+    assert_eq!(
+        tokens().await,
+        [Some(Some(soon_ms)), Some(Some(later_ms)), Some(None), None]
+    );
     // A rotation without overlap revokes the current token at once; the others keep
     // their windows.
-    store
-        .rotate_token(
-            &d.id,
-            "tok4",
-            hash("t4"),
-            now - chrono::Duration::seconds(1),
-        )
-        .await
-        .unwrap();
-    assert_eq!(expiry("tok3").await, None);
+    rotate("tok4", now - chrono::Duration::seconds(1)).await;
     assert_eq!(
-        expiry("tok-alpha").await,
-        Some(Some(soon.timestamp_millis()))
+        tokens().await,
+        [Some(Some(soon_ms)), Some(Some(later_ms)), None, Some(None)]
     );
-    assert_eq!(expiry("tok4").await, Some(None));
     assert!(matches!(
         store
             .rotate_token("no-such", "tok5", hash("t5"), soon)
