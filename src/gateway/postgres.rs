@@ -23,7 +23,7 @@
 
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, to_i64, to_u64, ts};
-use super::sql::{Backend, SqlStore};
+use super::sql::{Backend, SET_REVISION, SqlStore};
 use super::store::{Change, ChangeHub, DeploymentRecord, StoreError};
 use crate::core::DeploymentSpec;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
@@ -724,7 +724,7 @@ impl CommitBatch for PgBackend {
         }
         for (deployer_id, (now, start)) in &revisions {
             if now != start {
-                sqlx::query("UPDATE deployers SET revision = $1 WHERE id = $2")
+                sqlx::query(SET_REVISION)
                     .bind(to_i64(*now))
                     .bind(deployer_id)
                     .execute(&mut *tx)

@@ -35,6 +35,8 @@ const SELECT_DEPLOYER: &str = "SELECT d.*, \
 const INSERT_TOKEN: &str =
     "INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES ($1, $2, $3, $4)";
 pub(super) const SELECT_REVISION: &str = "SELECT revision FROM deployers WHERE id = $1";
+/// Writes back a revision a batch advanced.
+pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE id = $2";
 const DEPLOYER_OF: &str = "SELECT deployer_id FROM deployments WHERE id = $1";
 
 fn deployment_sql(rest: &str) -> sqlx::AssertSqlSafe<String> {

@@ -4,7 +4,7 @@
 
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, is_unique_violation, to_i64, to_u64};
-use super::sql::{Backend, SELECT_REVISION, SqlStore};
+use super::sql::{Backend, SELECT_REVISION, SET_REVISION, SqlStore};
 use super::store::{Change, ChangeHub, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
@@ -171,7 +171,7 @@ impl CommitBatch for SqliteBackend {
         }
         for (deployer_id, (now, start)) in revisions {
             if now != start {
-                sqlx::query("UPDATE deployers SET revision = $1 WHERE id = $2")
+                sqlx::query(SET_REVISION)
                     .bind(to_i64(now))
                     .bind(deployer_id)
                     .execute(&mut *tx)

@@ -196,14 +196,14 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
         store.find_token("tok-c").await.unwrap().is_none(),
         "a refused registration leaves no token behind"
     );
-    let names: Vec<String> = store
-        .list_deployers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    assert_eq!(names, ["alpha", "beta"]);
+    let names = || {
+        let store = store.clone();
+        async move {
+            let listed = store.list_deployers().await.unwrap();
+            listed.into_iter().map(|d| d.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names().await, ["alpha", "beta"]);
     assert_eq!(store.get_deployer("alpha").await.unwrap(), alpha);
     assert_eq!(store.get_deployer(&alpha.id).await.unwrap(), alpha);
     assert_eq!(
@@ -247,14 +247,7 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
         store.delete_deployer(&alpha.id).await,
         Err(StoreError::NotFound(_))
     ));
-    let left: Vec<String> = store
-        .list_deployers()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    assert_eq!(left, ["beta"]);
+    assert_eq!(names().await, ["beta"]);
     b
 }
 
@@ -733,7 +726,7 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         Err(StoreError::NotFound(_))
     ));
 
-    let won = race_for_code(&[codes.clone()], &store, hash("code"), 8).await;
+    let won = race_for_code(std::slice::from_ref(&codes), &store, hash("code"), 8).await;
     assert_eq!(won, (d.id.clone(), options.clone()));
     assert!(
         store.find_token("tok-alpha").await.unwrap().is_some(),
