@@ -37,7 +37,6 @@ const INSERT_TOKEN: &str =
 pub(super) const SELECT_REVISION: &str = "SELECT revision FROM deployers WHERE id = $1";
 /// Writes back a revision a batch advanced.
 pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE id = $2";
-const DEPLOYER_OF: &str = "SELECT deployer_id FROM deployments WHERE id = $1";
 
 fn deployment_sql(rest: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!(
@@ -130,43 +129,26 @@ where
         self.backend.pool()
     }
 
-    /// Bumps a deployer's revision inside `tx` and returns the new value. On PostgreSQL
-    /// this locks the deployer's row until the commit, which orders its writers.
-    async fn bump_revision(
-        tx: &mut Transaction<'static, B::Db>,
-        deployer_id: &str,
-    ) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "UPDATE deployers SET revision = revision + 1 WHERE id = $1 RETURNING revision",
-        )
-        .bind(deployer_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
-        Ok(to_u64(row.int("revision")?))
-    }
-
-    /// The deployer a deployment belongs to (it never changes).
-    async fn deployer_of(&self, id: &str) -> Result<String, StoreError> {
-        let row = sqlx::query(DEPLOYER_OF)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
-        Ok(row.text("deployer_id")?)
-    }
-
-    /// Starts a change of deployment `id`: its deployer, and a transaction in which that
-    /// deployer's revision is bumped already (the deployer row first, then the
-    /// deployment: every writer locks in this order).
+    /// Starts a change of deployment `id`: a transaction in which the revision of its
+    /// deployer is bumped already, that deployer and the new revision. One statement
+    /// finds the deployer and bumps it, so on PostgreSQL the deployer's row is locked
+    /// before the deployment's, the order every writer locks in, and the lock orders the
+    /// deployer's writers until the commit.
     async fn begin_change(
         &self,
         id: &str,
     ) -> Result<(String, Transaction<'static, B::Db>, u64), StoreError> {
-        let deployer_id = self.deployer_of(id).await?;
         let mut tx = self.pool().begin().await?;
-        let revision = Self::bump_revision(&mut tx, &deployer_id).await?;
-        Ok((deployer_id, tx, revision))
+        let row = sqlx::query(
+            "UPDATE deployers SET revision = revision + 1 \
+             WHERE id = (SELECT deployer_id FROM deployments WHERE id = $1) \
+             RETURNING id, revision",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        Ok((row.text("id")?, tx, to_u64(row.int("revision")?)))
     }
 
     /// Logs `change` in `tx`, commits, and only then publishes it: watchers see durable

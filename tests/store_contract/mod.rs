@@ -129,6 +129,7 @@ contract!(
     a_snapshot_is_the_complete_state_at_its_revision,
     revisions_are_per_deployer_and_survive_a_restart,
     concurrent_creates_get_distinct_gap_free_revisions,
+    of_concurrent_updates_from_one_revision_exactly_one_wins,
     deployments_are_listed_and_found_by_id_or_name,
     heartbeats_show_on_the_deployer,
     a_deployer_reports_the_statuses_of_its_own_deployments,
@@ -488,6 +489,44 @@ async fn concurrent_creates_get_distinct_gap_free_revisions(b: Backend) -> Backe
     );
     let (revision, deployments) = store.snapshot(&d.id).await.unwrap();
     assert_eq!((revision, deployments.len()), (23, 23));
+    b
+}
+
+async fn of_concurrent_updates_from_one_revision_exactly_one_wins(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let x = deploy(&store, &d.id, "models", "x").await;
+    let mut changes = store.hub().subscribe(&d.id);
+    let mut racers = tokio::task::JoinSet::new();
+    for replicas in 2..10 {
+        let store = store.clone();
+        let id = x.id.clone();
+        racers.spawn(async move { store.update_deployment(&id, 1, &spec("x", replicas)).await });
+    }
+    let mut won = Vec::new();
+    let mut conflicts = 0;
+    while let Some(outcome) = racers.join_next().await {
+        match outcome.unwrap() {
+            Ok(updated) => won.push(updated),
+            Err(StoreError::Conflict(_)) => conflicts += 1,
+            Err(other) => panic!("unexpected update outcome {other:?}"),
+        }
+    }
+    assert_eq!(
+        (won.len(), conflicts),
+        (1, 7),
+        "one writer wins, the others must re-read"
+    );
+    let winner = won.pop().unwrap();
+    assert_eq!(winner.revision, 2, "refused updates use up no revision");
+    assert_eq!(
+        store.snapshot(&d.id).await.unwrap(),
+        (2, vec![winner.clone()])
+    );
+    assert_eq!(
+        next_hub_change(&mut changes).await,
+        Change::Upsert(Arc::new(winner))
+    );
     b
 }
 
