@@ -7,11 +7,9 @@
 //! Each test creates its own database, so they run in parallel.
 
 use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::install::{InstallCodes, InstallOptions, RedeemError};
+use ds_deployer::gateway::install::{InstallCodes, InstallOptions};
 use ds_deployer::gateway::postgres::PgStore;
-use ds_deployer::gateway::store::{
-    AgentHeartbeat, Change, DeploymentSelector, StatusRecord, Store, StoreError,
-};
+use ds_deployer::gateway::store::{Change, Store, StoreError};
 use ds_deployer::gateway::{GatewayArgs, RunningGateway};
 use ds_deployer::proto::agent_service_client::AgentServiceClient;
 use ds_deployer::proto::control_service_client::ControlServiceClient;
@@ -23,6 +21,8 @@ use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
+
+mod store_contract;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -93,245 +93,7 @@ async fn next_hub_change(rx: &mut tokio::sync::broadcast::Receiver<Change>) -> C
         .expect("subscription healthy")
 }
 
-// === the store contract ===
-
-#[tokio::test]
-async fn store_creates_updates_deletes_with_revisions_and_conflicts() {
-    let db = TestDb::new().await;
-    let store = PgStore::open_url(&db.url).await.expect("open");
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
-    assert_eq!(d.revision, 0);
-    assert!(matches!(
-        store.create_deployer("alpha", "tok2", hash("t2")).await,
-        Err(StoreError::AlreadyExists(_))
-    ));
-    let mut changes = store.hub().subscribe(&d.id);
-
-    let a = store
-        .create_deployment(&d.id, "a", "models", &spec("a", 1))
-        .await
-        .unwrap();
-    let b = store
-        .create_deployment(&d.id, "b", "models", &spec("b", 1))
-        .await
-        .unwrap();
-    assert_eq!((a.revision, b.revision), (1, 2));
-    assert!(matches!(
-        store
-            .create_deployment(&d.id, "a", "models", &spec("a", 1))
-            .await,
-        Err(StoreError::AlreadyExists(_))
-    ));
-    // Same name in another namespace is a different deployment.
-    let c = store
-        .create_deployment(&d.id, "a", "other", &spec("a", 1))
-        .await
-        .unwrap();
-    assert_eq!(c.revision, 3, "a refused create does not use up a revision");
-    assert!(matches!(
-        store
-            .create_deployment("no-such-deployer", "x", "models", &spec("x", 1))
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-
-    assert!(matches!(
-        store.update_deployment(&a.id, 2, &spec("a", 3)).await,
-        Err(StoreError::Conflict(_))
-    ));
-    let a2 = store
-        .update_deployment(&a.id, 1, &spec("a", 3))
-        .await
-        .unwrap();
-    assert_eq!(a2.revision, 4);
-    assert_eq!(a2.spec.replicas, 3);
-    assert_eq!(a2.created_at, a.created_at);
-    let (removed, rev) = store.delete_deployment(&b.id).await.unwrap();
-    assert_eq!((removed.name.as_str(), rev), ("b", 5));
-    assert!(matches!(
-        store.delete_deployment(&b.id).await,
-        Err(StoreError::NotFound(_))
-    ));
-
-    // The hub saw every change once, in revision order.
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        seen.push(next_hub_change(&mut changes).await.revision());
-    }
-    assert_eq!(seen, [1, 2, 3, 4, 5]);
-
-    let (revision, deployments) = store.snapshot(&d.id).await.unwrap();
-    assert_eq!(revision, 5);
-    let names: Vec<_> = deployments
-        .iter()
-        .map(|x| format!("{}/{}@{}", x.namespace, x.name, x.revision))
-        .collect();
-    assert_eq!(names, ["models/a@4", "other/a@3"]);
-    assert_eq!(store.get_deployment(&a.id).await.unwrap(), a2);
-
-    let found = store
-        .find_deployments(&DeploymentSelector {
-            deployment: "a".into(),
-            deployer_id: Some(d.id.clone()),
-            namespace: Some("other".into()),
-        })
-        .await
-        .unwrap();
-    assert_eq!(found.len(), 1);
-    assert_eq!(found[0].id, c.id);
-    let by_name = store
-        .find_deployments(&DeploymentSelector {
-            deployment: "a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(by_name.len(), 2);
-    assert_eq!(store.list_deployments(Some(&d.id)).await.unwrap().len(), 2);
-    assert_eq!(store.list_deployments(None).await.unwrap().len(), 2);
-
-    let listed = store.get_deployer("alpha").await.unwrap();
-    assert_eq!((listed.id.as_str(), listed.deployments), (d.id.as_str(), 2));
-    assert_eq!(listed.revision, 5);
-    assert_eq!(
-        store.resolve_deployer(&d.id).await.unwrap(),
-        (d.id.clone(), "alpha".into())
-    );
-
-    // Deleting the deployer ends its watchers and removes everything it held.
-    store.delete_deployer(&d.id).await.unwrap();
-    assert_eq!(next_hub_change(&mut changes).await, Change::DeployerDeleted);
-    assert!(matches!(
-        store.get_deployer("alpha").await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(store.list_deployments(None).await.unwrap().is_empty());
-    assert!(store.find_token("tok1").await.unwrap().is_none());
-    store.close().await;
-    db.drop_db().await;
-}
-
-#[tokio::test]
-async fn store_keeps_heartbeats_statuses_tokens_and_api_keys() {
-    let db = TestDb::new().await;
-    let store = PgStore::open_url(&db.url).await.expect("open");
-    let d = store
-        .create_deployer("alpha", "tok1", hash("t1"))
-        .await
-        .unwrap();
-    let other = store
-        .create_deployer("beta", "tok2", hash("t2"))
-        .await
-        .unwrap();
-    let x = store
-        .create_deployment(&d.id, "x", "models", &spec("x", 1))
-        .await
-        .unwrap();
-    let y = store
-        .create_deployment(&other.id, "y", "models", &spec("y", 1))
-        .await
-        .unwrap();
-
-    let beat = AgentHeartbeat {
-        version: "1.2.3".into(),
-        cluster: "kind".into(),
-        instance: "pod-0".into(),
-        namespaces: vec!["a".into(), "b".into()],
-    };
-    assert_eq!(store.record_heartbeat(&d.id, &beat).await.unwrap(), 1);
-    let seen = store.get_deployer(&d.id).await.unwrap();
-    assert_eq!(seen.agent_version, "1.2.3");
-    assert_eq!(seen.cluster, "kind");
-    assert_eq!(seen.instance, "pod-0");
-    assert_eq!(seen.agent_namespaces, ["a", "b"]);
-    assert!(seen.last_seen.is_some());
-
-    // A deployer stores its own statuses only.
-    let mut touched = store.hub().subscribe_touched();
-    let status = |id: &str| StatusRecord {
-        deployment_id: id.to_string(),
-        phase: 3,
-        ready_replicas: 2,
-        available_replicas: 2,
-        updated_replicas: 1,
-        applied_revision: 1,
-        endpoint: "http://x.models.svc:8080".into(),
-        last_error: String::new(),
-        updated_at: None,
-    };
-    let stored = store
-        .put_statuses(&d.id, &[status(&x.id), status(&y.id)])
-        .await
-        .unwrap();
-    assert_eq!(stored, std::slice::from_ref(&x.id));
-    let touched_id = tokio::time::timeout(DEADLINE, touched.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(touched_id, x.id);
-    let got = store.get_status(&x.id).await.unwrap().expect("stored");
-    assert_eq!(
-        (got.phase, got.ready_replicas, got.endpoint.as_str()),
-        (3, 2, "http://x.models.svc:8080")
-    );
-    assert!(got.updated_at.is_some());
-    assert!(store.get_status(&y.id).await.unwrap().is_none());
-    // A later report replaces the earlier one.
-    let mut newer = status(&x.id);
-    newer.phase = 5;
-    newer.last_error = "image pull failed".into();
-    store.put_statuses(&d.id, &[newer]).await.unwrap();
-    let all = store.list_statuses().await.unwrap();
-    assert_eq!(all.len(), 1);
-    assert_eq!(all[&x.id].last_error, "image pull failed");
-
-    // Tokens: rotation gives the old one a deadline, the new one none.
-    let t1 = store.find_token("tok1").await.unwrap().expect("token");
-    assert_eq!(
-        (t1.deployer_id.as_str(), t1.hash),
-        (d.id.as_str(), hash("t1"))
-    );
-    assert!(t1.expires_at.is_none());
-    let deadline = chrono::Utc::now() + chrono::Duration::minutes(10);
-    store
-        .rotate_token(&d.id, "tok3", hash("t3"), deadline)
-        .await
-        .unwrap();
-    let old = store.find_token("tok1").await.unwrap().unwrap();
-    assert_eq!(
-        old.expires_at.map(|t| t.timestamp_millis()),
-        Some(deadline.timestamp_millis())
-    );
-    assert!(
-        store
-            .find_token("tok3")
-            .await
-            .unwrap()
-            .unwrap()
-            .expires_at
-            .is_none()
-    );
-    assert!(matches!(
-        store
-            .rotate_token("no-such", "tok4", hash("t4"), deadline)
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(store.find_token("nope").await.unwrap().is_none());
-
-    // API keys.
-    assert!(!store.has_api_key().await.unwrap());
-    store.add_api_key("key1", hash("k1")).await.unwrap();
-    assert!(store.has_api_key().await.unwrap());
-    let key = store.find_api_key("key1").await.unwrap().unwrap();
-    assert_eq!(key.hash, hash("k1"));
-    assert!(store.find_api_key("key2").await.unwrap().is_none());
-    store.close().await;
-    db.drop_db().await;
-}
+// === the store contract: see store_contract, run on both back ends ===
 
 // Two stores on one database stand for two replicas: a code is redeemed exactly once
 // however many fetches race for it on either of them.
@@ -353,54 +115,10 @@ async fn install_codes_are_single_use_across_replicas() {
     a.create_code(hash("code"), &d.id, expires, &options)
         .await
         .unwrap();
-    assert!(matches!(
-        a.create_code(hash("other"), "no-such", expires, &options)
-            .await,
-        Err(StoreError::NotFound(_))
-    ));
-
-    let mut racers = tokio::task::JoinSet::new();
-    for i in 0..16 {
-        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        racers.spawn(async move {
-            store
-                .redeem_code(hash("code"), &format!("issued{i}"), hash(&format!("s{i}")))
-                .await
-        });
-    }
-    let mut won = Vec::new();
-    let mut used = 0;
-    while let Some(outcome) = racers.join_next().await {
-        match outcome.unwrap() {
-            Ok(x) => won.push(x),
-            Err(RedeemError::Used) => used += 1,
-            Err(other) => panic!("unexpected redeem outcome {other:?}"),
-        }
-    }
-    assert_eq!(won.len(), 1, "exactly one fetch gets the manifest");
-    assert_eq!(used, 15);
-    assert_eq!(won[0], (d.id.clone(), options));
-    // Exactly one token was issued with the code.
-    let mut issued = 0;
-    for i in 0..16 {
-        if a.find_token(&format!("issued{i}")).await.unwrap().is_some() {
-            issued += 1;
-        }
-    }
-    assert_eq!(issued, 1);
-
-    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
-    b.create_code(hash("stale"), &d.id, past, &InstallOptions::default())
-        .await
-        .unwrap();
-    assert!(matches!(
-        b.redeem_code(hash("stale"), "t9", hash("t9")).await,
-        Err(RedeemError::Expired)
-    ));
-    assert!(matches!(
-        b.redeem_code(hash("never"), "t9", hash("t9")).await,
-        Err(RedeemError::Unknown)
-    ));
+    let replicas: [Arc<dyn InstallCodes>; 2] = [a.clone(), b.clone()];
+    let store: Arc<dyn Store> = a.clone();
+    let won = store_contract::race_for_code(&replicas, &store, hash("code"), 16).await;
+    assert_eq!(won, (d.id.clone(), options));
     a.close().await;
     b.close().await;
     db.drop_db().await;

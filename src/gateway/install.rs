@@ -15,7 +15,6 @@ use super::Shared;
 use super::convert::rfc3339;
 use super::credentials;
 use super::rpc::store_status;
-use super::sqlite::SqliteStore;
 use super::store::StoreError;
 use crate::core::ValidationError;
 use crate::core::validate::validate_namespace;
@@ -26,7 +25,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +37,7 @@ pub const DEFAULT_AGENT_IMAGE: &str = crate::agent::DEFAULT_PROXY_IMAGE;
 /// Hex digits of a code (128 bits).
 const CODE_LEN: usize = 32;
 /// Expired codes older than this are deleted when a new code is created.
-const KEEP_EXPIRED: chrono::Duration = chrono::Duration::days(1);
+pub(super) const KEEP_EXPIRED: chrono::Duration = chrono::Duration::days(1);
 
 /// What the install endpoint needs besides the store.
 #[derive(Debug, Clone)]
@@ -171,103 +169,6 @@ fn code_hash(code: &str) -> [u8; 32] {
 /// Whether `code` has the shape of an issued code (checked before any database lookup).
 fn well_formed(code: &str) -> bool {
     code.len() == CODE_LEN && code.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-// === impl InstallCodes for SqliteStore ===
-
-#[async_trait::async_trait]
-impl InstallCodes for SqliteStore {
-    async fn create_code(
-        &self,
-        hash: [u8; 32],
-        deployer_id: &str,
-        expires_at: DateTime<Utc>,
-        options: &InstallOptions,
-    ) -> Result<(), StoreError> {
-        let options = serde_json::to_string(options)
-            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
-        let now = Utc::now();
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM install_codes WHERE expires_at < ?")
-            .bind((now - KEEP_EXPIRED).timestamp_millis())
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO install_codes (hash, deployer_id, created_at, expires_at, options) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&hash[..])
-        .bind(deployer_id)
-        .bind(now.timestamp_millis())
-        .bind(expires_at.timestamp_millis())
-        .bind(options)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e)
-                if e.as_database_error()
-                    .is_some_and(|d| d.is_foreign_key_violation()) =>
-            {
-                return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
-            }
-            other => other?,
-        };
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn redeem_code(
-        &self,
-        hash: [u8; 32],
-        token_id: &str,
-        token_hash: [u8; 32],
-    ) -> Result<(String, InstallOptions), RedeemError> {
-        let now = Utc::now().timestamp_millis();
-        // The first statement writes, so the transaction holds SQLite's write lock from
-        // the start: two fetches of one code cannot both succeed.
-        let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
-        let claimed = sqlx::query(
-            "UPDATE install_codes SET used_at = ? \
-             WHERE hash = ? AND used_at IS NULL AND expires_at > ? \
-             RETURNING deployer_id, options",
-        )
-        .bind(now)
-        .bind(&hash[..])
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-        let Some(row) = claimed else {
-            let row = sqlx::query("SELECT used_at FROM install_codes WHERE hash = ?")
-                .bind(&hash[..])
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            let used_at = match row {
-                None => None,
-                Some(row) => Some(
-                    row.try_get::<Option<i64>, _>("used_at")
-                        .map_err(StoreError::from)?,
-                ),
-            };
-            return Err(RedeemError::of_unclaimed(used_at));
-        };
-        let deployer_id: String = row.try_get("deployer_id").map_err(StoreError::from)?;
-        let options = InstallOptions::from_stored(
-            &row.try_get::<String, _>("options")
-                .map_err(StoreError::from)?,
-        )?;
-        sqlx::query("INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES (?, ?, ?, ?)")
-            .bind(token_id)
-            .bind(&deployer_id)
-            .bind(&token_hash[..])
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok((deployer_id, options))
-    }
 }
 
 // === the RPC ===

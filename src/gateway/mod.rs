@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - [`store`]: the storage trait, its records, and the change hub watchers read from.
+//! - `sql`: the one implementation of the store for both back ends, `rows` its row
+//!   decoding, `group_commit` the batching of concurrent creates.
 //! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
 //! - [`postgres`]: the PostgreSQL back end, for several replicas on one database.
 //! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
@@ -16,12 +18,14 @@ pub mod agent_service;
 pub mod control_service;
 pub mod convert;
 pub mod credentials;
+mod group_commit;
 pub mod install;
 pub mod metrics;
 pub mod postgres;
 mod rows;
 pub mod rpc;
 pub mod server;
+mod sql;
 pub mod sqlite;
 pub mod store;
 
@@ -147,7 +151,7 @@ pub(crate) struct Shared {
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
     pub token_overlap: Duration,
-    /// Install codes (the SQLite store) and what the install manifest needs.
+    /// Install codes (the store again, as its other trait) and what the install manifest needs.
     pub install_codes: Arc<dyn install::InstallCodes>,
     pub install: install::InstallSettings,
     /// Cancelled at shutdown: long-lived streams end so connections can close.

@@ -1,0 +1,805 @@
+//! The store contract: the same tests against an `Arc<dyn Store>` of each back end,
+//! SQLite on a real temporary file and PostgreSQL on the test server, so that the two
+//! cannot drift apart again in what a user sees.
+
+use crate::{DEADLINE, TestDb, hash, next_hub_change, spec};
+use ds_deployer::gateway::install::{InstallCodes, InstallOptions, RedeemError};
+use ds_deployer::gateway::postgres::PgStore;
+use ds_deployer::gateway::sqlite::SqliteStore;
+use ds_deployer::gateway::store::{
+    AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, StatusRecord,
+    Store, StoreError,
+};
+use std::sync::Arc;
+
+/// One back end under test, and what it needs to be reopened and cleaned up.
+enum Backend {
+    Sqlite {
+        store: Arc<SqliteStore>,
+        dir: tempfile::TempDir,
+    },
+    Postgres {
+        store: Arc<PgStore>,
+        db: TestDb,
+    },
+}
+
+impl Backend {
+    async fn sqlite() -> Backend {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open_path(&dir.path().join("gateway.db"))
+            .await
+            .expect("open SQLite");
+        Backend::Sqlite {
+            store: Arc::new(store),
+            dir,
+        }
+    }
+
+    async fn postgres() -> Backend {
+        let db = TestDb::new().await;
+        let store = PgStore::open_url(&db.url).await.expect("open PostgreSQL");
+        Backend::Postgres {
+            store: Arc::new(store),
+            db,
+        }
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite { store, .. } => store.clone(),
+            Backend::Postgres { store, .. } => store.clone(),
+        }
+    }
+
+    fn codes(&self) -> Arc<dyn InstallCodes> {
+        match self {
+            Backend::Sqlite { store, .. } => store.clone(),
+            Backend::Postgres { store, .. } => store.clone(),
+        }
+    }
+
+    /// Closes the store and opens the same database again, as a gateway restart does.
+    async fn reopen(self) -> Backend {
+        match self {
+            Backend::Sqlite { store, dir } => {
+                store.close().await;
+                drop(store);
+                let store = SqliteStore::open_path(&dir.path().join("gateway.db"))
+                    .await
+                    .expect("reopen SQLite");
+                Backend::Sqlite {
+                    store: Arc::new(store),
+                    dir,
+                }
+            }
+            Backend::Postgres { store, db } => {
+                store.close().await;
+                drop(store);
+                let store = PgStore::open_url(&db.url).await.expect("reopen PostgreSQL");
+                Backend::Postgres {
+                    store: Arc::new(store),
+                    db,
+                }
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Backend::Sqlite { store, dir } => {
+                store.close().await;
+                drop(dir);
+            }
+            Backend::Postgres { store, db } => {
+                store.close().await;
+                db.drop_db().await;
+            }
+        }
+    }
+}
+
+/// Runs each named contract test (an `async fn(Backend) -> Backend`) once per back end.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::sqlite().await).await.close().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::Backend::postgres().await).await.close().await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    api_keys_are_unique_and_found_by_id,
+    deployers_are_registered_found_and_deleted,
+    rotated_tokens_keep_working_until_their_deadline,
+    deployments_change_at_increasing_revisions,
+    a_snapshot_is_the_complete_state_at_its_revision,
+    revisions_are_per_deployer_and_survive_a_restart,
+    concurrent_creates_get_distinct_gap_free_revisions,
+    of_concurrent_updates_from_one_revision_exactly_one_wins,
+    deployments_are_listed_and_found_by_id_or_name,
+    heartbeats_show_on_the_deployer,
+    a_deployer_reports_the_statuses_of_its_own_deployments,
+    install_codes_are_single_use_and_expire,
+);
+
+/// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
+async fn register(store: &Arc<dyn Store>, name: &str) -> DeployerRecord {
+    store
+        .create_deployer(name, &format!("tok-{name}"), hash(name))
+        .await
+        .unwrap()
+}
+
+/// Creates deployment `name` (one replica of model `name`) in `namespace`.
+async fn deploy(
+    store: &Arc<dyn Store>,
+    deployer_id: &str,
+    namespace: &str,
+    name: &str,
+) -> DeploymentRecord {
+    store
+        .create_deployment(deployer_id, name, namespace, &spec(name, 1))
+        .await
+        .unwrap()
+}
+
+// === api keys ===
+
+async fn api_keys_are_unique_and_found_by_id(b: Backend) -> Backend {
+    let store = b.store();
+    assert!(!store.has_api_key().await.unwrap());
+    store.add_api_key("key1", hash("k1")).await.unwrap();
+    assert!(store.has_api_key().await.unwrap());
+    // A second key with a taken ID is refused as a duplicate, not as a database failure,
+    // and the first key keeps working.
+    match store.add_api_key("key1", hash("k2")).await {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("a duplicate API key ID must be AlreadyExists, got {other:?}"),
+    }
+    let key = store.find_api_key("key1").await.unwrap().expect("key1");
+    assert_eq!(key.hash, hash("k1"));
+    assert!(key.deployer_id.is_empty() && key.expires_at.is_none());
+    assert!(store.find_api_key("key2").await.unwrap().is_none());
+    b
+}
+
+// === deployers ===
+
+async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
+    let store = b.store();
+    let beta = register(&store, "beta").await;
+    let alpha = register(&store, "alpha").await;
+    assert_ne!(alpha.id, beta.id);
+    assert_eq!(
+        (alpha.name.as_str(), alpha.revision, alpha.deployments),
+        ("alpha", 0, 0)
+    );
+    assert!(alpha.last_seen.is_none());
+    match store.create_deployer("alpha", "tok-c", hash("c")).await {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("a taken deployer name must be AlreadyExists, got {other:?}"),
+    }
+    assert!(
+        store.find_token("tok-c").await.unwrap().is_none(),
+        "a refused registration leaves no token behind"
+    );
+    let names = || {
+        let store = store.clone();
+        async move {
+            let listed = store.list_deployers().await.unwrap();
+            listed.into_iter().map(|d| d.name).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(names().await, ["alpha", "beta"]);
+    assert_eq!(store.get_deployer("alpha").await.unwrap(), alpha);
+    assert_eq!(store.get_deployer(&alpha.id).await.unwrap(), alpha);
+    assert_eq!(
+        store.resolve_deployer("beta").await.unwrap(),
+        (beta.id.clone(), "beta".to_string())
+    );
+    // An ID wins over another deployer's name that happens to equal it.
+    let impostor = store
+        .create_deployer(&alpha.id, "tok-i", hash("i"))
+        .await
+        .unwrap();
+    assert_eq!(store.get_deployer(&alpha.id).await.unwrap().name, "alpha");
+    assert_eq!(store.resolve_deployer(&alpha.id).await.unwrap().1, "alpha");
+    store.delete_deployer(&impostor.id).await.unwrap();
+    for unknown in [
+        store.get_deployer("gamma").await.err(),
+        store.resolve_deployer("gamma").await.err(),
+    ] {
+        assert!(
+            matches!(unknown, Some(StoreError::NotFound(_))),
+            "{unknown:?}"
+        );
+    }
+
+    // Deleting a deployer ends its watchers and takes its deployments and tokens along.
+    let x = deploy(&store, &alpha.id, "models", "x").await;
+    assert_eq!(store.get_deployer("alpha").await.unwrap().deployments, 1);
+    let mut watch = store.hub().subscribe(&alpha.id);
+    store.delete_deployer(&alpha.id).await.unwrap();
+    assert_eq!(next_hub_change(&mut watch).await, Change::DeployerDeleted);
+    assert!(matches!(
+        store.get_deployer("alpha").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.get_deployment(&x.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.find_token("tok-alpha").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_deployer(&alpha.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(names().await, ["beta"]);
+    b
+}
+
+// === tokens ===
+
+async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let t1 = store
+        .find_token("tok-alpha")
+        .await
+        .unwrap()
+        .expect("its token");
+    assert_eq!(
+        (t1.deployer_id.as_str(), t1.hash),
+        (d.id.as_str(), hash("alpha"))
+    );
+    assert!(t1.expires_at.is_none());
+    // Per token of the deployer: None when gone, Some(None) while current, Some(Some(ms))
+    // while it works until that deadline.
+    let tokens = || {
+        let store = store.clone();
+        async move {
+            let mut states = Vec::new();
+            for token in ["tok-alpha", "tok2", "tok3", "tok4"] {
+                let found = store.find_token(token).await.unwrap();
+                states.push(found.map(|t| t.expires_at.map(|e| e.timestamp_millis())));
+            }
+            states
+        }
+    };
+    let rotate = |token: &'static str, deadline: chrono::DateTime<chrono::Utc>| {
+        let store = store.clone();
+        let deployer = d.id.clone();
+        async move {
+            store
+                .rotate_token(&deployer, token, hash(token), deadline)
+                .await
+                .unwrap()
+        }
+    };
+    let now = chrono::Utc::now();
+    let soon = now + chrono::Duration::minutes(10);
+    let later = now + chrono::Duration::minutes(20);
+    let (soon_ms, later_ms) = (soon.timestamp_millis(), later.timestamp_millis());
+    rotate("tok2", soon).await;
+    assert_eq!(
+        tokens().await,
+        [Some(Some(soon_ms)), Some(None), None, None]
+    );
+    // A second rotation within the window keeps the first deadline.
+    rotate("tok3", later).await;
+    assert_eq!(
+        tokens().await,
+        [Some(Some(soon_ms)), Some(Some(later_ms)), Some(None), None]
+    );
+    // A rotation without overlap revokes the current token at once; the others keep
+    // their windows.
+    rotate("tok4", now - chrono::Duration::seconds(1)).await;
+    assert_eq!(
+        tokens().await,
+        [Some(Some(soon_ms)), Some(Some(later_ms)), None, Some(None)]
+    );
+    assert!(matches!(
+        store
+            .rotate_token("no-such", "tok5", hash("t5"), soon)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.find_token("tok5").await.unwrap().is_none());
+    b
+}
+
+// === deployments ===
+
+async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let mut changes = store.hub().subscribe(&d.id);
+    let a = deploy(&store, &d.id, "models", "a").await;
+    let b2 = deploy(&store, &d.id, "models", "b").await;
+    assert_eq!((a.revision, b2.revision), (1, 2));
+    assert_eq!(
+        (a.deployer_id.as_str(), a.namespace.as_str()),
+        (d.id.as_str(), "models")
+    );
+    assert!(matches!(
+        store
+            .create_deployment(&d.id, "a", "models", &spec("a", 1))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    // The same name in another namespace is another deployment.
+    let c = deploy(&store, &d.id, "other", "a").await;
+    assert_eq!(c.revision, 3, "a refused create does not use up a revision");
+    assert!(matches!(
+        store
+            .create_deployment("no-such", "x", "models", &spec("x", 1))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    assert!(matches!(
+        store.update_deployment(&a.id, 2, &spec("a", 3)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let a2 = store
+        .update_deployment(&a.id, 1, &spec("a", 3))
+        .await
+        .unwrap();
+    assert_eq!((a2.revision, a2.spec.replicas), (4, 3));
+    assert_eq!(a2.created_at, a.created_at);
+    assert!(a2.updated_at >= a.updated_at);
+    assert_eq!(store.get_deployment(&a.id).await.unwrap(), a2);
+    let (removed, revision) = store.delete_deployment(&b2.id).await.unwrap();
+    assert_eq!((removed, revision), (b2.clone(), 5));
+    for gone in [
+        store.delete_deployment(&b2.id).await.err(),
+        store.get_deployment(&b2.id).await.err(),
+        store
+            .update_deployment(&b2.id, 2, &spec("b", 2))
+            .await
+            .err(),
+    ] {
+        assert!(matches!(gone, Some(StoreError::NotFound(_))), "{gone:?}");
+    }
+
+    // Watchers saw every change once, in revision order, with what changed.
+    assert_eq!(
+        next_hub_change(&mut changes).await,
+        Change::Upsert(Arc::new(a.clone()))
+    );
+    for expected in [2, 3] {
+        assert_eq!(next_hub_change(&mut changes).await.revision(), expected);
+    }
+    assert_eq!(
+        next_hub_change(&mut changes).await,
+        Change::Upsert(Arc::new(a2.clone()))
+    );
+    assert_eq!(
+        next_hub_change(&mut changes).await,
+        Change::Removal {
+            revision: 5,
+            id: b2.id.clone(),
+            namespace: "models".into(),
+            name: "b".into(),
+        }
+    );
+    let deployer = store.get_deployer(&d.id).await.unwrap();
+    assert_eq!((deployer.revision, deployer.deployments), (5, 2));
+    b
+}
+
+async fn a_snapshot_is_the_complete_state_at_its_revision(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    assert_eq!(store.snapshot(&d.id).await.unwrap(), (0, Vec::new()));
+    let z = deploy(&store, &d.id, "models", "z").await;
+    let a = deploy(&store, &d.id, "zeta", "a").await;
+    let m = deploy(&store, &d.id, "models", "m").await;
+    store.delete_deployment(&m.id).await.unwrap();
+    let z2 = store
+        .update_deployment(&z.id, z.revision, &spec("z", 2))
+        .await
+        .unwrap();
+    // By namespace, then name; each at the revision of its last change.
+    assert_eq!(store.snapshot(&d.id).await.unwrap(), (5, vec![z2, a]));
+    assert!(matches!(
+        store.snapshot("no-such").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn revisions_are_per_deployer_and_survive_a_restart(b: Backend) -> Backend {
+    let store = b.store();
+    let alpha = register(&store, "alpha").await;
+    let beta = register(&store, "beta").await;
+    let x = deploy(&store, &alpha.id, "models", "x").await;
+    let y = deploy(&store, &beta.id, "models", "y").await;
+    assert_eq!((x.revision, y.revision), (1, 1));
+    store
+        .update_deployment(&x.id, 1, &spec("x", 2))
+        .await
+        .unwrap();
+    let z = deploy(&store, &beta.id, "models", "z").await;
+    assert_eq!(z.revision, 2);
+    assert_eq!(store.delete_deployment(&y.id).await.unwrap().1, 3);
+    assert_eq!(store.snapshot(&alpha.id).await.unwrap().0, 2);
+    assert_eq!(store.snapshot(&beta.id).await.unwrap().0, 3);
+
+    // A restarted gateway continues each deployer's revisions where they were.
+    let b = b.reopen().await;
+    let store = b.store();
+    assert_eq!(store.snapshot(&beta.id).await.unwrap(), (3, vec![z]));
+    assert_eq!(store.get_deployer(&alpha.id).await.unwrap().revision, 2);
+    let w = deploy(&store, &alpha.id, "models", "w").await;
+    assert_eq!(w.revision, 3);
+    b
+}
+
+async fn concurrent_creates_get_distinct_gap_free_revisions(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let mut changes = store.hub().subscribe(&d.id);
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let store = store.clone();
+        let deployer = d.id.clone();
+        // The last one takes a name another racer also creates.
+        let name = format!("m{}", i % 23);
+        racers.spawn(async move {
+            store
+                .create_deployment(&deployer, &name, "models", &spec(&name, 1))
+                .await
+        });
+    }
+    let mut revisions = Vec::new();
+    let mut taken = 0;
+    while let Some(outcome) = racers.join_next().await {
+        match outcome.unwrap() {
+            Ok(created) => revisions.push(created.revision),
+            Err(StoreError::AlreadyExists(_)) => taken += 1,
+            Err(other) => panic!("unexpected create outcome {other:?}"),
+        }
+    }
+    revisions.sort_unstable();
+    assert_eq!(revisions, (1..=23).collect::<Vec<u64>>());
+    assert_eq!(taken, 1);
+    let mut seen = Vec::new();
+    for _ in 0..23 {
+        seen.push(next_hub_change(&mut changes).await.revision());
+    }
+    assert_eq!(
+        seen,
+        (1..=23).collect::<Vec<u64>>(),
+        "published in revision order"
+    );
+    let (revision, deployments) = store.snapshot(&d.id).await.unwrap();
+    assert_eq!((revision, deployments.len()), (23, 23));
+    b
+}
+
+async fn of_concurrent_updates_from_one_revision_exactly_one_wins(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let x = deploy(&store, &d.id, "models", "x").await;
+    let mut changes = store.hub().subscribe(&d.id);
+    let mut racers = tokio::task::JoinSet::new();
+    for replicas in 2..10 {
+        let store = store.clone();
+        let id = x.id.clone();
+        racers.spawn(async move { store.update_deployment(&id, 1, &spec("x", replicas)).await });
+    }
+    let mut won = Vec::new();
+    let mut conflicts = 0;
+    while let Some(outcome) = racers.join_next().await {
+        match outcome.unwrap() {
+            Ok(updated) => won.push(updated),
+            Err(StoreError::Conflict(_)) => conflicts += 1,
+            Err(other) => panic!("unexpected update outcome {other:?}"),
+        }
+    }
+    assert_eq!(
+        (won.len(), conflicts),
+        (1, 7),
+        "one writer wins, the others must re-read"
+    );
+    let winner = won.pop().unwrap();
+    assert_eq!(winner.revision, 2, "refused updates use up no revision");
+    assert_eq!(
+        store.snapshot(&d.id).await.unwrap(),
+        (2, vec![winner.clone()])
+    );
+    assert_eq!(
+        next_hub_change(&mut changes).await,
+        Change::Upsert(Arc::new(winner))
+    );
+    b
+}
+
+async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
+    let store = b.store();
+    let alpha = register(&store, "alpha").await;
+    let beta = register(&store, "beta").await;
+    let mut made = Vec::new();
+    for (deployer, namespace, name) in [
+        (&beta.id, "models", "iris"),
+        (&alpha.id, "prod", "iris"),
+        (&alpha.id, "models", "wine"),
+        (&alpha.id, "models", "iris"),
+    ] {
+        made.push(deploy(&store, deployer, namespace, name).await);
+    }
+    let key = |d: &DeploymentRecord| (d.deployer_id.clone(), d.namespace.clone(), d.name.clone());
+    let mut expected = made.clone();
+    expected.sort_by_key(key);
+    assert_eq!(store.list_deployments(None).await.unwrap(), expected);
+    let of_alpha: Vec<_> = expected
+        .iter()
+        .filter(|d| d.deployer_id == alpha.id)
+        .cloned()
+        .collect();
+    assert_eq!(
+        store.list_deployments(Some(&alpha.id)).await.unwrap(),
+        of_alpha
+    );
+
+    let find = |deployment: &str, deployer_id: Option<&str>, namespace: Option<&str>| {
+        let store = store.clone();
+        let selector = DeploymentSelector {
+            deployment: deployment.to_string(),
+            deployer_id: deployer_id.map(str::to_string),
+            namespace: namespace.map(str::to_string),
+        };
+        async move { store.find_deployments(&selector).await.unwrap() }
+    };
+    assert_eq!(find(&made[2].id, None, None).await, [made[2].clone()]);
+    assert_eq!(find("iris", None, None).await.len(), 3);
+    assert_eq!(find("iris", Some(&alpha.id), None).await.len(), 2);
+    assert_eq!(
+        find("iris", Some(&alpha.id), Some("prod")).await,
+        [made[1].clone()]
+    );
+    assert_eq!(find("iris", None, Some("models")).await.len(), 2);
+    assert!(find("iris", Some(&beta.id), Some("prod")).await.is_empty());
+    assert!(find("nothing", None, None).await.is_empty());
+    b
+}
+
+// === agents: heartbeats and statuses ===
+
+async fn heartbeats_show_on_the_deployer(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let beat = AgentHeartbeat {
+        version: "1.2.3".into(),
+        cluster: "kind".into(),
+        instance: "pod-0".into(),
+        namespaces: vec!["a".into(), "b".into()],
+    };
+    assert_eq!(store.record_heartbeat(&d.id, &beat).await.unwrap(), 0);
+    let seen = store.get_deployer(&d.id).await.unwrap();
+    assert_eq!(
+        (
+            seen.agent_version.as_str(),
+            seen.cluster.as_str(),
+            seen.instance.as_str()
+        ),
+        ("1.2.3", "kind", "pod-0")
+    );
+    assert_eq!(seen.agent_namespaces, ["a", "b"]);
+    assert!(seen.last_seen.is_some());
+    // The answer carries the latest revision, for the agent to detect a gap.
+    deploy(&store, &d.id, "models", "x").await;
+    let cluster_wide = AgentHeartbeat {
+        namespaces: Vec::new(),
+        ..beat
+    };
+    assert_eq!(
+        store.record_heartbeat(&d.id, &cluster_wide).await.unwrap(),
+        1
+    );
+    assert!(
+        store.list_deployers().await.unwrap()[0]
+            .agent_namespaces
+            .is_empty()
+    );
+    assert!(matches!(
+        store.record_heartbeat("no-such", &cluster_wide).await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+fn status(id: &str, phase: i32) -> StatusRecord {
+    StatusRecord {
+        deployment_id: id.to_string(),
+        phase,
+        ready_replicas: 2,
+        available_replicas: 2,
+        updated_replicas: 1,
+        applied_revision: 1,
+        endpoint: "http://x.models.svc:8080".into(),
+        last_error: String::new(),
+        updated_at: None,
+    }
+}
+
+async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let other = register(&store, "beta").await;
+    let x = deploy(&store, &d.id, "models", "x").await;
+    let y = deploy(&store, &other.id, "models", "y").await;
+    assert!(store.get_status(&x.id).await.unwrap().is_none());
+    assert!(store.put_statuses(&d.id, &[]).await.unwrap().is_empty());
+
+    let mut touched = store.hub().subscribe_touched();
+    let stored = store
+        .put_statuses(
+            &d.id,
+            &[status(&x.id, 3), status(&y.id, 3), status("no-such", 3)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, std::slice::from_ref(&x.id));
+    let woken = tokio::time::timeout(DEADLINE, touched.recv())
+        .await
+        .expect("status watchers woken in time")
+        .unwrap();
+    assert_eq!(woken, x.id);
+    let got = store.get_status(&x.id).await.unwrap().expect("stored");
+    assert!(got.updated_at.is_some());
+    assert_eq!(
+        got,
+        StatusRecord {
+            updated_at: got.updated_at,
+            ..status(&x.id, 3)
+        }
+    );
+    assert!(store.get_status(&y.id).await.unwrap().is_none());
+
+    // A later report replaces the earlier one.
+    let newer = StatusRecord {
+        last_error: "image pull failed".into(),
+        ..status(&x.id, 5)
+    };
+    store.put_statuses(&d.id, &[newer]).await.unwrap();
+    let all = store.list_statuses().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[&x.id].phase, all[&x.id].last_error.as_str()),
+        (5, "image pull failed")
+    );
+    // A deleted deployment's status goes with it.
+    store.delete_deployment(&x.id).await.unwrap();
+    assert!(store.get_status(&x.id).await.unwrap().is_none());
+    assert!(store.list_statuses().await.unwrap().is_empty());
+    b
+}
+
+// === install codes ===
+
+/// Lets `racers` fetches race for one code, spread over the `replicas`, and checks that
+/// exactly one wins and only the winner's token was issued; returns what it won.
+pub(crate) async fn race_for_code(
+    replicas: &[Arc<dyn InstallCodes>],
+    store: &Arc<dyn Store>,
+    code: [u8; 32],
+    racers: usize,
+) -> (String, InstallOptions) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..racers {
+        let codes = replicas[i % replicas.len()].clone();
+        set.spawn(async move {
+            codes
+                .redeem_code(code, &format!("issued{i}"), hash(&format!("s{i}")))
+                .await
+                .map(|won| (won, i))
+        });
+    }
+    let mut won = Vec::new();
+    let mut used = 0;
+    while let Some(outcome) = set.join_next().await {
+        match outcome.unwrap() {
+            Ok(x) => won.push(x),
+            Err(RedeemError::Used) => used += 1,
+            Err(other) => panic!("unexpected redeem outcome {other:?}"),
+        }
+    }
+    assert_eq!(
+        (won.len(), used),
+        (1, racers - 1),
+        "exactly one fetch gets the manifest"
+    );
+    let ((deployer_id, options), winner) = won.pop().unwrap();
+    let token = store
+        .find_token(&format!("issued{winner}"))
+        .await
+        .unwrap()
+        .expect("the winner's token");
+    assert_eq!(
+        (token.deployer_id.as_str(), token.hash, token.expires_at),
+        (deployer_id.as_str(), hash(&format!("s{winner}")), None)
+    );
+    for i in (0..racers).filter(|i| *i != winner) {
+        let token = store.find_token(&format!("issued{i}")).await.unwrap();
+        assert!(token.is_none(), "a losing fetch issued no token");
+    }
+    (deployer_id, options)
+}
+
+async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
+    let store = b.store();
+    let codes = b.codes();
+    let d = register(&store, "alpha").await;
+    let options = InstallOptions {
+        namespace: "ds-system".into(),
+        cluster_name: "kind-1".into(),
+        create_namespaces: false,
+        target_namespaces: vec!["models".into()],
+    };
+    let now = chrono::Utc::now();
+    let soon = now + chrono::Duration::minutes(5);
+    codes
+        .create_code(hash("code"), &d.id, soon, &options)
+        .await
+        .unwrap();
+    assert!(matches!(
+        codes
+            .create_code(hash("other"), "no-such", soon, &options)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    let won = race_for_code(std::slice::from_ref(&codes), &store, hash("code"), 8).await;
+    assert_eq!(won, (d.id.clone(), options.clone()));
+    assert!(
+        store.find_token("tok-alpha").await.unwrap().is_some(),
+        "an install adds a token, it does not rotate"
+    );
+
+    codes
+        .create_code(
+            hash("stale"),
+            &d.id,
+            now - chrono::Duration::seconds(1),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        codes.redeem_code(hash("stale"), "t9", hash("t9")).await,
+        Err(RedeemError::Expired)
+    ));
+    assert!(matches!(
+        codes.redeem_code(hash("never"), "t9", hash("t9")).await,
+        Err(RedeemError::Unknown)
+    ));
+    assert!(store.find_token("t9").await.unwrap().is_none());
+
+    // Deleting the deployer voids its unused codes.
+    codes
+        .create_code(hash("orphan"), &d.id, soon, &options)
+        .await
+        .unwrap();
+    store.delete_deployer(&d.id).await.unwrap();
+    assert!(matches!(
+        codes.redeem_code(hash("orphan"), "t10", hash("t10")).await,
+        Err(RedeemError::Unknown)
+    ));
+    b
+}
