@@ -542,19 +542,13 @@ pub fn start_watches(
 mod tests {
     use super::*;
     use crate::agent::builders::desired_deployment;
+    use crate::agent::desired::test_object;
     use crate::core::DeployedObject;
     use crate::core::DeploymentSpec;
     use serde_json::json;
 
     fn obj() -> DeployedObject {
-        DeployedObject {
-            id: "dep-1".into(),
-            deployer_id: "owner-1".into(),
-            name: "iris".into(),
-            namespace: "models".into(),
-            revision: 3,
-            spec: DeploymentSpec::test("iris"),
-        }
+        test_object(DeploymentSpec::test("iris"))
     }
 
     /// The desired Deployment as an API server returns it: defaults, status, managed fields.

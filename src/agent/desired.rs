@@ -105,24 +105,30 @@ pub fn digest(obj: &DeployedObject) -> SpecDigest {
     }
 }
 
+/// The deployment "iris" in "models" of deployer "owner-1" (unit tests of the agent).
+#[cfg(test)]
+pub(crate) fn test_object(spec: crate::core::DeploymentSpec) -> DeployedObject {
+    DeployedObject {
+        id: "dep-1".into(),
+        deployer_id: "owner-1".into(),
+        name: "iris".into(),
+        namespace: "models".into(),
+        revision: 3,
+        spec,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::DeploymentSpec;
 
     fn obj(host: Option<&str>) -> DeployedObject {
-        let mut spec = DeploymentSpec::test("iris");
-        if let Some(h) = host {
-            spec = spec.host(h);
-        }
-        DeployedObject {
-            id: "dep-1".into(),
-            deployer_id: "owner-1".into(),
-            name: "iris".into(),
-            namespace: "models".into(),
-            revision: 3,
-            spec,
-        }
+        let spec = DeploymentSpec::test("iris");
+        test_object(match host {
+            Some(h) => spec.host(h),
+            None => spec,
+        })
     }
 
     #[test]
