@@ -4,8 +4,19 @@
 # The gateway's PostgreSQL tests (tests/postgres.rs) need a server: unless
 # DS_TEST_POSTGRES_URL already names one, a throwaway server is started here (its own
 # directory, a Unix socket only, no TCP port to collide on) and removed at the end.
+#
+# The real-API-server tests (tests/real_kube) need etcd, kube-apiserver and
+# kube-controller-manager: unless DS_KUBE_BIN already names a directory holding them,
+# hack/kube/build.sh builds them (once; they are cached) and DS_KUBE_BIN is set to its
+# answer. A failed build fails the run: those tests never skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -z "${DS_KUBE_BIN:-}" ]; then
+  DS_KUBE_BIN=$(bash hack/kube/build.sh | tail -n 1)
+fi
+export DS_KUBE_BIN
+echo "Kubernetes control plane for the tests: $DS_KUBE_BIN"
 
 if [ -z "${DS_TEST_POSTGRES_URL:-}" ]; then
   pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)

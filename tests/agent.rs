@@ -1,6 +1,14 @@
-//! Integration tests of `ds agent`: a real gateway, the simulated Kubernetes API server and
-//! agents, all in this process on loopback ports. One test per rule of DESIGN.md's
-//! "Ownership and safety" contract, plus the behaviours issue 4 lists.
+//! Integration tests of `ds agent`: a real gateway and agents in this process on loopback
+//! ports, against a Kubernetes API server. One test per rule of DESIGN.md's "Ownership and
+//! safety" contract, plus the behaviours issue 4 lists.
+//!
+//! The contract runs twice with the same bodies: `sim::` on the simulated API server (a
+//! fresh one per test) and `real::` on the real kube-apiserver and controller manager of
+//! `real_kube` (one per binary, a namespace per test). Writes are counted by the
+//! simulator's counters or the real server's audit log. Fault injection stays simulator
+//! only.
+
+mod real_kube;
 
 use ds_deployer::agent::builders::{
     DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER, REVISION_ANNOTATION,
@@ -27,6 +35,50 @@ use tonic::transport::Channel;
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 const NS: &str = "default";
+
+/// Which API server a contract test runs against.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sim,
+    Real,
+}
+
+/// Generates `sim::NAME` and `real::NAME` for each contract test body `NAME(Backend)`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sim {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Sim).await
+            })*
+        }
+        mod real {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Backend::Real).await
+            })*
+        }
+    };
+}
+
+on_both!(
+    create_makes_owned_objects_and_reports_available,
+    image_and_replica_change_update_the_same_deployment_in_place,
+    delete_removes_the_objects,
+    removing_the_host_deletes_only_the_ingress,
+    proxy_toggle_updates_the_deployment_in_place,
+    query_log_toggle_updates_the_sidecar_in_place,
+    foreign_object_with_the_desired_name_is_never_touched,
+    safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up,
+    restart_prunes_only_owned_objects_absent_from_the_snapshot,
+    two_deployers_in_one_cluster_stay_apart,
+    unchanged_resync_makes_zero_writes,
+    drift_is_corrected_within_one_resync,
+    gateway_restart_leaves_workloads_and_the_agent_catches_up,
+    leader_election_one_writer_and_failover,
+    missing_namespace_is_reported_unless_create_namespaces,
+    token_rotation_orphans_nothing,
+);
 const PROXY_IMAGE: &str = "ds:test";
 
 // === helpers ===
@@ -115,10 +167,83 @@ impl Gateway {
     }
 }
 
+/// The API server of one test.
+enum Cluster {
+    Sim(SimCluster),
+    Real {
+        admin: kube::Client,
+        agent: kube::Client,
+        writes: real_kube::AuditCounter,
+    },
+}
+
+/// Write counts of the agents: the simulator's counters, or the real server's audit log
+/// for the agents' user in the test's namespaces.
+enum Counts<'a> {
+    Sim(&'a ds_deployer::kube_sim::Counters),
+    Real(&'a real_kube::AuditCounter),
+}
+
+impl Counts<'_> {
+    fn get(&self, verb: &str, resource: &str) -> u64 {
+        match self {
+            Counts::Sim(c) => c.get(verb, resource),
+            Counts::Real(c) => c.get(verb, resource),
+        }
+    }
+    fn writes(&self) -> u64 {
+        match self {
+            Counts::Sim(c) => c.writes(),
+            Counts::Real(c) => c.writes(),
+        }
+    }
+    fn reset(&self) {
+        match self {
+            Counts::Sim(c) => c.reset(),
+            Counts::Real(c) => c.reset(),
+        }
+    }
+}
+
+impl Cluster {
+    /// The test's own client (admin).
+    fn client(&self) -> kube::Client {
+        match self {
+            Cluster::Sim(sim) => sim.client(),
+            Cluster::Real { admin, .. } => admin.clone(),
+        }
+    }
+    /// The agents' client.
+    fn agent_client(&self) -> kube::Client {
+        match self {
+            Cluster::Sim(sim) => sim.client(),
+            Cluster::Real { agent, .. } => agent.clone(),
+        }
+    }
+    fn counters(&self) -> Counts<'_> {
+        match self {
+            Cluster::Sim(sim) => Counts::Sim(sim.counters()),
+            Cluster::Real { writes, .. } => Counts::Real(writes),
+        }
+    }
+}
+
 struct Env {
     gw: Gateway,
-    sim: SimCluster,
+    cluster: Cluster,
     control: Control,
+    /// The namespace of this test's deployments.
+    ns: String,
+}
+
+impl Env {
+    /// The simulator, for the tests that inject faults.
+    fn sim(&self) -> &SimCluster {
+        match &self.cluster {
+            Cluster::Sim(sim) => sim,
+            Cluster::Real { .. } => panic!("a simulator-only test ran on the real API server"),
+        }
+    }
 }
 
 async fn env_with(config: SimConfig) -> Env {
@@ -126,15 +251,41 @@ async fn env_with(config: SimConfig) -> Env {
     let gw = Gateway::start().await;
     let sim = SimCluster::start(config).await.expect("sim starts");
     let control = gw.control().await;
-    Env { gw, sim, control }
+    Env {
+        gw,
+        cluster: Cluster::Sim(sim),
+        control,
+        ns: NS.to_string(),
+    }
 }
 
-async fn env() -> Env {
-    env_with(SimConfig {
-        rollout_delay: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await
+async fn env(backend: Backend) -> Env {
+    match backend {
+        Backend::Sim => {
+            env_with(SimConfig {
+                rollout_delay: Duration::from_millis(200),
+                ..Default::default()
+            })
+            .await
+        }
+        Backend::Real => {
+            ds_deployer::telemetry::init_logging();
+            let kube = real_kube::shared();
+            let ns = kube.namespace("agent").await;
+            let gw = Gateway::start().await;
+            let control = gw.control().await;
+            Env {
+                gw,
+                cluster: Cluster::Real {
+                    admin: kube.client().await,
+                    agent: kube.agent_client().await,
+                    writes: kube.audit(real_kube::AGENT_USER, &ns),
+                },
+                control,
+                ns,
+            }
+        }
+    }
 }
 
 fn select(id: &str) -> proto::GetDeploymentRequest {
@@ -263,21 +414,21 @@ impl Env {
     }
 
     async fn agent_with(&self, args: AgentArgs) -> RunningAgent {
-        RunningAgent::start_with_client(args, self.sim.client())
+        RunningAgent::start_with_client(args, self.cluster.agent_client())
             .await
             .expect("agent starts")
     }
 
     fn deployments(&self, ns: &str) -> Api<Deployment> {
-        Api::namespaced(self.sim.client(), ns)
+        Api::namespaced(self.cluster.client(), ns)
     }
 
     fn services(&self, ns: &str) -> Api<Service> {
-        Api::namespaced(self.sim.client(), ns)
+        Api::namespaced(self.cluster.client(), ns)
     }
 
     fn ingresses(&self, ns: &str) -> Api<Ingress> {
-        Api::namespaced(self.sim.client(), ns)
+        Api::namespaced(self.cluster.client(), ns)
     }
 
     async fn wait_deployment(
@@ -374,28 +525,29 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 // === create, update, delete ===
 
-#[tokio::test]
-async fn create_makes_owned_objects_and_reports_available() {
+async fn create_makes_owned_objects_and_reports_available(b: Backend) {
     // Rule 1: every object carries managed-by, the owner (deployer ID) and deployment ID.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (deployer, token) = e.deployer("c1").await;
     let agent = e.agent(&token).await;
     let id = e
         .deploy(
             "c1",
             "iris",
-            NS,
+            ns,
             DeploymentSpec::test("iris")
                 .replicas(2)
                 .host("iris.example.com"),
         )
         .await;
     let d = e
-        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
-    let s = e.services(NS).get("iris").await.expect("Service");
+    let s = e.services(ns).get("iris").await.expect("Service");
     let i = eventually("the Ingress", || async {
-        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+        e.ingresses(ns).get_opt("iris").await.ok().flatten()
     })
     .await;
     for meta in [&d.metadata, &s.metadata, &i.metadata] {
@@ -430,17 +582,18 @@ async fn create_makes_owned_objects_and_reports_available() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn image_and_replica_change_update_the_same_deployment_in_place() {
+async fn image_and_replica_change_update_the_same_deployment_in_place(b: Backend) {
     // Rule 6: in-place rolling update through server-side apply, never delete-and-recreate.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("u1").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("u1", "iris", NS, DeploymentSpec::test("iris"))
+        .deploy("u1", "iris", ns, DeploymentSpec::test("iris"))
         .await;
     let before = e
-        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
     e.wait_phase(&id, Phase::Available).await;
     e.update(&id, |r| {
@@ -449,23 +602,26 @@ async fn image_and_replica_change_update_the_same_deployment_in_place() {
     })
     .await;
     let after = e
-        .wait_deployment(NS, "iris", "the new image", |d| {
+        .wait_deployment(ns, "iris", "the new image", |d| {
             image_of(d) == "tensorflow/serving:2.16.0"
         })
         .await;
     assert_eq!(uid(&after), uid(&before), "same object, updated in place");
     assert_eq!(after.spec.as_ref().unwrap().replicas, Some(3));
-    assert_eq!(e.sim.counters().get("delete", "deployments"), 0);
+    assert_eq!(e.cluster.counters().get("delete", "deployments"), 0);
     assert_eq!(
-        e.sim.counters().get("create", "deployments"),
+        e.cluster.counters().get("create", "deployments"),
         0,
         "writes are server-side apply"
     );
+    // Controllers record their own Update entries (the deployment controller's revision
+    // annotation, status); every apply is the agent's, under one manager.
     let managers: Vec<String> = after
         .metadata
         .managed_fields
         .iter()
         .flatten()
+        .filter(|m| m.operation.as_deref() == Some("Apply"))
         .filter_map(|m| m.manager.clone())
         .collect();
     assert_eq!(
@@ -481,90 +637,93 @@ async fn image_and_replica_change_update_the_same_deployment_in_place() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn delete_removes_the_objects() {
-    let mut e = env().await;
+async fn delete_removes_the_objects(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("d1").await;
     let agent = e.agent(&token).await;
     let id = e
         .deploy(
             "d1",
             "iris",
-            NS,
+            ns,
             DeploymentSpec::test("iris").host("iris.example.com"),
         )
         .await;
-    e.wait_deployment(NS, "iris", "the Deployment", |_| true)
+    e.wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
     eventually("the Ingress", || async {
-        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+        e.ingresses(ns).get_opt("iris").await.ok().flatten()
     })
     .await;
     e.delete(&id).await;
-    e.wait_gone(NS, "iris").await;
+    e.wait_gone(ns, "iris").await;
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn removing_the_host_deletes_only_the_ingress() {
-    let mut e = env().await;
+async fn removing_the_host_deletes_only_the_ingress(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("h1").await;
     let agent = e.agent(&token).await;
     let id = e
         .deploy(
             "h1",
             "iris",
-            NS,
+            ns,
             DeploymentSpec::test("iris").host("iris.example.com"),
         )
         .await;
     let d = e
-        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
     eventually("the Ingress", || async {
-        e.ingresses(NS).get_opt("iris").await.ok().flatten()
+        e.ingresses(ns).get_opt("iris").await.ok().flatten()
     })
     .await;
     e.update(&id, |r| r.host = Some(String::new())).await;
     eventually("the Ingress to go", || async {
-        matches!(e.ingresses(NS).get_opt("iris").await, Ok(None)).then_some(())
+        matches!(e.ingresses(ns).get_opt("iris").await, Ok(None)).then_some(())
     })
     .await;
-    let still = e.deployments(NS).get("iris").await.unwrap();
+    let still = e.deployments(ns).get("iris").await.unwrap();
     assert_eq!(uid(&still), uid(&d));
-    assert!(e.services(NS).get_opt("iris").await.unwrap().is_some());
+    assert!(e.services(ns).get_opt("iris").await.unwrap().is_some());
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn proxy_toggle_updates_the_deployment_in_place() {
-    let mut e = env().await;
+async fn proxy_toggle_updates_the_deployment_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("p1").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("p1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
+        .deploy("p1", "iris", ns, DeploymentSpec::test("iris").proxy(true))
         .await;
     let has_proxy = |d: &Deployment| sidecar(d).is_some();
     let before = e
-        .wait_deployment(NS, "iris", "the Deployment with the proxy", has_proxy)
+        .wait_deployment(ns, "iris", "the Deployment with the proxy", has_proxy)
         .await;
     let target = |s: &Service| {
         s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
             .target_port
             .clone()
     };
-    let svc = e.services(NS).get("iris").await.unwrap();
+    let svc = e.services(ns).get("iris").await.unwrap();
     assert_eq!(
         target(&svc),
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9501))
     );
     e.update(&id, |r| r.proxy_enabled = Some(false)).await;
     let after = e
-        .wait_deployment(NS, "iris", "the proxy to go", |d| !has_proxy(d))
+        .wait_deployment(ns, "iris", "the proxy to go", |d| !has_proxy(d))
         .await;
     assert_eq!(uid(&after), uid(&before));
     let svc = eventually("the Service to target the model port", || async {
-        e.services(NS).get("iris").await.ok().filter(|s| {
+        e.services(ns).get("iris").await.ok().filter(|s| {
             target(s) == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8501))
         })
     })
@@ -573,13 +732,14 @@ async fn proxy_toggle_updates_the_deployment_in_place() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn query_log_toggle_updates_the_sidecar_in_place() {
-    let mut e = env().await;
+async fn query_log_toggle_updates_the_sidecar_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("q1").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("q1", "iris", NS, DeploymentSpec::test("iris").proxy(true))
+        .deploy("q1", "iris", ns, DeploymentSpec::test("iris").proxy(true))
         .await;
     let sidecar_args = |d: &Deployment| sidecar(d).and_then(|c| c.args.clone()).unwrap_or_default();
     let logs_to_stdout = |d: &Deployment| {
@@ -588,25 +748,25 @@ async fn query_log_toggle_updates_the_sidecar_in_place() {
             .any(|w| w == ["--query-log", "-"])
     };
     let before = e
-        .wait_deployment(NS, "iris", "the Deployment with the proxy", |d| {
+        .wait_deployment(ns, "iris", "the Deployment with the proxy", |d| {
             !sidecar_args(d).is_empty()
         })
         .await;
     assert!(!logs_to_stdout(&before), "query logs are off by default");
     e.wait_phase(&id, Phase::Available).await;
-    let service_before = e.services(NS).get("iris").await.unwrap().spec;
+    let service_before = e.services(ns).get("iris").await.unwrap().spec;
 
     e.update(&id, |r| r.proxy_query_log = Some(true)).await;
     let after = e
-        .wait_deployment(NS, "iris", "the sidecar to log queries", logs_to_stdout)
+        .wait_deployment(ns, "iris", "the sidecar to log queries", logs_to_stdout)
         .await;
     assert_eq!(uid(&after), uid(&before), "same object, updated in place");
     let mut args = sidecar_args(&after);
     let at = args.iter().position(|a| a == "--query-log").unwrap();
     args.drain(at..at + 2);
     assert_eq!(args, sidecar_args(&before), "only --query-log was added");
-    assert_eq!(e.sim.counters().get("delete", "deployments"), 0);
-    assert_eq!(e.sim.counters().get("create", "deployments"), 0);
+    assert_eq!(e.cluster.counters().get("delete", "deployments"), 0);
+    assert_eq!(e.cluster.counters().get("create", "deployments"), 0);
     // The new pods roll out behind the same Service (only its revision annotation moves).
     let revision: u64 = after.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION]
         .parse()
@@ -616,13 +776,13 @@ async fn query_log_toggle_updates_the_sidecar_in_place() {
     })
     .await;
     assert_eq!(
-        e.services(NS).get("iris").await.unwrap().spec,
+        e.services(ns).get("iris").await.unwrap().spec,
         service_before
     );
 
     e.update(&id, |r| r.proxy_query_log = Some(false)).await;
     let off = e
-        .wait_deployment(NS, "iris", "query logs to stop", |d| !logs_to_stdout(d))
+        .wait_deployment(ns, "iris", "query logs to stop", |d| !logs_to_stdout(d))
         .await;
     assert_eq!(uid(&off), uid(&before));
     assert_eq!(sidecar_args(&off), sidecar_args(&before));
@@ -631,10 +791,11 @@ async fn query_log_toggle_updates_the_sidecar_in_place() {
 
 // === the contract ===
 
-#[tokio::test]
-async fn foreign_object_with_the_desired_name_is_never_touched() {
+async fn foreign_object_with_the_desired_name_is_never_touched(b: Backend) {
     // Rule 2: no owner label (or another's) → never modified or deleted; "name taken".
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("f1").await;
     let foreign: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "iris", "labels": {"team": "other"}},
@@ -642,13 +803,13 @@ async fn foreign_object_with_the_desired_name_is_never_touched() {
     }))
     .unwrap();
     let foreign = e
-        .services(NS)
+        .services(ns)
         .create(&PostParams::default(), &foreign)
         .await
         .unwrap();
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("f1", "iris", NS, DeploymentSpec::test("iris"))
+        .deploy("f1", "iris", ns, DeploymentSpec::test("iris"))
         .await;
     let status = e.wait_phase(&id, Phase::Failed).await;
     assert!(
@@ -657,75 +818,77 @@ async fn foreign_object_with_the_desired_name_is_never_touched() {
         status.last_error
     );
     passes(&agent, 3).await;
-    let now = e.services(NS).get("iris").await.unwrap();
+    let now = e.services(ns).get("iris").await.unwrap();
     assert_eq!(
         now.metadata.resource_version, foreign.metadata.resource_version,
         "untouched"
     );
-    assert_eq!(e.sim.counters().get("patch", "services"), 0);
+    assert_eq!(e.cluster.counters().get("patch", "services"), 0);
     // Deleting the deployment does not delete the foreign object either.
     e.delete(&id).await;
     passes(&agent, 3).await;
-    let now = e.services(NS).get("iris").await.unwrap();
+    let now = e.services(ns).get("iris").await.unwrap();
     assert_eq!(now.metadata.uid, foreign.metadata.uid);
-    assert_eq!(e.sim.counters().get("delete", "services"), 0);
+    assert_eq!(e.cluster.counters().get("delete", "services"), 0);
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up() {
+async fn safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up(b: Backend) {
     // Rule 3 and rule 8: no complete snapshot, no prune; catching up when it comes.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("s1").await;
     let first = e.agent(&token).await;
     let keep = e
-        .deploy("s1", "keep", NS, DeploymentSpec::test("keep"))
+        .deploy("s1", "keep", ns, DeploymentSpec::test("keep"))
         .await;
     let gone = e
-        .deploy("s1", "gone", NS, DeploymentSpec::test("gone"))
+        .deploy("s1", "gone", ns, DeploymentSpec::test("gone"))
         .await;
-    let kept = e.wait_deployment(NS, "keep", "keep", |_| true).await;
-    e.wait_deployment(NS, "gone", "gone", |_| true).await;
+    let kept = e.wait_deployment(ns, "keep", "keep", |_| true).await;
+    e.wait_deployment(ns, "gone", "gone", |_| true).await;
     first.shutdown().await;
     // While no agent runs: one deployment is removed, another added.
     e.delete(&gone).await;
     let added = e
-        .deploy("s1", "added", NS, DeploymentSpec::test("added"))
+        .deploy("s1", "added", ns, DeploymentSpec::test("added"))
         .await;
     e.gw.stop().await;
-    e.sim.counters().reset();
+    e.cluster.counters().reset();
     let agent = e.agent(&token).await;
     // The agent keeps retrying the gateway; the cluster sees no write meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!agent.is_ready());
     assert_eq!(
-        e.sim.counters().writes(),
+        e.cluster.counters().writes(),
         0,
         "nothing written or pruned without a snapshot"
     );
-    assert!(e.deployments(NS).get_opt("gone").await.unwrap().is_some());
+    assert!(e.deployments(ns).get_opt("gone").await.unwrap().is_some());
     e.gw.restart().await;
-    e.wait_gone(NS, "gone").await;
-    e.wait_deployment(NS, "added", "the deployment added meanwhile", |_| true)
+    e.wait_gone(ns, "gone").await;
+    e.wait_deployment(ns, "added", "the deployment added meanwhile", |_| true)
         .await;
-    let still = e.deployments(NS).get("keep").await.unwrap();
+    let still = e.deployments(ns).get("keep").await.unwrap();
     assert_eq!(uid(&still), uid(&kept));
     let _ = (keep, added);
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn restart_prunes_only_owned_objects_absent_from_the_snapshot() {
+async fn restart_prunes_only_owned_objects_absent_from_the_snapshot(b: Backend) {
     // Rule 4: prune removes an owned object only when its deployment is absent from a
     // complete snapshot; others' objects stay.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("r1").await;
     let a = e.agent(&token).await;
-    let one = e.deploy("r1", "one", NS, DeploymentSpec::test("one")).await;
-    let two = e.deploy("r1", "two", NS, DeploymentSpec::test("two")).await;
+    let one = e.deploy("r1", "one", ns, DeploymentSpec::test("one")).await;
+    let two = e.deploy("r1", "two", ns, DeploymentSpec::test("two")).await;
     e.wait_phase(&one, Phase::Available).await;
     e.wait_phase(&two, Phase::Available).await;
-    let one_before = e.deployments(NS).get("one").await.unwrap();
+    let one_before = e.deployments(ns).get("one").await.unwrap();
     a.shutdown().await;
     // A labelled-but-unowned object (someone copied our managed-by label).
     let stranger: Deployment = serde_json::from_value(serde_json::json!({
@@ -735,51 +898,56 @@ async fn restart_prunes_only_owned_objects_absent_from_the_snapshot() {
             "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
     }))
     .unwrap();
-    e.deployments(NS)
+    e.deployments(ns)
         .create(&PostParams::default(), &stranger)
         .await
         .unwrap();
     e.delete(&two).await;
-    e.sim.counters().reset();
+    e.cluster.counters().reset();
     let b = e.agent(&token).await;
-    e.wait_gone(NS, "two").await;
+    e.wait_gone(ns, "two").await;
     eventually("ready", || async { b.is_ready().then_some(()) }).await;
     passes(&b, 2).await;
-    let one_after = e.deployments(NS).get("one").await.unwrap();
+    let one_after = e.deployments(ns).get("one").await.unwrap();
     assert_eq!(
         one_after.metadata.resource_version, one_before.metadata.resource_version,
         "untouched"
     );
     assert!(
-        e.deployments(NS)
+        e.deployments(ns)
             .get_opt("stranger")
             .await
             .unwrap()
             .is_some()
     );
-    assert_eq!(e.sim.counters().get("patch", "*"), 0, "nothing re-applied");
+    assert_eq!(
+        e.cluster.counters().get("patch", "*"),
+        0,
+        "nothing re-applied"
+    );
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn two_deployers_in_one_cluster_stay_apart() {
+async fn two_deployers_in_one_cluster_stay_apart(b: Backend) {
     // Rule 5.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (x_id, x_token) = e.deployer("x").await;
     let (y_id, y_token) = e.deployer("y").await;
     let ax = e.agent(&x_token).await;
     let ay = e.agent(&y_token).await;
     let x1 = e
-        .deploy("x", "x-model", NS, DeploymentSpec::test("x-model"))
+        .deploy("x", "x-model", ns, DeploymentSpec::test("x-model"))
         .await;
     let y1 = e
-        .deploy("y", "y-model", NS, DeploymentSpec::test("y-model"))
+        .deploy("y", "y-model", ns, DeploymentSpec::test("y-model"))
         .await;
     let yd = e
-        .wait_deployment(NS, "y-model", "y's deployment", |_| true)
+        .wait_deployment(ns, "y-model", "y's deployment", |_| true)
         .await;
     let xd = e
-        .wait_deployment(NS, "x-model", "x's deployment", |_| true)
+        .wait_deployment(ns, "x-model", "x's deployment", |_| true)
         .await;
     assert_eq!(labels(&xd.metadata)[OWNER_LABEL], x_id);
     assert_eq!(labels(&yd.metadata)[OWNER_LABEL], y_id);
@@ -788,7 +956,7 @@ async fn two_deployers_in_one_cluster_stay_apart() {
         .deploy(
             "y",
             "x-model",
-            NS,
+            ns,
             DeploymentSpec::test("x-model").image("clash:1"),
         )
         .await;
@@ -800,13 +968,13 @@ async fn two_deployers_in_one_cluster_stay_apart() {
     );
     // x removes everything it has: y's objects stay.
     e.delete(&x1).await;
-    e.wait_gone(NS, "x-model").await;
+    e.wait_gone(ns, "x-model").await;
     passes(&ay, 2).await;
-    let y_after = e.deployments(NS).get("y-model").await.unwrap();
+    let y_after = e.deployments(ns).get("y-model").await.unwrap();
     assert_eq!(uid(&y_after), uid(&yd));
     assert_eq!(
         y_after.metadata.resource_version,
-        e.deployments(NS)
+        e.deployments(ns)
             .get("y-model")
             .await
             .unwrap()
@@ -818,10 +986,11 @@ async fn two_deployers_in_one_cluster_stay_apart() {
     ay.shutdown().await;
 }
 
-#[tokio::test]
-async fn unchanged_resync_makes_zero_writes() {
+async fn unchanged_resync_makes_zero_writes(b: Backend) {
     // Rule 7.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("z1").await;
     let agent = e.agent(&token).await;
     let mut ids = Vec::new();
@@ -830,7 +999,7 @@ async fn unchanged_resync_makes_zero_writes() {
             e.deploy(
                 "z1",
                 name,
-                NS,
+                ns,
                 DeploymentSpec::test(name).host(&format!("{name}.example.com")),
             )
             .await,
@@ -840,57 +1009,59 @@ async fn unchanged_resync_makes_zero_writes() {
         e.wait_phase(id, Phase::Available).await;
     }
     passes(&agent, 2).await;
-    let before = e.sim.counters().writes();
+    let before = e.cluster.counters().writes();
     // Several full passes (resync is 500 ms here), each with a List from the gateway.
     passes(&agent, 4).await;
     assert_eq!(
-        e.sim.counters().writes(),
+        e.cluster.counters().writes(),
         before,
         "a resync with nothing changed writes nothing"
     );
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn drift_is_corrected_within_one_resync() {
-    let mut e = env().await;
+async fn drift_is_corrected_within_one_resync(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("dr").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("dr", "iris", NS, DeploymentSpec::test("iris").replicas(2))
+        .deploy("dr", "iris", ns, DeploymentSpec::test("iris").replicas(2))
         .await;
     e.wait_phase(&id, Phase::Available).await;
     // Someone scales it by hand with their own field manager.
     let patch = serde_json::json!({"spec": {"replicas": 5}});
-    e.deployments(NS)
+    e.deployments(ns)
         .patch("iris", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    e.wait_deployment(NS, "iris", "the replica count restored", |d| {
+    e.wait_deployment(ns, "iris", "the replica count restored", |d| {
         d.spec.as_ref().unwrap().replicas == Some(2)
     })
     .await;
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn gateway_restart_leaves_workloads_and_the_agent_catches_up() {
+async fn gateway_restart_leaves_workloads_and_the_agent_catches_up(b: Backend) {
     // Rule 8: gateway unreachable → workloads untouched; reconnect and catch up.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("g1").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("g1", "iris", NS, DeploymentSpec::test("iris"))
+        .deploy("g1", "iris", ns, DeploymentSpec::test("iris"))
         .await;
     let before = e
-        .wait_deployment(NS, "iris", "the Deployment", |_| true)
+        .wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
     e.wait_phase(&id, Phase::Available).await;
     e.gw.stop().await;
-    e.sim.counters().reset();
+    e.cluster.counters().reset();
     passes(&agent, 3).await;
     assert_eq!(
-        e.sim.counters().writes(),
+        e.cluster.counters().writes(),
         0,
         "nothing touched while the gateway is away"
     );
@@ -899,7 +1070,7 @@ async fn gateway_restart_leaves_workloads_and_the_agent_catches_up() {
     e.update(&id, |r| r.image = Some("tensorflow/serving:2.17.0".into()))
         .await;
     let after = e
-        .wait_deployment(NS, "iris", "the change made after the restart", |d| {
+        .wait_deployment(ns, "iris", "the change made after the restart", |d| {
             image_of(d) == "tensorflow/serving:2.17.0"
         })
         .await;
@@ -907,10 +1078,11 @@ async fn gateway_restart_leaves_workloads_and_the_agent_catches_up() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn leader_election_one_writer_and_failover() {
+async fn leader_election_one_writer_and_failover(b: Backend) {
     // Rule 9.
-    let mut e = env().await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("le").await;
     let mut args = e.args(&token);
     args.leader_elect = true;
@@ -922,9 +1094,9 @@ async fn leader_election_one_writer_and_failover() {
     let one = e.agent_with(a1).await;
     let two = e.agent_with(a2).await;
     let id = e
-        .deploy("le", "iris", NS, DeploymentSpec::test("iris"))
+        .deploy("le", "iris", ns, DeploymentSpec::test("iris"))
         .await;
-    e.wait_deployment(NS, "iris", "the Deployment", |_| true)
+    e.wait_deployment(ns, "iris", "the Deployment", |_| true)
         .await;
     eventually("exactly one leader", || async {
         (one.is_leader() != two.is_leader()).then_some(())
@@ -952,7 +1124,7 @@ async fn leader_election_one_writer_and_failover() {
     .await;
     e.update(&id, |r| r.image = Some("tensorflow/serving:2.18.0".into()))
         .await;
-    e.wait_deployment(NS, "iris", "the new leader's write", |d| {
+    e.wait_deployment(ns, "iris", "the new leader's write", |d| {
         image_of(d) == "tensorflow/serving:2.18.0"
     })
     .await;
@@ -985,13 +1157,15 @@ async fn failing_image_reports_failed() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn missing_namespace_is_reported_unless_create_namespaces() {
-    let mut e = env().await;
+async fn missing_namespace_is_reported_unless_create_namespaces(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let models = format!("{ns}-models");
     let (_, token) = e.deployer("ns").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("ns", "iris", "models", DeploymentSpec::test("iris"))
+        .deploy("ns", "iris", &models, DeploymentSpec::test("iris"))
         .await;
     let status = e.wait_phase(&id, Phase::Failed).await;
     assert!(
@@ -1004,7 +1178,7 @@ async fn missing_namespace_is_reported_unless_create_namespaces() {
     args.create_namespaces = true;
     let agent = e.agent_with(args).await;
     e.wait_deployment(
-        "models",
+        &models,
         "iris",
         "the Deployment in the new namespace",
         |_| true,
@@ -1017,9 +1191,9 @@ async fn missing_namespace_is_reported_unless_create_namespaces() {
 #[tokio::test]
 async fn api_errors_and_dropped_watches_still_converge() {
     use ds_deployer::kube_sim::faults::{FaultAnswer, Limit};
-    let mut e = env().await;
+    let mut e = env(Backend::Sim).await;
     let (_, token) = e.deployer("ft").await;
-    let f = e.sim.faults();
+    let f = e.sim().faults();
     f.fail(
         "patch",
         "deployments",
@@ -1044,7 +1218,7 @@ async fn api_errors_and_dropped_watches_still_converge() {
     for id in &ids {
         e.wait_phase(id, Phase::Available).await;
     }
-    e.sim.faults().gone_on_next_watch();
+    e.sim().faults().gone_on_next_watch();
     e.update(&ids[0], |r| {
         r.image = Some("tensorflow/serving:2.19.0".into())
     })
@@ -1056,9 +1230,10 @@ async fn api_errors_and_dropped_watches_still_converge() {
     agent.shutdown().await;
 }
 
-#[tokio::test]
-async fn token_rotation_orphans_nothing() {
-    let mut e = env().await;
+async fn token_rotation_orphans_nothing(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("tr").await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
@@ -1068,10 +1243,10 @@ async fn token_rotation_orphans_nothing() {
     args.token_file = Some(token_file.clone());
     let agent = e.agent_with(args.clone()).await;
     let id = e
-        .deploy("tr", "iris", NS, DeploymentSpec::test("iris"))
+        .deploy("tr", "iris", ns, DeploymentSpec::test("iris"))
         .await;
     e.wait_phase(&id, Phase::Available).await;
-    let before = e.deployments(NS).get("iris").await.unwrap();
+    let before = e.deployments(ns).get("iris").await.unwrap();
     agent.shutdown().await;
     let rotated = e
         .control
@@ -1083,7 +1258,7 @@ async fn token_rotation_orphans_nothing() {
         .unwrap()
         .into_inner();
     std::fs::write(&token_file, &rotated.token).unwrap();
-    e.sim.counters().reset();
+    e.cluster.counters().reset();
     let agent = e.agent_with(args).await;
     eventually("ready with the new token", || async {
         agent.is_ready().then_some(())
@@ -1091,11 +1266,11 @@ async fn token_rotation_orphans_nothing() {
     .await;
     passes(&agent, 2).await;
     assert_eq!(
-        e.sim.counters().writes(),
+        e.cluster.counters().writes(),
         0,
         "same owner: nothing pruned or rewritten"
     );
-    let after = e.deployments(NS).get("iris").await.unwrap();
+    let after = e.deployments(ns).get("iris").await.unwrap();
     assert_eq!(
         after.metadata.resource_version,
         before.metadata.resource_version
@@ -1107,7 +1282,7 @@ async fn token_rotation_orphans_nothing() {
 
 #[tokio::test]
 async fn health_ready_and_metrics_endpoints() {
-    let mut e = env().await;
+    let mut e = env(Backend::Sim).await;
     let (_, token) = e.deployer("op").await;
     e.gw.stop().await;
     let agent = e.agent(&token).await;
@@ -1217,8 +1392,8 @@ async fn tls_gateway_with_a_ca_bundle() {
 
 #[tokio::test]
 async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
-    let mut e = env().await;
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e.sim.client());
+    let mut e = env(Backend::Sim).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(e.sim().client());
     for ns in ["models", "other"] {
         let n = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
         namespaces
@@ -1227,7 +1402,7 @@ async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
             .expect("create namespace");
     }
     // From here on the API server answers like namespaced RBAC: 403 outside these.
-    e.sim
+    e.sim()
         .faults()
         .restrict_to_namespaces(Some(vec!["models".into(), "staging".into()]));
     let (_, token) = e.deployer("scoped").await;
@@ -1282,7 +1457,7 @@ async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
     // Still level-triggered inside its namespaces: a delete prunes.
     e.delete(&inside).await;
     e.wait_gone("models", "iris").await;
-    e.sim.faults().restrict_to_namespaces(None);
+    e.sim().faults().restrict_to_namespaces(None);
     assert!(matches!(
         e.deployments("other").get_opt("wine").await,
         Ok(None)

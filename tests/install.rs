@@ -2,6 +2,12 @@
 //! the one-line `kubectl apply`, the real kubectl applies the served manifest to the
 //! simulated cluster, and an agent with the Secret's token reconciles; install links work
 //! once and expire. `ds dev` runs as a process: start, deploy, SIGTERM, restart.
+//!
+//! The `real_rbac_*` tests apply the served manifest to the real kube-apiserver of
+//! `real_kube` and run the agent with a TokenRequest token of the manifest's own
+//! ServiceAccount, so the real RBAC authorizer judges our ClusterRole and Roles.
+
+mod real_kube;
 
 use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret as AgentSecret};
 use ds_deployer::core::DeploymentSpec;
@@ -111,21 +117,51 @@ type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 /// A gateway, a simulated cluster with its kubeconfig on disk, and an admin client.
 struct Env {
     gw: RunningGateway,
-    sim: SimCluster,
+    /// The simulated cluster, unless this runs on the real API server.
+    sim: Option<SimCluster>,
+    /// The cluster's admin client.
+    client: kube::Client,
     dir: tempfile::TempDir,
+    /// The cluster's admin kubeconfig.
     kubeconfig: PathBuf,
     control: Control,
+}
+
+fn start_gateway_args(dir: &Path) -> GatewayArgs {
+    GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.join("gateway"))
+}
+
+fn admin(gw: &RunningGateway) -> Control {
+    let channel = Channel::from_shared(gw.url()).unwrap().connect_lazy();
+    let bearer = Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap());
+    ControlServiceClient::with_interceptor(channel, bearer)
+}
+
+/// A gateway and the shared real API server (admin kubeconfig).
+async fn real_env() -> Env {
+    ds_deployer::telemetry::init_logging();
+    let kube = real_kube::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = RunningGateway::start(start_gateway_args(dir.path()))
+        .await
+        .expect("gateway starts");
+    let control = admin(&gw);
+    Env {
+        gw,
+        sim: None,
+        client: kube.client().await,
+        dir,
+        kubeconfig: kube.kubeconfig.clone(),
+        control,
+    }
 }
 
 async fn env() -> Env {
     ds_deployer::telemetry::init_logging();
     let dir = tempfile::tempdir().expect("tempdir");
-    let gw = RunningGateway::start(GatewayArgs::insecure(
-        "127.0.0.1:0".parse().unwrap(),
-        dir.path().join("gateway"),
-    ))
-    .await
-    .expect("gateway starts");
+    let gw = RunningGateway::start(start_gateway_args(dir.path()))
+        .await
+        .expect("gateway starts");
     let sim = SimCluster::start(SimConfig {
         rollout_delay: Duration::from_millis(200),
         ..Default::default()
@@ -134,12 +170,11 @@ async fn env() -> Env {
     .expect("sim starts");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).expect("write kubeconfig");
-    let channel = Channel::from_shared(gw.url()).unwrap().connect_lazy();
-    let bearer = Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap());
-    let control = ControlServiceClient::with_interceptor(channel, bearer);
+    let control = admin(&gw);
     Env {
         gw,
-        sim,
+        client: sim.client(),
+        sim: Some(sim),
         dir,
         kubeconfig,
         control,
@@ -147,6 +182,11 @@ async fn env() -> Env {
 }
 
 impl Env {
+    /// The simulator, for the tests that inject its faults.
+    fn sim(&self) -> &SimCluster {
+        self.sim.as_ref().expect("a simulator test")
+    }
+
     async fn create_deployer(&mut self, name: &str) -> String {
         self.control
             .create_deployer(proto::CreateDeployerRequest { name: name.into() })
@@ -202,6 +242,7 @@ impl Env {
         vars: &[(String, String)],
         token_file: &Path,
         health: std::net::SocketAddr,
+        kubeconfig: &Path,
     ) -> tokio::process::Child {
         let log = self.dir.path().join("agent.log");
         let mut cmd = Command::new(ds_binary());
@@ -210,7 +251,7 @@ impl Env {
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("DS_TOKEN_FILE", token_file)
             .env("DS_LISTEN_HEALTH", health.to_string())
-            .env("DS_KUBECONFIG", &self.kubeconfig)
+            .env("DS_KUBECONFIG", kubeconfig)
             .env("DS_LEASE_DURATION", "5s")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -249,7 +290,7 @@ impl Env {
 
     /// The token the applied manifest's Secret holds.
     async fn secret_token(&self, deployer: &str) -> String {
-        let secrets: Api<Secret> = Api::namespaced(self.sim.client(), AGENT_NS);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), AGENT_NS);
         let secret = secrets
             .get(&format!("ds-agent-{deployer}-token"))
             .await
@@ -279,7 +320,7 @@ impl Env {
     }
 
     async fn wait_for_deployment_in(&self, name: &str, namespace: &str) -> Deployment {
-        let api: Api<Deployment> = Api::namespaced(self.sim.client(), namespace);
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), namespace);
         eventually(
             &format!("Deployment {namespace}/{name} in the cluster"),
             || {
@@ -371,7 +412,7 @@ async fn install_link_applies_with_kubectl_and_the_agent_reconciles() {
     }
 
     // The agent Deployment dials this gateway; the token is only in the Secret.
-    let agents: Api<Deployment> = Api::namespaced(env.sim.client(), AGENT_NS);
+    let agents: Api<Deployment> = Api::namespaced(env.client.clone(), AGENT_NS);
     let agent_deploy = agents.get("ds-agent-edge").await.expect("agent Deployment");
     let vars = manifest_env(&agent_deploy);
     let var = |name: &str| {
@@ -408,7 +449,7 @@ async fn install_link_applies_with_kubectl_and_the_agent_reconciles() {
     args.token = Some(AgentSecret(token));
     args.listen_health = "127.0.0.1:0".parse().unwrap();
     args.proxy_image = "ds:test".into();
-    let agent = RunningAgent::start_with_client(args, env.sim.client())
+    let agent = RunningAgent::start_with_client(args, env.client.clone())
         .await
         .expect("agent starts");
     eventually("the agent to learn its deployer", || async {
@@ -447,7 +488,7 @@ async fn the_manifest_env_starts_the_agent_binary() {
     let url = env.install_url("proc").await;
     let applied = env.kubectl(&["apply", "-f", &url]).await;
     assert!(applied.ok, "{}", applied.stderr);
-    let agents: Api<Deployment> = Api::namespaced(env.sim.client(), AGENT_NS);
+    let agents: Api<Deployment> = Api::namespaced(env.client.clone(), AGENT_NS);
     let vars = manifest_env(&agents.get("ds-agent-proc").await.expect("agent Deployment"));
     let token_file = env.dir.path().join("token");
     std::fs::write(&token_file, env.secret_token("proc").await).expect("write token");
@@ -455,7 +496,9 @@ async fn the_manifest_env_starts_the_agent_binary() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr")
     };
-    let mut child = env.agent_process(&vars, &token_file, health).await;
+    let mut child = env
+        .agent_process(&vars, &token_file, health, &env.kubeconfig)
+        .await;
     let _ = child.start_kill();
     let _ = child.wait().await;
     env.gw.shutdown().await;
@@ -598,7 +641,7 @@ async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
     let mut env = env().await;
     env.create_deployer("scoped").await;
     // The namespaces a Role goes into exist before the install (kubectl would refuse).
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.sim.client());
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
     for ns in ["models", "staging"] {
         let n = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).unwrap();
         namespaces
@@ -616,7 +659,7 @@ async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
         "no cluster-wide rights: {}",
         applied.stdout
     );
-    let agents: Api<Deployment> = Api::namespaced(env.sim.client(), AGENT_NS);
+    let agents: Api<Deployment> = Api::namespaced(env.client.clone(), AGENT_NS);
     let vars = manifest_env(
         &agents
             .get("ds-agent-scoped")
@@ -627,7 +670,7 @@ async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
     std::fs::write(&token_file, env.secret_token("scoped").await).expect("write token");
 
     // From here the API server answers as those Roles allow: 403 anywhere else.
-    env.sim.faults().restrict_to_namespaces(Some(vec![
+    env.sim().faults().restrict_to_namespaces(Some(vec![
         AGENT_NS.into(),
         "models".into(),
         "staging".into(),
@@ -636,7 +679,9 @@ async fn namespaced_install_runs_with_rights_only_in_its_namespaces() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         l.local_addr().expect("addr")
     };
-    let mut child = env.agent_process(&vars, &token_file, health).await;
+    let mut child = env
+        .agent_process(&vars, &token_file, health, &env.kubeconfig)
+        .await;
     env.deploy_in("scoped", "iris", "models").await;
     env.wait_for_deployment_in("iris", "models").await;
     let _ = child.start_kill();
@@ -682,7 +727,7 @@ async fn an_install_keeps_the_running_agents_token_valid() {
     args.insecure = true;
     args.token = Some(AgentSecret(created.token));
     args.listen_health = "127.0.0.1:0".parse().unwrap();
-    let agent = RunningAgent::start_with_client(args, env.sim.client())
+    let agent = RunningAgent::start_with_client(args, env.client.clone())
         .await
         .expect("agent starts");
     eventually("the first token's agent to connect", || async {
@@ -690,6 +735,229 @@ async fn an_install_keeps_the_running_agents_token_valid() {
     })
     .await;
     agent.shutdown().await;
+    env.gw.shutdown().await;
+}
+
+// === under the real API server's RBAC ===
+
+impl Env {
+    /// Applies the deployer's install link to the cluster with kubectl.
+    async fn apply_install(&self, deployer: &str, extra: &[&str]) {
+        let url = self.install_url_with(deployer, extra).await;
+        let applied = self.kubectl(&["apply", "-f", &url]).await;
+        assert!(
+            applied.ok,
+            "kubectl apply -f URL failed:\n{}\n{}",
+            applied.stdout, applied.stderr
+        );
+    }
+
+    /// A kubeconfig holding a token of the manifest's own ServiceAccount (a TokenRequest,
+    /// as the kubelet mounts one), never the admin's.
+    async fn service_account_kubeconfig(&self, deployer: &str) -> PathBuf {
+        let sa = format!("ds-agent-{deployer}");
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), AGENT_NS);
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        });
+        let answer: serde_json::Value = accounts
+            .create_subresource("token", &sa, &Default::default(), &request)
+            .await
+            .expect("a TokenRequest for the manifest's ServiceAccount");
+        let token = answer["status"]["token"].as_str().expect("a token");
+        let user = format!("system:serviceaccount:{AGENT_NS}:{sa}");
+        let path = self.dir.path().join(format!("{sa}.kubeconfig"));
+        std::fs::write(
+            &path,
+            real_kube::shared().kubeconfig_for_token(&user, token),
+        )
+        .expect("write kubeconfig");
+        path
+    }
+
+    /// Runs `ds agent` as the manifest configures it, with the ServiceAccount's token.
+    async fn agent_as_service_account(&self, deployer: &str) -> tokio::process::Child {
+        let agents: Api<Deployment> = Api::namespaced(self.client.clone(), AGENT_NS);
+        let vars = manifest_env(
+            &agents
+                .get(&format!("ds-agent-{deployer}"))
+                .await
+                .expect("agent Deployment"),
+        );
+        let token_file = self.dir.path().join(format!("{deployer}.token"));
+        std::fs::write(&token_file, self.secret_token(deployer).await).expect("write token");
+        let health = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            l.local_addr().expect("addr")
+        };
+        let kubeconfig = self.service_account_kubeconfig(deployer).await;
+        self.agent_process(&vars, &token_file, health, &kubeconfig)
+            .await
+    }
+
+    /// Waits until the gateway shows the deployment in `phase`; returns its last error.
+    async fn wait_phase(&self, deployer: &str, name: &str, phase: proto::Phase) -> String {
+        let control = self.control.clone();
+        eventually(&format!("{name} to be {phase:?}"), || {
+            let mut control = control.clone();
+            async move {
+                let view = control
+                    .get_deployment(proto::GetDeploymentRequest {
+                        deployment: name.into(),
+                        deployer: deployer.into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let status = view.status.unwrap_or_default();
+                (status.phase == phase as i32).then_some(status.last_error)
+            }
+        })
+        .await
+    }
+}
+
+/// The API server's answer code to a request, 0 when it succeeded.
+fn api_code<T>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(_) => 0,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("expected an API answer, got {e}"),
+    }
+}
+
+#[tokio::test]
+async fn real_rbac_cluster_wide_install_runs_with_its_service_account() {
+    let mut env = real_env().await;
+    let kube = real_kube::shared();
+    env.create_deployer("wide").await;
+    env.apply_install("wide", &[]).await;
+    let ns = kube.namespace("wide").await;
+    let mut agent = env.agent_as_service_account("wide").await;
+
+    // Everything the agent does to one deployment, each a verb our ClusterRole must grant.
+    env.control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "wide".into(),
+            name: "iris".into(),
+            namespace: ns.clone(),
+            spec: Some(DeploymentSpec::test("iris").host("iris.example.com").into()),
+        })
+        .await
+        .expect("create deployment");
+    env.wait_phase("wide", "iris", proto::Phase::Available)
+        .await;
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> =
+        Api::namespaced(env.client.clone(), &ns);
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(env.client.clone(), &ns);
+    assert!(ingresses.get_opt("iris").await.unwrap().is_some());
+    assert!(services.get_opt("iris").await.unwrap().is_some());
+    env.control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(proto::GetDeploymentRequest {
+                deployment: "iris".into(),
+                deployer: "wide".into(),
+                ..Default::default()
+            }),
+            image: Some("tensorflow/serving:2.16.0".into()),
+            host: Some(String::new()),
+            ..Default::default()
+        })
+        .await
+        .expect("update deployment");
+    let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &ns);
+    eventually("the new image and no Ingress", || async {
+        let d = deployments.get_opt("iris").await.ok()??;
+        let image = d.spec?.template.spec?.containers[0].image.clone()?;
+        let no_ingress = matches!(ingresses.get_opt("iris").await, Ok(None));
+        (image == "tensorflow/serving:2.16.0" && no_ingress).then_some(())
+    })
+    .await;
+    env.control
+        .delete_deployment(proto::DeleteDeploymentRequest {
+            selector: Some(proto::GetDeploymentRequest {
+                deployment: "iris".into(),
+                deployer: "wide".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("delete deployment");
+    eventually("the objects to be deleted", || async {
+        let gone = matches!(deployments.get_opt("iris").await, Ok(None))
+            && matches!(services.get_opt("iris").await, Ok(None));
+        gone.then_some(())
+    })
+    .await;
+
+    // The token is the ServiceAccount's, with only what the ClusterRole grants.
+    let sa = real_kube::client_from(&env.service_account_kubeconfig("wide").await).await;
+    let secrets: Api<Secret> = Api::all(sa);
+    assert_eq!(api_code(secrets.list(&Default::default()).await), 403);
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn real_rbac_namespaced_install_is_refused_outside_its_namespaces() {
+    let mut env = real_env().await;
+    let kube = real_kube::shared();
+    let (inside, also, outside) = (
+        kube.namespace("narrow-in").await,
+        kube.namespace("narrow-also").await,
+        kube.namespace("narrow-out").await,
+    );
+    env.create_deployer("narrow").await;
+    // Created before the agent reported its namespaces: the gateway cannot refuse it yet.
+    env.deploy_in("narrow", "wine", &outside).await;
+    env.apply_install("narrow", &["--namespaces", &format!("{inside},{also}")])
+        .await;
+    let mut agent = env.agent_as_service_account("narrow").await;
+
+    env.deploy_in("narrow", "iris", &inside).await;
+    env.wait_phase("narrow", "iris", proto::Phase::Available)
+        .await;
+    let error = env.wait_phase("narrow", "wine", proto::Phase::Failed).await;
+    assert!(
+        error.contains(&format!(
+            "namespace {outside} is outside this agent's namespaces"
+        )),
+        "{error}"
+    );
+
+    // The real authorizer refuses the ServiceAccount everywhere else.
+    let sa = real_kube::client_from(&env.service_account_kubeconfig("narrow").await).await;
+    let elsewhere: Api<Deployment> = Api::namespaced(sa.clone(), &outside);
+    let probe: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "probe"},
+        "spec": {"selector": {"matchLabels": {"app": "p"}}, "template": {
+            "metadata": {"labels": {"app": "p"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+    }))
+    .unwrap();
+    assert_eq!(
+        api_code(elsewhere.create(&Default::default(), &probe).await),
+        403
+    );
+    let everywhere: Api<Deployment> = Api::all(sa);
+    assert_eq!(api_code(everywhere.list(&Default::default()).await), 403);
+    let admin_view: Api<Deployment> = Api::namespaced(env.client.clone(), &outside);
+    assert!(
+        admin_view
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was written outside"
+    );
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
     env.gw.shutdown().await;
 }
 
