@@ -5,10 +5,18 @@
 //! - Propagation: time from the gateway's UpdateDeployment RPC to the changed Deployment
 //!   seen by a watch on the simulated cluster, over N changes; next to it, the simulator's
 //!   own write latency (a server-side apply round trip) measured in the same run.
+//! - First start: M new deployments (created through the gateway while no agent runs), a
+//!   fresh agent: time until all are applied (Deployment and Service each), as applies per
+//!   second next to the simulator's own server-side-apply rate in the same run (the same
+//!   number of applies of the same objects, straight from a kube client, as many at once
+//!   as the agent's default concurrency).
 //! - Cold restart: with M owned deployments and nothing changed, a fresh agent process:
 //!   time until `/readyz` answers 200, write calls it made (target 0), its peak RSS.
 
-use ds_deployer::core::DeploymentSpec;
+use ds_deployer::agent::builders::{desired_deployment, desired_service};
+use ds_deployer::agent::cache::Slim;
+use ds_deployer::agent::desired::Kind;
+use ds_deployer::core::{DeployedObject, DeploymentSpec};
 use ds_deployer::gateway::{GatewayArgs, RunningGateway};
 use ds_deployer::kube_sim::{SimCluster, SimConfig};
 use ds_deployer::proto;
@@ -307,7 +315,9 @@ async fn main() {
         ms(*sim_lat.last().unwrap())
     );
 
-    // === Cold restart ===
+    // === First start ===
+    // No agent while the gateway takes the new deployments: the agent's part is timed alone.
+    stop(&mut agent);
     let t0 = Instant::now();
     let mut pending = futures::stream::iter(0..cold)
         .map(|i| {
@@ -325,32 +335,54 @@ async fn main() {
         })
         .buffer_unordered(16);
     while pending.next().await.is_some() {}
-    let want = (cold + 1) as f64;
+    let created = t0.elapsed();
+    sim.counters().reset();
+    let applies =
+        || sim.counters().get("patch", "deployments") + sim.counters().get("patch", "services");
+    let want = 2 * cold as u64;
+    let health = free_port();
+    let t0 = Instant::now();
+    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health, None);
     wait_until(
-        "every Deployment owned",
+        "every new deployment applied",
         Duration::from_secs(1800),
-        || async {
-            http_get(health, "/metrics").await.is_some_and(|(_, body)| {
-                metric(&body, "ds_agent_owned_objects{kind=\"Deployment\"}") >= want
-            })
-        },
+        || async { applies() >= want },
     )
     .await;
-    let first_pass = t0.elapsed();
+    let first_start = t0.elapsed();
+    let agent_rate = want as f64 / first_start.as_secs_f64();
     let steady_rss = peak_rss_kib(agent.id());
     stop(&mut agent);
+    let (sim_took, sim_rate) = sim_apply_rate(&sim, cold).await;
+    println!();
+    println!("## first start with {cold} new deployments");
+    println!("| measure | value |");
+    println!("| --- | --- |");
+    println!(
+        "| creating {cold} through the gateway (no agent running) | {:.1} s |",
+        created.as_secs_f64()
+    );
+    println!(
+        "| **agent: start until all {cold} applied** (Deployment + Service each) | **{:.2} s** |",
+        first_start.as_secs_f64()
+    );
+    println!("| agent: server-side applies per second | **{agent_rate:.0}/s** |");
+    println!(
+        "| simulator alone: {want} applies of the same objects, {SIM_CONCURRENCY} at once from one kube client | {:.2} s, **{sim_rate:.0}/s** |",
+        sim_took.as_secs_f64()
+    );
+    println!(
+        "| agent rate / simulator rate | **{:.2}** |",
+        agent_rate / sim_rate
+    );
+    println!(
+        "| agent's peak RSS after applying them | {:.1} MiB |",
+        steady_rss as f64 / 1024.0
+    );
     println!();
     println!("## cold restart with {cold} owned deployments, nothing changed");
     println!("| measure | value |");
     println!("| --- | --- |");
-    println!(
-        "| first start: create {cold} via the gateway until all owned | {:.1} s |",
-        first_pass.as_secs_f64()
-    );
-    println!(
-        "| first agent's peak RSS after creating them | {:.1} MiB |",
-        steady_rss as f64 / 1024.0
-    );
     // RESTARTS=n restarts n times; with DS_BIN_ALT set they alternate between DS_BIN and
     // that binary (A/B in one run, same cluster and gateway state).
     let restarts = env_usize("RESTARTS", 1);
@@ -387,6 +419,53 @@ async fn main() {
     })
     .await;
     std::process::exit(0);
+}
+
+/// Applies in flight at once when the simulator's own rate is measured: the agent's
+/// default concurrency, so both figures come from the same number of requests in flight.
+const SIM_CONCURRENCY: usize = ds_deployer::agent::DEFAULT_CONCURRENCY;
+
+/// The simulator's own server-side-apply rate: the Deployment and Service of `n` new
+/// deployments (the objects the agent builds, under another owner so the agent's watches
+/// never see them), applied straight from a kube client. Returns (elapsed, applies/s).
+async fn sim_apply_rate(sim: &SimCluster, n: usize) -> (Duration, f64) {
+    let client = sim.client();
+    let pp = PatchParams::apply("ds-deployer").force();
+    let objects: Vec<(Kind, String, serde_json::Value)> = (0..n)
+        .flat_map(|i| {
+            let name = format!("ssa{i:05}");
+            let obj = DeployedObject {
+                id: format!("ssa-{i}"),
+                deployer_id: "ssa-bench".into(),
+                name: name.clone(),
+                namespace: "default".into(),
+                revision: 1,
+                spec: DeploymentSpec::test(&name),
+            };
+            let d = serde_json::to_value(desired_deployment(&obj, "ds:bench")).expect("json");
+            let s = serde_json::to_value(desired_service(&obj)).expect("json");
+            [
+                (Kind::Deployment, name.clone(), d),
+                (Kind::Service, name, s),
+            ]
+        })
+        .collect();
+    let total = objects.len();
+    let t0 = Instant::now();
+    let mut applies = futures::stream::iter(objects)
+        .map(|(kind, name, value)| {
+            let (client, pp) = (client.clone(), pp.clone());
+            async move {
+                Slim::api(client, kind, Some("default"))
+                    .patch(&name, &pp, &Patch::Apply(&value))
+                    .await
+                    .expect("apply");
+            }
+        })
+        .buffer_unordered(SIM_CONCURRENCY);
+    while applies.next().await.is_some() {}
+    let took = t0.elapsed();
+    (took, total as f64 / took.as_secs_f64())
 }
 
 struct Restart {

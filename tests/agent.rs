@@ -20,8 +20,10 @@ use ds_deployer::kube_sim::{SimCluster, SimConfig};
 use ds_deployer::proto::control_service_client::ControlServiceClient;
 use ds_deployer::proto::{self, Phase};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Service};
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -296,6 +298,19 @@ fn select(id: &str) -> proto::GetDeploymentRequest {
 }
 
 impl Env {
+    /// Creates a Service named `name` that is not the agent's (another team's).
+    async fn foreign_service(&self, ns: &str, name: &str) -> Service {
+        let foreign: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"team": "other"}},
+            "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}},
+        }))
+        .unwrap();
+        self.services(ns)
+            .create(&PostParams::default(), &foreign)
+            .await
+            .unwrap()
+    }
+
     /// Creates a deployer; returns `(id, token)`.
     async fn deployer(&mut self, name: &str) -> (String, String) {
         let r = self
@@ -804,16 +819,7 @@ async fn foreign_object_with_the_desired_name_is_never_touched(b: Backend) {
     let ns = e.ns.clone();
     let ns = ns.as_str();
     let (_, token) = e.deployer("f1").await;
-    let foreign: Service = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "iris", "labels": {"team": "other"}},
-        "spec": {"ports": [{"port": 80}], "selector": {"app": "other"}},
-    }))
-    .unwrap();
-    let foreign = e
-        .services(ns)
-        .create(&PostParams::default(), &foreign)
-        .await
-        .unwrap();
+    let foreign = e.foreign_service(ns, "iris").await;
     let agent = e.agent(&token).await;
     let id = e
         .deploy("f1", "iris", ns, DeploymentSpec::test("iris"))
@@ -1471,5 +1477,171 @@ async fn namespaced_agent_needs_rights_only_in_its_namespaces() {
         e.deployments("other").get_opt("wine").await,
         Ok(None)
     ));
+    agent.shutdown().await;
+}
+
+// === issue 14: fencing and per-deployment scheduling (simulator only) ===
+
+/// Write calls the simulator served, Leases left out (the Lease is how the test takes
+/// leadership away, and the campaign is not the reconciler).
+fn object_writes(sim: &SimCluster) -> u64 {
+    let leases: u64 = ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| sim.counters().get(v, "leases"))
+        .sum();
+    sim.counters().writes() - leases
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_its_lease_mid_pass_writes_nothing_more() {
+    // Rule 9, fencing: the loss stops writes at the next write, not at the end of a pass.
+    let mut e = env(Backend::Sim).await;
+    let (_, token) = e.deployer("fence").await;
+    for i in 0..200 {
+        let name = format!("f{i:03}");
+        e.deploy("fence", &name, NS, DeploymentSpec::test(&name))
+            .await;
+    }
+    // A slow API server and few workers: the first pass takes seconds.
+    e.sim().faults().set_latency(Duration::from_millis(25));
+    let mut args = e.args(&token);
+    args.leader_elect = true;
+    args.lease_name = Some("fence-lease".into());
+    args.lease_namespace = NS.into();
+    args.lease_duration = Duration::from_secs(3);
+    args.concurrency = 4;
+    args.resync = Duration::from_secs(300);
+    let agent = e.agent_with(args).await;
+    eventually("the leader's first writes", || async {
+        (agent.is_leader() && object_writes(e.sim()) > 0).then_some(())
+    })
+    .await;
+    // Another holder takes the Lease over and keeps renewing it (a replica on the other side
+    // of a partition would).
+    let leases: Api<Lease> = Api::namespaced(e.sim().client(), NS);
+    let thief = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut l) = leases.get("fence-lease").await {
+                    let spec = l.spec.get_or_insert_with(Default::default);
+                    spec.holder_identity = Some("thief".into());
+                    spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+                    let _ = leases
+                        .replace("fence-lease", &PostParams::default(), &l)
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    eventually("the agent to observe the loss", || async {
+        (!agent.is_leader()).then_some(())
+    })
+    .await;
+    let at_loss = object_writes(e.sim());
+    // Long enough for the rest of the pass to have been written, had it gone on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = object_writes(e.sim()) - at_loss;
+    thief.abort();
+    assert!(
+        at_loss < 400,
+        "the Lease was lost in the middle of the pass ({at_loss} of 400 writes done)"
+    );
+    assert_eq!(after, 0, "writes after the loss was observed");
+    assert!(agent.metrics_text().contains("ds_agent_leader 0"));
+    agent.kill().await;
+}
+
+#[tokio::test]
+async fn one_broken_deployment_never_slows_the_others() {
+    // Per-deployment backoff: a deployment that keeps failing retries on its own schedule
+    // while the others are created and updated at once.
+    let mut e = env(Backend::Sim).await;
+    let (deployer, token) = e.deployer("bk").await;
+    // "stuck": held by an object of this deployer whose deployment is gone and whose delete
+    // a finalizer holds, so its deployment waits (a transient error) until it goes.
+    let stuck: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stuck", "finalizers": ["test.ds.dev/hold"], "labels": {
+            MANAGED_BY_LABEL: "ds-deployer", OWNER_LABEL: deployer, DEPLOYMENT_ID_LABEL: "gone"}},
+        "spec": {"selector": {"matchLabels": {"app": "stuck"}}, "template": {
+            "metadata": {"labels": {"app": "stuck"}},
+            "spec": {"containers": [{"name": "c", "image": "old:1"}]}}},
+    }))
+    .unwrap();
+    e.deployments(NS)
+        .create(&PostParams::default(), &stuck)
+        .await
+        .unwrap();
+    e.deployments(NS)
+        .delete("stuck", &Default::default())
+        .await
+        .unwrap();
+    // "taken": a foreign object (a permanent error, name taken).
+    let foreign = e.foreign_service(NS, "taken").await;
+    let mut args = e.args(&token);
+    // No resync within the test: only each deployment's own retries run it again.
+    args.resync = Duration::from_secs(300);
+    let agent = e.agent_with(args).await;
+    let stuck_id = e
+        .deploy("bk", "stuck", NS, DeploymentSpec::test("stuck"))
+        .await;
+    let taken_id = e
+        .deploy("bk", "taken", NS, DeploymentSpec::test("taken"))
+        .await;
+    let s = e
+        .wait_status(&stuck_id, "stuck waiting", |s| {
+            s.last_error.contains("waiting for Deployment")
+        })
+        .await;
+    assert_eq!(s.phase, Phase::Pending as i32, "{s:?}");
+    e.wait_status(&taken_id, "name taken", |s| {
+        s.phase == Phase::Failed as i32 && s.last_error.contains("name taken")
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let name = format!("ok{i:02}");
+        ids.push(e.deploy("bk", &name, NS, DeploymentSpec::test(&name)).await);
+    }
+    for i in 0..20 {
+        e.wait_deployment(NS, &format!("ok{i:02}"), "created", |_| true)
+            .await;
+    }
+    for id in &ids {
+        e.update(id, |r| r.image = Some("tensorflow/serving:2.19.0".into()))
+            .await;
+    }
+    for i in 0..20 {
+        e.wait_deployment(NS, &format!("ok{i:02}"), "updated", |d| {
+            image_of(d) == "tensorflow/serving:2.19.0"
+        })
+        .await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "20 creates and 20 updates took {took:?} next to two broken deployments"
+    );
+    let now = e.services(NS).get("taken").await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, foreign.metadata.resource_version,
+        "the foreign object is untouched"
+    );
+    // Once the finalizer lets go, the stuck deployment's own retry creates it (the resync
+    // is minutes away).
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    e.deployments(NS)
+        .patch("stuck", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    e.wait_deployment(
+        NS,
+        "stuck",
+        "the stuck deployment created by its retry",
+        |d| labels(&d.metadata).get(DEPLOYMENT_ID_LABEL) == Some(&stuck_id),
+    )
+    .await;
     agent.shutdown().await;
 }

@@ -14,24 +14,22 @@
 //! detection and "no write when nothing changed" are exactly those of a full comparison.
 
 use super::builders::{DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION};
-use super::reconcile::{Kind, SpecDigest, build_kind, digest, is_subset, wanted_kinds};
+use super::compare::{Verdict, verdict_against};
+use super::desired::{Kind, SpecDigest, wants};
 use super::sync::DesiredState;
-use crate::core::DeployedObject;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use kube::api::Api;
+use kube::core::{ApiResource, DynamicResourceScope};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -40,54 +38,58 @@ use tracing::warn;
 /// cost of a few more round trips (50 per 5,000 objects).
 pub const LIST_PAGE_SIZE: u32 = 100;
 
-/// An object of kind `K` as the agent reads it: the metadata it uses, `spec` and `status`
-/// as JSON, nothing else.
+/// An object of any of the agent's kinds as the agent reads it: the metadata it uses,
+/// `spec` and `status` as JSON, nothing else.
 ///
 /// Decoding straight into this skips what the agent never looks at, above all
 /// `metadata.managedFields` (the biggest part of an object the API server returns, and the
-/// biggest allocation of a list page when decoded into `k8s-openapi` types). Its
-/// [`Resource`] impl borrows `K`'s, so `Api<Slim<Deployment>>` reads Deployments.
+/// biggest allocation of a list page when decoded into `k8s-openapi` types). It is a
+/// dynamic resource ([`Kind::api_resource`] says which), so one `Api<Slim>` code path reads,
+/// applies, deletes and watches all three kinds.
 #[derive(Debug, Clone)]
-pub struct Slim<K> {
+pub struct Slim {
     pub metadata: ObjectMeta,
     pub spec: Value,
     pub status: Value,
-    kind: PhantomData<fn() -> K>,
 }
 
-impl<K> Slim<K> {
+impl Slim {
     /// A slim object from its parts (tests).
     pub fn new(metadata: ObjectMeta, spec: Value, status: Value) -> Self {
         Self {
             metadata,
             spec,
             status,
-            kind: PhantomData,
+        }
+    }
+
+    /// An API handle for `kind` in `namespace`, or cluster-wide.
+    pub fn api(client: kube::Client, kind: Kind, namespace: Option<&str>) -> Api<Slim> {
+        match namespace {
+            Some(ns) => Api::namespaced_with(client, ns, kind.api_resource()),
+            None => Api::all_with(client, kind.api_resource()),
         }
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
-    type DynamicType = ();
-    type Scope = K::Scope;
+impl Resource for Slim {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
 
-    fn kind(dt: &()) -> Cow<'_, str> {
-        K::kind(dt)
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
     }
-    fn group(dt: &()) -> Cow<'_, str> {
-        K::group(dt)
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
     }
-    fn version(dt: &()) -> Cow<'_, str> {
-        K::version(dt)
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
     }
-    fn api_version(dt: &()) -> Cow<'_, str> {
-        K::api_version(dt)
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
     }
-    fn plural(dt: &()) -> Cow<'_, str> {
-        K::plural(dt)
-    }
-    fn url_path(dt: &(), namespace: Option<&str>) -> String {
-        K::url_path(dt, namespace)
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
     }
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
@@ -97,7 +99,7 @@ impl<K: Resource<DynamicType = ()>> Resource for Slim<K> {
     }
 }
 
-impl<'de, K> Deserialize<'de> for Slim<K> {
+impl<'de> Deserialize<'de> for Slim {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         // Unknown fields (apiVersion, kind, managedFields, ownerReferences, ...) are skipped
         // by the decoder without being built.
@@ -145,10 +147,10 @@ impl<'de, K> Deserialize<'de> for Slim<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Slim<K> {
-    /// The object as JSON, as far as a desired object can ask about it: kind, name,
-    /// namespace, labels, annotations and spec (moved, not copied).
-    fn into_json(self) -> Value {
+impl Slim {
+    /// The object (of `kind`) as JSON, as far as a desired object can ask about it: kind,
+    /// name, namespace, labels, annotations and spec (moved, not copied).
+    fn into_json(self, kind: Kind) -> Value {
         fn strings(m: Option<BTreeMap<String, String>>) -> Value {
             Value::Object(
                 m.unwrap_or_default()
@@ -168,22 +170,13 @@ impl<K: Resource<DynamicType = ()>> Slim<K> {
         let mut o = serde_json::Map::new();
         o.insert(
             "apiVersion".into(),
-            Value::String(K::api_version(&()).into()),
+            Value::String(kind.api_resource().api_version.clone()),
         );
-        o.insert("kind".into(), Value::String(K::kind(&()).into()));
+        o.insert("kind".into(), Value::String(kind.as_str().into()));
         o.insert("metadata".into(), Value::Object(metadata));
         o.insert("spec".into(), self.spec);
         Value::Object(o)
     }
-}
-
-/// The result of comparing a received object with its deployment's desired object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// Digest of the desired deployment compared against (see `reconcile::digest`).
-    pub digest: SpecDigest,
-    /// Whether every desired field had the desired value.
-    pub in_sync: bool,
 }
 
 /// The Deployment status fields the phase and the reported status come from.
@@ -263,9 +256,9 @@ pub struct Cached {
 impl Cached {
     /// Projects a received object. `verdict_of` compares it (as JSON) with what is desired;
     /// the object is consumed, so its JSON is built by moving, not copying.
-    pub fn project<K: Resource<DynamicType = ()>>(
+    pub fn project(
         kind: Kind,
-        object: Slim<K>,
+        object: Slim,
         verdict_of: impl FnOnce(&Cached, Value) -> Option<Verdict>,
     ) -> Self {
         let meta = &object.metadata;
@@ -292,7 +285,7 @@ impl Cached {
             rollout,
             verdict: None,
         };
-        cached.verdict = verdict_of(&cached, object.into_json());
+        cached.verdict = verdict_of(&cached, object.into_json(kind));
         cached
     }
 
@@ -302,19 +295,6 @@ impl Cached {
             .as_ref()
             .filter(|v| v.digest == digest)
             .map(|v| v.in_sync)
-    }
-}
-
-/// Compares `value` (an object of `kind`) with what `obj` wants of that kind.
-pub fn verdict_against(
-    obj: &DeployedObject,
-    kind: Kind,
-    proxy_image: &str,
-    value: &serde_json::Value,
-) -> Verdict {
-    Verdict {
-        digest: digest(obj),
-        in_sync: is_subset(&build_kind(obj, kind, proxy_image), value),
     }
 }
 
@@ -329,10 +309,8 @@ impl Judge {
     fn verdict(&self, kind: Kind, cached: &Cached, value: Value) -> Option<Verdict> {
         let id = cached.deployment_id.as_deref()?;
         let obj = self.desired.borrow().deployments.get(id)?.clone();
-        let wanted = cached.name == obj.name
-            && cached.namespace == obj.namespace
-            && wanted_kinds(&obj).contains(&kind);
-        wanted.then(|| verdict_against(&obj, kind, &self.proxy_image, &value))
+        wants(&obj, kind, &cached.namespace, &cached.name)
+            .then(|| verdict_against(&obj, kind, &self.proxy_image, &value))
     }
 }
 
@@ -376,19 +354,21 @@ impl Cache {
     }
 }
 
-/// Watches each of `apis` (label-selected; one per watched namespace, or one cluster-wide)
-/// into one [`Cache`]; every change wakes `trigger`.
-pub fn spawn_watch<K>(
-    apis: Vec<(Option<String>, Api<Slim<K>>)>,
+/// The owned objects the watches saw change: the reconciler schedules their deployments.
+pub type Touched = mpsc::UnboundedSender<Arc<Cached>>;
+
+/// Watches `kind` in each of `scopes` (label-selected; one per watched namespace, or one
+/// cluster-wide) into one [`Cache`]; every change after the initial lists is sent on
+/// `touched`.
+fn spawn_watch(
+    client: &kube::Client,
+    scopes: Vec<Option<String>>,
     kind: Kind,
     selector: &str,
     judge: Judge,
-    trigger: Arc<Notify>,
+    touched: Touched,
     cancel: CancellationToken,
-) -> (Cache, tokio::task::JoinHandle<()>)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-{
+) -> (Cache, tokio::task::JoinHandle<()>) {
     let map: Arc<RwLock<Map>> = Arc::default();
     let (ready_tx, ready) = watch::channel(false);
     let cache = Cache {
@@ -397,7 +377,7 @@ where
     };
     // Every object of the watch carries the same owner label: keep one copy of it.
     let mut owner: Option<Arc<str>> = None;
-    let mut project = move |o: Slim<K>| -> ((String, String), Arc<Cached>) {
+    let mut project = move |o: Slim| -> ((String, String), Arc<Cached>) {
         let mut c = Cached::project(kind, o, |c, value| judge.verdict(kind, c, value));
         match (&c.owner, &owner) {
             (Some(new), Some(known)) if new == known => c.owner = Some(known.clone()),
@@ -406,22 +386,21 @@ where
         }
         ((c.namespace.clone(), c.name.clone()), Arc::new(c))
     };
-    let key = |o: &Slim<K>| {
+    let key = |o: &Slim| {
         let m = o.meta();
         (
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         )
     };
-    let scopes: Vec<Option<String>> = apis.iter().map(|(ns, _)| ns.clone()).collect();
-    let streams: Vec<_> = apis
-        .into_iter()
+    let streams: Vec<_> = scopes
+        .iter()
         .enumerate()
-        .map(|(i, (_, api))| {
+        .map(|(i, ns)| {
             let config = watcher::Config::default()
                 .labels(selector)
                 .page_size(LIST_PAGE_SIZE);
-            watcher(api, config)
+            watcher(Slim::api(client.clone(), kind, ns.as_deref()), config)
                 .default_backoff()
                 .map(move |e| (i, e))
                 .boxed()
@@ -445,28 +424,33 @@ where
                 }
                 None => return,
             };
-            let mut changed = true;
             match event {
                 watcher::Event::Init => {
                     relists[i] = Some(Map::new());
-                    changed = false;
                 }
                 watcher::Event::InitApply(o) => {
                     let (k, v) = project(o);
                     relists[i].get_or_insert_with(Map::new).insert(k, v);
-                    changed = false;
                 }
                 watcher::Event::InitDone => {
                     let fresh = relists[i].take().unwrap_or_default();
                     let mut m = map.write().unwrap_or_else(|e| e.into_inner());
-                    match &scopes[i] {
-                        None => *m = fresh,
+                    let old = match &scopes[i] {
+                        None => std::mem::replace(&mut *m, fresh),
                         Some(ns) => {
-                            m.retain(|(n, _), _| n != ns);
+                            let old = m.extract_if(|(n, _), _| n == ns).collect();
                             m.extend(fresh);
+                            old
+                        }
+                    };
+                    drop(m);
+                    // A relist after a watch gap: what vanished meanwhile needs a look, and
+                    // a full pass follows anyway. The first list is followed by one too.
+                    if listed[i] {
+                        for (_, gone) in old {
+                            let _ = touched.send(gone);
                         }
                     }
-                    drop(m);
                     listed[i] = true;
                     if listed.iter().all(|l| *l) {
                         ready_tx.send_replace(true);
@@ -474,37 +458,33 @@ where
                 }
                 watcher::Event::Apply(o) => {
                     let (k, v) = project(o);
-                    map.write().unwrap_or_else(|e| e.into_inner()).insert(k, v);
-                }
-                watcher::Event::Delete(o) => {
                     map.write()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key(&o));
+                        .insert(k, v.clone());
+                    let _ = touched.send(v);
                 }
-            }
-            if changed {
-                trigger.notify_one();
+                watcher::Event::Delete(o) => {
+                    let gone = map
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&key(&o));
+                    if let Some(gone) = gone {
+                        let _ = touched.send(gone);
+                    }
+                }
             }
         }
     });
     (cache, handle)
 }
 
-/// The caches of the three kinds the agent writes.
+/// The caches of the three kinds the agent writes, indexed by [`Kind`].
 #[derive(Clone)]
-pub struct Stores {
-    pub deployments: Cache,
-    pub services: Cache,
-    pub ingresses: Cache,
-}
+pub struct Stores([Cache; 3]);
 
 impl Stores {
     pub fn of(&self, kind: Kind) -> &Cache {
-        match kind {
-            Kind::Deployment => &self.deployments,
-            Kind::Service => &self.services,
-            Kind::Ingress => &self.ingresses,
-        }
+        &self.0[kind as usize]
     }
 
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Arc<Cached>> {
@@ -512,97 +492,63 @@ impl Stores {
     }
 
     pub fn all(&self) -> Vec<Arc<Cached>> {
-        let mut v = self.deployments.all();
-        v.extend(self.services.all());
-        v.extend(self.ingresses.all());
-        v
+        self.0.iter().flat_map(Cache::all).collect()
     }
 
     /// Waits until every cache has its first complete list.
     pub async fn ready(&self) {
-        self.deployments.ready().await;
-        self.services.ready().await;
-        self.ingresses.ready().await;
+        for c in &self.0 {
+            c.ready().await;
+        }
     }
-}
-
-/// One API handle per watched scope: each of `namespaces`, or cluster-wide when empty.
-fn scoped_apis<K>(
-    client: &kube::Client,
-    namespaces: &[String],
-) -> Vec<(Option<String>, Api<Slim<K>>)>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    if namespaces.is_empty() {
-        return vec![(None, Api::all(client.clone()))];
-    }
-    namespaces
-        .iter()
-        .map(|ns| (Some(ns.clone()), Api::namespaced(client.clone(), ns)))
-        .collect()
 }
 
 /// Starts the label-selected watches of the three kinds (per namespace when `namespaces`
-/// is not empty, so namespaced RBAC suffices); every event wakes the reconciler.
+/// is not empty, so namespaced RBAC suffices); every change is sent on `touched`.
 pub fn start_watches(
     client: &kube::Client,
     namespaces: &[String],
     selector: &str,
     judge: Judge,
-    trigger: Arc<Notify>,
+    touched: Touched,
     cancel: &CancellationToken,
 ) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
-    let (deployments, a) = spawn_watch::<Deployment>(
-        scoped_apis(client, namespaces),
-        Kind::Deployment,
-        selector,
-        judge.clone(),
-        trigger.clone(),
-        cancel.clone(),
-    );
-    let (services, b) = spawn_watch::<Service>(
-        scoped_apis(client, namespaces),
-        Kind::Service,
-        selector,
-        judge.clone(),
-        trigger.clone(),
-        cancel.clone(),
-    );
-    let (ingresses, c) = spawn_watch::<Ingress>(
-        scoped_apis(client, namespaces),
-        Kind::Ingress,
-        selector,
-        judge,
-        trigger,
-        cancel.clone(),
-    );
-    (
-        Stores {
-            deployments,
-            services,
-            ingresses,
-        },
-        vec![a, b, c],
-    )
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    };
+    let (caches, tasks): (Vec<_>, Vec<_>) = Kind::ALL
+        .iter()
+        .map(|&kind| {
+            spawn_watch(
+                client,
+                scopes.clone(),
+                kind,
+                selector,
+                judge.clone(),
+                touched.clone(),
+                cancel.clone(),
+            )
+        })
+        .unzip();
+    let caches: [Cache; 3] = caches
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one cache per kind"));
+    (Stores(caches), tasks)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::agent::builders::desired_deployment;
+    use crate::agent::desired::test_object;
+    use crate::core::DeployedObject;
     use crate::core::DeploymentSpec;
     use serde_json::json;
 
     fn obj() -> DeployedObject {
-        DeployedObject {
-            id: "dep-1".into(),
-            deployer_id: "owner-1".into(),
-            name: "iris".into(),
-            namespace: "models".into(),
-            revision: 3,
-            spec: DeploymentSpec::test("iris"),
-        }
+        test_object(DeploymentSpec::test("iris"))
     }
 
     /// The desired Deployment as an API server returns it: defaults, status, managed fields.
@@ -622,7 +568,7 @@ mod tests {
     }
 
     fn judge(o: &DeployedObject, served: Value) -> Cached {
-        let slim: Slim<Deployment> = serde_json::from_value(served).unwrap();
+        let slim: Slim = serde_json::from_value(served).unwrap();
         assert!(slim.metadata.managed_fields.is_none(), "never decoded");
         Cached::project(Kind::Deployment, slim, |_, v| {
             Some(verdict_against(o, Kind::Deployment, "proxy:1", &v))

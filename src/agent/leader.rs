@@ -6,11 +6,19 @@
 //! clock skew between nodes does not matter). A holder that cannot renew within two thirds
 //! of the duration stops writing before anyone else may start. On graceful shutdown the
 //! holder releases the lease so a standby takes over at once.
+//!
+//! # Fencing
+//! Every write of the agent goes through the [`Fence`]: it takes a permit right before the
+//! call, and the permit is refused once the lease is lost or its renewal deadline has
+//! passed. Losing the lease closes the fence and waits for the writes already under way
+//! before leadership is published as lost, so no write starts after the loss is observed,
+//! however long the current work takes.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,6 +26,67 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
+
+/// The gate every write passes: open while this replica holds a lease renewed recently
+/// enough that nobody else can have taken it over.
+#[derive(Debug)]
+pub struct Fence {
+    open: AtomicBool,
+    /// Until when the last renewal holds, in nanoseconds after `epoch`; `u64::MAX` without
+    /// leader election.
+    until_ns: AtomicU64,
+    epoch: Instant,
+    /// Writes hold it shared; closing takes it exclusively, so it waits for them.
+    gate: tokio::sync::RwLock<()>,
+}
+
+/// Leave to write once; held for the duration of the write call.
+#[derive(Debug)]
+pub struct WritePermit<'a> {
+    _shared: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl Fence {
+    /// A fence that stays open (no leader election: this replica is the only writer).
+    pub fn open() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicBool::new(true),
+            until_ns: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            gate: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// A fence that stays closed until the lease is acquired.
+    pub fn closed() -> Arc<Self> {
+        let f = Self::open();
+        f.open.store(false, Ordering::SeqCst);
+        f.until_ns.store(0, Ordering::SeqCst);
+        f
+    }
+
+    /// A permit for one write, or `None` if this replica may not write now.
+    pub async fn permit(&self) -> Option<WritePermit<'_>> {
+        let shared = self.gate.read().await;
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (self.open.load(Ordering::SeqCst) && now < self.until_ns.load(Ordering::SeqCst))
+            .then_some(WritePermit { _shared: shared })
+    }
+
+    /// Opens the fence until `until` (a renewal sent at `until - renew deadline` succeeded).
+    fn open_until(&self, until: Instant) {
+        let ns = u64::try_from(until.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.until_ns.store(ns, Ordering::SeqCst);
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the fence and waits until no write is under way.
+    async fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        drop(self.gate.write().await);
+    }
+}
 
 /// Where and how long the lease is held.
 #[derive(Debug, Clone)]
@@ -122,11 +191,17 @@ async fn try_acquire(
     }
 }
 
-/// Campaigns for and holds the lease until `cancel`, publishing leadership on `leader`.
+/// Campaigns for and holds the lease until `cancel`, publishing leadership on `leader` and
+/// opening `fence` while it holds.
+///
+/// # Guarantees
+/// `leader` turns false only after `fence` is closed and the writes that held permits are
+/// done; the fence also closes by itself once a renewal is older than the renew deadline.
 pub async fn run(
     client: kube::Client,
     cfg: LeaseConfig,
     leader: watch::Sender<bool>,
+    fence: Arc<Fence>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
@@ -136,6 +211,7 @@ pub async fn run(
     let mut seen = None;
     let mut last_renew: Option<Instant> = None;
     loop {
+        let sent = Instant::now();
         // A hung request must not keep a stale leader writing: bound each attempt.
         let attempt = tokio::time::timeout(renew_every, try_acquire(&api, &cfg, &mut seen));
         let result = match attempt.await {
@@ -147,7 +223,8 @@ pub async fn run(
                 if !*leader.borrow() {
                     info!(lease = %cfg.name, identity = %cfg.identity, "became leader");
                 }
-                last_renew = Some(Instant::now());
+                last_renew = Some(sent);
+                fence.open_until(sent + renew_deadline);
                 leader.send_replace(true);
                 metrics.leader.set(1);
             }
@@ -156,6 +233,7 @@ pub async fn run(
                     warn!(lease = %cfg.name, "lost the lease");
                 }
                 last_renew = None;
+                fence.close().await;
                 leader.send_replace(false);
                 metrics.leader.set(0);
             }
@@ -166,6 +244,7 @@ pub async fn run(
                 if last_renew.is_some_and(|t| t.elapsed() >= renew_deadline) {
                     warn!(lease = %cfg.name, %error, "cannot renew the lease: stepping down");
                     last_renew = None;
+                    fence.close().await;
                     leader.send_replace(false);
                     metrics.leader.set(0);
                 }
@@ -177,6 +256,7 @@ pub async fn run(
         }
     }
     if *leader.borrow() {
+        fence.close().await;
         leader.send_replace(false);
         metrics.leader.set(0);
         release(&api, &cfg).await;
@@ -199,5 +279,40 @@ async fn release(api: &Api<Lease>, cfg: &LeaseConfig) {
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(_) => info!(lease = %cfg.name, "lease released"),
         Err(error) => debug!(%error, "releasing the lease failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fence_refuses_writes_once_closed_or_expired() {
+        let always = Fence::open();
+        assert!(always.permit().await.is_some());
+        let f = Fence::closed();
+        assert!(f.permit().await.is_none(), "closed until acquired");
+        f.open_until(Instant::now() + Duration::from_secs(60));
+        assert!(f.permit().await.is_some());
+        f.open_until(Instant::now());
+        assert!(f.permit().await.is_none(), "a renewal past its deadline");
+    }
+
+    #[tokio::test]
+    async fn closing_waits_for_the_writes_under_way() {
+        let f = Fence::closed();
+        f.open_until(Instant::now() + Duration::from_secs(60));
+        let permit = f.permit().await.expect("open");
+        let closing = f.close();
+        tokio::pin!(closing);
+        // Not closed while a write holds its permit.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut closing)
+                .await
+                .is_err()
+        );
+        drop(permit);
+        closing.await;
+        assert!(f.permit().await.is_none());
     }
 }

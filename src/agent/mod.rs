@@ -2,18 +2,25 @@
 //!
 //! # Layout
 //! - [`builders`]: pure functions from a deployment to its Deployment, Service, Ingress.
+//! - [`desired`]: the kinds and desired objects (as JSON) of a deployment, and its digest.
+//! - [`compare`]: whether an observed object matches its desired one.
 //! - [`sync`]: the gateway side: Watch, List, status reports (one task each).
-//! - [`reconcile`]: label-selected watches, the compare-and-apply pass, prune, status.
-//! - [`leader`]: Lease-based leader election (`--leader-elect`).
+//! - [`cache`]: label-selected watches into compact caches of the owned objects.
+//! - [`reconcile`]: compare-and-apply of one deployment, the prune sweep, statuses.
+//! - [`scheduler`]: what runs when: per-deployment tasks, bounded concurrency, backoff.
+//! - [`leader`]: Lease-based leader election (`--leader-elect`) and the write fence.
 //! - [`metrics`]: Prometheus metrics under `ds_agent_`.
 //!
 //! [`RunningAgent`] wires them together; `ds agent` runs one until a signal.
 
 pub mod builders;
 pub mod cache;
+pub mod compare;
+pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod scheduler;
 pub mod sync;
 
 use axum::Router;
@@ -34,6 +41,11 @@ use tracing::{error, info};
 
 /// The default sidecar image: this very build of `ds`.
 pub const DEFAULT_PROXY_IMAGE: &str = concat!("ghcr.io/ds-deployer/ds:", env!("CARGO_PKG_VERSION"));
+
+/// Deployments reconciled at once unless `--concurrency` says otherwise: enough to keep
+/// the API server busy (a round trip is mostly waiting), few enough that a burst of work
+/// cannot flood it.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// `ds agent` flags; every one can also come from a `DS_*` variable.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +73,9 @@ pub struct AgentArgs {
     /// Full resync period: List from the gateway and a pass over every deployment.
     #[arg(long, env = "DS_RESYNC", default_value = "30s", value_parser = parse_duration)]
     pub resync: Duration,
+    /// Deployments reconciled at once (each with its own retry backoff).
+    #[arg(long, env = "DS_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "DS_LISTEN_HEALTH", default_value = "0.0.0.0:9090")]
     pub listen_health: SocketAddr,
@@ -108,6 +123,7 @@ impl AgentArgs {
             kubeconfig: None,
             cluster_name: "default".into(),
             resync: Duration::from_secs(30),
+            concurrency: DEFAULT_CONCURRENCY,
             listen_health: SocketAddr::from(([0, 0, 0, 0], 9090)),
             leader_elect: false,
             lease_namespace: "default".into(),
@@ -207,13 +223,24 @@ pub enum AgentError {
         name: String,
         source: Box<kube::Error>,
     },
+    #[error("deleting {kind} {namespace}/{name}: {source}")]
+    Delete {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        source: Box<kube::Error>,
+    },
+    #[error("not the leader: this replica lost its Lease and writes nothing")]
+    NotLeader,
 }
 
 impl AgentError {
     /// Whether a quick retry may succeed (conflicts, throttling, server errors, waits).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Read { source, .. } | Self::Apply { source, .. } => match source.as_ref() {
+            Self::Read { source, .. }
+            | Self::Apply { source, .. }
+            | Self::Delete { source, .. } => match source.as_ref() {
                 kube::Error::Api(s) => s.code == 409 || s.code == 429 || s.code >= 500,
                 _ => true,
             },
@@ -517,7 +544,7 @@ async fn controller(
         }
     };
     info!(deployer = %deployer_id, "deployer known: watching owned objects");
-    let trigger = Arc::new(Notify::new());
+    let (touched_tx, touched) = tokio::sync::mpsc::unbounded_channel();
     let judge = cache::Judge {
         desired: c.desired.clone(),
         proxy_image: args.proxy_image.as_str().into(),
@@ -527,7 +554,7 @@ async fn controller(
         &args.namespaces,
         &builders::owner_selector(&deployer_id),
         judge,
-        trigger.clone(),
+        touched_tx,
         &cancel,
     );
     let mut children = watch_tasks;
@@ -535,6 +562,11 @@ async fn controller(
         () = stores.ready() => {}
         () = cancel.cancelled() => return,
     }
+    let fence = if args.leader_elect {
+        leader::Fence::closed()
+    } else {
+        leader::Fence::open()
+    };
     if args.leader_elect {
         let lease = leader::LeaseConfig {
             namespace: args.lease_namespace.clone(),
@@ -555,8 +587,16 @@ async fn controller(
         let lease_client = client.clone();
         let release = c.release_lease.clone();
         let outer = cancel.clone();
+        let lease_fence = fence.clone();
         children.push(tokio::spawn(async move {
-            let campaign = leader::run(lease_client, lease, leader_tx, metrics, lc.clone());
+            let campaign = leader::run(
+                lease_client,
+                lease,
+                leader_tx,
+                lease_fence,
+                metrics,
+                lc.clone(),
+            );
             tokio::pin!(campaign);
             tokio::select! {
                 () = &mut campaign => {}
@@ -591,16 +631,21 @@ async fn controller(
         proxy_image: args.proxy_image.clone(),
         create_namespaces: args.create_namespaces,
         namespaces: args.namespaces.clone(),
+        concurrency: args.concurrency,
     };
-    let rec = reconcile::Reconciler::new(client, config, stores, c.metrics.clone());
-    let io = reconcile::LoopIo {
+    let rec = reconcile::Reconciler::new(client, config, stores, c.metrics.clone(), fence);
+    let io = scheduler::LoopIo {
         desired: c.desired,
         leader: c.leader_rx,
-        trigger,
+        touched,
         statuses: c.statuses,
         ready: c.ready,
     };
-    reconcile::run_loop(rec, io, args.resync, cancel.clone()).await;
+    let cfg = scheduler::SchedulerConfig {
+        resync: args.resync,
+        concurrency: args.concurrency,
+    };
+    scheduler::run(rec, io, cfg, cancel.clone()).await;
     for child in children {
         let _ = child.await;
     }
