@@ -284,7 +284,29 @@ fn content_length(prior: Option<u64>, value: &[u8]) -> Result<u64, ()> {
     }
 }
 
-/// True when the last transfer coding is `chunked` (the only one this proxy relays).
+/// The transfer codings of a request's `Transfer-Encoding` fields, all of them together.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TransferCodings {
+    /// `chunked` elements seen.
+    chunked: u32,
+    /// A coding other than `chunked` (`gzip`, `chunked;x=1`, …) was named.
+    other: bool,
+}
+
+impl TransferCodings {
+    fn add(&mut self, value: &[u8]) {
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                self.chunked += 1;
+            } else if !coding.is_empty() {
+                self.other = true;
+            }
+        }
+    }
+}
+
+/// True when the last transfer coding is `chunked`: how an answer is framed (RFC 9112
+/// §6.3), whatever codings come before it.
 fn ends_chunked(value: &[u8]) -> bool {
     value
         .rsplit(|&b| b == b',')
@@ -323,7 +345,7 @@ fn parse_request(
 
     let mut connection = ConnectionOptions::default();
     let mut length = None;
-    let mut chunked = None;
+    let mut codings: Option<TransferCodings> = None;
     let mut expect_continue = false;
     let mut bad_length = false;
     let mut client_id = None;
@@ -336,7 +358,7 @@ fn parse_request(
                 Ok(n) => length = Some(n),
                 Err(()) => bad_length = true,
             },
-            Field::TransferEncoding => chunked = Some(ends_chunked(h.value)),
+            Field::TransferEncoding => codings.get_or_insert_default().add(h.value),
             Field::Expect => expect_continue = h.value.eq_ignore_ascii_case(b"100-continue"),
             Field::RequestId => client_id = Some(h.value),
             _ => {}
@@ -346,9 +368,18 @@ fn parse_request(
         return Err(Rejected::bad("the Content-Length header is not valid")
             .having_seen(&method, target, client_id));
     }
-    let framing = match (chunked, length) {
-        (Some(true), _) => Framing::Chunked,
-        (Some(false), _) => {
+    let framing = match (codings, length) {
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+        // (an HTTP/1.0 hop in front may not have understood it); hyper answers 400 too.
+        (Some(_), _) if http10 => {
+            return Err(
+                Rejected::bad("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+                    .having_seen(&method, target, client_id),
+            );
+        }
+        // The body is relayed as it came, so a coding the proxy does not decode would
+        // reach the model under a header saying only `chunked`.
+        (Some(TransferCodings { other: true, .. }), _) => {
             return Err(Rejected {
                 status: StatusCode::NOT_IMPLEMENTED,
                 error: "unsupported_transfer_encoding",
@@ -357,12 +388,18 @@ fn parse_request(
             }
             .having_seen(&method, target, client_id));
         }
+        (Some(TransferCodings { chunked: 1, .. }), _) => Framing::Chunked,
+        // No coding at all, or `chunked` twice (RFC 9112 §7: never applied twice).
+        (Some(_), _) => {
+            return Err(Rejected::bad("the Transfer-Encoding header is not valid")
+                .having_seen(&method, target, client_id));
+        }
         (None, Some(0) | None) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
     // Both framings at once is a smuggling risk: chunked wins (RFC 9112 §6.3) and the
     // connection closes after the answer.
-    let keep_alive = !(chunked.is_some() && length.is_some())
+    let keep_alive = !(codings.is_some() && length.is_some())
         && if http10 {
             connection.keep_alive
         } else {
@@ -533,11 +570,20 @@ fn parse_response(
         (None, Some(0)) => Framing::None,
         (None, Some(n)) => Framing::Length(n),
     };
-    let upstream_close = if version == 0 {
-        !connection.keep_alive
-    } else {
-        connection.close
-    };
+    if version == 0 && chunked.is_some() {
+        // RFC 9112 §6.1: faulty framing; hyper's client refuses such an answer too.
+        return Err(RelayError::Malformed(
+            "the answer has Transfer-Encoding but is HTTP/1.0",
+        ));
+    }
+    // With both framings, whoever else reads this connection may split it elsewhere:
+    // RFC 9112 §6.3 item 3 says to close it after the answer, as hyper does.
+    let upstream_close = (chunked.is_some() && length.is_some())
+        || if version == 0 {
+            !connection.keep_alive
+        } else {
+            connection.close
+        };
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -847,6 +893,23 @@ async fn read_body<R: AsyncRead + Unpin>(
         read = upstream.read_buf(ubuf) => read.map_err(|_| RelayError::Upstream { nothing: false }),
         () = timer.until(deadline) => Err(RelayError::Timeout),
     }
+}
+
+/// Writes all of `data`, returning how many bytes went out even when a write fails: a
+/// request of which nothing was written can be sent on another connection.
+async fn write_counting<W: AsyncWrite + Unpin>(
+    stream: &mut W,
+    data: &[u8],
+) -> (usize, std::io::Result<()>) {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]).await {
+            Ok(0) => return (written, Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(error) => return (written, Err(error)),
+        }
+    }
+    (written, Ok(()))
 }
 
 /// Why a request body did not reach the upstream in full.
@@ -1192,7 +1255,8 @@ impl ClientConn {
     }
 
     /// The request body (if any) is all here: it goes out with the head, and the request
-    /// can be sent again on a fresh connection if a reused one turns out to be closed.
+    /// can be sent again on a fresh connection if a reused one turns out to be closed
+    /// before it was written, or, for an idempotent method, before any answer byte.
     async fn forward_buffered(
         &mut self,
         head: &RequestHead,
@@ -1210,17 +1274,30 @@ impl ClientConn {
         }
         self.out.extend_from_slice(body);
         self.buf.advance(len);
-        let mut up = match self.upstream(cx.deadline).await {
-            Ok(up) => up,
-            Err(failure) => {
-                return self
-                    .upstream_failed(st, failure, &head.request_id, true)
-                    .await;
+        let mut up = loop {
+            let up = match self.upstream(cx.deadline).await {
+                Ok(up) => up,
+                Err(failure) => {
+                    return self
+                        .upstream_failed(st, failure, &head.request_id, true)
+                        .await;
+                }
+            };
+            // A close that has already arrived is noticed before anything is written, so
+            // even a request that cannot be sent twice survives the usual keep-alive race.
+            // The probe costs no extra system call as a rule: the read it makes is the one
+            // that would otherwise find the answer not there yet.
+            if !up.reused || up.is_reusable() {
+                break up;
             }
         };
+        // Sent again after its bytes went out only if running it twice is harmless
+        // (RFC 9110 §9.2.2): a POST to a model may already be running inference.
+        let resendable = head.method.is_idempotent();
         loop {
             st.response = ResponseState::default();
-            let result = match up.stream.write_all(&self.out).await {
+            let (written, sent) = write_counting(&mut up.stream, &self.out).await;
+            let result = match sent {
                 Ok(()) => {
                     relay_response(
                         &mut up.stream,
@@ -1242,7 +1319,9 @@ impl ClientConn {
                     }
                     return !st.response.client_close;
                 }
-                Err(RelayError::Upstream { nothing: true }) if up.reused => {
+                Err(RelayError::Upstream { nothing: true })
+                    if up.reused && (written == 0 || resendable) =>
+                {
                     // Most likely the upstream closed this idle connection just now.
                     up = match self.connect(cx.deadline).await {
                         Ok(up) => up,
@@ -1645,5 +1724,21 @@ mod tests {
         assert!(ends_chunked(b"chunked"));
         assert!(ends_chunked(b"gzip, Chunked"));
         assert!(!ends_chunked(b"chunked, gzip"));
+    }
+
+    #[test]
+    fn request_codings_other_than_chunked_are_noticed() {
+        let codings = |values: &[&[u8]]| {
+            let mut c = TransferCodings::default();
+            values.iter().for_each(|v| c.add(v));
+            (c.chunked, c.other)
+        };
+        assert_eq!(codings(&[b"Chunked"]), (1, false));
+        assert_eq!(codings(&[b"gzip, chunked"]), (1, true));
+        assert_eq!(codings(&[b"gzip", b"chunked"]), (1, true));
+        assert_eq!(codings(&[b"chunked;ext=1"]), (0, true));
+        assert_eq!(codings(&[b" , chunked, "]), (1, false));
+        assert_eq!(codings(&[b"chunked", b"chunked"]), (2, false));
+        assert_eq!(codings(&[b""]), (0, false));
     }
 }
