@@ -9,7 +9,7 @@
 #   env: FUZZ_SECONDS=60 (fuzzing time, after the build), FUZZ_TARGET=h1_framing,
 #        FUZZ_TOOLCHAIN=nightly (cargo-fuzz needs a nightly rustc)
 # Installs cargo-fuzz from crates.io when missing (and the nightly toolchain, with rustup).
-# The first build takes a few minutes (docs/model-proxy.md, Testing); new inputs the fuzzer
+# The first build takes about 3 minutes (docs/model-proxy.md, Fuzzing); new inputs the fuzzer
 # finds go to a scratch directory, so the repository's corpus stays as committed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
