@@ -464,8 +464,14 @@ async fn upstream_closing_idle_keep_alive_connections_is_not_an_error() {
     .await;
     let proxy = start_proxy(upstream, &[]).await;
     let mut client = Wire::connect(proxy.addr).await;
+    // POSTs too: one cannot be sent twice, so the proxy must notice the close before
+    // writing, not retry after.
     for path in ["/one", "/two-now", "/three", "/four", "/five-now", "/six"] {
-        client.send(&get(path)).await;
+        if path.len() % 2 == 0 {
+            client.send(&post(path, b"{}")).await;
+        } else {
+            client.send(&get(path)).await;
+        }
         let answer = client.response().await;
         assert_eq!(answer.status, 200, "{path}: {}", answer.text());
         assert_eq!(answer.text(), format!("path {path}"));
@@ -480,6 +486,70 @@ async fn upstream_closing_idle_keep_alive_connections_is_not_an_error() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     proxy.shutdown().await;
+}
+
+/// An upstream whose first connection answers one request and then takes the next one in
+/// full and closes without answering (a model that crashed mid-request); later connections
+/// answer every request. Each request line it reads is sent on the channel.
+async fn start_upstream_failing_the_second_request() -> (SocketAddr, mpsc::UnboundedReceiver<String>)
+{
+    let (seen, requests) = mpsc::unbounded_channel();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = start_raw_upstream(move |mut wire| {
+        let seen = seen.clone();
+        let first = connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        async move {
+            let mut served = 0;
+            while let Some((head, _)) = next_request(&mut wire).await {
+                let _ = seen.send(head.split("\r\n").next().unwrap_or_default().to_owned());
+                if first && served == 1 {
+                    return;
+                }
+                served += 1;
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if wire.write(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (upstream, requests)
+}
+
+#[tokio::test]
+async fn a_request_that_reached_the_model_is_resent_only_if_idempotent() {
+    for (request, method, resent) in [
+        (post("/predict", b"{}"), "POST", false),
+        (get("/status"), "GET", true),
+    ] {
+        let (upstream, mut seen) = start_upstream_failing_the_second_request().await;
+        let proxy = start_proxy(upstream, &[]).await;
+        let mut client = Wire::connect(proxy.addr).await;
+        client.send(&get("/warm")).await;
+        assert_eq!(client.response().await.status, 200);
+        client.send(&request).await;
+        let answer = client.response().await;
+        assert_eq!(
+            answer.status,
+            if resent { 200 } else { 502 },
+            "{method}: {}",
+            answer.text()
+        );
+        // The connection stays usable either way.
+        client.send(&get("/after")).await;
+        assert_eq!(client.response().await.status, 200, "{method}");
+        proxy.shutdown().await;
+        let mut lines = Vec::new();
+        while let Ok(line) = seen.try_recv() {
+            lines.push(line);
+        }
+        let sent = lines
+            .iter()
+            .filter(|l| l.starts_with(method) && !l.contains("/warm") && !l.contains("/after"))
+            .count();
+        assert_eq!(sent, if resent { 2 } else { 1 }, "{method}: {lines:?}");
+    }
 }
 
 #[tokio::test]
@@ -737,6 +807,95 @@ async fn chunked_framing_wins_over_content_length() {
             }
         }
         other => panic!("status {other}: {}", answer.text()),
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_get_501_and_never_reach_the_model() {
+    let (seen, mut requests) = mpsc::unbounded_channel();
+    let upstream = start_raw_upstream(move |mut wire| {
+        let seen = seen.clone();
+        async move {
+            while let Some((head, _)) = next_request(&mut wire).await {
+                let _ = seen.send(head);
+            }
+        }
+    })
+    .await;
+    let proxy = start_proxy(upstream, &[]).await;
+    for codings in [
+        "Transfer-Encoding: gzip, chunked",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
+        "Transfer-Encoding: chunked, gzip",
+        "Transfer-Encoding: chunked;q=1",
+    ] {
+        let mut client = Wire::connect(proxy.addr).await;
+        let request = format!(
+            "POST /echo HTTP/1.1\r\nHost: model\r\n{codings}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        client.send(request.as_bytes()).await;
+        let answer = client.response().await;
+        assert_eq!(answer.status, 501, "{codings}: {}", answer.text());
+        assert!(
+            answer.text().contains("unsupported_transfer_encoding"),
+            "{codings}"
+        );
+        assert!(answer.closes_connection(), "{codings}");
+        assert!(client.closes().await, "{codings}");
+    }
+    proxy.shutdown().await;
+    assert!(requests.try_recv().is_err(), "the model saw none of them");
+}
+
+#[tokio::test]
+async fn transfer_encoding_on_an_http10_request_gets_400() {
+    let proxy = start_proxy(start_upstream().await, &[]).await;
+    let mut client = Wire::connect(proxy.addr).await;
+    client
+        .send(b"POST /echo HTTP/1.0\r\nHost: model\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await;
+    let answer = client.response().await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer.text().contains("\"bad_request\""),
+        "{}",
+        answer.text()
+    );
+    assert!(client.closes().await);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_answer_with_both_length_and_chunked_framing_closes_its_upstream_connection() {
+    // Each connection reports how many requests it carried once the proxy closes it.
+    let (carried, mut per_connection) = mpsc::unbounded_channel();
+    let upstream = start_raw_upstream(move |mut wire| {
+        let carried = carried.clone();
+        async move {
+            let mut count = 0;
+            while next_request(&mut wire).await.is_some() {
+                count += 1;
+                let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+                if wire.write(answer.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            let _ = carried.send(count);
+        }
+    })
+    .await;
+    let proxy = start_proxy(upstream, &[]).await;
+    let mut client = Wire::connect(proxy.addr).await;
+    for _ in 0..2 {
+        client.send(&get("/ambiguous")).await;
+        let answer = client.response().await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "hello", "chunked framing wins");
+        let closed = tokio::time::timeout(DEADLINE, per_connection.recv())
+            .await
+            .expect("the proxy closes the upstream connection after the answer");
+        assert_eq!(closed, Some(1));
     }
     proxy.shutdown().await;
 }

@@ -19,7 +19,6 @@
 
 mod admin;
 mod body;
-mod chunked;
 pub mod classes;
 mod forward;
 mod h1;

@@ -3,8 +3,8 @@
 //! Each worker thread has its own list; a client connection keeps the upstream connection
 //! it used last for its next request (an HTTP/1.1 client sends it on the same connection),
 //! and hands it to the worker's list when it closes. An idle connection is not watched: a
-//! close by the upstream meanwhile shows when the next request is sent on it, and
-//! [`super::h1`] then retries that request on a fresh connection.
+//! close by the upstream meanwhile is found by [`UpConn::is_reusable`] just before the next
+//! request is written on it, and [`super::h1`] then takes a fresh connection.
 
 use bytes::BytesMut;
 use http::uri::Authority;
@@ -28,8 +28,9 @@ pub(crate) struct UpConn {
 
 impl UpConn {
     /// False when the upstream has closed the connection (or sent bytes nobody asked for)
-    /// while it was idle. Costs one non-blocking read, so it is asked only before a request
-    /// body is streamed, which cannot be replayed on another connection.
+    /// while it was idle. Costs one non-blocking read at most: tokio skips the system call
+    /// when the socket is known not to be readable, and otherwise the read is the one the
+    /// wait for the answer would make first.
     pub(crate) fn is_reusable(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)

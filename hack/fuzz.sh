@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Fuzzes the model proxy's HTTP/1.1 head parser and framing against hyper (fuzz/, target
+# h1_framing: see fuzz/fuzz_targets/h1_framing.rs) for a bounded time, starting from the
+# seeds in fuzz/corpus/h1_framing/. Exits non-zero when an input crashes the target (a
+# disagreement with hyper, or a panic); the input is kept in fuzz/artifacts/h1_framing/ and
+# `cargo +nightly fuzz run h1_framing fuzz/artifacts/h1_framing/<file>` replays it.
+#
+# Usage: hack/fuzz.sh [libFuzzer flags…]
+#   env: FUZZ_SECONDS=60 (fuzzing time, after the build), FUZZ_TARGET=h1_framing,
+#        FUZZ_TOOLCHAIN=nightly (cargo-fuzz needs a nightly rustc)
+# Installs cargo-fuzz from crates.io when missing (and the nightly toolchain, with rustup).
+# The first build takes about 3 minutes (docs/model-proxy.md, Fuzzing); new inputs the fuzzer
+# finds go to a scratch directory, so the repository's corpus stays as committed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${FUZZ_SECONDS:-60}
+target=${FUZZ_TARGET:-h1_framing}
+toolchain=${FUZZ_TOOLCHAIN:-nightly}
+
+if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
+    rustup toolchain install "$toolchain" --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+# -a: overflow checks and debug assertions on, so arithmetic slips crash too.
+cargo +"$toolchain" fuzz build -a "$target"
+cargo +"$toolchain" fuzz run -a "$target" "$scratch" "fuzz/corpus/$target" -- \
+    -max_total_time="$seconds" -max_len=4096 -timeout=10 "$@"
