@@ -4,12 +4,15 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock ./
 COPY proto proto
+COPY crates crates
 COPY src src
 COPY deploy deploy
 # The `dist` profile (Cargo.toml): release plus thin LTO, for a smaller resident agent.
-RUN cargo build --profile dist --locked --bin ds \
+# Without the default `dev` feature: the image carries no simulated cluster (`ds dev`,
+# `ds sim-cluster`), which is for tests and local tries.
+RUN cargo build --profile dist --locked --no-default-features --bin ds \
  && strip target/dist/ds
 
 FROM gcr.io/distroless/cc-debian12:nonroot

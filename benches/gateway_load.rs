@@ -9,10 +9,10 @@
 //! --streams 1000 --gateway-pid PID`
 
 use clap::{Parser, Subcommand};
-use ds_deployer::core::DeploymentSpec;
-use ds_deployer::proto::agent_service_client::AgentServiceClient;
-use ds_deployer::proto::control_service_client::ControlServiceClient;
-use ds_deployer::proto::{self, watch_event};
+use ds_core::DeploymentSpec;
+use ds_core::proto::agent_service_client::AgentServiceClient;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{self, watch_event};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -8,7 +8,7 @@
 //! `hack/bench-kube-sim.sh` does the former.
 
 use clap::Parser;
-use ds_deployer::kube_sim::{SimCluster, SimConfig};
+use ds_kube_sim::{SimCluster, SimConfig};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchParams};

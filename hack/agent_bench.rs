@@ -13,14 +13,14 @@
 //! - Cold restart: with M owned deployments and nothing changed, a fresh agent process:
 //!   time until `/readyz` answers 200, write calls it made (target 0), its peak RSS.
 
-use ds_deployer::agent::builders::{desired_deployment, desired_service};
-use ds_deployer::agent::cache::Slim;
-use ds_deployer::agent::desired::Kind;
-use ds_deployer::core::{DeployedObject, DeploymentSpec};
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::kube_sim::{SimCluster, SimConfig};
-use ds_deployer::proto;
-use ds_deployer::proto::control_service_client::ControlServiceClient;
+use ds_agent::builders::{desired_deployment, desired_service};
+use ds_agent::cache::Slim;
+use ds_agent::desired::Kind;
+use ds_core::proto;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::{DeployedObject, DeploymentSpec};
+use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_kube_sim::{SimCluster, SimConfig};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
@@ -423,7 +423,7 @@ async fn main() {
 
 /// Applies in flight at once when the simulator's own rate is measured: the agent's
 /// default concurrency, so both figures come from the same number of requests in flight.
-const SIM_CONCURRENCY: usize = ds_deployer::agent::DEFAULT_CONCURRENCY;
+const SIM_CONCURRENCY: usize = ds_agent::DEFAULT_CONCURRENCY;
 
 /// The simulator's own server-side-apply rate: the Deployment and Service of `n` new
 /// deployments (the objects the agent builds, under another owner so the agent's watches

@@ -5,11 +5,11 @@
 //! database and admin key, the deployer `local`'s token, the simulated cluster's state
 //! and a kubeconfig for it. A second run reuses all of it.
 
-use crate::agent::{AgentArgs, AgentError, RunningAgent};
-use crate::gateway::{GatewayArgs, GatewayError, RunningGateway};
-use crate::kube_sim::{SimCluster, SimConfig, SimError};
-use crate::proto::control_service_client::ControlServiceClient;
-use crate::proto::{CreateDeployerRequest, GetDeployerRequest, RotateDeployerTokenRequest};
+use ds_agent::{AgentArgs, AgentError, RunningAgent};
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{CreateDeployerRequest, GetDeployerRequest, RotateDeployerTokenRequest};
+use ds_gateway::{GatewayArgs, GatewayError, RunningGateway};
+use ds_kube_sim::{SimCluster, SimConfig, SimError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -143,7 +143,7 @@ impl DevEnv {
         let token_path = dir.join(TOKEN_FILE);
         let registered = if api_key.is_empty() {
             Err(DevError::NoAdminKey(
-                dir.join(crate::gateway::credentials::ADMIN_KEY_FILE),
+                dir.join(ds_gateway::credentials::ADMIN_KEY_FILE),
             ))
         } else {
             ensure_deployer(&gateway.url(), &api_key, &token_path).await

@@ -1,27 +1,25 @@
-//! ds-deployer: deploy model servers into many Kubernetes clusters from one place.
+//! `ds`: the one binary of ds-deployer. It parses the command line and hands over to the
+//! component crates:
+//! - `ds-core`: domain types, validation and the generated gRPC types;
+//! - `ds-gateway`: the control plane (`ds gateway`);
+//! - `ds-agent`: the in-cluster agent (`ds agent`);
+//! - `ds-cli`: the kubectl-like commands (`ds deployer …`, `ds deployment …`, `ds login`);
+//! - `ds-proxy`: the model-proxy sidecar (`ds model-proxy`);
+//! - `ds-kube-sim`: the simulated Kubernetes API server (`ds sim-cluster`), only with the
+//!   `dev` feature (on by default), which also brings [`dev`] (`ds dev`).
 //!
-//! # Layout
-//! - [`core`]: domain types and validation (depends on neither kube nor tonic).
-//! - [`proto`]: the generated gRPC types and services (`proto/deployer/v1`).
-//! - [`gateway`]: the control plane (`ds gateway`): store, auth, gRPC services.
-//! - [`agent`]: the in-cluster agent (`ds agent`): sync with the gateway, reconcile.
-//! - [`cli`]: the kubectl-like commands (`ds deployer …`, `ds deployment …`).
-//! - [`proxy`]: the model-proxy sidecar (`ds model-proxy`).
-//! - [`kube_sim`]: a simulated Kubernetes API server (`ds sim-cluster`) for tests.
-//! - [`dev`]: `ds dev`, gateway + simulated cluster + agent in one process.
-//! - [`install`]: the agent install manifest the gateway renders (`deploy/agent.yaml`).
-//! - [`telemetry`]: logging set-up and shutdown signals shared by the commands.
+//! [`telemetry`] holds the logging set-up and the shutdown signal the commands share.
 
-pub mod agent;
-pub mod cli;
-pub mod core;
+#[cfg(feature = "dev")]
 pub mod dev;
-pub mod gateway;
-pub mod install;
-pub mod kube_sim;
-pub mod proto;
-pub mod proxy;
 pub mod telemetry;
+
+use ds_agent as agent;
+use ds_cli as cli;
+use ds_gateway as gateway;
+#[cfg(feature = "dev")]
+use ds_kube_sim as kube_sim;
+use ds_proxy as proxy;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -50,6 +48,7 @@ pub enum Command {
     /// Run the model-proxy sidecar.
     ModelProxy(proxy::ProxyArgs),
     /// Run a simulated Kubernetes API server (for tests and `ds dev`).
+    #[cfg(feature = "dev")]
     SimCluster(kube_sim::SimArgs),
     /// Manage deployers (one per cluster or group of clusters).
     Deployer(cli::DeployerArgs),
@@ -58,6 +57,7 @@ pub enum Command {
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
     /// Run a gateway, a simulated cluster and an agent in one process, to try things out.
+    #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
 }
 
@@ -94,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             telemetry::init_logging();
             proxy::run(args, telemetry::shutdown_signal()).await?
         }
+        #[cfg(feature = "dev")]
         Command::SimCluster(args) => {
             telemetry::init_logging();
             kube_sim::run(args, telemetry::shutdown_signal()).await?
@@ -101,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployer(args) => cli::deployer(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
         Command::Login(args) => cli::login(args).await?,
+        #[cfg(feature = "dev")]
         Command::Dev(args) => {
             telemetry::init_logging();
             dev::run(args, telemetry::shutdown_signal()).await?

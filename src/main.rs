@@ -3,5 +3,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    ds_deployer::main_with(ds_deployer::Cli::parse())
+    ds::main_with(ds::Cli::parse())
 }

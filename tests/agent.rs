@@ -10,15 +10,15 @@
 
 mod real_kube;
 
-use ds_deployer::agent::builders::{
+use ds_agent::builders::{
     DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER, REVISION_ANNOTATION,
 };
-use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret};
-use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::kube_sim::{SimCluster, SimConfig};
-use ds_deployer::proto::control_service_client::ControlServiceClient;
-use ds_deployer::proto::{self, Phase};
+use ds_agent::{AgentArgs, RunningAgent, sync::Secret};
+use ds_core::DeploymentSpec;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{self, Phase};
+use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_kube_sim::{SimCluster, SimConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Service};
@@ -182,7 +182,7 @@ enum Cluster {
 /// Write counts of the agents: the simulator's counters, or the real server's audit log
 /// for the agents' user in the test's namespaces.
 enum Counts<'a> {
-    Sim(&'a ds_deployer::kube_sim::Counters),
+    Sim(&'a ds_kube_sim::Counters),
     Real(&'a real_kube::AuditCounter),
 }
 
@@ -249,7 +249,7 @@ impl Env {
 }
 
 async fn env_with(config: SimConfig) -> Env {
-    ds_deployer::telemetry::init_logging();
+    ds::telemetry::init_logging();
     let gw = Gateway::start().await;
     let sim = SimCluster::start(config).await.expect("sim starts");
     let control = gw.control().await;
@@ -271,7 +271,7 @@ async fn env(backend: Backend) -> Env {
             .await
         }
         Backend::Real => {
-            ds_deployer::telemetry::init_logging();
+            ds::telemetry::init_logging();
             let kube = real_kube::shared();
             let ns = kube.namespace("agent").await;
             let gw = Gateway::start().await;
@@ -1205,7 +1205,7 @@ async fn missing_namespace_is_reported_unless_create_namespaces(b: Backend) {
 
 #[tokio::test]
 async fn api_errors_and_dropped_watches_still_converge() {
-    use ds_deployer::kube_sim::faults::{FaultAnswer, Limit};
+    use ds_kube_sim::faults::{FaultAnswer, Limit};
     let mut e = env(Backend::Sim).await;
     let (_, token) = e.deployer("ft").await;
     let f = e.sim().faults();
@@ -1334,7 +1334,7 @@ async fn tls_gateway_with_a_ca_bundle() {
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         KeyUsagePurpose,
     };
-    ds_deployer::telemetry::init_logging();
+    ds::telemetry::init_logging();
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

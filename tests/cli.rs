@@ -2,9 +2,9 @@
 //! in the test on 127.0.0.1:0, with a temporary SQLite file. Where a status is needed
 //! (`--wait`), the test plays the agent with a tonic client and the deployer's token.
 
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::proto::agent_service_client::AgentServiceClient;
-use ds_deployer::proto::{self, Phase};
+use ds_core::proto::agent_service_client::AgentServiceClient;
+use ds_core::proto::{self, Phase};
+use ds_gateway::{GatewayArgs, RunningGateway};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};

@@ -1,11 +1,11 @@
 //! Integration tests of `ds gateway`: a real gateway on 127.0.0.1:0 with a temporary
 //! SQLite file, driven by tonic clients acting as agents and as the CLI.
 
-use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::proto::agent_service_client::AgentServiceClient;
-use ds_deployer::proto::control_service_client::ControlServiceClient;
-use ds_deployer::proto::{self, WatchEvent, watch_event};
+use ds_core::DeploymentSpec;
+use ds_core::proto::agent_service_client::AgentServiceClient;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{self, WatchEvent, watch_event};
+use ds_gateway::{GatewayArgs, RunningGateway};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::Code;

@@ -9,12 +9,12 @@
 
 mod real_kube;
 
-use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret as AgentSecret};
-use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::kube_sim::{SimCluster, SimConfig};
-use ds_deployer::proto::control_service_client::ControlServiceClient;
-use ds_deployer::proto::{self};
+use ds_agent::{AgentArgs, RunningAgent, sync::Secret as AgentSecret};
+use ds_core::DeploymentSpec;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{self};
+use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_kube_sim::{SimCluster, SimConfig};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -139,7 +139,7 @@ fn admin(gw: &RunningGateway) -> Control {
 
 /// A gateway and the shared real API server (admin kubeconfig).
 async fn real_env() -> Env {
-    ds_deployer::telemetry::init_logging();
+    ds::telemetry::init_logging();
     let kube = real_kube::shared();
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = RunningGateway::start(start_gateway_args(dir.path()))
@@ -157,7 +157,7 @@ async fn real_env() -> Env {
 }
 
 async fn env() -> Env {
-    ds_deployer::telemetry::init_logging();
+    ds::telemetry::init_logging();
     let dir = tempfile::tempdir().expect("tempdir");
     let gw = RunningGateway::start(start_gateway_args(dir.path()))
         .await

@@ -1,7 +1,7 @@
 //! The simulated Kubernetes API server: kube-rs client behaviour, fault injection, and
 //! fidelity judged by the real kubectl.
 
-use ds_deployer::kube_sim::{FaultAnswer, Limit, SimCluster, SimConfig};
+use ds_kube_sim::{FaultAnswer, Limit, SimCluster, SimConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};

@@ -6,14 +6,14 @@
 //! it. Without it these tests fail, on purpose: a skipped test would look like a pass.
 //! Each test creates its own database, so they run in parallel.
 
-use ds_deployer::core::DeploymentSpec;
-use ds_deployer::gateway::install::{InstallCodes, InstallOptions};
-use ds_deployer::gateway::postgres::PgStore;
-use ds_deployer::gateway::store::{Change, Store, StoreError};
-use ds_deployer::gateway::{GatewayArgs, RunningGateway};
-use ds_deployer::proto::agent_service_client::AgentServiceClient;
-use ds_deployer::proto::control_service_client::ControlServiceClient;
-use ds_deployer::proto::{self, WatchEvent, watch_event};
+use ds_core::DeploymentSpec;
+use ds_core::proto::agent_service_client::AgentServiceClient;
+use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_core::proto::{self, WatchEvent, watch_event};
+use ds_gateway::install::{InstallCodes, InstallOptions};
+use ds_gateway::postgres::PgStore;
+use ds_gateway::store::{Change, Store, StoreError};
+use ds_gateway::{GatewayArgs, RunningGateway};
 use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +76,7 @@ impl TestDb {
 }
 
 fn hash(s: &str) -> [u8; 32] {
-    ds_deployer::gateway::credentials::hash(s)
+    ds_gateway::credentials::hash(s)
 }
 
 fn spec(model: &str, replicas: u32) -> DeploymentSpec {
@@ -206,7 +206,7 @@ async fn old_changes_are_pruned_and_a_gap_resyncs_watchers() {
         .await
         .unwrap();
     let mut revision = x.revision;
-    let total = ds_deployer::gateway::postgres::KEEP_CHANGES as u64 + 50;
+    let total = ds_gateway::postgres::KEEP_CHANGES as u64 + 50;
     while revision < total {
         revision = a
             .update_deployment(&x.id, revision, &spec("x", (revision % 5) as u32 + 1))
@@ -221,7 +221,7 @@ async fn old_changes_are_pruned_and_a_gap_resyncs_watchers() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(rows, ds_deployer::gateway::postgres::KEEP_CHANGES);
+    assert_eq!(rows, ds_gateway::postgres::KEEP_CHANGES);
     assert_eq!(oldest as u64, total - rows as u64 + 1);
 
     // Replica B is behind: the next two changes reach the log, but the first is pruned
@@ -697,8 +697,8 @@ where
 // and deletes through A reach the cluster, and the agent's statuses show through A.
 #[tokio::test]
 async fn an_agent_on_one_replica_deploys_what_the_other_replica_is_told() {
-    use ds_deployer::agent::{AgentArgs, RunningAgent, sync::Secret};
-    use ds_deployer::kube_sim::{SimCluster, SimConfig};
+    use ds_agent::{AgentArgs, RunningAgent, sync::Secret};
+    use ds_kube_sim::{SimCluster, SimConfig};
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::Api;
 

@@ -2,7 +2,7 @@
 //! upstream, all on loopback sockets.
 
 use bytes::Bytes;
-use ds_deployer::proxy::{HEALTH_PATH, METRICS_PATH, READY_PATH, REQUEST_ID_HEADER, RunningProxy};
+use ds_proxy::{HEALTH_PATH, METRICS_PATH, READY_PATH, REQUEST_ID_HEADER, RunningProxy};
 use futures::StreamExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};

@@ -24,13 +24,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 // The proxy's own files, compiled here as they are: they import nothing of it but each
 // other (`super::framing`), hence at the crate root, as siblings.
 #[allow(dead_code)]
-#[path = "../../src/proxy/h1/chunked.rs"]
+#[path = "../../crates/ds-proxy/src/h1/chunked.rs"]
 mod chunked;
 #[allow(dead_code)]
-#[path = "../../src/proxy/h1/framing.rs"]
+#[path = "../../crates/ds-proxy/src/h1/framing.rs"]
 mod framing;
 #[allow(dead_code)]
-#[path = "../../src/proxy/h1/head.rs"]
+#[path = "../../crates/ds-proxy/src/h1/head.rs"]
 mod head;
 
 use chunked::Decoder;

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use ds_deployer::proxy::{ProxyArgs, RunningProxy};
+use ds_proxy::{ProxyArgs, RunningProxy};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;

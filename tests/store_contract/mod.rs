@@ -3,10 +3,10 @@
 //! cannot drift apart again in what a user sees.
 
 use crate::{DEADLINE, TestDb, hash, next_hub_change, spec};
-use ds_deployer::gateway::install::{InstallCodes, InstallOptions, RedeemError};
-use ds_deployer::gateway::postgres::PgStore;
-use ds_deployer::gateway::sqlite::SqliteStore;
-use ds_deployer::gateway::store::{
+use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
+use ds_gateway::postgres::PgStore;
+use ds_gateway::sqlite::SqliteStore;
+use ds_gateway::store::{
     AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, StatusRecord,
     Store, StoreError,
 };

@@ -1,0 +1,722 @@
+//! Pure builders: the desired Deployment, Service and Ingress of one deployment.
+//!
+//! Nothing here talks to an API server; the reconciler compares what these return with
+//! what the cluster holds and writes the difference.
+//!
+//! # Labels (the ownership contract)
+//! Every object carries:
+//! - [`MANAGED_BY_LABEL`]`: `[`MANAGED_BY_VALUE`] (`app.kubernetes.io/managed-by: ds-deployer`),
+//! - [`OWNER_LABEL`]`: <deployer ID>` (`deployer.ds.dev/owner`): the deployer ID, not a token
+//!   hash, so rotating a token orphans nothing,
+//! - [`DEPLOYMENT_ID_LABEL`]`: <deployment ID>` (`deployer.ds.dev/deployment-id`), also the
+//!   pod selector (stable for the deployment's life, so the immutable selector never changes),
+//! - `app.kubernetes.io/name: <object name>`, and the user's own labels (which cannot
+//!   override the ones above).
+//!
+//! The Deployment's metadata also carries [`REVISION_ANNOTATION`] (the deployer revision
+//! applied) and [`SPEC_HASH_ANNOTATION`] (a digest of everything else built here), so a field
+//! the user removed from the spec still triggers a write.
+
+use ds_core::{DeployedObject, EnvVar};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec as KDeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar as KEnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// `app.kubernetes.io/managed-by`: marks every object the agent writes.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// The value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY_VALUE: &str = "ds-deployer";
+/// The owner label: the deployer ID.
+pub const OWNER_LABEL: &str = "deployer.ds.dev/owner";
+/// The deployment-ID label; also the pod selector.
+pub const DEPLOYMENT_ID_LABEL: &str = "deployer.ds.dev/deployment-id";
+/// `app.kubernetes.io/name`: the object name, for humans and dashboards.
+pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// Annotation: the deployer revision (`revision_of_last_change`) these objects were built from.
+pub const REVISION_ANNOTATION: &str = "deployer.ds.dev/revision";
+/// Annotation: digest of the desired object, so removing a field from the spec still writes.
+pub const SPEC_HASH_ANNOTATION: &str = "deployer.ds.dev/spec-hash";
+
+/// Name of the model container.
+pub const MODEL_CONTAINER: &str = "model";
+/// Name of the model-proxy sidecar container.
+pub const PROXY_CONTAINER: &str = "model-proxy";
+/// Port the model-proxy serves traffic on.
+pub const PROXY_PORT: u16 = 9501;
+/// Port of the model-proxy's admin server (`/metrics`, `/healthz`, `/readyz`).
+pub const PROXY_ADMIN_PORT: u16 = 9502;
+/// Name of the Service port (and of the container port it targets); the Ingress uses it.
+pub const HTTP_PORT_NAME: &str = "http";
+
+/// The label selector for everything one deployer owns: what the agent watches and lists.
+pub fn owner_selector(deployer_id: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{OWNER_LABEL}={deployer_id}")
+}
+
+/// The labels of every object of `obj`: the user's, then ours on top.
+pub fn object_labels(obj: &DeployedObject) -> BTreeMap<String, String> {
+    let mut labels = obj.spec.labels.clone();
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(OWNER_LABEL.into(), obj.deployer_id.clone());
+    labels.insert(DEPLOYMENT_ID_LABEL.into(), obj.id.clone());
+    labels.insert(NAME_LABEL.into(), obj.name.clone());
+    labels
+}
+
+/// The pod selector of the Deployment and the Service.
+pub fn selector_labels(obj: &DeployedObject) -> BTreeMap<String, String> {
+    BTreeMap::from([(DEPLOYMENT_ID_LABEL.to_string(), obj.id.clone())])
+}
+
+fn metadata(obj: &DeployedObject) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(obj.name.clone()),
+        namespace: Some(obj.namespace.clone()),
+        labels: Some(object_labels(obj)),
+        ..Default::default()
+    }
+}
+
+/// Puts the revision and the digest of the rest into `meta.annotations`.
+fn stamp<T: serde::Serialize>(
+    obj: &DeployedObject,
+    object: &mut T,
+    meta: fn(&mut T) -> &mut ObjectMeta,
+) {
+    // The digest covers the object before it is stamped: it changes exactly when something
+    // this module builds changes, whatever the revision says.
+    let hash = match serde_json::to_vec(object) {
+        Ok(bytes) => hex::encode(&Sha256::digest(&bytes)[..12]),
+        // Serializing k8s-openapi types cannot fail; an empty hash would only cost a write.
+        Err(_) => String::new(),
+    };
+    let annotations = meta(object).annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(REVISION_ANNOTATION.into(), obj.revision.to_string());
+    annotations.insert(SPEC_HASH_ANNOTATION.into(), hash);
+}
+
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    // The API server drops empty lists; sending none keeps desired and actual comparable.
+    if v.is_empty() { None } else { Some(v) }
+}
+
+fn env(vars: &[EnvVar]) -> Option<Vec<KEnvVar>> {
+    non_empty(
+        vars.iter()
+            .map(|v| KEnvVar {
+                name: v.name.clone(),
+                value: Some(v.value.clone()).filter(|s| !s.is_empty()),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+fn quantities(pairs: [(&str, &Option<String>); 2]) -> Option<BTreeMap<String, Quantity>> {
+    let map: BTreeMap<String, Quantity> = pairs
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| (k.to_string(), Quantity(s.clone())))
+        })
+        .collect();
+    if map.is_empty() { None } else { Some(map) }
+}
+
+fn model_resources(obj: &DeployedObject) -> Option<ResourceRequirements> {
+    let r = &obj.spec.resources;
+    let requests = quantities([("cpu", &r.cpu_request), ("memory", &r.memory_request)]);
+    let limits = quantities([("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]);
+    if requests.is_none() && limits.is_none() {
+        return None;
+    }
+    Some(ResourceRequirements {
+        requests,
+        limits,
+        ..Default::default()
+    })
+}
+
+fn tcp_probe(port: i32, initial_delay: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(port),
+            host: None,
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, initial_delay: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+fn model_port(obj: &DeployedObject) -> i32 {
+    i32::try_from(obj.spec.port).unwrap_or(i32::MAX)
+}
+
+fn model_container(obj: &DeployedObject) -> Container {
+    let port = model_port(obj);
+    let proxied = obj.spec.proxy.enabled;
+    Container {
+        name: MODEL_CONTAINER.into(),
+        image: Some(obj.spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            // With the proxy on, "http" names the proxy's port: only one container may use it.
+            name: Some(if proxied {
+                "model".into()
+            } else {
+                HTTP_PORT_NAME.into()
+            }),
+            container_port: port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: env(&obj.spec.env),
+        resources: model_resources(obj),
+        // A model may take a while to load: readiness gates traffic, liveness only restarts
+        // a server that stopped accepting connections altogether.
+        readiness_probe: Some(tcp_probe(port, 5)),
+        liveness_probe: Some(tcp_probe(port, 30)),
+        ..Default::default()
+    }
+}
+
+/// The model-proxy sidecar (issue 5): same image as the agent, `ds model-proxy`.
+fn proxy_container(obj: &DeployedObject, proxy_image: &str) -> Container {
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("0.0.0.0:{PROXY_PORT}"),
+        "--upstream".to_string(),
+        format!("http://127.0.0.1:{}", obj.spec.port),
+        "--admin-listen".to_string(),
+        format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
+        "--deployment-id".to_string(),
+        obj.id.clone(),
+    ];
+    if !obj.spec.proxy.class_names.is_empty() {
+        args.push("--class-names".into());
+        args.push(obj.spec.proxy.class_names.join(","));
+    }
+    if obj.spec.proxy.query_log {
+        // Stdout is the container log, which the cluster's log pipeline already collects;
+        // nothing is added when off, so existing Deployments stay byte-for-byte the same.
+        args.push("--query-log".into());
+        args.push("-".into());
+    }
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(proxy_image.to_string()),
+        command: Some(vec!["ds".into(), "model-proxy".into()]),
+        args: Some(args),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(HTTP_PORT_NAME.into()),
+                container_port: i32::from(PROXY_PORT),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: i32::from(PROXY_ADMIN_PORT),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("256Mi".into()),
+            )])),
+            ..Default::default()
+        }),
+        // `/readyz` answers only while the model behind it does: the pod is ready when both are.
+        readiness_probe: Some(http_probe("/readyz", i32::from(PROXY_ADMIN_PORT), 2)),
+        liveness_probe: Some(http_probe("/healthz", i32::from(PROXY_ADMIN_PORT), 10)),
+        ..Default::default()
+    }
+}
+
+/// The desired Deployment: model container, optional model-proxy sidecar, rolling updates.
+///
+/// `proxy_image` is the sidecar's image: the agent's own (`--proxy-image`).
+pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment {
+    let mut containers = vec![model_container(obj)];
+    let mut pod_annotations = BTreeMap::new();
+    if obj.spec.proxy.enabled {
+        containers.push(proxy_container(obj, proxy_image));
+        pod_annotations.insert("prometheus.io/scrape".to_string(), "true".to_string());
+        pod_annotations.insert(
+            "prometheus.io/port".to_string(),
+            PROXY_ADMIN_PORT.to_string(),
+        );
+        pod_annotations.insert("prometheus.io/path".to_string(), "/metrics".to_string());
+    }
+    let mut d = Deployment {
+        metadata: metadata(obj),
+        spec: Some(KDeploymentSpec {
+            replicas: Some(i32::try_from(obj.spec.replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(obj)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                // Surge first, never drop below the desired count: a model swap is seamless.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(object_labels(obj)),
+                    annotations: if pod_annotations.is_empty() {
+                        None
+                    } else {
+                        Some(pod_annotations)
+                    },
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers,
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    stamp(obj, &mut d, |d| &mut d.metadata);
+    d
+}
+
+/// The port the Service forwards to: the proxy's when it is on, else the model's.
+pub fn service_target_port(obj: &DeployedObject) -> i32 {
+    if obj.spec.proxy.enabled {
+        i32::from(PROXY_PORT)
+    } else {
+        model_port(obj)
+    }
+}
+
+/// The desired ClusterIP Service. Its port is the model port whatever the proxy does, so
+/// the in-cluster URL stays the same when the proxy is toggled.
+pub fn desired_service(obj: &DeployedObject) -> Service {
+    let mut s = Service {
+        metadata: metadata(obj),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(obj)),
+            ports: Some(vec![ServicePort {
+                name: Some(HTTP_PORT_NAME.into()),
+                port: model_port(obj),
+                target_port: Some(IntOrString::Int(service_target_port(obj))),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    stamp(obj, &mut s, |s| &mut s.metadata);
+    s
+}
+
+/// The desired Ingress, or `None` when the spec has no host.
+pub fn desired_ingress(obj: &DeployedObject) -> Option<Ingress> {
+    let host = obj.spec.host.as_ref().filter(|h| !h.is_empty())?;
+    let mut i = Ingress {
+        metadata: metadata(obj),
+        spec: Some(IngressSpec {
+            ingress_class_name: obj.spec.ingress_class.clone().filter(|c| !c.is_empty()),
+            rules: Some(vec![IngressRule {
+                host: Some(host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some("/".into()),
+                        path_type: "Prefix".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: obj.name.clone(),
+                                port: Some(ServiceBackendPort {
+                                    name: Some(HTTP_PORT_NAME.into()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    stamp(obj, &mut i, |i| &mut i.metadata);
+    Some(i)
+}
+
+/// Where users reach the deployment: the Ingress host, else the in-cluster Service URL.
+pub fn endpoint(obj: &DeployedObject) -> String {
+    match obj.spec.host.as_ref().filter(|h| !h.is_empty()) {
+        Some(host) => format!("http://{host}/"),
+        None => format!(
+            "http://{}.{}.svc.cluster.local:{}",
+            obj.name, obj.namespace, obj.spec.port
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_core::{DeploymentSpec, EnvVar};
+
+    const IMAGE: &str = "ghcr.io/ds/ds:1.0";
+
+    fn obj(spec: DeploymentSpec) -> DeployedObject {
+        DeployedObject {
+            id: "dep-1".into(),
+            deployer_id: "owner-1".into(),
+            name: "iris".into(),
+            namespace: "models".into(),
+            revision: 7,
+            spec,
+        }
+    }
+
+    fn container<'a>(d: &'a Deployment, name: &str) -> Option<&'a Container> {
+        d.spec
+            .as_ref()?
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+    }
+
+    #[test]
+    fn ownership_labels_on_every_object_and_user_labels_cannot_override_them() {
+        let mut spec = DeploymentSpec::test("iris").host("iris.example.com");
+        spec.labels.insert("team".into(), "ml".into());
+        spec.labels
+            .insert(OWNER_LABEL.into(), "someone-else".into());
+        let o = obj(spec);
+        let d = desired_deployment(&o, IMAGE);
+        let s = desired_service(&o);
+        let i = desired_ingress(&o).expect("host set");
+        for labels in [
+            d.metadata.labels.as_ref(),
+            s.metadata.labels.as_ref(),
+            i.metadata.labels.as_ref(),
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref(),
+        ] {
+            let labels = labels.expect("labels");
+            assert_eq!(labels[MANAGED_BY_LABEL], "ds-deployer");
+            assert_eq!(labels[OWNER_LABEL], "owner-1");
+            assert_eq!(labels[DEPLOYMENT_ID_LABEL], "dep-1");
+            assert_eq!(labels["team"], "ml");
+        }
+        for meta in [&d.metadata, &s.metadata, &i.metadata] {
+            assert_eq!(meta.name.as_deref(), Some("iris"));
+            assert_eq!(meta.namespace.as_deref(), Some("models"));
+            let ann = meta.annotations.as_ref().expect("annotations");
+            assert_eq!(ann[REVISION_ANNOTATION], "7");
+            assert!(!ann[SPEC_HASH_ANNOTATION].is_empty());
+        }
+        assert_eq!(
+            owner_selector("owner-1"),
+            "app.kubernetes.io/managed-by=ds-deployer,deployer.ds.dev/owner=owner-1"
+        );
+    }
+
+    #[test]
+    fn deployment_fields() {
+        let mut spec = DeploymentSpec::test("iris")
+            .image("reg.io/iris:2")
+            .replicas(3);
+        spec.env = vec![
+            EnvVar {
+                name: "A".into(),
+                value: "1".into(),
+            },
+            EnvVar {
+                name: "B".into(),
+                value: String::new(),
+            },
+        ];
+        spec.resources.cpu_request = Some("500m".into());
+        spec.resources.memory_limit = Some("1Gi".into());
+        let d = desired_deployment(&obj(spec.proxy(false)), IMAGE);
+        let ds = d.spec.as_ref().unwrap();
+        assert_eq!(ds.replicas, Some(3));
+        assert_eq!(
+            ds.selector.match_labels,
+            Some(BTreeMap::from([(
+                DEPLOYMENT_ID_LABEL.to_string(),
+                "dep-1".to_string()
+            )]))
+        );
+        let strategy = ds.strategy.as_ref().unwrap();
+        assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+        let ru = strategy.rolling_update.as_ref().unwrap();
+        assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+        assert_eq!(ru.max_surge, Some(IntOrString::String("25%".into())));
+        let pod = ds.template.spec.as_ref().unwrap();
+        assert_eq!(pod.containers.len(), 1, "proxy off: model container only");
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        assert_eq!(m.image.as_deref(), Some("reg.io/iris:2"));
+        let ports = m.ports.as_ref().unwrap();
+        assert_eq!(ports[0].container_port, 8501);
+        assert_eq!(ports[0].name.as_deref(), Some(HTTP_PORT_NAME));
+        let env = m.env.as_ref().unwrap();
+        assert_eq!(env[0].name, "A");
+        assert_eq!(env[0].value.as_deref(), Some("1"));
+        assert_eq!(env[1].name, "B");
+        assert_eq!(env[1].value, None);
+        let res = m.resources.as_ref().unwrap();
+        assert_eq!(
+            res.requests.as_ref().unwrap()["cpu"],
+            Quantity("500m".into())
+        );
+        assert!(!res.requests.as_ref().unwrap().contains_key("memory"));
+        assert_eq!(
+            res.limits.as_ref().unwrap()["memory"],
+            Quantity("1Gi".into())
+        );
+        let rp = m.readiness_probe.as_ref().unwrap();
+        assert_eq!(rp.tcp_socket.as_ref().unwrap().port, IntOrString::Int(8501));
+        assert!(m.liveness_probe.is_some());
+        // Proxy off: no scrape annotations on the pods.
+        assert!(ds.template.metadata.as_ref().unwrap().annotations.is_none());
+    }
+
+    #[test]
+    fn empty_optional_fields_are_left_out() {
+        let d = desired_deployment(&obj(DeploymentSpec::test("iris")), IMAGE);
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        assert!(m.env.is_none());
+        assert!(m.resources.is_none());
+    }
+
+    #[test]
+    fn proxy_sidecar_when_enabled() {
+        let mut spec = DeploymentSpec::test("iris").proxy(true);
+        spec.proxy.class_names = vec!["setosa".into(), "versicolor".into()];
+        let o = obj(spec);
+        let d = desired_deployment(&o, IMAGE);
+        let p = container(&d, PROXY_CONTAINER).expect("sidecar");
+        assert_eq!(p.image.as_deref(), Some(IMAGE));
+        assert_eq!(
+            p.command,
+            Some(vec!["ds".to_string(), "model-proxy".to_string()])
+        );
+        let args = p.args.as_ref().unwrap().join(" ");
+        assert!(args.contains("--listen 0.0.0.0:9501"), "{args}");
+        assert!(args.contains("--upstream http://127.0.0.1:8501"), "{args}");
+        assert!(args.contains("--admin-listen 0.0.0.0:9502"), "{args}");
+        assert!(args.contains("--deployment-id dep-1"), "{args}");
+        assert!(args.contains("--class-names setosa,versicolor"), "{args}");
+        let rp = p
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(rp.path.as_deref(), Some("/readyz"));
+        assert_eq!(rp.port, IntOrString::Int(9502));
+        let ports = p.ports.as_ref().unwrap();
+        assert_eq!(ports[0].container_port, 9501);
+        assert_eq!(ports[0].name.as_deref(), Some(HTTP_PORT_NAME));
+        assert_eq!(ports[1].container_port, 9502);
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        assert_eq!(m.ports.as_ref().unwrap()[0].name.as_deref(), Some("model"));
+        let ann = d.spec.as_ref().unwrap().template.metadata.as_ref().unwrap();
+        let ann = ann.annotations.as_ref().unwrap();
+        assert_eq!(ann["prometheus.io/scrape"], "true");
+        assert_eq!(ann["prometheus.io/port"], "9502");
+        assert_eq!(ann["prometheus.io/path"], "/metrics");
+        let s = desired_service(&o);
+        let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 8501);
+        assert_eq!(port.target_port, Some(IntOrString::Int(9501)));
+    }
+
+    #[test]
+    fn query_log_writes_to_the_sidecars_stdout() {
+        let off = obj(DeploymentSpec::test("iris").proxy(true));
+        let on = obj(DeploymentSpec::test("iris").proxy(true).query_log(true));
+        let args_of = |o: &DeployedObject| {
+            container(&desired_deployment(o, IMAGE), PROXY_CONTAINER)
+                .expect("sidecar")
+                .args
+                .clone()
+                .unwrap()
+        };
+        let with_log = args_of(&on);
+        let at = with_log
+            .iter()
+            .position(|a| a == "--query-log")
+            .expect("--query-log passed");
+        assert_eq!(
+            with_log[at + 1],
+            "-",
+            "stdout, for the cluster's log pipeline"
+        );
+        assert!(!args_of(&off).contains(&"--query-log".to_string()));
+        // Only the sidecar's arguments differ: the toggle is a pod-template change that the
+        // Deployment rolls out in place, and the Service and Ingress stay as they are.
+        let mut without_log = with_log.clone();
+        without_log.drain(at..at + 2);
+        assert_eq!(without_log, args_of(&off));
+        let mut d_on = desired_deployment(&on, IMAGE);
+        let mut d_off = desired_deployment(&off, IMAGE);
+        for d in [&mut d_on, &mut d_off] {
+            d.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .remove(SPEC_HASH_ANNOTATION);
+            let pod = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+            pod.containers.iter_mut().for_each(|c| c.args = None);
+        }
+        assert_eq!(d_on, d_off);
+        assert_eq!(desired_service(&on), desired_service(&off));
+    }
+
+    #[test]
+    fn query_logs_off_builds_the_objects_built_before_the_setting_existed() {
+        // Pinned from the builders before `proxy.query_log` existed: agents upgraded to a
+        // version with the setting must see no difference on deployments that leave it off,
+        // or every resync after the upgrade would rewrite (and roll) every Deployment.
+        // Change these pins only for a change meant to roll every model.
+        let o = obj(DeploymentSpec::test("iris"));
+        let d = desired_deployment(&o, IMAGE);
+        let args = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .args
+            .clone()
+            .unwrap();
+        assert_eq!(
+            args,
+            [
+                "--listen",
+                "0.0.0.0:9501",
+                "--upstream",
+                "http://127.0.0.1:8501",
+                "--admin-listen",
+                "0.0.0.0:9502",
+                "--deployment-id",
+                "dep-1",
+            ]
+        );
+        let hash = |ann: &Option<BTreeMap<String, String>>| {
+            ann.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(hash(&d.metadata.annotations), "23e3e72fec31cb60c9481289");
+        assert_eq!(
+            hash(&desired_service(&o).metadata.annotations),
+            "d610b5b7203d6b1eeb7d9d0a"
+        );
+    }
+
+    #[test]
+    fn service_targets_model_port_when_proxy_off() {
+        let o = obj(DeploymentSpec::test("iris").proxy(false));
+        let s = desired_service(&o);
+        let spec = s.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.selector, Some(selector_labels(&o)));
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!(port.name.as_deref(), Some(HTTP_PORT_NAME));
+        assert_eq!(port.port, 8501);
+        assert_eq!(port.target_port, Some(IntOrString::Int(8501)));
+    }
+
+    #[test]
+    fn ingress_only_with_host() {
+        assert!(desired_ingress(&obj(DeploymentSpec::test("iris"))).is_none());
+        let mut spec = DeploymentSpec::test("iris").host("iris.example.com");
+        spec.ingress_class = Some("nginx".into());
+        let o = obj(spec);
+        let i = desired_ingress(&o).unwrap();
+        let spec = i.spec.as_ref().unwrap();
+        assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+        let rule = &spec.rules.as_ref().unwrap()[0];
+        assert_eq!(rule.host.as_deref(), Some("iris.example.com"));
+        let path = &rule.http.as_ref().unwrap().paths[0];
+        assert_eq!(path.path.as_deref(), Some("/"));
+        assert_eq!(path.path_type, "Prefix");
+        let backend = path.backend.service.as_ref().unwrap();
+        assert_eq!(backend.name, "iris");
+        assert_eq!(
+            backend.port.as_ref().unwrap().name.as_deref(),
+            Some(HTTP_PORT_NAME)
+        );
+        assert_eq!(endpoint(&o), "http://iris.example.com/");
+        assert_eq!(
+            endpoint(&obj(DeploymentSpec::test("iris"))),
+            "http://iris.models.svc.cluster.local:8501"
+        );
+    }
+
+    #[test]
+    fn spec_hash_changes_with_the_spec_not_the_revision() {
+        let a = obj(DeploymentSpec::test("iris"));
+        let mut b = a.clone();
+        b.revision = 8;
+        let hash =
+            |d: &Deployment| d.metadata.annotations.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone();
+        assert_eq!(
+            hash(&desired_deployment(&a, IMAGE)),
+            hash(&desired_deployment(&b, IMAGE))
+        );
+        b.spec.image = "other:1".into();
+        assert_ne!(
+            hash(&desired_deployment(&a, IMAGE)),
+            hash(&desired_deployment(&b, IMAGE))
+        );
+    }
+}

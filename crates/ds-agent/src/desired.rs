@@ -1,0 +1,161 @@
+//! What a deployment should produce in the cluster: its kinds, their desired objects as
+//! JSON, and a compact digest of the whole. Pure: no API server, no cache.
+//!
+//! The builders ([`super::builders`]) make the typed objects; this module is the one place
+//! that turns them into the JSON the comparison ([`super::compare`]) and the writes use, so
+//! the cache's verdicts and the reconciler's writes can never disagree about what is wanted.
+
+use super::builders::{desired_deployment, desired_ingress, desired_service};
+use ds_core::DeployedObject;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::core::ApiResource;
+use serde_json::Value;
+use sha2::Digest;
+use std::sync::LazyLock;
+
+/// The kinds the agent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Deployment,
+    Service,
+    Ingress,
+}
+
+/// Group, version and plural of each kind, built once (they are read on every request).
+static API_RESOURCES: LazyLock<[ApiResource; 3]> = LazyLock::new(|| {
+    [
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<Ingress>(&()),
+    ]
+});
+
+impl Kind {
+    /// Every kind, in the order a deployment's objects are written.
+    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::Service, Kind::Ingress];
+
+    /// The kind's name as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::Service => "Service",
+            Self::Ingress => "Ingress",
+        }
+    }
+
+    /// Where the kind lives in the API, for [`kube::Api`]s over [`super::cache::Slim`].
+    pub fn api_resource(self) -> &'static ApiResource {
+        &API_RESOURCES[self as usize]
+    }
+}
+
+/// The kinds a deployment wants.
+pub fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
+    if wants_ingress(obj) {
+        &Kind::ALL
+    } else {
+        &Kind::ALL[..2]
+    }
+}
+
+fn wants_ingress(obj: &DeployedObject) -> bool {
+    obj.spec.host.as_ref().is_some_and(|h| !h.is_empty())
+}
+
+/// Whether `obj` wants an object of `kind` named `name` in `namespace`.
+pub fn wants(obj: &DeployedObject, kind: Kind, namespace: &str, name: &str) -> bool {
+    obj.name == name && obj.namespace == namespace && (kind != Kind::Ingress || wants_ingress(obj))
+}
+
+/// The desired object of one kind (`Null` for an Ingress the deployment does not want).
+pub fn build_kind(obj: &DeployedObject, kind: Kind, proxy_image: &str) -> Value {
+    let v = match kind {
+        Kind::Deployment => serde_json::to_value(desired_deployment(obj, proxy_image)),
+        Kind::Service => serde_json::to_value(desired_service(obj)),
+        Kind::Ingress => match desired_ingress(obj) {
+            Some(i) => serde_json::to_value(i),
+            None => Ok(Value::Null),
+        },
+    };
+    // The builders' types always serialize; Null would only ever compare as "not in sync".
+    v.unwrap_or(Value::Null)
+}
+
+/// A compact identity of what a deployment wants: equal digests, equal desired objects.
+/// Two words, so verdicts and memos hold it inline (no allocation per object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecDigest {
+    /// The deployer revision of the deployment's last change.
+    pub revision: u64,
+    /// The first 8 bytes of the SHA-256 of name, namespace and spec.
+    pub hash: u64,
+}
+
+/// The [`SpecDigest`] of `obj`.
+pub fn digest(obj: &DeployedObject) -> SpecDigest {
+    let bytes = serde_json::to_vec(&(&obj.name, &obj.namespace, &obj.spec)).unwrap_or_default();
+    let sum = sha2::Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&sum[..8]);
+    SpecDigest {
+        revision: obj.revision,
+        hash: u64::from_le_bytes(first),
+    }
+}
+
+/// The deployment "iris" in "models" of deployer "owner-1" (unit tests of the agent).
+#[cfg(test)]
+pub(crate) fn test_object(spec: ds_core::DeploymentSpec) -> DeployedObject {
+    DeployedObject {
+        id: "dep-1".into(),
+        deployer_id: "owner-1".into(),
+        name: "iris".into(),
+        namespace: "models".into(),
+        revision: 3,
+        spec,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_core::DeploymentSpec;
+
+    fn obj(host: Option<&str>) -> DeployedObject {
+        let spec = DeploymentSpec::test("iris");
+        test_object(match host {
+            Some(h) => spec.host(h),
+            None => spec,
+        })
+    }
+
+    #[test]
+    fn an_ingress_only_with_a_host() {
+        assert_eq!(wanted_kinds(&obj(None)), &[Kind::Deployment, Kind::Service]);
+        assert_eq!(wanted_kinds(&obj(Some("iris.example.com"))), &Kind::ALL);
+        assert_eq!(build_kind(&obj(None), Kind::Ingress, "p:1"), Value::Null);
+        assert!(!wants(&obj(None), Kind::Ingress, "models", "iris"));
+        assert!(wants(&obj(None), Kind::Service, "models", "iris"));
+        assert!(!wants(&obj(None), Kind::Service, "other", "iris"));
+    }
+
+    #[test]
+    fn api_resources_match_the_kinds() {
+        for kind in Kind::ALL {
+            assert_eq!(kind.api_resource().kind, kind.as_str());
+        }
+        assert_eq!(Kind::Ingress.api_resource().group, "networking.k8s.io");
+        assert_eq!(Kind::Deployment.api_resource().plural, "deployments");
+    }
+
+    #[test]
+    fn digests_follow_the_spec() {
+        let a = obj(None);
+        let mut b = a.clone();
+        assert_eq!(digest(&a), digest(&b));
+        b.spec = b.spec.replicas(4);
+        assert_ne!(digest(&a).hash, digest(&b).hash);
+    }
+}

@@ -1,0 +1,249 @@
+//! `ds deployment create|ls|get|update|rm`.
+
+use super::client::{self, Control, request, status_error};
+use super::output::{self, DeploymentView, OutputFormat, print};
+use super::{
+    CliError, CreateArgs, DeploymentArgs, DeploymentCommand, SelectArgs, UpdateArgs, config, wait,
+};
+use ds_core::DeploymentSpec;
+use ds_core::proto;
+use serde::Serialize;
+
+/// What `rm` prints with `-o json|yaml`.
+#[derive(Serialize)]
+struct Deleted<'a> {
+    id: &'a str,
+    deleted: bool,
+    revision: u64,
+}
+
+pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
+    let format = args.global.output;
+    // Validate what is complete before dialing: a typo fails fast, even offline.
+    let create = match &args.command {
+        DeploymentCommand::Create(create) => Some(create_request(create)?),
+        DeploymentCommand::Update(update) => {
+            update_request(update)?;
+            None
+        }
+        _ => None,
+    };
+    let connection = config::resolve(&args.global)?;
+    let url = connection.url.clone();
+    let mut control = client::connect(&connection).await?;
+    let err = |status| status_error(status, &url);
+    match args.command {
+        DeploymentCommand::Create(create_args) => {
+            let req = create.expect("built above for create");
+            let created = control
+                .create_deployment(request(req))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let view = DeploymentView::from(&created);
+            print(format, &view, || output::deployment_summary(&view))?;
+            if create_args.wait.wait {
+                wait::until_available(&mut control, &url, &created, create_args.wait.timeout)
+                    .await?;
+            }
+        }
+        DeploymentCommand::Ls { deployer } => {
+            let response = control
+                .list_deployments(request(proto::ListDeploymentsRequest {
+                    deployer: deployer.unwrap_or_default(),
+                }))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let views: Vec<DeploymentView> = response
+                .deployments
+                .iter()
+                .map(DeploymentView::from)
+                .collect();
+            if views.is_empty() && format == OutputFormat::Table {
+                eprintln!("No deployments found.");
+            } else {
+                print(format, &views, || output::deployments_table(&views))?;
+            }
+        }
+        DeploymentCommand::Get(select) => {
+            let found = get(&mut control, &select).await.map_err(err)?;
+            let view = DeploymentView::from(&found);
+            print(format, &view, || output::deployment_fields(&view))?;
+        }
+        DeploymentCommand::Update(update_args) => {
+            let req = update_request(&update_args)?;
+            let updated = control
+                .update_deployment(request(req))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let view = DeploymentView::from(&updated);
+            print(format, &view, || {
+                format!(
+                    "deployment {}/{} updated (revision {})\n{}",
+                    view.namespace,
+                    view.name,
+                    view.revision,
+                    output::deployment_summary(&view)
+                )
+            })?;
+            if update_args.wait.wait {
+                wait::until_available(&mut control, &url, &updated, update_args.wait.timeout)
+                    .await?;
+            }
+        }
+        DeploymentCommand::Rm(select) => {
+            let response = control
+                .delete_deployment(request(proto::DeleteDeploymentRequest {
+                    selector: Some(selector(&select)),
+                }))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let deleted = Deleted {
+                id: &response.id,
+                deleted: true,
+                revision: response.revision,
+            };
+            print(format, &deleted, || {
+                format!(
+                    "deployment {} deleted; its agent removes the objects from the cluster",
+                    select.deployment
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn selector(select: &SelectArgs) -> proto::GetDeploymentRequest {
+    proto::GetDeploymentRequest {
+        deployment: select.deployment.clone(),
+        deployer: select.deployer.clone().unwrap_or_default(),
+        namespace: select.namespace.clone().unwrap_or_default(),
+    }
+}
+
+async fn get(
+    control: &mut Control,
+    select: &SelectArgs,
+) -> Result<proto::DeploymentView, tonic::Status> {
+    control
+        .get_deployment(request(selector(select)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The spec `create`'s flags describe.
+fn create_spec(args: &CreateArgs) -> DeploymentSpec {
+    DeploymentSpec {
+        model_name: args.model_name.clone(),
+        image: args.image.clone(),
+        replicas: args.replicas,
+        port: args.port,
+        host: args.host.clone().filter(|h| !h.is_empty()),
+        ingress_class: args.ingress_class.clone().filter(|c| !c.is_empty()),
+        env: args
+            .env
+            .iter()
+            .map(|(name, value)| ds_core::EnvVar {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        resources: ds_core::Resources {
+            // One value sets both, as `update --cpu` does on the gateway; a separate
+            // limit is the exception.
+            cpu_request: args.cpu.clone(),
+            cpu_limit: args.cpu_limit.clone().or_else(|| args.cpu.clone()),
+            memory_request: args.memory.clone(),
+            memory_limit: args.memory_limit.clone().or_else(|| args.memory.clone()),
+        },
+        proxy: ds_core::ProxySpec {
+            enabled: !args.no_proxy,
+            class_names: args.class_names.clone(),
+            query_log: args.query_log,
+        },
+        labels: args.labels.iter().cloned().collect(),
+    }
+}
+
+/// Builds and validates the create request (the gateway validates again).
+fn create_request(args: &CreateArgs) -> Result<proto::CreateDeploymentRequest, CliError> {
+    let name = args.name.clone().unwrap_or_else(|| args.model_name.clone());
+    let spec = create_spec(args);
+    ds_core::validate_deployment(&name, &args.namespace, &spec).map_err(|mut e| {
+        if e.field == "name" && args.name.is_none() {
+            e.rule
+                .push_str(" (the name defaults to --model-name; give --name)");
+        }
+        e
+    })?;
+    Ok(proto::CreateDeploymentRequest {
+        deployer: args.deployer.clone(),
+        name,
+        namespace: args.namespace.clone(),
+        // The wire conversion lives with the gateway (`gateway::convert`).
+        spec: Some(spec.into()),
+    })
+}
+
+/// Builds the update request; refuses an update that changes nothing.
+fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, CliError> {
+    for quantity in [("--cpu", &args.cpu), ("--memory", &args.memory)] {
+        if let (flag, Some(value)) = quantity {
+            ds_core::validate::parse_quantity(value).map_err(|reason| CliError::BadFlag {
+                flag: flag.to_string(),
+                value: value.clone(),
+                reason,
+            })?;
+        }
+    }
+    let proxy_enabled = match (args.proxy, args.no_proxy) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let proxy_query_log = match (args.query_log, args.no_query_log) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let req = proto::UpdateDeploymentRequest {
+        selector: Some(selector(&args.select)),
+        image: args.image.clone(),
+        replicas: args.replicas,
+        port: args.port,
+        host: args.host.clone(),
+        set_env: args
+            .env
+            .iter()
+            .map(|(name, value)| proto::EnvVar {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        unset_env: args.unset_env.clone(),
+        cpu: args.cpu.clone(),
+        memory: args.memory.clone(),
+        proxy_enabled,
+        ingress_class: args.ingress_class.clone(),
+        proxy_query_log,
+    };
+    let changes_something = req.image.is_some()
+        || req.replicas.is_some()
+        || req.port.is_some()
+        || req.host.is_some()
+        || !req.set_env.is_empty()
+        || !req.unset_env.is_empty()
+        || req.cpu.is_some()
+        || req.memory.is_some()
+        || req.proxy_enabled.is_some()
+        || req.proxy_query_log.is_some()
+        || req.ingress_class.is_some();
+    if !changes_something {
+        return Err(CliError::NothingToUpdate(args.select.deployment.clone()));
+    }
+    Ok(req)
+}

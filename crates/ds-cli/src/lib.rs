@@ -1,0 +1,436 @@
+//! The kubectl-like commands: `ds deployer …`, `ds deployment …`, `ds login`.
+//!
+//! # Layout
+//! - `config`: where the gateway address and API key come from (flags, `DS_*`, the
+//!   0600 config file `ds login` writes).
+//! - `client`: the gRPC connection and the mapping of gateway errors to one clear line.
+//! - `output`: tables, `-o json|yaml`, kubectl-style ages.
+//! - `deployer_cmd`, `deployment_cmd`: the subcommands.
+//! - `wait`: `--wait`, following a deployment's status until it is Available.
+//! - `parse`: flag value parsers (durations, `K=V`).
+
+mod client;
+mod config;
+mod deployer_cmd;
+mod deployment_cmd;
+mod output;
+mod parse;
+mod wait;
+
+use clap::{Args, Subcommand};
+use ds_core::ValidationError;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use config::{Config, default_config_path};
+pub use output::{OutputFormat, format_age};
+pub use parse::parse_duration;
+
+// === secrets ===
+
+/// A secret flag value (the API key): never shown by `Debug`, so a dump of the parsed
+/// arguments cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+// === arguments ===
+
+/// Flags every command that talks to the gateway accepts, before or after the subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Gateway URL, e.g. `https://gateway.example.com:8800` (default: from `ds login`).
+    #[arg(
+        long,
+        env = "DS_GATEWAY",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub gateway: Option<String>,
+    /// Admin API key (default: from `ds login`).
+    #[arg(
+        long,
+        env = "DS_API_KEY",
+        hide_env_values = true,
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub api_key: Option<Secret>,
+    /// PEM CA bundle to trust for the gateway's TLS certificate (default: system roots).
+    #[arg(
+        long,
+        env = "DS_CA_CERT",
+        global = true,
+        help_heading = "Global options"
+    )]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true, help_heading = "Global options")]
+    pub output: OutputFormat,
+}
+
+/// `ds deployer …`
+#[derive(Debug, Args)]
+pub struct DeployerArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: DeployerCommand,
+}
+
+/// The deployer subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeployerCommand {
+    /// Register a deployer; prints its token, shown only this once.
+    Create {
+        /// Deployer name (DNS-1123 label), e.g. `prod-eu-1`.
+        name: String,
+    },
+    /// List deployers with their agents' status.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show one deployer.
+    Get {
+        /// Deployer name or ID.
+        deployer: String,
+    },
+    /// Delete a deployer and its deployments; its tokens stop working.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// Deployer name or ID.
+        deployer: String,
+    },
+    /// Issue a new token; the old one keeps working for the overlap window.
+    RotateToken {
+        /// Deployer name or ID.
+        deployer: String,
+        /// How long the previous token stays valid (e.g. `10m`, `1h`, `0s`).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        overlap: Duration,
+    },
+    /// Print the one-line `kubectl apply` that installs the agent in a cluster.
+    Install {
+        /// Deployer name or ID.
+        deployer: String,
+        /// How long the install link works (default: the gateway's, 15m).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Namespace the agent runs in (default: ds-deployer).
+        #[arg(long = "agent-namespace")]
+        agent_namespace: Option<String>,
+        /// Cluster name the agent reports (default: the deployer's name).
+        #[arg(long)]
+        cluster_name: Option<String>,
+        /// Let the agent create missing target namespaces (grants namespace create).
+        #[arg(long)]
+        create_namespaces: bool,
+        /// Grant rights only in these namespaces (Roles instead of a ClusterRole), for
+        /// clusters where cluster-wide rights are refused. Comma-separated or repeated.
+        #[arg(long = "namespaces", value_delimiter = ',')]
+        target_namespaces: Vec<String>,
+    },
+}
+
+/// `ds deployment …`
+#[derive(Debug, Args)]
+pub struct DeploymentArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: DeploymentCommand,
+}
+
+/// The deployment subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCommand {
+    /// Deploy a model server through a deployer.
+    Create(Box<CreateArgs>),
+    /// List deployments.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this deployer's deployments (name or ID).
+        #[arg(short, long)]
+        deployer: Option<String>,
+    },
+    /// Show one deployment: its spec and the status its agent reported.
+    Get(SelectArgs),
+    /// Change a deployment; only the given flags change.
+    Update(Box<UpdateArgs>),
+    /// Delete a deployment; its agent removes the objects from the cluster.
+    #[command(visible_alias = "delete")]
+    Rm(SelectArgs),
+}
+
+/// Selects one deployment by ID, or by name (narrowed by deployer and namespace).
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Deployment ID or name.
+    pub deployment: String,
+    /// When selecting by name: the deployer (name or ID).
+    #[arg(short, long)]
+    pub deployer: Option<String>,
+    /// When selecting by name: the namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+/// `--wait` and `--timeout`.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Follow the rollout until the deployment is Available (exit 0) or Failed.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits (e.g. `5m`, `90s`).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, requires = "wait")]
+    pub timeout: Duration,
+}
+
+/// `ds deployment create`
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Name of the model served; also the default object name.
+    #[arg(long)]
+    pub model_name: String,
+    /// The deployer (cluster) to deploy through, by name or ID.
+    #[arg(short, long)]
+    pub deployer: String,
+    /// Container image, e.g. `tensorflow/serving:2.15.0`.
+    #[arg(short, long)]
+    pub image: String,
+    /// Number of pods (0–1000).
+    #[arg(short, long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Host name for the Ingress; without it no Ingress is made.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Object name in the cluster (default: the model name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Target namespace.
+    #[arg(short, long, default_value = ds_core::spec::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Port the model container listens on.
+    #[arg(long, default_value_t = ds_core::spec::DEFAULT_PORT)]
+    pub port: u32,
+    /// Environment variable `NAME=VALUE` (repeatable).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// CPU request and limit, e.g. `500m` (see --cpu-limit for a different limit).
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// CPU limit when it differs from --cpu, e.g. `2`.
+    #[arg(long)]
+    pub cpu_limit: Option<String>,
+    /// Memory request and limit, e.g. `512Mi` (see --memory-limit).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Memory limit when it differs from --memory, e.g. `1Gi`.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    /// Run without the model-proxy sidecar.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Class names for the proxy's prediction metrics, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Vec<String>,
+    /// Have the model-proxy write query logs: one JSON line per request on its stdout,
+    /// for the cluster's log pipeline (needs the proxy).
+    #[arg(long)]
+    pub query_log: bool,
+    /// Ingress class (default: the cluster's).
+    #[arg(long)]
+    pub ingress_class: Option<String>,
+    /// Extra label `KEY=VALUE` on every object (repeatable).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `ds deployment update`
+#[derive(Debug, Clone, Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// New container image.
+    #[arg(short, long)]
+    pub image: Option<String>,
+    /// New number of pods.
+    #[arg(short, long)]
+    pub replicas: Option<u32>,
+    /// New container port.
+    #[arg(long)]
+    pub port: Option<u32>,
+    /// Set environment variable `NAME=VALUE` (repeatable; replaces by name).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse::parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Remove environment variable NAME (repeatable).
+    #[arg(long = "unset-env", value_name = "NAME")]
+    pub unset_env: Vec<String>,
+    /// New CPU request and limit.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// New memory request and limit.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Turn the model-proxy sidecar on.
+    #[arg(long, conflicts_with = "no_proxy")]
+    pub proxy: bool,
+    /// Turn the model-proxy sidecar off.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Turn the model-proxy's query logs on (JSON lines on its stdout; needs the proxy).
+    #[arg(long, conflicts_with = "no_query_log")]
+    pub query_log: bool,
+    /// Turn the model-proxy's query logs off.
+    #[arg(long)]
+    pub no_query_log: bool,
+    /// New Ingress host; `""` removes the Ingress.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// New ingress class.
+    #[arg(long)]
+    pub ingress_class: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `ds login`
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Gateway URL, e.g. `https://gateway.example.com:8800`.
+    #[arg(long, env = "DS_GATEWAY")]
+    pub gateway: String,
+    /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
+    #[arg(long, env = "DS_API_KEY", hide_env_values = true)]
+    pub api_key: Secret,
+    /// PEM CA bundle to trust for the gateway's TLS certificate.
+    #[arg(long, env = "DS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Save without checking the key against the gateway.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+// === errors ===
+
+/// Errors of the CLI; each displays as one line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(
+        "no gateway address: pass --gateway, set DS_GATEWAY, or run `ds login --gateway URL --api-key KEY`"
+    )]
+    NoGateway,
+    #[error(
+        "no API key: pass --api-key, set DS_API_KEY, or run `ds login --gateway URL --api-key KEY`"
+    )]
+    NoApiKey,
+    #[error("invalid gateway address {url:?}: {reason}")]
+    BadGatewayUrl { url: String, reason: String },
+    #[error("the API key contains characters that cannot be sent in a gRPC header")]
+    BadApiKey,
+    #[error("reading the CA certificate {path}: {cause}")]
+    ReadCaCert { path: String, cause: std::io::Error },
+    #[error("cannot reach the gateway at {url}{detail}: is `ds gateway` running?")]
+    Unreachable { url: String, detail: String },
+    #[error(
+        "cannot verify the gateway at {url} ({detail}): pass its CA bundle with --ca-cert or DS_CA_CERT"
+    )]
+    UntrustedGateway { url: String, detail: String },
+    #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
+    Unauthenticated,
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The gateway refused the request and said why (not found, invalid, exists…).
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the gateway at {url} does not support {what} yet: {hint}")]
+    Unimplemented {
+        url: String,
+        what: String,
+        hint: String,
+    },
+    #[error("the gateway did not answer in time")]
+    Timeout,
+    #[error("gateway error ({code}): {message}")]
+    Gateway { code: String, message: String },
+    #[error("config file {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("invalid {flag} value {value:?}: {reason}")]
+    BadFlag {
+        flag: String,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "nothing to change for deployment {0}: give at least one of --image, --replicas, \
+         --port, --env, --unset-env, --cpu, --memory, --proxy/--no-proxy, --host, --ingress-class"
+    )]
+    NothingToUpdate(String),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("deployment {name} failed: {error}")]
+    RolloutFailed { name: String, error: String },
+    #[error(
+        "timed out after {timeout} waiting for deployment {name} to become available ({progress})"
+    )]
+    WaitTimeout {
+        name: String,
+        timeout: String,
+        progress: String,
+    },
+    #[error("writing the output: {0}")]
+    Output(String),
+}
+
+// === entry points ===
+
+/// `ds deployer …`
+///
+/// # Errors
+/// Missing credentials, an unreachable gateway, or the gateway's refusal, as one line.
+pub async fn deployer(args: DeployerArgs) -> Result<(), CliError> {
+    deployer_cmd::run(args).await
+}
+
+/// `ds deployment …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, the gateway's refusal, or a
+/// failed or timed-out `--wait`, as one line.
+pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
+    deployment_cmd::run(args).await
+}
+
+/// `ds login`: checks the key against the gateway (unless `--no-verify`) and saves the
+/// address and key in the config file, readable by the owner only.
+///
+/// # Errors
+/// The gateway refused the key or the config file cannot be written.
+pub async fn login(args: LoginArgs) -> Result<(), CliError> {
+    config::login(args).await
+}

@@ -1,0 +1,551 @@
+//! What the commands print: kubectl-style tables by default, or `-o json|yaml` of stable
+//! view structs (not the wire types, so scripts survive protocol changes).
+
+use super::CliError;
+use chrono::{DateTime, Utc};
+use ds_core::DeploymentSpec;
+use ds_core::proto;
+use serde::Serialize;
+use std::io::Write;
+
+/// `-o/--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// JSON, one document.
+    Json,
+    /// YAML, one document.
+    Yaml,
+}
+
+// === printing ===
+
+/// Prints `value` as JSON or YAML, or the text `table` builds.
+///
+/// # Errors
+/// Serialization or stdout failures (a closed pipe is not one: `ds … | head` is fine).
+pub fn print<T: Serialize>(
+    format: OutputFormat,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    let text = match format {
+        OutputFormat::Table => table(),
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?
+        }
+        OutputFormat::Yaml => {
+            serde_saphyr::to_string(value).map_err(|e| CliError::Output(e.to_string()))?
+        }
+    };
+    print_text(&text)
+}
+
+/// Writes `text` to stdout with exactly one trailing newline.
+///
+/// # Errors
+/// stdout failures other than a closed pipe.
+pub fn print_text(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    let result = writeln!(out, "{}", text.trim_end_matches('\n')).and_then(|()| out.flush());
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Output(e.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Aligns columns kubectl-style: upper-case headers, three spaces between columns.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header_row).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        for (i, cell) in row.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 3;
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `Key:   value` lines, kubectl-describe style.
+pub fn fields(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{:width$}{v}\n", format!("{k}:")))
+        .collect()
+}
+
+// === ages ===
+
+/// The age of an RFC 3339 timestamp as kubectl shows it: `5s`, `3m`, `2h`, `4d`, `1y`;
+/// `<unknown>` when empty or unparsable.
+pub fn format_age(timestamp: &str) -> String {
+    age_at(timestamp, Utc::now())
+}
+
+fn age_at(timestamp: &str, now: DateTime<Utc>) -> String {
+    let Ok(then) = DateTime::parse_from_rfc3339(timestamp) else {
+        return "<unknown>".to_string();
+    };
+    let secs = (now - then.with_timezone(&Utc)).num_seconds().max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s if s < 365 * 86_400 => format!("{}d", s / 86_400),
+        s => format!("{}y", s / (365 * 86_400)),
+    }
+}
+
+// === views ===
+
+fn none_if_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn or_none(s: &str) -> String {
+    if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// A deployer as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployerView {
+    pub id: String,
+    pub name: String,
+    /// `Online`, `Offline` or `Unknown` (never connected).
+    pub status: &'static str,
+    pub agent_version: Option<String>,
+    pub cluster: Option<String>,
+    /// The namespaces its agent is limited to; empty: cluster-wide (or not reported).
+    pub agent_namespaces: Vec<String>,
+    pub last_seen: Option<String>,
+    pub created_at: String,
+    pub deployments: u32,
+    pub revision: u64,
+}
+
+impl From<&proto::Deployer> for DeployerView {
+    fn from(d: &proto::Deployer) -> Self {
+        let status = match proto::DeployerState::try_from(d.state) {
+            Ok(proto::DeployerState::Online) => "Online",
+            Ok(proto::DeployerState::Offline) => "Offline",
+            _ => "Unknown",
+        };
+        Self {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            status,
+            agent_version: none_if_empty(&d.agent_version),
+            cluster: none_if_empty(&d.cluster),
+            agent_namespaces: d.agent_namespaces.clone(),
+            last_seen: none_if_empty(&d.last_seen),
+            created_at: d.created_at.clone(),
+            deployments: d.deployments,
+            revision: d.revision,
+        }
+    }
+}
+
+/// The `ds deployer ls` table.
+pub fn deployers_table(deployers: &[DeployerView]) -> String {
+    let rows: Vec<Vec<String>> = deployers
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.deployments.to_string(),
+                d.status.to_string(),
+                d.agent_version.clone().unwrap_or_else(|| "<none>".into()),
+                d.last_seen
+                    .as_deref()
+                    .map_or_else(|| "<never>".into(), format_age),
+                format_age(&d.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "DEPLOYMENTS",
+            "STATUS",
+            "VERSION",
+            "LAST SEEN",
+            "AGE",
+        ],
+        &rows,
+    )
+}
+
+/// The `ds deployer get` text.
+pub fn deployer_fields(d: &DeployerView) -> String {
+    fields(&[
+        ("ID", d.id.clone()),
+        ("Name", d.name.clone()),
+        ("Status", d.status.to_string()),
+        ("Version", or_none(d.agent_version.as_deref().unwrap_or(""))),
+        ("Cluster", or_none(d.cluster.as_deref().unwrap_or(""))),
+        (
+            "Namespaces",
+            if d.agent_namespaces.is_empty() {
+                "<all>".to_string()
+            } else {
+                d.agent_namespaces.join(",")
+            },
+        ),
+        (
+            "Last seen",
+            d.last_seen.as_deref().map_or_else(
+                || "<never>".to_string(),
+                |t| format!("{t} ({} ago)", format_age(t)),
+            ),
+        ),
+        ("Deployments", d.deployments.to_string()),
+        ("Revision", d.revision.to_string()),
+        (
+            "Created",
+            format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),
+        ),
+    ])
+}
+
+/// A deployment's reported status as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusView {
+    /// `Pending`, `Progressing`, `Available`, `Failed` or `Unknown` (no report yet).
+    pub phase: &'static str,
+    pub ready_replicas: u32,
+    pub available_replicas: u32,
+    pub updated_replicas: u32,
+    pub desired_replicas: u32,
+    pub applied_revision: u64,
+    pub endpoint: Option<String>,
+    pub last_error: Option<String>,
+    pub reported_at: Option<String>,
+}
+
+/// A deployment as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeploymentView {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub deployer: String,
+    pub deployer_id: String,
+    pub url: Option<String>,
+    pub revision: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub spec: DeploymentSpec,
+    pub status: StatusView,
+}
+
+/// The word for a phase.
+pub fn phase_word(phase: i32) -> &'static str {
+    match proto::Phase::try_from(phase) {
+        Ok(proto::Phase::Pending) => "Pending",
+        Ok(proto::Phase::Progressing) => "Progressing",
+        Ok(proto::Phase::Available) => "Available",
+        Ok(proto::Phase::Failed) => "Failed",
+        _ => "Unknown",
+    }
+}
+
+impl From<&proto::DeploymentView> for DeploymentView {
+    fn from(v: &proto::DeploymentView) -> Self {
+        let d = v.deployment.clone().unwrap_or_default();
+        let spec = DeploymentSpec::from(d.spec.unwrap_or_default());
+        let s = v.status.clone().unwrap_or_default();
+        Self {
+            id: d.id,
+            name: d.name,
+            namespace: d.namespace,
+            deployer: v.deployer_name.clone(),
+            deployer_id: d.deployer_id,
+            url: none_if_empty(&v.url),
+            revision: d.revision_of_last_change,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            status: StatusView {
+                phase: phase_word(s.phase),
+                ready_replicas: s.ready_replicas,
+                available_replicas: s.available_replicas,
+                updated_replicas: s.updated_replicas,
+                desired_replicas: spec.replicas,
+                applied_revision: s.applied_revision,
+                endpoint: none_if_empty(&s.endpoint),
+                last_error: none_if_empty(&s.last_error),
+                reported_at: none_if_empty(&v.status_updated_at),
+            },
+            spec,
+        }
+    }
+}
+
+/// The `ds deployment ls` table.
+pub fn deployments_table(deployments: &[DeploymentView]) -> String {
+    let rows: Vec<Vec<String>> = deployments
+        .iter()
+        .map(|d| {
+            vec![
+                d.name.clone(),
+                d.namespace.clone(),
+                d.deployer.clone(),
+                d.spec.image.clone(),
+                format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
+                d.status.phase.to_string(),
+                format_age(&d.created_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "NAMESPACE",
+            "DEPLOYER",
+            "IMAGE",
+            "REPLICAS",
+            "STATUS",
+            "AGE",
+        ],
+        &rows,
+    )
+}
+
+/// The short answer to `create`/`update`: ID, namespace, name, URL.
+pub fn deployment_summary(d: &DeploymentView) -> String {
+    fields(&[
+        ("ID", d.id.clone()),
+        ("Namespace", d.namespace.clone()),
+        ("Name", d.name.clone()),
+        ("URL", d.url.clone().unwrap_or_else(|| "<none>".into())),
+    ])
+}
+
+/// The `ds deployment get` text: the spec, then the status the agent reported.
+pub fn deployment_fields(d: &DeploymentView) -> String {
+    let s = &d.spec;
+    let r = &s.resources;
+    let quantity = |req: &Option<String>, lim: &Option<String>| match (req, lim) {
+        (None, None) => "<none>".to_string(),
+        _ => format!(
+            "request {}, limit {}",
+            req.as_deref().unwrap_or("<none>"),
+            lim.as_deref().unwrap_or("<none>")
+        ),
+    };
+    let env = if s.env.is_empty() {
+        "<none>".to_string()
+    } else {
+        s.env
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let labels = if s.labels.is_empty() {
+        "<none>".to_string()
+    } else {
+        s.labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let proxy = if s.proxy.enabled {
+        let mut details = Vec::new();
+        if !s.proxy.class_names.is_empty() {
+            details.push(format!("classes: {}", s.proxy.class_names.join(", ")));
+        }
+        if s.proxy.query_log {
+            details.push("query logs to stdout".to_string());
+        }
+        if details.is_empty() {
+            "on".to_string()
+        } else {
+            format!("on ({})", details.join("; "))
+        }
+    } else {
+        "off".to_string()
+    };
+    let st = &d.status;
+    let mut text = fields(&[
+        ("ID", d.id.clone()),
+        ("Name", d.name.clone()),
+        ("Namespace", d.namespace.clone()),
+        ("Deployer", format!("{} ({})", d.deployer, d.deployer_id)),
+        ("Model", s.model_name.clone()),
+        ("Image", s.image.clone()),
+        ("Replicas", s.replicas.to_string()),
+        ("Port", s.port.to_string()),
+        ("Host", s.host.clone().unwrap_or_else(|| "<none>".into())),
+        (
+            "Ingress class",
+            s.ingress_class
+                .clone()
+                .unwrap_or_else(|| "<cluster default>".into()),
+        ),
+        ("URL", d.url.clone().unwrap_or_else(|| "<none>".into())),
+        ("Proxy", proxy),
+        ("Env", env),
+        ("CPU", quantity(&r.cpu_request, &r.cpu_limit)),
+        ("Memory", quantity(&r.memory_request, &r.memory_limit)),
+        ("Labels", labels),
+        ("Revision", d.revision.to_string()),
+        (
+            "Created",
+            format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),
+        ),
+    ]);
+    text.push_str("Status:\n");
+    let status = fields(&[
+        ("Phase", st.phase.to_string()),
+        (
+            "Replicas",
+            format!(
+                "{}/{} ready, {} available, {} updated",
+                st.ready_replicas, st.desired_replicas, st.available_replicas, st.updated_replicas
+            ),
+        ),
+        (
+            "Applied revision",
+            if st.applied_revision == 0 {
+                "<none>".to_string()
+            } else {
+                st.applied_revision.to_string()
+            },
+        ),
+        (
+            "Endpoint",
+            st.endpoint.clone().unwrap_or_else(|| "<none>".into()),
+        ),
+        (
+            "Last error",
+            st.last_error.clone().unwrap_or_else(|| "<none>".into()),
+        ),
+        (
+            "Reported",
+            st.reported_at.as_deref().map_or_else(
+                || "<never>".to_string(),
+                |t| format!("{} ago", format_age(t)),
+            ),
+        ),
+    ]);
+    for line in status.lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(age_at("2026-11-22T11:59:55Z", now), "5s");
+        assert_eq!(age_at("2026-11-22T11:57:00Z", now), "3m");
+        assert_eq!(age_at("2026-11-22T10:00:00Z", now), "2h");
+        assert_eq!(age_at("2026-11-18T12:00:00Z", now), "4d");
+        assert_eq!(age_at("2024-11-22T12:00:00Z", now), "2y");
+        // Clock skew never shows a negative age.
+        assert_eq!(age_at("2026-11-22T12:00:30Z", now), "0s");
+        assert_eq!(age_at("", now), "<unknown>");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(
+            &["NAME", "STATUS"],
+            &[
+                vec!["iris".into(), "Online".into()],
+                vec!["a-longer-name".into(), "Offline".into()],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME            STATUS");
+        assert_eq!(lines[1], "iris            Online");
+        assert_eq!(lines[2], "a-longer-name   Offline");
+    }
+
+    #[test]
+    fn a_deployment_without_status_reads_unknown() {
+        let view = proto::DeploymentView {
+            deployment: Some(proto::Deployment {
+                id: "d1".into(),
+                name: "iris".into(),
+                namespace: "default".into(),
+                spec: Some(proto::DeploymentSpec {
+                    model_name: "iris".into(),
+                    image: "tensorflow/serving:2.15.0".into(),
+                    replicas: 3,
+                    port: 8501,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            deployer_name: "prod".into(),
+            ..Default::default()
+        };
+        let view = DeploymentView::from(&view);
+        assert_eq!(view.status.phase, "Unknown");
+        assert!(view.spec.proxy.enabled, "an absent proxy spec means on");
+        let text = deployments_table(std::slice::from_ref(&view));
+        assert!(text.contains("0/3"), "{text}");
+        let get = deployment_fields(&view);
+        assert!(get.contains("Phase:") && get.contains("Unknown"), "{get}");
+    }
+
+    #[test]
+    fn the_proxy_line_and_json_show_query_logs() {
+        let view = proto::DeploymentView {
+            deployment: Some(proto::Deployment {
+                spec: Some(proto::DeploymentSpec {
+                    proxy: Some(proto::ProxySpec {
+                        enabled: true,
+                        class_names: vec!["setosa".into(), "versicolor".into()],
+                        query_log: true,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let view = DeploymentView::from(&view);
+        let get = deployment_fields(&view);
+        let line = get
+            .lines()
+            .find(|l| l.starts_with("Proxy:"))
+            .unwrap_or_else(|| panic!("no Proxy line in {get}"));
+        assert!(
+            line.ends_with("on (classes: setosa, versicolor; query logs to stdout)"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["spec"]["proxy"]["query_log"], true);
+    }
+}

@@ -1,0 +1,308 @@
+//! The agent service: Watch (snapshot, then ordered changes and heartbeats), List, and
+//! ReportStatus, each authenticated by a deployer token that only sees its deployer.
+
+use super::Shared;
+use super::credentials;
+use super::rpc::{bearer, store_status};
+use super::store::{AgentHeartbeat, Change, DeploymentRecord, StatusRecord};
+use chrono::{DateTime, Utc};
+use ds_core::proto::agent_service_server::AgentService;
+use ds_core::proto::{
+    AgentInfo, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport, Upsert,
+    WatchEvent, WatchRequest, watch_event,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Events buffered per Watch stream before the producer waits for the client.
+const WATCH_BUFFER: usize = 64;
+
+/// The stream type of Watch.
+pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+// === impl Presence ===
+
+/// Which deployers have open Watch streams, and when a stream last opened or closed:
+/// a connected agent counts as online without writing to the database.
+#[derive(Debug, Default)]
+pub struct Presence(Mutex<HashMap<String, PresenceEntry>>);
+
+#[derive(Debug, Clone, Copy)]
+struct PresenceEntry {
+    streams: usize,
+    last_seen: DateTime<Utc>,
+}
+
+impl Presence {
+    fn enter(&self, deployer_id: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map.entry(deployer_id.to_string()).or_insert(PresenceEntry {
+            streams: 0,
+            last_seen: Utc::now(),
+        });
+        entry.streams += 1;
+        entry.last_seen = Utc::now();
+    }
+
+    fn leave(&self, deployer_id: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get_mut(deployer_id) {
+            entry.streams = entry.streams.saturating_sub(1);
+            entry.last_seen = Utc::now();
+        }
+    }
+
+    /// `(connected now, last time a stream opened or closed)`.
+    pub fn get(&self, deployer_id: &str) -> (bool, Option<DateTime<Utc>>) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(deployer_id)
+            .map_or((false, None), |e| (e.streams > 0, Some(e.last_seen)))
+    }
+}
+
+/// Ends a stream's presence and gauge when its producer task ends, however it ends.
+struct StreamGuard {
+    shared: Arc<Shared>,
+    deployer_id: String,
+}
+
+impl StreamGuard {
+    fn new(shared: Arc<Shared>, deployer_id: String) -> Self {
+        shared.presence.enter(&deployer_id);
+        shared.metrics.watch_streams.inc();
+        Self {
+            shared,
+            deployer_id,
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.shared.presence.leave(&self.deployer_id);
+        self.shared.metrics.watch_streams.dec();
+        tracing::debug!(deployer = %self.deployer_id, "watch stream closed");
+    }
+}
+
+// === impl AgentSvc ===
+
+/// The AgentService implementation.
+pub struct AgentSvc {
+    shared: Arc<Shared>,
+}
+
+impl AgentSvc {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// The deployer (and token) the request's token authenticates.
+    async fn authenticate<T>(
+        &self,
+        req: &Request<T>,
+        method: &'static str,
+    ) -> Result<credentials::Authenticated, Status> {
+        let presented = bearer(req).inspect_err(|_| {
+            self.shared.metrics.auth_failures.inc();
+        })?;
+        match credentials::verify_token(self.shared.store.as_ref(), presented).await {
+            Ok(Some(auth)) => Ok(auth),
+            Ok(None) => {
+                self.shared.metrics.auth_failures.inc();
+                tracing::warn!(
+                    method,
+                    "rejected a deployer token (unknown, revoked or expired)"
+                );
+                Err(Status::unauthenticated(
+                    "invalid, revoked or expired deployer token",
+                ))
+            }
+            Err(e) => Err(store_status(e)),
+        }
+    }
+}
+
+fn heartbeat_of(agent: Option<AgentInfo>) -> AgentHeartbeat {
+    let agent = agent.unwrap_or_default();
+    AgentHeartbeat {
+        version: agent.version,
+        cluster: agent.cluster,
+        instance: agent.instance,
+        namespaces: agent.namespaces,
+    }
+}
+
+fn snapshot_message(
+    deployer_id: &str,
+    revision: u64,
+    deployments: Vec<DeploymentRecord>,
+) -> Snapshot {
+    Snapshot {
+        deployer_id: deployer_id.to_string(),
+        revision,
+        deployments: deployments.into_iter().map(Into::into).collect(),
+        complete: true,
+    }
+}
+
+fn event(e: watch_event::Event) -> WatchEvent {
+    WatchEvent { event: Some(e) }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let auth = self.authenticate(&request, "Watch").await?;
+        let deployer_id = auth.deployer_id.clone();
+        let agent = heartbeat_of(request.into_inner().agent);
+        let store = &self.shared.store;
+        // Subscribe before reading the snapshot: every later commit is then either in
+        // the snapshot or on the channel (those at or below its revision are skipped).
+        let changes = store.hub().subscribe(&deployer_id);
+        store
+            .record_heartbeat(&deployer_id, &agent)
+            .await
+            .map_err(store_status)?;
+        let (revision, deployments) = store.snapshot(&deployer_id).await.map_err(store_status)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let first = event(watch_event::Event::Snapshot(snapshot_message(
+            &deployer_id,
+            revision,
+            deployments,
+        )));
+        // The channel is new and empty, so this cannot fail for lack of room.
+        let _ = tx.try_send(Ok(first));
+        self.shared.metrics.watch_events.inc();
+        tracing::info!(deployer = %deployer_id, revision, cluster = %agent.cluster, version = %agent.version, "watch stream opened");
+        let guard = StreamGuard::new(self.shared.clone(), deployer_id);
+        tokio::spawn(produce(guard, auth.token_id, changes, tx, revision));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Snapshot>, Status> {
+        let deployer_id = self.authenticate(&request, "List").await?.deployer_id;
+        let (revision, deployments) = self
+            .shared
+            .store
+            .snapshot(&deployer_id)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(snapshot_message(
+            &deployer_id,
+            revision,
+            deployments,
+        )))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<StatusReport>,
+    ) -> Result<Response<StatusAck>, Status> {
+        let deployer_id = self
+            .authenticate(&request, "ReportStatus")
+            .await?
+            .deployer_id;
+        let report = request.into_inner();
+        let store = &self.shared.store;
+        let revision = store
+            .record_heartbeat(&deployer_id, &heartbeat_of(report.agent))
+            .await
+            .map_err(store_status)?;
+        let statuses: Vec<StatusRecord> = report.statuses.into_iter().map(Into::into).collect();
+        let stored = store
+            .put_statuses(&deployer_id, &statuses)
+            .await
+            .map_err(store_status)?;
+        self.shared.metrics.status_reports.inc();
+        if stored.len() < statuses.len() {
+            tracing::debug!(deployer = %deployer_id, ignored = statuses.len() - stored.len(), "ignored statuses of unknown or foreign deployments");
+        }
+        Ok(Response::new(StatusAck { revision }))
+    }
+}
+
+/// Feeds one Watch stream: changes above `revision` in order, heartbeats when idle. Ends
+/// when the client goes, the deployer is deleted, its token is no longer valid (checked
+/// at each heartbeat), the stream lags, or the gateway stops.
+async fn produce(
+    guard: StreamGuard,
+    token_id: String,
+    mut changes: broadcast::Receiver<Change>,
+    tx: mpsc::Sender<Result<WatchEvent, Status>>,
+    mut last: u64,
+) {
+    let shared = guard.shared.clone();
+    let period = shared.heartbeat_interval;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let next = tokio::select! {
+            _ = shared.shutdown.cancelled() => {
+                let _ = tx.try_send(Err(Status::unavailable("gateway shutting down")));
+                break;
+            }
+            _ = tx.closed() => break,
+            _ = heartbeat.tick() => {
+                match credentials::still_valid(shared.store.as_ref(), &token_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(deployer = %guard.deployer_id, "ending a watch stream: its token was rotated out or revoked");
+                        let _ = tx.send(Err(Status::unauthenticated("deployer token expired or revoked"))).await;
+                        break;
+                    }
+                    // A database hiccup is no reason to drop a healthy agent.
+                    Err(error) => tracing::warn!(%error, "re-checking a watch stream's token failed"),
+                }
+                watch_event::Event::Heartbeat(Heartbeat { revision: last })
+            }
+            change = changes.recv() => match change {
+                Ok(Change::DeployerDeleted) => {
+                    let _ = tx.send(Err(Status::unauthenticated("deployer deleted"))).await;
+                    break;
+                }
+                Ok(change) if change.revision() <= last => continue,
+                Ok(Change::Upsert(d)) => {
+                    last = d.revision;
+                    heartbeat.reset();
+                    watch_event::Event::Upsert(Upsert {
+                        revision: d.revision,
+                        deployment: Some(DeploymentRecord::clone(&d).into()),
+                    })
+                }
+                Ok(Change::Removal { revision, id, namespace, name }) => {
+                    last = revision;
+                    heartbeat.reset();
+                    watch_event::Event::Removal(Removal {
+                        revision,
+                        deployment_id: id,
+                        namespace,
+                        name,
+                    })
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    shared.metrics.watch_lagged.inc();
+                    tracing::warn!(deployer = %guard.deployer_id, missed, "watch stream fell behind; ending it");
+                    let _ = tx
+                        .send(Err(Status::aborted("watch fell behind; reconnect for a fresh snapshot")))
+                        .await;
+                    break;
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if tx.send(Ok(event(next))).await.is_err() {
+            break;
+        }
+        shared.metrics.watch_events.inc();
+    }
+    drop(guard);
+}

@@ -1,0 +1,581 @@
+//! The control service the CLI calls: deployers, deployments, token rotation and the
+//! status watch behind `--wait`; authenticated by the admin API key.
+
+use super::Shared;
+use super::convert::{deployer_to_proto, rfc3339};
+use super::credentials;
+use super::rpc::{bearer, store_status};
+use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
+use chrono::Utc;
+use ds_core::DeploymentSpec;
+use ds_core::proto::control_service_server::ControlService;
+use ds_core::proto::{
+    CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
+    CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
+    DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, Deployer,
+    DeploymentView, GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest,
+    ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
+    RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// How often an update retries after a concurrent change to the same deployment.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// The stream type of WatchDeploymentStatus.
+pub type DeploymentViewStream = ReceiverStream<Result<DeploymentView, Status>>;
+
+/// How long a verified API key is trusted without asking the database again.
+const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// The hash of the last verified API key and when it was verified.
+type KeyCache = Arc<Mutex<Option<([u8; 32], Instant)>>>;
+
+/// The ControlService implementation.
+pub struct ControlSvc {
+    shared: Arc<Shared>,
+    /// Hash of the last verified API key and when it was verified: saves a database
+    /// read per CLI call (create throughput) while a removed key stops working in
+    /// at most [`API_KEY_CACHE_TTL`].
+    verified_key: KeyCache,
+}
+
+impl ControlSvc {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            verified_key: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let presented = bearer(req).inspect_err(|_| {
+            self.shared.metrics.auth_failures.inc();
+        })?;
+        let hash = credentials::hash(presented);
+        let cached = *self.verified_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, at)) = cached {
+            let same: bool = known.ct_eq(&hash).into();
+            if same && at.elapsed() < API_KEY_CACHE_TTL {
+                return Ok(());
+            }
+        }
+        match credentials::verify_api_key(self.shared.store.as_ref(), presented).await {
+            Ok(true) => {
+                *self.verified_key.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((hash, Instant::now()));
+                Ok(())
+            }
+            Ok(false) => {
+                self.shared.metrics.auth_failures.inc();
+                tracing::warn!("rejected an API key");
+                Err(Status::unauthenticated("invalid API key"))
+            }
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
+    fn deployer_view(&self, d: DeployerRecord) -> Deployer {
+        let (connected, stream_seen) = self.shared.presence.get(&d.id);
+        let last_seen = match (d.last_seen, stream_seen, connected) {
+            (_, _, true) => Some(Utc::now()),
+            (a, b, false) => a.max(b),
+        };
+        let online = connected
+            || last_seen.is_some_and(|t| {
+                (Utc::now() - t).to_std().unwrap_or_default() < self.shared.offline_after
+            });
+        deployer_to_proto(DeployerRecord { last_seen, ..d }, online)
+    }
+
+    async fn deployer(&self, id_or_name: &str) -> Result<DeployerRecord, Status> {
+        if id_or_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "deployer: an ID or name is required",
+            ));
+        }
+        self.shared
+            .store
+            .get_deployer(id_or_name)
+            .await
+            .map_err(store_status)
+    }
+
+    /// A deployer's `(id, name)`, without the counts a full record costs.
+    async fn resolve(&self, id_or_name: &str) -> Result<(String, String), Status> {
+        if id_or_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "deployer: an ID or name is required",
+            ));
+        }
+        self.shared
+            .store
+            .resolve_deployer(id_or_name)
+            .await
+            .map_err(store_status)
+    }
+
+    /// Resolves a selector to exactly one deployment.
+    async fn select(&self, sel: &GetDeploymentRequest) -> Result<DeploymentRecord, Status> {
+        if sel.deployment.is_empty() {
+            return Err(Status::invalid_argument(
+                "deployment: an ID or name is required",
+            ));
+        }
+        let deployer_id = if sel.deployer.is_empty() {
+            None
+        } else {
+            Some(self.resolve(&sel.deployer).await?.0)
+        };
+        let selector = DeploymentSelector {
+            deployment: sel.deployment.clone(),
+            deployer_id,
+            namespace: (!sel.namespace.is_empty()).then(|| sel.namespace.clone()),
+        };
+        let mut found = self
+            .shared
+            .store
+            .find_deployments(&selector)
+            .await
+            .map_err(store_status)?;
+        match found.len() {
+            0 => Err(Status::not_found(format!(
+                "deployment {} not found",
+                sel.deployment
+            ))),
+            1 => Ok(found.remove(0)),
+            n => Err(Status::failed_precondition(format!(
+                "{n} deployments are named {}; give the deployer and namespace, or the ID",
+                sel.deployment
+            ))),
+        }
+    }
+
+    async fn view(&self, d: DeploymentRecord) -> Result<DeploymentView, Status> {
+        let store = &self.shared.store;
+        let deployer_name = store
+            .resolve_deployer(&d.deployer_id)
+            .await
+            .map(|(_, name)| name)
+            .unwrap_or_default();
+        let status = store.get_status(&d.id).await.map_err(store_status)?;
+        Ok(make_view(d, deployer_name, status))
+    }
+}
+
+fn make_view(
+    d: DeploymentRecord,
+    deployer_name: String,
+    status: Option<super::store::StatusRecord>,
+) -> DeploymentView {
+    let url = match &d.spec.host {
+        Some(host) => format!("http://{host}/"),
+        None => status
+            .as_ref()
+            .map(|s| s.endpoint.clone())
+            .unwrap_or_default(),
+    };
+    let status_updated_at = status
+        .as_ref()
+        .and_then(|s| s.updated_at)
+        .map(rfc3339)
+        .unwrap_or_default();
+    let status = status
+        .map(Into::into)
+        .unwrap_or_else(|| ds_core::proto::DeploymentStatus {
+            deployment_id: d.id.clone(),
+            ..Default::default()
+        });
+    DeploymentView {
+        deployment: Some(d.into()),
+        deployer_name,
+        status: Some(status),
+        status_updated_at,
+        url,
+    }
+}
+
+fn invalid(e: ds_core::ValidationError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Applies an update request's set fields to a spec.
+fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    if let Some(image) = &req.image {
+        spec.image.clone_from(image);
+    }
+    if let Some(replicas) = req.replicas {
+        spec.replicas = replicas;
+    }
+    if let Some(port) = req.port {
+        spec.port = port;
+    }
+    if let Some(host) = &req.host {
+        spec.host = non_empty(host);
+    }
+    if let Some(class) = &req.ingress_class {
+        spec.ingress_class = non_empty(class);
+    }
+    for name in &req.unset_env {
+        spec.env.retain(|e| &e.name != name);
+    }
+    for var in &req.set_env {
+        match spec.env.iter_mut().find(|e| e.name == var.name) {
+            Some(existing) => existing.value.clone_from(&var.value),
+            None => spec.env.push(ds_core::EnvVar {
+                name: var.name.clone(),
+                value: var.value.clone(),
+            }),
+        }
+    }
+    // `--cpu`/`--memory` set the request and the limit alike, as `ds deployment create` does.
+    if let Some(cpu) = req.cpu.as_deref().filter(|s| !s.is_empty()) {
+        spec.resources.cpu_request = Some(cpu.to_string());
+        spec.resources.cpu_limit = Some(cpu.to_string());
+    }
+    if let Some(memory) = req.memory.as_deref().filter(|s| !s.is_empty()) {
+        spec.resources.memory_request = Some(memory.to_string());
+        spec.resources.memory_limit = Some(memory.to_string());
+    }
+    if let Some(enabled) = req.proxy_enabled {
+        spec.proxy.enabled = enabled;
+    }
+    if let Some(on) = req.proxy_query_log {
+        spec.proxy.query_log = on;
+    }
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlSvc {
+    type WatchDeploymentStatusStream = DeploymentViewStream;
+
+    async fn create_deployer(
+        &self,
+        request: Request<CreateDeployerRequest>,
+    ) -> Result<Response<CreateDeployerResponse>, Status> {
+        self.authorize(&request).await?;
+        let name = request.into_inner().name;
+        ds_core::validate_deployer_name(&name).map_err(invalid)?;
+        let token = credentials::generate(credentials::TOKEN_PREFIX);
+        let record = self
+            .shared
+            .store
+            .create_deployer(&name, &token.id, token.hash)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(deployer = %record.id, name = %record.name, "deployer created");
+        Ok(Response::new(CreateDeployerResponse {
+            deployer: Some(self.deployer_view(record)),
+            token: token.secret,
+        }))
+    }
+
+    async fn list_deployers(
+        &self,
+        request: Request<ListDeployersRequest>,
+    ) -> Result<Response<ListDeployersResponse>, Status> {
+        self.authorize(&request).await?;
+        let deployers = self
+            .shared
+            .store
+            .list_deployers()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListDeployersResponse {
+            deployers: deployers
+                .into_iter()
+                .map(|d| self.deployer_view(d))
+                .collect(),
+        }))
+    }
+
+    async fn get_deployer(
+        &self,
+        request: Request<GetDeployerRequest>,
+    ) -> Result<Response<Deployer>, Status> {
+        self.authorize(&request).await?;
+        let record = self.deployer(&request.get_ref().deployer).await?;
+        Ok(Response::new(self.deployer_view(record)))
+    }
+
+    async fn delete_deployer(
+        &self,
+        request: Request<DeleteDeployerRequest>,
+    ) -> Result<Response<DeleteDeployerResponse>, Status> {
+        self.authorize(&request).await?;
+        let record = self.deployer(&request.get_ref().deployer).await?;
+        self.shared
+            .store
+            .delete_deployer(&record.id)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(deployer = %record.id, name = %record.name, "deployer deleted; its tokens are revoked");
+        Ok(Response::new(DeleteDeployerResponse { id: record.id }))
+    }
+
+    async fn rotate_deployer_token(
+        &self,
+        request: Request<RotateDeployerTokenRequest>,
+    ) -> Result<Response<RotateDeployerTokenResponse>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let record = self.deployer(&req.deployer).await?;
+        let overlap = if req.overlap_seconds == 0 {
+            self.shared.token_overlap
+        } else {
+            std::time::Duration::from_secs(u64::from(req.overlap_seconds))
+        };
+        let expires = Utc::now()
+            + chrono::Duration::from_std(overlap)
+                .map_err(|_| Status::invalid_argument("overlap_seconds: too large"))?;
+        let token = credentials::generate(credentials::TOKEN_PREFIX);
+        self.shared
+            .store
+            .rotate_token(&record.id, &token.id, token.hash, expires)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(deployer = %record.id, previous_expires_at = %rfc3339(expires), "deployer token rotated");
+        Ok(Response::new(RotateDeployerTokenResponse {
+            token: token.secret,
+            previous_expires_at: rfc3339(expires),
+        }))
+    }
+
+    async fn create_install_code(
+        &self,
+        request: Request<CreateInstallCodeRequest>,
+    ) -> Result<Response<CreateInstallCodeResponse>, Status> {
+        self.authorize(&request).await?;
+        super::install::create_install_code(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_deployment(
+        &self,
+        request: Request<CreateDeploymentRequest>,
+    ) -> Result<Response<DeploymentView>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
+        let mut spec: DeploymentSpec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: required"))?
+            .into();
+        if spec.port == 0 {
+            spec.port = ds_core::spec::DEFAULT_PORT;
+        }
+        let name = if req.name.is_empty() {
+            spec.model_name.clone()
+        } else {
+            req.name
+        };
+        let namespace = if req.namespace.is_empty() {
+            ds_core::spec::DEFAULT_NAMESPACE.to_string()
+        } else {
+            req.namespace
+        };
+        ds_core::validate_deployment(&name, &namespace, &spec).map_err(invalid)?;
+        let deployer = self
+            .shared
+            .store
+            .get_deployer(&deployer_id)
+            .await
+            .map_err(store_status)?;
+        if !deployer.agent_namespaces.is_empty() && !deployer.agent_namespaces.contains(&namespace)
+        {
+            // The agent could never write there: say so now rather than as a Failed status.
+            return Err(invalid(ds_core::ValidationError {
+                field: "namespace".into(),
+                value: namespace,
+                rule: format!(
+                    "deployer {deployer_name}'s agent only has rights in: {} (installed with --namespaces); use one of them, or reinstall the agent with this namespace",
+                    deployer.agent_namespaces.join(", ")
+                ),
+            }));
+        }
+        let record = self
+            .shared
+            .store
+            .create_deployment(&deployer_id, &name, &namespace, &spec)
+            .await
+            .map_err(store_status)?;
+        self.shared.metrics.deployment_changes.inc();
+        tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
+        Ok(Response::new(make_view(record, deployer_name, None)))
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<ListDeploymentsRequest>,
+    ) -> Result<Response<ListDeploymentsResponse>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let store = &self.shared.store;
+        let deployer_id = if req.deployer.is_empty() {
+            None
+        } else {
+            Some(self.resolve(&req.deployer).await?.0)
+        };
+        let deployments = store
+            .list_deployments(deployer_id.as_deref())
+            .await
+            .map_err(store_status)?;
+        let names: HashMap<String, String> = store
+            .list_deployers()
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .map(|d| (d.id, d.name))
+            .collect();
+        let mut statuses = store.list_statuses().await.map_err(store_status)?;
+        let views = deployments
+            .into_iter()
+            .map(|d| {
+                let deployer_name = names.get(&d.deployer_id).cloned().unwrap_or_default();
+                let status = statuses.remove(&d.id);
+                make_view(d, deployer_name, status)
+            })
+            .collect();
+        Ok(Response::new(ListDeploymentsResponse {
+            deployments: views,
+        }))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<GetDeploymentRequest>,
+    ) -> Result<Response<DeploymentView>, Status> {
+        self.authorize(&request).await?;
+        let record = self.select(request.get_ref()).await?;
+        Ok(Response::new(self.view(record).await?))
+    }
+
+    async fn update_deployment(
+        &self,
+        request: Request<UpdateDeploymentRequest>,
+    ) -> Result<Response<DeploymentView>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let selector = req
+            .selector
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let mut record = self.select(&selector).await?;
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut spec = record.spec.clone();
+            apply_update(&mut spec, &req);
+            if spec == record.spec {
+                // Nothing changes: no revision, no event for the agents.
+                return Ok(Response::new(self.view(record).await?));
+            }
+            ds_core::validate_deployment(&record.name, &record.namespace, &spec)
+                .map_err(invalid)?;
+            match self
+                .shared
+                .store
+                .update_deployment(&record.id, record.revision, &spec)
+                .await
+            {
+                Ok(updated) => {
+                    self.shared.metrics.deployment_changes.inc();
+                    tracing::info!(deployment = %updated.id, revision = updated.revision, "deployment updated");
+                    return Ok(Response::new(self.view(updated).await?));
+                }
+                Err(StoreError::Conflict(_)) => {
+                    record = self
+                        .shared
+                        .store
+                        .get_deployment(&record.id)
+                        .await
+                        .map_err(store_status)?;
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted(
+            "deployment kept changing concurrently; retry",
+        ))
+    }
+
+    async fn delete_deployment(
+        &self,
+        request: Request<DeleteDeploymentRequest>,
+    ) -> Result<Response<DeleteDeploymentResponse>, Status> {
+        self.authorize(&request).await?;
+        let selector = request
+            .into_inner()
+            .selector
+            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let record = self.select(&selector).await?;
+        let (deleted, revision) = self
+            .shared
+            .store
+            .delete_deployment(&record.id)
+            .await
+            .map_err(store_status)?;
+        self.shared.metrics.deployment_changes.inc();
+        tracing::info!(deployment = %deleted.id, revision, "deployment deleted");
+        Ok(Response::new(DeleteDeploymentResponse {
+            id: deleted.id,
+            revision,
+        }))
+    }
+
+    async fn watch_deployment_status(
+        &self,
+        request: Request<GetDeploymentRequest>,
+    ) -> Result<Response<Self::WatchDeploymentStatusStream>, Status> {
+        self.authorize(&request).await?;
+        // Subscribe first so that no change between the first view and the loop is lost.
+        let mut touched = self.shared.store.hub().subscribe_touched();
+        let record = self.select(request.get_ref()).await?;
+        let id = record.id.clone();
+        let first = self.view(record).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.try_send(Ok(first));
+        let svc = ControlSvc {
+            shared: self.shared.clone(),
+            verified_key: self.verified_key.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let changed = tokio::select! {
+                    _ = svc.shared.shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("gateway shutting down")));
+                        break;
+                    }
+                    _ = tx.closed() => break,
+                    t = touched.recv() => match t {
+                        Ok(touched_id) => touched_id == id,
+                        // Missed some: look again rather than risk missing ours.
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                };
+                if !changed {
+                    continue;
+                }
+                let next = match svc.shared.store.get_deployment(&id).await {
+                    Ok(record) => svc.view(record).await,
+                    Err(StoreError::NotFound(_)) => {
+                        Err(Status::not_found(format!("deployment {id} was deleted")))
+                    }
+                    Err(e) => Err(store_status(e)),
+                };
+                let end = next.is_err();
+                if tx.send(next).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

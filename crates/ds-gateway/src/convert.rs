@@ -1,0 +1,84 @@
+//! Conversions between the wire types of [`ds_core::proto`] and the store's records (the
+//! domain types convert in [`ds_core::convert`]).
+
+use super::store::{DeployerRecord, DeploymentRecord, StatusRecord};
+use chrono::{DateTime, SecondsFormat, Utc};
+use ds_core::proto;
+
+/// RFC 3339 with seconds precision, UTC (`2026-11-22T02:00:00Z`).
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+// === deployments ===
+
+impl From<DeploymentRecord> for proto::Deployment {
+    fn from(d: DeploymentRecord) -> Self {
+        proto::Deployment {
+            id: d.id,
+            name: d.name,
+            namespace: d.namespace,
+            spec: Some(d.spec.into()),
+            revision_of_last_change: d.revision,
+            deployer_id: d.deployer_id,
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+// === statuses ===
+
+impl From<proto::DeploymentStatus> for StatusRecord {
+    fn from(s: proto::DeploymentStatus) -> Self {
+        StatusRecord {
+            deployment_id: s.deployment_id,
+            phase: s.phase,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            updated_replicas: s.updated_replicas,
+            applied_revision: s.applied_revision,
+            endpoint: s.endpoint,
+            last_error: s.last_error,
+            updated_at: None,
+        }
+    }
+}
+
+impl From<StatusRecord> for proto::DeploymentStatus {
+    fn from(s: StatusRecord) -> Self {
+        proto::DeploymentStatus {
+            deployment_id: s.deployment_id,
+            phase: s.phase,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            updated_replicas: s.updated_replicas,
+            applied_revision: s.applied_revision,
+            endpoint: s.endpoint,
+            last_error: s.last_error,
+        }
+    }
+}
+
+/// A deployer as the CLI sees it; `online` is decided by the caller from heartbeats.
+pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
+    let state = if online {
+        proto::DeployerState::Online
+    } else if d.last_seen.is_some() {
+        proto::DeployerState::Offline
+    } else {
+        proto::DeployerState::Unspecified
+    };
+    proto::Deployer {
+        id: d.id,
+        name: d.name,
+        state: state as i32,
+        agent_version: d.agent_version,
+        cluster: d.cluster,
+        last_seen: d.last_seen.map(rfc3339).unwrap_or_default(),
+        created_at: rfc3339(d.created_at),
+        deployments: d.deployments,
+        revision: d.revision,
+        agent_namespaces: d.agent_namespaces,
+    }
+}

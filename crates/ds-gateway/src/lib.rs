@@ -1,0 +1,352 @@
+//! The control plane (`ds gateway`): store, credentials, gRPC services for agents and CLI.
+//!
+//! # Layout
+//! - [`store`]: the storage trait, its records, and the change hub watchers read from.
+//! - `sql`: the one implementation of the store for both back ends, `rows` its row
+//!   decoding, `group_commit` the batching of concurrent creates.
+//! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
+//! - [`postgres`]: the PostgreSQL back end, for several replicas on one database.
+//! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
+//! - [`convert`]: `proto` ⇄ `core` conversions.
+//! - [`agent_service`] / [`control_service`]: the two gRPC services.
+//! - [`install`]: install codes and the `/install/CODE.yaml` endpoint.
+//! - [`manifest`]: the agent install manifest it renders (`deploy/agent.yaml`).
+//! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
+//! - [`rpc`]: credential extraction and error mapping shared by the services.
+//! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
+
+pub mod agent_service;
+pub mod control_service;
+pub mod convert;
+pub mod credentials;
+mod group_commit;
+pub mod install;
+pub mod manifest;
+pub mod metrics;
+pub mod postgres;
+mod rows;
+pub mod rpc;
+pub mod server;
+mod sql;
+pub mod sqlite;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `ds gateway`; each also reads a `DS_*` environment variable.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GatewayArgs {
+    /// Address to serve gRPC and HTTP on.
+    #[arg(long, env = "DS_LISTEN", default_value = "127.0.0.1:8800")]
+    pub listen: SocketAddr,
+    /// Directory of the SQLite database and `admin.key`.
+    #[arg(long, env = "DS_DATA_DIR", default_value = "./ds-data")]
+    pub data_dir: PathBuf,
+    /// Database URL: `sqlite:///var/lib/ds/gateway.db`, or `postgres://USER@HOST/DB` for
+    /// several gateway replicas sharing one database; overrides the SQLite file in the
+    /// data directory.
+    #[arg(long, env = "DS_DATABASE")]
+    pub database: Option<String>,
+    /// Serve plaintext (no TLS). Only for local development and tests.
+    #[arg(long, env = "DS_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "DS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "DS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Heartbeat period on idle Watch streams (e.g. `10s`).
+    #[arg(long, env = "DS_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// A deployer is offline when no agent reported for this long (e.g. `60s`).
+    #[arg(long, env = "DS_OFFLINE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub offline_after: Duration,
+    /// How long a rotated-out token keeps working (e.g. `10m`).
+    #[arg(long, env = "DS_TOKEN_OVERLAP", default_value = "10m", value_parser = parse_duration)]
+    pub token_overlap: Duration,
+    /// The gateway's public URL, used in install URLs (default: derived from --listen).
+    #[arg(long, env = "DS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Agent image written into install manifests.
+    #[arg(long, env = "DS_AGENT_IMAGE", default_value = install::DEFAULT_AGENT_IMAGE)]
+    pub agent_image: String,
+    /// PEM bundle that installed agents trust for the gateway (when its certificate is
+    /// not signed by a public CA); written into the install manifest's Secret.
+    #[arg(long, env = "DS_AGENT_CA_CERT")]
+    pub agent_ca_cert: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// Settings for a test or an embedded gateway: plaintext, on `listen`, data in
+    /// `data_dir`, default timings.
+    pub fn insecure(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            database: None,
+            insecure: true,
+            tls_cert: None,
+            tls_key: None,
+            heartbeat_interval: Duration::from_secs(10),
+            offline_after: Duration::from_secs(60),
+            token_overlap: Duration::from_secs(600),
+            public_url: None,
+            agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
+            agent_ca_cert: None,
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 5m, 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    }
+}
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("creating the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("opening the store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("setting up the admin API key: {0}")]
+    AdminKey(#[from] credentials::AdminKeyError),
+    #[error("TLS is required: give --tls-cert and --tls-key, or --insecure for plaintext")]
+    TlsRequired,
+    #[error("loading TLS material: {0}")]
+    Tls(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Settings and state shared by the gRPC services.
+pub(crate) struct Shared {
+    pub store: Arc<dyn store::Store>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub presence: agent_service::Presence,
+    pub heartbeat_interval: Duration,
+    pub offline_after: Duration,
+    pub token_overlap: Duration,
+    /// Install codes (the store again, as its other trait) and what the install manifest needs.
+    pub install_codes: Arc<dyn install::InstallCodes>,
+    pub install: install::InstallSettings,
+    /// Cancelled at shutdown: long-lived streams end so connections can close.
+    pub shutdown: CancellationToken,
+}
+
+/// A gateway serving in the background (in tests, or embedded in `ds dev`).
+pub struct RunningGateway {
+    /// The bound address (the real port when `--listen` had port 0).
+    pub addr: SocketAddr,
+    /// The admin API key: newly created, or read back from `admin.key`; empty when that
+    /// file is missing on a later start.
+    pub admin_key: String,
+    tls: bool,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    store: Backend,
+}
+
+/// The opened store, to close it on the way out.
+enum Backend {
+    Sqlite(Arc<sqlite::SqliteStore>),
+    Postgres(Arc<postgres::PgStore>),
+}
+
+impl Backend {
+    /// Opens the back end a database URL names (SQLite in `data_dir` without one).
+    async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<Self, GatewayError> {
+        Ok(match url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Backend::Postgres(Arc::new(postgres::PgStore::open_url(url).await?))
+            }
+            Some(url) => Backend::Sqlite(Arc::new(sqlite::SqliteStore::open_url(url).await?)),
+            None => Backend::Sqlite(Arc::new(
+                sqlite::SqliteStore::open_path(&data_dir.join("gateway.db")).await?,
+            )),
+        })
+    }
+
+    fn store(&self) -> Arc<dyn store::Store> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+        }
+    }
+
+    fn install_codes(&self) -> Arc<dyn install::InstallCodes> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Backend::Sqlite(s) => s.close().await,
+            Backend::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+impl std::fmt::Debug for RunningGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningGateway")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningGateway {
+    /// Opens the store, makes sure an admin key exists, binds and starts serving.
+    ///
+    /// # Errors
+    /// The data directory, database, TLS material or listen address is unusable.
+    pub async fn start(args: GatewayArgs) -> Result<RunningGateway, GatewayError> {
+        server::install_crypto_provider();
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(server::tls_config(cert, key)?),
+            _ if args.insecure => None,
+            _ => return Err(GatewayError::TlsRequired),
+        };
+        std::fs::create_dir_all(&args.data_dir).map_err(|source| GatewayError::DataDir {
+            path: args.data_dir.display().to_string(),
+            source,
+        })?;
+        let agent_ca = match args
+            .agent_ca_cert
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                GatewayError::Tls(format!("agent CA bundle {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let backend = Backend::open(args.database.as_deref(), &args.data_dir).await?;
+        let (admin_key, created) =
+            credentials::ensure_admin_key(backend.store().as_ref(), &args.data_dir).await?;
+        if created {
+            // Shown once, on purpose outside the logs: the file keeps the only other copy.
+            println!(
+                "Admin API key (shown once; also saved 0600 in {}): {admin_key}",
+                args.data_dir.join(credentials::ADMIN_KEY_FILE).display()
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: args.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+        if tls.is_none() {
+            tracing::warn!(%addr, "serving plaintext without TLS (--insecure): tokens cross the network in clear");
+        }
+        let shutdown = CancellationToken::new();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let shared = Arc::new(Shared {
+            store: backend.store(),
+            metrics: metrics.clone(),
+            presence: agent_service::Presence::default(),
+            heartbeat_interval: args.heartbeat_interval,
+            offline_after: args.offline_after,
+            token_overlap: args.token_overlap,
+            install_codes: backend.install_codes(),
+            install: install::InstallSettings {
+                public_url: install::public_url(args.public_url.as_deref(), addr, tls.is_some()),
+                agent_image: args.agent_image.clone(),
+                ca_bundle: agent_ca,
+            },
+            shutdown: shutdown.clone(),
+        });
+        let app = server::router(shared.clone()).merge(install::router(shared));
+        let is_tls = tls.is_some();
+        let task = tokio::spawn(server::serve(listener, app, tls, shutdown.clone()));
+        tracing::info!(%addr, tls = is_tls, data_dir = %args.data_dir.display(), "gateway listening");
+        Ok(RunningGateway {
+            addr,
+            admin_key,
+            tls: is_tls,
+            shutdown,
+            task,
+            store: backend,
+        })
+    }
+
+    /// The URL clients dial: `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Stops accepting, ends open streams, waits for connections to close (bounded), and
+    /// closes the database.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(error) = self.task.await {
+            tracing::warn!(%error, "gateway server task ended abnormally");
+        }
+        self.store.close().await;
+        tracing::info!("gateway stopped");
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves, then stops gracefully.
+///
+/// # Errors
+/// Start-up failures (see [`RunningGateway::start`]).
+pub async fn run(
+    args: GatewayArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let running = RunningGateway::start(args).await?;
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

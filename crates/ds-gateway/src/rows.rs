@@ -1,0 +1,166 @@
+//! What both store back ends share below the statements: value conversions, error
+//! classification, and the decoding of every row the store reads, written once for the
+//! rows of any `sqlx` database with the store's column types.
+
+use super::store::{DeployerRecord, DeploymentRecord, StatusRecord, StoreError, TokenRecord};
+use chrono::{DateTime, Utc};
+use ds_core::DeploymentSpec;
+use sqlx::{ColumnIndex, Database, Decode, Row, Type};
+
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+pub(super) fn ts(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+pub(super) fn spec_json(spec: &DeploymentSpec) -> Result<String, StoreError> {
+    serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(format!("deployment spec: {e}")))
+}
+
+// === error classification ===
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+pub(super) fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// Whether PostgreSQL gave up on a transaction for a deadlock or serialization failure
+/// between replicas: a conflict the caller may retry, not a database failure. (SQLite
+/// never reports these codes.)
+pub(super) fn is_retryable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// Maps a retryable failure (see [`is_retryable`]) to [`StoreError::Conflict`].
+pub(super) fn retryable(what: &str) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| {
+        if is_retryable(&e) {
+            StoreError::Conflict(what.to_string())
+        } else {
+            e
+        }
+    }
+}
+
+// === rows ===
+
+/// A row of either back end, read by column name in the types the schemas use: TEXT,
+/// 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT) and bytes (BLOB, BYTEA).
+pub(super) trait StoreRow: Row {
+    fn text(&self, column: &str) -> Result<String, sqlx::Error>;
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
+}
+
+impl<R: Row> StoreRow for R
+where
+    for<'a> &'a str: ColumnIndex<R>,
+    String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    i64: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    Vec<u8>: for<'r> Decode<'r, R::Database> + Type<R::Database>,
+    R::Database: Database,
+{
+    fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
+        self.try_get(column)
+    }
+}
+
+/// A deployer row joined with its deployment count `n`.
+pub(super) fn deployer_from_row(row: &impl StoreRow) -> Result<DeployerRecord, StoreError> {
+    Ok(DeployerRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        created_at: ts(row.int("created_at")?),
+        revision: to_u64(row.int("revision")?),
+        agent_version: row.text("agent_version")?,
+        cluster: row.text("cluster")?,
+        instance: row.text("instance")?,
+        agent_namespaces: row
+            .text("agent_namespaces")?
+            .split(',')
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect(),
+        last_seen: row.opt_int("last_seen")?.map(ts),
+        deployments: u32::try_from(row.int("n")?).unwrap_or(u32::MAX),
+    })
+}
+
+pub(super) fn deployment_from_row(row: &impl StoreRow) -> Result<DeploymentRecord, StoreError> {
+    let spec: DeploymentSpec = serde_json::from_str(&row.text("spec")?)
+        .map_err(|e| StoreError::Corrupt(format!("deployment spec: {e}")))?;
+    Ok(DeploymentRecord {
+        id: row.text("id")?,
+        deployer_id: row.text("deployer_id")?,
+        name: row.text("name")?,
+        namespace: row.text("namespace")?,
+        spec,
+        revision: to_u64(row.int("revision")?),
+        created_at: ts(row.int("created_at")?),
+        updated_at: ts(row.int("updated_at")?),
+    })
+}
+
+pub(super) fn status_from_row(row: &impl StoreRow) -> Result<StatusRecord, StoreError> {
+    let count =
+        |name: &str| -> Result<u32, StoreError> { Ok(u32::try_from(row.int(name)?).unwrap_or(0)) };
+    Ok(StatusRecord {
+        deployment_id: row.text("deployment_id")?,
+        phase: i32::try_from(row.int("phase")?).unwrap_or(0),
+        ready_replicas: count("ready_replicas")?,
+        available_replicas: count("available_replicas")?,
+        updated_replicas: count("updated_replicas")?,
+        applied_revision: to_u64(row.int("applied_revision")?),
+        endpoint: row.text("endpoint")?,
+        last_error: row.text("last_error")?,
+        updated_at: Some(ts(row.int("updated_at")?)),
+    })
+}
+
+fn hash_from(row: &impl StoreRow) -> Result<[u8; 32], StoreError> {
+    row.bytes("hash")?
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("token hash is not 32 bytes".into()))
+}
+
+/// A `tokens` row: `deployer_id, hash, expires_at`.
+pub(super) fn token_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        deployer_id: row.text("deployer_id")?,
+        hash: hash_from(row)?,
+        expires_at: row.opt_int("expires_at")?.map(ts),
+    })
+}
+
+/// An `api_keys` row: admin keys belong to no deployer and do not expire.
+pub(super) fn api_key_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        deployer_id: String::new(),
+        hash: hash_from(row)?,
+        expires_at: None,
+    })
+}

@@ -1,0 +1,723 @@
+//! The store written once for both back ends: every [`Store`] and [`InstallCodes`]
+//! operation over any `sqlx` database, with the few differences (transaction modes, the
+//! batch insert, how changes reach other replicas) left to a small [`Backend`].
+//!
+//! The statements are the same text on SQLite and PostgreSQL: `$N` placeholders (SQLite
+//! reads them as numbered parameters), `CAST(… AS TEXT)` for a parameter that may be
+//! NULL, and the `ON CONFLICT` and `RETURNING` clauses both dialects share.
+
+use super::group_commit::{CommitBatch, GroupCommit};
+use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
+use super::rows::{
+    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, is_foreign_key_violation,
+    is_unique_violation, now_ms, retryable, spec_json, status_from_row, to_i64, to_u64,
+    token_from_row, ts,
+};
+use super::store::{
+    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentRecord, DeploymentSelector,
+    StatusRecord, Store, StoreError, TokenRecord,
+};
+use chrono::{DateTime, Utc};
+use ds_core::DeploymentSpec;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+// === the statements ===
+
+const DEPLOYMENT_COLUMNS: &str =
+    "id, deployer_id, name, namespace, spec, revision, created_at, updated_at";
+/// A deployer with its deployment count `n`, as [`deployer_from_row`] reads it.
+const SELECT_DEPLOYER: &str = "SELECT d.*, \
+     (SELECT COUNT(*) FROM deployments x WHERE x.deployer_id = d.id) AS n FROM deployers d";
+const INSERT_TOKEN: &str =
+    "INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES ($1, $2, $3, $4)";
+pub(super) const SELECT_REVISION: &str = "SELECT revision FROM deployers WHERE id = $1";
+/// Writes back a revision a batch advanced.
+pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE id = $2";
+
+fn deployment_sql(rest: &str) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!(
+        "SELECT {DEPLOYMENT_COLUMNS} FROM deployments {rest}"
+    ))
+}
+
+// === the back end's part ===
+
+/// What differs between the back ends; everything else is in [`SqlStore`].
+#[async_trait::async_trait]
+pub trait Backend: CommitBatch + Send + Sync + std::fmt::Debug + 'static {
+    type Db: Database;
+    /// Whether every write takes the store's writer lock: SQLite has one writer anyway,
+    /// and publishing under the lock keeps each deployer's changes in revision order.
+    /// PostgreSQL orders the writers of a deployer by its row lock instead.
+    const SERIAL_WRITES: bool;
+    /// How a snapshot's read transaction begins: one state for the revision and rows.
+    const BEGIN_SNAPSHOT: &'static str;
+
+    fn pool(&self) -> &Pool<Self::Db>;
+    fn hub(&self) -> &ChangeHub;
+    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+    /// Records a change in the transaction that makes it, for other replicas to read.
+    async fn log_change(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        deployer_id: &str,
+        change: &Change,
+    ) -> Result<(), StoreError>;
+    /// Announces stored statuses in their transaction, for other replicas' watchers.
+    async fn log_statuses(
+        &self,
+        tx: &mut Transaction<'static, Self::Db>,
+        ids: &[String],
+    ) -> Result<(), StoreError>;
+    /// Stops what the back end runs in the background and closes the pool.
+    async fn close(&self);
+}
+
+/// A [`Store`] on one database of back end `B`.
+#[derive(Debug)]
+pub struct SqlStore<B> {
+    backend: B,
+    /// Held while a batch of creates commits, and by every write when
+    /// [`Backend::SERIAL_WRITES`].
+    writer: tokio::sync::Mutex<()>,
+    creates: GroupCommit,
+}
+
+impl<B: Backend> SqlStore<B> {
+    pub(super) fn new(backend: B) -> Self {
+        Self {
+            backend,
+            writer: tokio::sync::Mutex::new(()),
+            creates: GroupCommit::default(),
+        }
+    }
+
+    /// Closes the store: background tasks end, the connection pool closes.
+    pub async fn close(&self) {
+        self.backend.close().await;
+    }
+
+    /// The writer lock when this back end serializes writes.
+    async fn serial(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if B::SERIAL_WRITES {
+            Some(self.writer.lock().await)
+        } else {
+            None
+        }
+    }
+}
+
+// The column and value types the statements use, for the database of `B`. Repeated on
+// each impl block below: Rust does not carry such bounds over from a trait.
+impl<B> SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    <B::Db as Database>::Arguments: IntoArguments<B::Db>,
+    for<'a> &'a str: Encode<'a, B::Db> + Type<B::Db> + ColumnIndex<<B::Db as Database>::Row>,
+    for<'a> &'a [u8]: Encode<'a, B::Db> + Type<B::Db>,
+    for<'a> Option<&'a str>: Encode<'a, B::Db>,
+    i64: for<'a> Encode<'a, B::Db> + for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    String: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    Vec<u8>: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+{
+    fn pool(&self) -> &Pool<B::Db> {
+        self.backend.pool()
+    }
+
+    /// Starts a change of deployment `id`: a transaction in which the revision of its
+    /// deployer is bumped already, that deployer and the new revision. One statement
+    /// finds the deployer and bumps it, so on PostgreSQL the deployer's row is locked
+    /// before the deployment's, the order every writer locks in, and the lock orders the
+    /// deployer's writers until the commit.
+    async fn begin_change(
+        &self,
+        id: &str,
+    ) -> Result<(String, Transaction<'static, B::Db>, u64), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "UPDATE deployers SET revision = revision + 1 \
+             WHERE id = (SELECT deployer_id FROM deployments WHERE id = $1) \
+             RETURNING id, revision",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        Ok((row.text("id")?, tx, to_u64(row.int("revision")?)))
+    }
+
+    /// Logs `change` in `tx`, commits, and only then publishes it: watchers see durable
+    /// changes only.
+    async fn commit_change(
+        &self,
+        mut tx: Transaction<'static, B::Db>,
+        deployer_id: &str,
+        change: Change,
+    ) -> Result<(), StoreError> {
+        self.backend
+            .log_change(&mut tx, deployer_id, &change)
+            .await?;
+        tx.commit().await?;
+        self.backend.publish(deployer_id, change).await;
+        Ok(())
+    }
+
+    async fn try_update_deployment(
+        &self,
+        id: &str,
+        expected_revision: u64,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let json = spec_json(spec)?;
+        let _w = self.serial().await;
+        let (deployer_id, mut tx, revision) = self.begin_change(id).await?;
+        let current = sqlx::query(deployment_sql("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        let mut record = deployment_from_row(&current)?;
+        if record.revision != expected_revision {
+            return Err(StoreError::Conflict(format!("deployment {id}")));
+        }
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE deployments SET spec = $1, revision = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(json.as_str())
+        .bind(to_i64(revision))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        record.spec = spec.clone();
+        record.revision = revision;
+        record.updated_at = ts(now);
+        let change = Change::Upsert(Arc::new(record.clone()));
+        self.commit_change(tx, &deployer_id, change).await?;
+        Ok(record)
+    }
+
+    async fn try_delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {
+        let _w = self.serial().await;
+        let (deployer_id, mut tx, revision) = self.begin_change(id).await?;
+        let sql = format!("DELETE FROM deployments WHERE id = $1 RETURNING {DEPLOYMENT_COLUMNS}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        let record = deployment_from_row(&row)?;
+        let change = Change::Removal {
+            revision,
+            id: record.id.clone(),
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+        };
+        self.commit_change(tx, &deployer_id, change).await?;
+        Ok((record, revision))
+    }
+
+    async fn try_delete_deployer(&self, id: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("DELETE FROM deployers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!("deployer {id}")));
+        }
+        self.commit_change(tx, id, Change::DeployerDeleted).await
+    }
+
+    async fn try_record_heartbeat(
+        &self,
+        deployer_id: &str,
+        agent: &AgentHeartbeat,
+    ) -> Result<u64, StoreError> {
+        let _w = self.serial().await;
+        let row = sqlx::query(
+            "UPDATE deployers SET agent_version = $1, cluster = $2, instance = $3, \
+             agent_namespaces = $4, last_seen = $5 WHERE id = $6 RETURNING revision",
+        )
+        .bind(agent.version.as_str())
+        .bind(agent.cluster.as_str())
+        .bind(agent.instance.as_str())
+        .bind(agent.namespaces.join(",").as_str())
+        .bind(now_ms())
+        .bind(deployer_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
+        Ok(to_u64(row.int("revision")?))
+    }
+
+    async fn try_put_statuses(
+        &self,
+        deployer_id: &str,
+        statuses: &[StatusRecord],
+    ) -> Result<Vec<String>, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let mut stored = Vec::with_capacity(statuses.len());
+        for s in statuses {
+            // The join on deployer_id keeps a deployer from writing another's statuses.
+            let done = sqlx::query(
+                "INSERT INTO deployment_status (deployment_id, phase, ready_replicas, \
+                 available_replicas, updated_replicas, applied_revision, endpoint, last_error, updated_at) \
+                 SELECT id, $1, $2, $3, $4, $5, $6, $7, $8 FROM deployments WHERE id = $9 AND deployer_id = $10 \
+                 ON CONFLICT (deployment_id) DO UPDATE SET phase = excluded.phase, \
+                 ready_replicas = excluded.ready_replicas, available_replicas = excluded.available_replicas, \
+                 updated_replicas = excluded.updated_replicas, applied_revision = excluded.applied_revision, \
+                 endpoint = excluded.endpoint, last_error = excluded.last_error, updated_at = excluded.updated_at",
+            )
+            .bind(i64::from(s.phase))
+            .bind(i64::from(s.ready_replicas))
+            .bind(i64::from(s.available_replicas))
+            .bind(i64::from(s.updated_replicas))
+            .bind(to_i64(s.applied_revision))
+            .bind(s.endpoint.as_str())
+            .bind(s.last_error.as_str())
+            .bind(now)
+            .bind(s.deployment_id.as_str())
+            .bind(deployer_id)
+            .execute(&mut *tx)
+            .await?;
+            if B::rows_affected(&done) > 0 {
+                stored.push(s.deployment_id.clone());
+            }
+        }
+        self.backend.log_statuses(&mut tx, &stored).await?;
+        tx.commit().await?;
+        for id in &stored {
+            self.backend.hub().touch(id);
+        }
+        Ok(stored)
+    }
+}
+
+// === impl Store for SqlStore ===
+
+#[async_trait::async_trait]
+impl<B> Store for SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    <B::Db as Database>::Arguments: IntoArguments<B::Db>,
+    for<'a> &'a str: Encode<'a, B::Db> + Type<B::Db> + ColumnIndex<<B::Db as Database>::Row>,
+    for<'a> &'a [u8]: Encode<'a, B::Db> + Type<B::Db>,
+    for<'a> Option<&'a str>: Encode<'a, B::Db>,
+    i64: for<'a> Encode<'a, B::Db> + for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    String: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    Vec<u8>: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+{
+    fn hub(&self) -> &ChangeHub {
+        self.backend.hub()
+    }
+
+    async fn create_deployer(
+        &self,
+        name: &str,
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<DeployerRecord, StoreError> {
+        let _w = self.serial().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        // DO NOTHING rather than a unique violation: PostgreSQL would abort the
+        // transaction on one, and the name is the only identity that can be taken.
+        let inserted = sqlx::query(
+            "INSERT INTO deployers (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(id.as_str())
+        .bind(name)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("deployer {name}")));
+        }
+        sqlx::query(INSERT_TOKEN)
+            .bind(token_id)
+            .bind(id.as_str())
+            .bind(&token_hash[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeployerRecord::registered(id, name, ts(now)))
+    }
+
+    async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError> {
+        let sql = format!("{SELECT_DEPLOYER} ORDER BY d.name");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(deployer_from_row).collect()
+    }
+
+    async fn get_deployer(&self, id_or_name: &str) -> Result<DeployerRecord, StoreError> {
+        let sql = format!(
+            "{SELECT_DEPLOYER} WHERE d.id = $1 OR d.name = $1 ORDER BY d.id = $1 DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id_or_name)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {id_or_name}")))?;
+        deployer_from_row(&row)
+    }
+
+    async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name FROM deployers WHERE id = $1 OR name = $1 ORDER BY id = $1 DESC LIMIT 1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("deployer {id_or_name}")))?;
+        Ok((row.text("id")?, row.text("name")?))
+    }
+
+    async fn delete_deployer(&self, id: &str) -> Result<(), StoreError> {
+        self.try_delete_deployer(id)
+            .await
+            .map_err(retryable(&format!("deployer {id}")))
+    }
+
+    async fn rotate_token(
+        &self,
+        deployer_id: &str,
+        token_id: &str,
+        token_hash: [u8; 32],
+        old_expire: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        // Tokens already expiring keep their earlier deadline; only current ones get one.
+        sqlx::query(
+            "UPDATE tokens SET expires_at = $1 WHERE deployer_id = $2 AND expires_at IS NULL",
+        )
+        .bind(old_expire.timestamp_millis())
+        .bind(deployer_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM tokens WHERE deployer_id = $1 AND expires_at <= $2")
+            .bind(deployer_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(INSERT_TOKEN)
+            .bind(token_id)
+            .bind(deployer_id)
+            .bind(&token_hash[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT deployer_id, hash, expires_at FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn has_api_key(&self) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.int("n")? > 0)
+    }
+
+    async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let inserted =
+            sqlx::query("INSERT INTO api_keys (id, hash, created_at) VALUES ($1, $2, $3)")
+                .bind(key_id)
+                .bind(&hash[..])
+                .bind(now_ms())
+                .execute(self.pool())
+                .await;
+        match inserted {
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(format!("API key {key_id}")))
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = sqlx::query("SELECT hash FROM api_keys WHERE id = $1")
+            .bind(key_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn create_deployment(
+        &self,
+        deployer_id: &str,
+        name: &str,
+        namespace: &str,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        let json = spec_json(spec)?;
+        let now = ts(now_ms());
+        let record = DeploymentRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            deployer_id: deployer_id.to_string(),
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            spec: spec.clone(),
+            revision: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.creates
+            .create(&self.writer, &self.backend, record, json)
+            .await
+    }
+
+    async fn update_deployment(
+        &self,
+        id: &str,
+        expected_revision: u64,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        self.try_update_deployment(id, expected_revision, spec)
+            .await
+            .map_err(retryable(&format!("deployment {id}")))
+    }
+
+    async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {
+        self.try_delete_deployment(id)
+            .await
+            .map_err(retryable(&format!("deployment {id}")))
+    }
+
+    async fn get_deployment(&self, id: &str) -> Result<DeploymentRecord, StoreError> {
+        let row = sqlx::query(deployment_sql("WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
+        deployment_from_row(&row)
+    }
+
+    async fn find_deployments(
+        &self,
+        selector: &DeploymentSelector,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        if let Ok(found) = self.get_deployment(&selector.deployment).await {
+            return Ok(vec![found]);
+        }
+        let rows = sqlx::query(deployment_sql(
+            "WHERE name = $1 AND (CAST($2 AS TEXT) IS NULL OR deployer_id = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR namespace = $3) ORDER BY deployer_id, namespace",
+        ))
+        .bind(selector.deployment.as_str())
+        .bind(selector.deployer_id.as_deref())
+        .bind(selector.namespace.as_deref())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn list_deployments(
+        &self,
+        deployer_id: Option<&str>,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let rows = sqlx::query(deployment_sql(
+            "WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) \
+             ORDER BY deployer_id, namespace, name",
+        ))
+        .bind(deployer_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn snapshot(
+        &self,
+        deployer_id: &str,
+    ) -> Result<(u64, Vec<DeploymentRecord>), StoreError> {
+        let mut tx = self.pool().begin_with(B::BEGIN_SNAPSHOT).await?;
+        let row = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
+        let revision = to_u64(row.int("revision")?);
+        let rows = sqlx::query(deployment_sql(
+            "WHERE deployer_id = $1 ORDER BY namespace, name",
+        ))
+        .bind(deployer_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        let deployments = rows
+            .iter()
+            .map(deployment_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((revision, deployments))
+    }
+
+    async fn record_heartbeat(
+        &self,
+        deployer_id: &str,
+        agent: &AgentHeartbeat,
+    ) -> Result<u64, StoreError> {
+        self.try_record_heartbeat(deployer_id, agent)
+            .await
+            .map_err(retryable(&format!("deployer {deployer_id}")))
+    }
+
+    async fn put_statuses(
+        &self,
+        deployer_id: &str,
+        statuses: &[StatusRecord],
+    ) -> Result<Vec<String>, StoreError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.try_put_statuses(deployer_id, statuses)
+            .await
+            .map_err(retryable(&format!("statuses of deployer {deployer_id}")))
+    }
+
+    async fn get_status(&self, deployment_id: &str) -> Result<Option<StatusRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM deployment_status WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(status_from_row).transpose()
+    }
+
+    async fn list_statuses(&self) -> Result<HashMap<String, StatusRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM deployment_status")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| status_from_row(r).map(|s| (s.deployment_id.clone(), s)))
+            .collect()
+    }
+}
+
+// === impl InstallCodes for SqlStore ===
+
+#[async_trait::async_trait]
+impl<B> InstallCodes for SqlStore<B>
+where
+    B: Backend,
+    for<'c> &'c mut <B::Db as Database>::Connection: Executor<'c, Database = B::Db>,
+    <B::Db as Database>::Arguments: IntoArguments<B::Db>,
+    for<'a> &'a str: Encode<'a, B::Db> + Type<B::Db> + ColumnIndex<<B::Db as Database>::Row>,
+    for<'a> &'a [u8]: Encode<'a, B::Db> + Type<B::Db>,
+    for<'a> Option<&'a str>: Encode<'a, B::Db>,
+    i64: for<'a> Encode<'a, B::Db> + for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    String: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+    Vec<u8>: for<'r> Decode<'r, B::Db> + Type<B::Db>,
+{
+    async fn create_code(
+        &self,
+        hash: [u8; 32],
+        deployer_id: &str,
+        expires_at: DateTime<Utc>,
+        options: &InstallOptions,
+    ) -> Result<(), StoreError> {
+        let options = serde_json::to_string(options)
+            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
+        let now = Utc::now();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM install_codes WHERE expires_at < $1")
+            .bind((now - KEEP_EXPIRED).timestamp_millis())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO install_codes (hash, deployer_id, created_at, expires_at, options) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&hash[..])
+        .bind(deployer_id)
+        .bind(now.timestamp_millis())
+        .bind(expires_at.timestamp_millis())
+        .bind(options.as_str())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn redeem_code(
+        &self,
+        hash: [u8; 32],
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<(String, InstallOptions), RedeemError> {
+        let now = Utc::now().timestamp_millis();
+        let mut tx = self.pool().begin().await.map_err(StoreError::from)?;
+        // One statement claims the code, and it writes first: SQLite holds its write
+        // lock from here, PostgreSQL makes a concurrent claim on any replica wait for
+        // the row lock and then find `used_at` set. Two fetches cannot both succeed.
+        let claimed = sqlx::query(
+            "UPDATE install_codes SET used_at = $1 \
+             WHERE hash = $2 AND used_at IS NULL AND expires_at > $1 \
+             RETURNING deployer_id, options",
+        )
+        .bind(now)
+        .bind(&hash[..])
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(row) = claimed else {
+            let row = sqlx::query("SELECT used_at FROM install_codes WHERE hash = $1")
+                .bind(&hash[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            let used_at = match row {
+                None => None,
+                Some(row) => Some(row.opt_int("used_at").map_err(StoreError::from)?),
+            };
+            return Err(RedeemError::of_unclaimed(used_at));
+        };
+        let deployer_id = row.text("deployer_id").map_err(StoreError::from)?;
+        let options = InstallOptions::from_stored(&row.text("options").map_err(StoreError::from)?)?;
+        sqlx::query(INSERT_TOKEN)
+            .bind(token_id)
+            .bind(deployer_id.as_str())
+            .bind(&token_hash[..])
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok((deployer_id, options))
+    }
+}

@@ -1,0 +1,335 @@
+//! The gateway's storage: one trait, the records it holds, and the change hub that
+//! fans committed changes out to watchers in revision order.
+
+use chrono::{DateTime, Utc};
+use ds_core::DeploymentSpec;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// How many changes a slow watcher may fall behind before it is told to reconnect.
+const CHANGE_CHANNEL_CAPACITY: usize = 1024;
+/// How many status notifications a slow status watcher may fall behind.
+const STATUS_CHANNEL_CAPACITY: usize = 4096;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An object with this identity exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The object changed between read and write; the caller may retry.
+    #[error("{0} was changed concurrently")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the built-in schema migrations failed.
+    #[error("migrating the database schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row cannot be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database URL names a back end this build does not serve.
+    #[error(
+        "unsupported database URL scheme {0:?} (supported: sqlite:, postgres://, postgresql://)"
+    )]
+    Unsupported(String),
+}
+
+/// A deployer as stored, with the counts and agent heartbeat the CLI shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployerRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// The latest revision (0 before any change).
+    pub revision: u64,
+    pub agent_version: String,
+    pub cluster: String,
+    pub instance: String,
+    /// The namespaces the agent is limited to; empty: cluster-wide or never reported.
+    pub agent_namespaces: Vec<String>,
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Number of deployments it holds.
+    pub deployments: u32,
+}
+
+impl DeployerRecord {
+    /// A deployer just registered: no revision, no deployments, never seen by an agent.
+    pub fn registered(id: String, name: &str, created_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            name: name.to_string(),
+            created_at,
+            revision: 0,
+            agent_version: String::new(),
+            cluster: String::new(),
+            instance: String::new(),
+            agent_namespaces: Vec::new(),
+            last_seen: None,
+            deployments: 0,
+        }
+    }
+}
+
+/// A deployment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub deployer_id: String,
+    pub name: String,
+    pub namespace: String,
+    pub spec: DeploymentSpec,
+    /// The deployer revision of its last change.
+    pub revision: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stored token or API key: only its hash.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// The deployer it authenticates (empty for admin API keys).
+    pub deployer_id: String,
+    /// SHA-256 of the whole secret.
+    pub hash: [u8; 32],
+    /// When a rotated-out token stops working; `None` while current.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What an agent observed for one deployment (mirrors the proto's DeploymentStatus).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusRecord {
+    pub deployment_id: String,
+    /// The proto `Phase` number.
+    pub phase: i32,
+    pub ready_replicas: u32,
+    pub available_replicas: u32,
+    pub updated_replicas: u32,
+    pub applied_revision: u64,
+    pub endpoint: String,
+    pub last_error: String,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// The agent's heartbeat information.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentHeartbeat {
+    pub version: String,
+    pub cluster: String,
+    pub instance: String,
+    pub namespaces: Vec<String>,
+}
+
+/// A committed change of one deployer, published after the commit in revision order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A deployment was created or changed.
+    Upsert(Arc<DeploymentRecord>),
+    /// A deployment was deleted.
+    Removal {
+        revision: u64,
+        id: String,
+        namespace: String,
+        name: String,
+    },
+    /// The deployer itself was deleted: its watchers must end.
+    DeployerDeleted,
+}
+
+impl Change {
+    /// The revision of this change (`u64::MAX` for a deleted deployer: nothing follows).
+    pub fn revision(&self) -> u64 {
+        match self {
+            Change::Upsert(d) => d.revision,
+            Change::Removal { revision, .. } => *revision,
+            Change::DeployerDeleted => u64::MAX,
+        }
+    }
+}
+
+/// Which deployment a name lookup may match.
+#[derive(Debug, Clone, Default)]
+pub struct DeploymentSelector {
+    /// Deployment ID or name.
+    pub deployment: String,
+    /// Deployer ID (already resolved), to disambiguate a name.
+    pub deployer_id: Option<String>,
+    /// Namespace, to disambiguate a name.
+    pub namespace: Option<String>,
+}
+
+/// The gateway's persistent state. Every mutation of a deployer's deployments bumps that
+/// deployer's revision in the same transaction and publishes the change on the
+/// [`ChangeHub`] in revision order.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The hub on which committed changes are published.
+    fn hub(&self) -> &ChangeHub;
+
+    /// Registers a deployer together with its first token hash.
+    async fn create_deployer(
+        &self,
+        name: &str,
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<DeployerRecord, StoreError>;
+    /// All deployers, sorted by name.
+    async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError>;
+    /// One deployer by ID or name.
+    async fn get_deployer(&self, id_or_name: &str) -> Result<DeployerRecord, StoreError>;
+    /// A deployer's `(id, name)` by ID or name, without the counts (cheap).
+    async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError>;
+    /// Deletes a deployer, its deployments and its tokens.
+    async fn delete_deployer(&self, id: &str) -> Result<(), StoreError>;
+    /// Adds a new current token; the deployer's other current tokens expire at `old_expire`.
+    async fn rotate_token(
+        &self,
+        deployer_id: &str,
+        token_id: &str,
+        token_hash: [u8; 32],
+        old_expire: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// A deployer token by its public ID.
+    async fn find_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Whether any admin API key exists.
+    async fn has_api_key(&self) -> Result<bool, StoreError>;
+    /// Stores an admin API key hash.
+    async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError>;
+    /// An admin API key by its public ID.
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Creates a deployment at the deployer's next revision.
+    async fn create_deployment(
+        &self,
+        deployer_id: &str,
+        name: &str,
+        namespace: &str,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError>;
+    /// Replaces a deployment's spec if it is still at `expected_revision`.
+    async fn update_deployment(
+        &self,
+        id: &str,
+        expected_revision: u64,
+        spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError>;
+    /// Deletes a deployment; returns it and the revision of the removal.
+    async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError>;
+    /// One deployment by ID.
+    async fn get_deployment(&self, id: &str) -> Result<DeploymentRecord, StoreError>;
+    /// Deployments whose ID or name matches the selector.
+    async fn find_deployments(
+        &self,
+        selector: &DeploymentSelector,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Deployments, optionally of one deployer, by deployer, namespace and name.
+    async fn list_deployments(
+        &self,
+        deployer_id: Option<&str>,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// A deployer's complete desired state and its revision, read consistently.
+    async fn snapshot(&self, deployer_id: &str)
+    -> Result<(u64, Vec<DeploymentRecord>), StoreError>;
+
+    /// Records an agent heartbeat; returns the deployer's latest revision.
+    async fn record_heartbeat(
+        &self,
+        deployer_id: &str,
+        agent: &AgentHeartbeat,
+    ) -> Result<u64, StoreError>;
+    /// Stores reported statuses of the deployer's own deployments (others are ignored);
+    /// returns the IDs stored.
+    async fn put_statuses(
+        &self,
+        deployer_id: &str,
+        statuses: &[StatusRecord],
+    ) -> Result<Vec<String>, StoreError>;
+    /// The latest reported status of a deployment.
+    async fn get_status(&self, deployment_id: &str) -> Result<Option<StatusRecord>, StoreError>;
+    /// The latest statuses of many deployments, by ID.
+    async fn list_statuses(&self) -> Result<HashMap<String, StatusRecord>, StoreError>;
+}
+
+// === impl ChangeHub ===
+
+/// Fans committed changes out to watchers: one broadcast channel per deployer with
+/// watchers, plus one channel of deployment IDs whose status or spec changed.
+#[derive(Debug)]
+pub struct ChangeHub {
+    deployers: Mutex<HashMap<String, broadcast::Sender<Change>>>,
+    touched: broadcast::Sender<String>,
+}
+
+impl Default for ChangeHub {
+    fn default() -> Self {
+        Self {
+            deployers: Mutex::new(HashMap::new()),
+            touched: broadcast::channel(STATUS_CHANNEL_CAPACITY).0,
+        }
+    }
+}
+
+impl ChangeHub {
+    /// Subscribes to a deployer's changes. Subscribe before reading a snapshot so that no
+    /// change falls between the two; drop changes at or below the snapshot's revision.
+    pub fn subscribe(&self, deployer_id: &str) -> broadcast::Receiver<Change> {
+        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(deployer_id.to_string())
+            .or_insert_with(|| broadcast::channel(CHANGE_CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Publishes a committed change. Callers publish each deployer's changes in revision
+    /// order (SQLite under its write lock, PostgreSQL under its fan-out lock).
+    pub fn publish(&self, deployer_id: &str, change: Change) {
+        if let Change::Upsert(d) = &change {
+            let _ = self.touched.send(d.id.clone());
+        }
+        if let Change::Removal { id, .. } = &change {
+            let _ = self.touched.send(id.clone());
+        }
+        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        let deleted = matches!(change, Change::DeployerDeleted);
+        if let Some(tx) = map.get(deployer_id) {
+            // No receivers left: forget the channel so the map does not grow forever.
+            if tx.send(change).is_err() || deleted {
+                map.remove(deployer_id);
+            }
+        }
+    }
+
+    /// Ends a deployer's watchers (their channel closes): they reconnect and start over
+    /// from a fresh snapshot. For a back end that cannot deliver some changes in order,
+    /// e.g. another replica's changes that were pruned before this one read them.
+    pub fn resync(&self, deployer_id: &str) {
+        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(deployer_id);
+    }
+
+    /// Whether anyone would receive a change of this deployer: a watcher of it, or of any
+    /// deployment status. Lets a back end skip reading changes nobody receives.
+    pub fn has_watchers(&self, deployer_id: &str) -> bool {
+        if self.touched.receiver_count() > 0 {
+            return true;
+        }
+        let map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(deployer_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Subscribes to the IDs of deployments whose spec or status changed.
+    pub fn subscribe_touched(&self) -> broadcast::Receiver<String> {
+        self.touched.subscribe()
+    }
+
+    /// Announces that a deployment's status changed.
+    pub fn touch(&self, deployment_id: &str) {
+        let _ = self.touched.send(deployment_id.to_string());
+    }
+}
