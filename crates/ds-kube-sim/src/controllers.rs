@@ -261,7 +261,12 @@ fn sync_pods(shared: &Shared, dep: &Value, hash: &str, replicas: i64, fails: boo
                     .any(|o| o.get("uid").and_then(Value::as_str) == Some(&uid))
             })
     };
-    let pods = shared.store.list(PODS, Some(ns), owned, None, None).items;
+    // The pods this controller made are named `<deployment>-<template hash>-<suffix>`:
+    // only those names need a look (a scan of the namespace made every rollout cost as
+    // much as the pods already there).
+    let pods = shared
+        .store
+        .list_prefixed(PODS, ns, &format!("{name}-"), owned);
     let mut current = 0;
     for p in &pods {
         let same = s(p, "/metadata/labels/pod-template-hash") == hash;

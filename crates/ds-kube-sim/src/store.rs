@@ -266,6 +266,25 @@ impl Store {
         }
     }
 
+    /// The objects of one resource in `ns` whose names start with `prefix` and match
+    /// `pred`: a range of the map, not a scan of the namespace (controllers call it for
+    /// every rollout, under the one lock every request takes).
+    pub fn list_prefixed(
+        &self,
+        rt: usize,
+        ns: &str,
+        prefix: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Arc<Value>> {
+        let st = self.lock();
+        st.objects[rt]
+            .range::<Key, _>((ns.to_string(), prefix.to_string())..)
+            .take_while(|(k, _)| k.0 == ns && k.1.starts_with(prefix))
+            .filter(|(_, v)| pred(v))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     fn emit(
         &self,
         st: &mut State,
