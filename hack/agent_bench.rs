@@ -350,6 +350,8 @@ async fn main() {
     )
     .await;
     let first_start = t0.elapsed();
+    // What the agent asked of the API server meanwhile (watches count once per stream).
+    let requests = sim.counters().snapshot();
     let agent_rate = want as f64 / first_start.as_secs_f64();
     let steady_rss = peak_rss_kib(agent.id());
     stop(&mut agent);
@@ -378,6 +380,15 @@ async fn main() {
     println!(
         "| agent's peak RSS after applying them | {:.1} MiB |",
         steady_rss as f64 / 1024.0
+    );
+    let per_deployment: Vec<String> = requests
+        .iter()
+        .map(|((verb, resource), n)| format!("{verb} {resource} {n}"))
+        .collect();
+    println!(
+        "| agent: API requests until all applied ({:.2} per deployment) | {} |",
+        requests.values().sum::<u64>() as f64 / cold as f64,
+        per_deployment.join(", ")
     );
     println!();
     println!("## cold restart with {cold} owned deployments, nothing changed");
