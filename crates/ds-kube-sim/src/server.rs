@@ -7,7 +7,7 @@ use super::patching;
 use super::resources::{self, DEPLOYMENTS, PODS, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
+use super::store::{self, Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
 use super::tables;
 use super::validate;
 use axum::body::Body;
@@ -994,16 +994,11 @@ fn delete_collection(
 // === watch ===
 
 fn error_line(e: &ApiError) -> Bytes {
-    let mut v =
-        serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    store::watch_line("ERROR", &e.to_status())
 }
 
 fn event_line(ty: &str, obj: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    store::watch_line(ty, obj)
 }
 
 /// The wire line of an event for one watcher (a one-row Table when `table` names the kind).

@@ -162,6 +162,20 @@ fn same_object(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
+/// One line of a watch stream, `{"type":…,"object":…}\n`: the type first, as the real
+/// server writes it (clients can then decode the object without buffering it), and the
+/// object serialized in place rather than copied into a `json!` map first.
+pub(crate) fn watch_line(ty: &str, obj: &impl serde::Serialize) -> Bytes {
+    let mut v = Vec::with_capacity(256);
+    v.extend_from_slice(b"{\"type\":");
+    // Serializing a string or a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut v, ty);
+    v.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut v, obj);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
+}
+
 fn set_rv(obj: &mut Value, rv: u64) {
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.insert("resourceVersion".into(), Value::String(rv.to_string()));
@@ -294,12 +308,7 @@ impl Store {
         prev: Option<Arc<Value>>,
     ) {
         let rv = st.rv;
-        let line = {
-            let mut v = serde_json::to_vec(&json!({"type": ty.as_str(), "object": &*obj}))
-                .unwrap_or_default();
-            v.push(b'\n');
-            Bytes::from(v)
-        };
+        let line = watch_line(ty.as_str(), &*obj);
         let ev = Arc::new(Event {
             rv,
             rt,
