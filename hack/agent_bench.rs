@@ -342,7 +342,16 @@ async fn main() {
     let want = 2 * cold as u64;
     let health = free_port();
     let t0 = Instant::now();
-    let mut agent = spawn_agent(&ds, &gw.url(), &token, &kubeconfig, health, None);
+    // FIRST_START_WRAP (like AGENT_WRAP) runs this agent under a profiler.
+    let first_wrap = std::env::var("FIRST_START_WRAP").ok();
+    let mut agent = spawn_agent(
+        &ds,
+        &gw.url(),
+        &token,
+        &kubeconfig,
+        health,
+        first_wrap.as_deref(),
+    );
     // When the first apply arrives says how much of the time is start-up (process, gateway
     // snapshot, initial lists), the rest is the applies themselves.
     let mut first_apply = None;

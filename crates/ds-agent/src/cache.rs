@@ -72,30 +72,78 @@ impl Slim {
     }
 }
 
-impl Resource for Slim {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
+/// A dynamic resource (any of the agent's kinds, [`Kind::api_resource`] says which) over
+/// a type with `metadata: ObjectMeta`.
+macro_rules! dynamic_resource {
+    ($t:ty) => {
+        impl Resource for $t {
+            type DynamicType = ApiResource;
+            type Scope = DynamicResourceScope;
 
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        dt.kind.as_str().into()
+            fn kind(dt: &ApiResource) -> Cow<'_, str> {
+                dt.kind.as_str().into()
+            }
+            fn group(dt: &ApiResource) -> Cow<'_, str> {
+                dt.group.as_str().into()
+            }
+            fn version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.version.as_str().into()
+            }
+            fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.api_version.as_str().into()
+            }
+            fn plural(dt: &ApiResource) -> Cow<'_, str> {
+                dt.plural.as_str().into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+dynamic_resource!(Slim);
+
+/// The answer to a write as the agent reads it: the resource version written, nothing
+/// else. The rest of the answer (the whole object, managed fields and all) is skipped by
+/// the decoder without being built: a first start writes thousands of objects, as many at
+/// once as the concurrency allows.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub metadata: ObjectMeta,
+}
+
+impl Written {
+    /// An API handle for writes of `kind` in `namespace`.
+    pub fn api(client: kube::Client, kind: Kind, namespace: &str) -> Api<Written> {
+        Api::namespaced_with(client, namespace, kind.api_resource())
     }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        dt.group.as_str().into()
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.version.as_str().into()
-    }
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.api_version.as_str().into()
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        dt.plural.as_str().into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+}
+
+dynamic_resource!(Written);
+
+impl<'de> Deserialize<'de> for Written {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: Meta,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta {
+            resource_version: Option<String>,
+        }
+        let Raw { metadata } = Raw::deserialize(d)?;
+        Ok(Self {
+            metadata: ObjectMeta {
+                resource_version: metadata.resource_version,
+                ..Default::default()
+            },
+        })
     }
 }
 
