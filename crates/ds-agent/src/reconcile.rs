@@ -346,8 +346,8 @@ impl Reconciler {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(source) => Err(AgentError::Delete {
                 kind: actual.kind.as_str(),
-                namespace: actual.namespace.clone(),
-                name: actual.name.clone(),
+                namespace: actual.namespace.to_string(),
+                name: actual.name.to_string(),
                 source: Box::new(source),
             }),
         }
