@@ -523,7 +523,10 @@ fn spawn_watch(
                 }
                 watcher::Event::Apply(o) => {
                     let v = project(o);
-                    insert(&mut map.write().unwrap_or_else(|e| e.into_inner()), v.clone());
+                    insert(
+                        &mut map.write().unwrap_or_else(|e| e.into_inner()),
+                        v.clone(),
+                    );
                     let _ = touched.send(v);
                 }
                 watcher::Event::Delete(o) => {

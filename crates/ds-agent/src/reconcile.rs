@@ -623,7 +623,11 @@ impl Reconciler {
             let value = build_kind(obj, kind, &self.config.proxy_image);
             let written = self.apply(kind, obj, &value).await?;
             debug!(deployment = %obj.id, kind = kind.as_str(), revision = obj.revision, "applied");
-            self.remember(key(kind, &obj.namespace, &obj.name), written.as_deref(), digest);
+            self.remember(
+                key(kind, &obj.namespace, &obj.name),
+                written.as_deref(),
+                digest,
+            );
         }
         Ok(())
     }
