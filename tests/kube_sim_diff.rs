@@ -196,8 +196,13 @@ impl Answer {
     /// The code and what a client reads of a `Status`.
     fn status(&self) -> Value {
         let b = &self.body;
+        let mut details = b["details"].clone();
+        // The real server lists apply conflicts in Go map order: compare them sorted.
+        if let Some(causes) = details.get_mut("causes").and_then(Value::as_array_mut) {
+            causes.sort_by_key(Value::to_string);
+        }
         json!({"code": self.code, "kind": b["kind"], "status": b["status"],
-            "reason": b["reason"], "message": b["message"], "details": b["details"]})
+            "reason": b["reason"], "message": b["message"], "details": details})
     }
 
     /// The code and some fields of the body, by JSON pointer (`null`: absent).
@@ -313,6 +318,8 @@ fn normalize(v: &Value) -> Value {
                 .collect(),
         ),
         Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        // The ServiceAccount admission plugin names the token volume at random.
+        Value::String(s) if s.starts_with("kube-api-access-") => json!("kube-api-access-<random>"),
         Value::String(s) => Value::String(mask_times(s)),
         other => other.clone(),
     }
@@ -580,6 +587,12 @@ async fn create_get_and_server_defaults() {
         ])
     })
     .await;
+    d.step("create Deployment: the whole answer", |s| async move {
+        let mut dep = dep.clone();
+        dep["metadata"]["name"] = json!("web2");
+        s.create::<Deployment>(&dep).await.full()
+    })
+    .await;
     d.step("get Deployment: the whole object", |s| async move {
         // Metadata and spec only: the controllers write status and annotations at their
         // own pace.
@@ -738,6 +751,52 @@ async fn create_get_and_server_defaults() {
             .full()
     })
     .await;
+    // On a node the fake node does not run, so the real pod stays as created.
+    let pod = &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"},
+        "spec": {"nodeName": "elsewhere", "containers": [{"name": "main", "image": "nginx:1.27"}]}});
+    d.step("create Pod: the whole answer", |s| async move {
+        s.create::<Pod>(pod).await.full()
+    })
+    .await;
+    d.step("delete Pod: the answer", |s| async move {
+        let a = s.delete::<Pod>("bare", &DeleteParams::default()).await;
+        a.pick(&[
+            "/kind",
+            "/metadata/deletionTimestamp",
+            "/metadata/deletionGracePeriodSeconds",
+        ])
+    })
+    .await;
+    // Known: no kubelet in the simulator, so a pod on a node is gone at once instead of
+    // Terminating for its grace period.
+    d.known(
+        "get Pod after its delete",
+        json!({"code": 404, "deleting": false}),
+        json!({"code": 200, "deleting": true}),
+        |s| async move {
+            let a = s.get::<Pod>("bare").await;
+            json!({"code": a.code, "deleting": a.body.pointer("/metadata/deletionTimestamp").is_some()})
+        },
+    )
+    .await;
+    let ns_name = &format!("{}-second", d.ns());
+    d.step("create Namespace: the whole answer", |s| async move {
+        let req = kube::core::Request::new(Namespace::url_path(&(), None))
+            .create(
+                &PostParams::default(),
+                to_vec(&json!({"metadata": {"name": ns_name}})),
+            )
+            .unwrap();
+        s.send(req).await.full()
+    })
+    .await;
+    d.step("delete Namespace: the answer", |s| async move {
+        let req = kube::core::Request::new(Namespace::url_path(&(), None))
+            .delete(ns_name, &DeleteParams::default())
+            .unwrap();
+        s.send(req).await.full()
+    })
+    .await;
     d.finish();
 }
 
@@ -754,6 +813,41 @@ async fn invalid_objects_answer_422() {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web.dot"},
             "spec": {"ports": [{"port": 80}]}});
         s.create::<Service>(&svc).await.status()
+    })
+    .await;
+    d.step("Service with an invalid label name", |s| async move {
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "Bad_Name"},
+            "spec": {"ports": [{"port": 80}]}});
+        s.create::<Service>(&svc).await.status()
+    })
+    .await;
+    d.step("Namespace with an invalid name", |s| async move {
+        let req = kube::core::Request::new(Namespace::url_path(&(), None))
+            .create(
+                &PostParams::default(),
+                to_vec(&json!({"metadata": {"name": "a.b"}})),
+            )
+            .unwrap();
+        s.send(req).await.status()
+    })
+    .await;
+    d.step("ConfigMap with a name of 254 characters", |s| async move {
+        s.create::<ConfigMap>(&configmap(&"a".repeat(254), json!({})))
+            .await
+            .status()
+    })
+    .await;
+    d.step(
+        "Service with a DNS-1035-invalid name (digit first)",
+        |s| async move {
+            let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "1web"},
+            "spec": {"ports": [{"port": 80}]}});
+            s.create::<Service>(&svc).await.status()
+        },
+    )
+    .await;
+    d.step("Deployment with an invalid name", |s| async move {
+        s.create::<Deployment>(&deployment("Web", 1)).await.status()
     })
     .await;
     d.step("ConfigMap without a name", |s| async move {
@@ -1168,15 +1262,22 @@ async fn strategic_merge_json_and_merge_patch() {
         },
     )
     .await;
-    d.step("strategic merge: a bad directive: 4xx", |s| async move {
-        let p = json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "main", "$patch": "frobnicate"}
-        ]}}}});
-        let a = s
-            .patch::<Deployment>("p", &PatchParams::default(), &Patch::Strategic(p))
-            .await;
-        json!({"code": a.code, "reason": a.body["reason"]})
-    })
+    // Known: the real server answers an unknown `$patch` directive with a 500 without
+    // reason; the simulator answers 400 BadRequest naming the directive.
+    d.known(
+        "strategic merge: an unknown $patch directive",
+        json!({"code": 400, "reason": "BadRequest"}),
+        json!({"code": 500, "reason": null}),
+        |s| async move {
+            let p = json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "main", "$patch": "frobnicate"}
+            ]}}}});
+            let a = s
+                .patch::<Deployment>("p", &PatchParams::default(), &Patch::Strategic(p))
+                .await;
+            json!({"code": a.code, "reason": a.body["reason"]})
+        },
+    )
     .await;
     let jp =
         |v: Value| Patch::<Value>::Json(serde_json::from_value::<json_patch::Patch>(v).unwrap());
@@ -1258,10 +1359,9 @@ async fn strategic_merge_json_and_merge_patch() {
     .await;
     d.step("merge patch changing the name: 4xx", |s| async move {
         let p = json!({"metadata": {"name": "renamed"}});
-        let a = s
-            .patch::<Deployment>("p", &PatchParams::default(), &Patch::Merge(p))
-            .await;
-        json!({"code": a.code, "reason": a.body["reason"]})
+        s.patch::<Deployment>("p", &PatchParams::default(), &Patch::Merge(p))
+            .await
+            .status()
     })
     .await;
     d.finish();

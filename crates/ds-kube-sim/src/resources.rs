@@ -58,7 +58,7 @@ pub static RESOURCES: &[ResourceType] = &[
     rt("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], false, false),
     rt("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false, false),
     rt("", "v1", "events", "event", "Event", true, &["ev"], false, false),
-    rt("", "v1", "pods", "pod", "Pod", true, &["po"], true, false),
+    rt("", "v1", "pods", "pod", "Pod", true, &["po"], true, true),
     rt("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], true, true),
     rt("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", true, &["ing"], true, true),
     rt("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], false, false),

@@ -420,7 +420,6 @@ impl Store {
                     "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition does not match the UID in record",
                     r.group_resource()
                 ),
-                json!([]),
             ));
         }
         if rv
