@@ -30,6 +30,13 @@ pub(crate) fn apply(rt: usize, obj: &mut Value) {
         "namespaces" => namespace(obj),
         "services" => service(obj),
         "deployments" => deployment(obj),
+        "replicasets" => {
+            let spec = obj_mut(obj, "spec");
+            default(spec, "replicas", json!(1));
+            if let Some(pod) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                pod_spec(pod);
+            }
+        }
         "secrets" => secret(obj),
         "pods" => {
             if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {

@@ -1029,7 +1029,9 @@ fn delete_opts(params: &Params, body: &Bytes) -> Result<DeleteOptions, ApiError>
         .map(str::to_string)
         .or_else(|| params.get("propagationPolicy").cloned());
     let orphan = policy.as_deref() == Some("Orphan")
-        || opts.get("orphanDependents").and_then(Value::as_bool) == Some(true);
+        || (policy.is_none()
+            && opts.get("orphanDependents").and_then(Value::as_bool) == Some(true));
+    let foreground = policy.as_deref() == Some("Foreground");
     let dry = opts
         .get("dryRun")
         .and_then(Value::as_array)
@@ -1044,6 +1046,8 @@ fn delete_opts(params: &Params, body: &Bytes) -> Result<DeleteOptions, ApiError>
     Ok(DeleteOptions {
         propagation: if orphan {
             Propagation::Orphan
+        } else if foreground {
+            Propagation::Foreground
         } else {
             Propagation::Cascade
         },

@@ -47,6 +47,7 @@ fn typed(rt: &ResourceType, v: &Value) -> Result<Value, String> {
         "events" => roundtrip::<core::v1::Event>(v),
         "pods" => roundtrip::<core::v1::Pod>(v),
         "deployments" => roundtrip::<apps::v1::Deployment>(v),
+        "replicasets" => roundtrip::<apps::v1::ReplicaSet>(v),
         "ingresses" => roundtrip::<networking::v1::Ingress>(v),
         "leases" => roundtrip::<coordination::v1::Lease>(v),
         "poddisruptionbudgets" => roundtrip::<policy::v1::PodDisruptionBudget>(v),
@@ -166,7 +167,7 @@ pub fn check(
 pub fn semantic(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
     let mut out = Vec::new();
     match rt.resource {
-        "deployments" => workload(obj, &mut out),
+        "deployments" | "replicasets" => workload(obj, &mut out),
         "pods" => {
             if let Some(spec) = obj.get("spec") {
                 pod_spec(spec, "spec", &mut out);
@@ -176,6 +177,10 @@ pub fn semantic(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         _ => {}
     }
     out
+}
+
+fn rt_is_rs(obj: &Value) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some("ReplicaSet")
 }
 
 fn port_range(v: &Value, field: String, out: &mut Vec<Cause>) {
@@ -223,7 +228,11 @@ fn workload(obj: &Value, out: &mut Vec<Cause>) {
                 out.push(Cause::invalid(
                     "spec.selector",
                     sel,
-                    "empty selector is invalid for deployment",
+                    if rt_is_rs(obj) {
+                        "empty selector is invalid for replicaset"
+                    } else {
+                        "empty selector is invalid for deployment"
+                    },
                 ));
             } else if !selector_matches(sel, &labels) {
                 out.push(Cause::invalid(
