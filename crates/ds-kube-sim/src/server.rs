@@ -1329,13 +1329,12 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
         }
         let mut rx = start.rx;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        // The real server also sends a bookmark 2 s before the watch times out, so a client
-        // resumes from a recent resourceVersion.
+        // The real server also sends a bookmark 2 s before the watch times out (unless the
+        // watch is shorter than that), so a client resumes from a recent resourceVersion.
+        let mut pre_timeout_sent = !bookmarks || timeout < Duration::from_secs(2);
         let pre_timeout = deadline
             .checked_sub(Duration::from_secs(2))
-            .unwrap_or(deadline)
-            .max(tokio::time::Instant::now());
-        let mut pre_timeout_sent = !bookmarks;
+            .unwrap_or(deadline);
         loop {
             if limit_hit(sent) {
                 tracing::debug!(sent, "dropping watch (fault injection)");
