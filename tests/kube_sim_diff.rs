@@ -594,8 +594,8 @@ async fn create_get_and_server_defaults() {
     })
     .await;
     d.step("get Deployment: the whole object", |s| async move {
-        // Metadata and spec only: the controllers write status and annotations at their
-        // own pace.
+        // Metadata and spec only: the controllers write status, annotations and their
+        // managedFields entries at their own pace (KNOWN_LIST: controllers).
         let a = s.get::<Deployment>("web").await;
         let mut spec = a.body.clone();
         spec.as_object_mut().unwrap().remove("status");
@@ -1167,7 +1167,8 @@ async fn server_side_apply_two_managers_and_conflicts() {
                 .patch::<Deployment>("ssa-dep", &PatchParams::apply("bob"), &Patch::Apply(side))
                 .await;
             // Only the appliers' entries: the controllers' writes (status, the revision
-            // annotation) come at their own pace.
+            // annotation) come at their own pace and leave no entry in the simulator
+            // (KNOWN_LIST: controllers).
             let appliers: Vec<Value> = a.body["metadata"]["managedFields"]
                 .as_array()
                 .into_iter()
