@@ -318,8 +318,3 @@ pub async fn run(
     running.shutdown().await;
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
