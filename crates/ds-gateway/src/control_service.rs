@@ -7,7 +7,6 @@ use super::credentials;
 use super::rpc::{bearer, store_status};
 use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
 use chrono::Utc;
-use ds_core::DeploymentSpec;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
@@ -17,6 +16,7 @@ use ds_core::proto::{
     ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
 };
+use ds_core::{DeploymentSpec, NewDeployment};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -365,24 +365,21 @@ impl ControlService for ControlSvc {
         self.authorize(&request).await?;
         let req = request.into_inner();
         let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
-        let mut spec: DeploymentSpec = req
+        let spec: DeploymentSpec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?
             .into();
-        if spec.port == 0 {
-            spec.port = ds_core::spec::DEFAULT_PORT;
+        let NewDeployment {
+            name,
+            namespace,
+            spec,
+        } = NewDeployment {
+            name: req.name,
+            namespace: req.namespace,
+            spec,
         }
-        let name = if req.name.is_empty() {
-            spec.model_name.clone()
-        } else {
-            req.name
-        };
-        let namespace = if req.namespace.is_empty() {
-            ds_core::spec::DEFAULT_NAMESPACE.to_string()
-        } else {
-            req.namespace
-        };
-        ds_core::validate_deployment(&name, &namespace, &spec).map_err(invalid)?;
+        .validated()
+        .map_err(invalid)?;
         let deployer = self
             .shared
             .store
