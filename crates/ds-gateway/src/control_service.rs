@@ -17,8 +17,9 @@ use ds_core::proto::{
     RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc};
@@ -59,7 +60,7 @@ impl ControlSvc {
             self.shared.metrics.auth_failures.inc();
         })?;
         let hash = credentials::hash(presented);
-        let cached = *self.verified_key.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = *self.verified_key.lock();
         if let Some((known, at)) = cached {
             let same: bool = known.ct_eq(&hash).into();
             if same && at.elapsed() < API_KEY_CACHE_TTL {
@@ -68,8 +69,7 @@ impl ControlSvc {
         }
         match credentials::verify_api_key(self.shared.store.as_ref(), presented).await {
             Ok(true) => {
-                *self.verified_key.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((hash, Instant::now()));
+                *self.verified_key.lock() = Some((hash, Instant::now()));
                 Ok(())
             }
             Ok(false) => {
