@@ -15,18 +15,18 @@
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 
-pub mod agent_service;
-pub mod control_service;
-pub mod convert;
+mod agent_service;
+mod control_service;
+mod convert;
 pub mod credentials;
 mod group_commit;
 pub mod install;
-pub mod manifest;
-pub mod metrics;
+mod manifest;
+mod metrics;
 pub mod postgres;
 mod rows;
-pub mod rpc;
-pub mod server;
+mod rpc;
+mod server;
 mod sql;
 pub mod sqlite;
 pub mod store;
