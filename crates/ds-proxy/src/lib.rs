@@ -128,7 +128,7 @@ pub struct ProxyArgs {
 
     /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504. Also the
     /// longest pause allowed within an answer's body; then the answer is cut.
-    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = ds_core::duration::parse)]
     pub timeout: Duration,
 
     /// Upstream path asked by /readyz; any answer below 500 means ready.
@@ -155,7 +155,7 @@ pub struct ProxyArgs {
 
     /// How often worker threads hand their batched query-log lines to the writer (e.g.
     /// 50ms): lines reach the log at most this late.
-    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = ds_core::duration::parse)]
     pub query_log_interval: Duration,
 
     /// Idle keep-alive connections kept to the upstream (per worker thread).
@@ -184,29 +184,6 @@ impl ProxyArgs {
         let matches = command.try_get_matches_from(flags)?;
         Self::from_arg_matches(&matches)
     }
-}
-
-/// Parses `250ms`, `30s`, `1.5s`, `2m` or a bare number of seconds.
-///
-/// # Errors
-/// Text that is none of these.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = value.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = value.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (value, 1.0)
-    };
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration (examples: 500ms, 30s, 2m)"))?;
-    Duration::try_from_secs_f64(number * scale)
-        .map_err(|_| format!("{value:?} is not a valid duration"))
 }
 
 /// Errors of the proxy.
@@ -802,17 +779,6 @@ mod tests {
         drop(burst);
         assert_eq!(count(&balancer), [0, 0, 0]);
         assert_eq!(balancer.assign(2, None).0, 2);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]
