@@ -6,10 +6,11 @@
 //! write one JSON line per query for a monitoring loop.
 //!
 //! # Layout
-//! - `h1`: the HTTP/1.1 request path (parse in place, relay bytes) and its upstream
-//!   connections (`upstream`), chunked framing (`chunked`).
-//! - `forward`: the h2c request path on hyper (upstream URL, headers, timeouts, 502/504), and
-//!   the accounting of a finished request (metrics, classes, query-log line) both paths use.
+//! - `h1`: the HTTP/1.1 request path (parse in place, relay bytes, chunked framing).
+//! - `forward`: the h2c request path on hyper (headers, timeouts, 502/504), and the
+//!   accounting of a finished request (metrics, classes, query-log line) both paths use.
+//! - `upstream`: the model server: its URL, the one way a connection to it is opened, the
+//!   connections kept open for either path, the readiness probe, and their errors.
 //! - `body`: hyper bodies that tee a bounded prefix (h2c), and the prefix itself.
 //! - `rewind`: replays the bytes read to tell h2c from HTTP/1.1.
 //! - `classes`: TensorFlow-Serving answers → predicted class.
@@ -23,7 +24,6 @@ pub mod classes;
 mod forward;
 mod h1;
 mod metrics;
-mod pool;
 pub mod querylog;
 mod rewind;
 mod upstream;
@@ -35,8 +35,6 @@ use classes::ClassNames;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -233,12 +231,7 @@ impl RunningProxy {
     /// An invalid upstream or readiness path, a port that cannot be bound, or a query-log
     /// file that cannot be opened.
     pub async fn start(args: ProxyArgs) -> Result<Self, ProxyError> {
-        let upstream = forward::Upstream::parse(&args.upstream).map_err(|reason| {
-            ProxyError::InvalidUpstream {
-                upstream: args.upstream.clone(),
-                reason,
-            }
-        })?;
+        let upstream = upstream::Upstream::parse(&args.upstream)?;
         if !args.ready_path.starts_with('/') {
             return Err(ProxyError::InvalidReadyPath(args.ready_path));
         }
@@ -286,20 +279,16 @@ impl RunningProxy {
         // Each worker has its own state: its upstream connections are registered with its
         // own event loop, and nothing on the request path is shared between threads but the
         // metrics and the query-log queue.
+        let settings = upstream::Settings {
+            authority: upstream.authority.clone(),
+            connect_timeout: args.timeout,
+            idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+            max_idle: args.upstream_max_idle,
+        };
         let make_shared = |index: usize| {
             Arc::new(forward::Shared {
-                conns: upstream::Connections::new(
-                    upstream.authority.clone(),
-                    args.timeout,
-                    UPSTREAM_IDLE_TIMEOUT,
-                    args.upstream_max_idle,
-                ),
-                pool: pool::Pool::new(
-                    upstream.authority.clone(),
-                    args.timeout,
-                    UPSTREAM_IDLE_TIMEOUT,
-                    args.upstream_max_idle,
-                ),
+                conns: upstream::sockets::Connections::new(settings.clone()),
+                pool: upstream::client::Pool::new(settings.clone()),
                 upstream: upstream.clone(),
                 timeout: args.timeout,
                 shard: metrics.shard(index),
@@ -348,10 +337,12 @@ impl RunningProxy {
         drop(listener);
         let admin = Arc::new(admin::Admin {
             metrics,
-            client: upstream_client(&args, 4),
-            upstream,
-            ready_path: args.ready_path.clone(),
-            ready_timeout: READY_TIMEOUT.min(args.timeout),
+            probe: upstream::ready::Probe::new(
+                &upstream,
+                &args.ready_path,
+                settings,
+                READY_TIMEOUT.min(args.timeout),
+            ),
         });
 
         let admin_server = tokio::spawn(serve(
@@ -665,24 +656,6 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
     listener
         .local_addr()
         .map_err(|source| ProxyError::Bind { addr, source })
-}
-
-fn upstream_client<B>(args: &ProxyArgs, max_idle: usize) -> Client<HttpConnector, B>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut connector = HttpConnector::new();
-    // Small JSON requests and answers: Nagle's delay would dominate the added latency.
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(args.timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(max_idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// The time a client gets to send a request's head, and an idle keep-alive connection
