@@ -17,9 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -70,21 +67,7 @@ enum Mode {
     },
 }
 
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-fn bearer(secret: &str) -> Bearer {
-    Bearer(format!("Bearer {secret}").parse().expect("ascii"))
-}
-
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
+use ds_test_support::{Bearer, Control};
 
 async fn connect(url: &str) -> anyhow::Result<Channel> {
     Ok(Endpoint::from_shared(url.to_string())?
@@ -160,7 +143,7 @@ async fn fanout(
     gateway_pid: Option<u32>,
 ) -> anyhow::Result<()> {
     let mut control: Control =
-        ControlServiceClient::with_interceptor(connect(url).await?, bearer(api_key));
+        ControlServiceClient::with_interceptor(connect(url).await?, Bearer::from_plain(api_key));
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let created = control
         .create_deployer(proto::CreateDeployerRequest { name: name.clone() })
@@ -203,7 +186,8 @@ async fn fanout(
         };
         let n = per_conn.min(streams - c * per_conn);
         for _ in 0..n {
-            let mut agent = AgentServiceClient::with_interceptor(channel.clone(), bearer(&token));
+            let mut agent =
+                AgentServiceClient::with_interceptor(channel.clone(), Bearer::from_plain(&token));
             let tx = arrivals_tx.clone();
             let ready = ready.clone();
             let failed = failed.clone();
@@ -330,7 +314,7 @@ async fn create(
         channels.push(connect(url).await?);
     }
     let mut control: Control =
-        ControlServiceClient::with_interceptor(channels[0].clone(), bearer(api_key));
+        ControlServiceClient::with_interceptor(channels[0].clone(), Bearer::from_plain(api_key));
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     control
         .create_deployer(proto::CreateDeployerRequest { name: name.clone() })
@@ -341,8 +325,10 @@ async fn create(
     let end = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let mut client =
-            ControlServiceClient::with_interceptor(channels[w % conns].clone(), bearer(api_key));
+        let mut client = ControlServiceClient::with_interceptor(
+            channels[w % conns].clone(),
+            Bearer::from_plain(api_key),
+        );
         let done = done.clone();
         let errors = errors.clone();
         let deployer = name.clone();

@@ -17,7 +17,6 @@ use ds_agent::builders::{desired_deployment, desired_service};
 use ds_agent::cache::Slim;
 use ds_agent::desired::Kind;
 use ds_core::proto;
-use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::{DeployedObject, DeploymentSpec};
 use ds_gateway::{GatewayArgs, RunningGateway};
 use ds_kube_sim::{SimCluster, SimConfig};
@@ -29,22 +28,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
-
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -184,11 +167,7 @@ async fn main() {
     .expect("sim");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
-    let channel = Channel::from_shared(gw.url()).unwrap().connect_lazy();
-    let mut control: Control = ControlServiceClient::with_interceptor(
-        channel,
-        Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap()),
-    );
+    let mut control = ds_test_support::control_client(&gw.url(), &gw.admin_key);
     let created = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "bench".into(),

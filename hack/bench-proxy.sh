@@ -16,7 +16,8 @@
 #        ds model-proxy: both proxies get the same number of event loops),
 #        DS_BIN=path (skip the release build, e.g. to try the script with a debug build),
 #        BASELINE_BIN=path (an older `ds` build, run too as "ds model-proxy, baseline" with
-#        metrics on and query logs off, for a before/after ratio measured in the same run)
+#        metrics on and query logs off, for before/after ratios measured in the same run:
+#        requests/s against nginx and against the current build, p99 and CPU per request)
 # Needs root for apt-get when nginx or wrk are missing. Builds `ds` with --release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -169,7 +170,8 @@ NGX_WORKERS=$(pgrep -P "$NGX_PID" | tr '\n' ' ')
 TARGETS=("direct:$UP:" "nginx proxy_pass (keepalive pool):$NGX:$NGX_WORKERS"
     "nginx, with request ID and X-Forwarded-For:$NGH:$NGX_WORKERS"
     "ds model-proxy (metrics):$DSP:$DS_PID" "ds model-proxy (metrics + query logs):$DSL:$DSL_PID")
-[ -n "${BASELINE_BIN:-}" ] && TARGETS+=("ds model-proxy, baseline (metrics):$DSB:$DSB_PID")
+DSB_NAME="ds model-proxy, baseline (metrics)"
+[ -n "${BASELINE_BIN:-}" ] && TARGETS+=("$DSB_NAME:$DSB:$DSB_PID")
 RAW="$WORK/raw.txt"
 PAIRS="$WORK/pairs.txt" # the same, with the round: compares targets measured minutes apart
 : >"$RAW"
@@ -216,7 +218,7 @@ done
 
 # Round by round, the proxies against each other: a burst of load from elsewhere, or a
 # scheduler placement that favours one run, moves both sides of a round alike.
-paired() { # connections numerator denominator column(1 = req/s, 3 = p99)
+paired() { # connections numerator denominator column(1 = req/s, 3 = p99, 5 = CPU µs/request)
     awk -F'|' -v c="$1" -v a="$2" -v b="$3" -v col="$4" '
         $1 == c && $3 == a { split($4, f, " "); x[$2] = f[col] }
         $1 == c && $3 == b { split($4, f, " "); y[$2] = f[col] }
@@ -237,6 +239,12 @@ for c in $CONNS; do
     echo "    req/s, ds model-proxy / nginx:           $(paired "$c" "$DSM" "$NGP" 1)"
     echo "    p99, ds model-proxy / nginx:             $(paired "$c" "$DSM" "$NGP" 3)"
     echo "    req/s, query logs on / off:              $(paired "$c" "ds model-proxy (metrics + query logs)" "$DSM" 1)"
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        echo "    req/s, baseline / nginx:                 $(paired "$c" "$DSB_NAME" "$NGP" 1)"
+        echo "    req/s, ds model-proxy / baseline:        $(paired "$c" "$DSM" "$DSB_NAME" 1)"
+        echo "    p99, ds model-proxy / baseline:          $(paired "$c" "$DSM" "$DSB_NAME" 3)"
+        echo "    CPU/request, ds model-proxy / baseline:  $(paired "$c" "$DSM" "$DSB_NAME" 5)"
+    fi
 done
 echo
 echo "raw runs (connections|target|req/s p50 p99 error-lines cpu-us/request kernel-us/request):"

@@ -10,13 +10,11 @@ use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{CreateDeployerRequest, GetDeployerRequest, RotateDeployerTokenRequest};
 use ds_gateway::{GatewayArgs, GatewayError, RunningGateway};
 use ds_kube_sim::{SimCluster, SimConfig, SimError};
+use ds_transport::{Bearer, ChannelOptions};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 
 /// The deployer `ds dev` registers and runs the agent for.
 pub const DEV_DEPLOYER: &str = "local";
@@ -72,16 +70,6 @@ pub enum DevError {
     Register(String),
     #[error("starting the agent: {0}")]
     Agent(#[from] AgentError),
-}
-
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
 }
 
 /// Everything `ds dev` runs, for tests and for [`run`].
@@ -217,13 +205,12 @@ impl DevEnv {
 /// agent uses it) only when the token file was lost.
 async fn ensure_deployer(url: &str, api_key: &str, token_path: &Path) -> Result<(), DevError> {
     let err = |e: tonic::Status| DevError::Register(e.message().to_string());
-    let header: MetadataValue<Ascii> = format!("Bearer {api_key}")
-        .parse()
-        .map_err(|_| DevError::Register("the admin key is not valid metadata".into()))?;
-    let channel = Channel::from_shared(url.to_string())
+    let bearer = Bearer::new(&api_key.into())
+        .map_err(|e| DevError::Register(format!("the admin key: {e}")))?;
+    let channel = ds_transport::endpoint(url, &ChannelOptions::default())
         .map_err(|e| DevError::Register(e.to_string()))?
         .connect_lazy();
-    let mut control = ControlServiceClient::with_interceptor(channel, Bearer(header));
+    let mut control = ControlServiceClient::with_interceptor(channel, bearer);
     let existing = control
         .get_deployer(GetDeployerRequest {
             deployer: DEV_DEPLOYER.into(),

@@ -13,29 +13,25 @@ mod real_kube;
 use ds_agent::builders::{
     DEPLOYMENT_ID_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, PROXY_CONTAINER, REVISION_ANNOTATION,
 };
-use ds_agent::{AgentArgs, RunningAgent, sync::Secret};
+use ds_agent::{AgentArgs, RunningAgent};
 use ds_core::DeploymentSpec;
 use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{self, Phase};
-use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_gateway::RunningGateway;
 use ds_kube_sim::{SimCluster, SimConfig};
+use ds_test_support::{
+    Bearer, Control, DEADLINE, TestGateway as Gateway, eventually, gateway_args,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
-/// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
-const DEADLINE: Duration = Duration::from_secs(30);
 const NS: &str = "default";
 
 /// Which API server a contract test runs against.
@@ -84,90 +80,6 @@ on_both!(
 const PROXY_IMAGE: &str = "ds:test";
 
 // === helpers ===
-
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-struct Gateway {
-    gw: Option<RunningGateway>,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    admin_key: String,
-}
-
-fn gateway_args(dir: &Path, listen: SocketAddr) -> GatewayArgs {
-    let mut args = GatewayArgs::insecure(listen, dir);
-    args.heartbeat_interval = Duration::from_millis(500);
-    args
-}
-
-impl Gateway {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let gw = RunningGateway::start(gateway_args(dir.path(), "127.0.0.1:0".parse().unwrap()))
-            .await
-            .expect("gateway starts");
-        Self {
-            addr: gw.addr,
-            admin_key: gw.admin_key.clone(),
-            gw: Some(gw),
-            dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(gw) = self.gw.take() {
-            gw.shutdown().await;
-        }
-    }
-
-    /// Starts again on the same address and data (a gateway restart).
-    async fn restart(&mut self) {
-        self.stop().await;
-        let gw = eventually("the gateway to bind its old address again", || async {
-            RunningGateway::start(gateway_args(self.dir.path(), self.addr))
-                .await
-                .ok()
-        })
-        .await;
-        self.gw = Some(gw);
-    }
-
-    async fn control(&self) -> Control {
-        let channel = Channel::from_shared(self.url()).unwrap().connect_lazy();
-        let bearer = Bearer(format!("Bearer {}", self.admin_key).parse().unwrap());
-        ControlServiceClient::with_interceptor(channel, bearer)
-    }
-}
 
 /// The API server of one test.
 enum Cluster {
@@ -252,7 +164,7 @@ async fn env_with(config: SimConfig) -> Env {
     ds::telemetry::init_logging();
     let gw = Gateway::start().await;
     let sim = SimCluster::start(config).await.expect("sim starts");
-    let control = gw.control().await;
+    let control = gw.control();
     Env {
         gw,
         cluster: Cluster::Sim(sim),
@@ -275,7 +187,7 @@ async fn env(backend: Backend) -> Env {
             let kube = real_kube::shared();
             let ns = kube.namespace("agent").await;
             let gw = Gateway::start().await;
-            let control = gw.control().await;
+            let control = gw.control();
             Env {
                 gw,
                 cluster: Cluster::Real {
@@ -413,14 +325,8 @@ impl Env {
     }
 
     fn args(&self, token: &str) -> AgentArgs {
-        let mut a = AgentArgs::new(self.gw.url());
-        a.insecure = true;
-        a.token = Some(Secret(token.to_string()));
-        a.listen_health = "127.0.0.1:0".parse().unwrap();
-        a.resync = Duration::from_millis(500);
-        a.heartbeat = Duration::from_millis(500);
+        let mut a = ds_test_support::agent_args(&self.gw.url(), token);
         a.proxy_image = PROXY_IMAGE.into();
-        a.cluster_name = "test".into();
         a
     }
 
@@ -429,9 +335,7 @@ impl Env {
     }
 
     async fn agent_with(&self, args: AgentArgs) -> RunningAgent {
-        RunningAgent::start_with_client(args, self.cluster.agent_client())
-            .await
-            .expect("agent starts")
+        ds_test_support::start_agent(args, self.cluster.agent_client()).await
     }
 
     fn deployments(&self, ns: &str) -> Api<Deployment> {
@@ -1079,7 +983,7 @@ async fn gateway_restart_leaves_workloads_and_the_agent_catches_up(b: Backend) {
         "nothing touched while the gateway is away"
     );
     e.gw.restart().await;
-    e.control = e.gw.control().await;
+    e.control = e.gw.control();
     e.update(&id, |r| r.image = Some("tensorflow/serving:2.17.0".into()))
         .await;
     let after = e
@@ -1370,7 +1274,7 @@ async fn tls_gateway_with_a_ca_bundle() {
         .tls_config(tls)
         .unwrap()
         .connect_lazy();
-    let bearer = Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap());
+    let bearer = Bearer::from_plain(&gw.admin_key);
     let mut control = ControlServiceClient::with_interceptor(channel, bearer);
     let token = control
         .create_deployer(proto::CreateDeployerRequest { name: "tls".into() })
@@ -1389,7 +1293,7 @@ async fn tls_gateway_with_a_ca_bundle() {
         .unwrap();
     let sim = SimCluster::start(SimConfig::default()).await.unwrap();
     let mut args = AgentArgs::new(url);
-    args.token = Some(Secret(token));
+    args.token = Some(token.into());
     args.ca_cert = Some(ca_file);
     args.listen_health = "127.0.0.1:0".parse().unwrap();
     let agent = RunningAgent::start_with_client(args, sim.client())

@@ -2,7 +2,6 @@
 //! in the test on 127.0.0.1:0, with a temporary SQLite file. Where a status is needed
 //! (`--wait`), the test plays the agent with a tonic client and the deployer's token.
 
-use ds_core::proto::agent_service_client::AgentServiceClient;
 use ds_core::proto::{self, Phase};
 use ds_gateway::{GatewayArgs, RunningGateway};
 use serde_json::Value;
@@ -11,9 +10,6 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -152,16 +148,7 @@ impl TestGateway {
     }
 
     async fn agent(&self, token: &str) -> FakeAgent {
-        let channel = Channel::from_shared(self.gw.url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect");
-        let header: MetadataValue<Ascii> = format!("Bearer {token}").parse().unwrap();
-        FakeAgent(AgentServiceClient::with_interceptor(
-            channel,
-            Bearer(header),
-        ))
+        FakeAgent(ds_test_support::agent_service(&self.gw.url(), token))
     }
 }
 
@@ -182,20 +169,8 @@ async fn output(mut cmd: Command) -> Run {
     Run::from(out)
 }
 
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
 /// The test acting as a deployer's agent: it reports statuses like `ds agent` would.
-struct FakeAgent(
-    AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>,
-);
+struct FakeAgent(ds_test_support::AgentService);
 
 impl FakeAgent {
     async fn report(&mut self, id: &str, phase: Phase, ready: u32, applied: u64, error: &str) {

@@ -6,40 +6,16 @@ use ds_core::proto::agent_service_client::AgentServiceClient;
 use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{self, WatchEvent, watch_event};
 use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_test_support::{AgentService as Agent, Bearer, Control, eventually};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::Code;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 // === helpers ===
-
-/// Adds `authorization: Bearer …` to every request.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-fn bearer(secret: &str) -> Bearer {
-    Bearer(
-        format!("Bearer {secret}")
-            .parse()
-            .expect("ascii credential"),
-    )
-}
-
-type Agent = AgentServiceClient<InterceptedService<Channel, Bearer>>;
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 
 struct TestGateway {
     gw: RunningGateway,
@@ -72,12 +48,15 @@ impl TestGateway {
     async fn control(&self) -> Control {
         ControlServiceClient::with_interceptor(
             channel(&self.gw.url()).await,
-            bearer(&self.gw.admin_key),
+            Bearer::from_plain(&self.gw.admin_key),
         )
     }
 
     async fn agent(&self, token: &str) -> Agent {
-        AgentServiceClient::with_interceptor(channel(&self.gw.url()).await, bearer(token))
+        AgentServiceClient::with_interceptor(
+            channel(&self.gw.url()).await,
+            Bearer::from_plain(token),
+        )
     }
 }
 
@@ -164,22 +143,6 @@ async fn open_watch(agent: &mut Agent) -> (proto::Snapshot, tonic::Streaming<Wat
         watch_event::Event::Snapshot(s) => (s, stream),
         other => panic!("first message must be a snapshot, got {other:?}"),
     }
-}
-
-/// Polls `f` until it returns true or the deadline passes.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + DEADLINE;
-    while tokio::time::Instant::now() < end {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 // === snapshot and ordering ===
@@ -481,8 +444,10 @@ async fn wrong_missing_and_revoked_tokens_are_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let mut as_admin =
-        ControlServiceClient::with_interceptor(channel(&t.gw.url()).await, bearer(&token));
+    let mut as_admin = ControlServiceClient::with_interceptor(
+        channel(&t.gw.url()).await,
+        Bearer::from_plain(&token),
+    );
     let err = as_admin
         .list_deployers(proto::ListDeployersRequest {})
         .await
@@ -544,6 +509,7 @@ async fn rotated_token_works_during_the_overlap_and_not_after() {
         let mut a = old_agent.clone();
         async move {
             matches!(a.list(proto::ListRequest {}).await, Err(e) if e.code() == Code::Unauthenticated)
+                .then_some(())
         }
     })
     .await;
@@ -1016,7 +982,7 @@ async fn deployer_goes_offline_after_the_window() {
     drop(stream);
     eventually("deployer offline", || {
         let s = state(&control);
-        async move { s.await == proto::DeployerState::Offline as i32 }
+        async move { (s.await == proto::DeployerState::Offline as i32).then_some(()) }
     })
     .await;
     t.gw.shutdown().await;
@@ -1191,10 +1157,12 @@ async fn tokens_never_appear_in_logs() {
         .trim()
         .to_string();
     let mut control =
-        ControlServiceClient::with_interceptor(channel(&url).await, bearer(&admin_key));
+        ControlServiceClient::with_interceptor(channel(&url).await, Bearer::from_plain(&admin_key));
     let agent_for = |token: String| {
         let url = url.clone();
-        async move { AgentServiceClient::with_interceptor(channel(&url).await, bearer(&token)) }
+        async move {
+            AgentServiceClient::with_interceptor(channel(&url).await, Bearer::from_plain(&token))
+        }
     };
 
     let (_, token) = create_deployer(&mut control, "alpha").await;
@@ -1229,10 +1197,13 @@ async fn tokens_never_appear_in_logs() {
     assert_eq!(denied.code(), Code::Unauthenticated);
     let mut wrong_admin = admin_key.clone();
     wrong_admin.replace_range(wrong_admin.len() - 4.., "AAAA");
-    let denied = ControlServiceClient::with_interceptor(channel(&url).await, bearer(&wrong_admin))
-        .list_deployers(proto::ListDeployersRequest {})
-        .await
-        .unwrap_err();
+    let denied = ControlServiceClient::with_interceptor(
+        channel(&url).await,
+        Bearer::from_plain(&wrong_admin),
+    )
+    .list_deployers(proto::ListDeployersRequest {})
+    .await
+    .unwrap_err();
     assert_eq!(denied.code(), Code::Unauthenticated);
     create_deployment(&mut control, "alpha", "other")
         .await
@@ -1320,7 +1291,8 @@ async fn tls_serves_grpc_with_a_test_ca_and_plaintext_needs_insecure() {
         .connect()
         .await
         .expect("TLS connect");
-    let mut control = ControlServiceClient::with_interceptor(channel, bearer(&gw.admin_key));
+    let mut control =
+        ControlServiceClient::with_interceptor(channel, Bearer::from_plain(&gw.admin_key));
     let (_, token) = create_deployer(&mut control, "alpha").await;
     assert!(!token.is_empty());
     let listed = control
@@ -1338,7 +1310,7 @@ async fn tls_serves_grpc_with_a_test_ca_and_plaintext_needs_insecure() {
         .connect()
         .await;
     if let Ok(ch) = untrusted {
-        let mut c = ControlServiceClient::with_interceptor(ch, bearer(&gw.admin_key));
+        let mut c = ControlServiceClient::with_interceptor(ch, Bearer::from_plain(&gw.admin_key));
         assert!(
             c.list_deployers(proto::ListDeployersRequest {})
                 .await

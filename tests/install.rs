@@ -9,12 +9,12 @@
 
 mod real_kube;
 
-use ds_agent::{AgentArgs, RunningAgent, sync::Secret as AgentSecret};
+use ds_agent::{AgentArgs, RunningAgent};
 use ds_core::DeploymentSpec;
-use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{self};
 use ds_gateway::{GatewayArgs, RunningGateway};
 use ds_kube_sim::{SimCluster, SimConfig};
+use ds_test_support::Control;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -24,10 +24,6 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -86,33 +82,14 @@ async fn output(mut cmd: Command) -> Run {
     }
 }
 
-/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+/// [`ds_test_support::eventually`] with this file's longer deadline.
+async fn eventually<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ds_test_support::eventually_within(DEADLINE, what, f).await
 }
-
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// A gateway, a simulated cluster with its kubeconfig on disk, and an admin client.
 struct Env {
@@ -132,9 +109,7 @@ fn start_gateway_args(dir: &Path) -> GatewayArgs {
 }
 
 fn admin(gw: &RunningGateway) -> Control {
-    let channel = Channel::from_shared(gw.url()).unwrap().connect_lazy();
-    let bearer = Bearer(format!("Bearer {}", gw.admin_key).parse().unwrap());
-    ControlServiceClient::with_interceptor(channel, bearer)
+    ds_test_support::control_client(&gw.url(), &gw.admin_key)
 }
 
 /// A gateway and the shared real API server (admin kubeconfig).
@@ -452,7 +427,7 @@ async fn install_link_applies_with_kubectl_and_the_agent_reconciles() {
     // An agent with the Secret's token connects and reconciles.
     let mut args = AgentArgs::new(env.gw.url());
     args.insecure = true;
-    args.token = Some(AgentSecret(token));
+    args.token = Some(token.into());
     args.listen_health = "127.0.0.1:0".parse().unwrap();
     args.proxy_image = "ds:test".into();
     let agent = RunningAgent::start_with_client(args, env.client.clone())
@@ -725,7 +700,7 @@ async fn an_install_keeps_the_running_agents_token_valid() {
     );
     let mut args = AgentArgs::new(env.gw.url());
     args.insecure = true;
-    args.token = Some(AgentSecret(created.token));
+    args.token = Some(created.token.into());
     args.listen_health = "127.0.0.1:0".parse().unwrap();
     let agent = RunningAgent::start_with_client(args, env.client.clone())
         .await

@@ -2,6 +2,7 @@
 //! fidelity judged by the real kubectl.
 
 use ds_kube_sim::{FaultAnswer, Limit, SimCluster, SimConfig};
+use ds_test_support::eventually;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
@@ -21,22 +22,6 @@ async fn sim() -> SimCluster {
     })
     .await
     .expect("simulator starts")
-}
-
-/// Polls `f` until it answers `Some`, for up to 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn api_err(e: kube::Error) -> (u16, String) {

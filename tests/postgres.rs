@@ -7,20 +7,15 @@
 //! Each test creates its own database, so they run in parallel.
 
 use ds_core::DeploymentSpec;
-use ds_core::proto::agent_service_client::AgentServiceClient;
-use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{self, WatchEvent, watch_event};
 use ds_gateway::install::{InstallCodes, InstallOptions};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::store::{Change, Store, StoreError};
 use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_test_support::{AgentService as Agent, Control, eventually};
 use sqlx::Connection;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::Channel;
 
 mod store_contract;
 
@@ -335,28 +330,6 @@ async fn a_replica_whose_listener_was_cut_catches_up_in_order() {
 
 // === two gateway replicas ===
 
-/// Adds `authorization: Bearer …` to every request.
-#[derive(Clone)]
-struct Bearer(MetadataValue<Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut().insert("authorization", self.0.clone());
-        Ok(req)
-    }
-}
-
-fn bearer(secret: &str) -> Bearer {
-    Bearer(
-        format!("Bearer {secret}")
-            .parse()
-            .expect("ascii credential"),
-    )
-}
-
-type Agent = AgentServiceClient<InterceptedService<Channel, Bearer>>;
-type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
-
 /// A gateway replica on the test database; all replicas share the data directory, so
 /// they share the admin key file too.
 async fn replica(db: &TestDb, dir: &std::path::Path) -> RunningGateway {
@@ -366,20 +339,12 @@ async fn replica(db: &TestDb, dir: &std::path::Path) -> RunningGateway {
     RunningGateway::start(args).await.expect("gateway starts")
 }
 
-async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 async fn control(gw: &RunningGateway) -> Control {
-    ControlServiceClient::with_interceptor(channel(&gw.url()).await, bearer(&gw.admin_key))
+    ds_test_support::control_client(&gw.url(), &gw.admin_key)
 }
 
 async fn agent(gw: &RunningGateway, token: &str) -> Agent {
-    AgentServiceClient::with_interceptor(channel(&gw.url()).await, bearer(token))
+    ds_test_support::agent_service(&gw.url(), token)
 }
 
 async fn create_deployer(control: &mut Control, name: &str) -> (String, String) {
@@ -677,27 +642,10 @@ async fn unknown_database_schemes_are_refused_naming_the_supported_ones() {
 
 // === end to end: gateway replicas on PostgreSQL, the simulator and an agent ===
 
-/// Polls `f` until it returns `Some`, failing the test after [`DEADLINE`].
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 // The agent talks to replica B only; the user talks to replica A only. Creates, updates
 // and deletes through A reach the cluster, and the agent's statuses show through A.
 #[tokio::test]
 async fn an_agent_on_one_replica_deploys_what_the_other_replica_is_told() {
-    use ds_agent::{AgentArgs, RunningAgent, sync::Secret};
     use ds_kube_sim::{SimCluster, SimConfig};
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::api::Api;
@@ -714,17 +662,9 @@ async fn an_agent_on_one_replica_deploys_what_the_other_replica_is_told() {
     .expect("sim starts");
     let mut control_a = control(&a).await;
     let (_, token) = create_deployer(&mut control_a, "e2e").await;
-    let mut args = AgentArgs::new(b.url());
-    args.insecure = true;
-    args.token = Some(Secret(token));
-    args.listen_health = "127.0.0.1:0".parse().unwrap();
-    args.resync = Duration::from_millis(500);
-    args.heartbeat = Duration::from_millis(500);
+    let mut args = ds_test_support::agent_args(&b.url(), &token);
     args.proxy_image = "ds:test".into();
-    args.cluster_name = "test".into();
-    let agent = RunningAgent::start_with_client(args, sim.client())
-        .await
-        .expect("agent starts");
+    let agent = ds_test_support::start_agent(args, sim.client()).await;
 
     let id = control_a
         .create_deployment(proto::CreateDeploymentRequest {

@@ -606,6 +606,83 @@ async fn readyz_follows_the_upstream_and_healthz_the_proxy() {
     dead.shutdown().await;
 }
 
+#[tokio::test]
+async fn readyz_asks_the_ready_path_on_a_kept_connection_and_says_why_not() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let connections = Arc::new(AtomicUsize::new(0));
+    let failing = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let (connections, failing, seen) = (connections.clone(), failing.clone(), seen.clone());
+        serve_each(move |stream| {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let (failing, seen) = (failing.clone(), seen.clone());
+            async move {
+                let handler = move |req: Request<Incoming>| {
+                    let host = req.headers().get("host").cloned();
+                    seen.lock().unwrap().push((req.uri().to_string(), host));
+                    let status = if failing.load(Ordering::SeqCst) {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NOT_FOUND
+                    };
+                    let mut answer = Response::new(full("no such page\n"));
+                    *answer.status_mut() = status;
+                    async move { Ok::<_, Infallible>(answer) }
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(handler),
+                    )
+                    .await;
+            }
+        })
+        .await
+    };
+    let url = format!("http://{upstream}/base");
+    let flags = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &url,
+        "--ready-path",
+        "/health?deep=1",
+    ];
+    let proxy = RunningProxy::start(ds_proxy::ProxyArgs::from_flags(flags).unwrap())
+        .await
+        .unwrap();
+    let ready_url = format!("http://{}{READY_PATH}", proxy.admin_addr);
+    for _ in 0..3 {
+        // A 404 still means a model server is there.
+        assert_eq!(get(ready_url.clone()).await.status, StatusCode::OK);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one kept connection");
+    let host = http::HeaderValue::from_str(&upstream.to_string()).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![("/base/health?deep=1".to_owned(), Some(host)); 3]
+    );
+    failing.store(true, Ordering::SeqCst);
+    let ready = get(ready_url).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json()["error"], "upstream_not_ready");
+    assert_eq!(
+        ready.json()["message"],
+        "upstream answered 500 Internal Server Error"
+    );
+    proxy.shutdown().await;
+
+    let dead = start_proxy(dead_address().await, &[]).await;
+    let ready = get(format!("http://{}{READY_PATH}", dead.admin_addr)).await;
+    let message = ready.json()["message"].as_str().unwrap().to_owned();
+    assert!(message.starts_with("upstream unreachable: "), "{message}");
+    dead.shutdown().await;
+}
+
 // === metrics ===
 
 #[tokio::test]

@@ -28,12 +28,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ds_transport::{Bearer, SecretString, TokenSource};
 use metrics::Metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use sync::{DesiredState, Secret, Statuses, SyncContext, TokenSource};
+use sync::{DesiredState, Statuses, SyncContext};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -59,7 +60,7 @@ pub struct AgentArgs {
     pub token_file: Option<PathBuf>,
     /// The deployer token itself (tests and embedding; the command line reads `DS_TOKEN`).
     #[arg(skip)]
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     /// PEM bundle of CAs trusted for the gateway (besides the system roots). Empty means
     /// none, so a manifest can always set DS_CA_CERT.
     #[arg(long, env = "DS_CA_CERT", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
@@ -71,7 +72,7 @@ pub struct AgentArgs {
     #[arg(long, env = "DS_CLUSTER_NAME", default_value = "default")]
     pub cluster_name: String,
     /// Full resync period: List from the gateway and a pass over every deployment.
-    #[arg(long, env = "DS_RESYNC", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "DS_RESYNC", default_value = "30s", value_parser = ds_core::duration::parse)]
     pub resync: Duration,
     /// Deployments reconciled at once (each with its own retry backoff).
     #[arg(long, env = "DS_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
@@ -89,7 +90,7 @@ pub struct AgentArgs {
     #[arg(long, env = "DS_LEASE_NAME")]
     pub lease_name: Option<String>,
     /// How long a lease lasts without renewal; a standby takes over after it.
-    #[arg(long, env = "DS_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "DS_LEASE_DURATION", default_value = "15s", value_parser = ds_core::duration::parse)]
     pub lease_duration: Duration,
     /// Create missing target namespaces (labelled, never deleted).
     #[arg(long, env = "DS_CREATE_NAMESPACES")]
@@ -105,7 +106,7 @@ pub struct AgentArgs {
     #[arg(long, env = "DS_PROXY_IMAGE", default_value = DEFAULT_PROXY_IMAGE)]
     pub proxy_image: String,
     /// Period of the agent's heartbeat to the gateway.
-    #[arg(long, env = "DS_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "DS_HEARTBEAT", default_value = "10s", value_parser = ds_core::duration::parse)]
     pub heartbeat: Duration,
     /// This replica's name in reports and the Lease (default: the host name).
     #[arg(long, env = "DS_INSTANCE")]
@@ -139,39 +140,11 @@ impl AgentArgs {
     }
 }
 
-/// Parses "30s", "500ms", "2m", "1h" or a number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration {s:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
 /// Errors of the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("gateway URL {url:?}: {reason}")]
-    GatewayUrl { url: String, reason: String },
-    #[error("reading CA bundle {path}: {source}")]
-    CaCert {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("reading token file {path}: {source}")]
-    TokenFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Transport(#[from] ds_transport::TransportError),
     #[error("no deployer token: set DS_TOKEN or --token-file")]
     NoToken,
     #[error("--namespaces: {0}")]
@@ -336,7 +309,7 @@ impl RunningAgent {
             args.token = std::env::var("DS_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty())
-                .map(Secret);
+                .map(SecretString::from);
         }
         let token = match (&args.token_file, &args.token) {
             (Some(path), _) => TokenSource::File(path.clone()),
@@ -358,7 +331,7 @@ impl RunningAgent {
         let channel = sync::channel(&args.gateway, args.insecure, args.ca_cert.as_ref())?;
         let grpc = ds_core::proto::agent_service_client::AgentServiceClient::with_interceptor(
             channel,
-            sync::Auth(Arc::new(token)),
+            Bearer::from_source(token)?,
         );
 
         let cancel = CancellationToken::new();
@@ -705,15 +678,6 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("5x").is_err());
-    }
-
     #[tokio::test]
     async fn plain_http_needs_insecure() {
         let e = sync::channel("http://127.0.0.1:1", false, None).unwrap_err();
@@ -729,7 +693,7 @@ mod tests {
         .expect("a client");
         let mut args = AgentArgs::new("http://127.0.0.1:1");
         args.insecure = true;
-        args.token = Some(Secret("t".into()));
+        args.token = Some("t".into());
         args.listen_health = "127.0.0.1:0".parse().expect("an address");
         args.namespaces = vec!["models".into(), "Bad_NS".into()];
         let e = RunningAgent::start_with_client(args.clone(), client.clone())
@@ -759,7 +723,7 @@ mod tests {
     async fn run_reports_start_errors_without_waiting_for_shutdown() {
         let mut args = AgentArgs::new("http://127.0.0.1:1");
         args.insecure = true;
-        args.token = Some(Secret("t".into()));
+        args.token = Some("t".into());
         args.kubeconfig = Some("/nonexistent/kubeconfig".into());
         let e = run(args, std::future::pending()).await.unwrap_err();
         assert!(matches!(e, AgentError::KubeConfig(_)), "{e}");
@@ -776,7 +740,7 @@ mod tests {
         .unwrap();
         let mut args = AgentArgs::new("http://127.0.0.1:1");
         args.insecure = true;
-        args.token = Some(Secret("t".into()));
+        args.token = Some("t".into());
         args.kubeconfig = Some(kubeconfig);
         args.listen_health = "127.0.0.1:0".parse().unwrap();
         run(args, async {}).await.unwrap();

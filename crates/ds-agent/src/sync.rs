@@ -15,15 +15,14 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::proto;
 use ds_core::proto::agent_service_client::AgentServiceClient;
 use ds_core::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources};
+use ds_transport::{Bearer, ChannelOptions, Plaintext};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 /// Longest wait between two reconnect attempts.
@@ -243,66 +242,14 @@ pub fn apply_event(state: &mut DesiredState, event: proto::watch_event::Event) -
     }
 }
 
-// === Credentials and channel ===
-
-/// A secret string whose `Debug` never shows it.
-#[derive(Clone, Default)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// Where the deployer token comes from. A file is re-read on every call, so a rotated
-/// token in a mounted Secret is picked up without a restart.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    /// A fixed token (`DS_TOKEN`).
-    Fixed(Secret),
-    /// A file holding the token.
-    File(PathBuf),
-}
-
-impl TokenSource {
-    fn read(&self) -> Result<String, AgentError> {
-        match self {
-            Self::Fixed(s) => Ok(s.0.clone()),
-            Self::File(path) => std::fs::read_to_string(path)
-                .map(|s| s.trim().to_string())
-                .map_err(|source| AgentError::TokenFile {
-                    path: path.clone(),
-                    source,
-                }),
-        }
-    }
-}
-
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-pub struct Auth(pub Arc<TokenSource>);
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        // Error texts name the file at most, never the token.
-        let token = self
-            .0
-            .read()
-            .map_err(|e| tonic::Status::unauthenticated(e.to_string()))?;
-        let value: MetadataValue<_> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| tonic::Status::unauthenticated("token is not valid header text"))?;
-        req.metadata_mut().insert("authorization", value);
-        Ok(req)
-    }
-}
+// === Channel ===
 
 /// The client type every sync task uses.
 pub type Client =
-    AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
+    AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-/// Builds the lazily connecting channel to the gateway.
+/// Builds the lazily connecting channel to the gateway (HTTP/2 keep-alive for the change
+/// stream).
 ///
 /// # Errors
 /// A bad URL, plain `http://` without `insecure`, or an unreadable CA bundle.
@@ -311,38 +258,17 @@ pub fn channel(
     insecure: bool,
     ca_cert: Option<&PathBuf>,
 ) -> Result<Channel, AgentError> {
-    let bad = |reason: &str| AgentError::GatewayUrl {
-        url: url.to_string(),
-        reason: reason.to_string(),
+    let options = ChannelOptions {
+        ca_cert: ca_cert.map(PathBuf::as_path),
+        plaintext: if insecure {
+            Plaintext::Allow
+        } else {
+            Plaintext::Refuse { hint: "--insecure" }
+        },
+        connect_timeout: Duration::from_secs(10),
+        keep_alive: Some(Duration::from_secs(20)),
     };
-    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(&e.to_string()))?;
-    if url.starts_with("http://") {
-        if !insecure {
-            return Err(bad(
-                "plain http sends the token in clear text; use https or --insecure",
-            ));
-        }
-    } else if url.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new().with_native_roots();
-        if let Some(path) = ca_cert {
-            let pem = std::fs::read(path).map_err(|source| AgentError::CaCert {
-                path: path.clone(),
-                source,
-            })?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| bad(&e.to_string()))?;
-    } else {
-        return Err(bad(
-            "the scheme must be https:// (or http:// with --insecure)",
-        ));
-    }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(10))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy())
+    Ok(ds_transport::endpoint(url, &options)?.connect_lazy())
 }
 
 /// The reconnect backoff: jittered, exponential, capped at [`MAX_BACKOFF`], never giving up.
@@ -788,11 +714,5 @@ mod tests {
         assert!(delays[39] >= MAX_BACKOFF / 2, "reaches the cap region");
         let distinct: std::collections::HashSet<_> = delays[30..].iter().collect();
         assert!(distinct.len() > 1, "jittered, not a fixed period");
-    }
-
-    #[test]
-    fn secret_debug_is_redacted() {
-        let s = TokenSource::Fixed(Secret("hunter2".into()));
-        assert!(!format!("{s:?}").contains("hunter2"));
     }
 }

@@ -4,36 +4,20 @@
 use super::CliError;
 use super::config::Connection;
 use ds_core::proto::control_service_client::ControlServiceClient;
+use ds_transport::{Bearer, ChannelOptions, Plaintext, TransportError, root_cause};
 use std::time::Duration;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// The control client with the API key attached to every call.
-pub type Control = ControlServiceClient<InterceptedService<Channel, BearerAuth>>;
+pub type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// How long dialing may take before the gateway counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Per-call limit for unary calls; streams (`--wait`) have their own deadline.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Adds `authorization: Bearer <key>` to every request.
-#[derive(Clone)]
-pub struct BearerAuth {
-    header: MetadataValue<Ascii>,
-}
-
-impl Interceptor for BearerAuth {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.header.clone());
-        Ok(request)
-    }
-}
 
 /// `host:port` → `https://host:port`; checks the scheme and drops a trailing `/`.
 ///
@@ -66,35 +50,25 @@ pub fn normalize_url(raw: &str) -> Result<String, CliError> {
 /// A bad URL or CA file, or the gateway cannot be reached.
 pub async fn connect(connection: &Connection) -> Result<Control, CliError> {
     let url = &connection.url;
-    let mut header: MetadataValue<Ascii> = format!("Bearer {}", connection.api_key.expose().trim())
-        .parse()
-        .map_err(|_| CliError::BadApiKey)?;
-    header.set_sensitive(true);
-    let mut endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| CliError::BadGatewayUrl {
+    let bearer = Bearer::new(&connection.api_key).map_err(|_| CliError::BadApiKey)?;
+    let options = ChannelOptions {
+        ca_cert: connection.ca_cert.as_deref(),
+        // `ds login --gateway http://…` is the user's explicit choice (a local gateway).
+        plaintext: Plaintext::Allow,
+        connect_timeout: CONNECT_TIMEOUT,
+        keep_alive: None,
+    };
+    let endpoint = ds_transport::endpoint(url, &options).map_err(|e| match e {
+        TransportError::CaCert { path, source } => CliError::ReadCaCert {
+            path: path.display().to_string(),
+            cause: source,
+        },
+        TransportError::Url { reason, .. } => CliError::BadGatewayUrl {
             url: url.clone(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    if url.starts_with("https://") {
-        let tls = match &connection.ca_cert {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|cause| CliError::ReadCaCert {
-                    path: path.display().to_string(),
-                    cause,
-                })?;
-                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-            }
-            None => ClientTlsConfig::new().with_native_roots(),
-        };
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| CliError::BadGatewayUrl {
-                url: url.clone(),
-                reason: root_cause(&e),
-            })?;
-    }
+            reason,
+        },
+        TransportError::BadCredential | TransportError::TokenFile { .. } => CliError::BadApiKey,
+    })?;
     let channel = endpoint.connect().await.map_err(|e| {
         let detail = root_cause(&e);
         // A certificate problem is not an outage: say which flag fixes it.
@@ -110,10 +84,7 @@ pub async fn connect(connection: &Connection) -> Result<Control, CliError> {
             }
         }
     })?;
-    Ok(ControlServiceClient::with_interceptor(
-        channel,
-        BearerAuth { header },
-    ))
+    Ok(ControlServiceClient::with_interceptor(channel, bearer))
 }
 
 /// A unary request with the standard per-call deadline.
@@ -121,16 +92,6 @@ pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(CALL_TIMEOUT);
     request
-}
-
-/// The innermost cause of an error chain: for connection failures it is the useful
-/// part ("Connection refused", "invalid peer certificate: UnknownIssuer").
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    current.to_string()
 }
 
 /// One line for a gateway error: the server's own message where it explains the

@@ -3,7 +3,8 @@
 //! `~/.config/ds/config.yaml`), readable by its owner only.
 
 use super::client::{self, normalize_url};
-use super::{CliError, GlobalArgs, LoginArgs, Secret};
+use super::{CliError, GlobalArgs, LoginArgs};
+use ds_transport::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -118,8 +119,8 @@ pub struct Connection {
     /// Normalised gateway URL (`https://…` when no scheme was given).
     pub url: String,
     /// The admin API key.
-    pub api_key: Secret,
-    /// Extra CA to trust instead of the system roots.
+    pub api_key: SecretString,
+    /// Extra CA to trust besides the system roots.
     pub ca_cert: Option<PathBuf>,
 }
 
@@ -132,7 +133,10 @@ pub struct Connection {
 /// No gateway or no key anywhere, or an unreadable config file.
 pub fn resolve(global: &GlobalArgs) -> Result<Connection, CliError> {
     let flag_gateway = global.gateway.as_deref().filter(|g| !g.trim().is_empty());
-    let flag_key = global.api_key.clone().filter(|k| !k.expose().is_empty());
+    let flag_key = global
+        .api_key
+        .clone()
+        .filter(|k| !k.expose_secret().is_empty());
     let file = if flag_gateway.is_some() && flag_key.is_some() {
         None
     } else {
@@ -149,7 +153,7 @@ pub fn resolve(global: &GlobalArgs) -> Result<Connection, CliError> {
     let file = file.filter(|cfg| normalize_url(&cfg.gateway).is_ok_and(|g| g == url));
     let api_key = match (flag_key, &file) {
         (Some(key), _) => key,
-        (None, Some(cfg)) if !cfg.api_key.is_empty() => Secret::new(cfg.api_key.clone()),
+        (None, Some(cfg)) if !cfg.api_key.is_empty() => SecretString::from(cfg.api_key.clone()),
         _ => return Err(CliError::NoApiKey),
     };
     let ca_cert = global
@@ -170,7 +174,7 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
         reason: "no home directory: set DS_CONFIG to the config file's path".into(),
     })?;
     // `--api-key -` reads the key from stdin, keeping it out of the process list.
-    let api_key = if args.api_key.expose() == "-" {
+    let api_key = if args.api_key.expose_secret() == "-" {
         let mut line = String::new();
         std::io::stdin()
             .read_line(&mut line)
@@ -179,11 +183,11 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
                 value: "-".into(),
                 reason: format!("reading the key from stdin: {e}"),
             })?;
-        Secret::new(line.trim())
+        SecretString::from(line.trim())
     } else {
         args.api_key.clone()
     };
-    if api_key.expose().is_empty() {
+    if api_key.expose_secret().is_empty() {
         return Err(CliError::NoApiKey);
     }
     // Store an absolute CA path: the file is read from other working directories later.
@@ -210,7 +214,7 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     }
     let config = Config {
         gateway: connection.url.clone(),
-        api_key: connection.api_key.expose().to_string(),
+        api_key: connection.api_key.expose_secret().to_string(),
         ca_cert: connection.ca_cert,
     };
     save(&path, &config)?;
@@ -272,6 +276,6 @@ mod tests {
             ca_cert: None,
         };
         assert!(!format!("{config:?}").contains("super-secret"));
-        assert!(!format!("{:?}", Secret::new("super-secret")).contains("super-secret"));
+        assert!(!format!("{:?}", SecretString::from("super-secret")).contains("super-secret"));
     }
 }

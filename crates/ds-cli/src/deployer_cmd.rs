@@ -2,8 +2,8 @@
 
 use super::client::{self, request, status_error};
 use super::output::{self, DeployerView, OutputFormat, fields, print};
-use super::parse::format_duration;
 use super::{CliError, DeployerArgs, DeployerCommand, config};
+use ds_core::duration::format as format_duration;
 use ds_core::proto;
 use serde::Serialize;
 use tonic::Code;

@@ -19,44 +19,12 @@ mod wait;
 
 use clap::{Args, Subcommand};
 use ds_core::ValidationError;
+use ds_transport::SecretString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use config::{Config, default_config_path};
 pub use output::{OutputFormat, format_age};
-pub use parse::parse_duration;
-
-// === secrets ===
-
-/// A secret flag value (the API key): never shown by `Debug`, so a dump of the parsed
-/// arguments cannot leak it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
 
 // === arguments ===
 
@@ -77,10 +45,11 @@ pub struct GlobalArgs {
         env = "DS_API_KEY",
         hide_env_values = true,
         global = true,
-        help_heading = "Global options"
+        help_heading = "Global options",
+        value_parser = ds_transport::parse_secret
     )]
-    pub api_key: Option<Secret>,
-    /// PEM CA bundle to trust for the gateway's TLS certificate (default: system roots).
+    pub api_key: Option<SecretString>,
+    /// PEM CA bundle to trust for the gateway's TLS certificate, besides the system roots.
     #[arg(
         long,
         env = "DS_CA_CERT",
@@ -129,7 +98,7 @@ pub enum DeployerCommand {
         /// Deployer name or ID.
         deployer: String,
         /// How long the previous token stays valid (e.g. `10m`, `1h`, `0s`).
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        #[arg(long, default_value = "10m", value_parser = ds_core::duration::parse)]
         overlap: Duration,
     },
     /// Print the one-line `kubectl apply` that installs the agent in a cluster.
@@ -137,7 +106,7 @@ pub enum DeployerCommand {
         /// Deployer name or ID.
         deployer: String,
         /// How long the install link works (default: the gateway's, 15m).
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = ds_core::duration::parse)]
         ttl: Option<Duration>,
         /// Namespace the agent runs in (default: ds-deployer).
         #[arg(long = "agent-namespace")]
@@ -205,7 +174,7 @@ pub struct WaitArgs {
     #[arg(long)]
     pub wait: bool,
     /// How long `--wait` waits (e.g. `5m`, `90s`).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, requires = "wait")]
+    #[arg(long, default_value = "5m", value_parser = ds_core::duration::parse, requires = "wait")]
     pub timeout: Duration,
 }
 
@@ -326,9 +295,9 @@ pub struct LoginArgs {
     #[arg(long, env = "DS_GATEWAY")]
     pub gateway: String,
     /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
-    #[arg(long, env = "DS_API_KEY", hide_env_values = true)]
-    pub api_key: Secret,
-    /// PEM CA bundle to trust for the gateway's TLS certificate.
+    #[arg(long, env = "DS_API_KEY", hide_env_values = true, value_parser = ds_transport::parse_secret)]
+    pub api_key: SecretString,
+    /// PEM CA bundle to trust for the gateway's TLS certificate, besides the system roots.
     #[arg(long, env = "DS_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Save without checking the key against the gateway.

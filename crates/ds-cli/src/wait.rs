@@ -5,8 +5,8 @@
 
 use super::CliError;
 use super::client::{Control, status_error};
-use super::parse::format_duration;
 use chrono::{DateTime, Utc};
+use ds_core::duration::format as format_duration;
 use ds_core::proto;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

@@ -4,11 +4,12 @@
 //! the gateway, the agent and the CLI plug into their own transports.
 
 pub mod convert;
+pub mod duration;
 pub mod proto;
 pub mod spec;
 pub mod validate;
 
-pub use spec::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources};
+pub use spec::{DeployedObject, DeploymentSpec, EnvVar, NewDeployment, ProxySpec, Resources};
 pub use validate::{ValidationError, validate_deployer_name, validate_deployment};
 
 /// The image of this very build of `ds`: the agent's default sidecar, the gateway's

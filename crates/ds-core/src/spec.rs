@@ -125,6 +125,43 @@ pub struct DeployedObject {
     pub spec: DeploymentSpec,
 }
 
+/// A deployment as a create request names it: the name and the namespace may be left
+/// empty, and the spec's port may be 0, until [`NewDeployment::normalized`] fills them in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDeployment {
+    pub name: String,
+    pub namespace: String,
+    pub spec: DeploymentSpec,
+}
+
+impl NewDeployment {
+    /// The domain defaults, applied in this one place: port [`DEFAULT_PORT`] when 0, the
+    /// name of the model when no name is given, namespace [`DEFAULT_NAMESPACE`].
+    #[must_use]
+    pub fn normalized(mut self) -> Self {
+        if self.spec.port == 0 {
+            self.spec.port = DEFAULT_PORT;
+        }
+        if self.name.is_empty() {
+            self.name.clone_from(&self.spec.model_name);
+        }
+        if self.namespace.is_empty() {
+            self.namespace = DEFAULT_NAMESPACE.to_string();
+        }
+        self
+    }
+
+    /// Normalises, then validates the result.
+    ///
+    /// # Errors
+    /// The first field that breaks a rule (see [`crate::validate_deployment`]).
+    pub fn validated(self) -> Result<Self, crate::ValidationError> {
+        let d = self.normalized();
+        crate::validate_deployment(&d.name, &d.namespace, &d.spec)?;
+        Ok(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +177,41 @@ mod tests {
         assert!(spec.proxy.enabled);
         assert!(!spec.proxy.query_log);
         assert_eq!(spec.proxy.class_names, vec!["setosa".to_string()]);
+    }
+
+    #[test]
+    fn normalized_fills_port_name_and_namespace_only_when_absent() {
+        let mut spec = DeploymentSpec::test("iris");
+        spec.port = 0;
+        let d = NewDeployment {
+            name: String::new(),
+            namespace: String::new(),
+            spec,
+        }
+        .normalized();
+        assert_eq!(
+            (d.name.as_str(), d.namespace.as_str(), d.spec.port),
+            ("iris", DEFAULT_NAMESPACE, DEFAULT_PORT)
+        );
+        let mut spec = DeploymentSpec::test("iris");
+        spec.port = 9000;
+        let given = NewDeployment {
+            name: "iris-b".into(),
+            namespace: "models".into(),
+            spec,
+        };
+        assert_eq!(given.clone().normalized(), given);
+    }
+
+    #[test]
+    fn validated_names_the_field_after_the_defaults() {
+        let err = NewDeployment {
+            name: String::new(),
+            namespace: String::new(),
+            spec: DeploymentSpec::test("Not_A_DNS_Name"),
+        }
+        .validated()
+        .unwrap_err();
+        assert_eq!(err.field, "name", "{err}");
     }
 }

@@ -11,8 +11,9 @@ use ds_core::proto::{
     AgentInfo, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport, Upsert,
     WatchEvent, WatchRequest, watch_event,
 };
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -38,7 +39,7 @@ struct PresenceEntry {
 
 impl Presence {
     fn enter(&self, deployer_id: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.0.lock();
         let entry = map.entry(deployer_id.to_string()).or_insert(PresenceEntry {
             streams: 0,
             last_seen: Utc::now(),
@@ -48,7 +49,7 @@ impl Presence {
     }
 
     fn leave(&self, deployer_id: &str) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.0.lock();
         if let Some(entry) = map.get_mut(deployer_id) {
             entry.streams = entry.streams.saturating_sub(1);
             entry.last_seen = Utc::now();
@@ -57,7 +58,7 @@ impl Presence {
 
     /// `(connected now, last time a stream opened or closed)`.
     pub fn get(&self, deployer_id: &str) -> (bool, Option<DateTime<Utc>>) {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.0.lock();
         map.get(deployer_id)
             .map_or((false, None), |e| (e.streams > 0, Some(e.last_seen)))
     }

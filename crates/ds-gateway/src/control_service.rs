@@ -7,7 +7,6 @@ use super::credentials;
 use super::rpc::{bearer, store_status};
 use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
 use chrono::Utc;
-use ds_core::DeploymentSpec;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
@@ -17,8 +16,10 @@ use ds_core::proto::{
     ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
 };
+use ds_core::{DeploymentSpec, NewDeployment};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc};
@@ -59,7 +60,7 @@ impl ControlSvc {
             self.shared.metrics.auth_failures.inc();
         })?;
         let hash = credentials::hash(presented);
-        let cached = *self.verified_key.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = *self.verified_key.lock();
         if let Some((known, at)) = cached {
             let same: bool = known.ct_eq(&hash).into();
             if same && at.elapsed() < API_KEY_CACHE_TTL {
@@ -68,8 +69,7 @@ impl ControlSvc {
         }
         match credentials::verify_api_key(self.shared.store.as_ref(), presented).await {
             Ok(true) => {
-                *self.verified_key.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((hash, Instant::now()));
+                *self.verified_key.lock() = Some((hash, Instant::now()));
                 Ok(())
             }
             Ok(false) => {
@@ -365,24 +365,21 @@ impl ControlService for ControlSvc {
         self.authorize(&request).await?;
         let req = request.into_inner();
         let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
-        let mut spec: DeploymentSpec = req
+        let spec: DeploymentSpec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?
             .into();
-        if spec.port == 0 {
-            spec.port = ds_core::spec::DEFAULT_PORT;
+        let NewDeployment {
+            name,
+            namespace,
+            spec,
+        } = NewDeployment {
+            name: req.name,
+            namespace: req.namespace,
+            spec,
         }
-        let name = if req.name.is_empty() {
-            spec.model_name.clone()
-        } else {
-            req.name
-        };
-        let namespace = if req.namespace.is_empty() {
-            ds_core::spec::DEFAULT_NAMESPACE.to_string()
-        } else {
-            req.namespace
-        };
-        ds_core::validate_deployment(&name, &namespace, &spec).map_err(invalid)?;
+        .validated()
+        .map_err(invalid)?;
         let deployer = self
             .shared
             .store

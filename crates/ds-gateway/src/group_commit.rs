@@ -50,7 +50,7 @@ pub trait CommitBatch: Sync {
 /// The queue of creates waiting for a commit.
 #[derive(Debug, Default)]
 pub(super) struct GroupCommit {
-    pending: std::sync::Mutex<Vec<CreateJob>>,
+    pending: parking_lot::Mutex<Vec<CreateJob>>,
 }
 
 impl GroupCommit {
@@ -64,14 +64,11 @@ impl GroupCommit {
         json: String,
     ) -> Result<DeploymentRecord, StoreError> {
         let (reply, outcome) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(CreateJob {
-                record,
-                json,
-                reply,
-            });
+        self.pending.lock().push(CreateJob {
+            record,
+            json,
+            reply,
+        });
         {
             // Ours may have been committed by the previous holder already, leaving
             // nothing to do here.
@@ -88,7 +85,7 @@ impl GroupCommit {
     /// Commits every queued create in one batch, then publishes and answers them in
     /// revision order. The caller holds the commit lock.
     async fn commit_pending(&self, backend: &impl CommitBatch) {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch = std::mem::take(&mut *self.pending.lock());
         if batch.is_empty() {
             return;
         }

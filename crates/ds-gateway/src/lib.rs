@@ -15,18 +15,18 @@
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 
-pub mod agent_service;
-pub mod control_service;
-pub mod convert;
+mod agent_service;
+mod control_service;
+mod convert;
 pub mod credentials;
 mod group_commit;
 pub mod install;
-pub mod manifest;
-pub mod metrics;
+mod manifest;
+mod metrics;
 pub mod postgres;
 mod rows;
-pub mod rpc;
-pub mod server;
+mod rpc;
+mod server;
 mod sql;
 pub mod sqlite;
 pub mod store;
@@ -62,13 +62,13 @@ pub struct GatewayArgs {
     #[arg(long, env = "DS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Heartbeat period on idle Watch streams (e.g. `10s`).
-    #[arg(long, env = "DS_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "DS_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = ds_core::duration::parse)]
     pub heartbeat_interval: Duration,
     /// A deployer is offline when no agent reported for this long (e.g. `60s`).
-    #[arg(long, env = "DS_OFFLINE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "DS_OFFLINE_AFTER", default_value = "60s", value_parser = ds_core::duration::parse)]
     pub offline_after: Duration,
     /// How long a rotated-out token keeps working (e.g. `10m`).
-    #[arg(long, env = "DS_TOKEN_OVERLAP", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, env = "DS_TOKEN_OVERLAP", default_value = "10m", value_parser = ds_core::duration::parse)]
     pub token_overlap: Duration,
     /// The gateway's public URL, used in install URLs (default: derived from --listen).
     #[arg(long, env = "DS_PUBLIC_URL")]
@@ -100,23 +100,6 @@ impl GatewayArgs {
             agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
             agent_ca_cert: None,
         }
-    }
-}
-
-/// Parses `500ms`, `10s`, `10m`, `1h` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 10s, 5m, 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
     }
 }
 
@@ -334,19 +317,4 @@ pub async fn run(
     shutdown.await;
     running.shutdown().await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_duration("10 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-    }
 }

@@ -8,7 +8,8 @@
 
 /// The agent manifest template.
 pub const AGENT_TEMPLATE: &str = include_str!("../../../deploy/agent.yaml");
-/// The gateway manifest (not a template).
+/// The gateway manifest (not a template), checked beside the agent's by the tests.
+#[cfg(test)]
 pub const GATEWAY_MANIFEST: &str = include_str!("../../../deploy/gateway.yaml");
 /// Namespace the agent is installed into unless told otherwise.
 pub const DEFAULT_AGENT_NAMESPACE: &str = "ds-deployer";

@@ -57,7 +57,7 @@ pub struct PgBackend {
     fanout: Arc<Fanout>,
     /// Stops the listener task.
     shutdown: CancellationToken,
-    listener: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The rows of a create batch, column by column (bound as arrays, inserted with UNNEST).
@@ -180,7 +180,7 @@ impl SqlStore<PgBackend> {
             pool,
             fanout,
             shutdown,
-            listener: std::sync::Mutex::new(Some(task)),
+            listener: parking_lot::Mutex::new(Some(task)),
         }))
     }
 }
@@ -587,11 +587,7 @@ impl Backend for PgBackend {
 
     async fn close(&self) {
         self.shutdown.cancel();
-        let task = self
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let task = self.listener.lock().take();
         if let Some(task) = task
             && let Err(error) = task.await
         {

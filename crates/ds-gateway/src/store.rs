@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// How many changes a slow watcher may fall behind before it is told to reconnect.
@@ -279,7 +280,7 @@ impl ChangeHub {
     /// Subscribes to a deployer's changes. Subscribe before reading a snapshot so that no
     /// change falls between the two; drop changes at or below the snapshot's revision.
     pub fn subscribe(&self, deployer_id: &str) -> broadcast::Receiver<Change> {
-        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.deployers.lock();
         map.entry(deployer_id.to_string())
             .or_insert_with(|| broadcast::channel(CHANGE_CHANNEL_CAPACITY).0)
             .subscribe()
@@ -294,7 +295,7 @@ impl ChangeHub {
         if let Change::Removal { id, .. } = &change {
             let _ = self.touched.send(id.clone());
         }
-        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.deployers.lock();
         let deleted = matches!(change, Change::DeployerDeleted);
         if let Some(tx) = map.get(deployer_id) {
             // No receivers left: forget the channel so the map does not grow forever.
@@ -308,7 +309,7 @@ impl ChangeHub {
     /// from a fresh snapshot. For a back end that cannot deliver some changes in order,
     /// e.g. another replica's changes that were pruned before this one read them.
     pub fn resync(&self, deployer_id: &str) {
-        let mut map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.deployers.lock();
         map.remove(deployer_id);
     }
 
@@ -318,7 +319,7 @@ impl ChangeHub {
         if self.touched.receiver_count() > 0 {
             return true;
         }
-        let map = self.deployers.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.deployers.lock();
         map.get(deployer_id)
             .is_some_and(|tx| tx.receiver_count() > 0)
     }

@@ -1,25 +1,18 @@
 //! The admin port: `/metrics`, `/healthz` (the proxy is up) and `/readyz` (the upstream answers).
 
-use super::forward::{ErrorChain, Upstream};
 use super::metrics::Metrics;
+use super::upstream::ready::{Probe, not_ready_message};
 use super::{HEALTH_PATH, METRICS_PATH, READY_PATH};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// State of the admin endpoints.
 pub(crate) struct Admin {
     pub(crate) metrics: Arc<Metrics>,
-    /// A client of its own: probes must not queue behind (or take) request-path connections.
-    pub(crate) client: Client<HttpConnector, Empty<Bytes>>,
-    pub(crate) upstream: Upstream,
-    pub(crate) ready_path: String,
-    pub(crate) ready_timeout: Duration,
+    pub(crate) probe: Probe,
 }
 
 fn text(
@@ -55,14 +48,14 @@ pub(crate) async fn handle(
             admin.metrics.encode(),
         ),
         HEALTH_PATH => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-        READY_PATH => match admin.probe().await {
+        READY_PATH => match admin.probe.check().await {
             Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
-            Err(reason) => text(
+            Err(error) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
                 format!(
                     "{}\n",
-                    serde_json::json!({"error": "upstream_not_ready", "message": reason})
+                    serde_json::json!({"error": "upstream_not_ready", "message": not_ready_message(&error)})
                 ),
             ),
         },
@@ -73,27 +66,4 @@ pub(crate) async fn handle(
         ),
     };
     Ok(response)
-}
-
-impl Admin {
-    /// Asks the upstream for the readiness path; any answer below 500 means a server is
-    /// listening and working (TensorFlow Serving answers 404 on `/`, and that is fine).
-    async fn probe(&self) -> Result<(), String> {
-        let uri = self
-            .upstream
-            .uri_for_str(&self.ready_path)
-            .ok_or_else(|| format!("invalid readiness path {:?}", self.ready_path))?;
-        let request = Request::get(uri)
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(self.ready_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) if response.status().as_u16() < 500 => Ok(()),
-            Ok(Ok(response)) => Err(format!("upstream answered {}", response.status())),
-            Ok(Err(error)) => Err(format!("upstream unreachable: {}", ErrorChain(&error))),
-            Err(_) => Err(format!(
-                "upstream did not answer within {:?}",
-                self.ready_timeout
-            )),
-        }
-    }
 }

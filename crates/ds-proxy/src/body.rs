@@ -7,6 +7,7 @@
 use super::forward::Exchange;
 use super::metrics::UpstreamErrorKind;
 use super::querylog::BodySample;
+use super::upstream::UpstreamError;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
@@ -14,11 +15,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use tokio::time::Sleep;
-
-/// What the client sees (a reset stream) when the model stalls mid-answer.
-#[derive(Debug, thiserror::Error)]
-#[error("the model server stopped sending its answer")]
-struct Stalled;
 
 /// The first `limit` bytes of a body, and how many bytes passed in total.
 ///
@@ -177,7 +173,8 @@ impl ResponseBody {
             exchange.upstream_broke(UpstreamErrorKind::Timeout);
         }
         self.finish(false);
-        Poll::Ready(Some(Err(Box::new(Stalled))))
+        // The client sees a reset stream.
+        Poll::Ready(Some(Err(UpstreamError::Stalled)))
     }
 
     fn finish(&mut self, complete: bool) {
@@ -190,7 +187,7 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -228,7 +225,7 @@ impl Body for ResponseBody {
                     }
                     None => this.finish(true),
                 }
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(UpstreamError::Exchange)))
             }
             Source::Local(bytes) => match bytes.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),

@@ -4,12 +4,12 @@
 use super::body::{Capture, RequestBody, ResponseBody};
 use super::classes::{self, ClassNames};
 use super::metrics::{MethodLabel, Metrics, Shard, UpstreamErrorKind};
-use super::pool::{Conn, Pool, PoolError, Slot};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
+use super::upstream::client::{Conn, Pool, Slot};
+use super::upstream::{ErrorChain, Upstream, UpstreamError, sockets};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,80 +34,12 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// Where requests go: the upstream's scheme and authority and an optional base path.
-#[derive(Debug, Clone)]
-pub(crate) struct Upstream {
-    pub(crate) authority: Authority,
-    /// The upstream's path without a trailing slash; empty when it is `/`.
-    pub(crate) base_path: String,
-}
-
-impl Upstream {
-    pub(crate) fn parse(value: &str) -> Result<Self, String> {
-        let uri: Uri = value.parse().map_err(|e| format!("not a URL: {e}"))?;
-        if uri.scheme() != Some(&Scheme::HTTP) {
-            return Err("only http:// upstreams are supported (the model is on localhost)".into());
-        }
-        let authority = uri.authority().cloned().ok_or("missing host")?;
-        if uri.query().is_some() {
-            return Err("must not have a query".into());
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Self {
-            authority,
-            base_path,
-        })
-    }
-
-    /// The upstream URL for a request path (and query).
-    pub(crate) fn uri_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
-        // Only origin-form targets make sense here; `*` and authority-form (CONNECT) do not.
-        if !path_and_query.as_str().starts_with('/') {
-            return None;
-        }
-        let pq = if self.base_path.is_empty() {
-            // A cheap clone: the parsed request target shares its buffer.
-            path_and_query.clone()
-        } else {
-            format!("{}{}", self.base_path, path_and_query)
-                .parse()
-                .ok()?
-        };
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()
-    }
-
-    /// The origin-form target (path and query only) sent on an upstream connection.
-    pub(crate) fn target_for(&self, path_and_query: &PathAndQuery) -> Option<Uri> {
-        if !path_and_query.as_str().starts_with('/') {
-            return None;
-        }
-        if self.base_path.is_empty() {
-            // A cheap clone: the parsed request target shares its buffer.
-            return Some(Uri::from(path_and_query.clone()));
-        }
-        let pq: PathAndQuery = format!("{}{}", self.base_path, path_and_query)
-            .parse()
-            .ok()?;
-        Some(Uri::from(pq))
-    }
-
-    /// [`Self::uri_for`] for a path given as text (the readiness path).
-    pub(crate) fn uri_for_str(&self, path: &str) -> Option<Uri> {
-        self.uri_for(&path.parse().ok()?)
-    }
-}
-
 /// Settings and shared state of the request path.
 pub(crate) struct Shared {
     /// Upstream connections of the h2c path (hyper's client connections).
     pub(crate) pool: Pool,
     /// Upstream connections of the HTTP/1.1 path (plain sockets).
-    pub(crate) conns: super::upstream::Connections,
+    pub(crate) conns: sockets::Connections,
     pub(crate) upstream: Upstream,
     pub(crate) timeout: Duration,
     pub(crate) metrics: Arc<Metrics>,
@@ -483,7 +415,7 @@ pub(crate) async fn handle(
         parts.headers.insert(header::HOST, host);
     }
     if !parts.headers.contains_key(header::HOST)
-        && let Ok(host) = HeaderValue::from_str(shared.upstream.authority.as_str())
+        && let Some(host) = shared.upstream.host()
     {
         // HTTP/1.1 requires a Host; without one from the client, name the upstream.
         parts.headers.insert(header::HOST, host);
@@ -513,7 +445,7 @@ pub(crate) async fn handle(
             ));
         }
         Ok(Err(error)) => {
-            let kind = if matches!(error, PoolError::Connect(_)) {
+            let kind = if matches!(error, UpstreamError::Connect(_)) {
                 UpstreamErrorKind::Connect
             } else {
                 UpstreamErrorKind::Other
@@ -633,7 +565,10 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &Peer) {
 }
 
 /// True when the upstream request failed because reading the client's body failed.
-fn client_body_failed(error: &PoolError) -> bool {
+fn client_body_failed(error: &UpstreamError) -> bool {
+    let UpstreamError::Exchange(error) = error else {
+        return false;
+    };
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.downcast_ref::<hyper::Error>()
@@ -646,49 +581,9 @@ fn client_body_failed(error: &PoolError) -> bool {
     false
 }
 
-/// Displays an error with its sources, which is where hyper puts the useful part.
-pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(e) = source {
-            write!(f, ": {e}")?;
-            source = e.source();
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn upstream_paths_join_the_base_path() {
-        let up = Upstream::parse("http://127.0.0.1:8501").unwrap();
-        assert_eq!(
-            up.uri_for_str("/v1/models/iris:predict?x=1")
-                .unwrap()
-                .to_string(),
-            "http://127.0.0.1:8501/v1/models/iris:predict?x=1"
-        );
-        let up = Upstream::parse("http://localhost:9000/base/").unwrap();
-        assert_eq!(
-            up.uri_for_str("/a").unwrap().to_string(),
-            "http://localhost:9000/base/a"
-        );
-        assert!(up.uri_for_str("*").is_none());
-        assert!(up.uri_for_str("").is_none());
-    }
-
-    #[test]
-    fn only_plain_http_upstreams() {
-        assert!(Upstream::parse("https://model:8501").is_err());
-        assert!(Upstream::parse("model:8501").is_err());
-        assert!(Upstream::parse("http://model:8501/?q=1").is_err());
-    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

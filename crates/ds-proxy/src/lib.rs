@@ -6,10 +6,11 @@
 //! write one JSON line per query for a monitoring loop.
 //!
 //! # Layout
-//! - `h1`: the HTTP/1.1 request path (parse in place, relay bytes) and its upstream
-//!   connections (`upstream`), chunked framing (`chunked`).
-//! - `forward`: the h2c request path on hyper (upstream URL, headers, timeouts, 502/504), and
-//!   the accounting of a finished request (metrics, classes, query-log line) both paths use.
+//! - `h1`: the HTTP/1.1 request path (parse in place, relay bytes, chunked framing).
+//! - `forward`: the h2c request path on hyper (headers, timeouts, 502/504), and the
+//!   accounting of a finished request (metrics, classes, query-log line) both paths use.
+//! - `upstream`: the model server: its URL, the one way a connection to it is opened, the
+//!   connections kept open for either path, the readiness probe, and their errors.
 //! - `body`: hyper bodies that tee a bounded prefix (h2c), and the prefix itself.
 //! - `rewind`: replays the bytes read to tell h2c from HTTP/1.1.
 //! - `classes`: TensorFlow-Serving answers → predicted class.
@@ -23,7 +24,6 @@ pub mod classes;
 mod forward;
 mod h1;
 mod metrics;
-mod pool;
 pub mod querylog;
 mod rewind;
 mod upstream;
@@ -35,8 +35,6 @@ use classes::ClassNames;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -130,7 +128,7 @@ pub struct ProxyArgs {
 
     /// Time the upstream gets to start answering (e.g. 30s, 500ms); then 504. Also the
     /// longest pause allowed within an answer's body; then the answer is cut.
-    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = ds_core::duration::parse)]
     pub timeout: Duration,
 
     /// Upstream path asked by /readyz; any answer below 500 means ready.
@@ -157,7 +155,7 @@ pub struct ProxyArgs {
 
     /// How often worker threads hand their batched query-log lines to the writer (e.g.
     /// 50ms): lines reach the log at most this late.
-    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = env::QUERY_LOG_INTERVAL, default_value = "50ms", value_parser = ds_core::duration::parse)]
     pub query_log_interval: Duration,
 
     /// Idle keep-alive connections kept to the upstream (per worker thread).
@@ -186,29 +184,6 @@ impl ProxyArgs {
         let matches = command.try_get_matches_from(flags)?;
         Self::from_arg_matches(&matches)
     }
-}
-
-/// Parses `250ms`, `30s`, `1.5s`, `2m` or a bare number of seconds.
-///
-/// # Errors
-/// Text that is none of these.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = value.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = value.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (value, 1.0)
-    };
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration (examples: 500ms, 30s, 2m)"))?;
-    Duration::try_from_secs_f64(number * scale)
-        .map_err(|_| format!("{value:?} is not a valid duration"))
 }
 
 /// Errors of the proxy.
@@ -256,12 +231,7 @@ impl RunningProxy {
     /// An invalid upstream or readiness path, a port that cannot be bound, or a query-log
     /// file that cannot be opened.
     pub async fn start(args: ProxyArgs) -> Result<Self, ProxyError> {
-        let upstream = forward::Upstream::parse(&args.upstream).map_err(|reason| {
-            ProxyError::InvalidUpstream {
-                upstream: args.upstream.clone(),
-                reason,
-            }
-        })?;
+        let upstream = upstream::Upstream::parse(&args.upstream)?;
         if !args.ready_path.starts_with('/') {
             return Err(ProxyError::InvalidReadyPath(args.ready_path));
         }
@@ -309,20 +279,16 @@ impl RunningProxy {
         // Each worker has its own state: its upstream connections are registered with its
         // own event loop, and nothing on the request path is shared between threads but the
         // metrics and the query-log queue.
+        let settings = upstream::Settings {
+            authority: upstream.authority.clone(),
+            connect_timeout: args.timeout,
+            idle_timeout: UPSTREAM_IDLE_TIMEOUT,
+            max_idle: args.upstream_max_idle,
+        };
         let make_shared = |index: usize| {
             Arc::new(forward::Shared {
-                conns: upstream::Connections::new(
-                    upstream.authority.clone(),
-                    args.timeout,
-                    UPSTREAM_IDLE_TIMEOUT,
-                    args.upstream_max_idle,
-                ),
-                pool: pool::Pool::new(
-                    upstream.authority.clone(),
-                    args.timeout,
-                    UPSTREAM_IDLE_TIMEOUT,
-                    args.upstream_max_idle,
-                ),
+                conns: upstream::sockets::Connections::new(settings.clone()),
+                pool: upstream::client::Pool::new(settings.clone()),
                 upstream: upstream.clone(),
                 timeout: args.timeout,
                 shard: metrics.shard(index),
@@ -371,10 +337,12 @@ impl RunningProxy {
         drop(listener);
         let admin = Arc::new(admin::Admin {
             metrics,
-            client: upstream_client(&args, 4),
-            upstream,
-            ready_path: args.ready_path.clone(),
-            ready_timeout: READY_TIMEOUT.min(args.timeout),
+            probe: upstream::ready::Probe::new(
+                &upstream,
+                &args.ready_path,
+                settings,
+                READY_TIMEOUT.min(args.timeout),
+            ),
         });
 
         let admin_server = tokio::spawn(serve(
@@ -690,24 +658,6 @@ fn local_addr(listener: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, Pr
         .map_err(|source| ProxyError::Bind { addr, source })
 }
 
-fn upstream_client<B>(args: &ProxyArgs, max_idle: usize) -> Client<HttpConnector, B>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut connector = HttpConnector::new();
-    // Small JSON requests and answers: Nagle's delay would dominate the added latency.
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(args.timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(max_idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
-
 /// The time a client gets to send a request's head, and an idle keep-alive connection
 /// lasts: 30 s, or the request timeout if longer.
 ///
@@ -829,17 +779,6 @@ mod tests {
         drop(burst);
         assert_eq!(count(&balancer), [0, 0, 0]);
         assert_eq!(balancer.assign(2, None).0, 2);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::timer::LazyTimer;
 use crate::body::Capture;
 use crate::forward::{LogPart, Outcome, Shared};
 use crate::metrics::UpstreamErrorKind;
-use crate::upstream::{Connections, UpConn};
+use crate::upstream::sockets::{Connections, UpConn};
+use crate::upstream::{ErrorChain, UpstreamError};
 use bytes::{Buf, BytesMut};
 use http::{HeaderValue, Method, StatusCode};
 use std::io::Write as _;
@@ -489,7 +490,7 @@ impl ClientConn {
     }
 
     /// The client's parked upstream connection, else an idle one, else a new one.
-    async fn upstream(&mut self, deadline: tokio::time::Instant) -> Result<UpConn, Failure> {
+    async fn upstream(&mut self, deadline: tokio::time::Instant) -> Result<UpConn, UpstreamError> {
         if let Some(up) = self.parked.take()
             && !self.shared.conns.expired(&up)
         {
@@ -501,12 +502,10 @@ impl ClientConn {
         self.connect(deadline).await
     }
 
-    async fn connect(&self, deadline: tokio::time::Instant) -> Result<UpConn, Failure> {
-        match tokio::time::timeout_at(deadline, self.shared.conns.connect()).await {
-            Ok(Ok(up)) => Ok(up),
-            Ok(Err(error)) => Err(Failure::Connect(error)),
-            Err(_elapsed) => Err(Failure::Timeout),
-        }
+    async fn connect(&self, deadline: tokio::time::Instant) -> Result<UpConn, UpstreamError> {
+        tokio::time::timeout_at(deadline, self.shared.conns.connect())
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout(self.shared.timeout)))
     }
 
     fn park(&mut self, mut up: UpConn) {
@@ -519,15 +518,15 @@ impl ClientConn {
     async fn upstream_failed(
         &mut self,
         st: &mut RequestState,
-        failure: Failure,
+        failure: UpstreamError,
         request_id: &HeaderValue,
         keep: bool,
     ) -> bool {
         let shared = self.shared.clone();
         match failure {
-            Failure::Connect(error) => {
+            UpstreamError::Connect(_) => {
                 shared.metrics.upstream_error(UpstreamErrorKind::Connect);
-                tracing::warn!(request_id = ?request_id, kind = "connect", %error, "upstream request failed");
+                tracing::warn!(request_id = ?request_id, kind = "connect", error = %ErrorChain(&failure), "upstream request failed");
                 let message = format!(
                     "could not connect to the model server at {}",
                     shared.upstream.authority
@@ -542,7 +541,8 @@ impl ClientConn {
                 )
                 .await
             }
-            Failure::Timeout => self.timed_out(st, request_id, keep).await,
+            // Only connecting fails here; anything else after the connect deadline.
+            _ => self.timed_out(st, request_id, keep).await,
         }
     }
 
@@ -703,10 +703,4 @@ impl ClientConn {
         out.extend_from_slice(&body);
         self.stream.write_all(out).await.is_ok()
     }
-}
-
-/// Why no upstream connection was had.
-enum Failure {
-    Connect(std::io::Error),
-    Timeout,
 }

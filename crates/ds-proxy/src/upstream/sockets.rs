@@ -4,12 +4,12 @@
 //! it used last for its next request (an HTTP/1.1 client sends it on the same connection),
 //! and hands it to the worker's list when it closes. An idle connection is not watched: a
 //! close by the upstream meanwhile is found by [`UpConn::is_reusable`] just before the next
-//! request is written on it, and [`super::h1`] then takes a fresh connection.
+//! request is written on it, and [`crate::h1`] then takes a fresh connection.
 
+use super::{Settings, UpstreamError};
 use bytes::BytesMut;
-use http::uri::Authority;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 
 /// Read-buffer capacity of a new upstream connection: a model answer's head and a small
@@ -39,25 +39,14 @@ impl UpConn {
 
 /// Idle connections of one worker, most recently used last.
 pub(crate) struct Connections {
-    authority: Authority,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
+    settings: Settings,
     idle: Mutex<Vec<UpConn>>,
 }
 
 impl Connections {
-    pub(crate) fn new(
-        authority: Authority,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Self {
+    pub(crate) fn new(settings: Settings) -> Self {
         Self {
-            authority,
-            connect_timeout,
-            idle_timeout,
-            max_idle,
+            settings,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -73,7 +62,7 @@ impl Connections {
         let mut idle = self.lock();
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
-            if now.duration_since(conn.since) < self.idle_timeout {
+            if now.duration_since(conn.since) < self.settings.idle_timeout {
                 return Some(conn);
             }
         }
@@ -85,7 +74,7 @@ impl Connections {
         conn.since = Instant::now();
         conn.reused = true;
         let mut idle = self.lock();
-        if idle.len() < self.max_idle {
+        if idle.len() < self.settings.max_idle {
             idle.push(conn);
         }
     }
@@ -98,12 +87,12 @@ impl Connections {
 
     /// True when a connection parked on a client connection has been idle too long to use.
     pub(crate) fn expired(&self, conn: &UpConn) -> bool {
-        conn.since.elapsed() >= self.idle_timeout
+        conn.since.elapsed() >= self.settings.idle_timeout
     }
 
     /// Opens a new connection (within the connect timeout).
-    pub(crate) async fn connect(&self) -> std::io::Result<UpConn> {
-        let stream = connect(&self.authority, self.connect_timeout).await?;
+    pub(crate) async fn connect(&self) -> Result<UpConn, UpstreamError> {
+        let stream = self.settings.dial().await?;
         Ok(UpConn {
             stream,
             buf: BytesMut::with_capacity(INITIAL_BUFFER),
@@ -111,25 +100,4 @@ impl Connections {
             since: Instant::now(),
         })
     }
-}
-
-/// A TCP connection to the upstream, with `TCP_NODELAY`, within `timeout` (both upstream
-/// pools open theirs here).
-pub(crate) async fn connect(
-    authority: &Authority,
-    timeout: Duration,
-) -> std::io::Result<TcpStream> {
-    let host = authority.host();
-    // IPv6 literals come bracketed in the authority; connect wants them bare.
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let port = authority.port_u16().unwrap_or(80);
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    // Small JSON requests and answers: Nagle's delay would dominate the added latency.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
 }

@@ -1,4 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to the one upstream, driven by the task that uses them.
+//! Keep-alive HTTP/1.1 client connections to the upstream on hyper, driven by the task that
+//! uses them (the h2c path, and the readiness probe with a pool of its own).
 //!
 //! hyper's client connections are usually spawned as tasks of their own, so every request
 //! crosses tasks twice (the client's connection task hands the request over, the upstream
@@ -8,34 +9,46 @@
 //! while the answer streams to the client. Between requests a connection is parked, first
 //! on the client connection that used it last (an HTTP/1.1 client sends its next request on
 //! the same connection, so it finds its upstream connection right there), else in the
-//! worker's idle list. An idle connection is not polled; a close by the upstream meanwhile
+//! pool's idle list. An idle connection is not polled; a close by the upstream meanwhile
 //! is noticed when the next request is sent on it, and that request is retried on another.
 
-use super::body::RequestBody;
-use http::uri::Authority;
+use super::{Settings, UpstreamError};
+use crate::body::RequestBody;
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpStream;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, RequestBody>;
+/// What a request body must be to go out on a client connection.
+pub(crate) trait SendBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+type Driver<B> = http1::Connection<TokioIo<TcpStream>, B>;
 
 /// One upstream connection: the sending half and the connection's I/O state machine.
-pub(crate) struct Conn {
-    send: SendRequest<RequestBody>,
+pub(crate) struct Conn<B: SendBody = RequestBody> {
+    send: SendRequest<B>,
     /// `None` once the connection has ended (closed by either side or broken).
-    driver: Option<Pin<Box<Driver>>>,
+    driver: Option<Pin<Box<Driver<B>>>>,
     /// When it was last parked, for the idle expiry.
     since: Instant,
 }
 
-impl Conn {
+impl<B: SendBody> Conn<B> {
     /// Runs the connection's pending I/O on the calling task (whose waker it registers).
     /// Returns false once the connection has ended.
     pub(crate) fn drive(&mut self, cx: &mut Context<'_>) -> bool {
@@ -80,51 +93,28 @@ impl Conn {
     }
 }
 
-/// Why no answer came from the upstream.
-#[derive(Debug)]
-pub(crate) enum PoolError {
-    /// A new connection could not be opened (refused, unreachable, connect timeout).
-    Connect(std::io::Error),
-    /// The exchange on an open connection failed (closed early, bad answer, or the client's
-    /// own body broke while being sent).
-    Send(hyper::Error),
-}
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Connect(e) => write!(f, "connect: {e}"),
-            Self::Send(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for PoolError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Connect(e) => Some(e),
-            Self::Send(e) => Some(e),
-        }
-    }
-}
-
 /// The connection a client connection used last, kept for its next request.
-#[derive(Default)]
-pub(crate) struct Slot(Mutex<Option<Conn>>);
+pub(crate) struct Slot<B: SendBody = RequestBody>(Mutex<Option<Conn<B>>>);
 
-impl Slot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
+impl<B: SendBody> Default for Slot<B> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<B: SendBody> Slot<B> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn<B>>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn take(&self) -> Option<Conn> {
+    fn take(&self) -> Option<Conn<B>> {
         self.lock().take()
     }
 
     /// Parks a connection here if the slot is free; else hands it back.
-    fn put(&self, conn: Conn) -> Option<Conn> {
+    fn put(&self, conn: Conn<B>) -> Option<Conn<B>> {
         let mut slot = self.lock();
         if slot.is_some() {
             return Some(conn);
@@ -134,27 +124,16 @@ impl Slot {
     }
 }
 
-/// Idle connections of one worker, most recently used last.
-pub(crate) struct Pool {
-    authority: Authority,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
-    idle: Mutex<Vec<Conn>>,
+/// Idle connections of one worker (or of the readiness probe), most recently used last.
+pub(crate) struct Pool<B: SendBody = RequestBody> {
+    settings: Settings,
+    idle: Mutex<Vec<Conn<B>>>,
 }
 
-impl Pool {
-    pub(crate) fn new(
-        authority: Authority,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        max_idle: usize,
-    ) -> Self {
+impl<B: SendBody> Pool<B> {
+    pub(crate) fn new(settings: Settings) -> Self {
         Self {
-            authority,
-            connect_timeout,
-            idle_timeout,
-            max_idle,
+            settings,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -165,9 +144,9 @@ impl Pool {
     /// (the upstream closed it meanwhile) is retried on another, as hyper-util's client does.
     pub(crate) async fn send(
         &self,
-        slot: &Slot,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Conn), PoolError> {
+        slot: &Slot<B>,
+        mut req: Request<B>,
+    ) -> Result<(Response<Incoming>, Conn<B>), UpstreamError> {
         while let Some(conn) = slot.take().or_else(|| self.take_idle()) {
             // Only idle connections are parked, so this fails only for one closed meanwhile
             // as far as we know (dropping it releases the socket). One the upstream closed
@@ -180,18 +159,18 @@ impl Pool {
             match exchange(conn, req).await {
                 Ok(answer) => return Ok(answer),
                 Err((Some(unsent), _)) => req = unsent,
-                Err((None, error)) => return Err(PoolError::Send(error)),
+                Err((None, error)) => return Err(UpstreamError::Exchange(error)),
             }
         }
         let conn = self.connect().await?;
         exchange(conn, req)
             .await
-            .map_err(|(_, error)| PoolError::Send(error))
+            .map_err(|(_, error)| UpstreamError::Exchange(error))
     }
 
     /// Parks a connection whose answer was read to its end: on its client connection if
     /// that has none, else in the idle list.
-    pub(crate) fn put(&self, slot: &Slot, mut conn: Conn) {
+    pub(crate) fn put(&self, slot: &Slot<B>, mut conn: Conn<B>) {
         if !conn.is_open() {
             return;
         }
@@ -203,7 +182,7 @@ impl Pool {
 
     /// Moves a client connection's parked upstream connection to the idle list (the client
     /// connection has ended).
-    pub(crate) fn release(&self, slot: &Slot) {
+    pub(crate) fn release(&self, slot: &Slot<B>) {
         if let Some(conn) = slot.take()
             && conn.is_open()
         {
@@ -211,14 +190,14 @@ impl Pool {
         }
     }
 
-    fn put_idle(&self, conn: Conn) {
+    fn put_idle(&self, conn: Conn<B>) {
         let mut idle = self.lock();
-        if idle.len() < self.max_idle {
+        if idle.len() < self.settings.max_idle {
             idle.push(conn);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn<B>>> {
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -226,25 +205,23 @@ impl Pool {
 
     /// The most recently parked connection that has not expired; expired and closed ones
     /// are dropped (closing them).
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Conn<B>> {
         let mut idle = self.lock();
         let now = Instant::now();
         while let Some(conn) = idle.pop() {
-            if conn.is_open() && now.duration_since(conn.since) < self.idle_timeout {
+            if conn.is_open() && now.duration_since(conn.since) < self.settings.idle_timeout {
                 return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<Conn, PoolError> {
-        let stream = super::upstream::connect(&self.authority, self.connect_timeout)
-            .await
-            .map_err(PoolError::Connect)?;
+    async fn connect(&self) -> Result<Conn<B>, UpstreamError> {
+        let stream = self.settings.dial().await?;
         let (send, driver) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(PoolError::Send)?;
+            .map_err(UpstreamError::Exchange)?;
         Ok(Conn {
             send,
             driver: Some(Box::pin(driver)),
@@ -255,10 +232,10 @@ impl Pool {
 
 /// Sends one request on a connection and drives the connection on this task until the
 /// answer's head is in. On failure, the request comes back if it never went out.
-async fn exchange(
-    mut conn: Conn,
-    req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, Conn), (Option<Request<RequestBody>>, hyper::Error)> {
+async fn exchange<B: SendBody>(
+    mut conn: Conn<B>,
+    req: Request<B>,
+) -> Result<(Response<Incoming>, Conn<B>), (Option<Request<B>>, hyper::Error)> {
     let mut answer = pin!(conn.send.try_send_request(req));
     let result = poll_fn(|cx| {
         // I/O first: it may complete the answer in this same poll.
