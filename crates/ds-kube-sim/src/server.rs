@@ -934,12 +934,15 @@ fn patch(
                 warnings = validate::check(r, &mut obj, mode)?;
                 return Ok(Change::Put(obj));
             };
-            let base: Value = if scale {
+            // An apply builds its result from `old` itself (below): only the other patch
+            // types start from a copy.
+            let mut patched: Value = if is_apply {
+                Value::Null
+            } else if scale {
                 scale_of(old)
             } else {
                 (**old).clone()
             };
-            let mut patched = base.clone();
             match ct.as_str() {
                 "application/merge-patch+json" | "application/json" => {
                     patching::merge_patch(&mut patched, &patch_body)
