@@ -83,11 +83,33 @@ fn spawn_agent(
 }
 
 fn stop(child: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    // Under a wrapper (AGENT_WRAP) the agent is the wrapper's child: signal it, not the
+    // wrapper (a profiler must see its process end to finish its output), then wait for
+    // the wrapper. Without one, `agents` is the child itself.
+    for pid in agents(child.id()) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
     let _ = child.wait();
+}
+
+/// `pid` if it is the `ds agent` process, else its direct children that are.
+fn agents(pid: u32) -> Vec<u32> {
+    let is_agent = |p: u32| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"agent".as_slice()))
+    };
+    if is_agent(pid) {
+        return vec![pid];
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter(|c| is_agent(*c))
+        .collect()
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
