@@ -588,26 +588,68 @@ async fn deployers_see_only_their_own_deployments() {
     assert_eq!(a_list.deployments.len(), 1);
     assert_eq!(a_list.deployments[0].id, a_dep_id);
 
-    // B cannot write statuses of A's deployment.
-    b_agent
+    // B cannot write statuses of A's deployment: the report is refused, not swallowed.
+    let forged = proto::DeploymentStatus {
+        deployment_id: a_dep_id.clone(),
+        phase: proto::Phase::Failed as i32,
+        last_error: "forged".into(),
+        ..Default::default()
+    };
+    let err = b_agent
         .report_status(proto::StatusReport {
             agent: None,
-            statuses: vec![proto::DeploymentStatus {
-                deployment_id: a_dep_id.clone(),
-                phase: proto::Phase::Failed as i32,
-                last_error: "forged".into(),
-                ..Default::default()
-            }],
+            statuses: vec![forged.clone()],
         })
         .await
-        .unwrap();
+        .expect_err("a status of another deployer's deployment is refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains(&a_dep_id),
+        "names it: {}",
+        err.message()
+    );
+    // Also when it hides among B's own statuses.
+    let b_dep_id = b_dep.deployment.unwrap().id;
+    let own = proto::DeploymentStatus {
+        deployment_id: b_dep_id.clone(),
+        phase: proto::Phase::Available as i32,
+        ..Default::default()
+    };
+    let err = b_agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![own.clone(), forged],
+        })
+        .await
+        .expect_err("a mixed report is refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let view = control
         .get_deployment(select(&a_dep_id))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(view.status.unwrap().phase, proto::Phase::Unspecified as i32);
-    assert!(b_dep.deployment.is_some());
+    // A deployment deleted while its status was on the way is not an error (deletes race
+    // with reports); B's own statuses are stored.
+    b_agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![
+                own,
+                proto::DeploymentStatus {
+                    deployment_id: "00000000-0000-0000-0000-000000000000".into(),
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .expect("a status of a deleted deployment is ignored");
+    let view = control
+        .get_deployment(select(&b_dep_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.status.unwrap().phase, proto::Phase::Available as i32);
     t.gw.shutdown().await;
 }
 
@@ -747,6 +789,124 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("name"));
     t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_env_values_and_specs_are_refused_naming_the_field_and_the_limit() {
+    let t = start().await;
+    let mut control = t.control().await;
+    create_deployer(&mut control, "alpha").await;
+    let create = |spec: DeploymentSpec| proto::CreateDeploymentRequest {
+        deployer: "alpha".into(),
+        name: "iris".into(),
+        spec: Some(spec.into()),
+        ..Default::default()
+    };
+    let env = |values: &[usize]| {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| ds_core::EnvVar {
+                name: format!("V{i}"),
+                value: "x".repeat(*len),
+            })
+            .collect::<Vec<_>>()
+    };
+    let refused = |err: tonic::Status, field: &str, limit: &str| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let m = err.message();
+        assert!(m.contains(field) && m.contains(limit), "{m}");
+        assert!(
+            m.len() < 400,
+            "the value is not repeated whole: {} bytes",
+            m.len()
+        );
+    };
+
+    // One env value of 1 MiB (Linux refuses env strings over 128 KiB at exec).
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[1 << 20]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "env[0].value", "32 KiB");
+    assert!(!create_deployment_exists(&mut control, "iris").await);
+
+    // Each value fits, the whole spec (nine of 30 KiB) does not.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[30 * 1024; 9]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "spec", "256 KiB");
+
+    // 1,001 variables.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[1; 1001]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "env", "1000");
+
+    // An update is checked on the merged spec: growing a spec past the limit is refused
+    // and changes nothing.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[30 * 1024; 8]);
+    let made = control
+        .create_deployment(create(spec))
+        .await
+        .expect("240 KiB fits")
+        .into_inner()
+        .deployment
+        .unwrap();
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&made.id)),
+            set_env: vec![proto::EnvVar {
+                name: "MORE".into(),
+                value: "y".repeat(30 * 1024),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    refused(err, "spec", "256 KiB");
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&made.id)),
+            set_env: vec![proto::EnvVar {
+                name: "V0".into(),
+                value: "y".repeat(40 * 1024),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    refused(err, "env[0].value", "32 KiB");
+    let after = control
+        .get_deployment(select(&made.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(after.revision_of_last_change, made.revision_of_last_change);
+
+    // Names have Kubernetes' lengths, the model name a bound.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.model_name = "m".repeat(254);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "model_name", "253");
+    let err = create_deployment(&mut control, "alpha", &"n".repeat(64))
+        .await
+        .unwrap_err();
+    refused(err, "name", "63");
+    t.gw.shutdown().await;
+}
+
+async fn create_deployment_exists(control: &mut Control, name: &str) -> bool {
+    control
+        .list_deployments(proto::ListDeploymentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments
+        .iter()
+        .any(|d| d.deployment.as_ref().is_some_and(|d| d.name == name))
 }
 
 #[tokio::test]

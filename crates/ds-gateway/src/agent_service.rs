@@ -4,7 +4,7 @@
 use super::Shared;
 use super::credentials;
 use super::rpc::{bearer, store_status};
-use super::store::{AgentHeartbeat, Change, DeploymentRecord, StatusRecord};
+use super::store::{AgentHeartbeat, Change, DeploymentRecord, StatusRecord, StoreError};
 use chrono::{DateTime, Utc};
 use ds_core::proto::agent_service_server::AgentService;
 use ds_core::proto::{
@@ -12,7 +12,7 @@ use ds_core::proto::{
     WatchEvent, WatchRequest, watch_event,
 };
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -225,7 +225,28 @@ impl AgentService for AgentSvc {
             .map_err(store_status)?;
         self.shared.metrics.status_reports.inc();
         if stored.len() < statuses.len() {
-            tracing::debug!(deployer = %deployer_id, ignored = statuses.len() - stored.len(), "ignored statuses of unknown or foreign deployments");
+            // Not stored: deleted (a delete races with a report, which is no error) or
+            // another deployer's, which this token must not write: refuse the report.
+            let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
+            let mut ignored = 0;
+            for s in statuses
+                .iter()
+                .filter(|s| !stored.contains(s.deployment_id.as_str()))
+            {
+                match store.get_deployment(&s.deployment_id).await {
+                    Ok(d) if d.deployer_id != deployer_id => {
+                        self.shared.metrics.auth_failures.inc();
+                        tracing::warn!(deployer = %deployer_id, deployment = %d.id, "refused a status report naming another deployer's deployment");
+                        return Err(Status::permission_denied(format!(
+                            "deployment {} is not this deployer's: its status was not stored (is the agent using another deployer's token?)",
+                            d.id
+                        )));
+                    }
+                    Ok(_) | Err(StoreError::NotFound(_)) => ignored += 1,
+                    Err(e) => return Err(store_status(e)),
+                }
+            }
+            tracing::debug!(deployer = %deployer_id, ignored, "ignored statuses of deleted deployments");
         }
         Ok(Response::new(StatusAck { revision }))
     }

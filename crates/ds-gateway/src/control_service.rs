@@ -147,12 +147,12 @@ impl ControlSvc {
         match found.len() {
             0 => Err(Status::not_found(format!(
                 "deployment {} not found",
-                sel.deployment
+                ds_core::validate::cut(&sel.deployment)
             ))),
             1 => Ok(found.remove(0)),
             n => Err(Status::failed_precondition(format!(
                 "{n} deployments are named {}; give the deployer and namespace, or the ID",
-                sel.deployment
+                ds_core::validate::cut(&sel.deployment)
             ))),
         }
     }
