@@ -546,6 +546,118 @@ async fn a_stream_on_a_rotated_out_token_ends_after_the_overlap() {
     t.gw.shutdown().await;
 }
 
+/// Updates deployment `id` every 300 ms until dropped (errors ignored: the deployer may
+/// be gone), so that a Watch stream is never idle.
+fn keep_updating(mut control: Control, id: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for replicas in (1..).map(|i| i % 5 + 1) {
+            let _ = control
+                .update_deployment(proto::UpdateDeploymentRequest {
+                    selector: Some(select(&id)),
+                    replicas: Some(replicas),
+                    ..Default::default()
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Reads `stream` until it ends, for at most [`DEADLINE`] in all; returns how it ended,
+/// how many changes came first, and when.
+async fn until_the_end(
+    stream: &mut tonic::Streaming<WatchEvent>,
+) -> (Result<(), tonic::Status>, usize, std::time::Instant) {
+    let mut changes = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the stream did not end within {DEADLINE:?} ({changes} changes)")
+            }) {
+            Ok(Some(ev)) => {
+                if !matches!(ev.event, Some(watch_event::Event::Heartbeat(_))) {
+                    changes += 1;
+                }
+            }
+            Ok(None) => return (Ok(()), changes, std::time::Instant::now()),
+            Err(status) => return (Err(status), changes, std::time::Instant::now()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_busy_stream_ends_within_seconds_of_its_token_becoming_invalid() {
+    // A heartbeat far longer than the updates' period: the stream is never idle.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = args(dir.path());
+    a.heartbeat_interval = Duration::from_secs(30);
+    let gw = RunningGateway::start(a).await.expect("gateway starts");
+    let t = TestGateway { gw, dir };
+    let mut control = t.control().await;
+
+    // Rotated out: the old token's stream ends soon after the overlap, busy or not.
+    let (_, old) = create_deployer(&mut control, "alpha").await;
+    let id = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap()
+        .deployment
+        .unwrap()
+        .id;
+    let (_, mut stream) = open_watch(&mut t.agent(&old).await).await;
+    let updater = keep_updating(t.control().await, id);
+    let rotated = control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expired_at = std::time::Instant::now() + Duration::from_secs(1);
+    let (end, changes, ended) = until_the_end(&mut stream).await;
+    updater.abort();
+    let err = end.expect_err("the stream ends with an error");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(changes >= 3, "the stream was busy: {changes} changes");
+    let late = ended.saturating_duration_since(expired_at);
+    assert!(
+        late < Duration::from_secs(5),
+        "ended {late:?} after the overlap"
+    );
+
+    // The new token's stream is unaffected by the same traffic.
+    let (_, mut fresh) = open_watch(&mut t.agent(&rotated.token).await).await;
+    let id = create_deployment(&mut control, "alpha", "iris-2")
+        .await
+        .unwrap()
+        .deployment
+        .unwrap()
+        .id;
+    let updater = keep_updating(t.control().await, id.clone());
+    let busy_for = tokio::time::timeout(Duration::from_secs(4), until_the_end(&mut fresh)).await;
+    assert!(
+        busy_for.is_err(),
+        "a valid token's stream stays open: {busy_for:?}"
+    );
+
+    // Revoked (the deployer deleted) while changes flow: it ends too.
+    control
+        .delete_deployer(proto::DeleteDeployerRequest {
+            deployer: "alpha".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let deleted_at = std::time::Instant::now();
+    let (end, _, ended) = until_the_end(&mut fresh).await;
+    updater.abort();
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    assert!(ended - deleted_at < Duration::from_secs(5));
+    t.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn deployers_see_only_their_own_deployments() {
     let t = start().await;

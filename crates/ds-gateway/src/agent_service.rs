@@ -14,12 +14,18 @@ use ds_core::proto::{
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// Events buffered per Watch stream before the producer waits for the client.
 const WATCH_BUFFER: usize = 64;
+
+/// How often an open Watch stream re-checks its token, however busy it is: a token rotated
+/// out, revoked or of a deleted deployer ends its stream within this period (one indexed
+/// read per stream and period).
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
 
 /// The stream type of Watch.
 pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
@@ -254,7 +260,8 @@ impl AgentService for AgentSvc {
 
 /// Feeds one Watch stream: changes above `revision` in order, heartbeats when idle. Ends
 /// when the client goes, the deployer is deleted, its token is no longer valid (checked
-/// at each heartbeat), the stream lags, or the gateway stops.
+/// every [`TOKEN_RECHECK`] on a timer that events do not reset), the stream lags, or the
+/// gateway stops.
 async fn produce(
     guard: StreamGuard,
     token_id: String,
@@ -266,6 +273,11 @@ async fn produce(
     let period = shared.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Never reset by events: a stream busy with changes is re-checked all the same.
+    let check_every = TOKEN_RECHECK.min(period);
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             _ = shared.shutdown.cancelled() => {
@@ -273,7 +285,7 @@ async fn produce(
                 break;
             }
             _ = tx.closed() => break,
-            _ = heartbeat.tick() => {
+            _ = recheck.tick() => {
                 match credentials::still_valid(shared.store.as_ref(), &token_id).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -284,8 +296,9 @@ async fn produce(
                     // A database hiccup is no reason to drop a healthy agent.
                     Err(error) => tracing::warn!(%error, "re-checking a watch stream's token failed"),
                 }
-                watch_event::Event::Heartbeat(Heartbeat { revision: last })
+                continue;
             }
+            _ = heartbeat.tick() => watch_event::Event::Heartbeat(Heartbeat { revision: last }),
             change = changes.recv() => match change {
                 Ok(Change::DeployerDeleted) => {
                     let _ = tx.send(Err(Status::unauthenticated("deployer deleted"))).await;
