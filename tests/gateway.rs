@@ -460,6 +460,7 @@ async fn wrong_missing_and_revoked_tokens_are_unauthenticated() {
     control
         .delete_deployer(proto::DeleteDeployerRequest {
             deployer: "alpha".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -646,7 +647,7 @@ async fn a_busy_stream_ends_within_seconds_of_its_token_becoming_invalid() {
     control
         .delete_deployer(proto::DeleteDeployerRequest {
             deployer: "alpha".into(),
-            ..Default::default()
+            mode: proto::DeleteMode::Orphan as i32,
         })
         .await
         .unwrap();
@@ -655,6 +656,157 @@ async fn a_busy_stream_ends_within_seconds_of_its_token_becoming_invalid() {
     updater.abort();
     assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
     assert!(ended - deleted_at < Duration::from_secs(5));
+    t.gw.shutdown().await;
+}
+
+/// DeleteDeployer with `mode`.
+async fn delete_deployer(
+    control: &mut Control,
+    deployer: &str,
+    mode: proto::DeleteMode,
+) -> Result<proto::DeleteDeployerResponse, tonic::Status> {
+    control
+        .delete_deployer(proto::DeleteDeployerRequest {
+            deployer: deployer.into(),
+            mode: mode as i32,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Reports, as the deployer's agent, `owned` objects left at `revision`.
+async fn report_objects(agent: &mut Agent, revision: u64, owned: u32) {
+    agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![],
+            objects: Some(proto::ClusterObjects { revision, owned }),
+        })
+        .await
+        .expect("report accepted");
+}
+
+#[tokio::test]
+async fn delete_deployer_refuses_while_it_has_deployments_unless_cascade_or_orphan() {
+    use proto::DeleteMode;
+    let t = start().await;
+    let mut control = t.control().await;
+    let (id, token) = create_deployer(&mut control, "alpha").await;
+    create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    create_deployment(&mut control, "alpha", "wine")
+        .await
+        .unwrap();
+    let mut agent = t.agent(&token).await;
+
+    // What an old client sends (no mode): refused, and nothing changes.
+    let err = delete_deployer(&mut control, "alpha", DeleteMode::Unspecified)
+        .await
+        .expect_err("refused while it has deployments");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("2 deployments"), "{}", err.message());
+    let snap = agent
+        .list(proto::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snap.deployments.len(), 2, "nothing deleted");
+
+    // Cascade: the deployments go, the deployer and its token stay until the agent has
+    // reported no object left at (or after) the revision of the deletions.
+    let (_, mut stream) = open_watch(&mut agent).await;
+    let first = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!first.deleted, "waits for the agent: {first:?}");
+    assert_eq!(first.deployments_deleted, 2);
+    assert_eq!(first.objects_left, None, "no report since the deletions");
+    assert!(first.agent_connected);
+    assert_eq!(first.id, id);
+    assert_eq!(
+        first.owner_selector,
+        ds_core::ownership::owner_selector(&id)
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            next_change(&mut stream).await,
+            watch_event::Event::Removal(_)
+        ));
+    }
+    let snap = agent
+        .list(proto::ListRequest {})
+        .await
+        .expect("token still valid");
+    assert!(snap.get_ref().deployments.is_empty());
+    let revision = snap.into_inner().revision;
+    report_objects(&mut agent, revision, 3).await;
+    let waiting = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!waiting.deleted);
+    assert_eq!(waiting.deployments_deleted, 0);
+    assert_eq!(waiting.objects_left, Some(3));
+    // A count from before the deletions proves nothing.
+    report_objects(&mut agent, revision - 1, 0).await;
+    let stale = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!stale.deleted, "{stale:?}");
+    assert_eq!(stale.objects_left, None);
+    report_objects(&mut agent, revision, 0).await;
+    let done = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(done.deleted, "{done:?}");
+    let err = agent.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "token revoked");
+    let (end, _, _) = until_the_end(&mut stream).await;
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+
+    // Orphan: deleted and revoked at once; the answer says how to clean up.
+    let (beta_id, beta_token) = create_deployer(&mut control, "beta").await;
+    create_deployment(&mut control, "beta", "iris")
+        .await
+        .unwrap();
+    let mut beta = t.agent(&beta_token).await;
+    let (_, _beta_stream) = open_watch(&mut beta).await;
+    let orphaned = delete_deployer(&mut control, "beta", DeleteMode::Orphan)
+        .await
+        .unwrap();
+    assert!(orphaned.deleted);
+    assert_eq!(orphaned.deployments_deleted, 1);
+    assert_eq!(
+        orphaned.owner_selector,
+        ds_core::ownership::owner_selector(&beta_id)
+    );
+    let err = beta.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A deployer no agent ever connected for has no objects: cascade deletes it at once;
+    // one without deployments is deleted without a mode.
+    create_deployer(&mut control, "gamma").await;
+    create_deployment(&mut control, "gamma", "iris")
+        .await
+        .unwrap();
+    let gone = delete_deployer(&mut control, "gamma", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(gone.deleted && gone.deployments_deleted == 1, "{gone:?}");
+    create_deployer(&mut control, "delta").await;
+    assert!(
+        delete_deployer(&mut control, "delta", DeleteMode::Unspecified)
+            .await
+            .unwrap()
+            .deleted
+    );
+    let left = control
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployers;
+    assert!(left.is_empty(), "{left:?}");
     t.gw.shutdown().await;
 }
 
@@ -711,6 +863,7 @@ async fn deployers_see_only_their_own_deployments() {
         .report_status(proto::StatusReport {
             agent: None,
             statuses: vec![forged.clone()],
+            objects: None,
         })
         .await
         .expect_err("a status of another deployer's deployment is refused");
@@ -731,6 +884,7 @@ async fn deployers_see_only_their_own_deployments() {
         .report_status(proto::StatusReport {
             agent: None,
             statuses: vec![own.clone(), forged],
+            objects: None,
         })
         .await
         .expect_err("a mixed report is refused");
@@ -753,6 +907,7 @@ async fn deployers_see_only_their_own_deployments() {
                     ..Default::default()
                 },
             ],
+            objects: None,
         })
         .await
         .expect("a status of a deleted deployment is ignored");
@@ -1177,6 +1332,7 @@ async fn status_reports_show_in_deployer_list_and_status_watch() {
                 endpoint: "http://iris.models.svc:8080".into(),
                 last_error: String::new(),
             }],
+            objects: None,
         })
         .await
         .unwrap()

@@ -4,12 +4,14 @@
 use super::Shared;
 use super::credentials;
 use super::rpc::{bearer, store_status};
-use super::store::{AgentHeartbeat, Change, DeploymentRecord, StatusRecord, StoreError};
+use super::store::{
+    AgentHeartbeat, Change, DeploymentRecord, ObjectCount, StatusRecord, StoreError,
+};
 use chrono::{DateTime, Utc};
 use ds_core::proto::agent_service_server::AgentService;
 use ds_core::proto::{
-    AgentInfo, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport, Upsert,
-    WatchEvent, WatchRequest, watch_event,
+    AgentInfo, ClusterObjects, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport,
+    Upsert, WatchEvent, WatchRequest, watch_event,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -133,13 +135,17 @@ impl AgentSvc {
     }
 }
 
-fn heartbeat_of(agent: Option<AgentInfo>) -> AgentHeartbeat {
+fn heartbeat_of(agent: Option<AgentInfo>, objects: Option<ClusterObjects>) -> AgentHeartbeat {
     let agent = agent.unwrap_or_default();
     AgentHeartbeat {
         version: agent.version,
         cluster: agent.cluster,
         instance: agent.instance,
         namespaces: agent.namespaces,
+        objects: objects.map(|o| ObjectCount {
+            revision: o.revision,
+            owned: o.owned,
+        }),
     }
 }
 
@@ -170,7 +176,7 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let auth = self.authenticate(&request, "Watch").await?;
         let deployer_id = auth.deployer_id.clone();
-        let agent = heartbeat_of(request.into_inner().agent);
+        let agent = heartbeat_of(request.into_inner().agent, None);
         let store = &self.shared.store;
         // Subscribe before reading the snapshot: every later commit is then either in
         // the snapshot or on the channel (those at or below its revision are skipped).
@@ -221,7 +227,7 @@ impl AgentService for AgentSvc {
         let report = request.into_inner();
         let store = &self.shared.store;
         let revision = store
-            .record_heartbeat(&deployer_id, &heartbeat_of(report.agent))
+            .record_heartbeat(&deployer_id, &heartbeat_of(report.agent, report.objects))
             .await
             .map_err(store_status)?;
         let statuses: Vec<StatusRecord> = report.statuses.into_iter().map(Into::into).collect();
