@@ -5,7 +5,6 @@
 //! Against a running `ds sim-cluster` (memory read from its /proc entry):
 //! `cargo bench --bench kube_sim_load -- --url http://127.0.0.1:6443 --sim-pid PID`
 //! or in-process (memory then includes the load generator): `cargo bench --bench kube_sim_load`.
-//! `hack/bench-kube-sim.sh` does the former.
 
 use clap::Parser;
 use ds_kube_sim::{SimCluster, SimConfig};
