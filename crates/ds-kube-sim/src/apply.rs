@@ -19,9 +19,12 @@ pub enum ApplyError {
     /// Fields the applied configuration changes are owned by other managers (409 Conflict
     /// with reason `Conflict`); `conflicts` holds `(manager, field path)` pairs such as
     /// `("kubectl-client-side-apply", ".spec.replicas")`, `message` the real server's text.
+    /// `causes` holds the `(message, field)` pairs of the Status' `details.causes`, the
+    /// manager printed as the real server prints it (`conflict with "edit" using v1`).
     #[error("{message}")]
     Conflict {
         conflicts: Vec<(String, String)>,
+        causes: Vec<(String, String)>,
         message: String,
     },
     /// The applied configuration is not an object with `apiVersion` and `kind` (400).
@@ -46,10 +49,7 @@ impl ApplyError {
     /// `FieldManagerConflict`), one per conflicting field.
     pub fn causes(&self) -> Vec<(String, String)> {
         match self {
-            Self::Conflict { conflicts, .. } => conflicts
-                .iter()
-                .map(|(m, p)| (format!("conflict with \"{m}\""), p.clone()))
-                .collect(),
+            Self::Conflict { causes, .. } => causes.clone(),
             _ => Vec::new(),
         }
     }
@@ -487,7 +487,9 @@ impl Entry {
         self.manager == manager && self.operation == operation && self.subresource.is_none()
     }
 
-    /// How the real server names a manager in conflict messages (`printManager`).
+    /// How the real server names a manager in conflict messages (`printManager`). The
+    /// manager identifier it prints never carries the time (`BuildManagerIdentifier`), so
+    /// neither does this.
     fn describe(&self) -> String {
         let mut s = format!("\"{}\"", self.manager);
         if let Some(sub) = &self.subresource {
@@ -495,9 +497,6 @@ impl Entry {
         }
         if self.operation == UPDATE {
             s.push_str(&format!(" using {}", self.api_version));
-            if let Some(t) = &self.time {
-                s.push_str(&format!(" at {t}"));
-            }
         }
         s
     }
@@ -989,11 +988,54 @@ fn conflict_error(entries: &[Entry], conflicts: &[(usize, Path)]) -> ApplyError 
             .iter()
             .map(|(i, p)| (entries[*i].manager.clone(), display_path(p)))
             .collect(),
+        causes: conflicts
+            .iter()
+            .map(|(i, p)| {
+                (
+                    format!("conflict with {}", entries[*i].describe()),
+                    display_path(p),
+                )
+            })
+            .collect(),
         message,
     }
 }
 
 // === Update ===
+
+/// Whether the zero value of `kind` (a Go struct serialized) holds the node at `path`:
+/// `metadata`, non-pointer structs such as a Deployment's `spec.strategy`, and fields
+/// without omitempty such as a pod spec's `containers`. Paths into list items never are.
+fn in_zero_object(kind: &str, path: &[PathElement]) -> bool {
+    let mut names = Vec::new();
+    for pe in path {
+        match pe {
+            PathElement::Field(f) => names.push(f.as_str()),
+            _ => return false,
+        }
+    }
+    const WORKLOAD: &[&[&str]] = &[
+        &["spec"],
+        &["spec", "template"],
+        &["spec", "template", "metadata"],
+        &["spec", "template", "spec"],
+        &["spec", "template", "spec", "containers"],
+    ];
+    let extra: &[&[&str]] = match kind {
+        "Deployment" => &[&["spec", "strategy"]],
+        "ReplicaSet" => &[],
+        "Pod" => &[&["spec"], &["spec", "containers"]],
+        "Service" | "Namespace" | "Ingress" | "Lease" | "PodDisruptionBudget" => &[&["spec"]],
+        "HorizontalPodAutoscaler" => &[&["spec"], &["spec", "scaleTargetRef"]],
+        "Role" | "ClusterRole" => &[&["rules"]],
+        "RoleBinding" | "ClusterRoleBinding" => &[&["roleRef"]],
+        "Event" => &[&["involvedObject"], &["source"]],
+        _ => &[],
+    };
+    let workload =
+        matches!(kind, "Deployment" | "ReplicaSet") && WORKLOAD.contains(&names.as_slice());
+    names == ["metadata"] || workload || extra.contains(&names.as_slice())
+}
 
 /// Records a non-apply write (create, replace, JSON/merge/strategic patch) by `manager` in
 /// `new`'s managedFields, as the real server does for `operation: Update`: the fields the
@@ -1017,7 +1059,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &
     };
 
     let new_set = fields_of(new);
-    let changed: FieldSet = match old {
+    let mut changed: FieldSet = match old {
         None => new_set.clone(),
         Some(o) => new_set
             .iter()
@@ -1028,6 +1070,21 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, now: &
             .cloned()
             .collect(),
     };
+    // As structured-merge-diff compares old and new: a map, struct or list the write added
+    // is owned itself too (the `.` of FieldsV1), beside its fields. On create the old object
+    // is the kind's zero value, which holds Go's non-pointer structs and fields without
+    // omitempty (a Deployment's spec.strategy, spec.template, …).
+    let kind = new.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let added_containers: Vec<Path> = changed
+        .iter()
+        .flat_map(|p| (1..p.len()).map(move |n| p[..n].to_vec()))
+        .filter(|prefix| matches!(prefix.last(), Some(PathElement::Field(_))))
+        .filter(|prefix| match old {
+            Some(o) => get(o, prefix).is_none(),
+            None => !in_zero_object(kind, prefix),
+        })
+        .collect();
+    changed.extend(added_containers);
 
     for e in &mut entries {
         if !e.is(manager, UPDATE) {
@@ -1534,7 +1591,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1 at {T0}: .spec.replicas"
+                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: .spec.replicas"
             )
         );
         let obj = apply(Some(&created), &scaler_config(3), "hpa", true, T1).unwrap();
@@ -1752,7 +1809,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1 at {T1}: \
+                "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using apps/v1: \
                  .spec.template.spec.containers[name=\"web\"].image"
             )
         );

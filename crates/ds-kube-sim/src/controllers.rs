@@ -1,6 +1,6 @@
 //! Simulated controllers: Deployment rollout status and one pod per replica.
 
-use super::resources::{DEPLOYMENTS, NAMESPACES, PODS};
+use super::resources::{DEPLOYMENTS, NAMESPACES, PODS, REPLICASETS};
 use super::server::{Shared, now};
 use super::store::{Change, DeleteOptions, EventType, Propagation};
 use regex::Regex;
@@ -158,6 +158,7 @@ fn reconcile(shared: &Arc<Shared>, cfg: &ControllerConfig, dep: &Value) {
         // The new ReplicaSet has no pods yet: clients (kubectl rollout status) wait.
         let mut status = json!({
             "observedGeneration": generation,
+            "terminatingReplicas": 0,
             "replicas": replicas,
             "conditions": [
                 available_cond,
@@ -200,7 +201,7 @@ fn finish(shared: &Shared, cfg: &ControllerConfig, ns: &str, name: &str, generat
     let hash = template_hash(&dep);
     let fails = failing(cfg, &dep);
     let now = now();
-    sync_pods(shared, &dep, &hash, replicas, fails, &now);
+    let revision = sync_pods(shared, &dep, &hash, replicas, fails, &now);
     let _ = shared.store.modify(DEPLOYMENTS, ns, name, false, |cur| {
         let Some(cur) = cur else {
             return Ok(Change::Keep);
@@ -209,10 +210,16 @@ fn finish(shared: &Shared, cfg: &ControllerConfig, ns: &str, name: &str, generat
             return Ok(Change::Keep);
         }
         let mut new = (**cur).clone();
+        // As the real controller (through the status subresource: no new generation).
+        if !new["metadata"]["annotations"].is_object() {
+            new["metadata"]["annotations"] = json!({});
+        }
+        new["metadata"]["annotations"][REVISION] = json!(revision.to_string());
         let rs = format!("{name}-{hash}");
         new["status"] = if fails {
             json!({
                 "observedGeneration": generation,
+            "terminatingReplicas": 0,
                 "replicas": replicas,
                 "updatedReplicas": replicas,
                 "unavailableReplicas": replicas,
@@ -226,6 +233,7 @@ fn finish(shared: &Shared, cfg: &ControllerConfig, ns: &str, name: &str, generat
         } else {
             json!({
                 "observedGeneration": generation,
+            "terminatingReplicas": 0,
                 "replicas": replicas,
                 "updatedReplicas": replicas,
                 "readyReplicas": replicas,
@@ -248,49 +256,230 @@ fn finish(shared: &Shared, cfg: &ControllerConfig, ns: &str, name: &str, generat
     });
 }
 
-/// Makes the Deployment's pods those of the current template, `replicas` of them.
-fn sync_pods(shared: &Shared, dep: &Value, hash: &str, replicas: i64, fails: bool, now: &str) {
-    let ns = s(dep, "/metadata/namespace");
-    let name = s(dep, "/metadata/name");
-    let uid = s(dep, "/metadata/uid").to_string();
-    let owned = |p: &Value| {
-        p.pointer("/metadata/ownerReferences")
+const REVISION: &str = "deployment.kubernetes.io/revision";
+
+fn owned_by(uid: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |v: &Value| {
+        v.pointer("/metadata/ownerReferences")
             .and_then(Value::as_array)
             .is_some_and(|r| {
                 r.iter()
-                    .any(|o| o.get("uid").and_then(Value::as_str) == Some(&uid))
+                    .any(|o| o.get("uid").and_then(Value::as_str) == Some(uid))
             })
+    }
+}
+
+fn revision_of(rs: &Value) -> i64 {
+    rs.pointer("/metadata/annotations")
+        .and_then(|a| a.get(REVISION))
+        .and_then(Value::as_str)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn delete_now(shared: &Shared, rt: usize, ns: &str, name: &str, now: &str) {
+    let _ = shared.store.delete(
+        rt,
+        ns,
+        name,
+        &DeleteOptions {
+            uid: None,
+            resource_version: None,
+            propagation: Propagation::Cascade,
+            dry_run: false,
+        },
+        now,
+    );
+}
+
+/// The rolling update's surge in pods (`maxSurge`: a count or a percentage, rounded up).
+fn max_surge(dep: &Value, replicas: i64) -> i64 {
+    if s(dep, "/spec/strategy/type") == "Recreate" {
+        return 0;
+    }
+    match dep.pointer("/spec/strategy/rollingUpdate/maxSurge") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(p)) => p
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map_or(0, |p| (p * replicas + 99) / 100),
+        _ => (25 * replicas + 99) / 100,
+    }
+}
+
+fn owner_ref(kind: &str, name: &str, uid: &str) -> Value {
+    json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid,
+        "controller": true, "blockOwnerDeletion": true}])
+}
+
+/// Makes the Deployment's ReplicaSets and pods those of the current template, as the real
+/// deployment and replicaset controllers leave them once a rollout is done: the ReplicaSet
+/// `NAME-HASH` (owned by the Deployment) with `replicas` pods (owned by it), older
+/// ReplicaSets scaled to zero and kept up to `revisionHistoryLimit`. Answers the revision.
+fn sync_pods(
+    shared: &Shared,
+    dep: &Value,
+    hash: &str,
+    replicas: i64,
+    fails: bool,
+    now: &str,
+) -> i64 {
+    let ns = s(dep, "/metadata/namespace");
+    let name = s(dep, "/metadata/name");
+    let dep_uid = s(dep, "/metadata/uid").to_string();
+    // Pods an earlier simulator owned by the Deployment directly.
+    for p in shared
+        .store
+        .list(PODS, Some(ns), owned_by(&dep_uid), None, None)
+        .items
+    {
+        delete_now(shared, PODS, ns, s(&p, "/metadata/name"), now);
+    }
+    let rs_name = format!("{name}-{hash}");
+    let rss = shared
+        .store
+        .list(REPLICASETS, Some(ns), owned_by(&dep_uid), None, None)
+        .items;
+    let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
+    labels["pod-template-hash"] = json!(hash);
+    let current = rss
+        .iter()
+        .find(|r| s(r, "/metadata/name") == rs_name)
+        .cloned();
+    let revision = match &current {
+        Some(r) => revision_of(r),
+        None => rss.iter().map(|r| revision_of(r)).max().unwrap_or(0) + 1,
     };
-    let pods = shared.store.list(PODS, Some(ns), owned, None, None).items;
+    // Older ReplicaSets: scaled to zero (their pods go), the oldest beyond the history limit
+    // deleted.
+    let mut old: Vec<&Arc<Value>> = rss
+        .iter()
+        .filter(|r| s(r, "/metadata/name") != rs_name)
+        .collect();
+    old.sort_by_key(|r| revision_of(r));
+    let limit = i(dep, "/spec/revisionHistoryLimit").unwrap_or(10).max(0) as usize;
+    let excess = old.len().saturating_sub(limit);
+    for (n, r) in old.iter().enumerate() {
+        let rs = s(r, "/metadata/name");
+        if n < excess {
+            delete_now(shared, REPLICASETS, ns, rs, now);
+            continue;
+        }
+        let uid = s(r, "/metadata/uid").to_string();
+        for p in shared
+            .store
+            .list(PODS, Some(ns), owned_by(&uid), None, None)
+            .items
+        {
+            delete_now(shared, PODS, ns, s(&p, "/metadata/name"), now);
+        }
+        let _ = shared.store.modify(REPLICASETS, ns, rs, false, |cur| {
+            let Some(cur) = cur else {
+                return Ok(Change::Keep);
+            };
+            let mut new = (**cur).clone();
+            new["spec"]["replicas"] = json!(0);
+            new["status"] = json!({"replicas": 0, "terminatingReplicas": 0,
+                "observedGeneration": i(cur, "/metadata/generation").unwrap_or(1)});
+            Ok(Change::Put(new))
+        });
+    }
+    // The current ReplicaSet.
+    let ready = if fails { 0 } else { replicas };
+    let rs_status = |generation: i64| {
+        let mut st = json!({"replicas": replicas, "fullyLabeledReplicas": replicas,
+            "observedGeneration": generation, "terminatingReplicas": 0});
+        if ready > 0 {
+            st["readyReplicas"] = json!(ready);
+            st["availableReplicas"] = json!(ready);
+        }
+        st
+    };
+    let annotations = json!({
+        "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+        "deployment.kubernetes.io/max-replicas": (replicas + max_surge(dep, replicas)).to_string(),
+        REVISION: revision.to_string(),
+    });
+    let rs_uid = match &current {
+        Some(r) => {
+            let _ = shared
+                .store
+                .modify(REPLICASETS, ns, &rs_name, false, |cur| {
+                    let Some(cur) = cur else {
+                        return Ok(Change::Keep);
+                    };
+                    let mut new = (**cur).clone();
+                    let generation = i(cur, "/metadata/generation").unwrap_or(1);
+                    let generation = if i(cur, "/spec/replicas") == Some(replicas) {
+                        generation
+                    } else {
+                        generation + 1
+                    };
+                    new["metadata"]["generation"] = json!(generation);
+                    new["metadata"]["annotations"] = annotations.clone();
+                    new["spec"]["replicas"] = json!(replicas);
+                    new["status"] = rs_status(generation);
+                    Ok(Change::Put(new))
+                });
+            s(r, "/metadata/uid").to_string()
+        }
+        None => {
+            let uid = uuid::Uuid::new_v4().to_string();
+            let mut selector = dep.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+            selector["matchLabels"]["pod-template-hash"] = json!(hash);
+            let mut rs_template = template.clone();
+            rs_template["metadata"]["labels"] = labels.clone();
+            let rs = json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
+                    "annotations": annotations, "uid": uid, "creationTimestamp": now,
+                    "generation": 1,
+                    "ownerReferences": owner_ref("Deployment", name, &dep_uid)},
+                "spec": {"replicas": replicas, "selector": selector, "template": rs_template},
+                "status": rs_status(1),
+            });
+            let _ = shared.store.create(REPLICASETS, rs, false);
+            uid
+        }
+    };
+    sync_replicaset_pods(
+        shared, ns, &rs_name, &rs_uid, &template, &labels, replicas, fails, now,
+    );
+    revision
+}
+
+/// `replicas` pods of the template, owned by the ReplicaSet.
+#[allow(clippy::too_many_arguments)]
+fn sync_replicaset_pods(
+    shared: &Shared,
+    ns: &str,
+    rs_name: &str,
+    rs_uid: &str,
+    template: &Value,
+    labels: &Value,
+    replicas: i64,
+    fails: bool,
+    now: &str,
+) {
+    let pods = shared
+        .store
+        .list(PODS, Some(ns), owned_by(rs_uid), None, None)
+        .items;
     let mut current = 0;
     for p in &pods {
-        let same = s(p, "/metadata/labels/pod-template-hash") == hash;
-        if same && current < replicas {
+        if current < replicas {
             current += 1;
             continue;
         }
-        let _ = shared.store.delete(
-            PODS,
-            ns,
-            s(p, "/metadata/name"),
-            &DeleteOptions {
-                uid: None,
-                resource_version: None,
-                propagation: Propagation::Cascade,
-                dry_run: false,
-            },
-            now,
-        );
+        delete_now(shared, PODS, ns, s(p, "/metadata/name"), now);
     }
-    let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
     for _ in current..replicas {
         let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
-        let pod_name = format!("{name}-{hash}-{suffix}");
-        let mut labels = template
-            .pointer("/metadata/labels")
-            .cloned()
-            .unwrap_or(json!({}));
-        labels["pod-template-hash"] = json!(hash);
+        let pod_name = format!("{rs_name}-{suffix}");
         let containers = template
             .pointer("/spec/containers")
             .and_then(Value::as_array)
@@ -312,13 +501,13 @@ fn sync_pods(shared: &Shared, dep: &Value, hash: &str, replicas: i64, fails: boo
         let ready = if fails { "False" } else { "True" };
         let mut spec = template.pointer("/spec").cloned().unwrap_or(json!({}));
         spec["nodeName"] = json!("sim-node");
-        let pod = json!({
+        let mut pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": pod_name, "namespace": ns, "labels": labels,
                 "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now,
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
-                    "uid": uid, "controller": true, "blockOwnerDeletion": true}]
+                "generation": 1,
+                "ownerReferences": owner_ref("ReplicaSet", rs_name, rs_uid),
             },
             "spec": spec,
             "status": {
@@ -332,6 +521,9 @@ fn sync_pods(shared: &Shared, dep: &Value, hash: &str, replicas: i64, fails: boo
                 "containerStatuses": statuses
             }
         });
+        super::defaults::admit_pod(&mut pod);
+        pod["spec"]["enableServiceLinks"] = json!(true);
+        pod["status"]["qosClass"] = json!(super::defaults::qos_class(&pod));
         let _ = shared.store.create(PODS, pod, false);
     }
 }

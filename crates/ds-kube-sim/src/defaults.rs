@@ -23,20 +23,152 @@ fn default(m: &mut Map<String, Value>, key: &str, v: Value) {
     }
 }
 
-/// Fills defaults into `obj` of resource `rt`; `old` is the stored object on updates
-/// (immutable allocated values such as a Service's clusterIP are carried over).
-pub(crate) fn apply(shared: &Shared, rt: usize, obj: &mut Value, old: Option<&Value>) {
+/// Fills the defaults of resource `rt` into `obj`: what the real server's defaulting
+/// functions set while decoding, before managedFields are computed (so the writer owns them).
+pub(crate) fn apply(rt: usize, obj: &mut Value) {
     match RESOURCES[rt].resource {
         "namespaces" => namespace(obj),
-        "services" => service(shared, obj, old),
+        "services" => service(obj),
         "deployments" => deployment(obj),
+        "replicasets" => {
+            let spec = obj_mut(obj, "spec");
+            default(spec, "replicas", json!(1));
+            if let Some(pod) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                pod_spec(pod);
+            }
+        }
         "secrets" => secret(obj),
         "pods" => {
             if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
                 pod_spec(spec);
+                if let Some(p) = spec.as_object_mut() {
+                    default(p, "enableServiceLinks", json!(true));
+                }
             }
         }
         _ => {}
+    }
+}
+
+/// What the real registry sets after managedFields are computed (so no manager owns it):
+/// a Service's allocated clusterIP(s), IP families and node ports, a Namespace's finalizer.
+/// On updates (`old`) the allocated values are carried over.
+pub(crate) fn allocate(shared: &Shared, rt: usize, obj: &mut Value, old: Option<&Value>) {
+    match RESOURCES[rt].resource {
+        "namespaces" => {
+            default(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
+        }
+        "services" => service_allocations(shared, obj, old),
+        "pods" if old.is_none() => {
+            admit_pod(obj);
+            let qos = qos_class(obj);
+            let status = obj_mut(obj, "status");
+            default(status, "phase", json!("Pending"));
+            default(status, "qosClass", json!(qos));
+        }
+        _ => {}
+    }
+}
+
+/// What the real server's default admission plugins add to a new pod: `Priority` (priority
+/// 0, PreemptLowerPriority), `ServiceAccount` (the `default` account and its projected
+/// token volume, mounted into every container) and `DefaultTolerationSeconds`.
+pub(crate) fn admit_pod(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    default(spec, "priority", json!(0));
+    default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    default(spec, "serviceAccountName", json!("default"));
+    let account = spec.get("serviceAccountName").cloned().unwrap_or_default();
+    default(spec, "serviceAccount", account);
+    const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    if spec.get("automountServiceAccountToken") != Some(&json!(false)) {
+        let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].to_string();
+        let volume = format!("kube-api-access-{suffix}");
+        let mut mounted = false;
+        for list in ["initContainers", "containers"] {
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_object_mut)
+            {
+                let mounts = c.entry("volumeMounts").or_insert_with(|| json!([]));
+                let Some(mounts) = mounts.as_array_mut() else {
+                    continue;
+                };
+                if mounts.iter().any(|m| m["mountPath"] == MOUNT) {
+                    continue;
+                }
+                mounts.push(json!({"name": volume, "readOnly": true, "mountPath": MOUNT}));
+                mounted = true;
+            }
+        }
+        if mounted {
+            let volumes = spec.entry("volumes").or_insert_with(|| json!([]));
+            if let Some(v) = volumes.as_array_mut() {
+                v.push(
+                    json!({"name": volume, "projected": {"defaultMode": 420, "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace",
+                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                    ]}}),
+                );
+            }
+        }
+    }
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(t) = tolerations.as_array_mut() {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            if !t
+                .iter()
+                .any(|x| x["key"] == key && x["effect"] == "NoExecute")
+            {
+                t.push(
+                    json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                    "tolerationSeconds": 300}),
+                );
+            }
+        }
+    }
+}
+
+/// A pod's QoS class from its containers' requests and limits.
+pub(crate) fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .filter_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let get =
+        |c: &Value, what: &str, res: &str| c.pointer(&format!("/resources/{what}/{res}")).cloned();
+    let any = containers.iter().any(|c| {
+        ["requests", "limits"].iter().any(|w| {
+            c.pointer(&format!("/resources/{w}"))
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        })
+    });
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = get(c, "limits", r);
+            limit.is_some() && get(c, "requests", r).is_none_or(|q| Some(q) == limit)
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
     }
 }
 
@@ -48,18 +180,42 @@ fn namespace(obj: &mut Value) {
         .to_string();
     let labels = obj_mut(&mut obj["metadata"], "labels");
     labels.insert("kubernetes.io/metadata.name".into(), json!(name));
-    default(obj_mut(obj, "spec"), "finalizers", json!(["kubernetes"]));
     default(obj_mut(obj, "status"), "phase", json!("Active"));
 }
 
-fn service(shared: &Shared, obj: &mut Value, old: Option<&Value>) {
-    let spec = obj_mut(obj, "spec");
-    default(spec, "type", json!("ClusterIP"));
-    let ty = spec
-        .get("type")
+fn service_type(spec: &Map<String, Value>) -> String {
+    spec.get("type")
         .and_then(Value::as_str)
         .unwrap_or("ClusterIP")
-        .to_string();
+        .to_string()
+}
+
+fn service(obj: &mut Value) {
+    let spec = obj_mut(obj, "spec");
+    default(spec, "type", json!("ClusterIP"));
+    let ty = service_type(spec);
+    if ty != "ExternalName" {
+        default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+    default(spec, "sessionAffinity", json!("None"));
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        default(spec, "externalTrafficPolicy", json!("Cluster"));
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for p in ports.iter_mut() {
+            let Some(p) = p.as_object_mut() else { continue };
+            default(p, "protocol", json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                default(p, "targetPort", port);
+            }
+        }
+    }
+    default(obj_mut(obj, "status"), "loadBalancer", json!({}));
+}
+
+fn service_allocations(shared: &Shared, obj: &mut Value, old: Option<&Value>) {
+    let spec = obj_mut(obj, "spec");
+    let ty = service_type(spec);
     if ty != "ExternalName" {
         let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).cloned();
         if spec.get("clusterIP").is_none_or(|v| v.is_null() || v == "") {
@@ -73,19 +229,10 @@ fn service(shared: &Shared, obj: &mut Value, old: Option<&Value>) {
         default(spec, "clusterIPs", json!([ip]));
         default(spec, "ipFamilies", json!(["IPv4"]));
         default(spec, "ipFamilyPolicy", json!("SingleStack"));
-        default(spec, "internalTrafficPolicy", json!("Cluster"));
-    }
-    default(spec, "sessionAffinity", json!("None"));
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        default(spec, "externalTrafficPolicy", json!("Cluster"));
     }
     if let Some(Value::Array(ports)) = spec.get_mut("ports") {
         for (i, p) in ports.iter_mut().enumerate() {
             let Some(p) = p.as_object_mut() else { continue };
-            default(p, "protocol", json!("TCP"));
-            if let Some(port) = p.get("port").cloned() {
-                default(p, "targetPort", port);
-            }
             if (ty == "NodePort" || ty == "LoadBalancer") && p.get("nodePort").is_none() {
                 let old_np = old
                     .and_then(|o| o.pointer(&format!("/spec/ports/{i}/nodePort")))
@@ -96,9 +243,6 @@ fn service(shared: &Shared, obj: &mut Value, old: Option<&Value>) {
                 p.insert("nodePort".into(), np);
             }
         }
-    }
-    if obj.get("status").is_none() {
-        obj["status"] = json!({"loadBalancer": {}});
     }
 }
 

@@ -29,15 +29,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Not simulated
+//! # Fidelity
+//! `tests/kube_sim_diff.rs` sends the same requests through `kube::Client` to the simulator
+//! and to a real kube-apiserver + kube-controller-manager (`tests/real_kube`) and compares
+//! status codes, `Status` reasons and details, and the answered objects (defaults,
+//! managedFields, watch events, what a delete leaves). Where the two differ on purpose, the
+//! difference is listed below and that test asserts it explicitly, so the list stays true.
+//!
+//! # What the simulator knowingly does not do
+//! - **Namespace content**: a new namespace gets no `kube-root-ca.crt` ConfigMap and no
+//!   `default` ServiceAccount (the real controllers publish both); pods are not refused for
+//!   a missing ServiceAccount, though they get its token volume as from the real admission
+//!   plugin.
+//! - **No kubelet**: a deleted pod is gone at once (the DELETE answers it stamped with
+//!   `deletionTimestamp` and the grace period), instead of Terminating until its node
+//!   confirms.
+//! - **Controllers are synchronous and partial**: a rollout's ReplicaSet and pods appear
+//!   when it finishes (after `rollout_delay`), not step by step; a ReplicaSet is not a
+//!   controller of its own (deleting one of its pods or scaling it directly changes
+//!   nothing); the pod-template-hash is not the real one. Garbage collection runs within the
+//!   DELETE: dependents are gone (or orphaned) when it answers, and a Foreground or Orphan
+//!   delete's finalizer is removed at once. The simulated controllers' writes leave no
+//!   managedFields entries.
+//! - **Malformed strategic-merge directives** (`$patch: frobnicate`) answer 400 BadRequest
+//!   naming the directive; the real server answers 500 without a reason.
+//! - **Validation** is the schema (unknown fields, types) plus the rules clients meet
+//!   most: names, Deployment replicas and selector/template agreement, container names,
+//!   images and ports, Service ports. Other semantic rules (immutable fields, resource
+//!   quantities, probes, …) are not checked.
+//! - **Watch history** is a count of events (`watch_history`), not etcd's compaction: an old
+//!   resourceVersion may still be served where the real server answers 410, and the reverse.
 //! - Protobuf bodies are decoded for Namespace, Deployment, Service, ConfigMap, Secret and
 //!   ServiceAccount (what `kubectl create <kind>` sends); others get 415 naming what is not
 //!   understood, and `kubectl create … --dry-run=client -o yaml | kubectl apply -f -` works.
-//! - Authentication and admission: every request is allowed. Authorization only as
+//! - Authentication and admission control: every request is allowed. Authorization only as
 //!   `Faults::restrict_to_namespaces` (403 outside a namespace list, like namespaced RBAC).
-//! - Validation is the schema (unknown fields, types, required fields), not the semantic
-//!   rules (selector/label agreement, immutable fields, port ranges).
-//! - ReplicaSets: simulated pods are owned by their Deployment directly.
 //! - Continue tokens are not snapshot-consistent; aggregated discovery is not offered
 //!   (kubectl falls back to the legacy documents).
 

@@ -8,10 +8,11 @@ use super::status::ApiError;
 use serde_json::{Value, json};
 
 fn patch_error(r: &ResourceType, name: &str, e: &PatchError) -> ApiError {
-    if e.status_code() == 400 {
-        ApiError::bad_request(e.to_string())
-    } else {
-        ApiError::invalid(r, name, "", &e.to_string())
+    match e {
+        // The real server drops the operation's error: 422 with a generic message.
+        PatchError::JsonPatchOperation { .. } => ApiError::patch_unprocessable(),
+        _ if e.status_code() == 400 => ApiError::bad_request(e.to_string()),
+        _ => ApiError::invalid(r, name, "", &e.to_string()),
     }
 }
 
@@ -51,8 +52,6 @@ pub fn strategic_merge(
 /// # Errors
 /// 409 Conflict naming fields and managers, 400 for a bad configuration.
 pub fn apply(
-    r: &ResourceType,
-    name: &str,
     live: Option<&Value>,
     applied: &Value,
     manager: &str,
@@ -68,7 +67,7 @@ pub fn apply(
                     json!({"reason": "FieldManagerConflict", "message": message, "field": field})
                 })
                 .collect();
-            ApiError::conflict_msg(r, name, message.clone(), Value::Array(causes))
+            ApiError::apply_conflict(message.clone(), Value::Array(causes))
         }
         ApplyError::InvalidConfig(_) => ApiError::bad_request(e.to_string()),
         ApplyError::InvalidManagedFields(_) => ApiError::internal(e.to_string()),

@@ -58,7 +58,7 @@ pub static RESOURCES: &[ResourceType] = &[
     rt("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], false, false),
     rt("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", true, &["sa"], false, false),
     rt("", "v1", "events", "event", "Event", true, &["ev"], false, false),
-    rt("", "v1", "pods", "pod", "Pod", true, &["po"], true, false),
+    rt("", "v1", "pods", "pod", "Pod", true, &["po"], true, true),
     rt("apps", "v1", "deployments", "deployment", "Deployment", true, &["deploy"], true, true),
     rt("networking.k8s.io", "v1", "ingresses", "ingress", "Ingress", true, &["ing"], true, true),
     rt("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], false, false),
@@ -68,6 +68,7 @@ pub static RESOURCES: &[ResourceType] = &[
     rt("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, &[], false, false),
     rt("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, &[], false, false),
     rt("autoscaling", "v2", "horizontalpodautoscalers", "horizontalpodautoscaler", "HorizontalPodAutoscaler", true, &["hpa"], true, true),
+    rt("apps", "v1", "replicasets", "replicaset", "ReplicaSet", true, &["rs"], true, true),
 ];
 
 /// Store id of namespaces.
@@ -76,6 +77,8 @@ pub const NAMESPACES: usize = 0;
 pub const PODS: usize = 6;
 /// Store id of deployments.
 pub const DEPLOYMENTS: usize = 7;
+/// Store id of replicasets.
+pub const REPLICASETS: usize = 16;
 
 impl ResourceType {
     /// `apps/v1`, or `v1` for the core group.

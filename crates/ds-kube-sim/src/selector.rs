@@ -145,6 +145,11 @@ impl FieldSelector {
         Ok(Self(terms))
     }
 
+    /// The dotted field paths the selector names, in order.
+    pub fn fields(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().map(|(path, _, _)| path.join("."))
+    }
+
     /// Whether an object matches (a missing field compares as the empty string).
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, v)| {

@@ -6,7 +6,7 @@ use super::faults::{Counters, Faults};
 use super::patching;
 use super::resources::{self, DEPLOYMENTS, PODS, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
-use super::status::{self, ApiError};
+use super::status::{self, ApiError, Cause};
 use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
 use super::tables;
 use super::validate;
@@ -270,11 +270,67 @@ fn selector_string(labels: Option<&Value>) -> String {
         .unwrap_or_default()
 }
 
-fn selectors(params: &Params) -> Result<(LabelSelector, FieldSelector), ApiError> {
+/// Fields a resource can be selected by beyond `metadata.name` and `metadata.namespace`
+/// (the real server's field label conversions), or `None` for the default pair.
+fn selectable_fields(r: &ResourceType) -> Option<&'static [&'static str]> {
+    Some(match r.resource {
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "namespaces" => &["status.phase"],
+        "secrets" => &["type"],
+        "replicasets" => &["status.replicas"],
+        _ => return None,
+    })
+}
+
+fn selectors(
+    r: &ResourceType,
+    params: &Params,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let l = LabelSelector::parse(params.get("labelSelector").map_or("", String::as_str))
         .map_err(ApiError::bad_request)?;
     let f = FieldSelector::parse(params.get("fieldSelector").map_or("", String::as_str))
         .map_err(ApiError::bad_request)?;
+    for field in f.fields() {
+        if matches!(field.as_str(), "metadata.name" | "metadata.namespace") {
+            continue;
+        }
+        match selectable_fields(r) {
+            Some(extra) if extra.contains(&field.as_str()) => {}
+            Some(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {field}"
+                )));
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "\"{field}\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
+                )));
+            }
+        }
+    }
     Ok((l, f))
 }
 
@@ -303,7 +359,7 @@ fn list(
     as_table: bool,
 ) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
-    let (ls, fs) = selectors(params)?;
+    let (ls, fs) = selectors(r, params)?;
     let limit = params.get("limit").and_then(|l| l.parse::<usize>().ok());
     let after = match params.get("continue").filter(|c| !c.is_empty()) {
         Some(c) => Some(decode_continue(c)?),
@@ -358,7 +414,23 @@ struct Items<'a>(&'a [Arc<Value>]);
 
 impl serde::Serialize for Items<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|v| &**v))
+        s.collect_seq(self.0.iter().map(|v| Item(v)))
+    }
+}
+
+/// A list item as the real server writes it: without `kind` and `apiVersion` (the list
+/// names them once).
+struct Item<'a>(&'a Value);
+
+impl serde::Serialize for Item<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Object(m) => s.collect_map(
+                m.iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "kind" | "apiVersion")),
+            ),
+            other => other.serialize(s),
+        }
     }
 }
 
@@ -467,33 +539,68 @@ fn check_namespace(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
     }
 }
 
-fn valid_name(r: &ResourceType, name: &str) -> Result<(), String> {
-    let label_only = matches!(r.resource, "namespaces" | "services");
-    let max = if label_only { 63 } else { 253 };
-    let ok_chars = name.chars().all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '.' && !label_only)
-    });
-    let ends_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Labels joined by dots.
+fn is_subdomain(s: &str) -> bool {
+    s.split('.').all(is_label)
+}
+
+/// What the real server's name validation says of `name` (apimachinery's
+/// `IsDNS1123Label` for namespaces and services, `IsDNS1123Subdomain` for the rest, a path
+/// segment for RBAC objects), one message per problem.
+fn name_problems(r: &ResourceType, name: &str) -> Vec<String> {
     if r.group == "rbac.authorization.k8s.io" {
-        // RBAC names are path segments: anything but '/' and '%'.
-        return if name.contains(['/', '%']) || name.is_empty() {
-            Err(format!(
-                "Invalid value: \"{name}\": may not contain '/' or '%'"
-            ))
-        } else {
-            Ok(())
+        return match name {
+            "." | ".." => vec![format!("may not be '{name}'")],
+            _ if name.contains('/') => vec!["may not contain '/'".into()],
+            _ if name.contains('%') => vec!["may not contain '%'".into()],
+            _ => Vec::new(),
         };
     }
-    if name.len() > max || !ok_chars || !ends_ok {
-        let what = if label_only {
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
-        } else {
-            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-        };
-        return Err(format!("Invalid value: \"{name}\": {what}"));
+    let mut out = Vec::new();
+    if matches!(r.resource, "namespaces" | "services") {
+        if name.len() > 63 {
+            out.push("must be no more than 63 characters".to_string());
+        }
+        if !is_label(name) {
+            out.push(if is_subdomain(name) {
+                "must not contain dots".to_string()
+            } else {
+                DNS1123_LABEL_MSG.to_string()
+            });
+        }
+    } else {
+        if name.len() > 253 {
+            out.push("must be no more than 253 characters".to_string());
+        }
+        if !is_subdomain(name) {
+            out.push(DNS1123_SUBDOMAIN_MSG.to_string());
+        }
     }
-    Ok(())
+    out
+}
+
+fn valid_name(r: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let causes: Vec<Cause> = name_problems(r, name)
+        .iter()
+        .map(|why| Cause::invalid("metadata.name", &json!(name), why))
+        .collect();
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_causes(r, name, causes))
+    }
 }
 
 fn random_suffix() -> String {
@@ -537,17 +644,19 @@ fn prepare_create(
             .and_then(Value::as_str)
             .unwrap_or("");
         if gen_name.is_empty() {
-            return Err(ApiError::invalid(
+            return Err(ApiError::invalid_causes(
                 r,
                 "",
-                "metadata.name",
-                "Required value: name or generateName is required",
+                vec![Cause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
             ));
         }
         name = format!("{gen_name}{}", random_suffix());
         obj["metadata"]["name"] = json!(name);
     }
-    valid_name(r, &name).map_err(|why| ApiError::invalid(r, &name, "metadata.name", &why))?;
+    valid_name(r, &name)?;
     let m = obj["metadata"]
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
@@ -567,10 +676,11 @@ fn prepare_create(
     if r.status {
         obj["status"] = json!({});
     }
-    defaults::apply(shared, t.rt, obj, None);
+    defaults::apply(t.rt, obj);
     if !apply {
         patching::record_update(None, obj, manager, now);
     }
+    defaults::allocate(shared, t.rt, obj, None);
     Ok(name)
 }
 
@@ -640,7 +750,14 @@ fn merge_update(r: &ResourceType, old: &Value, mut new: Value, status_only: bool
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
             .unwrap_or(1);
-        let g = if spec_changed(old, &new) { g + 1 } else { g };
+        // Deployments also count annotation changes (they are copied to ReplicaSets).
+        let annotations_changed = r.resource == "deployments"
+            && old.pointer("/metadata/annotations") != new.pointer("/metadata/annotations");
+        let g = if spec_changed(old, &new) || annotations_changed {
+            g + 1
+        } else {
+            g
+        };
         new["metadata"]["generation"] = json!(g);
     } else if let Some(m) = new["metadata"].as_object_mut() {
         m.remove("generation");
@@ -715,7 +832,8 @@ fn update(
             check_rv(r, &name, old, &obj)?;
             let mut new = merge_update(r, old, obj, status_only);
             if !status_only {
-                defaults::apply(shared, t.rt, &mut new, Some(old));
+                defaults::apply(t.rt, &mut new);
+                defaults::allocate(shared, t.rt, &mut new, Some(old));
             }
             if !status_only && new.pointer("/metadata/managedFields").is_none() {
                 new["metadata"]["managedFields"] = old
@@ -767,11 +885,15 @@ fn patch(
         match params.get("fieldManager").filter(|m| !m.is_empty()) {
             Some(m) => m.clone(),
             None => {
-                return Err(ApiError::invalid(
-                    r,
-                    &name,
-                    "fieldManager",
-                    "Required value: is required for apply patch",
+                return Err(ApiError::invalid_of(
+                    "PatchOptions.meta.k8s.io".into(),
+                    "",
+                    "meta.k8s.io",
+                    "PatchOptions",
+                    vec![Cause::required(
+                        "fieldManager",
+                        "is required for apply patch",
+                    )],
                 ));
             }
         }
@@ -805,7 +927,7 @@ fn patch(
                     return Err(ApiError::not_found(r, &name));
                 }
                 // Apply creates.
-                let mut obj = patching::apply(r, &name, None, &applied, &manager, force, &now)?;
+                let mut obj = patching::apply(None, &applied, &manager, force, &now)?;
                 check_type(r, &mut obj)?;
                 check_namespace(t, &mut obj)?;
                 prepare_create(shared, t, &mut obj, &manager, &now, true)?;
@@ -829,8 +951,7 @@ fn patch(
                     patching::strategic_merge(r, &name, &mut patched, &patch_body)?
                 }
                 "application/apply-patch+yaml" => {
-                    patched =
-                        patching::apply(r, &name, Some(old), &applied, &manager, force, &now)?;
+                    patched = patching::apply(Some(old), &applied, &manager, force, &now)?;
                 }
                 other => return Err(ApiError::unsupported_patch_type(other)),
             }
@@ -853,6 +974,13 @@ fn patch(
                 return Ok(Change::Put(new));
             }
             check_rv(r, &name, old, &patched)?;
+            if let Some(n) = patched.pointer("/metadata/name").and_then(Value::as_str)
+                && n != name
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
             if patched.pointer("/metadata/name").and_then(Value::as_str) != Some(name.as_str())
                 || patched.get("kind") != old.get("kind")
                 || patched.get("apiVersion") != old.get("apiVersion")
@@ -866,7 +994,8 @@ fn patch(
             }
             let mut new = merge_update(r, old, patched, status_only);
             if !status_only {
-                defaults::apply(shared, t.rt, &mut new, Some(old));
+                defaults::apply(t.rt, &mut new);
+                defaults::allocate(shared, t.rt, &mut new, Some(old));
             }
             if !is_apply {
                 patching::record_update(Some(old), &mut new, &manager, &now);
@@ -900,7 +1029,9 @@ fn delete_opts(params: &Params, body: &Bytes) -> Result<DeleteOptions, ApiError>
         .map(str::to_string)
         .or_else(|| params.get("propagationPolicy").cloned());
     let orphan = policy.as_deref() == Some("Orphan")
-        || opts.get("orphanDependents").and_then(Value::as_bool) == Some(true);
+        || (policy.is_none()
+            && opts.get("orphanDependents").and_then(Value::as_bool) == Some(true));
+    let foreground = policy.as_deref() == Some("Foreground");
     let dry = opts
         .get("dryRun")
         .and_then(Value::as_array)
@@ -915,6 +1046,8 @@ fn delete_opts(params: &Params, body: &Bytes) -> Result<DeleteOptions, ApiError>
     Ok(DeleteOptions {
         propagation: if orphan {
             Propagation::Orphan
+        } else if foreground {
+            Propagation::Foreground
         } else {
             Propagation::Cascade
         },
@@ -922,6 +1055,36 @@ fn delete_opts(params: &Params, body: &Bytes) -> Result<DeleteOptions, ApiError>
         resource_version: s("resourceVersion"),
         dry_run: dry,
     })
+}
+
+/// The grace period of a pod's deletion, as the real pod strategy decides it: none for a
+/// pod not yet on a node or finished, else the request's or the pod's own (30 s default).
+fn pod_grace(pod: &Value, params: &Params, body: &Bytes) -> i64 {
+    let unscheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    let done = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    if unscheduled || done {
+        return 0;
+    }
+    let asked = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|o| o.get("gracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            params
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse().ok())
+        });
+    asked
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
+        .unwrap_or(30)
 }
 
 fn delete(
@@ -938,9 +1101,16 @@ fn delete(
     let o = delete_opts(params, body)?;
     match shared.store.delete(t.rt, ns_of(t), &name, &o, &now())? {
         Deleted::Pending(obj) => Ok(ok(&obj)),
-        // Pods answer with the object (the real registry's ReturnDeletedObject), the rest
+        // Pods answer with the object (the real registry's ReturnDeletedObject), stamped
+        // as gracefully deleted (no kubelet waits here: the pod is gone already), the rest
         // with a Success Status.
-        Deleted::Gone(obj) if t.rt == PODS => Ok(ok(&obj)),
+        Deleted::Gone(obj) if t.rt == PODS => {
+            let mut obj = (*obj).clone();
+            let grace = pod_grace(&obj, params, body);
+            obj["metadata"]["deletionTimestamp"] = json!(now());
+            obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            Ok(ok(&obj))
+        }
         Deleted::Gone(obj) => {
             let uid = obj
                 .pointer("/metadata/uid")
@@ -958,7 +1128,7 @@ fn delete_collection(
     body: &Bytes,
 ) -> Result<Response, ApiError> {
     let r = &RESOURCES[t.rt];
-    let (ls, fs) = selectors(params)?;
+    let (ls, fs) = selectors(r, params)?;
     let o = delete_opts(params, body)?;
     let page = shared.store.list(
         t.rt,
@@ -1026,7 +1196,18 @@ fn render(
         match (was, now_matches) {
             (true, true) => "MODIFIED",
             (false, true) => "ADDED",
-            (true, false) => "DELETED",
+            (true, false) => {
+                // As the real watch cache: the last state the watcher was shown, at the
+                // resourceVersion of the change.
+                let mut last = ev.prev.as_deref().cloned().unwrap_or(Value::Null);
+                if let Some(m) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
+                }
+                return Some(match table {
+                    Some(kind) => tables::event_line("DELETED", kind, &last),
+                    None => event_line("DELETED", &last),
+                });
+            }
             (false, false) => return None,
         }
     };
@@ -1050,7 +1231,7 @@ fn watch_response(rx: mpsc::Receiver<Bytes>) -> Response {
 
 fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Response {
     let r = &RESOURCES[t.rt];
-    let (ls, fs) = match selectors(&params) {
+    let (ls, fs) = match selectors(r, &params) {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -1148,6 +1329,12 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
         }
         let mut rx = start.rx;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        // The real server also sends a bookmark 2 s before the watch times out (unless the
+        // watch is shorter than that), so a client resumes from a recent resourceVersion.
+        let mut pre_timeout_sent = !bookmarks || timeout < Duration::from_secs(2);
+        let pre_timeout = deadline
+            .checked_sub(Duration::from_secs(2))
+            .unwrap_or(deadline);
         loop {
             if limit_hit(sent) {
                 tracing::debug!(sent, "dropping watch (fault injection)");
@@ -1158,6 +1345,14 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tick.tick(), if bookmarks => {
+                    let bm = json!({"kind": kind, "apiVersion": api_version,
+                        "metadata": {"resourceVersion": last_rv.to_string()}});
+                    if tx.send(event_line("BOOKMARK", &bm)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(pre_timeout), if !pre_timeout_sent => {
+                    pre_timeout_sent = true;
                     let bm = json!({"kind": kind, "apiVersion": api_version,
                         "metadata": {"resourceVersion": last_rv.to_string()}});
                     if tx.send(event_line("BOOKMARK", &bm)).await.is_err() {

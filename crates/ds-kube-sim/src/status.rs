@@ -20,8 +20,68 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+/// `Status.details` naming an object: the real server leaves out empty fields (the core
+/// group, the name of an object that has none).
+fn details_of(name: &str, group: &str, kind: &str) -> Value {
+    let mut d = serde_json::Map::new();
+    for (k, v) in [("name", name), ("group", group), ("kind", kind)] {
+        if !v.is_empty() {
+            d.insert(k.into(), json!(v));
+        }
+    }
+    Value::Object(d)
+}
+
 fn details(rt: &ResourceType, name: &str) -> Value {
-    json!({"name": name, "group": rt.group, "kind": rt.resource})
+    details_of(name, rt.group, rt.resource)
+}
+
+/// One `Status.details.causes` entry of a 422: the field, the cause type and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    /// The field path (`spec.replicas`, `metadata.name`).
+    pub field: String,
+    /// `FieldValueInvalid`, `FieldValueRequired`, …
+    pub reason: &'static str,
+    /// `Invalid value: -1: must be greater than or equal to 0`.
+    pub message: String,
+}
+
+impl Cause {
+    /// `FieldValueInvalid` with the real server's `Invalid value: VALUE: why` message.
+    pub fn invalid(field: impl Into<String>, value: &Value, why: &str) -> Self {
+        let shown = match value {
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        Self {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {shown}: {why}"),
+        }
+    }
+
+    /// `FieldValueRequired`: `Required value` (and why, if given).
+    pub fn required(field: impl Into<String>, why: &str) -> Self {
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message: if why.is_empty() {
+                "Required value".into()
+            } else {
+                format!("Required value: {why}")
+            },
+        }
+    }
+
+    /// A cause with a message of its own.
+    pub fn other(field: impl Into<String>, reason: &'static str, message: String) -> Self {
+        Self {
+            field: field.into(),
+            reason,
+            message,
+        }
+    }
 }
 
 impl ApiError {
@@ -121,30 +181,74 @@ impl ApiError {
         .with_details(details(rt, name))
     }
 
-    /// 409 with a free message (server-side apply conflicts, injected faults).
-    pub fn conflict_msg(rt: &ResourceType, name: &str, message: String, causes: Value) -> Self {
-        let mut d = details(rt, name);
-        if causes.as_array().is_some_and(|c| !c.is_empty()) {
-            d["causes"] = causes;
-        }
-        Self::new(409, "Conflict", message).with_details(d)
+    /// 409 with a free message (a failed delete precondition).
+    pub fn conflict_msg(rt: &ResourceType, name: &str, message: String) -> Self {
+        Self::new(409, "Conflict", message).with_details(details(rt, name))
     }
 
-    /// 422 `Deployment.apps "x" is invalid: field: why`.
+    /// 409 of a server-side apply conflict: the real server's details hold only the causes
+    /// (type `FieldManagerConflict`), no name, group or kind.
+    pub fn apply_conflict(message: String, causes: Value) -> Self {
+        Self::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+    }
+
+    /// 422 `Deployment.apps "x" is invalid: field: why`, one `FieldValueInvalid` cause.
     pub fn invalid(rt: &ResourceType, name: &str, field: &str, why: &str) -> Self {
+        Self::invalid_causes(
+            rt,
+            name,
+            vec![Cause::other(field, "FieldValueInvalid", why.to_string())],
+        )
+    }
+
+    /// 422 naming every cause, as the real server's `NewInvalid` does: one cause reads
+    /// `Kind "x" is invalid: field: message`, several `… is invalid: [field: message, …]`.
+    pub fn invalid_causes(rt: &ResourceType, name: &str, causes: Vec<Cause>) -> Self {
+        Self::invalid_of(rt.group_kind(), name, rt.group, rt.kind, causes)
+    }
+
+    /// [`ApiError::invalid_causes`] for a kind that is not a served resource
+    /// (`PatchOptions.meta.k8s.io`).
+    pub fn invalid_of(
+        group_kind: String,
+        name: &str,
+        group: &str,
+        kind: &str,
+        causes: Vec<Cause>,
+    ) -> Self {
+        let text = |c: &Cause| {
+            if c.field.is_empty() {
+                c.message.clone()
+            } else {
+                format!("{}: {}", c.field, c.message)
+            }
+        };
+        let what = match causes.as_slice() {
+            [one] => text(one),
+            many => format!("[{}]", many.iter().map(text).collect::<Vec<_>>().join(", ")),
+        };
+        let mut d = details_of(name, group, kind);
+        d["causes"] = causes
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect();
         Self::new(
             422,
             "Invalid",
-            if field.is_empty() {
-                format!("{} \"{name}\" is invalid: {why}", rt.group_kind())
-            } else {
-                format!("{} \"{name}\" is invalid: {field}: {why}", rt.group_kind())
-            },
+            format!("{group_kind} \"{name}\" is invalid: {what}"),
         )
-        .with_details(json!({
-            "name": name, "group": rt.group, "kind": rt.kind,
-            "causes": [{"reason": "FieldValueInvalid", "message": why, "field": field}]
-        }))
+        .with_details(d)
+    }
+
+    /// 422 as the real server answers a JSON patch that cannot be applied (a failing `test`,
+    /// a missing path): a generic message and empty details.
+    pub fn patch_unprocessable() -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            "the server rejected our request due to an error in our request",
+        )
+        .with_details(json!({}))
     }
 
     /// 400 BadRequest.
@@ -259,6 +363,12 @@ pub fn delete_success(rt: &ResourceType, name: &str, uid: &str) -> Value {
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": name, "group": rt.group, "kind": rt.resource, "uid": uid}
+        "details": details_with_uid(rt, name, uid)
     })
+}
+
+fn details_with_uid(rt: &ResourceType, name: &str, uid: &str) -> Value {
+    let mut d = details(rt, name);
+    d["uid"] = json!(uid);
+    d
 }

@@ -87,9 +87,13 @@ pub enum Deleted {
 /// How dependents of a deleted owner are treated (`propagationPolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
-    /// Delete dependents (Background and Foreground both end there here).
+    /// Background: the owner goes at once, then its dependents.
     Cascade,
-    /// Remove the ownerReference, keep the dependent.
+    /// Foreground: the owner carries the `foregroundDeletion` finalizer until its dependents
+    /// are gone (here: at once, within the delete).
+    Foreground,
+    /// Orphan: the owner carries the `orphan` finalizer until its dependents lost their
+    /// ownerReference to it (here: at once, within the delete).
     Orphan,
 }
 
@@ -420,7 +424,6 @@ impl Store {
                     "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition does not match the UID in record",
                     r.group_resource()
                 ),
-                json!([]),
             ));
         }
         if rv
@@ -433,6 +436,62 @@ impl Store {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
+        // Foreground and Orphan: as the real registry, the owner is marked for deletion with
+        // the garbage collector's finalizer and the DELETE answers that object; the simulated
+        // collector then does its work and removes the finalizer at once.
+        let gc_finalizer = match opts.propagation {
+            Propagation::Foreground => Some("foregroundDeletion"),
+            Propagation::Orphan => Some("orphan"),
+            Propagation::Cascade => None,
+        };
+        if let Some(fin) = gc_finalizer
+            && rt != NAMESPACES
+            && old.pointer("/metadata/deletionTimestamp").is_none()
+        {
+            let mut marked = (*old).clone();
+            marked["metadata"]["deletionTimestamp"] = Value::String(now.to_string());
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let finalizers = marked["metadata"]
+                .as_object_mut()
+                .map(|m| m.entry("finalizers").or_insert_with(|| json!([])));
+            if let Some(Value::Array(f)) = finalizers
+                && !f.iter().any(|x| x == fin)
+            {
+                f.push(json!(fin));
+            }
+            if opts.dry_run {
+                return Ok(Deleted::Pending(Arc::new(marked)));
+            }
+            st.rv += 1;
+            set_rv(&mut marked, st.rv);
+            let marked = Arc::new(marked);
+            st.objects[rt].insert(key.clone(), marked.clone());
+            self.emit(&mut st, rt, EventType::Modified, marked.clone(), Some(old));
+            let dependents = if fin == "orphan" {
+                Propagation::Orphan
+            } else {
+                Propagation::Cascade
+            };
+            self.cascade(&mut st, rt, &marked, dependents);
+            let mut done = (*marked).clone();
+            if let Some(Value::Array(f)) = done.pointer_mut("/metadata/finalizers") {
+                f.retain(|x| x != fin);
+            }
+            let others = done
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if others {
+                st.rv += 1;
+                set_rv(&mut done, st.rv);
+                let done = Arc::new(done);
+                st.objects[rt].insert(key, done.clone());
+                self.emit(&mut st, rt, EventType::Modified, done, Some(marked.clone()));
+            } else {
+                self.remove(&mut st, rt, &key);
+            }
+            return Ok(Deleted::Pending(marked));
+        }
         if opts.dry_run {
             return Ok(if has_finalizers {
                 Deleted::Pending(old)
@@ -541,7 +600,7 @@ impl Store {
         }
         for (i, k) in dependents {
             match propagation {
-                Propagation::Cascade => {
+                Propagation::Cascade | Propagation::Foreground => {
                     if let Some(gone) = self.remove(st, i, &k) {
                         self.cascade(st, i, &gone, Propagation::Cascade);
                     }
@@ -556,6 +615,15 @@ impl Store {
                         .and_then(Value::as_array_mut)
                     {
                         refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(&uid));
+                    }
+                    // As the real garbage collector's patch: no empty list left behind.
+                    if new
+                        .pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                        && let Some(m) = new["metadata"].as_object_mut()
+                    {
+                        m.remove("ownerReferences");
                     }
                     st.rv += 1;
                     set_rv(&mut new, st.rv);

@@ -56,6 +56,13 @@ fn columns(kind: &str) -> Vec<Value> {
             ("Port(s)", "string"),
             ("Age", "string"),
         ],
+        "ReplicaSet" => &[
+            ("Name", "string"),
+            ("Desired", "integer"),
+            ("Current", "integer"),
+            ("Ready", "integer"),
+            ("Age", "string"),
+        ],
         "Namespace" => &[("Name", "string"), ("Status", "string"), ("Age", "string")],
         "ConfigMap" => &[("Name", "string"), ("Data", "integer"), ("Age", "string")],
         "Secret" => &[
@@ -151,6 +158,13 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age,
             ]
         }
+        "ReplicaSet" => vec![
+            name,
+            json!(int(o, "/spec/replicas")),
+            json!(int(o, "/status/replicas")),
+            json!(int(o, "/status/readyReplicas")),
+            age,
+        ],
         "Namespace" => vec![name, json!(text(o, "/status/phase")), age],
         "ConfigMap" => vec![
             name,

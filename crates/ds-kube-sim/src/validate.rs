@@ -3,7 +3,7 @@
 //! `Warning` header, Ignore: nothing), as the real server does.
 
 use super::resources::ResourceType;
-use super::status::ApiError;
+use super::status::{ApiError, Cause};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -47,6 +47,7 @@ fn typed(rt: &ResourceType, v: &Value) -> Result<Value, String> {
         "events" => roundtrip::<core::v1::Event>(v),
         "pods" => roundtrip::<core::v1::Pod>(v),
         "deployments" => roundtrip::<apps::v1::Deployment>(v),
+        "replicasets" => roundtrip::<apps::v1::ReplicaSet>(v),
         "ingresses" => roundtrip::<networking::v1::Ingress>(v),
         "leases" => roundtrip::<coordination::v1::Lease>(v),
         "poddisruptionbudgets" => roundtrip::<policy::v1::PodDisruptionBudget>(v),
@@ -125,6 +126,14 @@ pub fn check(
     })?;
     let mut fields = Vec::new();
     unknown(obj, &model, "", &mut fields);
+    let causes = semantic(rt, obj);
+    if !causes.is_empty() {
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        return Err(ApiError::invalid_causes(rt, name, causes));
+    }
     if fields.is_empty() {
         return Ok(Vec::new());
     }
@@ -147,6 +156,197 @@ pub fn check(
             msgs.join(", ")
         ))),
         _ => Ok(msgs),
+    }
+}
+
+// === semantic rules ===
+
+/// The real server's semantic rules that clients meet most (a subset of its validation):
+/// Deployment replicas and selector/template agreement, container names, images and ports,
+/// Service ports. One cause per violation, in the real server's order.
+pub fn semantic(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
+    let mut out = Vec::new();
+    match rt.resource {
+        "deployments" | "replicasets" => workload(obj, &mut out),
+        "pods" => {
+            if let Some(spec) = obj.get("spec") {
+                pod_spec(spec, "spec", &mut out);
+            }
+        }
+        "services" => service(obj, &mut out),
+        _ => {}
+    }
+    out
+}
+
+fn rt_is_rs(obj: &Value) -> bool {
+    obj.get("kind").and_then(Value::as_str) == Some("ReplicaSet")
+}
+
+fn port_range(v: &Value, field: String, out: &mut Vec<Cause>) {
+    if let Some(n) = v.as_i64()
+        && !(1..=65535).contains(&n)
+    {
+        out.push(Cause::invalid(
+            field,
+            v,
+            "must be between 1 and 65535, inclusive",
+        ));
+    }
+}
+
+fn workload(obj: &Value, out: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        return;
+    };
+    if let Some(r) = spec
+        .get("replicas")
+        .filter(|r| r.as_i64().is_some_and(|r| r < 0))
+    {
+        out.push(Cause::invalid(
+            "spec.replicas",
+            r,
+            "must be greater than or equal to 0",
+        ));
+    }
+    let labels = spec
+        .pointer("/template/metadata/labels")
+        .cloned()
+        .unwrap_or(Value::Object(Default::default()));
+    match spec.get("selector").filter(|s| !s.is_null()) {
+        None => out.push(Cause::required("spec.selector", "")),
+        Some(sel) => {
+            let empty = sel
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .is_none_or(|m| m.is_empty())
+                && sel
+                    .get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty);
+            if empty {
+                out.push(Cause::invalid(
+                    "spec.selector",
+                    sel,
+                    if rt_is_rs(obj) {
+                        "empty selector is invalid for replicaset"
+                    } else {
+                        "empty selector is invalid for deployment"
+                    },
+                ));
+            } else if !selector_matches(sel, &labels) {
+                out.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &labels,
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        }
+    }
+    if let Some(pod) = spec.pointer("/template/spec") {
+        pod_spec(pod, "spec.template.spec", out);
+    }
+}
+
+/// Whether a LabelSelector (`matchLabels`, `matchExpressions`) selects these labels.
+fn selector_matches(sel: &Value, labels: &Value) -> bool {
+    let label = |k: &str| labels.get(k).and_then(Value::as_str);
+    let by_labels = sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let by_expressions = sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or("");
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e.get("operator").and_then(Value::as_str) {
+                Some("In") => label(key).is_some_and(|v| values.contains(&v)),
+                Some("NotIn") => label(key).is_none_or(|v| !values.contains(&v)),
+                Some("Exists") => label(key).is_some(),
+                Some("DoesNotExist") => label(key).is_none(),
+                _ => false,
+            }
+        });
+    by_labels && by_expressions
+}
+
+fn pod_spec(spec: &Value, at: &str, out: &mut Vec<Cause>) {
+    for list in ["initContainers", "containers"] {
+        let Some(cs) = spec.get(list).and_then(Value::as_array) else {
+            if list == "containers" {
+                out.push(Cause::required(format!("{at}.containers"), ""));
+            }
+            continue;
+        };
+        if list == "containers" && cs.is_empty() {
+            out.push(Cause::required(format!("{at}.containers"), ""));
+        }
+        for (i, c) in cs.iter().enumerate() {
+            let here = format!("{at}.{list}[{i}]");
+            match c.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                None => out.push(Cause::required(format!("{here}.name"), "")),
+                Some(n) if !is_dns_label(n) => out.push(Cause::invalid(
+                    format!("{here}.name"),
+                    &Value::String(n.to_string()),
+                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')",
+                )),
+                Some(_) => {}
+            }
+            if c.get("image")
+                .and_then(Value::as_str)
+                .is_none_or(|i| i.trim().is_empty())
+            {
+                out.push(Cause::required(format!("{here}.image"), ""));
+            }
+            for (j, p) in c
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if let Some(v) = p.get("containerPort") {
+                    port_range(v, format!("{here}.ports[{j}].containerPort"), out);
+                }
+            }
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63
+        && !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn service(obj: &Value, out: &mut Vec<Cause>) {
+    let ports = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (i, p) in ports.enumerate() {
+        if let Some(v) = p.get("port") {
+            port_range(v, format!("spec.ports[{i}].port"), out);
+        }
+        if let Some(v) = p.get("targetPort").filter(|v| v.is_i64()) {
+            port_range(v, format!("spec.ports[{i}].targetPort"), out);
+        }
     }
 }
 
