@@ -4,7 +4,8 @@
 # for docs/benchmarks.md. Loopback only; everything stops by itself.
 # Also passed through: RESTARTS=n (restart n times), DS_BIN_ALT=<ds binary> (alternate the
 # restarts with it: A/B in one run), RSS_TIMELINE=1 (the restart's RSS over time on stderr),
-# AGENT_WRAP="heaptrack -o /tmp/ht" (run the restarted agent under a profiler).
+# AGENT_WRAP="heaptrack -o /tmp/ht" (run the restarted agent under a profiler),
+# FIRST_START_WRAP=… (the same for the first start's agent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ds --example agent_bench

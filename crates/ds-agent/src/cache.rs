@@ -72,30 +72,78 @@ impl Slim {
     }
 }
 
-impl Resource for Slim {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
+/// A dynamic resource (any of the agent's kinds, [`Kind::api_resource`] says which) over
+/// a type with `metadata: ObjectMeta`.
+macro_rules! dynamic_resource {
+    ($t:ty) => {
+        impl Resource for $t {
+            type DynamicType = ApiResource;
+            type Scope = DynamicResourceScope;
 
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        dt.kind.as_str().into()
+            fn kind(dt: &ApiResource) -> Cow<'_, str> {
+                dt.kind.as_str().into()
+            }
+            fn group(dt: &ApiResource) -> Cow<'_, str> {
+                dt.group.as_str().into()
+            }
+            fn version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.version.as_str().into()
+            }
+            fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+                dt.api_version.as_str().into()
+            }
+            fn plural(dt: &ApiResource) -> Cow<'_, str> {
+                dt.plural.as_str().into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+dynamic_resource!(Slim);
+
+/// The answer to a write as the agent reads it: the resource version written, nothing
+/// else. The rest of the answer (the whole object, managed fields and all) is skipped by
+/// the decoder without being built: a first start writes thousands of objects, as many at
+/// once as the concurrency allows.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub metadata: ObjectMeta,
+}
+
+impl Written {
+    /// An API handle for writes of `kind` in `namespace`.
+    pub fn api(client: kube::Client, kind: Kind, namespace: &str) -> Api<Written> {
+        Api::namespaced_with(client, namespace, kind.api_resource())
     }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        dt.group.as_str().into()
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.version.as_str().into()
-    }
-    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
-        dt.api_version.as_str().into()
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        dt.plural.as_str().into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
+}
+
+dynamic_resource!(Written);
+
+impl<'de> Deserialize<'de> for Written {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default)]
+            metadata: Meta,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default, rename_all = "camelCase")]
+        struct Meta {
+            resource_version: Option<String>,
+        }
+        let Raw { metadata } = Raw::deserialize(d)?;
+        Ok(Self {
+            metadata: ObjectMeta {
+                resource_version: metadata.resource_version,
+                ..Default::default()
+            },
+        })
     }
 }
 
@@ -235,8 +283,10 @@ impl RolloutStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cached {
     pub kind: Kind,
-    pub name: String,
-    pub namespace: String,
+    /// Shared with the key of the cache's map.
+    pub name: Arc<str>,
+    /// Shared between the objects of one namespace (and with the cache's map).
+    pub namespace: Arc<str>,
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     /// Value of the owner label (the deployer ID), if any.
@@ -269,8 +319,8 @@ impl Cached {
             .map(Box::new);
         let mut cached = Self {
             kind,
-            name: meta.name.clone().unwrap_or_default(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.as_deref().unwrap_or_default().into(),
+            namespace: meta.namespace.as_deref().unwrap_or_default().into(),
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
             owner: label(OWNER_LABEL).map(Arc::from),
@@ -314,7 +364,18 @@ impl Judge {
     }
 }
 
-type Map = HashMap<(String, String), Arc<Cached>>;
+/// The objects of one namespace, by name.
+type Names = HashMap<Arc<str>, Arc<Cached>>;
+
+/// By namespace, then name: looked up by `&str` without building a key, and each name and
+/// namespace is held once (the keys share the objects' own).
+type Map = HashMap<Arc<str>, Names>;
+
+fn insert(map: &mut Map, c: Arc<Cached>) {
+    map.entry(c.namespace.clone())
+        .or_default()
+        .insert(c.name.clone(), c);
+}
 
 /// The cached objects of one kind, by (namespace, name).
 #[derive(Clone)]
@@ -330,21 +391,22 @@ impl Cache {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Cached>> {
-        self.read()
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
+        self.read().get(namespace)?.get(name).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Cached>> {
-        self.read().values().cloned().collect()
+        self.read()
+            .values()
+            .flat_map(|names| names.values().cloned())
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().values().map(Names::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
+        self.read().values().all(Names::is_empty)
     }
 
     /// Waits until the first complete list is in.
@@ -375,23 +437,24 @@ fn spawn_watch(
         map: map.clone(),
         ready,
     };
-    // Every object of the watch carries the same owner label: keep one copy of it.
+    // Every object of the watch carries the same owner label: keep one copy of it; and
+    // one copy of each namespace's name.
     let mut owner: Option<Arc<str>> = None;
-    let mut project = move |o: Slim| -> ((String, String), Arc<Cached>) {
+    let mut namespaces: std::collections::HashSet<Arc<str>> = Default::default();
+    let mut project = move |o: Slim| -> Arc<Cached> {
         let mut c = Cached::project(kind, o, |c, value| judge.verdict(kind, c, value));
         match (&c.owner, &owner) {
             (Some(new), Some(known)) if new == known => c.owner = Some(known.clone()),
             (Some(new), _) => owner = Some(new.clone()),
             (None, _) => {}
         }
-        ((c.namespace.clone(), c.name.clone()), Arc::new(c))
-    };
-    let key = |o: &Slim| {
-        let m = o.meta();
-        (
-            m.namespace.clone().unwrap_or_default(),
-            m.name.clone().unwrap_or_default(),
-        )
+        match namespaces.get(&c.namespace) {
+            Some(ns) => c.namespace = ns.clone(),
+            None => {
+                namespaces.insert(c.namespace.clone());
+            }
+        }
+        Arc::new(c)
     };
     let streams: Vec<_> = scopes
         .iter()
@@ -429,25 +492,27 @@ fn spawn_watch(
                     relists[i] = Some(Map::new());
                 }
                 watcher::Event::InitApply(o) => {
-                    let (k, v) = project(o);
-                    relists[i].get_or_insert_with(Map::new).insert(k, v);
+                    insert(relists[i].get_or_insert_with(Map::new), project(o));
                 }
                 watcher::Event::InitDone => {
                     let fresh = relists[i].take().unwrap_or_default();
                     let mut m = map.write().unwrap_or_else(|e| e.into_inner());
-                    let old = match &scopes[i] {
+                    let old: Map = match &scopes[i] {
                         None => std::mem::replace(&mut *m, fresh),
                         Some(ns) => {
-                            let old = m.extract_if(|(n, _), _| n == ns).collect();
+                            // This scope's list holds this one namespace only.
+                            let old = m.remove(ns.as_str());
                             m.extend(fresh);
-                            old
+                            old.map(|names| (Arc::from(ns.as_str()), names))
+                                .into_iter()
+                                .collect()
                         }
                     };
                     drop(m);
                     // A relist after a watch gap: what vanished meanwhile needs a look, and
                     // a full pass follows anyway. The first list is followed by one too.
                     if listed[i] {
-                        for (_, gone) in old {
+                        for gone in old.into_values().flat_map(Names::into_values) {
                             let _ = touched.send(gone);
                         }
                     }
@@ -457,17 +522,25 @@ fn spawn_watch(
                     }
                 }
                 watcher::Event::Apply(o) => {
-                    let (k, v) = project(o);
-                    map.write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(k, v.clone());
+                    let v = project(o);
+                    insert(
+                        &mut map.write().unwrap_or_else(|e| e.into_inner()),
+                        v.clone(),
+                    );
                     let _ = touched.send(v);
                 }
                 watcher::Event::Delete(o) => {
-                    let gone = map
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&key(&o));
+                    let m = o.meta();
+                    let (ns, name) = (
+                        m.namespace.as_deref().unwrap_or_default(),
+                        m.name.as_deref().unwrap_or_default(),
+                    );
+                    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+                    let gone = map.get_mut(ns).and_then(|names| names.remove(name));
+                    if map.get(ns).is_some_and(Names::is_empty) {
+                        map.remove(ns);
+                    }
+                    drop(map);
                     if let Some(gone) = gone {
                         let _ = touched.send(gone);
                     }
@@ -579,7 +652,7 @@ mod tests {
     fn slim_objects_keep_what_the_agent_uses() {
         let o = obj();
         let c = judge(&o, as_served(&o));
-        assert_eq!((c.name.as_str(), c.namespace.as_str()), ("iris", "models"));
+        assert_eq!((&*c.name, &*c.namespace), ("iris", "models"));
         assert_eq!(c.uid.as_deref(), Some("u-1"));
         assert_eq!(c.resource_version.as_deref(), Some("42"));
         assert_eq!(c.owner.as_deref(), Some("owner-1"));

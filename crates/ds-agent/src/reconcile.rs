@@ -18,7 +18,7 @@
 
 use super::AgentError;
 use super::builders::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, endpoint};
-use super::cache::{Cached, RolloutStatus, Slim, Stores};
+use super::cache::{Cached, RolloutStatus, Slim, Stores, Written};
 use super::compare::verdict_against;
 use super::desired::{Kind, SpecDigest, build_kind, digest, wanted_kinds, wants};
 use super::leader::{Fence, WritePermit};
@@ -38,12 +38,21 @@ use tracing::{debug, info, warn};
 /// The one field manager of every write.
 pub const FIELD_MANAGER: &str = "ds-deployer";
 
-type Key = (Kind, String, String);
+/// An object of the memo: its kind and `namespace/name` in one allocation (neither part
+/// can hold a `/`). There is one per object written and not yet seen back, so thousands
+/// during a first start.
+type Key = (Kind, Box<str>);
 
-/// An object version known to match a desired digest.
+fn key(kind: Kind, namespace: &str, name: &str) -> Key {
+    (kind, format!("{namespace}/{name}").into_boxed_str())
+}
+
+/// An object version known to match a desired digest. Resource versions are etcd
+/// revisions, numbers in practice; a version that is not one is not remembered (the
+/// object is then read again, never skipped).
 #[derive(Debug, Clone)]
 struct Known {
-    rv: String,
+    rv: u64,
     digest: SpecDigest,
 }
 
@@ -256,31 +265,22 @@ impl Reconciler {
 
     /// Whether `actual` is a version already known to match `digest`.
     fn known_in_sync(&self, key: &Key, digest: SpecDigest, actual: &Cached) -> bool {
-        let rv = actual.resource_version.as_deref().unwrap_or_default();
+        let Some(seen) = actual.resource_version.as_deref().and_then(rv_number) else {
+            return false;
+        };
         let memo = self.memo();
         let Some(k) = memo.known.get(key) else {
             return false;
         };
-        if k.digest != digest {
-            return false;
-        }
-        if k.rv == rv {
-            return true;
-        }
-        // The store has not seen our own write yet: not drift, just lag.
-        matches!((rv_number(&k.rv), rv_number(rv)), (Some(mine), Some(seen)) if seen < mine)
+        // The same version, or the store has not seen our own write yet: not drift, lag.
+        k.digest == digest && seen <= k.rv
     }
 
     fn remember(&self, key: Key, rv: Option<&str>, digest: SpecDigest) {
-        if let Some(rv) = rv {
-            self.memo().known.insert(
-                key,
-                Known {
-                    rv: rv.to_string(),
-                    digest,
-                },
-            );
-        }
+        match rv.and_then(rv_number) {
+            Some(rv) => self.memo().known.insert(key, Known { rv, digest }),
+            None => self.memo().known.remove(&key),
+        };
     }
 
     /// Reads one object by name, compared with what `obj` wants of it.
@@ -305,7 +305,7 @@ impl Reconciler {
         value: &Value,
     ) -> Result<Option<String>, AgentError> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let api = self.api(kind, &obj.namespace);
+        let api = Written::api(self.client.clone(), kind, &obj.namespace);
         let _permit = self.permit().await?;
         self.metrics.write("apply", kind.as_str());
         let written = api
@@ -346,8 +346,8 @@ impl Reconciler {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(source) => Err(AgentError::Delete {
                 kind: actual.kind.as_str(),
-                namespace: actual.namespace.clone(),
-                name: actual.name.clone(),
+                namespace: actual.namespace.to_string(),
+                name: actual.name.to_string(),
                 source: Box::new(source),
             }),
         }
@@ -473,8 +473,7 @@ impl Reconciler {
                     if let Some(u) = &actual.uid {
                         memo.deleted.insert(u.clone());
                     }
-                    memo.known
-                        .remove(&(actual.kind, namespace.clone(), name.clone()));
+                    memo.known.remove(&key(actual.kind, namespace, name));
                 }
                 Err(AgentError::NotLeader) => out.fenced = true,
                 Err(error) => {
@@ -563,7 +562,7 @@ impl Reconciler {
         let mut to_write: Vec<Kind> = Vec::new();
         let mut needs_namespace = false;
         for &kind in wanted_kinds(obj) {
-            let key: Key = (kind, obj.namespace.clone(), obj.name.clone());
+            let key = key(kind, &obj.namespace, &obj.name);
             let read_error = |source: kube::Error| AgentError::Read {
                 kind: kind.as_str(),
                 namespace: obj.namespace.clone(),
@@ -625,7 +624,7 @@ impl Reconciler {
             let written = self.apply(kind, obj, &value).await?;
             debug!(deployment = %obj.id, kind = kind.as_str(), revision = obj.revision, "applied");
             self.remember(
-                (kind, obj.namespace.clone(), obj.name.clone()),
+                key(kind, &obj.namespace, &obj.name),
                 written.as_deref(),
                 digest,
             );

@@ -241,7 +241,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
     let rec = &rec;
     let mut q = Queue::default();
     let mut running: FuturesUnordered<BoxFuture<'_, (Task, Done)>> = FuturesUnordered::new();
-    let mut statuses: HashMap<String, proto::DeploymentStatus> = HashMap::new();
+    let mut statuses: HashMap<Arc<str>, Arc<proto::DeploymentStatus>> = HashMap::new();
     let mut publish_at: Option<Instant> = None;
     let mut known = io.desired.borrow_and_update().clone();
     let mut leader = *io.leader.borrow_and_update();
@@ -322,9 +322,9 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                     Done::Deployment { id, status, result } => {
                         if let Some(s) = status
                             && io.desired.borrow().deployments.contains_key(&*id)
-                            && statuses.get(&*id) != Some(&s)
+                            && statuses.get(&*id).map(|o| &**o) != Some(&s)
                         {
-                            statuses.insert(id.to_string(), s);
+                            statuses.insert(id.clone(), Arc::new(s));
                             publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);
                         }
                         match result {
@@ -372,7 +372,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                     for id in known.deployments.keys() {
                         if !desired.deployments.contains_key(id) {
                             prune = true;
-                            if statuses.remove(id).is_some() {
+                            if statuses.remove(id.as_str()).is_some() {
                                 publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);
                             }
                         }

@@ -483,8 +483,10 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
     }
 }
 
-/// Current statuses as the reconciler computes them, by deployment ID.
-pub type Statuses = Arc<HashMap<String, proto::DeploymentStatus>>;
+/// Current statuses as the reconciler computes them, by deployment ID. Keys and values
+/// are shared with the scheduler's own map, so publishing it copies one table of
+/// pointers, not every status.
+pub type Statuses = Arc<HashMap<Arc<str>, Arc<proto::DeploymentStatus>>>;
 
 /// Most statuses in one report: a first report after a restart covers every deployment,
 /// and chunks keep its encoding (and the copies it needs) small.
@@ -560,6 +562,7 @@ pub async fn status_loop(
         let mut changed: Vec<(&proto::DeploymentStatus, u64)> = current
             .values()
             .filter_map(|s| {
+                let s: &proto::DeploymentStatus = s;
                 let f = fingerprint(s, &mut buf);
                 (sent.get(&s.deployment_id) != Some(&f)).then_some((s, f))
             })
@@ -598,7 +601,7 @@ pub async fn status_loop(
                 break;
             }
         }
-        sent.retain(|id, _| current.contains_key(id));
+        sent.retain(|id, _| current.contains_key(id.as_str()));
         if gateway_ahead {
             ctx.list_now.notify_one();
         }

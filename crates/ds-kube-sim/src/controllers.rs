@@ -327,19 +327,22 @@ fn sync_pods(
     let ns = s(dep, "/metadata/namespace");
     let name = s(dep, "/metadata/name");
     let dep_uid = s(dep, "/metadata/uid").to_string();
+    // What a Deployment owns, and what its ReplicaSets own, is only ever made here and
+    // named after its owner (`NAME-HASH`, `NAME-HASH-SUFFIX`): each lookup below is a range
+    // of the store's keys, not a scan of the namespace (which made every rollout cost as
+    // much as the pods already there, under the lock every request takes).
+    let prefix = format!("{name}-");
     // Pods an earlier simulator owned by the Deployment directly.
     for p in shared
         .store
-        .list(PODS, Some(ns), owned_by(&dep_uid), None, None)
-        .items
+        .list_prefixed(PODS, ns, &prefix, owned_by(&dep_uid))
     {
         delete_now(shared, PODS, ns, s(&p, "/metadata/name"), now);
     }
     let rs_name = format!("{name}-{hash}");
     let rss = shared
         .store
-        .list(REPLICASETS, Some(ns), owned_by(&dep_uid), None, None)
-        .items;
+        .list_prefixed(REPLICASETS, ns, &prefix, owned_by(&dep_uid));
     let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let mut labels = template
         .pointer("/metadata/labels")
@@ -372,8 +375,7 @@ fn sync_pods(
         let uid = s(r, "/metadata/uid").to_string();
         for p in shared
             .store
-            .list(PODS, Some(ns), owned_by(&uid), None, None)
-            .items
+            .list_prefixed(PODS, ns, &format!("{rs}-"), owned_by(&uid))
         {
             delete_now(shared, PODS, ns, s(&p, "/metadata/name"), now);
         }
@@ -467,8 +469,7 @@ fn sync_replicaset_pods(
 ) {
     let pods = shared
         .store
-        .list(PODS, Some(ns), owned_by(rs_uid), None, None)
-        .items;
+        .list_prefixed(PODS, ns, &format!("{rs_name}-"), owned_by(rs_uid));
     let mut current = 0;
     for p in &pods {
         if current < replicas {

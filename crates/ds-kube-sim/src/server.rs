@@ -7,7 +7,7 @@ use super::patching;
 use super::resources::{self, DEPLOYMENTS, PODS, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError, Cause};
-use super::store::{Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
+use super::store::{self, Change, DeleteOptions, Deleted, Event, EventType, Propagation, Store};
 use super::tables;
 use super::validate;
 use axum::body::Body;
@@ -934,12 +934,15 @@ fn patch(
                 warnings = validate::check(r, &mut obj, mode)?;
                 return Ok(Change::Put(obj));
             };
-            let base: Value = if scale {
+            // An apply builds its result from `old` itself (below): only the other patch
+            // types start from a copy.
+            let mut patched: Value = if is_apply {
+                Value::Null
+            } else if scale {
                 scale_of(old)
             } else {
                 (**old).clone()
             };
-            let mut patched = base.clone();
             match ct.as_str() {
                 "application/merge-patch+json" | "application/json" => {
                     patching::merge_patch(&mut patched, &patch_body)
@@ -1164,16 +1167,11 @@ fn delete_collection(
 // === watch ===
 
 fn error_line(e: &ApiError) -> Bytes {
-    let mut v =
-        serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    store::watch_line("ERROR", &e.to_status())
 }
 
 fn event_line(ty: &str, obj: &Value) -> Bytes {
-    let mut v = serde_json::to_vec(&json!({"type": ty, "object": obj})).unwrap_or_default();
-    v.push(b'\n');
-    Bytes::from(v)
+    store::watch_line(ty, obj)
 }
 
 /// The wire line of an event for one watcher (a one-row Table when `table` names the kind).

@@ -149,22 +149,77 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 
 /// Copies that differ only in resourceVersion or managedFields timestamps are the same
 /// object: the real server makes such writes no-ops (no new resourceVersion, no event).
+/// Compared in place: this runs on every write, under the store's lock, and copying both
+/// objects to strip those fields first was a good part of a write's cost.
 fn same_object(a: &Value, b: &Value) -> bool {
-    fn strip(v: &Value) -> Value {
-        let mut v = v.clone();
-        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-            m.remove("resourceVersion");
-            if let Some(mf) = m.get_mut("managedFields").and_then(Value::as_array_mut) {
-                for e in mf {
-                    if let Some(e) = e.as_object_mut() {
-                        e.remove("time");
-                    }
+    type Map = serde_json::Map<String, Value>;
+    /// Equal maps, but for the key `skip` (ignored) and the key `special` (compared by `f`).
+    fn eq_except(
+        a: &Map,
+        b: &Map,
+        skip: Option<&str>,
+        special: &str,
+        f: impl Fn(&Value, &Value) -> bool,
+    ) -> bool {
+        let counted = |m: &Map| m.keys().filter(|k| Some(k.as_str()) != skip).count();
+        counted(a) == counted(b)
+            && a.iter().all(|(k, va)| {
+                if Some(k.as_str()) == skip {
+                    return true;
                 }
-            }
-        }
-        v
+                match b.get(k) {
+                    None => false,
+                    Some(vb) if k == special => f(va, vb),
+                    Some(vb) => va == vb,
+                }
+            })
     }
-    strip(a) == strip(b)
+    fn entry_eq(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                eq_except(a, b, Some("time"), "", |x, y| x == y)
+            }
+            _ => a == b,
+        }
+    }
+    fn managed_fields_eq(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| entry_eq(x, y))
+            }
+            _ => a == b,
+        }
+    }
+    fn metadata_eq(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => eq_except(
+                a,
+                b,
+                Some("resourceVersion"),
+                "managedFields",
+                managed_fields_eq,
+            ),
+            _ => a == b,
+        }
+    }
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => eq_except(a, b, None, "metadata", metadata_eq),
+        _ => a == b,
+    }
+}
+
+/// One line of a watch stream, `{"type":…,"object":…}\n`: the type first, as the real
+/// server writes it (clients can then decode the object without buffering it), and the
+/// object serialized in place rather than copied into a `json!` map first.
+pub(crate) fn watch_line(ty: &str, obj: &impl serde::Serialize) -> Bytes {
+    let mut v = Vec::with_capacity(256);
+    v.extend_from_slice(b"{\"type\":");
+    // Serializing a string or a JSON value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut v, ty);
+    v.extend_from_slice(b",\"object\":");
+    let _ = serde_json::to_writer(&mut v, obj);
+    v.extend_from_slice(b"}\n");
+    Bytes::from(v)
 }
 
 fn set_rv(obj: &mut Value, rv: u64) {
@@ -271,6 +326,25 @@ impl Store {
         }
     }
 
+    /// The objects of one resource in `ns` whose names start with `prefix` and match
+    /// `pred`: a range of the map, not a scan of the namespace (controllers call it for
+    /// every rollout, under the one lock every request takes).
+    pub fn list_prefixed(
+        &self,
+        rt: usize,
+        ns: &str,
+        prefix: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Arc<Value>> {
+        let st = self.lock();
+        st.objects[rt]
+            .range::<Key, _>((ns.to_string(), prefix.to_string())..)
+            .take_while(|(k, _)| k.0 == ns && k.1.starts_with(prefix))
+            .filter(|(_, v)| pred(v))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     fn emit(
         &self,
         st: &mut State,
@@ -280,12 +354,7 @@ impl Store {
         prev: Option<Arc<Value>>,
     ) {
         let rv = st.rv;
-        let line = {
-            let mut v = serde_json::to_vec(&json!({"type": ty.as_str(), "object": &*obj}))
-                .unwrap_or_default();
-            v.push(b'\n');
-            Bytes::from(v)
-        };
+        let line = watch_line(ty.as_str(), &*obj);
         let ev = Arc::new(Event {
             rv,
             rt,
@@ -720,5 +789,39 @@ impl Store {
         st.rv = st.rv.max(rv);
         st.floor = st.rv;
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_object_ignores_only_the_resource_version_and_managed_field_times() {
+        let a = json!({"kind": "X", "metadata": {"name": "a", "resourceVersion": "1",
+            "managedFields": [{"manager": "m", "time": "t1", "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"n": 1}});
+        let mut b = a.clone();
+        b["metadata"]["resourceVersion"] = json!("2");
+        b["metadata"]["managedFields"][0]["time"] = json!("t2");
+        assert!(same_object(&a, &b));
+        let mut c = b.clone();
+        c["spec"]["n"] = json!(2);
+        assert!(!same_object(&a, &c), "spec");
+        let mut c = b.clone();
+        c["metadata"]["managedFields"][0]["manager"] = json!("other");
+        assert!(!same_object(&a, &c), "manager");
+        let mut c = b.clone();
+        c["metadata"]["labels"] = json!({"x": "y"});
+        assert!(!same_object(&a, &c), "a new metadata field");
+        let mut c = b.clone();
+        c["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert!(same_object(&a, &c), "no resourceVersion at all");
+        let mut c = b;
+        c["status"] = json!({});
+        assert!(!same_object(&a, &c), "a new top-level field");
     }
 }

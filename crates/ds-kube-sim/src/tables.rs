@@ -202,7 +202,5 @@ pub fn table<'a>(kind: &str, items: impl Iterator<Item = &'a Value>, metadata: V
 pub fn event_line(ty: &str, kind: &str, obj: &Value) -> bytes::Bytes {
     let rv = text(obj, "/metadata/resourceVersion");
     let t = table(kind, std::iter::once(obj), json!({"resourceVersion": rv}));
-    let mut v = serde_json::to_vec(&json!({"type": ty, "object": t})).unwrap_or_default();
-    v.push(b'\n');
-    bytes::Bytes::from(v)
+    crate::store::watch_line(ty, &t)
 }
