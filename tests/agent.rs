@@ -76,6 +76,7 @@ on_both!(
     leader_election_one_writer_and_failover,
     missing_namespace_is_reported_unless_create_namespaces,
     token_rotation_orphans_nothing,
+    deployer_rm_cascade_removes_every_object_then_revokes_the_token,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -1195,6 +1196,125 @@ async fn token_rotation_orphans_nothing(b: Backend) {
         before.metadata.resource_version
     );
     agent.shutdown().await;
+}
+
+/// The deployer's objects anywhere in the cluster, as `kubectl get -A -l` lists them.
+async fn owned_anywhere(client: &kube::Client, deployer_id: &str) -> Vec<String> {
+    let lp =
+        kube::api::ListParams::default().labels(&ds_core::ownership::owner_selector(deployer_id));
+    let mut names = Vec::new();
+    for d in Api::<Deployment>::all(client.clone())
+        .list(&lp)
+        .await
+        .unwrap()
+    {
+        names.push(format!(
+            "deployment/{}",
+            d.metadata.name.unwrap_or_default()
+        ));
+    }
+    for s in Api::<Service>::all(client.clone()).list(&lp).await.unwrap() {
+        names.push(format!("service/{}", s.metadata.name.unwrap_or_default()));
+    }
+    for i in Api::<Ingress>::all(client.clone()).list(&lp).await.unwrap() {
+        names.push(format!("ingress/{}", i.metadata.name.unwrap_or_default()));
+    }
+    names
+}
+
+/// `ds_gateway_auth_failures_total` from the gateway's `/metrics`.
+async fn gateway_auth_failures(gw: &Gateway) -> u64 {
+    let (_, body) = http_get(gw.addr, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with("ds_gateway_auth_failures_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn deployer_rm_cascade_removes_every_object_then_revokes_the_token(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (id, token) = e.deployer("leaving").await;
+    // Another deployer's objects in the same cluster are none of its business.
+    let (_, other_token) = e.deployer("staying").await;
+    let agent = e.agent(&token).await;
+    let other = e.agent(&other_token).await;
+    let a = e
+        .deploy(
+            "leaving",
+            "iris",
+            ns,
+            DeploymentSpec::test("iris").host("iris.example.com"),
+        )
+        .await;
+    let b2 = e
+        .deploy("leaving", "wine", ns, DeploymentSpec::test("wine"))
+        .await;
+    let kept = e
+        .deploy("staying", "kept", ns, DeploymentSpec::test("kept"))
+        .await;
+    for id in [&a, &b2, &kept] {
+        e.wait_phase(id, Phase::Available).await;
+    }
+    let client = e.cluster.client();
+    let before = owned_anywhere(&client, &id).await;
+    assert_eq!(
+        before.len(),
+        5,
+        "two Deployments, two Services, one Ingress: {before:?}"
+    );
+
+    let mut rm = tokio::process::Command::new(
+        std::env::var_os("DS_TEST_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ds").into()),
+    );
+    rm.args(["deployer", "rm", "leaving", "--cascade"])
+        .env("DS_GATEWAY", e.gw.url())
+        .env("DS_API_KEY", &e.gw.admin_key)
+        .env("DS_CONFIG", e.gw.dir().join("no-config.yaml"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(DEADLINE * 2, rm.output())
+        .await
+        .expect("ds deployer rm --cascade finishes")
+        .expect("ds runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("waiting for the agent"),
+        "progress shown: {stderr}"
+    );
+    assert!(stdout.contains("deleted"), "{stdout}");
+
+    // Gone from the cluster before the deployer went, and its token refused now.
+    let left = owned_anywhere(&client, &id).await;
+    assert!(left.is_empty(), "the deployer's objects are left: {left:?}");
+    let err = ds_test_support::agent_service(&e.gw.url(), &token)
+        .list(proto::ListRequest {})
+        .await
+        .expect_err("the token is refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(e.deployments(ns).get_opt("kept").await.unwrap().is_some());
+    assert_eq!(e.status(&kept).await.phase, Phase::Available as i32);
+
+    // The refused agent backs off to a long interval instead of retrying fast.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let refusals = gateway_auth_failures(&e.gw).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        gateway_auth_failures(&e.gw).await,
+        refusals,
+        "the agent of a deleted deployer kept retrying"
+    );
+    agent.shutdown().await;
+    other.shutdown().await;
 }
 
 // === operations ===

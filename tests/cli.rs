@@ -193,9 +193,36 @@ impl FakeAgent {
                     endpoint: String::new(),
                     last_error: error.to_string(),
                 }],
+                objects: None,
             })
             .await
             .expect("status accepted");
+    }
+}
+
+impl FakeAgent {
+    /// Reports `owned` of the deployer's objects left in the cluster at `revision`.
+    async fn objects(&mut self, revision: u64, owned: u32) {
+        self.0
+            .report_status(proto::StatusReport {
+                agent: Some(proto::AgentInfo {
+                    version: "test-agent".into(),
+                    cluster: "test".into(),
+                    ..Default::default()
+                }),
+                statuses: vec![],
+                objects: Some(proto::ClusterObjects { revision, owned }),
+            })
+            .await
+            .expect("report accepted");
+    }
+
+    /// The deployer's snapshot, as the agent lists it.
+    async fn list(&mut self) -> Result<proto::Snapshot, tonic::Status> {
+        self.0
+            .list(proto::ListRequest {})
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 
@@ -337,6 +364,133 @@ async fn deployer_create_ls_get_rotate_rm() {
         line.contains("prod-eu") && line.contains("not found"),
         "{line}"
     );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployer_rm_refuses_while_it_has_deployments_and_orphan_prints_the_cleanup() {
+    let t = start().await;
+    let (id, token) = t.deployer("orph").await;
+    t.deployment("orph", "iris", &[]).await;
+    t.deployment("orph", "wine", &[]).await;
+
+    let refused = t.run(&["deployer", "rm", "orph"]).await;
+    assert_eq!(
+        refused.one_line_error(),
+        "error: deployer orph has 2 deployments: delete them first, or use --cascade \
+         (delete them and wait for the agent to remove their objects) or --orphan (leave \
+         the objects in the cluster)"
+    );
+    let mut agent = t.agent(&token).await;
+    assert_eq!(
+        agent
+            .list()
+            .await
+            .expect("token still valid")
+            .deployments
+            .len(),
+        2,
+        "nothing deleted"
+    );
+    let both = t
+        .run(&["deployer", "rm", "orph", "--cascade", "--orphan"])
+        .await;
+    assert_ne!(both.code, Some(0), "the two are exclusive");
+
+    let orphaned = t.run(&["deployer", "rm", "orph", "--orphan"]).await;
+    let cleanup = format!(
+        "kubectl delete deployment,service,ingress -A -l \
+         app.kubernetes.io/managed-by=ds-deployer,deployer.ds.dev/owner={id}"
+    );
+    assert_eq!(orphaned.ok().trim(), cleanup, "stdout is the command");
+    assert!(
+        orphaned.stderr.contains("2 deployments") && orphaned.stderr.contains("revoked"),
+        "{}",
+        orphaned.stderr
+    );
+    let err = agent.list().await.expect_err("token revoked at once");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let gone = t.run(&["deployer", "get", "orph"]).await;
+    assert!(gone.one_line_error().contains("not found"));
+
+    // The same in JSON, for scripts.
+    let (id, _) = t.deployer("orph-json").await;
+    t.deployment("orph-json", "iris", &[]).await;
+    let json = t
+        .run(&["deployer", "rm", "orph-json", "--orphan", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(json["id"], id.as_str());
+    assert_eq!(json["deleted"], true);
+    assert_eq!(json["deployments_deleted"], 1);
+    assert!(
+        json["cleanup"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("deployer.ds.dev/owner={id}")),
+        "{json}"
+    );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployer_rm_cascade_waits_with_progress_until_the_agent_reports_the_objects_gone() {
+    let t = start().await;
+    let (_, token) = t.deployer("casc").await;
+    t.deployment("casc", "iris", &[]).await;
+    t.deployment("casc", "wine", &[]).await;
+    let mut agent = t.agent(&token).await;
+    let before = agent.list().await.unwrap().revision;
+    agent.objects(before, 4).await;
+
+    let mut rm = Running::spawn(t.ds(&["deployer", "rm", "casc", "--cascade"]));
+    rm.wait_for_line("waiting for the agent").await;
+    let revision = ds_test_support::eventually("the deployments deleted", || {
+        let mut a = FakeAgent(agent.0.clone());
+        async move {
+            let snap = a.list().await.ok()?;
+            snap.deployments.is_empty().then_some(snap.revision)
+        }
+    })
+    .await;
+    assert!(revision > before);
+    // The token works while the agent has objects to remove.
+    agent.objects(revision, 2).await;
+    rm.wait_for_line("2 objects left").await;
+    agent.objects(revision, 0).await;
+    let (code, stderr) = rm.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let err = agent
+        .list()
+        .await
+        .expect_err("token revoked after the cascade");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let gone = t.run(&["deployer", "get", "casc"]).await;
+    assert!(gone.one_line_error().contains("not found"));
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn deployer_rm_cascade_gives_up_after_its_timeout_saying_what_is_left() {
+    let t = start().await;
+    let (_, token) = t.deployer("stuck").await;
+    t.deployment("stuck", "iris", &[]).await;
+    let mut agent = t.agent(&token).await;
+    agent.objects(0, 3).await;
+    let run = t
+        .run(&["deployer", "rm", "stuck", "--cascade", "--timeout", "2s"])
+        .await;
+    let line = run.stderr.lines().last().unwrap_or_default().to_string();
+    assert_ne!(run.code, Some(0));
+    assert!(
+        line.starts_with("error: ") && line.contains("stuck") && line.contains("--orphan"),
+        "{}",
+        run.stderr
+    );
+    // The deployments are gone, the deployer and its token remain for the agent.
+    let snap = agent.list().await.expect("token still valid");
+    assert!(snap.deployments.is_empty());
+    t.run(&["deployer", "get", "stuck"]).await.ok();
     t.gw.shutdown().await;
 }
 

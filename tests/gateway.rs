@@ -460,6 +460,7 @@ async fn wrong_missing_and_revoked_tokens_are_unauthenticated() {
     control
         .delete_deployer(proto::DeleteDeployerRequest {
             deployer: "alpha".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -546,6 +547,269 @@ async fn a_stream_on_a_rotated_out_token_ends_after_the_overlap() {
     t.gw.shutdown().await;
 }
 
+/// Updates deployment `id` every 300 ms until dropped (errors ignored: the deployer may
+/// be gone), so that a Watch stream is never idle.
+fn keep_updating(mut control: Control, id: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for replicas in (1..).map(|i| i % 5 + 1) {
+            let _ = control
+                .update_deployment(proto::UpdateDeploymentRequest {
+                    selector: Some(select(&id)),
+                    replicas: Some(replicas),
+                    ..Default::default()
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Reads `stream` until it ends, for at most [`DEADLINE`] in all; returns how it ended,
+/// how many changes came first, and when.
+async fn until_the_end(
+    stream: &mut tonic::Streaming<WatchEvent>,
+) -> (Result<(), tonic::Status>, usize, std::time::Instant) {
+    let mut changes = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the stream did not end within {DEADLINE:?} ({changes} changes)")
+            }) {
+            Ok(Some(ev)) => {
+                if !matches!(ev.event, Some(watch_event::Event::Heartbeat(_))) {
+                    changes += 1;
+                }
+            }
+            Ok(None) => return (Ok(()), changes, std::time::Instant::now()),
+            Err(status) => return (Err(status), changes, std::time::Instant::now()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_busy_stream_ends_within_seconds_of_its_token_becoming_invalid() {
+    // A heartbeat far longer than the updates' period: the stream is never idle.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut a = args(dir.path());
+    a.heartbeat_interval = Duration::from_secs(30);
+    let gw = RunningGateway::start(a).await.expect("gateway starts");
+    let t = TestGateway { gw, dir };
+    let mut control = t.control().await;
+
+    // Rotated out: the old token's stream ends soon after the overlap, busy or not.
+    let (_, old) = create_deployer(&mut control, "alpha").await;
+    let id = create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap()
+        .deployment
+        .unwrap()
+        .id;
+    let (_, mut stream) = open_watch(&mut t.agent(&old).await).await;
+    let updater = keep_updating(t.control().await, id);
+    let rotated = control
+        .rotate_deployer_token(proto::RotateDeployerTokenRequest {
+            deployer: "alpha".into(),
+            overlap_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expired_at = std::time::Instant::now() + Duration::from_secs(1);
+    let (end, changes, ended) = until_the_end(&mut stream).await;
+    updater.abort();
+    let err = end.expect_err("the stream ends with an error");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(changes >= 3, "the stream was busy: {changes} changes");
+    let late = ended.saturating_duration_since(expired_at);
+    assert!(
+        late < Duration::from_secs(5),
+        "ended {late:?} after the overlap"
+    );
+
+    // The new token's stream is unaffected by the same traffic.
+    let (_, mut fresh) = open_watch(&mut t.agent(&rotated.token).await).await;
+    let id = create_deployment(&mut control, "alpha", "iris-2")
+        .await
+        .unwrap()
+        .deployment
+        .unwrap()
+        .id;
+    let updater = keep_updating(t.control().await, id.clone());
+    let busy_for = tokio::time::timeout(Duration::from_secs(4), until_the_end(&mut fresh)).await;
+    assert!(
+        busy_for.is_err(),
+        "a valid token's stream stays open: {busy_for:?}"
+    );
+
+    // Revoked (the deployer deleted) while changes flow: it ends too.
+    control
+        .delete_deployer(proto::DeleteDeployerRequest {
+            deployer: "alpha".into(),
+            mode: proto::DeleteMode::Orphan as i32,
+        })
+        .await
+        .unwrap();
+    let deleted_at = std::time::Instant::now();
+    let (end, _, ended) = until_the_end(&mut fresh).await;
+    updater.abort();
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+    assert!(ended - deleted_at < Duration::from_secs(5));
+    t.gw.shutdown().await;
+}
+
+/// DeleteDeployer with `mode`.
+async fn delete_deployer(
+    control: &mut Control,
+    deployer: &str,
+    mode: proto::DeleteMode,
+) -> Result<proto::DeleteDeployerResponse, tonic::Status> {
+    control
+        .delete_deployer(proto::DeleteDeployerRequest {
+            deployer: deployer.into(),
+            mode: mode as i32,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Reports, as the deployer's agent, `owned` objects left at `revision`.
+async fn report_objects(agent: &mut Agent, revision: u64, owned: u32) {
+    agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![],
+            objects: Some(proto::ClusterObjects { revision, owned }),
+        })
+        .await
+        .expect("report accepted");
+}
+
+#[tokio::test]
+async fn delete_deployer_refuses_while_it_has_deployments_unless_cascade_or_orphan() {
+    use proto::DeleteMode;
+    let t = start().await;
+    let mut control = t.control().await;
+    let (id, token) = create_deployer(&mut control, "alpha").await;
+    create_deployment(&mut control, "alpha", "iris")
+        .await
+        .unwrap();
+    create_deployment(&mut control, "alpha", "wine")
+        .await
+        .unwrap();
+    let mut agent = t.agent(&token).await;
+
+    // What an old client sends (no mode): refused, and nothing changes.
+    let err = delete_deployer(&mut control, "alpha", DeleteMode::Unspecified)
+        .await
+        .expect_err("refused while it has deployments");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("2 deployments"), "{}", err.message());
+    let snap = agent
+        .list(proto::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(snap.deployments.len(), 2, "nothing deleted");
+
+    // Cascade: the deployments go, the deployer and its token stay until the agent has
+    // reported no object left at (or after) the revision of the deletions.
+    let (_, mut stream) = open_watch(&mut agent).await;
+    let first = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!first.deleted, "waits for the agent: {first:?}");
+    assert_eq!(first.deployments_deleted, 2);
+    assert_eq!(first.objects_left, None, "no report since the deletions");
+    assert!(first.agent_connected);
+    assert_eq!(first.id, id);
+    assert_eq!(
+        first.owner_selector,
+        ds_core::ownership::owner_selector(&id)
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            next_change(&mut stream).await,
+            watch_event::Event::Removal(_)
+        ));
+    }
+    let snap = agent
+        .list(proto::ListRequest {})
+        .await
+        .expect("token still valid");
+    assert!(snap.get_ref().deployments.is_empty());
+    let revision = snap.into_inner().revision;
+    report_objects(&mut agent, revision, 3).await;
+    let waiting = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!waiting.deleted);
+    assert_eq!(waiting.deployments_deleted, 0);
+    assert_eq!(waiting.objects_left, Some(3));
+    // A count from before the deletions proves nothing.
+    report_objects(&mut agent, revision - 1, 0).await;
+    let stale = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(!stale.deleted, "{stale:?}");
+    assert_eq!(stale.objects_left, None);
+    report_objects(&mut agent, revision, 0).await;
+    let done = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(done.deleted, "{done:?}");
+    let err = agent.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "token revoked");
+    let (end, _, _) = until_the_end(&mut stream).await;
+    assert_eq!(end.unwrap_err().code(), Code::Unauthenticated);
+
+    // Orphan: deleted and revoked at once; the answer says how to clean up.
+    let (beta_id, beta_token) = create_deployer(&mut control, "beta").await;
+    create_deployment(&mut control, "beta", "iris")
+        .await
+        .unwrap();
+    let mut beta = t.agent(&beta_token).await;
+    let (_, _beta_stream) = open_watch(&mut beta).await;
+    let orphaned = delete_deployer(&mut control, "beta", DeleteMode::Orphan)
+        .await
+        .unwrap();
+    assert!(orphaned.deleted);
+    assert_eq!(orphaned.deployments_deleted, 1);
+    assert_eq!(
+        orphaned.owner_selector,
+        ds_core::ownership::owner_selector(&beta_id)
+    );
+    let err = beta.list(proto::ListRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // A deployer no agent ever connected for has no objects: cascade deletes it at once;
+    // one without deployments is deleted without a mode.
+    create_deployer(&mut control, "gamma").await;
+    create_deployment(&mut control, "gamma", "iris")
+        .await
+        .unwrap();
+    let gone = delete_deployer(&mut control, "gamma", DeleteMode::Cascade)
+        .await
+        .unwrap();
+    assert!(gone.deleted && gone.deployments_deleted == 1, "{gone:?}");
+    create_deployer(&mut control, "delta").await;
+    assert!(
+        delete_deployer(&mut control, "delta", DeleteMode::Unspecified)
+            .await
+            .unwrap()
+            .deleted
+    );
+    let left = control
+        .list_deployers(proto::ListDeployersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .deployers;
+    assert!(left.is_empty(), "{left:?}");
+    t.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn deployers_see_only_their_own_deployments() {
     let t = start().await;
@@ -588,26 +852,71 @@ async fn deployers_see_only_their_own_deployments() {
     assert_eq!(a_list.deployments.len(), 1);
     assert_eq!(a_list.deployments[0].id, a_dep_id);
 
-    // B cannot write statuses of A's deployment.
-    b_agent
+    // B cannot write statuses of A's deployment: the report is refused, not swallowed.
+    let forged = proto::DeploymentStatus {
+        deployment_id: a_dep_id.clone(),
+        phase: proto::Phase::Failed as i32,
+        last_error: "forged".into(),
+        ..Default::default()
+    };
+    let err = b_agent
         .report_status(proto::StatusReport {
             agent: None,
-            statuses: vec![proto::DeploymentStatus {
-                deployment_id: a_dep_id.clone(),
-                phase: proto::Phase::Failed as i32,
-                last_error: "forged".into(),
-                ..Default::default()
-            }],
+            statuses: vec![forged.clone()],
+            objects: None,
         })
         .await
-        .unwrap();
+        .expect_err("a status of another deployer's deployment is refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains(&a_dep_id),
+        "names it: {}",
+        err.message()
+    );
+    // Also when it hides among B's own statuses.
+    let b_dep_id = b_dep.deployment.unwrap().id;
+    let own = proto::DeploymentStatus {
+        deployment_id: b_dep_id.clone(),
+        phase: proto::Phase::Available as i32,
+        ..Default::default()
+    };
+    let err = b_agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![own.clone(), forged],
+            objects: None,
+        })
+        .await
+        .expect_err("a mixed report is refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     let view = control
         .get_deployment(select(&a_dep_id))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(view.status.unwrap().phase, proto::Phase::Unspecified as i32);
-    assert!(b_dep.deployment.is_some());
+    // A deployment deleted while its status was on the way is not an error (deletes race
+    // with reports); B's own statuses are stored.
+    b_agent
+        .report_status(proto::StatusReport {
+            agent: None,
+            statuses: vec![
+                own,
+                proto::DeploymentStatus {
+                    deployment_id: "00000000-0000-0000-0000-000000000000".into(),
+                    ..Default::default()
+                },
+            ],
+            objects: None,
+        })
+        .await
+        .expect("a status of a deleted deployment is ignored");
+    let view = control
+        .get_deployment(select(&b_dep_id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.status.unwrap().phase, proto::Phase::Available as i32);
     t.gw.shutdown().await;
 }
 
@@ -747,6 +1056,124 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("name"));
     t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_env_values_and_specs_are_refused_naming_the_field_and_the_limit() {
+    let t = start().await;
+    let mut control = t.control().await;
+    create_deployer(&mut control, "alpha").await;
+    let create = |spec: DeploymentSpec| proto::CreateDeploymentRequest {
+        deployer: "alpha".into(),
+        name: "iris".into(),
+        spec: Some(spec.into()),
+        ..Default::default()
+    };
+    let env = |values: &[usize]| {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| ds_core::EnvVar {
+                name: format!("V{i}"),
+                value: "x".repeat(*len),
+            })
+            .collect::<Vec<_>>()
+    };
+    let refused = |err: tonic::Status, field: &str, limit: &str| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let m = err.message();
+        assert!(m.contains(field) && m.contains(limit), "{m}");
+        assert!(
+            m.len() < 400,
+            "the value is not repeated whole: {} bytes",
+            m.len()
+        );
+    };
+
+    // One env value of 1 MiB (Linux refuses env strings over 128 KiB at exec).
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[1 << 20]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "env[0].value", "32 KiB");
+    assert!(!create_deployment_exists(&mut control, "iris").await);
+
+    // Each value fits, the whole spec (nine of 30 KiB) does not.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[30 * 1024; 9]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "spec", "256 KiB");
+
+    // 1,001 variables.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[1; 1001]);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "env", "1000");
+
+    // An update is checked on the merged spec: growing a spec past the limit is refused
+    // and changes nothing.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.env = env(&[30 * 1024; 8]);
+    let made = control
+        .create_deployment(create(spec))
+        .await
+        .expect("240 KiB fits")
+        .into_inner()
+        .deployment
+        .unwrap();
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&made.id)),
+            set_env: vec![proto::EnvVar {
+                name: "MORE".into(),
+                value: "y".repeat(30 * 1024),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    refused(err, "spec", "256 KiB");
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&made.id)),
+            set_env: vec![proto::EnvVar {
+                name: "V0".into(),
+                value: "y".repeat(40 * 1024),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    refused(err, "env[0].value", "32 KiB");
+    let after = control
+        .get_deployment(select(&made.id))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(after.revision_of_last_change, made.revision_of_last_change);
+
+    // Names have Kubernetes' lengths, the model name a bound.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.model_name = "m".repeat(254);
+    let err = control.create_deployment(create(spec)).await.unwrap_err();
+    refused(err, "model_name", "253");
+    let err = create_deployment(&mut control, "alpha", &"n".repeat(64))
+        .await
+        .unwrap_err();
+    refused(err, "name", "63");
+    t.gw.shutdown().await;
+}
+
+async fn create_deployment_exists(control: &mut Control, name: &str) -> bool {
+    control
+        .list_deployments(proto::ListDeploymentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments
+        .iter()
+        .any(|d| d.deployment.as_ref().is_some_and(|d| d.name == name))
 }
 
 #[tokio::test]
@@ -905,6 +1332,7 @@ async fn status_reports_show_in_deployer_list_and_status_watch() {
                 endpoint: "http://iris.models.svc:8080".into(),
                 last_error: String::new(),
             }],
+            objects: None,
         })
         .await
         .unwrap()

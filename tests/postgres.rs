@@ -492,6 +492,7 @@ async fn an_agent_on_replica_b_sees_changes_made_through_replica_a_in_order() {
     control_a
         .delete_deployer(proto::DeleteDeployerRequest {
             deployer: "alpha".into(),
+            mode: proto::DeleteMode::Orphan as i32,
         })
         .await
         .expect("delete deployer");
@@ -556,6 +557,7 @@ async fn a_status_reported_through_b_shows_through_a() {
                 endpoint: "http://iris.models.svc:8080".into(),
                 last_error: String::new(),
             }],
+            objects: None,
         })
         .await
         .expect("report")

@@ -476,18 +476,6 @@ async fn act_on(client: &kube::Client, pod: &Pod, next_ip: &mut u32) -> Result<(
     };
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let spec = pod.spec.clone().unwrap_or_default();
-    if pod.metadata.deletion_timestamp.is_some() {
-        // What the kubelet does once the containers stopped: the final delete.
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(kube::api::Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        return ignore_gone(api.delete(name, &dp).await.map(|_| ()));
-    }
     if spec.node_name.is_none() {
         let binding = json!({
             "apiVersion": "v1", "kind": "Binding",
@@ -505,8 +493,21 @@ async fn act_on(client: &kube::Client, pod: &Pod, next_ip: &mut u32) -> Result<(
             .map(|_| ()),
         );
     }
+    // Pods bound to other nodes are those nodes' business, as with a real kubelet.
     if spec.node_name.as_deref() != Some(NODE_NAME) {
         return Ok(());
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        // What the kubelet does once the containers stopped: the final delete.
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(kube::api::Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        return ignore_gone(api.delete(name, &dp).await.map(|_| ()));
     }
     let status = pod.status.clone().unwrap_or_default();
     let failing = spec.containers.iter().any(|c| {

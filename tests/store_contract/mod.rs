@@ -7,8 +7,8 @@ use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
-    AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, StatusRecord,
-    Store, StoreError,
+    AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, ObjectCount,
+    StatusRecord, Store, StoreError,
 };
 use std::sync::Arc;
 
@@ -132,6 +132,7 @@ contract!(
     of_concurrent_updates_from_one_revision_exactly_one_wins,
     deployments_are_listed_and_found_by_id_or_name,
     heartbeats_show_on_the_deployer,
+    object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision,
     a_deployer_reports_the_statuses_of_its_own_deployments,
     install_codes_are_single_use_and_expire,
 );
@@ -581,6 +582,52 @@ async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
 
 // === agents: heartbeats and statuses ===
 
+async fn object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision(
+    b: Backend,
+) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    assert_eq!(d.objects, None, "never reported");
+    let counted = AgentHeartbeat {
+        objects: Some(ObjectCount {
+            revision: 0,
+            owned: 3,
+        }),
+        ..Default::default()
+    };
+    store.record_heartbeat(&d.id, &counted).await.unwrap();
+    let seen = store.get_deployer(&d.id).await.unwrap();
+    assert_eq!(seen.objects, counted.objects);
+    // A report without a count (a Watch opening) keeps the stored one.
+    store
+        .record_heartbeat(&d.id, &AgentHeartbeat::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_deployer(&d.id).await.unwrap().objects,
+        counted.objects
+    );
+    assert_eq!(
+        store.list_deployers().await.unwrap()[0].objects,
+        counted.objects
+    );
+
+    // Deleting at a revision it no longer has is a conflict and deletes nothing.
+    deploy(&store, &d.id, "models", "x").await;
+    assert!(matches!(
+        store.delete_deployer_at(&d.id, 0).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let now = store.get_deployer(&d.id).await.unwrap();
+    assert_eq!(now.revision, 1);
+    store.delete_deployer_at(&d.id, now.revision).await.unwrap();
+    assert!(matches!(
+        store.delete_deployer_at(&d.id, now.revision).await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
 async fn heartbeats_show_on_the_deployer(b: Backend) -> Backend {
     let store = b.store();
     let d = register(&store, "alpha").await;
@@ -589,6 +636,7 @@ async fn heartbeats_show_on_the_deployer(b: Backend) -> Backend {
         cluster: "kind".into(),
         instance: "pod-0".into(),
         namespaces: vec!["a".into(), "b".into()],
+        objects: None,
     };
     assert_eq!(store.record_heartbeat(&d.id, &beat).await.unwrap(), 0);
     let seen = store.get_deployer(&d.id).await.unwrap();

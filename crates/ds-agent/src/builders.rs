@@ -35,12 +35,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// `app.kubernetes.io/managed-by`: marks every object the agent writes.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// The value of [`MANAGED_BY_LABEL`].
-pub const MANAGED_BY_VALUE: &str = "ds-deployer";
-/// The owner label: the deployer ID.
-pub const OWNER_LABEL: &str = "deployer.ds.dev/owner";
+// The ownership labels and selector, defined once in ds-core (the gateway and the CLI
+// print the selector for cleaning up by hand).
+pub use ds_core::ownership::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, OWNER_LABEL, owner_selector};
 /// The deployment-ID label; also the pod selector.
 pub const DEPLOYMENT_ID_LABEL: &str = "deployer.ds.dev/deployment-id";
 /// `app.kubernetes.io/name`: the object name, for humans and dashboards.
@@ -60,11 +57,6 @@ pub const PROXY_PORT: u16 = 9501;
 pub const PROXY_ADMIN_PORT: u16 = 9502;
 /// Name of the Service port (and of the container port it targets); the Ingress uses it.
 pub const HTTP_PORT_NAME: &str = "http";
-
-/// The label selector for everything one deployer owns: what the agent watches and lists.
-pub fn owner_selector(deployer_id: &str) -> String {
-    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{OWNER_LABEL}={deployer_id}")
-}
 
 /// The labels of every object of `obj`: the user's, then ours on top.
 pub fn object_labels(obj: &DeployedObject) -> BTreeMap<String, String> {

@@ -341,6 +341,8 @@ impl RunningAgent {
         let (leader_tx, leader_rx) = watch::channel(!args.leader_elect);
         let (statuses_tx, statuses_rx) = watch::channel::<Statuses>(Arc::new(Default::default()));
         let (connected_tx, _) = watch::channel(None);
+        // The owned-object caches, once synced: the status reports count them.
+        let (stores_tx, stores_rx) = watch::channel(None);
         if !args.leader_elect {
             metrics.leader.set(1);
         }
@@ -402,6 +404,7 @@ impl RunningAgent {
         tasks.push(tokio::spawn(sync::status_loop(
             ctx,
             statuses_rx,
+            stores_rx,
             leader_rx.clone(),
             args.heartbeat,
             cancel.clone(),
@@ -417,6 +420,7 @@ impl RunningAgent {
                 leader_tx,
                 leader_rx: leader_rx.clone(),
                 statuses: statuses_tx,
+                stores: stores_tx,
                 ready: ready_tx,
                 metrics: metrics.clone(),
                 release_lease: release_lease.clone(),
@@ -492,6 +496,7 @@ struct Controller {
     leader_tx: watch::Sender<bool>,
     leader_rx: watch::Receiver<bool>,
     statuses: watch::Sender<Statuses>,
+    stores: watch::Sender<Option<cache::Stores>>,
     ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     release_lease: Arc<std::sync::atomic::AtomicBool>,
@@ -535,6 +540,7 @@ async fn controller(
         () = stores.ready() => {}
         () = cancel.cancelled() => return,
     }
+    c.stores.send_replace(Some(stores.clone()));
     let fence = if args.leader_elect {
         leader::Fence::closed()
     } else {

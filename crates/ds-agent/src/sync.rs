@@ -10,6 +10,8 @@
 //! All three share one lazily connected tonic channel.
 
 use super::AgentError;
+use super::cache::Stores;
+use super::desired::Kind;
 use super::metrics::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::proto;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Longest wait between two reconnect attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -31,6 +33,13 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// A stream that stayed up this long resets the backoff to its minimum.
 const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// How long the agent waits between tries once the gateway refuses its token twice in a
+/// row (revoked, rotated out, or its deployer deleted): asking faster changes nothing.
+/// A token file rewritten meanwhile (a rotated Secret) is used at the next try.
+pub const REFUSED_BACKOFF: Duration = Duration::from_secs(300);
+/// Refusals in a row before [`REFUSED_BACKOFF`]: one quick retry first, for a token file
+/// rewritten just now.
+const REFUSALS_BEFORE_BACKOFF: u32 = 2;
 
 // === Desired state ===
 
@@ -335,7 +344,10 @@ impl SyncContext {
 pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
     let mut delays = backoff();
     let mut attempts: u64 = 0;
+    // Refusals of the token in a row.
+    let mut refusals: u32 = 0;
     while !cancel.is_cancelled() {
+        let mut refused = false;
         let opened = Instant::now();
         let mut client = ctx.client.clone();
         let request = proto::WatchRequest {
@@ -370,6 +382,7 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                                 ctx.metrics.gateway_connected.set(1);
                                 info!(attempts, "connected to the gateway");
                                 attempts = 0;
+                                refusals = 0;
                             }
                             if outcome == EventOutcome::Gap {
                                 debug!("revision gap: asking for a List");
@@ -383,14 +396,20 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                             break;
                         }
                         Err(status) => {
-                            warn!(code = ?status.code(), message = %status.message(), "watch stream failed");
+                            refused = status.code() == tonic::Code::Unauthenticated;
+                            if !refused || refusals == 0 {
+                                warn!(code = ?status.code(), message = %status.message(), "watch stream failed");
+                            }
                             break;
                         }
                     }
                 }
             }
             Err(status) => {
-                warn!(code = ?status.code(), message = %status.message(), attempts, "cannot open the watch stream");
+                refused = status.code() == tonic::Code::Unauthenticated;
+                if !refused || refusals == 0 {
+                    warn!(code = ?status.code(), message = %status.message(), attempts, "cannot open the watch stream");
+                }
             }
         }
         if ctx.connected.send_replace(None).is_some() {
@@ -400,7 +419,18 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
             delays = backoff();
         }
         attempts += 1;
-        let delay = delays.next().unwrap_or(MAX_BACKOFF);
+        refusals = if refused { refusals + 1 } else { 0 };
+        let delay = if refusals >= REFUSALS_BEFORE_BACKOFF {
+            if refusals == REFUSALS_BEFORE_BACKOFF {
+                error!(
+                    retry_every = ?REFUSED_BACKOFF,
+                    "the gateway refuses this agent's token: it was revoked or rotated out, or its deployer was deleted; the cluster's workloads are left as they are; give the agent a valid token (`ds deployer rotate-token`, or reinstall with `ds deployer install`)"
+                );
+            }
+            REFUSED_BACKOFF
+        } else {
+            delays.next().unwrap_or(MAX_BACKOFF)
+        };
         debug!(?delay, "reconnecting after");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -413,11 +443,17 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
 pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refusals: u32 = 0;
+    let mut paused_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = ctx.list_now.notified() => {}
             () = cancel.cancelled() => return,
+        }
+        // A refused token is refused again: wait as the watch does (it logs why).
+        if paused_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+            continue;
         }
         let mut client = ctx.client.clone();
         let answer = tokio::select! {
@@ -426,6 +462,7 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
         };
         match answer {
             Ok(snap) => {
+                refusals = 0;
                 let snap = snap.into_inner();
                 ctx.update(|s| ((), apply_snapshot(s, snap, false)));
                 ctx.record_desired();
@@ -433,6 +470,14 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
             Err(status) => {
                 // The periodic tick retries; workloads are untouched meanwhile.
                 debug!(code = ?status.code(), message = %status.message(), "list failed");
+                refusals = if status.code() == tonic::Code::Unauthenticated {
+                    refusals + 1
+                } else {
+                    0
+                };
+                if refusals >= REFUSALS_BEFORE_BACKOFF {
+                    paused_until = Some(tokio::time::Instant::now() + REFUSED_BACKOFF);
+                }
             }
         }
     }
@@ -460,10 +505,32 @@ fn fingerprint(s: &proto::DeploymentStatus, buf: &mut Vec<u8>) -> u64 {
     h.finish()
 }
 
-/// Sends statuses that changed, a full report after each (re)connect, and a heartbeat.
+/// This deployer's objects in the caches of `stores`, counted at the revision of
+/// `desired`; `None` until both are complete (the caches synced, a complete snapshot
+/// applied). The revision is read before the count: a count of 0 then says nothing was
+/// left after that state was known.
+pub fn owned_objects(
+    desired: &DesiredState,
+    stores: Option<&Stores>,
+) -> Option<proto::ClusterObjects> {
+    let stores = stores?;
+    if !desired.complete {
+        return None;
+    }
+    let revision = desired.revision;
+    let owned: usize = Kind::ALL.iter().map(|k| stores.of(*k).len()).sum();
+    Some(proto::ClusterObjects {
+        revision,
+        owned: u32::try_from(owned).unwrap_or(u32::MAX),
+    })
+}
+
+/// Sends statuses that changed, a full report after each (re)connect, and a heartbeat;
+/// each report carries the count of owned objects (see [`owned_objects`]).
 pub async fn status_loop(
     ctx: SyncContext,
     mut statuses: watch::Receiver<Statuses>,
+    stores: watch::Receiver<Option<Stores>>,
     mut leader: watch::Receiver<bool>,
     heartbeat: Duration,
     cancel: CancellationToken,
@@ -504,11 +571,13 @@ pub async fn status_loop(
             continue;
         }
         let mut gateway_ahead = false;
+        let objects = owned_objects(&ctx.desired.borrow(), stores.borrow().as_ref());
         loop {
             let chunk: Vec<_> = changed.drain(..changed.len().min(REPORT_CHUNK)).collect();
             let report = proto::StatusReport {
                 agent: Some(ctx.agent_info()),
                 statuses: chunk.iter().map(|(s, _)| (*s).clone()).collect(),
+                objects,
             };
             let mut client = ctx.client.clone();
             let result = tokio::select! {

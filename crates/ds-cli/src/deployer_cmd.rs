@@ -6,6 +6,7 @@ use super::{CliError, DeployerArgs, DeployerCommand, config};
 use ds_core::duration::format as format_duration;
 use ds_core::proto;
 use serde::Serialize;
+use std::time::Duration;
 use tonic::Code;
 
 /// What `ds deployer create` prints: the token is in the only copy there will ever be.
@@ -36,7 +37,14 @@ struct Install<'a> {
 struct Deleted<'a> {
     id: &'a str,
     deleted: bool,
+    deployments_deleted: u32,
+    /// `--orphan`: the command that removes the objects left in the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cleanup: Option<&'a str>,
 }
+
+/// How often `rm --cascade` asks the gateway whether the agent is done.
+const CASCADE_POLL: Duration = Duration::from_millis(500);
 
 pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
     let format = args.global.output;
@@ -98,23 +106,80 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
             let view = DeployerView::from(&found);
             print(format, &view, || output::deployer_fields(&view))?;
         }
-        DeployerCommand::Rm { deployer } => {
-            let response = control
-                .delete_deployer(request(proto::DeleteDeployerRequest {
-                    deployer: deployer.clone(),
-                }))
-                .await
-                .map_err(err)?
-                .into_inner();
+        DeployerCommand::Rm {
+            deployer,
+            cascade,
+            orphan,
+            timeout,
+        } => {
+            let mode = if cascade {
+                proto::DeleteMode::Cascade
+            } else if orphan {
+                proto::DeleteMode::Orphan
+            } else {
+                proto::DeleteMode::Unspecified
+            };
+            let delete = |control: &mut client::Control| {
+                let mut control = control.clone();
+                let deployer = deployer.clone();
+                async move {
+                    control
+                        .delete_deployer(request(proto::DeleteDeployerRequest {
+                            deployer,
+                            mode: mode as i32,
+                        }))
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            };
+            let response = match delete(&mut control).await {
+                Ok(r) => r,
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    // Say it with the flags that settle it.
+                    let found = control
+                        .get_deployer(request(proto::GetDeployerRequest {
+                            deployer: deployer.clone(),
+                        }))
+                        .await
+                        .map_err(err)?
+                        .into_inner();
+                    return Err(CliError::DeployerHasDeployments {
+                        name: found.name,
+                        count: found.deployments,
+                    });
+                }
+                Err(status) => return Err(err(status)),
+            };
+            let response = if cascade {
+                follow_cascade(&deployer, response, timeout, || delete(&mut control))
+                    .await
+                    .map_err(|e| match e {
+                        CascadeError::Status(status) => err(status),
+                        CascadeError::Cli(e) => e,
+                    })?
+            } else {
+                response
+            };
+            let cleanup = ds_core::ownership::cleanup_command(&response.id);
             let deleted = Deleted {
                 id: &response.id,
-                deleted: true,
+                deleted: response.deleted,
+                deployments_deleted: response.deployments_deleted,
+                cleanup: orphan.then_some(cleanup.as_str()),
             };
             print(format, &deleted, || {
-                format!(
-                    "deployer {deployer} deleted (its deployments are removed and its tokens revoked)"
-                )
+                if orphan {
+                    cleanup.clone()
+                } else {
+                    format!("deployer {deployer} deleted (its tokens are revoked)")
+                }
             })?;
+            if orphan && format == OutputFormat::Table {
+                eprintln!(
+                    "deployer {deployer} deleted and its tokens revoked; the objects of its {} deployments stay in the cluster: the command above removes them",
+                    response.deployments_deleted
+                );
+            }
         }
         DeployerCommand::RotateToken { deployer, overlap } => {
             let overlap_seconds = u32::try_from(overlap.as_secs()).unwrap_or(u32::MAX);
@@ -197,6 +262,67 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+enum CascadeError {
+    Status(tonic::Status),
+    Cli(CliError),
+}
+
+/// Asks again (`again`) until the gateway says the deployer is deleted, printing progress
+/// to stderr when it changes, for at most `timeout`.
+async fn follow_cascade<F, Fut>(
+    deployer: &str,
+    first: proto::DeleteDeployerResponse,
+    timeout: Duration,
+    mut again: F,
+) -> Result<proto::DeleteDeployerResponse, CascadeError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<proto::DeleteDeployerResponse, tonic::Status>>,
+{
+    let start = tokio::time::Instant::now();
+    let deleted = first.deployments_deleted;
+    if deleted > 0 {
+        eprintln!("deleted {deleted} deployments of deployer {deployer}");
+    }
+    let mut response = first;
+    let mut shown = String::new();
+    while !response.deleted {
+        let progress = cascade_progress(&response);
+        if progress != shown {
+            eprintln!(
+                "waiting for the agent of deployer {deployer} to remove their objects: {progress}"
+            );
+            shown = progress;
+        }
+        if start.elapsed() >= timeout {
+            return Err(CascadeError::Cli(CliError::CascadeTimeout {
+                name: deployer.to_string(),
+                timeout: format_duration(timeout),
+                progress: shown,
+            }));
+        }
+        tokio::time::sleep(CASCADE_POLL).await;
+        let next = again().await.map_err(CascadeError::Status)?;
+        let total = response.deployments_deleted + next.deployments_deleted;
+        response = proto::DeleteDeployerResponse {
+            deployments_deleted: total,
+            ..next
+        };
+    }
+    eprintln!("the agent of deployer {deployer} removed every object it had made");
+    Ok(response)
+}
+
+/// One line of `rm --cascade` progress.
+fn cascade_progress(r: &proto::DeleteDeployerResponse) -> String {
+    match (r.objects_left, r.agent_connected) {
+        (Some(n), _) => format!("{n} objects left"),
+        (None, true) => "the agent has not reported since the deletions".to_string(),
+        (None, false) if r.agent_last_seen.is_empty() => "no agent connected".to_string(),
+        (None, false) => format!("no agent connected (last seen {})", r.agent_last_seen),
+    }
 }
 
 fn output_or_none(s: &str) -> String {

@@ -87,11 +87,23 @@ pub enum DeployerCommand {
         /// Deployer name or ID.
         deployer: String,
     },
-    /// Delete a deployer and its deployments; its tokens stop working.
+    /// Delete a deployer; its tokens stop working. Refused while it has deployments,
+    /// unless `--cascade` or `--orphan` says what becomes of them.
     #[command(visible_alias = "delete")]
     Rm {
         /// Deployer name or ID.
         deployer: String,
+        /// Delete its deployments, wait until its agent has removed their objects from the
+        /// cluster, then delete the deployer.
+        #[arg(long, conflicts_with = "orphan")]
+        cascade: bool,
+        /// Delete it and its deployments now, leaving their objects in the cluster; prints
+        /// the `kubectl delete` that removes them by hand.
+        #[arg(long)]
+        orphan: bool,
+        /// How long `--cascade` waits for the agent (e.g. `5m`, `90s`).
+        #[arg(long, default_value = "5m", value_parser = ds_core::duration::parse, requires = "cascade")]
+        timeout: Duration,
     },
     /// Issue a new token; the old one keeps working for the overlap window.
     RotateToken {
@@ -374,6 +386,23 @@ pub enum CliError {
     },
     #[error("writing the output: {0}")]
     Output(String),
+    #[error(
+        "deployer {name} has {count} deployments: delete them first, or use --cascade (delete \
+         them and wait for the agent to remove their objects) or --orphan (leave the objects \
+         in the cluster)"
+    )]
+    DeployerHasDeployments { name: String, count: u32 },
+    #[error(
+        "timed out after {timeout} waiting for the agent of deployer {name} to remove its \
+         objects ({progress}); its deployments are deleted, the deployer and its tokens are \
+         kept: run `ds deployer rm {name} --cascade` again once its agent runs, or use \
+         --orphan to delete it now and clean up by hand"
+    )]
+    CascadeTimeout {
+        name: String,
+        timeout: String,
+        progress: String,
+    },
 }
 
 // === entry points ===

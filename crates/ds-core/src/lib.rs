@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod duration;
+pub mod ownership;
 pub mod proto;
 pub mod spec;
 pub mod validate;

@@ -10,13 +10,15 @@ use regex::Regex;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-/// A rejected field.
+/// A rejected field. Its message never repeats a huge value: the value, and the user input
+/// in a field's name (`labels[KEY]`), are cut after [`SHOWN_CHARS`] characters and say
+/// their size (see [`quoted`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field} {value:?}: {rule}")]
+#[error("invalid {field} {}: {rule}", quoted(value))]
 pub struct ValidationError {
     /// The field's name as the user knows it (`name`, `image`, `env[2].name`…).
     pub field: String,
-    /// The rejected value.
+    /// The rejected value, whole (the message shows it cut).
     pub value: String,
     /// The rule it breaks, in words.
     pub rule: String,
@@ -32,6 +34,26 @@ impl ValidationError {
     }
 }
 
+/// How many characters of a value an error message repeats.
+pub const SHOWN_CHARS: usize = 64;
+
+/// `value` as an error message shows it: quoted, and when longer than [`SHOWN_CHARS`]
+/// characters cut there with its size, `"aaaa…"… (1048576 bytes)`.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// `text` unquoted, cut like [`quoted`] (for user input in field names and messages).
+pub fn cut(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
 /// Most replicas a deployment may ask for.
 pub const MAX_REPLICAS: u32 = 1000;
 
@@ -41,6 +63,18 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Kubernetes' limit for DNS-1123 subdomains (hosts, ingress classes, label prefixes).
 pub const MAX_SUBDOMAIN_LEN: usize = 253;
 
+/// Longest model name (informational, but stored and shown everywhere).
+pub const MAX_MODEL_NAME_LEN: usize = 253;
+
+/// Largest value of one environment variable, in bytes.
+pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
+
+/// Most environment variables of one deployment.
+pub const MAX_ENV_ENTRIES: usize = 1000;
+
+/// Largest deployment spec, serialized (protobuf encoding), in bytes.
+pub const MAX_SPEC_BYTES: usize = 256 * 1024;
+
 /// Suffixes appended to a deployment's name to name the objects made for it. The
 /// Deployment, Service and Ingress all use the bare name today; an agent that derives
 /// further names (e.g. `NAME-tls`) adds the suffix here so the gateway refuses names
@@ -48,7 +82,12 @@ pub const MAX_SUBDOMAIN_LEN: usize = 253;
 pub const DERIVED_NAME_SUFFIXES: &[&str] = &[""];
 
 /// Label keys the agent sets itself (ownership, selection); users may not set them.
-pub const RESERVED_LABEL_PREFIXES: &[&str] = &["app.kubernetes.io/managed-by", "ds-deployer.io/"];
+/// (`deployer.ds.dev/` is the agent's: owner and deployment-ID labels, its annotations.)
+pub const RESERVED_LABEL_PREFIXES: &[&str] = &[
+    "app.kubernetes.io/managed-by",
+    "deployer.ds.dev/",
+    "ds-deployer.io/",
+];
 
 // === patterns ===
 
@@ -112,6 +151,13 @@ pub fn validate_deployment(
             "must not be empty",
         ));
     }
+    if spec.model_name.chars().count() > MAX_MODEL_NAME_LEN {
+        return Err(ValidationError::new(
+            "model_name",
+            &spec.model_name,
+            format!("must be at most {MAX_MODEL_NAME_LEN} characters"),
+        ));
+    }
     check_image(&spec.image)?;
     if spec.replicas > MAX_REPLICAS {
         return Err(ValidationError::new(
@@ -155,6 +201,23 @@ pub fn validate_deployment(
     for (key, value) in &spec.labels {
         check_label(key, value)?;
     }
+    check_spec_size(spec)
+}
+
+/// The whole spec, serialized as the protocol carries it, within [`MAX_SPEC_BYTES`]: a
+/// deployer's snapshot holds many of them.
+fn check_spec_size(spec: &DeploymentSpec) -> Result<(), ValidationError> {
+    use prost::Message as _;
+    let size = crate::proto::DeploymentSpec::from(spec.clone()).encoded_len();
+    if size > MAX_SPEC_BYTES {
+        return Err(ValidationError::new(
+            "spec",
+            format!("{size} bytes"),
+            format!(
+                "must be at most 256 KiB ({MAX_SPEC_BYTES} bytes) serialized, env values, labels and class names together"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -178,14 +241,27 @@ pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), Validation
 // === names ===
 
 /// A deployment's name becomes the name of its Deployment, Service and Ingress. A Service
-/// name must also start with a letter (DNS-1035), so the stricter rule applies.
+/// name must be a DNS-1035 label (a DNS-1123 label that starts with a letter), so the
+/// stricter rule applies.
 fn validate_object_name(name: &str) -> Result<(), ValidationError> {
-    check_dns1123_label("name", name)?;
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+    if name.is_empty() {
+        return Err(ValidationError::new("name", name, "must not be empty"));
+    }
+    if name.len() > MAX_LABEL_LEN {
         return Err(ValidationError::new(
             "name",
             name,
-            "must start with a letter (the Service named after it requires it)",
+            format!(
+                "must be at most {MAX_LABEL_LEN} characters (a DNS-1035 label: the Service named after it requires it)"
+            ),
+        ));
+    }
+    if !DNS1123_LABEL.is_match(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(ValidationError::new(
+            "name",
+            name,
+            "must be a DNS-1035 label (the Service named after it requires it): lowercase \
+             letters, digits and '-', starting with a letter and ending with a letter or digit",
         ));
     }
     for suffix in DERIVED_NAME_SUFFIXES {
@@ -195,7 +271,8 @@ fn validate_object_name(name: &str) -> Result<(), ValidationError> {
                 "name",
                 name,
                 format!(
-                    "the derived object name {derived:?} would exceed {MAX_LABEL_LEN} characters"
+                    "the derived object name {} would exceed {MAX_LABEL_LEN} characters",
+                    quoted(&derived)
                 ),
             ));
         }
@@ -241,7 +318,8 @@ fn check_dns1123_subdomain(field: &str, value: &str) -> Result<(), ValidationErr
                 format!(
                     "must be a DNS-1123 subdomain: dot-separated parts of lowercase letters, \
                      digits and '-', each 1 to {MAX_LABEL_LEN} characters starting and ending \
-                     with a letter or digit (bad part {label:?})"
+                     with a letter or digit (bad part {})",
+                    quoted(label)
                 ),
             ));
         }
@@ -299,7 +377,8 @@ fn check_image(image: &str) -> Result<(), ValidationError> {
         && !IMAGE_DIGEST.is_match(digest)
     {
         return fail(format!(
-            "digest {digest:?} must be \"sha256:\" followed by 64 lowercase hex digits"
+            "digest {} must be \"sha256:\" followed by 64 lowercase hex digits",
+            quoted(digest)
         ));
     }
     // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
@@ -314,8 +393,9 @@ fn check_image(image: &str) -> Result<(), ValidationError> {
         && !IMAGE_TAG.is_match(tag)
     {
         return fail(format!(
-            "tag {tag:?} must be 1 to 128 letters, digits, '_', '.' or '-', not starting \
-                 with '.' or '-'"
+            "tag {} must be 1 to 128 letters, digits, '_', '.' or '-', not starting \
+                 with '.' or '-'",
+            quoted(tag)
         ));
     }
     if name.len() > 255 {
@@ -339,8 +419,9 @@ fn check_image(image: &str) -> Result<(), ValidationError> {
     for component in components {
         if !IMAGE_PATH_COMPONENT.is_match(component) {
             return fail(format!(
-                "path component {component:?} must be lowercase letters and digits, \
-                 separated by '.', '_', '__' or '-'"
+                "path component {} must be lowercase letters and digits, \
+                 separated by '.', '_', '__' or '-'",
+                quoted(component)
             ));
         }
     }
@@ -357,12 +438,14 @@ fn registry_error(registry: &str) -> Option<String> {
         && (!matches!(port.parse::<u32>(), Ok(1..=65535)) || port.starts_with('+'))
     {
         return Some(format!(
-            "registry port {port:?} must be a number from 1 to 65535"
+            "registry port {} must be a number from 1 to 65535",
+            quoted(port)
         ));
     }
     if host.is_empty() || !host.split('.').all(|c| REGISTRY_HOST_COMPONENT.is_match(c)) {
         return Some(format!(
-            "registry {host:?} must be a host name of letters, digits, '-' and '.'"
+            "registry {} must be a host name of letters, digits, '-' and '.'",
+            quoted(host)
         ));
     }
     None
@@ -371,6 +454,13 @@ fn registry_error(registry: &str) -> Option<String> {
 // === env ===
 
 fn check_env(spec: &DeploymentSpec) -> Result<(), ValidationError> {
+    if spec.env.len() > MAX_ENV_ENTRIES {
+        return Err(ValidationError::new(
+            "env",
+            format!("{} entries", spec.env.len()),
+            format!("at most {MAX_ENV_ENTRIES} environment variables are allowed"),
+        ));
+    }
     let mut seen = HashSet::new();
     for (i, var) in spec.env.iter().enumerate() {
         let field = format!("env[{i}].name");
@@ -389,6 +479,16 @@ fn check_env(spec: &DeploymentSpec) -> Result<(), ValidationError> {
                 field,
                 &var.name,
                 "is set more than once; each variable may appear only once",
+            ));
+        }
+        if var.value.len() > MAX_ENV_VALUE_BYTES {
+            return Err(ValidationError::new(
+                format!("env[{i}].value"),
+                &var.value,
+                format!(
+                    "must be at most 32 KiB ({MAX_ENV_VALUE_BYTES} bytes); it has {} bytes",
+                    var.value.len()
+                ),
             ));
         }
     }
@@ -493,7 +593,7 @@ pub fn parse_quantity(value: &str) -> Result<f64, String> {
 
 /// A label key (`[prefix/]name`) and value, per Kubernetes' rules.
 fn check_label(key: &str, value: &str) -> Result<(), ValidationError> {
-    let field = format!("labels[{key}]");
+    let field = format!("labels[{}]", cut(key));
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -619,9 +719,9 @@ mod tests {
     // --- name and namespace ---
 
     #[test]
-    fn name_must_be_a_dns1123_label() {
+    fn name_must_be_a_dns_label() {
         let err = rejected_named("Iris_Model", "default", &spec(), "name");
-        assert!(err.rule.contains("DNS-1123"), "{err}");
+        assert!(err.rule.contains("DNS-1035"), "{err}");
         rejected_named("iris-", "default", &spec(), "name");
         rejected_named("", "default", &spec(), "name");
     }
@@ -910,6 +1010,167 @@ mod tests {
         let mut s = spec();
         s.labels.insert("empty-ok".into(), String::new());
         validate_deployment("iris", "default", &s).unwrap();
+    }
+
+    // --- sizes ---
+
+    #[test]
+    fn name_is_a_dns1035_label_because_it_names_a_service() {
+        let err = rejected_named("1iris", "default", &spec(), "name");
+        assert!(err.rule.contains("DNS-1035"), "{err}");
+        let err = rejected_named(&"a".repeat(64), "default", &spec(), "name");
+        assert!(
+            err.rule.contains("DNS-1035") && err.rule.contains("63"),
+            "{err}"
+        );
+        let err = rejected_named("iris.v1", "default", &spec(), "name");
+        assert!(err.rule.contains("DNS-1035"), "{err}");
+    }
+
+    #[test]
+    fn model_name_is_at_most_253_characters() {
+        let mut s = spec();
+        s.model_name = "m".repeat(MAX_MODEL_NAME_LEN);
+        validate_deployment("iris", "default", &s).unwrap();
+        s.model_name.push('m');
+        let err = rejected(&s, "model_name");
+        assert!(err.rule.contains("253"), "{err}");
+    }
+
+    fn with_values(values: &[usize]) -> DeploymentSpec {
+        let mut s = spec();
+        s.env = values
+            .iter()
+            .enumerate()
+            .map(|(i, len)| EnvVar {
+                name: format!("V{i}"),
+                value: "x".repeat(*len),
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn an_env_value_is_at_most_32_kib() {
+        validate_deployment("iris", "default", &with_values(&[1, MAX_ENV_VALUE_BYTES])).unwrap();
+        let err = rejected(&with_values(&[1, MAX_ENV_VALUE_BYTES + 1]), "env[1].value");
+        assert!(err.rule.contains("32 KiB"), "{err}");
+        // Bytes count, not characters: 16,385 two-byte characters are 32,770 bytes.
+        let mut s = spec();
+        s.env = vec![EnvVar {
+            name: "UTF8".into(),
+            value: "é".repeat(MAX_ENV_VALUE_BYTES / 2 + 1),
+        }];
+        rejected(&s, "env[0].value");
+    }
+
+    #[test]
+    fn at_most_1000_env_entries() {
+        validate_deployment("iris", "default", &with_values(&[1; MAX_ENV_ENTRIES])).unwrap();
+        let err = rejected(&with_values(&[1; MAX_ENV_ENTRIES + 1]), "env");
+        assert!(err.rule.contains("1000"), "{err}");
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    #[test]
+    fn a_whole_spec_is_at_most_256_kib_serialized() {
+        // Eight values of 30 KiB fit; nine (270 KiB) do not, though each value is fine.
+        validate_deployment("iris", "default", &with_values(&[30 * 1024; 8])).unwrap();
+        let err = rejected(&with_values(&[30 * 1024; 9]), "spec");
+        assert!(err.rule.contains("256 KiB"), "{err}");
+        assert!(
+            err.to_string().len() < 300,
+            "the spec is not repeated: {err}"
+        );
+        // Labels and class names count too.
+        let mut s = spec();
+        s.proxy.class_names = (0..30_000).map(|i| format!("class-{i}")).collect();
+        rejected(&s, "spec");
+    }
+
+    #[test]
+    fn errors_never_repeat_a_huge_value() {
+        let huge = "a".repeat(1 << 20);
+        let check_of = |err: ValidationError, c: &str| {
+            let text = err.to_string();
+            assert!(text.len() < 600, "{} bytes: {}", text.len(), &text[..600]);
+            assert!(
+                text.contains(&c.repeat(64)),
+                "starts with the value: {text}"
+            );
+            assert!(!text.contains(&c.repeat(65)), "cut after 64: {text}");
+            assert!(text.contains("bytes)"), "says how long it was: {text}");
+        };
+        let check = |err: ValidationError| check_of(err, "a");
+        let err = rejected(&with_values(&[1 << 20]), "env[0].value");
+        assert!(err.to_string().contains("(1048576 bytes)"), "{err}");
+        check_of(err, "x");
+        check(rejected_named(&huge, "default", &spec(), "name"));
+        check(rejected_named("iris", &huge, &spec(), "namespace"));
+        check(rejected(&spec().image(&format!("iris:{huge}")), "image"));
+        check(rejected(
+            &spec().image(&huge.to_uppercase().to_lowercase()),
+            "image",
+        ));
+        check(rejected(
+            &spec().host(&format!("{huge}.example.com")),
+            "host",
+        ));
+        let mut s = spec();
+        s.model_name.clone_from(&huge);
+        check(rejected(&s, "model_name"));
+        let mut s = spec();
+        s.labels.insert("team".into(), huge.clone());
+        check(rejected(&s, "labels[team]"));
+        // A huge key is the field name itself: cut there too.
+        let mut s = spec();
+        s.labels.insert(huge.clone(), "v".into());
+        let err = validate_deployment("iris", "default", &s).unwrap_err();
+        check(err);
+        let mut s = spec();
+        s.env = vec![EnvVar {
+            name: format!("{huge}!"),
+            value: String::new(),
+        }];
+        check(validate_deployment("iris", "default", &s).unwrap_err());
+        // Short values are shown whole, multi-byte characters are never split.
+        let err = rejected(&with_env(&["1BAD"]), "env[0].name");
+        assert!(err.to_string().contains("\"1BAD\":"), "{err}");
+        let mut s = spec();
+        s.labels.insert("team".into(), "é".repeat(100));
+        let text = rejected(&s, "labels[team]").to_string();
+        assert!(
+            text.contains(&"é".repeat(64)) && !text.contains(&"é".repeat(65)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_keys_and_values_have_kubernetes_lengths() {
+        let mut s = spec();
+        s.labels
+            .insert(format!("{}/x", "p".repeat(254)), "v".into());
+        let err = validate_deployment("iris", "default", &s).unwrap_err();
+        assert!(err.rule.contains("253"), "{err}");
+        let mut s = spec();
+        s.labels.insert(
+            format!("{}/{}", "p".repeat(63), "n".repeat(63)),
+            "v".repeat(63),
+        );
+        validate_deployment("iris", "default", &s).unwrap();
+        let mut s = spec();
+        s.labels.insert("k".repeat(63), "v".repeat(64));
+        let err = rejected(&s, &format!("labels[{}]", "k".repeat(63)));
+        assert!(err.rule.contains("63"), "{err}");
+    }
+
+    #[test]
+    fn the_agents_own_label_prefix_is_reserved() {
+        let mut s = spec();
+        s.labels
+            .insert("deployer.ds.dev/owner".into(), "someone-else".into());
+        let err = rejected(&s, "labels[deployer.ds.dev/owner]");
+        assert!(err.rule.contains("reserved"), "{err}");
     }
 
     #[test]

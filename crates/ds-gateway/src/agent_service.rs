@@ -4,22 +4,30 @@
 use super::Shared;
 use super::credentials;
 use super::rpc::{bearer, store_status};
-use super::store::{AgentHeartbeat, Change, DeploymentRecord, StatusRecord};
+use super::store::{
+    AgentHeartbeat, Change, DeploymentRecord, ObjectCount, StatusRecord, StoreError,
+};
 use chrono::{DateTime, Utc};
 use ds_core::proto::agent_service_server::AgentService;
 use ds_core::proto::{
-    AgentInfo, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport, Upsert,
-    WatchEvent, WatchRequest, watch_event,
+    AgentInfo, ClusterObjects, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport,
+    Upsert, WatchEvent, WatchRequest, watch_event,
 };
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// Events buffered per Watch stream before the producer waits for the client.
 const WATCH_BUFFER: usize = 64;
+
+/// How often an open Watch stream re-checks its token, however busy it is: a token rotated
+/// out, revoked or of a deleted deployer ends its stream within this period (one indexed
+/// read per stream and period).
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
 
 /// The stream type of Watch.
 pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
@@ -127,13 +135,17 @@ impl AgentSvc {
     }
 }
 
-fn heartbeat_of(agent: Option<AgentInfo>) -> AgentHeartbeat {
+fn heartbeat_of(agent: Option<AgentInfo>, objects: Option<ClusterObjects>) -> AgentHeartbeat {
     let agent = agent.unwrap_or_default();
     AgentHeartbeat {
         version: agent.version,
         cluster: agent.cluster,
         instance: agent.instance,
         namespaces: agent.namespaces,
+        objects: objects.map(|o| ObjectCount {
+            revision: o.revision,
+            owned: o.owned,
+        }),
     }
 }
 
@@ -164,7 +176,7 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let auth = self.authenticate(&request, "Watch").await?;
         let deployer_id = auth.deployer_id.clone();
-        let agent = heartbeat_of(request.into_inner().agent);
+        let agent = heartbeat_of(request.into_inner().agent, None);
         let store = &self.shared.store;
         // Subscribe before reading the snapshot: every later commit is then either in
         // the snapshot or on the channel (those at or below its revision are skipped).
@@ -215,7 +227,7 @@ impl AgentService for AgentSvc {
         let report = request.into_inner();
         let store = &self.shared.store;
         let revision = store
-            .record_heartbeat(&deployer_id, &heartbeat_of(report.agent))
+            .record_heartbeat(&deployer_id, &heartbeat_of(report.agent, report.objects))
             .await
             .map_err(store_status)?;
         let statuses: Vec<StatusRecord> = report.statuses.into_iter().map(Into::into).collect();
@@ -225,7 +237,28 @@ impl AgentService for AgentSvc {
             .map_err(store_status)?;
         self.shared.metrics.status_reports.inc();
         if stored.len() < statuses.len() {
-            tracing::debug!(deployer = %deployer_id, ignored = statuses.len() - stored.len(), "ignored statuses of unknown or foreign deployments");
+            // Not stored: deleted (a delete races with a report, which is no error) or
+            // another deployer's, which this token must not write: refuse the report.
+            let stored: HashSet<&str> = stored.iter().map(String::as_str).collect();
+            let mut ignored = 0;
+            for s in statuses
+                .iter()
+                .filter(|s| !stored.contains(s.deployment_id.as_str()))
+            {
+                match store.get_deployment(&s.deployment_id).await {
+                    Ok(d) if d.deployer_id != deployer_id => {
+                        self.shared.metrics.auth_failures.inc();
+                        tracing::warn!(deployer = %deployer_id, deployment = %d.id, "refused a status report naming another deployer's deployment");
+                        return Err(Status::permission_denied(format!(
+                            "deployment {} is not this deployer's: its status was not stored (is the agent using another deployer's token?)",
+                            d.id
+                        )));
+                    }
+                    Ok(_) | Err(StoreError::NotFound(_)) => ignored += 1,
+                    Err(e) => return Err(store_status(e)),
+                }
+            }
+            tracing::debug!(deployer = %deployer_id, ignored, "ignored statuses of deleted deployments");
         }
         Ok(Response::new(StatusAck { revision }))
     }
@@ -233,7 +266,8 @@ impl AgentService for AgentSvc {
 
 /// Feeds one Watch stream: changes above `revision` in order, heartbeats when idle. Ends
 /// when the client goes, the deployer is deleted, its token is no longer valid (checked
-/// at each heartbeat), the stream lags, or the gateway stops.
+/// every [`TOKEN_RECHECK`] on a timer that events do not reset), the stream lags, or the
+/// gateway stops.
 async fn produce(
     guard: StreamGuard,
     token_id: String,
@@ -245,6 +279,11 @@ async fn produce(
     let period = shared.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Never reset by events: a stream busy with changes is re-checked all the same.
+    let check_every = TOKEN_RECHECK.min(period);
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + check_every, check_every);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             _ = shared.shutdown.cancelled() => {
@@ -252,7 +291,7 @@ async fn produce(
                 break;
             }
             _ = tx.closed() => break,
-            _ = heartbeat.tick() => {
+            _ = recheck.tick() => {
                 match credentials::still_valid(shared.store.as_ref(), &token_id).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -263,8 +302,9 @@ async fn produce(
                     // A database hiccup is no reason to drop a healthy agent.
                     Err(error) => tracing::warn!(%error, "re-checking a watch stream's token failed"),
                 }
-                watch_event::Event::Heartbeat(Heartbeat { revision: last })
+                continue;
             }
+            _ = heartbeat.tick() => watch_event::Event::Heartbeat(Heartbeat { revision: last }),
             change = changes.recv() => match change {
                 Ok(Change::DeployerDeleted) => {
                     let _ = tx.send(Err(Status::unauthenticated("deployer deleted"))).await;

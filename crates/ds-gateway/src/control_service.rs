@@ -11,8 +11,8 @@ use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
-    DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, Deployer,
-    DeploymentView, GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest,
+    DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
+    Deployer, DeploymentView, GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest,
     ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
     RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
 };
@@ -147,12 +147,12 @@ impl ControlSvc {
         match found.len() {
             0 => Err(Status::not_found(format!(
                 "deployment {} not found",
-                sel.deployment
+                ds_core::validate::cut(&sel.deployment)
             ))),
             1 => Ok(found.remove(0)),
             n => Err(Status::failed_precondition(format!(
                 "{n} deployments are named {}; give the deployer and namespace, or the ID",
-                sel.deployment
+                ds_core::validate::cut(&sel.deployment)
             ))),
         }
     }
@@ -310,14 +310,88 @@ impl ControlService for ControlSvc {
         request: Request<DeleteDeployerRequest>,
     ) -> Result<Response<DeleteDeployerResponse>, Status> {
         self.authorize(&request).await?;
-        let record = self.deployer(&request.get_ref().deployer).await?;
-        self.shared
-            .store
-            .delete_deployer(&record.id)
-            .await
-            .map_err(store_status)?;
-        tracing::info!(deployer = %record.id, name = %record.name, "deployer deleted; its tokens are revoked");
-        Ok(Response::new(DeleteDeployerResponse { id: record.id }))
+        let req = request.into_inner();
+        let mode = DeleteMode::try_from(req.mode)
+            .map_err(|_| Status::invalid_argument(format!("mode: unknown value {}", req.mode)))?;
+        let record = self.deployer(&req.deployer).await?;
+        let store = &self.shared.store;
+        let mut answer = DeleteDeployerResponse {
+            id: record.id.clone(),
+            owner_selector: ds_core::ownership::owner_selector(&record.id),
+            ..Default::default()
+        };
+        match mode {
+            DeleteMode::Unspecified => {
+                if record.deployments > 0 {
+                    // The safe default, and what clients older than `mode` get: deleting
+                    // now would revoke the token before the agent saw the removals.
+                    return Err(Status::failed_precondition(format!(
+                        "deployer {} has {} deployments: delete them first, or delete it with mode CASCADE (its deployments, then it once its agent removed their objects) or ORPHAN (now, leaving their objects in the cluster)",
+                        record.name, record.deployments
+                    )));
+                }
+                store
+                    .delete_deployer_at(&record.id, record.revision)
+                    .await
+                    .map_err(store_status)?;
+                answer.deleted = true;
+                tracing::info!(deployer = %record.id, name = %record.name, "deployer deleted; its tokens are revoked");
+            }
+            DeleteMode::Orphan => {
+                store
+                    .delete_deployer(&record.id)
+                    .await
+                    .map_err(store_status)?;
+                answer.deleted = true;
+                answer.deployments_deleted = record.deployments;
+                tracing::warn!(deployer = %record.id, name = %record.name, deployments = record.deployments, selector = %answer.owner_selector, "deployer deleted with its objects left in the cluster (orphan); its tokens are revoked");
+            }
+            DeleteMode::Cascade => {
+                for d in store
+                    .list_deployments(Some(&record.id))
+                    .await
+                    .map_err(store_status)?
+                {
+                    match store.delete_deployment(&d.id).await {
+                        Ok((_, revision)) => {
+                            answer.deployments_deleted += 1;
+                            self.shared.metrics.deployment_changes.inc();
+                            tracing::info!(deployment = %d.id, revision, "deployment deleted (deployer cascade)");
+                        }
+                        Err(StoreError::NotFound(_)) => {}
+                        Err(e) => return Err(store_status(e)),
+                    }
+                }
+                let now = store.get_deployer(&record.id).await.map_err(store_status)?;
+                let (connected, stream_seen) = self.shared.presence.get(&now.id);
+                let last_seen = if connected {
+                    Some(Utc::now())
+                } else {
+                    now.last_seen.max(stream_seen)
+                };
+                // Only a count made while the agent held the state without the deleted
+                // deployments proves their objects gone (and that it makes no more).
+                let reported = now.objects.filter(|o| o.revision >= now.revision);
+                answer.objects_left = reported.map(|o| o.owned);
+                answer.agent_connected = connected;
+                answer.agent_last_seen = last_seen.map(rfc3339).unwrap_or_default();
+                // No agent ever connected: nothing was ever written to a cluster.
+                let clean = now.deployments == 0
+                    && (last_seen.is_none() || reported.is_some_and(|o| o.owned == 0));
+                if clean {
+                    match store.delete_deployer_at(&now.id, now.revision).await {
+                        Ok(()) => {
+                            answer.deleted = true;
+                            tracing::info!(deployer = %now.id, name = %now.name, "deployer deleted after its agent removed its objects; its tokens are revoked");
+                        }
+                        // Changed meanwhile (a deployment created): the next call goes on.
+                        Err(StoreError::Conflict(_)) => {}
+                        Err(e) => return Err(store_status(e)),
+                    }
+                }
+            }
+        }
+        Ok(Response::new(answer))
     }
 
     async fn rotate_deployer_token(

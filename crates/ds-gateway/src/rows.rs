@@ -2,7 +2,9 @@
 //! classification, and the decoding of every row the store reads, written once for the
 //! rows of any `sqlx` database with the store's column types.
 
-use super::store::{DeployerRecord, DeploymentRecord, StatusRecord, StoreError, TokenRecord};
+use super::store::{
+    DeployerRecord, DeploymentRecord, ObjectCount, StatusRecord, StoreError, TokenRecord,
+};
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
@@ -107,6 +109,16 @@ pub(super) fn deployer_from_row(row: &impl StoreRow) -> Result<DeployerRecord, S
             .collect(),
         last_seen: row.opt_int("last_seen")?.map(ts),
         deployments: u32::try_from(row.int("n")?).unwrap_or(u32::MAX),
+        objects: match (
+            row.opt_int("objects_revision")?,
+            row.opt_int("objects_owned")?,
+        ) {
+            (Some(revision), Some(owned)) => Some(ObjectCount {
+                revision: to_u64(revision),
+                owned: u32::try_from(owned).unwrap_or(u32::MAX),
+            }),
+            _ => None,
+        },
     })
 }
 

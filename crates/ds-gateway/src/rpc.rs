@@ -1,6 +1,7 @@
 //! Helpers shared by the gRPC services: credential extraction and error mapping.
 
 use super::store::StoreError;
+use ds_core::validate::cut;
 use tonic::{Request, Status};
 
 /// The bearer credential of a request, without its `Bearer ` prefix.
@@ -26,10 +27,13 @@ pub fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
 /// Maps a store error to a gRPC status. Database details are logged, not sent.
 pub fn store_status(error: StoreError) -> Status {
     match error {
-        StoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
-        StoreError::AlreadyExists(what) => Status::already_exists(format!("{what} already exists")),
+        // `what` names the object as the caller gave it: never repeat a huge one whole.
+        StoreError::NotFound(what) => Status::not_found(format!("{} not found", cut(&what))),
+        StoreError::AlreadyExists(what) => {
+            Status::already_exists(format!("{} already exists", cut(&what)))
+        }
         StoreError::Conflict(what) => {
-            Status::aborted(format!("{what} was changed concurrently; retry"))
+            Status::aborted(format!("{} was changed concurrently; retry", cut(&what)))
         }
         other => {
             tracing::error!(error = %other, "store failure");

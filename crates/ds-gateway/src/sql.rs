@@ -223,15 +223,36 @@ where
         Ok((record, revision))
     }
 
-    async fn try_delete_deployer(&self, id: &str) -> Result<(), StoreError> {
+    /// Deletes a deployer; with `revision`, only while it is still at that revision.
+    async fn try_delete_deployer(&self, id: &str, revision: Option<u64>) -> Result<(), StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
-        let done = sqlx::query("DELETE FROM deployers WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done = match revision {
+            None => {
+                sqlx::query("DELETE FROM deployers WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            Some(revision) => {
+                sqlx::query("DELETE FROM deployers WHERE id = $1 AND revision = $2")
+                    .bind(id)
+                    .bind(to_i64(revision))
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
         if B::rows_affected(&done) == 0 {
-            return Err(StoreError::NotFound(format!("deployer {id}")));
+            let exists = sqlx::query(SELECT_REVISION)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            return Err(if exists {
+                StoreError::Conflict(format!("deployer {id}"))
+            } else {
+                StoreError::NotFound(format!("deployer {id}"))
+            });
         }
         self.commit_change(tx, id, Change::DeployerDeleted).await
     }
@@ -242,19 +263,31 @@ where
         agent: &AgentHeartbeat,
     ) -> Result<u64, StoreError> {
         let _w = self.serial().await;
-        let row = sqlx::query(
+        // A report without an object count keeps the stored one.
+        let sql = if agent.objects.is_some() {
             "UPDATE deployers SET agent_version = $1, cluster = $2, instance = $3, \
-             agent_namespaces = $4, last_seen = $5 WHERE id = $6 RETURNING revision",
-        )
-        .bind(agent.version.as_str())
-        .bind(agent.cluster.as_str())
-        .bind(agent.instance.as_str())
-        .bind(agent.namespaces.join(",").as_str())
-        .bind(now_ms())
-        .bind(deployer_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
+             agent_namespaces = $4, last_seen = $5, objects_revision = $7, objects_owned = $8 \
+             WHERE id = $6 RETURNING revision"
+        } else {
+            "UPDATE deployers SET agent_version = $1, cluster = $2, instance = $3, \
+             agent_namespaces = $4, last_seen = $5 WHERE id = $6 RETURNING revision"
+        };
+        let mut query = sqlx::query(sql)
+            .bind(agent.version.as_str())
+            .bind(agent.cluster.as_str())
+            .bind(agent.instance.as_str())
+            .bind(agent.namespaces.join(",").as_str())
+            .bind(now_ms())
+            .bind(deployer_id);
+        if let Some(objects) = agent.objects {
+            query = query
+                .bind(to_i64(objects.revision))
+                .bind(i64::from(objects.owned));
+        }
+        let row = query
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
         Ok(to_u64(row.int("revision")?))
     }
 
@@ -389,7 +422,13 @@ where
     }
 
     async fn delete_deployer(&self, id: &str) -> Result<(), StoreError> {
-        self.try_delete_deployer(id)
+        self.try_delete_deployer(id, None)
+            .await
+            .map_err(retryable(&format!("deployer {id}")))
+    }
+
+    async fn delete_deployer_at(&self, id: &str, revision: u64) -> Result<(), StoreError> {
+        self.try_delete_deployer(id, Some(revision))
             .await
             .map_err(retryable(&format!("deployer {id}")))
     }

@@ -57,6 +57,17 @@ pub struct DeployerRecord {
     pub last_seen: Option<DateTime<Utc>>,
     /// Number of deployments it holds.
     pub deployments: u32,
+    /// The agent's latest count of the deployer's objects in its cluster; `None` until
+    /// an agent reported one.
+    pub objects: Option<ObjectCount>,
+}
+
+/// How many of a deployer's objects its agent sees in its cluster, counted while it held
+/// the desired state of deployer revision `revision` (the proto's ClusterObjects).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectCount {
+    pub revision: u64,
+    pub owned: u32,
 }
 
 impl DeployerRecord {
@@ -73,6 +84,7 @@ impl DeployerRecord {
             agent_namespaces: Vec::new(),
             last_seen: None,
             deployments: 0,
+            objects: None,
         }
     }
 }
@@ -124,6 +136,9 @@ pub struct AgentHeartbeat {
     pub cluster: String,
     pub instance: String,
     pub namespaces: Vec<String>,
+    /// The agent's count of the deployer's objects, when this report carries one (the
+    /// stored count stays otherwise).
+    pub objects: Option<ObjectCount>,
 }
 
 /// A committed change of one deployer, published after the commit in revision order.
@@ -187,6 +202,9 @@ pub trait Store: Send + Sync + 'static {
     async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError>;
     /// Deletes a deployer, its deployments and its tokens.
     async fn delete_deployer(&self, id: &str) -> Result<(), StoreError>;
+    /// Deletes a deployer like [`Store::delete_deployer`], but only while it is still at
+    /// `revision` (nothing created or changed since it was read); `Conflict` otherwise.
+    async fn delete_deployer_at(&self, id: &str, revision: u64) -> Result<(), StoreError>;
     /// Adds a new current token; the deployer's other current tokens expire at `old_expire`.
     async fn rotate_token(
         &self,
@@ -238,7 +256,8 @@ pub trait Store: Send + Sync + 'static {
     async fn snapshot(&self, deployer_id: &str)
     -> Result<(u64, Vec<DeploymentRecord>), StoreError>;
 
-    /// Records an agent heartbeat; returns the deployer's latest revision.
+    /// Records an agent heartbeat (and its object count, if it has one); returns the
+    /// deployer's latest revision.
     async fn record_heartbeat(
         &self,
         deployer_id: &str,

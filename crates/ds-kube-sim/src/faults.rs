@@ -1,8 +1,8 @@
 //! Fault injection (error answers, latency, dropped watches, 410s) and request counters.
 
 use super::status::ApiError;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -89,10 +89,7 @@ impl Faults {
     /// namespaces (cluster-scoped resources, cluster-wide lists and watches, other
     /// namespaces) gets 403 Forbidden. `None` lifts the restriction.
     pub fn restrict_to_namespaces(&self, namespaces: Option<Vec<String>>) {
-        *self
-            .allowed_namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = namespaces;
+        *self.allowed_namespaces.lock() = namespaces;
     }
 
     /// The 403 for a request outside the allowed namespaces, if restricted.
@@ -103,10 +100,7 @@ impl Faults {
         ns: Option<&str>,
         name: &str,
     ) -> Option<ApiError> {
-        let allowed = self
-            .allowed_namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let allowed = self.allowed_namespaces.lock();
         let allowed = allowed.as_ref()?;
         let inside = resource.namespaced && ns.is_some_and(|ns| allowed.iter().any(|a| a == ns));
         (!inside).then(|| ApiError::forbidden(resource, verb, name, ns))
@@ -122,8 +116,8 @@ impl Faults {
         self.gone_next_watch.store(false, Ordering::Relaxed);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Rule>> {
+        self.rules.lock()
     }
 
     pub(crate) fn latency(&self) -> Option<Duration> {
@@ -222,8 +216,8 @@ impl Counters {
             .or_default() += 1;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), u64>> {
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<(String, String), u64>> {
+        self.counts.lock()
     }
 
     /// Requests with this verb on this resource (plural name, e.g. `"deployments"`);

@@ -3,9 +3,10 @@
 use super::resources::{NAMESPACES, RESOURCES};
 use super::status::ApiError;
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use tokio::sync::broadcast;
 
 /// Kind of a watch event.
@@ -246,7 +247,7 @@ impl Store {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent maps (every mutation is a single
         // insert/remove), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     /// A receiver of every future event (controllers).

@@ -11,8 +11,9 @@ use super::upstream::UpstreamError;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::time::Sleep;
 
@@ -95,10 +96,7 @@ impl Body for RequestBody {
         if let (Some(Ok(frame)), Some(capture)) = (&frame, &this.capture)
             && let Some(data) = frame.data_ref()
         {
-            capture
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(data);
+            capture.lock().push(data);
         }
         Poll::Ready(frame)
     }

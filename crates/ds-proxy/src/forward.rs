@@ -11,9 +11,10 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The request-ID header, added to the request (and echoed on the response) when absent.
@@ -165,12 +166,7 @@ impl Drop for Exchange {
             }
         }
         let log = self.log.take().map(|log| {
-            let request = std::mem::take(
-                &mut *log
-                    .request
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
+            let request = std::mem::take(&mut *log.request.lock());
             (log.time, log.path, request)
         });
         shared.record(Outcome {

@@ -8,12 +8,13 @@
 
 use super::classes::ClassNames;
 use super::metrics::Metrics;
+use parking_lot::Mutex;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
@@ -363,12 +364,7 @@ impl Queue {
     }
 
     fn fresh_buffer(&self) -> Vec<u8> {
-        let spare = self
-            .shared
-            .spare
-            .lock()
-            .ok()
-            .and_then(|mut spare| spare.pop());
+        let spare = self.shared.spare.lock().pop();
         spare.unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES + 16 * 1024))
     }
 }
@@ -615,12 +611,12 @@ fn write_batches(
             }
             shared.queued.fetch_sub(batch.lines, Ordering::AcqRel);
         }
-        if batch.bytes.capacity() > 0
-            && let Ok(mut spare) = shared.spare.lock()
-            && spare.len() < SPARE_BUFFERS
-        {
-            batch.bytes.clear();
-            spare.push(batch.bytes);
+        if batch.bytes.capacity() > 0 {
+            let mut spare = shared.spare.lock();
+            if spare.len() < SPARE_BUFFERS {
+                batch.bytes.clear();
+                spare.push(batch.bytes);
+            }
         }
     };
     while let Ok(message) = rx.recv() {

@@ -19,9 +19,9 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::net::TcpStream;
@@ -103,10 +103,8 @@ impl<B: SendBody> Default for Slot<B> {
 }
 
 impl<B: SendBody> Slot<B> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Conn<B>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Option<Conn<B>>> {
+        self.0.lock()
     }
 
     fn take(&self) -> Option<Conn<B>> {
@@ -197,10 +195,8 @@ impl<B: SendBody> Pool<B> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Conn<B>>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<Conn<B>>> {
+        self.idle.lock()
     }
 
     /// The most recently parked connection that has not expired; expired and closed ones

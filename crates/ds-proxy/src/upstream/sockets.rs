@@ -8,7 +8,7 @@
 
 use super::{Settings, UpstreamError};
 use bytes::BytesMut;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Instant;
 use tokio::net::TcpStream;
 
@@ -51,10 +51,8 @@ impl Connections {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<UpConn>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Vec<UpConn>> {
+        self.idle.lock()
     }
 
     /// The most recently parked connection that has not expired (expired ones are closed).
