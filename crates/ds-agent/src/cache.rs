@@ -24,11 +24,12 @@ use kube::Resource;
 use kube::api::Api;
 use kube::core::{ApiResource, DynamicResourceScope};
 use kube::runtime::{WatchStreamExt, watcher};
+use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -385,9 +386,9 @@ pub struct Cache {
 }
 
 impl Cache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Map> {
         // A panic while holding the lock leaves a consistent map (single inserts/swaps).
-        self.map.read().unwrap_or_else(|e| e.into_inner())
+        self.map.read()
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<Cached>> {
@@ -496,7 +497,7 @@ fn spawn_watch(
                 }
                 watcher::Event::InitDone => {
                     let fresh = relists[i].take().unwrap_or_default();
-                    let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+                    let mut m = map.write();
                     let old: Map = match &scopes[i] {
                         None => std::mem::replace(&mut *m, fresh),
                         Some(ns) => {
@@ -523,10 +524,7 @@ fn spawn_watch(
                 }
                 watcher::Event::Apply(o) => {
                     let v = project(o);
-                    insert(
-                        &mut map.write().unwrap_or_else(|e| e.into_inner()),
-                        v.clone(),
-                    );
+                    insert(&mut map.write(), v.clone());
                     let _ = touched.send(v);
                 }
                 watcher::Event::Delete(o) => {
@@ -535,7 +533,7 @@ fn spawn_watch(
                         m.namespace.as_deref().unwrap_or_default(),
                         m.name.as_deref().unwrap_or_default(),
                     );
-                    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+                    let mut map = map.write();
                     let gone = map.get_mut(ns).and_then(|names| names.remove(name));
                     if map.get(ns).is_some_and(Names::is_empty) {
                         map.remove(ns);

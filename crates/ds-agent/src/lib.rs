@@ -15,13 +15,13 @@
 
 pub mod builders;
 pub mod cache;
-pub mod compare;
+mod compare;
 pub mod desired;
-pub mod leader;
-pub mod metrics;
-pub mod reconcile;
-pub mod scheduler;
-pub mod sync;
+mod leader;
+mod metrics;
+mod reconcile;
+mod scheduler;
+mod sync;
 
 use axum::Router;
 use axum::extract::State;

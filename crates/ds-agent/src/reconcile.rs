@@ -29,9 +29,10 @@ use ds_core::proto::{self, Phase};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
@@ -207,9 +208,9 @@ impl Reconciler {
         &self.config.deployer_id
     }
 
-    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+    fn memo(&self) -> parking_lot::MutexGuard<'_, Memo> {
         // Every update is a single insert or remove: a panic leaves the memo consistent.
-        self.memo.lock().unwrap_or_else(|e| e.into_inner())
+        self.memo.lock()
     }
 
     fn api(&self, kind: Kind, namespace: &str) -> Api<Slim> {
@@ -223,10 +224,7 @@ impl Reconciler {
     /// Starts a full pass: namespaces are looked up again and memos of deployments that are
     /// gone are dropped.
     pub fn begin_pass(&self, desired: &DesiredState) {
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.namespaces.lock().clear();
         let live: HashSet<String> = self
             .stores
             .all()
@@ -362,7 +360,6 @@ impl Reconciler {
         let cell = self
             .namespaces
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .entry(namespace.to_string())
             .or_default()
             .clone();
