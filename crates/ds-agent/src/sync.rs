@@ -14,9 +14,9 @@ use super::cache::Stores;
 use super::desired::Kind;
 use super::metrics::Metrics;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use ds_core::DeployedObject;
 use ds_core::proto;
 use ds_core::proto::agent_service_client::AgentServiceClient;
-use ds_core::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources};
 use ds_transport::{Bearer, ChannelOptions, Plaintext};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,55 +61,14 @@ pub struct DesiredState {
 /// Where the desired state lives: the sync tasks write, the reconciler reads.
 pub type DesiredTx = watch::Sender<DesiredState>;
 
-/// Converts a gateway deployment into the domain type the builders take (moving its
-/// strings, not copying them).
+/// Converts a gateway deployment into the domain type the builders take (`ds_core`'s one
+/// conversion, moving its strings); a deployment without its deployer ID belongs to ours.
 pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
-    let spec = d.spec.unwrap_or_default();
-    let opt = |s: String| Some(s).filter(|s| !s.is_empty());
-    let res = spec.resources.unwrap_or_default();
-    DeployedObject {
-        id: d.id,
-        deployer_id: if d.deployer_id.is_empty() {
-            deployer_id.to_string()
-        } else {
-            d.deployer_id
-        },
-        name: d.name,
-        namespace: d.namespace,
-        revision: d.revision_of_last_change,
-        spec: DeploymentSpec {
-            model_name: spec.model_name,
-            image: spec.image,
-            replicas: spec.replicas,
-            port: spec.port,
-            host: opt(spec.host),
-            ingress_class: opt(spec.ingress_class),
-            env: spec
-                .env
-                .into_iter()
-                .map(|e| EnvVar {
-                    name: e.name,
-                    value: e.value,
-                })
-                .collect(),
-            resources: Resources {
-                cpu_request: opt(res.cpu_request),
-                cpu_limit: opt(res.cpu_limit),
-                memory_request: opt(res.memory_request),
-                memory_limit: opt(res.memory_limit),
-            },
-            // No proxy settings at all reads as the gateway reads them: the defaults (on).
-            proxy: spec
-                .proxy
-                .map(|proxy| ProxySpec {
-                    enabled: proxy.enabled,
-                    class_names: proxy.class_names,
-                    query_log: proxy.query_log,
-                })
-                .unwrap_or_default(),
-            labels: spec.labels.into_iter().collect(),
-        },
+    let mut obj = DeployedObject::from(d);
+    if obj.deployer_id.is_empty() {
+        obj.deployer_id = deployer_id.to_string();
     }
+    obj
 }
 
 /// Applies a snapshot. `from_watch` snapshots (sent on connect) are always authoritative;
@@ -772,7 +731,10 @@ mod tests {
         // No settings at all: the defaults, as the gateway and the CLI read them.
         let mut d = dep("b", 2);
         d.spec.as_mut().unwrap().proxy = None;
-        assert_eq!(from_proto(d, "d1").spec.proxy, ProxySpec::default());
+        assert_eq!(
+            from_proto(d, "d1").spec.proxy,
+            ds_core::ProxySpec::default()
+        );
     }
 
     #[test]
