@@ -6,7 +6,10 @@
 # `cargo +nightly fuzz run h1_framing fuzz/artifacts/h1_framing/<file>` replays it.
 #
 # Usage: hack/fuzz.sh [libFuzzer flags…]
-#   env: FUZZ_SECONDS=60 (fuzzing time, after the build), FUZZ_TARGET=h1_framing,
+#   env: FUZZ_SECONDS=60 (fuzzing time, after the build), or FUZZ_RUNS=N with FUZZ_SEED=1:
+#        a fixed number of inputs from a fixed seed, so the same commit fuzzes the same
+#        inputs on every machine (CI uses this: a red CI then reproduces here, and a new
+#        finding shows up when the code changes, not at random), FUZZ_TARGET=h1_framing,
 #        FUZZ_TOOLCHAIN=stable (cargo-fuzz passes -Z flags: on a stable rustc they are
 #        allowed by RUSTC_BOOTSTRAP=1, so CI needs no nightly download; set
 #        FUZZ_TOOLCHAIN=nightly to use a nightly you have)
@@ -35,5 +38,10 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 # -a: overflow checks and debug assertions on, so arithmetic slips crash too.
 cargo +"$toolchain" fuzz build -a "$target"
+if [ -n "${FUZZ_RUNS:-}" ]; then
+    budget=(-runs="$FUZZ_RUNS" -seed="${FUZZ_SEED:-1}")
+else
+    budget=(-max_total_time="$seconds")
+fi
 cargo +"$toolchain" fuzz run -a "$target" "$scratch" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -max_len=4096 -timeout=10 "$@"
+    "${budget[@]}" -max_len=4096 -timeout=10 "$@"

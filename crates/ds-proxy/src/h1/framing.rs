@@ -40,17 +40,24 @@ pub(crate) struct TransferCodings {
     pub(crate) chunked: u32,
     /// A coding other than `chunked` (`gzip`, `chunked;x=1`, …) was named.
     pub(crate) other: bool,
+    /// A field named no coding at all (`Transfer-Encoding:`): hyper then takes the last
+    /// field as not `chunked` and refuses; a parser that skips it reads `chunked` from an
+    /// earlier field, so two hops could frame the body apart.
+    pub(crate) empty_field: bool,
 }
 
 impl TransferCodings {
     pub(crate) fn add(&mut self, value: &[u8]) {
+        let mut named = false;
         for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
             if coding.eq_ignore_ascii_case(b"chunked") {
                 self.chunked += 1;
             } else if !coding.is_empty() {
                 self.other = true;
             }
+            named |= !coding.is_empty();
         }
+        self.empty_field |= !named;
     }
 }
 
@@ -100,14 +107,15 @@ mod tests {
         let codings = |values: &[&[u8]]| {
             let mut c = TransferCodings::default();
             values.iter().for_each(|v| c.add(v));
-            (c.chunked, c.other)
+            (c.chunked, c.other, c.empty_field)
         };
-        assert_eq!(codings(&[b"Chunked"]), (1, false));
-        assert_eq!(codings(&[b"gzip, chunked"]), (1, true));
-        assert_eq!(codings(&[b"gzip", b"chunked"]), (1, true));
-        assert_eq!(codings(&[b"chunked;ext=1"]), (0, true));
-        assert_eq!(codings(&[b" , chunked, "]), (1, false));
-        assert_eq!(codings(&[b"chunked", b"chunked"]), (2, false));
-        assert_eq!(codings(&[b""]), (0, false));
+        assert_eq!(codings(&[b"Chunked"]), (1, false, false));
+        assert_eq!(codings(&[b"gzip, chunked"]), (1, true, false));
+        assert_eq!(codings(&[b"gzip", b"chunked"]), (1, true, false));
+        assert_eq!(codings(&[b"chunked;ext=1"]), (0, true, false));
+        assert_eq!(codings(&[b" , chunked, "]), (1, false, false));
+        assert_eq!(codings(&[b"chunked", b"chunked"]), (2, false, false));
+        assert_eq!(codings(&[b""]), (0, false, true));
+        assert_eq!(codings(&[b"chunked", b" , "]), (1, false, true));
     }
 }
