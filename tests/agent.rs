@@ -77,6 +77,7 @@ on_both!(
     missing_namespace_is_reported_unless_create_namespaces,
     token_rotation_orphans_nothing,
     deployer_rm_cascade_removes_every_object_then_revokes_the_token,
+    describe_shows_the_pods_and_only_this_deployments_events,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -374,6 +375,57 @@ impl Env {
             gone.then_some(())
         })
         .await;
+    }
+}
+
+/// What one `ds` run printed.
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Env {
+    /// `ds ARGS` against the test's gateway, with a private config path.
+    fn ds(&self, args: &[&str]) -> tokio::process::Command {
+        let bin = std::env::var_os("DS_TEST_BIN")
+            .map_or_else(|| env!("CARGO_BIN_EXE_ds").into(), std::path::PathBuf::from);
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(args)
+            .env("DS_GATEWAY", self.gw.url())
+            .env("DS_API_KEY", &self.gw.admin_key)
+            .env("DS_CONFIG", self.gw.dir().join("ds-config.yaml"))
+            .env_remove("DS_CA_CERT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run_ds(&self, args: &[&str]) -> Ran {
+        let out = tokio::time::timeout(DEADLINE, self.ds(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("ds {args:?} did not finish"))
+            .expect("ds runs");
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ran {
+    fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "ds failed: {}{}",
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
     }
 }
 
@@ -1668,4 +1720,167 @@ async fn one_broken_deployment_never_slows_the_others() {
     )
     .await;
     agent.shutdown().await;
+}
+
+// === logs and describe ===
+
+/// An event about `kind/name` in `ns`, as a controller would record it.
+async fn record_event(e: &Env, ns: &str, kind: &str, name: &str, reason: &str) {
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "ds-test-"},
+        "involvedObject": {"kind": kind, "name": name, "namespace": ns, "apiVersion": "apps/v1"},
+        "reason": reason,
+        "message": format!("{reason} of {name}"),
+        "type": "Warning",
+        "count": 2,
+        "source": {"component": "ds-test"},
+        "firstTimestamp": "2026-01-01T00:00:00Z",
+        "lastTimestamp": "2026-01-01T00:00:00Z",
+    }))
+    .unwrap();
+    Api::namespaced(e.cluster.client(), ns)
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("create event");
+}
+
+/// `ds deployment describe` shows the deployment's pods and the events of its own objects
+/// (not those of a deployment whose name merely starts the same), read by the agent; with
+/// no agent connected it still shows the deployment and says why the rest is missing.
+async fn describe_shows_the_pods_and_only_this_deployments_events(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (_, token) = e.deployer("c1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("c1", "iris", ns, DeploymentSpec::test("iris").replicas(2))
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    record_event(&e, ns, "Deployment", "iris", "TestOurs").await;
+    record_event(&e, ns, "Deployment", "iris-v2", "TestTheirs").await;
+
+    let described = e
+        .run_ds(&["deployment", "describe", "iris", "-n", ns, "-o", "json"])
+        .await;
+    let v: serde_json::Value = serde_json::from_str(described.ok()).expect("JSON");
+    assert_eq!(v["deployment"]["id"], id.as_str());
+    let pods = v["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 2, "{v}");
+    for p in pods {
+        assert!(p["name"].as_str().unwrap().starts_with("iris-"), "{p}");
+        assert_eq!(p["status"], "Running", "{p}");
+        let (ready, of) = p["ready"].as_str().unwrap().split_once('/').unwrap();
+        assert_eq!(ready, of, "every container ready: {p}");
+    }
+    let reasons: Vec<&str> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons.contains(&"TestOurs"), "{reasons:?}");
+    assert!(!reasons.contains(&"TestTheirs"), "{reasons:?}");
+    if matches!(b, Backend::Real) {
+        // The real controllers record the rollout.
+        assert!(reasons.contains(&"ScalingReplicaSet"), "{reasons:?}");
+    }
+    let text = e
+        .run_ds(&["deployment", "describe", "iris", "-n", ns])
+        .await;
+    let text = text.ok();
+    assert!(text.contains("Pods:") && text.contains("Events:"), "{text}");
+    assert!(text.contains("TestOurs of iris (x2)"), "{text}");
+
+    agent.shutdown().await;
+    let offline = e
+        .run_ds(&["deployment", "describe", "iris", "-n", ns])
+        .await;
+    let text = offline.ok();
+    assert!(text.contains("iris"), "{text}");
+    assert!(
+        text.contains("Pods and events: unavailable: deployer c1 has no agent connected"),
+        "{text}"
+    );
+}
+
+/// `ds deployment logs` prints every pod's lines prefixed with the pod; `-f` keeps going,
+/// picks up the pods a scale-up adds, and ends cleanly on Ctrl-C. Bad flags and a missing
+/// agent are one line each.
+#[tokio::test]
+async fn logs_merge_the_pods_and_follow_picks_up_new_ones() {
+    use tokio::io::AsyncBufReadExt;
+    let mut e = env(Backend::Sim).await;
+    let (_, token) = e.deployer("c1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("c1", "iris", NS, DeploymentSpec::test("iris").replicas(2))
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+
+    let logs = e.run_ds(&["deployment", "logs", "iris"]).await;
+    let out = logs.ok();
+    let prefixed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("[pod/iris-") && l.contains("/model] "))
+        .collect();
+    assert_eq!(prefixed.len(), 4, "two lines per pod: {out}");
+    assert!(
+        out.contains("/model] simulated log of pod default/iris-"),
+        "{out}"
+    );
+
+    let bad = e
+        .run_ds(&["deployment", "logs", "iris", "--container", "sidecar"])
+        .await;
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr.contains("container") && bad.stderr.contains("must be model or proxy"),
+        "{}",
+        bad.stderr
+    );
+
+    let mut follow = e
+        .ds(&["deployment", "logs", "iris", "-f"])
+        .spawn()
+        .expect("ds runs");
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut pods = std::collections::BTreeSet::new();
+    let mut read_pods = async |want: usize, pods: &mut std::collections::BTreeSet<String>| {
+        while pods.len() < want {
+            let line = tokio::time::timeout(DEADLINE, lines.next_line())
+                .await
+                .expect("a line in time")
+                .expect("read")
+                .expect("ds logs -f ended early");
+            if let Some(pod) = line.strip_prefix("[pod/").and_then(|l| l.split('/').next()) {
+                pods.insert(pod.to_string());
+            }
+        }
+    };
+    read_pods(2, &mut pods).await;
+    e.update(&id, |r| r.replicas = Some(3)).await;
+    read_pods(3, &mut pods).await;
+    // Ctrl-C ends it cleanly.
+    let pid = follow.id().expect("running");
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let status = tokio::time::timeout(DEADLINE, follow.wait())
+        .await
+        .expect("ds exits on Ctrl-C")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0));
+
+    agent.shutdown().await;
+    let offline = e.run_ds(&["deployment", "logs", "iris"]).await;
+    assert_ne!(offline.code, Some(0));
+    assert!(
+        offline
+            .stderr
+            .contains("deployer c1 has no agent connected to this gateway"),
+        "{}",
+        offline.stderr
+    );
 }

@@ -47,10 +47,7 @@ pub const REVISION_ANNOTATION: &str = "deployer.ds.dev/revision";
 /// Annotation: digest of the desired object, so removing a field from the spec still writes.
 pub const SPEC_HASH_ANNOTATION: &str = "deployer.ds.dev/spec-hash";
 
-/// Name of the model container.
-pub const MODEL_CONTAINER: &str = "model";
-/// Name of the model-proxy sidecar container.
-pub const PROXY_CONTAINER: &str = "model-proxy";
+pub use ds_core::spec::{MODEL_CONTAINER, PROXY_CONTAINER};
 /// Port the model-proxy serves traffic on.
 pub const PROXY_PORT: u16 = 9501;
 /// Port of the model-proxy's admin server (`/metrics`, `/healthz`, `/readyz`).

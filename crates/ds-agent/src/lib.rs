@@ -5,6 +5,7 @@
 //! - [`desired`]: the kinds and desired objects (as JSON) of a deployment, and its digest.
 //! - [`compare`]: whether an observed object matches its desired one.
 //! - [`sync`]: the gateway side: Watch, List, status reports (one task each).
+//! - `inspect`: answers the gateway's logs and describe questions (the Inspect stream).
 //! - [`cache`]: label-selected watches into compact caches of the owned objects.
 //! - [`reconcile`]: compare-and-apply of one deployment, the prune sweep, statuses.
 //! - [`scheduler`]: what runs when: per-deployment tasks, bounded concurrency, backoff.
@@ -17,6 +18,7 @@ pub mod builders;
 pub mod cache;
 mod compare;
 pub mod desired;
+mod inspect;
 mod leader;
 mod metrics;
 mod reconcile;
@@ -395,6 +397,12 @@ impl RunningAgent {
             },
             metrics: metrics.clone(),
         };
+        tasks.push(tokio::spawn(inspect::inspect_loop(
+            ctx.client.clone(),
+            client.clone(),
+            desired_rx.clone(),
+            cancel.clone(),
+        )));
         tasks.push(tokio::spawn(sync::watch_loop(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(sync::list_loop(
             ctx.clone(),

@@ -1,4 +1,4 @@
-//! `ds deployment create|ls|get|update|rm`.
+//! `ds deployment create|ls|get|update|rm` (and the dispatch of `logs|describe`).
 
 use super::client::{self, Control, request, status_error};
 use super::output::{self, DeploymentView, OutputFormat, print};
@@ -113,11 +113,17 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
                 )
             })?;
         }
+        DeploymentCommand::Logs(logs) => {
+            super::inspect_cmd::logs(&mut control, &url, logs, format).await?;
+        }
+        DeploymentCommand::Describe(select) => {
+            super::inspect_cmd::describe(&mut control, &url, &select, format).await?;
+        }
     }
     Ok(())
 }
 
-fn selector(select: &SelectArgs) -> proto::GetDeploymentRequest {
+pub(crate) fn selector(select: &SelectArgs) -> proto::GetDeploymentRequest {
     proto::GetDeploymentRequest {
         deployment: select.deployment.clone(),
         deployer: select.deployer.clone().unwrap_or_default(),

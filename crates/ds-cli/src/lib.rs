@@ -6,6 +6,7 @@
 //! - `client`: the gRPC connection and the mapping of gateway errors to one clear line.
 //! - `output`: tables, `-o json|yaml`, kubectl-style ages.
 //! - `deployer_cmd`, `deployment_cmd`: the subcommands.
+//! - `inspect_cmd`: `ds deployment logs|describe`, answered by the deployer's agent.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
 
@@ -13,6 +14,7 @@ mod client;
 mod config;
 mod deployer_cmd;
 mod deployment_cmd;
+mod inspect_cmd;
 mod output;
 mod parse;
 mod wait;
@@ -164,6 +166,33 @@ pub enum DeploymentCommand {
     /// Delete a deployment; its agent removes the objects from the cluster.
     #[command(visible_alias = "delete")]
     Rm(SelectArgs),
+    /// Print the logs of a deployment's pods, each line prefixed with its pod.
+    Logs(LogsArgs),
+    /// Show a deployment with its pods and the Kubernetes events of its objects.
+    Describe(SelectArgs),
+}
+
+/// `ds deployment logs`
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Keep printing new lines, and those of pods started later (a rollout), until Ctrl-C.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The container: model (the model server) or proxy (the model-proxy: its query-log
+    /// lines when the deployment has `--query-log`).
+    #[arg(short, long, default_value = "model")]
+    pub container: String,
+    /// Only the last N lines of each pod.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<i64>,
+    /// Only lines newer than this (e.g. 10m, 1h).
+    #[arg(long, value_parser = ds_core::duration::parse)]
+    pub since: Option<Duration>,
+    /// Only this pod of the deployment.
+    #[arg(long)]
+    pub pod: Option<String>,
 }
 
 /// Selects one deployment by ID, or by name (narrowed by deployer and namespace).

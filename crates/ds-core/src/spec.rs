@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 pub const DEFAULT_PORT: u32 = 8501;
 /// Default namespace for deployments.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Name of the model container in every deployment's pods.
+pub const MODEL_CONTAINER: &str = "model";
+/// Name of the model-proxy sidecar container.
+pub const PROXY_CONTAINER: &str = "model-proxy";
 
 /// One environment variable of the model container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

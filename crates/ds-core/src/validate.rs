@@ -643,6 +643,47 @@ fn check_label(key: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The container `ds deployment logs --container` names, as its pods call it: `model`
+/// (also when empty) or `model-proxy` (also `proxy`).
+///
+/// # Errors
+/// Any other name, naming the flag's field.
+pub fn logs_container(value: &str) -> Result<&'static str, ValidationError> {
+    use super::spec::{MODEL_CONTAINER, PROXY_CONTAINER};
+    match value {
+        "" | MODEL_CONTAINER => Ok(MODEL_CONTAINER),
+        "proxy" | PROXY_CONTAINER => Ok(PROXY_CONTAINER),
+        _ => Err(ValidationError::new(
+            "container",
+            value,
+            "must be model or proxy (the model-proxy sidecar)",
+        )),
+    }
+}
+
+/// The line selection of `ds deployment logs`: `tail` lines (at least 0) and lines newer
+/// than `since_seconds` (at least 1), as Kubernetes' log options take them.
+///
+/// # Errors
+/// A negative tail or a since below one second.
+pub fn logs_window(tail: Option<i64>, since_seconds: Option<i64>) -> Result<(), ValidationError> {
+    if let Some(n) = tail.filter(|n| *n < 0) {
+        return Err(ValidationError::new(
+            "tail",
+            n.to_string(),
+            "must be 0 or more",
+        ));
+    }
+    if let Some(s) = since_seconds.filter(|s| *s < 1) {
+        return Err(ValidationError::new(
+            "since",
+            format!("{s}s"),
+            "must be at least one second",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1180,5 +1221,18 @@ mod tests {
             .insert("app.kubernetes.io/managed-by".into(), "me".into());
         let err = rejected(&s, "labels[app.kubernetes.io/managed-by]");
         assert!(err.rule.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn logs_options_name_the_flag_and_the_rule() {
+        assert_eq!(logs_container(""), Ok("model"));
+        assert_eq!(logs_container("proxy"), Ok("model-proxy"));
+        assert_eq!(logs_container("model-proxy"), Ok("model-proxy"));
+        let e = logs_container("sidecar").unwrap_err();
+        assert_eq!(e.field, "container");
+        assert!(e.to_string().contains("must be model or proxy"), "{e}");
+        assert!(logs_window(Some(0), Some(1)).is_ok());
+        assert_eq!(logs_window(Some(-1), None).unwrap_err().field, "tail");
+        assert_eq!(logs_window(None, Some(0)).unwrap_err().field, "since");
     }
 }

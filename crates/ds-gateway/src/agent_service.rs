@@ -1,5 +1,6 @@
-//! The agent service: Watch (snapshot, then ordered changes and heartbeats), List, and
-//! ReportStatus, each authenticated by a deployer token that only sees its deployer.
+//! The agent service: Watch (snapshot, then ordered changes and heartbeats), List,
+//! ReportStatus and Inspect, each authenticated by a deployer token that only sees its
+//! deployer.
 
 use super::Shared;
 use super::credentials;
@@ -10,8 +11,8 @@ use super::store::{
 use chrono::{DateTime, Utc};
 use ds_core::proto::agent_service_server::AgentService;
 use ds_core::proto::{
-    AgentInfo, ClusterObjects, Heartbeat, ListRequest, Removal, Snapshot, StatusAck, StatusReport,
-    Upsert, WatchEvent, WatchRequest, watch_event,
+    AgentInfo, ClusterObjects, Heartbeat, InspectReply, InspectRequest, ListRequest, Removal,
+    Snapshot, StatusAck, StatusReport, Upsert, WatchEvent, WatchRequest, watch_event,
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// Events buffered per Watch stream before the producer waits for the client.
 const WATCH_BUFFER: usize = 64;
@@ -31,6 +32,9 @@ pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
 
 /// The stream type of Watch.
 pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+
+/// The stream type of Inspect (the gateway's questions).
+pub type InspectStream = ReceiverStream<Result<InspectRequest, Status>>;
 
 // === impl Presence ===
 
@@ -169,6 +173,24 @@ fn event(e: watch_event::Event) -> WatchEvent {
 #[tonic::async_trait]
 impl AgentService for AgentSvc {
     type WatchStream = WatchStream;
+    type InspectStream = InspectStream;
+
+    async fn inspect(
+        &self,
+        request: Request<Streaming<InspectReply>>,
+    ) -> Result<Response<Self::InspectStream>, Status> {
+        let auth = self.authenticate(&request, "Inspect").await?;
+        let replies = request.into_inner();
+        let (link, rx) = self.shared.inspectors.add(&auth.deployer_id);
+        tracing::debug!(deployer = %auth.deployer_id, "inspect stream opened");
+        tokio::spawn(route_replies(
+            self.shared.clone(),
+            auth.token_id,
+            link,
+            replies,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn watch(
         &self,
@@ -262,6 +284,47 @@ impl AgentService for AgentSvc {
         }
         Ok(Response::new(StatusAck { revision }))
     }
+}
+
+/// Routes an Inspect stream's replies to the questions they answer until the agent goes,
+/// its token is no longer valid (checked every [`TOKEN_RECHECK`], as Watch does), or the
+/// gateway stops; then the link is removed and its open questions end.
+async fn route_replies(
+    shared: Arc<Shared>,
+    token_id: String,
+    link: Arc<super::inspect::AgentLink>,
+    mut replies: Streaming<InspectReply>,
+) {
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_RECHECK, TOKEN_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => {
+                link.close(Status::unavailable("gateway shutting down")).await;
+                break;
+            }
+            _ = recheck.tick() => {
+                match credentials::still_valid(shared.store.as_ref(), &token_id).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        link.close(Status::unauthenticated("deployer token expired or revoked")).await;
+                        break;
+                    }
+                    Err(error) => tracing::warn!(%error, "re-checking an inspect stream's token failed"),
+                }
+            }
+            reply = replies.message() => match reply {
+                Ok(Some(reply)) => link.deliver(reply).await,
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(code = ?status.code(), "inspect stream ended");
+                    break;
+                }
+            },
+        }
+    }
+    shared.inspectors.remove(&link);
 }
 
 /// Feeds one Watch stream: changes above `revision` in order, heartbeats when idle. Ends

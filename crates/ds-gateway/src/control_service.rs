@@ -12,9 +12,11 @@ use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
     DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
-    Deployer, DeploymentView, GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest,
-    ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
+    Deployer, DeploymentDescription, DeploymentLogsRequest, DeploymentView, DescribeQuery,
+    GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest, ListDeployersResponse,
+    ListDeploymentsRequest, ListDeploymentsResponse, LogLines, LogsQuery,
     RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
+    inspect_reply, inspect_request,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
@@ -31,6 +33,12 @@ const UPDATE_ATTEMPTS: usize = 5;
 
 /// The stream type of WatchDeploymentStatus.
 pub type DeploymentViewStream = ReceiverStream<Result<DeploymentView, Status>>;
+
+/// The stream type of DeploymentLogs.
+pub type LogLinesStream = ReceiverStream<Result<LogLines, Status>>;
+
+/// How long `describe` waits for the agent's answer before showing the view without it.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a verified API key is trusted without asking the database again.
 const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -157,6 +165,31 @@ impl ControlSvc {
         }
     }
 
+    /// Asks the deployment's agent a question; FAILED_PRECONDITION, saying when the agent
+    /// was last seen, when none is connected here.
+    async fn ask(
+        &self,
+        d: &DeploymentRecord,
+        query: inspect_request::Query,
+    ) -> Result<super::inspect::Asked, Status> {
+        match self.shared.inspectors.ask(&d.deployer_id, query).await {
+            Ok(asked) => Ok(asked),
+            Err(super::inspect::InspectError::NoAgent) => {
+                let deployer = self.deployer(&d.deployer_id).await?;
+                let view = self.deployer_view(deployer);
+                let seen = if view.last_seen.is_empty() {
+                    "never".to_string()
+                } else {
+                    view.last_seen
+                };
+                Err(Status::failed_precondition(format!(
+                    "deployer {} has no agent connected to this gateway (last seen {seen}): logs and pods are read through its agent; start it, or check it with `ds deployer get {}`",
+                    view.name, view.name
+                )))
+            }
+        }
+    }
+
     async fn view(&self, d: DeploymentRecord) -> Result<DeploymentView, Status> {
         let store = &self.shared.store;
         let deployer_name = store
@@ -255,6 +288,98 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
 #[tonic::async_trait]
 impl ControlService for ControlSvc {
     type WatchDeploymentStatusStream = DeploymentViewStream;
+    type DeploymentLogsStream = LogLinesStream;
+
+    async fn deployment_logs(
+        &self,
+        request: Request<DeploymentLogsRequest>,
+    ) -> Result<Response<Self::DeploymentLogsStream>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let container = ds_core::validate::logs_container(&req.container).map_err(invalid)?;
+        ds_core::validate::logs_window(req.tail_lines, req.since_seconds).map_err(invalid)?;
+        let record = self.select(&req.selector.unwrap_or_default()).await?;
+        let query = inspect_request::Query::Logs(LogsQuery {
+            deployment_id: record.id.clone(),
+            namespace: record.namespace.clone(),
+            container: container.to_string(),
+            follow: req.follow,
+            tail_lines: req.tail_lines,
+            since_seconds: req.since_seconds,
+            pod: req.pod,
+        });
+        let mut asked = self.ask(&record, query).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let answer = tokio::select! {
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(Status::unavailable("gateway shutting down")));
+                        break;
+                    }
+                    () = tx.closed() => break,
+                    a = asked.answers.recv() => a,
+                };
+                let out = match answer {
+                    Some(inspect_reply::Answer::Lines(lines)) => Ok(lines),
+                    Some(inspect_reply::Answer::End(_)) => break,
+                    Some(inspect_reply::Answer::Error(e)) => Err(Status::failed_precondition(
+                        format!("the agent could not read the logs: {e}"),
+                    )),
+                    Some(inspect_reply::Answer::Description(_)) => continue,
+                    None => Err(Status::unavailable(
+                        "the agent disconnected before the logs ended; try again",
+                    )),
+                };
+                let end = out.is_err();
+                if tx.send(out).await.is_err() || end {
+                    break;
+                }
+            }
+            // Dropping the question cancels it at the agent (a followed log).
+            drop(asked);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn describe_deployment(
+        &self,
+        request: Request<GetDeploymentRequest>,
+    ) -> Result<Response<DeploymentDescription>, Status> {
+        self.authorize(&request).await?;
+        let record = self.select(request.get_ref()).await?;
+        let query = inspect_request::Query::Describe(DescribeQuery {
+            deployment_id: record.id.clone(),
+            namespace: record.namespace.clone(),
+            name: record.name.clone(),
+        });
+        let (cluster, cluster_error) = match self.ask(&record, query).await {
+            Err(status) => (None, status.message().to_string()),
+            Ok(mut asked) => {
+                match tokio::time::timeout(DESCRIBE_TIMEOUT, asked.answers.recv()).await {
+                    Ok(Some(inspect_reply::Answer::Description(d))) => (Some(d), String::new()),
+                    Ok(Some(inspect_reply::Answer::Error(e))) => {
+                        (None, format!("the agent could not read the cluster: {e}"))
+                    }
+                    Ok(_) => (None, "the agent disconnected before answering".to_string()),
+                    Err(_) => (
+                        None,
+                        format!(
+                            "the agent did not answer within {}s",
+                            DESCRIBE_TIMEOUT.as_secs()
+                        ),
+                    ),
+                }
+            }
+        };
+        let view = self.view(record).await?;
+        Ok(Response::new(DeploymentDescription {
+            view: Some(view),
+            cluster,
+            cluster_error,
+        }))
+    }
 
     async fn create_deployer(
         &self,

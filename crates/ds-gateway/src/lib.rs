@@ -9,6 +9,7 @@
 //! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
 //! - [`convert`]: `proto` ⇄ `core` conversions.
 //! - [`agent_service`] / [`control_service`]: the two gRPC services.
+//! - `inspect`: the agents' Inspect streams behind `ds deployment logs|describe`.
 //! - [`install`]: install codes and the `/install/CODE.yaml` endpoint.
 //! - [`manifest`]: the agent install manifest it renders (`deploy/agent.yaml`).
 //! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
@@ -20,6 +21,7 @@ mod control_service;
 mod convert;
 pub mod credentials;
 mod group_commit;
+mod inspect;
 pub mod install;
 mod manifest;
 mod metrics;
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     pub store: Arc<dyn store::Store>,
     pub metrics: Arc<metrics::Metrics>,
     pub presence: agent_service::Presence,
+    /// The agents' Inspect streams, for logs and describe.
+    pub inspectors: inspect::Inspectors,
     pub heartbeat_interval: Duration,
     pub offline_after: Duration,
     pub token_overlap: Duration,
@@ -262,6 +266,7 @@ impl RunningGateway {
             store: backend.store(),
             metrics: metrics.clone(),
             presence: agent_service::Presence::default(),
+            inspectors: inspect::Inspectors::default(),
             heartbeat_interval: args.heartbeat_interval,
             offline_after: args.offline_after,
             token_overlap: args.token_overlap,
