@@ -78,6 +78,7 @@ on_both!(
     token_rotation_orphans_nothing,
     deployer_rm_cascade_removes_every_object_then_revokes_the_token,
     describe_shows_the_pods_and_only_this_deployments_events,
+    logs_merge_the_pods_and_follow_picks_up_new_ones,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -1807,31 +1808,55 @@ async fn describe_shows_the_pods_and_only_this_deployments_events(b: Backend) {
 /// `ds deployment logs` prints every pod's lines prefixed with the pod; `-f` keeps going,
 /// picks up the pods a scale-up adds, and ends cleanly on Ctrl-C. Bad flags and a missing
 /// agent are one line each.
-#[tokio::test]
-async fn logs_merge_the_pods_and_follow_picks_up_new_ones() {
+async fn logs_merge_the_pods_and_follow_picks_up_new_ones(b: Backend) {
     use tokio::io::AsyncBufReadExt;
-    let mut e = env(Backend::Sim).await;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
     let (_, token) = e.deployer("c1").await;
     let agent = e.agent(&token).await;
     let id = e
-        .deploy("c1", "iris", NS, DeploymentSpec::test("iris").replicas(2))
+        .deploy("c1", "iris", ns, DeploymentSpec::test("iris").replicas(2))
         .await;
     e.wait_phase(&id, Phase::Available).await;
 
-    let logs = e.run_ds(&["deployment", "logs", "iris"]).await;
+    let logs = e.run_ds(&["deployment", "logs", "iris", "-n", ns]).await;
     let out = logs.ok();
     let prefixed: Vec<&str> = out
         .lines()
         .filter(|l| l.starts_with("[pod/iris-") && l.contains("/model] "))
         .collect();
-    assert_eq!(prefixed.len(), 4, "two lines per pod: {out}");
-    assert!(
-        out.contains("/model] simulated log of pod default/iris-"),
-        "{out}"
-    );
+    // What each pod logged: the simulator's two lines, or the fake kubelet's.
+    let (per_pod, text) = match b {
+        Backend::Sim => (2, format!("/model] simulated log of pod {ns}/iris-")),
+        Backend::Real => (
+            real_kube::LOG_LINES,
+            format!("/model] fake kubelet: {ns}/iris-"),
+        ),
+    };
+    assert_eq!(prefixed.len(), 2 * per_pod, "{out}");
+    assert!(out.contains(&text), "{out}");
+    if matches!(b, Backend::Real) {
+        // --tail reaches the kubelet through the API server.
+        let tail = e
+            .run_ds(&["deployment", "logs", "iris", "-n", ns, "--tail", "1"])
+            .await;
+        let last = format!("line {}", real_kube::LOG_LINES);
+        let lines: Vec<&str> = tail.ok().lines().collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines.iter().all(|l| l.ends_with(&last)), "{lines:?}");
+    }
 
     let bad = e
-        .run_ds(&["deployment", "logs", "iris", "--container", "sidecar"])
+        .run_ds(&[
+            "deployment",
+            "logs",
+            "iris",
+            "-n",
+            ns,
+            "--container",
+            "sidecar",
+        ])
         .await;
     assert_ne!(bad.code, Some(0));
     assert!(
@@ -1841,7 +1866,7 @@ async fn logs_merge_the_pods_and_follow_picks_up_new_ones() {
     );
 
     let mut follow = e
-        .ds(&["deployment", "logs", "iris", "-f"])
+        .ds(&["deployment", "logs", "iris", "-n", ns, "-f"])
         .spawn()
         .expect("ds runs");
     let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
@@ -1874,7 +1899,7 @@ async fn logs_merge_the_pods_and_follow_picks_up_new_ones() {
     assert_eq!(status.code(), Some(0));
 
     agent.shutdown().await;
-    let offline = e.run_ds(&["deployment", "logs", "iris"]).await;
+    let offline = e.run_ds(&["deployment", "logs", "iris", "-n", ns]).await;
     assert_ne!(offline.code, Some(0));
     assert!(
         offline

@@ -828,6 +828,46 @@ async fn real_rbac_cluster_wide_install_runs_with_its_service_account() {
         Api::namespaced(env.client.clone(), &ns);
     assert!(ingresses.get_opt("iris").await.unwrap().is_some());
     assert!(services.get_opt("iris").await.unwrap().is_some());
+    // `logs` and `describe` read pods, their logs and events with the same rights.
+    let iris = proto::GetDeploymentRequest {
+        deployment: "iris".into(),
+        deployer: "wide".into(),
+        ..Default::default()
+    };
+    let described = eventually("describe through the agent", || async {
+        let d = env
+            .control
+            .clone()
+            .describe_deployment(iris.clone())
+            .await
+            .ok()?
+            .into_inner();
+        d.cluster.filter(|c| !c.pods.is_empty())
+    })
+    .await;
+    assert_eq!(described.pods[0].status, "Running", "{described:?}");
+    assert!(
+        described
+            .events
+            .iter()
+            .any(|e| e.reason == "ScalingReplicaSet"),
+        "{:?}",
+        described.events
+    );
+    let mut lines = env
+        .control
+        .deployment_logs(proto::DeploymentLogsRequest {
+            selector: Some(iris.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("logs")
+        .into_inner();
+    let first = lines.message().await.expect("a batch").expect("lines");
+    assert!(
+        first.lines[0].line.starts_with("fake kubelet: "),
+        "{first:?}"
+    );
     env.control
         .update_deployment(proto::UpdateDeploymentRequest {
             selector: Some(proto::GetDeploymentRequest {
@@ -868,8 +908,17 @@ async fn real_rbac_cluster_wide_install_runs_with_its_service_account() {
 
     // The token is the ServiceAccount's, with only what the ClusterRole grants.
     let sa = real_kube::client_from(&env.service_account_kubeconfig("wide").await).await;
-    let secrets: Api<Secret> = Api::all(sa);
+    let secrets: Api<Secret> = Api::all(sa.clone());
     assert_eq!(api_code(secrets.list(&Default::default()).await), 403);
+    // Pods are read, never written.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(sa, &ns);
+    assert_eq!(
+        api_code(
+            pods.delete_collection(&Default::default(), &Default::default())
+                .await
+        ),
+        403
+    );
     let _ = agent.start_kill();
     let _ = agent.wait().await;
     env.gw.shutdown().await;

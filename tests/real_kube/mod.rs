@@ -7,7 +7,8 @@
 //! Without a kubelet pods stay Pending, so a fake node (as kwok does) registers a Node,
 //! binds unscheduled pods to it, marks them Running and Ready, finishes their graceful
 //! deletion, and leaves pods whose image starts with [`FAILING_IMAGE_PREFIX`] waiting in
-//! `ImagePullBackOff`.
+//! `ImagePullBackOff`. It also serves the kubelet's log endpoint, which the API server
+//! calls (over TLS it verifies) for `pods/log`: see [`fake_kubelet`].
 //!
 //! One control plane serves every test of the binary ([`shared`]); tests keep apart by
 //! namespace ([`RealKube::namespace`]). The processes die with the test binary
@@ -280,6 +281,10 @@ async fn start(children: &mut Vec<Child>) -> Result<RealKube, String> {
         ],
         &etcd_log,
     )?;
+    // The fake kubelet's log endpoint, on the node's address.
+    let kubelet =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding the fake kubelet: {e}"))?;
+    let kubelet_port = kubelet.local_addr().map_err(|e| e.to_string())?.port();
     // kube-apiserver
     let port = free_port()?;
     let server = format!("https://127.0.0.1:{port}");
@@ -311,6 +316,9 @@ async fn start(children: &mut Vec<Child>) -> Result<RealKube, String> {
             format!("--audit-log-path={}", audit_log.display()),
             "--audit-log-mode=blocking".into(),
             format!("--cert-dir={}", dir.join("certs").display()),
+            // `pods/log` goes to the fake kubelet, whose certificate this CA signed.
+            format!("--kubelet-certificate-authority={}", ca_file.display()),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--v=0".into(),
         ],
         &apiserver_log,
@@ -398,7 +406,12 @@ async fn start(children: &mut Vec<Child>) -> Result<RealKube, String> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    register_node(&client).await?;
+    tokio::spawn(fake_kubelet(
+        kubelet,
+        serving_cert.pem(),
+        serving_key.serialize_pem(),
+    ));
+    register_node(&client, kubelet_port).await?;
     children.extend([etcd, apiserver, kcm]);
     Ok(RealKube {
         dir,
@@ -411,7 +424,7 @@ async fn start(children: &mut Vec<Child>) -> Result<RealKube, String> {
     })
 }
 
-async fn register_node(client: &kube::Client) -> Result<(), String> {
+async fn register_node(client: &kube::Client, kubelet_port: u16) -> Result<(), String> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": NODE_NAME, "labels": {
@@ -426,7 +439,8 @@ async fn register_node(client: &kube::Client) -> Result<(), String> {
     let status = json!({"status": {
         "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
         "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
-        "addresses": [{"type": "InternalIP", "address": "10.88.0.1"}],
+        "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "conditions": [{"type": "Ready", "status": "True", "reason": "FakeNodeReady",
             "message": "ds test fake node", "lastHeartbeatTime": now(),
             "lastTransitionTime": now()}],
@@ -444,6 +458,104 @@ async fn register_node(client: &kube::Client) -> Result<(), String> {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The lines the fake kubelet has for one container: [`LOG_LINES`] of them, then one more
+/// every 200 ms when followed.
+pub fn fake_log_line(ns: &str, pod: &str, container: &str, n: usize) -> String {
+    format!("fake kubelet: {ns}/{pod}/{container} line {n}")
+}
+
+/// How many lines a container has logged when first read.
+pub const LOG_LINES: usize = 3;
+
+/// The kubelet's `/containerLogs/NS/POD/CONTAINER` endpoint, as the API server calls it for
+/// `pods/log`: the lines of [`fake_log_line`], the last `tailLines` of them, and with
+/// `follow=true` more until the reader goes. TLS with the API server's own certificate
+/// (it names 127.0.0.1), which the API server verifies against the test CA.
+async fn fake_kubelet(listener: TcpListener, cert_pem: String, key_pem: String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("the serving certificate");
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("the serving key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("TLS configuration");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    listener.set_nonblocking(true).expect("non-blocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                let _ = serve_log(tls).await;
+            }
+        });
+    }
+}
+
+async fn serve_log<S>(mut s: S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let url = url::Url::parse(&format!("http://kubelet{target}")).expect("a request target");
+    let parts: Vec<String> = url
+        .path_segments()
+        .into_iter()
+        .flatten()
+        .map(String::from)
+        .collect();
+    let ["containerLogs", ns, pod, container] =
+        parts.iter().map(String::as_str).collect::<Vec<_>>()[..]
+    else {
+        s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        return Ok(());
+    };
+    let query: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let tail: usize = query
+        .get("tailLines")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(LOG_LINES);
+    let follow = query.get("follow").is_some_and(|f| f == "true");
+    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        .await?;
+    for n in (LOG_LINES.saturating_sub(tail) + 1)..=LOG_LINES {
+        s.write_all(format!("{}\n", fake_log_line(ns, pod, container, n)).as_bytes())
+            .await?;
+    }
+    s.flush().await?;
+    let mut n = LOG_LINES;
+    while follow {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        n += 1;
+        s.write_all(format!("{}\n", fake_log_line(ns, pod, container, n)).as_bytes())
+            .await?;
+        s.flush().await?;
+    }
+    s.shutdown().await
 }
 
 /// The fake kubelet: binds, starts, fails and finishes deleting pods. Runs forever,
