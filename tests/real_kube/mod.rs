@@ -547,13 +547,13 @@ where
             .await?;
     }
     s.flush().await?;
-    let mut n = LOG_LINES;
-    while follow {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        n += 1;
-        s.write_all(format!("{}\n", fake_log_line(ns, pod, container, n)).as_bytes())
-            .await?;
-        s.flush().await?;
+    if follow {
+        for n in LOG_LINES + 1.. {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            s.write_all(format!("{}\n", fake_log_line(ns, pod, container, n)).as_bytes())
+                .await?;
+            s.flush().await?;
+        }
     }
     s.shutdown().await
 }

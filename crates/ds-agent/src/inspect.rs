@@ -499,7 +499,10 @@ mod tests {
         });
         assert_eq!(describe_pod(&pod).restarts, 4);
         assert!(started(&pod, "model"), "a restarted container has a log");
-        pod.metadata.deletion_timestamp = Some(Default::default());
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
         assert_eq!(describe_pod(&pod).status, "Terminating");
     }
 
