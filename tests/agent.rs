@@ -1909,3 +1909,111 @@ async fn logs_merge_the_pods_and_follow_picks_up_new_ones(b: Backend) {
         offline.stderr
     );
 }
+
+// === a cluster that lost its state ===
+
+/// A cluster restarted empty (its resourceVersions start again from 1) gets the agent's
+/// objects back and the gateway's status follows, and so does the cluster restored from
+/// its saved state afterwards (its resourceVersions jump ahead again): the agent's watches
+/// list again every `--relist`, since a watch resuming from a resourceVersion the server
+/// has not reached learns nothing (tests/kube_sim_diff.rs shows the real server does so).
+#[tokio::test]
+async fn a_cluster_restarted_empty_then_restored_gets_its_objects_and_status_back() {
+    ds::telemetry::init_logging();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let state = tempfile::tempdir().expect("tempdir");
+    let config = |state_file: Option<std::path::PathBuf>| SimConfig {
+        listen,
+        rollout_delay: Duration::from_millis(200),
+        state_file,
+        ..Default::default()
+    };
+    let saved = state.path().join("sim.json");
+    let gw = Gateway::start().await;
+    let mut control = gw.control();
+    let token = control
+        .create_deployer(proto::CreateDeployerRequest { name: "r1".into() })
+        .await
+        .expect("create deployer")
+        .into_inner()
+        .token;
+    let sim = SimCluster::start(config(Some(saved.clone())))
+        .await
+        .expect("sim");
+    let client = sim.client();
+    let mut args = ds_test_support::agent_args(&gw.url(), &token);
+    args.relist = Duration::from_secs(2);
+    let agent = ds_test_support::start_agent(args, client.clone()).await;
+    let id = control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "r1".into(),
+            name: "iris".into(),
+            namespace: NS.into(),
+            spec: Some(DeploymentSpec::test("iris").replicas(2).into()),
+        })
+        .await
+        .expect("create deployment")
+        .into_inner()
+        .deployment
+        .expect("deployment")
+        .id;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let uid_now = || async {
+        deployments
+            .get_opt("iris")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.metadata.uid)
+    };
+    let available = |control: Control| {
+        let id = id.clone();
+        async move {
+            eventually("the gateway to show the deployment Available", || {
+                let mut control = control.clone();
+                let id = id.clone();
+                async move {
+                    let view = control.get_deployment(select(&id)).await.ok()?.into_inner();
+                    let s = view.status?;
+                    (s.phase == Phase::Available as i32 && s.available_replicas == 2).then_some(())
+                }
+            })
+            .await;
+        }
+    };
+    available(control.clone()).await;
+    let first = eventually("the Deployment", &uid_now).await;
+
+    // Restarted empty, at the same address: its resourceVersions start again from 1.
+    sim.shutdown().await;
+    let sim = SimCluster::start(config(None))
+        .await
+        .expect("sim restarts empty");
+    let recreated = eventually("the Deployment re-created", || async {
+        uid_now().await.filter(|u| *u != first)
+    })
+    .await;
+    available(control.clone()).await;
+
+    // Restored from the state saved before: the first objects again, resourceVersions
+    // ahead of what the agent last saw.
+    sim.shutdown().await;
+    let sim = SimCluster::start(config(Some(saved)))
+        .await
+        .expect("sim restored");
+    eventually("the restored Deployment", || async {
+        uid_now().await.filter(|u| *u == first)
+    })
+    .await;
+    assert_ne!(recreated, first);
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    eventually("the restored Service", || async {
+        services.get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    available(control.clone()).await;
+    agent.shutdown().await;
+    sim.shutdown().await;
+}

@@ -1497,6 +1497,23 @@ async fn watch_from_a_resource_version() {
         },
     )
     .await;
+    d.step(
+        "watch from a resourceVersion the server has not reached (a cluster reset): it waits, silently",
+        |s| async move {
+            let current: u64 = s
+                .list::<ConfigMap>(&ListParams::default())
+                .await
+                .rv()
+                .parse()
+                .unwrap();
+            let ahead = (current + 1_000_000).to_string();
+            let events = s
+                .watch::<ConfigMap>(&WatchParams::default().timeout(3), &ahead, 1)
+                .await;
+            summary(&events)
+        },
+    )
+    .await;
     d.step("live watch: create, modify, delete", |s| async move {
         let rv = s
             .list::<ConfigMap>(&ListParams::default().labels("live"))

@@ -30,9 +30,10 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Objects per page of a watch's initial list. kube's default (500) decodes 500 objects
 /// at once for each of the three watches; small pages keep that transient small, at the
@@ -417,21 +418,65 @@ impl Cache {
     }
 }
 
+/// A `watcher` (with the default backoff) that also starts over from a fresh list every
+/// `relist`. A watch resumes from the last resourceVersion it saw, and kube-apiserver
+/// answers a watch from a resourceVersion it has not reached (a cluster restarted empty,
+/// or restored from an older backup) with silence rather than 410 Gone, so without a
+/// relist the cache would keep objects that no longer exist, for ever.
+pub(crate) fn relisting_watcher<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    relist: Duration,
+) -> futures::stream::BoxStream<'static, watcher::Result<watcher::Event<K>>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let fresh = move || {
+        watcher(api.clone(), config.clone())
+            .default_backoff()
+            .boxed()
+    };
+    let next = tokio::time::Instant::now() + relist;
+    futures::stream::unfold(
+        (fresh(), fresh, next),
+        move |(mut inner, fresh, mut next)| async move {
+            loop {
+                tokio::select! {
+                    item = inner.next() => return Some((item?, (inner, fresh, next))),
+                    () = tokio::time::sleep_until(next) => {
+                        debug!("listing the watched objects again");
+                        inner = fresh();
+                        next = tokio::time::Instant::now() + relist;
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
 /// The owned objects the watches saw change: the reconciler schedules their deployments.
 pub type Touched = mpsc::UnboundedSender<Arc<Cached>>;
 
-/// Watches `kind` in each of `scopes` (label-selected; one per watched namespace, or one
-/// cluster-wide) into one [`Cache`]; every change after the initial lists is sent on
-/// `touched`.
-fn spawn_watch(
-    client: &kube::Client,
+/// What the watches of every kind share.
+struct Watches<'a> {
+    client: &'a kube::Client,
+    /// One per watched namespace, or `None` once for the whole cluster.
     scopes: Vec<Option<String>>,
-    kind: Kind,
-    selector: &str,
+    selector: &'a str,
     judge: Judge,
     touched: Touched,
-    cancel: CancellationToken,
-) -> (Cache, tokio::task::JoinHandle<()>) {
+    relist: Duration,
+    cancel: &'a CancellationToken,
+}
+
+/// Watches `kind` in each of the scopes (label-selected; one per watched namespace, or one
+/// cluster-wide) into one [`Cache`]; every change after the initial lists is sent on
+/// `touched`.
+fn spawn_watch(w: &Watches<'_>, kind: Kind) -> (Cache, tokio::task::JoinHandle<()>) {
+    let (client, selector, relist) = (w.client, w.selector, w.relist);
+    let (scopes, judge, touched) = (w.scopes.clone(), w.judge.clone(), w.touched.clone());
+    let cancel = w.cancel.clone();
     let map: Arc<RwLock<Map>> = Arc::default();
     let (ready_tx, ready) = watch::channel(false);
     let cache = Cache {
@@ -464,10 +509,13 @@ fn spawn_watch(
             let config = watcher::Config::default()
                 .labels(selector)
                 .page_size(LIST_PAGE_SIZE);
-            watcher(Slim::api(client.clone(), kind, ns.as_deref()), config)
-                .default_backoff()
-                .map(move |e| (i, e))
-                .boxed()
+            relisting_watcher(
+                Slim::api(client.clone(), kind, ns.as_deref()),
+                config,
+                relist,
+            )
+            .map(move |e| (i, e))
+            .boxed()
         })
         .collect();
     let handle = tokio::spawn(async move {
@@ -582,6 +630,7 @@ pub fn start_watches(
     selector: &str,
     judge: Judge,
     touched: Touched,
+    relist: Duration,
     cancel: &CancellationToken,
 ) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
@@ -589,19 +638,18 @@ pub fn start_watches(
     } else {
         namespaces.iter().cloned().map(Some).collect()
     };
+    let watches = Watches {
+        client,
+        scopes,
+        selector,
+        judge,
+        touched,
+        relist,
+        cancel,
+    };
     let (caches, tasks): (Vec<_>, Vec<_>) = Kind::ALL
         .iter()
-        .map(|&kind| {
-            spawn_watch(
-                client,
-                scopes.clone(),
-                kind,
-                selector,
-                judge.clone(),
-                touched.clone(),
-                cancel.clone(),
-            )
-        })
+        .map(|&kind| spawn_watch(&watches, kind))
         .unzip();
     let caches: [Cache; 3] = caches
         .try_into()

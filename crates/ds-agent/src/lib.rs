@@ -76,6 +76,12 @@ pub struct AgentArgs {
     /// Full resync period: List from the gateway and a pass over every deployment.
     #[arg(long, env = "DS_RESYNC", default_value = "30s", value_parser = ds_core::duration::parse)]
     pub resync: Duration,
+    /// How often the watches of owned objects list again from scratch. A watch resumes
+    /// from the last resourceVersion it saw; a cluster restarted empty or restored from a
+    /// backup (its resourceVersions behind that one) leaves it waiting silently, so objects
+    /// that vanished are noticed, and re-created, within this period.
+    #[arg(long, env = "DS_RELIST", default_value = "5m", value_parser = ds_core::duration::parse)]
+    pub relist: Duration,
     /// Deployments reconciled at once (each with its own retry backoff).
     #[arg(long, env = "DS_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -126,6 +132,7 @@ impl AgentArgs {
             kubeconfig: None,
             cluster_name: "default".into(),
             resync: Duration::from_secs(30),
+            relist: Duration::from_secs(300),
             concurrency: DEFAULT_CONCURRENCY,
             listen_health: SocketAddr::from(([0, 0, 0, 0], 9090)),
             leader_elect: false,
@@ -541,6 +548,7 @@ async fn controller(
         &builders::owner_selector(&deployer_id),
         judge,
         touched_tx,
+        args.relist,
         &cancel,
     );
     let mut children = watch_tasks;

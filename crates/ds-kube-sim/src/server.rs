@@ -1293,6 +1293,9 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
     let selective = params.contains_key("labelSelector") || params.contains_key("fieldSelector");
     let interval = shared.bookmark_interval;
     let table = as_table.then_some(kind);
+    // A resourceVersion the store has not reached (a simulator restarted empty): as the
+    // real server, say nothing, bookmarks included, until the store passes it.
+    let ahead = from.filter(|rv| *rv > shared.store.current_rv());
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut sent: u64 = 0;
@@ -1343,6 +1346,9 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
                 _ = tx.closed() => return,
                 _ = tokio::time::sleep_until(deadline) => return,
                 _ = tick.tick(), if bookmarks => {
+                    if ahead.is_some_and(|a| shared.store.current_rv() < a) {
+                        continue;
+                    }
                     let bm = json!({"kind": kind, "apiVersion": api_version,
                         "metadata": {"resourceVersion": last_rv.to_string()}});
                     if tx.send(event_line("BOOKMARK", &bm)).await.is_err() {
@@ -1351,6 +1357,9 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
                 }
                 _ = tokio::time::sleep_until(pre_timeout), if !pre_timeout_sent => {
                     pre_timeout_sent = true;
+                    if ahead.is_some_and(|a| shared.store.current_rv() < a) {
+                        continue;
+                    }
                     let bm = json!({"kind": kind, "apiVersion": api_version,
                         "metadata": {"resourceVersion": last_rv.to_string()}});
                     if tx.send(event_line("BOOKMARK", &bm)).await.is_err() {
@@ -1359,7 +1368,7 @@ fn watch(shared: Arc<Shared>, t: Target, params: Params, as_table: bool) -> Resp
                 }
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
-                        if ev.rt != rt {
+                        if ev.rt != rt || ahead.is_some_and(|a| ev.rv <= a) {
                             continue;
                         }
                         last_rv = ev.rv;
