@@ -8,13 +8,17 @@
 //! - `deployer_cmd`, `deployment_cmd`: the subcommands.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
+//! - `flags`: which CLI flag sets which spec field, to name flags in errors.
+//! - `version`: `ds version`.
 
 mod client;
 mod config;
 mod deployer_cmd;
 mod deployment_cmd;
+mod flags;
 mod output;
 mod parse;
+mod version;
 mod wait;
 
 use clap::{Args, Subcommand};
@@ -152,10 +156,18 @@ pub enum DeploymentCommand {
     Create(Box<CreateArgs>),
     /// List deployments.
     #[command(visible_alias = "list")]
+    ///
+    /// Without -n or -A it lists every namespace (as -A does).
     Ls {
         /// Only this deployer's deployments (name or ID).
         #[arg(short, long)]
         deployer: Option<String>,
+        /// Only deployments in this namespace (default: every namespace).
+        #[arg(short, long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Deployments in every namespace (the default).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
     },
     /// Show one deployment: its spec and the status its agent reported.
     Get(SelectArgs),
@@ -272,12 +284,30 @@ pub struct UpdateArgs {
     /// Remove environment variable NAME (repeatable).
     #[arg(long = "unset-env", value_name = "NAME")]
     pub unset_env: Vec<String>,
-    /// New CPU request and limit.
+    /// New model name (the object name stays).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// New CPU request and limit (see --cpu-limit for a different limit).
     #[arg(long)]
     pub cpu: Option<String>,
-    /// New memory request and limit.
+    /// New CPU limit only, e.g. `2`; `""` removes it.
+    #[arg(long)]
+    pub cpu_limit: Option<String>,
+    /// New memory request and limit (see --memory-limit).
     #[arg(long)]
     pub memory: Option<String>,
+    /// New memory limit only, e.g. `1Gi`; `""` removes it.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    /// New class names for the proxy's prediction metrics, comma-separated; `""` clears them.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Option<Vec<String>>,
+    /// Set label `KEY=VALUE` on every object (repeatable; replaces by key).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove label KEY (repeatable).
+    #[arg(long = "unset-label", value_name = "KEY")]
+    pub unset_labels: Vec<String>,
     /// Turn the model-proxy sidecar on.
     #[arg(long, conflicts_with = "no_proxy")]
     pub proxy: bool,
@@ -298,6 +328,16 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `ds version`
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Only the client's version; do not ask the gateway.
+    #[arg(long)]
+    pub client: bool,
 }
 
 /// `ds login`
@@ -369,11 +409,23 @@ pub enum CliError {
     },
     #[error(
         "nothing to change for deployment {0}: give at least one of --image, --replicas, \
-         --port, --env, --unset-env, --cpu, --memory, --proxy/--no-proxy, --host, --ingress-class"
+         --port, --env, --unset-env, --model-name, --cpu, --cpu-limit, --memory, --memory-limit, \
+         --class-names, --label, --unset-label, --proxy/--no-proxy, --query-log/--no-query-log, \
+         --host, --ingress-class"
     )]
     NothingToUpdate(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A validation error said with the flag that set the value.
+    #[error("invalid {flag} {value}: {rule}")]
+    InvalidFlag {
+        flag: String,
+        /// Quoted and cut as validation shows it.
+        value: String,
+        rule: String,
+    },
+    #[error("gateway version unknown: {0}")]
+    GatewayVersion(Box<CliError>),
     #[error("deployment {name} failed: {error}")]
     RolloutFailed { name: String, error: String },
     #[error(
@@ -431,4 +483,13 @@ pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
 /// The gateway refused the key or the config file cannot be written.
 pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     config::login(args).await
+}
+
+/// `ds version`: the client's version, then the gateway's.
+///
+/// # Errors
+/// The gateway's version cannot be known (unreachable, no credentials), after the
+/// client's version is printed: as kubectl, a missing server version fails the command.
+pub async fn version(args: VersionArgs) -> Result<(), CliError> {
+    version::run(args).await
 }

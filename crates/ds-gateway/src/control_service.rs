@@ -12,9 +12,10 @@ use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
     DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
-    Deployer, DeploymentView, GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest,
-    ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
-    RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
+    Deployer, DeploymentView, GetDeployerRequest, GetDeploymentRequest, GetVersionRequest,
+    GetVersionResponse, ListDeployersRequest, ListDeployersResponse, ListDeploymentsRequest,
+    ListDeploymentsResponse, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
+    UpdateDeploymentRequest,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
@@ -198,6 +199,7 @@ fn make_view(
         status: Some(status),
         status_updated_at,
         url,
+        ..Default::default()
     }
 }
 
@@ -249,6 +251,26 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     }
     if let Some(on) = req.proxy_query_log {
         spec.proxy.query_log = on;
+    }
+    // After `cpu`/`memory`: `--cpu 500m --cpu-limit 2` means request 500m, limit 2, as
+    // on create.
+    if let Some(limit) = &req.cpu_limit {
+        spec.resources.cpu_limit = non_empty(limit);
+    }
+    if let Some(limit) = &req.memory_limit {
+        spec.resources.memory_limit = non_empty(limit);
+    }
+    if let Some(classes) = &req.class_names {
+        spec.proxy.class_names.clone_from(&classes.values);
+    }
+    for key in &req.unset_labels {
+        spec.labels.remove(key);
+    }
+    for (key, value) in &req.set_labels {
+        spec.labels.insert(key.clone(), value.clone());
+    }
+    if let Some(model) = &req.model_name {
+        spec.model_name.clone_from(model);
     }
 }
 
@@ -498,7 +520,10 @@ impl ControlService for ControlSvc {
         let deployments = store
             .list_deployments(deployer_id.as_deref())
             .await
-            .map_err(store_status)?;
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|d| req.namespace.is_empty() || d.namespace == req.namespace)
+            .collect::<Vec<_>>();
         let names: HashMap<String, String> = store
             .list_deployers()
             .await
@@ -545,7 +570,11 @@ impl ControlService for ControlSvc {
             apply_update(&mut spec, &req);
             if spec == record.spec {
                 // Nothing changes: no revision, no event for the agents.
-                return Ok(Response::new(self.view(record).await?));
+                let view = self.view(record).await?;
+                return Ok(Response::new(DeploymentView {
+                    changed: Some(false),
+                    ..view
+                }));
             }
             ds_core::validate_deployment(&record.name, &record.namespace, &spec)
                 .map_err(invalid)?;
@@ -558,7 +587,11 @@ impl ControlService for ControlSvc {
                 Ok(updated) => {
                     self.shared.metrics.deployment_changes.inc();
                     tracing::info!(deployment = %updated.id, revision = updated.revision, "deployment updated");
-                    return Ok(Response::new(self.view(updated).await?));
+                    let view = self.view(updated).await?;
+                    return Ok(Response::new(DeploymentView {
+                        changed: Some(true),
+                        ..view
+                    }));
                 }
                 Err(StoreError::Conflict(_)) => {
                     record = self
@@ -648,5 +681,15 @@ impl ControlService for ControlSvc {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<GetVersionRequest>,
+    ) -> Result<Response<GetVersionResponse>, Status> {
+        self.authorize(&request).await?;
+        Ok(Response::new(GetVersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
     }
 }
