@@ -573,3 +573,111 @@ async fn install_warns_when_the_public_url_is_loopback() {
     run.ok();
     assert!(!run.stderr.contains("loopback"), "{}", run.stderr);
 }
+
+// === watch ===
+
+/// A `ds` process whose stdout is read line by line while it runs.
+struct Watching {
+    _child: tokio::process::Child,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Watching {
+    fn spawn(gw: &TestGateway, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut cmd = bare(gw.dir(), args);
+        cmd.env("DS_GATEWAY", gw.url())
+            .env("DS_API_KEY", &gw.admin_key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("ds starts");
+        let stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            _child: child,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads stdout until a line satisfies `hit`; returns it.
+    async fn line(&mut self, what: &str, hit: impl Fn(&str) -> bool) -> String {
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = self.stdout.next_line().await.expect("read stdout") {
+                self.seen.push(line.clone());
+                if hit(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            _ => panic!("no line {what}; saw: {:?}", self.seen),
+        }
+    }
+}
+
+#[tokio::test]
+async fn get_w_prints_the_row_then_a_line_per_change() {
+    let gw = TestGateway::start().await;
+    deployer(&gw, "prod").await;
+    deployment(&gw, "prod", "iris", &["--replicas", "1"]).await;
+    let mut watching = Watching::spawn(&gw, &["deployment", "get", "iris", "-w"]);
+    let header = watching
+        .line("with the header", |l| l.starts_with("NAME"))
+        .await;
+    assert!(header.contains("REPLICAS"), "{header}");
+    watching
+        .line("with 0/1", |l| l.starts_with("iris") && l.contains("0/1"))
+        .await;
+    ds(&gw, &["deployment", "update", "iris", "--replicas", "3"])
+        .await
+        .ok();
+    watching
+        .line("with 0/3", |l| l.starts_with("iris") && l.contains("0/3"))
+        .await;
+    ds(&gw, &["deployment", "rm", "iris"]).await.ok();
+    watching
+        .line("saying Deleted", |l| {
+            l.starts_with("iris") && l.contains("Deleted")
+        })
+        .await;
+    // The header came once.
+    assert_eq!(
+        watching
+            .seen
+            .iter()
+            .filter(|l| l.starts_with("NAME"))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn ls_w_prints_new_changed_and_deleted_deployments() {
+    let gw = TestGateway::start().await;
+    deployer(&gw, "prod").await;
+    deployment(&gw, "prod", "iris", &[]).await;
+    let mut watching = Watching::spawn(&gw, &["deployment", "ls", "-w"]);
+    watching.line("with iris", |l| l.starts_with("iris")).await;
+    deployment(&gw, "prod", "mnist", &[]).await;
+    watching
+        .line("with mnist", |l| l.starts_with("mnist"))
+        .await;
+    ds(&gw, &["deployment", "update", "iris", "--replicas", "4"])
+        .await
+        .ok();
+    watching
+        .line("with iris at 0/4", |l| {
+            l.starts_with("iris") && l.contains("0/4")
+        })
+        .await;
+    ds(&gw, &["deployment", "rm", "mnist"]).await.ok();
+    watching
+        .line("with mnist Deleted", |l| {
+            l.starts_with("mnist") && l.contains("Deleted")
+        })
+        .await;
+}

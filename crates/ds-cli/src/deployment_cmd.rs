@@ -4,7 +4,7 @@ use super::client::{self, Control, request, status_error};
 use super::output::{self, DeploymentView, OutputFormat, print};
 use super::{
     CliError, CreateArgs, DeploymentArgs, DeploymentCommand, SelectArgs, UpdateArgs, config, flags,
-    wait,
+    wait, watch,
 };
 use ds_core::DeploymentSpec;
 use ds_core::proto;
@@ -70,13 +70,18 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             deployer,
             namespace,
             all_namespaces: _,
+            watch,
         } => {
             // -A is the default: without -n every namespace is listed.
+            let req = proto::ListDeploymentsRequest {
+                deployer: deployer.unwrap_or_default(),
+                namespace: namespace.unwrap_or_default(),
+            };
+            if watch {
+                return watch::list(&mut control, &url, req, format).await;
+            }
             let response = control
-                .list_deployments(request(proto::ListDeploymentsRequest {
-                    deployer: deployer.unwrap_or_default(),
-                    namespace: namespace.unwrap_or_default(),
-                }))
+                .list_deployments(request(req))
                 .await
                 .map_err(err)?
                 .into_inner();
@@ -97,7 +102,11 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
                 )?;
             }
         }
-        DeploymentCommand::Get(select) => {
+        DeploymentCommand::Get(get_args) if get_args.watch => {
+            return watch::get(&mut control, &url, selector(&get_args.select), format).await;
+        }
+        DeploymentCommand::Get(get_args) => {
+            let select = get_args.select;
             let found = get(&mut control, &select).await.map_err(err)?;
             let view = DeploymentView::from(&found);
             print_one(format, &view, || output::deployment_fields(&view))?;

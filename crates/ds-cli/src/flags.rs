@@ -68,13 +68,7 @@ mod tests {
     use ds_core::{DeploymentSpec, EnvVar};
 
     fn spec() -> DeploymentSpec {
-        DeploymentSpec {
-            model_name: "iris".into(),
-            image: "tensorflow/serving:2.15.0".into(),
-            replicas: 1,
-            port: 8501,
-            ..Default::default()
-        }
+        DeploymentSpec::test("iris")
     }
 
     /// Every field validation can name, produced by ds-core's validation itself.

@@ -10,6 +10,7 @@
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `version`: `ds version`.
+//! - `watch`: `ls -w` / `get -w`.
 
 mod client;
 mod config;
@@ -20,6 +21,7 @@ mod output;
 mod parse;
 mod version;
 mod wait;
+mod watch;
 
 use clap::{Args, Subcommand};
 use ds_core::ValidationError;
@@ -168,9 +170,12 @@ pub enum DeploymentCommand {
         /// Deployments in every namespace (the default).
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// After the table, print a line per change until Ctrl-C.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one deployment: its spec and the status its agent reported.
-    Get(SelectArgs),
+    Get(GetArgs),
     /// Change a deployment; only the given flags change.
     Update(Box<UpdateArgs>),
     /// Delete a deployment; its agent removes the objects from the cluster.
@@ -189,6 +194,16 @@ pub struct SelectArgs {
     /// When selecting by name: the namespace.
     #[arg(short, long)]
     pub namespace: Option<String>,
+}
+
+/// `ds deployment get`
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Print its table row, then a row per change until Ctrl-C (or until it is deleted).
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 /// `--wait` and `--timeout`.

@@ -386,26 +386,13 @@ pub fn deployment_names(deployments: &[DeploymentView]) -> String {
 fn deployments_table_of(deployments: &[DeploymentView], wide: bool) -> String {
     let rows: Vec<Vec<String>> = deployments
         .iter()
-        .map(|d| {
-            let mut row = vec![
-                d.name.clone(),
-                d.namespace.clone(),
-                d.deployer.clone(),
-                d.spec.image.clone(),
-                format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
-                d.status.phase.to_string(),
-                format_age(&d.created_at),
-            ];
-            if wide {
-                row.extend([
-                    d.url.clone().unwrap_or_else(|| "<none>".into()),
-                    d.revision.to_string(),
-                    d.id.clone(),
-                ]);
-            }
-            row
-        })
+        .map(|d| deployment_row(d, wide))
         .collect();
+    table(&deployment_headers(wide), &rows)
+}
+
+/// The column headers of the deployments table.
+pub fn deployment_headers(wide: bool) -> Vec<&'static str> {
     let mut headers = vec![
         "NAME",
         "NAMESPACE",
@@ -418,7 +405,28 @@ fn deployments_table_of(deployments: &[DeploymentView], wide: bool) -> String {
     if wide {
         headers.extend(["URL", "REVISION", "ID"]);
     }
-    table(&headers, &rows)
+    headers
+}
+
+/// One row of the deployments table.
+pub fn deployment_row(d: &DeploymentView, wide: bool) -> Vec<String> {
+    let mut row = vec![
+        d.name.clone(),
+        d.namespace.clone(),
+        d.deployer.clone(),
+        d.spec.image.clone(),
+        format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
+        d.status.phase.to_string(),
+        format_age(&d.created_at),
+    ];
+    if wide {
+        row.extend([
+            d.url.clone().unwrap_or_else(|| "<none>".into()),
+            d.revision.to_string(),
+            d.id.clone(),
+        ]);
+    }
+    row
 }
 
 /// The short answer to `create`/`update`: ID, namespace, name, URL.
