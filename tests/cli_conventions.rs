@@ -133,6 +133,8 @@ async fn o_name_prints_kind_slash_name_one_per_line() {
     let gw = TestGateway::start().await;
     deployer(&gw, "prod").await;
     deployer(&gw, "staging").await;
+    let none = ds(&gw, &["deployment", "ls", "-o", "name"]).await;
+    assert_eq!(none.ok(), "", "no deployments, no lines");
     deployment(&gw, "prod", "iris", &[]).await;
     deployment(&gw, "prod", "mnist", &[]).await;
     let run = ds(&gw, &["deployer", "ls", "-o", "name"]).await;

@@ -66,7 +66,15 @@ pub fn print_resource<T: Serialize>(
 ) -> Result<(), CliError> {
     match format {
         OutputFormat::Wide => print_text(&wide()),
-        OutputFormat::Name => print_text(&names()),
+        OutputFormat::Name => {
+            let names = names();
+            // No objects, no lines (not an empty one), as kubectl.
+            if names.is_empty() {
+                Ok(())
+            } else {
+                print_text(&names)
+            }
+        }
         _ => print(format, value, table),
     }
 }
