@@ -56,6 +56,14 @@ pub enum Command {
     Deployment(cli::DeploymentArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
+    /// Print the client's version and the gateway's.
+    Version(cli::VersionArgs),
+    /// Print a shell completion script: `source <(ds completion bash)`.
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run a gateway, a simulated cluster and an agent in one process, to try things out.
     #[cfg(feature = "dev")]
     Dev(dev::DevArgs),
@@ -102,6 +110,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deployer(args) => cli::deployer(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
         Command::Login(args) => cli::login(args).await?,
+        Command::Version(args) => cli::version(args).await?,
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "ds", &mut std::io::stdout());
+        }
         #[cfg(feature = "dev")]
         Command::Dev(args) => {
             telemetry::init_logging();

@@ -1262,6 +1262,7 @@ async fn control_crud_and_lookups() {
     let listed = control
         .list_deployments(proto::ListDeploymentsRequest {
             deployer: "alpha".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

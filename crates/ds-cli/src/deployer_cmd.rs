@@ -1,7 +1,7 @@
 //! `ds deployer create|ls|get|rm|rotate-token|install`.
 
 use super::client::{self, request, status_error};
-use super::output::{self, DeployerView, OutputFormat, fields, print};
+use super::output::{self, DeployerView, fields, print};
 use super::{CliError, DeployerArgs, DeployerCommand, config};
 use ds_core::duration::format as format_duration;
 use ds_core::proto;
@@ -76,7 +76,7 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     ("Token", response.token.clone()),
                 ])
             })?;
-            if format == OutputFormat::Table {
+            if format.is_human() {
                 eprintln!(
                     "Save the token now: it is shown only once. Install the agent with `ds deployer install {}`.",
                     deployer.name
@@ -91,10 +91,16 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                 .into_inner();
             let views: Vec<DeployerView> =
                 response.deployers.iter().map(DeployerView::from).collect();
-            if views.is_empty() && format == OutputFormat::Table {
+            if views.is_empty() && format.is_human() {
                 eprintln!("No deployers found. Register one with `ds deployer create NAME`.");
             } else {
-                print(format, &views, || output::deployers_table(&views))?;
+                output::print_resource(
+                    format,
+                    &views,
+                    || output::deployers_table(&views),
+                    || output::deployers_wide_table(&views),
+                    || output::deployer_names(&views),
+                )?;
             }
         }
         DeployerCommand::Get { deployer } => {
@@ -104,7 +110,14 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                 .map_err(err)?
                 .into_inner();
             let view = DeployerView::from(&found);
-            print(format, &view, || output::deployer_fields(&view))?;
+            let one = std::slice::from_ref(&view);
+            output::print_resource(
+                format,
+                &view,
+                || output::deployer_fields(&view),
+                || output::deployers_wide_table(one),
+                || output::deployer_names(one),
+            )?;
         }
         DeployerCommand::Rm {
             deployer,
@@ -174,7 +187,7 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     format!("deployer {deployer} deleted (its tokens are revoked)")
                 }
             })?;
-            if orphan && format == OutputFormat::Table {
+            if orphan && format.is_human() {
                 eprintln!(
                     "deployer {deployer} deleted and its tokens revoked; the objects of its {} deployments stay in the cluster: the command above removes them",
                     response.deployments_deleted
@@ -206,7 +219,7 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     ),
                 ])
             })?;
-            if format == OutputFormat::Table {
+            if format.is_human() {
                 eprintln!(
                     "Save the new token now: it is shown only once. Update the agent's token within {}.",
                     format_duration(overlap)
@@ -253,7 +266,14 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                 expires_at: &response.expires_at,
             };
             print(format, &install, || command.clone())?;
-            if format == OutputFormat::Table && !response.expires_at.is_empty() {
+            if let Some(host) = loopback_host(&response.url) {
+                // The manifest points the agent at this address: from a pod, loopback is
+                // the pod itself.
+                eprintln!(
+                    "warning: the gateway's public URL is a loopback address ({host}): an agent in a cluster cannot reach it; start the gateway with --public-url set to an address the cluster reaches"
+                );
+            }
+            if format.is_human() && !response.expires_at.is_empty() {
                 eprintln!(
                     "The link works once, until {}; run it against the target cluster.",
                     response.expires_at
@@ -330,5 +350,33 @@ fn output_or_none(s: &str) -> String {
         "<none>".into()
     } else {
         s.into()
+    }
+}
+
+/// The host of `url` when it is a loopback address (`localhost`, 127.0.0.0/8, `::1`).
+fn loopback_host(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let loopback = match parsed.host()? {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    loopback.then(|| parsed.host_str().unwrap_or_default().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_install_urls_are_recognised() {
+        assert_eq!(
+            loopback_host("http://127.0.0.1:8800/install/x.yaml").as_deref(),
+            Some("127.0.0.1")
+        );
+        assert!(loopback_host("http://localhost:8800/install/x.yaml").is_some());
+        assert!(loopback_host("http://[::1]:8800/install/x.yaml").is_some());
+        assert!(loopback_host("https://gw.example.com/install/x.yaml").is_none());
+        assert!(loopback_host("http://10.0.0.5:8800/install/x.yaml").is_none());
     }
 }

@@ -3,7 +3,8 @@
 use super::client::{self, Control, request, status_error};
 use super::output::{self, DeploymentView, OutputFormat, print};
 use super::{
-    CliError, CreateArgs, DeploymentArgs, DeploymentCommand, SelectArgs, UpdateArgs, config, wait,
+    CliError, CreateArgs, DeploymentArgs, DeploymentCommand, SelectArgs, UpdateArgs, config, flags,
+    wait, watch,
 };
 use ds_core::DeploymentSpec;
 use ds_core::proto;
@@ -32,26 +33,55 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
     let url = connection.url.clone();
     let mut control = client::connect(&connection).await?;
     let err = |status| status_error(status, &url);
+    // Create and update: the gateway's validation errors say the flag, not the field.
+    let flag_err = |status: tonic::Status| {
+        if status.code() == tonic::Code::InvalidArgument {
+            let message = flags::in_message(status.message());
+            status_error(tonic::Status::invalid_argument(message), &url)
+        } else {
+            status_error(status, &url)
+        }
+    };
     match args.command {
         DeploymentCommand::Create(create_args) => {
             let req = create.expect("built above for create");
             let created = control
                 .create_deployment(request(req))
                 .await
-                .map_err(err)?
+                .map_err(flag_err)?
                 .into_inner();
             let view = DeploymentView::from(&created);
-            print(format, &view, || output::deployment_summary(&view))?;
-            if create_args.wait.wait {
-                wait::until_available(&mut control, &url, &created, create_args.wait.timeout)
-                    .await?;
+            if create_args.wait.wait && !format.is_human() {
+                // Scripts get the object as it is after the wait; progress stays on stderr.
+                let waited =
+                    wait::until_available(&mut control, &url, &created, create_args.wait.timeout)
+                        .await;
+                print_final(&mut control, &url, format, &view).await?;
+                waited?;
+            } else {
+                print_one(format, &view, || output::deployment_summary(&view))?;
+                if create_args.wait.wait {
+                    wait::until_available(&mut control, &url, &created, create_args.wait.timeout)
+                        .await?;
+                }
             }
         }
-        DeploymentCommand::Ls { deployer } => {
+        DeploymentCommand::Ls {
+            deployer,
+            namespace,
+            all_namespaces: _,
+            watch,
+        } => {
+            // -A is the default: without -n every namespace is listed.
+            let req = proto::ListDeploymentsRequest {
+                deployer: deployer.unwrap_or_default(),
+                namespace: namespace.unwrap_or_default(),
+            };
+            if watch {
+                return watch::list(&mut control, &url, req, format).await;
+            }
             let response = control
-                .list_deployments(request(proto::ListDeploymentsRequest {
-                    deployer: deployer.unwrap_or_default(),
-                }))
+                .list_deployments(request(req))
                 .await
                 .map_err(err)?
                 .into_inner();
@@ -60,26 +90,56 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
                 .iter()
                 .map(DeploymentView::from)
                 .collect();
-            if views.is_empty() && format == OutputFormat::Table {
+            if views.is_empty() && format.is_human() {
                 eprintln!("No deployments found.");
             } else {
-                print(format, &views, || output::deployments_table(&views))?;
+                output::print_resource(
+                    format,
+                    &views,
+                    || output::deployments_table(&views),
+                    || output::deployments_wide_table(&views),
+                    || output::deployment_names(&views),
+                )?;
             }
         }
-        DeploymentCommand::Get(select) => {
+        DeploymentCommand::Get(get_args) if get_args.watch => {
+            return watch::get(&mut control, &url, selector(&get_args.select), format).await;
+        }
+        DeploymentCommand::Get(get_args) => {
+            let select = get_args.select;
             let found = get(&mut control, &select).await.map_err(err)?;
             let view = DeploymentView::from(&found);
-            print(format, &view, || output::deployment_fields(&view))?;
+            print_one(format, &view, || output::deployment_fields(&view))?;
         }
         DeploymentCommand::Update(update_args) => {
             let req = update_request(&update_args)?;
             let updated = control
                 .update_deployment(request(req))
                 .await
-                .map_err(err)?
+                .map_err(flag_err)?
                 .into_inner();
             let view = DeploymentView::from(&updated);
-            print(format, &view, || {
+            if view.changed == Some(false) {
+                // Nothing to roll out: no revision was made, so there is nothing to wait for.
+                print_one(format, &view, || {
+                    format!(
+                        "deployment {}/{}: no change (revision {})\n{}",
+                        view.namespace,
+                        view.name,
+                        view.revision,
+                        output::deployment_summary(&view)
+                    )
+                })?;
+                return Ok(());
+            }
+            if update_args.wait.wait && !format.is_human() {
+                let waited =
+                    wait::until_available(&mut control, &url, &updated, update_args.wait.timeout)
+                        .await;
+                print_final(&mut control, &url, format, &view).await?;
+                return waited;
+            }
+            print_one(format, &view, || {
                 format!(
                     "deployment {}/{} updated (revision {})\n{}",
                     view.namespace,
@@ -121,6 +181,41 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Prints one deployment: `text` for tables, `deployment/NAME` for `-o name`.
+fn print_one(
+    format: OutputFormat,
+    view: &DeploymentView,
+    text: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    let one = std::slice::from_ref(view);
+    match format {
+        OutputFormat::Wide => output::print_text(&output::deployments_wide_table(one)),
+        OutputFormat::Name => output::print_text(&output::deployment_names(one)),
+        _ => print(format, view, text),
+    }
+}
+
+/// After `--wait`: the deployment as the gateway has it now (falls back to `first` if it
+/// cannot be read, e.g. deleted meanwhile, so that stdout always holds the object).
+async fn print_final(
+    control: &mut Control,
+    url: &str,
+    format: OutputFormat,
+    first: &DeploymentView,
+) -> Result<(), CliError> {
+    let select = SelectArgs {
+        deployment: first.id.clone(),
+        deployer: None,
+        namespace: None,
+    };
+    let view = match get(control, &select).await {
+        Ok(found) => DeploymentView::from(&found),
+        Err(status) if status.code() == tonic::Code::NotFound => first.clone(),
+        Err(status) => return Err(status_error(status, url)),
+    };
+    print_one(format, &view, || output::deployment_summary(&view))
 }
 
 pub(crate) fn selector(select: &SelectArgs) -> proto::GetDeploymentRequest {
@@ -184,7 +279,7 @@ fn create_request(args: &CreateArgs) -> Result<proto::CreateDeploymentRequest, C
             e.rule
                 .push_str(" (the name defaults to --model-name; give --name)");
         }
-        e
+        flags::local(e)
     })?;
     Ok(proto::CreateDeploymentRequest {
         deployer: args.deployer.clone(),
@@ -197,8 +292,15 @@ fn create_request(args: &CreateArgs) -> Result<proto::CreateDeploymentRequest, C
 
 /// Builds the update request; refuses an update that changes nothing.
 fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, CliError> {
-    for quantity in [("--cpu", &args.cpu), ("--memory", &args.memory)] {
-        if let (flag, Some(value)) = quantity {
+    for quantity in [
+        ("--cpu", &args.cpu),
+        ("--memory", &args.memory),
+        ("--cpu-limit", &args.cpu_limit),
+        ("--memory-limit", &args.memory_limit),
+    ] {
+        if let (flag, Some(value)) = quantity
+            && !value.is_empty()
+        {
             ds_core::validate::parse_quantity(value).map_err(|reason| CliError::BadFlag {
                 flag: flag.to_string(),
                 value: value.clone(),
@@ -236,6 +338,15 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         proxy_enabled,
         ingress_class: args.ingress_class.clone(),
         proxy_query_log,
+        cpu_limit: args.cpu_limit.clone(),
+        memory_limit: args.memory_limit.clone(),
+        // `--class-names ""` is an empty list: clear them.
+        class_names: args.class_names.as_ref().map(|names| proto::StringList {
+            values: names.iter().filter(|n| !n.is_empty()).cloned().collect(),
+        }),
+        set_labels: args.labels.iter().cloned().collect(),
+        unset_labels: args.unset_labels.clone(),
+        model_name: args.model_name.clone(),
     };
     let changes_something = req.image.is_some()
         || req.replicas.is_some()
@@ -247,7 +358,13 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         || req.memory.is_some()
         || req.proxy_enabled.is_some()
         || req.proxy_query_log.is_some()
-        || req.ingress_class.is_some();
+        || req.ingress_class.is_some()
+        || req.cpu_limit.is_some()
+        || req.memory_limit.is_some()
+        || req.class_names.is_some()
+        || !req.set_labels.is_empty()
+        || !req.unset_labels.is_empty()
+        || req.model_name.is_some();
     if !changes_something {
         return Err(CliError::NothingToUpdate(args.select.deployment.clone()));
     }

@@ -101,7 +101,10 @@ fn write_lines(lines: &[proto::LogLine], format: OutputFormat) -> Result<bool, C
             line: &l.line,
         };
         let text = match format {
-            OutputFormat::Table => format!("[pod/{}/{}] {}", l.pod, l.container, l.line),
+            // Lines have no wider or shorter form.
+            OutputFormat::Table | OutputFormat::Wide | OutputFormat::Name => {
+                format!("[pod/{}/{}] {}", l.pod, l.container, l.line)
+            }
             OutputFormat::Json => {
                 serde_json::to_string(&view).map_err(|e| CliError::Output(e.to_string()))?
             }

@@ -9,15 +9,21 @@
 //! - `inspect_cmd`: `ds deployment logs|describe`, answered by the deployer's agent.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
+//! - `flags`: which CLI flag sets which spec field, to name flags in errors.
+//! - `version`: `ds version`.
+//! - `watch`: `ls -w` / `get -w`.
 
 mod client;
 mod config;
 mod deployer_cmd;
 mod deployment_cmd;
+mod flags;
 mod inspect_cmd;
 mod output;
 mod parse;
+mod version;
 mod wait;
+mod watch;
 
 use clap::{Args, Subcommand};
 use ds_core::ValidationError;
@@ -154,13 +160,24 @@ pub enum DeploymentCommand {
     Create(Box<CreateArgs>),
     /// List deployments.
     #[command(visible_alias = "list")]
+    ///
+    /// Without -n or -A it lists every namespace (as -A does).
     Ls {
         /// Only this deployer's deployments (name or ID).
         #[arg(short, long)]
         deployer: Option<String>,
+        /// Only deployments in this namespace (default: every namespace).
+        #[arg(short, long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Deployments in every namespace (the default).
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// After the table, print a line per change until Ctrl-C.
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one deployment: its spec and the status its agent reported.
-    Get(SelectArgs),
+    Get(GetArgs),
     /// Change a deployment; only the given flags change.
     Update(Box<UpdateArgs>),
     /// Delete a deployment; its agent removes the objects from the cluster.
@@ -206,6 +223,16 @@ pub struct SelectArgs {
     /// When selecting by name: the namespace.
     #[arg(short, long)]
     pub namespace: Option<String>,
+}
+
+/// `ds deployment get`
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Print its table row, then a row per change until Ctrl-C (or until it is deleted).
+    #[arg(short, long)]
+    pub watch: bool,
 }
 
 /// `--wait` and `--timeout`.
@@ -301,12 +328,30 @@ pub struct UpdateArgs {
     /// Remove environment variable NAME (repeatable).
     #[arg(long = "unset-env", value_name = "NAME")]
     pub unset_env: Vec<String>,
-    /// New CPU request and limit.
+    /// New model name (the object name stays).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// New CPU request and limit (see --cpu-limit for a different limit).
     #[arg(long)]
     pub cpu: Option<String>,
-    /// New memory request and limit.
+    /// New CPU limit only, e.g. `2`; `""` removes it.
+    #[arg(long)]
+    pub cpu_limit: Option<String>,
+    /// New memory request and limit (see --memory-limit).
     #[arg(long)]
     pub memory: Option<String>,
+    /// New memory limit only, e.g. `1Gi`; `""` removes it.
+    #[arg(long)]
+    pub memory_limit: Option<String>,
+    /// New class names for the proxy's prediction metrics, comma-separated; `""` clears them.
+    #[arg(long, value_delimiter = ',')]
+    pub class_names: Option<Vec<String>>,
+    /// Set label `KEY=VALUE` on every object (repeatable; replaces by key).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove label KEY (repeatable).
+    #[arg(long = "unset-label", value_name = "KEY")]
+    pub unset_labels: Vec<String>,
     /// Turn the model-proxy sidecar on.
     #[arg(long, conflicts_with = "no_proxy")]
     pub proxy: bool,
@@ -327,6 +372,16 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `ds version`
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// Only the client's version; do not ask the gateway.
+    #[arg(long)]
+    pub client: bool,
 }
 
 /// `ds login`
@@ -398,11 +453,23 @@ pub enum CliError {
     },
     #[error(
         "nothing to change for deployment {0}: give at least one of --image, --replicas, \
-         --port, --env, --unset-env, --cpu, --memory, --proxy/--no-proxy, --host, --ingress-class"
+         --port, --env, --unset-env, --model-name, --cpu, --cpu-limit, --memory, --memory-limit, \
+         --class-names, --label, --unset-label, --proxy/--no-proxy, --query-log/--no-query-log, \
+         --host, --ingress-class"
     )]
     NothingToUpdate(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A validation error said with the flag that set the value.
+    #[error("invalid {flag} {value}: {rule}")]
+    InvalidFlag {
+        flag: String,
+        /// Quoted and cut as validation shows it.
+        value: String,
+        rule: String,
+    },
+    #[error("gateway version unknown: {0}")]
+    GatewayVersion(Box<CliError>),
     #[error("deployment {name} failed: {error}")]
     RolloutFailed { name: String, error: String },
     #[error(
@@ -460,4 +527,13 @@ pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
 /// The gateway refused the key or the config file cannot be written.
 pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     config::login(args).await
+}
+
+/// `ds version`: the client's version, then the gateway's.
+///
+/// # Errors
+/// The gateway's version cannot be known (unreachable, no credentials), after the
+/// client's version is printed: as kubectl, a missing server version fails the command.
+pub async fn version(args: VersionArgs) -> Result<(), CliError> {
+    version::run(args).await
 }

@@ -17,6 +17,17 @@ pub enum OutputFormat {
     Json,
     /// YAML, one document.
     Yaml,
+    /// The table with more columns (deployers and deployments; others print their table).
+    Wide,
+    /// `KIND/NAME`, one per line (deployers and deployments; others print their table).
+    Name,
+}
+
+impl OutputFormat {
+    /// Whether a person reads it (hints on stderr make sense), not a script.
+    pub fn is_human(self) -> bool {
+        matches!(self, Self::Table | Self::Wide)
+    }
 }
 
 // === printing ===
@@ -31,7 +42,7 @@ pub fn print<T: Serialize>(
     table: impl FnOnce() -> String,
 ) -> Result<(), CliError> {
     let text = match format {
-        OutputFormat::Table => table(),
+        OutputFormat::Table | OutputFormat::Wide | OutputFormat::Name => table(),
         OutputFormat::Json => {
             serde_json::to_string_pretty(value).map_err(|e| CliError::Output(e.to_string()))?
         }
@@ -40,6 +51,32 @@ pub fn print<T: Serialize>(
         }
     };
     print_text(&text)
+}
+
+/// Prints deployers or deployments: like [`print`], with `-o wide` and `-o name` too.
+///
+/// # Errors
+/// As [`print`].
+pub fn print_resource<T: Serialize>(
+    format: OutputFormat,
+    value: &T,
+    table: impl FnOnce() -> String,
+    wide: impl FnOnce() -> String,
+    names: impl FnOnce() -> String,
+) -> Result<(), CliError> {
+    match format {
+        OutputFormat::Wide => print_text(&wide()),
+        OutputFormat::Name => {
+            let names = names();
+            // No objects, no lines (not an empty one), as kubectl.
+            if names.is_empty() {
+                Ok(())
+            } else {
+                print_text(&names)
+            }
+        }
+        _ => print(format, value, table),
+    }
 }
 
 /// Writes `text` to stdout with exactly one trailing newline.
@@ -167,10 +204,28 @@ impl From<&proto::Deployer> for DeployerView {
 
 /// The `ds deployer ls` table.
 pub fn deployers_table(deployers: &[DeployerView]) -> String {
+    deployers_table_of(deployers, false)
+}
+
+/// The `ds deployer ls -o wide` table: also the cluster, the agent's namespaces, the
+/// revision and the ID.
+pub fn deployers_wide_table(deployers: &[DeployerView]) -> String {
+    deployers_table_of(deployers, true)
+}
+
+/// `deployer/NAME` lines, as kubectl's `-o name`.
+pub fn deployer_names(deployers: &[DeployerView]) -> String {
+    deployers
+        .iter()
+        .map(|d| format!("deployer/{}\n", d.name))
+        .collect()
+}
+
+fn deployers_table_of(deployers: &[DeployerView], wide: bool) -> String {
     let rows: Vec<Vec<String>> = deployers
         .iter()
         .map(|d| {
-            vec![
+            let mut row = vec![
                 d.name.clone(),
                 d.deployments.to_string(),
                 d.status.to_string(),
@@ -179,20 +234,34 @@ pub fn deployers_table(deployers: &[DeployerView]) -> String {
                     .as_deref()
                     .map_or_else(|| "<never>".into(), format_age),
                 format_age(&d.created_at),
-            ]
+            ];
+            if wide {
+                row.extend([
+                    or_none(d.cluster.as_deref().unwrap_or("")),
+                    if d.agent_namespaces.is_empty() {
+                        "<all>".to_string()
+                    } else {
+                        d.agent_namespaces.join(",")
+                    },
+                    d.revision.to_string(),
+                    d.id.clone(),
+                ]);
+            }
+            row
         })
         .collect();
-    table(
-        &[
-            "NAME",
-            "DEPLOYMENTS",
-            "STATUS",
-            "VERSION",
-            "LAST SEEN",
-            "AGE",
-        ],
-        &rows,
-    )
+    let mut headers = vec![
+        "NAME",
+        "DEPLOYMENTS",
+        "STATUS",
+        "VERSION",
+        "LAST SEEN",
+        "AGE",
+    ];
+    if wide {
+        headers.extend(["CLUSTER", "NAMESPACES", "REVISION", "ID"]);
+    }
+    table(&headers, &rows)
 }
 
 /// The `ds deployer get` text.
@@ -256,6 +325,9 @@ pub struct DeploymentView {
     pub updated_at: String,
     pub spec: DeploymentSpec,
     pub status: StatusView,
+    /// Only in `update`'s answer: whether it changed anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
 }
 
 /// The word for a phase.
@@ -296,38 +368,73 @@ impl From<&proto::DeploymentView> for DeploymentView {
                 reported_at: none_if_empty(&v.status_updated_at),
             },
             spec,
+            changed: v.changed,
         }
     }
 }
 
 /// The `ds deployment ls` table.
 pub fn deployments_table(deployments: &[DeploymentView]) -> String {
+    deployments_table_of(deployments, false)
+}
+
+/// The `ds deployment ls -o wide` table: also the URL, the revision and the ID.
+pub fn deployments_wide_table(deployments: &[DeploymentView]) -> String {
+    deployments_table_of(deployments, true)
+}
+
+/// `deployment/NAME` lines, as kubectl's `-o name`.
+pub fn deployment_names(deployments: &[DeploymentView]) -> String {
+    deployments
+        .iter()
+        .map(|d| format!("deployment/{}\n", d.name))
+        .collect()
+}
+
+fn deployments_table_of(deployments: &[DeploymentView], wide: bool) -> String {
     let rows: Vec<Vec<String>> = deployments
         .iter()
-        .map(|d| {
-            vec![
-                d.name.clone(),
-                d.namespace.clone(),
-                d.deployer.clone(),
-                d.spec.image.clone(),
-                format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
-                d.status.phase.to_string(),
-                format_age(&d.created_at),
-            ]
-        })
+        .map(|d| deployment_row(d, wide))
         .collect();
-    table(
-        &[
-            "NAME",
-            "NAMESPACE",
-            "DEPLOYER",
-            "IMAGE",
-            "REPLICAS",
-            "STATUS",
-            "AGE",
-        ],
-        &rows,
-    )
+    table(&deployment_headers(wide), &rows)
+}
+
+/// The column headers of the deployments table.
+pub fn deployment_headers(wide: bool) -> Vec<&'static str> {
+    let mut headers = vec![
+        "NAME",
+        "NAMESPACE",
+        "DEPLOYER",
+        "IMAGE",
+        "REPLICAS",
+        "STATUS",
+        "AGE",
+    ];
+    if wide {
+        headers.extend(["URL", "REVISION", "ID"]);
+    }
+    headers
+}
+
+/// One row of the deployments table.
+pub fn deployment_row(d: &DeploymentView, wide: bool) -> Vec<String> {
+    let mut row = vec![
+        d.name.clone(),
+        d.namespace.clone(),
+        d.deployer.clone(),
+        d.spec.image.clone(),
+        format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
+        d.status.phase.to_string(),
+        format_age(&d.created_at),
+    ];
+    if wide {
+        row.extend([
+            d.url.clone().unwrap_or_else(|| "<none>".into()),
+            d.revision.to_string(),
+            d.id.clone(),
+        ]);
+    }
+    row
 }
 
 /// The short answer to `create`/`update`: ID, namespace, name, URL.

@@ -13,10 +13,10 @@ use ds_core::proto::{
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
     DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
     Deployer, DeploymentDescription, DeploymentLogsRequest, DeploymentView, DescribeQuery,
-    GetDeployerRequest, GetDeploymentRequest, ListDeployersRequest, ListDeployersResponse,
-    ListDeploymentsRequest, ListDeploymentsResponse, LogLines, LogsQuery,
-    RotateDeployerTokenRequest, RotateDeployerTokenResponse, UpdateDeploymentRequest,
-    inspect_reply, inspect_request,
+    GetDeployerRequest, GetDeploymentRequest, GetVersionRequest, GetVersionResponse,
+    ListDeployersRequest, ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
+    LogLines, LogsQuery, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
+    UpdateDeploymentRequest, inspect_reply, inspect_request,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
@@ -231,6 +231,7 @@ fn make_view(
         status: Some(status),
         status_updated_at,
         url,
+        ..Default::default()
     }
 }
 
@@ -282,6 +283,26 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     }
     if let Some(on) = req.proxy_query_log {
         spec.proxy.query_log = on;
+    }
+    // After `cpu`/`memory`: `--cpu 500m --cpu-limit 2` means request 500m, limit 2, as
+    // on create.
+    if let Some(limit) = &req.cpu_limit {
+        spec.resources.cpu_limit = non_empty(limit);
+    }
+    if let Some(limit) = &req.memory_limit {
+        spec.resources.memory_limit = non_empty(limit);
+    }
+    if let Some(classes) = &req.class_names {
+        spec.proxy.class_names.clone_from(&classes.values);
+    }
+    for key in &req.unset_labels {
+        spec.labels.remove(key);
+    }
+    for (key, value) in &req.set_labels {
+        spec.labels.insert(key.clone(), value.clone());
+    }
+    if let Some(model) = &req.model_name {
+        spec.model_name.clone_from(model);
     }
 }
 
@@ -623,7 +644,10 @@ impl ControlService for ControlSvc {
         let deployments = store
             .list_deployments(deployer_id.as_deref())
             .await
-            .map_err(store_status)?;
+            .map_err(store_status)?
+            .into_iter()
+            .filter(|d| req.namespace.is_empty() || d.namespace == req.namespace)
+            .collect::<Vec<_>>();
         let names: HashMap<String, String> = store
             .list_deployers()
             .await
@@ -670,7 +694,11 @@ impl ControlService for ControlSvc {
             apply_update(&mut spec, &req);
             if spec == record.spec {
                 // Nothing changes: no revision, no event for the agents.
-                return Ok(Response::new(self.view(record).await?));
+                let view = self.view(record).await?;
+                return Ok(Response::new(DeploymentView {
+                    changed: Some(false),
+                    ..view
+                }));
             }
             ds_core::validate_deployment(&record.name, &record.namespace, &spec)
                 .map_err(invalid)?;
@@ -683,7 +711,11 @@ impl ControlService for ControlSvc {
                 Ok(updated) => {
                     self.shared.metrics.deployment_changes.inc();
                     tracing::info!(deployment = %updated.id, revision = updated.revision, "deployment updated");
-                    return Ok(Response::new(self.view(updated).await?));
+                    let view = self.view(updated).await?;
+                    return Ok(Response::new(DeploymentView {
+                        changed: Some(true),
+                        ..view
+                    }));
                 }
                 Err(StoreError::Conflict(_)) => {
                     record = self
@@ -773,5 +805,15 @@ impl ControlService for ControlSvc {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_version(
+        &self,
+        request: Request<GetVersionRequest>,
+    ) -> Result<Response<GetVersionResponse>, Status> {
+        self.authorize(&request).await?;
+        Ok(Response::new(GetVersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
     }
 }

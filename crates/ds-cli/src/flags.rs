@@ -1,0 +1,217 @@
+//! Which CLI flag sets which spec field: validation (ds-core, local or at the gateway)
+//! names the spec's field paths (`resources.cpu_limit`), users typed flags (`--cpu-limit`).
+
+use super::CliError;
+use ds_core::ValidationError;
+
+/// The `create`/`update` flag that sets the value validation names `field`, if any.
+pub fn for_field(field: &str) -> Option<&'static str> {
+    let flag = match field {
+        "name" => "--name",
+        "namespace" => "--namespace",
+        "model_name" => "--model-name",
+        "image" => "--image",
+        "replicas" => "--replicas",
+        "port" => "--port",
+        "host" => "--host",
+        "ingress_class" => "--ingress-class",
+        "resources.cpu_request" => "--cpu",
+        "resources.cpu_limit" => "--cpu-limit",
+        "resources.memory_request" => "--memory",
+        "resources.memory_limit" => "--memory-limit",
+        "proxy.query_log" => "--query-log",
+        "env" => "--env",
+        f if f.starts_with("env[") => "--env",
+        f if f.starts_with("proxy.class_names") => "--class-names",
+        f if f.starts_with("labels[") => "--label",
+        _ => return None,
+    };
+    Some(flag)
+}
+
+/// A local validation error, said with its flag where one sets the field.
+pub fn local(e: ValidationError) -> CliError {
+    match for_field(&e.field) {
+        Some(flag) => CliError::InvalidFlag {
+            flag: flag.to_string(),
+            value: ds_core::validate::quoted(&e.value),
+            rule: e.rule,
+        },
+        None => CliError::Invalid(e),
+    }
+}
+
+/// The gateway's validation message (`invalid FIELD VALUE: RULE`, [`ValidationError`]'s
+/// display) with the field replaced by its flag; other messages unchanged.
+pub fn in_message(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid ") else {
+        return message.to_string();
+    };
+    // A label key may hold spaces: its path ends at `] `.
+    let end = if rest.starts_with("labels[") {
+        rest.find("] ").map(|i| i + 1)
+    } else {
+        rest.find(' ')
+    };
+    let Some(end) = end else {
+        return message.to_string();
+    };
+    match for_field(&rest[..end]) {
+        Some(flag) => format!("invalid {flag}{}", &rest[end..]),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ds_core::{DeploymentSpec, EnvVar};
+
+    fn spec() -> DeploymentSpec {
+        DeploymentSpec::test("iris")
+    }
+
+    /// Every field validation can name, produced by ds-core's validation itself.
+    #[test]
+    fn every_field_validation_names_has_a_flag() {
+        let mut cases: Vec<(&str, &str, DeploymentSpec, &str)> = Vec::new();
+        let bad = |f: &dyn Fn(&mut DeploymentSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            s
+        };
+        cases.push(("Bad_Name", "default", spec(), "--name"));
+        cases.push(("iris", "Bad_NS", spec(), "--namespace"));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.model_name = " ".into()),
+            "--model-name",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.image = "UPPER:1".into()),
+            "--image",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.replicas = 100_000),
+            "--replicas",
+        ));
+        cases.push(("iris", "default", bad(&|s| s.port = 0), "--port"));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.host = Some("10.0.0.1".into())),
+            "--host",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.ingress_class = Some("Bad_Class".into())),
+            "--ingress-class",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| {
+                s.env = vec![EnvVar {
+                    name: "1BAD".into(),
+                    value: String::new(),
+                }]
+            }),
+            "--env",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| {
+                s.env = vec![EnvVar {
+                    name: "BIG".into(),
+                    value: "x".repeat(40_000),
+                }]
+            }),
+            "--env",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.resources.cpu_request = Some("lots".into())),
+            "--cpu",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.resources.cpu_limit = Some("lots".into())),
+            "--cpu-limit",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.resources.memory_request = Some("lots".into())),
+            "--memory",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.resources.memory_limit = Some("lots".into())),
+            "--memory-limit",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| {
+                s.resources.cpu_request = Some("2".into());
+                s.resources.cpu_limit = Some("1".into());
+            }),
+            "--cpu",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.proxy.class_names = vec![" ".into()]),
+            "--class-names",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| {
+                s.proxy.enabled = false;
+                s.proxy.query_log = true;
+            }),
+            "--query-log",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| {
+                s.labels.insert("bad key".into(), "v".into());
+            }),
+            "--label",
+        ));
+        for (name, namespace, spec, flag) in cases {
+            let e = ds_core::validate_deployment(name, namespace, &spec)
+                .expect_err("the spec is invalid");
+            assert_eq!(for_field(&e.field), Some(flag), "{e}");
+            let local = local(e.clone()).to_string();
+            assert!(local.starts_with(&format!("invalid {flag} ")), "{local}");
+            let remote = in_message(&e.to_string());
+            assert!(remote.starts_with(&format!("invalid {flag} ")), "{remote}");
+            assert!(remote.ends_with(&e.rule), "{remote}");
+        }
+    }
+
+    #[test]
+    fn other_messages_pass_unchanged() {
+        assert_eq!(
+            in_message("deployment x not found"),
+            "deployment x not found"
+        );
+        assert_eq!(
+            in_message("invalid spec \"300000 bytes\": too big"),
+            "invalid spec \"300000 bytes\": too big"
+        );
+    }
+}
