@@ -324,7 +324,10 @@ fn allowed_verbs(group: &str, resource: &str) -> &'static [&'static str] {
     match (group, resource) {
         ("apps", "deployments") | ("", "services") | ("networking.k8s.io", "ingresses") => RW,
         ("coordination.k8s.io", "leases") => &["get", "create", "update", "patch"],
-        ("", "events") => &["create", "patch"],
+        // Its own events, and reading those of its objects for `ds deployment describe`.
+        ("", "events") => &["get", "list", "create", "patch"],
+        ("", "pods") => &["get", "list", "watch"],
+        ("", "pods/log") => &["get"],
         ("", "namespaces") => &["get", "list", "watch", "create"],
         _ => &[],
     }
