@@ -147,8 +147,12 @@ impl TestGateway {
         self.run(&args).await.json()
     }
 
+    /// Plays the deployer's agent; it reports once at once, as a starting agent does, so
+    /// the deployer counts as connected (`--wait` gives up on a deployer without one).
     async fn agent(&self, token: &str) -> FakeAgent {
-        FakeAgent(ds_test_support::agent_service(&self.gw.url(), token))
+        let mut agent = FakeAgent(ds_test_support::agent_service(&self.gw.url(), token));
+        agent.heartbeat().await;
+        agent
     }
 }
 
@@ -192,6 +196,7 @@ impl FakeAgent {
                     applied_revision: applied,
                     endpoint: String::new(),
                     last_error: error.to_string(),
+                    ..Default::default()
                 }],
                 objects: None,
             })
@@ -201,6 +206,22 @@ impl FakeAgent {
 }
 
 impl FakeAgent {
+    /// A report with no statuses: the agent's heartbeat.
+    async fn heartbeat(&mut self) {
+        self.0
+            .report_status(proto::StatusReport {
+                agent: Some(proto::AgentInfo {
+                    version: "test-agent".into(),
+                    cluster: "test".into(),
+                    ..Default::default()
+                }),
+                statuses: vec![],
+                objects: None,
+            })
+            .await
+            .expect("heartbeat accepted");
+    }
+
     /// Reports `owned` of the deployer's objects left in the cluster at `revision`.
     async fn objects(&mut self, revision: u64, owned: u32) {
         self.0

@@ -6,6 +6,7 @@
 //! - [`compare`]: whether an observed object matches its desired one.
 //! - [`sync`]: the gateway side: Watch, List, status reports (one task each).
 //! - [`cache`]: label-selected watches into compact caches of the owned objects.
+//! - [`pods`]: the watch of the owned Deployments' Pods and the failure reasons they show.
 //! - [`reconcile`]: compare-and-apply of one deployment, the prune sweep, statuses.
 //! - [`scheduler`]: what runs when: per-deployment tasks, bounded concurrency, backoff.
 //! - [`leader`]: Lease-based leader election (`--leader-elect`) and the write fence.
@@ -19,6 +20,7 @@ mod compare;
 pub mod desired;
 mod leader;
 mod metrics;
+pub mod pods;
 mod reconcile;
 mod scheduler;
 mod sync;
@@ -536,6 +538,15 @@ async fn controller(
         &cancel,
     );
     let mut children = watch_tasks;
+    let (pods_touched_tx, pods_touched) = tokio::sync::mpsc::unbounded_channel();
+    let (pods, pod_task) = pods::start_watch(
+        &client,
+        &args.namespaces,
+        &builders::owner_selector(&deployer_id),
+        pods_touched_tx,
+        &cancel,
+    );
+    children.push(pod_task);
     tokio::select! {
         () = stores.ready() => {}
         () = cancel.cancelled() => return,
@@ -619,6 +630,8 @@ async fn controller(
         touched,
         statuses: c.statuses,
         ready: c.ready,
+        pods,
+        pods_touched,
     };
     let cfg = scheduler::SchedulerConfig {
         resync: args.resync,

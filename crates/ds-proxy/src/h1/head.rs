@@ -608,7 +608,10 @@ mod tests {
         // Found by hack/fuzz.sh: hyper refuses it (its last field is not `chunked`).
         let smuggle = b"POST /echo HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\
                         Transfer-Encoding:\r\n\r\n";
-        assert_eq!(parse(smuggle), Err("the Transfer-Encoding header is not valid"));
+        assert_eq!(
+            parse(smuggle),
+            Err("the Transfer-Encoding header is not valid")
+        );
         let fine = b"POST /echo HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: , chunked\r\n\r\n";
         assert_eq!(parse(fine), Ok(Some(Framing::Chunked)));
     }
