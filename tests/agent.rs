@@ -77,6 +77,7 @@ on_both!(
     missing_namespace_is_reported_unless_create_namespaces,
     token_rotation_orphans_nothing,
     deployer_rm_cascade_removes_every_object_then_revokes_the_token,
+    unpullable_image_fails_the_wait_with_the_pull_reason,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -1667,5 +1668,98 @@ async fn one_broken_deployment_never_slows_the_others() {
         |d| labels(&d.metadata).get(DEPLOYMENT_ID_LABEL) == Some(&stuck_id),
     )
     .await;
+    agent.shutdown().await;
+}
+
+// === status from the pods ===
+
+/// `ds …` as a process against the test's gateway; its output.
+async fn ds(e: &Env, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(
+        std::env::var_os("DS_TEST_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ds").into()),
+    );
+    cmd.args(args)
+        .env("DS_GATEWAY", e.gw.url())
+        .env("DS_API_KEY", &e.gw.admin_key)
+        .env("DS_CONFIG", e.gw.dir().join("no-config.yaml"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(DEADLINE * 2, cmd.output())
+        .await
+        .expect("ds finishes")
+        .expect("ds runs")
+}
+
+/// An image that cannot be pulled fails `create --wait` with the pods' reason, long
+/// before the Deployment's progress deadline (600 s on the real controller manager, whose
+/// Deployment still says Progressing), and `get` shows Failed with that reason. On the
+/// simulator the image fails by `failing_image` (`ds sim-cluster --failing-image`).
+async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
+    let mut e = match b {
+        Backend::Sim => {
+            env_with(SimConfig {
+                rollout_delay: Duration::from_millis(200),
+                // real_kube::UNPULLABLE_REGISTRY as a regex.
+                failing_image: Some(r"^registry\.invalid/".into()),
+                ..Default::default()
+            })
+            .await
+        }
+        Backend::Real => env(b).await,
+    };
+    let ns = e.ns.clone();
+    let (_, token) = e.deployer("pulls").await;
+    let agent = e.agent(&token).await;
+    eventually("the agent is ready", || async {
+        agent.is_ready().then_some(())
+    })
+    .await;
+    let image = format!("{}nope:1", real_kube::UNPULLABLE_REGISTRY);
+    // The CLI's own timeout: a wait that only the progress deadline could end fails
+    // with "timed out", not with the pull reason.
+    let out = ds(
+        &e,
+        &[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "pulls",
+            "-n",
+            &ns,
+            "-i",
+            &image,
+            "--wait",
+            "--timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ImagePullBackOff") || stderr.contains("ErrImagePull"),
+        "the pull failure is the reason: {stderr}"
+    );
+    assert!(stderr.contains(&image), "names the image: {stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+
+    let got = ds(&e, &["deployment", "get", "iris", "-d", "pulls", "-n", &ns]).await;
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(text.contains("Failed"), "{text}");
+    assert!(
+        text.contains("Reason:") && text.contains("pod iris-"),
+        "{text}"
+    );
+    assert!(text.contains("model: waiting ("), "per-pod state: {text}");
     agent.shutdown().await;
 }
