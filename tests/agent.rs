@@ -1151,6 +1151,49 @@ async fn api_errors_and_dropped_watches_still_converge() {
     agent.shutdown().await;
 }
 
+/// The gateway's status matches the cluster again within one resync period, through
+/// dropped watches and a relist, even when the agent believes it already sent the current
+/// status: here a stale report (as a lost, reordered or restored one leaves it) is written
+/// with the deployer's token, and only the agent's periodic full report replaces it.
+#[tokio::test]
+async fn gateway_status_converges_within_a_resync_after_faults() {
+    let mut e = env(Backend::Sim).await;
+    let (_, token) = e.deployer("cv").await;
+    let mut args = e.args(&token);
+    args.resync = Duration::from_secs(2);
+    let agent = e.agent_with(args).await;
+    let id = e
+        .deploy("cv", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    let good = e.wait_phase(&id, Phase::Available).await;
+    let f = e.sim().faults();
+    f.drop_watches_after_events(2);
+    f.gone_on_next_watch();
+    let mut stale = ds_test_support::agent_service(&e.gw.url(), &token);
+    stale
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "stale".into(),
+                cluster: "default".into(),
+                ..Default::default()
+            }),
+            statuses: vec![proto::DeploymentStatus {
+                deployment_id: id.clone(),
+                phase: Phase::Progressing as i32,
+                applied_revision: good.applied_revision,
+                ..Default::default()
+            }],
+            objects: None,
+        })
+        .await
+        .expect("stale report stored");
+    assert_eq!(e.status(&id).await.phase, Phase::Progressing as i32);
+    let back = e.wait_phase(&id, Phase::Available).await;
+    assert_eq!(back.updated_replicas, good.updated_replicas);
+    assert_eq!(back.endpoint, good.endpoint);
+    agent.shutdown().await;
+}
+
 async fn token_rotation_orphans_nothing(b: Backend) {
     let mut e = env(b).await;
     let ns = e.ns.clone();

@@ -409,6 +409,7 @@ impl RunningAgent {
             stores_rx,
             leader_rx.clone(),
             args.heartbeat,
+            args.resync,
             cancel.clone(),
         )));
 

@@ -60,7 +60,7 @@ pub fn judge(
                 match (status.last_error.is_empty(), status.reason.is_empty()) {
                     (false, true) => status.last_error.clone(),
                     // The pods' reason says what to fix; the error says what it led to.
-                (false, false) => format!("{}; {}", status.reason, status.last_error),
+                    (false, false) => format!("{}; {}", status.reason, status.last_error),
                     (true, false) => status.reason.clone(),
                     (true, true) => "the agent reported the rollout as Failed".to_string(),
                 },
