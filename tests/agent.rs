@@ -1151,6 +1151,30 @@ async fn api_errors_and_dropped_watches_still_converge() {
     agent.shutdown().await;
 }
 
+/// A container that keeps crashing fails the deployment with `CrashLoopBackOff` and its
+/// restarts, on the real API server (the fake node crash-loops `…/crashes:…` images).
+#[tokio::test]
+async fn real_crash_loop_fails_with_its_reason_and_restarts() {
+    let mut e = env(Backend::Real).await;
+    let ns = e.ns.clone();
+    let (_, token) = e.deployer("crashy").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "crashy",
+            "iris",
+            &ns,
+            DeploymentSpec::test("iris").image("example.com/models/crashes:1"),
+        )
+        .await;
+    let s = e.wait_phase(&id, Phase::Failed).await;
+    assert!(s.reason.starts_with("CrashLoopBackOff: pod iris-"), "{s:?}");
+    assert!(s.reason.contains("last exit: Error, code 1"), "{s:?}");
+    let pod = s.pods.first().expect("its pod is reported");
+    assert!(pod.restarts > 0 && !pod.ready, "{pod:?}");
+    agent.shutdown().await;
+}
+
 /// The gateway's status matches the cluster again within one resync period, through
 /// dropped watches and a relist, even when the agent believes it already sent the current
 /// status: here a stale report (as a lost, reordered or restored one leaves it) is written
