@@ -678,7 +678,12 @@ impl ControlService for ControlSvc {
                 };
                 let end = next.is_err();
                 if let Ok(view) = &next {
-                    if rechecking && *view == last {
+                    // While an agent streams, its last-seen time is "now": no news alone.
+                    let news = DeploymentView {
+                        agent_last_seen: last.agent_last_seen.clone(),
+                        ..view.clone()
+                    } != last;
+                    if rechecking && !news {
                         continue;
                     }
                     last = view.clone();
