@@ -1059,6 +1059,47 @@ async fn an_offline_deployers_deployments_are_unknown() {
     t.gw.shutdown().await;
 }
 
+/// An agent that goes away during `--wait` ends the wait once the gateway counts it
+/// offline, saying so, rather than at `--timeout`.
+#[tokio::test]
+async fn wait_ends_when_the_agent_goes_away() {
+    let t = start_with(|args| args.offline_after = Duration::from_secs(1)).await;
+    let (_, token) = t.deployer("flaky").await;
+    let mut agent = t.agent(&token).await;
+    let created = t.deployment("flaky", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let revision = created["revision"].as_u64().unwrap();
+    // Reporting faster than the 1 s offline window until the wait is under way.
+    agent.report(&id, Phase::Progressing, 1, revision, "").await;
+    let beating = tokio::spawn(async move {
+        loop {
+            agent.heartbeat().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]));
+    running.wait_for_line("default/iris: Progressing").await;
+    // The agent stops.
+    beating.abort();
+    let _ = beating.await;
+    let (code, stderr) = running.finish().await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("error: deployer flaky has no connected agent (last seen 20"),
+        "{stderr}"
+    );
+    t.gw.shutdown().await;
+}
+
 /// `update --wait` ignores the Available status of the previous revision and fails
 /// with the agent's error when the new revision fails.
 #[tokio::test]
