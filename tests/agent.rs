@@ -1785,6 +1785,7 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
     })
     .await;
     let image = format!("{}nope:1", real_kube::UNPULLABLE_REGISTRY);
+    let started = tokio::time::Instant::now();
     // The CLI's own timeout: a wait that only the progress deadline could end fails
     // with "timed out", not with the pull reason.
     let out = ds(
@@ -1807,6 +1808,8 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
     )
     .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // For the record (not asserted): how long the failure took to reach the CLI.
+    eprintln!("{b:?}: create --wait failed after {:?}", started.elapsed());
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("ImagePullBackOff") || stderr.contains("ErrImagePull"),
