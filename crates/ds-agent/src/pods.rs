@@ -379,22 +379,27 @@ pub fn start_watch(
                 }
                 watcher::Event::InitDone => {
                     let fresh = relists[i].take().unwrap_or_default();
+                    // Every deployment with pods before or after the list: its status may
+                    // have changed meanwhile.
+                    let mut ids: Vec<String> = fresh
+                        .values()
+                        .flat_map(|deps| deps.keys().cloned())
+                        .collect();
                     let mut m = map.write();
                     let old: Map = match &scopes[i] {
-                        None => std::mem::replace(&mut *m, fresh.clone()),
+                        None => std::mem::replace(&mut *m, fresh),
                         Some(ns) => {
                             let old = m.remove(ns.as_str());
-                            m.extend(fresh.clone());
+                            m.extend(fresh);
                             old.map(|deps| (ns.clone(), deps)).into_iter().collect()
                         }
                     };
                     drop(m);
-                    // Every deployment with pods before or after the list: its status may
-                    // have changed meanwhile.
-                    for deps in old.into_values().chain(fresh.into_values()) {
-                        for id in deps.into_keys() {
-                            let _ = touched.send(Arc::from(id));
-                        }
+                    ids.extend(old.into_values().flat_map(ByDeployment::into_keys));
+                    ids.sort_unstable();
+                    ids.dedup();
+                    for id in ids {
+                        let _ = touched.send(Arc::from(id));
                     }
                 }
                 watcher::Event::Apply(p) => {
