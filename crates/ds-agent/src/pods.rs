@@ -266,8 +266,10 @@ fn rebase(status: &mut proto::DeploymentStatus) {
     status.pods.clear();
 }
 
-/// The pods of one namespace: by deployment ID, then pod name.
-type ByDeployment = HashMap<String, BTreeMap<String, proto::PodStatus>>;
+/// The pods of one namespace, by deployment ID. A deployment has a few pods: a Vec
+/// searched by name costs far less than a map per deployment (a BTreeMap's first node
+/// alone holds room for eleven).
+type ByDeployment = HashMap<String, Vec<proto::PodStatus>>;
 
 /// The watched pods, by namespace.
 type Map = HashMap<String, ByDeployment>;
@@ -279,13 +281,13 @@ pub struct Pods {
 }
 
 impl Pods {
-    /// The pods of deployment `id` in `namespace`, by name.
+    /// The pods of deployment `id` in `namespace` (in no particular order).
     pub fn of(&self, namespace: &str, id: &str) -> Vec<proto::PodStatus> {
         self.map
             .read()
             .get(namespace)
             .and_then(|deps| deps.get(id))
-            .map(|pods| pods.values().cloned().collect())
+            .cloned()
             .unwrap_or_default()
     }
 }
@@ -307,14 +309,18 @@ fn put(map: &mut Map, pod: SlimPod) -> Option<String> {
         remove(deps, &id, &name);
     } else {
         let slim = project(&name, &pod.status);
-        deps.entry(id.clone()).or_default().insert(name, slim);
+        let pods = deps.entry(id.clone()).or_default();
+        match pods.iter_mut().find(|p| p.name == name) {
+            Some(known) => *known = slim,
+            None => pods.push(slim),
+        }
     }
     Some(id)
 }
 
 fn remove(deps: &mut ByDeployment, id: &str, name: &str) {
     if let Some(pods) = deps.get_mut(id) {
-        pods.remove(name);
+        pods.retain(|p| p.name != name);
         if pods.is_empty() {
             deps.remove(id);
         }
