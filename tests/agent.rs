@@ -79,6 +79,7 @@ on_both!(
     deployer_rm_cascade_removes_every_object_then_revokes_the_token,
     describe_shows_the_pods_and_only_this_deployments_events,
     logs_merge_the_pods_and_follow_picks_up_new_ones,
+    unpullable_image_fails_the_wait_with_the_pull_reason,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -1203,6 +1204,73 @@ async fn api_errors_and_dropped_watches_still_converge() {
     agent.shutdown().await;
 }
 
+/// A container that keeps crashing fails the deployment with `CrashLoopBackOff` and its
+/// restarts, on the real API server (the fake node crash-loops `…/crashes:…` images).
+#[tokio::test]
+async fn real_crash_loop_fails_with_its_reason_and_restarts() {
+    let mut e = env(Backend::Real).await;
+    let ns = e.ns.clone();
+    let (_, token) = e.deployer("crashy").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy(
+            "crashy",
+            "iris",
+            &ns,
+            DeploymentSpec::test("iris").image("example.com/models/crashes:1"),
+        )
+        .await;
+    let s = e.wait_phase(&id, Phase::Failed).await;
+    assert!(s.reason.starts_with("CrashLoopBackOff: pod iris-"), "{s:?}");
+    assert!(s.reason.contains("last exit: Error, code 1"), "{s:?}");
+    let pod = s.pods.first().expect("its pod is reported");
+    assert!(pod.restarts > 0 && !pod.ready, "{pod:?}");
+    agent.shutdown().await;
+}
+
+/// The gateway's status matches the cluster again within one resync period, through
+/// dropped watches and a relist, even when the agent believes it already sent the current
+/// status: here a stale report (as a lost, reordered or restored one leaves it) is written
+/// with the deployer's token, and only the agent's periodic full report replaces it.
+#[tokio::test]
+async fn gateway_status_converges_within_a_resync_after_faults() {
+    let mut e = env(Backend::Sim).await;
+    let (_, token) = e.deployer("cv").await;
+    let mut args = e.args(&token);
+    args.resync = Duration::from_secs(2);
+    let agent = e.agent_with(args).await;
+    let id = e
+        .deploy("cv", "iris", NS, DeploymentSpec::test("iris"))
+        .await;
+    let good = e.wait_phase(&id, Phase::Available).await;
+    let f = e.sim().faults();
+    f.drop_watches_after_events(2);
+    f.gone_on_next_watch();
+    let mut stale = ds_test_support::agent_service(&e.gw.url(), &token);
+    stale
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "stale".into(),
+                cluster: "default".into(),
+                ..Default::default()
+            }),
+            statuses: vec![proto::DeploymentStatus {
+                deployment_id: id.clone(),
+                phase: Phase::Progressing as i32,
+                applied_revision: good.applied_revision,
+                ..Default::default()
+            }],
+            objects: None,
+        })
+        .await
+        .expect("stale report stored");
+    assert_eq!(e.status(&id).await.phase, Phase::Progressing as i32);
+    let back = e.wait_phase(&id, Phase::Available).await;
+    assert_eq!(back.updated_replicas, good.updated_replicas);
+    assert_eq!(back.endpoint, good.endpoint);
+    agent.shutdown().await;
+}
+
 async fn token_rotation_orphans_nothing(b: Backend) {
     let mut e = env(b).await;
     let ns = e.ns.clone();
@@ -2016,4 +2084,100 @@ async fn a_cluster_restarted_empty_then_restored_gets_its_objects_and_status_bac
     available(control.clone()).await;
     agent.shutdown().await;
     sim.shutdown().await;
+}
+
+// === status from the pods ===
+
+/// `ds …` as a process against the test's gateway; its output.
+async fn ds(e: &Env, args: &[&str]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(
+        std::env::var_os("DS_TEST_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ds").into()),
+    );
+    cmd.args(args)
+        .env("DS_GATEWAY", e.gw.url())
+        .env("DS_API_KEY", &e.gw.admin_key)
+        .env("DS_CONFIG", e.gw.dir().join("no-config.yaml"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    tokio::time::timeout(DEADLINE * 2, cmd.output())
+        .await
+        .expect("ds finishes")
+        .expect("ds runs")
+}
+
+/// An image that cannot be pulled fails `create --wait` with the pods' reason, long
+/// before the Deployment's progress deadline (600 s on the real controller manager, whose
+/// Deployment still says Progressing), and `get` shows Failed with that reason. On the
+/// simulator the image fails by `failing_image` (`ds sim-cluster --failing-image`).
+async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
+    let mut e = match b {
+        Backend::Sim => {
+            env_with(SimConfig {
+                rollout_delay: Duration::from_millis(200),
+                // real_kube::UNPULLABLE_REGISTRY as a regex.
+                failing_image: Some(r"^registry\.invalid/".into()),
+                ..Default::default()
+            })
+            .await
+        }
+        Backend::Real => env(b).await,
+    };
+    let ns = e.ns.clone();
+    let (_, token) = e.deployer("pulls").await;
+    let agent = e.agent(&token).await;
+    eventually("the agent is ready", || async {
+        agent.is_ready().then_some(())
+    })
+    .await;
+    let image = format!("{}nope:1", real_kube::UNPULLABLE_REGISTRY);
+    let started = tokio::time::Instant::now();
+    // The CLI's own timeout: a wait that only the progress deadline could end fails
+    // with "timed out", not with the pull reason.
+    let out = ds(
+        &e,
+        &[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "pulls",
+            "-n",
+            &ns,
+            "-i",
+            &image,
+            "--wait",
+            "--timeout",
+            "30s",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // For the record (not asserted): how long the failure took to reach the CLI.
+    eprintln!("{b:?}: create --wait failed after {:?}", started.elapsed());
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ImagePullBackOff") || stderr.contains("ErrImagePull"),
+        "the pull failure is the reason: {stderr}"
+    );
+    assert!(stderr.contains(&image), "names the image: {stderr}");
+    assert!(!stderr.contains("error: timed out after"), "{stderr}");
+
+    let got = ds(&e, &["deployment", "get", "iris", "-d", "pulls", "-n", &ns]).await;
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    assert!(text.contains("Failed"), "{text}");
+    assert!(
+        text.contains("Reason:") && text.contains("pod iris-"),
+        "{text}"
+    );
+    assert!(text.contains("model: waiting ("), "per-pod state: {text}");
+    agent.shutdown().await;
 }

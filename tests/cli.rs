@@ -24,8 +24,14 @@ struct TestGateway {
 }
 
 async fn start() -> TestGateway {
+    start_with(|_| {}).await
+}
+
+/// A gateway whose arguments `change` adjusts first.
+async fn start_with(change: impl FnOnce(&mut GatewayArgs)) -> TestGateway {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    let mut args = GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    change(&mut args);
     let gw = RunningGateway::start(args).await.expect("gateway starts");
     TestGateway { gw, dir }
 }
@@ -147,8 +153,12 @@ impl TestGateway {
         self.run(&args).await.json()
     }
 
+    /// Plays the deployer's agent; it reports once at once, as a starting agent does, so
+    /// the deployer counts as connected (`--wait` gives up on a deployer without one).
     async fn agent(&self, token: &str) -> FakeAgent {
-        FakeAgent(ds_test_support::agent_service(&self.gw.url(), token))
+        let mut agent = FakeAgent(ds_test_support::agent_service(&self.gw.url(), token));
+        agent.heartbeat().await;
+        agent
     }
 }
 
@@ -192,6 +202,7 @@ impl FakeAgent {
                     applied_revision: applied,
                     endpoint: String::new(),
                     last_error: error.to_string(),
+                    ..Default::default()
                 }],
                 objects: None,
             })
@@ -201,6 +212,22 @@ impl FakeAgent {
 }
 
 impl FakeAgent {
+    /// A report with no statuses: the agent's heartbeat.
+    async fn heartbeat(&mut self) {
+        self.0
+            .report_status(proto::StatusReport {
+                agent: Some(proto::AgentInfo {
+                    version: "test-agent".into(),
+                    cluster: "test".into(),
+                    ..Default::default()
+                }),
+                statuses: vec![],
+                objects: None,
+            })
+            .await
+            .expect("heartbeat accepted");
+    }
+
     /// Reports `owned` of the deployer's objects left in the cluster at `revision`.
     async fn objects(&mut self, revision: u64, owned: u32) {
         self.0
@@ -947,6 +974,129 @@ async fn create_wait_follows_progress_until_available() {
     t.gw.shutdown().await;
 }
 
+/// `create --wait` for a deployer whose agent never connected fails at once, saying so,
+/// instead of waiting out its timeout (5 minutes by default) for a report nobody sends.
+#[tokio::test]
+async fn wait_without_a_connected_agent_fails_saying_so() {
+    let t = start().await;
+    t.deployer("lonely").await;
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "lonely",
+            "-i",
+            IMAGE,
+            "--wait",
+        ])
+        .await;
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("error: deployer lonely has no connected agent (never)"),
+        "{}",
+        run.stderr
+    );
+    // The deployment itself was created; only the wait gave up.
+    assert_eq!(t.get_json("iris").await["name"], "iris");
+    t.gw.shutdown().await;
+}
+
+/// A deployer whose agent stopped reporting for `--offline-after` shows its deployments
+/// as `Unknown (deployer offline since …)` in `ls`, `get` and JSON, instead of the last
+/// Available; `update --wait` then fails naming when the agent was last seen.
+#[tokio::test]
+async fn an_offline_deployers_deployments_are_unknown() {
+    let t = start_with(|args| args.offline_after = Duration::from_secs(1)).await;
+    let (_, token) = t.deployer("gone").await;
+    let mut agent = t.agent(&token).await;
+    let created = t.deployment("gone", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let revision = created["revision"].as_u64().unwrap();
+    agent.report(&id, Phase::Available, 1, revision, "").await;
+    let got = t.get_json("iris").await;
+    assert_eq!(got["status"]["phase"], "Available", "{got}");
+    assert_eq!(got["status"]["agent_connected"], true, "{got}");
+
+    // The agent reports no more.
+    drop(agent);
+    let row = ds_test_support::eventually("the deployment shows Unknown", || async {
+        let ls = t.run(&["deployment", "ls"]).await;
+        let row = ls.ok().lines().nth(1).unwrap_or_default().to_string();
+        row.contains("Unknown (deployer offline since ")
+            .then_some(row)
+    })
+    .await;
+    assert!(!row.contains("Available"), "{row}");
+    let got = t.get_json("iris").await;
+    assert_eq!(got["status"]["phase"], "Unknown", "{got}");
+    assert_eq!(got["status"]["agent_connected"], false, "{got}");
+    let reason = got["status"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("deployer offline since 20"), "{got}");
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(
+        text.ok().contains("Unknown (deployer offline since "),
+        "{}",
+        text.stdout
+    );
+
+    let run = t
+        .run(&["deployment", "update", "iris", "--replicas", "2", "--wait"])
+        .await;
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("error: deployer gone has no connected agent (last seen 20"),
+        "{}",
+        run.stderr
+    );
+    t.gw.shutdown().await;
+}
+
+/// An agent that goes away during `--wait` ends the wait once the gateway counts it
+/// offline, saying so, rather than at `--timeout`.
+#[tokio::test]
+async fn wait_ends_when_the_agent_goes_away() {
+    let t = start_with(|args| args.offline_after = Duration::from_secs(1)).await;
+    let (_, token) = t.deployer("flaky").await;
+    let mut agent = t.agent(&token).await;
+    let created = t.deployment("flaky", "iris", &[]).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let revision = created["revision"].as_u64().unwrap();
+    // Reporting faster than the 1 s offline window until the wait is under way.
+    agent.report(&id, Phase::Progressing, 1, revision, "").await;
+    let beating = tokio::spawn(async move {
+        loop {
+            agent.heartbeat().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut running = Running::spawn(t.ds(&[
+        "deployment",
+        "update",
+        &id,
+        "--replicas",
+        "2",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]));
+    running.wait_for_line("default/iris: Progressing").await;
+    // The agent stops.
+    beating.abort();
+    let _ = beating.await;
+    let (code, stderr) = running.finish().await;
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("error: deployer flaky has no connected agent (last seen 20"),
+        "{stderr}"
+    );
+    t.gw.shutdown().await;
+}
+
 /// `update --wait` ignores the Available status of the previous revision and fails
 /// with the agent's error when the new revision fails.
 #[tokio::test]
@@ -998,12 +1148,13 @@ async fn update_wait_ignores_the_old_revision_and_reports_failure() {
     t.gw.shutdown().await;
 }
 
-/// Without an agent nothing becomes Available: `--wait` gives up at `--timeout` and
-/// says how far it got.
+/// With an agent that reports nothing, nothing becomes Available: `--wait` gives up at
+/// `--timeout` and says how far it got.
 #[tokio::test]
 async fn wait_times_out_with_the_progress_so_far() {
     let t = start().await;
-    t.deployer("prod").await;
+    let (_, token) = t.deployer("prod").await;
+    let _agent = t.agent(&token).await;
     let run = t
         .run(&[
             "deployment",
@@ -1105,6 +1256,8 @@ async fn tls_gateway_is_trusted_through_ca_cert() {
 async fn wait_survives_a_gateway_restart() {
     let t = start().await;
     let (_, token) = t.deployer("prod").await;
+    // Connected before the restart: the stored heartbeat says so to the restarted one.
+    drop(t.agent(&token).await);
     let created = t.deployment("prod", "iris", &[]).await;
     let id = created["id"].as_str().unwrap().to_string();
     let mut running = Running::spawn(t.ds(&[

@@ -314,9 +314,21 @@ async fn create_wait_o_json_prints_the_final_object_on_stdout() {
         .env("DS_API_KEY", &gw.admin_key)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("ds starts");
+    // Play the agent: connected first (`--wait` needs one), then, once the deployment
+    // exists, it reports it Available.
     let mut agent = ds_test_support::agent_service(&gw.url(), &token);
-    // Play the agent: once the deployment exists, report it Available.
+    agent
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "test-agent".into(),
+                cluster: "test".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("heartbeat accepted");
+    let child = cmd.spawn().expect("ds starts");
     let control = gw.control();
     let view = ds_test_support::eventually("the deployment to exist", || {
         let mut control = control.clone();

@@ -1332,6 +1332,7 @@ async fn status_reports_show_in_deployer_list_and_status_watch() {
                 applied_revision: 1,
                 endpoint: "http://iris.models.svc:8080".into(),
                 last_error: String::new(),
+                ..Default::default()
             }],
             objects: None,
         })

@@ -1139,3 +1139,58 @@ async fn ds_dev_runs_the_loop_stops_on_sigterm_and_keeps_its_state() {
     let status = dev.terminate().await;
     assert!(status.success(), "ds dev exits 0 on SIGTERM: {status}");
 }
+
+/// The installed rights suffice for the pod watch behind the status: an agent running as
+/// the manifest's service account on the real API server (RBAC enforced) reports the
+/// `ImagePullBackOff` of an image that cannot be pulled. Without `pods` read rights the
+/// API server refuses the watch and no such reason ever shows.
+#[tokio::test]
+async fn real_rbac_lets_the_agent_report_pod_failures() {
+    let mut env = real_env().await;
+    let kube = real_kube::shared();
+    env.create_deployer("podread").await;
+    env.apply_install("podread", &[]).await;
+    let ns = kube.namespace("podread").await;
+    let mut agent = env.agent_as_service_account("podread").await;
+    let image = format!("{}nope:1", real_kube::UNPULLABLE_REGISTRY);
+    env.control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "podread".into(),
+            name: "iris".into(),
+            namespace: ns.clone(),
+            spec: Some(DeploymentSpec::test("iris").image(&image).into()),
+        })
+        .await
+        .expect("create deployment");
+    env.wait_phase("podread", "iris", proto::Phase::Failed)
+        .await;
+    let view = env
+        .control
+        .get_deployment(proto::GetDeploymentRequest {
+            deployment: "iris".into(),
+            deployer: "podread".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("get deployment")
+        .into_inner();
+    let status = view.status.unwrap_or_default();
+    assert!(
+        status.reason.contains("Back-off pulling image") || status.reason.contains("ErrImagePull"),
+        "{status:?}"
+    );
+    assert!(status.reason.contains(&image), "{status:?}");
+    // Read rights only: the ServiceAccount cannot delete pods.
+    let sa = real_kube::client_from(&env.service_account_kubeconfig("podread").await).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(sa, &ns);
+    assert_eq!(
+        api_code(
+            pods.delete_collection(&Default::default(), &Default::default())
+                .await
+        ),
+        403
+    );
+    let _ = agent.start_kill();
+    let _ = agent.wait().await;
+    env.gw.shutdown().await;
+}

@@ -556,6 +556,7 @@ async fn a_status_reported_through_b_shows_through_a() {
                 applied_revision: 1,
                 endpoint: "http://iris.models.svc:8080".into(),
                 last_error: String::new(),
+                ..Default::default()
             }],
             objects: None,
         })

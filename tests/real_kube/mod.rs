@@ -6,9 +6,12 @@
 //!
 //! Without a kubelet pods stay Pending, so a fake node (as kwok does) registers a Node,
 //! binds unscheduled pods to it, marks them Running and Ready, finishes their graceful
-//! deletion, and leaves pods whose image starts with [`FAILING_IMAGE_PREFIX`] waiting in
-//! `ImagePullBackOff`. It also serves the kubelet's log endpoint, which the API server
-//! calls (over TLS it verifies) for `pods/log`: see [`fake_kubelet`].
+//! deletion, and leaves pods whose image starts with [`FAILING_IMAGE_PREFIX`] or
+//! [`UNPULLABLE_REGISTRY`] waiting in `ImagePullBackOff` (the latter first in
+//! `ErrImagePull`, as a kubelet's first pull fails), and pods whose image names
+//! [`CRASHING_IMAGE`] in `CrashLoopBackOff` with restarts. It also serves the kubelet's
+//! log endpoint, which the API server calls (over TLS it verifies) for `pods/log`: see
+//! [`fake_kubelet`].
 //!
 //! One control plane serves every test of the binary ([`shared`]); tests keep apart by
 //! namespace ([`RealKube::namespace`]). The processes die with the test binary
@@ -33,6 +36,48 @@ use std::time::{Duration, Instant};
 /// Pods whose image starts with this never start: `ImagePullBackOff` (as the simulator's
 /// `failing_image: "^broken/"`).
 pub const FAILING_IMAGE_PREFIX: &str = "broken/";
+
+/// A registry reserved for tests (`.invalid` never resolves): its images fail to pull,
+/// `ErrImagePull` first, then `ImagePullBackOff`.
+pub const UNPULLABLE_REGISTRY: &str = "registry.invalid/";
+
+/// Images whose path contains this start and exit at once: `CrashLoopBackOff`, restarts.
+pub const CRASHING_IMAGE: &str = "/crashes:";
+
+/// The waiting state the fake kubelet gives a container of `image` that has `now` the
+/// waiting reason `current` (if any); `None`: it runs.
+fn failing_state(image: &str, current: Option<&str>) -> Option<serde_json::Value> {
+    let pull = |reason: &str, message: String| {
+        Some(json!({"waiting": {"reason": reason, "message": message}}))
+    };
+    if image.starts_with(FAILING_IMAGE_PREFIX) {
+        return pull(
+            "ImagePullBackOff",
+            format!("Back-off pulling image \"{image}\""),
+        );
+    }
+    if image.starts_with(UNPULLABLE_REGISTRY) {
+        return match current {
+            None => pull(
+                "ErrImagePull",
+                format!(
+                    "failed to pull and unpack image \"{image}\": dial tcp: lookup registry.invalid: no such host"
+                ),
+            ),
+            Some(_) => pull(
+                "ImagePullBackOff",
+                format!("Back-off pulling image \"{image}\""),
+            ),
+        };
+    }
+    if image.contains(CRASHING_IMAGE) {
+        return pull(
+            "CrashLoopBackOff",
+            "back-off 10s restarting failed container".to_string(),
+        );
+    }
+    None
+}
 /// The fake node every pod is bound to.
 pub const NODE_NAME: &str = "ds-fake-node";
 /// The user the contract tests' agents authenticate as (cluster-admin by group), so the
@@ -622,35 +667,60 @@ async fn act_on(client: &kube::Client, pod: &Pod, next_ip: &mut u32) -> Result<(
         return ignore_gone(api.delete(name, &dp).await.map(|_| ()));
     }
     let status = pod.status.clone().unwrap_or_default();
-    let failing = spec.containers.iter().any(|c| {
-        c.image
-            .as_deref()
-            .unwrap_or("")
-            .starts_with(FAILING_IMAGE_PREFIX)
-    });
-    let now = now();
-    let patch = if failing {
-        if status
+    let waiting_reason = |name: &str| -> Option<String> {
+        status
             .container_statuses
             .iter()
             .flatten()
-            .any(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()).is_some())
-        {
-            return Ok(());
-        }
-        let statuses: Vec<_> = spec
+            .find(|c| c.name == name)
+            .and_then(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+    };
+    let failing = spec
+        .containers
+        .iter()
+        .any(|c| failing_state(c.image.as_deref().unwrap_or(""), None).is_some());
+    let now = now();
+    let patch = if failing {
+        // One step per event, as kwok's stages: ErrImagePull, then ImagePullBackOff (our
+        // own patch is the next event); a settled pod is left alone.
+        let next: Vec<_> = spec
             .containers
             .iter()
             .map(|c| {
                 let image = c.image.clone().unwrap_or_default();
-                let state = if image.starts_with(FAILING_IMAGE_PREFIX) {
-                    json!({"waiting": {"reason": "ImagePullBackOff",
-                        "message": format!("Back-off pulling image \"{image}\"")}})
-                } else {
-                    json!({"running": {"startedAt": now}})
-                };
-                json!({"name": c.name, "image": image, "imageID": "", "ready": false,
-                    "restartCount": 0, "started": false, "state": state})
+                let current = waiting_reason(&c.name);
+                (
+                    c,
+                    image.clone(),
+                    failing_state(&image, current.as_deref()),
+                    current,
+                )
+            })
+            .collect();
+        let settled = next.iter().all(|(_, _, state, current)| {
+            let wanted = state
+                .as_ref()
+                .and_then(|s| s["waiting"]["reason"].as_str().map(str::to_string));
+            wanted == *current
+        });
+        if settled && status.container_statuses.is_some() {
+            return Ok(());
+        }
+        let statuses: Vec<_> = next
+            .into_iter()
+            .map(|(c, image, state, _)| {
+                let crashing = state
+                    .as_ref()
+                    .is_some_and(|s| s["waiting"]["reason"] == "CrashLoopBackOff");
+                let restarts = if crashing { 3 } else { 0 };
+                let mut st = json!({"name": c.name, "image": image, "imageID": "",
+                    "ready": false, "restartCount": restarts, "started": false,
+                    "state": state.unwrap_or_else(|| json!({"running": {"startedAt": now}}))});
+                if crashing {
+                    st["lastState"] = json!({"terminated": {"reason": "Error", "exitCode": 1,
+                        "startedAt": now, "finishedAt": now}});
+                }
+                st
             })
             .collect();
         json!({"status": {

@@ -682,6 +682,8 @@ fn status(id: &str, phase: i32) -> StatusRecord {
         applied_revision: 1,
         endpoint: "http://x.models.svc:8080".into(),
         last_error: String::new(),
+        reason: String::new(),
+        pods: Vec::new(),
         updated_at: None,
     }
 }
@@ -721,8 +723,22 @@ async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> B
     assert!(store.get_status(&y.id).await.unwrap().is_none());
 
     // A later report replaces the earlier one.
+    let pod = ds_core::proto::PodStatus {
+        name: "x-1".into(),
+        phase: "Pending".into(),
+        containers: vec![ds_core::proto::ContainerState {
+            name: "model".into(),
+            state: "waiting".into(),
+            reason: "ImagePullBackOff".into(),
+            message: "Back-off pulling image \"nope:1\"".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
     let newer = StatusRecord {
         last_error: "image pull failed".into(),
+        reason: "ImagePullBackOff: pod x-1: Back-off pulling image \"nope:1\"".into(),
+        pods: vec![pod.clone()],
         ..status(&x.id, 5)
     };
     store.put_statuses(&d.id, &[newer]).await.unwrap();
@@ -732,6 +748,9 @@ async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> B
         (all[&x.id].phase, all[&x.id].last_error.as_str()),
         (5, "image pull failed")
     );
+    // The pods' reason and states come back as reported.
+    assert!(all[&x.id].reason.starts_with("ImagePullBackOff: pod x-1"));
+    assert_eq!(all[&x.id].pods, vec![pod]);
     // A deleted deployment's status goes with it.
     store.delete_deployment(&x.id).await.unwrap();
     assert!(store.get_status(&x.id).await.unwrap().is_none());

@@ -7,6 +7,7 @@
 //! - [`sync`]: the gateway side: Watch, List, status reports (one task each).
 //! - `inspect`: answers the gateway's logs and describe questions (the Inspect stream).
 //! - [`cache`]: label-selected watches into compact caches of the owned objects.
+//! - [`pods`]: the watch of the owned Deployments' Pods and the failure reasons they show.
 //! - [`reconcile`]: compare-and-apply of one deployment, the prune sweep, statuses.
 //! - [`scheduler`]: what runs when: per-deployment tasks, bounded concurrency, backoff.
 //! - [`leader`]: Lease-based leader election (`--leader-elect`) and the write fence.
@@ -21,6 +22,7 @@ pub mod desired;
 mod inspect;
 mod leader;
 mod metrics;
+pub mod pods;
 mod reconcile;
 mod scheduler;
 mod sync;
@@ -422,6 +424,7 @@ impl RunningAgent {
             stores_rx,
             leader_rx.clone(),
             args.heartbeat,
+            args.resync,
             cancel.clone(),
         )));
 
@@ -552,6 +555,15 @@ async fn controller(
         &cancel,
     );
     let mut children = watch_tasks;
+    let (pods_touched_tx, pods_touched) = tokio::sync::mpsc::unbounded_channel();
+    let (pods, pod_task) = pods::start_watch(
+        &client,
+        &args.namespaces,
+        &builders::owner_selector(&deployer_id),
+        pods_touched_tx,
+        &cancel,
+    );
+    children.push(pod_task);
     tokio::select! {
         () = stores.ready() => {}
         () = cancel.cancelled() => return,
@@ -635,6 +647,8 @@ async fn controller(
         touched,
         statuses: c.statuses,
         ready: c.ready,
+        pods,
+        pods_touched,
     };
     let cfg = scheduler::SchedulerConfig {
         resync: args.resync,

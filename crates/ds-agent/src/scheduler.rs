@@ -10,6 +10,7 @@
 
 use super::AgentError;
 use super::cache::Cached;
+use super::pods::{Pods, overlay};
 use super::reconcile::{PruneOutcome, Reconciler};
 use super::sync::{DesiredState, Statuses};
 use ds_core::DeployedObject;
@@ -52,6 +53,10 @@ pub struct LoopIo {
     pub touched: mpsc::UnboundedReceiver<Arc<Cached>>,
     pub statuses: watch::Sender<Statuses>,
     pub ready: watch::Sender<bool>,
+    /// The deployments' pods, overlaid on every status computed (see [`super::pods`]).
+    pub pods: Pods,
+    /// Deployments whose pods changed: their status is recomputed, nothing is written.
+    pub pods_touched: mpsc::UnboundedReceiver<Arc<str>>,
 }
 
 /// One unit of work.
@@ -66,7 +71,8 @@ enum Task {
 enum Done {
     Deployment {
         id: Arc<str>,
-        status: Option<proto::DeploymentStatus>,
+        /// Boxed: the status is most of the variant's size.
+        status: Option<Box<proto::DeploymentStatus>>,
         result: Result<(), AgentError>,
     },
     Prune(PruneOutcome),
@@ -213,7 +219,7 @@ async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task,
             let (status, result) = match desired.deployments.get(&**id) {
                 Some(obj) => {
                     let (status, result) = rec.reconcile(obj, &desired).await;
-                    (Some(status), result)
+                    (Some(Box::new(status)), result)
                 }
                 // Removed meanwhile: the prune sweep deals with its objects.
                 None => (None, Ok(())),
@@ -320,8 +326,17 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                     Done::Deployment { result: Err(AgentError::NotLeader), .. } => false,
                     Done::Prune(PruneOutcome { fenced: true, .. }) => false,
                     Done::Deployment { id, status, result } => {
+                        let namespace = io
+                            .desired
+                            .borrow()
+                            .deployments
+                            .get(&*id)
+                            .map(|o| o.namespace.clone());
+                        let status = status.zip(namespace).map(|(mut s, namespace)| {
+                            overlay(&mut s, io.pods.of(&namespace, &id));
+                            *s
+                        });
                         if let Some(s) = status
-                            && io.desired.borrow().deployments.contains_key(&*id)
                             && statuses.get(&*id).map(|o| &**o) != Some(&s)
                         {
                             statuses.insert(id.clone(), Arc::new(s));
@@ -405,6 +420,29 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                 }
                 if prune {
                     q.schedule(Task::Prune);
+                }
+            }
+            Some(first) = io.pods_touched.recv() => {
+                // A status recompute only: the pods are the cluster's business, not a
+                // reason to write.
+                let desired = io.desired.borrow().clone();
+                let mut next = Some(first);
+                let mut budget = 1024;
+                while let Some(id) = next.take() {
+                    if let Some(obj) = desired.deployments.get(&*id)
+                        && let Some(old) = statuses.get(&*id)
+                    {
+                        let mut s = (**old).clone();
+                        overlay(&mut s, io.pods.of(&obj.namespace, &id));
+                        if s != **old {
+                            statuses.insert(id.clone(), Arc::new(s));
+                            publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);
+                        }
+                    }
+                    budget -= 1;
+                    if budget > 0 {
+                        next = io.pods_touched.try_recv().ok();
+                    }
                 }
             }
             r = io.leader.changed() => {

@@ -484,14 +484,21 @@ pub fn owned_objects(
     })
 }
 
-/// Sends statuses that changed, a full report after each (re)connect, and a heartbeat;
-/// each report carries the count of owned objects (see [`owned_objects`]).
+/// Sends statuses that changed, a full report after each (re)connect and every `resync`,
+/// and a heartbeat; each report carries the count of owned objects (see
+/// [`owned_objects`]).
+///
+/// The full report every `resync` is what makes the gateway match the cluster whatever
+/// happened in between: a status the gateway lost or holds stale (a report it stored
+/// from another replica, a restored database) is replaced within one period, although
+/// this agent believes it sent the current one.
 pub async fn status_loop(
     ctx: SyncContext,
     mut statuses: watch::Receiver<Statuses>,
     stores: watch::Receiver<Option<Stores>>,
     mut leader: watch::Receiver<bool>,
     heartbeat: Duration,
+    resync: Duration,
     cancel: CancellationToken,
 ) {
     // Fingerprints of the statuses the gateway has, by deployment ID.
@@ -500,10 +507,18 @@ pub async fn status_loop(
     let mut connected = ctx.connected.subscribe();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At most once a second: a full report of thousands of statuses is not free.
+    let mut full = tokio::time::interval(resync.max(Duration::from_secs(1)));
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    full.reset();
     loop {
         let mut beat = false;
         tokio::select! {
             _ = tick.tick() => beat = true,
+            _ = full.tick() => {
+                sent.clear();
+                beat = true;
+            }
             r = statuses.changed() => if r.is_err() { return },
             r = connected.changed() => {
                 if r.is_err() { return }

@@ -473,6 +473,10 @@ pub enum CliError {
     #[error("deployment {name} failed: {error}")]
     RolloutFailed { name: String, error: String },
     #[error(
+        "deployer {deployer} has no connected agent ({last_seen}): nothing will roll the deployment out until its agent runs (see `ds deployer get {deployer}`)"
+    )]
+    NoAgent { deployer: String, last_seen: String },
+    #[error(
         "timed out after {timeout} waiting for deployment {name} to become available ({progress})"
     )]
     WaitTimeout {

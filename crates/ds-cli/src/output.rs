@@ -299,7 +299,8 @@ pub fn deployer_fields(d: &DeployerView) -> String {
 /// A deployment's reported status as `-o json|yaml` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusView {
-    /// `Pending`, `Progressing`, `Available`, `Failed` or `Unknown` (no report yet).
+    /// `Pending`, `Progressing`, `Available`, `Failed` or `Unknown` (no report yet, or
+    /// the deployer is offline: see `reason`).
     pub phase: &'static str,
     pub ready_replicas: u32,
     pub available_replicas: u32,
@@ -308,7 +309,67 @@ pub struct StatusView {
     pub applied_revision: u64,
     pub endpoint: Option<String>,
     pub last_error: Option<String>,
+    /// Why it is not available, from its pods (`ImagePullBackOff: pod …: …`), or
+    /// "deployer offline since …" when the phase is Unknown for that.
+    pub reason: Option<String>,
+    /// Its pods as the agent last reported them.
+    pub pods: Vec<PodView>,
+    /// Whether the deployer has an agent connected.
+    pub agent_connected: bool,
+    /// When its agent last reported; absent if never.
+    pub agent_last_seen: Option<String>,
     pub reported_at: Option<String>,
+}
+
+/// One pod of a deployment as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub name: String,
+    pub phase: String,
+    pub ready: bool,
+    pub restarts: u32,
+    /// Per container: `name: state (reason: message)`.
+    pub containers: Vec<String>,
+    pub unschedulable: Option<String>,
+}
+
+impl From<&proto::PodStatus> for PodView {
+    fn from(p: &proto::PodStatus) -> Self {
+        let containers = p
+            .containers
+            .iter()
+            .map(|c| {
+                let mut line = format!("{}: {}", c.name, or_none(&c.state));
+                match (c.reason.is_empty(), c.message.is_empty()) {
+                    (true, _) => {}
+                    (false, true) => line.push_str(&format!(" ({})", c.reason)),
+                    (false, false) => line.push_str(&format!(" ({}: {})", c.reason, c.message)),
+                }
+                line
+            })
+            .collect();
+        Self {
+            name: p.name.clone(),
+            phase: p.phase.clone(),
+            ready: p.ready,
+            restarts: p.restarts,
+            containers,
+            unschedulable: none_if_empty(&p.unschedulable),
+        }
+    }
+}
+
+/// The STATUS column: the phase, with the deployer's absence for Unknown and the
+/// failure's reason word (`ImagePullBackOff`) for Failed.
+pub fn status_column(st: &StatusView) -> String {
+    match (st.phase, st.reason.as_deref()) {
+        ("Unknown", Some(reason)) => format!("Unknown ({reason})"),
+        ("Failed", Some(reason)) => {
+            let word = reason.split(':').next().unwrap_or(reason);
+            format!("Failed ({word})")
+        }
+        (phase, _) => phase.to_string(),
+    }
 }
 
 /// A deployment as `-o json|yaml` shows it.
@@ -337,6 +398,7 @@ pub fn phase_word(phase: i32) -> &'static str {
         Ok(proto::Phase::Progressing) => "Progressing",
         Ok(proto::Phase::Available) => "Available",
         Ok(proto::Phase::Failed) => "Failed",
+        // PHASE_UNKNOWN (deployer offline) and no report yet alike.
         _ => "Unknown",
     }
 }
@@ -365,6 +427,10 @@ impl From<&proto::DeploymentView> for DeploymentView {
                 applied_revision: s.applied_revision,
                 endpoint: none_if_empty(&s.endpoint),
                 last_error: none_if_empty(&s.last_error),
+                reason: none_if_empty(&s.reason),
+                pods: s.pods.iter().map(PodView::from).collect(),
+                agent_connected: v.agent_connected,
+                agent_last_seen: none_if_empty(&v.agent_last_seen),
                 reported_at: none_if_empty(&v.status_updated_at),
             },
             spec,
@@ -424,7 +490,7 @@ pub fn deployment_row(d: &DeploymentView, wide: bool) -> Vec<String> {
         d.deployer.clone(),
         d.spec.image.clone(),
         format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
-        d.status.phase.to_string(),
+        status_column(&d.status),
         format_age(&d.created_at),
     ];
     if wide {
@@ -524,7 +590,11 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
     ]);
     text.push_str("Status:\n");
     let status = fields(&[
-        ("Phase", st.phase.to_string()),
+        ("Phase", status_column(st)),
+        (
+            "Reason",
+            st.reason.clone().unwrap_or_else(|| "<none>".into()),
+        ),
         (
             "Replicas",
             format!(
@@ -560,6 +630,22 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
         text.push_str("  ");
         text.push_str(line);
         text.push('\n');
+    }
+    if !st.pods.is_empty() {
+        text.push_str("Pods:\n");
+        for p in &st.pods {
+            let ready = if p.ready { "ready" } else { "not ready" };
+            text.push_str(&format!(
+                "  {}  {}, {ready}, {} restarts\n",
+                p.name, p.phase, p.restarts
+            ));
+            if let Some(why) = &p.unschedulable {
+                text.push_str(&format!("    unschedulable: {why}\n"));
+            }
+            for c in &p.containers {
+                text.push_str(&format!("    {c}\n"));
+            }
+        }
     }
     text
 }
@@ -624,6 +710,67 @@ mod tests {
         assert!(text.contains("0/3"), "{text}");
         let get = deployment_fields(&view);
         assert!(get.contains("Phase:") && get.contains("Unknown"), "{get}");
+    }
+
+    #[test]
+    fn failed_and_offline_deployments_say_why() {
+        let mut view = proto::DeploymentView {
+            deployment: Some(proto::Deployment {
+                name: "iris".into(),
+                spec: Some(proto::DeploymentSpec {
+                    replicas: 1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(proto::DeploymentStatus {
+                phase: proto::Phase::Failed as i32,
+                reason: "ImagePullBackOff: pod iris-1: Back-off pulling image \"nope:1\"".into(),
+                pods: vec![proto::PodStatus {
+                    name: "iris-1".into(),
+                    phase: "Pending".into(),
+                    containers: vec![proto::ContainerState {
+                        name: "model".into(),
+                        state: "waiting".into(),
+                        reason: "ImagePullBackOff".into(),
+                        message: "Back-off pulling image \"nope:1\"".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            agent_connected: true,
+            ..Default::default()
+        };
+        let v = DeploymentView::from(&view);
+        let table = deployments_table(std::slice::from_ref(&v));
+        assert!(table.contains("Failed (ImagePullBackOff)"), "{table}");
+        let get = deployment_fields(&v);
+        assert!(
+            get.contains("Reason:") && get.contains("pod iris-1: Back-off pulling image"),
+            "{get}"
+        );
+        assert!(
+            get.contains("model: waiting (ImagePullBackOff: Back-off pulling image"),
+            "{get}"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["status"]["pods"][0]["name"], "iris-1");
+
+        let status = view.status.as_mut().unwrap();
+        status.phase = proto::Phase::Unknown as i32;
+        status.reason = "deployer offline since 2026-12-02T10:00:00Z".into();
+        view.agent_connected = false;
+        let v = DeploymentView::from(&view);
+        let table = deployments_table(std::slice::from_ref(&v));
+        assert!(
+            table.contains("Unknown (deployer offline since 2026-12-02T10:00:00Z)"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["status"]["phase"], "Unknown");
+        assert_eq!(json["status"]["agent_connected"], false);
     }
 
     #[test]

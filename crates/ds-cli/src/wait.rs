@@ -1,5 +1,6 @@
 //! `--wait`: follows a deployment's status stream until the agent reports it Available
-//! for the change just made, it Failed, or the timeout passes. A spinner with a replica
+//! for the change just made, it Failed, its deployer has no connected agent (said as soon
+//! as the gateway's view says so: nobody would ever report), or the timeout passes. A spinner with a replica
 //! bar on a terminal, plain lines otherwise (CI logs); both on stderr, so stdout keeps
 //! only the command's answer.
 
@@ -24,6 +25,8 @@ pub enum Verdict {
     Available,
     /// The agent reported this change as failed; the last error.
     Failed(String),
+    /// The deployer has no agent connected; when one last reported (RFC 3339), if ever.
+    NoAgent(Option<String>),
     /// Still rolling out (or the report is about an earlier revision).
     Waiting,
 }
@@ -49,12 +52,19 @@ pub fn judge(
     };
     match proto::Phase::try_from(status.phase) {
         Ok(proto::Phase::Available) if applied => Verdict::Available,
+        _ if !view.agent_connected => {
+            Verdict::NoAgent(Some(view.agent_last_seen.clone()).filter(|t| !t.is_empty()))
+        }
         Ok(proto::Phase::Failed) if applied || reported_after_change || is_create => {
-            Verdict::Failed(if status.last_error.is_empty() {
-                "the agent reported the rollout as Failed".to_string()
-            } else {
-                status.last_error.clone()
-            })
+            Verdict::Failed(
+                match (status.last_error.is_empty(), status.reason.is_empty()) {
+                    (false, true) => status.last_error.clone(),
+                    // The pods' reason says what to fix; the error says what it led to.
+                    (false, false) => format!("{}; {}", status.reason, status.last_error),
+                    (true, false) => status.reason.clone(),
+                    (true, true) => "the agent reported the rollout as Failed".to_string(),
+                },
+            )
         }
         _ => Verdict::Waiting,
     }
@@ -83,6 +93,9 @@ fn progress_line(view: &proto::DeploymentView, target_revision: u64) -> String {
     }
     if !status.last_error.is_empty() {
         line.push_str(&format!("; last error: {}", status.last_error));
+    }
+    if !status.reason.is_empty() {
+        line.push_str(&format!("; {}", status.reason));
     }
     line
 }
@@ -131,6 +144,9 @@ impl Progress {
                 }
                 if !status.last_error.is_empty() {
                     msg.push_str(&format!(": {}", status.last_error));
+                }
+                if !status.reason.is_empty() {
+                    msg.push_str(&format!(": {}", status.reason));
                 }
                 bar.set_message(msg);
             }
@@ -188,6 +204,10 @@ pub async fn until_available(
             Ok(())
         }
         Ok(Verdict::Failed(error)) => Err(CliError::RolloutFailed { name, error }),
+        Ok(Verdict::NoAgent(last_seen)) => Err(CliError::NoAgent {
+            deployer: latest.deployer_name.clone(),
+            last_seen: last_seen.map_or_else(|| "never".to_string(), |t| format!("last seen {t}")),
+        }),
         Ok(Verdict::Waiting) => Err(CliError::WaitTimeout {
             name,
             timeout: format_duration(timeout),
@@ -277,6 +297,7 @@ mod tests {
                 ..Default::default()
             }),
             status_updated_at: reported_at.into(),
+            agent_connected: true,
             ..Default::default()
         }
     }
@@ -309,6 +330,37 @@ mod tests {
             judge(&stale, 7, changed, true),
             Verdict::Failed(_)
         ));
+    }
+
+    #[test]
+    fn no_connected_agent_ends_the_wait_unless_already_available() {
+        let changed = at("2026-11-22T10:00:00Z");
+        let mut v = view(proto::Phase::Unspecified, 0, "");
+        v.agent_connected = false;
+        assert_eq!(judge(&v, 7, changed, true), Verdict::NoAgent(None));
+        v.agent_last_seen = "2026-11-22T09:00:00Z".into();
+        v.status.as_mut().unwrap().phase = proto::Phase::Unknown as i32;
+        assert_eq!(
+            judge(&v, 7, changed, true),
+            Verdict::NoAgent(Some("2026-11-22T09:00:00Z".into()))
+        );
+        let mut done = view(proto::Phase::Available, 7, "2026-11-22T10:00:05Z");
+        done.agent_connected = false;
+        assert_eq!(judge(&done, 7, changed, false), Verdict::Available);
+    }
+
+    #[test]
+    fn a_failure_from_the_pods_gives_their_reason() {
+        let mut v = view(proto::Phase::Failed, 7, "2026-11-22T10:00:05Z");
+        let s = v.status.as_mut().unwrap();
+        s.last_error.clear();
+        s.reason = "ImagePullBackOff: pod iris-1: Back-off pulling image \"nope:1\"".into();
+        assert_eq!(
+            judge(&v, 7, at("2026-11-22T10:00:00Z"), true),
+            Verdict::Failed(
+                "ImagePullBackOff: pod iris-1: Back-off pulling image \"nope:1\"".into()
+            )
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use super::Shared;
 use super::convert::{deployer_to_proto, rfc3339};
 use super::credentials;
+use super::presence::{AgentPresence, mark};
 use super::rpc::{bearer, store_status};
 use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
 use chrono::Utc;
@@ -39,6 +40,10 @@ pub type LogLinesStream = ReceiverStream<Result<LogLines, Status>>;
 
 /// How long `describe` waits for the agent's answer before showing the view without it.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a status watch looks again at the agent's presence (`--wait` fails soon
+/// after the agent goes away).
+const PRESENCE_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long a verified API key is trusted without asking the database again.
 const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
@@ -192,13 +197,16 @@ impl ControlSvc {
 
     async fn view(&self, d: DeploymentRecord) -> Result<DeploymentView, Status> {
         let store = &self.shared.store;
-        let deployer_name = store
-            .resolve_deployer(&d.deployer_id)
+        let (deployer_name, last_seen) = store
+            .get_deployer(&d.deployer_id)
             .await
-            .map(|(_, name)| name)
+            .map(|r| (r.name, r.last_seen))
             .unwrap_or_default();
+        let presence = AgentPresence::of(&self.shared, &d.deployer_id, last_seen);
         let status = store.get_status(&d.id).await.map_err(store_status)?;
-        Ok(make_view(d, deployer_name, status))
+        let mut view = make_view(d, deployer_name, status);
+        mark(&mut view, presence);
+        Ok(view)
     }
 }
 
@@ -626,7 +634,10 @@ impl ControlService for ControlSvc {
             .map_err(store_status)?;
         self.shared.metrics.deployment_changes.inc();
         tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
-        Ok(Response::new(make_view(record, deployer_name, None)))
+        let presence = AgentPresence::of(&self.shared, &deployer_id, deployer.last_seen);
+        let mut view = make_view(record, deployer_name, None);
+        mark(&mut view, presence);
+        Ok(Response::new(view))
     }
 
     async fn list_deployments(
@@ -648,20 +659,30 @@ impl ControlService for ControlSvc {
             .into_iter()
             .filter(|d| req.namespace.is_empty() || d.namespace == req.namespace)
             .collect::<Vec<_>>();
-        let names: HashMap<String, String> = store
+        let names: HashMap<String, (String, AgentPresence)> = store
             .list_deployers()
             .await
             .map_err(store_status)?
             .into_iter()
-            .map(|d| (d.id, d.name))
+            .map(|d| {
+                let presence = AgentPresence::of(&self.shared, &d.id, d.last_seen);
+                (d.id, (d.name, presence))
+            })
             .collect();
         let mut statuses = store.list_statuses().await.map_err(store_status)?;
         let views = deployments
             .into_iter()
             .map(|d| {
-                let deployer_name = names.get(&d.deployer_id).cloned().unwrap_or_default();
+                let (deployer_name, presence) = match names.get(&d.deployer_id) {
+                    Some((name, presence)) => (name.clone(), Some(*presence)),
+                    None => (String::new(), None),
+                };
                 let status = statuses.remove(&d.id);
-                make_view(d, deployer_name, status)
+                let mut view = make_view(d, deployer_name, status);
+                if let Some(presence) = presence {
+                    mark(&mut view, presence);
+                }
+                view
             })
             .collect();
         Ok(Response::new(ListDeploymentsResponse {
@@ -768,14 +789,25 @@ impl ControlService for ControlSvc {
         let id = record.id.clone();
         let first = self.view(record).await?;
         let (tx, rx) = mpsc::channel(16);
+        let mut last = first.clone();
         let _ = tx.try_send(Ok(first));
         let svc = ControlSvc {
             shared: self.shared.clone(),
             verified_key: self.verified_key.clone(),
         };
         tokio::spawn(async move {
+            // The agent's presence changes without a stored change (a stream closes, the
+            // heartbeat grows old): look again now and then, and send only a difference.
+            let mut recheck = tokio::time::interval(PRESENCE_RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            recheck.reset();
             loop {
+                let mut rechecking = false;
                 let changed = tokio::select! {
+                    _ = recheck.tick() => {
+                        rechecking = true;
+                        true
+                    }
                     _ = svc.shared.shutdown.cancelled() => {
                         let _ = tx.try_send(Err(Status::unavailable("gateway shutting down")));
                         break;
@@ -799,6 +831,17 @@ impl ControlService for ControlSvc {
                     Err(e) => Err(store_status(e)),
                 };
                 let end = next.is_err();
+                if let Ok(view) = &next {
+                    // While an agent streams, its last-seen time is "now": no news alone.
+                    let news = DeploymentView {
+                        agent_last_seen: last.agent_last_seen.clone(),
+                        ..view.clone()
+                    } != last;
+                    if rechecking && !news {
+                        continue;
+                    }
+                    last = view.clone();
+                }
                 if tx.send(next).await.is_err() || end {
                     break;
                 }

@@ -40,6 +40,8 @@ impl From<proto::DeploymentStatus> for StatusRecord {
             applied_revision: s.applied_revision,
             endpoint: s.endpoint,
             last_error: s.last_error,
+            reason: s.reason,
+            pods: s.pods,
             updated_at: None,
         }
     }
@@ -56,6 +58,8 @@ impl From<StatusRecord> for proto::DeploymentStatus {
             applied_revision: s.applied_revision,
             endpoint: s.endpoint,
             last_error: s.last_error,
+            reason: s.reason,
+            pods: s.pods,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
+//! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
 
 mod agent_service;
 mod control_service;
@@ -26,6 +27,7 @@ pub mod install;
 mod manifest;
 mod metrics;
 pub mod postgres;
+mod presence;
 mod rows;
 mod rpc;
 mod server;

@@ -137,6 +137,27 @@ pub(super) fn deployment_from_row(row: &impl StoreRow) -> Result<DeploymentRecor
     })
 }
 
+/// The `pods` column: a DeploymentStatus holding only its pods, protobuf-encoded (empty:
+/// none), so the pods' schema is the proto's and needs no table of its own.
+pub(super) fn encode_pods(pods: &[ds_core::proto::PodStatus]) -> Vec<u8> {
+    use prost::Message;
+    if pods.is_empty() {
+        return Vec::new();
+    }
+    ds_core::proto::DeploymentStatus {
+        pods: pods.to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn decode_pods(bytes: &[u8]) -> Result<Vec<ds_core::proto::PodStatus>, StoreError> {
+    use prost::Message;
+    ds_core::proto::DeploymentStatus::decode(bytes)
+        .map(|s| s.pods)
+        .map_err(|e| StoreError::Corrupt(format!("stored pods: {e}")))
+}
+
 pub(super) fn status_from_row(row: &impl StoreRow) -> Result<StatusRecord, StoreError> {
     let count =
         |name: &str| -> Result<u32, StoreError> { Ok(u32::try_from(row.int(name)?).unwrap_or(0)) };
@@ -149,6 +170,8 @@ pub(super) fn status_from_row(row: &impl StoreRow) -> Result<StatusRecord, Store
         applied_revision: to_u64(row.int("applied_revision")?),
         endpoint: row.text("endpoint")?,
         last_error: row.text("last_error")?,
+        reason: row.text("reason")?,
+        pods: decode_pods(&row.bytes("pods")?)?,
         updated_at: Some(ts(row.int("updated_at")?)),
     })
 }

@@ -9,9 +9,9 @@
 use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
-    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, is_foreign_key_violation,
-    is_unique_violation, now_ms, retryable, spec_json, status_from_row, to_i64, to_u64,
-    token_from_row, ts,
+    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, encode_pods,
+    is_foreign_key_violation, is_unique_violation, now_ms, retryable, spec_json, status_from_row,
+    to_i64, to_u64, token_from_row, ts,
 };
 use super::store::{
     AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentRecord, DeploymentSelector,
@@ -301,15 +301,18 @@ where
         let mut tx = self.pool().begin().await?;
         let mut stored = Vec::with_capacity(statuses.len());
         for s in statuses {
+            let pods = encode_pods(&s.pods);
             // The join on deployer_id keeps a deployer from writing another's statuses.
             let done = sqlx::query(
                 "INSERT INTO deployment_status (deployment_id, phase, ready_replicas, \
-                 available_replicas, updated_replicas, applied_revision, endpoint, last_error, updated_at) \
-                 SELECT id, $1, $2, $3, $4, $5, $6, $7, $8 FROM deployments WHERE id = $9 AND deployer_id = $10 \
+                 available_replicas, updated_replicas, applied_revision, endpoint, last_error, updated_at, \
+                 reason, pods) \
+                 SELECT id, $1, $2, $3, $4, $5, $6, $7, $8, $11, $12 FROM deployments WHERE id = $9 AND deployer_id = $10 \
                  ON CONFLICT (deployment_id) DO UPDATE SET phase = excluded.phase, \
                  ready_replicas = excluded.ready_replicas, available_replicas = excluded.available_replicas, \
                  updated_replicas = excluded.updated_replicas, applied_revision = excluded.applied_revision, \
-                 endpoint = excluded.endpoint, last_error = excluded.last_error, updated_at = excluded.updated_at",
+                 endpoint = excluded.endpoint, last_error = excluded.last_error, updated_at = excluded.updated_at, \
+                 reason = excluded.reason, pods = excluded.pods",
             )
             .bind(i64::from(s.phase))
             .bind(i64::from(s.ready_replicas))
@@ -321,6 +324,8 @@ where
             .bind(now)
             .bind(s.deployment_id.as_str())
             .bind(deployer_id)
+            .bind(s.reason.as_str())
+            .bind(&pods[..])
             .execute(&mut *tx)
             .await?;
             if B::rows_affected(&done) > 0 {

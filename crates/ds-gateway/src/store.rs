@@ -115,7 +115,7 @@ pub struct TokenRecord {
 }
 
 /// What an agent observed for one deployment (mirrors the proto's DeploymentStatus).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusRecord {
     pub deployment_id: String,
     /// The proto `Phase` number.
@@ -126,6 +126,10 @@ pub struct StatusRecord {
     pub applied_revision: u64,
     pub endpoint: String,
     pub last_error: String,
+    /// Why it is not available, from its pods; empty if nothing is wrong.
+    pub reason: String,
+    /// Its pods as the agent last reported them.
+    pub pods: Vec<ds_core::proto::PodStatus>,
     pub updated_at: Option<DateTime<Utc>>,
 }
 

@@ -101,8 +101,9 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// Time a Deployment rollout takes to become available (default 1 s; zero: at once).
     pub rollout_delay: Duration,
-    /// Images matching this regex never become available (rollouts end in
-    /// ProgressDeadlineExceeded after `rollout_delay`).
+    /// Images matching this regex never become available: their pods wait in
+    /// `ImagePullBackOff` (with the kubelet's message) instead of running, and rollouts
+    /// end in ProgressDeadlineExceeded after `rollout_delay`.
     pub failing_image: Option<String>,
     /// Objects are loaded from this JSON file on start and saved to it on shutdown.
     pub state_file: Option<PathBuf>,
@@ -137,9 +138,10 @@ pub struct SimArgs {
     /// Seconds a Deployment rollout takes (fractions allowed).
     #[arg(long, env = "DS_SIM_ROLLOUT_DELAY", default_value_t = 1.0)]
     pub rollout_delay: f64,
-    /// Images matching this regex never become available.
+    /// Images matching this regex never become available: their pods wait in
+    /// ImagePullBackOff. Repeatable (any pattern matching is enough).
     #[arg(long, env = "DS_SIM_FAILING_IMAGE")]
-    pub failing_image: Option<String>,
+    pub failing_image: Vec<String>,
     /// Load objects from this file on start, save them on shutdown.
     #[arg(long, env = "DS_SIM_STATE_FILE")]
     pub state_file: Option<PathBuf>,
@@ -435,6 +437,10 @@ pub async fn run(
     args: SimArgs,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), SimError> {
+    // Each pattern alone first, so a bad one is named in the error.
+    for p in &args.failing_image {
+        regex::Regex::new(p)?;
+    }
     let faults = args
         .fail
         .iter()
@@ -443,7 +449,7 @@ pub async fn run(
     let cluster = SimCluster::start(SimConfig {
         listen: args.listen,
         rollout_delay: Duration::from_secs_f64(args.rollout_delay.max(0.0)),
-        failing_image: args.failing_image,
+        failing_image: any_of(&args.failing_image),
         state_file: args.state_file,
         ..SimConfig::default()
     })
@@ -474,6 +480,20 @@ pub async fn run(
     cluster.stop().await
 }
 
+/// One regex matching what any of `patterns` matches; `None` for none.
+fn any_of(patterns: &[String]) -> Option<String> {
+    match patterns {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(
+            many.iter()
+                .map(|p| format!("(?:{p})"))
+                .collect::<Vec<_>>()
+                .join("|"),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +510,14 @@ mod tests {
         );
         assert_eq!(l, Limit::Rate(0.5));
         assert!(parse_fault("patch:deployments:418:1").is_err());
+    }
+
+    #[test]
+    fn failing_image_patterns_combine() {
+        assert_eq!(any_of(&[]), None);
+        let re =
+            regex::Regex::new(&any_of(&["^broken/".into(), "nope:1$".into()]).unwrap()).unwrap();
+        assert!(re.is_match("broken/model:1") && re.is_match("registry.invalid/nope:1"));
+        assert!(!re.is_match("tensorflow/serving:2.15.0"));
     }
 }

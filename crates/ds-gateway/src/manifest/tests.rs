@@ -463,3 +463,47 @@ fn the_agent_is_told_the_namespaces_its_roles_cover() {
     );
     assert_eq!(namespaces_env(&variants[2].1), "models,staging");
 }
+
+#[test]
+fn every_variant_lets_the_agent_read_pods_and_only_read_them() {
+    for (variant, yaml) in variants() {
+        let docs = parse(&yaml);
+        let roles: Vec<&Value> = find(&docs, "ClusterRole")
+            .into_iter()
+            .chain(find(&docs, "Role"))
+            .filter(|r| {
+                // The agent's own role of each scope (not the extra namespace-create one).
+                !r["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-namespaces")
+            })
+            .filter(|r| {
+                r["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|rule| rule["resources"] == serde_json::json!(["deployments"]))
+            })
+            .collect();
+        assert!(!roles.is_empty(), "{variant}: no role of the agent");
+        for role in roles {
+            let verbs: Vec<&Value> = role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|rule| rule["resources"] == serde_json::json!(["pods"]))
+                .flat_map(|rule| rule["verbs"].as_array().unwrap())
+                .collect();
+            assert_eq!(
+                verbs,
+                ["get", "list", "watch"]
+                    .map(Value::from)
+                    .iter()
+                    .collect::<Vec<_>>(),
+                "{variant}: {}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+}
