@@ -19,6 +19,7 @@ mod compare;
 pub mod desired;
 mod leader;
 mod metrics;
+mod pages;
 mod reconcile;
 mod scheduler;
 mod sync;

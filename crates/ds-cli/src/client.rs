@@ -3,6 +3,7 @@
 
 use super::CliError;
 use super::config::Connection;
+use ds_core::proto;
 use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_transport::{Bearer, ChannelOptions, Plaintext, TransportError, root_cause};
 use std::time::Duration;
@@ -151,6 +152,31 @@ fn code_words(code: Code) -> &'static str {
         Code::DataLoss => "data loss",
         Code::Cancelled => "cancelled",
         _ => "error",
+    }
+}
+
+/// Every deployment ListDeployments has for `deployer` (empty: all), following its pages:
+/// one answer never has to fit a whole list in one message.
+pub async fn list_all_deployments(
+    control: &mut Control,
+    deployer: String,
+) -> Result<Vec<proto::DeploymentView>, Status> {
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = control
+            .list_deployments(request(proto::ListDeploymentsRequest {
+                deployer: deployer.clone(),
+                page_token,
+                ..Default::default()
+            }))
+            .await?
+            .into_inner();
+        all.extend(page.deployments);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
     }
 }
 

@@ -48,18 +48,11 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             }
         }
         DeploymentCommand::Ls { deployer } => {
-            let response = control
-                .list_deployments(request(proto::ListDeploymentsRequest {
-                    deployer: deployer.unwrap_or_default(),
-                }))
-                .await
-                .map_err(err)?
-                .into_inner();
-            let views: Vec<DeploymentView> = response
-                .deployments
-                .iter()
-                .map(DeploymentView::from)
-                .collect();
+            let deployments =
+                client::list_all_deployments(&mut control, deployer.unwrap_or_default())
+                    .await
+                    .map_err(err)?;
+            let views: Vec<DeploymentView> = deployments.iter().map(DeploymentView::from).collect();
             if views.is_empty() && format == OutputFormat::Table {
                 eprintln!("No deployments found.");
             } else {

@@ -4,8 +4,11 @@
 use super::Shared;
 use super::convert::{deployer_to_proto, rfc3339};
 use super::credentials;
+use super::paging;
 use super::rpc::{bearer, store_status};
-use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
+use super::store::{
+    DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, StoreError,
+};
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
@@ -495,10 +498,15 @@ impl ControlService for ControlSvc {
         } else {
             Some(self.resolve(&req.deployer).await?.0)
         };
-        let deployments = store
-            .list_deployments(deployer_id.as_deref())
+        let after = paging::parse_page_token(&req.page_token)?;
+        let size = paging::list_page_size(req.page_size);
+        // One more than asked: whether another page follows.
+        let mut deployments = store
+            .list_deployments_page(deployer_id.as_deref(), after.as_ref(), size + 1)
             .await
             .map_err(store_status)?;
+        let mut more = deployments.len() > size as usize;
+        deployments.truncate(size as usize);
         let names: HashMap<String, String> = store
             .list_deployers()
             .await
@@ -507,16 +515,35 @@ impl ControlService for ControlSvc {
             .map(|d| (d.id, d.name))
             .collect();
         let mut statuses = store.list_statuses().await.map_err(store_status)?;
-        let views = deployments
-            .into_iter()
-            .map(|d| {
-                let deployer_name = names.get(&d.deployer_id).cloned().unwrap_or_default();
-                let status = statuses.remove(&d.id);
-                make_view(d, deployer_name, status)
-            })
-            .collect();
+        let mut views = Vec::with_capacity(deployments.len());
+        let mut bytes = 0;
+        let mut last = None;
+        for d in deployments {
+            let key = DeploymentKey {
+                deployer_id: d.deployer_id.clone(),
+                namespace: d.namespace.clone(),
+                name: d.name.clone(),
+            };
+            let deployer_name = names.get(&d.deployer_id).cloned().unwrap_or_default();
+            let status = statuses.remove(&d.id);
+            let view = make_view(d, deployer_name, status);
+            let len = prost::Message::encoded_len(&view);
+            // Bounded by bytes too: a page of large specs stays far below 4 MiB.
+            if !views.is_empty() && bytes + len > paging::PAGE_BYTES {
+                more = true;
+                break;
+            }
+            bytes += len;
+            views.push(view);
+            last = Some(key);
+        }
+        let next_page_token = match last {
+            Some(key) if more => paging::page_token(&key),
+            _ => String::new(),
+        };
         Ok(Response::new(ListDeploymentsResponse {
             deployments: views,
+            next_page_token,
         }))
     }
 

@@ -23,6 +23,7 @@ mod group_commit;
 pub mod install;
 mod manifest;
 mod metrics;
+mod paging;
 pub mod postgres;
 mod rows;
 mod rpc;

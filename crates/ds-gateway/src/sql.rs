@@ -14,8 +14,8 @@ use super::rows::{
     token_from_row, ts,
 };
 use super::store::{
-    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentRecord, DeploymentSelector,
-    StatusRecord, Store, StoreError, TokenRecord,
+    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentKey, DeploymentRecord,
+    DeploymentSelector, SnapshotItem, StatusRecord, Store, StoreError, TokenRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -619,6 +619,67 @@ where
             .map(deployment_from_row)
             .collect::<Result<_, _>>()?;
         Ok((revision, deployments))
+    }
+
+    async fn list_deployments_page(
+        &self,
+        deployer_id: Option<&str>,
+        after: Option<&DeploymentKey>,
+        limit: u32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        // A row-value comparison: the same keyset order both dialects index and sort by.
+        let rows = sqlx::query(deployment_sql(
+            "WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) \
+             AND (CAST($2 AS TEXT) IS NULL OR (deployer_id, namespace, name) > ($2, $3, $4)) \
+             ORDER BY deployer_id, namespace, name LIMIT $5",
+        ))
+        .bind(deployer_id)
+        .bind(after.map(|k| k.deployer_id.as_str()))
+        .bind(after.map(|k| k.namespace.as_str()))
+        .bind(after.map(|k| k.name.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn stream_snapshot(
+        &self,
+        deployer_id: &str,
+        out: tokio::sync::mpsc::Sender<SnapshotItem>,
+    ) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        // One read transaction, as in `snapshot`: the revision and every row are of one
+        // state, however long the client takes to read the pages.
+        let mut tx = self.pool().begin_with(B::BEGIN_SNAPSHOT).await?;
+        let row = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
+        let revision = to_u64(row.int("revision")?);
+        if out.send(SnapshotItem::Revision(revision)).await.is_err() {
+            return Ok(());
+        }
+        {
+            let mut rows = sqlx::query(deployment_sql(
+                "WHERE deployer_id = $1 ORDER BY namespace, name",
+            ))
+            .bind(deployer_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let deployment = deployment_from_row(&row)?;
+                if out
+                    .send(SnapshotItem::Deployment(Box::new(deployment)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        tx.rollback().await?;
+        Ok(())
     }
 
     async fn record_heartbeat(
