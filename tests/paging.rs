@@ -120,9 +120,19 @@ fn ds_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")))
 }
 
-/// Runs `ds deployment ls ARGS` against the gateway; its stdout.
-async fn ds_ls(gw: &TestGateway, args: &[&str], deadline: Duration) -> String {
-    let mut cmd = tokio::process::Command::new(ds_binary());
+/// Runs `ds deployment ls ARGS` against the gateway; its stdout. With `measure`, under
+/// `/usr/bin/time` (when there is one), printing the process's peak RSS.
+async fn ds_ls(gw: &TestGateway, args: &[&str], deadline: Duration, measure: bool) -> String {
+    let time = std::path::Path::new("/usr/bin/time");
+    let measure = measure && time.exists();
+    let mut cmd = if measure {
+        let mut cmd = tokio::process::Command::new(time);
+        cmd.args(["-f", "ds deployment ls: peak RSS %M KiB"])
+            .arg(ds_binary());
+        cmd
+    } else {
+        tokio::process::Command::new(ds_binary())
+    };
     cmd.args(["deployment", "ls"])
         .args(args)
         .env("DS_GATEWAY", gw.url())
@@ -140,12 +150,16 @@ async fn ds_ls(gw: &TestGateway, args: &[&str], deadline: Duration) -> String {
         "ds deployment ls failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if measure {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("{}", stderr.lines().last().unwrap_or_default());
+    }
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// `ds deployment ls -o json`: the names, checked to be every deployment once.
 async fn assert_ls_json(gw: &TestGateway, count: usize) {
-    let out = ds_ls(gw, &["-o", "json"], DEADLINE).await;
+    let out = ds_ls(gw, &["-o", "json"], DEADLINE, false).await;
     let listed: serde_json::Value = serde_json::from_str(&out).expect("one JSON list");
     let names: Vec<&str> = listed
         .as_array()
@@ -328,7 +342,32 @@ async fn list_deployments_pages_by_count_and_refuses_a_made_up_token() {
         .unwrap()
         .into_inner();
     assert_eq!(only_b.deployments.len(), 2);
-    assert!(!only_b.next_page_token.is_empty());
+    let rest = control
+        .list_deployments(proto::ListDeploymentsRequest {
+            deployer: "b".into(),
+            page_size: 2,
+            page_token: only_b.next_page_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<String> = only_b
+        .deployments
+        .iter()
+        .chain(&rest.deployments)
+        .map(|v| v.deployment.clone().unwrap().name)
+        .collect();
+    assert_eq!(names, [name(0), name(1), name(2)]);
+    assert!(rest.next_page_token.is_empty());
+    let err = control
+        .list_deployments(proto::ListDeploymentsRequest {
+            deployer: "a".into(),
+            page_token: only_b.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .expect_err("b's token for a's list");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     let err = control
         .list_deployments(proto::ListDeploymentsRequest {
@@ -401,7 +440,7 @@ async fn ten_thousand_deployments_of_200_kib() {
     );
 
     let t = Instant::now();
-    let table = ds_ls(&gw, &[], Duration::from_secs(600)).await;
+    let table = ds_ls(&gw, &[], Duration::from_secs(600), true).await;
     let rows = table.lines().filter(|l| l.contains("m-")).count();
     assert_eq!(rows, count, "ds deployment ls lists every deployment");
     println!("ds deployment ls: {rows} rows in {:.1?}", t.elapsed());

@@ -155,12 +155,14 @@ fn code_words(code: Code) -> &'static str {
     }
 }
 
-/// Every deployment ListDeployments has for `deployer` (empty: all), following its pages:
-/// one answer never has to fit a whole list in one message.
-pub async fn list_all_deployments(
+/// Every deployment ListDeployments has for `deployer` (empty: all), following its pages
+/// (one answer never has to fit a whole list in one message), each passed through `map`
+/// as its page arrives so that only the mapped list is ever held whole.
+pub async fn list_all_deployments<T>(
     control: &mut Control,
     deployer: String,
-) -> Result<Vec<proto::DeploymentView>, Status> {
+    mut map: impl FnMut(proto::DeploymentView) -> T,
+) -> Result<Vec<T>, Status> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -172,7 +174,7 @@ pub async fn list_all_deployments(
             }))
             .await?
             .into_inner();
-        all.extend(page.deployments);
+        all.extend(page.deployments.into_iter().map(&mut map));
         if page.next_page_token.is_empty() {
             return Ok(all);
         }

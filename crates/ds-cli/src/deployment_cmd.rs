@@ -48,11 +48,12 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             }
         }
         DeploymentCommand::Ls { deployer } => {
-            let deployments =
-                client::list_all_deployments(&mut control, deployer.unwrap_or_default())
-                    .await
-                    .map_err(err)?;
-            let views: Vec<DeploymentView> = deployments.iter().map(DeploymentView::from).collect();
+            let views: Vec<DeploymentView> =
+                client::list_all_deployments(&mut control, deployer.unwrap_or_default(), |d| {
+                    DeploymentView::from(&d)
+                })
+                .await
+                .map_err(err)?;
             if views.is_empty() && format == OutputFormat::Table {
                 eprintln!("No deployments found.");
             } else {

@@ -499,6 +499,13 @@ impl ControlService for ControlSvc {
             Some(self.resolve(&req.deployer).await?.0)
         };
         let after = paging::parse_page_token(&req.page_token)?;
+        if let (Some(id), Some(key)) = (&deployer_id, &after)
+            && key.deployer_id != *id
+        {
+            return Err(Status::invalid_argument(
+                "page_token: continues another list than this deployer's (pass the same deployer on every page)",
+            ));
+        }
         let size = paging::list_page_size(req.page_size);
         // One more than asked: whether another page follows.
         let mut deployments = store
@@ -507,14 +514,9 @@ impl ControlService for ControlSvc {
             .map_err(store_status)?;
         let mut more = deployments.len() > size as usize;
         deployments.truncate(size as usize);
-        let names: HashMap<String, String> = store
-            .list_deployers()
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .map(|d| (d.id, d.name))
-            .collect();
-        let mut statuses = store.list_statuses().await.map_err(store_status)?;
+        // Names and statuses of this page's deployments only: a list of many pages does
+        // not read every deployer and status once per page.
+        let mut names: HashMap<String, String> = HashMap::new();
         let mut views = Vec::with_capacity(deployments.len());
         let mut bytes = 0;
         let mut last = None;
@@ -524,8 +526,20 @@ impl ControlService for ControlSvc {
                 namespace: d.namespace.clone(),
                 name: d.name.clone(),
             };
-            let deployer_name = names.get(&d.deployer_id).cloned().unwrap_or_default();
-            let status = statuses.remove(&d.id);
+            let deployer_name = match names.get(&d.deployer_id) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = match store.resolve_deployer(&d.deployer_id).await {
+                        Ok((_, name)) => name,
+                        // Deleted since the page was read: its deployments go with it.
+                        Err(StoreError::NotFound(_)) => String::new(),
+                        Err(e) => return Err(store_status(e)),
+                    };
+                    names.insert(d.deployer_id.clone(), name.clone());
+                    name
+                }
+            };
+            let status = store.get_status(&d.id).await.map_err(store_status)?;
             let view = make_view(d, deployer_name, status);
             let len = prost::Message::encoded_len(&view);
             // Bounded by bytes too: a page of large specs stays far below 4 MiB.

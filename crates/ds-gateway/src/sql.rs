@@ -627,19 +627,39 @@ where
         after: Option<&DeploymentKey>,
         limit: u32,
     ) -> Result<Vec<DeploymentRecord>, StoreError> {
-        // A row-value comparison: the same keyset order both dialects index and sort by.
-        let rows = sqlx::query(deployment_sql(
-            "WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) \
-             AND (CAST($2 AS TEXT) IS NULL OR (deployer_id, namespace, name) > ($2, $3, $4)) \
-             ORDER BY deployer_id, namespace, name LIMIT $5",
-        ))
-        .bind(deployer_id)
-        .bind(after.map(|k| k.deployer_id.as_str()))
-        .bind(after.map(|k| k.namespace.as_str()))
-        .bind(after.map(|k| k.name.as_str()))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        // One statement per case, each a range of the (deployer_id, namespace, name)
+        // index with a row-value comparison: an `OR $n IS NULL` would make SQLite scan
+        // and sort every row, large specs included, for each page.
+        let limit = i64::from(limit);
+        let query = match (deployer_id, after) {
+            (None, None) => sqlx::query(deployment_sql(
+                "ORDER BY deployer_id, namespace, name LIMIT $1",
+            ))
+            .bind(limit),
+            (Some(deployer_id), None) => sqlx::query(deployment_sql(
+                "WHERE deployer_id = $1 ORDER BY deployer_id, namespace, name LIMIT $2",
+            ))
+            .bind(deployer_id)
+            .bind(limit),
+            (None, Some(after)) => sqlx::query(deployment_sql(
+                "WHERE (deployer_id, namespace, name) > ($1, $2, $3) \
+                 ORDER BY deployer_id, namespace, name LIMIT $4",
+            ))
+            .bind(after.deployer_id.as_str())
+            .bind(after.namespace.as_str())
+            .bind(after.name.as_str())
+            .bind(limit),
+            (Some(deployer_id), Some(after)) => sqlx::query(deployment_sql(
+                // `after` is of this deployer's list (the service checks it).
+                "WHERE deployer_id = $1 AND (namespace, name) > ($2, $3) \
+                 ORDER BY deployer_id, namespace, name LIMIT $4",
+            ))
+            .bind(deployer_id)
+            .bind(after.namespace.as_str())
+            .bind(after.name.as_str())
+            .bind(limit),
+        };
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(deployment_from_row).collect()
     }
 

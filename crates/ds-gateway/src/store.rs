@@ -270,7 +270,8 @@ pub trait Store: Send + Sync + 'static {
         deployer_id: Option<&str>,
     ) -> Result<Vec<DeploymentRecord>, StoreError>;
     /// Up to `limit` deployments, optionally of one deployer, after `after` in deployer,
-    /// namespace and name order: one page of [`Store::list_deployments`].
+    /// namespace and name order: one page of [`Store::list_deployments`]. With a
+    /// deployer, `after` is a key of that deployer's.
     async fn list_deployments_page(
         &self,
         deployer_id: Option<&str>,
