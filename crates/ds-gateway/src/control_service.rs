@@ -506,53 +506,65 @@ impl ControlService for ControlSvc {
                 "page_token: continues another list than this deployer's (pass the same deployer on every page)",
             ));
         }
-        let size = paging::list_page_size(req.page_size);
-        // One more than asked: whether another page follows.
-        let mut deployments = store
-            .list_deployments_page(deployer_id.as_deref(), after.as_ref(), size + 1)
-            .await
-            .map_err(store_status)?;
-        let mut more = deployments.len() > size as usize;
-        deployments.truncate(size as usize);
+        let size = paging::list_page_size(req.page_size) as usize;
         // Names and statuses of this page's deployments only: a list of many pages does
         // not read every deployer and status once per page.
         let mut names: HashMap<String, String> = HashMap::new();
-        let mut views = Vec::with_capacity(deployments.len());
+        let mut views: Vec<DeploymentView> = Vec::new();
         let mut bytes = 0;
-        let mut last = None;
-        for d in deployments {
-            let key = DeploymentKey {
-                deployer_id: d.deployer_id.clone(),
-                namespace: d.namespace.clone(),
-                name: d.name.clone(),
-            };
-            let deployer_name = match names.get(&d.deployer_id) {
-                Some(name) => name.clone(),
-                None => {
-                    let name = match store.resolve_deployer(&d.deployer_id).await {
-                        Ok((_, name)) => name,
-                        // Deleted since the page was read: its deployments go with it.
-                        Err(StoreError::NotFound(_)) => String::new(),
-                        Err(e) => return Err(store_status(e)),
-                    };
-                    names.insert(d.deployer_id.clone(), name.clone());
-                    name
+        let mut last = after;
+        let mut more = false;
+        // Rows are read in batches sized by what the page still has room for, so that a
+        // page of a few large deployments does not read (and parse) hundreds of them.
+        let mut batch = paging::FIRST_LIST_BATCH;
+        'page: while views.len() < size {
+            let want = batch.min(size - views.len());
+            // One more than wanted: whether anything follows.
+            let rows = store
+                .list_deployments_page(deployer_id.as_deref(), last.as_ref(), want as u32 + 1)
+                .await
+                .map_err(store_status)?;
+            let follows = rows.len() > want;
+            for d in rows.into_iter().take(want) {
+                let key = DeploymentKey {
+                    deployer_id: d.deployer_id.clone(),
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                };
+                let deployer_name = match names.get(&d.deployer_id) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name = match store.resolve_deployer(&d.deployer_id).await {
+                            Ok((_, name)) => name,
+                            // Deleted since the page was read: its deployments go with it.
+                            Err(StoreError::NotFound(_)) => String::new(),
+                            Err(e) => return Err(store_status(e)),
+                        };
+                        names.insert(d.deployer_id.clone(), name.clone());
+                        name
+                    }
+                };
+                let status = store.get_status(&d.id).await.map_err(store_status)?;
+                let view = make_view(d, deployer_name, status);
+                let len = prost::Message::encoded_len(&view);
+                // Bounded by bytes too: a page of large specs stays far below 4 MiB.
+                if !views.is_empty() && bytes + len > paging::PAGE_BYTES {
+                    more = true;
+                    break 'page;
                 }
-            };
-            let status = store.get_status(&d.id).await.map_err(store_status)?;
-            let view = make_view(d, deployer_name, status);
-            let len = prost::Message::encoded_len(&view);
-            // Bounded by bytes too: a page of large specs stays far below 4 MiB.
-            if !views.is_empty() && bytes + len > paging::PAGE_BYTES {
-                more = true;
+                bytes += len;
+                views.push(view);
+                last = Some(key);
+            }
+            more = follows;
+            if !follows {
                 break;
             }
-            bytes += len;
-            views.push(view);
-            last = Some(key);
+            let average = bytes / views.len().max(1);
+            batch = paging::next_list_batch(paging::PAGE_BYTES.saturating_sub(bytes), average);
         }
         let next_page_token = match last {
-            Some(key) if more => paging::page_token(&key),
+            Some(key) if more && !views.is_empty() => paging::page_token(&key),
             _ => String::new(),
         };
         Ok(Response::new(ListDeploymentsResponse {

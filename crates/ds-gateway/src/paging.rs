@@ -21,6 +21,11 @@ pub const SNAPSHOT_PAGE_COUNT: usize = 1000;
 pub const DEFAULT_LIST_PAGE: u32 = 500;
 /// ListDeployments' largest page size.
 pub const MAX_LIST_PAGE: u32 = 1000;
+/// Rows a ListDeployments page reads first; later reads are sized by the room left.
+pub const FIRST_LIST_BATCH: usize = 8;
+/// Most rows a ListDeployments page reads at once.
+const MAX_LIST_BATCH: usize = 256;
+
 /// Deployments read ahead of the page being built: bounds what a snapshot holds in memory.
 const READ_AHEAD: usize = 16;
 
@@ -101,6 +106,12 @@ pub fn page_token(key: &DeploymentKey) -> String {
     URL_SAFE_NO_PAD.encode(raw)
 }
 
+/// How many rows to read next for a ListDeployments page with `room` bytes left, its
+/// deployments `average` bytes each so far: enough to fill it, one more to overflow it.
+pub fn next_list_batch(room: usize, average: usize) -> usize {
+    (room / average.max(1) + 1).clamp(1, MAX_LIST_BATCH)
+}
+
 /// The key a page token continues after; `None` for an empty token.
 pub fn parse_page_token(token: &str) -> Result<Option<DeploymentKey>, Status> {
     if token.is_empty() {
@@ -150,6 +161,15 @@ mod tests {
         assert!(err.message().starts_with("page_token:"));
         let two_parts = URL_SAFE_NO_PAD.encode("a\nb");
         assert!(parse_page_token(&two_parts).is_err());
+    }
+
+    #[test]
+    fn list_batches_fill_the_room_left() {
+        // Small deployments: the largest batch; large ones: what fits, plus one.
+        assert_eq!(next_list_batch(PAGE_BYTES, 100), MAX_LIST_BATCH);
+        assert_eq!(next_list_batch(PAGE_BYTES, 200 * 1024), 6);
+        assert_eq!(next_list_batch(0, 200 * 1024), 1);
+        assert_eq!(next_list_batch(10, 0), 11);
     }
 
     #[test]
