@@ -246,10 +246,9 @@ impl FakeAgent {
 
     /// The deployer's snapshot, as the agent lists it.
     async fn list(&mut self) -> Result<proto::Snapshot, tonic::Status> {
-        self.0
-            .list(proto::ListRequest {})
+        ds_test_support::pages::list_snapshot(&mut self.0)
             .await
-            .map(tonic::Response::into_inner)
+            .map(|paged| paged.snapshot)
     }
 }
 

@@ -6,6 +6,7 @@ use ds_core::proto::agent_service_client::AgentServiceClient;
 use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_core::proto::{self, WatchEvent, watch_event};
 use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_test_support::pages::list_snapshot;
 use ds_test_support::{AgentService as Agent, Bearer, Control, eventually};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -351,11 +352,7 @@ async fn reconnect_gets_a_fresh_snapshot_and_list_matches() {
     let names: Vec<_> = snap.deployments.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
 
-    let listed = agent
-        .list(proto::ListRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let listed = list_snapshot(&mut agent).await.unwrap().snapshot;
     assert!(listed.complete);
     assert_eq!(listed.revision, snap.revision);
     assert_eq!(listed.deployments, snap.deployments);
@@ -706,11 +703,7 @@ async fn delete_deployer_refuses_while_it_has_deployments_unless_cascade_or_orph
         .expect_err("refused while it has deployments");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("2 deployments"), "{}", err.message());
-    let snap = agent
-        .list(proto::ListRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let snap = list_snapshot(&mut agent).await.unwrap().snapshot;
     assert_eq!(snap.deployments.len(), 2, "nothing deleted");
 
     // Cascade: the deployments go, the deployer and its token stay until the agent has
@@ -734,12 +727,12 @@ async fn delete_deployer_refuses_while_it_has_deployments_unless_cascade_or_orph
             watch_event::Event::Removal(_)
         ));
     }
-    let snap = agent
-        .list(proto::ListRequest {})
+    let snap = list_snapshot(&mut agent)
         .await
-        .expect("token still valid");
-    assert!(snap.get_ref().deployments.is_empty());
-    let revision = snap.into_inner().revision;
+        .expect("token still valid")
+        .snapshot;
+    assert!(snap.deployments.is_empty());
+    let revision = snap.revision;
     report_objects(&mut agent, revision, 3).await;
     let waiting = delete_deployer(&mut control, "alpha", DeleteMode::Cascade)
         .await
@@ -842,13 +835,10 @@ async fn deployers_see_only_their_own_deployments() {
         watch_event::Event::Upsert(u) => assert_eq!(u.deployment.unwrap().name, "secret-model"),
         other => panic!("unexpected {other:?}"),
     }
-    let a_list = t
-        .agent(&a_token)
-        .await
-        .list(proto::ListRequest {})
+    let a_list = list_snapshot(&mut t.agent(&a_token).await)
         .await
         .unwrap()
-        .into_inner();
+        .snapshot;
     assert_eq!(a_list.deployments.len(), 1);
     assert_eq!(a_list.deployments[0].id, a_dep_id);
 

@@ -22,6 +22,7 @@ pub mod desired;
 mod inspect;
 mod leader;
 mod metrics;
+mod pages;
 pub mod pods;
 mod reconcile;
 mod scheduler;

@@ -13,6 +13,7 @@ use super::AgentError;
 use super::cache::Stores;
 use super::desired::Kind;
 use super::metrics::Metrics;
+use super::pages::{PageOutcome, SnapshotPages};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::DeployedObject;
 use ds_core::proto;
@@ -319,6 +320,8 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
         match result {
             Ok(response) => {
                 let mut stream = response.into_inner();
+                // The snapshot's pages; dropped with the stream if it is cut before the last.
+                let mut pages = SnapshotPages::default();
                 loop {
                     let msg = tokio::select! {
                         m = stream.message() => m,
@@ -326,6 +329,28 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                     };
                     match msg {
                         Ok(Some(proto::WatchEvent { event: Some(event) })) => {
+                            let event = match event {
+                                proto::watch_event::Event::Snapshot(page) => match pages.push(page)
+                                {
+                                    PageOutcome::Partial => continue,
+                                    PageOutcome::Complete(snap) => {
+                                        proto::watch_event::Event::Snapshot(snap)
+                                    }
+                                    PageOutcome::Inconsistent { expected, got } => {
+                                        warn!(
+                                            expected,
+                                            got,
+                                            "watch snapshot pages of different revisions; reconnecting"
+                                        );
+                                        break;
+                                    }
+                                },
+                                _ if pages.in_progress() => {
+                                    warn!("watch event inside a paged snapshot; reconnecting");
+                                    break;
+                                }
+                                other => other,
+                            };
                             let is_snapshot =
                                 matches!(event, proto::watch_event::Event::Snapshot(_));
                             let is_heartbeat =
@@ -416,13 +441,12 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
         }
         let mut client = ctx.client.clone();
         let answer = tokio::select! {
-            r = client.list(proto::ListRequest {}) => r,
+            r = list_snapshot(&mut client) => r,
             () = cancel.cancelled() => return,
         };
         match answer {
             Ok(snap) => {
                 refusals = 0;
-                let snap = snap.into_inner();
                 ctx.update(|s| ((), apply_snapshot(s, snap, false)));
                 ctx.record_desired();
             }
@@ -440,6 +464,27 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
             }
         }
     }
+}
+
+/// Calls List and reads its pages up to the last: a complete snapshot, or the failure (a
+/// stream that ends early or mixes revisions is one; nothing partial is returned).
+async fn list_snapshot(client: &mut Client) -> Result<proto::Snapshot, tonic::Status> {
+    let mut stream = client.list(proto::ListRequest {}).await?.into_inner();
+    let mut pages = SnapshotPages::default();
+    while let Some(page) = stream.message().await? {
+        match pages.push(page) {
+            PageOutcome::Partial => {}
+            PageOutcome::Complete(snap) => return Ok(snap),
+            PageOutcome::Inconsistent { expected, got } => {
+                return Err(tonic::Status::data_loss(format!(
+                    "list pages of revisions {expected} and {got} in one answer"
+                )));
+            }
+        }
+    }
+    Err(tonic::Status::unavailable(
+        "list stream ended before its last page",
+    ))
 }
 
 /// Current statuses as the reconciler computes them, by deployment ID. Keys and values

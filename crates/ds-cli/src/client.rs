@@ -3,6 +3,7 @@
 
 use super::CliError;
 use super::config::Connection;
+use ds_core::proto;
 use ds_core::proto::control_service_client::ControlServiceClient;
 use ds_transport::{Bearer, ChannelOptions, Plaintext, TransportError, root_cause};
 use std::time::Duration;
@@ -151,6 +152,28 @@ fn code_words(code: Code) -> &'static str {
         Code::DataLoss => "data loss",
         Code::Cancelled => "cancelled",
         _ => "error",
+    }
+}
+
+/// Every deployment ListDeployments has for `req`'s filters, following its pages
+/// (one answer never has to fit a whole list in one message), each passed through `map`
+/// as its page arrives so that only the mapped list is ever held whole.
+pub async fn list_all_deployments<T>(
+    control: &mut Control,
+    mut req: proto::ListDeploymentsRequest,
+    mut map: impl FnMut(proto::DeploymentView) -> T,
+) -> Result<Vec<T>, Status> {
+    let mut all = Vec::new();
+    loop {
+        let page = control
+            .list_deployments(request(req.clone()))
+            .await?
+            .into_inner();
+        all.extend(page.deployments.into_iter().map(&mut map));
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        req.page_token = page.next_page_token;
     }
 }
 

@@ -76,20 +76,15 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             let req = proto::ListDeploymentsRequest {
                 deployer: deployer.unwrap_or_default(),
                 namespace: namespace.unwrap_or_default(),
+                ..Default::default()
             };
             if watch {
                 return watch::list(&mut control, &url, req, format).await;
             }
-            let response = control
-                .list_deployments(request(req))
-                .await
-                .map_err(err)?
-                .into_inner();
-            let views: Vec<DeploymentView> = response
-                .deployments
-                .iter()
-                .map(DeploymentView::from)
-                .collect();
+            let views: Vec<DeploymentView> =
+                client::list_all_deployments(&mut control, req, |d| DeploymentView::from(&d))
+                    .await
+                    .map_err(err)?;
             if views.is_empty() && format.is_human() {
                 eprintln!("No deployments found.");
             } else {

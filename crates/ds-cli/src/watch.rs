@@ -2,7 +2,7 @@
 //! as kubectl's `-w` (`-o json|yaml|name`: one document or name per change).
 
 use super::CliError;
-use super::client::{Control, request, status_error};
+use super::client::{self, Control, status_error};
 use super::output::{self, DeploymentView, OutputFormat, print_text};
 use ds_core::proto;
 use std::collections::{BTreeMap, HashMap};
@@ -146,14 +146,9 @@ pub async fn list(
     let mut known: BTreeMap<String, DeploymentView> = BTreeMap::new();
     let mut first = true;
     loop {
-        match control.list_deployments(request(req.clone())).await {
-            Ok(response) => {
-                let views: Vec<DeploymentView> = response
-                    .into_inner()
-                    .deployments
-                    .iter()
-                    .map(DeploymentView::from)
-                    .collect();
+        match client::list_all_deployments(control, req.clone(), |d| DeploymentView::from(&d)).await
+        {
+            Ok(views) => {
                 let mut gone: Vec<DeploymentView> = Vec::new();
                 let now: BTreeMap<String, DeploymentView> =
                     views.iter().map(|v| (v.id.clone(), v.clone())).collect();

@@ -1,9 +1,10 @@
-//! The agent service: Watch (snapshot, then ordered changes and heartbeats), List,
-//! ReportStatus and Inspect, each authenticated by a deployer token that only sees its
-//! deployer.
+//! The agent service: Watch (snapshot pages, then ordered changes and heartbeats), List
+//! (snapshot pages), ReportStatus and Inspect, each authenticated by a deployer token that
+//! only sees its deployer.
 
 use super::Shared;
 use super::credentials;
+use super::paging::{self, SendError};
 use super::rpc::{bearer, store_status};
 use super::store::{
     AgentHeartbeat, Change, DeploymentRecord, ObjectCount, StatusRecord, StoreError,
@@ -16,22 +17,30 @@ use ds_core::proto::{
 };
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Events buffered per Watch stream before the producer waits for the client.
 const WATCH_BUFFER: usize = 64;
+/// Snapshot pages (each up to [`paging::PAGE_BYTES`]) buffered per stream: few, so that
+/// a slow client holds the gateway to a few MiB, not to its whole snapshot.
+const PAGE_BUFFER: usize = 2;
 
 /// How often an open Watch stream re-checks its token, however busy it is: a token rotated
 /// out, revoked or of a deleted deployer ends its stream within this period (one indexed
 /// read per stream and period).
 pub const TOKEN_RECHECK: Duration = Duration::from_secs(2);
 
-/// The stream type of Watch.
-pub type WatchStream = ReceiverStream<Result<WatchEvent, Status>>;
+/// The stream type of Watch: the snapshot's pages, then the changes.
+pub type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+/// The stream type of List.
+pub type ListStream = ReceiverStream<Result<Snapshot, Status>>;
 
 /// The stream type of Inspect (the gateway's questions).
 pub type InspectStream = ReceiverStream<Result<InspectRequest, Status>>;
@@ -153,19 +162,6 @@ fn heartbeat_of(agent: Option<AgentInfo>, objects: Option<ClusterObjects>) -> Ag
     }
 }
 
-fn snapshot_message(
-    deployer_id: &str,
-    revision: u64,
-    deployments: Vec<DeploymentRecord>,
-) -> Snapshot {
-    Snapshot {
-        deployer_id: deployer_id.to_string(),
-        revision,
-        deployments: deployments.into_iter().map(Into::into).collect(),
-        complete: true,
-    }
-}
-
 fn event(e: watch_event::Event) -> WatchEvent {
     WatchEvent { event: Some(e) }
 }
@@ -173,6 +169,7 @@ fn event(e: watch_event::Event) -> WatchEvent {
 #[tonic::async_trait]
 impl AgentService for AgentSvc {
     type WatchStream = WatchStream;
+    type ListStream = ListStream;
     type InspectStream = InspectStream;
 
     async fn inspect(
@@ -207,35 +204,58 @@ impl AgentService for AgentSvc {
             .record_heartbeat(&deployer_id, &agent)
             .await
             .map_err(store_status)?;
-        let (revision, deployments) = store.snapshot(&deployer_id).await.map_err(store_status)?;
+        let (pages_tx, pages_rx) = mpsc::channel(PAGE_BUFFER);
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let first = event(watch_event::Event::Snapshot(snapshot_message(
-            &deployer_id,
-            revision,
-            deployments,
-        )));
-        // The channel is new and empty, so this cannot fail for lack of room.
-        let _ = tx.try_send(Ok(first));
-        self.shared.metrics.watch_events.inc();
-        tracing::info!(deployer = %deployer_id, revision, cluster = %agent.cluster, version = %agent.version, "watch stream opened");
+        tracing::info!(deployer = %deployer_id, cluster = %agent.cluster, version = %agent.version, "watch stream opened");
         let guard = StreamGuard::new(self.shared.clone(), deployer_id);
-        tokio::spawn(produce(guard, auth.token_id, changes, tx, revision));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        tokio::spawn(async move {
+            // The snapshot's pages first, on their own small channel; its end lets the
+            // stream go on to the changes, which start above the snapshot's revision.
+            let shared = guard.shared.clone();
+            let sent = paging::send_snapshot(shared.store.as_ref(), &guard.deployer_id, |page| {
+                let pages_tx = &pages_tx;
+                let shared = &shared;
+                async move {
+                    pages_tx
+                        .send(Ok(event(watch_event::Event::Snapshot(page))))
+                        .await
+                        .map_err(|_| ())?;
+                    shared.metrics.watch_events.inc();
+                    Ok(())
+                }
+            })
+            .await;
+            match sent {
+                Ok(revision) => {
+                    drop(pages_tx);
+                    tracing::debug!(deployer = %guard.deployer_id, revision, "watch snapshot sent");
+                    produce(guard, auth.token_id, changes, tx, revision).await;
+                }
+                Err(SendError::Failed(status)) => {
+                    let _ = pages_tx.send(Err(status)).await;
+                }
+                Err(SendError::Closed) => {}
+            }
+        });
+        let stream = ReceiverStream::new(pages_rx).chain(ReceiverStream::new(rx));
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Snapshot>, Status> {
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListStream>, Status> {
         let deployer_id = self.authenticate(&request, "List").await?.deployer_id;
-        let (revision, deployments) = self
-            .shared
-            .store
-            .snapshot(&deployer_id)
-            .await
-            .map_err(store_status)?;
-        Ok(Response::new(snapshot_message(
-            &deployer_id,
-            revision,
-            deployments,
-        )))
+        let (tx, rx) = mpsc::channel(PAGE_BUFFER);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let sent = paging::send_snapshot(shared.store.as_ref(), &deployer_id, |page| {
+                let tx = &tx;
+                async move { tx.send(Ok(page)).await.map_err(|_| ()) }
+            })
+            .await;
+            if let Err(SendError::Failed(status)) = sent {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn report_status(

@@ -4,9 +4,12 @@
 use super::Shared;
 use super::convert::{deployer_to_proto, rfc3339};
 use super::credentials;
+use super::paging;
 use super::presence::{AgentPresence, mark};
 use super::rpc::{bearer, store_status};
-use super::store::{DeployerRecord, DeploymentRecord, DeploymentSelector, StoreError};
+use super::store::{
+    DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, StoreError,
+};
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
@@ -652,41 +655,89 @@ impl ControlService for ControlSvc {
         } else {
             Some(self.resolve(&req.deployer).await?.0)
         };
-        let deployments = store
-            .list_deployments(deployer_id.as_deref())
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .filter(|d| req.namespace.is_empty() || d.namespace == req.namespace)
-            .collect::<Vec<_>>();
-        let names: HashMap<String, (String, AgentPresence)> = store
-            .list_deployers()
-            .await
-            .map_err(store_status)?
-            .into_iter()
-            .map(|d| {
-                let presence = AgentPresence::of(&self.shared, &d.id, d.last_seen);
-                (d.id, (d.name, presence))
-            })
-            .collect();
-        let mut statuses = store.list_statuses().await.map_err(store_status)?;
-        let views = deployments
-            .into_iter()
-            .map(|d| {
-                let (deployer_name, presence) = match names.get(&d.deployer_id) {
-                    Some((name, presence)) => (name.clone(), Some(*presence)),
-                    None => (String::new(), None),
+        let after = paging::parse_page_token(&req.page_token)?;
+        if let (Some(id), Some(key)) = (&deployer_id, &after)
+            && key.deployer_id != *id
+        {
+            return Err(Status::invalid_argument(
+                "page_token: continues another list than this deployer's (pass the same deployer on every page)",
+            ));
+        }
+        let size = paging::list_page_size(req.page_size) as usize;
+        // Names and statuses of this page's deployments only: a list of many pages does
+        // not read every deployer and status once per page.
+        let mut names: HashMap<String, (String, Option<AgentPresence>)> = HashMap::new();
+        let mut views: Vec<DeploymentView> = Vec::new();
+        let mut bytes = 0;
+        let mut last = after;
+        let mut more = false;
+        // Rows are read in batches sized by what the page still has room for, so that a
+        // page of a few large deployments does not read (and parse) hundreds of them.
+        let mut batch = paging::FIRST_LIST_BATCH;
+        'page: while views.len() < size {
+            let want = batch.min(size - views.len());
+            // One more than wanted: whether anything follows.
+            let rows = store
+                .list_deployments_page(deployer_id.as_deref(), last.as_ref(), want as u32 + 1)
+                .await
+                .map_err(store_status)?;
+            let follows = rows.len() > want;
+            for d in rows.into_iter().take(want) {
+                let key = DeploymentKey {
+                    deployer_id: d.deployer_id.clone(),
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
                 };
-                let status = statuses.remove(&d.id);
+                // `-n`: filtered here, after the keyset read, so the token still moves on.
+                if !req.namespace.is_empty() && d.namespace != req.namespace {
+                    last = Some(key);
+                    continue;
+                }
+                let (deployer_name, presence) = match names.get(&d.deployer_id) {
+                    Some(known) => known.clone(),
+                    None => {
+                        let known = match store.get_deployer(&d.deployer_id).await {
+                            Ok(r) => {
+                                let presence = AgentPresence::of(&self.shared, &r.id, r.last_seen);
+                                (r.name, Some(presence))
+                            }
+                            // Deleted since the page was read: its deployments go with it.
+                            Err(StoreError::NotFound(_)) => (String::new(), None),
+                            Err(e) => return Err(store_status(e)),
+                        };
+                        names.insert(d.deployer_id.clone(), known.clone());
+                        known
+                    }
+                };
+                let status = store.get_status(&d.id).await.map_err(store_status)?;
                 let mut view = make_view(d, deployer_name, status);
                 if let Some(presence) = presence {
                     mark(&mut view, presence);
                 }
-                view
-            })
-            .collect();
+                let len = prost::Message::encoded_len(&view);
+                // Bounded by bytes too: a page of large specs stays far below 4 MiB.
+                if !views.is_empty() && bytes + len > paging::PAGE_BYTES {
+                    more = true;
+                    break 'page;
+                }
+                bytes += len;
+                views.push(view);
+                last = Some(key);
+            }
+            more = follows;
+            if !follows {
+                break;
+            }
+            let average = bytes / views.len().max(1);
+            batch = paging::next_list_batch(paging::PAGE_BYTES.saturating_sub(bytes), average);
+        }
+        let next_page_token = match last {
+            Some(key) if more && !views.is_empty() => paging::page_token(&key),
+            _ => String::new(),
+        };
         Ok(Response::new(ListDeploymentsResponse {
             deployments: views,
+            next_page_token,
         }))
     }
 

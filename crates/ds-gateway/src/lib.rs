@@ -26,6 +26,7 @@ mod inspect;
 pub mod install;
 mod manifest;
 mod metrics;
+mod paging;
 pub mod postgres;
 mod presence;
 mod rows;

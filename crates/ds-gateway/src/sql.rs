@@ -14,8 +14,8 @@ use super::rows::{
     to_i64, to_u64, token_from_row, ts,
 };
 use super::store::{
-    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentRecord, DeploymentSelector,
-    StatusRecord, Store, StoreError, TokenRecord,
+    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentKey, DeploymentRecord,
+    DeploymentSelector, SnapshotItem, StatusRecord, Store, StoreError, TokenRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -624,6 +624,87 @@ where
             .map(deployment_from_row)
             .collect::<Result<_, _>>()?;
         Ok((revision, deployments))
+    }
+
+    async fn list_deployments_page(
+        &self,
+        deployer_id: Option<&str>,
+        after: Option<&DeploymentKey>,
+        limit: u32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError> {
+        // One statement per case, each a range of the (deployer_id, namespace, name)
+        // index with a row-value comparison: an `OR $n IS NULL` would make SQLite scan
+        // and sort every row, large specs included, for each page.
+        let limit = i64::from(limit);
+        let query = match (deployer_id, after) {
+            (None, None) => sqlx::query(deployment_sql(
+                "ORDER BY deployer_id, namespace, name LIMIT $1",
+            ))
+            .bind(limit),
+            (Some(deployer_id), None) => sqlx::query(deployment_sql(
+                "WHERE deployer_id = $1 ORDER BY deployer_id, namespace, name LIMIT $2",
+            ))
+            .bind(deployer_id)
+            .bind(limit),
+            (None, Some(after)) => sqlx::query(deployment_sql(
+                "WHERE (deployer_id, namespace, name) > ($1, $2, $3) \
+                 ORDER BY deployer_id, namespace, name LIMIT $4",
+            ))
+            .bind(after.deployer_id.as_str())
+            .bind(after.namespace.as_str())
+            .bind(after.name.as_str())
+            .bind(limit),
+            (Some(deployer_id), Some(after)) => sqlx::query(deployment_sql(
+                // `after` is of this deployer's list (the service checks it).
+                "WHERE deployer_id = $1 AND (namespace, name) > ($2, $3) \
+                 ORDER BY deployer_id, namespace, name LIMIT $4",
+            ))
+            .bind(deployer_id)
+            .bind(after.namespace.as_str())
+            .bind(after.name.as_str())
+            .bind(limit),
+        };
+        let rows = query.fetch_all(self.pool()).await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn stream_snapshot(
+        &self,
+        deployer_id: &str,
+        out: tokio::sync::mpsc::Sender<SnapshotItem>,
+    ) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        // One read transaction, as in `snapshot`: the revision and every row are of one
+        // state, however long the client takes to read the pages.
+        let mut tx = self.pool().begin_with(B::BEGIN_SNAPSHOT).await?;
+        let row = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {deployer_id}")))?;
+        let revision = to_u64(row.int("revision")?);
+        if out.send(SnapshotItem::Revision(revision)).await.is_err() {
+            return Ok(());
+        }
+        {
+            let mut rows = sqlx::query(deployment_sql(
+                "WHERE deployer_id = $1 ORDER BY namespace, name",
+            ))
+            .bind(deployer_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                let deployment = deployment_from_row(&row)?;
+                if out
+                    .send(SnapshotItem::Deployment(Box::new(deployment)))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        tx.rollback().await?;
+        Ok(())
     }
 
     async fn record_heartbeat(

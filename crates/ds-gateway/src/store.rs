@@ -6,7 +6,7 @@ use ds_core::DeploymentSpec;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// How many changes a slow watcher may fall behind before it is told to reconnect.
 const CHANGE_CHANNEL_CAPACITY: usize = 1024;
@@ -172,6 +172,23 @@ impl Change {
     }
 }
 
+/// One item of a snapshot streamed by [`Store::stream_snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotItem {
+    /// The deployer's revision; always the first item.
+    Revision(u64),
+    /// A deployment, in namespace and name order.
+    Deployment(Box<DeploymentRecord>),
+}
+
+/// Where a page of [`Store::list_deployments_page`] starts: after this deployment key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentKey {
+    pub deployer_id: String,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Which deployment a name lookup may match.
 #[derive(Debug, Clone, Default)]
 pub struct DeploymentSelector {
@@ -256,9 +273,27 @@ pub trait Store: Send + Sync + 'static {
         &self,
         deployer_id: Option<&str>,
     ) -> Result<Vec<DeploymentRecord>, StoreError>;
+    /// Up to `limit` deployments, optionally of one deployer, after `after` in deployer,
+    /// namespace and name order: one page of [`Store::list_deployments`]. With a
+    /// deployer, `after` is a key of that deployer's.
+    async fn list_deployments_page(
+        &self,
+        deployer_id: Option<&str>,
+        after: Option<&DeploymentKey>,
+        limit: u32,
+    ) -> Result<Vec<DeploymentRecord>, StoreError>;
     /// A deployer's complete desired state and its revision, read consistently.
     async fn snapshot(&self, deployer_id: &str)
     -> Result<(u64, Vec<DeploymentRecord>), StoreError>;
+    /// A deployer's complete desired state read consistently like [`Store::snapshot`], but
+    /// sent on `out` as it is read (its revision first, then each deployment), so that a
+    /// snapshot of any size takes memory for `out`'s capacity only. Ends early, without
+    /// error, when `out` closes; an error ends the read (what was sent is no snapshot).
+    async fn stream_snapshot(
+        &self,
+        deployer_id: &str,
+        out: mpsc::Sender<SnapshotItem>,
+    ) -> Result<(), StoreError>;
 
     /// Records an agent heartbeat (and its object count, if it has one); returns the
     /// deployer's latest revision.

@@ -16,6 +16,8 @@ use tonic::transport::Channel;
 
 pub use ds_transport::Bearer;
 
+pub mod pages;
+
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
