@@ -397,6 +397,7 @@ impl Env {
             .env("DS_GATEWAY", self.gw.url())
             .env("DS_API_KEY", &self.gw.admin_key)
             .env("DS_CONFIG", self.gw.dir().join("ds-config.yaml"))
+            .env("NO_COLOR", "1")
             .env_remove("DS_CA_CERT")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -406,7 +407,7 @@ impl Env {
     }
 
     async fn run_ds(&self, args: &[&str]) -> Ran {
-        let out = tokio::time::timeout(DEADLINE, self.ds(args).output())
+        let out = tokio::time::timeout(DEADLINE * 2, self.ds(args).output())
             .await
             .unwrap_or_else(|_| panic!("ds {args:?} did not finish"))
             .expect("ds runs");
@@ -2088,26 +2089,6 @@ async fn a_cluster_restarted_empty_then_restored_gets_its_objects_and_status_bac
 
 // === status from the pods ===
 
-/// `ds …` as a process against the test's gateway; its output.
-async fn ds(e: &Env, args: &[&str]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(
-        std::env::var_os("DS_TEST_BIN")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ds").into()),
-    );
-    cmd.args(args)
-        .env("DS_GATEWAY", e.gw.url())
-        .env("DS_API_KEY", &e.gw.admin_key)
-        .env("DS_CONFIG", e.gw.dir().join("no-config.yaml"))
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    tokio::time::timeout(DEADLINE * 2, cmd.output())
-        .await
-        .expect("ds finishes")
-        .expect("ds runs")
-}
-
 /// An image that cannot be pulled fails `create --wait` with the pods' reason, long
 /// before the Deployment's progress deadline (600 s on the real controller manager, whose
 /// Deployment still says Progressing), and `get` shows Failed with that reason. On the
@@ -2136,9 +2117,8 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
     let started = tokio::time::Instant::now();
     // The CLI's own timeout: a wait that only the progress deadline could end fails
     // with "timed out", not with the pull reason.
-    let out = ds(
-        &e,
-        &[
+    let out = e
+        .run_ds(&[
             "deployment",
             "create",
             "--model-name",
@@ -2152,13 +2132,12 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
             "--wait",
             "--timeout",
             "30s",
-        ],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ])
+        .await;
+    let stderr = &out.stderr;
     // For the record (not asserted): how long the failure took to reach the CLI.
     eprintln!("{b:?}: create --wait failed after {:?}", started.elapsed());
-    assert!(!out.status.success(), "{stderr}");
+    assert_ne!(out.code, Some(0), "{stderr}");
     assert!(
         stderr.contains("ImagePullBackOff") || stderr.contains("ErrImagePull"),
         "the pull failure is the reason: {stderr}"
@@ -2166,13 +2145,10 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
     assert!(stderr.contains(&image), "names the image: {stderr}");
     assert!(!stderr.contains("error: timed out after"), "{stderr}");
 
-    let got = ds(&e, &["deployment", "get", "iris", "-d", "pulls", "-n", &ns]).await;
-    let text = String::from_utf8_lossy(&got.stdout);
-    assert!(
-        got.status.success(),
-        "{}",
-        String::from_utf8_lossy(&got.stderr)
-    );
+    let got = e
+        .run_ds(&["deployment", "get", "iris", "-d", "pulls", "-n", &ns])
+        .await;
+    let text = got.ok();
     assert!(text.contains("Failed"), "{text}");
     assert!(
         text.contains("Reason:") && text.contains("pod iris-"),
