@@ -562,6 +562,7 @@ async fn controller(
         &args.namespaces,
         &builders::owner_selector(&deployer_id),
         pods_touched_tx,
+        args.relist,
         &cancel,
     );
     children.push(pod_task);

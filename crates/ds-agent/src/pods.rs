@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use kube::api::Api;
 use kube::core::NamespaceResourceScope;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::Value;
@@ -334,6 +334,7 @@ pub fn start_watch(
     namespaces: &[String],
     selector: &str,
     touched: PodsTouched,
+    relist: std::time::Duration,
     cancel: &CancellationToken,
 ) -> (Pods, tokio::task::JoinHandle<()>) {
     let pods = Pods::default();
@@ -353,8 +354,8 @@ pub fn start_watch(
             let config = watcher::Config::default()
                 .labels(selector)
                 .page_size(super::cache::LIST_PAGE_SIZE);
-            watcher(api, config)
-                .default_backoff()
+            // Relisting as the owned objects' watches do (a cluster restarted empty).
+            super::cache::relisting_watcher(api, config, relist)
                 .map(move |e| (i, e))
                 .boxed()
         })
