@@ -50,10 +50,15 @@ pub async fn inspect_loop(
             Ok(response) => {
                 delays = sync::backoff();
                 let connection = cancel.child_token();
-                serve(response.into_inner(), &tx, &kube, &desired, &connection).await;
+                let refused = serve(response.into_inner(), &tx, &kube, &desired, &connection).await;
                 // Ends every question of this connection.
                 connection.cancel();
-                delays.next().unwrap_or(sync::MAX_BACKOFF)
+                if refused {
+                    // The token was revoked or rotated out meanwhile: as at open.
+                    sync::REFUSED_BACKOFF
+                } else {
+                    delays.next().unwrap_or(sync::MAX_BACKOFF)
+                }
             }
             // The watch loop says what is wrong with a refused token; just wait as long.
             Err(status) if status.code() == tonic::Code::Unauthenticated => sync::REFUSED_BACKOFF,
@@ -69,26 +74,27 @@ pub async fn inspect_loop(
     }
 }
 
-/// Answers the questions of one stream until it ends.
+/// Answers the questions of one stream until it ends; true when the gateway ended it
+/// because the token is no longer valid.
 async fn serve(
     mut questions: tonic::Streaming<InspectRequest>,
     replies: &mpsc::Sender<InspectReply>,
     kube: &kube::Client,
     desired: &watch::Receiver<DesiredState>,
     connection: &CancellationToken,
-) {
+) -> bool {
     let mut running: HashMap<String, CancellationToken> = HashMap::new();
     loop {
         let question = tokio::select! {
             q = questions.message() => q,
-            () = connection.cancelled() => return,
+            () = connection.cancelled() => return false,
         };
         let request = match question {
             Ok(Some(r)) => r,
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(status) => {
                 debug!(code = ?status.code(), "inspect stream ended");
-                return;
+                return status.code() == tonic::Code::Unauthenticated;
             }
         };
         running.retain(|_, t| !t.is_cancelled());
