@@ -15,8 +15,10 @@ if [ "$avail_mib" -lt "$need_mib" ]; then
   echo "bench-paging: needs ${need_mib} MiB free in $tmp, has ${avail_mib} MiB" >&2
   exit 1
 fi
-profile=()
-if [ "${RELEASE:-0}" = 1 ]; then profile=(--release); fi
-cargo test "${profile[@]}" --test paging --no-run
-DS_PAGING_COUNT="$count" cargo test "${profile[@]}" --test paging -- \
-  --ignored --exact ten_thousand_deployments_of_200_kib --nocapture
+# benches/paging.rs; `cargo bench` builds in release, so the debug build is asked for
+# explicitly unless RELEASE=1.
+if [ "${RELEASE:-0}" = 1 ]; then
+  DS_PAGING_COUNT="$count" cargo bench --bench paging
+else
+  DS_PAGING_COUNT="$count" cargo bench --profile dev --bench paging
+fi

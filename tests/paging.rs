@@ -1,161 +1,24 @@
 //! Issue 15, sizes: a deployer's deployments reach its agent (Watch, List) and
 //! `ds deployment ls` in pages, so that no answer depends on tonic's 4 MiB message limit.
 //! Each test holds many times that limit of deployments of about 200 KiB each. The
-//! 10,000-deployment proof is `ten_thousand_deployments_of_200_kib` (ignored: about 2 GB;
-//! `hack/bench-paging.sh` runs it and docs/benchmarks.md has its figures).
+//! 10,000-deployment proof (about 2 GB) is the benchmark `benches/paging.rs`:
+//! `hack/bench-paging.sh` runs it and docs/benchmarks.md has its figures.
 
+use ds_core::DeploymentSpec;
 use ds_core::proto::{self, DeploymentView};
-use ds_core::{DeploymentSpec, EnvVar};
 use ds_kube_sim::{SimCluster, SimConfig};
-use ds_test_support::pages::{self, MESSAGE_LIMIT, PagedSnapshot};
+use ds_test_support::pages::{self, MESSAGE_LIMIT};
 use ds_test_support::{
-    Control, DEADLINE, TestGateway, agent_args, agent_service, eventually_within, start_agent,
+    DEADLINE, TestGateway, agent_args, agent_service, eventually_within, start_agent,
 };
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use prost::Message;
-use std::collections::HashSet;
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Each deployment's spec: about 200 KiB of env values (under the 32 KiB per value and
-/// 256 KiB per spec limits).
-const SPEC_BYTES: usize = 200 * 1024;
-const ENV_VALUES: usize = 7;
-/// Creates in flight at once: the gateway commits concurrent creates in groups.
-const CREATES_IN_FLIGHT: usize = 32;
+mod paging_support;
 
-/// A valid spec of about [`SPEC_BYTES`], different for each `i`.
-fn large_spec(i: usize) -> DeploymentSpec {
-    let mut spec = DeploymentSpec::test("model");
-    let chunk = format!("{i:06}-abcdefghijklmnopqrstuvwxyz0123456789-");
-    let value: String = chunk.repeat(SPEC_BYTES / ENV_VALUES / chunk.len());
-    spec.env = (0..ENV_VALUES)
-        .map(|k| EnvVar {
-            name: format!("BLOB_{k}"),
-            value: value.clone(),
-        })
-        .collect();
-    spec
-}
-
-fn name(i: usize) -> String {
-    format!("m-{i:05}")
-}
-
-/// A deployer named `deployer` with `count` large deployments; its token.
-async fn populate(control: &Control, deployer: &str, count: usize) -> String {
-    let token = control
-        .clone()
-        .create_deployer(proto::CreateDeployerRequest {
-            name: deployer.into(),
-        })
-        .await
-        .expect("deployer created")
-        .into_inner()
-        .token;
-    let creates = futures::stream::iter(0..count).map(|i| {
-        let mut control = control.clone();
-        async move {
-            control
-                .create_deployment(proto::CreateDeploymentRequest {
-                    deployer: deployer.into(),
-                    name: name(i),
-                    namespace: "default".into(),
-                    spec: Some(large_spec(i).into()),
-                })
-                .await
-                .map(|_| ())
-        }
-    });
-    let results: Vec<_> = creates.buffer_unordered(CREATES_IN_FLIGHT).collect().await;
-    for r in results {
-        r.expect("large deployment created");
-    }
-    token
-}
-
-/// Checks a snapshot holds each of the `count` deployments once, at revision `count`
-/// (one create each), came in more than one page, and that its pages together exceed
-/// the message limit: the old single message could not have carried it.
-fn assert_whole(paged: &PagedSnapshot, count: usize, what: &str) {
-    assert!(paged.snapshot.complete, "{what}: complete");
-    assert_eq!(paged.ids.len(), count, "{what}: every deployment");
-    let unique: HashSet<&String> = paged.ids.iter().collect();
-    assert_eq!(unique.len(), count, "{what}: each once");
-    assert_eq!(
-        paged.snapshot.revision, count as u64,
-        "{what}: one revision"
-    );
-    assert!(paged.pages > 1, "{what}: paged ({} pages)", paged.pages);
-    assert!(
-        paged.largest_page < MESSAGE_LIMIT,
-        "{what}: pages within the limit"
-    );
-    assert!(
-        count * SPEC_BYTES > MESSAGE_LIMIT,
-        "{what}: the test exceeds the limit"
-    );
-}
-
-/// Opens a Watch and reads its snapshot pages.
-async fn watch(url: &str, token: &str, ids_only: bool) -> PagedSnapshot {
-    let mut agent = agent_service(url, token);
-    let mut stream = agent
-        .watch(proto::WatchRequest::default())
-        .await
-        .expect("watch opens")
-        .into_inner();
-    pages::watch_snapshot(&mut stream, ids_only)
-        .await
-        .expect("the whole watch snapshot")
-}
-
-/// The `ds` binary cargo built for this test (`DS_TEST_BIN` overrides it, as in cli.rs).
-fn ds_binary() -> PathBuf {
-    std::env::var_os("DS_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")))
-}
-
-/// Runs `ds deployment ls ARGS` against the gateway; its stdout. With `measure`, under
-/// `/usr/bin/time` (when there is one), printing the process's peak RSS.
-async fn ds_ls(gw: &TestGateway, args: &[&str], deadline: Duration, measure: bool) -> String {
-    let time = std::path::Path::new("/usr/bin/time");
-    let measure = measure && time.exists();
-    let mut cmd = if measure {
-        let mut cmd = tokio::process::Command::new(time);
-        cmd.args(["-f", "ds deployment ls: peak RSS %M KiB"])
-            .arg(ds_binary());
-        cmd
-    } else {
-        tokio::process::Command::new(ds_binary())
-    };
-    cmd.args(["deployment", "ls"])
-        .args(args)
-        .env("DS_GATEWAY", gw.url())
-        .env("DS_API_KEY", &gw.admin_key)
-        .env("DS_CONFIG", gw.dir().join("ds-config.yaml"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(deadline, cmd.output())
-        .await
-        .expect("ds finishes")
-        .expect("ds runs");
-    assert!(
-        out.status.success(),
-        "ds deployment ls failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if measure {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("{}", stderr.lines().last().unwrap_or_default());
-    }
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
+use paging_support::*;
 
 /// `ds deployment ls -o json`: the names, checked to be every deployment once.
 async fn assert_ls_json(gw: &TestGateway, count: usize) {
@@ -383,67 +246,4 @@ async fn list_deployments_pages_by_count_and_refuses_a_made_up_token() {
         "{}",
         err.message()
     );
-}
-
-/// The peak resident memory of this process since the last reset, in MiB.
-fn peak_rss_mib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb / 1024)
-}
-
-/// Resets the peak that [`peak_rss_mib`] reads (Linux: `5` into clear_refs).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The issue's proof: 10,000 deployments of 200 KiB (about 2 GB) in one deployer reach a
-/// Watch and a List whole, and `ds deployment ls` lists all of them. About 2 GB of disk
-/// and minutes: run by `hack/bench-paging.sh` (`DS_PAGING_COUNT` changes the count).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about 2 GB and minutes: hack/bench-paging.sh runs it"]
-async fn ten_thousand_deployments_of_200_kib() {
-    let count: usize = std::env::var("DS_PAGING_COUNT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let gw = TestGateway::start().await;
-    let started = Instant::now();
-    let token = populate(&gw.control(), "big", count).await;
-    let populated = started.elapsed();
-    println!("created {count} deployments in {populated:.1?}");
-
-    // The gateway's memory while serving: this process holds the gateway and clients
-    // that drop each page once counted.
-    reset_peak_rss();
-    let before = peak_rss_mib();
-    let t = Instant::now();
-    let watched = watch(&gw.url(), &token, true).await;
-    assert_whole(&watched, count, "watch");
-    println!(
-        "watch snapshot: {} pages (largest {} KiB) in {:.1?}",
-        watched.pages,
-        watched.largest_page / 1024,
-        t.elapsed()
-    );
-    let t = Instant::now();
-    let listed = pages::list_ids(&mut agent_service(&gw.url(), &token))
-        .await
-        .expect("list");
-    assert_whole(&listed, count, "list");
-    println!("list: {} pages in {:.1?}", listed.pages, t.elapsed());
-    println!(
-        "peak RSS of gateway and clients while serving: {} MiB (before: {before} MiB)",
-        peak_rss_mib()
-    );
-
-    let t = Instant::now();
-    let table = ds_ls(&gw, &[], Duration::from_secs(600), true).await;
-    let rows = table.lines().filter(|l| l.contains("m-")).count();
-    assert_eq!(rows, count, "ds deployment ls lists every deployment");
-    println!("ds deployment ls: {rows} rows in {:.1?}", t.elapsed());
-    println!("total {:.1?}", started.elapsed());
 }
