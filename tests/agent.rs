@@ -1814,19 +1814,27 @@ async fn record_event(e: &Env, ns: &str, kind: &str, name: &str, reason: &str) {
         .expect("create event");
 }
 
+/// A deployer `c1` with its agent running, and its deployment `iris` of two replicas
+/// Available in the test's namespace; the deployment's ID.
+async fn two_iris_pods(b: Backend) -> (Env, RunningAgent, String) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let (_, token) = e.deployer("c1").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("c1", "iris", &ns, DeploymentSpec::test("iris").replicas(2))
+        .await;
+    e.wait_phase(&id, Phase::Available).await;
+    (e, agent, id)
+}
+
 /// `ds deployment describe` shows the deployment's pods and the events of its own objects
 /// (not those of a deployment whose name merely starts the same), read by the agent; with
 /// no agent connected it still shows the deployment and says why the rest is missing.
 async fn describe_shows_the_pods_and_only_this_deployments_events(b: Backend) {
-    let mut e = env(b).await;
+    let (e, agent, id) = two_iris_pods(b).await;
     let ns = e.ns.clone();
     let ns = ns.as_str();
-    let (_, token) = e.deployer("c1").await;
-    let agent = e.agent(&token).await;
-    let id = e
-        .deploy("c1", "iris", ns, DeploymentSpec::test("iris").replicas(2))
-        .await;
-    e.wait_phase(&id, Phase::Available).await;
     record_event(&e, ns, "Deployment", "iris", "TestOurs").await;
     record_event(&e, ns, "Deployment", "iris-v2", "TestTheirs").await;
 
@@ -1879,15 +1887,9 @@ async fn describe_shows_the_pods_and_only_this_deployments_events(b: Backend) {
 /// agent are one line each.
 async fn logs_merge_the_pods_and_follow_picks_up_new_ones(b: Backend) {
     use tokio::io::AsyncBufReadExt;
-    let mut e = env(b).await;
+    let (mut e, agent, id) = two_iris_pods(b).await;
     let ns = e.ns.clone();
     let ns = ns.as_str();
-    let (_, token) = e.deployer("c1").await;
-    let agent = e.agent(&token).await;
-    let id = e
-        .deploy("c1", "iris", ns, DeploymentSpec::test("iris").replicas(2))
-        .await;
-    e.wait_phase(&id, Phase::Available).await;
 
     let logs = e.run_ds(&["deployment", "logs", "iris", "-n", ns]).await;
     let out = logs.ok();

@@ -306,6 +306,21 @@ impl AgentService for AgentSvc {
     }
 }
 
+/// Why a long-lived stream ended when its token stopped being valid.
+const TOKEN_GONE: &str = "deployer token expired or revoked";
+
+/// Whether an open stream's token is still valid, as re-checked every [`TOKEN_RECHECK`].
+/// A database hiccup counts as valid (logged): it is no reason to drop a healthy agent.
+async fn token_still_valid(shared: &Shared, token_id: &str, stream: &'static str) -> bool {
+    match credentials::still_valid(shared.store.as_ref(), token_id).await {
+        Ok(valid) => valid,
+        Err(error) => {
+            tracing::warn!(%error, stream, "re-checking a stream's token failed");
+            true
+        }
+    }
+}
+
 /// Routes an Inspect stream's replies to the questions they answer until the agent goes,
 /// its token is no longer valid (checked every [`TOKEN_RECHECK`], as Watch does), or the
 /// gateway stops; then the link is removed and its open questions end.
@@ -325,13 +340,9 @@ async fn route_replies(
                 break;
             }
             _ = recheck.tick() => {
-                match credentials::still_valid(shared.store.as_ref(), &token_id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        link.close(Status::unauthenticated("deployer token expired or revoked")).await;
-                        break;
-                    }
-                    Err(error) => tracing::warn!(%error, "re-checking an inspect stream's token failed"),
+                if !token_still_valid(&shared, &token_id, "inspect").await {
+                    link.close(Status::unauthenticated(TOKEN_GONE)).await;
+                    break;
                 }
             }
             reply = replies.message() => match reply {
@@ -375,15 +386,10 @@ async fn produce(
             }
             _ = tx.closed() => break,
             _ = recheck.tick() => {
-                match credentials::still_valid(shared.store.as_ref(), &token_id).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::info!(deployer = %guard.deployer_id, "ending a watch stream: its token was rotated out or revoked");
-                        let _ = tx.send(Err(Status::unauthenticated("deployer token expired or revoked"))).await;
-                        break;
-                    }
-                    // A database hiccup is no reason to drop a healthy agent.
-                    Err(error) => tracing::warn!(%error, "re-checking a watch stream's token failed"),
+                if !token_still_valid(&shared, &token_id, "watch").await {
+                    tracing::info!(deployer = %guard.deployer_id, "ending a watch stream: its token was rotated out or revoked");
+                    let _ = tx.send(Err(Status::unauthenticated(TOKEN_GONE))).await;
+                    break;
                 }
                 continue;
             }
