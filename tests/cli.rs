@@ -4,9 +4,10 @@
 
 use ds_core::proto::{self, Phase};
 use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_test_support::cli::{self, Run};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -37,53 +38,6 @@ async fn start_with(change: impl FnOnce(&mut GatewayArgs)) -> TestGateway {
 }
 
 /// What a finished `ds` run printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn from(output: Output) -> Self {
-        Self {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Asserts success and returns stdout.
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "ds failed\nstdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    /// Asserts a failure reported as exactly one `error: …` line; returns that line.
-    fn one_line_error(&self) -> &str {
-        assert_ne!(self.code, Some(0), "ds succeeded: {}", self.stdout);
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected one line, got: {}", self.stderr);
-        assert!(lines[0].starts_with("error: "), "{}", self.stderr);
-        assert!(
-            !self.stderr.contains("Status {"),
-            "debug dump: {}",
-            self.stderr
-        );
-        lines[0]
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.ok())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
 impl TestGateway {
     fn config_path(&self) -> PathBuf {
         self.dir.path().join("ds-config.yaml")
@@ -100,16 +54,7 @@ impl TestGateway {
 
     /// `ds ARGS` with no gateway or key, only the test's config path.
     fn bare(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ds_binary());
-        cmd.args(args)
-            .env_remove("DS_GATEWAY")
-            .env_remove("DS_API_KEY")
-            .env_remove("DS_CA_CERT")
-            .env("DS_CONFIG", self.config_path())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
+        cli::bare(&ds_binary(), &self.config_path(), args)
     }
 
     async fn run(&self, args: &[&str]) -> Run {
@@ -171,12 +116,8 @@ fn ds_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ds")))
 }
 
-async fn output(mut cmd: Command) -> Run {
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .expect("ds finishes")
-        .expect("ds runs");
-    Run::from(out)
+async fn output(cmd: Command) -> Run {
+    cli::output(cmd, DEADLINE).await
 }
 
 /// The test acting as a deployer's agent: it reports statuses like `ds agent` would.

@@ -5,6 +5,7 @@
 
 use ds_core::proto::{self, Phase};
 use ds_test_support::TestGateway;
+use ds_test_support::cli::{self, Run};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -16,37 +17,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 const IMAGE: &str = "tensorflow/serving:2.15.0";
 
-/// What a finished `ds` run printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "ds failed\nstdout: {}\nstderr: {}",
-            self.stdout,
-            self.stderr
-        );
-        &self.stdout
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.ok())
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-
-    /// Asserts a failure; returns stderr.
-    fn failed(&self) -> &str {
-        assert_ne!(self.code, Some(0), "ds succeeded: {}", self.stdout);
-        &self.stderr
-    }
-}
-
 fn ds_binary() -> PathBuf {
     std::env::var_os("DS_TEST_BIN")
         .map(PathBuf::from)
@@ -55,28 +25,11 @@ fn ds_binary() -> PathBuf {
 
 /// `ds ARGS` with no gateway or key in the environment, a private config path.
 fn bare(dir: &std::path::Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(ds_binary());
-    cmd.args(args)
-        .env_remove("DS_GATEWAY")
-        .env_remove("DS_API_KEY")
-        .env_remove("DS_CA_CERT")
-        .env("DS_CONFIG", dir.join("ds-config.yaml"))
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
+    cli::bare(&ds_binary(), &dir.join("ds-config.yaml"), args)
 }
 
-async fn output(mut cmd: Command) -> Run {
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .expect("ds finishes")
-        .expect("ds runs");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn output(cmd: Command) -> Run {
+    cli::output(cmd, DEADLINE).await
 }
 
 async fn ds(gw: &TestGateway, args: &[&str]) -> Run {

@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 pub use ds_transport::Bearer;
 
+pub mod cli;
 pub mod pages;
 
 /// Generous bound for anything that should happen "soon" on a loaded 2-core machine.
