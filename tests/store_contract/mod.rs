@@ -7,8 +7,8 @@ use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
-    AgentHeartbeat, Change, DeployerRecord, DeploymentRecord, DeploymentSelector, ObjectCount,
-    StatusRecord, Store, StoreError,
+    AgentHeartbeat, Change, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector,
+    ObjectCount, SnapshotItem, StatusRecord, Store, StoreError,
 };
 use std::sync::Arc;
 
@@ -131,6 +131,8 @@ contract!(
     concurrent_creates_get_distinct_gap_free_revisions,
     of_concurrent_updates_from_one_revision_exactly_one_wins,
     deployments_are_listed_and_found_by_id_or_name,
+    pages_of_deployments_cover_the_list_once_in_order,
+    a_streamed_snapshot_is_the_snapshot,
     heartbeats_show_on_the_deployer,
     object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision,
     a_deployer_reports_the_statuses_of_its_own_deployments,
@@ -577,6 +579,142 @@ async fn deployments_are_listed_and_found_by_id_or_name(b: Backend) -> Backend {
     assert_eq!(find("iris", None, Some("models")).await.len(), 2);
     assert!(find("iris", Some(&beta.id), Some("prod")).await.is_empty());
     assert!(find("nothing", None, None).await.is_empty());
+    b
+}
+
+/// The key after which the next page starts: the last deployment of a page.
+fn key_of(d: &DeploymentRecord) -> DeploymentKey {
+    DeploymentKey {
+        deployer_id: d.deployer_id.clone(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+    }
+}
+
+/// Reads every page of `limit` deployments (of `deployer_id`, or all) the way the gateway
+/// does, each page after the last key of the one before.
+async fn read_pages(
+    store: &Arc<dyn Store>,
+    deployer_id: Option<&str>,
+    limit: u32,
+) -> Vec<Vec<DeploymentRecord>> {
+    let mut pages = Vec::new();
+    let mut after: Option<DeploymentKey> = None;
+    loop {
+        let page = store
+            .list_deployments_page(deployer_id, after.as_ref(), limit)
+            .await
+            .unwrap();
+        assert!(
+            page.len() <= limit as usize,
+            "a page holds at most its limit"
+        );
+        let Some(last) = page.last() else { break };
+        after = Some(key_of(last));
+        let short = page.len() < limit as usize;
+        pages.push(page);
+        if short {
+            break;
+        }
+    }
+    pages
+}
+
+async fn pages_of_deployments_cover_the_list_once_in_order(b: Backend) -> Backend {
+    let store = b.store();
+    let alpha = register(&store, "alpha").await;
+    let beta = register(&store, "beta").await;
+    // Names and namespaces that sort differently as strings and by creation order, and
+    // a name repeated across namespaces and deployers.
+    for (deployer, namespace, name) in [
+        (&beta.id, "models", "iris"),
+        (&alpha.id, "prod", "iris"),
+        (&alpha.id, "models", "wine"),
+        (&alpha.id, "models", "iris"),
+        (&alpha.id, "a", "zeta"),
+        (&beta.id, "a", "b"),
+        (&alpha.id, "models", "iris2"),
+    ] {
+        deploy(&store, deployer, namespace, name).await;
+    }
+    let all = store.list_deployments(None).await.unwrap();
+    for limit in [1, 2, 3, 7, 100] {
+        let pages = read_pages(&store, None, limit).await;
+        assert_eq!(pages.concat(), all, "pages of {limit}");
+        let of_alpha = read_pages(&store, Some(&alpha.id), limit).await.concat();
+        assert_eq!(
+            of_alpha,
+            store.list_deployments(Some(&alpha.id)).await.unwrap(),
+            "alpha's pages of {limit}"
+        );
+    }
+    // A page after the very last key is empty; a deployment created meanwhile that sorts
+    // after the key is on the next page, one that sorts before it is not (keyset paging).
+    let first = store.list_deployments_page(None, None, 3).await.unwrap();
+    let last_key = key_of(first.last().unwrap());
+    // (Deployer IDs are random: both new ones go to the last key's deployer.)
+    let early = deploy(&store, &last_key.deployer_id, "0-first", "early").await;
+    let late = deploy(&store, &last_key.deployer_id, "zz", "late").await;
+    let rest = read_pages(&store, None, 100).await.concat();
+    let after: Vec<_> = store
+        .list_deployments_page(None, Some(&last_key), 100)
+        .await
+        .unwrap();
+    assert!(!after.contains(&early), "sorts before the key");
+    assert!(after.contains(&late), "sorts after the key");
+    assert!(rest.contains(&early) && rest.contains(&late));
+    let end = key_of(rest.last().unwrap());
+    assert!(
+        store
+            .list_deployments_page(None, Some(&end), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    b
+}
+
+async fn a_streamed_snapshot_is_the_snapshot(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let other = register(&store, "beta").await;
+    deploy(&store, &other.id, "models", "not-mine").await;
+    for i in 0..25 {
+        deploy(&store, &d.id, "models", &format!("m{i:02}")).await;
+    }
+    let gone = deploy(&store, &d.id, "models", "gone").await;
+    store.delete_deployment(&gone.id).await.unwrap();
+    // A channel smaller than the snapshot: the read waits for the reader.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        let mut items = Vec::new();
+        while let Some(item) = rx.recv().await {
+            items.push(item);
+        }
+        items
+    });
+    store.stream_snapshot(&d.id, tx).await.unwrap();
+    let items = reader.await.unwrap();
+    let (revision, deployments) = store.snapshot(&d.id).await.unwrap();
+    let mut streamed = Vec::new();
+    let mut revisions = Vec::new();
+    for item in items {
+        match item {
+            SnapshotItem::Revision(r) => revisions.push(r),
+            SnapshotItem::Deployment(dep) => {
+                assert_eq!(revisions.len(), 1, "the revision comes first, once");
+                streamed.push(*dep);
+            }
+        }
+    }
+    assert_eq!(revisions, [revision]);
+    assert_eq!(streamed, deployments);
+    assert_eq!(streamed.len(), 25);
+    let (tx, _) = tokio::sync::mpsc::channel(1);
+    assert!(matches!(
+        store.stream_snapshot("no-such", tx).await,
+        Err(StoreError::NotFound(_))
+    ));
     b
 }
 
