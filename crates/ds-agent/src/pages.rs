@@ -2,7 +2,58 @@
 //! last page (`complete` set) of one consistent sequence makes a snapshot the agent may
 //! prune from; a stream cut before it leaves nothing applied.
 
-use ds_core::proto;
+use ds_core::{DeployedObject, proto};
+use std::sync::Arc;
+
+/// A snapshot as the agent applies it: its deployments already converted, page by page,
+/// so that the pages' protobuf messages never accumulate (a restart with thousands of
+/// deployments otherwise held them all, plus the vector they were gathered in, while the
+/// converted map was being built).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assembled {
+    /// The deployer the snapshot is of (empty from a gateway that does not say).
+    pub deployer_id: String,
+    /// The deployer revision it is complete at.
+    pub revision: u64,
+    /// Whether this is a complete snapshot (absences mean "not desired").
+    pub complete: bool,
+    /// Its deployments, in the gateway's order; a deployment without a deployer ID has
+    /// `deployer_id` filled in.
+    pub deployments: Vec<Arc<DeployedObject>>,
+}
+
+impl Assembled {
+    fn empty(page: &proto::Snapshot) -> Self {
+        Self {
+            deployer_id: page.deployer_id.clone(),
+            revision: page.revision,
+            complete: false,
+            deployments: Vec::new(),
+        }
+    }
+
+    /// Converts and adds the deployments of `page`, consuming it.
+    fn add(&mut self, page: proto::Snapshot) {
+        self.deployments.reserve(page.deployments.len());
+        for d in page.deployments {
+            let mut obj = DeployedObject::from(d);
+            if obj.deployer_id.is_empty() {
+                obj.deployer_id.clone_from(&self.deployer_id);
+            }
+            self.deployments.push(Arc::new(obj));
+        }
+    }
+}
+
+impl From<proto::Snapshot> for Assembled {
+    /// A snapshot sent as one message (a single page, or a test's).
+    fn from(page: proto::Snapshot) -> Self {
+        let mut whole = Self::empty(&page);
+        whole.complete = page.complete;
+        whole.add(page);
+        whole
+    }
+}
 
 /// What one page did to the snapshot being assembled.
 #[derive(Debug, PartialEq)]
@@ -10,7 +61,7 @@ pub enum PageOutcome {
     /// More pages are due.
     Partial,
     /// The last page arrived: the whole snapshot, `complete` set.
-    Complete(proto::Snapshot),
+    Complete(Assembled),
     /// The page belongs to another snapshot (revision or deployer differ) than the pages
     /// before it: what was assembled is dropped; the caller asks anew.
     Inconsistent { expected: u64, got: u64 },
@@ -19,7 +70,7 @@ pub enum PageOutcome {
 /// The pages of one snapshot received so far.
 #[derive(Debug, Default)]
 pub struct SnapshotPages {
-    pending: Option<proto::Snapshot>,
+    pending: Option<Assembled>,
 }
 
 impl SnapshotPages {
@@ -30,21 +81,21 @@ impl SnapshotPages {
 
     /// Adds a page.
     pub fn push(&mut self, page: proto::Snapshot) -> PageOutcome {
-        let Some(mut pending) = self.pending.take() else {
-            if page.complete {
-                return PageOutcome::Complete(page);
+        let mut pending = match self.pending.take() {
+            None => Assembled::empty(&page),
+            Some(pending)
+                if pending.revision != page.revision || pending.deployer_id != page.deployer_id =>
+            {
+                return PageOutcome::Inconsistent {
+                    expected: pending.revision,
+                    got: page.revision,
+                };
             }
-            self.pending = Some(page);
-            return PageOutcome::Partial;
+            Some(pending) => pending,
         };
-        if pending.revision != page.revision || pending.deployer_id != page.deployer_id {
-            return PageOutcome::Inconsistent {
-                expected: pending.revision,
-                got: page.revision,
-            };
-        }
-        pending.deployments.extend(page.deployments);
-        if page.complete {
+        let complete = page.complete;
+        pending.add(page);
+        if complete {
             pending.complete = true;
             PageOutcome::Complete(pending)
         } else {
@@ -73,7 +124,7 @@ mod tests {
         }
     }
 
-    fn ids(s: &proto::Snapshot) -> Vec<&str> {
+    fn ids(s: &Assembled) -> Vec<&str> {
         s.deployments.iter().map(|d| d.id.as_str()).collect()
     }
 

@@ -266,10 +266,129 @@ fn rebase(status: &mut proto::DeploymentStatus) {
     status.pods.clear();
 }
 
+/// A string of a kept pod: the words kubelets and our builders repeat in every pod (phases,
+/// states, reasons, container names) point at one static copy, anything else is owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Text {
+    Known(&'static str),
+    Owned(Box<str>),
+}
+
+/// The words most pods repeat; each would otherwise take its own allocation per pod.
+const KNOWN_WORDS: &[&str] = &[
+    "",
+    "model",
+    "proxy",
+    "model-fetch",
+    "waiting",
+    "running",
+    "terminated",
+    "Pending",
+    "Running",
+    "Succeeded",
+    "Failed",
+    "Unknown",
+    "ContainerCreating",
+    "PodInitializing",
+    "Completed",
+    "Error",
+    "OOMKilled",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CrashLoopBackOff",
+];
+
+impl Text {
+    fn new(s: String) -> Self {
+        match KNOWN_WORDS.iter().find(|w| **w == s) {
+            Some(w) => Self::Known(w),
+            None => Self::Owned(s.into_boxed_str()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Known(w) => w,
+            Self::Owned(s) => s,
+        }
+    }
+}
+
+/// A [`proto::ContainerState`] as the map keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptContainer {
+    name: Text,
+    ready: bool,
+    restarts: u32,
+    state: Text,
+    reason: Text,
+    message: Text,
+}
+
+/// A [`proto::PodStatus`] as the map keeps it: thousands of pods are held for as long as
+/// they exist, so the common strings are shared and the containers sized exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptPod {
+    name: Box<str>,
+    phase: Text,
+    ready: bool,
+    restarts: u32,
+    containers: Box<[KeptContainer]>,
+    unschedulable: Text,
+}
+
+impl From<proto::PodStatus> for KeptPod {
+    fn from(p: proto::PodStatus) -> Self {
+        Self {
+            name: p.name.into_boxed_str(),
+            phase: Text::new(p.phase),
+            ready: p.ready,
+            restarts: p.restarts,
+            containers: p
+                .containers
+                .into_iter()
+                .map(|c| KeptContainer {
+                    name: Text::new(c.name),
+                    ready: c.ready,
+                    restarts: c.restarts,
+                    state: Text::new(c.state),
+                    reason: Text::new(c.reason),
+                    message: Text::new(c.message),
+                })
+                .collect(),
+            unschedulable: Text::new(p.unschedulable),
+        }
+    }
+}
+
+impl From<&KeptPod> for proto::PodStatus {
+    fn from(p: &KeptPod) -> Self {
+        Self {
+            name: p.name.to_string(),
+            phase: p.phase.as_str().to_string(),
+            ready: p.ready,
+            restarts: p.restarts,
+            containers: p
+                .containers
+                .iter()
+                .map(|c| proto::ContainerState {
+                    name: c.name.as_str().to_string(),
+                    ready: c.ready,
+                    restarts: c.restarts,
+                    state: c.state.as_str().to_string(),
+                    reason: c.reason.as_str().to_string(),
+                    message: c.message.as_str().to_string(),
+                })
+                .collect(),
+            unschedulable: p.unschedulable.as_str().to_string(),
+        }
+    }
+}
+
 /// The pods of one namespace, by deployment ID. A deployment has a few pods: a Vec
 /// searched by name costs far less than a map per deployment (a BTreeMap's first node
 /// alone holds room for eleven).
-type ByDeployment = HashMap<String, Vec<proto::PodStatus>>;
+type ByDeployment = HashMap<String, Vec<KeptPod>>;
 
 /// The watched pods, by namespace.
 type Map = HashMap<String, ByDeployment>;
@@ -287,7 +406,7 @@ impl Pods {
             .read()
             .get(namespace)
             .and_then(|deps| deps.get(id))
-            .cloned()
+            .map(|pods| pods.iter().map(proto::PodStatus::from).collect())
             .unwrap_or_default()
     }
 }
@@ -308,11 +427,15 @@ fn put(map: &mut Map, pod: SlimPod) -> Option<String> {
         // Terminating (an old ReplicaSet's, or scaled down): no longer the deployment's.
         remove(deps, &id, &name);
     } else {
-        let slim = project(&name, &pod.status);
+        let slim = KeptPod::from(project(&name, &pod.status));
         let pods = deps.entry(id.clone()).or_default();
-        match pods.iter_mut().find(|p| p.name == name) {
+        match pods.iter_mut().find(|p| *p.name == *name) {
             Some(known) => *known = slim,
-            None => pods.push(slim),
+            None => {
+                // Grown one at a time: a deployment's pods are few and long-lived.
+                pods.reserve_exact(1);
+                pods.push(slim);
+            }
         }
     }
     Some(id)
@@ -320,7 +443,7 @@ fn put(map: &mut Map, pod: SlimPod) -> Option<String> {
 
 fn remove(deps: &mut ByDeployment, id: &str, name: &str) {
     if let Some(pods) = deps.get_mut(id) {
-        pods.retain(|p| p.name != name);
+        pods.retain(|p| *p.name != *name);
         if pods.is_empty() {
             deps.remove(id);
         }
@@ -562,7 +685,8 @@ mod tests {
         let pods = Pods {
             map: Arc::new(RwLock::new(map)),
         };
-        assert_eq!(pods.of("ns", "d1").len(), 1);
+        // Kept compactly, given back as reported.
+        assert_eq!(pods.of("ns", "d1"), [project("p", &pulling("x"))]);
         assert!(pods.of("other", "d1").is_empty());
 
         let many: Vec<_> = (0..50)

@@ -13,7 +13,7 @@ use super::AgentError;
 use super::cache::Stores;
 use super::desired::Kind;
 use super::metrics::Metrics;
-use super::pages::{PageOutcome, SnapshotPages};
+use super::pages::{Assembled, PageOutcome, SnapshotPages};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::DeployedObject;
 use ds_core::proto;
@@ -75,12 +75,17 @@ pub fn from_proto(d: proto::Deployment, deployer_id: &str) -> DeployedObject {
 /// Applies a snapshot. `from_watch` snapshots (sent on connect) are always authoritative;
 /// a List answer older than what the stream already delivered is ignored.
 ///
-/// The snapshot is consumed one deployment at a time: each is converted (moving its
-/// strings), compared with the one already known, and the known `Arc` kept when equal, so
-/// a snapshot of thousands of unchanged deployments never exists twice in memory.
+/// Each deployment is compared with the one already known, and the known `Arc` kept when
+/// equal, so a snapshot of thousands of unchanged deployments never exists twice in
+/// memory once applied.
 ///
 /// Returns whether the state changed.
-pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watch: bool) -> bool {
+pub fn apply_snapshot(
+    state: &mut DesiredState,
+    snap: impl Into<Assembled>,
+    from_watch: bool,
+) -> bool {
+    let snap: Assembled = snap.into();
     if !from_watch && snap.revision < state.revision {
         debug!(
             revision = snap.revision,
@@ -105,23 +110,30 @@ pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watc
         state.deployer_id = Some(snap.deployer_id.clone());
     }
     let deployer_id = state.deployer_id.clone().unwrap_or_default();
+    // A gateway that names no deployer in its snapshot: the one this agent knows.
+    let owned = |mut obj: Arc<DeployedObject>| {
+        if obj.deployer_id.is_empty() {
+            Arc::make_mut(&mut obj).deployer_id.clone_from(&deployer_id);
+        }
+        obj
+    };
     let before = (state.revision, state.complete);
     if snap.complete {
         let mut old = Arc::unwrap_or_clone(std::mem::take(&mut state.deployments));
         let known = old.len();
         let mut same = true;
         let mut fresh = HashMap::with_capacity(snap.deployments.len());
-        for d in snap.deployments {
-            let new = from_proto(d, &deployer_id);
+        for new in snap.deployments {
+            let new = owned(new);
             let (id, obj) = match old.remove_entry(&new.id) {
-                Some((id, o)) if *o == new => (id, o),
+                Some((id, o)) if *o == *new => (id, o),
                 Some((id, _)) => {
                     same = false;
-                    (id, Arc::new(new))
+                    (id, new)
                 }
                 None => {
                     same = false;
-                    (new.id.clone(), Arc::new(new))
+                    (new.id.clone(), new)
                 }
             };
             fresh.insert(id, obj);
@@ -135,9 +147,9 @@ pub fn apply_snapshot(state: &mut DesiredState, snap: proto::Snapshot, from_watc
     } else {
         // An incomplete list adds what it carries but proves nothing about absences.
         let map = Arc::make_mut(&mut state.deployments);
-        for d in snap.deployments {
-            let obj = from_proto(d, &deployer_id);
-            map.insert(obj.id.clone(), Arc::new(obj));
+        for obj in snap.deployments {
+            let obj = owned(obj);
+            map.insert(obj.id.clone(), obj);
         }
         state.revision = state.revision.max(snap.revision);
         true
@@ -177,17 +189,26 @@ fn apply_ordered(
     }
 }
 
+/// What the Watch stream delivered: a snapshot assembled from its pages, or one event.
+enum Received {
+    Snapshot(Assembled),
+    Event(proto::watch_event::Event),
+}
+
+/// Applies a snapshot from the Watch stream (always authoritative).
+fn snapshot_outcome(state: &mut DesiredState, snap: Assembled) -> EventOutcome {
+    if apply_snapshot(state, snap, true) {
+        EventOutcome::Applied
+    } else {
+        EventOutcome::Ignored
+    }
+}
+
 /// Applies one Watch event; snapshots are handled by [`apply_snapshot`].
 pub fn apply_event(state: &mut DesiredState, event: proto::watch_event::Event) -> EventOutcome {
     use proto::watch_event::Event;
     match event {
-        Event::Snapshot(s) => {
-            if apply_snapshot(state, s, true) {
-                EventOutcome::Applied
-            } else {
-                EventOutcome::Ignored
-            }
-        }
+        Event::Snapshot(s) => snapshot_outcome(state, s.into()),
         Event::Upsert(u) => {
             let Some(d) = u.deployment else {
                 return EventOutcome::Ignored;
@@ -333,9 +354,7 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                                 proto::watch_event::Event::Snapshot(page) => match pages.push(page)
                                 {
                                     PageOutcome::Partial => continue,
-                                    PageOutcome::Complete(snap) => {
-                                        proto::watch_event::Event::Snapshot(snap)
-                                    }
+                                    PageOutcome::Complete(snap) => Received::Snapshot(snap),
                                     PageOutcome::Inconsistent { expected, got } => {
                                         warn!(
                                             expected,
@@ -349,14 +368,18 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                                     warn!("watch event inside a paged snapshot; reconnecting");
                                     break;
                                 }
-                                other => other,
+                                other => Received::Event(other),
                             };
-                            let is_snapshot =
-                                matches!(event, proto::watch_event::Event::Snapshot(_));
-                            let is_heartbeat =
-                                matches!(event, proto::watch_event::Event::Heartbeat(_));
+                            let is_snapshot = matches!(event, Received::Snapshot(_));
+                            let is_heartbeat = matches!(
+                                event,
+                                Received::Event(proto::watch_event::Event::Heartbeat(_))
+                            );
                             let outcome = ctx.update(|s| {
-                                let o = apply_event(s, event);
+                                let o = match event {
+                                    Received::Snapshot(snap) => snapshot_outcome(s, snap),
+                                    Received::Event(event) => apply_event(s, event),
+                                };
                                 let changed = o != EventOutcome::Ignored && !is_heartbeat;
                                 (o, changed)
                             });
@@ -468,7 +491,7 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
 
 /// Calls List and reads its pages up to the last: a complete snapshot, or the failure (a
 /// stream that ends early or mixes revisions is one; nothing partial is returned).
-async fn list_snapshot(client: &mut Client) -> Result<proto::Snapshot, tonic::Status> {
+async fn list_snapshot(client: &mut Client) -> Result<Assembled, tonic::Status> {
     let mut stream = client.list(proto::ListRequest {}).await?.into_inner();
     let mut pages = SnapshotPages::default();
     while let Some(page) = stream.message().await? {
