@@ -7,8 +7,8 @@ use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
-    AgentHeartbeat, Change, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector,
-    ObjectCount, SnapshotItem, StatusRecord, Store, StoreError,
+    AgentHeartbeat, Change, ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord,
+    DeploymentSelector, ObjectCount, SnapshotItem, StatusRecord, Store, StoreError,
 };
 use std::sync::Arc;
 
@@ -56,6 +56,23 @@ impl Backend {
         match self {
             Backend::Sqlite { store, .. } => store.clone(),
             Backend::Postgres { store, .. } => store.clone(),
+        }
+    }
+
+    /// Runs `sql` on the database directly, beside the store (to make a database look as
+    /// an earlier release left it).
+    async fn raw(&self, sql: &'static str) {
+        use sqlx::Connection;
+        match self {
+            Backend::Sqlite { dir, .. } => {
+                let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            Backend::Postgres { db, .. } => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
         }
     }
 
@@ -133,6 +150,8 @@ contract!(
     deployments_are_listed_and_found_by_id_or_name,
     pages_of_deployments_cover_the_list_once_in_order,
     a_streamed_snapshot_is_the_snapshot,
+    revisions_are_numbered_per_deployment_with_who_and_what_they_reached,
+    an_upgraded_database_keeps_each_deployments_spec_as_revision_1,
     heartbeats_show_on_the_deployer,
     object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision,
     a_deployer_reports_the_statuses_of_its_own_deployments,
@@ -715,6 +734,152 @@ async fn a_streamed_snapshot_is_the_snapshot(b: Backend) -> Backend {
         store.stream_snapshot("no-such", tx).await,
         Err(StoreError::NotFound(_))
     ));
+    b
+}
+
+fn by(actor: &str) -> ChangeBy {
+    ChangeBy {
+        actor: actor.to_string(),
+        note: String::new(),
+    }
+}
+
+async fn revisions_are_numbered_per_deployment_with_who_and_what_they_reached(
+    b: Backend,
+) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let iris = store
+        .create_deployment_by(&by("key aaaa"), &d.id, "iris", "models", &spec("iris", 1))
+        .await
+        .unwrap();
+    let other = deploy(&store, &d.id, "models", "other").await;
+    let mut current = iris.clone();
+    for (actor, replicas) in [("key bbbb", 2), ("key cccc", 3)] {
+        current = store
+            .update_deployment_by(
+                &by(actor),
+                &iris.id,
+                current.revision,
+                &spec("iris", replicas),
+            )
+            .await
+            .unwrap();
+    }
+    let revisions = store.list_revisions(&iris.id).await.unwrap();
+    let seen: Vec<_> = revisions
+        .iter()
+        .map(|r| (r.number, r.actor.as_str(), r.spec.replicas, r.phase))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "key aaaa", 1, None),
+            (2, "key bbbb", 2, None),
+            (3, "key cccc", 3, None)
+        ]
+    );
+    assert_eq!(revisions[0].deployer_revision, iris.revision);
+    assert_eq!(revisions[2].deployer_revision, current.revision);
+    assert!(
+        revisions
+            .windows(2)
+            .all(|w| w[0].created_at <= w[1].created_at)
+    );
+    // Numbered per deployment: the other one has its own revision 1, by nobody known.
+    let theirs = store.list_revisions(&other.id).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!((theirs[0].number, theirs[0].actor.as_str()), (1, ""));
+
+    // What a revision reached: the first final status reported at its deployer revision.
+    let mut available = status(&iris.id, 3);
+    available.applied_revision = current.revision;
+    store.put_statuses(&d.id, &[available]).await.unwrap();
+    let mut failed = status(&iris.id, 4);
+    failed.applied_revision = current.revision;
+    store.put_statuses(&d.id, &[failed]).await.unwrap();
+    let mut progressing = status(&iris.id, 2);
+    progressing.applied_revision = revisions[1].deployer_revision;
+    store.put_statuses(&d.id, &[progressing]).await.unwrap();
+    let phases: Vec<_> = store
+        .list_revisions(&iris.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.phase)
+        .collect();
+    assert_eq!(phases, [None, None, Some(3)]);
+
+    // Only the newest are kept once a limit is set; numbering goes on.
+    store.set_revision_history(2);
+    let latest = store
+        .update_deployment_by(
+            &by("key dddd"),
+            &iris.id,
+            current.revision,
+            &spec("iris", 4),
+        )
+        .await
+        .unwrap();
+    let kept: Vec<u64> = store
+        .list_revisions(&iris.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.number)
+        .collect();
+    assert_eq!(kept, [3, 4]);
+    // A failed update makes no revision.
+    assert!(matches!(
+        store
+            .update_deployment_by(
+                &by("key eeee"),
+                &iris.id,
+                current.revision,
+                &spec("iris", 9)
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.list_revisions(&iris.id).await.unwrap().len(), 2);
+    // Gone with the deployment.
+    store.delete_deployment(&latest.id).await.unwrap();
+    assert!(matches!(
+        store.list_revisions(&iris.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn an_upgraded_database_keeps_each_deployments_spec_as_revision_1(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let iris = deploy(&store, &d.id, "models", "iris").await;
+    let iris = store
+        .update_deployment(&iris.id, iris.revision, &spec("iris", 5))
+        .await
+        .unwrap();
+    drop(store);
+    // As the release before revisions left it: no table, its migration not applied.
+    b.raw(
+        "DROP TABLE deployment_revisions; \
+         DELETE FROM _sqlx_migrations WHERE description = 'revisions'",
+    )
+    .await;
+    let b = b.reopen().await;
+    let store = b.store();
+    let revisions = store.list_revisions(&iris.id).await.unwrap();
+    assert_eq!(revisions.len(), 1);
+    let r = &revisions[0];
+    assert_eq!((r.number, r.spec.replicas), (1, 5));
+    assert_eq!(r.deployer_revision, iris.revision);
+    assert_eq!(r.note, "the spec when revisions began to be kept");
+    // And it goes on from there.
+    store
+        .update_deployment(&iris.id, iris.revision, &spec("iris", 6))
+        .await
+        .unwrap();
+    assert_eq!(store.list_revisions(&iris.id).await.unwrap()[1].number, 2);
     b
 }
 

@@ -4,6 +4,7 @@
 //! the gateway, the agent and the CLI plug into their own transports.
 
 pub mod convert;
+pub mod diff;
 pub mod duration;
 pub mod ownership;
 pub mod proto;

@@ -4,11 +4,13 @@
 use super::Shared;
 use super::convert::{deployer_to_proto, rfc3339};
 use super::credentials;
+use super::history;
 use super::paging;
 use super::presence::{AgentPresence, mark};
 use super::rpc::{bearer, store_status};
 use super::store::{
-    DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, StoreError,
+    ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord,
+    StoreError,
 };
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
@@ -16,10 +18,11 @@ use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
     DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
-    Deployer, DeploymentDescription, DeploymentLogsRequest, DeploymentView, DescribeQuery,
-    GetDeployerRequest, GetDeploymentRequest, GetVersionRequest, GetVersionResponse,
-    ListDeployersRequest, ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse,
-    LogLines, LogsQuery, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
+    Deployer, DeploymentDescription, DeploymentHistory, DeploymentLogsRequest, DeploymentRevision,
+    DeploymentView, DescribeQuery, GetDeployerRequest, GetDeploymentRequest,
+    GetDeploymentRevisionRequest, GetVersionRequest, GetVersionResponse, ListDeployersRequest,
+    ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse, LogLines, LogsQuery,
+    RollbackDeploymentRequest, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
     UpdateDeploymentRequest, inspect_reply, inspect_request,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
@@ -71,22 +74,29 @@ impl ControlSvc {
         }
     }
 
-    async fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Checks the caller's API key; returns who the caller is, as revisions record it:
+    /// `key <its public ID>` (never the secret).
+    async fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let presented = bearer(req).inspect_err(|_| {
             self.shared.metrics.auth_failures.inc();
         })?;
+        let actor = || {
+            credentials::parse_id(credentials::API_KEY_PREFIX, presented)
+                .map(|id| format!("key {id}"))
+                .unwrap_or_default()
+        };
         let hash = credentials::hash(presented);
         let cached = *self.verified_key.lock();
         if let Some((known, at)) = cached {
             let same: bool = known.ct_eq(&hash).into();
             if same && at.elapsed() < API_KEY_CACHE_TTL {
-                return Ok(());
+                return Ok(actor());
             }
         }
         match credentials::verify_api_key(self.shared.store.as_ref(), presented).await {
             Ok(true) => {
                 *self.verified_key.lock() = Some((hash, Instant::now()));
-                Ok(())
+                Ok(actor())
             }
             Ok(false) => {
                 self.shared.metrics.auth_failures.inc();
@@ -95,6 +105,68 @@ impl ControlSvc {
             }
             Err(e) => Err(store_status(e)),
         }
+    }
+
+    /// A deployment's kept revisions, oldest first.
+    async fn revisions(&self, deployment_id: &str) -> Result<Vec<RevisionRecord>, Status> {
+        self.shared
+            .store
+            .list_revisions(deployment_id)
+            .await
+            .map_err(store_status)
+    }
+
+    /// Changes a deployment's spec by `edit`, retrying on concurrent changes: validated,
+    /// stored as a new revision made `by`, and sent to the agent. An edit that changes
+    /// nothing makes no revision and answers `changed: false`.
+    async fn change_spec(
+        &self,
+        by: &ChangeBy,
+        mut record: DeploymentRecord,
+        edit: impl Fn(&mut DeploymentSpec),
+    ) -> Result<DeploymentView, Status> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let mut spec = record.spec.clone();
+            edit(&mut spec);
+            if spec == record.spec {
+                // Nothing changes: no revision, no event for the agents.
+                let view = self.view(record).await?;
+                return Ok(DeploymentView {
+                    changed: Some(false),
+                    ..view
+                });
+            }
+            ds_core::validate_deployment(&record.name, &record.namespace, &spec)
+                .map_err(invalid)?;
+            match self
+                .shared
+                .store
+                .update_deployment_by(by, &record.id, record.revision, &spec)
+                .await
+            {
+                Ok(updated) => {
+                    self.shared.metrics.deployment_changes.inc();
+                    tracing::info!(deployment = %updated.id, revision = updated.revision, actor = %by.actor, "deployment updated");
+                    let view = self.view(updated).await?;
+                    return Ok(DeploymentView {
+                        changed: Some(true),
+                        ..view
+                    });
+                }
+                Err(StoreError::Conflict(_)) => {
+                    record = self
+                        .shared
+                        .store
+                        .get_deployment(&record.id)
+                        .await
+                        .map_err(store_status)?;
+                }
+                Err(e) => return Err(store_status(e)),
+            }
+        }
+        Err(Status::aborted(
+            "deployment kept changing concurrently; retry",
+        ))
     }
 
     fn deployer_view(&self, d: DeployerRecord) -> Deployer {
@@ -405,11 +477,15 @@ impl ControlService for ControlSvc {
                 }
             }
         };
+        let revisions = self.revisions(&record.id).await?;
+        let mut history = history::to_proto(&revisions);
+        history.drain(..history.len().saturating_sub(history::DESCRIBE_HISTORY));
         let view = self.view(record).await?;
         Ok(Response::new(DeploymentDescription {
             view: Some(view),
             cluster,
             cluster_error,
+            history,
         }))
     }
 
@@ -593,7 +669,7 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        self.authorize(&request).await?;
+        let actor = self.authorize(&request).await?;
         let req = request.into_inner();
         let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
         let spec: DeploymentSpec = req
@@ -632,7 +708,16 @@ impl ControlService for ControlSvc {
         let record = self
             .shared
             .store
-            .create_deployment(&deployer_id, &name, &namespace, &spec)
+            .create_deployment_by(
+                &ChangeBy {
+                    actor,
+                    note: String::new(),
+                },
+                &deployer_id,
+                &name,
+                &namespace,
+                &spec,
+            )
             .await
             .map_err(store_status)?;
         self.shared.metrics.deployment_changes.inc();
@@ -754,55 +839,90 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<UpdateDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        self.authorize(&request).await?;
+        let actor = self.authorize(&request).await?;
         let req = request.into_inner();
         let selector = req
             .selector
             .clone()
             .ok_or_else(|| Status::invalid_argument("selector: required"))?;
-        let mut record = self.select(&selector).await?;
-        for _ in 0..UPDATE_ATTEMPTS {
-            let mut spec = record.spec.clone();
-            apply_update(&mut spec, &req);
-            if spec == record.spec {
-                // Nothing changes: no revision, no event for the agents.
-                let view = self.view(record).await?;
-                return Ok(Response::new(DeploymentView {
-                    changed: Some(false),
-                    ..view
-                }));
+        let record = self.select(&selector).await?;
+        let by = ChangeBy {
+            actor,
+            note: String::new(),
+        };
+        let view = self
+            .change_spec(&by, record, |spec| apply_update(spec, &req))
+            .await?;
+        Ok(Response::new(view))
+    }
+
+    async fn get_deployment_history(
+        &self,
+        request: Request<GetDeploymentRequest>,
+    ) -> Result<Response<DeploymentHistory>, Status> {
+        self.authorize(&request).await?;
+        let record = self.select(request.get_ref()).await?;
+        let revisions = self.revisions(&record.id).await?;
+        Ok(Response::new(DeploymentHistory {
+            deployment_id: record.id,
+            name: record.name,
+            revisions: history::to_proto(&revisions),
+        }))
+    }
+
+    async fn get_deployment_revision(
+        &self,
+        request: Request<GetDeploymentRevisionRequest>,
+    ) -> Result<Response<DeploymentRevision>, Status> {
+        self.authorize(&request).await?;
+        let req = request.into_inner();
+        let selector = req
+            .selector
+            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let record = self.select(&selector).await?;
+        let revisions = self.revisions(&record.id).await?;
+        let number = match req.number {
+            0 => revisions.last().map_or(0, |r| r.number),
+            n => n,
+        };
+        let i = kept(&revisions, number, "number", &record.name)?;
+        let mut revision = history::to_proto(&revisions).swap_remove(i);
+        revision.spec = Some(revisions[i].spec.clone().into());
+        Ok(Response::new(revision))
+    }
+
+    async fn rollback_deployment(
+        &self,
+        request: Request<RollbackDeploymentRequest>,
+    ) -> Result<Response<DeploymentView>, Status> {
+        let actor = self.authorize(&request).await?;
+        let req = request.into_inner();
+        let selector = req
+            .selector
+            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let record = self.select(&selector).await?;
+        let revisions = self.revisions(&record.id).await?;
+        let to = match req.to_revision {
+            0 if revisions.len() < 2 => {
+                return Err(Status::failed_precondition(format!(
+                    "deployment {} has no earlier revision to roll back to; see `ds deployment history {}`",
+                    record.name, record.name
+                )));
             }
-            ds_core::validate_deployment(&record.name, &record.namespace, &spec)
-                .map_err(invalid)?;
-            match self
-                .shared
-                .store
-                .update_deployment(&record.id, record.revision, &spec)
-                .await
-            {
-                Ok(updated) => {
-                    self.shared.metrics.deployment_changes.inc();
-                    tracing::info!(deployment = %updated.id, revision = updated.revision, "deployment updated");
-                    let view = self.view(updated).await?;
-                    return Ok(Response::new(DeploymentView {
-                        changed: Some(true),
-                        ..view
-                    }));
-                }
-                Err(StoreError::Conflict(_)) => {
-                    record = self
-                        .shared
-                        .store
-                        .get_deployment(&record.id)
-                        .await
-                        .map_err(store_status)?;
-                }
-                Err(e) => return Err(store_status(e)),
-            }
-        }
-        Err(Status::aborted(
-            "deployment kept changing concurrently; retry",
-        ))
+            0 => revisions[revisions.len() - 2].number,
+            n => n,
+        };
+        let i = kept(&revisions, to, "to_revision", &record.name)?;
+        // Validated again by change_spec: the rules may have tightened since it was made.
+        let target = revisions[i].spec.clone();
+        let by = ChangeBy {
+            actor,
+            note: format!("rollback to revision {to}"),
+        };
+        let view = self
+            .change_spec(&by, record, |spec| spec.clone_from(&target))
+            .await?;
+        Ok(Response::new(view))
     }
 
     async fn delete_deployment(
@@ -910,4 +1030,27 @@ impl ControlService for ControlSvc {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
     }
+}
+
+/// The index of revision `number` in `revisions`, or an error naming `field` and what is
+/// kept.
+fn kept(
+    revisions: &[RevisionRecord],
+    number: u64,
+    field: &str,
+    name: &str,
+) -> Result<usize, Status> {
+    revisions
+        .iter()
+        .position(|r| r.number == number)
+        .ok_or_else(|| {
+            let range = match (revisions.first(), revisions.last()) {
+                (Some(a), Some(b)) if a.number == b.number => format!("only revision {}", a.number),
+                (Some(a), Some(b)) => format!("revisions {} to {}", a.number, b.number),
+                _ => "no revisions".to_string(),
+            };
+            Status::not_found(format!(
+                "{field}: deployment {name} has no revision {number}; {range} are kept (see `ds deployment history {name}`)"
+            ))
+        })
 }

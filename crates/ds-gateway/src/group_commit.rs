@@ -3,7 +3,7 @@
 //! instead of one each. The back end supplies the batch insert and the publishing.
 
 use super::rows::is_retryable;
-use super::store::{Change, DeploymentRecord, StoreError};
+use super::store::{Change, ChangeBy, DeploymentRecord, StoreError};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -14,6 +14,8 @@ pub struct CreateJob {
     pub record: DeploymentRecord,
     /// The spec as stored (JSON), encoded before queueing.
     pub json: String,
+    /// Who creates it: recorded with its revision 1.
+    pub by: ChangeBy,
     reply: oneshot::Sender<Result<DeploymentRecord, StoreError>>,
 }
 
@@ -62,11 +64,13 @@ impl GroupCommit {
         backend: &impl CommitBatch,
         record: DeploymentRecord,
         json: String,
+        by: ChangeBy,
     ) -> Result<DeploymentRecord, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.pending.lock().push(CreateJob {
             record,
             json,
+            by,
             reply,
         });
         {

@@ -22,6 +22,7 @@ mod control_service;
 mod convert;
 pub mod credentials;
 mod group_commit;
+mod history;
 mod inspect;
 pub mod install;
 mod manifest;
@@ -85,6 +86,10 @@ pub struct GatewayArgs {
     /// not signed by a public CA); written into the install manifest's Secret.
     #[arg(long, env = "DS_AGENT_CA_CERT")]
     pub agent_ca_cert: Option<PathBuf>,
+    /// Revisions kept per deployment (`ds deployment history`); older ones are dropped.
+    #[arg(long, env = "DS_REVISION_HISTORY", default_value_t = store::DEFAULT_REVISION_HISTORY,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub revision_history: u32,
 }
 
 impl GatewayArgs {
@@ -104,6 +109,7 @@ impl GatewayArgs {
             public_url: None,
             agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
             agent_ca_cert: None,
+            revision_history: store::DEFAULT_REVISION_HISTORY,
         }
     }
 }
@@ -241,6 +247,7 @@ impl RunningGateway {
             None => None,
         };
         let backend = Backend::open(args.database.as_deref(), &args.data_dir).await?;
+        backend.store().set_revision_history(args.revision_history);
         let (admin_key, created) =
             credentials::ensure_admin_key(backend.store().as_ref(), &args.data_dir).await?;
         if created {

@@ -24,7 +24,7 @@
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, to_i64, to_u64, ts};
 use super::sql::{Backend, SET_REVISION, SqlStore};
-use super::store::{Change, ChangeHub, DeploymentRecord, StoreError};
+use super::store::{Change, ChangeBy, ChangeHub, DeploymentRecord, StoreError};
 use ds_core::DeploymentSpec;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Postgres, Row, Transaction};
@@ -72,6 +72,8 @@ struct BatchColumns {
     created: Vec<i64>,
     kinds: Vec<String>,
     payloads: Vec<String>,
+    actors: Vec<String>,
+    notes: Vec<String>,
 }
 
 impl BatchColumns {
@@ -92,6 +94,12 @@ impl BatchColumns {
         self.created.push(r.created_at.timestamp_millis());
         self.kinds.push(kind.to_string());
         self.payloads.push(payload);
+    }
+
+    /// Who creates the deployment last pushed (recorded with its revision 1).
+    fn push_by(&mut self, by: &ChangeBy) {
+        self.actors.push(by.actor.clone());
+        self.notes.push(by.note.clone());
     }
 }
 
@@ -681,6 +689,7 @@ impl CommitBatch for PgBackend {
                 continue;
             };
             cols.push(r, &job.json, to_i64(revision), kind, payload);
+            cols.push_by(&job.by);
             revisions.insert(r.deployer_id.clone(), (revision, start));
             outcomes.push(Ok(revision));
         }
@@ -705,6 +714,21 @@ impl CommitBatch for PgBackend {
                     "group commit inserted fewer deployments than planned".into(),
                 ));
             }
+            sqlx::query(
+                "INSERT INTO deployment_revisions \
+                 (deployment_id, number, deployer_revision, spec, actor, note, created_at) \
+                 SELECT id, 1, revision, spec, actor, note, created_at \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) \
+                 AS q(id, revision, spec, actor, note, created_at)",
+            )
+            .bind(&cols.ids)
+            .bind(&cols.revisions)
+            .bind(&cols.specs)
+            .bind(&cols.actors)
+            .bind(&cols.notes)
+            .bind(&cols.created)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO changes (deployer_id, revision, kind, payload) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[])",

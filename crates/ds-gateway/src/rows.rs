@@ -3,7 +3,8 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    DeployerRecord, DeploymentRecord, ObjectCount, StatusRecord, StoreError, TokenRecord,
+    DeployerRecord, DeploymentRecord, ObjectCount, RevisionRecord, StatusRecord, StoreError,
+    TokenRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -156,6 +157,22 @@ fn decode_pods(bytes: &[u8]) -> Result<Vec<ds_core::proto::PodStatus>, StoreErro
     ds_core::proto::DeploymentStatus::decode(bytes)
         .map(|s| s.pods)
         .map_err(|e| StoreError::Corrupt(format!("stored pods: {e}")))
+}
+
+/// A `deployment_revisions` row.
+pub(super) fn revision_from_row(row: &impl StoreRow) -> Result<RevisionRecord, StoreError> {
+    let spec: DeploymentSpec = serde_json::from_str(&row.text("spec")?)
+        .map_err(|e| StoreError::Corrupt(format!("revision spec: {e}")))?;
+    Ok(RevisionRecord {
+        deployment_id: row.text("deployment_id")?,
+        number: to_u64(row.int("number")?),
+        deployer_revision: to_u64(row.int("deployer_revision")?),
+        spec,
+        actor: row.text("actor")?,
+        note: row.text("note")?,
+        created_at: ts(row.int("created_at")?),
+        phase: row.opt_int("phase")?.map(|p| i32::try_from(p).unwrap_or(0)),
+    })
 }
 
 pub(super) fn status_from_row(row: &impl StoreRow) -> Result<StatusRecord, StoreError> {

@@ -10,12 +10,13 @@ use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
     StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, encode_pods,
-    is_foreign_key_violation, is_unique_violation, now_ms, retryable, spec_json, status_from_row,
-    to_i64, to_u64, token_from_row, ts,
+    is_foreign_key_violation, is_unique_violation, now_ms, retryable, revision_from_row, spec_json,
+    status_from_row, to_i64, to_u64, token_from_row, ts,
 };
 use super::store::{
-    AgentHeartbeat, Change, ChangeHub, DeployerRecord, DeploymentKey, DeploymentRecord,
-    DeploymentSelector, SnapshotItem, StatusRecord, Store, StoreError, TokenRecord,
+    AgentHeartbeat, Change, ChangeBy, ChangeHub, DEFAULT_REVISION_HISTORY, DeployerRecord,
+    DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord, SnapshotItem,
+    StatusRecord, Store, StoreError, TokenRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -24,6 +25,7 @@ use sqlx::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 // === the statements ===
 
@@ -37,6 +39,16 @@ const INSERT_TOKEN: &str =
 pub(super) const SELECT_REVISION: &str = "SELECT revision FROM deployers WHERE id = $1";
 /// Writes back a revision a batch advanced.
 pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE id = $2";
+/// Records a revision of a deployment's spec.
+pub(super) const INSERT_REVISION: &str = "INSERT INTO deployment_revisions \
+     (deployment_id, number, deployer_revision, spec, actor, note, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// The phases a revision can be said to have reached: Available and Failed.
+const FINAL_PHASES: [i32; 2] = [
+    ds_core::proto::Phase::Available as i32,
+    ds_core::proto::Phase::Failed as i32,
+];
 
 fn deployment_sql(rest: &str) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(format!(
@@ -85,6 +97,8 @@ pub struct SqlStore<B> {
     /// [`Backend::SERIAL_WRITES`].
     writer: tokio::sync::Mutex<()>,
     creates: GroupCommit,
+    /// Revisions kept per deployment.
+    revision_history: AtomicU32,
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -93,6 +107,7 @@ impl<B: Backend> SqlStore<B> {
             backend,
             writer: tokio::sync::Mutex::new(()),
             creates: GroupCommit::default(),
+            revision_history: AtomicU32::new(DEFAULT_REVISION_HISTORY),
         }
     }
 
@@ -169,6 +184,7 @@ where
 
     async fn try_update_deployment(
         &self,
+        by: &ChangeBy,
         id: &str,
         expected_revision: u64,
         spec: &DeploymentSpec,
@@ -195,6 +211,30 @@ where
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        let number = sqlx::query(
+            "SELECT COALESCE(MAX(number), 0) AS n FROM deployment_revisions WHERE deployment_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?
+        .int("n")?
+            + 1;
+        sqlx::query(INSERT_REVISION)
+            .bind(id)
+            .bind(number)
+            .bind(to_i64(revision))
+            .bind(json.as_str())
+            .bind(by.actor.as_str())
+            .bind(by.note.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let keep = i64::from(self.revision_history.load(Ordering::Relaxed).max(1));
+        sqlx::query("DELETE FROM deployment_revisions WHERE deployment_id = $1 AND number <= $2")
+            .bind(id)
+            .bind(number - keep)
+            .execute(&mut *tx)
+            .await?;
         record.spec = spec.clone();
         record.revision = revision;
         record.updated_at = ts(now);
@@ -330,6 +370,18 @@ where
             .await?;
             if B::rows_affected(&done) > 0 {
                 stored.push(s.deployment_id.clone());
+                if FINAL_PHASES.contains(&s.phase) {
+                    // The first final status at a revision is what that revision reached.
+                    sqlx::query(
+                        "UPDATE deployment_revisions SET phase = $1 \
+                         WHERE deployment_id = $2 AND deployer_revision = $3 AND phase IS NULL",
+                    )
+                    .bind(i64::from(s.phase))
+                    .bind(s.deployment_id.as_str())
+                    .bind(to_i64(s.applied_revision))
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
         }
         self.backend.log_statuses(&mut tx, &stored).await?;
@@ -518,8 +570,9 @@ where
         row.as_ref().map(api_key_from_row).transpose()
     }
 
-    async fn create_deployment(
+    async fn create_deployment_by(
         &self,
+        by: &ChangeBy,
         deployer_id: &str,
         name: &str,
         namespace: &str,
@@ -538,19 +591,44 @@ where
             updated_at: now,
         };
         self.creates
-            .create(&self.writer, &self.backend, record, json)
+            .create(&self.writer, &self.backend, record, json, by.clone())
             .await
     }
 
-    async fn update_deployment(
+    async fn update_deployment_by(
         &self,
+        by: &ChangeBy,
         id: &str,
         expected_revision: u64,
         spec: &DeploymentSpec,
     ) -> Result<DeploymentRecord, StoreError> {
-        self.try_update_deployment(id, expected_revision, spec)
+        self.try_update_deployment(by, id, expected_revision, spec)
             .await
             .map_err(retryable(&format!("deployment {id}")))
+    }
+
+    async fn list_revisions(&self, deployment_id: &str) -> Result<Vec<RevisionRecord>, StoreError> {
+        // One read: the deployment's existence and its revisions agree.
+        let mut tx = self.pool().begin().await?;
+        let exists = sqlx::query("SELECT id FROM deployments WHERE id = $1")
+            .bind(deployment_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("deployment {deployment_id}")));
+        }
+        let rows = sqlx::query(
+            "SELECT * FROM deployment_revisions WHERE deployment_id = $1 ORDER BY number",
+        )
+        .bind(deployment_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(revision_from_row).collect()
+    }
+
+    fn set_revision_history(&self, keep: u32) {
+        self.revision_history.store(keep.max(1), Ordering::Relaxed);
     }
 
     async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {

@@ -4,7 +4,7 @@
 
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, is_unique_violation, to_i64, to_u64};
-use super::sql::{Backend, SELECT_REVISION, SET_REVISION, SqlStore};
+use super::sql::{Backend, INSERT_REVISION, SELECT_REVISION, SET_REVISION, SqlStore};
 use super::store::{Change, ChangeHub, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
@@ -161,6 +161,16 @@ impl CommitBatch for SqliteBackend {
                 }
                 Err(e) => return Err(e.into()),
                 Ok(_) => {
+                    sqlx::query(INSERT_REVISION)
+                        .bind(&r.id)
+                        .bind(1_i64)
+                        .bind(to_i64(revision))
+                        .bind(&job.json)
+                        .bind(&job.by.actor)
+                        .bind(&job.by.note)
+                        .bind(created)
+                        .execute(&mut *tx)
+                        .await?;
                     revisions.insert(
                         &r.deployer_id,
                         (revision, revisions[r.deployer_id.as_str()].1),

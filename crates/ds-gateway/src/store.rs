@@ -103,6 +103,36 @@ pub struct DeploymentRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// One revision of a deployment's spec: immutable, numbered per deployment from 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionRecord {
+    pub deployment_id: String,
+    /// 1 for the create, then one more for every change of the spec.
+    pub number: u64,
+    /// The deployer revision the change was made at (the deployment's
+    /// `revision_of_last_change` then).
+    pub deployer_revision: u64,
+    pub spec: DeploymentSpec,
+    /// Who made it ("key <API key ID>"); empty when not known.
+    pub actor: String,
+    /// What else is to know about it, e.g. "rollback to revision 2".
+    pub note: String,
+    pub created_at: DateTime<Utc>,
+    /// The status reached at this revision (the proto `Phase` number of Available or
+    /// Failed); `None` until the agent reports one of them.
+    pub phase: Option<i32>,
+}
+
+/// Who makes a change, and why: recorded with the revision it makes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeBy {
+    pub actor: String,
+    pub note: String,
+}
+
+/// Revisions kept per deployment unless the gateway is told otherwise.
+pub const DEFAULT_REVISION_HISTORY: u32 = 50;
+
 /// A stored token or API key: only its hash.
 #[derive(Debug, Clone)]
 pub struct TokenRecord {
@@ -244,21 +274,51 @@ pub trait Store: Send + Sync + 'static {
     /// An admin API key by its public ID.
     async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Creates a deployment at the deployer's next revision.
+    /// Creates a deployment at the deployer's next revision, by nobody in particular.
     async fn create_deployment(
         &self,
         deployer_id: &str,
         name: &str,
         namespace: &str,
         spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        self.create_deployment_by(&ChangeBy::default(), deployer_id, name, namespace, spec)
+            .await
+    }
+    /// Creates a deployment at the deployer's next revision, and its revision 1 made `by`.
+    async fn create_deployment_by(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        name: &str,
+        namespace: &str,
+        spec: &DeploymentSpec,
     ) -> Result<DeploymentRecord, StoreError>;
-    /// Replaces a deployment's spec if it is still at `expected_revision`.
+    /// Replaces a deployment's spec if it is still at `expected_revision`, by nobody in
+    /// particular.
     async fn update_deployment(
         &self,
         id: &str,
         expected_revision: u64,
         spec: &DeploymentSpec,
+    ) -> Result<DeploymentRecord, StoreError> {
+        self.update_deployment_by(&ChangeBy::default(), id, expected_revision, spec)
+            .await
+    }
+    /// Replaces a deployment's spec if it is still at `expected_revision`, and records
+    /// the deployment's next revision, made `by`; the oldest revisions beyond the history
+    /// limit are dropped.
+    async fn update_deployment_by(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        expected_revision: u64,
+        spec: &DeploymentSpec,
     ) -> Result<DeploymentRecord, StoreError>;
+    /// The kept revisions of a deployment, oldest first (`NotFound` for no deployment).
+    async fn list_revisions(&self, deployment_id: &str) -> Result<Vec<RevisionRecord>, StoreError>;
+    /// How many revisions each deployment keeps from now on (at least 1).
+    fn set_revision_history(&self, keep: u32);
     /// Deletes a deployment; returns it and the revision of the removal.
     async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError>;
     /// One deployment by ID.
