@@ -80,6 +80,7 @@ on_both!(
     describe_shows_the_pods_and_only_this_deployments_events,
     logs_merge_the_pods_and_follow_picks_up_new_ones,
     unpullable_image_fails_the_wait_with_the_pull_reason,
+    history_diff_and_rollback_restore_a_spec_in_place,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -2158,4 +2159,187 @@ async fn unpullable_image_fails_the_wait_with_the_pull_reason(b: Backend) {
     );
     assert!(text.contains("model: waiting ("), "per-pod state: {text}");
     agent.shutdown().await;
+}
+
+async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (_, token) = e.deployer("h1").await;
+    let _agent = e.agent(&token).await;
+    e.run_ds(&[
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "--deployer",
+        "h1",
+        "--namespace",
+        ns,
+        "--image",
+        "tensorflow/serving:2.15.0",
+        "--cpu",
+        "250m",
+        "--wait",
+    ])
+    .await
+    .ok();
+    let before = e
+        .wait_deployment(ns, "iris", "the Deployment", |_| true)
+        .await;
+    for change in [
+        &["--image", "tensorflow/serving:2.16.0", "--memory", "1Gi"][..],
+        &["--env", "DEBUG=1", "--replicas", "2"][..],
+    ] {
+        let mut args = vec!["deployment", "update", "iris", "-n", ns, "--wait"];
+        args.extend_from_slice(change);
+        e.run_ds(&args).await.ok();
+    }
+    e.wait_deployment(ns, "iris", "the second change", |d| {
+        image_of(d).ends_with("2.16.0")
+    })
+    .await;
+
+    // History: one revision per change, who made it, what changed, what each reached.
+    let history: serde_json::Value = serde_json::from_str(
+        e.run_ds(&["deployment", "history", "iris", "-n", ns, "-o", "json"])
+            .await
+            .ok(),
+    )
+    .unwrap();
+    let revisions = history.as_array().unwrap();
+    assert_eq!(revisions.len(), 3, "{history}");
+    let key_id = e.gw.admin_key.split('_').nth(1).unwrap();
+    for (i, r) in revisions.iter().enumerate() {
+        assert_eq!(r["revision"], i as u64 + 1);
+        assert_eq!(r["by"], format!("key {key_id}"), "who: the admin key's ID");
+        assert_eq!(r["status"], "Available", "each reached Available: {r}");
+        assert_eq!(r["current"], i == 2);
+    }
+    assert!(
+        !history.to_string().contains(&e.gw.admin_key),
+        "no secret in the history"
+    );
+    assert_eq!(revisions[0]["change"], "created");
+    let second = revisions[1]["change"].as_str().unwrap();
+    assert!(
+        second.contains("image tensorflow/serving:2.15.0 → tensorflow/serving:2.16.0")
+            && second.contains("resources.memory"),
+        "{second}"
+    );
+    let table = e.run_ds(&["deployment", "history", "iris", "-n", ns]).await;
+    let table = table.ok();
+    assert!(
+        table.starts_with("REVISION") && table.contains("3 (current)"),
+        "{table}"
+    );
+
+    // Diff between two revisions, field by field.
+    let diff = e
+        .run_ds(&[
+            "deployment",
+            "diff",
+            "iris",
+            "-n",
+            ns,
+            "--from",
+            "1",
+            "--to",
+            "3",
+        ])
+        .await;
+    let diff = diff.ok();
+    for line in [
+        "revision 1 → revision 3",
+        "image: tensorflow/serving:2.15.0 → tensorflow/serving:2.16.0",
+        "env[DEBUG]: (none) → 1",
+        "replicas: 1 → 2",
+    ] {
+        assert!(diff.contains(line), "{line:?} in {diff}");
+    }
+    let missing = e
+        .run_ds(&["deployment", "diff", "iris", "-n", ns, "--from", "9"])
+        .await;
+    assert_ne!(missing.code, Some(0));
+    assert!(
+        missing.stderr.contains("no revision 9") && missing.stderr.contains("revisions 1 to 3"),
+        "{}",
+        missing.stderr
+    );
+
+    // Rollback to 1: a new revision equal to 1, applied in place (same Deployment).
+    e.run_ds(&[
+        "deployment",
+        "rollback",
+        "iris",
+        "-n",
+        ns,
+        "--to",
+        "1",
+        "--wait",
+    ])
+    .await
+    .ok();
+    let after = e
+        .wait_deployment(ns, "iris", "revision 1's spec again", |d| {
+            let c = &d
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0];
+            image_of(d) == "tensorflow/serving:2.15.0"
+                && c.env
+                    .as_ref()
+                    .is_none_or(|env| env.iter().all(|v| v.name != "DEBUG"))
+                && d.spec.as_ref().unwrap().replicas == Some(1)
+        })
+        .await;
+    assert_eq!(uid(&after), uid(&before), "rolled back in place");
+    let model = &after
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let limits = model.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert!(
+        !limits.contains_key("memory"),
+        "revision 1 had no memory limit: {limits:?}"
+    );
+    let history: serde_json::Value = serde_json::from_str(
+        e.run_ds(&["deployment", "history", "iris", "-n", ns, "-o", "json"])
+            .await
+            .ok(),
+    )
+    .unwrap();
+    let last = &history.as_array().unwrap()[3];
+    assert_eq!(last["revision"], 4);
+    assert!(
+        last["change"]
+            .as_str()
+            .unwrap()
+            .starts_with("rollback to revision 1: "),
+        "{last}"
+    );
+    // Rolling back to what is current changes nothing.
+    let again = e
+        .run_ds(&["deployment", "rollback", "iris", "-n", ns, "--to", "4"])
+        .await;
+    assert!(again.ok().contains("no change"));
+    // describe shows the recent history.
+    let described = e
+        .run_ds(&["deployment", "describe", "iris", "-n", ns])
+        .await;
+    let described = described.ok();
+    assert!(
+        described.contains("Recent revisions:") && described.contains("rollback to revision 1"),
+        "{described}"
+    );
 }

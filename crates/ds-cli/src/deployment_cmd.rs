@@ -174,6 +174,40 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
         DeploymentCommand::Describe(select) => {
             super::inspect_cmd::describe(&mut control, &url, &select, format).await?;
         }
+        DeploymentCommand::History(select) => {
+            super::history_cmd::history(&mut control, &url, &select, format).await?;
+        }
+        DeploymentCommand::Diff(diff) => {
+            super::history_cmd::diff(&mut control, &url, &diff, format).await?;
+        }
+        DeploymentCommand::Rollback(rollback) => {
+            let updated = super::history_cmd::rollback(&mut control, &url, &rollback).await?;
+            let view = DeploymentView::from(&updated);
+            if rollback.wait.wait && !format.is_human() {
+                let waited =
+                    wait::until_available(&mut control, &url, &updated, rollback.wait.timeout)
+                        .await;
+                print_final(&mut control, &url, format, &view).await?;
+                return waited;
+            }
+            print_one(format, &view, || {
+                let done = if view.changed == Some(false) {
+                    "already has that spec: no change"
+                } else {
+                    "rolled back"
+                };
+                format!(
+                    "deployment {}/{} {done} (revision {})\n{}",
+                    view.namespace,
+                    view.name,
+                    view.revision,
+                    output::deployment_summary(&view)
+                )
+            })?;
+            if rollback.wait.wait && view.changed != Some(false) {
+                wait::until_available(&mut control, &url, &updated, rollback.wait.timeout).await?;
+            }
+        }
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! read by its deployer's agent and relayed by the gateway.
 
 use super::client::{Control, request, status_error};
+use super::history_cmd::{self, RevisionView};
 use super::output::{self, DeploymentView, OutputFormat, print};
 use super::{CliError, LogsArgs, SelectArgs};
 use ds_core::proto;
@@ -25,6 +26,8 @@ struct DescriptionView {
     /// Why pods and events are missing (no agent connected, the agent's error).
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster_error: Option<String>,
+    /// Its most recent revisions, oldest first.
+    history: Vec<RevisionView>,
 }
 
 #[derive(Serialize)]
@@ -155,6 +158,7 @@ pub async fn describe(
             })
             .collect(),
         cluster_error: (!answer.cluster_error.is_empty()).then_some(answer.cluster_error),
+        history: answer.history.iter().map(RevisionView::from).collect(),
     };
     print(format, &described, || description_text(&described))
 }
@@ -174,6 +178,12 @@ fn pod_view(p: proto::PodDescription) -> PodView {
 
 fn description_text(d: &DescriptionView) -> String {
     let mut out = output::deployment_fields(&d.deployment);
+    out.push_str("\nRecent revisions:\n");
+    out.extend(
+        history_cmd::table(&d.history)
+            .lines()
+            .map(|l| format!("  {l}\n")),
+    );
     out.push('\n');
     if let Some(why) = &d.cluster_error {
         out.push_str(&format!("Pods and events: unavailable: {why}\n"));

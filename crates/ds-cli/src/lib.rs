@@ -18,6 +18,7 @@ mod config;
 mod deployer_cmd;
 mod deployment_cmd;
 mod flags;
+mod history_cmd;
 mod inspect_cmd;
 mod output;
 mod parse;
@@ -187,6 +188,37 @@ pub enum DeploymentCommand {
     Logs(LogsArgs),
     /// Show a deployment with its pods and the Kubernetes events of its objects.
     Describe(SelectArgs),
+    /// List a deployment's revisions: one per change of its spec, with who made it.
+    History(SelectArgs),
+    /// Show what differs between two revisions of a deployment.
+    Diff(DiffArgs),
+    /// Restore the spec of an earlier revision (as a new revision).
+    Rollback(RollbackArgs),
+}
+
+/// `ds deployment diff`
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The revision to compare from.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub from: u64,
+    /// The revision to compare to (default: the current one).
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u64).range(1..))]
+    pub to: Option<u64>,
+}
+
+/// `ds deployment rollback`
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The revision to restore (default: the one before the current).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `ds deployment logs`

@@ -105,9 +105,9 @@ pub fn show(value: Option<&Value>) -> String {
 }
 
 /// Longest CHANGE summary; more is cut with "…".
-const SUMMARY_MAX: usize = 120;
+const SUMMARY_MAX: usize = 160;
 /// Longest value shown in a summary; a longer one is named by its path alone.
-const VALUE_MAX: usize = 40;
+const VALUE_MAX: usize = 80;
 
 /// The changes in one line: `image a → b, replicas 1 → 3, env[DEBUG] added`.
 #[must_use]
