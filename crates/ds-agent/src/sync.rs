@@ -192,7 +192,7 @@ fn apply_ordered(
 /// What the Watch stream delivered: a snapshot assembled from its pages, or one event.
 enum Received {
     Snapshot(Assembled),
-    Event(proto::watch_event::Event),
+    Event(Box<proto::watch_event::Event>),
 }
 
 /// Applies a snapshot from the Watch stream (always authoritative).
@@ -368,17 +368,17 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
                                     warn!("watch event inside a paged snapshot; reconnecting");
                                     break;
                                 }
-                                other => Received::Event(other),
+                                other => Received::Event(Box::new(other)),
                             };
                             let is_snapshot = matches!(event, Received::Snapshot(_));
                             let is_heartbeat = matches!(
-                                event,
-                                Received::Event(proto::watch_event::Event::Heartbeat(_))
+                                &event,
+                                Received::Event(e) if matches!(**e, proto::watch_event::Event::Heartbeat(_))
                             );
                             let outcome = ctx.update(|s| {
                                 let o = match event {
                                     Received::Snapshot(snap) => snapshot_outcome(s, snap),
-                                    Received::Event(event) => apply_event(s, event),
+                                    Received::Event(event) => apply_event(s, *event),
                                 };
                                 let changed = o != EventOutcome::Ignored && !is_heartbeat;
                                 (o, changed)
