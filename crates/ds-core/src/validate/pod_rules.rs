@@ -5,7 +5,6 @@
 
 use super::{
     LABEL_NAME, MAX_LABEL_LEN, MAX_SUBDOMAIN_LEN, ValidationError, check_dns1123_subdomain, cut,
-    quoted,
 };
 use crate::spec::{DeploymentSpec, TOLERATION_EFFECTS};
 use std::collections::{BTreeMap, HashSet};
