@@ -833,8 +833,16 @@ mod tests {
         let (requests, limits) = (res.requests.unwrap(), res.limits.unwrap());
         assert_eq!(requests["nvidia.com/gpu"], Quantity("2".into()));
         assert_eq!(limits["nvidia.com/gpu"], Quantity("2".into()));
-        assert_eq!(requests["cpu"], Quantity("1".into()), "kept beside the GPUs");
-        let proxy = container(&d, PROXY_CONTAINER).unwrap().resources.clone().unwrap();
+        assert_eq!(
+            requests["cpu"],
+            Quantity("1".into()),
+            "kept beside the GPUs"
+        );
+        let proxy = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .resources
+            .clone()
+            .unwrap();
         for map in [proxy.requests.unwrap(), proxy.limits.unwrap()] {
             assert!(!map.keys().any(|k| k.contains("gpu")), "{map:?}");
         }
@@ -930,13 +938,19 @@ mod tests {
         assert_eq!(ann["cert-manager.io/cluster-issuer"], "le");
         assert_eq!(ann[REVISION_ANNOTATION], "7", "ours stay beside the user's");
         assert!(ann.contains_key(SPEC_HASH_ANNOTATION));
-        for meta in [&desired_deployment(&o, IMAGE).metadata, &desired_service(&o).metadata] {
+        for meta in [
+            &desired_deployment(&o, IMAGE).metadata,
+            &desired_service(&o).metadata,
+        ] {
             let ann = meta.annotations.as_ref().unwrap();
-            assert!(!ann.contains_key("cert-manager.io/cluster-issuer"), "{ann:?}");
+            assert!(
+                !ann.contains_key("cert-manager.io/cluster-issuer"),
+                "{ann:?}"
+            );
         }
         assert_eq!(endpoint(&o), "https://iris.example.com/");
-        let plain = desired_ingress(&obj(DeploymentSpec::test("iris").host("iris.example.com")))
-            .unwrap();
+        let plain =
+            desired_ingress(&obj(DeploymentSpec::test("iris").host("iris.example.com"))).unwrap();
         assert!(plain.spec.unwrap().tls.is_none());
         assert_eq!(plain.metadata.annotations.unwrap().len(), 2, "ours only");
     }
@@ -946,19 +960,35 @@ mod tests {
         let mut spec = DeploymentSpec::test("iris").proxy(true);
         spec.ready_path = Some("/v1/models/iris".into());
         let d = desired_deployment(&obj(spec.clone()), IMAGE);
-        let args = container(&d, PROXY_CONTAINER).unwrap().args.clone().unwrap();
-        let at = args.iter().position(|a| a == "--ready-path").expect("passed");
+        let args = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .args
+            .clone()
+            .unwrap();
+        let at = args
+            .iter()
+            .position(|a| a == "--ready-path")
+            .expect("passed");
         assert_eq!(args[at + 1], "/v1/models/iris");
         // The proxy asks the path: the model keeps its TCP check.
         let m = container(&d, MODEL_CONTAINER).unwrap();
         assert!(m.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
         let d = desired_deployment(&obj(spec.proxy(false)), IMAGE);
         let m = container(&d, MODEL_CONTAINER).unwrap();
-        let get = m.readiness_probe.as_ref().unwrap().http_get.clone().unwrap();
+        let get = m
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .clone()
+            .unwrap();
         assert_eq!(get.path.as_deref(), Some("/v1/models/iris"));
         assert_eq!(get.port, IntOrString::Int(8501));
         assert!(m.liveness_probe.as_ref().unwrap().tcp_socket.is_some());
-        assert!(m.startup_probe.is_none(), "no startup timeout, no startup probe");
+        assert!(
+            m.startup_probe.is_none(),
+            "no startup timeout, no startup probe"
+        );
     }
 
     #[test]
@@ -971,10 +1001,17 @@ mod tests {
             .startup_probe
             .clone()
             .unwrap();
-        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, IntOrString::Int(8501));
-        assert_eq!((probe.period_seconds, probe.failure_threshold), (Some(10), Some(60)));
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            IntOrString::Int(8501)
+        );
+        assert_eq!(
+            (probe.period_seconds, probe.failure_threshold),
+            (Some(10), Some(60))
+        );
         spec.ready_path = Some("/healthz".into());
-        for (timeout, period, failures) in [(601, 10, 61), (5, 5, 1), (1, 1, 1), (86_400, 10, 8640)] {
+        for (timeout, period, failures) in [(601, 10, 61), (5, 5, 1), (1, 1, 1), (86_400, 10, 8640)]
+        {
             spec.startup_timeout_seconds = timeout;
             let d = desired_deployment(&obj(spec.clone()), IMAGE);
             let probe = container(&d, MODEL_CONTAINER)
@@ -986,13 +1023,21 @@ mod tests {
                 probe.http_get.as_ref().unwrap().path.as_deref(),
                 Some("/healthz")
             );
-            assert_eq!((probe.period_seconds, probe.failure_threshold), (Some(period), Some(failures)));
+            assert_eq!(
+                (probe.period_seconds, probe.failure_threshold),
+                (Some(period), Some(failures))
+            );
             let covered = u32::try_from(period * failures).unwrap();
             assert!(covered >= timeout, "{timeout}: {covered}");
             assert!(covered < timeout + 10, "{timeout}: {covered}");
         }
         // Only the model container: the proxy starts at once.
         let d = desired_deployment(&obj(spec.proxy(true)), IMAGE);
-        assert!(container(&d, PROXY_CONTAINER).unwrap().startup_probe.is_none());
+        assert!(
+            container(&d, PROXY_CONTAINER)
+                .unwrap()
+                .startup_probe
+                .is_none()
+        );
     }
 }

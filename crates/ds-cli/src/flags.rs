@@ -260,10 +260,7 @@ mod tests {
             ),
             (
                 bad(&|s| {
-                    s.tolerations = vec![
-                        ds_core::Toleration::parse("k:NoSchedule").unwrap();
-                        100
-                    ]
+                    s.tolerations = vec![ds_core::Toleration::parse("k:NoSchedule").unwrap(); 100]
                 }),
                 "--toleration",
             ),
@@ -271,13 +268,20 @@ mod tests {
                 bad(&|s| s.priority_class = Some("Bad Class".into())),
                 "--priority-class",
             ),
-            (bad(&|s| s.ready_path = Some("ready".into())), "--ready-path"),
+            (
+                bad(&|s| s.ready_path = Some("ready".into())),
+                "--ready-path",
+            ),
             (
                 bad(&|s| s.startup_timeout_seconds = 1_000_000),
                 "--startup-timeout",
             ),
         ];
-        cases.extend(pod_cases.into_iter().map(|(s, f)| ("iris", "default", s, f)));
+        cases.extend(
+            pod_cases
+                .into_iter()
+                .map(|(s, f)| ("iris", "default", s, f)),
+        );
         for (name, namespace, spec, flag) in cases {
             let e = ds_core::validate_deployment(name, namespace, &spec)
                 .expect_err("the spec is invalid");

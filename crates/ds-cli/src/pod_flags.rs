@@ -167,7 +167,8 @@ impl PodUpdateArgs {
         req.command = list(&self.command, self.clear_command);
         req.args = list(&self.args, self.clear_args);
         req.set_node_selector = self.node_selector.iter().cloned().collect();
-        req.unset_node_selector.clone_from(&self.unset_node_selector);
+        req.unset_node_selector
+            .clone_from(&self.unset_node_selector);
         req.tolerations = (self.clear_tolerations || !self.tolerations.is_empty()).then(|| {
             proto::TolerationList {
                 values: self.tolerations.iter().cloned().map(Into::into).collect(),
@@ -197,7 +198,10 @@ impl PodUpdateArgs {
 fn words(list: &[String]) -> String {
     list.iter()
         .map(|w| {
-            if w.is_empty() || w.chars().any(|c| c.is_whitespace() || c == '"' || c == '\'') {
+            if w.is_empty()
+                || w.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\'')
+            {
                 format!("{w:?}")
             } else {
                 w.clone()

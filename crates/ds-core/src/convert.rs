@@ -215,7 +215,11 @@ mod tests {
         // Off is the wire default: an old client's spec means none of them.
         let wire: proto::DeploymentSpec = DeploymentSpec::test("iris").into();
         assert_eq!(
-            (wire.gpu, wire.tls_secret.as_str(), wire.startup_timeout_seconds),
+            (
+                wire.gpu,
+                wire.tls_secret.as_str(),
+                wire.startup_timeout_seconds
+            ),
             (0, "", 0)
         );
     }

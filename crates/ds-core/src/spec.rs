@@ -327,7 +327,10 @@ mod tests {
     #[test]
     fn tolerations_parse_as_kubectl_taint_writes_them() {
         let t = Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap();
-        assert_eq!((t.key.as_str(), t.value.as_deref()), ("nvidia.com/gpu", None));
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref()),
+            ("nvidia.com/gpu", None)
+        );
         assert_eq!(t.effect, "NoSchedule");
         let t = Toleration::parse("dedicated=ml:NoExecute").unwrap();
         assert_eq!(t.value.as_deref(), Some("ml"));
@@ -342,9 +345,15 @@ mod tests {
         let mut spec = DeploymentSpec::test("iris");
         assert_eq!(spec.ingress_url(), None);
         spec = spec.host("iris.example.com");
-        assert_eq!(spec.ingress_url().as_deref(), Some("http://iris.example.com/"));
+        assert_eq!(
+            spec.ingress_url().as_deref(),
+            Some("http://iris.example.com/")
+        );
         spec.tls_secret = Some("iris-tls".into());
-        assert_eq!(spec.ingress_url().as_deref(), Some("https://iris.example.com/"));
+        assert_eq!(
+            spec.ingress_url().as_deref(),
+            Some("https://iris.example.com/")
+        );
     }
 
     #[test]

@@ -140,12 +140,17 @@ fn check_tls(spec: &DeploymentSpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn check_ingress_annotations(annotations: &BTreeMap<String, String>) -> Result<(), ValidationError> {
+fn check_ingress_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), ValidationError> {
     let mut total = 0usize;
     for (key, value) in annotations {
         let field = format!("ingress_annotations[{}]", cut(key));
         check_qualified_name(&field, key, "key")?;
-        if RESERVED_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        if RESERVED_ANNOTATION_PREFIXES
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
             return Err(ValidationError::new(
                 &field,
                 key,
@@ -347,16 +352,20 @@ mod tests {
             s.gpu_resource = Some("amd.com/gpu".into());
             s.image_pull_secrets = vec!["regcred".into(), "ghcr.pull".into()];
             s.tls_secret = Some("iris-tls".into());
-            s.ingress_annotations
-                .insert("cert-manager.io/cluster-issuer".into(), "letsencrypt".into());
+            s.ingress_annotations.insert(
+                "cert-manager.io/cluster-issuer".into(),
+                "letsencrypt".into(),
+            );
             s.ingress_annotations.insert(
                 "nginx.ingress.kubernetes.io/proxy-body-size".into(),
                 "64m with spaces and = signs".into(),
             );
             s.command = vec!["python".into(), "-m".into(), "serve".into()];
             s.args = vec!["--port=8501".into(), String::new()];
-            s.node_selector
-                .insert("cloud.google.com/gke-accelerator".into(), "nvidia-l4".into());
+            s.node_selector.insert(
+                "cloud.google.com/gke-accelerator".into(),
+                "nvidia-l4".into(),
+            );
             s.tolerations = vec![
                 Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap(),
                 Toleration::parse("dedicated=ml:PreferNoSchedule").unwrap(),
@@ -438,7 +447,10 @@ mod tests {
 
     #[test]
     fn tls_secret_needs_a_host_and_a_dns_name() {
-        let err = rejected(&with(|s| s.tls_secret = Some("iris-tls".into())), "tls_secret");
+        let err = rejected(
+            &with(|s| s.tls_secret = Some("iris-tls".into())),
+            "tls_secret",
+        );
         assert!(err.rule.contains("host"), "names both fields: {err}");
         rejected(
             &with(|s| {
@@ -489,10 +501,7 @@ mod tests {
         ok(&with(|s| s.args = vec!["x".repeat(128 * 1024 - 1)]));
         rejected(&with(|s| s.command = vec!["a\0b".into()]), "command[0]");
         rejected(&with(|s| s.command = vec![String::new()]), "command[0]");
-        let err = rejected(
-            &with(|s| s.args = vec!["a".into(); 257]),
-            "args",
-        );
+        let err = rejected(&with(|s| s.args = vec!["a".into(); 257]), "args");
         assert!(err.rule.contains("256"), "{err}");
     }
 
@@ -527,7 +536,10 @@ mod tests {
             &with(|s| s.tolerations = vec![Toleration::parse("gpu:NoWay").unwrap()]),
             "tolerations[0].effect",
         );
-        assert!(err.rule.contains("NoSchedule, PreferNoSchedule, NoExecute"), "{err}");
+        assert!(
+            err.rule.contains("NoSchedule, PreferNoSchedule, NoExecute"),
+            "{err}"
+        );
         assert_eq!(err.value, "NoWay");
         rejected(
             &with(|s| s.tolerations = vec![Toleration::parse("bad key:NoSchedule").unwrap()]),
