@@ -142,17 +142,17 @@ fn model_resources(obj: &DeployedObject) -> Option<ResourceRequirements> {
     })
 }
 
+/// Resource names to quantities, as requests and limits hold them.
+type Quantities = BTreeMap<String, Quantity>;
+
 /// Accelerators as extended resources: Kubernetes wants them in limits, and a request, if
 /// given, equal to the limit (they cannot be overcommitted); we give both so quota that
 /// counts `requests.` sees them. Nothing is added without GPUs.
 fn with_gpus(
     obj: &DeployedObject,
-    mut requests: Option<BTreeMap<String, Quantity>>,
-    mut limits: Option<BTreeMap<String, Quantity>>,
-) -> (
-    Option<BTreeMap<String, Quantity>>,
-    Option<BTreeMap<String, Quantity>>,
-) {
+    mut requests: Option<Quantities>,
+    mut limits: Option<Quantities>,
+) -> (Option<Quantities>, Option<Quantities>) {
     if obj.spec.gpu > 0 {
         let resource = obj.spec.gpu_resource_name().to_string();
         for map in [&mut requests, &mut limits] {
