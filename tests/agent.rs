@@ -2299,6 +2299,16 @@ async fn pod_options_are_applied_in_place_and_removed_when_turned_off(b: Backend
         .wait_status(&id, "the https endpoint", |s| s.applied_revision > 0)
         .await;
     assert_eq!(status.endpoint, "https://iris.example.com/");
+    // As the API server keeps them, the objects match what the agent wants: resyncs of an
+    // unchanged deployment with every option set write nothing.
+    passes(&agent, 2).await;
+    let writes = e.cluster.counters().writes();
+    passes(&agent, 4).await;
+    assert_eq!(
+        e.cluster.counters().writes(),
+        writes,
+        "a resync with nothing changed writes nothing"
+    );
 
     // Changed: the same Deployment, patched in place.
     e.update(&id, |r| {
