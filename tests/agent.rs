@@ -81,6 +81,7 @@ on_both!(
     logs_merge_the_pods_and_follow_picks_up_new_ones,
     unpullable_image_fails_the_wait_with_the_pull_reason,
     history_diff_and_rollback_restore_a_spec_in_place,
+    pod_options_are_applied_in_place_and_removed_when_turned_off,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -2342,4 +2343,255 @@ async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
         described.contains("Recent revisions:") && described.contains("rollback to revision 1"),
         "{described}"
     );
+}
+
+// === pod-level options (issue 16) ===
+
+/// The PriorityClass the pod-options test names: the real API server's Priority admission
+/// refuses pods naming a class that does not exist (the simulator has no such kind).
+const TEST_PRIORITY_CLASS: &str = "ds-test-model-serving";
+
+async fn ensure_priority_class(client: kube::Client) {
+    use k8s_openapi::api::scheduling::v1::PriorityClass;
+    let api: Api<PriorityClass> = Api::all(client);
+    let class: PriorityClass = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": TEST_PRIORITY_CLASS},
+        "value": 1000,
+        "description": "ds-deployer tests",
+    }))
+    .unwrap();
+    match api.create(&PostParams::default(), &class).await {
+        Ok(_) => {}
+        // Cluster-scoped and the real API server is shared by the tests of this binary.
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating the PriorityClass: {e}"),
+    }
+}
+
+fn pod_spec(d: &Deployment) -> &k8s_openapi::api::core::v1::PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+fn model(d: &Deployment) -> &Container {
+    containers(d).iter().find(|c| c.name == "model").unwrap()
+}
+
+fn gpu_limit(d: &Deployment) -> Option<String> {
+    let limits = model(d).resources.as_ref()?.limits.as_ref()?;
+    limits.get("nvidia.com/gpu").map(|q| q.0.clone())
+}
+
+async fn pod_options_are_applied_in_place_and_removed_when_turned_off(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    if let Cluster::Real { admin, .. } = &e.cluster {
+        ensure_priority_class(admin.clone()).await;
+    }
+    let (_, token) = e.deployer("pods").await;
+    let agent = e.agent(&token).await;
+    let mut spec = DeploymentSpec::test("iris")
+        .host("iris.example.com")
+        .proxy(true);
+    spec.gpu = 1;
+    spec.image_pull_secrets = vec!["regcred".into()];
+    spec.tls_secret = Some("iris-tls".into());
+    spec.ingress_annotations.insert(
+        "cert-manager.io/cluster-issuer".into(),
+        "letsencrypt".into(),
+    );
+    spec.command = vec!["python".into(), "-m".into(), "serve".into()];
+    spec.args = vec!["--port=8501".into()];
+    spec.node_selector
+        .insert("kubernetes.io/os".into(), "linux".into());
+    spec.tolerations = vec![
+        ds_core::Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap(),
+        ds_core::Toleration::parse("dedicated=ml:NoExecute").unwrap(),
+    ];
+    spec.priority_class = Some(TEST_PRIORITY_CLASS.into());
+    spec.ready_path = Some("/v1/models/iris".into());
+    spec.startup_timeout_seconds = 600;
+    let id = e.deploy("pods", "iris", ns, spec).await;
+
+    // What the API server accepted and stored.
+    let before = e
+        .wait_deployment(ns, "iris", "the Deployment with the pod options", |d| {
+            pod_spec(d).priority_class_name.is_some()
+        })
+        .await;
+    let p = pod_spec(&before);
+    let secrets: Vec<&str> = p
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(secrets, ["regcred"]);
+    assert_eq!(
+        p.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+        "linux"
+    );
+    let tolerations = p.tolerations.as_ref().unwrap();
+    assert_eq!(tolerations.len(), 2);
+    assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+    assert_eq!(tolerations[1].value.as_deref(), Some("ml"));
+    assert_eq!(tolerations[1].effect.as_deref(), Some("NoExecute"));
+    assert_eq!(p.priority_class_name.as_deref(), Some(TEST_PRIORITY_CLASS));
+    let m = model(&before);
+    assert_eq!(gpu_limit(&before).as_deref(), Some("1"));
+    let requests = m.resources.as_ref().unwrap().requests.as_ref().unwrap();
+    assert_eq!(requests["nvidia.com/gpu"].0, "1");
+    assert_eq!(
+        m.command.as_deref(),
+        Some(&["python".to_string(), "-m".into(), "serve".into()][..])
+    );
+    assert_eq!(m.args.as_deref(), Some(&["--port=8501".to_string()][..]));
+    let startup = m.startup_probe.as_ref().expect("a startup probe");
+    let get = startup.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/v1/models/iris"));
+    let covered = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+    assert!(covered >= 600, "{startup:?}");
+    let proxy = sidecar(&before).unwrap();
+    assert!(
+        proxy
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()
+            .get("nvidia.com/gpu")
+            .is_none()
+    );
+    let proxy_args = proxy.args.clone().unwrap();
+    assert!(
+        proxy_args
+            .windows(2)
+            .any(|w| w == ["--ready-path", "/v1/models/iris"]),
+        "{proxy_args:?}"
+    );
+    let ingress = eventually("the Ingress with TLS", || async {
+        e.ingresses(ns).get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    let tls = ingress.spec.as_ref().unwrap().tls.clone().unwrap();
+    assert_eq!(tls[0].hosts, Some(vec!["iris.example.com".to_string()]));
+    assert_eq!(tls[0].secret_name.as_deref(), Some("iris-tls"));
+    let annotations = ingress.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["cert-manager.io/cluster-issuer"], "letsencrypt");
+    let status = e
+        .wait_status(&id, "the https endpoint", |s| s.applied_revision > 0)
+        .await;
+    assert_eq!(status.endpoint, "https://iris.example.com/");
+    // As the API server keeps them, the objects match what the agent wants: resyncs of an
+    // unchanged deployment with every option set write nothing.
+    passes(&agent, 2).await;
+    let writes = e.cluster.counters().writes();
+    passes(&agent, 4).await;
+    assert_eq!(
+        e.cluster.counters().writes(),
+        writes,
+        "a resync with nothing changed writes nothing"
+    );
+
+    // Changed: the same Deployment, patched in place.
+    e.update(&id, |r| {
+        r.gpu = Some(2);
+        r.tolerations = Some(proto::TolerationList {
+            values: vec![
+                ds_core::Toleration::parse("spot:PreferNoSchedule")
+                    .unwrap()
+                    .into(),
+            ],
+        });
+    })
+    .await;
+    let changed = e
+        .wait_deployment(ns, "iris", "two GPUs", |d| {
+            gpu_limit(d).as_deref() == Some("2")
+        })
+        .await;
+    assert_eq!(uid(&changed), uid(&before));
+    let tolerations = pod_spec(&changed).tolerations.clone().unwrap();
+    assert_eq!(tolerations.len(), 1, "{tolerations:?}");
+    assert_eq!(tolerations[0].key.as_deref(), Some("spot"));
+
+    // Off: every option leaves the objects, still in place.
+    let none = || Some(proto::StringList { values: vec![] });
+    e.update(&id, |r| {
+        r.gpu = Some(0);
+        r.image_pull_secrets = none();
+        r.tls_secret = Some(String::new());
+        r.unset_ingress_annotations = vec!["cert-manager.io/cluster-issuer".into()];
+        r.command = none();
+        r.args = none();
+        r.unset_node_selector = vec!["kubernetes.io/os".into()];
+        r.tolerations = Some(proto::TolerationList { values: vec![] });
+        r.priority_class = Some(String::new());
+        r.ready_path = Some(String::new());
+        r.startup_timeout_seconds = Some(0);
+    })
+    .await;
+    let off = e
+        .wait_deployment(ns, "iris", "the pod options gone", |d| {
+            pod_spec(d).priority_class_name.is_none()
+                && pod_spec(d).tolerations.as_ref().is_none_or(Vec::is_empty)
+                && gpu_limit(d).is_none()
+        })
+        .await;
+    assert_eq!(uid(&off), uid(&before));
+    let p = pod_spec(&off);
+    assert!(
+        p.image_pull_secrets.as_ref().is_none_or(Vec::is_empty),
+        "{p:?}"
+    );
+    assert!(
+        p.node_selector.as_ref().is_none_or(|m| m.is_empty()),
+        "{p:?}"
+    );
+    let m = model(&off);
+    assert!(m.command.as_ref().is_none_or(Vec::is_empty), "{m:?}");
+    assert!(m.args.as_ref().is_none_or(Vec::is_empty), "{m:?}");
+    assert!(m.startup_probe.is_none(), "{m:?}");
+    let requests = m
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.clone())
+        .unwrap_or_default();
+    assert!(!requests.contains_key("nvidia.com/gpu"), "{requests:?}");
+    let proxy_args = sidecar(&off).unwrap().args.clone().unwrap();
+    assert!(
+        !proxy_args.contains(&"--ready-path".to_string()),
+        "{proxy_args:?}"
+    );
+    let ingress = eventually("the Ingress without TLS and annotations", || async {
+        e.ingresses(ns)
+            .get_opt("iris")
+            .await
+            .ok()
+            .flatten()
+            .filter(|i| {
+                i.spec
+                    .as_ref()
+                    .unwrap()
+                    .tls
+                    .as_ref()
+                    .is_none_or(Vec::is_empty)
+                    && !i
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key("cert-manager.io/cluster-issuer"))
+            })
+    })
+    .await;
+    assert_eq!(
+        ingress.spec.unwrap().rules.unwrap()[0].host.as_deref(),
+        Some("iris.example.com")
+    );
+    e.wait_status(&id, "the http endpoint", |s| {
+        s.endpoint == "http://iris.example.com/"
+    })
+    .await;
+    agent.shutdown().await;
 }

@@ -1243,3 +1243,288 @@ async fn wait_survives_a_gateway_restart() {
     assert!(stderr.contains("is available (2/2 ready)"), "{stderr}");
     t.gw.shutdown().await;
 }
+
+// === pod-level options (issue 16) ===
+
+#[tokio::test]
+async fn pod_options_are_created_shown_updated_and_cleared() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let created = t
+        .deployment(
+            "prod",
+            "iris",
+            &[
+                "--host",
+                "iris.example.com",
+                "--gpu",
+                "2",
+                "--gpu-resource",
+                "amd.com/gpu",
+                "--image-pull-secret",
+                "regcred",
+                "--image-pull-secret",
+                "mirror",
+                "--tls-secret",
+                "iris-tls",
+                "--ingress-annotation",
+                "cert-manager.io/cluster-issuer=letsencrypt",
+                "--command",
+                "python",
+                "--command",
+                "-m",
+                "--command",
+                "serve",
+                "--arg",
+                "--port=8501",
+                "--arg",
+                "two words",
+                "--node-selector",
+                "gpu=a100",
+                "--toleration",
+                "nvidia.com/gpu:NoSchedule",
+                "--toleration",
+                "dedicated=ml:NoExecute",
+                "--priority-class",
+                "model-serving",
+                "--ready-path",
+                "/v1/models/iris",
+                "--startup-timeout",
+                "10m",
+            ],
+        )
+        .await;
+    assert_eq!(created["url"], "https://iris.example.com/", "TLS: https");
+    let got = t.get_json("iris").await;
+    let spec = &got["spec"];
+    assert_eq!(spec["gpu"], 2);
+    assert_eq!(spec["gpu_resource"], "amd.com/gpu");
+    assert_eq!(
+        spec["image_pull_secrets"],
+        serde_json::json!(["regcred", "mirror"])
+    );
+    assert_eq!(spec["tls_secret"], "iris-tls");
+    assert_eq!(
+        spec["ingress_annotations"]["cert-manager.io/cluster-issuer"],
+        "letsencrypt"
+    );
+    assert_eq!(
+        spec["command"],
+        serde_json::json!(["python", "-m", "serve"])
+    );
+    assert_eq!(
+        spec["args"],
+        serde_json::json!(["--port=8501", "two words"])
+    );
+    assert_eq!(spec["node_selector"]["gpu"], "a100");
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([
+            {"key": "nvidia.com/gpu", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "ml", "effect": "NoExecute"},
+        ])
+    );
+    assert_eq!(spec["priority_class"], "model-serving");
+    assert_eq!(spec["ready_path"], "/v1/models/iris");
+    assert_eq!(spec["startup_timeout_seconds"], 600);
+    assert_eq!(got["url"], "https://iris.example.com/");
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    for line in [
+        "GPUs:",
+        "2 amd.com/gpu",
+        "regcred, mirror",
+        "iris-tls",
+        "python -m serve",
+        "--port=8501 \"two words\"",
+        "gpu=a100",
+        "nvidia.com/gpu:NoSchedule, dedicated=ml:NoExecute",
+        "model-serving",
+        "/v1/models/iris",
+        "10m",
+        "https://iris.example.com/",
+    ] {
+        assert!(text.ok().contains(line), "{line:?} in {}", text.stdout);
+    }
+
+    // Changed: lists replaced whole, maps merged by key, scalars replaced.
+    t.run(&[
+        "deployment",
+        "update",
+        "iris",
+        "--gpu",
+        "4",
+        "--arg",
+        "--workers=2",
+        "--node-selector",
+        "zone=eu",
+        "--toleration",
+        "spot:PreferNoSchedule",
+        "--startup-timeout",
+        "90s",
+    ])
+    .await
+    .ok();
+    let spec = t.get_json("iris").await["spec"].clone();
+    assert_eq!(spec["gpu"], 4);
+    assert_eq!(spec["gpu_resource"], "amd.com/gpu", "kept");
+    assert_eq!(spec["args"], serde_json::json!(["--workers=2"]));
+    assert_eq!(
+        spec["command"],
+        serde_json::json!(["python", "-m", "serve"])
+    );
+    assert_eq!(
+        spec["node_selector"],
+        serde_json::json!({"gpu": "a100", "zone": "eu"})
+    );
+    assert_eq!(
+        spec["tolerations"],
+        serde_json::json!([{"key": "spot", "effect": "PreferNoSchedule"}])
+    );
+    assert_eq!(spec["startup_timeout_seconds"], 90);
+
+    // Cleared, each its own way: off again, as a spec that never had them.
+    let cleared = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "--gpu",
+            "0",
+            "--clear-image-pull-secrets",
+            "--tls-secret",
+            "",
+            "--unset-ingress-annotation",
+            "cert-manager.io/cluster-issuer",
+            "--clear-command",
+            "--clear-args",
+            "--unset-node-selector",
+            "gpu",
+            "--unset-node-selector",
+            "zone",
+            "--clear-tolerations",
+            "--priority-class",
+            "",
+            "--ready-path",
+            "",
+            "--startup-timeout",
+            "0",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(cleared["url"], "http://iris.example.com/");
+    let spec = t.get_json("iris").await["spec"].clone();
+    for key in [
+        "gpu",
+        "gpu_resource",
+        "image_pull_secrets",
+        "tls_secret",
+        "ingress_annotations",
+        "command",
+        "args",
+        "node_selector",
+        "tolerations",
+        "priority_class",
+        "ready_path",
+        "startup_timeout_seconds",
+    ] {
+        assert!(spec.get(key).is_none(), "{key} left: {spec}");
+    }
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!text.ok().contains("GPUs:"), "{}", text.stdout);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_pod_options_are_refused_naming_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let base = [
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+    ];
+    let cases: [(&[&str], &str); 9] = [
+        (&["--gpu", "500"], "invalid --gpu \"500\""),
+        (
+            &["--gpu", "1", "--gpu-resource", "gpu"],
+            "invalid --gpu-resource",
+        ),
+        (
+            &["--image-pull-secret", "Bad_Secret"],
+            "invalid --image-pull-secret",
+        ),
+        (&["--tls-secret", "iris-tls"], "invalid --tls-secret"),
+        (
+            &[
+                "--host",
+                "a.example.com",
+                "--ingress-annotation",
+                "bad key=v",
+            ],
+            "invalid --ingress-annotation",
+        ),
+        (&["--node-selector", "bad key=v"], "invalid --node-selector"),
+        (&["--toleration", "gpu:Sometimes"], "invalid --toleration"),
+        (&["--ready-path", "ready"], "invalid --ready-path"),
+        (&["--startup-timeout", "2d"], "invalid --startup-timeout"),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let line = t.run(&args).await.one_line_error().to_string();
+        assert!(line.contains(expected), "{extra:?}: {line}");
+    }
+    // tls-secret without a host names both.
+    let run = t
+        .run(&[base.as_slice(), &["--tls-secret", "iris-tls"]].concat())
+        .await;
+    assert!(run.one_line_error().contains("host"), "{}", run.stderr);
+    // Syntax errors are clap's, naming the flag.
+    let run = t
+        .run(&[base.as_slice(), &["--toleration", "gpu"]].concat())
+        .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--toleration"), "{}", run.stderr);
+    let run = t.run(&[base.as_slice(), &["--gpu=-1"]].concat()).await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--gpu"), "{}", run.stderr);
+    // The gateway's validation, reached through update.
+    t.deployment("prod", "iris", &[]).await;
+    let run = t
+        .run(&["deployment", "update", "iris", "--toleration", "gpu:Never"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid --toleration \"Never\""), "{line}");
+    let run = t
+        .run(&["deployment", "update", "iris", "--tls-secret", "iris-tls"])
+        .await;
+    assert!(
+        run.one_line_error().contains("invalid --tls-secret"),
+        "{}",
+        run.stderr
+    );
+    let run = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "--ingress-annotation",
+            "bad key=v",
+            "--host",
+            "a.example.com",
+        ])
+        .await;
+    assert!(
+        run.one_line_error()
+            .contains("invalid --ingress-annotation"),
+        "{}",
+        run.stderr
+    );
+    t.gw.shutdown().await;
+}

@@ -1192,6 +1192,37 @@ async fn server_side_apply_two_managers_and_conflicts() {
         },
     )
     .await;
+    d.step(
+        "apply Deployment by alice dropping a probe and resources removes them whole",
+        |s| async move {
+            let mut with = dep.clone();
+            let main = &mut with["spec"]["template"]["spec"]["containers"][0];
+            main["startupProbe"] =
+                json!({"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10});
+            main["resources"] = json!({"limits": {"example.com/gpu": "1"},
+                "requests": {"example.com/gpu": "1"}});
+            let first = s
+                .patch::<Deployment>("ssa-dep", &PatchParams::apply("alice"), &Patch::Apply(with))
+                .await;
+            let a = s
+                .patch::<Deployment>(
+                    "ssa-dep",
+                    &PatchParams::apply("alice"),
+                    &Patch::Apply(dep.clone()),
+                )
+                .await;
+            let main = a.body["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["name"] == "main")
+                .cloned()
+                .unwrap_or_default();
+            json!({"codes": [first.code, a.code], "startupProbe": main.get("startupProbe"),
+                "resources": main.get("resources")})
+        },
+    )
+    .await;
     d.finish();
 }
 

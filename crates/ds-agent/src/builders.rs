@@ -22,12 +22,13 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec as KDeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar as KEnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Container, ContainerPort, EnvVar as KEnvVar, HTTPGetAction, LocalObjectReference, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Toleration as KToleration,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -130,6 +131,7 @@ fn model_resources(obj: &DeployedObject) -> Option<ResourceRequirements> {
     let r = &obj.spec.resources;
     let requests = quantities([("cpu", &r.cpu_request), ("memory", &r.memory_request)]);
     let limits = quantities([("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]);
+    let (requests, limits) = with_gpus(obj, requests, limits);
     if requests.is_none() && limits.is_none() {
         return None;
     }
@@ -138,6 +140,61 @@ fn model_resources(obj: &DeployedObject) -> Option<ResourceRequirements> {
         limits,
         ..Default::default()
     })
+}
+
+/// Resource names to quantities, as requests and limits hold them.
+type Quantities = BTreeMap<String, Quantity>;
+
+/// Accelerators as extended resources: Kubernetes wants them in limits, and a request, if
+/// given, equal to the limit (they cannot be overcommitted); we give both so quota that
+/// counts `requests.` sees them. Nothing is added without GPUs.
+fn with_gpus(
+    obj: &DeployedObject,
+    mut requests: Option<Quantities>,
+    mut limits: Option<Quantities>,
+) -> (Option<Quantities>, Option<Quantities>) {
+    if obj.spec.gpu > 0 {
+        let resource = obj.spec.gpu_resource_name().to_string();
+        for map in [&mut requests, &mut limits] {
+            map.get_or_insert_with(BTreeMap::new)
+                .insert(resource.clone(), Quantity(obj.spec.gpu.to_string()));
+        }
+    }
+    (requests, limits)
+}
+
+fn ready_path(obj: &DeployedObject) -> Option<&str> {
+    obj.spec.ready_path.as_deref().filter(|p| !p.is_empty())
+}
+
+/// The model container's readiness probe: `GET ready_path` when the model is reached
+/// directly (proxy off) and has one, else a TCP check (with the proxy on, the proxy's
+/// `/readyz` asks the ready path instead).
+fn model_readiness(obj: &DeployedObject, port: i32) -> Probe {
+    match ready_path(obj).filter(|_| !obj.spec.proxy.enabled) {
+        Some(path) => http_probe(path, port, 5),
+        None => tcp_probe(port, 5),
+    }
+}
+
+/// The startup probe for a slow model load: until it passes the kubelet runs neither the
+/// readiness nor the liveness probe, so a model that takes minutes to load is not
+/// restarted. `period × failureThreshold` covers the timeout.
+fn startup_probe(obj: &DeployedObject, port: i32) -> Option<Probe> {
+    let timeout = obj.spec.startup_timeout_seconds;
+    if timeout == 0 {
+        return None;
+    }
+    let period = timeout.min(10);
+    let failures = timeout.div_ceil(period);
+    let mut probe = match ready_path(obj) {
+        Some(path) => http_probe(path, port, 0),
+        None => tcp_probe(port, 0),
+    };
+    probe.initial_delay_seconds = None;
+    probe.period_seconds = Some(i32::try_from(period).unwrap_or(10));
+    probe.failure_threshold = Some(i32::try_from(failures).unwrap_or(i32::MAX));
+    Some(probe)
 }
 
 fn tcp_probe(port: i32, initial_delay: i32) -> Probe {
@@ -192,8 +249,11 @@ fn model_container(obj: &DeployedObject) -> Container {
         resources: model_resources(obj),
         // A model may take a while to load: readiness gates traffic, liveness only restarts
         // a server that stopped accepting connections altogether.
-        readiness_probe: Some(tcp_probe(port, 5)),
+        readiness_probe: Some(model_readiness(obj, port)),
         liveness_probe: Some(tcp_probe(port, 30)),
+        startup_probe: startup_probe(obj, port),
+        command: non_empty(obj.spec.command.clone()),
+        args: non_empty(obj.spec.args.clone()),
         ..Default::default()
     }
 }
@@ -219,6 +279,11 @@ fn proxy_container(obj: &DeployedObject, proxy_image: &str) -> Container {
         // nothing is added when off, so existing Deployments stay byte-for-byte the same.
         args.push("--query-log".into());
         args.push("-".into());
+    }
+    if let Some(path) = ready_path(obj) {
+        // The proxy's `/readyz` (its readiness probe) asks the model on this path.
+        args.push("--ready-path".into());
+        args.push(path.to_string());
     }
     Container {
         name: PROXY_CONTAINER.into(),
@@ -300,6 +365,16 @@ pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment
                 }),
                 spec: Some(PodSpec {
                     containers,
+                    image_pull_secrets: non_empty(
+                        obj.spec
+                            .image_pull_secrets
+                            .iter()
+                            .map(|name| LocalObjectReference { name: name.clone() })
+                            .collect(),
+                    ),
+                    node_selector: Some(obj.spec.node_selector.clone()).filter(|m| !m.is_empty()),
+                    tolerations: non_empty(obj.spec.tolerations.iter().map(toleration).collect()),
+                    priority_class_name: obj.spec.priority_class.clone().filter(|c| !c.is_empty()),
                     ..Default::default()
                 }),
             },
@@ -309,6 +384,17 @@ pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment
     };
     stamp(obj, &mut d, |d| &mut d.metadata);
     d
+}
+
+/// A toleration: operator `Equal` with a value, `Exists` without.
+fn toleration(t: &ds_core::Toleration) -> KToleration {
+    KToleration {
+        key: Some(t.key.clone()),
+        operator: Some(if t.value.is_some() { "Equal" } else { "Exists" }.into()),
+        value: t.value.clone(),
+        effect: Some(t.effect.clone()),
+        toleration_seconds: None,
+    }
 }
 
 /// The port the Service forwards to: the proxy's when it is on, else the model's.
@@ -346,9 +432,26 @@ pub fn desired_service(obj: &DeployedObject) -> Service {
 /// The desired Ingress, or `None` when the spec has no host.
 pub fn desired_ingress(obj: &DeployedObject) -> Option<Ingress> {
     let host = obj.spec.host.as_ref().filter(|h| !h.is_empty())?;
+    let mut meta = metadata(obj);
+    if !obj.spec.ingress_annotations.is_empty() {
+        // Ours (revision, spec hash) are stamped over these; validation reserves their prefix.
+        meta.annotations = Some(obj.spec.ingress_annotations.clone());
+    }
+    let tls = obj
+        .spec
+        .tls_secret
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|secret| {
+            vec![IngressTLS {
+                hosts: Some(vec![host.clone()]),
+                secret_name: Some(secret.clone()),
+            }]
+        });
     let mut i = Ingress {
-        metadata: metadata(obj),
+        metadata: meta,
         spec: Some(IngressSpec {
+            tls,
             ingress_class_name: obj.spec.ingress_class.clone().filter(|c| !c.is_empty()),
             rules: Some(vec![IngressRule {
                 host: Some(host.clone()),
@@ -377,10 +480,11 @@ pub fn desired_ingress(obj: &DeployedObject) -> Option<Ingress> {
     Some(i)
 }
 
-/// Where users reach the deployment: the Ingress host, else the in-cluster Service URL.
+/// Where users reach the deployment: the Ingress URL (`https://` with a TLS secret), else
+/// the in-cluster Service URL.
 pub fn endpoint(obj: &DeployedObject) -> String {
-    match obj.spec.host.as_ref().filter(|h| !h.is_empty()) {
-        Some(host) => format!("http://{host}/"),
+    match obj.spec.ingress_url() {
+        Some(url) => url,
         None => format!(
             "http://{}.{}.svc.cluster.local:{}",
             obj.name, obj.namespace, obj.spec.port
@@ -706,6 +810,234 @@ mod tests {
         assert_ne!(
             hash(&desired_deployment(&a, IMAGE)),
             hash(&desired_deployment(&b, IMAGE))
+        );
+    }
+
+    // --- pod-level options (issue 16) ---
+
+    fn pod(d: &Deployment) -> &PodSpec {
+        d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    #[test]
+    fn gpus_are_limits_and_requests_of_the_model_container_only() {
+        let mut spec = DeploymentSpec::test("iris").proxy(true);
+        spec.gpu = 2;
+        spec.resources.cpu_request = Some("1".into());
+        let d = desired_deployment(&obj(spec.clone()), IMAGE);
+        let res = container(&d, MODEL_CONTAINER)
+            .unwrap()
+            .resources
+            .clone()
+            .unwrap();
+        let (requests, limits) = (res.requests.unwrap(), res.limits.unwrap());
+        assert_eq!(requests["nvidia.com/gpu"], Quantity("2".into()));
+        assert_eq!(limits["nvidia.com/gpu"], Quantity("2".into()));
+        assert_eq!(
+            requests["cpu"],
+            Quantity("1".into()),
+            "kept beside the GPUs"
+        );
+        let proxy = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .resources
+            .clone()
+            .unwrap();
+        for map in [proxy.requests.unwrap(), proxy.limits.unwrap()] {
+            assert!(!map.keys().any(|k| k.contains("gpu")), "{map:?}");
+        }
+        spec.gpu_resource = Some("amd.com/gpu".into());
+        spec.resources.cpu_request = None;
+        let d = desired_deployment(&obj(spec), IMAGE);
+        let res = container(&d, MODEL_CONTAINER)
+            .unwrap()
+            .resources
+            .clone()
+            .unwrap();
+        assert_eq!(
+            res.limits.unwrap(),
+            BTreeMap::from([("amd.com/gpu".to_string(), Quantity("2".into()))])
+        );
+        assert_eq!(
+            res.requests.unwrap(),
+            BTreeMap::from([("amd.com/gpu".to_string(), Quantity("2".into()))])
+        );
+    }
+
+    #[test]
+    fn pull_secrets_and_scheduling_go_on_the_pod() {
+        let mut spec = DeploymentSpec::test("iris");
+        spec.image_pull_secrets = vec!["regcred".into(), "mirror".into()];
+        spec.node_selector.insert("gpu".into(), "a100".into());
+        spec.tolerations = vec![
+            ds_core::Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap(),
+            ds_core::Toleration::parse("dedicated=ml:NoExecute").unwrap(),
+        ];
+        spec.priority_class = Some("model-serving".into());
+        let d = desired_deployment(&obj(spec), IMAGE);
+        let p = pod(&d);
+        let secrets: Vec<&str> = p
+            .image_pull_secrets
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(secrets, ["regcred", "mirror"]);
+        assert_eq!(
+            p.node_selector,
+            Some(BTreeMap::from([("gpu".to_string(), "a100".to_string())]))
+        );
+        let t = p.tolerations.as_ref().unwrap();
+        assert_eq!(t[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(t[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(t[0].value, None);
+        assert_eq!(t[0].effect.as_deref(), Some("NoSchedule"));
+        assert_eq!(t[1].operator.as_deref(), Some("Equal"));
+        assert_eq!(t[1].value.as_deref(), Some("ml"));
+        assert_eq!(t[1].effect.as_deref(), Some("NoExecute"));
+        assert_eq!(p.priority_class_name.as_deref(), Some("model-serving"));
+        let off = desired_deployment(&obj(DeploymentSpec::test("iris")), IMAGE);
+        let p = pod(&off);
+        assert!(p.image_pull_secrets.is_none() && p.node_selector.is_none());
+        assert!(p.tolerations.is_none() && p.priority_class_name.is_none());
+    }
+
+    #[test]
+    fn command_and_args_are_the_model_containers_only() {
+        let mut spec = DeploymentSpec::test("iris").proxy(true);
+        spec.command = vec!["python".into(), "-m".into(), "serve".into()];
+        spec.args = vec!["--port".into(), "8501".into()];
+        let d = desired_deployment(&obj(spec), IMAGE);
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        assert_eq!(
+            m.command,
+            Some(vec!["python".into(), "-m".into(), "serve".into()])
+        );
+        assert_eq!(m.args, Some(vec!["--port".into(), "8501".into()]));
+        let p = container(&d, PROXY_CONTAINER).unwrap();
+        assert_eq!(p.command, Some(vec!["ds".into(), "model-proxy".into()]));
+        let off = desired_deployment(&obj(DeploymentSpec::test("iris")), IMAGE);
+        let m = container(&off, MODEL_CONTAINER).unwrap();
+        assert!(m.command.is_none() && m.args.is_none(), "the image's own");
+    }
+
+    #[test]
+    fn tls_and_annotations_go_on_the_ingress_only() {
+        let mut spec = DeploymentSpec::test("iris").host("iris.example.com");
+        spec.tls_secret = Some("iris-tls".into());
+        spec.ingress_annotations
+            .insert("cert-manager.io/cluster-issuer".into(), "le".into());
+        let o = obj(spec);
+        let i = desired_ingress(&o).unwrap();
+        let tls = i.spec.as_ref().unwrap().tls.as_ref().unwrap();
+        assert_eq!(tls.len(), 1);
+        assert_eq!(tls[0].hosts, Some(vec!["iris.example.com".to_string()]));
+        assert_eq!(tls[0].secret_name.as_deref(), Some("iris-tls"));
+        let ann = i.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann["cert-manager.io/cluster-issuer"], "le");
+        assert_eq!(ann[REVISION_ANNOTATION], "7", "ours stay beside the user's");
+        assert!(ann.contains_key(SPEC_HASH_ANNOTATION));
+        for meta in [
+            &desired_deployment(&o, IMAGE).metadata,
+            &desired_service(&o).metadata,
+        ] {
+            let ann = meta.annotations.as_ref().unwrap();
+            assert!(
+                !ann.contains_key("cert-manager.io/cluster-issuer"),
+                "{ann:?}"
+            );
+        }
+        assert_eq!(endpoint(&o), "https://iris.example.com/");
+        let plain =
+            desired_ingress(&obj(DeploymentSpec::test("iris").host("iris.example.com"))).unwrap();
+        assert!(plain.spec.unwrap().tls.is_none());
+        assert_eq!(plain.metadata.annotations.unwrap().len(), 2, "ours only");
+    }
+
+    #[test]
+    fn ready_path_goes_to_the_proxy_or_becomes_the_models_readiness_probe() {
+        let mut spec = DeploymentSpec::test("iris").proxy(true);
+        spec.ready_path = Some("/v1/models/iris".into());
+        let d = desired_deployment(&obj(spec.clone()), IMAGE);
+        let args = container(&d, PROXY_CONTAINER)
+            .unwrap()
+            .args
+            .clone()
+            .unwrap();
+        let at = args
+            .iter()
+            .position(|a| a == "--ready-path")
+            .expect("passed");
+        assert_eq!(args[at + 1], "/v1/models/iris");
+        // The proxy asks the path: the model keeps its TCP check.
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        assert!(m.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+        let d = desired_deployment(&obj(spec.proxy(false)), IMAGE);
+        let m = container(&d, MODEL_CONTAINER).unwrap();
+        let get = m
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .clone()
+            .unwrap();
+        assert_eq!(get.path.as_deref(), Some("/v1/models/iris"));
+        assert_eq!(get.port, IntOrString::Int(8501));
+        assert!(m.liveness_probe.as_ref().unwrap().tcp_socket.is_some());
+        assert!(
+            m.startup_probe.is_none(),
+            "no startup timeout, no startup probe"
+        );
+    }
+
+    #[test]
+    fn the_startup_probe_covers_the_timeout() {
+        let mut spec = DeploymentSpec::test("iris").proxy(false);
+        spec.startup_timeout_seconds = 600;
+        let d = desired_deployment(&obj(spec.clone()), IMAGE);
+        let probe = container(&d, MODEL_CONTAINER)
+            .unwrap()
+            .startup_probe
+            .clone()
+            .unwrap();
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            IntOrString::Int(8501)
+        );
+        assert_eq!(
+            (probe.period_seconds, probe.failure_threshold),
+            (Some(10), Some(60))
+        );
+        spec.ready_path = Some("/healthz".into());
+        for (timeout, period, failures) in [(601, 10, 61), (5, 5, 1), (1, 1, 1), (86_400, 10, 8640)]
+        {
+            spec.startup_timeout_seconds = timeout;
+            let d = desired_deployment(&obj(spec.clone()), IMAGE);
+            let probe = container(&d, MODEL_CONTAINER)
+                .unwrap()
+                .startup_probe
+                .clone()
+                .unwrap();
+            assert_eq!(
+                probe.http_get.as_ref().unwrap().path.as_deref(),
+                Some("/healthz")
+            );
+            assert_eq!(
+                (probe.period_seconds, probe.failure_threshold),
+                (Some(period), Some(failures))
+            );
+            let covered = u32::try_from(period * failures).unwrap();
+            assert!(covered >= timeout, "{timeout}: {covered}");
+            assert!(covered < timeout + 10, "{timeout}: {covered}");
+        }
+        // Only the model container: the proxy starts at once.
+        let d = desired_deployment(&obj(spec.proxy(true)), IMAGE);
+        assert!(
+            container(&d, PROXY_CONTAINER)
+                .unwrap()
+                .startup_probe
+                .is_none()
         );
     }
 }

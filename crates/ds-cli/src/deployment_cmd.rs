@@ -267,7 +267,7 @@ async fn get(
 
 /// The spec `create`'s flags describe.
 fn create_spec(args: &CreateArgs) -> DeploymentSpec {
-    DeploymentSpec {
+    let mut spec = DeploymentSpec {
         model_name: args.model_name.clone(),
         image: args.image.clone(),
         replicas: args.replicas,
@@ -296,7 +296,22 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
             query_log: args.query_log,
         },
         labels: args.labels.iter().cloned().collect(),
-    }
+        // Off here; the pod-level flags fill them in below.
+        gpu: 0,
+        gpu_resource: None,
+        image_pull_secrets: Vec::new(),
+        tls_secret: None,
+        ingress_annotations: Default::default(),
+        command: Vec::new(),
+        args: Vec::new(),
+        node_selector: Default::default(),
+        tolerations: Vec::new(),
+        priority_class: None,
+        ready_path: None,
+        startup_timeout_seconds: 0,
+    };
+    args.pod.fill(&mut spec);
+    spec
 }
 
 /// Builds and validates the create request (the gateway validates again).
@@ -347,7 +362,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         (_, true) => Some(false),
         _ => None,
     };
-    let req = proto::UpdateDeploymentRequest {
+    let mut req = proto::UpdateDeploymentRequest {
         selector: Some(selector(&args.select)),
         image: args.image.clone(),
         replicas: args.replicas,
@@ -376,8 +391,11 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         set_labels: args.labels.iter().cloned().collect(),
         unset_labels: args.unset_labels.clone(),
         model_name: args.model_name.clone(),
+        ..Default::default()
     };
-    let changes_something = req.image.is_some()
+    let pod_changes = args.pod.fill(&mut req);
+    let changes_something = pod_changes
+        || req.image.is_some()
         || req.replicas.is_some()
         || req.port.is_some()
         || req.host.is_some()

@@ -24,6 +24,24 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         f if f.starts_with("env[") => "--env",
         f if f.starts_with("proxy.class_names") => "--class-names",
         f if f.starts_with("labels[") => "--label",
+        // The pod-level options (issue 16).
+        "gpu" => "--gpu",
+        "gpu_resource" => "--gpu-resource",
+        "tls_secret" => "--tls-secret",
+        "priority_class" => "--priority-class",
+        "ready_path" => "--ready-path",
+        "startup_timeout_seconds" => "--startup-timeout",
+        "image_pull_secrets" => "--image-pull-secret",
+        "ingress_annotations" => "--ingress-annotation",
+        "command" => "--command",
+        "args" => "--arg",
+        "tolerations" => "--toleration",
+        f if f.starts_with("image_pull_secrets[") => "--image-pull-secret",
+        f if f.starts_with("ingress_annotations[") => "--ingress-annotation",
+        f if f.starts_with("command[") => "--command",
+        f if f.starts_with("args[") => "--arg",
+        f if f.starts_with("node_selector[") => "--node-selector",
+        f if f.starts_with("tolerations[") => "--toleration",
         _ => return None,
     };
     Some(flag)
@@ -47,8 +65,10 @@ pub fn in_message(message: &str) -> String {
     let Some(rest) = message.strip_prefix("invalid ") else {
         return message.to_string();
     };
-    // A label key may hold spaces: its path ends at `] `.
-    let end = if rest.starts_with("labels[") {
+    // A label key may hold spaces: its path ends at `] ` (so do annotation and node
+    // selector keys).
+    let keyed = ["labels[", "ingress_annotations[", "node_selector["];
+    let end = if keyed.iter().any(|p| rest.starts_with(p)) {
         rest.find("] ").map(|i| i + 1)
     } else {
         rest.find(' ')
@@ -191,6 +211,82 @@ mod tests {
             }),
             "--label",
         ));
+        // The pod-level options.
+        let pod_cases: Vec<(DeploymentSpec, &str)> = vec![
+            (bad(&|s| s.gpu = 1000), "--gpu"),
+            (
+                bad(&|s| {
+                    s.gpu = 1;
+                    s.gpu_resource = Some("kubernetes.io/gpu".into());
+                }),
+                "--gpu-resource",
+            ),
+            (
+                bad(&|s| s.image_pull_secrets = vec!["Bad Secret".into()]),
+                "--image-pull-secret",
+            ),
+            (
+                bad(&|s| s.image_pull_secrets = (0..40).map(|i| format!("s{i}")).collect()),
+                "--image-pull-secret",
+            ),
+            (bad(&|s| s.tls_secret = Some("tls".into())), "--tls-secret"),
+            (
+                bad(&|s| {
+                    s.ingress_annotations.insert("bad key".into(), "v".into());
+                }),
+                "--ingress-annotation",
+            ),
+            (
+                bad(&|s| {
+                    s.ingress_annotations
+                        .insert("a.io/x".into(), "v".repeat(70_000));
+                }),
+                "--ingress-annotation",
+            ),
+            (bad(&|s| s.command = vec![String::new()]), "--command"),
+            (bad(&|s| s.command = vec!["x".into(); 300]), "--command"),
+            (bad(&|s| s.args = vec!["a\0b".into()]), "--arg"),
+            (bad(&|s| s.args = vec!["x".into(); 300]), "--arg"),
+            (
+                bad(&|s| {
+                    s.node_selector.insert("bad key".into(), "v".into());
+                }),
+                "--node-selector",
+            ),
+            (
+                bad(&|s| {
+                    s.tolerations = vec![ds_core::Toleration {
+                        key: "k".into(),
+                        value: None,
+                        effect: "Sometimes".into(),
+                    }]
+                }),
+                "--toleration",
+            ),
+            (
+                bad(&|s| {
+                    s.tolerations = vec![ds_core::Toleration::parse("k:NoSchedule").unwrap(); 100]
+                }),
+                "--toleration",
+            ),
+            (
+                bad(&|s| s.priority_class = Some("Bad Class".into())),
+                "--priority-class",
+            ),
+            (
+                bad(&|s| s.ready_path = Some("ready".into())),
+                "--ready-path",
+            ),
+            (
+                bad(&|s| s.startup_timeout_seconds = 1_000_000),
+                "--startup-timeout",
+            ),
+        ];
+        cases.extend(
+            pod_cases
+                .into_iter()
+                .map(|(s, f)| ("iris", "default", s, f)),
+        );
         for (name, namespace, spec, flag) in cases {
             let e = ds_core::validate_deployment(name, namespace, &spec)
                 .expect_err("the spec is invalid");

@@ -10,6 +10,7 @@
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
+//! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
@@ -22,6 +23,7 @@ mod history_cmd;
 mod inspect_cmd;
 mod output;
 mod parse;
+mod pod_flags;
 mod version;
 mod wait;
 mod watch;
@@ -337,6 +339,8 @@ pub struct CreateArgs {
     #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse::parse_label)]
     pub labels: Vec<(String, String)>,
     #[command(flatten)]
+    pub pod: pod_flags::PodCreateArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -402,6 +406,8 @@ pub struct UpdateArgs {
     /// New ingress class.
     #[arg(long)]
     pub ingress_class: Option<String>,
+    #[command(flatten)]
+    pub pod: pod_flags::PodUpdateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -560,7 +560,7 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
         "off".to_string()
     };
     let st = &d.status;
-    let mut text = fields(&[
+    let mut pairs = vec![
         ("ID", d.id.clone()),
         ("Name", d.name.clone()),
         ("Namespace", d.namespace.clone()),
@@ -582,12 +582,17 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
         ("CPU", quantity(&r.cpu_request, &r.cpu_limit)),
         ("Memory", quantity(&r.memory_request, &r.memory_limit)),
         ("Labels", labels),
+    ];
+    // The pod-level options, only those that are set.
+    pairs.extend(super::pod_flags::shown(s));
+    pairs.extend([
         ("Revision", d.revision.to_string()),
         (
             "Created",
             format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),
         ),
     ]);
+    let mut text = fields(&pairs);
     text.push_str("Status:\n");
     let status = fields(&[
         ("Phase", status_column(st)),

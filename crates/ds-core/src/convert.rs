@@ -3,7 +3,7 @@
 //! wire means the domain default; an empty string means "not set".
 
 use crate::proto;
-use crate::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources};
+use crate::{DeployedObject, DeploymentSpec, EnvVar, ProxySpec, Resources, Toleration};
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -38,6 +38,39 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
                 query_log: s.proxy.query_log,
             }),
             labels: s.labels.into_iter().collect(),
+            gpu: s.gpu,
+            gpu_resource: s.gpu_resource.unwrap_or_default(),
+            image_pull_secrets: s.image_pull_secrets,
+            tls_secret: s.tls_secret.unwrap_or_default(),
+            ingress_annotations: s.ingress_annotations.into_iter().collect(),
+            command: s.command,
+            args: s.args,
+            node_selector: s.node_selector.into_iter().collect(),
+            tolerations: s.tolerations.into_iter().map(Into::into).collect(),
+            priority_class: s.priority_class.unwrap_or_default(),
+            ready_path: s.ready_path.unwrap_or_default(),
+            startup_timeout_seconds: s.startup_timeout_seconds,
+        }
+    }
+}
+
+impl From<Toleration> for proto::Toleration {
+    fn from(t: Toleration) -> Self {
+        proto::Toleration {
+            key: t.key,
+            value: t.value.unwrap_or_default(),
+            effect: t.effect,
+        }
+    }
+}
+
+/// An empty value means "any value" (operator Exists).
+impl From<proto::Toleration> for Toleration {
+    fn from(t: proto::Toleration) -> Self {
+        Toleration {
+            key: t.key,
+            value: non_empty(t.value),
+            effect: t.effect,
         }
     }
 }
@@ -76,6 +109,18 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
                 })
                 .unwrap_or_default(),
             labels: s.labels.into_iter().collect(),
+            gpu: s.gpu,
+            gpu_resource: non_empty(s.gpu_resource),
+            image_pull_secrets: s.image_pull_secrets,
+            tls_secret: non_empty(s.tls_secret),
+            ingress_annotations: s.ingress_annotations.into_iter().collect(),
+            command: s.command,
+            args: s.args,
+            node_selector: s.node_selector.into_iter().collect(),
+            tolerations: s.tolerations.into_iter().map(Into::into).collect(),
+            priority_class: non_empty(s.priority_class),
+            ready_path: non_empty(s.ready_path),
+            startup_timeout_seconds: s.startup_timeout_seconds,
         }
     }
 }
@@ -143,6 +188,40 @@ mod tests {
         let wire: proto::DeploymentSpec = spec.clone().into();
         assert!(wire.proxy.as_ref().unwrap().query_log);
         assert_eq!(DeploymentSpec::from(wire), spec);
+    }
+
+    #[test]
+    fn pod_options_round_trip_through_proto() {
+        let mut spec = DeploymentSpec::test("iris").host("iris.example.com");
+        spec.gpu = 2;
+        spec.gpu_resource = Some("amd.com/gpu".into());
+        spec.image_pull_secrets = vec!["regcred".into(), "other".into()];
+        spec.tls_secret = Some("iris-tls".into());
+        spec.ingress_annotations
+            .insert("cert-manager.io/cluster-issuer".into(), "le".into());
+        spec.command = vec!["python".into(), "-m".into(), "serve".into()];
+        spec.args = vec!["--port=8501".into(), String::new()];
+        spec.node_selector.insert("gpu".into(), "a100".into());
+        spec.tolerations = vec![
+            Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap(),
+            Toleration::parse("dedicated=ml:NoExecute").unwrap(),
+        ];
+        spec.priority_class = Some("high".into());
+        spec.ready_path = Some("/v1/models/iris".into());
+        spec.startup_timeout_seconds = 600;
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert_eq!(wire.tolerations[0].value, "");
+        assert_eq!(DeploymentSpec::from(wire), spec);
+        // Off is the wire default: an old client's spec means none of them.
+        let wire: proto::DeploymentSpec = DeploymentSpec::test("iris").into();
+        assert_eq!(
+            (
+                wire.gpu,
+                wire.tls_secret.as_str(),
+                wire.startup_timeout_seconds
+            ),
+            (0, "", 0)
+        );
     }
 
     #[test]

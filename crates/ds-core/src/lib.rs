@@ -11,7 +11,9 @@ pub mod proto;
 pub mod spec;
 pub mod validate;
 
-pub use spec::{DeployedObject, DeploymentSpec, EnvVar, NewDeployment, ProxySpec, Resources};
+pub use spec::{
+    DeployedObject, DeploymentSpec, EnvVar, NewDeployment, ProxySpec, Resources, Toleration,
+};
 pub use validate::{ValidationError, validate_deployer_name, validate_deployment};
 
 /// The image of this very build of `ds`: the agent's default sidecar, the gateway's

@@ -63,6 +63,104 @@ pub struct DeploymentSpec {
     pub resources: Resources,
     pub proxy: ProxySpec,
     pub labels: BTreeMap<String, String>,
+    // --- pod-level options (issue 16). Each defaults to off and is left out of the stored
+    // JSON when off, so specs stored before they existed load and digest as before. ---
+    /// Accelerators (e.g. GPUs) of the model container, as limits and requests; 0: none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpu: u32,
+    /// The extended resource [`Self::gpu`] counts; `None` means [`DEFAULT_GPU_RESOURCE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_resource: Option<String>,
+    /// Secrets (in the deployment's namespace) the kubelet pulls the image with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+    /// TLS Secret of the Ingress for [`Self::host`]; the URL becomes `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret: Option<String>,
+    /// Annotations of the Ingress only (for its controller, cert-manager…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ingress_annotations: BTreeMap<String, String>,
+    /// The model container's command (its entrypoint); empty: the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The model container's arguments; empty: the image's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// The pods' PriorityClass name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class: Option<String>,
+    /// HTTP path that answers below 500 once the model is ready to serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_path: Option<String>,
+    /// How long the model may take to start (a startup probe), in seconds; 0: no probe.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub startup_timeout_seconds: u32,
+}
+
+/// The extended resource `gpu` counts when no `gpu_resource` is given.
+pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// The effects a toleration may name, as Kubernetes spells them.
+pub const TOLERATION_EFFECTS: &[&str] = &["NoSchedule", "PreferNoSchedule", "NoExecute"];
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A taint the pods tolerate: `KEY[=VALUE]:EFFECT`. With a value the operator is
+/// `Equal`, without one `Exists`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toleration {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+impl Toleration {
+    /// Parses `KEY[=VALUE]:EFFECT` (the syntax of `kubectl taint`); the parts are checked
+    /// by validation, this only splits them.
+    ///
+    /// # Errors
+    /// Text without `:EFFECT` or without a key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{text:?} is not KEY[=VALUE]:EFFECT, e.g. nvidia.com/gpu:NoSchedule or dedicated=ml:NoExecute"
+            )
+        };
+        let (kv, effect) = text.rsplit_once(':').ok_or_else(bad)?;
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() || effect.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value,
+            effect: effect.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Toleration {
+    /// As [`Toleration::parse`] reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={v}:{}", self.key, self.effect),
+            None => write!(f, "{}:{}", self.key, self.effect),
+        }
+    }
 }
 
 impl DeploymentSpec {
@@ -79,7 +177,41 @@ impl DeploymentSpec {
             resources: Resources::default(),
             proxy: ProxySpec::default(),
             labels: BTreeMap::new(),
+            gpu: 0,
+            gpu_resource: None,
+            image_pull_secrets: Vec::new(),
+            tls_secret: None,
+            ingress_annotations: BTreeMap::new(),
+            command: Vec::new(),
+            args: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            priority_class: None,
+            ready_path: None,
+            startup_timeout_seconds: 0,
         }
+    }
+
+    /// The extended resource [`Self::gpu`] counts.
+    pub fn gpu_resource_name(&self) -> &str {
+        self.gpu_resource
+            .as_deref()
+            .filter(|r| !r.is_empty())
+            .unwrap_or(DEFAULT_GPU_RESOURCE)
+    }
+
+    /// Whether the Ingress serves TLS (a host and a TLS secret).
+    pub fn serves_tls(&self) -> bool {
+        self.host.as_deref().is_some_and(|h| !h.is_empty())
+            && self.tls_secret.as_deref().is_some_and(|s| !s.is_empty())
+    }
+
+    /// The URL users call through the Ingress: `https://HOST/` with a TLS secret, else
+    /// `http://HOST/`; `None` without a host.
+    pub fn ingress_url(&self) -> Option<String> {
+        let host = self.host.as_deref().filter(|h| !h.is_empty())?;
+        let scheme = if self.serves_tls() { "https" } else { "http" };
+        Some(format!("{scheme}://{host}/"))
     }
 
     /// Sets the image (test builder).
@@ -181,6 +313,47 @@ mod tests {
         assert!(spec.proxy.enabled);
         assert!(!spec.proxy.query_log);
         assert_eq!(spec.proxy.class_names, vec!["setosa".to_string()]);
+    }
+
+    #[test]
+    fn an_old_spec_loads_with_the_pod_options_off_and_serializes_as_before() {
+        let stored = r#"{"model_name":"iris","image":"tensorflow/serving:2.15.0","replicas":1,"port":8501,"host":null,"ingress_class":null,"env":[],"resources":{"cpu_request":null,"cpu_limit":null,"memory_request":null,"memory_limit":null},"proxy":{"enabled":true,"class_names":[],"query_log":false},"labels":{}}"#;
+        let spec: DeploymentSpec = serde_json::from_str(stored).expect("old spec loads");
+        assert_eq!(spec, DeploymentSpec::test("iris"));
+        // Byte-identical JSON: digests and stored rows of old specs do not change.
+        assert_eq!(serde_json::to_string(&spec).unwrap(), stored);
+    }
+
+    #[test]
+    fn tolerations_parse_as_kubectl_taint_writes_them() {
+        let t = Toleration::parse("nvidia.com/gpu:NoSchedule").unwrap();
+        assert_eq!(
+            (t.key.as_str(), t.value.as_deref()),
+            ("nvidia.com/gpu", None)
+        );
+        assert_eq!(t.effect, "NoSchedule");
+        let t = Toleration::parse("dedicated=ml:NoExecute").unwrap();
+        assert_eq!(t.value.as_deref(), Some("ml"));
+        assert_eq!(t.to_string(), "dedicated=ml:NoExecute");
+        for bad in ["dedicated", ":NoSchedule", "dedicated=ml:", "=x:NoSchedule"] {
+            assert!(Toleration::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_url_is_https_with_a_tls_secret() {
+        let mut spec = DeploymentSpec::test("iris");
+        assert_eq!(spec.ingress_url(), None);
+        spec = spec.host("iris.example.com");
+        assert_eq!(
+            spec.ingress_url().as_deref(),
+            Some("http://iris.example.com/")
+        );
+        spec.tls_secret = Some("iris-tls".into());
+        assert_eq!(
+            spec.ingress_url().as_deref(),
+            Some("https://iris.example.com/")
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use regex::Regex;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+pub mod pod_rules;
+
 /// A rejected field. Its message never repeats a huge value: the value, and the user input
 /// in a field's name (`labels[KEY]`), are cut after [`SHOWN_CHARS`] characters and say
 /// their size (see [`quoted`]).
@@ -201,6 +203,7 @@ pub fn validate_deployment(
     for (key, value) in &spec.labels {
         check_label(key, value)?;
     }
+    pod_rules::check(spec)?;
     check_spec_size(spec)
 }
 

@@ -290,8 +290,10 @@ fn make_view(
     deployer_name: String,
     status: Option<super::store::StatusRecord>,
 ) -> DeploymentView {
-    let url = match &d.spec.host {
-        Some(host) => format!("http://{host}/"),
+    // With a host, the Ingress URL (https:// with a TLS secret); else where the agent
+    // says the Service is.
+    let url = match d.spec.ingress_url() {
+        Some(url) => url,
         None => status
             .as_ref()
             .map(|s| s.endpoint.clone())
@@ -387,6 +389,7 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     if let Some(model) = &req.model_name {
         spec.model_name.clone_from(model);
     }
+    super::pod_update::apply(spec, req);
 }
 
 #[tonic::async_trait]

@@ -28,6 +28,7 @@ pub mod install;
 mod manifest;
 mod metrics;
 mod paging;
+mod pod_update;
 pub mod postgres;
 mod presence;
 mod rows;

@@ -400,6 +400,28 @@ fn remove(obj: &mut Value, path: &Path) {
     }
 }
 
+/// As the real server, whose field sets also own the maps that hold an applier's fields
+/// (`.`): a map that the removal of `path` left empty goes too (a dropped `startupProbe`
+/// leaves no `startupProbe: {httpGet: {}}`), unless another manager owns it or something in
+/// it, or the applied configuration still sets it. Stops at list items.
+fn prune_emptied_maps(obj: &mut Value, path: &Path, others: &FieldSet, applied: &FieldSet) {
+    for n in (1..path.len()).rev() {
+        if !matches!(path[n - 1], PathElement::Field(_)) {
+            break;
+        }
+        let parent: Path = path[..n].to_vec();
+        let emptied = matches!(get(obj, &parent), Some(Value::Object(m)) if m.is_empty());
+        let kept = others.contains(&parent)
+            || has_descendant(others, &parent)
+            || applied.contains(&parent)
+            || has_descendant(applied, &parent);
+        if !emptied || kept {
+            break;
+        }
+        remove(obj, &parent);
+    }
+}
+
 // === FieldsV1 ===
 
 #[derive(Default)]
@@ -923,6 +945,7 @@ pub fn apply(
         let ancestor_goes = (1..path.len()).any(|n| removable.contains(&path[..n]));
         if !ancestor_goes {
             remove(&mut merged, path);
+            prune_emptied_maps(&mut merged, path, &others, &applied_set);
         }
     }
 
@@ -1377,6 +1400,18 @@ mod tests {
         assert_eq!(containers.len(), 1);
         assert_eq!(containers[0]["env"], json!([{"name": "A", "value": "1"}]));
         assert_eq!(obj["metadata"]["name"], "web");
+    }
+
+    #[test]
+    fn maps_emptied_by_a_dropped_field_go_too() {
+        let mut with_probe = agent_config("a:1");
+        with_probe["spec"]["template"]["spec"]["containers"][0]["startupProbe"] =
+            json!({"httpGet": {"path": "/ready", "port": 8501}, "periodSeconds": 10});
+        let obj = apply(None, &with_probe, "agent", false, T0).unwrap();
+        let obj = apply(Some(&obj), &agent_config("a:1"), "agent", false, T1).unwrap();
+        let c = &obj["spec"]["template"]["spec"]["containers"][0];
+        assert!(c.get("startupProbe").is_none(), "{c}");
+        assert_eq!(c["image"], "a:1", "the rest stays");
     }
 
     #[test]
