@@ -2283,15 +2283,7 @@ async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
     .ok();
     let after = e
         .wait_deployment(ns, "iris", "revision 1's spec again", |d| {
-            let c = &d
-                .spec
-                .as_ref()
-                .unwrap()
-                .template
-                .spec
-                .as_ref()
-                .unwrap()
-                .containers[0];
+            let c = &containers(d)[0];
             image_of(d) == "tensorflow/serving:2.15.0"
                 && c.env
                     .as_ref()
@@ -2300,15 +2292,7 @@ async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
         })
         .await;
     assert_eq!(uid(&after), uid(&before), "rolled back in place");
-    let model = &after
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let model = &containers(&after)[0];
     let limits = model.resources.as_ref().unwrap().limits.as_ref().unwrap();
     assert!(
         !limits.contains_key("memory"),

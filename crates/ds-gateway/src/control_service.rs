@@ -844,10 +844,7 @@ impl ControlService for ControlSvc {
     ) -> Result<Response<DeploymentView>, Status> {
         let actor = self.authorize(&request).await?;
         let req = request.into_inner();
-        let selector = req
-            .selector
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let selector = req.selector.clone().ok_or_else(no_selector)?;
         let record = self.select(&selector).await?;
         let by = ChangeBy {
             actor,
@@ -879,9 +876,7 @@ impl ControlService for ControlSvc {
     ) -> Result<Response<DeploymentRevision>, Status> {
         self.authorize(&request).await?;
         let req = request.into_inner();
-        let selector = req
-            .selector
-            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let selector = req.selector.ok_or_else(no_selector)?;
         let record = self.select(&selector).await?;
         let revisions = self.revisions(&record.id).await?;
         let number = match req.number {
@@ -900,9 +895,7 @@ impl ControlService for ControlSvc {
     ) -> Result<Response<DeploymentView>, Status> {
         let actor = self.authorize(&request).await?;
         let req = request.into_inner();
-        let selector = req
-            .selector
-            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let selector = req.selector.ok_or_else(no_selector)?;
         let record = self.select(&selector).await?;
         let revisions = self.revisions(&record.id).await?;
         let to = match req.to_revision {
@@ -933,10 +926,7 @@ impl ControlService for ControlSvc {
         request: Request<DeleteDeploymentRequest>,
     ) -> Result<Response<DeleteDeploymentResponse>, Status> {
         self.authorize(&request).await?;
-        let selector = request
-            .into_inner()
-            .selector
-            .ok_or_else(|| Status::invalid_argument("selector: required"))?;
+        let selector = request.into_inner().selector.ok_or_else(no_selector)?;
         let record = self.select(&selector).await?;
         let (deleted, revision) = self
             .shared
@@ -1056,4 +1046,9 @@ fn kept(
                 "{field}: deployment {name} has no revision {number}; {range} are kept (see `ds deployment history {name}`)"
             ))
         })
+}
+
+/// The refusal of a request that names no deployment.
+fn no_selector() -> Status {
+    Status::invalid_argument("selector: required")
 }
