@@ -54,6 +54,12 @@ pub enum Command {
     Deployer(cli::DeployerArgs),
     /// Manage deployments.
     Deployment(cli::DeploymentArgs),
+    /// Manage users and service accounts (gateway admins).
+    User(cli::UserArgs),
+    /// Manage API keys: your own, or anyone's as a gateway admin.
+    Apikey(cli::ApikeyArgs),
+    /// Manage groups and their members (gateway admins).
+    Group(cli::GroupArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
     /// Print the client's version and the gateway's.
@@ -108,6 +114,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             kube_sim::run(args, telemetry::shutdown_signal()).await?
         }
         Command::Deployer(args) => cli::deployer(args).await?,
+        Command::User(args) => cli::user(args).await?,
+        Command::Apikey(args) => cli::apikey(args).await?,
+        Command::Group(args) => cli::group(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
         Command::Login(args) => cli::login(args).await?,
         Command::Version(args) => cli::version(args).await?,

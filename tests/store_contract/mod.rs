@@ -7,8 +7,9 @@ use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
-    AgentHeartbeat, Change, ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord,
-    DeploymentSelector, ObjectCount, SnapshotItem, StatusRecord, Store, StoreError,
+    AgentHeartbeat, ApiKeyRecord, Change, ChangeBy, DeployerRecord, DeploymentKey,
+    DeploymentRecord, DeploymentSelector, GrantRecord, ObjectCount, Role, SnapshotItem,
+    StatusRecord, Store, StoreError, UserKind,
 };
 use std::sync::Arc;
 
@@ -156,6 +157,12 @@ contract!(
     object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision,
     a_deployer_reports_the_statuses_of_its_own_deployments,
     install_codes_are_single_use_and_expire,
+    users_are_created_once_listed_and_deleted_with_their_keys,
+    api_keys_belong_to_users_and_expire,
+    the_last_gateway_admin_and_its_last_key_stay,
+    groups_have_members_and_are_deleted_with_their_grants,
+    grants_are_one_role_per_group_and_deployer,
+    an_upgraded_database_gives_its_api_keys_to_the_admin_user,
 );
 
 /// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
@@ -1171,5 +1178,256 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         codes.redeem_code(hash("orphan"), "t10", hash("t10")).await,
         Err(RedeemError::Unknown)
     ));
+    b
+}
+
+// === teams: users, API keys, groups, grants ===
+
+async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -> Backend {
+    let store = b.store();
+    // The migration made the built-in admin.
+    let admin = store.get_user("admin").await.unwrap();
+    assert!(admin.admin && admin.kind == UserKind::User);
+    let ci = store
+        .create_user("ci", UserKind::ServiceAccount, false)
+        .await
+        .unwrap();
+    assert_eq!((ci.kind, ci.admin), (UserKind::ServiceAccount, false));
+    match store.create_user("ci", UserKind::User, true).await {
+        Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "user ci"),
+        other => panic!("a taken user name must be AlreadyExists, got {other:?}"),
+    }
+    // The refused duplicate changed nothing.
+    let again = store.get_user("ci").await.unwrap();
+    assert_eq!((again.kind, again.admin), (UserKind::ServiceAccount, false));
+    let names: Vec<String> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["admin", "ci"]);
+    store
+        .create_api_key("cikey0000000001", hash("ci-secret"), "ci", None)
+        .await
+        .unwrap();
+    store.delete_user("ci").await.unwrap();
+    assert!(matches!(
+        store.get_user("ci").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store.find_key_owner("cikey0000000001").await.unwrap().is_none(),
+        "a deleted user's keys go with it"
+    );
+    assert!(matches!(
+        store.delete_user("ci").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
+    let store = b.store();
+    store
+        .create_user("alice", UserKind::User, false)
+        .await
+        .unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::days(90);
+    let key = store
+        .create_api_key("a1", hash("a1-secret"), "alice", Some(soon))
+        .await
+        .unwrap();
+    assert_eq!(key.user, "alice");
+    assert_eq!(
+        key.expires_at.map(|t| t.timestamp_millis()),
+        Some(soon.timestamp_millis())
+    );
+    store
+        .create_api_key("a2", hash("a2-secret"), "alice", None)
+        .await
+        .unwrap();
+    match store
+        .create_api_key("a3", hash("x"), "nobody", None)
+        .await
+    {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
+        other => panic!("a key of an unknown user must be NotFound, got {other:?}"),
+    }
+    match store.create_api_key("a1", hash("x"), "alice", None).await {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("a taken key ID must be AlreadyExists, got {other:?}"),
+    }
+    let owner = store.find_key_owner("a1").await.unwrap().expect("a1");
+    assert_eq!(owner.hash, hash("a1-secret"));
+    assert_eq!(owner.user.name, "alice");
+    assert_eq!(owner.key, key);
+    let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_api_keys(Some("alice")).await.unwrap()), ["a1", "a2"]);
+    // The bootstrap key belongs to the built-in admin.
+    store.add_api_key("boot", hash("boot")).await.unwrap();
+    assert_eq!(
+        store.find_key_owner("boot").await.unwrap().unwrap().user.name,
+        "admin"
+    );
+    assert_eq!(ids(store.list_api_keys(None).await.unwrap()), ["boot", "a1", "a2"]);
+    assert_eq!(store.delete_api_key("a1").await.unwrap().id, "a1");
+    assert!(store.find_key_owner("a1").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_api_key("a1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
+    let store = b.store();
+    store.add_api_key("boot", hash("boot")).await.unwrap();
+    match store.delete_api_key("boot").await {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last valid key"), "{why}"),
+        other => panic!("the last admin key must be refused, got {other:?}"),
+    }
+    match store.delete_user("admin").await {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last gateway admin"), "{why}"),
+        other => panic!("the last admin must be refused, got {other:?}"),
+    }
+    // Both still work.
+    assert!(store.find_key_owner("boot").await.unwrap().is_some());
+    // An expired key of another admin does not count as a way in.
+    store.create_user("root", UserKind::User, true).await.unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    store
+        .create_api_key("old", hash("old"), "root", Some(past))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_api_key("boot").await,
+        Err(StoreError::Refused(_))
+    ));
+    // With another admin's valid key, the first admin may go.
+    store
+        .create_api_key("new", hash("new"), "root", None)
+        .await
+        .unwrap();
+    store.delete_user("admin").await.unwrap();
+    assert!(store.find_key_owner("boot").await.unwrap().is_none());
+    b
+}
+
+async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "prod").await;
+    store.create_user("alice", UserKind::User, false).await.unwrap();
+    store.create_user("bob", UserKind::User, false).await.unwrap();
+    store.create_group("ml").await.unwrap();
+    match store.create_group("ml").await {
+        Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "group ml"),
+        other => panic!("a taken group name must be AlreadyExists, got {other:?}"),
+    }
+    let ml = store.add_group_member("ml", "bob").await.unwrap();
+    assert_eq!(ml.members, ["bob"]);
+    let ml = store.add_group_member("ml", "alice").await.unwrap();
+    assert_eq!(ml.members, ["alice", "bob"]);
+    assert!(matches!(
+        store.add_group_member("ml", "alice").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    match store.add_group_member("ml", "nobody").await {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
+        other => panic!("an unknown user must be NotFound, got {other:?}"),
+    }
+    match store.add_group_member("nogroup", "alice").await {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
+        other => panic!("an unknown group must be NotFound, got {other:?}"),
+    }
+    assert_eq!(store.get_user("alice").await.unwrap().groups, ["ml"]);
+    let ml = store.remove_group_member("ml", "bob").await.unwrap();
+    assert_eq!(ml.members, ["alice"]);
+    assert!(matches!(
+        store.remove_group_member("ml", "bob").await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.grant_deployer(&d.id, "ml", Role::View).await.unwrap();
+    let listed = store.list_groups().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].name.as_str(), &listed[0].members[..]), ("ml", &["alice".to_string()][..]));
+    store.delete_group("ml").await.unwrap();
+    assert!(store.list_groups().await.unwrap().is_empty());
+    assert!(store.get_user("alice").await.unwrap().groups.is_empty());
+    assert!(store.list_grants(Some(&d.id)).await.unwrap().is_empty(), "its grants go with it");
+    assert!(matches!(
+        store.delete_group("ml").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
+    let store = b.store();
+    let prod = register(&store, "prod").await;
+    let dev = register(&store, "dev").await;
+    store.create_group("ml").await.unwrap();
+    store.create_group("ops").await.unwrap();
+    store.grant_deployer(&prod.id, "ml", Role::View).await.unwrap();
+    store.grant_deployer(&prod.id, "ops", Role::Admin).await.unwrap();
+    store.grant_deployer(&dev.id, "ml", Role::Deploy).await.unwrap();
+    // A second grant replaces the group's role there.
+    store.grant_deployer(&prod.id, "ml", Role::Deploy).await.unwrap();
+    let of = |grants: Vec<GrantRecord>| {
+        grants
+            .into_iter()
+            .map(|g| (g.group, g.role))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(store.list_grants(Some(&prod.id)).await.unwrap()),
+        [("ml".to_string(), Role::Deploy), ("ops".to_string(), Role::Admin)]
+    );
+    assert_eq!(store.list_grants(None).await.unwrap().len(), 3);
+    match store.grant_deployer(&prod.id, "nogroup", Role::View).await {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
+        other => panic!("an unknown group must be NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store.grant_deployer("no-such-id", "ml", Role::View).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.revoke_deployer(&prod.id, "ml").await.unwrap();
+    assert!(matches!(
+        store.revoke_deployer(&prod.id, "ml").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        of(store.list_grants(Some(&prod.id)).await.unwrap()),
+        [("ops".to_string(), Role::Admin)]
+    );
+    // A deleted deployer's grants go with it.
+    store.delete_deployer(&prod.id).await.unwrap();
+    assert_eq!(of(store.list_grants(None).await.unwrap()), [("ml".to_string(), Role::Deploy)]);
+    b
+}
+
+async fn an_upgraded_database_gives_its_api_keys_to_the_admin_user(b: Backend) -> Backend {
+    let store = b.store();
+    store.add_api_key("oldkey", hash("old")).await.unwrap();
+    drop(store);
+    // As the release before teams left it: api_keys(id, hash, created_at) with the key,
+    // no users, no groups, the migration not applied.
+    b.raw(
+        "CREATE TABLE api_keys_old AS SELECT id, hash, created_at FROM api_keys; \
+         DROP TABLE deployer_grants; DROP TABLE group_members; DROP TABLE user_groups; \
+         DROP TABLE api_keys; DROP TABLE users; \
+         ALTER TABLE api_keys_old RENAME TO api_keys; \
+         DELETE FROM _sqlx_migrations WHERE description = 'teams'",
+    )
+    .await;
+    let b = b.reopen().await;
+    let store = b.store();
+    let owner = store.find_key_owner("oldkey").await.unwrap().expect("the old key");
+    assert_eq!(owner.hash, hash("old"), "the same key still matches");
+    assert_eq!(owner.user.name, "admin");
+    assert!(owner.user.admin);
+    assert_eq!(owner.key.expires_at, None);
     b
 }

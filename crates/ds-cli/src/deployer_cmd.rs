@@ -1,8 +1,8 @@
-//! `ds deployer create|ls|get|rm|rotate-token|install`.
+//! `ds deployer create|ls|get|rm|rotate-token|install` (`grant|revoke` in `teams_cmd`).
 
 use super::client::{self, request, status_error};
 use super::output::{self, DeployerView, fields, print};
-use super::{CliError, DeployerArgs, DeployerCommand, config};
+use super::{CliError, DeployerArgs, DeployerCommand, config, teams_cmd};
 use ds_core::duration::format as format_duration;
 use ds_core::proto;
 use serde::Serialize;
@@ -48,6 +48,11 @@ const CASCADE_POLL: Duration = Duration::from_millis(500);
 
 pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
     let format = args.global.output;
+    if let DeployerCommand::Grant { group, .. } | DeployerCommand::Revoke { group, .. } =
+        &args.command
+    {
+        ds_core::validate::validate_group_name("--group", group)?;
+    }
     // Check what can be checked before dialing.
     if let DeployerCommand::Create { name } = &args.command {
         ds_core::validate_deployer_name(name)?;
@@ -193,6 +198,14 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     response.deployments_deleted
                 );
             }
+        }
+        DeployerCommand::Grant {
+            deployer,
+            group,
+            role,
+        } => teams_cmd::grant(&mut control, &url, format, deployer, group, Some(role)).await?,
+        DeployerCommand::Revoke { deployer, group } => {
+            teams_cmd::grant(&mut control, &url, format, deployer, group, None).await?;
         }
         DeployerCommand::RotateToken { deployer, overlap } => {
             let overlap_seconds = u32::try_from(overlap.as_secs()).unwrap_or(u32::MAX);

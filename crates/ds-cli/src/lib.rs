@@ -11,6 +11,7 @@
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
+//! - `teams_cmd`: `ds user|apikey|group …` and `ds deployer grant|revoke`.
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
@@ -24,6 +25,7 @@ mod inspect_cmd;
 mod output;
 mod parse;
 mod pod_flags;
+mod teams_cmd;
 mod version;
 mod wait;
 mod watch;
@@ -36,6 +38,9 @@ use std::time::Duration;
 
 pub use config::{Config, default_config_path};
 pub use output::{OutputFormat, format_age};
+pub use teams_cmd::{
+    ApikeyArgs, ApikeyCommand, GroupArgs, GroupCommand, RoleArg, UserArgs, UserCommand,
+};
 
 // === arguments ===
 
@@ -123,6 +128,26 @@ pub enum DeployerCommand {
         /// How long the previous token stays valid (e.g. `10m`, `1h`, `0s`).
         #[arg(long, default_value = "10m", value_parser = ds_core::duration::parse)]
         overlap: Duration,
+    },
+    /// Grant a group a role on a deployer (replacing its earlier one there).
+    Grant {
+        /// Deployer name or ID.
+        deployer: String,
+        /// The group.
+        #[arg(long)]
+        group: String,
+        /// view: see it and its deployments; deploy: also change deployments; admin: also
+        /// its token, install and grants.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Take a group's role on a deployer away.
+    Revoke {
+        /// Deployer name or ID.
+        deployer: String,
+        /// The group.
+        #[arg(long)]
+        group: String,
     },
     /// Print the one-line `kubectl apply` that installs the agent in a cluster.
     Install {
@@ -551,6 +576,31 @@ pub enum CliError {
 /// Missing credentials, an unreachable gateway, or the gateway's refusal, as one line.
 pub async fn deployer(args: DeployerArgs) -> Result<(), CliError> {
     deployer_cmd::run(args).await
+}
+
+/// `ds user …`
+///
+/// # Errors
+/// Bad names, missing credentials, an unreachable gateway, or the gateway's refusal
+/// (which permission is missing), as one line.
+pub async fn user(args: UserArgs) -> Result<(), CliError> {
+    teams_cmd::user(args).await
+}
+
+/// `ds apikey …`
+///
+/// # Errors
+/// As [`user`]; also a bad `--expires`.
+pub async fn apikey(args: ApikeyArgs) -> Result<(), CliError> {
+    teams_cmd::apikey(args).await
+}
+
+/// `ds group …`
+///
+/// # Errors
+/// As [`user`].
+pub async fn group(args: GroupArgs) -> Result<(), CliError> {
+    teams_cmd::group(args).await
 }
 
 /// `ds deployment …`

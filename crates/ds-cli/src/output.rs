@@ -178,6 +178,9 @@ pub struct DeployerView {
     pub created_at: String,
     pub deployments: u32,
     pub revision: u64,
+    /// The groups with a role on it (`ds deployer get` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<super::teams_cmd::GrantView>,
 }
 
 impl From<&proto::Deployer> for DeployerView {
@@ -198,6 +201,11 @@ impl From<&proto::Deployer> for DeployerView {
             created_at: d.created_at.clone(),
             deployments: d.deployments,
             revision: d.revision,
+            grants: d
+                .grants
+                .iter()
+                .map(super::teams_cmd::GrantView::from)
+                .collect(),
         }
     }
 }
@@ -289,6 +297,7 @@ pub fn deployer_fields(d: &DeployerView) -> String {
         ),
         ("Deployments", d.deployments.to_string()),
         ("Revision", d.revision.to_string()),
+        ("Grants", super::teams_cmd::grants_text(&d.grants)),
         (
             "Created",
             format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),

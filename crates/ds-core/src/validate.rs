@@ -233,6 +233,51 @@ pub fn validate_deployer_name(name: &str) -> Result<(), ValidationError> {
     check_dns1123_label("name", name)
 }
 
+/// Checks the name of a user or service account given in `field`: a DNS-1123 label (it
+/// shows in who made a change, and in tables).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_user_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    check_dns1123_label(field, name)
+}
+
+/// Checks the name of a group given in `field`: a DNS-1123 label.
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_group_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    check_dns1123_label(field, name)
+}
+
+/// The longest lifetime of an API key: ten years.
+pub const MAX_API_KEY_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(10 * 366 * 86_400);
+
+/// Checks an API key's lifetime given in `field`: a positive duration of at most
+/// [`MAX_API_KEY_LIFETIME`] (`None`: it never expires).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_api_key_lifetime(
+    field: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<(), ValidationError> {
+    match lifetime {
+        Some(d) if d.is_zero() => Err(ValidationError::new(
+            field,
+            "0s",
+            "must be a positive duration such as 90d or 12h (leave it out for a key that does not expire)",
+        )),
+        Some(d) if d > MAX_API_KEY_LIFETIME => Err(ValidationError::new(
+            field,
+            crate::duration::format(d),
+            "must be at most 10 years (3660d)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a namespace name given in `field` (a DNS-1123 label), e.g. install options.
 ///
 /// # Errors

@@ -2,15 +2,19 @@
 //! status watch behind `--wait`; authenticated by the admin API key.
 
 use super::Shared;
-use super::convert::{deployer_to_proto, rfc3339};
+use super::access::{Denied, Need, Principal, Rpc};
+use super::convert::{
+    deployer_to_proto, grant_to_proto, group_to_proto, key_to_proto, rfc3339, user_to_proto,
+};
 use super::credentials;
 use super::history;
 use super::paging;
 use super::presence::{AgentPresence, mark};
 use super::rpc::{bearer, store_status};
 use super::store::{
+    self,
     ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord,
-    StoreError,
+    Role, StoreError,
 };
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
@@ -25,10 +29,19 @@ use ds_core::proto::{
     RollbackDeploymentRequest, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
     UpdateDeploymentRequest, inspect_reply, inspect_request,
 };
+use ds_core::proto::{
+    CreateApiKeyRequest, CreateApiKeyResponse, CreateGroupRequest, CreateUserRequest,
+    DeleteApiKeyRequest, DeleteApiKeyResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DeleteUserRequest, DeleteUserResponse, DeployerGrants, DeployerRole, GrantDeployerRequest,
+    Group, GroupMemberRequest, ListApiKeysRequest, ListApiKeysResponse, ListGroupsRequest,
+    ListGroupsResponse, ListUsersRequest, ListUsersResponse, RevokeDeployerRequest, User,
+    UserKind,
+};
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc};
@@ -54,57 +67,183 @@ const PRESENCE_RECHECK: Duration = Duration::from_secs(2);
 /// How long a verified API key is trusted without asking the database again.
 const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 
-/// The hash of the last verified API key and when it was verified.
-type KeyCache = Arc<Mutex<Option<([u8; 32], Instant)>>>;
+/// How many verified keys the cache holds before it starts over.
+const API_KEY_CACHE_MAX: usize = 1024;
+
+/// Verified API keys, by the SHA-256 of the whole key: saves the database reads of a
+/// principal (key, user, groups, grants) per CLI call, while a deleted key or a changed
+/// grant takes effect at once on this gateway (an access change made here bumps the
+/// generation) and within [`API_KEY_CACHE_TTL`] on other replicas.
+#[derive(Default)]
+struct KeyCache {
+    /// The principal, when it was verified, and the generation it was verified in.
+    // Looked up by the hash of the presented key, not the key: a lookup's timing can
+    // tell at most something about a SHA-256 output, which does not help guess a key.
+    entries: Mutex<HashMap<[u8; 32], (Arc<Principal>, Instant, u64)>>,
+    generation: AtomicU64,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &[u8; 32]) -> Option<Arc<Principal>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let entries = self.entries.lock();
+        let (principal, at, of) = entries.get(hash)?;
+        (*of == generation && at.elapsed() < API_KEY_CACHE_TTL).then(|| principal.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], principal: Arc<Principal>, generation: u64) {
+        let mut entries = self.entries.lock();
+        if entries.len() >= API_KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, Instant::now(), generation));
+    }
+
+    /// Forgets every verified key: users, keys, groups or grants changed.
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.lock().clear();
+    }
+}
+
+/// An authenticated caller of one RPC, its gateway-wide need already checked.
+struct Caller {
+    principal: Arc<Principal>,
+    rpc: Rpc,
+}
+
+impl Caller {
+    /// Who makes a change, for its revision.
+    fn by(&self, note: String) -> ChangeBy {
+        ChangeBy {
+            actor: self.principal.actor(),
+            note,
+        }
+    }
+
+    /// The role this RPC needs on its deployer (View for the lists, which show only
+    /// what the caller may see).
+    fn deployer_need(&self) -> Role {
+        match self.rpc.need() {
+            Need::Deployer(role) => role,
+            _ => Role::View,
+        }
+    }
+}
 
 /// The ControlService implementation.
 pub struct ControlSvc {
     shared: Arc<Shared>,
-    /// Hash of the last verified API key and when it was verified: saves a database
-    /// read per CLI call (create throughput) while a removed key stops working in
-    /// at most [`API_KEY_CACHE_TTL`].
-    verified_key: KeyCache,
+    verified_keys: Arc<KeyCache>,
 }
 
 impl ControlSvc {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            verified_key: Arc::new(Mutex::new(None)),
+            verified_keys: Arc::new(KeyCache::default()),
         }
     }
 
-    /// Checks the caller's API key; returns who the caller is, as revisions record it:
-    /// `key <its public ID>` (never the secret).
-    async fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        let presented = bearer(req).inspect_err(|_| {
+    /// Authenticates the caller and checks what `rpc` needs of it at the gateway level
+    /// ([`Rpc::rule`]); a deployer's role is checked once the deployer is known
+    /// ([`ControlSvc::guard`]). UNAUTHENTICATED for a missing, wrong or expired key
+    /// (never repeating it), PERMISSION_DENIED naming what is missing.
+    async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+        let principal = self.authenticate(req).await.inspect_err(|_| {
             self.shared.metrics.auth_failures.inc();
         })?;
-        let actor = || {
-            credentials::parse_id(credentials::API_KEY_PREFIX, presented)
-                .map(|id| format!("key {id}"))
-                .unwrap_or_default()
-        };
+        let (need, action) = rpc.rule();
+        if need == Need::GatewayAdmin && !principal.admin {
+            tracing::info!(user = %principal.name, rpc = ?rpc, "refused: needs a gateway admin");
+            return Err(Status::permission_denied(principal.not_admin_message(action)));
+        }
+        Ok(Caller { principal, rpc })
+    }
+
+    async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Principal>, Status> {
+        let presented = bearer(req)?;
         let hash = credentials::hash(presented);
-        let cached = *self.verified_key.lock();
-        if let Some((known, at)) = cached {
-            let same: bool = known.ct_eq(&hash).into();
-            if same && at.elapsed() < API_KEY_CACHE_TTL {
-                return Ok(actor());
+        if let Some(principal) = self.verified_keys.get(&hash) {
+            if principal.expired() {
+                return Err(Status::unauthenticated("API key expired"));
+            }
+            return Ok(principal);
+        }
+        // A bearer token (OIDC) would be verified here, into Principal::from_token.
+        let Some(id) = credentials::parse_id(credentials::API_KEY_PREFIX, presented) else {
+            tracing::warn!("rejected a credential that is not an API key");
+            return Err(Status::unauthenticated("invalid API key"));
+        };
+        let generation = self.verified_keys.generation.load(Ordering::Acquire);
+        let store = self.shared.store.as_ref();
+        let owner = store.find_key_owner(id).await.map_err(store_status)?;
+        let Some(owner) = owner.filter(|o| bool::from(o.hash.ct_eq(&hash))) else {
+            tracing::warn!("rejected an API key");
+            return Err(Status::unauthenticated("invalid API key"));
+        };
+        if owner.key.expires_at.is_some_and(|t| t <= Utc::now()) {
+            tracing::warn!(key = %owner.key.id, user = %owner.user.name, "rejected an expired API key");
+            return Err(Status::unauthenticated("API key expired"));
+        }
+        let grants = store.list_grants(None).await.map_err(store_status)?;
+        let principal = Arc::new(Principal::from_key(&owner, &grants));
+        self.verified_keys.put(hash, principal.clone(), generation);
+        Ok(principal)
+    }
+
+    /// Checks the caller's role on a deployer for its RPC. Without any role there the
+    /// deployer does not exist for it: NOT_FOUND as for a missing deployer named `given`
+    /// (its ID when empty). With too low a role: PERMISSION_DENIED naming the role needed.
+    async fn guard(&self, caller: &Caller, deployer_id: &str, given: &str) -> Result<(), Status> {
+        let need = caller.deployer_need();
+        match caller.principal.check(deployer_id, need) {
+            Ok(()) => Ok(()),
+            Err(Denied::Invisible) => {
+                let given = if given.is_empty() { deployer_id } else { given };
+                Err(store_status(StoreError::NotFound(format!("deployer {given}"))))
+            }
+            Err(Denied::Short { have, need }) => {
+                let (_, name) = self.resolve(deployer_id).await?;
+                let action = caller.rpc.rule().1;
+                tracing::info!(user = %caller.principal.name, rpc = ?caller.rpc, deployer = %deployer_id, "refused: role too low");
+                Err(Status::permission_denied(
+                    caller.principal.short_message(action, &name, need, have),
+                ))
             }
         }
-        match credentials::verify_api_key(self.shared.store.as_ref(), presented).await {
-            Ok(true) => {
-                *self.verified_key.lock() = Some((hash, Instant::now()));
-                Ok(actor())
-            }
-            Ok(false) => {
-                self.shared.metrics.auth_failures.inc();
-                tracing::warn!("rejected an API key");
-                Err(Status::unauthenticated("invalid API key"))
-            }
-            Err(e) => Err(store_status(e)),
+    }
+
+    /// For the RPCs on one's own keys: a gateway admin is needed for another user's.
+    fn own_or_admin(&self, caller: &Caller, user: &str) -> Result<(), Status> {
+        if user == caller.principal.name || caller.principal.admin {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(
+                caller.principal.not_admin_message(caller.rpc.rule().1),
+            ))
         }
+    }
+
+    /// A deployer's grants, by group.
+    async fn grants(&self, deployer_id: &str) -> Result<DeployerGrants, Status> {
+        let grants = self
+            .shared
+            .store
+            .list_grants(Some(deployer_id))
+            .await
+            .map_err(store_status)?;
+        Ok(DeployerGrants {
+            deployer_id: deployer_id.to_string(),
+            grants: grants.iter().map(grant_to_proto).collect(),
+        })
+    }
+
+    /// A deployer's ID after the caller's role on it for its RPC is checked.
+    async fn guarded_deployer(&self, caller: &Caller, given: &str) -> Result<String, Status> {
+        let (id, _) = self.resolve(given).await?;
+        self.guard(caller, &id, given).await?;
+        Ok(id)
     }
 
     /// A deployment's kept revisions, oldest first.
@@ -209,8 +348,24 @@ impl ControlSvc {
             .map_err(store_status)
     }
 
-    /// Resolves a selector to exactly one deployment.
-    async fn select(&self, sel: &GetDeploymentRequest) -> Result<DeploymentRecord, Status> {
+    /// Resolves a selector to exactly one deployment the caller may see, and checks the
+    /// caller's role on its deployer: deployments of deployers it has no role on do not
+    /// exist for it.
+    async fn select(
+        &self,
+        caller: &Caller,
+        sel: &GetDeploymentRequest,
+    ) -> Result<DeploymentRecord, Status> {
+        let record = self.select_visible(caller, sel).await?;
+        self.guard(caller, &record.deployer_id, "").await?;
+        Ok(record)
+    }
+
+    async fn select_visible(
+        &self,
+        caller: &Caller,
+        sel: &GetDeploymentRequest,
+    ) -> Result<DeploymentRecord, Status> {
         if sel.deployment.is_empty() {
             return Err(Status::invalid_argument(
                 "deployment: an ID or name is required",
@@ -219,7 +374,14 @@ impl ControlSvc {
         let deployer_id = if sel.deployer.is_empty() {
             None
         } else {
-            Some(self.resolve(&sel.deployer).await?.0)
+            let (id, _) = self.resolve(&sel.deployer).await?;
+            if !caller.principal.can_view(&id) {
+                return Err(store_status(StoreError::NotFound(format!(
+                    "deployer {}",
+                    sel.deployer
+                ))));
+            }
+            Some(id)
         };
         let selector = DeploymentSelector {
             deployment: sel.deployment.clone(),
@@ -232,6 +394,7 @@ impl ControlSvc {
             .find_deployments(&selector)
             .await
             .map_err(store_status)?;
+        found.retain(|d| caller.principal.can_view(&d.deployer_id));
         match found.len() {
             0 => Err(Status::not_found(format!(
                 "deployment {} not found",
@@ -401,11 +564,13 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<DeploymentLogsRequest>,
     ) -> Result<Response<Self::DeploymentLogsStream>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::DeploymentLogs).await?;
         let req = request.into_inner();
         let container = ds_core::validate::logs_container(&req.container).map_err(invalid)?;
         ds_core::validate::logs_window(req.tail_lines, req.since_seconds).map_err(invalid)?;
-        let record = self.select(&req.selector.unwrap_or_default()).await?;
+        let record = self
+            .select(&caller, &req.selector.unwrap_or_default())
+            .await?;
         let query = inspect_request::Query::Logs(LogsQuery {
             deployment_id: record.id.clone(),
             namespace: record.namespace.clone(),
@@ -454,8 +619,8 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeploymentRequest>,
     ) -> Result<Response<DeploymentDescription>, Status> {
-        self.authorize(&request).await?;
-        let record = self.select(request.get_ref()).await?;
+        let caller = self.authorize(&request, Rpc::DescribeDeployment).await?;
+        let record = self.select(&caller, request.get_ref()).await?;
         let query = inspect_request::Query::Describe(DescribeQuery {
             deployment_id: record.id.clone(),
             namespace: record.namespace.clone(),
@@ -496,7 +661,7 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateDeployerRequest>,
     ) -> Result<Response<CreateDeployerResponse>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Rpc::CreateDeployer).await?;
         let name = request.into_inner().name;
         ds_core::validate_deployer_name(&name).map_err(invalid)?;
         let token = credentials::generate(credentials::TOKEN_PREFIX);
@@ -517,7 +682,7 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<ListDeployersRequest>,
     ) -> Result<Response<ListDeployersResponse>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::ListDeployers).await?;
         let deployers = self
             .shared
             .store
@@ -527,6 +692,7 @@ impl ControlService for ControlSvc {
         Ok(Response::new(ListDeployersResponse {
             deployers: deployers
                 .into_iter()
+                .filter(|d| caller.principal.can_view(&d.id))
                 .map(|d| self.deployer_view(d))
                 .collect(),
         }))
@@ -536,16 +702,21 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeployerRequest>,
     ) -> Result<Response<Deployer>, Status> {
-        self.authorize(&request).await?;
-        let record = self.deployer(&request.get_ref().deployer).await?;
-        Ok(Response::new(self.deployer_view(record)))
+        let caller = self.authorize(&request, Rpc::GetDeployer).await?;
+        let given = &request.get_ref().deployer;
+        let record = self.deployer(given).await?;
+        self.guard(&caller, &record.id, given).await?;
+        let grants = self.grants(&record.id).await?;
+        let mut view = self.deployer_view(record);
+        view.grants = grants.grants;
+        Ok(Response::new(view))
     }
 
     async fn delete_deployer(
         &self,
         request: Request<DeleteDeployerRequest>,
     ) -> Result<Response<DeleteDeployerResponse>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Rpc::DeleteDeployer).await?;
         let req = request.into_inner();
         let mode = DeleteMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("mode: unknown value {}", req.mode)))?;
@@ -634,9 +805,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<RotateDeployerTokenRequest>,
     ) -> Result<Response<RotateDeployerTokenResponse>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::RotateDeployerToken).await?;
         let req = request.into_inner();
         let record = self.deployer(&req.deployer).await?;
+        self.guard(&caller, &record.id, &req.deployer).await?;
         let overlap = if req.overlap_seconds == 0 {
             self.shared.token_overlap
         } else {
@@ -662,7 +834,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateInstallCodeRequest>,
     ) -> Result<Response<CreateInstallCodeResponse>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::CreateInstallCode).await?;
+        let given = request.get_ref().deployer.clone();
+        let (id, _) = self.resolve(&given).await?;
+        self.guard(&caller, &id, &given).await?;
         super::install::create_install_code(&self.shared, request.into_inner())
             .await
             .map(Response::new)
@@ -672,9 +847,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        let actor = self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::CreateDeployment).await?;
         let req = request.into_inner();
         let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
+        self.guard(&caller, &deployer_id, &req.deployer).await?;
         let spec: DeploymentSpec = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: required"))?
@@ -712,10 +888,7 @@ impl ControlService for ControlSvc {
             .shared
             .store
             .create_deployment_by(
-                &ChangeBy {
-                    actor,
-                    note: String::new(),
-                },
+                &caller.by(String::new()),
                 &deployer_id,
                 &name,
                 &namespace,
@@ -735,13 +908,15 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<ListDeploymentsRequest>,
     ) -> Result<Response<ListDeploymentsResponse>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::ListDeployments).await?;
         let req = request.into_inner();
         let store = &self.shared.store;
         let deployer_id = if req.deployer.is_empty() {
             None
         } else {
-            Some(self.resolve(&req.deployer).await?.0)
+            let (id, _) = self.resolve(&req.deployer).await?;
+            self.guard(&caller, &id, &req.deployer).await?;
+            Some(id)
         };
         let after = paging::parse_page_token(&req.page_token)?;
         if let (Some(id), Some(key)) = (&deployer_id, &after)
@@ -776,8 +951,11 @@ impl ControlService for ControlSvc {
                     namespace: d.namespace.clone(),
                     name: d.name.clone(),
                 };
-                // `-n`: filtered here, after the keyset read, so the token still moves on.
-                if !req.namespace.is_empty() && d.namespace != req.namespace {
+                // `-n` and what the caller may not see: filtered here, after the keyset
+                // read, so the token still moves on.
+                if (!req.namespace.is_empty() && d.namespace != req.namespace)
+                    || !caller.principal.can_view(&d.deployer_id)
+                {
                     last = Some(key);
                     continue;
                 }
@@ -833,8 +1011,8 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        self.authorize(&request).await?;
-        let record = self.select(request.get_ref()).await?;
+        let caller = self.authorize(&request, Rpc::GetDeployment).await?;
+        let record = self.select(&caller, request.get_ref()).await?;
         Ok(Response::new(self.view(record).await?))
     }
 
@@ -842,14 +1020,11 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<UpdateDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        let actor = self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::UpdateDeployment).await?;
         let req = request.into_inner();
         let selector = req.selector.clone().ok_or_else(no_selector)?;
-        let record = self.select(&selector).await?;
-        let by = ChangeBy {
-            actor,
-            note: String::new(),
-        };
+        let record = self.select(&caller, &selector).await?;
+        let by = caller.by(String::new());
         let view = self
             .change_spec(&by, record, |spec| apply_update(spec, &req))
             .await?;
@@ -860,8 +1035,8 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeploymentRequest>,
     ) -> Result<Response<DeploymentHistory>, Status> {
-        self.authorize(&request).await?;
-        let record = self.select(request.get_ref()).await?;
+        let caller = self.authorize(&request, Rpc::GetDeploymentHistory).await?;
+        let record = self.select(&caller, request.get_ref()).await?;
         let revisions = self.revisions(&record.id).await?;
         Ok(Response::new(DeploymentHistory {
             deployment_id: record.id,
@@ -874,10 +1049,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeploymentRevisionRequest>,
     ) -> Result<Response<DeploymentRevision>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::GetDeploymentRevision).await?;
         let req = request.into_inner();
         let selector = req.selector.ok_or_else(no_selector)?;
-        let record = self.select(&selector).await?;
+        let record = self.select(&caller, &selector).await?;
         let revisions = self.revisions(&record.id).await?;
         let number = match req.number {
             0 => revisions.last().map_or(0, |r| r.number),
@@ -893,10 +1068,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<RollbackDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
-        let actor = self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::RollbackDeployment).await?;
         let req = request.into_inner();
         let selector = req.selector.ok_or_else(no_selector)?;
-        let record = self.select(&selector).await?;
+        let record = self.select(&caller, &selector).await?;
         let revisions = self.revisions(&record.id).await?;
         let to = match req.to_revision {
             0 if revisions.len() < 2 => {
@@ -911,10 +1086,7 @@ impl ControlService for ControlSvc {
         let i = kept(&revisions, to, "to_revision", &record.name)?;
         // Validated again by change_spec: the rules may have tightened since it was made.
         let target = revisions[i].spec.clone();
-        let by = ChangeBy {
-            actor,
-            note: format!("rollback to revision {to}"),
-        };
+        let by = caller.by(format!("rollback to revision {to}"));
         let view = self
             .change_spec(&by, record, |spec| spec.clone_from(&target))
             .await?;
@@ -925,9 +1097,9 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<DeleteDeploymentRequest>,
     ) -> Result<Response<DeleteDeploymentResponse>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::DeleteDeployment).await?;
         let selector = request.into_inner().selector.ok_or_else(no_selector)?;
-        let record = self.select(&selector).await?;
+        let record = self.select(&caller, &selector).await?;
         let (deleted, revision) = self
             .shared
             .store
@@ -946,10 +1118,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStatusStream>, Status> {
-        self.authorize(&request).await?;
+        let caller = self.authorize(&request, Rpc::WatchDeploymentStatus).await?;
         // Subscribe first so that no change between the first view and the loop is lost.
         let mut touched = self.shared.store.hub().subscribe_touched();
-        let record = self.select(request.get_ref()).await?;
+        let record = self.select(&caller, request.get_ref()).await?;
         let id = record.id.clone();
         let first = self.view(record).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -957,7 +1129,7 @@ impl ControlService for ControlSvc {
         let _ = tx.try_send(Ok(first));
         let svc = ControlSvc {
             shared: self.shared.clone(),
-            verified_key: self.verified_key.clone(),
+            verified_keys: self.verified_keys.clone(),
         };
         tokio::spawn(async move {
             // The agent's presence changes without a stored change (a stream closes, the
@@ -1018,10 +1190,281 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GetVersionRequest>,
     ) -> Result<Response<GetVersionResponse>, Status> {
-        self.authorize(&request).await?;
+        self.authorize(&request, Rpc::GetVersion).await?;
         Ok(Response::new(GetVersionResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
+    }
+
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        self.authorize(&request, Rpc::CreateUser).await?;
+        let req = request.into_inner();
+        ds_core::validate::validate_user_name("name", &req.name).map_err(invalid)?;
+        let kind = match UserKind::try_from(req.kind) {
+            Ok(UserKind::Unspecified | UserKind::User) => store::UserKind::User,
+            Ok(UserKind::ServiceAccount) => store::UserKind::ServiceAccount,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "kind: unknown value {}",
+                    req.kind
+                )));
+            }
+        };
+        let user = self
+            .shared
+            .store
+            .create_user(&req.name, kind, req.admin)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(user = %user.name, kind = kind.as_str(), admin = user.admin, "user created");
+        Ok(Response::new(user_to_proto(&user)))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        self.authorize(&request, Rpc::ListUsers).await?;
+        let users = self.shared.store.list_users().await.map_err(store_status)?;
+        Ok(Response::new(ListUsersResponse {
+            users: users.iter().map(user_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
+        self.authorize(&request, Rpc::DeleteUser).await?;
+        let name = request.into_inner().name;
+        ds_core::validate::validate_user_name("name", &name).map_err(invalid)?;
+        let result = self.shared.store.delete_user(&name).await;
+        self.verified_keys.invalidate();
+        result.map_err(store_status)?;
+        tracing::info!(user = %name, "user deleted with its API keys");
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::CreateApiKey).await?;
+        let req = request.into_inner();
+        let user = if req.user.is_empty() {
+            caller.principal.name.clone()
+        } else {
+            ds_core::validate::validate_user_name("user", &req.user).map_err(invalid)?;
+            req.user
+        };
+        self.own_or_admin(&caller, &user)?;
+        let lifetime = (req.expires_in_seconds > 0)
+            .then(|| Duration::from_secs(req.expires_in_seconds));
+        ds_core::validate::validate_api_key_lifetime("expires_in_seconds", lifetime)
+            .map_err(invalid)?;
+        let expires_at = match lifetime {
+            Some(d) => Some(
+                Utc::now()
+                    + chrono::Duration::from_std(d).map_err(|_| {
+                        Status::invalid_argument("expires_in_seconds: too large")
+                    })?,
+            ),
+            None => None,
+        };
+        let key = credentials::generate(credentials::API_KEY_PREFIX);
+        let record = self
+            .shared
+            .store
+            .create_api_key(&key.id, key.hash, &user, expires_at)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(key = %record.id, user = %record.user, by = %caller.principal.actor(), "API key created");
+        Ok(Response::new(CreateApiKeyResponse {
+            key: Some(key_to_proto(&record)),
+            secret: key.secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::ListApiKeys).await?;
+        let user = request.into_inner().user;
+        // Without a user: one's own keys, or every key for a gateway admin.
+        let filter = match (user.is_empty(), caller.principal.admin) {
+            (true, true) => None,
+            (true, false) => Some(caller.principal.name.clone()),
+            (false, _) => {
+                self.own_or_admin(&caller, &user)?;
+                Some(user)
+            }
+        };
+        let keys = self
+            .shared
+            .store
+            .list_api_keys(filter.as_deref())
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListApiKeysResponse {
+            keys: keys.iter().map(key_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_api_key(
+        &self,
+        request: Request<DeleteApiKeyRequest>,
+    ) -> Result<Response<DeleteApiKeyResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::DeleteApiKey).await?;
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("id: the API key's ID is required"));
+        }
+        let store = &self.shared.store;
+        let owner = store.find_key_owner(&id).await.map_err(store_status)?;
+        let Some(owner) = owner else {
+            return Err(store_status(StoreError::NotFound(format!("API key {id}"))));
+        };
+        self.own_or_admin(&caller, &owner.user.name)?;
+        let result = store.delete_api_key(&id).await;
+        self.verified_keys.invalidate();
+        let deleted = result.map_err(store_status)?;
+        tracing::info!(key = %deleted.id, user = %deleted.user, by = %caller.principal.actor(), "API key deleted");
+        Ok(Response::new(DeleteApiKeyResponse {}))
+    }
+
+    async fn create_group(
+        &self,
+        request: Request<CreateGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        self.authorize(&request, Rpc::CreateGroup).await?;
+        let name = request.into_inner().name;
+        ds_core::validate::validate_group_name("name", &name).map_err(invalid)?;
+        let group = self
+            .shared
+            .store
+            .create_group(&name)
+            .await
+            .map_err(store_status)?;
+        self.verified_keys.invalidate();
+        tracing::info!(group = %group.name, "group created");
+        Ok(Response::new(group_to_proto(&group)))
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        self.authorize(&request, Rpc::ListGroups).await?;
+        let groups = self.shared.store.list_groups().await.map_err(store_status)?;
+        Ok(Response::new(ListGroupsResponse {
+            groups: groups.iter().map(group_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        self.authorize(&request, Rpc::DeleteGroup).await?;
+        let name = request.into_inner().name;
+        ds_core::validate::validate_group_name("name", &name).map_err(invalid)?;
+        let result = self.shared.store.delete_group(&name).await;
+        self.verified_keys.invalidate();
+        result.map_err(store_status)?;
+        tracing::info!(group = %name, "group deleted with its memberships and grants");
+        Ok(Response::new(DeleteGroupResponse {}))
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<GroupMemberRequest>,
+    ) -> Result<Response<Group>, Status> {
+        self.authorize(&request, Rpc::AddGroupMember).await?;
+        let req = request.into_inner();
+        ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
+        ds_core::validate::validate_user_name("user", &req.user).map_err(invalid)?;
+        let result = self
+            .shared
+            .store
+            .add_group_member(&req.group, &req.user)
+            .await;
+        self.verified_keys.invalidate();
+        let group = result.map_err(store_status)?;
+        tracing::info!(group = %req.group, user = %req.user, "group member added");
+        Ok(Response::new(group_to_proto(&group)))
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<GroupMemberRequest>,
+    ) -> Result<Response<Group>, Status> {
+        self.authorize(&request, Rpc::RemoveGroupMember).await?;
+        let req = request.into_inner();
+        ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
+        ds_core::validate::validate_user_name("user", &req.user).map_err(invalid)?;
+        let result = self
+            .shared
+            .store
+            .remove_group_member(&req.group, &req.user)
+            .await;
+        self.verified_keys.invalidate();
+        let group = result.map_err(store_status)?;
+        tracing::info!(group = %req.group, user = %req.user, "group member removed");
+        Ok(Response::new(group_to_proto(&group)))
+    }
+
+    async fn grant_deployer(
+        &self,
+        request: Request<GrantDeployerRequest>,
+    ) -> Result<Response<DeployerGrants>, Status> {
+        let caller = self.authorize(&request, Rpc::GrantDeployer).await?;
+        let req = request.into_inner();
+        let id = self.guarded_deployer(&caller, &req.deployer).await?;
+        ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
+        let role = role_of(req.role)?;
+        let result = self.shared.store.grant_deployer(&id, &req.group, role).await;
+        self.verified_keys.invalidate();
+        result.map_err(store_status)?;
+        tracing::info!(deployer = %id, group = %req.group, role = role.as_str(), by = %caller.principal.actor(), "role granted");
+        Ok(Response::new(self.grants(&id).await?))
+    }
+
+    async fn revoke_deployer(
+        &self,
+        request: Request<RevokeDeployerRequest>,
+    ) -> Result<Response<DeployerGrants>, Status> {
+        let caller = self.authorize(&request, Rpc::RevokeDeployer).await?;
+        let req = request.into_inner();
+        let id = self.guarded_deployer(&caller, &req.deployer).await?;
+        ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
+        let result = self.shared.store.revoke_deployer(&id, &req.group).await;
+        self.verified_keys.invalidate();
+        if let Err(StoreError::NotFound(_)) = result {
+            return Err(Status::not_found(format!(
+                "group {} has no role on deployer {}",
+                ds_core::validate::cut(&req.group),
+                ds_core::validate::cut(&req.deployer)
+            )));
+        }
+        result.map_err(store_status)?;
+        tracing::info!(deployer = %id, group = %req.group, by = %caller.principal.actor(), "role revoked");
+        Ok(Response::new(self.grants(&id).await?))
+    }
+}
+
+/// The store's role for a request's, or INVALID_ARGUMENT naming the field.
+fn role_of(role: i32) -> Result<Role, Status> {
+    match DeployerRole::try_from(role) {
+        Ok(DeployerRole::View) => Ok(Role::View),
+        Ok(DeployerRole::Deploy) => Ok(Role::Deploy),
+        Ok(DeployerRole::Admin) => Ok(Role::Admin),
+        _ => Err(Status::invalid_argument(
+            "role: must be one of view, deploy, admin",
+        )),
     }
 }
 

@@ -1,7 +1,10 @@
 //! Conversions between the wire types of [`ds_core::proto`] and the store's records (the
 //! domain types convert in [`ds_core::convert`]).
 
-use super::store::{DeployerRecord, DeploymentRecord, StatusRecord};
+use super::store::{
+    ApiKeyRecord, DeployerRecord, DeploymentRecord, GrantRecord, GroupRecord, Role, StatusRecord,
+    UserKind, UserRecord,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ds_core::proto;
 
@@ -84,5 +87,49 @@ pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
         deployments: d.deployments,
         revision: d.revision,
         agent_namespaces: d.agent_namespaces,
+        grants: Vec::new(),
+    }
+}
+
+pub fn user_to_proto(u: &UserRecord) -> proto::User {
+    let kind = match u.kind {
+        UserKind::User => proto::UserKind::User,
+        UserKind::ServiceAccount => proto::UserKind::ServiceAccount,
+    };
+    proto::User {
+        name: u.name.clone(),
+        kind: kind as i32,
+        admin: u.admin,
+        created_at: rfc3339(u.created_at),
+        groups: u.groups.clone(),
+    }
+}
+
+pub fn key_to_proto(k: &ApiKeyRecord) -> proto::ApiKey {
+    proto::ApiKey {
+        id: k.id.clone(),
+        user: k.user.clone(),
+        created_at: rfc3339(k.created_at),
+        expires_at: k.expires_at.map(rfc3339).unwrap_or_default(),
+    }
+}
+
+pub fn group_to_proto(g: &GroupRecord) -> proto::Group {
+    proto::Group {
+        name: g.name.clone(),
+        created_at: rfc3339(g.created_at),
+        members: g.members.clone(),
+    }
+}
+
+pub fn grant_to_proto(g: &GrantRecord) -> proto::DeployerGrant {
+    let role = match g.role {
+        Role::View => proto::DeployerRole::View,
+        Role::Deploy => proto::DeployerRole::Deploy,
+        Role::Admin => proto::DeployerRole::Admin,
+    };
+    proto::DeployerGrant {
+        group: g.group.clone(),
+        role: role as i32,
     }
 }

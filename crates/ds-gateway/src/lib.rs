@@ -6,7 +6,9 @@
 //!   decoding, `group_commit` the batching of concurrent creates.
 //! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
 //! - [`postgres`]: the PostgreSQL back end, for several replicas on one database.
-//! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
+//! - [`credentials`]: deployer tokens and API keys (hashed, constant-time checks).
+//! - `access`: who a caller is (a principal), its roles per deployer, and the table of
+//!   what each ControlService RPC needs.
 //! - [`convert`]: `proto` ⇄ `core` conversions.
 //! - [`agent_service`] / [`control_service`]: the two gRPC services.
 //! - `inspect`: the agents' Inspect streams behind `ds deployment logs|describe`.
@@ -17,6 +19,7 @@
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 //! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
 
+mod access;
 mod agent_service;
 mod control_service;
 mod convert;

@@ -3,7 +3,7 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    DeployerRecord, DeploymentRecord, ObjectCount, RevisionRecord, StatusRecord, StoreError,
+    ApiKeyRecord, GrantRecord, Role, UserKind, UserRecord, DeployerRecord, DeploymentRecord, ObjectCount, RevisionRecord, StatusRecord, StoreError,
     TokenRecord,
 };
 use chrono::{DateTime, Utc};
@@ -208,11 +208,43 @@ pub(super) fn token_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreEr
     })
 }
 
-/// An `api_keys` row: admin keys belong to no deployer and do not expire.
+/// An `api_keys` row as a token: API keys belong to no deployer.
 pub(super) fn api_key_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         deployer_id: String::new(),
         hash: hash_from(row)?,
-        expires_at: None,
+        expires_at: row.opt_int("expires_at")?.map(ts),
+    })
+}
+
+/// An `api_keys` row as listed (`id, user_name, created_at, expires_at`).
+pub(super) fn key_from_row(row: &impl StoreRow) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
+        id: row.text("id")?,
+        user: row.text("user_name")?,
+        created_at: ts(row.int("created_at")?),
+        expires_at: row.opt_int("expires_at")?.map(ts),
+    })
+}
+
+/// A `users` row, without its groups.
+pub(super) fn user_from_row(row: &impl StoreRow) -> Result<UserRecord, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(UserRecord {
+        name: row.text("name")?,
+        kind: UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
+        admin: row.int("admin")? != 0,
+        created_at: ts(row.int("created_at")?),
+        groups: Vec::new(),
+    })
+}
+
+/// A `deployer_grants` row.
+pub(super) fn grant_from_row(row: &impl StoreRow) -> Result<GrantRecord, StoreError> {
+    let role = row.text("role")?;
+    Ok(GrantRecord {
+        deployer_id: row.text("deployer_id")?,
+        group: row.text("group_name")?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
     })
 }

@@ -9,12 +9,13 @@
 use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
-    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, encode_pods,
+    StoreRow, api_key_from_row, deployer_from_row, grant_from_row, key_from_row, user_from_row, deployment_from_row, encode_pods,
     is_foreign_key_violation, is_unique_violation, now_ms, retryable, revision_from_row, spec_json,
     status_from_row, to_i64, to_u64, token_from_row, ts,
 };
 use super::store::{
-    AgentHeartbeat, Change, ChangeBy, ChangeHub, DEFAULT_REVISION_HISTORY, DeployerRecord,
+    AgentHeartbeat, ApiKeyRecord, Change, ChangeBy, ChangeHub, GrantRecord, GroupRecord, KeyOwner,
+    Role, UserKind, UserRecord, DEFAULT_REVISION_HISTORY, DeployerRecord,
     DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord, SnapshotItem,
     StatusRecord, Store, StoreError, TokenRecord,
 };
@@ -180,6 +181,95 @@ where
         tx.commit().await?;
         self.backend.publish(deployer_id, change).await;
         Ok(())
+    }
+
+    /// A user with its groups, in `tx`; `None` when there is none.
+    async fn user_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut user = user_from_row(&row)?;
+        let groups = sqlx::query(
+            "SELECT group_name FROM group_members WHERE user_name = $1 ORDER BY group_name",
+        )
+        .bind(name)
+        .fetch_all(&mut **tx)
+        .await?;
+        user.groups = groups
+            .iter()
+            .map(|r| r.text("group_name"))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(user))
+    }
+
+    /// `NotFound` unless group `name` exists.
+    async fn group_exists(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT name FROM user_groups WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("group {name}")))
+    }
+
+    /// A group with its members, in `tx`.
+    async fn group_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<GroupRecord, StoreError> {
+        let row = sqlx::query("SELECT name, created_at FROM user_groups WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {name}")))?;
+        let members = sqlx::query(
+            "SELECT user_name FROM group_members WHERE group_name = $1 ORDER BY user_name",
+        )
+        .bind(name)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(GroupRecord {
+            name: row.text("name")?,
+            created_at: ts(row.int("created_at")?),
+            members: members
+                .iter()
+                .map(|r| r.text("user_name"))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// How many unexpired API keys gateway admins hold, leaving out user `but_user`'s and
+    /// key `but_key` (either may be empty): whether someone could still manage the gateway.
+    async fn other_admin_keys(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        but_user: &str,
+        but_key: &str,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_keys k JOIN users u ON u.name = k.user_name \
+             WHERE u.admin <> 0 AND u.name <> $1 AND k.id <> $2 \
+             AND (k.expires_at IS NULL OR k.expires_at > $3)",
+        )
+        .bind(but_user)
+        .bind(but_key)
+        .bind(now_ms())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.int("n")?)
     }
 
     async fn try_update_deployment(
@@ -547,13 +637,15 @@ where
 
     async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError> {
         let _w = self.serial().await;
-        let inserted =
-            sqlx::query("INSERT INTO api_keys (id, hash, created_at) VALUES ($1, $2, $3)")
-                .bind(key_id)
-                .bind(&hash[..])
-                .bind(now_ms())
-                .execute(self.pool())
-                .await;
+        // The built-in admin, made by the migration, owns the bootstrap key.
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, hash, created_at, user_name) VALUES ($1, $2, $3, 'admin')",
+        )
+        .bind(key_id)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(self.pool())
+        .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
                 Err(StoreError::AlreadyExists(format!("API key {key_id}")))
@@ -563,11 +655,365 @@ where
     }
 
     async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT hash FROM api_keys WHERE id = $1")
+        let row = sqlx::query("SELECT hash, expires_at FROM api_keys WHERE id = $1")
             .bind(key_id)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn create_user(
+        &self,
+        name: &str,
+        kind: UserKind,
+        admin: bool,
+    ) -> Result<UserRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        // DO NOTHING rather than a unique violation: PostgreSQL would abort on one.
+        let inserted = sqlx::query(
+            "INSERT INTO users (name, kind, admin, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING RETURNING name",
+        )
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(i64::from(admin))
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("user {name}")));
+        }
+        Ok(UserRecord {
+            name: name.to_string(),
+            kind,
+            admin,
+            created_at: ts(now),
+            groups: Vec::new(),
+        })
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query("SELECT * FROM users ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let members = sqlx::query(
+            "SELECT group_name, user_name FROM group_members ORDER BY user_name, group_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for m in &members {
+            groups
+                .entry(m.text("user_name")?)
+                .or_default()
+                .push(m.text("group_name")?);
+        }
+        rows.iter()
+            .map(|r| {
+                let mut user = user_from_row(r)?;
+                user.groups = groups.remove(&user.name).unwrap_or_default();
+                Ok(user)
+            })
+            .collect()
+    }
+
+    async fn get_user(&self, name: &str) -> Result<UserRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let user = self.user_in(&mut tx, name).await?;
+        tx.commit().await?;
+        user.ok_or_else(|| StoreError::NotFound(format!("user {name}")))
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query("SELECT admin FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {name}")))?;
+        if row.int("admin")? != 0 && self.other_admin_keys(&mut tx, name, "").await? == 0 {
+            return Err(StoreError::Refused(format!(
+                "user {name} is the last gateway admin with a valid API key: make another user admin and give it a key first (`ds user create NAME --admin`, `ds apikey create --user NAME`)"
+            )));
+        }
+        sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_api_key(
+        &self,
+        key_id: &str,
+        hash: [u8; 32],
+        user: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let exists = sqlx::query("SELECT name FROM users WHERE name = $1")
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, hash, created_at, user_name, expires_at) \
+             VALUES ($1, $2, $3, $4, NULLIF($5, -1)) ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(key_id)
+        .bind(&hash[..])
+        .bind(now)
+        .bind(user)
+        // -1 for "never" (NULL): an optional integer has no encoding in these bounds.
+        .bind(expires_at.map_or(-1, |t| t.timestamp_millis()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("API key {key_id}")));
+        }
+        tx.commit().await?;
+        Ok(ApiKeyRecord {
+            id: key_id.to_string(),
+            user: user.to_string(),
+            created_at: ts(now),
+            expires_at: expires_at.map(|t| ts(t.timestamp_millis())),
+        })
+    }
+
+    async fn list_api_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, user_name, created_at, expires_at FROM api_keys \
+             WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY user_name, created_at, id",
+        )
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn find_key_owner(&self, key_id: &str) -> Result<Option<KeyOwner>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT id, user_name, created_at, expires_at, hash FROM api_keys WHERE id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let key = key_from_row(&row)?;
+        let hash = api_key_from_row(&row)?.hash;
+        let user = self.user_in(&mut tx, &key.user).await?;
+        tx.commit().await?;
+        // The foreign key deletes a user's keys with it: a key always has its user.
+        let user = user.ok_or_else(|| StoreError::Corrupt(format!("API key {key_id} without its user")))?;
+        Ok(Some(KeyOwner { key, hash, user }))
+    }
+
+    async fn delete_api_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(
+            "SELECT k.id, k.user_name, k.created_at, k.expires_at, u.admin \
+             FROM api_keys k JOIN users u ON u.name = k.user_name WHERE k.id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("API key {key_id}")))?;
+        let key = key_from_row(&row)?;
+        if row.int("admin")? != 0 && self.other_admin_keys(&mut tx, "", key_id).await? == 0 {
+            return Err(StoreError::Refused(format!(
+                "API key {key_id} is the last valid key of a gateway admin: create another admin key first (`ds apikey create --user {}`)",
+                key.user
+            )));
+        }
+        sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn create_group(&self, name: &str) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO user_groups (name, created_at) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING RETURNING name",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("group {name}")));
+        }
+        Ok(GroupRecord {
+            name: name.to_string(),
+            created_at: ts(now),
+            members: Vec::new(),
+        })
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query("SELECT name, created_at FROM user_groups ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let members = sqlx::query(
+            "SELECT group_name, user_name FROM group_members ORDER BY group_name, user_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
+        for m in &members {
+            by_group
+                .entry(m.text("group_name")?)
+                .or_default()
+                .push(m.text("user_name")?);
+        }
+        rows.iter()
+            .map(|r| {
+                let name = r.text("name")?;
+                Ok(GroupRecord {
+                    members: by_group.remove(&name).unwrap_or_default(),
+                    name,
+                    created_at: ts(r.int("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let done = sqlx::query("DELETE FROM user_groups WHERE name = $1")
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!("group {name}")));
+        }
+        Ok(())
+    }
+
+    async fn add_group_member(&self, group: &str, user: &str) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.group_exists(&mut tx, group).await?;
+        if self.user_in(&mut tx, user).await?.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) \
+             ON CONFLICT (group_name, user_name) DO NOTHING RETURNING user_name",
+        )
+        .bind(group)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!(
+                "membership of user {user} in group {group}"
+            )));
+        }
+        let found = self.group_in(&mut tx, group).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn remove_group_member(
+        &self,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.group_exists(&mut tx, group).await?;
+        let done = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
+            .bind(group)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!(
+                "membership of user {user} in group {group}"
+            )));
+        }
+        let found = self.group_in(&mut tx, group).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn grant_deployer(
+        &self,
+        deployer_id: &str,
+        group: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let deployer = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if deployer.is_none() {
+            return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+        }
+        self.group_exists(&mut tx, group).await?;
+        sqlx::query(
+            "INSERT INTO deployer_grants (deployer_id, group_name, role) VALUES ($1, $2, $3) \
+             ON CONFLICT (deployer_id, group_name) DO UPDATE SET role = excluded.role",
+        )
+        .bind(deployer_id)
+        .bind(group)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_deployer(&self, deployer_id: &str, group: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let done =
+            sqlx::query("DELETE FROM deployer_grants WHERE deployer_id = $1 AND group_name = $2")
+                .bind(deployer_id)
+                .bind(group)
+                .execute(self.pool())
+                .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!(
+                "grant of deployer {deployer_id} to group {group}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn list_grants(
+        &self,
+        deployer_id: Option<&str>,
+    ) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT deployer_id, group_name, role FROM deployer_grants \
+             WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) ORDER BY deployer_id, group_name",
+        )
+        .bind(deployer_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(grant_from_row).collect()
     }
 
     async fn create_deployment_by(

@@ -34,6 +34,10 @@ pub enum StoreError {
     /// A stored row cannot be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The change would break a rule that keeps the gateway usable (e.g. removing the
+    /// last gateway admin); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// The database URL names a back end this build does not serve.
     #[error(
         "unsupported database URL scheme {0:?} (supported: sqlite:, postgres://, postgresql://)"
@@ -142,6 +146,123 @@ pub struct TokenRecord {
     pub hash: [u8; 32],
     /// When a rotated-out token stops working; `None` while current.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A user or a service account (a technical account, e.g. for CI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKind {
+    User,
+    ServiceAccount,
+}
+
+impl UserKind {
+    /// The stored and shown word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::User => "user",
+            UserKind::ServiceAccount => "service-account",
+        }
+    }
+
+    /// The kind a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "user" => Some(UserKind::User),
+            "service-account" => Some(UserKind::ServiceAccount),
+            _ => None,
+        }
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub kind: UserKind,
+    /// A gateway admin: every permission, and alone manages users, groups and deployers.
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    /// The groups it is a member of, by name.
+    pub groups: Vec<String>,
+}
+
+/// An API key as listed: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// The public ID (the part after `dsk_`), shown in lists and in who made a change.
+    pub id: String,
+    /// The user it authenticates.
+    pub user: String,
+    pub created_at: DateTime<Utc>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API key with what authenticating by it needs: its hash and its user.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub key: ApiKeyRecord,
+    /// SHA-256 of the whole key.
+    pub hash: [u8; 32],
+    pub user: UserRecord,
+}
+
+/// A group as stored, with its members by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub members: Vec<String>,
+}
+
+/// What a group may do on one deployer; ordered: `View < Deploy < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// See the deployer, its deployments and their details.
+    View,
+    /// Also create, update, roll back and delete deployments.
+    Deploy,
+    /// Also the deployer's settings: its token, install codes and grants.
+    Admin,
+}
+
+impl Role {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::View => "view",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "view" => Some(Role::View),
+            "deploy" => Some(Role::Deploy),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::View => "View",
+            Role::Deploy => "Deploy",
+            Role::Admin => "Admin",
+        })
+    }
+}
+
+/// A role on a deployer granted to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub deployer_id: String,
+    pub group: String,
+    pub role: Role,
 }
 
 /// What an agent observed for one deployment (mirrors the proto's DeploymentStatus).
@@ -267,12 +388,69 @@ pub trait Store: Send + Sync + 'static {
     /// A deployer token by its public ID.
     async fn find_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Whether any admin API key exists.
+    /// Whether any API key exists.
     async fn has_api_key(&self) -> Result<bool, StoreError>;
-    /// Stores an admin API key hash.
+    /// Stores an API key hash of the built-in `admin` user (the bootstrap key).
     async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError>;
     /// An admin API key by its public ID.
     async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Creates a user (`AlreadyExists` for a taken name).
+    async fn create_user(
+        &self,
+        name: &str,
+        kind: UserKind,
+        admin: bool,
+    ) -> Result<UserRecord, StoreError>;
+    /// All users with their groups, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// One user with its groups.
+    async fn get_user(&self, name: &str) -> Result<UserRecord, StoreError>;
+    /// Deletes a user, its keys and memberships; `Refused` for the last gateway admin.
+    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    /// Stores an API key of `user` (`NotFound` for no such user).
+    async fn create_api_key(
+        &self,
+        key_id: &str,
+        hash: [u8; 32],
+        user: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<ApiKeyRecord, StoreError>;
+    /// API keys, of one user or all, by user and creation.
+    async fn list_api_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// An API key with its hash and its user (with groups), by its public ID.
+    async fn find_key_owner(&self, key_id: &str) -> Result<Option<KeyOwner>, StoreError>;
+    /// Deletes an API key; returns it. `Refused` when it is the last unexpired key of the
+    /// gateway admins (nobody could manage the gateway any more).
+    async fn delete_api_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError>;
+    /// Creates a group (`AlreadyExists` for a taken name).
+    async fn create_group(&self, name: &str) -> Result<GroupRecord, StoreError>;
+    /// All groups with their members, by name.
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Deletes a group with its memberships and grants.
+    async fn delete_group(&self, name: &str) -> Result<(), StoreError>;
+    /// Makes `user` a member of `group` (`NotFound` for either missing, `AlreadyExists`
+    /// when it is one); returns the group.
+    async fn add_group_member(&self, group: &str, user: &str) -> Result<GroupRecord, StoreError>;
+    /// Ends a membership (`NotFound` when there is none); returns the group.
+    async fn remove_group_member(
+        &self,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError>;
+    /// Grants `role` on a deployer to a group, replacing the group's earlier role there
+    /// (`NotFound` for no such deployer or group).
+    async fn grant_deployer(
+        &self,
+        deployer_id: &str,
+        group: &str,
+        role: Role,
+    ) -> Result<(), StoreError>;
+    /// Takes a group's role on a deployer away (`NotFound` when it has none).
+    async fn revoke_deployer(&self, deployer_id: &str, group: &str) -> Result<(), StoreError>;
+    /// Grants, of one deployer or all, by deployer and group.
+    async fn list_grants(&self, deployer_id: Option<&str>)
+    -> Result<Vec<GrantRecord>, StoreError>;
 
     /// Creates a deployment at the deployer's next revision, by nobody in particular.
     async fn create_deployment(
