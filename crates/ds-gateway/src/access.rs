@@ -152,10 +152,6 @@ pub enum Credential {
     /// An API key, by its public ID.
     ApiKey(String),
     /// A bearer token (OIDC/JWT) of this subject.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "made by Principal::from_token, for the OIDC verifier")
-    )]
     Token,
 }
 

@@ -117,7 +117,8 @@ pub struct RevisionRecord {
     /// `revision_of_last_change` then).
     pub deployer_revision: u64,
     pub spec: DeploymentSpec,
-    /// Who made it ("key <API key ID>"); empty when not known.
+    /// Who made it ("alice (key <API key ID>)", "key <ID>" before users existed); empty
+    /// when not known.
     pub actor: String,
     /// What else is to know about it, e.g. "rollback to revision 2".
     pub note: String,
