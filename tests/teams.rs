@@ -233,10 +233,12 @@ async fn prepare(admin: &mut Control, url: &str, case: Case) -> Control {
     control_client(url, &secret)
 }
 
+/// Drops an answer: the matrix looks only at whether a call was allowed.
+fn ok<T>(_: T) {}
+
 /// Calls `rpc` as the case's user; `other_key` is a key of user `other` to delete.
 async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result<(), Status> {
     let n = case.name;
-    let ok = |_| ();
     match rpc {
         "CreateDeployer" => c
             .create_deployer(proto::CreateDeployerRequest {
