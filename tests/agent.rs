@@ -2213,7 +2213,11 @@ async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
     let key_id = e.gw.admin_key.split('_').nth(1).unwrap();
     for (i, r) in revisions.iter().enumerate() {
         assert_eq!(r["revision"], i as u64 + 1);
-        assert_eq!(r["by"], format!("admin (key {key_id})"), "who: the admin user and its key's ID");
+        assert_eq!(
+            r["by"],
+            format!("admin (key {key_id})"),
+            "who: the admin user and its key's ID"
+        );
         assert_eq!(r["status"], "Available", "each reached Available: {r}");
         assert_eq!(r["current"], i == 2);
     }

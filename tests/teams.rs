@@ -422,7 +422,11 @@ fn proto_rpcs() -> BTreeSet<String> {
 #[tokio::test]
 async fn every_rpc_is_allowed_or_denied_per_role_as_the_table_says() {
     let table: BTreeSet<String> = TABLE.iter().map(|(r, _)| r.to_string()).collect();
-    assert_eq!(table, proto_rpcs(), "the matrix walks every ControlService RPC");
+    assert_eq!(
+        table,
+        proto_rpcs(),
+        "the matrix walks every ControlService RPC"
+    );
 
     let gw = TestGateway::start().await;
     let mut admin = gw.control();
@@ -499,8 +503,15 @@ async fn without_view_a_deployer_is_invisible_and_a_low_role_hears_which_is_miss
         .unwrap()
         .into_inner()
         .deployments;
-    let of: Vec<&str> = deployments.iter().map(|d| d.deployer_name.as_str()).collect();
-    assert_eq!(of, ["prod"], "the hidden deployer's deployment is not listed");
+    let of: Vec<&str> = deployments
+        .iter()
+        .map(|d| d.deployer_name.as_str())
+        .collect();
+    assert_eq!(
+        of,
+        ["prod"],
+        "the hidden deployer's deployment is not listed"
+    );
 
     // Hidden answers exactly as a deployer that does not exist.
     let get = |name: &str| proto::GetDeployerRequest {
@@ -542,7 +553,10 @@ async fn without_view_a_deployer_is_invisible_and_a_low_role_hears_which_is_miss
         .await
         .unwrap_err();
     assert_eq!(by_id.code(), Code::NotFound);
-    assert_eq!(by_id.message(), format!("deployment {hidden_iris} not found"));
+    assert_eq!(
+        by_id.message(),
+        format!("deployment {hidden_iris} not found")
+    );
 
     let refused = alice
         .update_deployment(proto::UpdateDeploymentRequest {
@@ -615,7 +629,10 @@ async fn expired_and_deleted_keys_are_refused_without_saying_more() {
 
     let (id, secret) = key_of(&mut admin, "alice").await;
     alice = control_client(&gw.url(), &secret);
-    alice.get_version(proto::GetVersionRequest {}).await.unwrap();
+    alice
+        .get_version(proto::GetVersionRequest {})
+        .await
+        .unwrap();
     admin
         .delete_api_key(proto::DeleteApiKeyRequest { id })
         .await
@@ -652,7 +669,11 @@ async fn expired_and_deleted_keys_are_refused_without_saying_more() {
         .await
         .unwrap_err();
     assert_eq!(bad_name.code(), Code::InvalidArgument);
-    assert!(bad_name.message().contains("name"), "{}", bad_name.message());
+    assert!(
+        bad_name.message().contains("name"),
+        "{}",
+        bad_name.message()
+    );
     let last = admin
         .delete_user(proto::DeleteUserRequest {
             name: "admin".into(),
@@ -660,8 +681,15 @@ async fn expired_and_deleted_keys_are_refused_without_saying_more() {
         .await
         .unwrap_err();
     assert_eq!(last.code(), Code::FailedPrecondition);
-    assert!(last.message().contains("last gateway admin"), "{}", last.message());
-    admin.get_version(proto::GetVersionRequest {}).await.unwrap();
+    assert!(
+        last.message().contains("last gateway admin"),
+        "{}",
+        last.message()
+    );
+    admin
+        .get_version(proto::GetVersionRequest {})
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -737,12 +765,24 @@ async fn a_user_sees_and_does_what_its_groups_roles_allow_through_the_cli() {
     ds(&gw, &root, &["group", "add-member", "ml", "alice"])
         .await
         .ok();
-    ds(&gw, &root, &["deployer", "grant", "test-d", "--group", "ml", "--role", "view"])
-        .await
-        .ok();
-    ds(&gw, &root, &["deployer", "grant", "dev-d", "--group", "ml", "--role", "deploy"])
-        .await
-        .ok();
+    ds(
+        &gw,
+        &root,
+        &[
+            "deployer", "grant", "test-d", "--group", "ml", "--role", "view",
+        ],
+    )
+    .await
+    .ok();
+    ds(
+        &gw,
+        &root,
+        &[
+            "deployer", "grant", "dev-d", "--group", "ml", "--role", "deploy",
+        ],
+    )
+    .await
+    .ok();
     let create = |deployer: &'static str| {
         [
             "deployment",
@@ -762,20 +802,42 @@ async fn a_user_sees_and_does_what_its_groups_roles_allow_through_the_cli() {
     let got = ds(&gw, &root, &["deployer", "get", "test-d"]).await;
     assert!(got.ok().contains("ml=view"), "GRANTS: {}", got.stdout);
 
-    let key = ds(&gw, &root, &["apikey", "create", "--user", "alice", "--expires", "90d", "-o", "json"])
-        .await
-        .json();
+    let key = ds(
+        &gw,
+        &root,
+        &[
+            "apikey",
+            "create",
+            "--user",
+            "alice",
+            "--expires",
+            "90d",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
     let alice = key["secret"].as_str().unwrap().to_string();
     assert_eq!(key["user"], "alice");
     assert!(key["expires_at"].is_string(), "{key}");
-    let listed = ds(&gw, &root, &["apikey", "ls", "--user", "alice", "-o", "json"])
-        .await
-        .json();
+    let listed = ds(
+        &gw,
+        &root,
+        &["apikey", "ls", "--user", "alice", "-o", "json"],
+    )
+    .await
+    .json();
     assert_eq!(listed[0]["id"], key["id"]);
-    assert!(!listed.to_string().contains(&alice), "lists never show the secret");
+    assert!(
+        !listed.to_string().contains(&alice),
+        "lists never show the secret"
+    );
 
     // View on test-d: lists and gets it, may not create there.
-    let deployments = ds(&gw, &alice, &["deployment", "ls", "-o", "json"]).await.json();
+    let deployments = ds(&gw, &alice, &["deployment", "ls", "-o", "json"])
+        .await
+        .json();
     let of: Vec<&str> = deployments
         .as_array()
         .unwrap()
@@ -795,12 +857,28 @@ async fn a_user_sees_and_does_what_its_groups_roles_allow_through_the_cli() {
 
     // Deploy on dev-d: create, update, delete.
     ds(&gw, &alice, &create("dev-d")).await.ok();
-    ds(&gw, &alice, &["deployment", "update", "iris", "-d", "dev-d", "--replicas", "2"])
-        .await
-        .ok();
-    let history = ds(&gw, &alice, &["deployment", "history", "iris", "-d", "dev-d", "-o", "json"])
-        .await
-        .json();
+    ds(
+        &gw,
+        &alice,
+        &[
+            "deployment",
+            "update",
+            "iris",
+            "-d",
+            "dev-d",
+            "--replicas",
+            "2",
+        ],
+    )
+    .await
+    .ok();
+    let history = ds(
+        &gw,
+        &alice,
+        &["deployment", "history", "iris", "-d", "dev-d", "-o", "json"],
+    )
+    .await
+    .json();
     let by = format!("alice (key {})", key["id"].as_str().unwrap());
     assert_eq!(history[1]["by"], by, "{history}");
     ds(&gw, &alice, &["deployment", "rm", "iris", "-d", "dev-d"])
@@ -808,7 +886,9 @@ async fn a_user_sees_and_does_what_its_groups_roles_allow_through_the_cli() {
         .ok();
 
     // third-d does not exist for alice.
-    let deployers = ds(&gw, &alice, &["deployer", "ls", "-o", "json"]).await.json();
+    let deployers = ds(&gw, &alice, &["deployer", "ls", "-o", "json"])
+        .await
+        .json();
     let names: Vec<&str> = deployers
         .as_array()
         .unwrap()
@@ -828,14 +908,67 @@ async fn a_user_sees_and_does_what_its_groups_roles_allow_through_the_cli() {
     );
 
     // Bad input: a clear error naming the flag, nothing changed.
-    let bad = ds(&gw, &root, &["deployer", "grant", "dev-d", "--group", "ml", "--role", "owner"]).await;
+    let bad = ds(
+        &gw,
+        &root,
+        &[
+            "deployer", "grant", "dev-d", "--group", "ml", "--role", "owner",
+        ],
+    )
+    .await;
     assert!(bad.failed().contains("--role"), "{}", bad.stderr);
-    let bad = ds(&gw, &root, &["deployer", "grant", "dev-d", "--group", "nobody", "--role", "view"]).await;
+    let bad = ds(
+        &gw,
+        &root,
+        &[
+            "deployer", "grant", "dev-d", "--group", "nobody", "--role", "view",
+        ],
+    )
+    .await;
     assert_eq!(bad.one_line_error(), "error: group nobody not found");
     let bad = ds(&gw, &root, &["apikey", "create", "--expires", "soon"]).await;
     assert!(bad.failed().contains("--expires"), "{}", bad.stderr);
     let bad = ds(&gw, &root, &["user", "rm", "admin"]).await;
-    assert!(bad.one_line_error().contains("last gateway admin"), "{}", bad.stderr);
+    assert!(
+        bad.one_line_error().contains("last gateway admin"),
+        "{}",
+        bad.stderr
+    );
     let users = ds(&gw, &root, &["user", "ls", "-o", "json"]).await.json();
     assert_eq!(users.as_array().unwrap().len(), 2, "{users}");
+
+    // An expired key is refused saying so (polled until its second has passed).
+    let short = ds(
+        &gw,
+        &root,
+        &[
+            "apikey",
+            "create",
+            "--user",
+            "alice",
+            "--expires",
+            "1s",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    let short = short["secret"].as_str().unwrap().to_string();
+    let refused = ds_test_support::eventually("the key to expire", || {
+        let (gw, short) = (&gw, &short);
+        async move {
+            let run = ds(gw, short, &["deployer", "ls"]).await;
+            (run.code != Some(0)).then_some(run)
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .one_line_error()
+            .starts_with("error: the API key has expired"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains(&short));
 }

@@ -1218,7 +1218,11 @@ async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -
         Err(StoreError::NotFound(_))
     ));
     assert!(
-        store.find_key_owner("cikey0000000001").await.unwrap().is_none(),
+        store
+            .find_key_owner("cikey0000000001")
+            .await
+            .unwrap()
+            .is_none(),
         "a deleted user's keys go with it"
     );
     assert!(matches!(
@@ -1248,10 +1252,7 @@ async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
         .create_api_key("a2", hash("a2-secret"), "alice", None)
         .await
         .unwrap();
-    match store
-        .create_api_key("a3", hash("x"), "nobody", None)
-        .await
-    {
+    match store.create_api_key("a3", hash("x"), "nobody", None).await {
         Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
         other => panic!("a key of an unknown user must be NotFound, got {other:?}"),
     }
@@ -1264,14 +1265,26 @@ async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
     assert_eq!(owner.user.name, "alice");
     assert_eq!(owner.key, key);
     let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
-    assert_eq!(ids(store.list_api_keys(Some("alice")).await.unwrap()), ["a1", "a2"]);
+    assert_eq!(
+        ids(store.list_api_keys(Some("alice")).await.unwrap()),
+        ["a1", "a2"]
+    );
     // The bootstrap key belongs to the built-in admin.
     store.add_api_key("boot", hash("boot")).await.unwrap();
     assert_eq!(
-        store.find_key_owner("boot").await.unwrap().unwrap().user.name,
+        store
+            .find_key_owner("boot")
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .name,
         "admin"
     );
-    assert_eq!(ids(store.list_api_keys(None).await.unwrap()), ["boot", "a1", "a2"]);
+    assert_eq!(
+        ids(store.list_api_keys(None).await.unwrap()),
+        ["boot", "a1", "a2"]
+    );
     assert_eq!(store.delete_api_key("a1").await.unwrap().id, "a1");
     assert!(store.find_key_owner("a1").await.unwrap().is_none());
     assert!(matches!(
@@ -1295,7 +1308,10 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
     // Both still work.
     assert!(store.find_key_owner("boot").await.unwrap().is_some());
     // An expired key of another admin does not count as a way in.
-    store.create_user("root", UserKind::User, true).await.unwrap();
+    store
+        .create_user("root", UserKind::User, true)
+        .await
+        .unwrap();
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
     store
         .create_api_key("old", hash("old"), "root", Some(past))
@@ -1318,8 +1334,14 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
 async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Backend {
     let store = b.store();
     let d = register(&store, "prod").await;
-    store.create_user("alice", UserKind::User, false).await.unwrap();
-    store.create_user("bob", UserKind::User, false).await.unwrap();
+    store
+        .create_user("alice", UserKind::User, false)
+        .await
+        .unwrap();
+    store
+        .create_user("bob", UserKind::User, false)
+        .await
+        .unwrap();
     store.create_group("ml").await.unwrap();
     match store.create_group("ml").await {
         Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "group ml"),
@@ -1351,11 +1373,17 @@ async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Ba
     store.grant_deployer(&d.id, "ml", Role::View).await.unwrap();
     let listed = store.list_groups().await.unwrap();
     assert_eq!(listed.len(), 1);
-    assert_eq!((listed[0].name.as_str(), &listed[0].members[..]), ("ml", &["alice".to_string()][..]));
+    assert_eq!(
+        (listed[0].name.as_str(), &listed[0].members[..]),
+        ("ml", &["alice".to_string()][..])
+    );
     store.delete_group("ml").await.unwrap();
     assert!(store.list_groups().await.unwrap().is_empty());
     assert!(store.get_user("alice").await.unwrap().groups.is_empty());
-    assert!(store.list_grants(Some(&d.id)).await.unwrap().is_empty(), "its grants go with it");
+    assert!(
+        store.list_grants(Some(&d.id)).await.unwrap().is_empty(),
+        "its grants go with it"
+    );
     assert!(matches!(
         store.delete_group("ml").await,
         Err(StoreError::NotFound(_))
@@ -1369,11 +1397,23 @@ async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
     let dev = register(&store, "dev").await;
     store.create_group("ml").await.unwrap();
     store.create_group("ops").await.unwrap();
-    store.grant_deployer(&prod.id, "ml", Role::View).await.unwrap();
-    store.grant_deployer(&prod.id, "ops", Role::Admin).await.unwrap();
-    store.grant_deployer(&dev.id, "ml", Role::Deploy).await.unwrap();
+    store
+        .grant_deployer(&prod.id, "ml", Role::View)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&prod.id, "ops", Role::Admin)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&dev.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
     // A second grant replaces the group's role there.
-    store.grant_deployer(&prod.id, "ml", Role::Deploy).await.unwrap();
+    store
+        .grant_deployer(&prod.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
     let of = |grants: Vec<GrantRecord>| {
         grants
             .into_iter()
@@ -1382,7 +1422,10 @@ async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
     };
     assert_eq!(
         of(store.list_grants(Some(&prod.id)).await.unwrap()),
-        [("ml".to_string(), Role::Deploy), ("ops".to_string(), Role::Admin)]
+        [
+            ("ml".to_string(), Role::Deploy),
+            ("ops".to_string(), Role::Admin)
+        ]
     );
     assert_eq!(store.list_grants(None).await.unwrap().len(), 3);
     match store.grant_deployer(&prod.id, "nogroup", Role::View).await {
@@ -1404,7 +1447,10 @@ async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
     );
     // A deleted deployer's grants go with it.
     store.delete_deployer(&prod.id).await.unwrap();
-    assert_eq!(of(store.list_grants(None).await.unwrap()), [("ml".to_string(), Role::Deploy)]);
+    assert_eq!(
+        of(store.list_grants(None).await.unwrap()),
+        [("ml".to_string(), Role::Deploy)]
+    );
     b
 }
 
@@ -1424,7 +1470,11 @@ async fn an_upgraded_database_gives_its_api_keys_to_the_admin_user(b: Backend) -
     .await;
     let b = b.reopen().await;
     let store = b.store();
-    let owner = store.find_key_owner("oldkey").await.unwrap().expect("the old key");
+    let owner = store
+        .find_key_owner("oldkey")
+        .await
+        .unwrap()
+        .expect("the old key");
     assert_eq!(owner.hash, hash("old"), "the same key still matches");
     assert_eq!(owner.user.name, "admin");
     assert!(owner.user.admin);

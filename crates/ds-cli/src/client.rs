@@ -100,6 +100,7 @@ pub fn request<T>(message: T) -> Request<T> {
 pub fn status_error(status: Status, url: &str) -> CliError {
     let message = one_line(status.message());
     match status.code() {
+        Code::Unauthenticated if message == "API key expired" => CliError::ExpiredKey,
         Code::Unauthenticated => CliError::Unauthenticated,
         Code::Unavailable => CliError::Unreachable {
             url: url.to_string(),

@@ -55,7 +55,7 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub gateway: Option<String>,
-    /// Admin API key (default: from `ds login`).
+    /// API key (default: from `ds login`).
     #[arg(
         long,
         env = "DS_API_KEY",
@@ -453,7 +453,8 @@ pub struct LoginArgs {
     /// Gateway URL, e.g. `https://gateway.example.com:8800`.
     #[arg(long, env = "DS_GATEWAY")]
     pub gateway: String,
-    /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
+    /// API key (`ds apikey create`, or the admin's, printed by `ds gateway` on its first
+    /// start); `-` reads it from stdin.
     #[arg(long, env = "DS_API_KEY", hide_env_values = true, value_parser = ds_transport::parse_secret)]
     pub api_key: SecretString,
     /// PEM CA bundle to trust for the gateway's TLS certificate, besides the system roots.
@@ -491,6 +492,10 @@ pub enum CliError {
     UntrustedGateway { url: String, detail: String },
     #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
     Unauthenticated,
+    #[error(
+        "the API key has expired: ask a gateway admin for a new one (`ds apikey create --user NAME`), then `ds login` with it"
+    )]
+    ExpiredKey,
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The gateway refused the request and said why (not found, invalid, exists…).

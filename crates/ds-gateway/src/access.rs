@@ -200,7 +200,10 @@ impl Principal {
     /// token's groups besides.
     #[cfg_attr(
         not(test),
-        expect(dead_code, reason = "for the OIDC verifier, which makes principals of tokens")
+        expect(
+            dead_code,
+            reason = "for the OIDC verifier, which makes principals of tokens"
+        )
     )]
     pub fn from_token(
         subject: &str,
@@ -399,7 +402,10 @@ mod tests {
 
     #[test]
     fn a_token_adds_its_groups_to_the_stored_ones() {
-        let grants = [grant("d1", "ml", Role::View), grant("d2", "sso", Role::Deploy)];
+        let grants = [
+            grant("d1", "ml", Role::View),
+            grant("d2", "sso", Role::Deploy),
+        ];
         let stored = user("bob", false, &["ml"]);
         let p = Principal::from_token("bob", &["sso".into()], Some(&stored), None, &grants);
         assert_eq!(p.groups, vec!["ml".to_string(), "sso".to_string()]);

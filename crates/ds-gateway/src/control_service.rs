@@ -12,12 +12,18 @@ use super::paging;
 use super::presence::{AgentPresence, mark};
 use super::rpc::{bearer, store_status};
 use super::store::{
-    self,
-    ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord,
-    Role, StoreError,
+    self, ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector,
+    RevisionRecord, Role, StoreError,
 };
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
+use ds_core::proto::{
+    CreateApiKeyRequest, CreateApiKeyResponse, CreateGroupRequest, CreateUserRequest,
+    DeleteApiKeyRequest, DeleteApiKeyResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DeleteUserRequest, DeleteUserResponse, DeployerGrants, DeployerRole, GrantDeployerRequest,
+    Group, GroupMemberRequest, ListApiKeysRequest, ListApiKeysResponse, ListGroupsRequest,
+    ListGroupsResponse, ListUsersRequest, ListUsersResponse, RevokeDeployerRequest, User, UserKind,
+};
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
     CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
@@ -28,14 +34,6 @@ use ds_core::proto::{
     ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse, LogLines, LogsQuery,
     RollbackDeploymentRequest, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
     UpdateDeploymentRequest, inspect_reply, inspect_request,
-};
-use ds_core::proto::{
-    CreateApiKeyRequest, CreateApiKeyResponse, CreateGroupRequest, CreateUserRequest,
-    DeleteApiKeyRequest, DeleteApiKeyResponse, DeleteGroupRequest, DeleteGroupResponse,
-    DeleteUserRequest, DeleteUserResponse, DeployerGrants, DeployerRole, GrantDeployerRequest,
-    Group, GroupMemberRequest, ListApiKeysRequest, ListApiKeysResponse, ListGroupsRequest,
-    ListGroupsResponse, ListUsersRequest, ListUsersResponse, RevokeDeployerRequest, User,
-    UserKind,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
@@ -156,7 +154,9 @@ impl ControlSvc {
         let (need, action) = rpc.rule();
         if need == Need::GatewayAdmin && !principal.admin {
             tracing::info!(user = %principal.name, rpc = ?rpc, "refused: needs a gateway admin");
-            return Err(Status::permission_denied(principal.not_admin_message(action)));
+            return Err(Status::permission_denied(
+                principal.not_admin_message(action),
+            ));
         }
         Ok(Caller { principal, rpc })
     }
@@ -201,7 +201,9 @@ impl ControlSvc {
             Ok(()) => Ok(()),
             Err(Denied::Invisible) => {
                 let given = if given.is_empty() { deployer_id } else { given };
-                Err(store_status(StoreError::NotFound(format!("deployer {given}"))))
+                Err(store_status(StoreError::NotFound(format!(
+                    "deployer {given}"
+                ))))
             }
             Err(Denied::Short { have, need }) => {
                 let (_, name) = self.resolve(deployer_id).await?;
@@ -1261,16 +1263,15 @@ impl ControlService for ControlSvc {
             req.user
         };
         self.own_or_admin(&caller, &user)?;
-        let lifetime = (req.expires_in_seconds > 0)
-            .then(|| Duration::from_secs(req.expires_in_seconds));
+        let lifetime =
+            (req.expires_in_seconds > 0).then(|| Duration::from_secs(req.expires_in_seconds));
         ds_core::validate::validate_api_key_lifetime("expires_in_seconds", lifetime)
             .map_err(invalid)?;
         let expires_at = match lifetime {
             Some(d) => Some(
                 Utc::now()
-                    + chrono::Duration::from_std(d).map_err(|_| {
-                        Status::invalid_argument("expires_in_seconds: too large")
-                    })?,
+                    + chrono::Duration::from_std(d)
+                        .map_err(|_| Status::invalid_argument("expires_in_seconds: too large"))?,
             ),
             None => None,
         };
@@ -1359,7 +1360,12 @@ impl ControlService for ControlSvc {
         request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         self.authorize(&request, Rpc::ListGroups).await?;
-        let groups = self.shared.store.list_groups().await.map_err(store_status)?;
+        let groups = self
+            .shared
+            .store
+            .list_groups()
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(ListGroupsResponse {
             groups: groups.iter().map(group_to_proto).collect(),
         }))
@@ -1426,7 +1432,11 @@ impl ControlService for ControlSvc {
         let id = self.guarded_deployer(&caller, &req.deployer).await?;
         ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
         let role = role_of(req.role)?;
-        let result = self.shared.store.grant_deployer(&id, &req.group, role).await;
+        let result = self
+            .shared
+            .store
+            .grant_deployer(&id, &req.group, role)
+            .await;
         self.verified_keys.invalidate();
         result.map_err(store_status)?;
         tracing::info!(deployer = %id, group = %req.group, role = role.as_str(), by = %caller.principal.actor(), "role granted");

@@ -3,8 +3,8 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    ApiKeyRecord, GrantRecord, Role, UserKind, UserRecord, DeployerRecord, DeploymentRecord, ObjectCount, RevisionRecord, StatusRecord, StoreError,
-    TokenRecord,
+    ApiKeyRecord, DeployerRecord, DeploymentRecord, GrantRecord, ObjectCount, RevisionRecord, Role,
+    StatusRecord, StoreError, TokenRecord, UserKind, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -232,7 +232,8 @@ pub(super) fn user_from_row(row: &impl StoreRow) -> Result<UserRecord, StoreErro
     let kind = row.text("kind")?;
     Ok(UserRecord {
         name: row.text("name")?,
-        kind: UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
+        kind: UserKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
         admin: row.int("admin")? != 0,
         created_at: ts(row.int("created_at")?),
         groups: Vec::new(),

@@ -9,15 +9,16 @@
 use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
-    StoreRow, api_key_from_row, deployer_from_row, grant_from_row, key_from_row, user_from_row, deployment_from_row, encode_pods,
-    is_foreign_key_violation, is_unique_violation, now_ms, retryable, revision_from_row, spec_json,
-    status_from_row, to_i64, to_u64, token_from_row, ts,
+    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, encode_pods,
+    grant_from_row, is_foreign_key_violation, is_unique_violation, key_from_row, now_ms, retryable,
+    revision_from_row, spec_json, status_from_row, to_i64, to_u64, token_from_row, ts,
+    user_from_row,
 };
 use super::store::{
-    AgentHeartbeat, ApiKeyRecord, Change, ChangeBy, ChangeHub, GrantRecord, GroupRecord, KeyOwner,
-    Role, UserKind, UserRecord, DEFAULT_REVISION_HISTORY, DeployerRecord,
-    DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord, SnapshotItem,
-    StatusRecord, Store, StoreError, TokenRecord,
+    AgentHeartbeat, ApiKeyRecord, Change, ChangeBy, ChangeHub, DEFAULT_REVISION_HISTORY,
+    DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector, GrantRecord, GroupRecord,
+    KeyOwner, RevisionRecord, Role, SnapshotItem, StatusRecord, Store, StoreError, TokenRecord,
+    UserKind, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -816,7 +817,8 @@ where
         let user = self.user_in(&mut tx, &key.user).await?;
         tx.commit().await?;
         // The foreign key deletes a user's keys with it: a key always has its user.
-        let user = user.ok_or_else(|| StoreError::Corrupt(format!("API key {key_id} without its user")))?;
+        let user =
+            user.ok_or_else(|| StoreError::Corrupt(format!("API key {key_id} without its user")))?;
         Ok(Some(KeyOwner { key, hash, user }))
     }
 
@@ -942,11 +944,12 @@ where
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
         self.group_exists(&mut tx, group).await?;
-        let done = sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
-            .bind(group)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
+                .bind(group)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
         if B::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(format!(
                 "membership of user {user} in group {group}"
@@ -1002,10 +1005,7 @@ where
         Ok(())
     }
 
-    async fn list_grants(
-        &self,
-        deployer_id: Option<&str>,
-    ) -> Result<Vec<GrantRecord>, StoreError> {
+    async fn list_grants(&self, deployer_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT deployer_id, group_name, role FROM deployer_grants \
              WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) ORDER BY deployer_id, group_name",

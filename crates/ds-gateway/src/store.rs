@@ -434,11 +434,8 @@ pub trait Store: Send + Sync + 'static {
     /// when it is one); returns the group.
     async fn add_group_member(&self, group: &str, user: &str) -> Result<GroupRecord, StoreError>;
     /// Ends a membership (`NotFound` when there is none); returns the group.
-    async fn remove_group_member(
-        &self,
-        group: &str,
-        user: &str,
-    ) -> Result<GroupRecord, StoreError>;
+    async fn remove_group_member(&self, group: &str, user: &str)
+    -> Result<GroupRecord, StoreError>;
     /// Grants `role` on a deployer to a group, replacing the group's earlier role there
     /// (`NotFound` for no such deployer or group).
     async fn grant_deployer(
@@ -450,8 +447,7 @@ pub trait Store: Send + Sync + 'static {
     /// Takes a group's role on a deployer away (`NotFound` when it has none).
     async fn revoke_deployer(&self, deployer_id: &str, group: &str) -> Result<(), StoreError>;
     /// Grants, of one deployer or all, by deployer and group.
-    async fn list_grants(&self, deployer_id: Option<&str>)
-    -> Result<Vec<GrantRecord>, StoreError>;
+    async fn list_grants(&self, deployer_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError>;
 
     /// Creates a deployment at the deployer's next revision, by nobody in particular.
     async fn create_deployment(
