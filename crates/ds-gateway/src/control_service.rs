@@ -68,16 +68,18 @@ const API_KEY_CACHE_TTL: Duration = Duration::from_secs(10);
 /// How many verified keys the cache holds before it starts over.
 const API_KEY_CACHE_MAX: usize = 1024;
 
+/// A verified key's principal, when it was verified, and the cache generation then.
+type VerifiedKey = (Arc<Principal>, Instant, u64);
+
 /// Verified API keys, by the SHA-256 of the whole key: saves the database reads of a
 /// principal (key, user, groups, grants) per CLI call, while a deleted key or a changed
 /// grant takes effect at once on this gateway (an access change made here bumps the
 /// generation) and within [`API_KEY_CACHE_TTL`] on other replicas.
 #[derive(Default)]
 struct KeyCache {
-    /// The principal, when it was verified, and the generation it was verified in.
     // Looked up by the hash of the presented key, not the key: a lookup's timing can
     // tell at most something about a SHA-256 output, which does not help guess a key.
-    entries: Mutex<HashMap<[u8; 32], (Arc<Principal>, Instant, u64)>>,
+    entries: Mutex<HashMap<[u8; 32], VerifiedKey>>,
     generation: AtomicU64,
 }
 
