@@ -628,6 +628,39 @@ async fn expired_and_deleted_keys_are_refused_without_saying_more() {
         .get_version(proto::GetVersionRequest {})
         .await
         .unwrap();
+
+    // Own keys need no admin: alice makes a second one, lists only hers, removes it.
+    let own = alice
+        .create_api_key(proto::CreateApiKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    assert_eq!(own.user, "alice");
+    let mine = alice
+        .list_api_keys(proto::ListApiKeysRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(mine.iter().all(|k| k.user == "alice"), "{mine:?}");
+    assert!(mine.iter().any(|k| k.id == own.id) && mine.iter().any(|k| k.id == id));
+    alice
+        .delete_api_key(proto::DeleteApiKeyRequest { id: own.id })
+        .await
+        .unwrap();
+    // Not the admin's key, though.
+    let admin_key_id = gw.admin_key.split('_').nth(1).unwrap().to_string();
+    let refused = alice
+        .delete_api_key(proto::DeleteApiKeyRequest { id: admin_key_id })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(
+        refused.message(),
+        "deleting API keys of other users needs a gateway admin; alice is not one (no groups)"
+    );
     admin
         .delete_api_key(proto::DeleteApiKeyRequest { id })
         .await
