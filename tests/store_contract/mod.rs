@@ -160,6 +160,7 @@ contract!(
     users_are_created_once_listed_and_deleted_with_their_keys,
     api_keys_belong_to_users_and_expire,
     the_last_gateway_admin_and_its_last_key_stay,
+    of_two_concurrent_removals_of_the_last_admins_one_is_refused,
     groups_have_members_and_are_deleted_with_their_grants,
     grants_are_one_role_per_group_and_deployer,
     an_upgraded_database_gives_its_api_keys_to_the_admin_user,
@@ -1328,6 +1329,35 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
         .unwrap();
     store.delete_user("admin").await.unwrap();
     assert!(store.find_key_owner("boot").await.unwrap().is_none());
+    b
+}
+
+async fn of_two_concurrent_removals_of_the_last_admins_one_is_refused(b: Backend) -> Backend {
+    let store = b.store();
+    store.add_api_key("boot", hash("boot")).await.unwrap();
+    store
+        .create_user("root", UserKind::User, true)
+        .await
+        .unwrap();
+    store
+        .create_api_key("rootkey", hash("root"), "root", None)
+        .await
+        .unwrap();
+    // Each alone would be fine (the other admin stays); together one must be refused.
+    let (a, r) = tokio::join!(store.delete_user("admin"), store.delete_user("root"));
+    let refused = [&a, &r]
+        .iter()
+        .filter(|x| matches!(x, Err(StoreError::Refused(_))))
+        .count();
+    assert_eq!((refused, a.is_ok() || r.is_ok()), (1, true), "{a:?} {r:?}");
+    let admins = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.admin)
+        .count();
+    assert_eq!(admins, 1);
     b
 }
 

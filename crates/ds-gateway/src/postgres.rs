@@ -535,6 +535,10 @@ impl Backend for PgBackend {
     const SERIAL_WRITES: bool = false;
     // The revision and the rows from one state, whatever other replicas commit meanwhile.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // In name order, as every such removal takes them: no deadlock between two. The next
+    // statement of the transaction (READ COMMITTED) then sees what the other committed.
+    const LOCK_ADMINS: Option<&'static str> =
+        Some("SELECT name FROM users WHERE admin <> 0 ORDER BY name FOR UPDATE");
 
     fn pool(&self) -> &PgPool {
         &self.pool

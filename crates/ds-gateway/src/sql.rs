@@ -70,6 +70,10 @@ pub trait Backend: CommitBatch + Send + Sync + std::fmt::Debug + 'static {
     const SERIAL_WRITES: bool;
     /// How a snapshot's read transaction begins: one state for the revision and rows.
     const BEGIN_SNAPSHOT: &'static str;
+    /// Locks the gateway admins' rows in a transaction that removes an admin or an
+    /// admin's key, so that two such removals (on two replicas) cannot each count the
+    /// other's admin as the one left; `None` where writes are serial anyway.
+    const LOCK_ADMINS: Option<&'static str>;
 
     fn pool(&self) -> &Pool<Self::Db>;
     fn hub(&self) -> &ChangeHub;
@@ -250,6 +254,14 @@ where
                 .map(|r| r.text("user_name"))
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// Takes [`Backend::LOCK_ADMINS`] in `tx`.
+    async fn lock_admins(&self, tx: &mut Transaction<'static, B::Db>) -> Result<(), StoreError> {
+        if let Some(sql) = B::LOCK_ADMINS {
+            sqlx::query(sql).fetch_all(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// How many unexpired API keys gateway admins hold, leaving out user `but_user`'s and
@@ -731,6 +743,7 @@ where
     async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
+        self.lock_admins(&mut tx).await?;
         let row = sqlx::query("SELECT admin FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
@@ -825,6 +838,7 @@ where
     async fn delete_api_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
+        self.lock_admins(&mut tx).await?;
         let row = sqlx::query(
             "SELECT k.id, k.user_name, k.created_at, k.expires_at, u.admin \
              FROM api_keys k JOIN users u ON u.name = k.user_name WHERE k.id = $1",

@@ -74,6 +74,8 @@ impl Backend for SqliteBackend {
     // Deferred: the read transaction's snapshot is taken at its first read, and WAL keeps
     // it while writers commit.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    // One writer at a time already.
+    const LOCK_ADMINS: Option<&'static str> = None;
 
     fn pool(&self) -> &SqlitePool {
         &self.pool
