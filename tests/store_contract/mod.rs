@@ -1335,29 +1335,56 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
 async fn of_two_concurrent_removals_of_the_last_admins_one_is_refused(b: Backend) -> Backend {
     let store = b.store();
     store.add_api_key("boot", hash("boot")).await.unwrap();
-    store
-        .create_user("root", UserKind::User, true)
-        .await
-        .unwrap();
-    store
-        .create_api_key("rootkey", hash("root"), "root", None)
-        .await
-        .unwrap();
-    // Each alone would be fine (the other admin stays); together one must be refused.
-    let (a, r) = tokio::join!(store.delete_user("admin"), store.delete_user("root"));
-    let refused = [&a, &r]
-        .iter()
-        .filter(|x| matches!(x, Err(StoreError::Refused(_))))
-        .count();
-    assert_eq!((refused, a.is_ok() || r.is_ok()), (1, true), "{a:?} {r:?}");
-    let admins = store
-        .list_users()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|u| u.admin)
-        .count();
-    assert_eq!(admins, 1);
+    // Rounds of two admins removed together: each alone would be fine (the other stays),
+    // together one must be refused. Several rounds, so that the two interleave.
+    for round in 0..8 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        for name in [&x, &y] {
+            store.create_user(name, UserKind::User, true).await.unwrap();
+            store
+                .create_api_key(&format!("k-{name}"), hash(name), name, None)
+                .await
+                .unwrap();
+        }
+        // The admins of the rounds before leave: x and y are the only ones.
+        let admins: Vec<String> = store
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.admin && u.name != x && u.name != y)
+            .map(|u| u.name)
+            .collect();
+        for other in admins {
+            store.delete_user(&other).await.unwrap();
+        }
+        let (a, r) = tokio::join!(
+            tokio::spawn({
+                let store = store.clone();
+                let x = x.clone();
+                async move { store.delete_user(&x).await }
+            }),
+            tokio::spawn({
+                let store = store.clone();
+                let y = y.clone();
+                async move { store.delete_user(&y).await }
+            })
+        );
+        let (a, r) = (a.unwrap(), r.unwrap());
+        let refused = [&a, &r]
+            .iter()
+            .filter(|x| matches!(x, Err(StoreError::Refused(_))))
+            .count();
+        assert_eq!((refused, a.is_ok() || r.is_ok()), (1, true), "{a:?} {r:?}");
+        let admins = store
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.admin)
+            .count();
+        assert_eq!(admins, 1, "round {round}");
+    }
     b
 }
 
