@@ -198,13 +198,6 @@ impl Principal {
     /// The principal a verified bearer token authenticates: `subject` as the user (with
     /// its stored kind, admin flag and groups when a user of that name exists), and the
     /// token's groups besides.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for the OIDC verifier, which makes principals of tokens"
-        )
-    )]
     pub fn from_token(
         subject: &str,
         token_groups: &[String],

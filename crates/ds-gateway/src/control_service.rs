@@ -194,6 +194,35 @@ impl ControlSvc {
         Ok(principal)
     }
 
+    /// The principal of a verified bearer token (OIDC): its subject as the user, with the
+    /// stored user's kind, admin flag and groups when one of that name exists, and the
+    /// token's groups besides.
+    #[expect(
+        dead_code,
+        reason = "for the JWT verifier (jwt.rs), which hands over a verified subject and groups"
+    )]
+    async fn token_principal(
+        &self,
+        subject: &str,
+        token_groups: &[String],
+        expires_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Arc<Principal>, Status> {
+        let store = self.shared.store.as_ref();
+        let stored = match store.get_user(subject).await {
+            Ok(user) => Some(user),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(store_status(e)),
+        };
+        let grants = store.list_grants(None).await.map_err(store_status)?;
+        Ok(Arc::new(Principal::from_token(
+            subject,
+            token_groups,
+            stored.as_ref(),
+            expires_at,
+            &grants,
+        )))
+    }
+
     /// Checks the caller's role on a deployer for its RPC. Without any role there the
     /// deployer does not exist for it: NOT_FOUND as for a missing deployer named `given`
     /// (its ID when empty). With too low a role: PERMISSION_DENIED naming the role needed.
