@@ -575,7 +575,18 @@ async fn without_view_a_deployer_is_invisible_and_a_low_role_hears_which_is_miss
         refused.message(),
         "updating deployments on deployer 'prod' needs the Deploy role; you have View (groups: ml)"
     );
-    // A revoked role takes effect at once: prod disappears.
+    // A revoked role takes effect at once: prod disappears, and a status watch opened
+    // before ends as if the deployment were not there.
+    let mut watch = alice
+        .watch_deployment_status(proto::GetDeploymentRequest {
+            deployment: "iris".into(),
+            deployer: "prod".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the first view");
     admin
         .revoke_deployer(proto::RevokeDeployerRequest {
             deployer: "prod".into(),
@@ -585,6 +596,17 @@ async fn without_view_a_deployer_is_invisible_and_a_low_role_hears_which_is_miss
         .unwrap();
     let gone = alice.get_deployer(get("prod")).await.unwrap_err();
     assert_eq!(gone.message(), "deployer prod not found");
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .expect("the watch ends after the revoke")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch closed without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::NotFound);
     // The admin's GetDeployer shows what is granted.
     grant(&mut admin, "prod", "ml", 2).await;
     let prod = admin.get_deployer(get("prod")).await.unwrap().into_inner();

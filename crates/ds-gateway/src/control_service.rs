@@ -2,7 +2,7 @@
 //! status watch behind `--wait`; authenticated by the admin API key.
 
 use super::Shared;
-use super::access::{Denied, Need, Principal, Rpc};
+use super::access::{Credential, Denied, Need, Principal, Rpc};
 use super::convert::{
     deployer_to_proto, grant_to_proto, group_to_proto, key_to_proto, rfc3339, user_to_proto,
 };
@@ -221,6 +221,24 @@ impl ControlSvc {
             expires_at,
             &grants,
         )))
+    }
+
+    /// Whether `principal`'s credential still works and it still has a role on the
+    /// deployer, after users, keys, groups or grants changed (long-lived streams). A
+    /// token's principal cannot be verified again here: it keeps what it had.
+    async fn still_sees(&self, principal: &Principal, deployer_id: &str) -> Result<bool, Status> {
+        let Credential::ApiKey(key_id) = &principal.credential else {
+            return Ok(principal.can_view(deployer_id));
+        };
+        let store = self.shared.store.as_ref();
+        let Some(owner) = store.find_key_owner(key_id).await.map_err(store_status)? else {
+            return Ok(false);
+        };
+        if owner.key.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Ok(false);
+        }
+        let grants = store.list_grants(None).await.map_err(store_status)?;
+        Ok(Principal::from_key(&owner, &grants).can_view(deployer_id))
     }
 
     /// Checks the caller's role on a deployer for its RPC. Without any role there the
@@ -1156,6 +1174,7 @@ impl ControlService for ControlSvc {
         let mut touched = self.shared.store.hub().subscribe_touched();
         let record = self.select(&caller, request.get_ref()).await?;
         let id = record.id.clone();
+        let first_deployer = record.deployer_id.clone();
         let first = self.view(record).await?;
         let (tx, rx) = mpsc::channel(16);
         let mut last = first.clone();
@@ -1164,6 +1183,9 @@ impl ControlService for ControlSvc {
             shared: self.shared.clone(),
             verified_keys: self.verified_keys.clone(),
         };
+        let principal = caller.principal.clone();
+        let deployer_id = first_deployer;
+        let mut access_seen = self.verified_keys.generation.load(Ordering::Acquire);
         tokio::spawn(async move {
             // The agent's presence changes without a stored change (a stream closes, the
             // heartbeat grows old): look again now and then, and send only a difference.
@@ -1191,6 +1213,25 @@ impl ControlService for ControlSvc {
                 };
                 if !changed {
                     continue;
+                }
+                // Users, keys, groups or grants changed here: the stream goes on only
+                // while its caller may still see the deployment.
+                let access_now = svc.verified_keys.generation.load(Ordering::Acquire);
+                if access_now != access_seen {
+                    access_seen = access_now;
+                    match svc.still_sees(&principal, &deployer_id).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let _ = tx
+                                .send(Err(Status::not_found(format!("deployment {id} not found"))))
+                                .await;
+                            break;
+                        }
+                        Err(status) => {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
                 }
                 let next = match svc.shared.store.get_deployment(&id).await {
                     Ok(record) => svc.view(record).await,
