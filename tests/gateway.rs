@@ -1858,6 +1858,17 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
     let actors: Vec<&str> = history.revisions.iter().map(|r| r.actor.as_str()).collect();
     assert_eq!(actors, ["oidc:alice@example.com"]);
 
+    // The `ds` CLI as a process takes the token where it takes an API key.
+    let config = dir.path().join("ds-config.yaml");
+    let mut ls = ds_test_support::cli::bare(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ds")),
+        &config,
+        &["deployer", "ls", "-o", "json"],
+    );
+    ls.env("DS_GATEWAY", &url).env("DS_API_KEY", &token);
+    let listed = ds_test_support::cli::output(ls, DEADLINE).await.json();
+    assert_eq!(listed[0]["name"], "dev", "{listed}");
+
     let refused = |status: tonic::Status| (status.code(), status.message().to_string());
     let expired = mint_es256(&key, &jwt_claims("alice@example.com", now - 3600));
     let status = control_with(&url, &expired)

@@ -1277,6 +1277,44 @@ mod tests {
     }
 
     #[test]
+    fn weak_or_unsupported_public_keys_are_refused_by_kind() {
+        let pem = |der: &[u8]| {
+            p256::pkcs8::der::pem::encode_string("PUBLIC KEY", LineEnding::LF, der).unwrap()
+        };
+        // Hand-built SubjectPublicKeyInfo structures (public values only): an Ed25519 key
+        // and a P-384 key.
+        let mut ed25519 = hex::decode("302a300506032b6570032100").unwrap();
+        ed25519.extend([7; 32]);
+        let mut p384 = hex::decode("3076301006072a8648ce3d020106052b81040022036200").unwrap();
+        p384.push(0x04);
+        p384.extend([7; 96]);
+        // A 1024-bit modulus (all ones: odd, which is all the parser asks).
+        let small = rsa::PublicKey::new(
+            rsa::BoxedUint::from_be_slice_vartime(&[0xff; 128]),
+            rsa::BoxedUint::from(65537u32),
+        )
+        .unwrap()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+        for (contents, expected) in [
+            (
+                pem(&ed25519),
+                "is a 1.3.101.112 key, neither RSA nor EC P-256",
+            ),
+            (pem(&p384), "is an EC key on a curve other than P-256"),
+            (
+                small,
+                "is an RSA key of 1024 bits; at least 2048 are required",
+            ),
+        ] {
+            let setup = Setup::new().pem("key.pem", &contents);
+            let error = setup.error();
+            assert!(error.starts_with("--jwt-public-key "), "{error}");
+            assert!(error.contains(&format!("key.pem: {expected}")), "{error}");
+        }
+    }
+
+    #[test]
     fn pem_with_surrounding_text_is_read() {
         let key = ec_key();
         let pem = format!("# issuer key, rotated 2026-11\n{}\n\n", ec_pem(&key));
