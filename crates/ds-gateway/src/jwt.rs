@@ -80,6 +80,7 @@ pub struct JwtArgs {
         id = "jwt_groups_claim",
         long = "jwt-groups-claim",
         env = "DS_JWT_GROUPS_CLAIM",
+        value_name = "CLAIM",
         default_value = "groups"
     )]
     pub groups_claim: String,
@@ -88,6 +89,7 @@ pub struct JwtArgs {
         id = "jwt_leeway",
         long = "jwt-leeway",
         env = "DS_JWT_LEEWAY",
+        value_name = "DURATION",
         default_value = "30s",
         value_parser = ds_core::duration::parse
     )]
@@ -281,6 +283,11 @@ impl Verifier {
     /// The accepted issuer (not secret: logged at start).
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// Whether tokens must name `--jwt-audience`.
+    pub fn checks_audience(&self) -> bool {
+        self.audience.is_some()
     }
 
     /// How many keys tokens are checked against.
@@ -1188,6 +1195,44 @@ mod tests {
         // And the verifier's Debug (it sits in shared state) shows no key material.
         let debug = format!("{v:?}");
         assert!(!debug.contains(&ec_pem(&key)[30..60]), "{debug}");
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_repeats() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            jwt: JwtArgs,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["gw", "--jwt-issuer", ISSUER]).unwrap();
+        assert_eq!(cli.jwt.groups_claim, "groups");
+        assert_eq!(cli.jwt.leeway, Duration::from_secs(30));
+        let cli = Cli::try_parse_from([
+            "gw",
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-public-key",
+            "old.pem",
+            "--jwt-public-key",
+            "new.pem,ec.pem",
+            "--jwt-leeway",
+            "1m",
+            "--jwt-groups-claim",
+            "realm_access.roles",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.jwt.public_keys,
+            [PathBuf::from("old.pem"), "new.pem".into(), "ec.pem".into()]
+        );
+        assert_eq!(cli.jwt.leeway, Duration::from_secs(60));
+        assert_eq!(cli.jwt.groups_claim, "realm_access.roles");
+        let error = Cli::try_parse_from(["gw", "--jwt-leeway", "soon"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("--jwt-leeway"), "{error}");
     }
 
     #[test]

@@ -258,6 +258,13 @@ impl RunningGateway {
                 keys = verifier.key_count(),
                 "accepting JWT bearer tokens"
             );
+            if !verifier.checks_audience() {
+                // Until permissions come, any token of this issuer is as good as the admin key.
+                tracing::warn!(
+                    issuer = verifier.issuer(),
+                    "no --jwt-audience: tokens this issuer made for any application are accepted"
+                );
+            }
         }
         std::fs::create_dir_all(&args.data_dir).map_err(|source| GatewayError::DataDir {
             path: args.data_dir.display().to_string(),
