@@ -74,12 +74,34 @@ impl ControlSvc {
         }
     }
 
-    /// Checks the caller's API key; returns who the caller is, as revisions record it:
-    /// `key <its public ID>` (never the secret).
+    /// Checks the caller's API key, or JWT bearer token when `--jwt-issuer` is set;
+    /// returns who the caller is, as revisions record it: `key <its public ID>` (never the
+    /// secret) or `oidc:<subject>`.
     async fn authorize<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let presented = bearer(req).inspect_err(|_| {
             self.shared.metrics.auth_failures.inc();
         })?;
+        // Our own secrets keep their path (and its "invalid API key"), so a mistyped key
+        // is not reported as a malformed JWT.
+        let ours = [credentials::API_KEY_PREFIX, credentials::TOKEN_PREFIX]
+            .iter()
+            .any(|prefix| {
+                presented
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            });
+        if let Some(verifier) = &self.shared.jwt
+            && !ours
+        {
+            return match verifier.verify(presented, Utc::now()) {
+                Ok(identity) => Ok(format!("oidc:{}", identity.subject)),
+                Err(reason) => {
+                    self.shared.metrics.auth_failures.inc();
+                    tracing::warn!(%reason, "rejected a JWT bearer token");
+                    Err(Status::unauthenticated(reason.to_string()))
+                }
+            };
+        }
         let actor = || {
             credentials::parse_id(credentials::API_KEY_PREFIX, presented)
                 .map(|id| format!("key {id}"))
