@@ -10,9 +10,9 @@
 
 use super::AgentError;
 use super::cache::Cached;
-use super::pods::{Pods, overlay};
+use super::pods::{KeptStatus, Pods};
 use super::reconcile::{PruneOutcome, Reconciler};
-use super::sync::{DesiredState, Statuses};
+use super::sync::{DesiredState, StatusTable, Statuses};
 use ds_core::DeployedObject;
 use ds_core::proto;
 use futures::future::BoxFuture;
@@ -247,7 +247,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
     let rec = &rec;
     let mut q = Queue::default();
     let mut running: FuturesUnordered<BoxFuture<'_, (Task, Done)>> = FuturesUnordered::new();
-    let mut statuses: HashMap<Arc<str>, Arc<proto::DeploymentStatus>> = HashMap::new();
+    let mut statuses: HashMap<Arc<str>, Arc<KeptStatus>> = HashMap::new();
     let mut publish_at: Option<Instant> = None;
     let mut known = io.desired.borrow_and_update().clone();
     let mut leader = *io.leader.borrow_and_update();
@@ -316,7 +316,10 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
         }
         if publish_at.is_some_and(|at| at <= Instant::now()) {
             publish_at = None;
-            io.statuses.send_replace(Arc::new(statuses.clone()));
+            io.statuses.send_replace(Arc::new(StatusTable {
+                by_id: statuses.clone(),
+                pods: io.pods.clone(),
+            }));
         }
         let delayed = q.next_delayed();
         tokio::select! {
@@ -332,10 +335,9 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                             .deployments
                             .get(&*id)
                             .map(|o| o.namespace.clone());
-                        let status = status.zip(namespace).map(|(mut s, namespace)| {
-                            overlay(&mut s, io.pods.of(&namespace, &id));
-                            *s
-                        });
+                        let status = status
+                            .zip(namespace)
+                            .map(|(s, namespace)| KeptStatus::new(*s, io.pods.of(&namespace, &id)));
                         if let Some(s) = status
                             && statuses.get(&*id).map(|o| &**o) != Some(&s)
                         {
@@ -432,8 +434,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                     if let Some(obj) = desired.deployments.get(&*id)
                         && let Some(old) = statuses.get(&*id)
                     {
-                        let mut s = (**old).clone();
-                        overlay(&mut s, io.pods.of(&obj.namespace, &id));
+                        let s = old.overlaid(io.pods.of(&obj.namespace, &id));
                         if s != **old {
                             statuses.insert(id.clone(), Arc::new(s));
                             publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);

@@ -250,7 +250,7 @@ impl Principal {
     pub fn actor(&self) -> String {
         match &self.credential {
             Credential::ApiKey(id) => format!("{} (key {id})", self.name),
-            Credential::Token => format!("{} (token)", self.name),
+            Credential::Token => format!("oidc:{}", self.name),
         }
     }
 
