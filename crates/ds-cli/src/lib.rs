@@ -11,6 +11,7 @@
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
+//! - `scale_flags`: the autoscaling and disruption-budget flags of create/update.
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
@@ -24,6 +25,7 @@ mod inspect_cmd;
 mod output;
 mod parse;
 mod pod_flags;
+mod scale_flags;
 mod version;
 mod wait;
 mod watch;
@@ -341,6 +343,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub pod: pod_flags::PodCreateArgs,
     #[command(flatten)]
+    pub scale: scale_flags::ScaleCreateArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -408,6 +412,8 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub pod: pod_flags::PodUpdateArgs,
+    #[command(flatten)]
+    pub scale: scale_flags::ScaleUpdateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

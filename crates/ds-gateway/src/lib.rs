@@ -29,6 +29,7 @@ mod manifest;
 mod metrics;
 mod paging;
 mod pod_update;
+mod scale_update;
 pub mod postgres;
 mod presence;
 mod rows;
