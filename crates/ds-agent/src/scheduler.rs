@@ -10,6 +10,7 @@
 
 use super::AgentError;
 use super::cache::Cached;
+use super::desired::{Kind, wants_kind};
 use super::pods::{Pods, overlay};
 use super::reconcile::{PruneOutcome, Reconciler};
 use super::sync::{DesiredState, Statuses};
@@ -207,10 +208,14 @@ struct Pass {
     complete: bool,
 }
 
-/// Whether the change from `old` to `new` may leave an owned object unwanted.
+/// Whether the change from `old` to `new` may leave an owned object unwanted (moved, or
+/// a kind no longer wanted: host, autoscaler or disruption budget removed).
 fn moved(old: &DeployedObject, new: &DeployedObject) -> bool {
-    let host = |o: &DeployedObject| o.spec.host.as_ref().is_some_and(|h| !h.is_empty());
-    old.name != new.name || old.namespace != new.namespace || host(old) != host(new)
+    old.name != new.name
+        || old.namespace != new.namespace
+        || Kind::ALL
+            .into_iter()
+            .any(|k| wants_kind(old, k) && !wants_kind(new, k))
 }
 
 async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task, Done) {

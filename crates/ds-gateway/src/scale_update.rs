@@ -91,6 +91,9 @@ mod tests {
             },
         );
         assert_eq!((s.min_replicas, s.max_replicas), (2, 10));
-        assert_eq!((s.target_cpu_percent, s.max_unavailable), (Some(80), Some(1)));
+        assert_eq!(
+            (s.target_cpu_percent, s.max_unavailable),
+            (Some(80), Some(1))
+        );
     }
 }
