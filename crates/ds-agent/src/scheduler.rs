@@ -529,4 +529,18 @@ mod tests {
             assert!(d >= full / 2 && d <= full, "retry {n}: {d:?}");
         }
     }
+
+    #[test]
+    fn dropping_the_autoscaler_or_the_budget_calls_for_a_prune() {
+        let base = crate::desired::test_object(ds_core::DeploymentSpec::test("iris").replicas(3));
+        let mut scaled = base.clone();
+        scaled.spec.min_replicas = 1;
+        scaled.spec.max_replicas = 4;
+        assert!(moved(&scaled, &base), "autoscaler no longer wanted");
+        assert!(moved(&base, &scaled), "min 1: the budget goes");
+        let one = crate::desired::test_object(ds_core::DeploymentSpec::test("iris"));
+        assert!(moved(&base, &one), "one replica: the budget goes");
+        assert!(!moved(&one, &base), "only new objects: nothing to prune");
+        assert!(!moved(&base, &base.clone()));
+    }
 }
