@@ -1528,3 +1528,176 @@ async fn bad_pod_options_are_refused_naming_the_flag() {
     );
     t.gw.shutdown().await;
 }
+
+// === autoscaling and disruption budget (issue 16) ===
+
+#[tokio::test]
+async fn autoscaling_and_the_budget_are_created_shown_updated_and_turned_off() {
+    let t = start().await;
+    t.deployer("prod").await;
+    t.deployment(
+        "prod",
+        "iris",
+        &[
+            "--replicas",
+            "3",
+            "--cpu",
+            "500m",
+            "--max-replicas",
+            "6",
+            "--target-cpu",
+            "60",
+            "--max-unavailable",
+            "2",
+        ],
+    )
+    .await;
+    let spec = t.get_json("iris").await["spec"].clone();
+    assert_eq!(spec["min_replicas"], 1, "--min-replicas defaults to 1");
+    assert_eq!(spec["max_replicas"], 6);
+    assert_eq!(spec["target_cpu_percent"], 60);
+    assert_eq!(spec["max_unavailable"], 2);
+    assert_eq!(spec["replicas"], 3, "kept for when autoscaling is off");
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(
+        text.ok()
+            .contains("1 to 6 replicas at 60% CPU (--replicas 3 when off)"),
+        "{}",
+        text.stdout
+    );
+    // The autoscaler may go down to one pod: no budget yet.
+    assert!(
+        !text.stdout.contains("Disruption budget:"),
+        "{}",
+        text.stdout
+    );
+
+    t.run(&["deployment", "update", "iris", "--min-replicas", "2"])
+        .await
+        .ok();
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(text.ok().contains("2 to 6 replicas"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("at most 2 unavailable"),
+        "{}",
+        text.stdout
+    );
+
+    // Off: the autoscaler's settings go, --replicas and the budget stay.
+    t.run(&["deployment", "update", "iris", "--no-autoscale"])
+        .await
+        .ok();
+    let spec = t.get_json("iris").await["spec"].clone();
+    for key in ["min_replicas", "max_replicas", "target_cpu_percent"] {
+        assert!(spec.get(key).is_none(), "{key} left: {spec}");
+    }
+    assert_eq!(
+        (spec["replicas"].clone(), spec["max_unavailable"].clone()),
+        (3.into(), 2.into())
+    );
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!text.ok().contains("Autoscaling:"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("Disruption budget:"),
+        "{}",
+        text.stdout
+    );
+
+    // On again through update alone, then off with --max-replicas 0.
+    t.run(&["deployment", "update", "iris", "--max-replicas", "4"])
+        .await
+        .ok();
+    let spec = t.get_json("iris").await["spec"].clone();
+    assert_eq!(
+        (spec["min_replicas"].clone(), spec["max_replicas"].clone()),
+        (1.into(), 4.into())
+    );
+    t.run(&["deployment", "update", "iris", "--max-replicas", "0"])
+        .await
+        .ok();
+    assert!(
+        t.get_json("iris").await["spec"]
+            .get("max_replicas")
+            .is_none()
+    );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_autoscaling_values_are_refused_naming_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let base = [
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+        "--cpu",
+        "500m",
+    ];
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--min-replicas", "5", "--max-replicas", "3"],
+            "invalid --min-replicas \"5\": must not be above max_replicas (3)",
+        ),
+        (
+            &["--min-replicas", "0", "--max-replicas", "3"],
+            "invalid --min-replicas \"0\"",
+        ),
+        (
+            &["--max-replicas", "3", "--target-cpu", "0"],
+            "invalid --target-cpu \"0\": must be between 1 and 100",
+        ),
+        (
+            &["--max-replicas", "3", "--target-cpu", "101"],
+            "invalid --target-cpu \"101\"",
+        ),
+        (&["--min-replicas", "2"], "give max_replicas too"),
+        (
+            &["--max-unavailable", "0"],
+            "invalid --max-unavailable \"0\"",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let line = t.run(&args).await.one_line_error().to_string();
+        assert!(line.contains(expected), "{extra:?}: {line}");
+    }
+    // Without a CPU request the autoscaler would measure nothing.
+    let run = t
+        .run(&[&base[..8], &["--max-replicas", "3"][..]].concat())
+        .await;
+    assert!(
+        run.one_line_error().contains("invalid --cpu"),
+        "{}",
+        run.stderr
+    );
+    // --no-autoscale with a bound is a contradiction clap refuses.
+    t.deployment("prod", "iris", &["--cpu", "1"]).await;
+    let run = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "--no-autoscale",
+            "--max-replicas",
+            "3",
+        ])
+        .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    // The gateway's validation, reached through update: min above the stored max.
+    t.run(&["deployment", "update", "iris", "--max-replicas", "3"])
+        .await
+        .ok();
+    let run = t
+        .run(&["deployment", "update", "iris", "--min-replicas", "9"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid --min-replicas \"9\""), "{line}");
+    assert!(line.contains("min_replicas > max_replicas"), "{line}");
+    t.gw.shutdown().await;
+}

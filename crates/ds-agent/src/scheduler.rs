@@ -10,6 +10,7 @@
 
 use super::AgentError;
 use super::cache::Cached;
+use super::desired::{Kind, wants_kind};
 use super::pods::{KeptStatus, Pods};
 use super::reconcile::{PruneOutcome, Reconciler};
 use super::sync::{DesiredState, StatusTable, Statuses};
@@ -207,10 +208,14 @@ struct Pass {
     complete: bool,
 }
 
-/// Whether the change from `old` to `new` may leave an owned object unwanted.
+/// Whether the change from `old` to `new` may leave an owned object unwanted (moved, or
+/// a kind no longer wanted: host, autoscaler or disruption budget removed).
 fn moved(old: &DeployedObject, new: &DeployedObject) -> bool {
-    let host = |o: &DeployedObject| o.spec.host.as_ref().is_some_and(|h| !h.is_empty());
-    old.name != new.name || old.namespace != new.namespace || host(old) != host(new)
+    old.name != new.name
+        || old.namespace != new.namespace
+        || Kind::ALL
+            .into_iter()
+            .any(|k| wants_kind(old, k) && !wants_kind(new, k))
 }
 
 async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task, Done) {
@@ -524,5 +529,19 @@ mod tests {
             let full = min.saturating_mul(1 << (n - 1).min(16)).min(max);
             assert!(d >= full / 2 && d <= full, "retry {n}: {d:?}");
         }
+    }
+
+    #[test]
+    fn dropping_the_autoscaler_or_the_budget_calls_for_a_prune() {
+        let base = crate::desired::test_object(ds_core::DeploymentSpec::test("iris").replicas(3));
+        let mut scaled = base.clone();
+        scaled.spec.min_replicas = 1;
+        scaled.spec.max_replicas = 4;
+        assert!(moved(&scaled, &base), "autoscaler no longer wanted");
+        assert!(moved(&base, &scaled), "min 1: the budget goes");
+        let one = crate::desired::test_object(ds_core::DeploymentSpec::test("iris"));
+        assert!(moved(&base, &one), "one replica: the budget goes");
+        assert!(!moved(&one, &base), "only new objects: nothing to prune");
+        assert!(!moved(&base, &base.clone()));
     }
 }

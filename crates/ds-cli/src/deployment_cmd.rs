@@ -309,8 +309,13 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
         priority_class: None,
         ready_path: None,
         startup_timeout_seconds: 0,
+        min_replicas: 0,
+        max_replicas: 0,
+        target_cpu_percent: None,
+        max_unavailable: None,
     };
     args.pod.fill(&mut spec);
+    args.scale.fill(&mut spec);
     spec
 }
 
@@ -394,7 +399,9 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         ..Default::default()
     };
     let pod_changes = args.pod.fill(&mut req);
+    let scale_changes = args.scale.fill(&mut req);
     let changes_something = pod_changes
+        || scale_changes
         || req.image.is_some()
         || req.replicas.is_some()
         || req.port.is_some()

@@ -31,6 +31,11 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         "priority_class" => "--priority-class",
         "ready_path" => "--ready-path",
         "startup_timeout_seconds" => "--startup-timeout",
+        // Autoscaling and the disruption budget (issue 16).
+        "min_replicas" => "--min-replicas",
+        "max_replicas" => "--max-replicas",
+        "target_cpu_percent" => "--target-cpu",
+        "max_unavailable" => "--max-unavailable",
         "image_pull_secrets" => "--image-pull-secret",
         "ingress_annotations" => "--ingress-annotation",
         "command" => "--command",
@@ -281,6 +286,40 @@ mod tests {
                 bad(&|s| s.startup_timeout_seconds = 1_000_000),
                 "--startup-timeout",
             ),
+            // Autoscaling and the disruption budget.
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 5;
+                    s.max_replicas = 2;
+                }),
+                "--min-replicas",
+            ),
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 1;
+                    s.max_replicas = 2000;
+                }),
+                "--max-replicas",
+            ),
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 1;
+                    s.max_replicas = 2;
+                    s.target_cpu_percent = Some(0);
+                }),
+                "--target-cpu",
+            ),
+            (
+                bad(&|s| {
+                    s.min_replicas = 1;
+                    s.max_replicas = 2;
+                }),
+                "--cpu",
+            ),
+            (bad(&|s| s.max_unavailable = Some(0)), "--max-unavailable"),
         ];
         cases.extend(
             pod_cases

@@ -12,6 +12,7 @@
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
 //! - `teams_cmd`: `ds user|apikey|group …` and `ds deployer grant|revoke`.
+//! - `scale_flags`: the autoscaling and disruption-budget flags of create/update.
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
@@ -26,6 +27,7 @@ mod output;
 mod parse;
 mod pod_flags;
 mod teams_cmd;
+mod scale_flags;
 mod version;
 mod wait;
 mod watch;
@@ -366,6 +368,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub pod: pod_flags::PodCreateArgs,
     #[command(flatten)]
+    pub scale: scale_flags::ScaleCreateArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -433,6 +437,8 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub pod: pod_flags::PodUpdateArgs,
+    #[command(flatten)]
+    pub scale: scale_flags::ScaleUpdateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -50,6 +50,10 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
             priority_class: s.priority_class.unwrap_or_default(),
             ready_path: s.ready_path.unwrap_or_default(),
             startup_timeout_seconds: s.startup_timeout_seconds,
+            min_replicas: s.min_replicas,
+            max_replicas: s.max_replicas,
+            target_cpu_percent: s.target_cpu_percent,
+            max_unavailable: s.max_unavailable,
         }
     }
 }
@@ -121,6 +125,10 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
             priority_class: non_empty(s.priority_class),
             ready_path: non_empty(s.ready_path),
             startup_timeout_seconds: s.startup_timeout_seconds,
+            min_replicas: s.min_replicas,
+            max_replicas: s.max_replicas,
+            target_cpu_percent: s.target_cpu_percent,
+            max_unavailable: s.max_unavailable,
         }
     }
 }
@@ -222,6 +230,26 @@ mod tests {
             ),
             (0, "", 0)
         );
+    }
+
+    #[test]
+    fn autoscaling_and_budget_round_trip_through_proto() {
+        let mut spec = DeploymentSpec::test("iris").replicas(3);
+        spec.min_replicas = 2;
+        spec.max_replicas = 8;
+        spec.target_cpu_percent = Some(55);
+        spec.max_unavailable = Some(2);
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert_eq!((wire.min_replicas, wire.max_replicas), (2, 8));
+        assert_eq!(
+            (wire.target_cpu_percent, wire.max_unavailable),
+            (Some(55), Some(2))
+        );
+        assert_eq!(DeploymentSpec::from(wire), spec);
+        // An old client sends none of them: no autoscaling, the default budget.
+        let old = DeploymentSpec::from(proto::DeploymentSpec::from(DeploymentSpec::test("iris")));
+        assert!(!old.autoscaled());
+        assert_eq!((old.target_cpu_percent, old.max_unavailable), (None, None));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 pub mod pod_rules;
+pub mod scaling_rules;
 
 /// A rejected field. Its message never repeats a huge value: the value, and the user input
 /// in a field's name (`labels[KEY]`), are cut after [`SHOWN_CHARS`] characters and say
@@ -204,6 +205,7 @@ pub fn validate_deployment(
         check_label(key, value)?;
     }
     pod_rules::check(spec)?;
+    scaling_rules::check(spec)?;
     check_spec_size(spec)
 }
 

@@ -38,6 +38,7 @@ pub mod postgres;
 mod presence;
 mod rows;
 mod rpc;
+mod scale_update;
 mod server;
 mod sql;
 pub mod sqlite;
