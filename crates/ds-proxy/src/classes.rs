@@ -407,7 +407,10 @@ impl Tensor {
                 }
                 match &data.sink {
                     Sink::Labels(Some(labels)) => Some(labels.clone()),
-                    Sink::Buffer { labels: true, values } => {
+                    Sink::Buffer {
+                        labels: true,
+                        values,
+                    } => {
                         // Non-negative integers, each below 2^53, so exact as f64.
                         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                         Some(values.iter().map(|&v| v as usize).collect())
@@ -791,7 +794,9 @@ mod tests {
         assert_eq!(v2(data_first), one("probabilities", Some(vec![1, 0, 2])));
         // Ties pick the first index; an empty batch predicts nothing.
         assert_eq!(
-            v2(r#"{"outputs": [{"name": "p", "datatype": "FP64", "shape": [1, 2], "data": [0.5, 0.5]}]}"#),
+            v2(
+                r#"{"outputs": [{"name": "p", "datatype": "FP64", "shape": [1, 2], "data": [0.5, 0.5]}]}"#
+            ),
             one("p", Some(vec![0]))
         );
         assert_eq!(
@@ -809,7 +814,12 @@ mod tests {
             assert_eq!(v2(&body), one("label", Some(vec![2, 0, 2])), "{shape}");
         }
         // Scores of one column are not classes; nor are negative or fractional labels.
-        for (datatype, data) in [("FP32", "[0.2, 0.9, 0.4]"), ("FP32", "[2, 0, 2]"), ("INT32", "[2, -1, 0]"), ("INT32", "[2, 1.5, 0]")] {
+        for (datatype, data) in [
+            ("FP32", "[0.2, 0.9, 0.4]"),
+            ("FP32", "[2, 0, 2]"),
+            ("INT32", "[2, -1, 0]"),
+            ("INT32", "[2, 1.5, 0]"),
+        ] {
             let body = format!(
                 r#"{{"outputs": [{{"name": "label", "datatype": "{datatype}", "shape": [3], "data": {data}}}]}}"#
             );
@@ -849,7 +859,9 @@ mod tests {
         }
         // No data (binary tensor data in a separate part) and no shape: unparsed too.
         assert_eq!(
-            v2(r#"{"outputs": [{"name": "o", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}"#),
+            v2(
+                r#"{"outputs": [{"name": "o", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}"#
+            ),
             one("o", None)
         );
         assert_eq!(
@@ -874,7 +886,12 @@ mod tests {
             assert_eq!(v2(&body), one("o", None), "{shape} {data}");
         }
         // Not a v2 answer at all: no classes for the answer as a whole.
-        for body in [r#"{"predictions": [[0.1, 0.9]]}"#, "not json", r#"{"outputs": {}}"#, ""] {
+        for body in [
+            r#"{"predictions": [[0.1, 0.9]]}"#,
+            "not json",
+            r#"{"outputs": {}}"#,
+            "",
+        ] {
             assert_eq!(v2(body), None, "{body}");
         }
     }

@@ -250,7 +250,10 @@ impl RunningProxy {
         let upstream = upstream::Upstream::parse(&args.upstream)?;
         // An empty value (a manifest clearing the variable) means the default, like an
         // absent one.
-        let ready_path = match (args.ready_path.as_deref().filter(|p| !p.is_empty()), args.protocol) {
+        let ready_path = match (
+            args.ready_path.as_deref().filter(|p| !p.is_empty()),
+            args.protocol,
+        ) {
             (Some(path), _) => path.to_owned(),
             (None, classes::Protocol::V2) => V2_READY_PATH.to_owned(),
             (None, _) => DEFAULT_READY_PATH.to_owned(),
