@@ -207,6 +207,12 @@ mod tests {
         cases.push((
             "iris",
             "default",
+            bad(&|s| s.proxy.protocol = Some("v3".into())),
+            "--proxy-protocol",
+        ));
+        cases.push((
+            "iris",
+            "default",
             bad(&|s| {
                 s.labels.insert("bad key".into(), "v".into());
             }),
