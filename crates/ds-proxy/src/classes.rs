@@ -316,9 +316,9 @@ pub(crate) fn v2_infer_model(path: &str) -> Option<&str> {
 /// One output tensor of a v2 answer: its name and the class of each row, or `None` when its
 /// data are not something classes are read from (see [`v2_outputs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct V2Output {
-    pub name: String,
-    pub classes: Option<Vec<usize>>,
+pub(crate) struct V2Output {
+    pub(crate) name: String,
+    pub(crate) classes: Option<Vec<usize>>,
 }
 
 /// Parses an Open Inference Protocol v2 answer (`{"model_name": …, "outputs": [{"name",
@@ -335,7 +335,7 @@ pub struct V2Output {
 ///
 /// `data` may be flat (row-major) or nested, as the protocol allows. Returns `None` for
 /// the answer as a whole when it is not JSON or has no `outputs` list.
-pub fn v2_outputs(body: &[u8]) -> Option<Vec<V2Output>> {
+pub(crate) fn v2_outputs(body: &[u8]) -> Option<Vec<V2Output>> {
     #[derive(Deserialize)]
     struct Answer2 {
         outputs: Vec<Tensor>,

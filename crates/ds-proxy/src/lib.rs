@@ -63,10 +63,10 @@ pub const READY_PATH: &str = "/readyz";
 /// The default upstream: TensorFlow Serving's REST port in the same pod.
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8501";
 /// The upstream path `/readyz` asks by default.
-pub const DEFAULT_READY_PATH: &str = "/";
+const DEFAULT_READY_PATH: &str = "/";
 /// The upstream path `/readyz` asks by default with `--protocol v2`: the Open Inference
 /// Protocol's readiness, 200 when the server is ready.
-pub const V2_READY_PATH: &str = "/v2/health/ready";
+const V2_READY_PATH: &str = "/v2/health/ready";
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -601,4 +601,42 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn v2_counts_add_up_by_model_and_output_and_output_names_are_capped() {
+        let classes = ClassNames::new(vec!["cat".into(), "dog".into()]);
+        let metrics = Metrics::new(&classes, 2);
+        let (a, b) = (metrics.shard(0), metrics.shard(1));
+        let output = |name: &str, classes: Option<Vec<usize>>| V2Output {
+            name: name.into(),
+            classes,
+        };
+        let answer = [output("p", Some(vec![1, 1, 4])), output("text", None)];
+        a.predicted_v2("pets", Some(&answer));
+        b.predicted_v2("pets", Some(&answer));
+        b.predicted_v2("pets", None);
+        // Ten output names: the first 8 in all (`p` and `text` among them) get a label.
+        let many: Vec<V2Output> = (0..8)
+            .map(|i| output(&format!("o{i}"), Some(vec![0])))
+            .collect();
+        a.predicted_v2("zoo", Some(&many));
+        let text = metrics.encode();
+        for line in [
+            r#"ds_proxy_predictions_total{class="dog",protocol="v2",model="pets",output="p"} 4"#,
+            r#"ds_proxy_predictions_total{class="4",protocol="v2",model="pets",output="p"} 2"#,
+            r#"ds_proxy_predictions_total{class="unparsed",protocol="v2",model="pets",output="text"} 2"#,
+            r#"ds_proxy_predictions_total{class="unparsed",protocol="v2",model="pets",output=""} 1"#,
+            r#"ds_proxy_predictions_total{class="cat",protocol="v2",model="zoo",output="o5"} 1"#,
+            r#"ds_proxy_predictions_total{class="cat",protocol="v2",model="zoo",output="other"} 2"#,
+            // The v1 series are untouched by v2 answers.
+            r#"ds_proxy_predictions_total{class="dog"} 0"#,
+            r#"ds_proxy_predictions_total{class="unparsed"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(!text.contains(r#"output="o6""#), "{text}");
+    }
 }
