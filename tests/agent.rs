@@ -66,6 +66,7 @@ on_both!(
     removing_the_host_deletes_only_the_ingress,
     proxy_toggle_updates_the_deployment_in_place,
     query_log_toggle_updates_the_sidecar_in_place,
+    proxy_protocol_updates_the_sidecar_in_place,
     foreign_object_with_the_desired_name_is_never_touched,
     safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up,
     restart_prunes_only_owned_objects_absent_from_the_snapshot,
@@ -771,6 +772,54 @@ async fn query_log_toggle_updates_the_sidecar_in_place(b: Backend) {
         .await;
     assert_eq!(uid(&off), uid(&before));
     assert_eq!(sidecar_args(&off), sidecar_args(&before));
+    agent.shutdown().await;
+}
+
+async fn proxy_protocol_updates_the_sidecar_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (_, token) = e.deployer("p2").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("p2", "iris", ns, DeploymentSpec::test("iris").proxy(true))
+        .await;
+    let sidecar_args = |d: &Deployment| sidecar(d).and_then(|c| c.args.clone()).unwrap_or_default();
+    let speaks_v2 = |d: &Deployment| {
+        sidecar_args(d)
+            .windows(2)
+            .any(|w| w == ["--protocol", "v2"])
+    };
+    let before = e
+        .wait_deployment(ns, "iris", "the Deployment with the proxy", |d| {
+            !sidecar_args(d).is_empty()
+        })
+        .await;
+    assert!(
+        !sidecar_args(&before).contains(&"--protocol".to_string()),
+        "auto adds no flag"
+    );
+
+    e.update(&id, |r| r.proxy_protocol = Some("v2".into()))
+        .await;
+    let after = e
+        .wait_deployment(ns, "iris", "the sidecar to speak v2", speaks_v2)
+        .await;
+    assert_eq!(uid(&after), uid(&before), "same object, updated in place");
+    let mut args = sidecar_args(&after);
+    let at = args.iter().position(|a| a == "--protocol").unwrap();
+    args.drain(at..at + 2);
+    assert_eq!(args, sidecar_args(&before), "only --protocol was added");
+    assert_eq!(e.cluster.counters().get("delete", "deployments"), 0);
+    assert_eq!(e.cluster.counters().get("create", "deployments"), 0);
+
+    e.update(&id, |r| r.proxy_protocol = Some("auto".into()))
+        .await;
+    let back = e
+        .wait_deployment(ns, "iris", "the flag to go", |d| !speaks_v2(d))
+        .await;
+    assert_eq!(uid(&back), uid(&before));
+    assert_eq!(sidecar_args(&back), sidecar_args(&before));
     agent.shutdown().await;
 }
 

@@ -685,6 +685,57 @@ async fn query_logs_are_switched_on_and_off_with_the_proxy() {
 }
 
 #[tokio::test]
+async fn the_proxy_protocol_is_set_shown_refused_when_unknown_and_reset_to_auto() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let created = t
+        .deployment("prod", "iris", &["--proxy-protocol", "v2"])
+        .await;
+    assert_eq!(created["spec"]["proxy"]["protocol"], "v2");
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(got.ok().contains("on (protocol: v2)"), "{}", got.stdout);
+
+    // Refused before anything is sent on create, by the gateway on update; both name the
+    // flag and the rule.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "other",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+            "--proxy-protocol",
+            "v3",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains(
+            r#"invalid --proxy-protocol "v3": the proxy's protocol must be auto, v1 or v2"#
+        ),
+        "{line}"
+    );
+    let run = t
+        .run(&["deployment", "update", "iris", "--proxy-protocol", "grpc"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid --proxy-protocol"), "{line}");
+    assert_eq!(t.get_json("iris").await["spec"]["proxy"]["protocol"], "v2");
+
+    t.run(&["deployment", "update", "iris", "--proxy-protocol", "auto"])
+        .await
+        .ok();
+    let got = t.get_json("iris").await;
+    assert!(got["spec"]["proxy"].get("protocol").is_none(), "{got}");
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!got.ok().contains("protocol"), "{}", got.stdout);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_specs_are_rejected_in_one_line_naming_the_flag() {
     let t = start().await;
     t.deployer("prod").await;

@@ -1036,6 +1036,56 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         "{}",
         err.message()
     );
+    // The proxy's protocol: set, refused when unknown (naming the field), back to auto.
+    let protocol_of = |d: &proto::Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .proxy
+            .as_ref()
+            .unwrap()
+            .protocol
+            .clone()
+    };
+    let v2 = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_enabled: Some(true),
+            proxy_protocol: Some("v2".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("protocol v2 accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(protocol_of(&v2), "v2");
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_protocol: Some("v3".into()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown protocol refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("proxy.protocol") && err.message().contains("auto, v1 or v2"),
+        "{}",
+        err.message()
+    );
+    let auto = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_protocol: Some("auto".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("auto accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(protocol_of(&auto), "", "auto is stored as no protocol");
 
     let err = control
         .create_deployer(proto::CreateDeployerRequest {

@@ -299,6 +299,12 @@ fn proxy_container(obj: &DeployedObject, proxy_image: &str) -> Container {
         args.push("--query-log".into());
         args.push("-".into());
     }
+    if let Some(protocol) = &obj.spec.proxy.protocol {
+        // Auto (`None`) is the proxy's default: nothing is added, so existing Deployments
+        // stay byte-for-byte the same.
+        args.push("--protocol".into());
+        args.push(protocol.clone());
+    }
     if let Some(path) = ready_path(obj) {
         // The proxy's `/readyz` (its readiness probe) asks the model on this path.
         args.push("--ready-path".into());
@@ -767,6 +773,32 @@ mod tests {
         let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!(port.port, 8501);
         assert_eq!(port.target_port, Some(IntOrString::Int(9501)));
+    }
+
+    #[test]
+    fn the_proxy_protocol_goes_to_the_sidecar_and_auto_adds_nothing() {
+        let args_of = |o: &DeployedObject| {
+            container(&desired_deployment(o, IMAGE), PROXY_CONTAINER)
+                .expect("sidecar")
+                .args
+                .clone()
+                .unwrap()
+        };
+        let auto = args_of(&obj(DeploymentSpec::test("iris").proxy(true)));
+        assert!(!auto.contains(&"--protocol".to_string()), "{auto:?}");
+        for protocol in ["v1", "v2"] {
+            let mut spec = DeploymentSpec::test("iris").proxy(true);
+            spec.proxy.protocol = Some(protocol.into());
+            let mut args = args_of(&obj(spec));
+            let at = args
+                .iter()
+                .position(|a| a == "--protocol")
+                .expect("--protocol passed");
+            assert_eq!(args[at + 1], protocol);
+            // Nothing else changes in the sidecar's arguments.
+            args.drain(at..at + 2);
+            assert_eq!(args, auto);
+        }
     }
 
     #[test]

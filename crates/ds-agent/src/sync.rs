@@ -818,11 +818,13 @@ mod tests {
             enabled: true,
             class_names: vec!["setosa".into()],
             query_log: true,
+            protocol: "v2".into(),
         });
         let o = from_proto(d, "d1");
         assert!(o.spec.proxy.enabled);
         assert_eq!(o.spec.proxy.class_names, vec!["setosa".to_string()]);
         assert!(o.spec.proxy.query_log, "query logs reach the builders");
+        assert_eq!(o.spec.proxy.protocol.as_deref(), Some("v2"));
         // No settings at all: the defaults, as the gateway and the CLI read them.
         let mut d = dep("b", 2);
         d.spec.as_mut().unwrap().proxy = None;

@@ -294,6 +294,10 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
             enabled: !args.no_proxy,
             class_names: args.class_names.clone(),
             query_log: args.query_log,
+            protocol: args
+                .proxy_protocol
+                .clone()
+                .and_then(ds_core::convert::proxy_protocol),
         },
         labels: args.labels.iter().cloned().collect(),
         // Off here; the pod-level flags fill them in below.
@@ -396,6 +400,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         set_labels: args.labels.iter().cloned().collect(),
         unset_labels: args.unset_labels.clone(),
         model_name: args.model_name.clone(),
+        proxy_protocol: args.proxy_protocol.clone(),
         ..Default::default()
     };
     let pod_changes = args.pod.fill(&mut req);
@@ -412,6 +417,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         || req.memory.is_some()
         || req.proxy_enabled.is_some()
         || req.proxy_query_log.is_some()
+        || req.proxy_protocol.is_some()
         || req.ingress_class.is_some()
         || req.cpu_limit.is_some()
         || req.memory_limit.is_some()

@@ -20,6 +20,7 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         "resources.memory_request" => "--memory",
         "resources.memory_limit" => "--memory-limit",
         "proxy.query_log" => "--query-log",
+        "proxy.protocol" => "--proxy-protocol",
         "env" => "--env",
         f if f.starts_with("env[") => "--env",
         f if f.starts_with("proxy.class_names") => "--class-names",
@@ -207,6 +208,12 @@ mod tests {
                 s.proxy.query_log = true;
             }),
             "--query-log",
+        ));
+        cases.push((
+            "iris",
+            "default",
+            bad(&|s| s.proxy.protocol = Some("v3".into())),
+            "--proxy-protocol",
         ));
         cases.push((
             "iris",

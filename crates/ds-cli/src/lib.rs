@@ -359,6 +359,11 @@ pub struct CreateArgs {
     /// for the cluster's log pipeline (needs the proxy).
     #[arg(long)]
     pub query_log: bool,
+    /// The model server's protocol for the proxy: `auto` (default: v2 answers known by
+    /// their `/v2/models/NAME/infer` path, others v1), `v1`, or `v2` (the proxy's
+    /// readiness then asks `/v2/health/ready`).
+    #[arg(long, value_name = "auto|v1|v2")]
+    pub proxy_protocol: Option<String>,
     /// Ingress class (default: the cluster's).
     #[arg(long)]
     pub ingress_class: Option<String>,
@@ -429,6 +434,9 @@ pub struct UpdateArgs {
     /// Turn the model-proxy's query logs off.
     #[arg(long)]
     pub no_query_log: bool,
+    /// New protocol of the model server for the proxy: `auto`, `v1` or `v2`.
+    #[arg(long, value_name = "auto|v1|v2")]
+    pub proxy_protocol: Option<String>,
     /// New Ingress host; `""` removes the Ingress.
     #[arg(long)]
     pub host: Option<String>,

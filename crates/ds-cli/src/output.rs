@@ -560,6 +560,9 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
         if s.proxy.query_log {
             details.push("query logs to stdout".to_string());
         }
+        if let Some(protocol) = &s.proxy.protocol {
+            details.push(format!("protocol: {protocol}"));
+        }
         if details.is_empty() {
             "on".to_string()
         } else {
@@ -789,7 +792,7 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_line_and_json_show_query_logs() {
+    fn the_proxy_line_and_json_show_query_logs_and_the_protocol() {
         let view = proto::DeploymentView {
             deployment: Some(proto::Deployment {
                 spec: Some(proto::DeploymentSpec {
@@ -797,6 +800,7 @@ mod tests {
                         enabled: true,
                         class_names: vec!["setosa".into(), "versicolor".into()],
                         query_log: true,
+                        protocol: "v2".into(),
                     }),
                     ..Default::default()
                 }),
@@ -811,10 +815,11 @@ mod tests {
             .find(|l| l.starts_with("Proxy:"))
             .unwrap_or_else(|| panic!("no Proxy line in {get}"));
         assert!(
-            line.ends_with("on (classes: setosa, versicolor; query logs to stdout)"),
+            line.ends_with("on (classes: setosa, versicolor; query logs to stdout; protocol: v2)"),
             "{line}"
         );
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["spec"]["proxy"]["query_log"], true);
+        assert_eq!(json["spec"]["proxy"]["protocol"], "v2");
     }
 }

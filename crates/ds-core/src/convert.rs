@@ -9,6 +9,12 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// A wire `proxy.protocol`: "" and "auto" are both auto-detection (`None`), so the stored
+/// spec does not depend on which one a client sent.
+pub fn proxy_protocol(protocol: String) -> Option<String> {
+    non_empty(protocol).filter(|p| p != "auto")
+}
+
 impl From<DeploymentSpec> for proto::DeploymentSpec {
     fn from(s: DeploymentSpec) -> Self {
         proto::DeploymentSpec {
@@ -36,6 +42,7 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
                 enabled: s.proxy.enabled,
                 class_names: s.proxy.class_names,
                 query_log: s.proxy.query_log,
+                protocol: s.proxy.protocol.unwrap_or_default(),
             }),
             labels: s.labels.into_iter().collect(),
             gpu: s.gpu,
@@ -110,6 +117,7 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
                     enabled: p.enabled,
                     class_names: p.class_names,
                     query_log: p.query_log,
+                    protocol: proxy_protocol(p.protocol),
                 })
                 .unwrap_or_default(),
             labels: s.labels.into_iter().collect(),
@@ -196,6 +204,21 @@ mod tests {
         let wire: proto::DeploymentSpec = spec.clone().into();
         assert!(wire.proxy.as_ref().unwrap().query_log);
         assert_eq!(DeploymentSpec::from(wire), spec);
+        spec.proxy.protocol = Some("v2".into());
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert_eq!(wire.proxy.as_ref().unwrap().protocol, "v2");
+        assert_eq!(DeploymentSpec::from(wire), spec);
+    }
+
+    #[test]
+    fn an_empty_or_auto_proxy_protocol_is_auto() {
+        for auto in ["", "auto"] {
+            let mut wire: proto::DeploymentSpec = DeploymentSpec::test("iris").into();
+            wire.proxy.as_mut().unwrap().protocol = auto.into();
+            assert_eq!(DeploymentSpec::from(wire).proxy.protocol, None, "{auto:?}");
+        }
+        // Anything else is kept as sent, for validation to refuse by name.
+        assert_eq!(proxy_protocol("v3".into()).as_deref(), Some("v3"));
     }
 
     #[test]

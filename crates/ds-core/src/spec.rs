@@ -37,7 +37,15 @@ pub struct ProxySpec {
     /// Defaulted so specs stored before the field existed still load.
     #[serde(default)]
     pub query_log: bool,
+    /// The model server's protocol for the sidecar ([`PROXY_PROTOCOLS`]); `None` means
+    /// auto-detection by request path. Left out of the stored JSON when `None`, so specs
+    /// stored before it existed load and digest as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
+
+/// The values of [`ProxySpec::protocol`] (auto is `None`).
+pub const PROXY_PROTOCOLS: [&str; 2] = ["v1", "v2"];
 
 impl Default for ProxySpec {
     fn default() -> Self {
@@ -45,6 +53,7 @@ impl Default for ProxySpec {
             enabled: true,
             class_names: Vec::new(),
             query_log: false,
+            protocol: None,
         }
     }
 }

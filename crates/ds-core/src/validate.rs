@@ -193,6 +193,15 @@ pub fn validate_deployment(
             ));
         }
     }
+    if let Some(protocol) = spec.proxy.protocol.as_deref()
+        && !crate::spec::PROXY_PROTOCOLS.contains(&protocol)
+    {
+        return Err(ValidationError::new(
+            "proxy.protocol",
+            protocol,
+            "the proxy's protocol must be auto, v1 or v2",
+        ));
+    }
     if spec.proxy.query_log && !spec.proxy.enabled {
         // The sidecar writes the query logs: without it they would silently never appear.
         return Err(ValidationError::new(
@@ -1062,6 +1071,22 @@ mod tests {
         let mut s = spec();
         s.proxy.class_names = vec!["setosa".into(), " ".into()];
         rejected(&s, "proxy.class_names[1]");
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_v1_or_v2() {
+        for bad in ["v3", "V2", "auto", " v1", "grpc"] {
+            let mut s = spec();
+            s.proxy.protocol = Some(bad.into());
+            let err = rejected(&s, "proxy.protocol");
+            assert!(err.rule.contains("auto, v1 or v2"), "{err}");
+            assert_eq!(err.value, bad);
+        }
+        for good in [None, Some("v1"), Some("v2")] {
+            let mut s = spec();
+            s.proxy.protocol = good.map(Into::into);
+            validate_deployment("iris", "default", &s).unwrap();
+        }
     }
 
     #[test]

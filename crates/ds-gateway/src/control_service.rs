@@ -601,6 +601,9 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
     if let Some(on) = req.proxy_query_log {
         spec.proxy.query_log = on;
     }
+    if let Some(protocol) = &req.proxy_protocol {
+        spec.proxy.protocol = ds_core::convert::proxy_protocol(protocol.clone());
+    }
     // After `cpu`/`memory`: `--cpu 500m --cpu-limit 2` means request 500m, limit 2, as
     // on create.
     if let Some(limit) = &req.cpu_limit {
