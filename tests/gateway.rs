@@ -1894,9 +1894,36 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
     let url = gw.url();
     let now = chrono::Utc::now().timestamp();
 
+    // A token's groups claim carries its roles: ml-team may deploy on dev.
+    let mut admin = control_with(&url, &gw.admin_key).await;
+    create_deployer(&mut admin, "dev").await;
+    admin
+        .create_group(proto::CreateGroupRequest {
+            name: "ml-team".into(),
+        })
+        .await
+        .expect("group");
     let token = mint_es256(&key, &jwt_claims("alice@example.com", now + 600));
     let mut alice = control_with(&url, &token).await;
-    create_deployer(&mut alice, "dev").await;
+    let mut unrelated = jwt_claims("bob@example.com", now + 600);
+    unrelated["groups"] = serde_json::json!(["other"]);
+    let mut bob = control_with(&url, &mint_es256(&key, &unrelated)).await;
+    for who in [&mut alice, &mut bob] {
+        let seen = who
+            .list_deployers(proto::ListDeployersRequest::default())
+            .await
+            .expect("a valid token lists")
+            .into_inner();
+        assert!(seen.deployers.is_empty(), "no grant yet: nothing visible");
+    }
+    admin
+        .grant_deployer(proto::GrantDeployerRequest {
+            deployer: "dev".into(),
+            group: "ml-team".into(),
+            role: proto::DeployerRole::Deploy as i32,
+        })
+        .await
+        .expect("grant");
     create_deployment(&mut alice, "dev", "iris")
         .await
         .expect("a valid token may deploy");
@@ -1918,6 +1945,12 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
     ls.env("DS_GATEWAY", &url).env("DS_API_KEY", &token);
     let listed = ds_test_support::cli::output(ls, DEADLINE).await.json();
     assert_eq!(listed[0]["name"], "dev", "{listed}");
+    let seen = bob
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect("bob lists")
+        .into_inner();
+    assert!(seen.deployers.is_empty(), "bob's groups have no role on dev");
 
     let refused = |status: tonic::Status| (status.code(), status.message().to_string());
     let expired = mint_es256(&key, &jwt_claims("alice@example.com", now - 3600));
@@ -1966,7 +1999,6 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
     );
 
     // The admin API key keeps working beside tokens, and a wrong key still says so.
-    let mut admin = control_with(&url, &gw.admin_key).await;
     let listed = admin
         .list_deployers(proto::ListDeployersRequest::default())
         .await
