@@ -1950,7 +1950,10 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
         .await
         .expect("bob lists")
         .into_inner();
-    assert!(seen.deployers.is_empty(), "bob's groups have no role on dev");
+    assert!(
+        seen.deployers.is_empty(),
+        "bob's groups have no role on dev"
+    );
 
     let refused = |status: tonic::Status| (status.code(), status.message().to_string());
     let expired = mint_es256(&key, &jwt_claims("alice@example.com", now - 3600));
