@@ -54,6 +54,10 @@ pub enum Command {
     Deployer(cli::DeployerArgs),
     /// Manage deployments.
     Deployment(cli::DeploymentArgs),
+    /// Manage lifecycle stages (Development, Test, Production…).
+    Stage(cli::StageArgs),
+    /// Read the audit log.
+    Audit(cli::AuditArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
     /// Print the client's version and the gateway's.
@@ -109,6 +113,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Deployer(args) => cli::deployer(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
+        Command::Stage(args) => cli::stage(args).await?,
+        Command::Audit(args) => cli::audit(args).await?,
         Command::Login(args) => cli::login(args).await?,
         Command::Version(args) => cli::version(args).await?,
         Command::Completion { shell } => {
