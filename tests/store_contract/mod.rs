@@ -1514,7 +1514,7 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
         })
         .await
         .unwrap();
-    assert_eq!(of_alpha.len(), 9, "{:?}", summary(&of_alpha));
+    assert_eq!(of_alpha.len(), 10, "{:?}", summary(&of_alpha));
     let of_c = store
         .list_audit(&AuditQuery {
             actor: Some("key cccc".into()),
@@ -1630,7 +1630,7 @@ async fn group_committed_creates_are_each_audited_once(b: Backend) -> Backend {
 // === upgrades ===
 
 /// A deployer, a token and a deployment, as the release before stages wrote them;
-/// `bytes` is the dialect's literal of a one-byte hash.
+/// `bytes` is the dialect's literal of a 32-byte hash.
 fn before_stages(bytes: &str) -> sqlx::AssertSqlSafe<String> {
     let spec = serde_json::to_string(&spec("iris", 1)).unwrap();
     sqlx::AssertSqlSafe(format!(
@@ -1678,7 +1678,7 @@ async fn sqlite_a_database_of_the_release_before_stages_opens_with_its_deployers
         let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
         // 0007 is the last migration of the release before; 0008 is not there yet.
         migrator.run_to(7, &mut conn).await.unwrap();
-        sqlx::raw_sql(before_stages("X'00'")).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("X'{}'", "00".repeat(32)))).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     }
     let store = Arc::new(SqliteStore::open_path(&path).await.expect("open the old database"));
@@ -1698,7 +1698,7 @@ async fn postgres_a_database_of_the_release_before_stages_opens_with_its_deploye
         let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
         // 0004 is the last migration of the release before; 0005 is not there yet.
         migrator.run_to(4, &mut conn).await.unwrap();
-        sqlx::raw_sql(before_stages("'\\x00'::bytea")).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("'\\x{}'::bytea", "00".repeat(32)))).execute(&mut conn).await.unwrap();
         conn.close().await.unwrap();
     }
     let store = Arc::new(PgStore::open_url(&db.url).await.expect("open the old database"));
