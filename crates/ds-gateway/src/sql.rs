@@ -263,11 +263,18 @@ where
         if let Some(stage) = &update.stage {
             let stage = self.existing_stage(&mut tx, stage).await?;
             if stage != current {
-                sqlx::query("UPDATE deployers SET stage = $1 WHERE id = $2")
+                let moved = sqlx::query("UPDATE deployers SET stage = $1 WHERE id = $2")
                     .bind(stage.as_str())
                     .bind(id)
                     .execute(&mut *tx)
-                    .await?;
+                    .await;
+                match moved {
+                    // PostgreSQL's foreign key: the stage was removed meanwhile.
+                    Err(e) if is_foreign_key_violation(&e) => {
+                        return Err(StoreError::NotFound(format!("stage {stage}")));
+                    }
+                    other => other?,
+                };
                 let event = AuditEvent::new("deployer.update", audit::DEPLOYER, name.as_str())
                     .of_deployer(id)
                     .before(json!({ "stage": current }))
@@ -329,12 +336,20 @@ where
             }
             _ => last + 1,
         };
-        sqlx::query("INSERT INTO stages (name, position, deploy_by) VALUES ($1, $2, $3)")
-            .bind(name)
-            .bind(position)
-            .bind(deploy_by.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let inserted =
+            sqlx::query("INSERT INTO stages (name, position, deploy_by) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(position)
+                .bind(deploy_by.as_str())
+                .execute(&mut *tx)
+                .await;
+        match inserted {
+            // Created meanwhile by another replica.
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!("stage {name}")));
+            }
+            other => other?,
+        };
         let stage = self.stage_in(&mut tx, name).await?;
         let event = AuditEvent::new("stage.create", audit::STAGE, name).after(stage_json(&stage));
         self.audit(&mut tx, by, event).await?;
@@ -399,11 +414,17 @@ where
         if taken.is_some() {
             return Err(StoreError::AlreadyExists(format!("stage {new_name}")));
         }
-        sqlx::query("UPDATE stages SET name = $1 WHERE name = $2")
+        let renamed = sqlx::query("UPDATE stages SET name = $1 WHERE name = $2")
             .bind(new_name)
             .bind(name)
             .execute(&mut *tx)
-            .await?;
+            .await;
+        match renamed {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!("stage {new_name}")));
+            }
+            other => other?,
+        };
         // PostgreSQL's foreign key moved them already (ON UPDATE CASCADE); SQLite has none.
         sqlx::query("UPDATE deployers SET stage = $1 WHERE stage = $2")
             .bind(new_name)
@@ -781,7 +802,14 @@ where
         .bind(now)
         .bind(stage.as_str())
         .fetch_optional(&mut *tx)
-        .await?;
+        .await;
+        let inserted = match inserted {
+            // PostgreSQL's foreign key: the stage was removed meanwhile.
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("stage {stage}")));
+            }
+            other => other?,
+        };
         if inserted.is_none() {
             return Err(StoreError::AlreadyExists(format!("deployer {name}")));
         }
