@@ -234,9 +234,9 @@ impl Env {
         let r = self
             .control
             .create_deployer(proto::CreateDeployerRequest {
-            name: name.into(),
-            ..Default::default()
-        })
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create deployer")
             .into_inner();

@@ -1533,11 +1533,9 @@ async fn bad_pod_options_are_refused_naming_the_flag() {
 
 /// The actor the audit log names for the gateway's admin key: `key <its ID>`.
 fn admin_actor(t: &TestGateway) -> String {
-    let id = ds_gateway::credentials::parse_id(
-        ds_gateway::credentials::API_KEY_PREFIX,
-        &t.gw.admin_key,
-    )
-    .expect("a well-formed admin key");
+    let id =
+        ds_gateway::credentials::parse_id(ds_gateway::credentials::API_KEY_PREFIX, &t.gw.admin_key)
+            .expect("a well-formed admin key");
     format!("key {id}")
 }
 
@@ -1545,11 +1543,7 @@ fn admin_actor(t: &TestGateway) -> String {
 async fn fetch_install(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let parsed = url::Url::parse(url).unwrap();
-    let addr = format!(
-        "{}:{}",
-        parsed.host_str().unwrap(),
-        parsed.port().unwrap()
-    );
+    let addr = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
@@ -1586,7 +1580,12 @@ async fn audit_summary(t: &TestGateway, extra: &[&str]) -> Vec<(String, String, 
         .collect()
 }
 
-fn entry(actor: &str, action: &str, object: &str, outcome: &str) -> (String, String, String, String) {
+fn entry(
+    actor: &str,
+    action: &str,
+    object: &str,
+    outcome: &str,
+) -> (String, String, String, String) {
     (actor.into(), action.into(), object.into(), outcome.into())
 }
 
@@ -1594,15 +1593,21 @@ fn entry(actor: &str, action: &str, object: &str, outcome: &str) -> (String, Str
 async fn every_audited_action_appears_once_with_the_right_actor() {
     let t = start().await;
     let admin = admin_actor(&t);
-    t.run(&["stage", "create", "Staging", "--after", "Test"]).await.ok();
+    t.run(&["stage", "create", "Staging", "--after", "Test"])
+        .await
+        .ok();
     let created = t
-        .run(&["deployer", "create", "edge", "--stage", "Test", "-o", "json"])
+        .run(&[
+            "deployer", "create", "edge", "--stage", "Test", "-o", "json",
+        ])
         .await
         .json();
     assert_eq!(created["stage"], "Test");
     let first_token = created["token"].as_str().unwrap().to_string();
     let edge_id = created["id"].as_str().unwrap().to_string();
-    t.run(&["deployer", "update", "edge", "--stage", "Staging"]).await.ok();
+    t.run(&["deployer", "update", "edge", "--stage", "Staging"])
+        .await
+        .ok();
     let rotated = t
         .run(&["deployer", "rotate-token", "edge", "-o", "json"])
         .await
@@ -1615,11 +1620,21 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
     let install_url = install["url"].as_str().unwrap().to_string();
     let manifest = fetch_install(&install_url).await;
     t.deployment("edge", "iris", &[]).await;
-    t.run(&["deployment", "update", "iris", "--replicas", "2"]).await.ok();
+    t.run(&["deployment", "update", "iris", "--replicas", "2"])
+        .await
+        .ok();
     t.run(&["deployment", "rollback", "iris"]).await.ok();
     t.run(&["deployment", "rm", "iris"]).await.ok();
     t.run(&["stage", "rename", "Staging", "PreProd"]).await.ok();
-    t.run(&["stage", "update", "PreProd", "--deploy-by", "service-accounts"]).await.ok();
+    t.run(&[
+        "stage",
+        "update",
+        "PreProd",
+        "--deploy-by",
+        "service-accounts",
+    ])
+    .await
+    .ok();
     t.run(&["deployer", "rm", "edge"]).await.ok();
     t.run(&["stage", "rm", "PreProd"]).await.ok();
     // Refused: a well-formed key nobody issued, and something that is no key at all.
@@ -1638,11 +1653,19 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
             .2
             .clone()
     };
-    let redeemer = format!("install-code {}", code_object.trim_start_matches("install-code/"));
+    let redeemer = format!(
+        "install-code {}",
+        code_object.trim_start_matches("install-code/")
+    );
     assert_eq!(
         audit_summary(&t, &[]).await,
         [
-            entry("gateway", "api-key.create", &format!("api-key/{}", &admin[4..]), "ok"),
+            entry(
+                "gateway",
+                "api-key.create",
+                &format!("api-key/{}", &admin[4..]),
+                "ok"
+            ),
             entry(&admin, "stage.create", "stage/Staging", "ok"),
             entry(&admin, "deployer.create", "deployer/edge", "ok"),
             entry(&admin, "deployer.update", "deployer/edge", "ok"),
@@ -1651,13 +1674,23 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
             entry(&redeemer, "install-code.redeem", &code_object, "ok"),
             entry(&admin, "deployment.create", "deployment/default/iris", "ok"),
             entry(&admin, "deployment.update", "deployment/default/iris", "ok"),
-            entry(&admin, "deployment.rollback", "deployment/default/iris", "ok"),
+            entry(
+                &admin,
+                "deployment.rollback",
+                "deployment/default/iris",
+                "ok"
+            ),
             entry(&admin, "deployment.delete", "deployment/default/iris", "ok"),
             entry(&admin, "stage.rename", "stage/PreProd", "ok"),
             entry(&admin, "stage.update", "stage/PreProd", "ok"),
             entry(&admin, "deployer.delete", "deployer/edge", "ok"),
             entry(&admin, "stage.delete", "stage/PreProd", "ok"),
-            entry("key 0123456789abcdef", "authenticate", "rpc/ListDeployers", "denied"),
+            entry(
+                "key 0123456789abcdef",
+                "authenticate",
+                "rpc/ListDeployers",
+                "denied"
+            ),
             entry("unknown", "authenticate", "rpc/ListDeployers", "denied"),
         ]
     );
@@ -1671,7 +1704,13 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
     assert!(bad.one_line_error().contains("--since"), "{}", bad.stderr);
     // The table.
     let table = t.run(&["audit", "ls"]).await;
-    let header: Vec<&str> = table.ok().lines().next().unwrap().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["TIME", "ACTOR", "ACTION", "OBJECT", "OUTCOME"]);
     // No secret anywhere in the log: keys, tokens, the install code, the manifest's token.
     let all = t.run(&["audit", "ls", "-o", "json"]).await.ok().to_string();
@@ -1709,7 +1748,15 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
 async fn the_stage_policy_refuses_a_person_under_service_accounts() {
     let t = start().await;
     let created = t
-        .run(&["deployer", "create", "prod", "--stage", "Production", "-o", "json"])
+        .run(&[
+            "deployer",
+            "create",
+            "prod",
+            "--stage",
+            "Production",
+            "-o",
+            "json",
+        ])
         .await
         .json();
     assert_eq!(created["stage"], "Production");
@@ -1734,14 +1781,27 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
     assert_eq!(prod_only[0]["stage"], "Production");
     let unknown = t.run(&["deployment", "ls", "--stage", "Prod"]).await;
     let line = unknown.one_line_error();
-    assert!(line.contains("--stage") && line.contains("Production"), "{line}");
+    assert!(
+        line.contains("--stage") && line.contains("Production"),
+        "{line}"
+    );
     let deployers = t.run(&["deployer", "ls"]).await;
     assert!(deployers.ok().lines().next().unwrap().contains("STAGE"));
-    assert!(deployers.ok().contains("Production"), "{}", deployers.stdout);
+    assert!(
+        deployers.ok().contains("Production"),
+        "{}",
+        deployers.stdout
+    );
 
-    t.run(&["stage", "update", "Production", "--deploy-by", "service-accounts"])
-        .await
-        .ok();
+    t.run(&[
+        "stage",
+        "update",
+        "Production",
+        "--deploy-by",
+        "service-accounts",
+    ])
+    .await
+    .ok();
     let stages = t.run(&["stage", "ls", "-o", "json"]).await.json();
     assert_eq!(stages[2]["deploy_by"], "service-accounts");
     assert_eq!(stages[2]["deployers"][0], "prod");
@@ -1751,7 +1811,14 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
         vec!["deployment", "rm", "iris"],
         vec!["deployment", "rollback", "iris"],
         vec![
-            "deployment", "create", "--model-name", "other", "-d", "prod", "-i", IMAGE,
+            "deployment",
+            "create",
+            "--model-name",
+            "other",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
         ],
     ] {
         let refused = t.run(&args).await;
@@ -1766,7 +1833,9 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
     let listed = t.run(&["deployment", "ls", "-o", "json"]).await.json();
     assert_eq!(listed.as_array().unwrap().len(), 2);
     // The other stages are not concerned.
-    t.run(&["deployment", "update", "wine", "--replicas", "2"]).await.ok();
+    t.run(&["deployment", "update", "wine", "--replicas", "2"])
+        .await
+        .ok();
     let denied: Vec<_> = audit_summary(&t, &[])
         .await
         .into_iter()
@@ -1783,38 +1852,70 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
     );
     assert!(denied.iter().all(|e| e.0 == admin_actor(&t)));
     // Back to anyone: a person may deploy again.
-    t.run(&["stage", "update", "Production", "--deploy-by", "anyone"]).await.ok();
-    t.run(&["deployment", "update", "iris", "--replicas", "3"]).await.ok();
+    t.run(&["stage", "update", "Production", "--deploy-by", "anyone"])
+        .await
+        .ok();
+    t.run(&["deployment", "update", "iris", "--replicas", "3"])
+        .await
+        .ok();
     t.gw.shutdown().await;
 }
 
 #[tokio::test]
 async fn removing_a_stage_that_has_deployers_is_refused_and_changes_nothing() {
     let t = start().await;
-    t.run(&["deployer", "create", "alpha", "--stage", "Test"]).await.ok();
+    t.run(&["deployer", "create", "alpha", "--stage", "Test"])
+        .await
+        .ok();
     let before = t.run(&["stage", "ls", "-o", "json"]).await.json();
     let refused = t.run(&["stage", "rm", "Test"]).await;
     let line = refused.one_line_error();
     assert!(line.contains("alpha") && line.contains("--stage"), "{line}");
     assert_eq!(t.run(&["stage", "ls", "-o", "json"]).await.json(), before);
-    let alpha = t.run(&["deployer", "get", "alpha", "-o", "json"]).await.json();
+    let alpha = t
+        .run(&["deployer", "get", "alpha", "-o", "json"])
+        .await
+        .json();
     assert_eq!(alpha["stage"], "Test");
     assert!(
-        !audit_summary(&t, &[]).await.iter().any(|e| e.1 == "stage.delete"),
+        !audit_summary(&t, &[])
+            .await
+            .iter()
+            .any(|e| e.1 == "stage.delete"),
         "a refused removal is no change"
     );
     // Unknown stages and bad names are refused naming the flag.
-    let unknown = t.run(&["deployer", "create", "beta", "--stage", "QA"]).await;
-    assert!(unknown.one_line_error().contains("--stage"), "{}", unknown.stderr);
-    let moved = t.run(&["deployer", "update", "alpha", "--stage", "QA"]).await;
-    assert!(moved.one_line_error().contains("--stage"), "{}", moved.stderr);
+    let unknown = t
+        .run(&["deployer", "create", "beta", "--stage", "QA"])
+        .await;
+    assert!(
+        unknown.one_line_error().contains("--stage"),
+        "{}",
+        unknown.stderr
+    );
+    let moved = t
+        .run(&["deployer", "update", "alpha", "--stage", "QA"])
+        .await;
+    assert!(
+        moved.one_line_error().contains("--stage"),
+        "{}",
+        moved.stderr
+    );
     let bad = t.run(&["stage", "create", "two words"]).await;
     assert!(bad.one_line_error().contains("NAME"), "{}", bad.stderr);
     let table = t.run(&["stage", "ls"]).await;
-    let header: Vec<&str> = table.ok().lines().next().unwrap().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     assert_eq!(header, ["POSITION", "NAME", "DEPLOY", "BY", "DEPLOYERS"]);
     // Emptied, it goes.
-    t.run(&["deployer", "update", "alpha", "--stage", "Production"]).await.ok();
+    t.run(&["deployer", "update", "alpha", "--stage", "Production"])
+        .await
+        .ok();
     t.run(&["stage", "rm", "Test"]).await.ok();
     let after = t.run(&["stage", "ls", "-o", "json"]).await.json();
     let names: Vec<&str> = after
@@ -1845,7 +1946,12 @@ async fn request_ids_are_returned_and_audited() {
     req.metadata_mut()
         .insert("x-request-id", "has spaces".parse().unwrap());
     let generated = control.list_stages(req).await.unwrap();
-    let id = generated.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let id = generated
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
     let entries = t.run(&["audit", "ls", "-o", "json"]).await.json();
     let created = entries

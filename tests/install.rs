@@ -165,9 +165,9 @@ impl Env {
     async fn create_deployer(&mut self, name: &str) -> String {
         self.control
             .create_deployer(proto::CreateDeployerRequest {
-            name: name.into(),
-            ..Default::default()
-        })
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create deployer")
             .into_inner()

@@ -179,7 +179,9 @@ async fn both_replicas_publish_every_change_in_revision_order() {
         assert_eq!(seen, (1..=N).collect::<Vec<_>>());
     }
     // A deletion through one replica ends the watchers on the other.
-    a.delete_deployer(&ChangeBy::default(), &d.id).await.unwrap();
+    a.delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut on_b).await, Change::DeployerDeleted);
     a.close().await;
     b.close().await;
@@ -320,7 +322,9 @@ async fn a_replica_whose_listener_was_cut_catches_up_in_order() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cut_listeners(&mut conn, &db.name).await;
-    a.delete_deployer(&ChangeBy::default(), &d.id).await.unwrap();
+    a.delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut on_b).await, Change::DeployerDeleted);
     conn.close().await.ok();
     a.close().await;

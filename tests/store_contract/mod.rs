@@ -213,11 +213,17 @@ async fn deploy(
 async fn api_keys_are_unique_and_found_by_id(b: Backend) -> Backend {
     let store = b.store();
     assert!(!store.has_api_key().await.unwrap());
-    store.add_api_key(&ChangeBy::default(), "key1", hash("k1")).await.unwrap();
+    store
+        .add_api_key(&ChangeBy::default(), "key1", hash("k1"))
+        .await
+        .unwrap();
     assert!(store.has_api_key().await.unwrap());
     // A second key with a taken ID is refused as a duplicate, not as a database failure,
     // and the first key keeps working.
-    match store.add_api_key(&ChangeBy::default(), "key1", hash("k2")).await {
+    match store
+        .add_api_key(&ChangeBy::default(), "key1", hash("k2"))
+        .await
+    {
         Err(StoreError::AlreadyExists(_)) => {}
         other => panic!("a duplicate API key ID must be AlreadyExists, got {other:?}"),
     }
@@ -269,7 +275,10 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
         .unwrap();
     assert_eq!(store.get_deployer(&alpha.id).await.unwrap().name, "alpha");
     assert_eq!(store.resolve_deployer(&alpha.id).await.unwrap().1, "alpha");
-    store.delete_deployer(&ChangeBy::default(), &impostor.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &impostor.id)
+        .await
+        .unwrap();
     for unknown in [
         store.get_deployer("gamma").await.err(),
         store.resolve_deployer("gamma").await.err(),
@@ -284,7 +293,10 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
     let x = deploy(&store, &alpha.id, "models", "x").await;
     assert_eq!(store.get_deployer("alpha").await.unwrap().deployments, 1);
     let mut watch = store.hub().subscribe(&alpha.id);
-    store.delete_deployer(&ChangeBy::default(), &alpha.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &alpha.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut watch).await, Change::DeployerDeleted);
     assert!(matches!(
         store.get_deployer("alpha").await,
@@ -336,7 +348,13 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         let deployer = d.id.clone();
         async move {
             store
-                .rotate_token(&ChangeBy::default(), &deployer, token, hash(token), deadline)
+                .rotate_token(
+                    &ChangeBy::default(),
+                    &deployer,
+                    token,
+                    hash(token),
+                    deadline,
+                )
                 .await
                 .unwrap()
         }
@@ -414,10 +432,16 @@ async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
     assert_eq!(a2.created_at, a.created_at);
     assert!(a2.updated_at >= a.updated_at);
     assert_eq!(store.get_deployment(&a.id).await.unwrap(), a2);
-    let (removed, revision) = store.delete_deployment(&ChangeBy::default(), &b2.id).await.unwrap();
+    let (removed, revision) = store
+        .delete_deployment(&ChangeBy::default(), &b2.id)
+        .await
+        .unwrap();
     assert_eq!((removed, revision), (b2.clone(), 5));
     for gone in [
-        store.delete_deployment(&ChangeBy::default(), &b2.id).await.err(),
+        store
+            .delete_deployment(&ChangeBy::default(), &b2.id)
+            .await
+            .err(),
         store.get_deployment(&b2.id).await.err(),
         store
             .update_deployment(&b2.id, 2, &spec("b", 2))
@@ -460,7 +484,10 @@ async fn a_snapshot_is_the_complete_state_at_its_revision(b: Backend) -> Backend
     let z = deploy(&store, &d.id, "models", "z").await;
     let a = deploy(&store, &d.id, "zeta", "a").await;
     let m = deploy(&store, &d.id, "models", "m").await;
-    store.delete_deployment(&ChangeBy::default(), &m.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &m.id)
+        .await
+        .unwrap();
     let z2 = store
         .update_deployment(&z.id, z.revision, &spec("z", 2))
         .await
@@ -487,7 +514,14 @@ async fn revisions_are_per_deployer_and_survive_a_restart(b: Backend) -> Backend
         .unwrap();
     let z = deploy(&store, &beta.id, "models", "z").await;
     assert_eq!(z.revision, 2);
-    assert_eq!(store.delete_deployment(&ChangeBy::default(), &y.id).await.unwrap().1, 3);
+    assert_eq!(
+        store
+            .delete_deployment(&ChangeBy::default(), &y.id)
+            .await
+            .unwrap()
+            .1,
+        3
+    );
     assert_eq!(store.snapshot(&alpha.id).await.unwrap().0, 2);
     assert_eq!(store.snapshot(&beta.id).await.unwrap().0, 3);
 
@@ -731,7 +765,10 @@ async fn a_streamed_snapshot_is_the_snapshot(b: Backend) -> Backend {
         deploy(&store, &d.id, "models", &format!("m{i:02}")).await;
     }
     let gone = deploy(&store, &d.id, "models", "gone").await;
-    store.delete_deployment(&ChangeBy::default(), &gone.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &gone.id)
+        .await
+        .unwrap();
     // A channel smaller than the snapshot: the read waits for the reader.
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let reader = tokio::spawn(async move {
@@ -869,7 +906,10 @@ async fn revisions_are_numbered_per_deployment_with_who_and_what_they_reached(
     ));
     assert_eq!(store.list_revisions(&iris.id).await.unwrap().len(), 2);
     // Gone with the deployment.
-    store.delete_deployment(&ChangeBy::default(), &latest.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &latest.id)
+        .await
+        .unwrap();
     assert!(matches!(
         store.list_revisions(&iris.id).await,
         Err(StoreError::NotFound(_))
@@ -944,14 +984,21 @@ async fn object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision(
     // Deleting at a revision it no longer has is a conflict and deletes nothing.
     deploy(&store, &d.id, "models", "x").await;
     assert!(matches!(
-        store.delete_deployer_at(&ChangeBy::default(), &d.id, 0).await,
+        store
+            .delete_deployer_at(&ChangeBy::default(), &d.id, 0)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     let now = store.get_deployer(&d.id).await.unwrap();
     assert_eq!(now.revision, 1);
-    store.delete_deployer_at(&ChangeBy::default(), &d.id, now.revision).await.unwrap();
+    store
+        .delete_deployer_at(&ChangeBy::default(), &d.id, now.revision)
+        .await
+        .unwrap();
     assert!(matches!(
-        store.delete_deployer_at(&ChangeBy::default(), &d.id, now.revision).await,
+        store
+            .delete_deployer_at(&ChangeBy::default(), &d.id, now.revision)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     b
@@ -1081,7 +1128,10 @@ async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> B
     assert!(all[&x.id].reason.starts_with("ImagePullBackOff: pod x-1"));
     assert_eq!(all[&x.id].pods, vec![pod]);
     // A deleted deployment's status goes with it.
-    store.delete_deployment(&ChangeBy::default(), &x.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &x.id)
+        .await
+        .unwrap();
     assert!(store.get_status(&x.id).await.unwrap().is_none());
     assert!(store.list_statuses().await.unwrap().is_empty());
     b
@@ -1102,7 +1152,12 @@ pub(crate) async fn race_for_code(
         let codes = replicas[i % replicas.len()].clone();
         set.spawn(async move {
             codes
-                .redeem_code(&ChangeBy::default(), code, &format!("issued{i}"), hash(&format!("s{i}")))
+                .redeem_code(
+                    &ChangeBy::default(),
+                    code,
+                    &format!("issued{i}"),
+                    hash(&format!("s{i}")),
+                )
                 .await
                 .map(|won| (won, i))
         });
@@ -1156,7 +1211,13 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         .unwrap();
     assert!(matches!(
         codes
-            .create_code(&ChangeBy::default(), hash("other"), "no-such", soon, &options)
+            .create_code(
+                &ChangeBy::default(),
+                hash("other"),
+                "no-such",
+                soon,
+                &options
+            )
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -1169,7 +1230,9 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
     );
 
     codes
-        .create_code(&ChangeBy::default(), hash("stale"),
+        .create_code(
+            &ChangeBy::default(),
+            hash("stale"),
             &d.id,
             now - chrono::Duration::seconds(1),
             &options,
@@ -1177,11 +1240,15 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         .await
         .unwrap();
     assert!(matches!(
-        codes.redeem_code(&ChangeBy::default(), hash("stale"), "t9", hash("t9")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("stale"), "t9", hash("t9"))
+            .await,
         Err(RedeemError::Expired)
     ));
     assert!(matches!(
-        codes.redeem_code(&ChangeBy::default(), hash("never"), "t9", hash("t9")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("never"), "t9", hash("t9"))
+            .await,
         Err(RedeemError::Unknown)
     ));
     assert!(store.find_token("t9").await.unwrap().is_none());
@@ -1191,9 +1258,14 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         .create_code(&ChangeBy::default(), hash("orphan"), &d.id, soon, &options)
         .await
         .unwrap();
-    store.delete_deployer(&ChangeBy::default(), &d.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert!(matches!(
-        codes.redeem_code(&ChangeBy::default(), hash("orphan"), "t10", hash("t10")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("orphan"), "t10", hash("t10"))
+            .await,
         Err(RedeemError::Unknown)
     ));
     b
@@ -1220,7 +1292,10 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
         .await
         .unwrap();
     assert_eq!(prod.stage, "Production");
-    assert_eq!(store.get_deployer("prod1").await.unwrap().stage, "Production");
+    assert_eq!(
+        store.get_deployer("prod1").await.unwrap().stage,
+        "Production"
+    );
     assert!(matches!(
         store
             .create_deployer_by(&admin, "nowhere", "Nowhere", "tok-n", hash("n"))
@@ -1231,7 +1306,12 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
 
     // Placed after a stage, at a place, or last; names are unique.
     store
-        .create_stage(&admin, "Staging", &StagePlace::After("Test".into()), DeployBy::Anyone)
+        .create_stage(
+            &admin,
+            "Staging",
+            &StagePlace::After("Test".into()),
+            DeployBy::Anyone,
+        )
         .await
         .unwrap();
     store
@@ -1239,13 +1319,25 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
         .await
         .unwrap();
     let archive = store
-        .create_stage(&admin, "Archive", &StagePlace::Last, DeployBy::ServiceAccounts)
+        .create_stage(
+            &admin,
+            "Archive",
+            &StagePlace::Last,
+            DeployBy::ServiceAccounts,
+        )
         .await
         .unwrap();
     assert_eq!(archive.deploy_by, DeployBy::ServiceAccounts);
     assert_eq!(
         names(&store.list_stages().await.unwrap()),
-        ["Sandbox", "Development", "Test", "Staging", "Production", "Archive"]
+        [
+            "Sandbox",
+            "Development",
+            "Test",
+            "Staging",
+            "Production",
+            "Archive"
+        ]
     );
     assert!(matches!(
         store
@@ -1255,7 +1347,12 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
     ));
     assert!(matches!(
         store
-            .create_stage(&admin, "X", &StagePlace::After("Nope".into()), DeployBy::Anyone)
+            .create_stage(
+                &admin,
+                "X",
+                &StagePlace::After("Nope".into()),
+                DeployBy::Anyone
+            )
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -1291,10 +1388,16 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
         Err(StoreError::InUse(why)) => assert!(why.contains("dev1"), "{why}"),
         other => panic!("deleting a stage with deployers must be InUse, got {other:?}"),
     }
-    assert_eq!(store.get_stage("Staging").await.unwrap().deployers, ["dev1"]);
+    assert_eq!(
+        store.get_stage("Staging").await.unwrap().deployers,
+        ["dev1"]
+    );
 
     // Renamed, its deployers follow; a taken name is refused.
-    let renamed = store.rename_stage(&admin, "Staging", "PreProd").await.unwrap();
+    let renamed = store
+        .rename_stage(&admin, "Staging", "PreProd")
+        .await
+        .unwrap();
     assert_eq!(renamed.deployers, ["dev1"]);
     assert_eq!(store.get_deployer(&dev.id).await.unwrap().stage, "PreProd");
     assert!(matches!(
@@ -1405,11 +1508,22 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
         .unwrap();
     let soon = chrono::Utc::now() + chrono::Duration::minutes(5);
     codes
-        .create_code(&a, hash("the-install-code"), &d.id, soon, &InstallOptions::default())
+        .create_code(
+            &a,
+            hash("the-install-code"),
+            &d.id,
+            soon,
+            &InstallOptions::default(),
+        )
         .await
         .unwrap();
     codes
-        .redeem_code(&by("install-code x"), hash("the-install-code"), "1111222233334444", hash("t"))
+        .redeem_code(
+            &by("install-code x"),
+            hash("the-install-code"),
+            "1111222233334444",
+            hash("t"),
+        )
         .await
         .unwrap();
     let iris = store
@@ -1439,7 +1553,12 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
         .await
         .unwrap();
     // Failed changes write nothing: a taken name, a stale revision, a stage in use.
-    assert!(store.create_deployer_by(&a, "alpha", "", "x1", hash("x")).await.is_err());
+    assert!(
+        store
+            .create_deployer_by(&a, "alpha", "", "x1", hash("x"))
+            .await
+            .is_err()
+    );
     assert!(
         store
             .update_deployment_by(&a, &iris.id, iris.revision, &spec("iris", 7))
@@ -1487,7 +1606,10 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
             row("unknown", "authenticate", "ListDeployers"),
         ]
     );
-    assert!(rows.windows(2).all(|w| w[0].id < w[1].id && w[0].at <= w[1].at));
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].id < w[1].id && w[0].at <= w[1].at)
+    );
     assert!(rows[..11].iter().all(|r| r.outcome == Outcome::Ok));
     assert_eq!(rows[11].outcome, Outcome::Denied);
     assert_eq!(rows[11].reason, "invalid API key");
@@ -1533,7 +1655,10 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
         })
         .await
         .unwrap();
-    assert_eq!(page.iter().map(|r| r.id).collect::<Vec<_>>(), [rows[3].id, rows[4].id]);
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [rows[3].id, rows[4].id]
+    );
     let later = store
         .list_audit(&AuditQuery {
             since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
@@ -1568,9 +1693,7 @@ async fn the_audit_log_refuses_update_and_delete(b: Backend) -> Backend {
     ] {
         let refused = b.raw_result(sql).await;
         assert!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.contains("append-only")),
+            refused.as_ref().is_err_and(|e| e.contains("append-only")),
             "{sql}: {refused:?}"
         );
     }
@@ -1619,11 +1742,20 @@ async fn group_committed_creates_are_each_audited_once(b: Backend) -> Backend {
         .collect();
     seen.sort();
     let mut want: Vec<(String, String, String)> = (0..24)
-        .map(|i| (format!("models/m{i}"), format!("key {i:04}"), format!("req-{i}")))
+        .map(|i| {
+            (
+                format!("models/m{i}"),
+                format!("key {i:04}"),
+                format!("req-{i}"),
+            )
+        })
         .collect();
     want.sort();
     assert_eq!(seen, want);
-    assert!(rows.iter().all(|r| r.deployer_id.as_deref() == Some(d.id.as_str())));
+    assert!(
+        rows.iter()
+            .all(|r| r.deployer_id.as_deref() == Some(d.id.as_str()))
+    );
     b
 }
 
@@ -1649,7 +1781,10 @@ async fn check_upgraded(store: Arc<dyn Store>) {
     let stages = store.list_stages().await.unwrap();
     assert_eq!(names(&stages), ["Development", "Test", "Production"]);
     assert_eq!(stages[0].deployers, ["old"]);
-    assert_eq!(store.list_deployments(Some("d-old")).await.unwrap().len(), 1);
+    assert_eq!(
+        store.list_deployments(Some("d-old")).await.unwrap().len(),
+        1
+    );
     // And it goes on from there: moved, audited.
     store
         .update_deployer(
@@ -1665,8 +1800,7 @@ async fn check_upgraded(store: Arc<dyn Store>) {
 }
 
 #[tokio::test]
-async fn sqlite_a_database_of_the_release_before_stages_opens_with_its_deployers_in_development()
-{
+async fn sqlite_a_database_of_the_release_before_stages_opens_with_its_deployers_in_development() {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.db");
@@ -1678,10 +1812,17 @@ async fn sqlite_a_database_of_the_release_before_stages_opens_with_its_deployers
         let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
         // 0007 is the last migration of the release before; 0008 is not there yet.
         migrator.run_to(7, &mut conn).await.unwrap();
-        sqlx::raw_sql(before_stages(&format!("X'{}'", "00".repeat(32)))).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("X'{}'", "00".repeat(32))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
-    let store = Arc::new(SqliteStore::open_path(&path).await.expect("open the old database"));
+    let store = Arc::new(
+        SqliteStore::open_path(&path)
+            .await
+            .expect("open the old database"),
+    );
     check_upgraded(store.clone()).await;
     store.close().await;
 }
@@ -1698,10 +1839,17 @@ async fn postgres_a_database_of_the_release_before_stages_opens_with_its_deploye
         let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
         // 0004 is the last migration of the release before; 0005 is not there yet.
         migrator.run_to(4, &mut conn).await.unwrap();
-        sqlx::raw_sql(before_stages(&format!("'\\x{}'::bytea", "00".repeat(32)))).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("'\\x{}'::bytea", "00".repeat(32))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
-    let store = Arc::new(PgStore::open_url(&db.url).await.expect("open the old database"));
+    let store = Arc::new(
+        PgStore::open_url(&db.url)
+            .await
+            .expect("open the old database"),
+    );
     check_upgraded(store.clone()).await;
     store.close().await;
     db.drop_db().await;

@@ -9,7 +9,9 @@ use ds_core::proto;
 /// `--since`: an RFC 3339 time as given, or a duration back from now.
 fn since(value: &str) -> Result<String, CliError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
-        return Ok(t.with_timezone(&Utc).to_rfc3339_opts(SecondsFormat::Millis, true));
+        return Ok(t
+            .with_timezone(&Utc)
+            .to_rfc3339_opts(SecondsFormat::Millis, true));
     }
     let ago = ds_core::duration::parse(value).map_err(|_| CliError::BadFlag {
         flag: "--since".into(),

@@ -19,15 +19,14 @@ use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
-    CreateInstallCodeRequest, CreateInstallCodeResponse, CreateStageRequest,
-    DeleteDeployerRequest, DeleteDeployerResponse, DeleteDeploymentRequest,
-    DeleteDeploymentResponse, DeleteMode, DeleteStageRequest, DeleteStageResponse, Deployer,
-    DeploymentDescription, DeploymentHistory, DeploymentLogsRequest, DeploymentRevision,
-    DeploymentView, DescribeQuery, GetDeployerRequest, GetDeploymentRequest,
-    GetDeploymentRevisionRequest, GetVersionRequest, GetVersionResponse, ListAuditRequest,
-    ListAuditResponse, ListDeployersRequest, ListDeployersResponse, ListDeploymentsRequest,
-    ListDeploymentsResponse, ListStagesRequest, ListStagesResponse, LogLines, LogsQuery,
-    RenameStageRequest, RollbackDeploymentRequest, RotateDeployerTokenRequest,
+    CreateInstallCodeRequest, CreateInstallCodeResponse, CreateStageRequest, DeleteDeployerRequest,
+    DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
+    DeleteStageRequest, DeleteStageResponse, Deployer, DeploymentDescription, DeploymentHistory,
+    DeploymentLogsRequest, DeploymentRevision, DeploymentView, DescribeQuery, GetDeployerRequest,
+    GetDeploymentRequest, GetDeploymentRevisionRequest, GetVersionRequest, GetVersionResponse,
+    ListAuditRequest, ListAuditResponse, ListDeployersRequest, ListDeployersResponse,
+    ListDeploymentsRequest, ListDeploymentsResponse, ListStagesRequest, ListStagesResponse,
+    LogLines, LogsQuery, RenameStageRequest, RollbackDeploymentRequest, RotateDeployerTokenRequest,
     RotateDeployerTokenResponse, Stage, UpdateDeployerRequest, UpdateDeploymentRequest,
     UpdateStageRequest, inspect_reply, inspect_request,
 };
@@ -89,8 +88,13 @@ impl ControlSvc {
             Ok(presented) => presented,
             Err(status) => {
                 self.shared.metrics.auth_failures.inc();
-                self.denied_authentication(req, audit::UNKNOWN_ACTOR, &request_id, status.message())
-                    .await;
+                self.denied_authentication(
+                    req,
+                    audit::UNKNOWN_ACTOR,
+                    &request_id,
+                    status.message(),
+                )
+                .await;
                 return Err(status);
             }
         };
@@ -1314,9 +1318,9 @@ impl ControlService for ControlSvc {
         let after_id = if req.page_token.is_empty() {
             0
         } else {
-            req.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("page_token: not a token of ListAudit")
-            })?
+            req.page_token
+                .parse::<u64>()
+                .map_err(|_| Status::invalid_argument("page_token: not a token of ListAudit"))?
         };
         let limit = match req.limit {
             0 => AUDIT_PAGE,

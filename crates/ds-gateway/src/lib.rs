@@ -40,8 +40,8 @@ mod rows;
 mod rpc;
 mod server;
 mod sql;
-mod stages;
 pub mod sqlite;
+mod stages;
 pub mod store;
 
 use std::future::Future;

@@ -3,8 +3,8 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, ObjectCount, Outcome,
-    RevisionRecord, StatusRecord, StoreError, TokenRecord,
+    AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, ObjectCount, Outcome, RevisionRecord,
+    StatusRecord, StoreError, TokenRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -247,5 +247,6 @@ pub(super) fn audit_from_row(row: &impl StoreRow) -> Result<AuditRecord, StoreEr
 
 /// A stored `deploy_by`.
 pub(super) fn deploy_by_from(stored: &str) -> Result<DeployBy, StoreError> {
-    DeployBy::parse(stored).ok_or_else(|| StoreError::Corrupt(format!("stage deploy_by {stored:?}")))
+    DeployBy::parse(stored)
+        .ok_or_else(|| StoreError::Corrupt(format!("stage deploy_by {stored:?}")))
 }

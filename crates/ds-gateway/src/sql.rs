@@ -10,9 +10,9 @@ use super::audit::{self, deployer_json, deployment_json, deployment_object, stag
 use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
-    StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row, deployment_from_row, encode_pods,
-    is_foreign_key_violation, is_unique_violation, now_ms, retryable, revision_from_row, spec_json,
-    status_from_row, to_i64, to_u64, token_from_row, ts,
+    StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row,
+    deployment_from_row, encode_pods, is_foreign_key_violation, is_unique_violation, now_ms,
+    retryable, revision_from_row, spec_json, status_from_row, to_i64, to_u64, token_from_row, ts,
 };
 use super::store::{
     AgentHeartbeat, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
@@ -20,9 +20,9 @@ use super::store::{
     DeploymentRecord, DeploymentSelector, Outcome, RevisionRecord, SnapshotItem, StagePlace,
     StageRecord, StatusRecord, Store, StoreError, TokenRecord,
 };
-use serde_json::json;
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
+use serde_json::json;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
 };
@@ -317,14 +317,14 @@ where
                     .ok_or_else(|| StoreError::NotFound(format!("stage {after}")))?;
                 Some(row.int("position")? + 1)
             }
-            StagePlace::At(n) => sqlx::query(
-                "SELECT position FROM stages ORDER BY position, name LIMIT 1 OFFSET $1",
-            )
-            .bind(i64::from(n.saturating_sub(1)))
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.int("position"))
-            .transpose()?,
+            StagePlace::At(n) => {
+                sqlx::query("SELECT position FROM stages ORDER BY position, name LIMIT 1 OFFSET $1")
+                    .bind(i64::from(n.saturating_sub(1)))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.int("position"))
+                    .transpose()?
+            }
         };
         let position = match position {
             Some(p) if p <= last => {
@@ -624,23 +624,22 @@ where
             .fetch_one(&mut *tx)
             .await?
             .int("n")?;
-        let done = match revision {
-            None => {
-                sqlx::query("DELETE FROM deployers WHERE id = $1 RETURNING name, stage")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-            }
-            Some(revision) => {
-                sqlx::query(
+        let done =
+            match revision {
+                None => {
+                    sqlx::query("DELETE FROM deployers WHERE id = $1 RETURNING name, stage")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                Some(revision) => sqlx::query(
                     "DELETE FROM deployers WHERE id = $1 AND revision = $2 RETURNING name, stage",
                 )
                 .bind(id)
                 .bind(to_i64(revision))
                 .fetch_optional(&mut *tx)
-                .await?
-            }
-        };
+                .await?,
+            };
         let Some(done) = done else {
             let exists = sqlx::query(SELECT_REVISION)
                 .bind(id)
@@ -1256,9 +1255,10 @@ where
     async fn list_stages(&self) -> Result<Vec<StageRecord>, StoreError> {
         // One read: the stages and their deployers agree.
         let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query("SELECT name, position, deploy_by FROM stages ORDER BY position, name")
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, position, deploy_by FROM stages ORDER BY position, name")
+                .fetch_all(&mut *tx)
+                .await?;
         let members = sqlx::query("SELECT name, stage FROM deployers ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
@@ -1412,12 +1412,16 @@ where
             }
             other => other?,
         };
-        let event = AuditEvent::new("install-code.create", audit::INSTALL_CODE, audit::code_id(&hash))
-            .of_deployer(deployer_id)
-            .after(json!({
-                "expires_at": super::convert::rfc3339(expires_at),
-                "options": options_json,
-            }));
+        let event = AuditEvent::new(
+            "install-code.create",
+            audit::INSTALL_CODE,
+            audit::code_id(&hash),
+        )
+        .of_deployer(deployer_id)
+        .after(json!({
+            "expires_at": super::convert::rfc3339(expires_at),
+            "options": options_json,
+        }));
         self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(())
@@ -1467,9 +1471,13 @@ where
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
-        let event = AuditEvent::new("install-code.redeem", audit::INSTALL_CODE, audit::code_id(&hash))
-            .of_deployer(&deployer_id)
-            .after(json!({ "token_id": token_id }));
+        let event = AuditEvent::new(
+            "install-code.redeem",
+            audit::INSTALL_CODE,
+            audit::code_id(&hash),
+        )
+        .of_deployer(&deployer_id)
+        .after(json!({ "token_id": token_id }));
         self.audit(&mut tx, by, event).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok((deployer_id, options))

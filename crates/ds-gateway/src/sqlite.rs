@@ -2,9 +2,9 @@
 //! built-in migrations. Its writes are serialized in the process, so a committed change
 //! is published on the hub directly.
 
+use super::audit::{self, deployment_json, deployment_object};
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, is_unique_violation, to_i64, to_u64};
-use super::audit::{self, deployment_json, deployment_object};
 use super::sql::{Backend, INSERT_REVISION, SELECT_REVISION, SET_REVISION, SqlStore, write_audit};
 use super::store::{AuditEvent, Change, ChangeHub, Outcome, StoreError};
 use sqlx::sqlite::{
