@@ -79,9 +79,10 @@ impl ControlSvc {
         }
     }
 
-    /// Checks the caller's API key; returns who the caller is, as revisions and the audit
-    /// log record it: `key <its public ID>` (never the secret), and the request's ID. A
-    /// refusal is recorded in the audit log.
+    /// Checks the caller's API key, or JWT bearer token when `--jwt-issuer` is set;
+    /// returns who the caller is, as revisions and the audit log record it: `key <its
+    /// public ID>` (never the secret) or `oidc:<subject>`, and the request's ID. A refusal
+    /// is recorded in the audit log.
     async fn authorize<T>(&self, req: &Request<T>) -> Result<ChangeBy, Status> {
         let request_id = request_id::of(req);
         let presented = match bearer(req) {
@@ -98,6 +99,34 @@ impl ControlSvc {
                 return Err(status);
             }
         };
+        // Our own secrets keep their path (and its "invalid API key"), so a mistyped key
+        // is not reported as a malformed JWT.
+        let ours = [credentials::API_KEY_PREFIX, credentials::TOKEN_PREFIX]
+            .iter()
+            .any(|prefix| {
+                presented
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('_'))
+            });
+        if let Some(verifier) = &self.shared.jwt
+            && !ours
+        {
+            return match verifier.verify(presented, Utc::now()) {
+                Ok(identity) => Ok(ChangeBy::new(
+                    format!("oidc:{}", identity.subject),
+                    request_id,
+                )),
+                Err(reason) => {
+                    self.shared.metrics.auth_failures.inc();
+                    tracing::warn!(%reason, request_id = %request_id, "rejected a JWT bearer token");
+                    // An unverified token names nobody: its subject is not trusted.
+                    let reason = reason.to_string();
+                    self.denied_authentication(req, audit::UNKNOWN_ACTOR, &request_id, &reason)
+                        .await;
+                    Err(Status::unauthenticated(reason))
+                }
+            };
+        }
         let actor = credentials::parse_id(credentials::API_KEY_PREFIX, presented)
             .map(|id| format!("key {id}"));
         let hash = credentials::hash(presented);

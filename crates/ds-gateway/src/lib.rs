@@ -17,6 +17,7 @@
 //! - `audit`: what the audit log records of each change, and refused attempts.
 //! - `request_id`: the `x-request-id` of every gRPC call.
 //! - `stages`: the stage policy (who may deploy on a stage).
+//! - `jwt`: OIDC / JWT bearer tokens (`--jwt-*`), checked against the issuer's keys.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 //! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
 
@@ -29,6 +30,7 @@ mod group_commit;
 mod history;
 mod inspect;
 pub mod install;
+mod jwt;
 mod manifest;
 mod metrics;
 mod paging;
@@ -50,6 +52,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+pub use jwt::JwtArgs;
 
 /// Flags of `ds gateway`; each also reads a `DS_*` environment variable.
 #[derive(clap::Args, Clone, Debug)]
@@ -97,6 +101,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "DS_REVISION_HISTORY", default_value_t = store::DEFAULT_REVISION_HISTORY,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub revision_history: u32,
+    /// OIDC / JWT bearer tokens on the control API (`--jwt-*`).
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 }
 
 impl GatewayArgs {
@@ -117,6 +124,7 @@ impl GatewayArgs {
             agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
             agent_ca_cert: None,
             revision_history: store::DEFAULT_REVISION_HISTORY,
+            jwt: JwtArgs::default(),
         }
     }
 }
@@ -142,6 +150,14 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{flag}: {reason}")]
+    JwtConfig { flag: &'static str, reason: String },
+    #[error("{flag} {path}: {reason}")]
+    JwtKey {
+        flag: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("the server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -159,6 +175,8 @@ pub(crate) struct Shared {
     /// Install codes (the store again, as its other trait) and what the install manifest needs.
     pub install_codes: Arc<dyn install::InstallCodes>,
     pub install: install::InstallSettings,
+    /// Checks JWT bearer tokens on the control API; `None` when `--jwt-issuer` is not set.
+    pub jwt: Option<jwt::Verifier>,
     /// Cancelled at shutdown: long-lived streams end so connections can close.
     pub shutdown: CancellationToken,
 }
@@ -239,6 +257,21 @@ impl RunningGateway {
             _ if args.insecure => None,
             _ => return Err(GatewayError::TlsRequired),
         };
+        let jwt = jwt::Verifier::from_args(&args.jwt)?;
+        if let Some(verifier) = &jwt {
+            tracing::info!(
+                issuer = verifier.issuer(),
+                keys = verifier.key_count(),
+                "accepting JWT bearer tokens"
+            );
+            if !verifier.checks_audience() {
+                // Until permissions come, any token of this issuer is as good as the admin key.
+                tracing::warn!(
+                    issuer = verifier.issuer(),
+                    "no --jwt-audience: tokens this issuer made for any application are accepted"
+                );
+            }
+        }
         std::fs::create_dir_all(&args.data_dir).map_err(|source| GatewayError::DataDir {
             path: args.data_dir.display().to_string(),
             source,
@@ -293,6 +326,7 @@ impl RunningGateway {
                 agent_image: args.agent_image.clone(),
                 ca_bundle: agent_ca,
             },
+            jwt,
             shutdown: shutdown.clone(),
         });
         let app = server::router(shared.clone()).merge(install::router(shared));
