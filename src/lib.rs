@@ -60,6 +60,10 @@ pub enum Command {
     Apikey(cli::ApikeyArgs),
     /// Manage groups and their members (gateway admins).
     Group(cli::GroupArgs),
+    /// Manage lifecycle stages (Development, Test, Production…).
+    Stage(cli::StageArgs),
+    /// Read the audit log.
+    Audit(cli::AuditArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
     /// Print the client's version and the gateway's.
@@ -118,6 +122,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apikey(args) => cli::apikey(args).await?,
         Command::Group(args) => cli::group(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
+        Command::Stage(args) => cli::stage(args).await?,
+        Command::Audit(args) => cli::audit(args).await?,
         Command::Login(args) => cli::login(args).await?,
         Command::Version(args) => cli::version(args).await?,
         Command::Completion { shell } => {

@@ -235,7 +235,10 @@ impl Env {
     async fn deployer(&mut self, name: &str) -> (String, String) {
         let r = self
             .control
-            .create_deployer(proto::CreateDeployerRequest { name: name.into() })
+            .create_deployer(proto::CreateDeployerRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create deployer")
             .into_inner();
@@ -1571,7 +1574,10 @@ async fn tls_gateway_with_a_ca_bundle() {
     let bearer = Bearer::from_plain(&gw.admin_key);
     let mut control = ControlServiceClient::with_interceptor(channel, bearer);
     let token = control
-        .create_deployer(proto::CreateDeployerRequest { name: "tls".into() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "tls".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -2057,7 +2063,10 @@ async fn a_cluster_restarted_empty_then_restored_gets_its_objects_and_status_bac
     let gw = Gateway::start().await;
     let mut control = gw.control();
     let token = control
-        .create_deployer(proto::CreateDeployerRequest { name: "r1".into() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "r1".into(),
+            ..Default::default()
+        })
         .await
         .expect("create deployer")
         .into_inner()

@@ -66,6 +66,7 @@ async fn create_deployer(control: &mut Control, name: &str) -> (String, String) 
     let resp = control
         .create_deployer(proto::CreateDeployerRequest {
             name: name.to_string(),
+            ..Default::default()
         })
         .await
         .expect("create deployer")
@@ -1090,6 +1091,7 @@ async fn invalid_specs_are_rejected_naming_the_field() {
     let err = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "Not A Name".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1224,6 +1226,7 @@ async fn control_crud_and_lookups() {
     let err = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "alpha".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

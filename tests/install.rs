@@ -164,7 +164,10 @@ impl Env {
 
     async fn create_deployer(&mut self, name: &str) -> String {
         self.control
-            .create_deployer(proto::CreateDeployerRequest { name: name.into() })
+            .create_deployer(proto::CreateDeployerRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create deployer")
             .into_inner()
@@ -687,6 +690,7 @@ async fn an_install_keeps_the_running_agents_token_valid() {
         .control
         .create_deployer(proto::CreateDeployerRequest {
             name: "shared".into(),
+            ..Default::default()
         })
         .await
         .expect("create deployer")

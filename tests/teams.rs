@@ -64,6 +64,13 @@ const TABLE: &[(&str, Need)] = &[
     ("RemoveGroupMember", Need::GatewayAdmin),
     ("GrantDeployer", ADMIN),
     ("RevokeDeployer", ADMIN),
+    ("ListStages", Need::Authenticated),
+    ("CreateStage", Need::GatewayAdmin),
+    ("DeleteStage", Need::GatewayAdmin),
+    ("RenameStage", Need::GatewayAdmin),
+    ("UpdateStage", Need::GatewayAdmin),
+    ("UpdateDeployer", Need::GatewayAdmin),
+    ("ListAudit", Need::GatewayAdmin),
 ];
 
 /// Who calls: a role on deployer `d` through its group (0 none … 3 Admin), or a gateway
@@ -213,6 +220,7 @@ async fn prepare(admin: &mut Control, url: &str, case: Case) -> Control {
     admin
         .create_deployer(proto::CreateDeployerRequest {
             name: format!("x-{n}"),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -229,6 +237,15 @@ async fn prepare(admin: &mut Control, url: &str, case: Case) -> Control {
     create_group(admin, &format!("rm-{n}"), &["other"]).await;
     create_group(admin, &format!("revoke-{n}"), &[]).await;
     grant(admin, "d", &format!("revoke-{n}"), 1).await;
+    for stage in [format!("tmp-{n}"), format!("ren-{n}")] {
+        admin
+            .create_stage(proto::CreateStageRequest {
+                name: stage,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let (_, secret) = key_of(admin, &user).await;
     control_client(url, &secret)
 }
@@ -243,6 +260,7 @@ async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result
         "CreateDeployer" => c
             .create_deployer(proto::CreateDeployerRequest {
                 name: format!("new-{n}"),
+                ..Default::default()
             })
             .await
             .map(ok),
@@ -404,6 +422,45 @@ async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result
             })
             .await
             .map(ok),
+        "ListStages" => c.list_stages(proto::ListStagesRequest {}).await.map(ok),
+        "CreateStage" => c
+            .create_stage(proto::CreateStageRequest {
+                name: format!("new-{n}"),
+                ..Default::default()
+            })
+            .await
+            .map(ok),
+        "DeleteStage" => c
+            .delete_stage(proto::DeleteStageRequest {
+                name: format!("tmp-{n}"),
+            })
+            .await
+            .map(ok),
+        "RenameStage" => c
+            .rename_stage(proto::RenameStageRequest {
+                name: format!("ren-{n}"),
+                new_name: format!("renamed-{n}"),
+            })
+            .await
+            .map(ok),
+        "UpdateStage" => c
+            .update_stage(proto::UpdateStageRequest {
+                name: "Test".into(),
+                deploy_by: proto::DeployBy::Anyone as i32,
+            })
+            .await
+            .map(ok),
+        "UpdateDeployer" => c
+            .update_deployer(proto::UpdateDeployerRequest {
+                deployer: "d".into(),
+                stage: Some("Development".into()),
+            })
+            .await
+            .map(ok),
+        "ListAudit" => c
+            .list_audit(proto::ListAuditRequest::default())
+            .await
+            .map(ok),
         other => panic!("no call for RPC {other}: add one to the matrix"),
     }
 }
@@ -431,7 +488,10 @@ async fn every_rpc_is_allowed_or_denied_per_role_as_the_table_says() {
     let gw = TestGateway::start().await;
     let mut admin = gw.control();
     admin
-        .create_deployer(proto::CreateDeployerRequest { name: "d".into() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "d".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     create_deployment(&mut admin, "d", "iris").await.unwrap();
@@ -478,7 +538,10 @@ async fn without_view_a_deployer_is_invisible_and_a_low_role_hears_which_is_miss
     let mut admin = gw.control();
     for name in ["prod", "hidden"] {
         admin
-            .create_deployer(proto::CreateDeployerRequest { name: name.into() })
+            .create_deployer(proto::CreateDeployerRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .unwrap();
         create_deployment(&mut admin, name, "iris").await.unwrap();

@@ -70,12 +70,14 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             deployer,
             namespace,
             all_namespaces: _,
+            stage,
             watch,
         } => {
             // -A is the default: without -n every namespace is listed.
             let req = proto::ListDeploymentsRequest {
                 deployer: deployer.unwrap_or_default(),
                 namespace: namespace.unwrap_or_default(),
+                stage: stage.unwrap_or_default(),
                 ..Default::default()
             };
             if watch {

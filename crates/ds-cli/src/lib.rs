@@ -6,6 +6,7 @@
 //! - `client`: the gRPC connection and the mapping of gateway errors to one clear line.
 //! - `output`: tables, `-o json|yaml`, kubectl-style ages.
 //! - `deployer_cmd`, `deployment_cmd`: the subcommands.
+//! - `stage_cmd`, `audit_cmd`: `ds stage …` and `ds audit ls`.
 //! - `inspect_cmd`: `ds deployment logs|describe`, answered by the deployer's agent.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
@@ -16,6 +17,7 @@
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
+mod audit_cmd;
 mod client;
 mod config;
 mod deployer_cmd;
@@ -27,6 +29,7 @@ mod output;
 mod parse;
 mod pod_flags;
 mod scale_flags;
+mod stage_cmd;
 mod teams_cmd;
 mod version;
 mod wait;
@@ -96,6 +99,17 @@ pub enum DeployerCommand {
     Create {
         /// Deployer name (DNS-1123 label), e.g. `prod-eu-1`.
         name: String,
+        /// The lifecycle stage it is in (default: the first stage; see `ds stage ls`).
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Change a deployer's settings; only the given flags change.
+    Update {
+        /// Deployer name or ID.
+        deployer: String,
+        /// Move it to this lifecycle stage (see `ds stage ls`).
+        #[arg(long)]
+        stage: Option<String>,
     },
     /// List deployers with their agents' status.
     #[command(visible_alias = "list")]
@@ -202,6 +216,9 @@ pub enum DeploymentCommand {
         /// Deployments in every namespace (the default).
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only deployments of deployers in this lifecycle stage.
+        #[arg(long)]
+        stage: Option<String>,
         /// After the table, print a line per change until Ctrl-C.
         #[arg(short, long)]
         watch: bool,
@@ -451,6 +468,95 @@ pub struct UpdateArgs {
     pub wait: WaitArgs,
 }
 
+/// `ds stage …`
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: StageCommand,
+}
+
+/// Who may deploy on a stage's deployers (`--deploy-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeployByArg {
+    /// Anyone allowed to deploy on the deployer.
+    Anyone,
+    /// Service accounts only (e.g. production deployed by CI).
+    ServiceAccounts,
+}
+
+/// The stage subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// List the lifecycle stages in order, with their policy and deployers.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Add a stage (at the end unless --after or --position says where).
+    Create {
+        /// Stage name, e.g. `Staging`.
+        name: String,
+        /// Put it right after this stage.
+        #[arg(long, conflicts_with = "position")]
+        after: Option<String>,
+        /// Put it at this place in the list (from 1), moving the later ones down.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        position: Option<u32>,
+        /// Who may deploy on its deployers.
+        #[arg(long, value_enum, default_value_t = DeployByArg::Anyone)]
+        deploy_by: DeployByArg,
+    },
+    /// Remove a stage; refused while deployers are in it.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// Stage name.
+        name: String,
+    },
+    /// Rename a stage; its deployers stay in it.
+    Rename {
+        /// Stage name now.
+        name: String,
+        /// Its new name.
+        new_name: String,
+    },
+    /// Change who may deploy on a stage's deployers.
+    Update {
+        /// Stage name.
+        name: String,
+        /// `service-accounts`: only service accounts (CI) may create, change or delete
+        /// deployments there; `anyone`: everyone allowed to deploy.
+        #[arg(long, value_enum)]
+        deploy_by: DeployByArg,
+    },
+}
+
+/// `ds audit …`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// The audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List the audit log, oldest first: every change, and refused attempts.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only entries from this long ago (e.g. `1h`, `30m`) or this RFC 3339 time on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries of this actor, e.g. `key 0123456789abcdef`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries of this deployer (name or ID; the ID of a deleted one).
+        #[arg(short, long)]
+        deployer: Option<String>,
+    },
+}
+
 /// `ds version`
 #[derive(Debug, Args)]
 pub struct VersionArgs {
@@ -540,6 +646,8 @@ pub enum CliError {
          --host, --ingress-class"
     )]
     NothingToUpdate(String),
+    #[error("nothing to change for deployer {0}: give --stage")]
+    NothingToUpdateDeployer(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// A validation error said with the flag that set the value.
@@ -629,6 +737,22 @@ pub async fn group(args: GroupArgs) -> Result<(), CliError> {
 /// failed or timed-out `--wait`, as one line.
 pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
     deployment_cmd::run(args).await
+}
+
+/// `ds stage …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
+pub async fn stage(args: StageArgs) -> Result<(), CliError> {
+    stage_cmd::run(args).await
+}
+
+/// `ds audit …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
+pub async fn audit(args: AuditArgs) -> Result<(), CliError> {
+    audit_cmd::run(args).await
 }
 
 /// `ds login`: checks the key against the gateway (unless `--no-verify`) and saves the

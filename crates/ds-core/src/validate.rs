@@ -289,6 +289,39 @@ pub fn validate_api_key_lifetime(
     }
 }
 
+/// The longest stage name.
+pub const MAX_STAGE_NAME_LEN: usize = 63;
+
+/// Checks a lifecycle stage's name given in `field`: 1 to 63 ASCII letters, digits, `-`,
+/// `_` or `.`, starting with a letter or digit (`Production`, `pre-prod`, `eu.test`).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_stage_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, name, "must not be empty"));
+    }
+    if name.len() > MAX_STAGE_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            name,
+            format!("must be at most {MAX_STAGE_NAME_LEN} characters"),
+        ));
+    }
+    let first_ok = name.as_bytes()[0].is_ascii_alphanumeric();
+    let all_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !first_ok || !all_ok {
+        return Err(ValidationError::new(
+            field,
+            name,
+            "must be letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a namespace name given in `field` (a DNS-1123 label), e.g. install options.
 ///
 /// # Errors
@@ -750,6 +783,17 @@ mod tests {
 
     fn spec() -> DeploymentSpec {
         DeploymentSpec::test("iris")
+    }
+
+    #[test]
+    fn stage_names_are_short_plain_words() {
+        for ok in ["Production", "pre-prod", "eu.test", "Stage_2", "a"] {
+            assert!(validate_stage_name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-dev", "two words", "prod/eu", &"x".repeat(64)] {
+            let e = validate_stage_name("name", bad).unwrap_err();
+            assert_eq!(e.field, "name", "{bad}");
+        }
     }
 
     /// Validates `spec` as deployment `iris` in `default` and expects a rejection of

@@ -58,12 +58,19 @@ pub enum Rpc {
     RemoveGroupMember,
     GrantDeployer,
     RevokeDeployer,
+    ListStages,
+    CreateStage,
+    DeleteStage,
+    RenameStage,
+    UpdateStage,
+    UpdateDeployer,
+    ListAudit,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order (the test that holds the table to the proto).
     #[cfg(test)]
-    pub const ALL: [Rpc; 31] = [
+    pub const ALL: [Rpc; 38] = [
         Rpc::CreateDeployer,
         Rpc::ListDeployers,
         Rpc::GetDeployer,
@@ -95,13 +102,21 @@ impl Rpc {
         Rpc::RemoveGroupMember,
         Rpc::GrantDeployer,
         Rpc::RevokeDeployer,
+        Rpc::ListStages,
+        Rpc::CreateStage,
+        Rpc::DeleteStage,
+        Rpc::RenameStage,
+        Rpc::UpdateStage,
+        Rpc::UpdateDeployer,
+        Rpc::ListAudit,
     ];
 
     /// THE permission table: what each RPC needs, and what it does in the words of a
     /// refusal ("updating deployments … needs the Deploy role").
     ///
     /// A deployer's settings (its token, install codes, grants) need deployer Admin;
-    /// creating and deleting deployers, like users and groups, need a gateway admin.
+    /// creating and deleting deployers, like users, groups, stages and the audit log, need a
+    /// gateway admin.
     pub fn rule(self) -> (Need, &'static str) {
         use Need::{Authenticated, Deployer, GatewayAdmin, SelfOrGatewayAdmin};
         use Role::{Admin, Deploy, View};
@@ -137,6 +152,14 @@ impl Rpc {
             Rpc::RemoveGroupMember => (GatewayAdmin, "removing group members"),
             Rpc::GrantDeployer => (Deployer(Admin), "granting roles"),
             Rpc::RevokeDeployer => (Deployer(Admin), "revoking roles"),
+            Rpc::ListStages => (Authenticated, "listing stages"),
+            Rpc::CreateStage => (GatewayAdmin, "creating stages"),
+            Rpc::DeleteStage => (GatewayAdmin, "deleting stages"),
+            Rpc::RenameStage => (GatewayAdmin, "renaming stages"),
+            Rpc::UpdateStage => (GatewayAdmin, "changing stage policies"),
+            // Moving a deployer out of a restricted stage would lift its policy.
+            Rpc::UpdateDeployer => (GatewayAdmin, "changing a deployer's stage"),
+            Rpc::ListAudit => (GatewayAdmin, "reading the audit log"),
         }
     }
 
@@ -160,7 +183,7 @@ pub enum Credential {
 pub struct Principal {
     /// The user's name (for a token, its subject).
     pub name: String,
-    #[expect(dead_code, reason = "for policies on service accounts (stages)")]
+    /// A person or a service account (stage policies may admit only the latter).
     pub kind: UserKind,
     /// A gateway admin: every permission.
     pub admin: bool,

@@ -3,17 +3,22 @@
 
 use super::Shared;
 use super::access::{Credential, Denied, Need, Principal, Rpc};
+use super::audit::{self, audit_denied};
 use super::convert::{
-    deployer_to_proto, grant_to_proto, group_to_proto, key_to_proto, rfc3339, user_to_proto,
+    deployer_to_proto, grant_to_proto, group_to_proto, key_to_proto, rfc3339, stage_to_proto,
+    user_to_proto,
 };
 use super::credentials;
 use super::history;
 use super::paging;
 use super::presence::{AgentPresence, mark};
+use super::request_id;
 use super::rpc::{bearer, store_status};
+use super::stages::may_deploy;
 use super::store::{
-    self, ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord, DeploymentSelector,
-    RevisionRecord, Role, StoreError,
+    self, AuditEvent, AuditQuery, ChangeBy, DeployBy, DeployerRecord, DeployerUpdate,
+    DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord, Role, StagePlace,
+    StageRecord, StoreError,
 };
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
@@ -26,14 +31,16 @@ use ds_core::proto::{
 };
 use ds_core::proto::{
     CreateDeployerRequest, CreateDeployerResponse, CreateDeploymentRequest,
-    CreateInstallCodeRequest, CreateInstallCodeResponse, DeleteDeployerRequest,
+    CreateInstallCodeRequest, CreateInstallCodeResponse, CreateStageRequest, DeleteDeployerRequest,
     DeleteDeployerResponse, DeleteDeploymentRequest, DeleteDeploymentResponse, DeleteMode,
-    Deployer, DeploymentDescription, DeploymentHistory, DeploymentLogsRequest, DeploymentRevision,
-    DeploymentView, DescribeQuery, GetDeployerRequest, GetDeploymentRequest,
-    GetDeploymentRevisionRequest, GetVersionRequest, GetVersionResponse, ListDeployersRequest,
-    ListDeployersResponse, ListDeploymentsRequest, ListDeploymentsResponse, LogLines, LogsQuery,
-    RollbackDeploymentRequest, RotateDeployerTokenRequest, RotateDeployerTokenResponse,
-    UpdateDeploymentRequest, inspect_reply, inspect_request,
+    DeleteStageRequest, DeleteStageResponse, Deployer, DeploymentDescription, DeploymentHistory,
+    DeploymentLogsRequest, DeploymentRevision, DeploymentView, DescribeQuery, GetDeployerRequest,
+    GetDeploymentRequest, GetDeploymentRevisionRequest, GetVersionRequest, GetVersionResponse,
+    ListAuditRequest, ListAuditResponse, ListDeployersRequest, ListDeployersResponse,
+    ListDeploymentsRequest, ListDeploymentsResponse, ListStagesRequest, ListStagesResponse,
+    LogLines, LogsQuery, RenameStageRequest, RollbackDeploymentRequest, RotateDeployerTokenRequest,
+    RotateDeployerTokenResponse, Stage, UpdateDeployerRequest, UpdateDeploymentRequest,
+    UpdateStageRequest, inspect_reply, inspect_request,
 };
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
@@ -110,15 +117,14 @@ impl KeyCache {
 struct Caller {
     principal: Arc<Principal>,
     rpc: Rpc,
+    /// The request's ID, for the audit log.
+    request_id: String,
 }
 
 impl Caller {
     /// Who makes a change, for its revision.
     fn by(&self, note: String) -> ChangeBy {
-        ChangeBy {
-            actor: self.principal.actor(),
-            note,
-        }
+        ChangeBy::new(self.principal.actor(), self.request_id.clone()).with_note(note)
     }
 
     /// The role this RPC needs on its deployer (View for the lists, which show only
@@ -148,19 +154,56 @@ impl ControlSvc {
     /// Authenticates the caller and checks what `rpc` needs of it at the gateway level
     /// ([`Rpc::rule`]); a deployer's role is checked once the deployer is known
     /// ([`ControlSvc::guard`]). UNAUTHENTICATED for a missing, wrong or expired key
-    /// (never repeating it), PERMISSION_DENIED naming what is missing.
+    /// (never repeating it), PERMISSION_DENIED naming what is missing; each refusal is
+    /// recorded in the audit log.
     async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
-        let principal = self.authenticate(req).await.inspect_err(|_| {
-            self.shared.metrics.auth_failures.inc();
-        })?;
+        let request_id = request_id::of(req);
+        let principal = match self.authenticate(req).await {
+            Ok(principal) => principal,
+            Err(status) => {
+                self.shared.metrics.auth_failures.inc();
+                if status.code() == tonic::Code::Unauthenticated {
+                    // The key ID the credential named, if well-formed (never the credential;
+                    // an unverified token's subject is not trusted either).
+                    let named = bearer(req)
+                        .ok()
+                        .and_then(|p| credentials::parse_id(credentials::API_KEY_PREFIX, p))
+                        .map(|id| format!("key {id}"));
+                    let who = named.as_deref().unwrap_or(audit::UNKNOWN_ACTOR);
+                    self.denied_authentication(req, who, &request_id, status.message())
+                        .await;
+                }
+                return Err(status);
+            }
+        };
+        let caller = Caller {
+            principal,
+            rpc,
+            request_id,
+        };
         let (need, action) = rpc.rule();
-        if need == Need::GatewayAdmin && !principal.admin {
-            tracing::info!(user = %principal.name, rpc = ?rpc, "refused: needs a gateway admin");
-            return Err(Status::permission_denied(
-                principal.not_admin_message(action),
-            ));
+        if need == Need::GatewayAdmin && !caller.principal.admin {
+            tracing::info!(user = %caller.principal.name, rpc = ?rpc, "refused: needs a gateway admin");
+            let message = caller.principal.not_admin_message(action);
+            self.denied(&caller, None, &message).await;
+            return Err(Status::permission_denied(message));
         }
-        Ok(Caller { principal, rpc })
+        Ok(caller)
+    }
+
+    /// Records a refused permission in the audit log.
+    async fn denied(&self, caller: &Caller, deployer_id: Option<&str>, reason: &str) {
+        let mut event = AuditEvent::new("authorize", audit::RPC, format!("{:?}", caller.rpc));
+        if let Some(id) = deployer_id {
+            event = event.of_deployer(id);
+        }
+        audit_denied(
+            self.shared.store.as_ref(),
+            &caller.by(String::new()),
+            event,
+            reason,
+        )
+        .await;
     }
 
     async fn authenticate<T>(&self, req: &Request<T>) -> Result<Arc<Principal>, Status> {
@@ -276,9 +319,9 @@ impl ControlSvc {
                 let (_, name) = self.resolve(deployer_id).await?;
                 let action = caller.rpc.rule().1;
                 tracing::info!(user = %caller.principal.name, rpc = ?caller.rpc, deployer = %deployer_id, "refused: role too low");
-                Err(Status::permission_denied(
-                    caller.principal.short_message(action, &name, need, have),
-                ))
+                let message = caller.principal.short_message(action, &name, need, have);
+                self.denied(caller, Some(deployer_id), &message).await;
+                Err(Status::permission_denied(message))
             }
         }
     }
@@ -313,6 +356,78 @@ impl ControlSvc {
         let (id, _) = self.resolve(given).await?;
         self.guard(caller, &id, given).await?;
         Ok(id)
+    }
+
+    /// Records a refused authentication: `actor` is the key ID the credential named, if
+    /// it was well-formed (never the credential itself).
+    async fn denied_authentication<T>(
+        &self,
+        req: &Request<T>,
+        actor: &str,
+        request_id: &str,
+        reason: &str,
+    ) {
+        let by = ChangeBy::new(actor, request_id);
+        let event = AuditEvent::new("authenticate", audit::RPC, request_id::rpc_of(req));
+        audit_denied(self.shared.store.as_ref(), &by, event, reason).await;
+    }
+
+    /// A stage by name, or INVALID_ARGUMENT naming `--stage` and the stages there are.
+    async fn known_stage(&self, name: &str) -> Result<StageRecord, Status> {
+        let store = &self.shared.store;
+        match store.get_stage(name).await {
+            Ok(stage) => Ok(stage),
+            Err(StoreError::NotFound(_)) => {
+                let names: Vec<String> = store
+                    .list_stages()
+                    .await
+                    .map_err(store_status)?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                Err(Status::invalid_argument(format!(
+                    "stage: unknown stage {:?}; --stage takes one of: {} (see `ds stage ls`)",
+                    ds_core::validate::cut(name),
+                    names.join(", ")
+                )))
+            }
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
+    /// Refuses, and records as denied, a change of deployments on a deployer in `stage`
+    /// when the stage's policy does not allow the caller.
+    async fn check_stage_policy(
+        &self,
+        caller: &Caller,
+        by: &ChangeBy,
+        stage: &str,
+        event: AuditEvent,
+    ) -> Result<(), Status> {
+        let stage = self.known_stage(stage).await?;
+        let caller_is_service_account = caller.principal.kind == store::UserKind::ServiceAccount;
+        if let Err(refusal) = may_deploy(&stage, caller_is_service_account) {
+            let reason = refusal.to_string();
+            audit_denied(self.shared.store.as_ref(), by, event, &reason).await;
+            return Err(Status::permission_denied(reason));
+        }
+        Ok(())
+    }
+
+    /// The stage policy for a change of deployment `d` (of the `action` the audit log
+    /// would record).
+    async fn check_deployment_policy(
+        &self,
+        caller: &Caller,
+        by: &ChangeBy,
+        d: &DeploymentRecord,
+        action: &str,
+    ) -> Result<(), Status> {
+        let deployer = self.deployer(&d.deployer_id).await?;
+        let event = AuditEvent::new(action, audit::DEPLOYMENT, audit::deployment_object(d))
+            .of_deployer(&d.deployer_id);
+        self.check_stage_policy(caller, by, &deployer.stage, event)
+            .await
     }
 
     /// A deployment's kept revisions, oldest first.
@@ -375,6 +490,21 @@ impl ControlSvc {
         Err(Status::aborted(
             "deployment kept changing concurrently; retry",
         ))
+    }
+
+    /// A stage with its place in the list.
+    async fn stage_view(&self, stage: StageRecord) -> Result<Stage, Status> {
+        let stages = self
+            .shared
+            .store
+            .list_stages()
+            .await
+            .map_err(store_status)?;
+        let place = stages
+            .iter()
+            .position(|s| s.name == stage.name)
+            .map_or(0, |i| i + 1);
+        Ok(stage_to_proto(stage, place))
     }
 
     fn deployer_view(&self, d: DeployerRecord) -> Deployer {
@@ -504,14 +634,15 @@ impl ControlSvc {
 
     async fn view(&self, d: DeploymentRecord) -> Result<DeploymentView, Status> {
         let store = &self.shared.store;
-        let (deployer_name, last_seen) = store
+        let (deployer_name, stage, last_seen) = store
             .get_deployer(&d.deployer_id)
             .await
-            .map(|r| (r.name, r.last_seen))
+            .map(|r| (r.name, r.stage, r.last_seen))
             .unwrap_or_default();
         let presence = AgentPresence::of(&self.shared, &d.deployer_id, last_seen);
         let status = store.get_status(&d.id).await.map_err(store_status)?;
         let mut view = make_view(d, deployer_name, status);
+        view.deployer_stage = stage;
         mark(&mut view, presence);
         Ok(view)
     }
@@ -734,14 +865,19 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateDeployerRequest>,
     ) -> Result<Response<CreateDeployerResponse>, Status> {
-        self.authorize(&request, Rpc::CreateDeployer).await?;
-        let name = request.into_inner().name;
+        let caller = self.authorize(&request, Rpc::CreateDeployer).await?;
+        let by = caller.by(String::new());
+        let req = request.into_inner();
+        let name = req.name;
         ds_core::validate_deployer_name(&name).map_err(invalid)?;
+        if !req.stage.is_empty() {
+            self.known_stage(&req.stage).await?;
+        }
         let token = credentials::generate(credentials::TOKEN_PREFIX);
         let record = self
             .shared
             .store
-            .create_deployer(&name, &token.id, token.hash)
+            .create_deployer_by(&by, &name, &req.stage, &token.id, token.hash)
             .await
             .map_err(store_status)?;
         tracing::info!(deployer = %record.id, name = %record.name, "deployer created");
@@ -789,7 +925,10 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<DeleteDeployerRequest>,
     ) -> Result<Response<DeleteDeployerResponse>, Status> {
-        self.authorize(&request, Rpc::DeleteDeployer).await?;
+        let by = self
+            .authorize(&request, Rpc::DeleteDeployer)
+            .await?
+            .by(String::new());
         let req = request.into_inner();
         let mode = DeleteMode::try_from(req.mode)
             .map_err(|_| Status::invalid_argument(format!("mode: unknown value {}", req.mode)))?;
@@ -811,15 +950,19 @@ impl ControlService for ControlSvc {
                     )));
                 }
                 store
-                    .delete_deployer_at(&record.id, record.revision)
+                    .delete_deployer_at(&by, &record.id, record.revision)
                     .await
                     .map_err(store_status)?;
                 answer.deleted = true;
                 tracing::info!(deployer = %record.id, name = %record.name, "deployer deleted; its tokens are revoked");
             }
             DeleteMode::Orphan => {
+                let orphan = by.with_note(format!(
+                    "orphan: the objects of its {} deployments stay in the cluster",
+                    record.deployments
+                ));
                 store
-                    .delete_deployer(&record.id)
+                    .delete_deployer(&orphan, &record.id)
                     .await
                     .map_err(store_status)?;
                 answer.deleted = true;
@@ -832,7 +975,8 @@ impl ControlService for ControlSvc {
                     .await
                     .map_err(store_status)?
                 {
-                    match store.delete_deployment(&d.id).await {
+                    let cascade = by.with_note("deleted with its deployer (cascade)");
+                    match store.delete_deployment(&cascade, &d.id).await {
                         Ok((_, revision)) => {
                             answer.deployments_deleted += 1;
                             self.shared.metrics.deployment_changes.inc();
@@ -859,7 +1003,7 @@ impl ControlService for ControlSvc {
                 let clean = now.deployments == 0
                     && (last_seen.is_none() || reported.is_some_and(|o| o.owned == 0));
                 if clean {
-                    match store.delete_deployer_at(&now.id, now.revision).await {
+                    match store.delete_deployer_at(&by, &now.id, now.revision).await {
                         Ok(()) => {
                             answer.deleted = true;
                             tracing::info!(deployer = %now.id, name = %now.name, "deployer deleted after its agent removed its objects; its tokens are revoked");
@@ -879,6 +1023,7 @@ impl ControlService for ControlSvc {
         request: Request<RotateDeployerTokenRequest>,
     ) -> Result<Response<RotateDeployerTokenResponse>, Status> {
         let caller = self.authorize(&request, Rpc::RotateDeployerToken).await?;
+        let by = caller.by(String::new());
         let req = request.into_inner();
         let record = self.deployer(&req.deployer).await?;
         self.guard(&caller, &record.id, &req.deployer).await?;
@@ -893,7 +1038,7 @@ impl ControlService for ControlSvc {
         let token = credentials::generate(credentials::TOKEN_PREFIX);
         self.shared
             .store
-            .rotate_token(&record.id, &token.id, token.hash, expires)
+            .rotate_token(&by, &record.id, &token.id, token.hash, expires)
             .await
             .map_err(store_status)?;
         tracing::info!(deployer = %record.id, previous_expires_at = %rfc3339(expires), "deployer token rotated");
@@ -911,7 +1056,8 @@ impl ControlService for ControlSvc {
         let given = request.get_ref().deployer.clone();
         let (id, _) = self.resolve(&given).await?;
         self.guard(&caller, &id, &given).await?;
-        super::install::create_install_code(&self.shared, request.into_inner())
+        let by = caller.by(String::new());
+        super::install::create_install_code(&self.shared, &by, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -921,6 +1067,7 @@ impl ControlService for ControlSvc {
         request: Request<CreateDeploymentRequest>,
     ) -> Result<Response<DeploymentView>, Status> {
         let caller = self.authorize(&request, Rpc::CreateDeployment).await?;
+        let by = caller.by(String::new());
         let req = request.into_inner();
         let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
         self.guard(&caller, &deployer_id, &req.deployer).await?;
@@ -957,22 +1104,25 @@ impl ControlService for ControlSvc {
                 ),
             }));
         }
+        let event = AuditEvent::new(
+            "deployment.create",
+            audit::DEPLOYMENT,
+            format!("{namespace}/{name}"),
+        )
+        .of_deployer(&deployer_id);
+        self.check_stage_policy(&caller, &by, &deployer.stage, event)
+            .await?;
         let record = self
             .shared
             .store
-            .create_deployment_by(
-                &caller.by(String::new()),
-                &deployer_id,
-                &name,
-                &namespace,
-                &spec,
-            )
+            .create_deployment_by(&by, &deployer_id, &name, &namespace, &spec)
             .await
             .map_err(store_status)?;
         self.shared.metrics.deployment_changes.inc();
         tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
         let presence = AgentPresence::of(&self.shared, &deployer_id, deployer.last_seen);
         let mut view = make_view(record, deployer_name, None);
+        view.deployer_stage = deployer.stage;
         mark(&mut view, presence);
         Ok(Response::new(view))
     }
@@ -999,10 +1149,13 @@ impl ControlService for ControlSvc {
                 "page_token: continues another list than this deployer's (pass the same deployer on every page)",
             ));
         }
+        if !req.stage.is_empty() {
+            self.known_stage(&req.stage).await?;
+        }
         let size = paging::list_page_size(req.page_size) as usize;
         // Names and statuses of this page's deployments only: a list of many pages does
         // not read every deployer and status once per page.
-        let mut names: HashMap<String, (String, Option<AgentPresence>)> = HashMap::new();
+        let mut names: HashMap<String, (String, String, Option<AgentPresence>)> = HashMap::new();
         let mut views: Vec<DeploymentView> = Vec::new();
         let mut bytes = 0;
         let mut last = after;
@@ -1032,24 +1185,30 @@ impl ControlService for ControlSvc {
                     last = Some(key);
                     continue;
                 }
-                let (deployer_name, presence) = match names.get(&d.deployer_id) {
+                let (deployer_name, stage, presence) = match names.get(&d.deployer_id) {
                     Some(known) => known.clone(),
                     None => {
                         let known = match store.get_deployer(&d.deployer_id).await {
                             Ok(r) => {
                                 let presence = AgentPresence::of(&self.shared, &r.id, r.last_seen);
-                                (r.name, Some(presence))
+                                (r.name, r.stage, Some(presence))
                             }
                             // Deleted since the page was read: its deployments go with it.
-                            Err(StoreError::NotFound(_)) => (String::new(), None),
+                            Err(StoreError::NotFound(_)) => (String::new(), String::new(), None),
                             Err(e) => return Err(store_status(e)),
                         };
                         names.insert(d.deployer_id.clone(), known.clone());
                         known
                     }
                 };
+                // `--stage`: filtered like `-n`, after the keyset read.
+                if !req.stage.is_empty() && stage != req.stage {
+                    last = Some(key);
+                    continue;
+                }
                 let status = store.get_status(&d.id).await.map_err(store_status)?;
                 let mut view = make_view(d, deployer_name, status);
+                view.deployer_stage = stage;
                 if let Some(presence) = presence {
                     mark(&mut view, presence);
                 }
@@ -1098,6 +1257,8 @@ impl ControlService for ControlSvc {
         let selector = req.selector.clone().ok_or_else(no_selector)?;
         let record = self.select(&caller, &selector).await?;
         let by = caller.by(String::new());
+        self.check_deployment_policy(&caller, &by, &record, "deployment.update")
+            .await?;
         let view = self
             .change_spec(&by, record, |spec| apply_update(spec, &req))
             .await?;
@@ -1145,6 +1306,13 @@ impl ControlService for ControlSvc {
         let req = request.into_inner();
         let selector = req.selector.ok_or_else(no_selector)?;
         let record = self.select(&caller, &selector).await?;
+        self.check_deployment_policy(
+            &caller,
+            &caller.by(String::new()),
+            &record,
+            "deployment.rollback",
+        )
+        .await?;
         let revisions = self.revisions(&record.id).await?;
         let to = match req.to_revision {
             0 if revisions.len() < 2 => {
@@ -1159,7 +1327,10 @@ impl ControlService for ControlSvc {
         let i = kept(&revisions, to, "to_revision", &record.name)?;
         // Validated again by change_spec: the rules may have tightened since it was made.
         let target = revisions[i].spec.clone();
-        let by = caller.by(format!("rollback to revision {to}"));
+        let by = ChangeBy {
+            action: Some("deployment.rollback"),
+            ..caller.by(format!("rollback to revision {to}"))
+        };
         let view = self
             .change_spec(&by, record, |spec| spec.clone_from(&target))
             .await?;
@@ -1173,10 +1344,13 @@ impl ControlService for ControlSvc {
         let caller = self.authorize(&request, Rpc::DeleteDeployment).await?;
         let selector = request.into_inner().selector.ok_or_else(no_selector)?;
         let record = self.select(&caller, &selector).await?;
+        let by = caller.by(String::new());
+        self.check_deployment_policy(&caller, &by, &record, "deployment.delete")
+            .await?;
         let (deleted, revision) = self
             .shared
             .store
-            .delete_deployment(&record.id)
+            .delete_deployment(&by, &record.id)
             .await
             .map_err(store_status)?;
         self.shared.metrics.deployment_changes.inc();
@@ -1558,6 +1732,225 @@ impl ControlService for ControlSvc {
         tracing::info!(deployer = %id, group = %req.group, by = %caller.principal.actor(), "role revoked");
         Ok(Response::new(self.grants(&id).await?))
     }
+
+    async fn list_stages(
+        &self,
+        request: Request<ListStagesRequest>,
+    ) -> Result<Response<ListStagesResponse>, Status> {
+        self.authorize(&request, Rpc::ListStages).await?;
+        let stages = self
+            .shared
+            .store
+            .list_stages()
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(ListStagesResponse {
+            stages: stages
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| stage_to_proto(s, i + 1))
+                .collect(),
+        }))
+    }
+
+    async fn create_stage(
+        &self,
+        request: Request<CreateStageRequest>,
+    ) -> Result<Response<Stage>, Status> {
+        let by = self
+            .authorize(&request, Rpc::CreateStage)
+            .await?
+            .by(String::new());
+        let req = request.into_inner();
+        ds_core::validate::validate_stage_name("name", &req.name).map_err(invalid)?;
+        let place = match (req.after.is_empty(), req.position) {
+            (true, 0) => StagePlace::Last,
+            (true, n) => StagePlace::At(n),
+            (false, 0) => {
+                self.known_stage(&req.after).await.map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "after: no stage named {:?} (see `ds stage ls`)",
+                        ds_core::validate::cut(&req.after)
+                    ))
+                })?;
+                StagePlace::After(req.after.clone())
+            }
+            (false, _) => {
+                return Err(Status::invalid_argument(
+                    "after: give either after or position, not both",
+                ));
+            }
+        };
+        let deploy_by = deploy_by(req.deploy_by)?.unwrap_or(DeployBy::Anyone);
+        let store = &self.shared.store;
+        let stage = store
+            .create_stage(&by, &req.name, &place, deploy_by)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(stage = %stage.name, actor = %by.actor, "stage created");
+        self.stage_view(stage).await.map(Response::new)
+    }
+
+    async fn delete_stage(
+        &self,
+        request: Request<DeleteStageRequest>,
+    ) -> Result<Response<DeleteStageResponse>, Status> {
+        let by = self
+            .authorize(&request, Rpc::DeleteStage)
+            .await?
+            .by(String::new());
+        let name = request.into_inner().name;
+        if name.is_empty() {
+            return Err(Status::invalid_argument("name: a stage name is required"));
+        }
+        self.known_stage(&name).await?;
+        self.shared
+            .store
+            .delete_stage(&by, &name)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(stage = %name, actor = %by.actor, "stage deleted");
+        Ok(Response::new(DeleteStageResponse { name }))
+    }
+
+    async fn rename_stage(
+        &self,
+        request: Request<RenameStageRequest>,
+    ) -> Result<Response<Stage>, Status> {
+        let by = self
+            .authorize(&request, Rpc::RenameStage)
+            .await?
+            .by(String::new());
+        let req = request.into_inner();
+        self.known_stage(&req.name).await?;
+        ds_core::validate::validate_stage_name("new_name", &req.new_name).map_err(invalid)?;
+        let stage = self
+            .shared
+            .store
+            .rename_stage(&by, &req.name, &req.new_name)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(from = %req.name, to = %stage.name, actor = %by.actor, "stage renamed");
+        self.stage_view(stage).await.map(Response::new)
+    }
+
+    async fn update_stage(
+        &self,
+        request: Request<UpdateStageRequest>,
+    ) -> Result<Response<Stage>, Status> {
+        let by = self
+            .authorize(&request, Rpc::UpdateStage)
+            .await?
+            .by(String::new());
+        let req = request.into_inner();
+        self.known_stage(&req.name).await?;
+        let Some(deploy_by) = deploy_by(req.deploy_by)? else {
+            return Err(Status::invalid_argument(
+                "deploy_by: required (anyone or service-accounts)",
+            ));
+        };
+        let stage = self
+            .shared
+            .store
+            .update_stage(&by, &req.name, deploy_by)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(stage = %stage.name, deploy_by = stage.deploy_by.as_str(), actor = %by.actor, "stage updated");
+        self.stage_view(stage).await.map(Response::new)
+    }
+
+    async fn update_deployer(
+        &self,
+        request: Request<UpdateDeployerRequest>,
+    ) -> Result<Response<Deployer>, Status> {
+        let by = self
+            .authorize(&request, Rpc::UpdateDeployer)
+            .await?
+            .by(String::new());
+        let req = request.into_inner();
+        let record = self.deployer(&req.deployer).await?;
+        if let Some(stage) = &req.stage {
+            if stage.is_empty() {
+                return Err(Status::invalid_argument("stage: must not be empty"));
+            }
+            self.known_stage(stage).await?;
+        }
+        let update = DeployerUpdate { stage: req.stage };
+        let updated = self
+            .shared
+            .store
+            .update_deployer(&by, &record.id, &update)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(deployer = %updated.id, stage = %updated.stage, actor = %by.actor, "deployer updated");
+        Ok(Response::new(self.deployer_view(updated)))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        self.authorize(&request, Rpc::ListAudit).await?;
+        let req = request.into_inner();
+        let since = if req.since.is_empty() {
+            None
+        } else {
+            Some(
+                chrono::DateTime::parse_from_rfc3339(&req.since)
+                    .map_err(|_| {
+                        Status::invalid_argument(format!(
+                            "since: {:?} is not an RFC 3339 time (e.g. 2026-12-01T10:00:00Z)",
+                            ds_core::validate::cut(&req.since)
+                        ))
+                    })?
+                    .with_timezone(&Utc),
+            )
+        };
+        // A deleted deployer's rows stay: an unknown name or ID is taken as an ID.
+        let deployer_id = if req.deployer.is_empty() {
+            None
+        } else {
+            match self.shared.store.resolve_deployer(&req.deployer).await {
+                Ok((id, _)) => Some(id),
+                Err(StoreError::NotFound(_)) => Some(req.deployer.clone()),
+                Err(e) => return Err(store_status(e)),
+            }
+        };
+        let after_id = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse::<u64>()
+                .map_err(|_| Status::invalid_argument("page_token: not a token of ListAudit"))?
+        };
+        let limit = match req.limit {
+            0 => AUDIT_PAGE,
+            n => n.min(AUDIT_PAGE_MAX),
+        };
+        let mut rows = self
+            .shared
+            .store
+            .list_audit(&AuditQuery {
+                since,
+                actor: (!req.actor.is_empty()).then_some(req.actor),
+                deployer_id,
+                after_id,
+                // One more: whether anything follows.
+                limit: limit + 1,
+            })
+            .await
+            .map_err(store_status)?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => last.id.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListAuditResponse {
+            entries: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
 }
 
 /// The store's role for a request's, or INVALID_ARGUMENT naming the field.
@@ -1569,6 +1962,22 @@ fn role_of(role: i32) -> Result<Role, Status> {
         _ => Err(Status::invalid_argument(
             "role: must be one of view, deploy, admin",
         )),
+    }
+}
+
+/// Audit rows per ListAudit page unless asked otherwise, and the most.
+const AUDIT_PAGE: u32 = 500;
+const AUDIT_PAGE_MAX: u32 = 1000;
+
+/// A request's DeployBy: `None` when unspecified.
+fn deploy_by(value: i32) -> Result<Option<DeployBy>, Status> {
+    match ds_core::proto::DeployBy::try_from(value) {
+        Ok(ds_core::proto::DeployBy::Unspecified) => Ok(None),
+        Ok(ds_core::proto::DeployBy::Anyone) => Ok(Some(DeployBy::Anyone)),
+        Ok(ds_core::proto::DeployBy::ServiceAccounts) => Ok(Some(DeployBy::ServiceAccounts)),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "deploy_by: unknown value {value} (anyone or service-accounts)"
+        ))),
     }
 }
 

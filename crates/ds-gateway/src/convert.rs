@@ -2,8 +2,8 @@
 //! domain types convert in [`ds_core::convert`]).
 
 use super::store::{
-    ApiKeyRecord, DeployerRecord, DeploymentRecord, GrantRecord, GroupRecord, Role, StatusRecord,
-    UserKind, UserRecord,
+    ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
+    GroupRecord, Role, StageRecord, StatusRecord, UserKind, UserRecord,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use ds_core::proto;
@@ -88,6 +88,7 @@ pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
         revision: d.revision,
         agent_namespaces: d.agent_namespaces,
         grants: Vec::new(),
+        stage: d.stage,
     }
 }
 
@@ -131,5 +132,45 @@ pub fn grant_to_proto(g: &GrantRecord) -> proto::DeployerGrant {
     proto::DeployerGrant {
         group: g.group.clone(),
         role: role as i32,
+    }
+}
+
+// === stages and the audit log ===
+
+impl From<DeployBy> for proto::DeployBy {
+    fn from(d: DeployBy) -> Self {
+        match d {
+            DeployBy::Anyone => proto::DeployBy::Anyone,
+            DeployBy::ServiceAccounts => proto::DeployBy::ServiceAccounts,
+        }
+    }
+}
+
+/// A stage at `place` (from 1) in the list.
+pub fn stage_to_proto(s: StageRecord, place: usize) -> proto::Stage {
+    proto::Stage {
+        name: s.name,
+        position: u32::try_from(place).unwrap_or(u32::MAX),
+        deploy_by: proto::DeployBy::from(s.deploy_by) as i32,
+        deployers: s.deployers,
+    }
+}
+
+impl From<AuditRecord> for proto::AuditEntry {
+    fn from(a: AuditRecord) -> Self {
+        proto::AuditEntry {
+            id: a.id,
+            at: a.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            actor: a.actor,
+            action: a.action,
+            object_kind: a.object_kind,
+            object: a.object,
+            deployer_id: a.deployer_id.unwrap_or_default(),
+            before: a.before.unwrap_or_default(),
+            after: a.after.unwrap_or_default(),
+            request_id: a.request_id,
+            outcome: a.outcome.as_str().to_string(),
+            reason: a.reason,
+        }
     }
 }

@@ -16,12 +16,16 @@
 //! - [`manifest`]: the agent install manifest it renders (`deploy/agent.yaml`).
 //! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
+//! - `audit`: what the audit log records of each change, and refused attempts.
+//! - `request_id`: the `x-request-id` of every gRPC call.
+//! - `stages`: the stage policy (who may deploy on a stage).
 //! - `jwt`: OIDC / JWT bearer tokens (`--jwt-*`), checked against the issuer's keys.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 //! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
 
 mod access;
 mod agent_service;
+mod audit;
 mod control_service;
 mod convert;
 pub mod credentials;
@@ -36,12 +40,14 @@ mod paging;
 mod pod_update;
 pub mod postgres;
 mod presence;
+mod request_id;
 mod rows;
 mod rpc;
 mod scale_update;
 mod server;
 mod sql;
 pub mod sqlite;
+mod stages;
 pub mod store;
 
 use std::future::Future;

@@ -3,8 +3,9 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    ApiKeyRecord, DeployerRecord, DeploymentRecord, GrantRecord, ObjectCount, RevisionRecord, Role,
-    StatusRecord, StoreError, TokenRecord, UserKind, UserRecord,
+    ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
+    ObjectCount, Outcome, RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind,
+    UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -67,6 +68,7 @@ pub(super) trait StoreRow: Row {
     fn text(&self, column: &str) -> Result<String, sqlx::Error>;
     fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
     fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
 }
 
@@ -85,6 +87,9 @@ where
         self.try_get(column)
     }
     fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
         self.try_get(column)
     }
     fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
@@ -120,6 +125,7 @@ pub(super) fn deployer_from_row(row: &impl StoreRow) -> Result<DeployerRecord, S
             }),
             _ => None,
         },
+        stage: row.text("stage")?,
     })
 }
 
@@ -248,4 +254,33 @@ pub(super) fn grant_from_row(row: &impl StoreRow) -> Result<GrantRecord, StoreEr
         group: row.text("group_name")?,
         role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
     })
+}
+
+/// An `audit_log` row.
+pub(super) fn audit_from_row(row: &impl StoreRow) -> Result<AuditRecord, StoreError> {
+    let outcome = match row.text("outcome")?.as_str() {
+        "ok" => Outcome::Ok,
+        "denied" => Outcome::Denied,
+        other => return Err(StoreError::Corrupt(format!("audit outcome {other:?}"))),
+    };
+    Ok(AuditRecord {
+        id: to_u64(row.int("id")?),
+        at: ts(row.int("at")?),
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        object_kind: row.text("object_kind")?,
+        object: row.text("object")?,
+        deployer_id: row.opt_text("deployer_id")?,
+        before: row.opt_text("before")?,
+        after: row.opt_text("after")?,
+        request_id: row.text("request_id")?,
+        outcome,
+        reason: row.text("reason")?,
+    })
+}
+
+/// A stored `deploy_by`.
+pub(super) fn deploy_by_from(stored: &str) -> Result<DeployBy, StoreError> {
+    DeployBy::parse(stored)
+        .ok_or_else(|| StoreError::Corrupt(format!("stage deploy_by {stored:?}")))
 }

@@ -33,6 +33,7 @@ pub fn store_status(error: StoreError) -> Status {
             Status::already_exists(format!("{} already exists", cut(&what)))
         }
         StoreError::Refused(why) => Status::failed_precondition(why),
+        StoreError::InUse(why) => Status::failed_precondition(why),
         StoreError::Conflict(what) => {
             Status::aborted(format!("{} was changed concurrently; retry", cut(&what)))
         }
