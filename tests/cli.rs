@@ -1755,12 +1755,16 @@ async fn bad_autoscaling_values_are_refused_naming_the_flag() {
 
 // === stages and the audit log ===
 
-/// The actor the audit log names for the gateway's admin key: `key <its ID>`.
+/// The ID of the gateway's admin key.
+fn admin_key_id(t: &TestGateway) -> String {
+    ds_gateway::credentials::parse_id(ds_gateway::credentials::API_KEY_PREFIX, &t.gw.admin_key)
+        .expect("a well-formed admin key")
+        .to_string()
+}
+
+/// The actor the audit log names for the gateway's admin key: `admin (key <its ID>)`.
 fn admin_actor(t: &TestGateway) -> String {
-    let id =
-        ds_gateway::credentials::parse_id(ds_gateway::credentials::API_KEY_PREFIX, &t.gw.admin_key)
-            .expect("a well-formed admin key");
-    format!("key {id}")
+    format!("admin (key {})", admin_key_id(t))
 }
 
 /// Fetches an install URL of this (plaintext) gateway over HTTP/1.1; returns the body.
@@ -1887,7 +1891,7 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
             entry(
                 "gateway",
                 "api-key.create",
-                &format!("api-key/{}", &admin[4..]),
+                &format!("api-key/{}", admin_key_id(&t)),
                 "ok"
             ),
             entry(&admin, "stage.create", "stage/Staging", "ok"),
@@ -1969,7 +1973,7 @@ async fn every_audited_action_appears_once_with_the_right_actor() {
 }
 
 #[tokio::test]
-async fn the_stage_policy_refuses_a_person_under_service_accounts() {
+async fn the_stage_policy_refuses_a_person_and_admits_a_service_account() {
     let t = start().await;
     let created = t
         .run(&[
@@ -2075,6 +2079,41 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
         ]
     );
     assert!(denied.iter().all(|e| e.0 == admin_actor(&t)));
+    // A service account with Deploy on the deployer is what the policy admits.
+    t.run(&["user", "create", "ci", "--service-account"])
+        .await
+        .ok();
+    t.run(&["group", "create", "release"]).await.ok();
+    t.run(&["group", "add-member", "release", "ci"]).await.ok();
+    t.run(&[
+        "deployer", "grant", "prod", "--group", "release", "--role", "deploy",
+    ])
+    .await
+    .ok();
+    let key = t
+        .run(&["apikey", "create", "--user", "ci", "-o", "json"])
+        .await
+        .json();
+    let ci_key = key["secret"].as_str().expect("the key, shown once");
+    let mut as_ci = t.bare(&["deployment", "update", "iris", "--replicas", "4"]);
+    as_ci
+        .env("DS_GATEWAY", t.gw.url())
+        .env("DS_API_KEY", ci_key);
+    output(as_ci).await.ok();
+    assert_eq!(t.get_json("iris").await["spec"]["replicas"], 4);
+    let history = t
+        .run(&["deployment", "history", "iris", "-o", "json"])
+        .await
+        .json();
+    let last = history
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        last.to_string().contains("ci (key "),
+        "the service account made the revision: {last}"
+    );
     // Back to anyone: a person may deploy again.
     t.run(&["stage", "update", "Production", "--deploy-by", "anyone"])
         .await
@@ -2082,6 +2121,7 @@ async fn the_stage_policy_refuses_a_person_under_service_accounts() {
     t.run(&["deployment", "update", "iris", "--replicas", "3"])
         .await
         .ok();
+    assert_eq!(t.get_json("iris").await["spec"]["replicas"], 3);
     t.gw.shutdown().await;
 }
 
