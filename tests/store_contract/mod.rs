@@ -193,6 +193,7 @@ contract!(
     groups_have_members_and_are_deleted_with_their_grants,
     grants_are_one_role_per_group_and_deployer,
     an_upgraded_database_gives_its_api_keys_to_the_admin_user,
+    team_changes_are_audited_once_with_their_actor,
 );
 
 /// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
@@ -1871,11 +1872,14 @@ async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -
     let admin = store.get_user("admin").await.unwrap();
     assert!(admin.admin && admin.kind == UserKind::User);
     let ci = store
-        .create_user("ci", UserKind::ServiceAccount, false)
+        .create_user(&ChangeBy::default(), "ci", UserKind::ServiceAccount, false)
         .await
         .unwrap();
     assert_eq!((ci.kind, ci.admin), (UserKind::ServiceAccount, false));
-    match store.create_user("ci", UserKind::User, true).await {
+    match store
+        .create_user(&ChangeBy::default(), "ci", UserKind::User, true)
+        .await
+    {
         Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "user ci"),
         other => panic!("a taken user name must be AlreadyExists, got {other:?}"),
     }
@@ -1891,10 +1895,16 @@ async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -
         .collect();
     assert_eq!(names, ["admin", "ci"]);
     store
-        .create_api_key("cikey0000000001", hash("ci-secret"), "ci", None)
+        .create_api_key(
+            &ChangeBy::default(),
+            "cikey0000000001",
+            hash("ci-secret"),
+            "ci",
+            None,
+        )
         .await
         .unwrap();
-    store.delete_user("ci").await.unwrap();
+    store.delete_user(&ChangeBy::default(), "ci").await.unwrap();
     assert!(matches!(
         store.get_user("ci").await,
         Err(StoreError::NotFound(_))
@@ -1908,7 +1918,7 @@ async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -
         "a deleted user's keys go with it"
     );
     assert!(matches!(
-        store.delete_user("ci").await,
+        store.delete_user(&ChangeBy::default(), "ci").await,
         Err(StoreError::NotFound(_))
     ));
     b
@@ -1917,12 +1927,18 @@ async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -
 async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
     let store = b.store();
     store
-        .create_user("alice", UserKind::User, false)
+        .create_user(&ChangeBy::default(), "alice", UserKind::User, false)
         .await
         .unwrap();
     let soon = chrono::Utc::now() + chrono::Duration::days(90);
     let key = store
-        .create_api_key("a1", hash("a1-secret"), "alice", Some(soon))
+        .create_api_key(
+            &ChangeBy::default(),
+            "a1",
+            hash("a1-secret"),
+            "alice",
+            Some(soon),
+        )
         .await
         .unwrap();
     assert_eq!(key.user, "alice");
@@ -1931,14 +1947,20 @@ async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
         Some(soon.timestamp_millis())
     );
     store
-        .create_api_key("a2", hash("a2-secret"), "alice", None)
+        .create_api_key(&ChangeBy::default(), "a2", hash("a2-secret"), "alice", None)
         .await
         .unwrap();
-    match store.create_api_key("a3", hash("x"), "nobody", None).await {
+    match store
+        .create_api_key(&ChangeBy::default(), "a3", hash("x"), "nobody", None)
+        .await
+    {
         Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
         other => panic!("a key of an unknown user must be NotFound, got {other:?}"),
     }
-    match store.create_api_key("a1", hash("x"), "alice", None).await {
+    match store
+        .create_api_key(&ChangeBy::default(), "a1", hash("x"), "alice", None)
+        .await
+    {
         Err(StoreError::AlreadyExists(_)) => {}
         other => panic!("a taken key ID must be AlreadyExists, got {other:?}"),
     }
@@ -1970,10 +1992,17 @@ async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
         ids(store.list_api_keys(None).await.unwrap()),
         ["boot", "a1", "a2"]
     );
-    assert_eq!(store.delete_api_key("a1").await.unwrap().id, "a1");
+    assert_eq!(
+        store
+            .delete_api_key(&ChangeBy::default(), "a1")
+            .await
+            .unwrap()
+            .id,
+        "a1"
+    );
     assert!(store.find_key_owner("a1").await.unwrap().is_none());
     assert!(matches!(
-        store.delete_api_key("a1").await,
+        store.delete_api_key(&ChangeBy::default(), "a1").await,
         Err(StoreError::NotFound(_))
     ));
     b
@@ -1985,11 +2014,11 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
         .add_api_key(&ChangeBy::default(), "boot", hash("boot"))
         .await
         .unwrap();
-    match store.delete_api_key("boot").await {
+    match store.delete_api_key(&ChangeBy::default(), "boot").await {
         Err(StoreError::Refused(why)) => assert!(why.contains("last valid key"), "{why}"),
         other => panic!("the last admin key must be refused, got {other:?}"),
     }
-    match store.delete_user("admin").await {
+    match store.delete_user(&ChangeBy::default(), "admin").await {
         Err(StoreError::Refused(why)) => assert!(why.contains("last gateway admin"), "{why}"),
         other => panic!("the last admin must be refused, got {other:?}"),
     }
@@ -1997,24 +2026,27 @@ async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
     assert!(store.find_key_owner("boot").await.unwrap().is_some());
     // An expired key of another admin does not count as a way in.
     store
-        .create_user("root", UserKind::User, true)
+        .create_user(&ChangeBy::default(), "root", UserKind::User, true)
         .await
         .unwrap();
     let past = chrono::Utc::now() - chrono::Duration::seconds(1);
     store
-        .create_api_key("old", hash("old"), "root", Some(past))
+        .create_api_key(&ChangeBy::default(), "old", hash("old"), "root", Some(past))
         .await
         .unwrap();
     assert!(matches!(
-        store.delete_api_key("boot").await,
+        store.delete_api_key(&ChangeBy::default(), "boot").await,
         Err(StoreError::Refused(_))
     ));
     // With another admin's valid key, the first admin may go.
     store
-        .create_api_key("new", hash("new"), "root", None)
+        .create_api_key(&ChangeBy::default(), "new", hash("new"), "root", None)
         .await
         .unwrap();
-    store.delete_user("admin").await.unwrap();
+    store
+        .delete_user(&ChangeBy::default(), "admin")
+        .await
+        .unwrap();
     assert!(store.find_key_owner("boot").await.unwrap().is_none());
     b
 }
@@ -2030,9 +2062,18 @@ async fn of_two_concurrent_removals_of_the_last_admins_one_is_refused(b: Backend
     for round in 0..8 {
         let (x, y) = (format!("x{round}"), format!("y{round}"));
         for name in [&x, &y] {
-            store.create_user(name, UserKind::User, true).await.unwrap();
             store
-                .create_api_key(&format!("k-{name}"), hash(name), name, None)
+                .create_user(&ChangeBy::default(), name, UserKind::User, true)
+                .await
+                .unwrap();
+            store
+                .create_api_key(
+                    &ChangeBy::default(),
+                    &format!("k-{name}"),
+                    hash(name),
+                    name,
+                    None,
+                )
                 .await
                 .unwrap();
         }
@@ -2046,18 +2087,21 @@ async fn of_two_concurrent_removals_of_the_last_admins_one_is_refused(b: Backend
             .map(|u| u.name)
             .collect();
         for other in admins {
-            store.delete_user(&other).await.unwrap();
+            store
+                .delete_user(&ChangeBy::default(), &other)
+                .await
+                .unwrap();
         }
         let (a, r) = tokio::join!(
             tokio::spawn({
                 let store = store.clone();
                 let x = x.clone();
-                async move { store.delete_user(&x).await }
+                async move { store.delete_user(&ChangeBy::default(), &x).await }
             }),
             tokio::spawn({
                 let store = store.clone();
                 let y = y.clone();
-                async move { store.delete_user(&y).await }
+                async move { store.delete_user(&ChangeBy::default(), &y).await }
             })
         );
         let (a, r) = (a.unwrap(), r.unwrap());
@@ -2082,49 +2126,77 @@ async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Ba
     let store = b.store();
     let d = register(&store, "prod").await;
     store
-        .create_user("alice", UserKind::User, false)
+        .create_user(&ChangeBy::default(), "alice", UserKind::User, false)
         .await
         .unwrap();
     store
-        .create_user("bob", UserKind::User, false)
+        .create_user(&ChangeBy::default(), "bob", UserKind::User, false)
         .await
         .unwrap();
-    store.create_group("ml").await.unwrap();
-    match store.create_group("ml").await {
+    store
+        .create_group(&ChangeBy::default(), "ml")
+        .await
+        .unwrap();
+    match store.create_group(&ChangeBy::default(), "ml").await {
         Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "group ml"),
         other => panic!("a taken group name must be AlreadyExists, got {other:?}"),
     }
-    let ml = store.add_group_member("ml", "bob").await.unwrap();
+    let ml = store
+        .add_group_member(&ChangeBy::default(), "ml", "bob")
+        .await
+        .unwrap();
     assert_eq!(ml.members, ["bob"]);
-    let ml = store.add_group_member("ml", "alice").await.unwrap();
+    let ml = store
+        .add_group_member(&ChangeBy::default(), "ml", "alice")
+        .await
+        .unwrap();
     assert_eq!(ml.members, ["alice", "bob"]);
     assert!(matches!(
-        store.add_group_member("ml", "alice").await,
+        store
+            .add_group_member(&ChangeBy::default(), "ml", "alice")
+            .await,
         Err(StoreError::AlreadyExists(_))
     ));
-    match store.add_group_member("ml", "nobody").await {
+    match store
+        .add_group_member(&ChangeBy::default(), "ml", "nobody")
+        .await
+    {
         Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
         other => panic!("an unknown user must be NotFound, got {other:?}"),
     }
-    match store.add_group_member("nogroup", "alice").await {
+    match store
+        .add_group_member(&ChangeBy::default(), "nogroup", "alice")
+        .await
+    {
         Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
         other => panic!("an unknown group must be NotFound, got {other:?}"),
     }
     assert_eq!(store.get_user("alice").await.unwrap().groups, ["ml"]);
-    let ml = store.remove_group_member("ml", "bob").await.unwrap();
+    let ml = store
+        .remove_group_member(&ChangeBy::default(), "ml", "bob")
+        .await
+        .unwrap();
     assert_eq!(ml.members, ["alice"]);
     assert!(matches!(
-        store.remove_group_member("ml", "bob").await,
+        store
+            .remove_group_member(&ChangeBy::default(), "ml", "bob")
+            .await,
         Err(StoreError::NotFound(_))
     ));
-    store.grant_deployer(&d.id, "ml", Role::View).await.unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &d.id, "ml", Role::View)
+        .await
+        .unwrap();
     let listed = store.list_groups().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].name.as_str(), &listed[0].members[..]),
         ("ml", &["alice".to_string()][..])
     );
-    store.delete_group("ml").await.unwrap();
+    store
+        .delete_group(&ChangeBy::default(), "ml")
+        .await
+        .unwrap();
     assert!(store.list_groups().await.unwrap().is_empty());
     assert!(store.get_user("alice").await.unwrap().groups.is_empty());
     assert!(
@@ -2132,7 +2204,7 @@ async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Ba
         "its grants go with it"
     );
     assert!(matches!(
-        store.delete_group("ml").await,
+        store.delete_group(&ChangeBy::default(), "ml").await,
         Err(StoreError::NotFound(_))
     ));
     b
@@ -2142,23 +2214,29 @@ async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
     let store = b.store();
     let prod = register(&store, "prod").await;
     let dev = register(&store, "dev").await;
-    store.create_group("ml").await.unwrap();
-    store.create_group("ops").await.unwrap();
     store
-        .grant_deployer(&prod.id, "ml", Role::View)
+        .create_group(&ChangeBy::default(), "ml")
         .await
         .unwrap();
     store
-        .grant_deployer(&prod.id, "ops", Role::Admin)
+        .create_group(&ChangeBy::default(), "ops")
         .await
         .unwrap();
     store
-        .grant_deployer(&dev.id, "ml", Role::Deploy)
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ml", Role::View)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ops", Role::Admin)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &dev.id, "ml", Role::Deploy)
         .await
         .unwrap();
     // A second grant replaces the group's role there.
     store
-        .grant_deployer(&prod.id, "ml", Role::Deploy)
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ml", Role::Deploy)
         .await
         .unwrap();
     let of = |grants: Vec<GrantRecord>| {
@@ -2175,17 +2253,27 @@ async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
         ]
     );
     assert_eq!(store.list_grants(None).await.unwrap().len(), 3);
-    match store.grant_deployer(&prod.id, "nogroup", Role::View).await {
+    match store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "nogroup", Role::View)
+        .await
+    {
         Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
         other => panic!("an unknown group must be NotFound, got {other:?}"),
     }
     assert!(matches!(
-        store.grant_deployer("no-such-id", "ml", Role::View).await,
+        store
+            .grant_deployer(&ChangeBy::default(), "no-such-id", "ml", Role::View)
+            .await,
         Err(StoreError::NotFound(_))
     ));
-    store.revoke_deployer(&prod.id, "ml").await.unwrap();
+    store
+        .revoke_deployer(&ChangeBy::default(), &prod.id, "ml")
+        .await
+        .unwrap();
     assert!(matches!(
-        store.revoke_deployer(&prod.id, "ml").await,
+        store
+            .revoke_deployer(&ChangeBy::default(), &prod.id, "ml")
+            .await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(
@@ -2232,5 +2320,84 @@ async fn an_upgraded_database_gives_its_api_keys_to_the_admin_user(b: Backend) -
     assert_eq!(owner.user.name, "admin");
     assert!(owner.user.admin);
     assert_eq!(owner.key.expires_at, None);
+    b
+}
+
+async fn team_changes_are_audited_once_with_their_actor(b: Backend) -> Backend {
+    let store = b.store();
+    let by = by("alice (key 0123456789abcdef)");
+    let d = store
+        .create_deployer_by(&by, "teamed", "Test", "00112233aabbccdd", hash("t"))
+        .await
+        .unwrap();
+    store
+        .create_user(&by, "bob", UserKind::ServiceAccount, false)
+        .await
+        .unwrap();
+    store
+        .create_api_key(&by, "bobkey0000000001", hash("bob-secret"), "bob", None)
+        .await
+        .unwrap();
+    store.create_group(&by, "ml").await.unwrap();
+    // A refused change writes no row.
+    assert!(matches!(
+        store.create_group(&by, "ml").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.add_group_member(&by, "ml", "bob").await.unwrap();
+    store
+        .grant_deployer(&by, &d.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
+    store.revoke_deployer(&by, &d.id, "ml").await.unwrap();
+    store.remove_group_member(&by, "ml", "bob").await.unwrap();
+    store.delete_group(&by, "ml").await.unwrap();
+    store.delete_api_key(&by, "bobkey0000000001").await.unwrap();
+    store.delete_user(&by, "bob").await.unwrap();
+    let rows = store
+        .list_audit(&AuditQuery {
+            actor: Some(by.actor.clone()),
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.action.as_str(), r.object.as_str()))
+        .collect();
+    let grant = format!("{}/ml", d.id);
+    assert_eq!(
+        seen,
+        [
+            ("deployer.create", "teamed"),
+            ("user.create", "bob"),
+            ("api-key.create", "bobkey0000000001"),
+            ("group.create", "ml"),
+            ("group.add-member", "ml"),
+            ("deployer.grant", grant.as_str()),
+            ("deployer.revoke", grant.as_str()),
+            ("group.remove-member", "ml"),
+            ("group.delete", "ml"),
+            ("api-key.delete", "bobkey0000000001"),
+            ("user.delete", "bob"),
+        ]
+    );
+    assert!(rows.iter().all(|r| r.request_id == by.request_id));
+    let grants: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == "deployer.grant")
+        .collect();
+    assert_eq!(grants[0].deployer_id.as_deref(), Some(d.id.as_str()));
+    assert!(
+        grants[0]
+            .after
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("deploy")
+    );
+    let everything = format!("{rows:?}");
+    assert!(!everything.contains("bob-secret"), "no secret in the log");
     b
 }

@@ -13,6 +13,9 @@ pub const STAGE: &str = "stage";
 pub const API_KEY: &str = "api-key";
 pub const INSTALL_CODE: &str = "install-code";
 pub const RPC: &str = "rpc";
+pub const USER: &str = "user";
+pub const GROUP: &str = "group";
+pub const GRANT: &str = "grant";
 
 /// The actor of a credential that named nobody (malformed, or no credential at all).
 pub const UNKNOWN_ACTOR: &str = "unknown";

@@ -1470,7 +1470,7 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
-        self.authorize(&request, Rpc::CreateUser).await?;
+        let caller = self.authorize(&request, Rpc::CreateUser).await?;
         let req = request.into_inner();
         ds_core::validate::validate_user_name("name", &req.name).map_err(invalid)?;
         let kind = match UserKind::try_from(req.kind) {
@@ -1486,7 +1486,7 @@ impl ControlService for ControlSvc {
         let user = self
             .shared
             .store
-            .create_user(&req.name, kind, req.admin)
+            .create_user(&caller.by(String::new()), &req.name, kind, req.admin)
             .await
             .map_err(store_status)?;
         tracing::info!(user = %user.name, kind = kind.as_str(), admin = user.admin, "user created");
@@ -1508,10 +1508,14 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
-        self.authorize(&request, Rpc::DeleteUser).await?;
+        let caller = self.authorize(&request, Rpc::DeleteUser).await?;
         let name = request.into_inner().name;
         ds_core::validate::validate_user_name("name", &name).map_err(invalid)?;
-        let result = self.shared.store.delete_user(&name).await;
+        let result = self
+            .shared
+            .store
+            .delete_user(&caller.by(String::new()), &name)
+            .await;
         self.verified_keys.invalidate();
         result.map_err(store_status)?;
         tracing::info!(user = %name, "user deleted with its API keys");
@@ -1547,7 +1551,13 @@ impl ControlService for ControlSvc {
         let record = self
             .shared
             .store
-            .create_api_key(&key.id, key.hash, &user, expires_at)
+            .create_api_key(
+                &caller.by(String::new()),
+                &key.id,
+                key.hash,
+                &user,
+                expires_at,
+            )
             .await
             .map_err(store_status)?;
         tracing::info!(key = %record.id, user = %record.user, by = %caller.principal.actor(), "API key created");
@@ -1598,7 +1608,7 @@ impl ControlService for ControlSvc {
             return Err(store_status(StoreError::NotFound(format!("API key {id}"))));
         };
         self.own_or_admin(&caller, &owner.user.name)?;
-        let result = store.delete_api_key(&id).await;
+        let result = store.delete_api_key(&caller.by(String::new()), &id).await;
         self.verified_keys.invalidate();
         let deleted = result.map_err(store_status)?;
         tracing::info!(key = %deleted.id, user = %deleted.user, by = %caller.principal.actor(), "API key deleted");
@@ -1609,13 +1619,13 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<CreateGroupRequest>,
     ) -> Result<Response<Group>, Status> {
-        self.authorize(&request, Rpc::CreateGroup).await?;
+        let caller = self.authorize(&request, Rpc::CreateGroup).await?;
         let name = request.into_inner().name;
         ds_core::validate::validate_group_name("name", &name).map_err(invalid)?;
         let group = self
             .shared
             .store
-            .create_group(&name)
+            .create_group(&caller.by(String::new()), &name)
             .await
             .map_err(store_status)?;
         self.verified_keys.invalidate();
@@ -1643,10 +1653,14 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
-        self.authorize(&request, Rpc::DeleteGroup).await?;
+        let caller = self.authorize(&request, Rpc::DeleteGroup).await?;
         let name = request.into_inner().name;
         ds_core::validate::validate_group_name("name", &name).map_err(invalid)?;
-        let result = self.shared.store.delete_group(&name).await;
+        let result = self
+            .shared
+            .store
+            .delete_group(&caller.by(String::new()), &name)
+            .await;
         self.verified_keys.invalidate();
         result.map_err(store_status)?;
         tracing::info!(group = %name, "group deleted with its memberships and grants");
@@ -1657,14 +1671,14 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GroupMemberRequest>,
     ) -> Result<Response<Group>, Status> {
-        self.authorize(&request, Rpc::AddGroupMember).await?;
+        let caller = self.authorize(&request, Rpc::AddGroupMember).await?;
         let req = request.into_inner();
         ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
         ds_core::validate::validate_user_name("user", &req.user).map_err(invalid)?;
         let result = self
             .shared
             .store
-            .add_group_member(&req.group, &req.user)
+            .add_group_member(&caller.by(String::new()), &req.group, &req.user)
             .await;
         self.verified_keys.invalidate();
         let group = result.map_err(store_status)?;
@@ -1676,14 +1690,14 @@ impl ControlService for ControlSvc {
         &self,
         request: Request<GroupMemberRequest>,
     ) -> Result<Response<Group>, Status> {
-        self.authorize(&request, Rpc::RemoveGroupMember).await?;
+        let caller = self.authorize(&request, Rpc::RemoveGroupMember).await?;
         let req = request.into_inner();
         ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
         ds_core::validate::validate_user_name("user", &req.user).map_err(invalid)?;
         let result = self
             .shared
             .store
-            .remove_group_member(&req.group, &req.user)
+            .remove_group_member(&caller.by(String::new()), &req.group, &req.user)
             .await;
         self.verified_keys.invalidate();
         let group = result.map_err(store_status)?;
@@ -1703,7 +1717,7 @@ impl ControlService for ControlSvc {
         let result = self
             .shared
             .store
-            .grant_deployer(&id, &req.group, role)
+            .grant_deployer(&caller.by(String::new()), &id, &req.group, role)
             .await;
         self.verified_keys.invalidate();
         result.map_err(store_status)?;
@@ -1719,7 +1733,11 @@ impl ControlService for ControlSvc {
         let req = request.into_inner();
         let id = self.guarded_deployer(&caller, &req.deployer).await?;
         ds_core::validate::validate_group_name("group", &req.group).map_err(invalid)?;
-        let result = self.shared.store.revoke_deployer(&id, &req.group).await;
+        let result = self
+            .shared
+            .store
+            .revoke_deployer(&caller.by(String::new()), &id, &req.group)
+            .await;
         self.verified_keys.invalidate();
         if let Err(StoreError::NotFound(_)) = result {
             return Err(Status::not_found(format!(

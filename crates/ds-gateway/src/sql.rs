@@ -1100,12 +1100,14 @@ where
 
     async fn create_user(
         &self,
+        by: &ChangeBy,
         name: &str,
         kind: UserKind,
         admin: bool,
     ) -> Result<UserRecord, StoreError> {
         let _w = self.serial().await;
         let now = now_ms();
+        let mut tx = self.pool().begin().await?;
         // DO NOTHING rather than a unique violation: PostgreSQL would abort on one.
         let inserted = sqlx::query(
             "INSERT INTO users (name, kind, admin, created_at) VALUES ($1, $2, $3, $4) \
@@ -1115,11 +1117,15 @@ where
         .bind(kind.as_str())
         .bind(i64::from(admin))
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
             return Err(StoreError::AlreadyExists(format!("user {name}")));
         }
+        let event = AuditEvent::new("user.create", audit::USER, name)
+            .after(serde_json::json!({"name": name, "kind": kind.as_str(), "admin": admin}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
         Ok(UserRecord {
             name: name.to_string(),
             kind,
@@ -1163,7 +1169,7 @@ where
         user.ok_or_else(|| StoreError::NotFound(format!("user {name}")))
     }
 
-    async fn delete_user(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_user(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
         self.lock_admins(&mut tx).await?;
@@ -1181,12 +1187,16 @@ where
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        let event = AuditEvent::new("user.delete", audit::USER, name)
+            .before(serde_json::json!({"name": name, "admin": row.int("admin")? != 0}));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn create_api_key(
         &self,
+        by: &ChangeBy,
         key_id: &str,
         hash: [u8; 32],
         user: &str,
@@ -1217,6 +1227,11 @@ where
         if inserted.is_none() {
             return Err(StoreError::AlreadyExists(format!("API key {key_id}")));
         }
+        // The key by its public ID only: never its secret or hash.
+        let event = AuditEvent::new("api-key.create", audit::API_KEY, key_id).after(
+            serde_json::json!({"id": key_id, "user": user, "expires_at": expires_at.map(|t| t.to_rfc3339())}),
+        );
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(ApiKeyRecord {
             id: key_id.to_string(),
@@ -1258,7 +1273,11 @@ where
         Ok(Some(KeyOwner { key, hash, user }))
     }
 
-    async fn delete_api_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
+    async fn delete_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+    ) -> Result<ApiKeyRecord, StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
         self.lock_admins(&mut tx).await?;
@@ -1281,24 +1300,32 @@ where
             .bind(key_id)
             .execute(&mut *tx)
             .await?;
+        let event = AuditEvent::new("api-key.delete", audit::API_KEY, key_id)
+            .before(serde_json::json!({"id": key_id, "user": key.user}));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(key)
     }
 
-    async fn create_group(&self, name: &str) -> Result<GroupRecord, StoreError> {
+    async fn create_group(&self, by: &ChangeBy, name: &str) -> Result<GroupRecord, StoreError> {
         let _w = self.serial().await;
         let now = now_ms();
+        let mut tx = self.pool().begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO user_groups (name, created_at) VALUES ($1, $2) \
              ON CONFLICT (name) DO NOTHING RETURNING name",
         )
         .bind(name)
         .bind(now)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         if inserted.is_none() {
             return Err(StoreError::AlreadyExists(format!("group {name}")));
         }
+        let event = AuditEvent::new("group.create", audit::GROUP, name)
+            .after(serde_json::json!({"name": name}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
         Ok(GroupRecord {
             name: name.to_string(),
             created_at: ts(now),
@@ -1336,19 +1363,29 @@ where
             .collect()
     }
 
-    async fn delete_group(&self, name: &str) -> Result<(), StoreError> {
+    async fn delete_group(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
         let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query("DELETE FROM user_groups WHERE name = $1")
             .bind(name)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         if B::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(format!("group {name}")));
         }
+        let event = AuditEvent::new("group.delete", audit::GROUP, name)
+            .before(serde_json::json!({"name": name}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn add_group_member(&self, group: &str, user: &str) -> Result<GroupRecord, StoreError> {
+    async fn add_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
         self.group_exists(&mut tx, group).await?;
@@ -1369,12 +1406,16 @@ where
             )));
         }
         let found = self.group_in(&mut tx, group).await?;
+        let event = AuditEvent::new("group.add-member", audit::GROUP, group)
+            .after(serde_json::json!({"group": group, "user": user}));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(found)
     }
 
     async fn remove_group_member(
         &self,
+        by: &ChangeBy,
         group: &str,
         user: &str,
     ) -> Result<GroupRecord, StoreError> {
@@ -1393,12 +1434,16 @@ where
             )));
         }
         let found = self.group_in(&mut tx, group).await?;
+        let event = AuditEvent::new("group.remove-member", audit::GROUP, group)
+            .before(serde_json::json!({"group": group, "user": user}));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(found)
     }
 
     async fn grant_deployer(
         &self,
+        by: &ChangeBy,
         deployer_id: &str,
         group: &str,
         role: Role,
@@ -1422,23 +1467,46 @@ where
         .bind(role.as_str())
         .execute(&mut *tx)
         .await?;
+        let event = AuditEvent::new(
+            "deployer.grant",
+            audit::GRANT,
+            format!("{deployer_id}/{group}"),
+        )
+        .of_deployer(deployer_id)
+        .after(serde_json::json!({"group": group, "role": role.as_str()}));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn revoke_deployer(&self, deployer_id: &str, group: &str) -> Result<(), StoreError> {
+    async fn revoke_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+    ) -> Result<(), StoreError> {
         let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
         let done =
             sqlx::query("DELETE FROM deployer_grants WHERE deployer_id = $1 AND group_name = $2")
                 .bind(deployer_id)
                 .bind(group)
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await?;
         if B::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(format!(
                 "grant of deployer {deployer_id} to group {group}"
             )));
         }
+        let event = AuditEvent::new(
+            "deployer.revoke",
+            audit::GRANT,
+            format!("{deployer_id}/{group}"),
+        )
+        .of_deployer(deployer_id)
+        .before(serde_json::json!({"group": group}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
         Ok(())
     }
 

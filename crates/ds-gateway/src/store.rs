@@ -632,6 +632,7 @@ pub trait Store: Send + Sync + 'static {
     /// Creates a user (`AlreadyExists` for a taken name).
     async fn create_user(
         &self,
+        by: &ChangeBy,
         name: &str,
         kind: UserKind,
         admin: bool,
@@ -641,10 +642,11 @@ pub trait Store: Send + Sync + 'static {
     /// One user with its groups.
     async fn get_user(&self, name: &str) -> Result<UserRecord, StoreError>;
     /// Deletes a user, its keys and memberships; `Refused` for the last gateway admin.
-    async fn delete_user(&self, name: &str) -> Result<(), StoreError>;
+    async fn delete_user(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError>;
     /// Stores an API key of `user` (`NotFound` for no such user).
     async fn create_api_key(
         &self,
+        by: &ChangeBy,
         key_id: &str,
         hash: [u8; 32],
         user: &str,
@@ -656,29 +658,45 @@ pub trait Store: Send + Sync + 'static {
     async fn find_key_owner(&self, key_id: &str) -> Result<Option<KeyOwner>, StoreError>;
     /// Deletes an API key; returns it. `Refused` when it is the last unexpired key of the
     /// gateway admins (nobody could manage the gateway any more).
-    async fn delete_api_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError>;
+    async fn delete_api_key(&self, by: &ChangeBy, key_id: &str)
+    -> Result<ApiKeyRecord, StoreError>;
     /// Creates a group (`AlreadyExists` for a taken name).
-    async fn create_group(&self, name: &str) -> Result<GroupRecord, StoreError>;
+    async fn create_group(&self, by: &ChangeBy, name: &str) -> Result<GroupRecord, StoreError>;
     /// All groups with their members, by name.
     async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
     /// Deletes a group with its memberships and grants.
-    async fn delete_group(&self, name: &str) -> Result<(), StoreError>;
+    async fn delete_group(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError>;
     /// Makes `user` a member of `group` (`NotFound` for either missing, `AlreadyExists`
     /// when it is one); returns the group.
-    async fn add_group_member(&self, group: &str, user: &str) -> Result<GroupRecord, StoreError>;
+    async fn add_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError>;
     /// Ends a membership (`NotFound` when there is none); returns the group.
-    async fn remove_group_member(&self, group: &str, user: &str)
-    -> Result<GroupRecord, StoreError>;
+    async fn remove_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError>;
     /// Grants `role` on a deployer to a group, replacing the group's earlier role there
     /// (`NotFound` for no such deployer or group).
     async fn grant_deployer(
         &self,
+        by: &ChangeBy,
         deployer_id: &str,
         group: &str,
         role: Role,
     ) -> Result<(), StoreError>;
     /// Takes a group's role on a deployer away (`NotFound` when it has none).
-    async fn revoke_deployer(&self, deployer_id: &str, group: &str) -> Result<(), StoreError>;
+    async fn revoke_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+    ) -> Result<(), StoreError>;
     /// Grants, of one deployer or all, by deployer and group.
     async fn list_grants(&self, deployer_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError>;
 
