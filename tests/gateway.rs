@@ -1960,6 +1960,20 @@ async fn jwt_bearer_tokens_authenticate_control_calls() {
 
     let refused = |status: tonic::Status| (status.code(), status.message().to_string());
     let expired = mint_es256(&key, &jwt_claims("alice@example.com", now - 3600));
+    // The CLI says why, without the token.
+    let mut ls = ds_test_support::cli::bare(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ds")),
+        &config,
+        &["deployer", "ls"],
+    );
+    ls.env("DS_GATEWAY", &url).env("DS_API_KEY", &expired);
+    let run = ds_test_support::cli::output(ls, DEADLINE).await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("rejected the API key or token (token expired)"),
+        "{line}"
+    );
+    assert!(!status_leaks(&expired, &run.stderr));
     let status = control_with(&url, &expired)
         .await
         .list_deployers(proto::ListDeployersRequest::default())

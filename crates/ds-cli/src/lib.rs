@@ -610,8 +610,12 @@ pub enum CliError {
         "cannot verify the gateway at {url} ({detail}): pass its CA bundle with --ca-cert or DS_CA_CERT"
     )]
     UntrustedGateway { url: String, detail: String },
-    #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
-    Unauthenticated,
+    /// With the gateway's reason ("invalid API key", "token expired"…), which never
+    /// repeats the credential.
+    #[error(
+        "the gateway rejected the API key or token ({0}): check --api-key / DS_API_KEY or run `ds login`"
+    )]
+    Unauthenticated(String),
     #[error(
         "the API key has expired: ask a gateway admin for a new one (`ds apikey create --user NAME`), then `ds login` with it"
     )]
