@@ -3,7 +3,12 @@
 //! prune from; a stream cut before it leaves nothing applied.
 
 use ds_core::{DeployedObject, proto};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// The deployments the agent already holds, by ID: a snapshot's unchanged deployments are
+/// taken from here instead of being kept a second time.
+pub type Known = Arc<HashMap<String, Arc<DeployedObject>>>;
 
 /// A snapshot as the agent applies it: its deployments already converted, page by page,
 /// so that the pages' protobuf messages never accumulate (a restart with thousands of
@@ -32,15 +37,22 @@ impl Assembled {
         }
     }
 
-    /// Converts and adds the deployments of `page`, consuming it.
-    fn add(&mut self, page: proto::Snapshot) {
+    /// Converts and adds the deployments of `page`, consuming it. A deployment equal to
+    /// one in `known` is the known one: a periodic List of thousands of unchanged
+    /// deployments then costs a vector of pointers while it is assembled, not a second
+    /// copy of every spec beside the one applied.
+    fn add(&mut self, page: proto::Snapshot, known: Option<&Known>) {
         self.deployments.reserve(page.deployments.len());
         for d in page.deployments {
             let mut obj = DeployedObject::from(d);
             if obj.deployer_id.is_empty() {
                 obj.deployer_id.clone_from(&self.deployer_id);
             }
-            self.deployments.push(Arc::new(obj));
+            let same = known
+                .and_then(|k| k.get(&obj.id))
+                .filter(|k| ***k == obj)
+                .cloned();
+            self.deployments.push(same.unwrap_or_else(|| Arc::new(obj)));
         }
     }
 }
@@ -50,7 +62,7 @@ impl From<proto::Snapshot> for Assembled {
     fn from(page: proto::Snapshot) -> Self {
         let mut whole = Self::empty(&page);
         whole.complete = page.complete;
-        whole.add(page);
+        whole.add(page, None);
         whole
     }
 }
@@ -71,9 +83,18 @@ pub enum PageOutcome {
 #[derive(Debug, Default)]
 pub struct SnapshotPages {
     pending: Option<Assembled>,
+    known: Option<Known>,
 }
 
 impl SnapshotPages {
+    /// Pages of a snapshot whose unchanged deployments are shared with `known`.
+    pub fn reusing(known: Known) -> Self {
+        Self {
+            pending: None,
+            known: Some(known),
+        }
+    }
+
     /// Whether pages arrived and the last one is still due.
     pub fn in_progress(&self) -> bool {
         self.pending.is_some()
@@ -94,9 +115,11 @@ impl SnapshotPages {
             Some(pending) => pending,
         };
         let complete = page.complete;
-        pending.add(page);
+        pending.add(page, self.known.as_ref());
         if complete {
             pending.complete = true;
+            // The caller applies it next, which takes the known map apart: not held here.
+            self.known = None;
             PageOutcome::Complete(pending)
         } else {
             self.pending = Some(pending);
@@ -163,5 +186,37 @@ mod tests {
             }
         );
         assert!(!pages.in_progress(), "nothing partial is kept");
+    }
+
+    #[test]
+    fn unchanged_deployments_are_shared_with_what_is_known() {
+        let PageOutcome::Complete(first) =
+            SnapshotPages::default().push(page(5, &["a", "b"], true))
+        else {
+            panic!("one page");
+        };
+        let known: Known = Arc::new(
+            first
+                .deployments
+                .iter()
+                .map(|d| (d.id.clone(), d.clone()))
+                .collect(),
+        );
+        let mut again = page(6, &["a", "b", "c"], true);
+        again.deployments[1].revision_of_last_change = 6; // b changed since
+        let mut pages = SnapshotPages::reusing(known.clone());
+        let PageOutcome::Complete(second) = pages.push(again) else {
+            panic!("one page");
+        };
+        assert!(
+            Arc::ptr_eq(&second.deployments[0], &known["a"]),
+            "a is shared"
+        );
+        assert!(!Arc::ptr_eq(&second.deployments[1], &known["b"]));
+        assert_eq!(second.deployments[1].revision, 6, "b is the new one");
+        assert_eq!(ids(&second), ["a", "b", "c"]);
+        // Once complete the pages let go of the known map, which the caller takes apart next.
+        assert_eq!(Arc::strong_count(&known), 1);
+        assert!(!pages.in_progress());
     }
 }

@@ -13,7 +13,7 @@ use super::AgentError;
 use super::cache::Stores;
 use super::desired::Kind;
 use super::metrics::Metrics;
-use super::pages::{Assembled, PageOutcome, SnapshotPages};
+use super::pages::{Assembled, Known, PageOutcome, SnapshotPages};
 use super::pods::{KeptStatus, Pods};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::DeployedObject;
@@ -314,6 +314,11 @@ impl SyncContext {
         }
     }
 
+    /// The deployments held now, shared (a pointer, not a copy).
+    fn known(&self) -> Known {
+        self.desired.borrow().deployments.clone()
+    }
+
     fn record_desired(&self) {
         let n = self.desired.borrow().deployments.len();
         self.metrics.desired.set(n as i64);
@@ -343,7 +348,7 @@ pub async fn watch_loop(ctx: SyncContext, cancel: CancellationToken) {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 // The snapshot's pages; dropped with the stream if it is cut before the last.
-                let mut pages = SnapshotPages::default();
+                let mut pages = SnapshotPages::reusing(ctx.known());
                 loop {
                     let msg = tokio::select! {
                         m = stream.message() => m,
@@ -465,7 +470,7 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
         }
         let mut client = ctx.client.clone();
         let answer = tokio::select! {
-            r = list_snapshot(&mut client) => r,
+            r = list_snapshot(&mut client, ctx.known()) => r,
             () = cancel.cancelled() => return,
         };
         match answer {
@@ -492,9 +497,9 @@ pub async fn list_loop(ctx: SyncContext, resync: Duration, cancel: CancellationT
 
 /// Calls List and reads its pages up to the last: a complete snapshot, or the failure (a
 /// stream that ends early or mixes revisions is one; nothing partial is returned).
-async fn list_snapshot(client: &mut Client) -> Result<Assembled, tonic::Status> {
+async fn list_snapshot(client: &mut Client, known: Known) -> Result<Assembled, tonic::Status> {
     let mut stream = client.list(proto::ListRequest {}).await?.into_inner();
-    let mut pages = SnapshotPages::default();
+    let mut pages = SnapshotPages::reusing(known);
     while let Some(page) = stream.message().await? {
         match pages.push(page) {
             PageOutcome::Partial => {}
