@@ -50,6 +50,10 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
             priority_class: s.priority_class.unwrap_or_default(),
             ready_path: s.ready_path.unwrap_or_default(),
             startup_timeout_seconds: s.startup_timeout_seconds,
+            model_uri: s.model_uri.unwrap_or_default(),
+            model_path: s.model_path.unwrap_or_default(),
+            storage_secret: s.storage_secret.unwrap_or_default(),
+            model_sha256: s.model_sha256.unwrap_or_default(),
         }
     }
 }
@@ -121,6 +125,10 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
             priority_class: non_empty(s.priority_class),
             ready_path: non_empty(s.ready_path),
             startup_timeout_seconds: s.startup_timeout_seconds,
+            model_uri: non_empty(s.model_uri),
+            model_path: non_empty(s.model_path),
+            storage_secret: non_empty(s.storage_secret),
+            model_sha256: non_empty(s.model_sha256),
         }
     }
 }

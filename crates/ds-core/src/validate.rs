@@ -10,6 +10,7 @@ use regex::Regex;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+pub mod model_rules;
 pub mod pod_rules;
 
 /// A rejected field. Its message never repeats a huge value: the value, and the user input
@@ -204,6 +205,7 @@ pub fn validate_deployment(
         check_label(key, value)?;
     }
     pod_rules::check(spec)?;
+    model_rules::check(spec)?;
     check_spec_size(spec)
 }
 
