@@ -11,6 +11,7 @@
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
+//! - `storage_flags`: the model-from-storage flags of create/update (`--model-uri`…).
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
@@ -24,6 +25,7 @@ mod inspect_cmd;
 mod output;
 mod parse;
 mod pod_flags;
+mod storage_flags;
 mod version;
 mod wait;
 mod watch;
@@ -341,6 +343,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub pod: pod_flags::PodCreateArgs,
     #[command(flatten)]
+    pub storage: storage_flags::StorageCreateArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
 }
 
@@ -408,6 +412,8 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub pod: pod_flags::PodUpdateArgs,
+    #[command(flatten)]
+    pub storage: storage_flags::StorageUpdateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

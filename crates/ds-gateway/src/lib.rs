@@ -27,6 +27,7 @@ mod inspect;
 pub mod install;
 mod manifest;
 mod metrics;
+mod model_update;
 mod paging;
 mod pod_update;
 pub mod postgres;
