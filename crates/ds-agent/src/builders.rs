@@ -1080,14 +1080,22 @@ mod tests {
             Some("FallbackToLogsOnError")
         );
         let init_mount = &init.volume_mounts.as_ref().unwrap()[0];
-        assert_eq!((init_mount.name.as_str(), init_mount.read_only), ("model", None));
+        assert_eq!(
+            (init_mount.name.as_str(), init_mount.read_only),
+            ("model", None)
+        );
         let vols = p.volumes.as_ref().unwrap();
         assert_eq!(vols.len(), 1);
         assert!(vols[0].empty_dir.is_some() && vols[0].name == "model");
         let model = container(&d, MODEL_CONTAINER).unwrap();
         let m = &model.volume_mounts.as_ref().unwrap()[0];
         assert_eq!(
-            (m.name.as_str(), m.mount_path.as_str(), m.read_only, m.sub_path.as_deref()),
+            (
+                m.name.as_str(),
+                m.mount_path.as_str(),
+                m.read_only,
+                m.sub_path.as_deref()
+            ),
             ("model", "/mnt/model", Some(true), None)
         );
         // Not the proxy's: the sidecar does not see the model.
@@ -1106,8 +1114,15 @@ mod tests {
             .persistent_volume_claim
             .clone()
             .unwrap();
-        assert_eq!((claim.claim_name.as_str(), claim.read_only), ("weights", Some(true)));
-        let m = &container(&d, MODEL_CONTAINER).unwrap().volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("weights", Some(true))
+        );
+        let m = &container(&d, MODEL_CONTAINER)
+            .unwrap()
+            .volume_mounts
+            .as_ref()
+            .unwrap()[0];
         assert_eq!(
             (m.mount_path.as_str(), m.read_only, m.sub_path.as_deref()),
             ("/models", Some(true), Some("iris/v1"))
@@ -1119,6 +1134,11 @@ mod tests {
         let d = desired_deployment(&obj(DeploymentSpec::test("iris")), IMAGE);
         let p = pod(&d);
         assert!(p.init_containers.is_none() && p.volumes.is_none());
-        assert!(container(&d, MODEL_CONTAINER).unwrap().volume_mounts.is_none());
+        assert!(
+            container(&d, MODEL_CONTAINER)
+                .unwrap()
+                .volume_mounts
+                .is_none()
+        );
     }
 }

@@ -258,7 +258,11 @@ fn failed_init_containers(status: &Value) -> Vec<proto::ContainerState> {
                     .and_then(|n| u32::try_from(n).ok())
                     .unwrap_or(0),
                 state: word.into(),
-                reason: if reason.is_empty() { "Error".into() } else { reason },
+                reason: if reason.is_empty() {
+                    "Error".into()
+                } else {
+                    reason
+                },
                 message: cut(message),
             })
         })
@@ -739,7 +743,9 @@ mod tests {
         );
         assert_eq!(
             failure(&first).as_deref(),
-            Some("Init:Error: pod p1: init container model-fetch: model-fetch: s3://models/iris.onnx: 404 Not Found (exit code 2)")
+            Some(
+                "Init:Error: pod p1: init container model-fetch: model-fetch: s3://models/iris.onnx: 404 Not Found (exit code 2)"
+            )
         );
         // A finished (exit 0) or running download is not a failure.
         for state in [

@@ -77,7 +77,10 @@ pub fn shown(s: &DeploymentSpec) -> Vec<(&'static str, String)> {
     };
     let mut out = vec![
         ("Model URI", uri.clone()),
-        ("Model path", ds_core::model_source::model_path(s).to_string()),
+        (
+            "Model path",
+            ds_core::model_source::model_path(s).to_string(),
+        ),
     ];
     if let Some(secret) = &s.storage_secret {
         out.push(("Storage secret", secret.clone()));

@@ -36,7 +36,10 @@ impl ModelUri {
         let split = |what: &str| -> Result<(String, String), String> {
             let (first, path) = rest.split_once('/').unwrap_or((rest, ""));
             if first.is_empty() {
-                return Err(format!("names no {what}: {scheme}://{}/...", what.to_uppercase()));
+                return Err(format!(
+                    "names no {what}: {scheme}://{}/...",
+                    what.to_uppercase()
+                ));
             }
             Ok((first.to_string(), path.to_string()))
         };
@@ -96,7 +99,9 @@ impl ModelUri {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         Some(if host_port.starts_with('[') {
-            host_port.split_once(']').map_or(host_port, |(h, _)| &h[1..])
+            host_port
+                .split_once(']')
+                .map_or(host_port, |(h, _)| &h[1..])
         } else {
             host_port.split(':').next().unwrap_or(host_port)
         })
@@ -108,7 +113,10 @@ impl ModelUri {
             return false;
         };
         let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-        rest.split(['/', '?', '#']).next().unwrap_or("").contains('@')
+        rest.split(['/', '?', '#'])
+            .next()
+            .unwrap_or("")
+            .contains('@')
     }
 }
 
@@ -133,8 +141,16 @@ mod tests {
                 key: "iris/".into()
             }
         );
-        assert!(!ModelUri::parse("s3://models/iris/").unwrap().is_single_file());
-        assert!(ModelUri::parse("s3://models/iris.onnx").unwrap().is_single_file());
+        assert!(
+            !ModelUri::parse("s3://models/iris/")
+                .unwrap()
+                .is_single_file()
+        );
+        assert!(
+            ModelUri::parse("s3://models/iris.onnx")
+                .unwrap()
+                .is_single_file()
+        );
         assert_eq!(
             ModelUri::parse("pvc://weights/iris/v1/").unwrap(),
             ModelUri::Pvc {
@@ -152,8 +168,15 @@ mod tests {
     #[test]
     fn unknown_schemes_and_missing_parts_are_refused() {
         let e = ModelUri::parse("ftp://host/m.bin").unwrap_err();
-        assert!(e.contains("\"ftp\"") && e.contains("s3://") && e.contains("pvc://"), "{e}");
-        assert!(ModelUri::parse("/models/iris").unwrap_err().contains("no scheme"));
+        assert!(
+            e.contains("\"ftp\"") && e.contains("s3://") && e.contains("pvc://"),
+            "{e}"
+        );
+        assert!(
+            ModelUri::parse("/models/iris")
+                .unwrap_err()
+                .contains("no scheme")
+        );
         assert!(ModelUri::parse("s3:///key").is_err());
         assert!(ModelUri::parse("gs://bucket").is_err());
     }

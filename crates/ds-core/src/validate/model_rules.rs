@@ -85,12 +85,15 @@ fn check_uri(text: &str) -> Result<ModelUri, ValidationError> {
             "must not hold spaces or control characters (percent-encode them)",
         ));
     }
-    let uri = ModelUri::parse(text)
-        .map_err(|rule| ValidationError::new("model_uri", text, rule))?;
+    let uri =
+        ModelUri::parse(text).map_err(|rule| ValidationError::new("model_uri", text, rule))?;
     match &uri {
         ModelUri::S3 { bucket, .. } => {
             // S3's bucket rules: 3 to 63 lowercase letters, digits, '.' and '-'.
-            if bucket.len() < 3 || bucket.len() > 63 || check_dns1123_subdomain("b", bucket).is_err() {
+            if bucket.len() < 3
+                || bucket.len() > 63
+                || check_dns1123_subdomain("b", bucket).is_err()
+            {
                 return Err(ValidationError::new(
                     "model_uri",
                     text,
@@ -99,9 +102,12 @@ fn check_uri(text: &str) -> Result<ModelUri, ValidationError> {
             }
         }
         ModelUri::Gs { bucket, .. } => {
-            if bucket.len() < 3 || bucket.len() > 222 || !bucket.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)
-            }) {
+            if bucket.len() < 3
+                || bucket.len() > 222
+                || !bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            {
                 return Err(ValidationError::new(
                     "model_uri",
                     text,
@@ -191,9 +197,21 @@ mod tests {
         for (uri, secret, sum) in [
             ("s3://models/iris/", Some("s3-creds"), None),
             ("s3://models/iris.onnx", None, Some("a".repeat(64))),
-            ("gs://my_models/iris/model.bin", Some("gcs"), Some("AB".repeat(32))),
-            ("https://huggingface.co/x/y/resolve/main/model.onnx", None, None),
-            ("http://minio.storage.svc.cluster.local:9000/m.bin", None, None),
+            (
+                "gs://my_models/iris/model.bin",
+                Some("gcs"),
+                Some("AB".repeat(32)),
+            ),
+            (
+                "https://huggingface.co/x/y/resolve/main/model.onnx",
+                None,
+                None,
+            ),
+            (
+                "http://minio.storage.svc.cluster.local:9000/m.bin",
+                None,
+                None,
+            ),
             ("pvc://weights/iris/v1", None, None),
             ("pvc://weights", None, None),
         ] {
@@ -285,7 +303,8 @@ mod tests {
     #[test]
     fn the_options_need_a_model_uri() {
         for f in [
-            (|s: &mut DeploymentSpec| s.model_path = Some("/models".into())) as fn(&mut DeploymentSpec),
+            (|s: &mut DeploymentSpec| s.model_path = Some("/models".into()))
+                as fn(&mut DeploymentSpec),
             |s| s.storage_secret = Some("creds".into()),
             |s| s.model_sha256 = Some("a".repeat(64)),
         ] {
