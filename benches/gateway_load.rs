@@ -146,7 +146,10 @@ async fn fanout(
         ControlServiceClient::with_interceptor(connect(url).await?, Bearer::from_plain(api_key));
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let created = control
-        .create_deployer(proto::CreateDeployerRequest { name: name.clone() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let token = created.token;
@@ -317,7 +320,10 @@ async fn create(
         ControlServiceClient::with_interceptor(channels[0].clone(), Bearer::from_plain(api_key));
     let name = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     control
-        .create_deployer(proto::CreateDeployerRequest { name: name.clone() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: name.clone(),
+            ..Default::default()
+        })
         .await?;
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

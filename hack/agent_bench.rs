@@ -193,6 +193,7 @@ async fn main() {
     let created = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "bench".into(),
+            ..Default::default()
         })
         .await
         .expect("deployer")

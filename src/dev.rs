@@ -240,6 +240,7 @@ async fn ensure_deployer(url: &str, api_key: &str, token_path: &Path) -> Result<
             control
                 .create_deployer(CreateDeployerRequest {
                     name: DEV_DEPLOYER.into(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(err)?

@@ -54,6 +54,16 @@ pub enum Command {
     Deployer(cli::DeployerArgs),
     /// Manage deployments.
     Deployment(cli::DeploymentArgs),
+    /// Manage users and service accounts (gateway admins).
+    User(cli::UserArgs),
+    /// Manage API keys: your own, or anyone's as a gateway admin.
+    Apikey(cli::ApikeyArgs),
+    /// Manage groups and their members (gateway admins).
+    Group(cli::GroupArgs),
+    /// Manage lifecycle stages (Development, Test, Production…).
+    Stage(cli::StageArgs),
+    /// Read the audit log.
+    Audit(cli::AuditArgs),
     /// Save the gateway address and API key to the CLI config file.
     Login(cli::LoginArgs),
     /// Print the client's version and the gateway's.
@@ -108,7 +118,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             kube_sim::run(args, telemetry::shutdown_signal()).await?
         }
         Command::Deployer(args) => cli::deployer(args).await?,
+        Command::User(args) => cli::user(args).await?,
+        Command::Apikey(args) => cli::apikey(args).await?,
+        Command::Group(args) => cli::group(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
+        Command::Stage(args) => cli::stage(args).await?,
+        Command::Audit(args) => cli::audit(args).await?,
         Command::Login(args) => cli::login(args).await?,
         Command::Version(args) => cli::version(args).await?,
         Command::Completion { shell } => {

@@ -66,6 +66,7 @@ on_both!(
     removing_the_host_deletes_only_the_ingress,
     proxy_toggle_updates_the_deployment_in_place,
     query_log_toggle_updates_the_sidecar_in_place,
+    proxy_protocol_updates_the_sidecar_in_place,
     foreign_object_with_the_desired_name_is_never_touched,
     safe_start_prunes_nothing_while_the_gateway_is_down_then_catches_up,
     restart_prunes_only_owned_objects_absent_from_the_snapshot,
@@ -83,6 +84,7 @@ on_both!(
     history_diff_and_rollback_restore_a_spec_in_place,
     pod_options_are_applied_in_place_and_removed_when_turned_off,
     model_from_storage_is_an_init_container_or_a_claim_applied_in_place,
+    autoscaling_leaves_replicas_to_the_hpa_and_the_budget_follows_the_pod_count,
 );
 const PROXY_IMAGE: &str = "ds:test";
 
@@ -234,7 +236,10 @@ impl Env {
     async fn deployer(&mut self, name: &str) -> (String, String) {
         let r = self
             .control
-            .create_deployer(proto::CreateDeployerRequest { name: name.into() })
+            .create_deployer(proto::CreateDeployerRequest {
+                name: name.into(),
+                ..Default::default()
+            })
             .await
             .expect("create deployer")
             .into_inner();
@@ -771,6 +776,54 @@ async fn query_log_toggle_updates_the_sidecar_in_place(b: Backend) {
         .await;
     assert_eq!(uid(&off), uid(&before));
     assert_eq!(sidecar_args(&off), sidecar_args(&before));
+    agent.shutdown().await;
+}
+
+async fn proxy_protocol_updates_the_sidecar_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (_, token) = e.deployer("p2").await;
+    let agent = e.agent(&token).await;
+    let id = e
+        .deploy("p2", "iris", ns, DeploymentSpec::test("iris").proxy(true))
+        .await;
+    let sidecar_args = |d: &Deployment| sidecar(d).and_then(|c| c.args.clone()).unwrap_or_default();
+    let speaks_v2 = |d: &Deployment| {
+        sidecar_args(d)
+            .windows(2)
+            .any(|w| w == ["--protocol", "v2"])
+    };
+    let before = e
+        .wait_deployment(ns, "iris", "the Deployment with the proxy", |d| {
+            !sidecar_args(d).is_empty()
+        })
+        .await;
+    assert!(
+        !sidecar_args(&before).contains(&"--protocol".to_string()),
+        "auto adds no flag"
+    );
+
+    e.update(&id, |r| r.proxy_protocol = Some("v2".into()))
+        .await;
+    let after = e
+        .wait_deployment(ns, "iris", "the sidecar to speak v2", speaks_v2)
+        .await;
+    assert_eq!(uid(&after), uid(&before), "same object, updated in place");
+    let mut args = sidecar_args(&after);
+    let at = args.iter().position(|a| a == "--protocol").unwrap();
+    args.drain(at..at + 2);
+    assert_eq!(args, sidecar_args(&before), "only --protocol was added");
+    assert_eq!(e.cluster.counters().get("delete", "deployments"), 0);
+    assert_eq!(e.cluster.counters().get("create", "deployments"), 0);
+
+    e.update(&id, |r| r.proxy_protocol = Some("auto".into()))
+        .await;
+    let back = e
+        .wait_deployment(ns, "iris", "the flag to go", |d| !speaks_v2(d))
+        .await;
+    assert_eq!(uid(&back), uid(&before));
+    assert_eq!(sidecar_args(&back), sidecar_args(&before));
     agent.shutdown().await;
 }
 
@@ -1522,7 +1575,10 @@ async fn tls_gateway_with_a_ca_bundle() {
     let bearer = Bearer::from_plain(&gw.admin_key);
     let mut control = ControlServiceClient::with_interceptor(channel, bearer);
     let token = control
-        .create_deployer(proto::CreateDeployerRequest { name: "tls".into() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "tls".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -2008,7 +2064,10 @@ async fn a_cluster_restarted_empty_then_restored_gets_its_objects_and_status_bac
     let gw = Gateway::start().await;
     let mut control = gw.control();
     let token = control
-        .create_deployer(proto::CreateDeployerRequest { name: "r1".into() })
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "r1".into(),
+            ..Default::default()
+        })
         .await
         .expect("create deployer")
         .into_inner()
@@ -2214,7 +2273,11 @@ async fn history_diff_and_rollback_restore_a_spec_in_place(b: Backend) {
     let key_id = e.gw.admin_key.split('_').nth(1).unwrap();
     for (i, r) in revisions.iter().enumerate() {
         assert_eq!(r["revision"], i as u64 + 1);
-        assert_eq!(r["by"], format!("key {key_id}"), "who: the admin key's ID");
+        assert_eq!(
+            r["by"],
+            format!("admin (key {key_id})"),
+            "who: the admin user and its key's ID"
+        );
         assert_eq!(r["status"], "Available", "each reached Available: {r}");
         assert_eq!(r["current"], i == 2);
     }
@@ -2576,6 +2639,205 @@ async fn pod_options_are_applied_in_place_and_removed_when_turned_off(b: Backend
     );
     e.wait_status(&id, "the http endpoint", |s| {
         s.endpoint == "http://iris.example.com/"
+    })
+    .await;
+    agent.shutdown().await;
+}
+
+// === autoscaling and disruption budgets (issue 16) ===
+
+fn replicas_of(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref().and_then(|s| s.replicas)
+}
+
+/// Whether the agent's own apply (field manager `ds-deployer`) claims `spec.replicas`.
+fn agent_owns_replicas(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some("ds-deployer")
+            && m.operation.as_deref() == Some("Apply")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"].get("f:replicas").is_some())
+    })
+}
+
+fn autoscaled_annotation(d: &Deployment) -> bool {
+    d.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ds_agent::builders::AUTOSCALED_ANNOTATION))
+}
+
+async fn autoscaling_leaves_replicas_to_the_hpa_and_the_budget_follows_the_pod_count(b: Backend) {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(e.cluster.client(), ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(e.cluster.client(), ns);
+    let (_, token) = e.deployer("hpa").await;
+    let agent = e.agent(&token).await;
+
+    // Three fixed replicas: a budget (two may go at once), no autoscaler.
+    let mut spec = DeploymentSpec::test("iris").replicas(3);
+    spec.resources.cpu_request = Some("100m".into());
+    spec.max_unavailable = Some(2);
+    let id = e.deploy("hpa", "iris", ns, spec).await;
+    let before = e
+        .wait_deployment(ns, "iris", "three replicas", |d| replicas_of(d) == Some(3))
+        .await;
+    assert!(agent_owns_replicas(&before));
+    let pdb = eventually("the disruption budget", || async {
+        pdbs.get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    let ps = pdb.spec.clone().unwrap();
+    assert_eq!(ps.max_unavailable, Some(IntOrString::Int(2)));
+    assert_eq!(
+        ps.selector.unwrap().match_labels,
+        before.spec.as_ref().unwrap().selector.match_labels,
+        "the budget covers the Deployment's pods"
+    );
+    assert_eq!(
+        labels(&pdb.metadata)[OWNER_LABEL],
+        labels(&before.metadata)[OWNER_LABEL]
+    );
+    assert!(hpas.get_opt("iris").await.unwrap().is_none());
+    e.wait_phase(&id, Phase::Available).await;
+
+    // Autoscaling on: an autoscaler the API server accepts; the Deployment keeps its three
+    // replicas (handed over, not dropped to the default of 1) and our apply no longer
+    // claims the count.
+    e.update(&id, |r| {
+        r.min_replicas = Some(2);
+        r.max_replicas = Some(6);
+        r.target_cpu_percent = Some(60);
+    })
+    .await;
+    let hpa = eventually("the autoscaler", || async {
+        hpas.get_opt("iris").await.ok().flatten()
+    })
+    .await;
+    let hs = hpa.spec.clone().unwrap();
+    assert_eq!((hs.min_replicas, hs.max_replicas), (Some(2), 6));
+    assert_eq!(hs.scale_target_ref.kind, "Deployment");
+    assert_eq!(hs.scale_target_ref.name, "iris");
+    let metric = &hs.metrics.unwrap()[0];
+    let cpu = metric.container_resource.as_ref().unwrap();
+    assert_eq!(
+        (cpu.name.as_str(), cpu.container.as_str()),
+        ("cpu", "model")
+    );
+    assert_eq!(cpu.target.average_utilization, Some(60));
+    assert_eq!(labels(&hpa.metadata)[DEPLOYMENT_ID_LABEL], id);
+    let handed = e
+        .wait_deployment(
+            ns,
+            "iris",
+            "the Deployment applied for the autoscaler",
+            |d| autoscaled_annotation(d) && !agent_owns_replicas(d),
+        )
+        .await;
+    assert_eq!(
+        replicas_of(&handed),
+        Some(3),
+        "the count survives the handover"
+    );
+    assert_eq!(uid(&handed), uid(&before));
+    assert!(
+        pdbs.get_opt("iris").await.unwrap().is_some(),
+        "min 2: still a budget"
+    );
+
+    // The autoscaler scales (its controller writes spec.replicas under its own manager):
+    // across resyncs the agent writes nothing, to spec.replicas or anything else.
+    passes(&agent, 2).await;
+    let counts = e.cluster.counters();
+    let writes = counts.writes();
+    let scaler = PatchParams {
+        field_manager: Some("horizontal-pod-autoscaler".into()),
+        ..Default::default()
+    };
+    e.deployments(ns)
+        .patch(
+            "iris",
+            &scaler,
+            &Patch::Merge(&serde_json::json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    passes(&agent, 4).await;
+    // The simulator counts every client's writes (the scale above is one of them); the
+    // audit log only the agent's.
+    let scale_itself = match b {
+        Backend::Sim => 1,
+        Backend::Real => 0,
+    };
+    assert_eq!(
+        counts.writes(),
+        writes + scale_itself,
+        "no write of the agent while the autoscaler scales"
+    );
+    let scaled = e.deployments(ns).get("iris").await.unwrap();
+    assert_eq!(
+        replicas_of(&scaled),
+        Some(5),
+        "the autoscaler's count stands"
+    );
+    assert!(!agent_owns_replicas(&scaled));
+    e.wait_status(&id, "Available at the autoscaler's count", |s| {
+        s.phase == Phase::Available as i32 && s.available_replicas == 5
+    })
+    .await;
+
+    // Off: the autoscaler goes and --replicas (3) applies again, ours again.
+    e.update(&id, |r| r.max_replicas = Some(0)).await;
+    eventually("the autoscaler to go", || async {
+        matches!(hpas.get_opt("iris").await, Ok(None)).then_some(())
+    })
+    .await;
+    let restored = e
+        .wait_deployment(ns, "iris", "--replicas restored", |d| {
+            replicas_of(d) == Some(3) && !autoscaled_annotation(d)
+        })
+        .await;
+    assert!(agent_owns_replicas(&restored));
+    assert_eq!(uid(&restored), uid(&before));
+
+    // One replica: no budget.
+    e.update(&id, |r| r.replicas = Some(1)).await;
+    eventually("the disruption budget to go", || async {
+        matches!(pdbs.get_opt("iris").await, Ok(None)).then_some(())
+    })
+    .await;
+
+    // Created autoscaled: it starts at the autoscaler's minimum, with a budget.
+    let mut spec = DeploymentSpec::test("wine");
+    spec.resources.cpu_request = Some("100m".into());
+    spec.min_replicas = 2;
+    spec.max_replicas = 4;
+    let wine = e.deploy("hpa", "wine", ns, spec).await;
+    let d = e
+        .wait_deployment(ns, "wine", "two replicas", |d| replicas_of(d) == Some(2))
+        .await;
+    assert!(!agent_owns_replicas(&d), "{:?}", d.metadata.managed_fields);
+    eventually("wine's autoscaler and budget", || async {
+        let h = hpas.get_opt("wine").await.ok().flatten()?;
+        let p = pdbs.get_opt("wine").await.ok().flatten()?;
+        Some((h, p))
+    })
+    .await;
+    e.wait_phase(&wine, Phase::Available).await;
+
+    // Deleting the deployment prunes its autoscaler and budget with the rest.
+    e.delete(&wine).await;
+    e.wait_gone(ns, "wine").await;
+    eventually("wine's autoscaler and budget pruned", || async {
+        let gone = matches!(hpas.get_opt("wine").await, Ok(None))
+            && matches!(pdbs.get_opt("wine").await, Ok(None));
+        gone.then_some(())
     })
     .await;
     agent.shutdown().await;

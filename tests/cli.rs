@@ -685,6 +685,57 @@ async fn query_logs_are_switched_on_and_off_with_the_proxy() {
 }
 
 #[tokio::test]
+async fn the_proxy_protocol_is_set_shown_refused_when_unknown_and_reset_to_auto() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let created = t
+        .deployment("prod", "iris", &["--proxy-protocol", "v2"])
+        .await;
+    assert_eq!(created["spec"]["proxy"]["protocol"], "v2");
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(got.ok().contains("on (protocol: v2)"), "{}", got.stdout);
+
+    // Refused before anything is sent on create, by the gateway on update; both name the
+    // flag and the rule.
+    let run = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "other",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+            "--proxy-protocol",
+            "v3",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains(
+            r#"invalid --proxy-protocol "v3": the proxy's protocol must be auto, v1 or v2"#
+        ),
+        "{line}"
+    );
+    let run = t
+        .run(&["deployment", "update", "iris", "--proxy-protocol", "grpc"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid --proxy-protocol"), "{line}");
+    assert_eq!(t.get_json("iris").await["spec"]["proxy"]["protocol"], "v2");
+
+    t.run(&["deployment", "update", "iris", "--proxy-protocol", "auto"])
+        .await
+        .ok();
+    let got = t.get_json("iris").await;
+    assert!(got["spec"]["proxy"].get("protocol").is_none(), "{got}");
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!got.ok().contains("protocol"), "{}", got.stdout);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_specs_are_rejected_in_one_line_naming_the_flag() {
     let t = start().await;
     t.deployer("prod").await;
@@ -1526,6 +1577,654 @@ async fn bad_pod_options_are_refused_naming_the_flag() {
         "{}",
         run.stderr
     );
+    t.gw.shutdown().await;
+}
+
+// === autoscaling and disruption budget (issue 16) ===
+
+#[tokio::test]
+async fn autoscaling_and_the_budget_are_created_shown_updated_and_turned_off() {
+    let t = start().await;
+    t.deployer("prod").await;
+    t.deployment(
+        "prod",
+        "iris",
+        &[
+            "--replicas",
+            "3",
+            "--cpu",
+            "500m",
+            "--max-replicas",
+            "6",
+            "--target-cpu",
+            "60",
+            "--max-unavailable",
+            "2",
+        ],
+    )
+    .await;
+    let spec = t.get_json("iris").await["spec"].clone();
+    assert_eq!(spec["min_replicas"], 1, "--min-replicas defaults to 1");
+    assert_eq!(spec["max_replicas"], 6);
+    assert_eq!(spec["target_cpu_percent"], 60);
+    assert_eq!(spec["max_unavailable"], 2);
+    assert_eq!(spec["replicas"], 3, "kept for when autoscaling is off");
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(
+        text.ok()
+            .contains("1 to 6 replicas at 60% CPU (--replicas 3 when off)"),
+        "{}",
+        text.stdout
+    );
+    // The autoscaler may go down to one pod: no budget yet.
+    assert!(
+        !text.stdout.contains("Disruption budget:"),
+        "{}",
+        text.stdout
+    );
+
+    t.run(&["deployment", "update", "iris", "--min-replicas", "2"])
+        .await
+        .ok();
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(text.ok().contains("2 to 6 replicas"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("at most 2 unavailable"),
+        "{}",
+        text.stdout
+    );
+
+    // Off: the autoscaler's settings go, --replicas and the budget stay.
+    t.run(&["deployment", "update", "iris", "--no-autoscale"])
+        .await
+        .ok();
+    let spec = t.get_json("iris").await["spec"].clone();
+    for key in ["min_replicas", "max_replicas", "target_cpu_percent"] {
+        assert!(spec.get(key).is_none(), "{key} left: {spec}");
+    }
+    assert_eq!(
+        (spec["replicas"].clone(), spec["max_unavailable"].clone()),
+        (3.into(), 2.into())
+    );
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    assert!(!text.ok().contains("Autoscaling:"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("Disruption budget:"),
+        "{}",
+        text.stdout
+    );
+
+    // On again through update alone, then off with --max-replicas 0.
+    t.run(&["deployment", "update", "iris", "--max-replicas", "4"])
+        .await
+        .ok();
+    let spec = t.get_json("iris").await["spec"].clone();
+    assert_eq!(
+        (spec["min_replicas"].clone(), spec["max_replicas"].clone()),
+        (1.into(), 4.into())
+    );
+    t.run(&["deployment", "update", "iris", "--max-replicas", "0"])
+        .await
+        .ok();
+    assert!(
+        t.get_json("iris").await["spec"]
+            .get("max_replicas")
+            .is_none()
+    );
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_autoscaling_values_are_refused_naming_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let base = [
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+        "--cpu",
+        "500m",
+    ];
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--min-replicas", "5", "--max-replicas", "3"],
+            "invalid --min-replicas \"5\": must not be above max_replicas (3)",
+        ),
+        (
+            &["--min-replicas", "0", "--max-replicas", "3"],
+            "invalid --min-replicas \"0\"",
+        ),
+        (
+            &["--max-replicas", "3", "--target-cpu", "0"],
+            "invalid --target-cpu \"0\": must be between 1 and 100",
+        ),
+        (
+            &["--max-replicas", "3", "--target-cpu", "101"],
+            "invalid --target-cpu \"101\"",
+        ),
+        (&["--min-replicas", "2"], "give max_replicas too"),
+        (
+            &["--max-unavailable", "0"],
+            "invalid --max-unavailable \"0\"",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let line = t.run(&args).await.one_line_error().to_string();
+        assert!(line.contains(expected), "{extra:?}: {line}");
+    }
+    // Without a CPU request the autoscaler would measure nothing.
+    let run = t
+        .run(&[&base[..8], &["--max-replicas", "3"][..]].concat())
+        .await;
+    assert!(
+        run.one_line_error().contains("invalid --cpu"),
+        "{}",
+        run.stderr
+    );
+    // --no-autoscale with a bound is a contradiction clap refuses.
+    t.deployment("prod", "iris", &["--cpu", "1"]).await;
+    let run = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "--no-autoscale",
+            "--max-replicas",
+            "3",
+        ])
+        .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    // The gateway's validation, reached through update: min above the stored max.
+    t.run(&["deployment", "update", "iris", "--max-replicas", "3"])
+        .await
+        .ok();
+    let run = t
+        .run(&["deployment", "update", "iris", "--min-replicas", "9"])
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("invalid --min-replicas \"9\""), "{line}");
+    assert!(line.contains("min_replicas > max_replicas"), "{line}");
+    t.gw.shutdown().await;
+}
+
+// === stages and the audit log ===
+
+/// The ID of the gateway's admin key.
+fn admin_key_id(t: &TestGateway) -> String {
+    ds_gateway::credentials::parse_id(ds_gateway::credentials::API_KEY_PREFIX, &t.gw.admin_key)
+        .expect("a well-formed admin key")
+        .to_string()
+}
+
+/// The actor the audit log names for the gateway's admin key: `admin (key <its ID>)`.
+fn admin_actor(t: &TestGateway) -> String {
+    format!("admin (key {})", admin_key_id(t))
+}
+
+/// Fetches an install URL of this (plaintext) gateway over HTTP/1.1; returns the body.
+async fn fetch_install(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = url::Url::parse(url).unwrap();
+    let addr = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+        parsed.path()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// `(actor, action, kind/object, outcome)` of every audit entry, through `ds audit ls`.
+async fn audit_summary(t: &TestGateway, extra: &[&str]) -> Vec<(String, String, String, String)> {
+    let mut args = vec!["audit", "ls", "-o", "json"];
+    args.extend_from_slice(extra);
+    let entries = t.run(&args).await.json();
+    entries
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_string(),
+                e["action"].as_str().unwrap().to_string(),
+                format!(
+                    "{}/{}",
+                    e["object_kind"].as_str().unwrap(),
+                    e["object"].as_str().unwrap()
+                ),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn entry(
+    actor: &str,
+    action: &str,
+    object: &str,
+    outcome: &str,
+) -> (String, String, String, String) {
+    (actor.into(), action.into(), object.into(), outcome.into())
+}
+
+#[tokio::test]
+async fn every_audited_action_appears_once_with_the_right_actor() {
+    let t = start().await;
+    let admin = admin_actor(&t);
+    t.run(&["stage", "create", "Staging", "--after", "Test"])
+        .await
+        .ok();
+    let created = t
+        .run(&[
+            "deployer", "create", "edge", "--stage", "Test", "-o", "json",
+        ])
+        .await
+        .json();
+    assert_eq!(created["stage"], "Test");
+    let first_token = created["token"].as_str().unwrap().to_string();
+    let edge_id = created["id"].as_str().unwrap().to_string();
+    t.run(&["deployer", "update", "edge", "--stage", "Staging"])
+        .await
+        .ok();
+    let rotated = t
+        .run(&["deployer", "rotate-token", "edge", "-o", "json"])
+        .await
+        .json();
+    let second_token = rotated["token"].as_str().unwrap().to_string();
+    let install = t
+        .run(&["deployer", "install", "edge", "-o", "json"])
+        .await
+        .json();
+    let install_url = install["url"].as_str().unwrap().to_string();
+    let manifest = fetch_install(&install_url).await;
+    t.deployment("edge", "iris", &[]).await;
+    t.run(&["deployment", "update", "iris", "--replicas", "2"])
+        .await
+        .ok();
+    t.run(&["deployment", "rollback", "iris"]).await.ok();
+    t.run(&["deployment", "rm", "iris"]).await.ok();
+    t.run(&["stage", "rename", "Staging", "PreProd"]).await.ok();
+    t.run(&[
+        "stage",
+        "update",
+        "PreProd",
+        "--deploy-by",
+        "service-accounts",
+    ])
+    .await
+    .ok();
+    t.run(&["deployer", "rm", "edge"]).await.ok();
+    t.run(&["stage", "rm", "PreProd"]).await.ok();
+    // Refused: a well-formed key nobody issued, and something that is no key at all.
+    let forged = format!("dsk_0123456789abcdef_{}", "A".repeat(43));
+    for key in [forged.as_str(), "not-a-key"] {
+        let mut cmd = t.bare(&["deployer", "ls"]);
+        cmd.env("DS_GATEWAY", t.gw.url()).env("DS_API_KEY", key);
+        output(cmd).await.failed();
+    }
+
+    let code_object = {
+        let rows = audit_summary(&t, &[]).await;
+        rows.iter()
+            .find(|r| r.1 == "install-code.create")
+            .expect("the install code is audited")
+            .2
+            .clone()
+    };
+    let redeemer = format!(
+        "install-code {}",
+        code_object.trim_start_matches("install-code/")
+    );
+    assert_eq!(
+        audit_summary(&t, &[]).await,
+        [
+            entry(
+                "gateway",
+                "api-key.create",
+                &format!("api-key/{}", admin_key_id(&t)),
+                "ok"
+            ),
+            entry(&admin, "stage.create", "stage/Staging", "ok"),
+            entry(&admin, "deployer.create", "deployer/edge", "ok"),
+            entry(&admin, "deployer.update", "deployer/edge", "ok"),
+            entry(&admin, "deployer.rotate-token", "deployer/edge", "ok"),
+            entry(&admin, "install-code.create", &code_object, "ok"),
+            entry(&redeemer, "install-code.redeem", &code_object, "ok"),
+            entry(&admin, "deployment.create", "deployment/default/iris", "ok"),
+            entry(&admin, "deployment.update", "deployment/default/iris", "ok"),
+            entry(
+                &admin,
+                "deployment.rollback",
+                "deployment/default/iris",
+                "ok"
+            ),
+            entry(&admin, "deployment.delete", "deployment/default/iris", "ok"),
+            entry(&admin, "stage.rename", "stage/PreProd", "ok"),
+            entry(&admin, "stage.update", "stage/PreProd", "ok"),
+            entry(&admin, "deployer.delete", "deployer/edge", "ok"),
+            entry(&admin, "stage.delete", "stage/PreProd", "ok"),
+            entry(
+                "key 0123456789abcdef",
+                "authenticate",
+                "rpc/ListDeployers",
+                "denied"
+            ),
+            entry("unknown", "authenticate", "rpc/ListDeployers", "denied"),
+        ]
+    );
+    // Filters: one actor; one deployer, by ID after it is gone.
+    let refused = audit_summary(&t, &["--actor", "key 0123456789abcdef"]).await;
+    assert_eq!(refused.len(), 1);
+    let of_edge = audit_summary(&t, &["--deployer", &edge_id]).await;
+    assert_eq!(of_edge.len(), 10, "{of_edge:?}");
+    assert!(audit_summary(&t, &["--since", "1h"]).await.len() == 17);
+    let bad = t.run(&["audit", "ls", "--since", "last tuesday"]).await;
+    assert!(bad.one_line_error().contains("--since"), "{}", bad.stderr);
+    // The table.
+    let table = t.run(&["audit", "ls"]).await;
+    let header: Vec<&str> = table
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["TIME", "ACTOR", "ACTION", "OBJECT", "OUTCOME"]);
+    // No secret anywhere in the log: keys, tokens, the install code, the manifest's token.
+    let all = t.run(&["audit", "ls", "-o", "json"]).await.ok().to_string();
+    let code = install_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".yaml")
+        .to_string();
+    let manifest_token = manifest
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .find(|w| w.starts_with("dst_"))
+        .expect("the manifest carries a token")
+        .to_string();
+    for (i, secret) in [
+        t.gw.admin_key.clone(),
+        first_token,
+        second_token,
+        code,
+        manifest_token,
+        forged,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The random part: after `PREFIX_ID_` (base64url may hold `_` itself).
+        let body = secret.splitn(3, '_').last().unwrap().to_string();
+        assert!(body.len() >= 32, "secret #{i} is not what the test expects");
+        assert!(!all.contains(&body), "the audit log holds secret #{i}");
+    }
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_stage_policy_refuses_a_person_and_admits_a_service_account() {
+    let t = start().await;
+    let created = t
+        .run(&[
+            "deployer",
+            "create",
+            "prod",
+            "--stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(created["stage"], "Production");
+    t.deployer("dev").await;
+    t.deployment("prod", "iris", &[]).await;
+    t.deployment("dev", "wine", &[]).await;
+    // The STAGE columns, and the filter.
+    let ls = t.run(&["deployment", "ls"]).await;
+    let header: Vec<&str> = ls.ok().lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[3], "STAGE");
+    let prod_only = t
+        .run(&["deployment", "ls", "--stage", "Production", "-o", "json"])
+        .await
+        .json();
+    let names: Vec<&str> = prod_only
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["iris"]);
+    assert_eq!(prod_only[0]["stage"], "Production");
+    let unknown = t.run(&["deployment", "ls", "--stage", "Prod"]).await;
+    let line = unknown.one_line_error();
+    assert!(
+        line.contains("--stage") && line.contains("Production"),
+        "{line}"
+    );
+    let deployers = t.run(&["deployer", "ls"]).await;
+    assert!(deployers.ok().lines().next().unwrap().contains("STAGE"));
+    assert!(
+        deployers.ok().contains("Production"),
+        "{}",
+        deployers.stdout
+    );
+
+    t.run(&[
+        "stage",
+        "update",
+        "Production",
+        "--deploy-by",
+        "service-accounts",
+    ])
+    .await
+    .ok();
+    let stages = t.run(&["stage", "ls", "-o", "json"]).await.json();
+    assert_eq!(stages[2]["deploy_by"], "service-accounts");
+    assert_eq!(stages[2]["deployers"][0], "prod");
+    // Every change of a deployment there is refused, saying what to do; nothing changes.
+    for args in [
+        vec!["deployment", "update", "iris", "--replicas", "3"],
+        vec!["deployment", "rm", "iris"],
+        vec!["deployment", "rollback", "iris"],
+        vec![
+            "deployment",
+            "create",
+            "--model-name",
+            "other",
+            "-d",
+            "prod",
+            "-i",
+            IMAGE,
+        ],
+    ] {
+        let refused = t.run(&args).await;
+        let line = refused.one_line_error();
+        assert!(line.contains("service accounts only"), "{args:?}: {line}");
+        assert!(
+            line.contains("ds stage update Production --deploy-by anyone"),
+            "{line}"
+        );
+    }
+    assert_eq!(t.get_json("iris").await["spec"]["replicas"], 1);
+    let listed = t.run(&["deployment", "ls", "-o", "json"]).await.json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    // The other stages are not concerned.
+    t.run(&["deployment", "update", "wine", "--replicas", "2"])
+        .await
+        .ok();
+    let denied: Vec<_> = audit_summary(&t, &[])
+        .await
+        .into_iter()
+        .filter(|e| e.3 == "denied")
+        .collect();
+    assert_eq!(
+        denied.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+        [
+            "deployment.update",
+            "deployment.delete",
+            "deployment.rollback",
+            "deployment.create"
+        ]
+    );
+    assert!(denied.iter().all(|e| e.0 == admin_actor(&t)));
+    // A service account with Deploy on the deployer is what the policy admits.
+    t.run(&["user", "create", "ci", "--service-account"])
+        .await
+        .ok();
+    t.run(&["group", "create", "release"]).await.ok();
+    t.run(&["group", "add-member", "release", "ci"]).await.ok();
+    t.run(&[
+        "deployer", "grant", "prod", "--group", "release", "--role", "deploy",
+    ])
+    .await
+    .ok();
+    let key = t
+        .run(&["apikey", "create", "--user", "ci", "-o", "json"])
+        .await
+        .json();
+    let ci_key = key["secret"].as_str().expect("the key, shown once");
+    let mut as_ci = t.bare(&["deployment", "update", "iris", "--replicas", "4"]);
+    as_ci
+        .env("DS_GATEWAY", t.gw.url())
+        .env("DS_API_KEY", ci_key);
+    output(as_ci).await.ok();
+    assert_eq!(t.get_json("iris").await["spec"]["replicas"], 4);
+    let history = t
+        .run(&["deployment", "history", "iris", "-o", "json"])
+        .await
+        .json();
+    let last = history
+        .as_array()
+        .and_then(|h| h.last())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        last.to_string().contains("ci (key "),
+        "the service account made the revision: {last}"
+    );
+    // Back to anyone: a person may deploy again.
+    t.run(&["stage", "update", "Production", "--deploy-by", "anyone"])
+        .await
+        .ok();
+    t.run(&["deployment", "update", "iris", "--replicas", "3"])
+        .await
+        .ok();
+    assert_eq!(t.get_json("iris").await["spec"]["replicas"], 3);
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_stage_that_has_deployers_is_refused_and_changes_nothing() {
+    let t = start().await;
+    t.run(&["deployer", "create", "alpha", "--stage", "Test"])
+        .await
+        .ok();
+    let before = t.run(&["stage", "ls", "-o", "json"]).await.json();
+    let refused = t.run(&["stage", "rm", "Test"]).await;
+    let line = refused.one_line_error();
+    assert!(line.contains("alpha") && line.contains("--stage"), "{line}");
+    assert_eq!(t.run(&["stage", "ls", "-o", "json"]).await.json(), before);
+    let alpha = t
+        .run(&["deployer", "get", "alpha", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(alpha["stage"], "Test");
+    assert!(
+        !audit_summary(&t, &[])
+            .await
+            .iter()
+            .any(|e| e.1 == "stage.delete"),
+        "a refused removal is no change"
+    );
+    // Unknown stages and bad names are refused naming the flag.
+    let unknown = t
+        .run(&["deployer", "create", "beta", "--stage", "QA"])
+        .await;
+    assert!(
+        unknown.one_line_error().contains("--stage"),
+        "{}",
+        unknown.stderr
+    );
+    let moved = t
+        .run(&["deployer", "update", "alpha", "--stage", "QA"])
+        .await;
+    assert!(
+        moved.one_line_error().contains("--stage"),
+        "{}",
+        moved.stderr
+    );
+    let bad = t.run(&["stage", "create", "two words"]).await;
+    assert!(bad.one_line_error().contains("NAME"), "{}", bad.stderr);
+    let table = t.run(&["stage", "ls"]).await;
+    let header: Vec<&str> = table
+        .ok()
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["POSITION", "NAME", "DEPLOY", "BY", "DEPLOYERS"]);
+    // Emptied, it goes.
+    t.run(&["deployer", "update", "alpha", "--stage", "Production"])
+        .await
+        .ok();
+    t.run(&["stage", "rm", "Test"]).await.ok();
+    let after = t.run(&["stage", "ls", "-o", "json"]).await.json();
+    let names: Vec<&str> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Development", "Production"]);
+    t.gw.shutdown().await;
+}
+
+// A caller's x-request-id comes back and is in the audit log; without one the gateway
+// makes one up and says which.
+#[tokio::test]
+async fn request_ids_are_returned_and_audited() {
+    let t = start().await;
+    let mut control = ds_test_support::control_client(&t.gw.url(), &t.gw.admin_key);
+    let mut req = tonic::Request::new(proto::CreateDeployerRequest {
+        name: "traced".into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("x-request-id", "ci-run-42".parse().unwrap());
+    let answer = control.create_deployer(req).await.unwrap();
+    assert_eq!(answer.metadata().get("x-request-id").unwrap(), "ci-run-42");
+    let mut req = tonic::Request::new(proto::ListStagesRequest {});
+    req.metadata_mut()
+        .insert("x-request-id", "has spaces".parse().unwrap());
+    let generated = control.list_stages(req).await.unwrap();
+    let id = generated
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let entries = t.run(&["audit", "ls", "-o", "json"]).await.json();
+    let created = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "deployer.create")
+        .unwrap();
+    assert_eq!(created["request_id"], "ci-run-42");
     t.gw.shutdown().await;
 }
 

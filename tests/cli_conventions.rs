@@ -115,6 +115,7 @@ async fn o_wide_adds_columns() {
             "NAME",
             "NAMESPACE",
             "DEPLOYER",
+            "STAGE",
             "IMAGE",
             "REPLICAS",
             "STATUS",
@@ -126,8 +127,9 @@ async fn o_wide_adds_columns() {
     );
     let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[0], "iris");
-    assert_eq!(row[7], "http://iris.example.com/");
-    assert_eq!(row[9], id);
+    assert_eq!(row[3], "Development");
+    assert_eq!(row[8], "http://iris.example.com/");
+    assert_eq!(row[10], id);
     // The plain table keeps its columns.
     let plain = ds(&gw, &["deployment", "ls"]).await;
     assert!(
@@ -147,6 +149,7 @@ async fn o_wide_adds_columns() {
         header,
         [
             "NAME",
+            "STAGE",
             "DEPLOYMENTS",
             "STATUS",
             "VERSION",

@@ -66,6 +66,7 @@ async fn create_deployer(control: &mut Control, name: &str) -> (String, String) 
     let resp = control
         .create_deployer(proto::CreateDeployerRequest {
             name: name.to_string(),
+            ..Default::default()
         })
         .await
         .expect("create deployer")
@@ -1036,10 +1037,61 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         "{}",
         err.message()
     );
+    // The proxy's protocol: set, refused when unknown (naming the field), back to auto.
+    let protocol_of = |d: &proto::Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .proxy
+            .as_ref()
+            .unwrap()
+            .protocol
+            .clone()
+    };
+    let v2 = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_enabled: Some(true),
+            proxy_protocol: Some("v2".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("protocol v2 accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(protocol_of(&v2), "v2");
+    let err = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_protocol: Some("v3".into()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown protocol refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("proxy.protocol") && err.message().contains("auto, v1 or v2"),
+        "{}",
+        err.message()
+    );
+    let auto = control
+        .update_deployment(proto::UpdateDeploymentRequest {
+            selector: Some(select(&logged.id)),
+            proxy_protocol: Some("auto".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("auto accepted")
+        .into_inner()
+        .deployment
+        .unwrap();
+    assert_eq!(protocol_of(&auto), "", "auto is stored as no protocol");
 
     let err = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "Not A Name".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1174,6 +1226,7 @@ async fn control_crud_and_lookups() {
     let err = control
         .create_deployer(proto::CreateDeployerRequest {
             name: "alpha".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -1785,4 +1838,252 @@ async fn a_namespaced_agent_limits_where_deployments_may_go() {
     create_deployment_in(&mut control, "scoped", "iris", "staging")
         .await
         .expect("inside the agent's namespaces");
+}
+
+// === OIDC / JWT bearer tokens (--jwt-*) ===
+
+const JWT_ISSUER: &str = "https://idp.example.com/realms/ds";
+
+/// An ES256 token signed by `key` with `claims`.
+fn mint_es256(key: &p256::ecdsa::SigningKey, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    format!("{input}.{}", b64(&signature.to_bytes()))
+}
+
+/// Claims for `sub` from [`JWT_ISSUER`] for `ds-gateway`, expiring at `exp` (Unix seconds).
+fn jwt_claims(sub: &str, exp: i64) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    serde_json::json!({
+        "iss": JWT_ISSUER, "aud": "ds-gateway", "sub": sub, "iat": now, "exp": exp,
+        "groups": ["ml-team"],
+    })
+}
+
+/// Writes the PEM public key of a fresh P-256 key into `dir`; returns the key and the file.
+fn issuer_key(dir: &std::path::Path) -> (p256::ecdsa::SigningKey, std::path::PathBuf) {
+    use p256::pkcs8::EncodePublicKey as _;
+    let key = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()).unwrap();
+    let pem = p256::PublicKey::from(key.verifying_key())
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    let path = dir.join("issuer.pem");
+    std::fs::write(&path, pem).unwrap();
+    (key, path)
+}
+
+async fn control_with(url: &str, bearer: &str) -> Control {
+    ControlServiceClient::with_interceptor(channel(url).await, Bearer::from_plain(bearer))
+}
+
+#[tokio::test]
+async fn jwt_bearer_tokens_authenticate_control_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, pem) = issuer_key(keys.path());
+    let mut gargs = args(dir.path());
+    gargs.jwt.issuer = Some(JWT_ISSUER.to_string());
+    gargs.jwt.audience = Some("ds-gateway".to_string());
+    gargs.jwt.public_keys = vec![pem];
+    let gw = RunningGateway::start(gargs).await.expect("gateway starts");
+    let url = gw.url();
+    let now = chrono::Utc::now().timestamp();
+
+    // A token's groups claim carries its roles: ml-team may deploy on dev.
+    let mut admin = control_with(&url, &gw.admin_key).await;
+    create_deployer(&mut admin, "dev").await;
+    admin
+        .create_group(proto::CreateGroupRequest {
+            name: "ml-team".into(),
+        })
+        .await
+        .expect("group");
+    let token = mint_es256(&key, &jwt_claims("alice@example.com", now + 600));
+    let mut alice = control_with(&url, &token).await;
+    let mut unrelated = jwt_claims("bob@example.com", now + 600);
+    unrelated["groups"] = serde_json::json!(["other"]);
+    let mut bob = control_with(&url, &mint_es256(&key, &unrelated)).await;
+    for who in [&mut alice, &mut bob] {
+        let seen = who
+            .list_deployers(proto::ListDeployersRequest::default())
+            .await
+            .expect("a valid token lists")
+            .into_inner();
+        assert!(seen.deployers.is_empty(), "no grant yet: nothing visible");
+    }
+    admin
+        .grant_deployer(proto::GrantDeployerRequest {
+            deployer: "dev".into(),
+            group: "ml-team".into(),
+            role: proto::DeployerRole::Deploy as i32,
+        })
+        .await
+        .expect("grant");
+    create_deployment(&mut alice, "dev", "iris")
+        .await
+        .expect("a valid token may deploy");
+    let history = alice
+        .get_deployment_history(select("iris"))
+        .await
+        .expect("history")
+        .into_inner();
+    let actors: Vec<&str> = history.revisions.iter().map(|r| r.actor.as_str()).collect();
+    assert_eq!(actors, ["oidc:alice@example.com"]);
+
+    // The `ds` CLI as a process takes the token where it takes an API key.
+    let config = dir.path().join("ds-config.yaml");
+    let mut ls = ds_test_support::cli::bare(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ds")),
+        &config,
+        &["deployer", "ls", "-o", "json"],
+    );
+    ls.env("DS_GATEWAY", &url).env("DS_API_KEY", &token);
+    let listed = ds_test_support::cli::output(ls, DEADLINE).await.json();
+    assert_eq!(listed[0]["name"], "dev", "{listed}");
+    let seen = bob
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect("bob lists")
+        .into_inner();
+    assert!(
+        seen.deployers.is_empty(),
+        "bob's groups have no role on dev"
+    );
+
+    let refused = |status: tonic::Status| (status.code(), status.message().to_string());
+    let expired = mint_es256(&key, &jwt_claims("alice@example.com", now - 3600));
+    // The CLI says why, without the token.
+    let mut ls = ds_test_support::cli::bare(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ds")),
+        &config,
+        &["deployer", "ls"],
+    );
+    ls.env("DS_GATEWAY", &url).env("DS_API_KEY", &expired);
+    let run = ds_test_support::cli::output(ls, DEADLINE).await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("rejected the API key or token (token expired)"),
+        "{line}"
+    );
+    assert!(!status_leaks(&expired, &run.stderr));
+    let status = control_with(&url, &expired)
+        .await
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect_err("an expired token is refused");
+    assert_eq!(
+        refused(status),
+        (Code::Unauthenticated, "token expired".to_string())
+    );
+    assert!(!status_leaks(&expired, "token expired"));
+
+    let mut foreign = jwt_claims("mallory", now + 600);
+    foreign["iss"] = "https://evil.example.com".into();
+    let status = control_with(&url, &mint_es256(&key, &foreign))
+        .await
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect_err("another issuer is refused");
+    assert_eq!(
+        refused(status),
+        (
+            Code::Unauthenticated,
+            "token issuer not accepted".to_string()
+        )
+    );
+
+    // A token signed by a key the gateway does not know.
+    let stranger = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()).unwrap();
+    let status = control_with(
+        &url,
+        &mint_es256(&stranger, &jwt_claims("alice@example.com", now + 600)),
+    )
+    .await
+    .list_deployers(proto::ListDeployersRequest::default())
+    .await
+    .expect_err("a foreign signature is refused");
+    assert_eq!(
+        refused(status),
+        (
+            Code::Unauthenticated,
+            "token signature not valid".to_string()
+        )
+    );
+
+    // The admin API key keeps working beside tokens, and a wrong key still says so.
+    let listed = admin
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect("the API key still works")
+        .into_inner();
+    assert_eq!(listed.deployers.len(), 1);
+    let forged_key = ds_gateway::credentials::generate(ds_gateway::credentials::API_KEY_PREFIX);
+    let status = control_with(&url, &forged_key.secret)
+        .await
+        .list_deployers(proto::ListDeployersRequest::default())
+        .await
+        .expect_err("unknown API key");
+    assert_eq!(
+        refused(status),
+        (Code::Unauthenticated, "invalid API key".to_string())
+    );
+    gw.shutdown().await;
+}
+
+/// Whether a message repeats any part of the token.
+fn status_leaks(token: &str, message: &str) -> bool {
+    token
+        .split('.')
+        .any(|part| !part.is_empty() && message.contains(part))
+}
+
+#[tokio::test]
+async fn bad_jwt_key_file_stops_the_gateway_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("issuer.pem");
+    std::fs::write(&bad, "not a key\n").unwrap();
+    let mut gargs = args(&dir.path().join("data"));
+    gargs.jwt.issuer = Some(JWT_ISSUER.to_string());
+    gargs.jwt.public_keys = vec![bad.clone()];
+    let error = RunningGateway::start(gargs)
+        .await
+        .expect_err("a bad key file is a start-up error")
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "--jwt-public-key {}: is not a PEM file (no -----BEGIN/-----END block)",
+            bad.display()
+        )
+    );
+
+    // The same through `ds gateway` and its environment variables.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_ds"));
+    cmd.args(["gateway", "--insecure", "--listen", "127.0.0.1:0"])
+        .env("DS_DATA_DIR", dir.path().join("data"))
+        .env("DS_JWT_ISSUER", JWT_ISSUER)
+        .env("DS_JWT_PUBLIC_KEY", &bad)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("ds gateway exits")
+        .expect("ds runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "--jwt-public-key {}: is not a PEM file",
+            bad.display()
+        )),
+        "{stderr}"
+    );
 }

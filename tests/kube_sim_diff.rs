@@ -1742,3 +1742,186 @@ async fn delete_foreground() {
 async fn delete_orphan() {
     delete_with("delete_orphan", PropagationPolicy::Orphan).await;
 }
+
+/// The entries of `managers` in an answer's managedFields: manager, operation and whether
+/// it owns `spec.replicas` (the controllers' own entries come at their pace; KNOWN_LIST).
+fn replica_owners(a: &Answer, managers: &[&str]) -> Value {
+    let entries: Vec<Value> = a.body["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| managers.iter().any(|m| e["manager"] == *m))
+        .map(|e| {
+            json!({"manager": e["manager"], "operation": e["operation"],
+                "replicas": e["fieldsV1"]["f:spec"].get("f:replicas").is_some()})
+        })
+        .collect();
+    json!({"code": a.code, "replicas": a.body["spec"]["replicas"], "owners": entries})
+}
+
+/// What the agent relies on to leave `spec.replicas` to an autoscaler (the handover of
+/// server-side apply's "transferring ownership" recipe), and the autoscaler and disruption
+/// budget objects it applies.
+#[tokio::test]
+async fn replica_count_handover_and_the_autoscaler_and_budget_kinds() {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let mut d = Diff::new("replica_count_handover_and_the_autoscaler_and_budget_kinds").await;
+    const WHO: &[&str] = &["owner", "handover", "scaler"];
+    let with = &deployment("scaled", 3);
+    let mut without = with.clone();
+    without["spec"].as_object_mut().unwrap().remove("replicas");
+    let without = &without;
+    d.step("apply by owner with replicas 3", |s| async move {
+        let a = s
+            .patch::<Deployment>(
+                "scaled",
+                &PatchParams::apply("owner"),
+                &Patch::Apply(with.clone()),
+            )
+            .await;
+        replica_owners(&a, WHO)
+    })
+    .await;
+    d.step(
+        "apply of the same count by handover: shared, no conflict",
+        |s| async move {
+            let count = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "scaled"}, "spec": {"replicas": 3}});
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &PatchParams::apply("handover"),
+                    &Patch::Apply(count),
+                )
+                .await;
+            replica_owners(&a, WHO)
+        },
+    )
+    .await;
+    d.step(
+        "apply by owner without replicas: the count stays, handover's alone",
+        |s| async move {
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &PatchParams::apply("owner"),
+                    &Patch::Apply(without.clone()),
+                )
+                .await;
+            assert_eq!(
+                a.body["spec"]["replicas"], 3,
+                "{}: the handed-over count",
+                s.label
+            );
+            replica_owners(&a, WHO)
+        },
+    )
+    .await;
+    d.step(
+        "the scaler's update takes the count over from handover",
+        |s| async move {
+            let pp = PatchParams {
+                field_manager: Some("scaler".into()),
+                ..Default::default()
+            };
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &pp,
+                    &Patch::Merge(json!({"spec": {"replicas": 5}})),
+                )
+                .await;
+            assert_eq!(a.body["spec"]["replicas"], 5, "{}", s.label);
+            replica_owners(&a, WHO)
+        },
+    )
+    .await;
+    d.step(
+        "owner's apply without replicas again leaves the scaler's count",
+        |s| async move {
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &PatchParams::apply("owner"),
+                    &Patch::Apply(without.clone()),
+                )
+                .await;
+            replica_owners(&a, WHO)
+        },
+    )
+    .await;
+    d.step(
+        "handover applying the old count now: 409 Conflict with the scaler",
+        |s| async move {
+            let count = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "scaled"}, "spec": {"replicas": 3}});
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &PatchParams::apply("handover"),
+                    &Patch::Apply(count),
+                )
+                .await;
+            assert_eq!(a.code, 409, "{}", s.label);
+            a.status()
+        },
+    )
+    .await;
+    d.step(
+        "owner's forced apply with replicas takes the count back",
+        |s| async move {
+            let a = s
+                .patch::<Deployment>(
+                    "scaled",
+                    &PatchParams::apply("owner").force(),
+                    &Patch::Apply(with.clone()),
+                )
+                .await;
+            replica_owners(&a, WHO)
+        },
+    )
+    .await;
+    d.step(
+        "apply an autoscaling/v2 HorizontalPodAutoscaler on a container's CPU",
+        |s| async move {
+            let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "scaled", "labels": {"app": "scaled"}},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "scaled"},
+                "minReplicas": 2, "maxReplicas": 6,
+                "metrics": [{"type": "ContainerResource", "containerResource": {
+                    "name": "cpu", "container": "main",
+                    "target": {"type": "Utilization", "averageUtilization": 60}}}]}});
+            let a = s
+                .patch::<HorizontalPodAutoscaler>(
+                    "scaled",
+                    &PatchParams::apply("owner"),
+                    &Patch::Apply(hpa),
+                )
+                .await;
+            assert_eq!(a.code, 201, "{}: {}", s.label, a.body);
+            json!({"code": a.code, "spec": a.body["spec"]})
+        },
+    )
+    .await;
+    d.step(
+        "apply a policy/v1 PodDisruptionBudget with maxUnavailable",
+        |s| async move {
+            let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "scaled", "labels": {"app": "scaled"}},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "scaled"}}}});
+            let a = s
+                .patch::<PodDisruptionBudget>(
+                    "scaled",
+                    &PatchParams::apply("owner"),
+                    &Patch::Apply(pdb),
+                )
+                .await;
+            assert_eq!(a.code, 201, "{}: {}", s.label, a.body);
+            json!({"code": a.code, "spec": a.body["spec"]})
+        },
+    )
+    .await;
+    d.finish();
+}

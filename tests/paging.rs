@@ -87,6 +87,7 @@ async fn hundred_large_deployments_page_through_watch_list_and_ls() {
         .control()
         .create_deployer(proto::CreateDeployerRequest {
             name: "small".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -150,6 +151,7 @@ async fn list_deployments_pages_by_count_and_refuses_a_made_up_token() {
         control
             .create_deployer(proto::CreateDeployerRequest {
                 name: deployer.into(),
+                ..Default::default()
             })
             .await
             .unwrap();

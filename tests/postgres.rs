@@ -10,7 +10,7 @@ use ds_core::DeploymentSpec;
 use ds_core::proto::{self, WatchEvent, watch_event};
 use ds_gateway::install::{InstallCodes, InstallOptions};
 use ds_gateway::postgres::PgStore;
-use ds_gateway::store::{Change, Store, StoreError};
+use ds_gateway::store::{Change, ChangeBy, Store, StoreError};
 use ds_gateway::{GatewayArgs, RunningGateway};
 use ds_test_support::{AgentService as Agent, Control, eventually};
 use sqlx::Connection;
@@ -107,7 +107,7 @@ async fn install_codes_are_single_use_across_replicas() {
         ..Default::default()
     };
     let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
-    a.create_code(hash("code"), &d.id, expires, &options)
+    a.create_code(&ChangeBy::default(), hash("code"), &d.id, expires, &options)
         .await
         .unwrap();
     let replicas: [Arc<dyn InstallCodes>; 2] = [a.clone(), b.clone()];
@@ -179,7 +179,9 @@ async fn both_replicas_publish_every_change_in_revision_order() {
         assert_eq!(seen, (1..=N).collect::<Vec<_>>());
     }
     // A deletion through one replica ends the watchers on the other.
-    a.delete_deployer(&d.id).await.unwrap();
+    a.delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut on_b).await, Change::DeployerDeleted);
     a.close().await;
     b.close().await;
@@ -320,7 +322,9 @@ async fn a_replica_whose_listener_was_cut_catches_up_in_order() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     cut_listeners(&mut conn, &db.name).await;
-    a.delete_deployer(&d.id).await.unwrap();
+    a.delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut on_b).await, Change::DeployerDeleted);
     conn.close().await.ok();
     a.close().await;
@@ -351,6 +355,7 @@ async fn create_deployer(control: &mut Control, name: &str) -> (String, String) 
     let resp = control
         .create_deployer(proto::CreateDeployerRequest {
             name: name.to_string(),
+            ..Default::default()
         })
         .await
         .expect("create deployer")

@@ -849,6 +849,258 @@ async fn predicted_classes_are_counted_by_name() {
     proxy.shutdown().await;
 }
 
+// === Open Inference Protocol v2 ===
+
+/// A v2 model server stand-in serving the models `iris` and `wine`: their `infer` paths
+/// (with or without a version) answer with the request body, so the test writes the
+/// model's answers; `POST /v2/repository/models/iris/load` answers `{}`;
+/// `GET /v2/health/ready` answers 200 once `ready` is set and 400 before (as Triton does);
+/// everything else 404. Every path asked is recorded in `seen`.
+async fn start_v2_upstream(
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> SocketAddr {
+    serve_http1(move |req: Request<Incoming>| {
+        let (ready, seen) = (ready.clone(), seen.clone());
+        async move {
+            let path = req.uri().path().to_owned();
+            seen.lock().unwrap().push(path.clone());
+            let infer = ["/v2/models/iris/", "/v2/models/wine/"]
+                .iter()
+                .any(|m| path.starts_with(m))
+                && path.ends_with("/infer");
+            let (status, body) = match (req.method(), path.as_str()) {
+                (&Method::POST, _) if infer => {
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    (StatusCode::OK, body)
+                }
+                (&Method::POST, "/v2/repository/models/iris/load") => {
+                    (StatusCode::OK, Bytes::from_static(b"{}"))
+                }
+                (&Method::GET, "/v2/health/ready") => {
+                    if ready.load(std::sync::atomic::Ordering::SeqCst) {
+                        (StatusCode::OK, Bytes::new())
+                    } else {
+                        (StatusCode::BAD_REQUEST, Bytes::from_static(b"not ready"))
+                    }
+                }
+                _ => (StatusCode::NOT_FOUND, Bytes::from_static(b"no such path")),
+            };
+            let mut answer = Response::new(full(body));
+            *answer.status_mut() = status;
+            answer
+                .headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            Ok::<_, Infallible>(answer)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn v2_answers_are_counted_by_protocol_model_and_output() {
+    let upstream = start_v2_upstream(Default::default(), Default::default()).await;
+    let proxy = start_proxy(upstream, &["--class-names", "setosa,versicolor,virginica"]).await;
+    // Not predictions: a repository call's answer (sent first, so it is recorded long
+    // before the scrape below) is not counted at all, not even as unparsed.
+    assert_eq!(
+        post(&proxy, "/v2/repository/models/iris/load", "{}")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Two outputs of a batch of two rows: argmax per row of the scores, and the labels.
+    let two_outputs = r#"{"model_name": "iris", "model_version": "1", "outputs": [
+        {"name": "probabilities", "datatype": "FP32", "shape": [2, 3],
+         "data": [0.1, 0.8, 0.1, 0.1, 0.2, 0.7]},
+        {"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 2]}]}"#;
+    let answer = post(&proxy, "/v2/models/iris/infer", two_outputs).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, two_outputs, "answers pass unchanged");
+    // A versioned path over h2c (hyper's path through the proxy), nested data.
+    let versioned = r#"{"model_name": "iris", "outputs": [{"name": "probabilities",
+        "datatype": "FP32", "shape": [1, 3], "data": [[0.6, 0.3, 0.1]]}]}"#;
+    let answer = send(
+        &h2c_client(),
+        Method::POST,
+        format!("http://{}/v2/models/iris/versions/7/infer", proxy.addr),
+        &[],
+        full(versioned),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // Strings (BYTES) and an answer that is not JSON: unparsed, by output and for the
+    // answer as a whole (an empty output name).
+    let strings = r#"{"model_name": "wine", "outputs": [{"name": "text", "datatype": "BYTES",
+        "shape": [1], "data": ["red"]}]}"#;
+    assert_eq!(
+        post(&proxy, "/v2/models/wine/infer", strings).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        post(&proxy, "/v2/models/iris/infer", "not json")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A model the server does not know answers 404: neither counted nor given a name.
+    assert_eq!(
+        post(&proxy, "/v2/models/made-up/infer", two_outputs)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let v2 = |class: &'static str, model: &'static str, output: &'static str| {
+        [
+            ("class", class),
+            ("protocol", "v2"),
+            ("model", model),
+            ("output", output),
+        ]
+    };
+    let labels = [
+        v2("versicolor", "iris", "probabilities"),
+        v2("virginica", "iris", "probabilities"),
+        v2("setosa", "iris", "probabilities"),
+        v2("setosa", "iris", "label"),
+        v2("virginica", "iris", "label"),
+        v2("unparsed", "wine", "text"),
+        v2("unparsed", "iris", ""),
+    ];
+    let mut expected: Vec<Expected<'_>> = labels
+        .iter()
+        .map(|l| ("ds_proxy_predictions_total", &l[..], 1.0))
+        .collect();
+    expected.push((
+        "ds_proxy_requests_total",
+        &[("method", "POST"), ("code", "200")],
+        5.0,
+    ));
+    let text = scrape_until(&proxy, &expected).await;
+    // The v1 series are there as before (nothing was a v1 prediction here), and nothing
+    // is counted for the model the server refused.
+    for class in ["setosa", "versicolor", "virginica", "unparsed"] {
+        assert_eq!(
+            sample(&text, "ds_proxy_predictions_total", &[("class", class)]),
+            Some(0.0),
+            "{class}:\n{text}"
+        );
+    }
+    assert!(!text.contains("made-up"), "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("ds_proxy_predictions_total{"))
+            .count(),
+        4 + labels.len(),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn v2_model_names_are_capped_and_v1_answers_still_count_under_auto() {
+    // Every model name answers: the server stand-in here echoes any infer path.
+    let upstream = serve_http1(|req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Ok::<_, Infallible>(Response::new(full(body)))
+    })
+    .await;
+    let proxy = start_proxy(upstream, &["--class-names", "no,yes"]).await;
+    let answer =
+        r#"{"outputs": [{"name": "p", "datatype": "FP32", "shape": [1, 2], "data": [0.2, 0.8]}]}"#;
+    for i in 0..40 {
+        let path = format!("/v2/models/m{i:02}/infer");
+        assert_eq!(post(&proxy, &path, answer).await.status, StatusCode::OK);
+    }
+    // A v1 answer on a v1 path under auto: counted as before, with its old labels.
+    let answer = post(
+        &proxy,
+        "/v1/models/m:predict",
+        r#"{"predictions": [[0.9, 0.1]]}"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    // Which 32 names took the slots depends on the order the workers recorded them in;
+    // that there are 32, each counted once, and the rest are "other", does not.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = scrape(&proxy).await;
+        let named: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(r#"ds_proxy_predictions_total{class="yes",protocol="v2",model="m"#)
+            })
+            .collect();
+        let other = [
+            ("class", "yes"),
+            ("protocol", "v2"),
+            ("model", "other"),
+            ("output", "p"),
+        ];
+        if named.len() == 32
+            && named.iter().all(|l| l.ends_with(r#",output="p"} 1"#))
+            && sample(&text, "ds_proxy_predictions_total", &other) == Some(8.0)
+            && sample(&text, "ds_proxy_predictions_total", &[("class", "no")]) == Some(1.0)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never 32 models and 8 others:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_asks_v2_health_ready_with_protocol_v2() {
+    use std::sync::atomic::Ordering;
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upstream = start_v2_upstream(ready.clone(), seen.clone()).await;
+    let v2 = start_proxy(upstream, &["--protocol", "v2"]).await;
+    let auto = start_proxy(upstream, &[]).await;
+    let ready_url = |p: &RunningProxy| format!("http://{}{READY_PATH}", p.admin_addr);
+
+    // Loading: the v2 health endpoint answers 400, and with v2 only a 2xx means ready.
+    let answer = get(ready_url(&v2)).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["error"], "upstream_not_ready");
+    assert_eq!(
+        answer.json()["message"],
+        "upstream answered 400 Bad Request"
+    );
+    assert_eq!(*seen.lock().unwrap(), ["/v2/health/ready"]);
+    // Under auto the proxy asks `/` as before (404 there: a server is listening).
+    seen.lock().unwrap().clear();
+    assert_eq!(get(ready_url(&auto)).await.status, StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), ["/"]);
+
+    ready.store(true, Ordering::SeqCst);
+    seen.lock().unwrap().clear();
+    assert_eq!(get(ready_url(&v2)).await.status, StatusCode::OK);
+    assert_eq!(*seen.lock().unwrap(), ["/v2/health/ready"]);
+    v2.shutdown().await;
+    auto.shutdown().await;
+
+    // An explicit --ready-path still wins over the protocol's default.
+    seen.lock().unwrap().clear();
+    let custom = start_proxy(
+        upstream,
+        &["--protocol", "v2", "--ready-path", "/v2/models/iris/ready"],
+    )
+    .await;
+    let answer = get(ready_url(&custom)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "404 is not ready under v2"
+    );
+    assert_eq!(*seen.lock().unwrap(), ["/v2/models/iris/ready"]);
+    custom.shutdown().await;
+}
+
 // === query logs ===
 
 fn read_lines(path: &std::path::Path) -> Vec<serde_json::Value> {

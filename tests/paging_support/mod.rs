@@ -45,6 +45,7 @@ pub async fn populate(control: &Control, deployer: &str, count: usize) -> String
         .clone()
         .create_deployer(proto::CreateDeployerRequest {
             name: deployer.into(),
+            ..Default::default()
         })
         .await
         .expect("deployer created")

@@ -7,8 +7,10 @@ use ds_gateway::install::{InstallCodes, InstallOptions, RedeemError};
 use ds_gateway::postgres::PgStore;
 use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
-    AgentHeartbeat, Change, ChangeBy, DeployerRecord, DeploymentKey, DeploymentRecord,
-    DeploymentSelector, ObjectCount, SnapshotItem, StatusRecord, Store, StoreError,
+    AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, DeployBy,
+    DeployerRecord, DeployerUpdate, DeploymentKey, DeploymentRecord, DeploymentSelector,
+    GrantRecord, ObjectCount, Outcome, Role, SnapshotItem, StagePlace, StatusRecord, Store,
+    StoreError, UserKind,
 };
 use std::sync::Arc;
 
@@ -72,6 +74,30 @@ impl Backend {
             Backend::Postgres { db, .. } => {
                 let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
                 sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+
+    /// Runs `sql` on the database directly and says whether the database took it.
+    async fn raw_result(&self, sql: &'static str) -> Result<(), String> {
+        use sqlx::Connection;
+        match self {
+            Backend::Sqlite { dir, .. } => {
+                let url = format!("sqlite://{}", dir.path().join("gateway.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Postgres { db, .. } => {
+                let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+                sqlx::raw_sql(sql)
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -156,6 +182,18 @@ contract!(
     object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision,
     a_deployer_reports_the_statuses_of_its_own_deployments,
     install_codes_are_single_use_and_expire,
+    stages_are_ordered_renamed_and_removed_only_when_empty,
+    every_change_writes_one_audit_row_with_its_actor,
+    the_audit_log_refuses_update_and_delete,
+    group_committed_creates_are_each_audited_once,
+    users_are_created_once_listed_and_deleted_with_their_keys,
+    api_keys_belong_to_users_and_expire,
+    the_last_gateway_admin_and_its_last_key_stay,
+    of_two_concurrent_removals_of_the_last_admins_one_is_refused,
+    groups_have_members_and_are_deleted_with_their_grants,
+    grants_are_one_role_per_group_and_deployer,
+    an_upgraded_database_gives_its_api_keys_to_the_admin_user,
+    team_changes_are_audited_once_with_their_actor,
 );
 
 /// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
@@ -184,11 +222,17 @@ async fn deploy(
 async fn api_keys_are_unique_and_found_by_id(b: Backend) -> Backend {
     let store = b.store();
     assert!(!store.has_api_key().await.unwrap());
-    store.add_api_key("key1", hash("k1")).await.unwrap();
+    store
+        .add_api_key(&ChangeBy::default(), "key1", hash("k1"))
+        .await
+        .unwrap();
     assert!(store.has_api_key().await.unwrap());
     // A second key with a taken ID is refused as a duplicate, not as a database failure,
     // and the first key keeps working.
-    match store.add_api_key("key1", hash("k2")).await {
+    match store
+        .add_api_key(&ChangeBy::default(), "key1", hash("k2"))
+        .await
+    {
         Err(StoreError::AlreadyExists(_)) => {}
         other => panic!("a duplicate API key ID must be AlreadyExists, got {other:?}"),
     }
@@ -240,7 +284,10 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
         .unwrap();
     assert_eq!(store.get_deployer(&alpha.id).await.unwrap().name, "alpha");
     assert_eq!(store.resolve_deployer(&alpha.id).await.unwrap().1, "alpha");
-    store.delete_deployer(&impostor.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &impostor.id)
+        .await
+        .unwrap();
     for unknown in [
         store.get_deployer("gamma").await.err(),
         store.resolve_deployer("gamma").await.err(),
@@ -255,7 +302,10 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
     let x = deploy(&store, &alpha.id, "models", "x").await;
     assert_eq!(store.get_deployer("alpha").await.unwrap().deployments, 1);
     let mut watch = store.hub().subscribe(&alpha.id);
-    store.delete_deployer(&alpha.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &alpha.id)
+        .await
+        .unwrap();
     assert_eq!(next_hub_change(&mut watch).await, Change::DeployerDeleted);
     assert!(matches!(
         store.get_deployer("alpha").await,
@@ -267,7 +317,7 @@ async fn deployers_are_registered_found_and_deleted(b: Backend) -> Backend {
     ));
     assert!(store.find_token("tok-alpha").await.unwrap().is_none());
     assert!(matches!(
-        store.delete_deployer(&alpha.id).await,
+        store.delete_deployer(&ChangeBy::default(), &alpha.id).await,
         Err(StoreError::NotFound(_))
     ));
     assert_eq!(names().await, ["beta"]);
@@ -307,7 +357,13 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
         let deployer = d.id.clone();
         async move {
             store
-                .rotate_token(&deployer, token, hash(token), deadline)
+                .rotate_token(
+                    &ChangeBy::default(),
+                    &deployer,
+                    token,
+                    hash(token),
+                    deadline,
+                )
                 .await
                 .unwrap()
         }
@@ -336,7 +392,7 @@ async fn rotated_tokens_keep_working_until_their_deadline(b: Backend) -> Backend
     );
     assert!(matches!(
         store
-            .rotate_token("no-such", "tok5", hash("t5"), soon)
+            .rotate_token(&ChangeBy::default(), "no-such", "tok5", hash("t5"), soon)
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -385,10 +441,16 @@ async fn deployments_change_at_increasing_revisions(b: Backend) -> Backend {
     assert_eq!(a2.created_at, a.created_at);
     assert!(a2.updated_at >= a.updated_at);
     assert_eq!(store.get_deployment(&a.id).await.unwrap(), a2);
-    let (removed, revision) = store.delete_deployment(&b2.id).await.unwrap();
+    let (removed, revision) = store
+        .delete_deployment(&ChangeBy::default(), &b2.id)
+        .await
+        .unwrap();
     assert_eq!((removed, revision), (b2.clone(), 5));
     for gone in [
-        store.delete_deployment(&b2.id).await.err(),
+        store
+            .delete_deployment(&ChangeBy::default(), &b2.id)
+            .await
+            .err(),
         store.get_deployment(&b2.id).await.err(),
         store
             .update_deployment(&b2.id, 2, &spec("b", 2))
@@ -431,7 +493,10 @@ async fn a_snapshot_is_the_complete_state_at_its_revision(b: Backend) -> Backend
     let z = deploy(&store, &d.id, "models", "z").await;
     let a = deploy(&store, &d.id, "zeta", "a").await;
     let m = deploy(&store, &d.id, "models", "m").await;
-    store.delete_deployment(&m.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &m.id)
+        .await
+        .unwrap();
     let z2 = store
         .update_deployment(&z.id, z.revision, &spec("z", 2))
         .await
@@ -458,7 +523,14 @@ async fn revisions_are_per_deployer_and_survive_a_restart(b: Backend) -> Backend
         .unwrap();
     let z = deploy(&store, &beta.id, "models", "z").await;
     assert_eq!(z.revision, 2);
-    assert_eq!(store.delete_deployment(&y.id).await.unwrap().1, 3);
+    assert_eq!(
+        store
+            .delete_deployment(&ChangeBy::default(), &y.id)
+            .await
+            .unwrap()
+            .1,
+        3
+    );
     assert_eq!(store.snapshot(&alpha.id).await.unwrap().0, 2);
     assert_eq!(store.snapshot(&beta.id).await.unwrap().0, 3);
 
@@ -702,7 +774,10 @@ async fn a_streamed_snapshot_is_the_snapshot(b: Backend) -> Backend {
         deploy(&store, &d.id, "models", &format!("m{i:02}")).await;
     }
     let gone = deploy(&store, &d.id, "models", "gone").await;
-    store.delete_deployment(&gone.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &gone.id)
+        .await
+        .unwrap();
     // A channel smaller than the snapshot: the read waits for the reader.
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let reader = tokio::spawn(async move {
@@ -738,10 +813,7 @@ async fn a_streamed_snapshot_is_the_snapshot(b: Backend) -> Backend {
 }
 
 fn by(actor: &str) -> ChangeBy {
-    ChangeBy {
-        actor: actor.to_string(),
-        note: String::new(),
-    }
+    ChangeBy::new(actor, format!("req-{actor}"))
 }
 
 async fn revisions_are_numbered_per_deployment_with_who_and_what_they_reached(
@@ -843,7 +915,10 @@ async fn revisions_are_numbered_per_deployment_with_who_and_what_they_reached(
     ));
     assert_eq!(store.list_revisions(&iris.id).await.unwrap().len(), 2);
     // Gone with the deployment.
-    store.delete_deployment(&latest.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &latest.id)
+        .await
+        .unwrap();
     assert!(matches!(
         store.list_revisions(&iris.id).await,
         Err(StoreError::NotFound(_))
@@ -918,14 +993,21 @@ async fn object_counts_are_kept_and_a_deployer_is_deleted_only_at_its_revision(
     // Deleting at a revision it no longer has is a conflict and deletes nothing.
     deploy(&store, &d.id, "models", "x").await;
     assert!(matches!(
-        store.delete_deployer_at(&d.id, 0).await,
+        store
+            .delete_deployer_at(&ChangeBy::default(), &d.id, 0)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     let now = store.get_deployer(&d.id).await.unwrap();
     assert_eq!(now.revision, 1);
-    store.delete_deployer_at(&d.id, now.revision).await.unwrap();
+    store
+        .delete_deployer_at(&ChangeBy::default(), &d.id, now.revision)
+        .await
+        .unwrap();
     assert!(matches!(
-        store.delete_deployer_at(&d.id, now.revision).await,
+        store
+            .delete_deployer_at(&ChangeBy::default(), &d.id, now.revision)
+            .await,
         Err(StoreError::NotFound(_))
     ));
     b
@@ -1055,7 +1137,10 @@ async fn a_deployer_reports_the_statuses_of_its_own_deployments(b: Backend) -> B
     assert!(all[&x.id].reason.starts_with("ImagePullBackOff: pod x-1"));
     assert_eq!(all[&x.id].pods, vec![pod]);
     // A deleted deployment's status goes with it.
-    store.delete_deployment(&x.id).await.unwrap();
+    store
+        .delete_deployment(&ChangeBy::default(), &x.id)
+        .await
+        .unwrap();
     assert!(store.get_status(&x.id).await.unwrap().is_none());
     assert!(store.list_statuses().await.unwrap().is_empty());
     b
@@ -1076,7 +1161,12 @@ pub(crate) async fn race_for_code(
         let codes = replicas[i % replicas.len()].clone();
         set.spawn(async move {
             codes
-                .redeem_code(code, &format!("issued{i}"), hash(&format!("s{i}")))
+                .redeem_code(
+                    &ChangeBy::default(),
+                    code,
+                    &format!("issued{i}"),
+                    hash(&format!("s{i}")),
+                )
                 .await
                 .map(|won| (won, i))
         });
@@ -1125,12 +1215,18 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
     let now = chrono::Utc::now();
     let soon = now + chrono::Duration::minutes(5);
     codes
-        .create_code(hash("code"), &d.id, soon, &options)
+        .create_code(&ChangeBy::default(), hash("code"), &d.id, soon, &options)
         .await
         .unwrap();
     assert!(matches!(
         codes
-            .create_code(hash("other"), "no-such", soon, &options)
+            .create_code(
+                &ChangeBy::default(),
+                hash("other"),
+                "no-such",
+                soon,
+                &options
+            )
             .await,
         Err(StoreError::NotFound(_))
     ));
@@ -1144,6 +1240,7 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
 
     codes
         .create_code(
+            &ChangeBy::default(),
             hash("stale"),
             &d.id,
             now - chrono::Duration::seconds(1),
@@ -1152,24 +1249,1155 @@ async fn install_codes_are_single_use_and_expire(b: Backend) -> Backend {
         .await
         .unwrap();
     assert!(matches!(
-        codes.redeem_code(hash("stale"), "t9", hash("t9")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("stale"), "t9", hash("t9"))
+            .await,
         Err(RedeemError::Expired)
     ));
     assert!(matches!(
-        codes.redeem_code(hash("never"), "t9", hash("t9")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("never"), "t9", hash("t9"))
+            .await,
         Err(RedeemError::Unknown)
     ));
     assert!(store.find_token("t9").await.unwrap().is_none());
 
     // Deleting the deployer voids its unused codes.
     codes
-        .create_code(hash("orphan"), &d.id, soon, &options)
+        .create_code(&ChangeBy::default(), hash("orphan"), &d.id, soon, &options)
         .await
         .unwrap();
-    store.delete_deployer(&d.id).await.unwrap();
+    store
+        .delete_deployer(&ChangeBy::default(), &d.id)
+        .await
+        .unwrap();
     assert!(matches!(
-        codes.redeem_code(hash("orphan"), "t10", hash("t10")).await,
+        codes
+            .redeem_code(&ChangeBy::default(), hash("orphan"), "t10", hash("t10"))
+            .await,
         Err(RedeemError::Unknown)
     ));
+    b
+}
+
+// === stages ===
+
+fn names(stages: &[ds_gateway::store::StageRecord]) -> Vec<&str> {
+    stages.iter().map(|s| s.name.as_str()).collect()
+}
+
+async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> Backend {
+    let store = b.store();
+    let admin = by("key a1");
+    let stages = store.list_stages().await.unwrap();
+    assert_eq!(names(&stages), ["Development", "Test", "Production"]);
+    assert!(stages.iter().all(|s| s.deploy_by == DeployBy::Anyone));
+
+    // A deployer is in the first stage unless told otherwise.
+    let dev = register(&store, "dev1").await;
+    assert_eq!(dev.stage, "Development");
+    let prod = store
+        .create_deployer_by(&admin, "prod1", "Production", "tok-p", hash("p"))
+        .await
+        .unwrap();
+    assert_eq!(prod.stage, "Production");
+    assert_eq!(
+        store.get_deployer("prod1").await.unwrap().stage,
+        "Production"
+    );
+    assert!(matches!(
+        store
+            .create_deployer_by(&admin, "nowhere", "Nowhere", "tok-n", hash("n"))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.get_deployer("nowhere").await.is_err());
+
+    // Placed after a stage, at a place, or last; names are unique.
+    store
+        .create_stage(
+            &admin,
+            "Staging",
+            &StagePlace::After("Test".into()),
+            DeployBy::Anyone,
+        )
+        .await
+        .unwrap();
+    store
+        .create_stage(&admin, "Sandbox", &StagePlace::At(1), DeployBy::Anyone)
+        .await
+        .unwrap();
+    let archive = store
+        .create_stage(
+            &admin,
+            "Archive",
+            &StagePlace::Last,
+            DeployBy::ServiceAccounts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(archive.deploy_by, DeployBy::ServiceAccounts);
+    assert_eq!(
+        names(&store.list_stages().await.unwrap()),
+        [
+            "Sandbox",
+            "Development",
+            "Test",
+            "Staging",
+            "Production",
+            "Archive"
+        ]
+    );
+    assert!(matches!(
+        store
+            .create_stage(&admin, "Test", &StagePlace::Last, DeployBy::Anyone)
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        store
+            .create_stage(
+                &admin,
+                "X",
+                &StagePlace::After("Nope".into()),
+                DeployBy::Anyone
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Deployers move between stages; an unknown stage changes nothing.
+    let moved = store
+        .update_deployer(
+            &admin,
+            &dev.id,
+            &DeployerUpdate {
+                stage: Some("Staging".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.stage, "Staging");
+    assert!(matches!(
+        store
+            .update_deployer(
+                &admin,
+                &dev.id,
+                &DeployerUpdate {
+                    stage: Some("Nope".into()),
+                },
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.get_deployer(&dev.id).await.unwrap().stage, "Staging");
+
+    // A stage with deployers is not removed, and the refusal names them.
+    match store.delete_stage(&admin, "Staging").await {
+        Err(StoreError::InUse(why)) => assert!(why.contains("dev1"), "{why}"),
+        other => panic!("deleting a stage with deployers must be InUse, got {other:?}"),
+    }
+    assert_eq!(
+        store.get_stage("Staging").await.unwrap().deployers,
+        ["dev1"]
+    );
+
+    // Renamed, its deployers follow; a taken name is refused.
+    let renamed = store
+        .rename_stage(&admin, "Staging", "PreProd")
+        .await
+        .unwrap();
+    assert_eq!(renamed.deployers, ["dev1"]);
+    assert_eq!(store.get_deployer(&dev.id).await.unwrap().stage, "PreProd");
+    assert!(matches!(
+        store.get_stage("Staging").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.rename_stage(&admin, "PreProd", "Test").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+
+    // The policy is kept.
+    store
+        .update_stage(&admin, "Production", DeployBy::ServiceAccounts)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_stage("Production").await.unwrap().deploy_by,
+        DeployBy::ServiceAccounts
+    );
+
+    // Empty again, it goes; the order of the rest stays.
+    store
+        .update_deployer(
+            &admin,
+            &dev.id,
+            &DeployerUpdate {
+                stage: Some("Test".into()),
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_stage(&admin, "PreProd").await.unwrap();
+    assert_eq!(
+        names(&store.list_stages().await.unwrap()),
+        ["Sandbox", "Development", "Test", "Production", "Archive"]
+    );
+    // Never the last stage.
+    for name in ["Sandbox", "Development", "Archive"] {
+        store.delete_stage(&admin, name).await.unwrap();
+    }
+    store
+        .update_deployer(
+            &admin,
+            &prod.id,
+            &DeployerUpdate {
+                stage: Some("Test".into()),
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_stage(&admin, "Production").await.unwrap();
+    store.delete_deployer(&admin, &dev.id).await.unwrap();
+    store.delete_deployer(&admin, &prod.id).await.unwrap();
+    assert!(matches!(
+        store.delete_stage(&admin, "Test").await,
+        Err(StoreError::InUse(_))
+    ));
+    assert_eq!(names(&store.list_stages().await.unwrap()), ["Test"]);
+    b
+}
+
+// === the audit log ===
+
+async fn audit_all(store: &Arc<dyn Store>) -> Vec<AuditRecord> {
+    store
+        .list_audit(&AuditQuery {
+            limit: 10_000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// `(actor, action, object)` of every row.
+fn summary(rows: &[AuditRecord]) -> Vec<(String, String, String)> {
+    rows.iter()
+        .map(|r| (r.actor.clone(), r.action.clone(), r.object.clone()))
+        .collect()
+}
+
+fn row(actor: &str, action: &str, object: &str) -> (String, String, String) {
+    (actor.into(), action.into(), object.into())
+}
+
+async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend {
+    let store = b.store();
+    let codes = b.codes();
+    let (a, c) = (by("key aaaa"), by("key cccc"));
+    let secret = "dst_0123456789abcdef_THE-SECRET-PART-OF-THE-TOKEN-xxxxxxxxxxxxx";
+    store
+        .add_api_key(&a, "0123abcd0123abcd", hash("the-api-key-secret"))
+        .await
+        .unwrap();
+    let d = store
+        .create_deployer_by(&a, "alpha", "Test", "0123456789abcdef", hash(secret))
+        .await
+        .unwrap();
+    store
+        .rotate_token(
+            &c,
+            &d.id,
+            "fedcba9876543210",
+            hash("rotated"),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(5);
+    codes
+        .create_code(
+            &a,
+            hash("the-install-code"),
+            &d.id,
+            soon,
+            &InstallOptions::default(),
+        )
+        .await
+        .unwrap();
+    codes
+        .redeem_code(
+            &by("install-code x"),
+            hash("the-install-code"),
+            "1111222233334444",
+            hash("t"),
+        )
+        .await
+        .unwrap();
+    let iris = store
+        .create_deployment_by(&a, &d.id, "iris", "models", &spec("iris", 1))
+        .await
+        .unwrap();
+    let iris2 = store
+        .update_deployment_by(&c, &iris.id, iris.revision, &spec("iris", 2))
+        .await
+        .unwrap();
+    let rollback = ChangeBy {
+        action: Some("deployment.rollback"),
+        ..a.with_note("rollback to revision 1")
+    };
+    store
+        .update_deployment_by(&rollback, &iris.id, iris2.revision, &spec("iris", 1))
+        .await
+        .unwrap();
+    store
+        .update_deployer(
+            &c,
+            &d.id,
+            &DeployerUpdate {
+                stage: Some("Production".into()),
+            },
+        )
+        .await
+        .unwrap();
+    // Failed changes write nothing: a taken name, a stale revision, a stage in use.
+    assert!(
+        store
+            .create_deployer_by(&a, "alpha", "", "x1", hash("x"))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .update_deployment_by(&a, &iris.id, iris.revision, &spec("iris", 7))
+            .await
+            .is_err()
+    );
+    assert!(store.delete_stage(&a, "Production").await.is_err());
+    // Setting what is set already changes nothing either.
+    store
+        .update_deployer(
+            &c,
+            &d.id,
+            &DeployerUpdate {
+                stage: Some("Production".into()),
+            },
+        )
+        .await
+        .unwrap();
+    store.delete_deployment(&c, &iris.id).await.unwrap();
+    store.delete_deployer(&a, &d.id).await.unwrap();
+    store
+        .record_denied(
+            &ChangeBy::new("unknown", "req-x"),
+            &AuditEvent::new("authenticate", "rpc", "ListDeployers"),
+            "invalid API key",
+        )
+        .await
+        .unwrap();
+
+    let rows = audit_all(&store).await;
+    assert_eq!(
+        summary(&rows),
+        [
+            row("key aaaa", "api-key.create", "0123abcd0123abcd"),
+            row("key aaaa", "deployer.create", "alpha"),
+            row("key cccc", "deployer.rotate-token", "alpha"),
+            row("key aaaa", "install-code.create", &rows[3].object),
+            row("install-code x", "install-code.redeem", &rows[3].object),
+            row("key aaaa", "deployment.create", "models/iris"),
+            row("key cccc", "deployment.update", "models/iris"),
+            row("key aaaa", "deployment.rollback", "models/iris"),
+            row("key cccc", "deployer.update", "alpha"),
+            row("key cccc", "deployment.delete", "models/iris"),
+            row("key aaaa", "deployer.delete", "alpha"),
+            row("unknown", "authenticate", "ListDeployers"),
+        ]
+    );
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].id < w[1].id && w[0].at <= w[1].at)
+    );
+    assert!(rows[..11].iter().all(|r| r.outcome == Outcome::Ok));
+    assert_eq!(rows[11].outcome, Outcome::Denied);
+    assert_eq!(rows[11].reason, "invalid API key");
+    assert_eq!(rows[7].reason, "rollback to revision 1");
+    assert_eq!(rows[1].request_id, "req-key aaaa");
+    // Before and after: what changed, as JSON.
+    let json = |s: &Option<String>| -> serde_json::Value {
+        serde_json::from_str(s.as_deref().expect("json")).unwrap()
+    };
+    assert_eq!(json(&rows[1].after)["stage"], "Test");
+    assert_eq!(json(&rows[1].after)["token_id"], "0123456789abcdef");
+    assert!(rows[1].before.is_none());
+    assert_eq!(json(&rows[6].before)["spec"]["replicas"], 1);
+    assert_eq!(json(&rows[6].after)["spec"]["replicas"], 2);
+    assert_eq!(json(&rows[8].before)["stage"], "Test");
+    assert_eq!(json(&rows[8].after)["stage"], "Production");
+    assert!(rows[10].after.is_none());
+    // Of the deployer, and kept after it is gone.
+    let of_alpha = store
+        .list_audit(&AuditQuery {
+            deployer_id: Some(d.id.clone()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_alpha.len(), 10, "{:?}", summary(&of_alpha));
+    let of_c = store
+        .list_audit(&AuditQuery {
+            actor: Some("key cccc".into()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_c.len(), 4);
+    // Pages: after an ID, at most a limit.
+    let page = store
+        .list_audit(&AuditQuery {
+            after_id: rows[2].id,
+            limit: 2,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [rows[3].id, rows[4].id]
+    );
+    let later = store
+        .list_audit(&AuditQuery {
+            since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+    // No secret, nor a hash of one, in any row.
+    let all = format!("{rows:?}");
+    for hidden in [
+        secret.to_string(),
+        hex::encode(hash(secret)),
+        hex::encode(hash("the-api-key-secret")),
+        "the-install-code".to_string(),
+        hex::encode(hash("the-install-code")),
+    ] {
+        assert!(!all.contains(&hidden), "the audit log holds {hidden}");
+    }
+    b
+}
+
+async fn the_audit_log_refuses_update_and_delete(b: Backend) -> Backend {
+    let store = b.store();
+    register(&store, "alpha").await;
+    let before = audit_all(&store).await;
+    assert_eq!(before.len(), 1);
+    for sql in [
+        "UPDATE audit_log SET actor = 'someone else'",
+        "DELETE FROM audit_log",
+    ] {
+        let refused = b.raw_result(sql).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("append-only")),
+            "{sql}: {refused:?}"
+        );
+    }
+    if let Backend::Postgres { .. } = b {
+        assert!(b.raw_result("TRUNCATE audit_log").await.is_err());
+    }
+    assert_eq!(audit_all(&store).await, before);
+    b
+}
+
+async fn group_committed_creates_are_each_audited_once(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "alpha").await;
+    let creates = (0..24).map(|i| {
+        let store = store.clone();
+        let id = d.id.clone();
+        async move {
+            let name = format!("m{i}");
+            store
+                .create_deployment_by(
+                    &ChangeBy::new(format!("key {i:04}"), format!("req-{i}")),
+                    &id,
+                    &name,
+                    "models",
+                    &spec(&name, 1),
+                )
+                .await
+        }
+    });
+    let results = futures::future::join_all(creates).await;
+    // Two creates of one name in a burst: exactly one is audited.
+    let again = store
+        .create_deployment_by(&by("key dup"), &d.id, "m0", "models", &spec("m0", 1))
+        .await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))));
+    assert!(results.iter().all(Result::is_ok));
+    let rows: Vec<AuditRecord> = audit_all(&store)
+        .await
+        .into_iter()
+        .filter(|r| r.action == "deployment.create")
+        .collect();
+    assert_eq!(rows.len(), 24);
+    let mut seen: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.object.clone(), r.actor.clone(), r.request_id.clone()))
+        .collect();
+    seen.sort();
+    let mut want: Vec<(String, String, String)> = (0..24)
+        .map(|i| {
+            (
+                format!("models/m{i}"),
+                format!("key {i:04}"),
+                format!("req-{i}"),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(seen, want);
+    assert!(
+        rows.iter()
+            .all(|r| r.deployer_id.as_deref() == Some(d.id.as_str()))
+    );
+    b
+}
+
+// === upgrades ===
+
+/// A deployer, a token and a deployment, as the release before stages wrote them;
+/// `bytes` is the dialect's literal of a 32-byte hash.
+fn before_stages(bytes: &str) -> sqlx::AssertSqlSafe<String> {
+    let spec = serde_json::to_string(&spec("iris", 1)).unwrap();
+    sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deployers (id, name, created_at, revision) VALUES ('d-old', 'old', 1, 1); \
+         INSERT INTO tokens (id, deployer_id, hash, created_at) VALUES ('tok-old', 'd-old', {bytes}, 1); \
+         INSERT INTO deployments (id, deployer_id, name, namespace, spec, revision, created_at, updated_at) \
+         VALUES ('x-old', 'd-old', 'iris', 'models', '{spec}', 1, 1, 1);"
+    ))
+}
+
+async fn check_upgraded(store: Arc<dyn Store>) {
+    let old = store.get_deployer("old").await.unwrap();
+    assert_eq!(old.stage, "Development");
+    assert_eq!(old.deployments, 1);
+    assert!(store.find_token("tok-old").await.unwrap().is_some());
+    let stages = store.list_stages().await.unwrap();
+    assert_eq!(names(&stages), ["Development", "Test", "Production"]);
+    assert_eq!(stages[0].deployers, ["old"]);
+    assert_eq!(
+        store.list_deployments(Some("d-old")).await.unwrap().len(),
+        1
+    );
+    // And it goes on from there: moved, audited.
+    store
+        .update_deployer(
+            &by("key 1"),
+            "d-old",
+            &DeployerUpdate {
+                stage: Some("Production".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit_all(&store).await.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_a_database_of_the_release_before_stages_opens_with_its_deployers_in_development() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/ds-gateway/src/migrations");
+        let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        // 0007 is the last migration of the release before; 0008 is not there yet.
+        migrator.run_to(7, &mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("X'{}'", "00".repeat(32))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Arc::new(
+        SqliteStore::open_path(&path)
+            .await
+            .expect("open the old database"),
+    );
+    check_upgraded(store.clone()).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_a_database_of_the_release_before_stages_opens_with_its_deployers_in_development()
+{
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/ds-gateway/src/migrations_pg");
+        let migrator = sqlx::migrate::Migrator::new(migrations).await.unwrap();
+        // 0004 is the last migration of the release before; 0005 is not there yet.
+        migrator.run_to(4, &mut conn).await.unwrap();
+        sqlx::raw_sql(before_stages(&format!("'\\x{}'::bytea", "00".repeat(32))))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Arc::new(
+        PgStore::open_url(&db.url)
+            .await
+            .expect("open the old database"),
+    );
+    check_upgraded(store.clone()).await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+// === teams: users, API keys, groups, grants ===
+
+async fn users_are_created_once_listed_and_deleted_with_their_keys(b: Backend) -> Backend {
+    let store = b.store();
+    // The migration made the built-in admin.
+    let admin = store.get_user("admin").await.unwrap();
+    assert!(admin.admin && admin.kind == UserKind::User);
+    let ci = store
+        .create_user(&ChangeBy::default(), "ci", UserKind::ServiceAccount, false)
+        .await
+        .unwrap();
+    assert_eq!((ci.kind, ci.admin), (UserKind::ServiceAccount, false));
+    match store
+        .create_user(&ChangeBy::default(), "ci", UserKind::User, true)
+        .await
+    {
+        Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "user ci"),
+        other => panic!("a taken user name must be AlreadyExists, got {other:?}"),
+    }
+    // The refused duplicate changed nothing.
+    let again = store.get_user("ci").await.unwrap();
+    assert_eq!((again.kind, again.admin), (UserKind::ServiceAccount, false));
+    let names: Vec<String> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["admin", "ci"]);
+    store
+        .create_api_key(
+            &ChangeBy::default(),
+            "cikey0000000001",
+            hash("ci-secret"),
+            "ci",
+            None,
+        )
+        .await
+        .unwrap();
+    store.delete_user(&ChangeBy::default(), "ci").await.unwrap();
+    assert!(matches!(
+        store.get_user("ci").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(
+        store
+            .find_key_owner("cikey0000000001")
+            .await
+            .unwrap()
+            .is_none(),
+        "a deleted user's keys go with it"
+    );
+    assert!(matches!(
+        store.delete_user(&ChangeBy::default(), "ci").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn api_keys_belong_to_users_and_expire(b: Backend) -> Backend {
+    let store = b.store();
+    store
+        .create_user(&ChangeBy::default(), "alice", UserKind::User, false)
+        .await
+        .unwrap();
+    let soon = chrono::Utc::now() + chrono::Duration::days(90);
+    let key = store
+        .create_api_key(
+            &ChangeBy::default(),
+            "a1",
+            hash("a1-secret"),
+            "alice",
+            Some(soon),
+        )
+        .await
+        .unwrap();
+    assert_eq!(key.user, "alice");
+    assert_eq!(
+        key.expires_at.map(|t| t.timestamp_millis()),
+        Some(soon.timestamp_millis())
+    );
+    store
+        .create_api_key(&ChangeBy::default(), "a2", hash("a2-secret"), "alice", None)
+        .await
+        .unwrap();
+    match store
+        .create_api_key(&ChangeBy::default(), "a3", hash("x"), "nobody", None)
+        .await
+    {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
+        other => panic!("a key of an unknown user must be NotFound, got {other:?}"),
+    }
+    match store
+        .create_api_key(&ChangeBy::default(), "a1", hash("x"), "alice", None)
+        .await
+    {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("a taken key ID must be AlreadyExists, got {other:?}"),
+    }
+    let owner = store.find_key_owner("a1").await.unwrap().expect("a1");
+    assert_eq!(owner.hash, hash("a1-secret"));
+    assert_eq!(owner.user.name, "alice");
+    assert_eq!(owner.key, key);
+    let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_api_keys(Some("alice")).await.unwrap()),
+        ["a1", "a2"]
+    );
+    // The bootstrap key belongs to the built-in admin.
+    store
+        .add_api_key(&ChangeBy::default(), "boot", hash("boot"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_key_owner("boot")
+            .await
+            .unwrap()
+            .unwrap()
+            .user
+            .name,
+        "admin"
+    );
+    assert_eq!(
+        ids(store.list_api_keys(None).await.unwrap()),
+        ["boot", "a1", "a2"]
+    );
+    assert_eq!(
+        store
+            .delete_api_key(&ChangeBy::default(), "a1")
+            .await
+            .unwrap()
+            .id,
+        "a1"
+    );
+    assert!(store.find_key_owner("a1").await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_api_key(&ChangeBy::default(), "a1").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn the_last_gateway_admin_and_its_last_key_stay(b: Backend) -> Backend {
+    let store = b.store();
+    store
+        .add_api_key(&ChangeBy::default(), "boot", hash("boot"))
+        .await
+        .unwrap();
+    match store.delete_api_key(&ChangeBy::default(), "boot").await {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last valid key"), "{why}"),
+        other => panic!("the last admin key must be refused, got {other:?}"),
+    }
+    match store.delete_user(&ChangeBy::default(), "admin").await {
+        Err(StoreError::Refused(why)) => assert!(why.contains("last gateway admin"), "{why}"),
+        other => panic!("the last admin must be refused, got {other:?}"),
+    }
+    // Both still work.
+    assert!(store.find_key_owner("boot").await.unwrap().is_some());
+    // An expired key of another admin does not count as a way in.
+    store
+        .create_user(&ChangeBy::default(), "root", UserKind::User, true)
+        .await
+        .unwrap();
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    store
+        .create_api_key(&ChangeBy::default(), "old", hash("old"), "root", Some(past))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.delete_api_key(&ChangeBy::default(), "boot").await,
+        Err(StoreError::Refused(_))
+    ));
+    // With another admin's valid key, the first admin may go.
+    store
+        .create_api_key(&ChangeBy::default(), "new", hash("new"), "root", None)
+        .await
+        .unwrap();
+    store
+        .delete_user(&ChangeBy::default(), "admin")
+        .await
+        .unwrap();
+    assert!(store.find_key_owner("boot").await.unwrap().is_none());
+    b
+}
+
+async fn of_two_concurrent_removals_of_the_last_admins_one_is_refused(b: Backend) -> Backend {
+    let store = b.store();
+    store
+        .add_api_key(&ChangeBy::default(), "boot", hash("boot"))
+        .await
+        .unwrap();
+    // Rounds of two admins removed together: each alone would be fine (the other stays),
+    // together one must be refused. Several rounds, so that the two interleave.
+    for round in 0..8 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        for name in [&x, &y] {
+            store
+                .create_user(&ChangeBy::default(), name, UserKind::User, true)
+                .await
+                .unwrap();
+            store
+                .create_api_key(
+                    &ChangeBy::default(),
+                    &format!("k-{name}"),
+                    hash(name),
+                    name,
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        // The admins of the rounds before leave: x and y are the only ones.
+        let admins: Vec<String> = store
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.admin && u.name != x && u.name != y)
+            .map(|u| u.name)
+            .collect();
+        for other in admins {
+            store
+                .delete_user(&ChangeBy::default(), &other)
+                .await
+                .unwrap();
+        }
+        let (a, r) = tokio::join!(
+            tokio::spawn({
+                let store = store.clone();
+                let x = x.clone();
+                async move { store.delete_user(&ChangeBy::default(), &x).await }
+            }),
+            tokio::spawn({
+                let store = store.clone();
+                let y = y.clone();
+                async move { store.delete_user(&ChangeBy::default(), &y).await }
+            })
+        );
+        let (a, r) = (a.unwrap(), r.unwrap());
+        let refused = [&a, &r]
+            .iter()
+            .filter(|x| matches!(x, Err(StoreError::Refused(_))))
+            .count();
+        assert_eq!((refused, a.is_ok() || r.is_ok()), (1, true), "{a:?} {r:?}");
+        let admins = store
+            .list_users()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|u| u.admin)
+            .count();
+        assert_eq!(admins, 1, "round {round}");
+    }
+    b
+}
+
+async fn groups_have_members_and_are_deleted_with_their_grants(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "prod").await;
+    store
+        .create_user(&ChangeBy::default(), "alice", UserKind::User, false)
+        .await
+        .unwrap();
+    store
+        .create_user(&ChangeBy::default(), "bob", UserKind::User, false)
+        .await
+        .unwrap();
+    store
+        .create_group(&ChangeBy::default(), "ml")
+        .await
+        .unwrap();
+    match store.create_group(&ChangeBy::default(), "ml").await {
+        Err(StoreError::AlreadyExists(what)) => assert_eq!(what, "group ml"),
+        other => panic!("a taken group name must be AlreadyExists, got {other:?}"),
+    }
+    let ml = store
+        .add_group_member(&ChangeBy::default(), "ml", "bob")
+        .await
+        .unwrap();
+    assert_eq!(ml.members, ["bob"]);
+    let ml = store
+        .add_group_member(&ChangeBy::default(), "ml", "alice")
+        .await
+        .unwrap();
+    assert_eq!(ml.members, ["alice", "bob"]);
+    assert!(matches!(
+        store
+            .add_group_member(&ChangeBy::default(), "ml", "alice")
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    match store
+        .add_group_member(&ChangeBy::default(), "ml", "nobody")
+        .await
+    {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "user nobody"),
+        other => panic!("an unknown user must be NotFound, got {other:?}"),
+    }
+    match store
+        .add_group_member(&ChangeBy::default(), "nogroup", "alice")
+        .await
+    {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
+        other => panic!("an unknown group must be NotFound, got {other:?}"),
+    }
+    assert_eq!(store.get_user("alice").await.unwrap().groups, ["ml"]);
+    let ml = store
+        .remove_group_member(&ChangeBy::default(), "ml", "bob")
+        .await
+        .unwrap();
+    assert_eq!(ml.members, ["alice"]);
+    assert!(matches!(
+        store
+            .remove_group_member(&ChangeBy::default(), "ml", "bob")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .grant_deployer(&ChangeBy::default(), &d.id, "ml", Role::View)
+        .await
+        .unwrap();
+    let listed = store.list_groups().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), &listed[0].members[..]),
+        ("ml", &["alice".to_string()][..])
+    );
+    store
+        .delete_group(&ChangeBy::default(), "ml")
+        .await
+        .unwrap();
+    assert!(store.list_groups().await.unwrap().is_empty());
+    assert!(store.get_user("alice").await.unwrap().groups.is_empty());
+    assert!(
+        store.list_grants(Some(&d.id)).await.unwrap().is_empty(),
+        "its grants go with it"
+    );
+    assert!(matches!(
+        store.delete_group(&ChangeBy::default(), "ml").await,
+        Err(StoreError::NotFound(_))
+    ));
+    b
+}
+
+async fn grants_are_one_role_per_group_and_deployer(b: Backend) -> Backend {
+    let store = b.store();
+    let prod = register(&store, "prod").await;
+    let dev = register(&store, "dev").await;
+    store
+        .create_group(&ChangeBy::default(), "ml")
+        .await
+        .unwrap();
+    store
+        .create_group(&ChangeBy::default(), "ops")
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ml", Role::View)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ops", Role::Admin)
+        .await
+        .unwrap();
+    store
+        .grant_deployer(&ChangeBy::default(), &dev.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
+    // A second grant replaces the group's role there.
+    store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
+    let of = |grants: Vec<GrantRecord>| {
+        grants
+            .into_iter()
+            .map(|g| (g.group, g.role))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(store.list_grants(Some(&prod.id)).await.unwrap()),
+        [
+            ("ml".to_string(), Role::Deploy),
+            ("ops".to_string(), Role::Admin)
+        ]
+    );
+    assert_eq!(store.list_grants(None).await.unwrap().len(), 3);
+    match store
+        .grant_deployer(&ChangeBy::default(), &prod.id, "nogroup", Role::View)
+        .await
+    {
+        Err(StoreError::NotFound(what)) => assert_eq!(what, "group nogroup"),
+        other => panic!("an unknown group must be NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .grant_deployer(&ChangeBy::default(), "no-such-id", "ml", Role::View)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .revoke_deployer(&ChangeBy::default(), &prod.id, "ml")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .revoke_deployer(&ChangeBy::default(), &prod.id, "ml")
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        of(store.list_grants(Some(&prod.id)).await.unwrap()),
+        [("ops".to_string(), Role::Admin)]
+    );
+    // A deleted deployer's grants go with it.
+    store
+        .delete_deployer(&ChangeBy::default(), &prod.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        of(store.list_grants(None).await.unwrap()),
+        [("ml".to_string(), Role::Deploy)]
+    );
+    b
+}
+
+async fn an_upgraded_database_gives_its_api_keys_to_the_admin_user(b: Backend) -> Backend {
+    let store = b.store();
+    store
+        .add_api_key(&ChangeBy::default(), "oldkey", hash("old"))
+        .await
+        .unwrap();
+    drop(store);
+    // As the release before teams left it: api_keys(id, hash, created_at) with the key,
+    // no users, no groups, the migration not applied.
+    b.raw(
+        "CREATE TABLE api_keys_old AS SELECT id, hash, created_at FROM api_keys; \
+         DROP TABLE deployer_grants; DROP TABLE group_members; DROP TABLE user_groups; \
+         DROP TABLE api_keys; DROP TABLE users; \
+         ALTER TABLE api_keys_old RENAME TO api_keys; \
+         DELETE FROM _sqlx_migrations WHERE description = 'teams'",
+    )
+    .await;
+    let b = b.reopen().await;
+    let store = b.store();
+    let owner = store
+        .find_key_owner("oldkey")
+        .await
+        .unwrap()
+        .expect("the old key");
+    assert_eq!(owner.hash, hash("old"), "the same key still matches");
+    assert_eq!(owner.user.name, "admin");
+    assert!(owner.user.admin);
+    assert_eq!(owner.key.expires_at, None);
+    b
+}
+
+async fn team_changes_are_audited_once_with_their_actor(b: Backend) -> Backend {
+    let store = b.store();
+    let by = by("alice (key 0123456789abcdef)");
+    let d = store
+        .create_deployer_by(&by, "teamed", "Test", "00112233aabbccdd", hash("t"))
+        .await
+        .unwrap();
+    store
+        .create_user(&by, "bob", UserKind::ServiceAccount, false)
+        .await
+        .unwrap();
+    store
+        .create_api_key(&by, "bobkey0000000001", hash("bob-secret"), "bob", None)
+        .await
+        .unwrap();
+    store.create_group(&by, "ml").await.unwrap();
+    // A refused change writes no row.
+    assert!(matches!(
+        store.create_group(&by, "ml").await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    store.add_group_member(&by, "ml", "bob").await.unwrap();
+    store
+        .grant_deployer(&by, &d.id, "ml", Role::Deploy)
+        .await
+        .unwrap();
+    store.revoke_deployer(&by, &d.id, "ml").await.unwrap();
+    store.remove_group_member(&by, "ml", "bob").await.unwrap();
+    store.delete_group(&by, "ml").await.unwrap();
+    store.delete_api_key(&by, "bobkey0000000001").await.unwrap();
+    store.delete_user(&by, "bob").await.unwrap();
+    let rows = store
+        .list_audit(&AuditQuery {
+            actor: Some(by.actor.clone()),
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.action.as_str(), r.object.as_str()))
+        .collect();
+    let grant = format!("{}/ml", d.id);
+    assert_eq!(
+        seen,
+        [
+            ("deployer.create", "teamed"),
+            ("user.create", "bob"),
+            ("api-key.create", "bobkey0000000001"),
+            ("group.create", "ml"),
+            ("group.add-member", "ml"),
+            ("deployer.grant", grant.as_str()),
+            ("deployer.revoke", grant.as_str()),
+            ("group.remove-member", "ml"),
+            ("group.delete", "ml"),
+            ("api-key.delete", "bobkey0000000001"),
+            ("user.delete", "bob"),
+        ]
+    );
+    assert!(rows.iter().all(|r| r.request_id == by.request_id));
+    let grants: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == "deployer.grant")
+        .collect();
+    assert_eq!(grants[0].deployer_id.as_deref(), Some(d.id.as_str()));
+    assert!(
+        grants[0]
+            .after
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("deploy")
+    );
+    let everything = format!("{rows:?}");
+    assert!(!everything.contains("bob-secret"), "no secret in the log");
     b
 }

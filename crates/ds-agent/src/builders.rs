@@ -1,4 +1,5 @@
-//! Pure builders: the desired Deployment, Service and Ingress of one deployment.
+//! Pure builders: the desired Deployment, Service, Ingress, HorizontalPodAutoscaler and
+//! PodDisruptionBudget of one deployment.
 //!
 //! Nothing here talks to an API server; the reconciler compares what these return with
 //! what the cluster holds and writes the difference.
@@ -21,6 +22,10 @@ use ds_core::{DeployedObject, EnvVar};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec as KDeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::autoscaling::v2::{
+    ContainerResourceMetricSource, CrossVersionObjectReference, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar as KEnvVar, HTTPGetAction, LocalObjectReference, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec,
@@ -30,6 +35,7 @@ use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -47,6 +53,19 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const REVISION_ANNOTATION: &str = "deployer.ds.dev/revision";
 /// Annotation: digest of the desired object, so removing a field from the spec still writes.
 pub const SPEC_HASH_ANNOTATION: &str = "deployer.ds.dev/spec-hash";
+/// Annotation of the Deployment while a HorizontalPodAutoscaler sets its replica count:
+/// the agent leaves `spec.replicas` out of what it applies (see [`HANDOVER_MANAGER`]).
+pub const AUTOSCALED_ANNOTATION: &str = "deployer.ds.dev/autoscaled";
+/// The field manager that holds `spec.replicas` while the agent hands it to the autoscaler.
+///
+/// Server-side apply deletes a field its only manager stops applying (the Deployment
+/// would drop to 1 replica until the autoscaler's next sync); so before leaving
+/// `replicas` out the agent applies the current count under this manager, as the
+/// Kubernetes documentation's "transferring ownership" recipe does. The autoscaler's first
+/// scale takes the field over and this manager then owns nothing.
+pub const HANDOVER_MANAGER: &str = "ds-deployer-handover";
+/// The CPU the autoscaler measures is the model container's (not the proxy sidecar's).
+pub const AUTOSCALED_CONTAINER: &str = MODEL_CONTAINER;
 
 pub use ds_core::spec::{MODEL_CONTAINER, PROXY_CONTAINER};
 /// Port the model-proxy serves traffic on.
@@ -281,6 +300,12 @@ fn proxy_container(obj: &DeployedObject, proxy_image: &str) -> Container {
         args.push("--query-log".into());
         args.push("-".into());
     }
+    if let Some(protocol) = &obj.spec.proxy.protocol {
+        // Auto (`None`) is the proxy's default: nothing is added, so existing Deployments
+        // stay byte-for-byte the same.
+        args.push("--protocol".into());
+        args.push(protocol.clone());
+    }
     if let Some(path) = ready_path(obj) {
         // The proxy's `/readyz` (its readiness probe) asks the model on this path.
         args.push("--ready-path".into());
@@ -341,7 +366,10 @@ pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment
     let mut d = Deployment {
         metadata: metadata(obj),
         spec: Some(KDeploymentSpec {
-            replicas: Some(i32::try_from(obj.spec.replicas).unwrap_or(i32::MAX)),
+            // While autoscaled the autoscaler's field manager owns the count: applying one
+            // here would take it back at every write.
+            replicas: (!obj.spec.autoscaled())
+                .then(|| i32::try_from(obj.spec.replicas).unwrap_or(i32::MAX)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(obj)),
                 ..Default::default()
@@ -387,8 +415,78 @@ pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment
         }),
         status: None,
     };
+    if obj.spec.autoscaled() {
+        d.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(AUTOSCALED_ANNOTATION.into(), "true".into());
+    }
     stamp(obj, &mut d, |d| &mut d.metadata);
     d
+}
+
+fn int32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The desired `autoscaling/v2` HorizontalPodAutoscaler, or `None` without autoscaling:
+/// the Deployment of the same name between `min_replicas` and `max_replicas`, on the
+/// model container's CPU utilization (a sidecar's idle CPU would skew a pod average).
+pub fn desired_autoscaler(obj: &DeployedObject) -> Option<HorizontalPodAutoscaler> {
+    if !obj.spec.autoscaled() {
+        return None;
+    }
+    let mut h = HorizontalPodAutoscaler {
+        metadata: metadata(obj),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: obj.name.clone(),
+            },
+            min_replicas: Some(int32(obj.spec.min_replicas)),
+            max_replicas: int32(obj.spec.max_replicas),
+            metrics: Some(vec![MetricSpec {
+                type_: "ContainerResource".into(),
+                container_resource: Some(ContainerResourceMetricSource {
+                    name: "cpu".into(),
+                    container: AUTOSCALED_CONTAINER.into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(int32(obj.spec.target_cpu())),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            behavior: None,
+        }),
+        status: None,
+    };
+    stamp(obj, &mut h, |h| &mut h.metadata);
+    Some(h)
+}
+
+/// The desired `policy/v1` PodDisruptionBudget, or `None` when the deployment may run a
+/// single pod (see [`ds_core::DeploymentSpec::wants_disruption_budget`]).
+pub fn desired_disruption_budget(obj: &DeployedObject) -> Option<PodDisruptionBudget> {
+    if !obj.spec.wants_disruption_budget() {
+        return None;
+    }
+    let mut b = PodDisruptionBudget {
+        metadata: metadata(obj),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(int32(obj.spec.max_unavailable_pods()))),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(obj)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    stamp(obj, &mut b, |b| &mut b.metadata);
+    Some(b)
 }
 
 /// A toleration: operator `Equal` with a value, `Exists` without.
@@ -680,6 +778,32 @@ mod tests {
         let port = &s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0];
         assert_eq!(port.port, 8501);
         assert_eq!(port.target_port, Some(IntOrString::Int(9501)));
+    }
+
+    #[test]
+    fn the_proxy_protocol_goes_to_the_sidecar_and_auto_adds_nothing() {
+        let args_of = |o: &DeployedObject| {
+            container(&desired_deployment(o, IMAGE), PROXY_CONTAINER)
+                .expect("sidecar")
+                .args
+                .clone()
+                .unwrap()
+        };
+        let auto = args_of(&obj(DeploymentSpec::test("iris").proxy(true)));
+        assert!(!auto.contains(&"--protocol".to_string()), "{auto:?}");
+        for protocol in ["v1", "v2"] {
+            let mut spec = DeploymentSpec::test("iris").proxy(true);
+            spec.proxy.protocol = Some(protocol.into());
+            let mut args = args_of(&obj(spec));
+            let at = args
+                .iter()
+                .position(|a| a == "--protocol")
+                .expect("--protocol passed");
+            assert_eq!(args[at + 1], protocol);
+            // Nothing else changes in the sidecar's arguments.
+            args.drain(at..at + 2);
+            assert_eq!(args, auto);
+        }
     }
 
     #[test]
@@ -1140,5 +1264,112 @@ mod tests {
                 .volume_mounts
                 .is_none()
         );
+    }
+    fn autoscaled(min: u32, max: u32) -> DeploymentSpec {
+        let mut spec = DeploymentSpec::test("iris").replicas(3);
+        spec.resources.cpu_request = Some("500m".into());
+        spec.min_replicas = min;
+        spec.max_replicas = max;
+        spec
+    }
+
+    #[test]
+    fn the_autoscaler_scales_the_deployment_of_the_same_name_on_the_models_cpu() {
+        assert!(desired_autoscaler(&obj(DeploymentSpec::test("iris"))).is_none());
+        let mut spec = autoscaled(2, 7);
+        spec.target_cpu_percent = Some(55);
+        let o = obj(spec);
+        let h = desired_autoscaler(&o).expect("autoscaled");
+        assert_eq!(h.metadata.name.as_deref(), Some("iris"));
+        assert_eq!(h.metadata.namespace.as_deref(), Some("models"));
+        let labels = h.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[OWNER_LABEL], "owner-1");
+        assert_eq!(labels[DEPLOYMENT_ID_LABEL], "dep-1");
+        assert_eq!(
+            h.metadata.annotations.as_ref().unwrap()[REVISION_ANNOTATION],
+            "7"
+        );
+        let spec = h.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.scale_target_ref.api_version.as_deref(),
+            Some("apps/v1")
+        );
+        assert_eq!(spec.scale_target_ref.kind, "Deployment");
+        assert_eq!(spec.scale_target_ref.name, "iris");
+        assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 7));
+        let metrics = spec.metrics.as_ref().unwrap();
+        assert_eq!(metrics.len(), 1);
+        assert_eq!(metrics[0].type_, "ContainerResource");
+        let cpu = metrics[0].container_resource.as_ref().unwrap();
+        assert_eq!(
+            (cpu.name.as_str(), cpu.container.as_str()),
+            ("cpu", MODEL_CONTAINER)
+        );
+        assert_eq!(cpu.target.type_, "Utilization");
+        assert_eq!(cpu.target.average_utilization, Some(55));
+        // No target given: 70 %.
+        let h = desired_autoscaler(&obj(autoscaled(1, 3))).unwrap();
+        let m = &h.spec.unwrap().metrics.unwrap()[0];
+        assert_eq!(
+            m.container_resource
+                .as_ref()
+                .unwrap()
+                .target
+                .average_utilization,
+            Some(70)
+        );
+    }
+
+    #[test]
+    fn an_autoscaled_deployment_leaves_replicas_to_the_autoscaler() {
+        let plain = desired_deployment(&obj(DeploymentSpec::test("iris").replicas(3)), IMAGE);
+        assert_eq!(plain.spec.as_ref().unwrap().replicas, Some(3));
+        assert!(
+            !plain
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key(AUTOSCALED_ANNOTATION)
+        );
+        let d = desired_deployment(&obj(autoscaled(2, 5)), IMAGE);
+        assert_eq!(d.spec.as_ref().unwrap().replicas, None);
+        let json = serde_json::to_value(&d).unwrap();
+        assert!(
+            json["spec"].get("replicas").is_none(),
+            "not even null: {json}"
+        );
+        let ann = d.metadata.annotations.as_ref().unwrap();
+        assert_eq!(ann[AUTOSCALED_ANNOTATION], "true");
+        // Turning it off is a change the spec hash sees.
+        assert_ne!(
+            ann[SPEC_HASH_ANNOTATION],
+            plain.metadata.annotations.as_ref().unwrap()[SPEC_HASH_ANNOTATION]
+        );
+    }
+
+    #[test]
+    fn a_disruption_budget_for_more_than_one_pod() {
+        assert!(desired_disruption_budget(&obj(DeploymentSpec::test("iris"))).is_none());
+        let mut spec = DeploymentSpec::test("iris").replicas(4);
+        let o = obj(spec.clone());
+        let b = desired_disruption_budget(&o).expect("4 replicas");
+        assert_eq!(b.metadata.name.as_deref(), Some("iris"));
+        assert_eq!(b.metadata.labels.as_ref().unwrap()[OWNER_LABEL], "owner-1");
+        let bs = b.spec.as_ref().unwrap();
+        assert_eq!(bs.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(bs.min_available, None);
+        // The Deployment's own pod selector.
+        let d = desired_deployment(&o, IMAGE);
+        assert_eq!(
+            bs.selector.as_ref().unwrap().match_labels,
+            d.spec.unwrap().selector.match_labels
+        );
+        spec.max_unavailable = Some(2);
+        let b = desired_disruption_budget(&obj(spec)).unwrap();
+        assert_eq!(b.spec.unwrap().max_unavailable, Some(IntOrString::Int(2)));
+        // Autoscaled: the autoscaler's minimum decides, not --replicas.
+        assert!(desired_disruption_budget(&obj(autoscaled(1, 5))).is_none());
+        assert!(desired_disruption_budget(&obj(autoscaled(2, 5))).is_some());
     }
 }

@@ -13,9 +13,11 @@
 //! still current; otherwise it reads the object once by name and compares again, so drift
 //! detection and "no write when nothing changed" are exactly those of a full comparison.
 
-use super::builders::{DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION};
+use super::builders::{
+    AUTOSCALED_ANNOTATION, DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION,
+};
 use super::compare::{Verdict, verdict_against};
-use super::desired::{Kind, SpecDigest, wants};
+use super::desired::{KINDS, Kind, SpecDigest, wants};
 use super::sync::DesiredState;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -36,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Objects per page of a watch's initial list. kube's default (500) decodes 500 objects
-/// at once for each of the three watches; small pages keep that transient small, at the
+/// at once for each of the watches (one per kind); small pages keep that transient small, at the
 /// cost of a few more round trips (50 per 5,000 objects).
 pub const LIST_PAGE_SIZE: u32 = 100;
 
@@ -47,7 +49,7 @@ pub const LIST_PAGE_SIZE: u32 = 100;
 /// `metadata.managedFields` (the biggest part of an object the API server returns, and the
 /// biggest allocation of a list page when decoded into `k8s-openapi` types). It is a
 /// dynamic resource ([`Kind::api_resource`] says which), so one `Api<Slim>` code path reads,
-/// applies, deletes and watches all three kinds.
+/// applies, deletes and watches every kind.
 #[derive(Debug, Clone)]
 pub struct Slim {
     pub metadata: ObjectMeta,
@@ -302,6 +304,11 @@ pub struct Cached {
     pub deleting: bool,
     /// Deployments only (boxed: Services and Ingresses do not pay for it).
     pub rollout: Option<Box<RolloutStatus>>,
+    /// A Deployment's `spec.replicas` (the autoscaler's count while autoscaled).
+    pub replicas: Option<i32>,
+    /// A Deployment last applied for an autoscaler ([`AUTOSCALED_ANNOTATION`]): the
+    /// autoscaler, not the agent, holds its replica count.
+    pub autoscaled: bool,
     pub verdict: Option<Verdict>,
 }
 
@@ -319,6 +326,7 @@ impl Cached {
             .then(|| RolloutStatus::from_json(meta.generation, &object.status))
             .flatten()
             .map(Box::new);
+        let deployment = kind == Kind::Deployment;
         let mut cached = Self {
             kind,
             name: meta.name.as_deref().unwrap_or_default().into(),
@@ -335,6 +343,18 @@ impl Cached {
                 .unwrap_or(0),
             deleting: meta.deletion_timestamp.is_some(),
             rollout,
+            replicas: object
+                .spec
+                .get("replicas")
+                .and_then(Value::as_i64)
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|_| deployment),
+            autoscaled: deployment
+                && meta
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(AUTOSCALED_ANNOTATION))
+                    .is_some_and(|v| v == "true"),
             verdict: None,
         };
         cached.verdict = verdict_of(&cached, object.into_json(kind));
@@ -597,9 +617,9 @@ fn spawn_watch(w: &Watches<'_>, kind: Kind) -> (Cache, tokio::task::JoinHandle<(
     (cache, handle)
 }
 
-/// The caches of the three kinds the agent writes, indexed by [`Kind`].
+/// The caches of the kinds the agent writes, indexed by [`Kind`].
 #[derive(Clone)]
-pub struct Stores([Cache; 3]);
+pub struct Stores([Cache; KINDS]);
 
 impl Stores {
     pub fn of(&self, kind: Kind) -> &Cache {
@@ -622,7 +642,7 @@ impl Stores {
     }
 }
 
-/// Starts the label-selected watches of the three kinds (per namespace when `namespaces`
+/// Starts the label-selected watches of every kind (per namespace when `namespaces`
 /// is not empty, so namespaced RBAC suffices); every change is sent on `touched`.
 pub fn start_watches(
     client: &kube::Client,
@@ -651,7 +671,7 @@ pub fn start_watches(
         .iter()
         .map(|&kind| spawn_watch(&watches, kind))
         .unzip();
-    let caches: [Cache; 3] = caches
+    let caches: [Cache; KINDS] = caches
         .try_into()
         .unwrap_or_else(|_| unreachable!("one cache per kind"));
     (Stores(caches), tasks)

@@ -5,11 +5,16 @@
 //! that turns them into the JSON the comparison ([`super::compare`]) and the writes use, so
 //! the cache's verdicts and the reconciler's writes can never disagree about what is wanted.
 
-use super::builders::{desired_deployment, desired_ingress, desired_service};
+use super::builders::{
+    desired_autoscaler, desired_deployment, desired_disruption_budget, desired_ingress,
+    desired_service,
+};
 use ds_core::DeployedObject;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::ApiResource;
 use serde_json::Value;
 use sha2::Digest;
@@ -21,20 +26,34 @@ pub enum Kind {
     Deployment,
     Service,
     Ingress,
+    HorizontalPodAutoscaler,
+    PodDisruptionBudget,
 }
 
+/// How many kinds there are (the caches hold one store per kind).
+pub const KINDS: usize = 5;
+
 /// Group, version and plural of each kind, built once (they are read on every request).
-static API_RESOURCES: LazyLock<[ApiResource; 3]> = LazyLock::new(|| {
+static API_RESOURCES: LazyLock<[ApiResource; KINDS]> = LazyLock::new(|| {
     [
         ApiResource::erase::<Deployment>(&()),
         ApiResource::erase::<Service>(&()),
         ApiResource::erase::<Ingress>(&()),
+        ApiResource::erase::<HorizontalPodAutoscaler>(&()),
+        ApiResource::erase::<PodDisruptionBudget>(&()),
     ]
 });
 
 impl Kind {
-    /// Every kind, in the order a deployment's objects are written.
-    pub const ALL: [Kind; 3] = [Kind::Deployment, Kind::Service, Kind::Ingress];
+    /// Every kind, in the order a deployment's objects are written (the index of each is
+    /// its discriminant).
+    pub const ALL: [Kind; KINDS] = [
+        Kind::Deployment,
+        Kind::Service,
+        Kind::Ingress,
+        Kind::HorizontalPodAutoscaler,
+        Kind::PodDisruptionBudget,
+    ];
 
     /// The kind's name as Kubernetes spells it.
     pub fn as_str(self) -> &'static str {
@@ -42,6 +61,8 @@ impl Kind {
             Self::Deployment => "Deployment",
             Self::Service => "Service",
             Self::Ingress => "Ingress",
+            Self::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
         }
     }
 
@@ -51,33 +72,39 @@ impl Kind {
     }
 }
 
-/// The kinds a deployment wants.
-pub fn wanted_kinds(obj: &DeployedObject) -> &'static [Kind] {
-    if wants_ingress(obj) {
-        &Kind::ALL
-    } else {
-        &Kind::ALL[..2]
-    }
+/// The kinds a deployment wants, in write order.
+pub fn wanted_kinds(obj: &DeployedObject) -> impl Iterator<Item = Kind> + '_ {
+    Kind::ALL.into_iter().filter(|&k| wants_kind(obj, k))
 }
 
-fn wants_ingress(obj: &DeployedObject) -> bool {
-    obj.spec.host.as_ref().is_some_and(|h| !h.is_empty())
+/// Whether `obj` wants an object of `kind` at all: a Deployment and a Service always; an
+/// Ingress with a host, an autoscaler when autoscaled, a disruption budget for more than
+/// one pod.
+pub fn wants_kind(obj: &DeployedObject, kind: Kind) -> bool {
+    match kind {
+        Kind::Deployment | Kind::Service => true,
+        Kind::Ingress => obj.spec.host.as_ref().is_some_and(|h| !h.is_empty()),
+        Kind::HorizontalPodAutoscaler => obj.spec.autoscaled(),
+        Kind::PodDisruptionBudget => obj.spec.wants_disruption_budget(),
+    }
 }
 
 /// Whether `obj` wants an object of `kind` named `name` in `namespace`.
 pub fn wants(obj: &DeployedObject, kind: Kind, namespace: &str, name: &str) -> bool {
-    obj.name == name && obj.namespace == namespace && (kind != Kind::Ingress || wants_ingress(obj))
+    obj.name == name && obj.namespace == namespace && wants_kind(obj, kind)
 }
 
-/// The desired object of one kind (`Null` for an Ingress the deployment does not want).
+/// The desired object of one kind (`Null` for a kind the deployment does not want).
 pub fn build_kind(obj: &DeployedObject, kind: Kind, proxy_image: &str) -> Value {
+    fn optional<T: serde::Serialize>(o: Option<T>) -> serde_json::Result<Value> {
+        o.map_or(Ok(Value::Null), serde_json::to_value)
+    }
     let v = match kind {
         Kind::Deployment => serde_json::to_value(desired_deployment(obj, proxy_image)),
         Kind::Service => serde_json::to_value(desired_service(obj)),
-        Kind::Ingress => match desired_ingress(obj) {
-            Some(i) => serde_json::to_value(i),
-            None => Ok(Value::Null),
-        },
+        Kind::Ingress => optional(desired_ingress(obj)),
+        Kind::HorizontalPodAutoscaler => optional(desired_autoscaler(obj)),
+        Kind::PodDisruptionBudget => optional(desired_disruption_budget(obj)),
     };
     // The builders' types always serialize; Null would only ever compare as "not in sync".
     v.unwrap_or(Value::Null)
@@ -131,10 +158,17 @@ mod tests {
         })
     }
 
+    fn kinds(o: &DeployedObject) -> Vec<Kind> {
+        wanted_kinds(o).collect()
+    }
+
     #[test]
     fn an_ingress_only_with_a_host() {
-        assert_eq!(wanted_kinds(&obj(None)), &[Kind::Deployment, Kind::Service]);
-        assert_eq!(wanted_kinds(&obj(Some("iris.example.com"))), &Kind::ALL);
+        assert_eq!(kinds(&obj(None)), [Kind::Deployment, Kind::Service]);
+        assert_eq!(
+            kinds(&obj(Some("iris.example.com"))),
+            [Kind::Deployment, Kind::Service, Kind::Ingress]
+        );
         assert_eq!(build_kind(&obj(None), Kind::Ingress, "p:1"), Value::Null);
         assert!(!wants(&obj(None), Kind::Ingress, "models", "iris"));
         assert!(wants(&obj(None), Kind::Service, "models", "iris"));
@@ -148,6 +182,50 @@ mod tests {
         }
         assert_eq!(Kind::Ingress.api_resource().group, "networking.k8s.io");
         assert_eq!(Kind::Deployment.api_resource().plural, "deployments");
+        let hpa = Kind::HorizontalPodAutoscaler.api_resource();
+        assert_eq!(
+            (hpa.api_version.as_str(), hpa.plural.as_str()),
+            ("autoscaling/v2", "horizontalpodautoscalers")
+        );
+        let pdb = Kind::PodDisruptionBudget.api_resource();
+        assert_eq!(
+            (pdb.api_version.as_str(), pdb.plural.as_str()),
+            ("policy/v1", "poddisruptionbudgets")
+        );
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(kind as usize, i, "ALL is in discriminant order");
+        }
+    }
+
+    #[test]
+    fn an_autoscaler_when_autoscaled_and_a_budget_for_more_than_one_pod() {
+        let mut o = obj(None);
+        o.spec.replicas = 3;
+        assert_eq!(
+            kinds(&o),
+            [Kind::Deployment, Kind::Service, Kind::PodDisruptionBudget]
+        );
+        o.spec.min_replicas = 1;
+        o.spec.max_replicas = 4;
+        assert_eq!(
+            kinds(&o),
+            [
+                Kind::Deployment,
+                Kind::Service,
+                Kind::HorizontalPodAutoscaler
+            ]
+        );
+        assert!(!wants(&o, Kind::PodDisruptionBudget, "models", "iris"));
+        assert_eq!(
+            build_kind(&o, Kind::PodDisruptionBudget, "p:1"),
+            Value::Null
+        );
+        o.spec.min_replicas = 2;
+        assert_eq!(kinds(&o).len(), 4);
+        assert_eq!(
+            build_kind(&o, Kind::HorizontalPodAutoscaler, "p:1")["kind"],
+            "HorizontalPodAutoscaler"
+        );
     }
 
     #[test]

@@ -332,11 +332,12 @@ async fn describe(
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| kube_error("cannot list the deployment's pods", &e))?;
-    // The objects whose events belong to this deployment: its own three, its pods and the
-    // ReplicaSets that own them (read from the pods, so no ReplicaSet rights are needed).
-    let mut objects: HashSet<(String, String)> = ["Deployment", "Service", "Ingress"]
+    // The objects whose events belong to this deployment: its own (the autoscaler's say
+    // why it does not scale), its pods and the ReplicaSets that own them (read from the
+    // pods, so no ReplicaSet rights are needed).
+    let mut objects: HashSet<(String, String)> = super::desired::Kind::ALL
         .into_iter()
-        .map(|kind| (kind.to_string(), q.name.clone()))
+        .map(|kind| (kind.as_str().to_string(), q.name.clone()))
         .collect();
     let mut described = Vec::with_capacity(list.items.len());
     for pod in &list.items {

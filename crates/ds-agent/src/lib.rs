@@ -1,7 +1,8 @@
 //! The in-cluster agent (`ds agent`): follows the gateway and reconciles owned objects.
 //!
 //! # Layout
-//! - [`builders`]: pure functions from a deployment to its Deployment, Service, Ingress.
+//! - [`builders`]: pure functions from a deployment to its Deployment, Service, Ingress,
+//!   HorizontalPodAutoscaler and PodDisruptionBudget.
 //! - `model_volume`: the model from storage in the pod (init container, volume, mount).
 //! - [`desired`]: the kinds and desired objects (as JSON) of a deployment, and its digest.
 //! - [`compare`]: whether an observed object matches its desired one.

@@ -316,6 +316,72 @@ pub fn overlay(status: &mut proto::DeploymentStatus, mut pods: Vec<proto::PodSta
     status.pods = pods;
 }
 
+/// A deployment's status as the agent keeps it between reports: what its pods said
+/// (reason, phase) but not the pods themselves, which the pod watch holds already; with
+/// thousands of deployments a second copy of every pod cost megabytes.
+/// [`KeptStatus::report`] puts the pods back when the status is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeptStatus {
+    /// The status with [`overlay`] applied and its `pods` left empty.
+    status: proto::DeploymentStatus,
+    /// A fingerprint of the pods overlaid: a change of the pods alone is a change.
+    pods: u64,
+}
+
+impl KeptStatus {
+    /// `status` as the reconciler computed it (or as kept before), with what `pods` say.
+    pub fn new(mut status: proto::DeploymentStatus, pods: Vec<proto::PodStatus>) -> Self {
+        overlay(&mut status, pods);
+        let pods = std::mem::take(&mut status.pods);
+        Self {
+            pods: fingerprint(pods.iter()),
+            status,
+        }
+    }
+
+    /// The same status with what `pods` say now.
+    pub fn overlaid(&self, pods: Vec<proto::PodStatus>) -> Self {
+        Self::new(self.status.clone(), pods)
+    }
+
+    /// The status to report, with `pods` (the deployment's pods now) in it.
+    pub fn report(&self, pods: Vec<proto::PodStatus>) -> proto::DeploymentStatus {
+        let mut s = self.status.clone();
+        overlay(&mut s, pods);
+        s
+    }
+
+    /// The deployment's ID.
+    pub fn deployment_id(&self) -> &str {
+        &self.status.deployment_id
+    }
+
+    /// A fingerprint of the status as it would be reported (its encoding hashed, through
+    /// `buf`'s reused bytes), so the statuses already sent are remembered as one word each.
+    pub fn fingerprint(&self, buf: &mut Vec<u8>) -> u64 {
+        use prost::Message;
+        use std::hash::{Hash, Hasher};
+        buf.clear();
+        // Encoding into a Vec cannot run out of space.
+        let _ = self.status.encode(buf);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        buf.hash(&mut h);
+        self.pods.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A fingerprint of pods by their encoding.
+fn fingerprint<'a>(pods: impl Iterator<Item = &'a proto::PodStatus>) -> u64 {
+    use prost::Message;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in pods {
+        p.encode_to_vec().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Undoes an earlier [`overlay`]: a status Failed by its pods alone (no error of its own)
 /// was Progressing before.
 fn rebase(status: &mut proto::DeploymentStatus) {
@@ -639,6 +705,30 @@ mod tests {
             phase: Phase::Progressing as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_kept_status_reports_what_its_pods_say_without_keeping_them() {
+        let failing = project("iris-7c9-abcde", &pulling("nope:1"));
+        let kept = KeptStatus::new(progressing(), vec![failing.clone()]);
+        assert!(kept.status.pods.is_empty(), "the pods are not kept twice");
+        assert_eq!(kept.status.phase, Phase::Failed as i32);
+        // The report is the status overlaid with the pods, exactly as before.
+        let mut expected = progressing();
+        overlay(&mut expected, vec![failing.clone()]);
+        assert_eq!(kept.report(vec![failing.clone()]), expected);
+        // Overlaying again with the same pods changes nothing, fingerprint included.
+        let mut buf = Vec::new();
+        let again = kept.overlaid(vec![failing.clone()]);
+        assert_eq!(again, kept);
+        assert_eq!(again.fingerprint(&mut buf), kept.fingerprint(&mut buf));
+        // A change of the pods alone (a restart counted) is a change to report.
+        let mut restarted = failing;
+        restarted.restarts = 1;
+        let changed = kept.overlaid(vec![restarted.clone()]);
+        assert_ne!(changed, kept);
+        assert_ne!(changed.fingerprint(&mut buf), kept.fingerprint(&mut buf));
+        assert_eq!(changed.report(vec![restarted]).pods[0].restarts, 1);
     }
 
     #[test]

@@ -11,13 +11,15 @@
 //! - Nothing is pruned until a complete snapshot has been applied; afterwards an owned object
 //!   is deleted only when its deployment is absent from the (complete) desired state, or that
 //!   deployment no longer wants that object (renamed, moved, host removed).
-//! - All writes are server-side apply with the one field manager [`FIELD_MANAGER`]; a
-//!   deployment whose objects are unchanged costs no write call.
+//! - All writes are server-side apply with the one field manager [`FIELD_MANAGER`] (and,
+//!   once per switch to autoscaling, the replica count alone under
+//!   [`super::builders::HANDOVER_MANAGER`]); a deployment whose objects are unchanged costs
+//!   no write call.
 //! - Every write takes a permit from the [`Fence`] right before it is sent, so a replica
 //!   that lost its Lease stops at its next write.
 
 use super::AgentError;
-use super::builders::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, endpoint};
+use super::builders::{HANDOVER_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, endpoint};
 use super::cache::{Cached, RolloutStatus, Slim, Stores, Written};
 use super::compare::verdict_against;
 use super::desired::{Kind, SpecDigest, build_kind, digest, wanted_kinds, wants};
@@ -103,7 +105,13 @@ fn status_of(
         s.available_replicas = as_u32(st.available_replicas);
         s.updated_replicas = as_u32(st.updated_replicas);
         s.applied_revision = d.revision;
-        let (phase, why) = phase_of(obj.spec.replicas, d.rollout.as_deref());
+        // Autoscaled, the count to reach is the autoscaler's, on the Deployment itself.
+        let want = if obj.spec.autoscaled() {
+            d.replicas.map_or(obj.spec.min_replicas, as_u32)
+        } else {
+            obj.spec.replicas
+        };
+        let (phase, why) = phase_of(want, d.rollout.as_deref());
         s.phase = phase as i32;
         s.last_error = why;
     } else {
@@ -324,6 +332,43 @@ impl Reconciler {
                 },
             })?;
         Ok(written.metadata.resource_version)
+    }
+
+    /// Applies `replicas` alone under [`HANDOVER_MANAGER`], without force: the Deployment
+    /// keeps that count when the agent's own apply leaves the field out. A conflict means
+    /// another manager (the autoscaler) already holds the field with another value, which
+    /// is what the handover is for: nothing to do.
+    async fn hand_over_replicas(
+        &self,
+        obj: &DeployedObject,
+        replicas: i32,
+    ) -> Result<(), AgentError> {
+        let body = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": obj.name, "namespace": obj.namespace},
+            "spec": {"replicas": replicas},
+        });
+        let pp = PatchParams::apply(HANDOVER_MANAGER);
+        let api = Written::api(self.client.clone(), Kind::Deployment, &obj.namespace);
+        let _permit = self.permit().await?;
+        self.metrics.write("handover", Kind::Deployment.as_str());
+        match api.patch(&obj.name, &pp, &Patch::Apply(&body)).await {
+            Ok(_) => {
+                debug!(deployment = %obj.id, replicas, "replica count handed over to the autoscaler");
+                Ok(())
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(deployment = %obj.id, "the autoscaler already holds the replica count");
+                Ok(())
+            }
+            Err(source) => Err(AgentError::Apply {
+                kind: Kind::Deployment.as_str(),
+                namespace: obj.namespace.clone(),
+                name: obj.name.clone(),
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// Deletes one owned object, only if it still has `uid`.
@@ -556,9 +601,10 @@ impl Reconciler {
             });
         }
         let digest = self.digest(obj);
-        let mut to_write: Vec<Kind> = Vec::new();
+        // Each kind to write, with the object it replaces (none: a create).
+        let mut to_write: Vec<(Kind, Option<Arc<Cached>>)> = Vec::new();
         let mut needs_namespace = false;
-        for &kind in wanted_kinds(obj) {
+        for kind in wanted_kinds(obj) {
             let key = key(kind, &obj.namespace, &obj.name);
             let read_error = |source: kube::Error| AgentError::Read {
                 kind: kind.as_str(),
@@ -589,7 +635,7 @@ impl Reconciler {
             }
             let Some(actual) = actual else {
                 needs_namespace = true;
-                to_write.push(kind);
+                to_write.push((kind, None));
                 continue;
             };
             if self.known_in_sync(&key, digest, &actual) {
@@ -605,7 +651,7 @@ impl Reconciler {
                 // A read by name is not cached: remember its version, or the next run
                 // would read it again.
                 Some(true) => self.remember(key, actual.resource_version.as_deref(), digest),
-                _ => to_write.push(kind),
+                _ => to_write.push((kind, Some(actual))),
             }
         }
         if to_write.is_empty() {
@@ -616,9 +662,25 @@ impl Reconciler {
                 namespace: obj.namespace.clone(),
             });
         }
-        for kind in to_write {
+        for (kind, actual) in to_write {
+            // The first write of a Deployment for an autoscaler: its replica count passes
+            // to the handover manager, so leaving it out of our apply keeps it.
+            let handover = kind == Kind::Deployment
+                && obj.spec.autoscaled()
+                && !actual.as_ref().is_some_and(|a| a.autoscaled);
+            if handover && let Some(a) = &actual {
+                // Its current count, as it is: the autoscaler brings it within its bounds.
+                self.hand_over_replicas(obj, a.replicas.unwrap_or(1))
+                    .await?;
+            }
             let value = build_kind(obj, kind, &self.config.proxy_image);
             let written = self.apply(kind, obj, &value).await?;
+            if handover && actual.is_none() {
+                // Created without a count (the server's default, 1): start at the minimum
+                // rather than wait for the autoscaler's first sync.
+                let min = i32::try_from(obj.spec.min_replicas).unwrap_or(i32::MAX);
+                self.hand_over_replicas(obj, min).await?;
+            }
             debug!(deployment = %obj.id, kind = kind.as_str(), revision = obj.revision, "applied");
             self.remember(
                 key(kind, &obj.namespace, &obj.name),

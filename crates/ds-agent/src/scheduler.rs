@@ -10,9 +10,10 @@
 
 use super::AgentError;
 use super::cache::Cached;
-use super::pods::{Pods, overlay};
+use super::desired::{Kind, wants_kind};
+use super::pods::{KeptStatus, Pods};
 use super::reconcile::{PruneOutcome, Reconciler};
-use super::sync::{DesiredState, Statuses};
+use super::sync::{DesiredState, StatusTable, Statuses};
 use ds_core::DeployedObject;
 use ds_core::proto;
 use futures::future::BoxFuture;
@@ -207,10 +208,14 @@ struct Pass {
     complete: bool,
 }
 
-/// Whether the change from `old` to `new` may leave an owned object unwanted.
+/// Whether the change from `old` to `new` may leave an owned object unwanted (moved, or
+/// a kind no longer wanted: host, autoscaler or disruption budget removed).
 fn moved(old: &DeployedObject, new: &DeployedObject) -> bool {
-    let host = |o: &DeployedObject| o.spec.host.as_ref().is_some_and(|h| !h.is_empty());
-    old.name != new.name || old.namespace != new.namespace || host(old) != host(new)
+    old.name != new.name
+        || old.namespace != new.namespace
+        || Kind::ALL
+            .into_iter()
+            .any(|k| wants_kind(old, k) && !wants_kind(new, k))
 }
 
 async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task, Done) {
@@ -247,7 +252,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
     let rec = &rec;
     let mut q = Queue::default();
     let mut running: FuturesUnordered<BoxFuture<'_, (Task, Done)>> = FuturesUnordered::new();
-    let mut statuses: HashMap<Arc<str>, Arc<proto::DeploymentStatus>> = HashMap::new();
+    let mut statuses: HashMap<Arc<str>, Arc<KeptStatus>> = HashMap::new();
     let mut publish_at: Option<Instant> = None;
     let mut known = io.desired.borrow_and_update().clone();
     let mut leader = *io.leader.borrow_and_update();
@@ -316,7 +321,10 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
         }
         if publish_at.is_some_and(|at| at <= Instant::now()) {
             publish_at = None;
-            io.statuses.send_replace(Arc::new(statuses.clone()));
+            io.statuses.send_replace(Arc::new(StatusTable {
+                by_id: statuses.clone(),
+                pods: io.pods.clone(),
+            }));
         }
         let delayed = q.next_delayed();
         tokio::select! {
@@ -332,10 +340,9 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                             .deployments
                             .get(&*id)
                             .map(|o| o.namespace.clone());
-                        let status = status.zip(namespace).map(|(mut s, namespace)| {
-                            overlay(&mut s, io.pods.of(&namespace, &id));
-                            *s
-                        });
+                        let status = status
+                            .zip(namespace)
+                            .map(|(s, namespace)| KeptStatus::new(*s, io.pods.of(&namespace, &id)));
                         if let Some(s) = status
                             && statuses.get(&*id).map(|o| &**o) != Some(&s)
                         {
@@ -432,8 +439,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                     if let Some(obj) = desired.deployments.get(&*id)
                         && let Some(old) = statuses.get(&*id)
                     {
-                        let mut s = (**old).clone();
-                        overlay(&mut s, io.pods.of(&obj.namespace, &id));
+                        let s = old.overlaid(io.pods.of(&obj.namespace, &id));
                         if s != **old {
                             statuses.insert(id.clone(), Arc::new(s));
                             publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);
@@ -523,5 +529,19 @@ mod tests {
             let full = min.saturating_mul(1 << (n - 1).min(16)).min(max);
             assert!(d >= full / 2 && d <= full, "retry {n}: {d:?}");
         }
+    }
+
+    #[test]
+    fn dropping_the_autoscaler_or_the_budget_calls_for_a_prune() {
+        let base = crate::desired::test_object(ds_core::DeploymentSpec::test("iris").replicas(3));
+        let mut scaled = base.clone();
+        scaled.spec.min_replicas = 1;
+        scaled.spec.max_replicas = 4;
+        assert!(moved(&scaled, &base), "autoscaler no longer wanted");
+        assert!(moved(&base, &scaled), "min 1: the budget goes");
+        let one = crate::desired::test_object(ds_core::DeploymentSpec::test("iris"));
+        assert!(moved(&base, &one), "one replica: the budget goes");
+        assert!(!moved(&one, &base), "only new objects: nothing to prune");
+        assert!(!moved(&base, &base.clone()));
     }
 }

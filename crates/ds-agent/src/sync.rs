@@ -14,6 +14,7 @@ use super::cache::Stores;
 use super::desired::Kind;
 use super::metrics::Metrics;
 use super::pages::{Assembled, PageOutcome, SnapshotPages};
+use super::pods::{KeptStatus, Pods};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use ds_core::DeployedObject;
 use ds_core::proto;
@@ -510,27 +511,23 @@ async fn list_snapshot(client: &mut Client) -> Result<Assembled, tonic::Status> 
     ))
 }
 
-/// Current statuses as the reconciler computes them, by deployment ID. Keys and values
-/// are shared with the scheduler's own map, so publishing it copies one table of
-/// pointers, not every status.
-pub type Statuses = Arc<HashMap<Arc<str>, Arc<proto::DeploymentStatus>>>;
+/// Current statuses as the reconciler computes them, by deployment ID, and the pods to
+/// report with them. Keys and values are shared with the scheduler's own map, so
+/// publishing it copies one table of pointers, not every status.
+#[derive(Default)]
+pub struct StatusTable {
+    /// The statuses, without their pods.
+    pub by_id: HashMap<Arc<str>, Arc<KeptStatus>>,
+    /// The pod watch the pods of a report are read from.
+    pub pods: Pods,
+}
+
+/// The statuses as published by the scheduler.
+pub type Statuses = Arc<StatusTable>;
 
 /// Most statuses in one report: a first report after a restart covers every deployment,
 /// and chunks keep its encoding (and the copies it needs) small.
 const REPORT_CHUNK: usize = 500;
-
-/// A fingerprint of a status as sent (its encoding hashed into `buf`'s reused bytes), so
-/// the statuses already reported are remembered as one word each, not as copies.
-fn fingerprint(s: &proto::DeploymentStatus, buf: &mut Vec<u8>) -> u64 {
-    use prost::Message;
-    use std::hash::{Hash, Hasher};
-    buf.clear();
-    // Encoding into a Vec cannot run out of space.
-    let _ = s.encode(buf);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    buf.hash(&mut h);
-    h.finish()
-}
 
 /// This deployer's objects in the caches of `stores`, counted at the revision of
 /// `desired`; `None` until both are complete (the caches synced, a complete snapshot
@@ -601,12 +598,12 @@ pub async fn status_loop(
             continue;
         }
         let current = statuses.borrow_and_update().clone();
-        let mut changed: Vec<(&proto::DeploymentStatus, u64)> = current
+        let mut changed: Vec<(&KeptStatus, u64)> = current
+            .by_id
             .values()
             .filter_map(|s| {
-                let s: &proto::DeploymentStatus = s;
-                let f = fingerprint(s, &mut buf);
-                (sent.get(&s.deployment_id) != Some(&f)).then_some((s, f))
+                let f = s.fingerprint(&mut buf);
+                (sent.get(s.deployment_id()) != Some(&f)).then_some((&**s, f))
             })
             .collect();
         if changed.is_empty() && !beat {
@@ -616,9 +613,24 @@ pub async fn status_loop(
         let objects = owned_objects(&ctx.desired.borrow(), stores.borrow().as_ref());
         loop {
             let chunk: Vec<_> = changed.drain(..changed.len().min(REPORT_CHUNK)).collect();
+            let reported = {
+                let desired = ctx.desired.borrow();
+                chunk
+                    .iter()
+                    .map(|(s, _)| {
+                        let id = s.deployment_id();
+                        let pods = desired
+                            .deployments
+                            .get(id)
+                            .map(|o| current.pods.of(&o.namespace, id))
+                            .unwrap_or_default();
+                        s.report(pods)
+                    })
+                    .collect()
+            };
             let report = proto::StatusReport {
                 agent: Some(ctx.agent_info()),
-                statuses: chunk.iter().map(|(s, _)| (*s).clone()).collect(),
+                statuses: reported,
                 objects,
             };
             let mut client = ctx.client.clone();
@@ -629,7 +641,7 @@ pub async fn status_loop(
             match result {
                 Ok(ack) => {
                     for (s, f) in chunk {
-                        sent.insert(s.deployment_id.clone(), f);
+                        sent.insert(s.deployment_id().to_owned(), f);
                     }
                     gateway_ahead |= ack.into_inner().revision > ctx.desired.borrow().revision;
                 }
@@ -643,7 +655,7 @@ pub async fn status_loop(
                 break;
             }
         }
-        sent.retain(|id, _| current.contains_key(id.as_str()));
+        sent.retain(|id, _| current.by_id.contains_key(id.as_str()));
         if gateway_ahead {
             ctx.list_now.notify_one();
         }
@@ -806,11 +818,13 @@ mod tests {
             enabled: true,
             class_names: vec!["setosa".into()],
             query_log: true,
+            protocol: "v2".into(),
         });
         let o = from_proto(d, "d1");
         assert!(o.spec.proxy.enabled);
         assert_eq!(o.spec.proxy.class_names, vec!["setosa".to_string()]);
         assert!(o.spec.proxy.query_log, "query logs reach the builders");
+        assert_eq!(o.spec.proxy.protocol.as_deref(), Some("v2"));
         // No settings at all: the defaults, as the gateway and the CLI read them.
         let mut d = dep("b", 2);
         d.spec.as_mut().unwrap().proxy = None;

@@ -100,7 +100,8 @@ pub fn request<T>(message: T) -> Request<T> {
 pub fn status_error(status: Status, url: &str) -> CliError {
     let message = one_line(status.message());
     match status.code() {
-        Code::Unauthenticated => CliError::Unauthenticated,
+        Code::Unauthenticated if message == "API key expired" => CliError::ExpiredKey,
+        Code::Unauthenticated => CliError::Unauthenticated(message.to_string()),
         Code::Unavailable => CliError::Unreachable {
             url: url.to_string(),
             detail: if message.is_empty() {

@@ -1,8 +1,8 @@
-//! `ds deployer create|ls|get|rm|rotate-token|install`.
+//! `ds deployer create|update|ls|get|rm|rotate-token|install` (`grant|revoke` in `teams_cmd`).
 
 use super::client::{self, request, status_error};
 use super::output::{self, DeployerView, fields, print};
-use super::{CliError, DeployerArgs, DeployerCommand, config};
+use super::{CliError, DeployerArgs, DeployerCommand, config, teams_cmd};
 use ds_core::duration::format as format_duration;
 use ds_core::proto;
 use serde::Serialize;
@@ -14,6 +14,7 @@ use tonic::Code;
 struct Created<'a> {
     id: &'a str,
     name: &'a str,
+    stage: &'a str,
     token: &'a str,
 }
 
@@ -48,18 +49,31 @@ const CASCADE_POLL: Duration = Duration::from_millis(500);
 
 pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
     let format = args.global.output;
+    if let DeployerCommand::Grant { group, .. } | DeployerCommand::Revoke { group, .. } =
+        &args.command
+    {
+        ds_core::validate::validate_group_name("--group", group)?;
+    }
     // Check what can be checked before dialing.
-    if let DeployerCommand::Create { name } = &args.command {
+    if let DeployerCommand::Create { name, .. } = &args.command {
         ds_core::validate_deployer_name(name)?;
+    }
+    if let DeployerCommand::Update { deployer, stage } = &args.command
+        && stage.is_none()
+    {
+        return Err(CliError::NothingToUpdateDeployer(deployer.clone()));
     }
     let connection = config::resolve(&args.global)?;
     let url = connection.url.clone();
     let mut control = client::connect(&connection).await?;
     let err = |status| status_error(status, &url);
     match args.command {
-        DeployerCommand::Create { name } => {
+        DeployerCommand::Create { name, stage } => {
             let response = control
-                .create_deployer(request(proto::CreateDeployerRequest { name }))
+                .create_deployer(request(proto::CreateDeployerRequest {
+                    name,
+                    stage: stage.unwrap_or_default(),
+                }))
                 .await
                 .map_err(err)?
                 .into_inner();
@@ -67,12 +81,14 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
             let created = Created {
                 id: &deployer.id,
                 name: &deployer.name,
+                stage: &deployer.stage,
                 token: &response.token,
             };
             print(format, &created, || {
                 fields(&[
                     ("ID", deployer.id.clone()),
                     ("Name", deployer.name.clone()),
+                    ("Stage", deployer.stage.clone()),
                     ("Token", response.token.clone()),
                 ])
             })?;
@@ -82,6 +98,22 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     deployer.name
                 );
             }
+        }
+        DeployerCommand::Update { deployer, stage } => {
+            let updated = control
+                .update_deployer(request(proto::UpdateDeployerRequest { deployer, stage }))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let view = DeployerView::from(&updated);
+            let one = std::slice::from_ref(&view);
+            output::print_resource(
+                format,
+                &view,
+                || output::deployer_fields(&view),
+                || output::deployers_wide_table(one),
+                || output::deployer_names(one),
+            )?;
         }
         DeployerCommand::Ls => {
             let response = control
@@ -193,6 +225,14 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     response.deployments_deleted
                 );
             }
+        }
+        DeployerCommand::Grant {
+            deployer,
+            group,
+            role,
+        } => teams_cmd::grant(&mut control, &url, format, deployer, group, Some(role)).await?,
+        DeployerCommand::Revoke { deployer, group } => {
+            teams_cmd::grant(&mut control, &url, format, deployer, group, None).await?;
         }
         DeployerCommand::RotateToken { deployer, overlap } => {
             let overlap_seconds = u32::try_from(overlap.as_secs()).unwrap_or(u32::MAX);

@@ -70,12 +70,14 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
             deployer,
             namespace,
             all_namespaces: _,
+            stage,
             watch,
         } => {
             // -A is the default: without -n every namespace is listed.
             let req = proto::ListDeploymentsRequest {
                 deployer: deployer.unwrap_or_default(),
                 namespace: namespace.unwrap_or_default(),
+                stage: stage.unwrap_or_default(),
                 ..Default::default()
             };
             if watch {
@@ -294,6 +296,10 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
             enabled: !args.no_proxy,
             class_names: args.class_names.clone(),
             query_log: args.query_log,
+            protocol: args
+                .proxy_protocol
+                .clone()
+                .and_then(ds_core::convert::proxy_protocol),
         },
         labels: args.labels.iter().cloned().collect(),
         // Off here; the pod-level flags fill them in below.
@@ -314,9 +320,14 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
         model_path: None,
         storage_secret: None,
         model_sha256: None,
+        min_replicas: 0,
+        max_replicas: 0,
+        target_cpu_percent: None,
+        max_unavailable: None,
     };
     args.pod.fill(&mut spec);
     args.storage.fill(&mut spec);
+    args.scale.fill(&mut spec);
     spec
 }
 
@@ -397,12 +408,15 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         set_labels: args.labels.iter().cloned().collect(),
         unset_labels: args.unset_labels.clone(),
         model_name: args.model_name.clone(),
+        proxy_protocol: args.proxy_protocol.clone(),
         ..Default::default()
     };
     let pod_changes = args.pod.fill(&mut req);
     let storage_changes = args.storage.fill(&mut req);
+    let scale_changes = args.scale.fill(&mut req);
     let changes_something = pod_changes
         || storage_changes
+        || scale_changes
         || req.image.is_some()
         || req.replicas.is_some()
         || req.port.is_some()
@@ -413,6 +427,7 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         || req.memory.is_some()
         || req.proxy_enabled.is_some()
         || req.proxy_query_log.is_some()
+        || req.proxy_protocol.is_some()
         || req.ingress_class.is_some()
         || req.cpu_limit.is_some()
         || req.memory_limit.is_some()

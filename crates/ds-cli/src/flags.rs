@@ -20,6 +20,7 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         "resources.memory_request" => "--memory",
         "resources.memory_limit" => "--memory-limit",
         "proxy.query_log" => "--query-log",
+        "proxy.protocol" => "--proxy-protocol",
         "env" => "--env",
         f if f.starts_with("env[") => "--env",
         f if f.starts_with("proxy.class_names") => "--class-names",
@@ -31,6 +32,11 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         "priority_class" => "--priority-class",
         "ready_path" => "--ready-path",
         "startup_timeout_seconds" => "--startup-timeout",
+        // Autoscaling and the disruption budget (issue 16).
+        "min_replicas" => "--min-replicas",
+        "max_replicas" => "--max-replicas",
+        "target_cpu_percent" => "--target-cpu",
+        "max_unavailable" => "--max-unavailable",
         "image_pull_secrets" => "--image-pull-secret",
         "ingress_annotations" => "--ingress-annotation",
         "command" => "--command",
@@ -211,6 +217,12 @@ mod tests {
         cases.push((
             "iris",
             "default",
+            bad(&|s| s.proxy.protocol = Some("v3".into())),
+            "--proxy-protocol",
+        ));
+        cases.push((
+            "iris",
+            "default",
             bad(&|s| {
                 s.labels.insert("bad key".into(), "v".into());
             }),
@@ -286,6 +298,40 @@ mod tests {
                 bad(&|s| s.startup_timeout_seconds = 1_000_000),
                 "--startup-timeout",
             ),
+            // Autoscaling and the disruption budget.
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 5;
+                    s.max_replicas = 2;
+                }),
+                "--min-replicas",
+            ),
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 1;
+                    s.max_replicas = 2000;
+                }),
+                "--max-replicas",
+            ),
+            (
+                bad(&|s| {
+                    s.resources.cpu_request = Some("1".into());
+                    s.min_replicas = 1;
+                    s.max_replicas = 2;
+                    s.target_cpu_percent = Some(0);
+                }),
+                "--target-cpu",
+            ),
+            (
+                bad(&|s| {
+                    s.min_replicas = 1;
+                    s.max_replicas = 2;
+                }),
+                "--cpu",
+            ),
+            (bad(&|s| s.max_unavailable = Some(0)), "--max-unavailable"),
         ];
         cases.extend(
             pod_cases

@@ -14,7 +14,7 @@ use serde::Serialize;
 pub struct RevisionView {
     pub revision: u64,
     pub created_at: String,
-    /// Who made it ("key <API key ID>"); empty when not known.
+    /// Who made it ("alice (key <API key ID>)"); empty when not known.
     pub by: String,
     pub change: String,
     /// What the deployment reached at it: Available, Failed, or empty.

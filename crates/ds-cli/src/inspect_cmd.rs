@@ -74,16 +74,21 @@ pub async fn logs(
         since_seconds,
         pod: args.pod.clone().unwrap_or_default(),
     };
+    // One listener for the whole command: a Ctrl-C that arrives while lines are being
+    // written (no listener polled then) is still seen; one made anew in each turn of the
+    // loop would miss it, and the installed handler would swallow it.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     // No call deadline: a followed log lasts as long as the user wants it.
     let opened = control.deployment_logs(tonic::Request::new(req));
     let mut stream = tokio::select! {
         r = opened => r.map_err(|s| status_error(s, url))?.into_inner(),
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = &mut ctrl_c => return Ok(()),
     };
     loop {
         let next = tokio::select! {
             m = stream.message() => m.map_err(|s| status_error(s, url))?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut ctrl_c => return Ok(()),
         };
         let Some(batch) = next else { return Ok(()) };
         if !write_lines(&batch.lines, format)? {

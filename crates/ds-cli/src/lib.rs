@@ -6,15 +6,19 @@
 //! - `client`: the gRPC connection and the mapping of gateway errors to one clear line.
 //! - `output`: tables, `-o json|yaml`, kubectl-style ages.
 //! - `deployer_cmd`, `deployment_cmd`: the subcommands.
+//! - `stage_cmd`, `audit_cmd`: `ds stage …` and `ds audit ls`.
 //! - `inspect_cmd`: `ds deployment logs|describe`, answered by the deployer's agent.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
 //! - `storage_flags`: the model-from-storage flags of create/update (`--model-uri`…).
+//! - `teams_cmd`: `ds user|apikey|group …` and `ds deployer grant|revoke`.
+//! - `scale_flags`: the autoscaling and disruption-budget flags of create/update.
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
 
+mod audit_cmd;
 mod client;
 mod config;
 mod deployer_cmd;
@@ -25,7 +29,10 @@ mod inspect_cmd;
 mod output;
 mod parse;
 mod pod_flags;
+mod scale_flags;
+mod stage_cmd;
 mod storage_flags;
+mod teams_cmd;
 mod version;
 mod wait;
 mod watch;
@@ -38,6 +45,9 @@ use std::time::Duration;
 
 pub use config::{Config, default_config_path};
 pub use output::{OutputFormat, format_age};
+pub use teams_cmd::{
+    ApikeyArgs, ApikeyCommand, GroupArgs, GroupCommand, RoleArg, UserArgs, UserCommand,
+};
 
 // === arguments ===
 
@@ -52,7 +62,7 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub gateway: Option<String>,
-    /// Admin API key (default: from `ds login`).
+    /// API key (default: from `ds login`).
     #[arg(
         long,
         env = "DS_API_KEY",
@@ -91,6 +101,17 @@ pub enum DeployerCommand {
     Create {
         /// Deployer name (DNS-1123 label), e.g. `prod-eu-1`.
         name: String,
+        /// The lifecycle stage it is in (default: the first stage; see `ds stage ls`).
+        #[arg(long)]
+        stage: Option<String>,
+    },
+    /// Change a deployer's settings; only the given flags change.
+    Update {
+        /// Deployer name or ID.
+        deployer: String,
+        /// Move it to this lifecycle stage (see `ds stage ls`).
+        #[arg(long)]
+        stage: Option<String>,
     },
     /// List deployers with their agents' status.
     #[command(visible_alias = "list")]
@@ -125,6 +146,26 @@ pub enum DeployerCommand {
         /// How long the previous token stays valid (e.g. `10m`, `1h`, `0s`).
         #[arg(long, default_value = "10m", value_parser = ds_core::duration::parse)]
         overlap: Duration,
+    },
+    /// Grant a group a role on a deployer (replacing its earlier one there).
+    Grant {
+        /// Deployer name or ID.
+        deployer: String,
+        /// The group.
+        #[arg(long)]
+        group: String,
+        /// view: see it and its deployments; deploy: also change deployments; admin: also
+        /// its token, install and grants.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// Take a group's role on a deployer away.
+    Revoke {
+        /// Deployer name or ID.
+        deployer: String,
+        /// The group.
+        #[arg(long)]
+        group: String,
     },
     /// Print the one-line `kubectl apply` that installs the agent in a cluster.
     Install {
@@ -177,6 +218,9 @@ pub enum DeploymentCommand {
         /// Deployments in every namespace (the default).
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only deployments of deployers in this lifecycle stage.
+        #[arg(long)]
+        stage: Option<String>,
         /// After the table, print a line per change until Ctrl-C.
         #[arg(short, long)]
         watch: bool,
@@ -334,6 +378,11 @@ pub struct CreateArgs {
     /// for the cluster's log pipeline (needs the proxy).
     #[arg(long)]
     pub query_log: bool,
+    /// The model server's protocol for the proxy: `auto` (default: v2 answers known by
+    /// their `/v2/models/NAME/infer` path, others v1), `v1`, or `v2` (the proxy's
+    /// readiness then asks `/v2/health/ready`).
+    #[arg(long, value_name = "auto|v1|v2")]
+    pub proxy_protocol: Option<String>,
     /// Ingress class (default: the cluster's).
     #[arg(long)]
     pub ingress_class: Option<String>,
@@ -344,6 +393,8 @@ pub struct CreateArgs {
     pub pod: pod_flags::PodCreateArgs,
     #[command(flatten)]
     pub storage: storage_flags::StorageCreateArgs,
+    #[command(flatten)]
+    pub scale: scale_flags::ScaleCreateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -404,6 +455,9 @@ pub struct UpdateArgs {
     /// Turn the model-proxy's query logs off.
     #[arg(long)]
     pub no_query_log: bool,
+    /// New protocol of the model server for the proxy: `auto`, `v1` or `v2`.
+    #[arg(long, value_name = "auto|v1|v2")]
+    pub proxy_protocol: Option<String>,
     /// New Ingress host; `""` removes the Ingress.
     #[arg(long)]
     pub host: Option<String>,
@@ -415,7 +469,98 @@ pub struct UpdateArgs {
     #[command(flatten)]
     pub storage: storage_flags::StorageUpdateArgs,
     #[command(flatten)]
+    pub scale: scale_flags::ScaleUpdateArgs,
+    #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// `ds stage …`
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: StageCommand,
+}
+
+/// Who may deploy on a stage's deployers (`--deploy-by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeployByArg {
+    /// Anyone allowed to deploy on the deployer.
+    Anyone,
+    /// Service accounts only (e.g. production deployed by CI).
+    ServiceAccounts,
+}
+
+/// The stage subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StageCommand {
+    /// List the lifecycle stages in order, with their policy and deployers.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Add a stage (at the end unless --after or --position says where).
+    Create {
+        /// Stage name, e.g. `Staging`.
+        name: String,
+        /// Put it right after this stage.
+        #[arg(long, conflicts_with = "position")]
+        after: Option<String>,
+        /// Put it at this place in the list (from 1), moving the later ones down.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        position: Option<u32>,
+        /// Who may deploy on its deployers.
+        #[arg(long, value_enum, default_value_t = DeployByArg::Anyone)]
+        deploy_by: DeployByArg,
+    },
+    /// Remove a stage; refused while deployers are in it.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// Stage name.
+        name: String,
+    },
+    /// Rename a stage; its deployers stay in it.
+    Rename {
+        /// Stage name now.
+        name: String,
+        /// Its new name.
+        new_name: String,
+    },
+    /// Change who may deploy on a stage's deployers.
+    Update {
+        /// Stage name.
+        name: String,
+        /// `service-accounts`: only service accounts (CI) may create, change or delete
+        /// deployments there; `anyone`: everyone allowed to deploy.
+        #[arg(long, value_enum)]
+        deploy_by: DeployByArg,
+    },
+}
+
+/// `ds audit …`
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+/// The audit subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List the audit log, oldest first: every change, and refused attempts.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only entries from this long ago (e.g. `1h`, `30m`) or this RFC 3339 time on.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries of this actor, e.g. `key 0123456789abcdef`.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries of this deployer (name or ID; the ID of a deleted one).
+        #[arg(short, long)]
+        deployer: Option<String>,
+    },
 }
 
 /// `ds version`
@@ -434,7 +579,8 @@ pub struct LoginArgs {
     /// Gateway URL, e.g. `https://gateway.example.com:8800`.
     #[arg(long, env = "DS_GATEWAY")]
     pub gateway: String,
-    /// Admin API key (printed by `ds gateway` on its first start); `-` reads it from stdin.
+    /// API key (`ds apikey create`, or the admin's, printed by `ds gateway` on its first
+    /// start); `-` reads it from stdin.
     #[arg(long, env = "DS_API_KEY", hide_env_values = true, value_parser = ds_transport::parse_secret)]
     pub api_key: SecretString,
     /// PEM CA bundle to trust for the gateway's TLS certificate, besides the system roots.
@@ -470,8 +616,16 @@ pub enum CliError {
         "cannot verify the gateway at {url} ({detail}): pass its CA bundle with --ca-cert or DS_CA_CERT"
     )]
     UntrustedGateway { url: String, detail: String },
-    #[error("the gateway rejected the API key: check --api-key / DS_API_KEY or run `ds login`")]
-    Unauthenticated,
+    /// With the gateway's reason ("invalid API key", "token expired"…), which never
+    /// repeats the credential.
+    #[error(
+        "the gateway rejected the API key or token ({0}): check --api-key / DS_API_KEY or run `ds login`"
+    )]
+    Unauthenticated(String),
+    #[error(
+        "the API key has expired: ask a gateway admin for a new one (`ds apikey create --user NAME`), then `ds login` with it"
+    )]
+    ExpiredKey,
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     /// The gateway refused the request and said why (not found, invalid, exists…).
@@ -502,6 +656,8 @@ pub enum CliError {
          --host, --ingress-class"
     )]
     NothingToUpdate(String),
+    #[error("nothing to change for deployer {0}: give --stage")]
+    NothingToUpdateDeployer(String),
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// A validation error said with the flag that set the value.
@@ -559,6 +715,31 @@ pub async fn deployer(args: DeployerArgs) -> Result<(), CliError> {
     deployer_cmd::run(args).await
 }
 
+/// `ds user …`
+///
+/// # Errors
+/// Bad names, missing credentials, an unreachable gateway, or the gateway's refusal
+/// (which permission is missing), as one line.
+pub async fn user(args: UserArgs) -> Result<(), CliError> {
+    teams_cmd::user(args).await
+}
+
+/// `ds apikey …`
+///
+/// # Errors
+/// As [`user`]; also a bad `--expires`.
+pub async fn apikey(args: ApikeyArgs) -> Result<(), CliError> {
+    teams_cmd::apikey(args).await
+}
+
+/// `ds group …`
+///
+/// # Errors
+/// As [`user`].
+pub async fn group(args: GroupArgs) -> Result<(), CliError> {
+    teams_cmd::group(args).await
+}
+
 /// `ds deployment …`
 ///
 /// # Errors
@@ -566,6 +747,22 @@ pub async fn deployer(args: DeployerArgs) -> Result<(), CliError> {
 /// failed or timed-out `--wait`, as one line.
 pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
     deployment_cmd::run(args).await
+}
+
+/// `ds stage …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
+pub async fn stage(args: StageArgs) -> Result<(), CliError> {
+    stage_cmd::run(args).await
+}
+
+/// `ds audit …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
+pub async fn audit(args: AuditArgs) -> Result<(), CliError> {
+    audit_cmd::run(args).await
 }
 
 /// `ds login`: checks the key against the gateway (unless `--no-verify`) and saves the

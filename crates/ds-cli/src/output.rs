@@ -178,6 +178,11 @@ pub struct DeployerView {
     pub created_at: String,
     pub deployments: u32,
     pub revision: u64,
+    /// The groups with a role on it (`ds deployer get` only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<super::teams_cmd::GrantView>,
+    /// The lifecycle stage it is in.
+    pub stage: String,
 }
 
 impl From<&proto::Deployer> for DeployerView {
@@ -198,6 +203,12 @@ impl From<&proto::Deployer> for DeployerView {
             created_at: d.created_at.clone(),
             deployments: d.deployments,
             revision: d.revision,
+            grants: d
+                .grants
+                .iter()
+                .map(super::teams_cmd::GrantView::from)
+                .collect(),
+            stage: d.stage.clone(),
         }
     }
 }
@@ -227,6 +238,7 @@ fn deployers_table_of(deployers: &[DeployerView], wide: bool) -> String {
         .map(|d| {
             let mut row = vec![
                 d.name.clone(),
+                d.stage.clone(),
                 d.deployments.to_string(),
                 d.status.to_string(),
                 d.agent_version.clone().unwrap_or_else(|| "<none>".into()),
@@ -252,6 +264,7 @@ fn deployers_table_of(deployers: &[DeployerView], wide: bool) -> String {
         .collect();
     let mut headers = vec![
         "NAME",
+        "STAGE",
         "DEPLOYMENTS",
         "STATUS",
         "VERSION",
@@ -269,6 +282,7 @@ pub fn deployer_fields(d: &DeployerView) -> String {
     fields(&[
         ("ID", d.id.clone()),
         ("Name", d.name.clone()),
+        ("Stage", d.stage.clone()),
         ("Status", d.status.to_string()),
         ("Version", or_none(d.agent_version.as_deref().unwrap_or(""))),
         ("Cluster", or_none(d.cluster.as_deref().unwrap_or(""))),
@@ -289,6 +303,7 @@ pub fn deployer_fields(d: &DeployerView) -> String {
         ),
         ("Deployments", d.deployments.to_string()),
         ("Revision", d.revision.to_string()),
+        ("Grants", super::teams_cmd::grants_text(&d.grants)),
         (
             "Created",
             format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),
@@ -380,6 +395,8 @@ pub struct DeploymentView {
     pub namespace: String,
     pub deployer: String,
     pub deployer_id: String,
+    /// Its deployer's lifecycle stage.
+    pub stage: String,
     pub url: Option<String>,
     pub revision: u64,
     pub created_at: String,
@@ -414,6 +431,7 @@ impl From<&proto::DeploymentView> for DeploymentView {
             namespace: d.namespace,
             deployer: v.deployer_name.clone(),
             deployer_id: d.deployer_id,
+            stage: v.deployer_stage.clone(),
             url: none_if_empty(&v.url),
             revision: d.revision_of_last_change,
             created_at: d.created_at,
@@ -471,6 +489,7 @@ pub fn deployment_headers(wide: bool) -> Vec<&'static str> {
         "NAME",
         "NAMESPACE",
         "DEPLOYER",
+        "STAGE",
         "IMAGE",
         "REPLICAS",
         "STATUS",
@@ -488,6 +507,7 @@ pub fn deployment_row(d: &DeploymentView, wide: bool) -> Vec<String> {
         d.name.clone(),
         d.namespace.clone(),
         d.deployer.clone(),
+        or_none(&d.stage),
         d.spec.image.clone(),
         format!("{}/{}", d.status.ready_replicas, d.spec.replicas),
         status_column(&d.status),
@@ -551,6 +571,9 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
         if s.proxy.query_log {
             details.push("query logs to stdout".to_string());
         }
+        if let Some(protocol) = &s.proxy.protocol {
+            details.push(format!("protocol: {protocol}"));
+        }
         if details.is_empty() {
             "on".to_string()
         } else {
@@ -586,6 +609,7 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
     // The pod-level options, only those that are set.
     pairs.extend(super::pod_flags::shown(s));
     pairs.extend(super::storage_flags::shown(s));
+    pairs.extend(super::scale_flags::shown(s));
     pairs.extend([
         ("Revision", d.revision.to_string()),
         (
@@ -780,7 +804,7 @@ mod tests {
     }
 
     #[test]
-    fn the_proxy_line_and_json_show_query_logs() {
+    fn the_proxy_line_and_json_show_query_logs_and_the_protocol() {
         let view = proto::DeploymentView {
             deployment: Some(proto::Deployment {
                 spec: Some(proto::DeploymentSpec {
@@ -788,6 +812,7 @@ mod tests {
                         enabled: true,
                         class_names: vec!["setosa".into(), "versicolor".into()],
                         query_log: true,
+                        protocol: "v2".into(),
                     }),
                     ..Default::default()
                 }),
@@ -802,10 +827,134 @@ mod tests {
             .find(|l| l.starts_with("Proxy:"))
             .unwrap_or_else(|| panic!("no Proxy line in {get}"));
         assert!(
-            line.ends_with("on (classes: setosa, versicolor; query logs to stdout)"),
+            line.ends_with("on (classes: setosa, versicolor; query logs to stdout; protocol: v2)"),
             "{line}"
         );
         let json = serde_json::to_value(&view).unwrap();
         assert_eq!(json["spec"]["proxy"]["query_log"], true);
+        assert_eq!(json["spec"]["proxy"]["protocol"], "v2");
     }
+}
+
+// === stages and the audit log ===
+
+/// A stage as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageView {
+    pub name: String,
+    pub position: u32,
+    /// `anyone` or `service-accounts`.
+    pub deploy_by: &'static str,
+    pub deployers: Vec<String>,
+}
+
+/// The word of a DeployBy.
+pub fn deploy_by_word(value: i32) -> &'static str {
+    match proto::DeployBy::try_from(value) {
+        Ok(proto::DeployBy::ServiceAccounts) => "service-accounts",
+        _ => "anyone",
+    }
+}
+
+impl From<&proto::Stage> for StageView {
+    fn from(s: &proto::Stage) -> Self {
+        Self {
+            name: s.name.clone(),
+            position: s.position,
+            deploy_by: deploy_by_word(s.deploy_by),
+            deployers: s.deployers.clone(),
+        }
+    }
+}
+
+/// The `ds stage ls` table.
+pub fn stages_table(stages: &[StageView]) -> String {
+    let rows: Vec<Vec<String>> = stages
+        .iter()
+        .map(|s| {
+            vec![
+                s.position.to_string(),
+                s.name.clone(),
+                s.deploy_by.to_string(),
+                if s.deployers.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    s.deployers.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(&["POSITION", "NAME", "DEPLOY BY", "DEPLOYERS"], &rows)
+}
+
+/// The text of one stage.
+pub fn stage_fields(s: &StageView) -> String {
+    fields(&[
+        ("Name", s.name.clone()),
+        ("Position", s.position.to_string()),
+        ("Deploy by", s.deploy_by.to_string()),
+        ("Deployers", or_none(&s.deployers.join(","))),
+    ])
+}
+
+/// An audit entry as `-o json|yaml` shows it: before and after as JSON values.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditView {
+    pub id: u64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub object_kind: String,
+    pub object: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployer_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+    pub request_id: String,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&proto::AuditEntry> for AuditView {
+    fn from(a: &proto::AuditEntry) -> Self {
+        let json = |s: &str| {
+            (!s.is_empty()).then(|| {
+                serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.into()))
+            })
+        };
+        Self {
+            id: a.id,
+            at: a.at.clone(),
+            actor: a.actor.clone(),
+            action: a.action.clone(),
+            object_kind: a.object_kind.clone(),
+            object: a.object.clone(),
+            deployer_id: none_if_empty(&a.deployer_id),
+            before: json(&a.before),
+            after: json(&a.after),
+            request_id: a.request_id.clone(),
+            outcome: a.outcome.clone(),
+            reason: none_if_empty(&a.reason),
+        }
+    }
+}
+
+/// The `ds audit ls` table.
+pub fn audit_table(entries: &[AuditView]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|a| {
+            vec![
+                a.at.clone(),
+                a.actor.clone(),
+                a.action.clone(),
+                format!("{}/{}", a.object_kind, a.object),
+                a.outcome.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "ACTOR", "ACTION", "OBJECT", "OUTCOME"], &rows)
 }

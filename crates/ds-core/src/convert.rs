@@ -9,6 +9,12 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// A wire `proxy.protocol`: "" and "auto" are both auto-detection (`None`), so the stored
+/// spec does not depend on which one a client sent.
+pub fn proxy_protocol(protocol: String) -> Option<String> {
+    non_empty(protocol).filter(|p| p != "auto")
+}
+
 impl From<DeploymentSpec> for proto::DeploymentSpec {
     fn from(s: DeploymentSpec) -> Self {
         proto::DeploymentSpec {
@@ -36,6 +42,7 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
                 enabled: s.proxy.enabled,
                 class_names: s.proxy.class_names,
                 query_log: s.proxy.query_log,
+                protocol: s.proxy.protocol.unwrap_or_default(),
             }),
             labels: s.labels.into_iter().collect(),
             gpu: s.gpu,
@@ -54,6 +61,10 @@ impl From<DeploymentSpec> for proto::DeploymentSpec {
             model_path: s.model_path.unwrap_or_default(),
             storage_secret: s.storage_secret.unwrap_or_default(),
             model_sha256: s.model_sha256.unwrap_or_default(),
+            min_replicas: s.min_replicas,
+            max_replicas: s.max_replicas,
+            target_cpu_percent: s.target_cpu_percent,
+            max_unavailable: s.max_unavailable,
         }
     }
 }
@@ -110,6 +121,7 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
                     enabled: p.enabled,
                     class_names: p.class_names,
                     query_log: p.query_log,
+                    protocol: proxy_protocol(p.protocol),
                 })
                 .unwrap_or_default(),
             labels: s.labels.into_iter().collect(),
@@ -129,6 +141,10 @@ impl From<proto::DeploymentSpec> for DeploymentSpec {
             model_path: non_empty(s.model_path),
             storage_secret: non_empty(s.storage_secret),
             model_sha256: non_empty(s.model_sha256),
+            min_replicas: s.min_replicas,
+            max_replicas: s.max_replicas,
+            target_cpu_percent: s.target_cpu_percent,
+            max_unavailable: s.max_unavailable,
         }
     }
 }
@@ -196,6 +212,21 @@ mod tests {
         let wire: proto::DeploymentSpec = spec.clone().into();
         assert!(wire.proxy.as_ref().unwrap().query_log);
         assert_eq!(DeploymentSpec::from(wire), spec);
+        spec.proxy.protocol = Some("v2".into());
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert_eq!(wire.proxy.as_ref().unwrap().protocol, "v2");
+        assert_eq!(DeploymentSpec::from(wire), spec);
+    }
+
+    #[test]
+    fn an_empty_or_auto_proxy_protocol_is_auto() {
+        for auto in ["", "auto"] {
+            let mut wire: proto::DeploymentSpec = DeploymentSpec::test("iris").into();
+            wire.proxy.as_mut().unwrap().protocol = auto.into();
+            assert_eq!(DeploymentSpec::from(wire).proxy.protocol, None, "{auto:?}");
+        }
+        // Anything else is kept as sent, for validation to refuse by name.
+        assert_eq!(proxy_protocol("v3".into()).as_deref(), Some("v3"));
     }
 
     #[test]
@@ -230,6 +261,26 @@ mod tests {
             ),
             (0, "", 0)
         );
+    }
+
+    #[test]
+    fn autoscaling_and_budget_round_trip_through_proto() {
+        let mut spec = DeploymentSpec::test("iris").replicas(3);
+        spec.min_replicas = 2;
+        spec.max_replicas = 8;
+        spec.target_cpu_percent = Some(55);
+        spec.max_unavailable = Some(2);
+        let wire: proto::DeploymentSpec = spec.clone().into();
+        assert_eq!((wire.min_replicas, wire.max_replicas), (2, 8));
+        assert_eq!(
+            (wire.target_cpu_percent, wire.max_unavailable),
+            (Some(55), Some(2))
+        );
+        assert_eq!(DeploymentSpec::from(wire), spec);
+        // An old client sends none of them: no autoscaling, the default budget.
+        let old = DeploymentSpec::from(proto::DeploymentSpec::from(DeploymentSpec::test("iris")));
+        assert!(!old.autoscaled());
+        assert_eq!((old.target_cpu_percent, old.max_unavailable), (None, None));
     }
 
     #[test]

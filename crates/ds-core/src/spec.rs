@@ -37,7 +37,15 @@ pub struct ProxySpec {
     /// Defaulted so specs stored before the field existed still load.
     #[serde(default)]
     pub query_log: bool,
+    /// The model server's protocol for the sidecar ([`PROXY_PROTOCOLS`]); `None` means
+    /// auto-detection by request path. Left out of the stored JSON when `None`, so specs
+    /// stored before it existed load and digest as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
+
+/// The values of [`ProxySpec::protocol`] (auto is `None`).
+pub const PROXY_PROTOCOLS: [&str; 2] = ["v1", "v2"];
 
 impl Default for ProxySpec {
     fn default() -> Self {
@@ -45,6 +53,7 @@ impl Default for ProxySpec {
             enabled: true,
             class_names: Vec::new(),
             query_log: false,
+            protocol: None,
         }
     }
 }
@@ -117,7 +126,30 @@ pub struct DeploymentSpec {
     /// The SHA-256 (hex) of a single-file download, checked before the model is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    // --- autoscaling and disruption budget (issue 16), off and left out when unset. ---
+    /// Fewest replicas of the HorizontalPodAutoscaler; only with [`Self::max_replicas`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_replicas: u32,
+    /// Most replicas of the HorizontalPodAutoscaler; 0: no autoscaling. While above 0 the
+    /// autoscaler owns the Deployment's replica count and [`Self::replicas`] waits for
+    /// autoscaling to be turned off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_replicas: u32,
+    /// CPU utilization (percent of the model container's request) the autoscaler aims at;
+    /// `None` means [`DEFAULT_TARGET_CPU_PERCENT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu_percent: Option<u32>,
+    /// `maxUnavailable` of the PodDisruptionBudget; `None` means
+    /// [`DEFAULT_MAX_UNAVAILABLE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
 }
+
+/// The CPU utilization the autoscaler aims at when none is given, in percent.
+pub const DEFAULT_TARGET_CPU_PERCENT: u32 = 70;
+
+/// The disruption budget's `maxUnavailable` when none is given.
+pub const DEFAULT_MAX_UNAVAILABLE: u32 = 1;
 
 /// The extended resource `gpu` counts when no `gpu_resource` is given.
 pub const DEFAULT_GPU_RESOURCE: &str = "nvidia.com/gpu";
@@ -209,6 +241,37 @@ impl DeploymentSpec {
             model_path: None,
             storage_secret: None,
             model_sha256: None,
+            min_replicas: 0,
+            max_replicas: 0,
+            target_cpu_percent: None,
+            max_unavailable: None,
+        }
+    }
+
+    /// Whether a HorizontalPodAutoscaler sets the replica count.
+    pub fn autoscaled(&self) -> bool {
+        self.max_replicas > 0
+    }
+
+    /// The autoscaler's CPU utilization target, in percent.
+    pub fn target_cpu(&self) -> u32 {
+        self.target_cpu_percent
+            .unwrap_or(DEFAULT_TARGET_CPU_PERCENT)
+    }
+
+    /// The disruption budget's `maxUnavailable`.
+    pub fn max_unavailable_pods(&self) -> u32 {
+        self.max_unavailable.unwrap_or(DEFAULT_MAX_UNAVAILABLE)
+    }
+
+    /// Whether the deployment gets a PodDisruptionBudget: it always runs more than one
+    /// pod (a single pod cannot be spared by any budget, and a budget on it would only
+    /// block node drains).
+    pub fn wants_disruption_budget(&self) -> bool {
+        if self.autoscaled() {
+            self.min_replicas > 1
+        } else {
+            self.replicas > 1
         }
     }
 
@@ -342,6 +405,33 @@ mod tests {
         assert_eq!(spec, DeploymentSpec::test("iris"));
         // Byte-identical JSON: digests and stored rows of old specs do not change.
         assert_eq!(serde_json::to_string(&spec).unwrap(), stored);
+    }
+
+    #[test]
+    fn a_budget_only_for_more_than_one_pod_and_the_autoscalers_minimum_counts() {
+        let spec = DeploymentSpec::test("iris");
+        assert!(!spec.wants_disruption_budget(), "one replica");
+        assert!(spec.clone().replicas(2).wants_disruption_budget());
+        let mut scaled = spec.replicas(5);
+        scaled.min_replicas = 1;
+        scaled.max_replicas = 10;
+        assert!(scaled.autoscaled());
+        assert!(
+            !scaled.wants_disruption_budget(),
+            "the autoscaler may go down to one"
+        );
+        scaled.min_replicas = 2;
+        assert!(scaled.wants_disruption_budget());
+        assert_eq!(
+            (scaled.target_cpu(), scaled.max_unavailable_pods()),
+            (70, 1)
+        );
+        scaled.target_cpu_percent = Some(50);
+        scaled.max_unavailable = Some(3);
+        assert_eq!(
+            (scaled.target_cpu(), scaled.max_unavailable_pods()),
+            (50, 3)
+        );
     }
 
     #[test]

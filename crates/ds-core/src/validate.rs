@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 
 pub mod model_rules;
 pub mod pod_rules;
+pub mod scaling_rules;
 
 /// A rejected field. Its message never repeats a huge value: the value, and the user input
 /// in a field's name (`labels[KEY]`), are cut after [`SHOWN_CHARS`] characters and say
@@ -193,6 +194,15 @@ pub fn validate_deployment(
             ));
         }
     }
+    if let Some(protocol) = spec.proxy.protocol.as_deref()
+        && !crate::spec::PROXY_PROTOCOLS.contains(&protocol)
+    {
+        return Err(ValidationError::new(
+            "proxy.protocol",
+            protocol,
+            "the proxy's protocol must be auto, v1 or v2",
+        ));
+    }
     if spec.proxy.query_log && !spec.proxy.enabled {
         // The sidecar writes the query logs: without it they would silently never appear.
         return Err(ValidationError::new(
@@ -206,6 +216,7 @@ pub fn validate_deployment(
     }
     pod_rules::check(spec)?;
     model_rules::check(spec)?;
+    scaling_rules::check(spec)?;
     check_spec_size(spec)
 }
 
@@ -233,6 +244,84 @@ fn check_spec_size(spec: &DeploymentSpec) -> Result<(), ValidationError> {
 /// The rule broken, with `field` = `name`.
 pub fn validate_deployer_name(name: &str) -> Result<(), ValidationError> {
     check_dns1123_label("name", name)
+}
+
+/// Checks the name of a user or service account given in `field`: a DNS-1123 label (it
+/// shows in who made a change, and in tables).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_user_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    check_dns1123_label(field, name)
+}
+
+/// Checks the name of a group given in `field`: a DNS-1123 label.
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_group_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    check_dns1123_label(field, name)
+}
+
+/// The longest lifetime of an API key: ten years.
+pub const MAX_API_KEY_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(10 * 366 * 86_400);
+
+/// Checks an API key's lifetime given in `field`: a positive duration of at most
+/// [`MAX_API_KEY_LIFETIME`] (`None`: it never expires).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_api_key_lifetime(
+    field: &str,
+    lifetime: Option<std::time::Duration>,
+) -> Result<(), ValidationError> {
+    match lifetime {
+        Some(d) if d.is_zero() => Err(ValidationError::new(
+            field,
+            "0s",
+            "must be a positive duration such as 90d or 12h (leave it out for a key that does not expire)",
+        )),
+        Some(d) if d > MAX_API_KEY_LIFETIME => Err(ValidationError::new(
+            field,
+            crate::duration::format(d),
+            "must be at most 10 years (3660d)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The longest stage name.
+pub const MAX_STAGE_NAME_LEN: usize = 63;
+
+/// Checks a lifecycle stage's name given in `field`: 1 to 63 ASCII letters, digits, `-`,
+/// `_` or `.`, starting with a letter or digit (`Production`, `pre-prod`, `eu.test`).
+///
+/// # Errors
+/// The rule broken, naming `field`.
+pub fn validate_stage_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, name, "must not be empty"));
+    }
+    if name.len() > MAX_STAGE_NAME_LEN {
+        return Err(ValidationError::new(
+            field,
+            name,
+            format!("must be at most {MAX_STAGE_NAME_LEN} characters"),
+        ));
+    }
+    let first_ok = name.as_bytes()[0].is_ascii_alphanumeric();
+    let all_ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !first_ok || !all_ok {
+        return Err(ValidationError::new(
+            field,
+            name,
+            "must be letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a namespace name given in `field` (a DNS-1123 label), e.g. install options.
@@ -698,6 +787,17 @@ mod tests {
         DeploymentSpec::test("iris")
     }
 
+    #[test]
+    fn stage_names_are_short_plain_words() {
+        for ok in ["Production", "pre-prod", "eu.test", "Stage_2", "a"] {
+            assert!(validate_stage_name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-dev", "two words", "prod/eu", &"x".repeat(64)] {
+            let e = validate_stage_name("name", bad).unwrap_err();
+            assert_eq!(e.field, "name", "{bad}");
+        }
+    }
+
     /// Validates `spec` as deployment `iris` in `default` and expects a rejection of
     /// `field`; the message must name the field too.
     fn rejected(spec: &DeploymentSpec, field: &str) -> ValidationError {
@@ -1017,6 +1117,22 @@ mod tests {
         let mut s = spec();
         s.proxy.class_names = vec!["setosa".into(), " ".into()];
         rejected(&s, "proxy.class_names[1]");
+    }
+
+    #[test]
+    fn the_proxy_protocol_is_v1_or_v2() {
+        for bad in ["v3", "V2", "auto", " v1", "grpc"] {
+            let mut s = spec();
+            s.proxy.protocol = Some(bad.into());
+            let err = rejected(&s, "proxy.protocol");
+            assert!(err.rule.contains("auto, v1 or v2"), "{err}");
+            assert_eq!(err.value, bad);
+        }
+        for good in [None, Some("v1"), Some("v2")] {
+            let mut s = spec();
+            s.proxy.protocol = good.map(Into::into);
+            validate_deployment("iris", "default", &s).unwrap();
+        }
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Conversions between the wire types of [`ds_core::proto`] and the store's records (the
 //! domain types convert in [`ds_core::convert`]).
 
-use super::store::{DeployerRecord, DeploymentRecord, StatusRecord};
+use super::store::{
+    ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
+    GroupRecord, Role, StageRecord, StatusRecord, UserKind, UserRecord,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ds_core::proto;
 
@@ -84,5 +87,90 @@ pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
         deployments: d.deployments,
         revision: d.revision,
         agent_namespaces: d.agent_namespaces,
+        grants: Vec::new(),
+        stage: d.stage,
+    }
+}
+
+pub fn user_to_proto(u: &UserRecord) -> proto::User {
+    let kind = match u.kind {
+        UserKind::User => proto::UserKind::User,
+        UserKind::ServiceAccount => proto::UserKind::ServiceAccount,
+    };
+    proto::User {
+        name: u.name.clone(),
+        kind: kind as i32,
+        admin: u.admin,
+        created_at: rfc3339(u.created_at),
+        groups: u.groups.clone(),
+    }
+}
+
+pub fn key_to_proto(k: &ApiKeyRecord) -> proto::ApiKey {
+    proto::ApiKey {
+        id: k.id.clone(),
+        user: k.user.clone(),
+        created_at: rfc3339(k.created_at),
+        expires_at: k.expires_at.map(rfc3339).unwrap_or_default(),
+    }
+}
+
+pub fn group_to_proto(g: &GroupRecord) -> proto::Group {
+    proto::Group {
+        name: g.name.clone(),
+        created_at: rfc3339(g.created_at),
+        members: g.members.clone(),
+    }
+}
+
+pub fn grant_to_proto(g: &GrantRecord) -> proto::DeployerGrant {
+    let role = match g.role {
+        Role::View => proto::DeployerRole::View,
+        Role::Deploy => proto::DeployerRole::Deploy,
+        Role::Admin => proto::DeployerRole::Admin,
+    };
+    proto::DeployerGrant {
+        group: g.group.clone(),
+        role: role as i32,
+    }
+}
+
+// === stages and the audit log ===
+
+impl From<DeployBy> for proto::DeployBy {
+    fn from(d: DeployBy) -> Self {
+        match d {
+            DeployBy::Anyone => proto::DeployBy::Anyone,
+            DeployBy::ServiceAccounts => proto::DeployBy::ServiceAccounts,
+        }
+    }
+}
+
+/// A stage at `place` (from 1) in the list.
+pub fn stage_to_proto(s: StageRecord, place: usize) -> proto::Stage {
+    proto::Stage {
+        name: s.name,
+        position: u32::try_from(place).unwrap_or(u32::MAX),
+        deploy_by: proto::DeployBy::from(s.deploy_by) as i32,
+        deployers: s.deployers,
+    }
+}
+
+impl From<AuditRecord> for proto::AuditEntry {
+    fn from(a: AuditRecord) -> Self {
+        proto::AuditEntry {
+            id: a.id,
+            at: a.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            actor: a.actor,
+            action: a.action,
+            object_kind: a.object_kind,
+            object: a.object,
+            deployer_id: a.deployer_id.unwrap_or_default(),
+            before: a.before.unwrap_or_default(),
+            after: a.after.unwrap_or_default(),
+            request_id: a.request_id,
+            outcome: a.outcome.as_str().to_string(),
+            reason: a.reason,
+        }
     }
 }

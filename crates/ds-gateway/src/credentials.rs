@@ -6,7 +6,7 @@
 //! secret part (base64url) is what makes it unguessable. The stored hash covers the whole
 //! string.
 
-use super::store::{Store, StoreError, TokenRecord};
+use super::store::{ChangeBy, Store, StoreError, TokenRecord};
 use base64::Engine as _;
 use chrono::Utc;
 use sha2::{Digest, Sha256};
@@ -168,7 +168,10 @@ pub async fn ensure_admin_key(
         path: path.display().to_string(),
         source,
     })?;
-    store.add_api_key(&key.id, key.hash).await?;
+    // The gateway itself makes the first key: nobody could have called it yet.
+    let by = ChangeBy::new("gateway", uuid::Uuid::new_v4().to_string())
+        .with_note("the admin key of the first start");
+    store.add_api_key(&by, &key.id, key.hash).await?;
     Ok((key.secret, true))
 }
 

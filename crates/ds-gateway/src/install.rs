@@ -15,7 +15,7 @@ use super::Shared;
 use super::convert::rfc3339;
 use super::credentials;
 use super::rpc::store_status;
-use super::store::StoreError;
+use super::store::{ChangeBy, StoreError};
 use crate::manifest::{AgentManifest, DEFAULT_AGENT_NAMESPACE, render_agent_manifest};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -143,18 +143,21 @@ impl RedeemError {
 /// Storage of install codes (hashes only).
 #[async_trait::async_trait]
 pub trait InstallCodes: Send + Sync + 'static {
-    /// Stores a new code's hash for `deployer_id`, valid until `expires_at`.
+    /// Stores a new code's hash for `deployer_id`, valid until `expires_at`, issued `by`.
     async fn create_code(
         &self,
+        by: &ChangeBy,
         hash: [u8; 32],
         deployer_id: &str,
         expires_at: DateTime<Utc>,
         options: &InstallOptions,
     ) -> Result<(), StoreError>;
     /// Marks the code used and adds the token `(token_id, token_hash)` to its deployer,
-    /// atomically; returns the deployer ID and the options the code was created with.
+    /// atomically, audited as `by`; returns the deployer ID and the options the code was
+    /// created with.
     async fn redeem_code(
         &self,
+        by: &ChangeBy,
         hash: [u8; 32],
         token_id: &str,
         token_hash: [u8; 32],
@@ -181,6 +184,7 @@ fn well_formed(code: &str) -> bool {
 /// an unknown deployer, INTERNAL for store failures.
 pub(crate) async fn create_install_code(
     shared: &Shared,
+    by: &ChangeBy,
     req: CreateInstallCodeRequest,
 ) -> Result<CreateInstallCodeResponse, tonic::Status> {
     if req.deployer.is_empty() {
@@ -209,7 +213,7 @@ pub(crate) async fn create_install_code(
     let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(KEEP_EXPIRED);
     shared
         .install_codes
-        .create_code(code_hash(&code), &deployer.id, expires_at, &options)
+        .create_code(by, code_hash(&code), &deployer.id, expires_at, &options)
         .await
         .map_err(store_status)?;
     // The code is a credential for one manifest: log who and until when, never the code.
@@ -243,14 +247,29 @@ fn text(status: StatusCode, body: &'static str) -> Response {
 
 /// `GET /install/CODE.yaml`: the manifest once; 410 for a used or expired code, 404 for
 /// anything else.
-async fn serve_manifest(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Response {
+async fn serve_manifest(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let Some(code) = file.strip_suffix(".yaml").filter(|c| well_formed(c)) else {
         return text(StatusCode::NOT_FOUND, "unknown install link\n");
     };
     let token = credentials::generate(credentials::TOKEN_PREFIX);
+    let hash = code_hash(code);
+    // Whoever holds the link fetches it: the audit log names the link, by its hash prefix.
+    let request_id = headers
+        .get(crate::request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| crate::request_id::acceptable(id))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    let by = ChangeBy::new(
+        format!("install-code {}", crate::audit::code_id(&hash)),
+        request_id,
+    );
     let (deployer_id, options) = match shared
         .install_codes
-        .redeem_code(code_hash(code), &token.id, token.hash)
+        .redeem_code(&by, hash, &token.id, token.hash)
         .await
     {
         Ok(id) => id,

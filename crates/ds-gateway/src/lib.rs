@@ -6,7 +6,9 @@
 //!   decoding, `group_commit` the batching of concurrent creates.
 //! - [`sqlite`]: the SQLite back end (default), with built-in migrations.
 //! - [`postgres`]: the PostgreSQL back end, for several replicas on one database.
-//! - [`credentials`]: deployer tokens and admin API keys (hashed, constant-time checks).
+//! - [`credentials`]: deployer tokens and API keys (hashed, constant-time checks).
+//! - `access`: who a caller is (a principal), its roles per deployer, and the table of
+//!   what each ControlService RPC needs.
 //! - [`convert`]: `proto` ⇄ `core` conversions.
 //! - [`agent_service`] / [`control_service`]: the two gRPC services.
 //! - `inspect`: the agents' Inspect streams behind `ds deployment logs|describe`.
@@ -14,10 +16,16 @@
 //! - [`manifest`]: the agent install manifest it renders (`deploy/agent.yaml`).
 //! - [`server`]: one listener for gRPC and HTTP (`/healthz`, `/metrics`), TLS by rustls.
 //! - [`rpc`]: credential extraction and error mapping shared by the services.
+//! - `audit`: what the audit log records of each change, and refused attempts.
+//! - `request_id`: the `x-request-id` of every gRPC call.
+//! - `stages`: the stage policy (who may deploy on a stage).
+//! - `jwt`: OIDC / JWT bearer tokens (`--jwt-*`), checked against the issuer's keys.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 //! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
 
+mod access;
 mod agent_service;
+mod audit;
 mod control_service;
 mod convert;
 pub mod credentials;
@@ -25,6 +33,7 @@ mod group_commit;
 mod history;
 mod inspect;
 pub mod install;
+mod jwt;
 mod manifest;
 mod metrics;
 mod model_update;
@@ -32,11 +41,14 @@ mod paging;
 mod pod_update;
 pub mod postgres;
 mod presence;
+mod request_id;
 mod rows;
 mod rpc;
+mod scale_update;
 mod server;
 mod sql;
 pub mod sqlite;
+mod stages;
 pub mod store;
 
 use std::future::Future;
@@ -45,6 +57,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+pub use jwt::JwtArgs;
 
 /// Flags of `ds gateway`; each also reads a `DS_*` environment variable.
 #[derive(clap::Args, Clone, Debug)]
@@ -92,6 +106,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "DS_REVISION_HISTORY", default_value_t = store::DEFAULT_REVISION_HISTORY,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub revision_history: u32,
+    /// OIDC / JWT bearer tokens on the control API (`--jwt-*`).
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 }
 
 impl GatewayArgs {
@@ -112,6 +129,7 @@ impl GatewayArgs {
             agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
             agent_ca_cert: None,
             revision_history: store::DEFAULT_REVISION_HISTORY,
+            jwt: JwtArgs::default(),
         }
     }
 }
@@ -137,6 +155,14 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{flag}: {reason}")]
+    JwtConfig { flag: &'static str, reason: String },
+    #[error("{flag} {path}: {reason}")]
+    JwtKey {
+        flag: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("the server task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -154,6 +180,8 @@ pub(crate) struct Shared {
     /// Install codes (the store again, as its other trait) and what the install manifest needs.
     pub install_codes: Arc<dyn install::InstallCodes>,
     pub install: install::InstallSettings,
+    /// Checks JWT bearer tokens on the control API; `None` when `--jwt-issuer` is not set.
+    pub jwt: Option<jwt::Verifier>,
     /// Cancelled at shutdown: long-lived streams end so connections can close.
     pub shutdown: CancellationToken,
 }
@@ -234,6 +262,21 @@ impl RunningGateway {
             _ if args.insecure => None,
             _ => return Err(GatewayError::TlsRequired),
         };
+        let jwt = jwt::Verifier::from_args(&args.jwt)?;
+        if let Some(verifier) = &jwt {
+            tracing::info!(
+                issuer = verifier.issuer(),
+                keys = verifier.key_count(),
+                "accepting JWT bearer tokens"
+            );
+            if !verifier.checks_audience() {
+                // Until permissions come, any token of this issuer is as good as the admin key.
+                tracing::warn!(
+                    issuer = verifier.issuer(),
+                    "no --jwt-audience: tokens this issuer made for any application are accepted"
+                );
+            }
+        }
         std::fs::create_dir_all(&args.data_dir).map_err(|source| GatewayError::DataDir {
             path: args.data_dir.display().to_string(),
             source,
@@ -288,6 +331,7 @@ impl RunningGateway {
                 agent_image: args.agent_image.clone(),
                 ca_bundle: agent_ca,
             },
+            jwt,
             shutdown: shutdown.clone(),
         });
         let app = server::router(shared.clone()).merge(install::router(shared));

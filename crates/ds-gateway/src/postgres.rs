@@ -21,6 +21,7 @@
 //! status watchers on every replica wake up; they are not logged, a missed one only
 //! delays a status view until the next report.
 
+use super::audit;
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, to_i64, to_u64, ts};
 use super::sql::{Backend, SET_REVISION, SqlStore};
@@ -74,6 +75,11 @@ struct BatchColumns {
     payloads: Vec<String>,
     actors: Vec<String>,
     notes: Vec<String>,
+    /// The audit row of each: its action, object, after (JSON) and request.
+    actions: Vec<String>,
+    objects: Vec<String>,
+    afters: Vec<String>,
+    request_ids: Vec<String>,
 }
 
 impl BatchColumns {
@@ -96,10 +102,16 @@ impl BatchColumns {
         self.payloads.push(payload);
     }
 
-    /// Who creates the deployment last pushed (recorded with its revision 1).
-    fn push_by(&mut self, by: &ChangeBy) {
+    /// Who creates the deployment last pushed (recorded with its revision 1 and in its
+    /// audit row).
+    fn push_by(&mut self, r: &DeploymentRecord, by: &ChangeBy) {
         self.actors.push(by.actor.clone());
         self.notes.push(by.note.clone());
+        self.actions
+            .push(by.action_or("deployment.create").to_string());
+        self.objects.push(audit::deployment_object(r));
+        self.afters.push(audit::deployment_json(r).to_string());
+        self.request_ids.push(by.request_id.clone());
     }
 }
 
@@ -535,6 +547,10 @@ impl Backend for PgBackend {
     const SERIAL_WRITES: bool = false;
     // The revision and the rows from one state, whatever other replicas commit meanwhile.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    // In name order, as every such removal takes them: no deadlock between two. The next
+    // statement of the transaction (READ COMMITTED) then sees what the other committed.
+    const LOCK_ADMINS: Option<&'static str> =
+        Some("SELECT name FROM users WHERE admin <> 0 ORDER BY name FOR UPDATE");
 
     fn pool(&self) -> &PgPool {
         &self.pool
@@ -689,7 +705,7 @@ impl CommitBatch for PgBackend {
                 continue;
             };
             cols.push(r, &job.json, to_i64(revision), kind, payload);
-            cols.push_by(&job.by);
+            cols.push_by(r, &job.by);
             revisions.insert(r.deployer_id.clone(), (revision, start));
             outcomes.push(Ok(revision));
         }
@@ -727,6 +743,23 @@ impl CommitBatch for PgBackend {
             .bind(&cols.actors)
             .bind(&cols.notes)
             .bind(&cols.created)
+            .execute(&mut *tx)
+            .await?;
+            // Each create's audit row, in the same transaction as the create.
+            sqlx::query(
+                "INSERT INTO audit_log (at, actor, action, object_kind, object, deployer_id, after, request_id, outcome, reason) \
+                 SELECT at, actor, action, 'deployment', object, deployer_id, after, request_id, 'ok', reason \
+                 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[]) \
+                 AS q(at, actor, action, object, deployer_id, after, request_id, reason)",
+            )
+            .bind(&cols.created)
+            .bind(&cols.actors)
+            .bind(&cols.actions)
+            .bind(&cols.objects)
+            .bind(&cols.deployers)
+            .bind(&cols.afters)
+            .bind(&cols.request_ids)
+            .bind(&cols.notes)
             .execute(&mut *tx)
             .await?;
             sqlx::query(

@@ -3,8 +3,9 @@
 //! rows of any `sqlx` database with the store's column types.
 
 use super::store::{
-    DeployerRecord, DeploymentRecord, ObjectCount, RevisionRecord, StatusRecord, StoreError,
-    TokenRecord,
+    ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
+    ObjectCount, Outcome, RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind,
+    UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -67,6 +68,7 @@ pub(super) trait StoreRow: Row {
     fn text(&self, column: &str) -> Result<String, sqlx::Error>;
     fn int(&self, column: &str) -> Result<i64, sqlx::Error>;
     fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
     fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error>;
 }
 
@@ -85,6 +87,9 @@ where
         self.try_get(column)
     }
     fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
         self.try_get(column)
     }
     fn bytes(&self, column: &str) -> Result<Vec<u8>, sqlx::Error> {
@@ -120,6 +125,7 @@ pub(super) fn deployer_from_row(row: &impl StoreRow) -> Result<DeployerRecord, S
             }),
             _ => None,
         },
+        stage: row.text("stage")?,
     })
 }
 
@@ -208,11 +214,73 @@ pub(super) fn token_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreEr
     })
 }
 
-/// An `api_keys` row: admin keys belong to no deployer and do not expire.
+/// An `api_keys` row as a token: API keys belong to no deployer.
 pub(super) fn api_key_from_row(row: &impl StoreRow) -> Result<TokenRecord, StoreError> {
     Ok(TokenRecord {
         deployer_id: String::new(),
         hash: hash_from(row)?,
-        expires_at: None,
+        expires_at: row.opt_int("expires_at")?.map(ts),
     })
+}
+
+/// An `api_keys` row as listed (`id, user_name, created_at, expires_at`).
+pub(super) fn key_from_row(row: &impl StoreRow) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
+        id: row.text("id")?,
+        user: row.text("user_name")?,
+        created_at: ts(row.int("created_at")?),
+        expires_at: row.opt_int("expires_at")?.map(ts),
+    })
+}
+
+/// A `users` row, without its groups.
+pub(super) fn user_from_row(row: &impl StoreRow) -> Result<UserRecord, StoreError> {
+    let kind = row.text("kind")?;
+    Ok(UserRecord {
+        name: row.text("name")?,
+        kind: UserKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("user kind {kind:?}")))?,
+        admin: row.int("admin")? != 0,
+        created_at: ts(row.int("created_at")?),
+        groups: Vec::new(),
+    })
+}
+
+/// A `deployer_grants` row.
+pub(super) fn grant_from_row(row: &impl StoreRow) -> Result<GrantRecord, StoreError> {
+    let role = row.text("role")?;
+    Ok(GrantRecord {
+        deployer_id: row.text("deployer_id")?,
+        group: row.text("group_name")?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+    })
+}
+
+/// An `audit_log` row.
+pub(super) fn audit_from_row(row: &impl StoreRow) -> Result<AuditRecord, StoreError> {
+    let outcome = match row.text("outcome")?.as_str() {
+        "ok" => Outcome::Ok,
+        "denied" => Outcome::Denied,
+        other => return Err(StoreError::Corrupt(format!("audit outcome {other:?}"))),
+    };
+    Ok(AuditRecord {
+        id: to_u64(row.int("id")?),
+        at: ts(row.int("at")?),
+        actor: row.text("actor")?,
+        action: row.text("action")?,
+        object_kind: row.text("object_kind")?,
+        object: row.text("object")?,
+        deployer_id: row.opt_text("deployer_id")?,
+        before: row.opt_text("before")?,
+        after: row.opt_text("after")?,
+        request_id: row.text("request_id")?,
+        outcome,
+        reason: row.text("reason")?,
+    })
+}
+
+/// A stored `deploy_by`.
+pub(super) fn deploy_by_from(stored: &str) -> Result<DeployBy, StoreError> {
+    DeployBy::parse(stored)
+        .ok_or_else(|| StoreError::Corrupt(format!("stage deploy_by {stored:?}")))
 }

@@ -32,6 +32,8 @@ pub fn store_status(error: StoreError) -> Status {
         StoreError::AlreadyExists(what) => {
             Status::already_exists(format!("{} already exists", cut(&what)))
         }
+        StoreError::Refused(why) => Status::failed_precondition(why),
+        StoreError::InUse(why) => Status::failed_precondition(why),
         StoreError::Conflict(what) => {
             Status::aborted(format!("{} was changed concurrently; retry", cut(&what)))
         }

@@ -62,7 +62,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> axum::Router {
     let metrics = shared.metrics.clone();
     let grpc = tonic::service::Routes::new(AgentServiceServer::new(AgentSvc::new(shared.clone())))
         .add_service(ControlServiceServer::new(ControlSvc::new(shared)))
-        .into_axum_router();
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(super::request_id::layer));
     let http = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

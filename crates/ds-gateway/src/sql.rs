@@ -6,20 +6,25 @@
 //! reads them as numbered parameters), `CAST(… AS TEXT)` for a parameter that may be
 //! NULL, and the `ON CONFLICT` and `RETURNING` clauses both dialects share.
 
+use super::audit::{self, deployer_json, deployment_json, deployment_object, stage_json};
 use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
-    StoreRow, api_key_from_row, deployer_from_row, deployment_from_row, encode_pods,
-    is_foreign_key_violation, is_unique_violation, now_ms, retryable, revision_from_row, spec_json,
-    status_from_row, to_i64, to_u64, token_from_row, ts,
+    StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row,
+    deployment_from_row, encode_pods, grant_from_row, is_foreign_key_violation,
+    is_unique_violation, key_from_row, now_ms, retryable, revision_from_row, spec_json,
+    status_from_row, to_i64, to_u64, token_from_row, ts, user_from_row,
 };
 use super::store::{
-    AgentHeartbeat, Change, ChangeBy, ChangeHub, DEFAULT_REVISION_HISTORY, DeployerRecord,
-    DeploymentKey, DeploymentRecord, DeploymentSelector, RevisionRecord, SnapshotItem,
-    StatusRecord, Store, StoreError, TokenRecord,
+    AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
+    DEFAULT_REVISION_HISTORY, DeployBy, DeployerRecord, DeployerUpdate, DeploymentKey,
+    DeploymentRecord, DeploymentSelector, GrantRecord, GroupRecord, KeyOwner, Outcome,
+    RevisionRecord, Role, SnapshotItem, StagePlace, StageRecord, StatusRecord, Store, StoreError,
+    TokenRecord, UserKind, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
+use serde_json::json;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Transaction, Type,
 };
@@ -43,6 +48,47 @@ pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE 
 pub(super) const INSERT_REVISION: &str = "INSERT INTO deployment_revisions \
      (deployment_id, number, deployer_revision, spec, actor, note, created_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Writes one audit row.
+pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
+     (at, actor, action, object_kind, object, deployer_id, before, after, request_id, outcome, reason) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// Writes the audit row of `event`, made `by`, in `tx`: the transaction of the change
+/// itself, so that a change and its row commit or fail together.
+pub(super) async fn write_audit<DB>(
+    tx: &mut Transaction<'static, DB>,
+    by: &ChangeBy,
+    event: &AuditEvent,
+    outcome: Outcome,
+    reason: &str,
+) -> Result<(), StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'a> &'a str: Encode<'a, DB> + Type<DB>,
+    for<'a> Option<&'a str>: Encode<'a, DB>,
+    i64: for<'a> Encode<'a, DB> + Type<DB>,
+{
+    let before = event.before.as_ref().map(ToString::to_string);
+    let after = event.after.as_ref().map(ToString::to_string);
+    sqlx::query(INSERT_AUDIT)
+        .bind(now_ms())
+        .bind(by.actor.as_str())
+        .bind(event.action.as_str())
+        .bind(event.object_kind.as_str())
+        .bind(event.object.as_str())
+        .bind(event.deployer_id.as_deref())
+        .bind(before.as_deref())
+        .bind(after.as_deref())
+        .bind(by.request_id.as_str())
+        .bind(outcome.as_str())
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
 
 /// The phases a revision can be said to have reached: Available and Failed.
 const FINAL_PHASES: [i32; 2] = [
@@ -68,6 +114,10 @@ pub trait Backend: CommitBatch + Send + Sync + std::fmt::Debug + 'static {
     const SERIAL_WRITES: bool;
     /// How a snapshot's read transaction begins: one state for the revision and rows.
     const BEGIN_SNAPSHOT: &'static str;
+    /// Locks the gateway admins' rows in a transaction that removes an admin or an
+    /// admin's key, so that two such removals (on two replicas) cannot each count the
+    /// other's admin as the one left; `None` where writes are serial anyway.
+    const LOCK_ADMINS: Option<&'static str>;
 
     fn pool(&self) -> &Pool<Self::Db>;
     fn hub(&self) -> &ChangeHub;
@@ -144,6 +194,287 @@ where
         self.backend.pool()
     }
 
+    /// Writes the audit row of a change made `by` in its transaction `tx`.
+    async fn audit(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        by: &ChangeBy,
+        event: AuditEvent,
+    ) -> Result<(), StoreError> {
+        write_audit(tx, by, &event, Outcome::Ok, &by.note).await
+    }
+
+    /// The name of stage `stage` (empty: the first one) if it exists.
+    async fn existing_stage(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        stage: &str,
+    ) -> Result<String, StoreError> {
+        let row = if stage.is_empty() {
+            sqlx::query("SELECT name FROM stages ORDER BY position, name LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?
+        } else {
+            sqlx::query("SELECT name FROM stages WHERE name = $1")
+                .bind(stage)
+                .fetch_optional(&mut **tx)
+                .await?
+        };
+        match row {
+            Some(row) => Ok(row.text("name")?),
+            None => Err(StoreError::NotFound(format!("stage {stage}"))),
+        }
+    }
+
+    /// A stage with its deployers, read in `tx`.
+    async fn stage_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<StageRecord, StoreError> {
+        let row = sqlx::query("SELECT name, position, deploy_by FROM stages WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("stage {name}")))?;
+        let deployers = sqlx::query("SELECT name FROM deployers WHERE stage = $1 ORDER BY name")
+            .bind(name)
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect::<Result<_, _>>()?;
+        Ok(StageRecord {
+            name: row.text("name")?,
+            position: row.int("position")?,
+            deploy_by: deploy_by_from(&row.text("deploy_by")?)?,
+            deployers,
+        })
+    }
+
+    async fn try_update_deployer(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        update: &DeployerUpdate,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query("SELECT name, stage FROM deployers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("deployer {id}")))?;
+        let (name, current) = (row.text("name")?, row.text("stage")?);
+        if let Some(stage) = &update.stage {
+            let stage = self.existing_stage(&mut tx, stage).await?;
+            if stage != current {
+                let moved = sqlx::query("UPDATE deployers SET stage = $1 WHERE id = $2")
+                    .bind(stage.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await;
+                match moved {
+                    // PostgreSQL's foreign key: the stage was removed meanwhile.
+                    Err(e) if is_foreign_key_violation(&e) => {
+                        return Err(StoreError::NotFound(format!("stage {stage}")));
+                    }
+                    other => other?,
+                };
+                let event = AuditEvent::new("deployer.update", audit::DEPLOYER, name.as_str())
+                    .of_deployer(id)
+                    .before(json!({ "stage": current }))
+                    .after(json!({ "stage": stage }));
+                self.audit(&mut tx, by, event).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_create_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        place: &StagePlace,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let taken = sqlx::query("SELECT name FROM stages WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::AlreadyExists(format!("stage {name}")));
+        }
+        let last = sqlx::query("SELECT COALESCE(MAX(position), 0) AS p FROM stages")
+            .fetch_one(&mut *tx)
+            .await?
+            .int("p")?;
+        // The position it takes; the stages from there on move down one.
+        let position = match place {
+            StagePlace::Last => None,
+            StagePlace::After(after) => {
+                let row = sqlx::query("SELECT position FROM stages WHERE name = $1")
+                    .bind(after.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("stage {after}")))?;
+                Some(row.int("position")? + 1)
+            }
+            StagePlace::At(n) => {
+                sqlx::query("SELECT position FROM stages ORDER BY position, name LIMIT 1 OFFSET $1")
+                    .bind(i64::from(n.saturating_sub(1)))
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.int("position"))
+                    .transpose()?
+            }
+        };
+        let position = match position {
+            Some(p) if p <= last => {
+                sqlx::query("UPDATE stages SET position = position + 1 WHERE position >= $1")
+                    .bind(p)
+                    .execute(&mut *tx)
+                    .await?;
+                p
+            }
+            _ => last + 1,
+        };
+        let inserted =
+            sqlx::query("INSERT INTO stages (name, position, deploy_by) VALUES ($1, $2, $3)")
+                .bind(name)
+                .bind(position)
+                .bind(deploy_by.as_str())
+                .execute(&mut *tx)
+                .await;
+        match inserted {
+            // Created meanwhile by another replica.
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!("stage {name}")));
+            }
+            other => other?,
+        };
+        let stage = self.stage_in(&mut tx, name).await?;
+        let event = AuditEvent::new("stage.create", audit::STAGE, name).after(stage_json(&stage));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(stage)
+    }
+
+    async fn try_delete_stage(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let stage = self.stage_in(&mut tx, name).await?;
+        if !stage.deployers.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "stage {name} has deployers: {}; move them to another stage first (`ds deployer update NAME --stage OTHER`)",
+                stage.deployers.join(", ")
+            )));
+        }
+        let count = sqlx::query("SELECT COUNT(*) AS n FROM stages")
+            .fetch_one(&mut *tx)
+            .await?
+            .int("n")?;
+        if count <= 1 {
+            return Err(StoreError::InUse(format!(
+                "stage {name} is the only stage: every deployer needs one; create another first"
+            )));
+        }
+        let deleted = sqlx::query("DELETE FROM stages WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await;
+        match deleted {
+            // PostgreSQL's foreign key: a deployer moved in meanwhile, on another replica.
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::InUse(format!(
+                    "stage {name} has deployers; move them to another stage first"
+                )));
+            }
+            other => other?,
+        };
+        let event = AuditEvent::new("stage.delete", audit::STAGE, name).before(stage_json(&stage));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn try_rename_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        new_name: &str,
+    ) -> Result<StageRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let before = self.stage_in(&mut tx, name).await?;
+        if name == new_name {
+            return Ok(before);
+        }
+        let taken = sqlx::query("SELECT name FROM stages WHERE name = $1")
+            .bind(new_name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::AlreadyExists(format!("stage {new_name}")));
+        }
+        let renamed = sqlx::query("UPDATE stages SET name = $1 WHERE name = $2")
+            .bind(new_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await;
+        match renamed {
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::AlreadyExists(format!("stage {new_name}")));
+            }
+            other => other?,
+        };
+        // PostgreSQL's foreign key moved them already (ON UPDATE CASCADE); SQLite has none.
+        sqlx::query("UPDATE deployers SET stage = $1 WHERE stage = $2")
+            .bind(new_name)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let after = self.stage_in(&mut tx, new_name).await?;
+        let event = AuditEvent::new("stage.rename", audit::STAGE, new_name)
+            .before(stage_json(&before))
+            .after(stage_json(&after));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    async fn try_update_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let before = self.stage_in(&mut tx, name).await?;
+        if before.deploy_by == deploy_by {
+            return Ok(before);
+        }
+        sqlx::query("UPDATE stages SET deploy_by = $1 WHERE name = $2")
+            .bind(deploy_by.as_str())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let after = StageRecord {
+            deploy_by,
+            ..before.clone()
+        };
+        let event = AuditEvent::new("stage.update", audit::STAGE, name)
+            .before(stage_json(&before))
+            .after(stage_json(&after));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
     /// Starts a change of deployment `id`: a transaction in which the revision of its
     /// deployer is bumped already, that deployer and the new revision. One statement
     /// finds the deployer and bumps it, so on PostgreSQL the deployer's row is locked
@@ -182,6 +513,103 @@ where
         Ok(())
     }
 
+    /// A user with its groups, in `tx`; `None` when there is none.
+    async fn user_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut user = user_from_row(&row)?;
+        let groups = sqlx::query(
+            "SELECT group_name FROM group_members WHERE user_name = $1 ORDER BY group_name",
+        )
+        .bind(name)
+        .fetch_all(&mut **tx)
+        .await?;
+        user.groups = groups
+            .iter()
+            .map(|r| r.text("group_name"))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(user))
+    }
+
+    /// `NotFound` unless group `name` exists.
+    async fn group_exists(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("SELECT name FROM user_groups WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("group {name}")))
+    }
+
+    /// A group with its members, in `tx`.
+    async fn group_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        name: &str,
+    ) -> Result<GroupRecord, StoreError> {
+        let row = sqlx::query("SELECT name, created_at FROM user_groups WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("group {name}")))?;
+        let members = sqlx::query(
+            "SELECT user_name FROM group_members WHERE group_name = $1 ORDER BY user_name",
+        )
+        .bind(name)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(GroupRecord {
+            name: row.text("name")?,
+            created_at: ts(row.int("created_at")?),
+            members: members
+                .iter()
+                .map(|r| r.text("user_name"))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Takes [`Backend::LOCK_ADMINS`] in `tx`.
+    async fn lock_admins(&self, tx: &mut Transaction<'static, B::Db>) -> Result<(), StoreError> {
+        if let Some(sql) = B::LOCK_ADMINS {
+            sqlx::query(sql).fetch_all(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// How many unexpired API keys gateway admins hold, leaving out user `but_user`'s and
+    /// key `but_key` (either may be empty): whether someone could still manage the gateway.
+    async fn other_admin_keys(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        but_user: &str,
+        but_key: &str,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n FROM api_keys k JOIN users u ON u.name = k.user_name \
+             WHERE u.admin <> 0 AND u.name <> $1 AND k.id <> $2 \
+             AND (k.expires_at IS NULL OR k.expires_at > $3)",
+        )
+        .bind(but_user)
+        .bind(but_key)
+        .bind(now_ms())
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.int("n")?)
+    }
+
     async fn try_update_deployment(
         &self,
         by: &ChangeBy,
@@ -201,6 +629,7 @@ where
         if record.revision != expected_revision {
             return Err(StoreError::Conflict(format!("deployment {id}")));
         }
+        let before = deployment_json(&record);
         let now = now_ms();
         sqlx::query(
             "UPDATE deployments SET spec = $1, revision = $2, updated_at = $3 WHERE id = $4",
@@ -238,12 +667,25 @@ where
         record.spec = spec.clone();
         record.revision = revision;
         record.updated_at = ts(now);
+        let event = AuditEvent::new(
+            by.action_or("deployment.update"),
+            audit::DEPLOYMENT,
+            deployment_object(&record),
+        )
+        .of_deployer(&deployer_id)
+        .before(before)
+        .after(deployment_json(&record));
+        self.audit(&mut tx, by, event).await?;
         let change = Change::Upsert(Arc::new(record.clone()));
         self.commit_change(tx, &deployer_id, change).await?;
         Ok(record)
     }
 
-    async fn try_delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {
+    async fn try_delete_deployment(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+    ) -> Result<(DeploymentRecord, u64), StoreError> {
         let _w = self.serial().await;
         let (deployer_id, mut tx, revision) = self.begin_change(id).await?;
         let sql = format!("DELETE FROM deployments WHERE id = $1 RETURNING {DEPLOYMENT_COLUMNS}");
@@ -253,6 +695,14 @@ where
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("deployment {id}")))?;
         let record = deployment_from_row(&row)?;
+        let event = AuditEvent::new(
+            by.action_or("deployment.delete"),
+            audit::DEPLOYMENT,
+            deployment_object(&record),
+        )
+        .of_deployer(&deployer_id)
+        .before(deployment_json(&record));
+        self.audit(&mut tx, by, event).await?;
         let change = Change::Removal {
             revision,
             id: record.id.clone(),
@@ -264,25 +714,36 @@ where
     }
 
     /// Deletes a deployer; with `revision`, only while it is still at that revision.
-    async fn try_delete_deployer(&self, id: &str, revision: Option<u64>) -> Result<(), StoreError> {
+    async fn try_delete_deployer(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        revision: Option<u64>,
+    ) -> Result<(), StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
-        let done = match revision {
-            None => {
-                sqlx::query("DELETE FROM deployers WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?
-            }
-            Some(revision) => {
-                sqlx::query("DELETE FROM deployers WHERE id = $1 AND revision = $2")
-                    .bind(id)
-                    .bind(to_i64(revision))
-                    .execute(&mut *tx)
-                    .await?
-            }
-        };
-        if B::rows_affected(&done) == 0 {
+        let count = sqlx::query("SELECT COUNT(*) AS n FROM deployments WHERE deployer_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .int("n")?;
+        let done =
+            match revision {
+                None => {
+                    sqlx::query("DELETE FROM deployers WHERE id = $1 RETURNING name, stage")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                }
+                Some(revision) => sqlx::query(
+                    "DELETE FROM deployers WHERE id = $1 AND revision = $2 RETURNING name, stage",
+                )
+                .bind(id)
+                .bind(to_i64(revision))
+                .fetch_optional(&mut *tx)
+                .await?,
+            };
+        let Some(done) = done else {
             let exists = sqlx::query(SELECT_REVISION)
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -293,7 +754,14 @@ where
             } else {
                 StoreError::NotFound(format!("deployer {id}"))
             });
-        }
+        };
+        let name = done.text("name")?;
+        let mut before = deployer_json(id, &name, &done.text("stage")?);
+        before["deployments"] = json!(count);
+        let event = AuditEvent::new("deployer.delete", audit::DEPLOYER, name)
+            .of_deployer(id)
+            .before(before);
+        self.audit(&mut tx, by, event).await?;
         self.commit_change(tx, id, Change::DeployerDeleted).await
     }
 
@@ -412,9 +880,11 @@ where
         self.backend.hub()
     }
 
-    async fn create_deployer(
+    async fn create_deployer_by(
         &self,
+        by: &ChangeBy,
         name: &str,
+        stage: &str,
         token_id: &str,
         token_hash: [u8; 32],
     ) -> Result<DeployerRecord, StoreError> {
@@ -422,17 +892,26 @@ where
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
+        let stage = self.existing_stage(&mut tx, stage).await?;
         // DO NOTHING rather than a unique violation: PostgreSQL would abort the
         // transaction on one, and the name is the only identity that can be taken.
         let inserted = sqlx::query(
-            "INSERT INTO deployers (id, name, created_at) VALUES ($1, $2, $3) \
+            "INSERT INTO deployers (id, name, created_at, stage) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO NOTHING RETURNING id",
         )
         .bind(id.as_str())
         .bind(name)
         .bind(now)
+        .bind(stage.as_str())
         .fetch_optional(&mut *tx)
-        .await?;
+        .await;
+        let inserted = match inserted {
+            // PostgreSQL's foreign key: the stage was removed meanwhile.
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("stage {stage}")));
+            }
+            other => other?,
+        };
         if inserted.is_none() {
             return Err(StoreError::AlreadyExists(format!("deployer {name}")));
         }
@@ -443,8 +922,26 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
+        let mut after = deployer_json(&id, name, &stage);
+        after["token_id"] = json!(token_id);
+        let event = AuditEvent::new("deployer.create", audit::DEPLOYER, name)
+            .of_deployer(&id)
+            .after(after);
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
-        Ok(DeployerRecord::registered(id, name, ts(now)))
+        Ok(DeployerRecord::registered(id, name, &stage, ts(now)))
+    }
+
+    async fn update_deployer(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        update: &DeployerUpdate,
+    ) -> Result<DeployerRecord, StoreError> {
+        self.try_update_deployer(by, id, update)
+            .await
+            .map_err(retryable(&format!("deployer {id}")))?;
+        self.get_deployer(id).await
     }
 
     async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError> {
@@ -478,20 +975,26 @@ where
         Ok((row.text("id")?, row.text("name")?))
     }
 
-    async fn delete_deployer(&self, id: &str) -> Result<(), StoreError> {
-        self.try_delete_deployer(id, None)
+    async fn delete_deployer(&self, by: &ChangeBy, id: &str) -> Result<(), StoreError> {
+        self.try_delete_deployer(by, id, None)
             .await
             .map_err(retryable(&format!("deployer {id}")))
     }
 
-    async fn delete_deployer_at(&self, id: &str, revision: u64) -> Result<(), StoreError> {
-        self.try_delete_deployer(id, Some(revision))
+    async fn delete_deployer_at(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        revision: u64,
+    ) -> Result<(), StoreError> {
+        self.try_delete_deployer(by, id, Some(revision))
             .await
             .map_err(retryable(&format!("deployer {id}")))
     }
 
     async fn rotate_token(
         &self,
+        by: &ChangeBy,
         deployer_id: &str,
         token_id: &str,
         token_hash: [u8; 32],
@@ -526,6 +1029,18 @@ where
             }
             other => other?,
         };
+        let name = sqlx::query("SELECT name FROM deployers WHERE id = $1")
+            .bind(deployer_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .text("name")?;
+        let event = AuditEvent::new("deployer.rotate-token", audit::DEPLOYER, name)
+            .of_deployer(deployer_id)
+            .after(json!({
+                "token_id": token_id,
+                "previous_tokens_expire_at": super::convert::rfc3339(old_expire),
+            }));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -545,29 +1060,465 @@ where
         Ok(row.int("n")? > 0)
     }
 
-    async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError> {
+    async fn add_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+        hash: [u8; 32],
+    ) -> Result<(), StoreError> {
         let _w = self.serial().await;
-        let inserted =
-            sqlx::query("INSERT INTO api_keys (id, hash, created_at) VALUES ($1, $2, $3)")
-                .bind(key_id)
-                .bind(&hash[..])
-                .bind(now_ms())
-                .execute(self.pool())
-                .await;
+        // The built-in admin, made by the migration, owns the bootstrap key.
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, hash, created_at, user_name) VALUES ($1, $2, $3, 'admin')",
+        )
+        .bind(key_id)
+        .bind(&hash[..])
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await;
         match inserted {
             Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::AlreadyExists(format!("API key {key_id}")))
+                return Err(StoreError::AlreadyExists(format!("API key {key_id}")));
             }
-            other => other.map(|_| ()).map_err(Into::into),
-        }
+            other => other?,
+        };
+        let event = AuditEvent::new("api-key.create", audit::API_KEY, key_id)
+            .after(json!({ "id": key_id }));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let row = sqlx::query("SELECT hash FROM api_keys WHERE id = $1")
+        let row = sqlx::query("SELECT hash, expires_at FROM api_keys WHERE id = $1")
             .bind(key_id)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(api_key_from_row).transpose()
+    }
+
+    async fn create_user(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        kind: UserKind,
+        admin: bool,
+    ) -> Result<UserRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        // DO NOTHING rather than a unique violation: PostgreSQL would abort on one.
+        let inserted = sqlx::query(
+            "INSERT INTO users (name, kind, admin, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING RETURNING name",
+        )
+        .bind(name)
+        .bind(kind.as_str())
+        .bind(i64::from(admin))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("user {name}")));
+        }
+        let event = AuditEvent::new("user.create", audit::USER, name)
+            .after(serde_json::json!({"name": name, "kind": kind.as_str(), "admin": admin}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(UserRecord {
+            name: name.to_string(),
+            kind,
+            admin,
+            created_at: ts(now),
+            groups: Vec::new(),
+        })
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query("SELECT * FROM users ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let members = sqlx::query(
+            "SELECT group_name, user_name FROM group_members ORDER BY user_name, group_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for m in &members {
+            groups
+                .entry(m.text("user_name")?)
+                .or_default()
+                .push(m.text("group_name")?);
+        }
+        rows.iter()
+            .map(|r| {
+                let mut user = user_from_row(r)?;
+                user.groups = groups.remove(&user.name).unwrap_or_default();
+                Ok(user)
+            })
+            .collect()
+    }
+
+    async fn get_user(&self, name: &str) -> Result<UserRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let user = self.user_in(&mut tx, name).await?;
+        tx.commit().await?;
+        user.ok_or_else(|| StoreError::NotFound(format!("user {name}")))
+    }
+
+    async fn delete_user(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.lock_admins(&mut tx).await?;
+        let row = sqlx::query("SELECT admin FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("user {name}")))?;
+        if row.int("admin")? != 0 && self.other_admin_keys(&mut tx, name, "").await? == 0 {
+            return Err(StoreError::Refused(format!(
+                "user {name} is the last gateway admin with a valid API key: make another user admin and give it a key first (`ds user create NAME --admin`, `ds apikey create --user NAME`)"
+            )));
+        }
+        sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let event = AuditEvent::new("user.delete", audit::USER, name)
+            .before(serde_json::json!({"name": name, "admin": row.int("admin")? != 0}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn create_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+        hash: [u8; 32],
+        user: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let exists = sqlx::query("SELECT name FROM users WHERE name = $1")
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO api_keys (id, hash, created_at, user_name, expires_at) \
+             VALUES ($1, $2, $3, $4, NULLIF($5, -1)) ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(key_id)
+        .bind(&hash[..])
+        .bind(now)
+        .bind(user)
+        // -1 for "never" (NULL): an optional integer has no encoding in these bounds.
+        .bind(expires_at.map_or(-1, |t| t.timestamp_millis()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("API key {key_id}")));
+        }
+        // The key by its public ID only: never its secret or hash.
+        let event = AuditEvent::new("api-key.create", audit::API_KEY, key_id).after(
+            serde_json::json!({"id": key_id, "user": user, "expires_at": expires_at.map(|t| t.to_rfc3339())}),
+        );
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(ApiKeyRecord {
+            id: key_id.to_string(),
+            user: user.to_string(),
+            created_at: ts(now),
+            expires_at: expires_at.map(|t| ts(t.timestamp_millis())),
+        })
+    }
+
+    async fn list_api_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, user_name, created_at, expires_at FROM api_keys \
+             WHERE (CAST($1 AS TEXT) IS NULL OR user_name = $1) ORDER BY user_name, created_at, id",
+        )
+        .bind(user)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn find_key_owner(&self, key_id: &str) -> Result<Option<KeyOwner>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let Some(row) = sqlx::query(
+            "SELECT id, user_name, created_at, expires_at, hash FROM api_keys WHERE id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let key = key_from_row(&row)?;
+        let hash = api_key_from_row(&row)?.hash;
+        let user = self.user_in(&mut tx, &key.user).await?;
+        tx.commit().await?;
+        // The foreign key deletes a user's keys with it: a key always has its user.
+        let user =
+            user.ok_or_else(|| StoreError::Corrupt(format!("API key {key_id} without its user")))?;
+        Ok(Some(KeyOwner { key, hash, user }))
+    }
+
+    async fn delete_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+    ) -> Result<ApiKeyRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.lock_admins(&mut tx).await?;
+        let row = sqlx::query(
+            "SELECT k.id, k.user_name, k.created_at, k.expires_at, u.admin \
+             FROM api_keys k JOIN users u ON u.name = k.user_name WHERE k.id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("API key {key_id}")))?;
+        let key = key_from_row(&row)?;
+        if row.int("admin")? != 0 && self.other_admin_keys(&mut tx, "", key_id).await? == 0 {
+            return Err(StoreError::Refused(format!(
+                "API key {key_id} is the last valid key of a gateway admin: create another admin key first (`ds apikey create --user {}`)",
+                key.user
+            )));
+        }
+        sqlx::query("DELETE FROM api_keys WHERE id = $1")
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = AuditEvent::new("api-key.delete", audit::API_KEY, key_id)
+            .before(serde_json::json!({"id": key_id, "user": key.user}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    async fn create_group(&self, by: &ChangeBy, name: &str) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO user_groups (name, created_at) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING RETURNING name",
+        )
+        .bind(name)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!("group {name}")));
+        }
+        let event = AuditEvent::new("group.create", audit::GROUP, name)
+            .after(serde_json::json!({"name": name}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(GroupRecord {
+            name: name.to_string(),
+            created_at: ts(now),
+            members: Vec::new(),
+        })
+    }
+
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let rows = sqlx::query("SELECT name, created_at FROM user_groups ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let members = sqlx::query(
+            "SELECT group_name, user_name FROM group_members ORDER BY group_name, user_name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut by_group: HashMap<String, Vec<String>> = HashMap::new();
+        for m in &members {
+            by_group
+                .entry(m.text("group_name")?)
+                .or_default()
+                .push(m.text("user_name")?);
+        }
+        rows.iter()
+            .map(|r| {
+                let name = r.text("name")?;
+                Ok(GroupRecord {
+                    members: by_group.remove(&name).unwrap_or_default(),
+                    name,
+                    created_at: ts(r.int("created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_group(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("DELETE FROM user_groups WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!("group {name}")));
+        }
+        let event = AuditEvent::new("group.delete", audit::GROUP, name)
+            .before(serde_json::json!({"name": name}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.group_exists(&mut tx, group).await?;
+        if self.user_in(&mut tx, user).await?.is_none() {
+            return Err(StoreError::NotFound(format!("user {user}")));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO group_members (group_name, user_name) VALUES ($1, $2) \
+             ON CONFLICT (group_name, user_name) DO NOTHING RETURNING user_name",
+        )
+        .bind(group)
+        .bind(user)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            return Err(StoreError::AlreadyExists(format!(
+                "membership of user {user} in group {group}"
+            )));
+        }
+        let found = self.group_in(&mut tx, group).await?;
+        let event = AuditEvent::new("group.add-member", audit::GROUP, group)
+            .after(serde_json::json!({"group": group, "user": user}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn remove_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        self.group_exists(&mut tx, group).await?;
+        let done =
+            sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
+                .bind(group)
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!(
+                "membership of user {user} in group {group}"
+            )));
+        }
+        let found = self.group_in(&mut tx, group).await?;
+        let event = AuditEvent::new("group.remove-member", audit::GROUP, group)
+            .before(serde_json::json!({"group": group, "user": user}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    async fn grant_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+        role: Role,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let deployer = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if deployer.is_none() {
+            return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+        }
+        self.group_exists(&mut tx, group).await?;
+        sqlx::query(
+            "INSERT INTO deployer_grants (deployer_id, group_name, role) VALUES ($1, $2, $3) \
+             ON CONFLICT (deployer_id, group_name) DO UPDATE SET role = excluded.role",
+        )
+        .bind(deployer_id)
+        .bind(group)
+        .bind(role.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let event = AuditEvent::new(
+            "deployer.grant",
+            audit::GRANT,
+            format!("{deployer_id}/{group}"),
+        )
+        .of_deployer(deployer_id)
+        .after(serde_json::json!({"group": group, "role": role.as_str()}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn revoke_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let done =
+            sqlx::query("DELETE FROM deployer_grants WHERE deployer_id = $1 AND group_name = $2")
+                .bind(deployer_id)
+                .bind(group)
+                .execute(&mut *tx)
+                .await?;
+        if B::rows_affected(&done) == 0 {
+            return Err(StoreError::NotFound(format!(
+                "grant of deployer {deployer_id} to group {group}"
+            )));
+        }
+        let event = AuditEvent::new(
+            "deployer.revoke",
+            audit::GRANT,
+            format!("{deployer_id}/{group}"),
+        )
+        .of_deployer(deployer_id)
+        .before(serde_json::json!({"group": group}));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_grants(&self, deployer_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT deployer_id, group_name, role FROM deployer_grants \
+             WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) ORDER BY deployer_id, group_name",
+        )
+        .bind(deployer_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(grant_from_row).collect()
     }
 
     async fn create_deployment_by(
@@ -631,8 +1582,12 @@ where
         self.revision_history.store(keep.max(1), Ordering::Relaxed);
     }
 
-    async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError> {
-        self.try_delete_deployment(id)
+    async fn delete_deployment(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+    ) -> Result<(DeploymentRecord, u64), StoreError> {
+        self.try_delete_deployment(by, id)
             .await
             .map_err(retryable(&format!("deployment {id}")))
     }
@@ -824,6 +1779,115 @@ where
             .map(|r| status_from_row(r).map(|s| (s.deployment_id.clone(), s)))
             .collect()
     }
+
+    async fn list_stages(&self) -> Result<Vec<StageRecord>, StoreError> {
+        // One read: the stages and their deployers agree.
+        let mut tx = self.pool().begin().await?;
+        let rows =
+            sqlx::query("SELECT name, position, deploy_by FROM stages ORDER BY position, name")
+                .fetch_all(&mut *tx)
+                .await?;
+        let members = sqlx::query("SELECT name, stage FROM deployers ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut stages = rows
+            .iter()
+            .map(|row| {
+                Ok(StageRecord {
+                    name: row.text("name")?,
+                    position: row.int("position")?,
+                    deploy_by: deploy_by_from(&row.text("deploy_by")?)?,
+                    deployers: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        for row in &members {
+            let stage = row.text("stage")?;
+            if let Some(s) = stages.iter_mut().find(|s| s.name == stage) {
+                s.deployers.push(row.text("name")?);
+            }
+        }
+        Ok(stages)
+    }
+
+    async fn get_stage(&self, name: &str) -> Result<StageRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let stage = self.stage_in(&mut tx, name).await;
+        tx.commit().await?;
+        stage
+    }
+
+    async fn create_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        place: &StagePlace,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError> {
+        self.try_create_stage(by, name, place, deploy_by)
+            .await
+            .map_err(retryable(&format!("stage {name}")))
+    }
+
+    async fn delete_stage(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError> {
+        self.try_delete_stage(by, name)
+            .await
+            .map_err(retryable(&format!("stage {name}")))
+    }
+
+    async fn rename_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        new_name: &str,
+    ) -> Result<StageRecord, StoreError> {
+        self.try_rename_stage(by, name, new_name)
+            .await
+            .map_err(retryable(&format!("stage {name}")))
+    }
+
+    async fn update_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError> {
+        self.try_update_stage(by, name, deploy_by)
+            .await
+            .map_err(retryable(&format!("stage {name}")))
+    }
+
+    async fn record_denied(
+        &self,
+        by: &ChangeBy,
+        event: &AuditEvent,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        write_audit(&mut tx, by, event, Outcome::Denied, reason).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let since = query.since.map_or(i64::MIN, |t| t.timestamp_millis());
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE id > $1 AND at >= $2 \
+             AND (CAST($3 AS TEXT) IS NULL OR actor = $3) \
+             AND (CAST($4 AS TEXT) IS NULL OR deployer_id = $4) \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(to_i64(query.after_id))
+        .bind(since)
+        .bind(query.actor.as_deref())
+        .bind(query.deployer_id.as_deref())
+        .bind(i64::from(query.limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
 }
 
 // === impl InstallCodes for SqlStore ===
@@ -843,11 +1907,14 @@ where
 {
     async fn create_code(
         &self,
+        by: &ChangeBy,
         hash: [u8; 32],
         deployer_id: &str,
         expires_at: DateTime<Utc>,
         options: &InstallOptions,
     ) -> Result<(), StoreError> {
+        let options_json = serde_json::to_value(options)
+            .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
         let options = serde_json::to_string(options)
             .map_err(|e| StoreError::Corrupt(format!("install options: {e}")))?;
         let now = Utc::now();
@@ -873,12 +1940,24 @@ where
             }
             other => other?,
         };
+        let event = AuditEvent::new(
+            "install-code.create",
+            audit::INSTALL_CODE,
+            audit::code_id(&hash),
+        )
+        .of_deployer(deployer_id)
+        .after(json!({
+            "expires_at": super::convert::rfc3339(expires_at),
+            "options": options_json,
+        }));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn redeem_code(
         &self,
+        by: &ChangeBy,
         hash: [u8; 32],
         token_id: &str,
         token_hash: [u8; 32],
@@ -920,6 +1999,14 @@ where
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
+        let event = AuditEvent::new(
+            "install-code.redeem",
+            audit::INSTALL_CODE,
+            audit::code_id(&hash),
+        )
+        .of_deployer(&deployer_id)
+        .after(json!({ "token_id": token_id }));
+        self.audit(&mut tx, by, event).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok((deployer_id, options))
     }

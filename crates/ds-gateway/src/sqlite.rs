@@ -2,10 +2,11 @@
 //! built-in migrations. Its writes are serialized in the process, so a committed change
 //! is published on the hub directly.
 
+use super::audit::{self, deployment_json, deployment_object};
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
 use super::rows::{StoreRow, is_unique_violation, to_i64, to_u64};
-use super::sql::{Backend, INSERT_REVISION, SELECT_REVISION, SET_REVISION, SqlStore};
-use super::store::{Change, ChangeHub, StoreError};
+use super::sql::{Backend, INSERT_REVISION, SELECT_REVISION, SET_REVISION, SqlStore, write_audit};
+use super::store::{AuditEvent, Change, ChangeHub, Outcome, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteQueryResult,
     SqliteSynchronous,
@@ -74,6 +75,8 @@ impl Backend for SqliteBackend {
     // Deferred: the read transaction's snapshot is taken at its first read, and WAL keeps
     // it while writers commit.
     const BEGIN_SNAPSHOT: &'static str = "BEGIN";
+    // One writer at a time already.
+    const LOCK_ADMINS: Option<&'static str> = None;
 
     fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -171,6 +174,14 @@ impl CommitBatch for SqliteBackend {
                         .bind(created)
                         .execute(&mut *tx)
                         .await?;
+                    let event = AuditEvent::new(
+                        job.by.action_or("deployment.create"),
+                        audit::DEPLOYMENT,
+                        deployment_object(r),
+                    )
+                    .of_deployer(&r.deployer_id)
+                    .after(deployment_json(r));
+                    write_audit(&mut tx, &job.by, &event, Outcome::Ok, &job.by.note).await?;
                     revisions.insert(
                         &r.deployer_id,
                         (revision, revisions[r.deployer_id.as_str()].1),

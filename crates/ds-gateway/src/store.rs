@@ -34,6 +34,13 @@ pub enum StoreError {
     /// A stored row cannot be decoded.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The change would break a rule that keeps the gateway usable (e.g. removing the
+    /// last gateway admin); nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The object is still used by others (a stage with deployers): nothing changed.
+    #[error("{0}")]
+    InUse(String),
     /// The database URL names a back end this build does not serve.
     #[error(
         "unsupported database URL scheme {0:?} (supported: sqlite:, postgres://, postgresql://)"
@@ -60,6 +67,8 @@ pub struct DeployerRecord {
     /// The agent's latest count of the deployer's objects in its cluster; `None` until
     /// an agent reported one.
     pub objects: Option<ObjectCount>,
+    /// The lifecycle stage it is in.
+    pub stage: String,
 }
 
 /// How many of a deployer's objects its agent sees in its cluster, counted while it held
@@ -72,7 +81,7 @@ pub struct ObjectCount {
 
 impl DeployerRecord {
     /// A deployer just registered: no revision, no deployments, never seen by an agent.
-    pub fn registered(id: String, name: &str, created_at: DateTime<Utc>) -> Self {
+    pub fn registered(id: String, name: &str, stage: &str, created_at: DateTime<Utc>) -> Self {
         Self {
             id,
             name: name.to_string(),
@@ -85,6 +94,7 @@ impl DeployerRecord {
             last_seen: None,
             deployments: 0,
             objects: None,
+            stage: stage.to_string(),
         }
     }
 }
@@ -113,7 +123,8 @@ pub struct RevisionRecord {
     /// `revision_of_last_change` then).
     pub deployer_revision: u64,
     pub spec: DeploymentSpec,
-    /// Who made it ("key <API key ID>"); empty when not known.
+    /// Who made it ("alice (key <API key ID>)", "key <ID>" before users existed); empty
+    /// when not known.
     pub actor: String,
     /// What else is to know about it, e.g. "rollback to revision 2".
     pub note: String,
@@ -123,11 +134,205 @@ pub struct RevisionRecord {
     pub phase: Option<i32>,
 }
 
-/// Who makes a change, and why: recorded with the revision it makes.
+/// Who makes a change, in which request, and why: the context every mutating store
+/// method takes, recorded with the revision a change makes and in its audit row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChangeBy {
+    /// "key <API key ID>"; empty when not known.
     pub actor: String,
+    /// The request's ID (`x-request-id`), to find its audit rows and log lines.
+    pub request_id: String,
+    /// What else is to know about it, e.g. "rollback to revision 2".
     pub note: String,
+    /// The audit action when the change is more than the store operation (a rollback is
+    /// an update); `None`: the operation's own, e.g. `deployment.update`.
+    pub action: Option<&'static str>,
+}
+
+impl ChangeBy {
+    /// A change by `actor` in request `request_id`.
+    pub fn new(actor: impl Into<String>, request_id: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            request_id: request_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The same context with a note.
+    #[must_use]
+    pub fn with_note(&self, note: impl Into<String>) -> Self {
+        Self {
+            note: note.into(),
+            ..self.clone()
+        }
+    }
+
+    /// The audit action of an operation: the override, else the operation's own.
+    pub fn action_or(&self, own: &'static str) -> &'static str {
+        self.action.unwrap_or(own)
+    }
+}
+
+/// Who may create, change or delete deployments on a stage's deployers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeployBy {
+    /// Anyone allowed to deploy on the deployer.
+    #[default]
+    Anyone,
+    /// Service accounts only (e.g. production deployed by CI).
+    ServiceAccounts,
+}
+
+impl DeployBy {
+    /// The stored and shown form: `anyone` or `service-accounts`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployBy::Anyone => "anyone",
+            DeployBy::ServiceAccounts => "service-accounts",
+        }
+    }
+
+    /// The stored form back; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "anyone" => Some(DeployBy::Anyone),
+            "service-accounts" => Some(DeployBy::ServiceAccounts),
+            _ => None,
+        }
+    }
+}
+
+/// A lifecycle stage with the deployers in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageRecord {
+    pub name: String,
+    /// Its place in the list (ascending).
+    pub position: i64,
+    pub deploy_by: DeployBy,
+    /// The names of the deployers in it, sorted.
+    pub deployers: Vec<String>,
+}
+
+/// Where a new stage goes in the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagePlace {
+    /// After every other stage.
+    Last,
+    /// Right after the named stage.
+    After(String),
+    /// At this 1-based place; the stages from there on move down one.
+    At(u32),
+}
+
+/// What `UpdateDeployer` changes; `None` fields stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployerUpdate {
+    /// The stage to move it to.
+    pub stage: Option<String>,
+}
+
+/// Whether an audited attempt was carried out or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Ok,
+    Denied,
+}
+
+impl Outcome {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// What an audit row says happened (the actor and request come from [`ChangeBy`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditEvent {
+    /// E.g. "deployment.create", "stage.rename", "authenticate".
+    pub action: String,
+    /// "deployer", "deployment", "stage", "api-key", "install-code", "rpc".
+    pub object_kind: String,
+    /// The object as people name it: a name, `namespace/name`, a key ID.
+    pub object: String,
+    /// The deployer it is of, if any.
+    pub deployer_id: Option<String>,
+    /// The object before and after, without secrets; `None` for none.
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+impl AuditEvent {
+    /// An event of `action` on the object `object` of kind `object_kind`.
+    pub fn new(action: &str, object_kind: &str, object: impl Into<String>) -> Self {
+        Self {
+            action: action.to_string(),
+            object_kind: object_kind.to_string(),
+            object: object.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Of this deployer.
+    #[must_use]
+    pub fn of_deployer(mut self, id: &str) -> Self {
+        self.deployer_id = Some(id.to_string());
+        self
+    }
+
+    /// With the object as it was before.
+    #[must_use]
+    pub fn before(mut self, value: serde_json::Value) -> Self {
+        self.before = Some(value);
+        self
+    }
+
+    /// With the object as it is after.
+    #[must_use]
+    pub fn after(mut self, value: serde_json::Value) -> Self {
+        self.after = Some(value);
+        self
+    }
+}
+
+/// A row of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    /// Increasing in the order rows were written (per database).
+    pub id: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub object_kind: String,
+    pub object: String,
+    pub deployer_id: Option<String>,
+    /// JSON text, as stored.
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub request_id: String,
+    pub outcome: Outcome,
+    /// Why it was denied, or the change's note.
+    pub reason: String,
+}
+
+/// Which audit rows [`Store::list_audit`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only rows written at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only rows of this actor (exact).
+    pub actor: Option<String>,
+    /// Only rows of this deployer ID.
+    pub deployer_id: Option<String>,
+    /// Only rows after this ID (the page token); 0 for the start.
+    pub after_id: u64,
+    /// At most this many rows.
+    pub limit: u32,
 }
 
 /// Revisions kept per deployment unless the gateway is told otherwise.
@@ -142,6 +347,123 @@ pub struct TokenRecord {
     pub hash: [u8; 32],
     /// When a rotated-out token stops working; `None` while current.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A user or a service account (a technical account, e.g. for CI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserKind {
+    User,
+    ServiceAccount,
+}
+
+impl UserKind {
+    /// The stored and shown word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserKind::User => "user",
+            UserKind::ServiceAccount => "service-account",
+        }
+    }
+
+    /// The kind a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "user" => Some(UserKind::User),
+            "service-account" => Some(UserKind::ServiceAccount),
+            _ => None,
+        }
+    }
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    pub kind: UserKind,
+    /// A gateway admin: every permission, and alone manages users, groups and deployers.
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+    /// The groups it is a member of, by name.
+    pub groups: Vec<String>,
+}
+
+/// An API key as listed: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// The public ID (the part after `dsk_`), shown in lists and in who made a change.
+    pub id: String,
+    /// The user it authenticates.
+    pub user: String,
+    pub created_at: DateTime<Utc>,
+    /// When it stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API key with what authenticating by it needs: its hash and its user.
+#[derive(Debug, Clone)]
+pub struct KeyOwner {
+    pub key: ApiKeyRecord,
+    /// SHA-256 of the whole key.
+    pub hash: [u8; 32],
+    pub user: UserRecord,
+}
+
+/// A group as stored, with its members by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub members: Vec<String>,
+}
+
+/// What a group may do on one deployer; ordered: `View < Deploy < Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// See the deployer, its deployments and their details.
+    View,
+    /// Also create, update, roll back and delete deployments.
+    Deploy,
+    /// Also the deployer's settings: its token, install codes and grants.
+    Admin,
+}
+
+impl Role {
+    /// The stored word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::View => "view",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "view" => Some(Role::View),
+            "deploy" => Some(Role::Deploy),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::View => "View",
+            Role::Deploy => "Deploy",
+            Role::Admin => "Admin",
+        })
+    }
+}
+
+/// A role on a deployer granted to a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub deployer_id: String,
+    pub group: String,
+    pub role: Role,
 }
 
 /// What an agent observed for one deployment (mirrors the proto's DeploymentStatus).
@@ -238,12 +560,34 @@ pub trait Store: Send + Sync + 'static {
     /// The hub on which committed changes are published.
     fn hub(&self) -> &ChangeHub;
 
-    /// Registers a deployer together with its first token hash.
+    /// Registers a deployer in the first stage with its first token hash, by nobody in
+    /// particular.
     async fn create_deployer(
         &self,
         name: &str,
         token_id: &str,
         token_hash: [u8; 32],
+    ) -> Result<DeployerRecord, StoreError> {
+        self.create_deployer_by(&ChangeBy::default(), name, "", token_id, token_hash)
+            .await
+    }
+    /// Registers a deployer in `stage` (empty: the first stage) together with its first
+    /// token hash, made `by`. `NotFound` for an unknown stage.
+    async fn create_deployer_by(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        stage: &str,
+        token_id: &str,
+        token_hash: [u8; 32],
+    ) -> Result<DeployerRecord, StoreError>;
+    /// Changes a deployer's settings (its stage); `NotFound` for an unknown deployer or
+    /// stage. Returns it as it is now.
+    async fn update_deployer(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        update: &DeployerUpdate,
     ) -> Result<DeployerRecord, StoreError>;
     /// All deployers, sorted by name.
     async fn list_deployers(&self) -> Result<Vec<DeployerRecord>, StoreError>;
@@ -252,13 +596,19 @@ pub trait Store: Send + Sync + 'static {
     /// A deployer's `(id, name)` by ID or name, without the counts (cheap).
     async fn resolve_deployer(&self, id_or_name: &str) -> Result<(String, String), StoreError>;
     /// Deletes a deployer, its deployments and its tokens.
-    async fn delete_deployer(&self, id: &str) -> Result<(), StoreError>;
+    async fn delete_deployer(&self, by: &ChangeBy, id: &str) -> Result<(), StoreError>;
     /// Deletes a deployer like [`Store::delete_deployer`], but only while it is still at
     /// `revision` (nothing created or changed since it was read); `Conflict` otherwise.
-    async fn delete_deployer_at(&self, id: &str, revision: u64) -> Result<(), StoreError>;
+    async fn delete_deployer_at(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+        revision: u64,
+    ) -> Result<(), StoreError>;
     /// Adds a new current token; the deployer's other current tokens expire at `old_expire`.
     async fn rotate_token(
         &self,
+        by: &ChangeBy,
         deployer_id: &str,
         token_id: &str,
         token_hash: [u8; 32],
@@ -267,12 +617,88 @@ pub trait Store: Send + Sync + 'static {
     /// A deployer token by its public ID.
     async fn find_token(&self, token_id: &str) -> Result<Option<TokenRecord>, StoreError>;
 
-    /// Whether any admin API key exists.
+    /// Whether any API key exists.
     async fn has_api_key(&self) -> Result<bool, StoreError>;
-    /// Stores an admin API key hash.
-    async fn add_api_key(&self, key_id: &str, hash: [u8; 32]) -> Result<(), StoreError>;
+    /// Stores an API key hash of the built-in `admin` user (the bootstrap key).
+    async fn add_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+        hash: [u8; 32],
+    ) -> Result<(), StoreError>;
     /// An admin API key by its public ID.
     async fn find_api_key(&self, key_id: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Creates a user (`AlreadyExists` for a taken name).
+    async fn create_user(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        kind: UserKind,
+        admin: bool,
+    ) -> Result<UserRecord, StoreError>;
+    /// All users with their groups, by name.
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    /// One user with its groups.
+    async fn get_user(&self, name: &str) -> Result<UserRecord, StoreError>;
+    /// Deletes a user, its keys and memberships; `Refused` for the last gateway admin.
+    async fn delete_user(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError>;
+    /// Stores an API key of `user` (`NotFound` for no such user).
+    async fn create_api_key(
+        &self,
+        by: &ChangeBy,
+        key_id: &str,
+        hash: [u8; 32],
+        user: &str,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<ApiKeyRecord, StoreError>;
+    /// API keys, of one user or all, by user and creation.
+    async fn list_api_keys(&self, user: Option<&str>) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// An API key with its hash and its user (with groups), by its public ID.
+    async fn find_key_owner(&self, key_id: &str) -> Result<Option<KeyOwner>, StoreError>;
+    /// Deletes an API key; returns it. `Refused` when it is the last unexpired key of the
+    /// gateway admins (nobody could manage the gateway any more).
+    async fn delete_api_key(&self, by: &ChangeBy, key_id: &str)
+    -> Result<ApiKeyRecord, StoreError>;
+    /// Creates a group (`AlreadyExists` for a taken name).
+    async fn create_group(&self, by: &ChangeBy, name: &str) -> Result<GroupRecord, StoreError>;
+    /// All groups with their members, by name.
+    async fn list_groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+    /// Deletes a group with its memberships and grants.
+    async fn delete_group(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError>;
+    /// Makes `user` a member of `group` (`NotFound` for either missing, `AlreadyExists`
+    /// when it is one); returns the group.
+    async fn add_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError>;
+    /// Ends a membership (`NotFound` when there is none); returns the group.
+    async fn remove_group_member(
+        &self,
+        by: &ChangeBy,
+        group: &str,
+        user: &str,
+    ) -> Result<GroupRecord, StoreError>;
+    /// Grants `role` on a deployer to a group, replacing the group's earlier role there
+    /// (`NotFound` for no such deployer or group).
+    async fn grant_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+        role: Role,
+    ) -> Result<(), StoreError>;
+    /// Takes a group's role on a deployer away (`NotFound` when it has none).
+    async fn revoke_deployer(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        group: &str,
+    ) -> Result<(), StoreError>;
+    /// Grants, of one deployer or all, by deployer and group.
+    async fn list_grants(&self, deployer_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError>;
 
     /// Creates a deployment at the deployer's next revision, by nobody in particular.
     async fn create_deployment(
@@ -320,7 +746,11 @@ pub trait Store: Send + Sync + 'static {
     /// How many revisions each deployment keeps from now on (at least 1).
     fn set_revision_history(&self, keep: u32);
     /// Deletes a deployment; returns it and the revision of the removal.
-    async fn delete_deployment(&self, id: &str) -> Result<(DeploymentRecord, u64), StoreError>;
+    async fn delete_deployment(
+        &self,
+        by: &ChangeBy,
+        id: &str,
+    ) -> Result<(DeploymentRecord, u64), StoreError>;
     /// One deployment by ID.
     async fn get_deployment(&self, id: &str) -> Result<DeploymentRecord, StoreError>;
     /// Deployments whose ID or name matches the selector.
@@ -373,6 +803,48 @@ pub trait Store: Send + Sync + 'static {
     async fn get_status(&self, deployment_id: &str) -> Result<Option<StatusRecord>, StoreError>;
     /// The latest statuses of many deployments, by ID.
     async fn list_statuses(&self) -> Result<HashMap<String, StatusRecord>, StoreError>;
+
+    /// The stages in order, each with its deployers.
+    async fn list_stages(&self) -> Result<Vec<StageRecord>, StoreError>;
+    /// One stage by name (exact).
+    async fn get_stage(&self, name: &str) -> Result<StageRecord, StoreError>;
+    /// Adds a stage at `place`; `AlreadyExists` for a taken name, `NotFound` for an
+    /// unknown stage to put it after.
+    async fn create_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        place: &StagePlace,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError>;
+    /// Removes a stage; `InUse` (naming them) while deployers are in it, or for the last
+    /// stage.
+    async fn delete_stage(&self, by: &ChangeBy, name: &str) -> Result<(), StoreError>;
+    /// Renames a stage; its deployers follow.
+    async fn rename_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        new_name: &str,
+    ) -> Result<StageRecord, StoreError>;
+    /// Changes who may deploy on a stage.
+    async fn update_stage(
+        &self,
+        by: &ChangeBy,
+        name: &str,
+        deploy_by: DeployBy,
+    ) -> Result<StageRecord, StoreError>;
+
+    /// Records a refused attempt (outcome `denied`) with why; changes nothing else.
+    async fn record_denied(
+        &self,
+        by: &ChangeBy,
+        event: &AuditEvent,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+    /// Audit rows in the order they were written, oldest first. There is no way to
+    /// change or remove one.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
 // === impl ChangeHub ===

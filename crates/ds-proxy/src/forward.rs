@@ -2,7 +2,7 @@
 //! accounting of a finished request that the HTTP/1.1 path ([`super::h1`]) shares.
 
 use super::body::{Capture, RequestBody, ResponseBody};
-use super::classes::{self, ClassNames};
+use super::classes::{self, ClassNames, Protocol, Route};
 use super::metrics::{MethodLabel, Metrics, Shard, UpstreamErrorKind};
 use super::querylog::{BodySample, QueryLogSender, QueryRecord};
 use super::upstream::client::{Conn, Pool, Slot};
@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// This worker's part of the per-request metrics.
     pub(crate) shard: Arc<Shard>,
     pub(crate) classes: ClassNames,
+    /// Which answers are read for classes, and how.
+    pub(crate) protocol: Protocol,
     /// Response bytes inspected for the predicted class; 0 turns class counting off.
     pub(crate) class_limit: usize,
     pub(crate) query_log: Option<QueryLogSender>,
@@ -119,6 +121,8 @@ pub(crate) struct Exchange {
     status: Option<StatusCode>,
     error: Option<&'static str>,
     count_classes: bool,
+    /// The request path when it is a v2 one (see [`Outcome::v2_path`]).
+    v2_path: Option<Box<str>>,
     response: Option<Capture>,
     complete: bool,
     log: Option<Box<LogContext>>,
@@ -177,6 +181,7 @@ impl Drop for Exchange {
             error: self.error,
             complete: self.complete,
             count_classes: self.count_classes,
+            v2_path: self.v2_path.take(),
             response: self.response.take(),
             log: log.map(|(time, path, request)| LogPart {
                 time,
@@ -199,6 +204,9 @@ pub(crate) struct Outcome<'a> {
     pub(crate) complete: bool,
     /// The answer is one whose predicted classes are counted.
     pub(crate) count_classes: bool,
+    /// The request's path and query when the path starts with `/v2/` (a POST's only), for
+    /// [`Protocol::route`]; `None` for every other request, which then costs nothing more.
+    pub(crate) v2_path: Option<Box<str>>,
     /// The answer body's prefix (for the classes and the query log).
     pub(crate) response: Option<Capture>,
     /// What only the query log needs, when it is on.
@@ -224,22 +232,29 @@ impl Shared {
             .request_finished(MethodLabel::of(outcome.method), status, latency);
         let mut predicted = None;
         if outcome.count_classes && outcome.complete {
-            let indices = outcome.response.as_ref().and_then(|capture| {
+            let body = outcome.response.as_ref().and_then(|capture| {
                 let (body, truncated) = capture.prefix(self.class_limit);
-                if truncated {
-                    None
-                } else {
-                    classes::predicted_indices(body)
-                }
+                (!truncated).then_some(body)
             });
-            match indices {
-                Some(indices) => {
-                    for &i in &indices {
-                        self.shard.predicted(i, &self.classes);
+            match self.protocol.route(outcome.v2_path.as_deref()) {
+                Route::V1 => match body.and_then(classes::predicted_indices) {
+                    Some(indices) => {
+                        for &i in &indices {
+                            self.shard.predicted(i, &self.classes);
+                        }
+                        predicted = Some(indices);
                     }
-                    predicted = Some(indices);
+                    None => self.shard.unparsed(),
+                },
+                Route::V2 { model } => {
+                    let outputs = body.and_then(classes::v2_outputs);
+                    self.shard.predicted_v2(model, outputs.as_deref());
+                    // The query log names the classes of the first output.
+                    predicted = outputs
+                        .and_then(|o| o.into_iter().next())
+                        .and_then(|o| o.classes);
                 }
-                None => self.shard.unparsed(),
+                Route::Skip => {}
             }
         }
         let (Some(log), Some(sender)) = (outcome.log, &self.query_log) else {
@@ -381,6 +396,7 @@ pub(crate) async fn handle(
         status: None,
         error: None,
         count_classes: false,
+        v2_path: None,
         response: None,
         complete: false,
         log,
@@ -399,6 +415,13 @@ pub(crate) async fn handle(
             Some(exchange),
         ));
     };
+
+    if method == Method::POST
+        && let Some(pq) = &path_and_query
+        && pq.path().starts_with("/v2/")
+    {
+        exchange.v2_path = Some(pq.as_str().into());
+    }
 
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);

@@ -13,7 +13,8 @@
 //!   connections kept open for either path, the readiness probe, and their errors.
 //! - `body`: hyper bodies that tee a bounded prefix (h2c), and the prefix itself.
 //! - `rewind`: replays the bytes read to tell h2c from HTTP/1.1.
-//! - `classes`: TensorFlow-Serving answers → predicted class.
+//! - `classes`: model answers (TensorFlow-Serving/KServe v1, Open Inference Protocol v2)
+//!   → predicted classes.
 //! - `metrics`: the `ds_proxy_*` metrics.
 //! - `querylog`: the bounded queue and its writer task.
 //! - `admin`: `/metrics`, `/healthz`, `/readyz`.
@@ -61,6 +62,11 @@ pub const HEALTH_PATH: &str = "/healthz";
 pub const READY_PATH: &str = "/readyz";
 /// The default upstream: TensorFlow Serving's REST port in the same pod.
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8501";
+/// The upstream path `/readyz` asks by default.
+const DEFAULT_READY_PATH: &str = "/";
+/// The upstream path `/readyz` asks by default with `--protocol v2`: the Open Inference
+/// Protocol's readiness, 200 when the server is ready.
+const V2_READY_PATH: &str = "/v2/health/ready";
 
 /// How long in-flight requests get to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,6 +93,8 @@ pub mod env {
     pub const TIMEOUT: &str = "DS_PROXY_TIMEOUT";
     /// `--ready-path`.
     pub const READY_PATH: &str = "DS_PROXY_READY_PATH";
+    /// `--protocol`.
+    pub const PROTOCOL: &str = "DS_PROXY_PROTOCOL";
     /// `--class-body-limit`.
     pub const CLASS_BODY_LIMIT: &str = "DS_PROXY_CLASS_BODY_LIMIT";
     /// `--query-log`.
@@ -131,9 +139,17 @@ pub struct ProxyArgs {
     #[arg(long, env = env::TIMEOUT, default_value = "60s", value_parser = ds_core::duration::parse)]
     pub timeout: Duration,
 
-    /// Upstream path asked by /readyz; any answer below 500 means ready.
-    #[arg(long, env = env::READY_PATH, default_value = "/")]
-    pub ready_path: String,
+    /// Upstream path asked by /readyz [default: / (v1, auto), /v2/health/ready (v2)].
+    /// With v1 and auto any answer below 500 means ready; with v2 only a 2xx answer (the
+    /// Open Inference Protocol says 200 means ready).
+    #[arg(long, env = env::READY_PATH)]
+    pub ready_path: Option<String>,
+
+    /// The model server's protocol: `auto` reads v2 answers by their path
+    /// (`/v2/models/NAME[/versions/V]/infer`) and others as v1; `v1` reads every answer as
+    /// v1; `v2` reads only v2 answers and makes /readyz ask `/v2/health/ready`.
+    #[arg(long, env = env::PROTOCOL, value_enum, default_value_t = classes::Protocol::Auto)]
+    pub protocol: classes::Protocol,
 
     /// Response bytes inspected for the predicted class; 0 turns class counting off.
     #[arg(long, env = env::CLASS_BODY_LIMIT, default_value_t = 64 * 1024)]
@@ -232,8 +248,18 @@ impl RunningProxy {
     /// file that cannot be opened.
     pub async fn start(args: ProxyArgs) -> Result<Self, ProxyError> {
         let upstream = upstream::Upstream::parse(&args.upstream)?;
-        if !args.ready_path.starts_with('/') {
-            return Err(ProxyError::InvalidReadyPath(args.ready_path));
+        // An empty value (a manifest clearing the variable) means the default, like an
+        // absent one.
+        let ready_path = match (
+            args.ready_path.as_deref().filter(|p| !p.is_empty()),
+            args.protocol,
+        ) {
+            (Some(path), _) => path.to_owned(),
+            (None, classes::Protocol::V2) => V2_READY_PATH.to_owned(),
+            (None, _) => DEFAULT_READY_PATH.to_owned(),
+        };
+        if !ready_path.starts_with('/') {
+            return Err(ProxyError::InvalidReadyPath(ready_path));
         }
         let classes = ClassNames::new(args.class_names.clone());
         let worker_count = match args.worker_threads {
@@ -294,6 +320,7 @@ impl RunningProxy {
                 shard: metrics.shard(index),
                 metrics: metrics.clone(),
                 classes: classes.clone(),
+                protocol: args.protocol,
                 class_limit: args.class_body_limit,
                 query_log: query_log.clone(),
                 log_body_limit: args.query_log_body_limit,
@@ -339,9 +366,10 @@ impl RunningProxy {
             metrics,
             probe: upstream::ready::Probe::new(
                 &upstream,
-                &args.ready_path,
+                &ready_path,
                 settings,
                 READY_TIMEOUT.min(args.timeout),
+                args.protocol == classes::Protocol::V2,
             ),
         });
 
@@ -354,7 +382,7 @@ impl RunningProxy {
                 service_fn(move |req: Request<Incoming>| admin::handle(admin.clone(), req))
             },
         ));
-        tracing::info!(%addr, %admin_addr, upstream = %args.upstream, query_log = ?args.query_log, workers = worker_count, "model proxy listening");
+        tracing::info!(%addr, %admin_addr, upstream = %args.upstream, protocol = ?args.protocol, %ready_path, query_log = ?args.query_log, workers = worker_count, "model proxy listening");
         Ok(Self {
             addr,
             admin_addr,

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the proxy, all under the `ds_proxy_` prefix.
 
-use super::classes::{ClassNames, UNPARSED};
+use super::classes::{ClassNames, UNPARSED, V2Output};
 use http::Method;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
@@ -11,7 +11,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -136,6 +136,72 @@ struct ClassLabels {
     class: String,
 }
 
+/// The labels of a v2 answer's predictions: v1's `class` first, so a query by class alone
+/// sums both protocols.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct V2ClassLabels {
+    class: String,
+    protocol: &'static str,
+    model: String,
+    output: String,
+}
+
+/// Distinct model names counted in v2 predictions; later ones are counted as [`OTHER`].
+/// Only names the model server answered 2xx for get this far, so a client sending made-up
+/// names cannot take the slots from the real models unless the server accepts them.
+pub(crate) const MAX_MODELS: usize = 32;
+/// Distinct output names counted in v2 predictions, over all models; later ones are
+/// counted as [`OTHER`].
+pub(crate) const MAX_OUTPUTS: usize = 8;
+/// The label of the model or output names past their cap.
+pub(crate) const OTHER: &str = "other";
+
+/// Model and output names seen in v2 answers, up to their caps, shared by all workers so
+/// that the caps bound what a scrape shows. Read on every v2 answer, written only when a
+/// name is new.
+#[derive(Debug, Default)]
+struct Names {
+    models: parking_lot::RwLock<Vec<Box<str>>>,
+    outputs: parking_lot::RwLock<Vec<Box<str>>>,
+}
+
+/// The index of a name past its cap.
+const OVER_CAP: u16 = u16::MAX;
+/// The output index of an answer that could not be read at all (no output to name).
+const NO_OUTPUT: u16 = u16::MAX - 1;
+
+impl Names {
+    fn index(list: &parking_lot::RwLock<Vec<Box<str>>>, cap: usize, name: &str) -> u16 {
+        let find = |names: &[Box<str>]| names.iter().position(|n| **n == *name);
+        if let Some(i) = find(&list.read()) {
+            return u16::try_from(i).unwrap_or(OVER_CAP);
+        }
+        let mut names = list.write();
+        // Another worker may have added it meanwhile.
+        if let Some(i) = find(&names) {
+            return u16::try_from(i).unwrap_or(OVER_CAP);
+        }
+        if names.len() >= cap {
+            return OVER_CAP;
+        }
+        names.push(name.into());
+        u16::try_from(names.len() - 1).unwrap_or(OVER_CAP)
+    }
+
+    fn name(list: &parking_lot::RwLock<Vec<Box<str>>>, index: u16) -> String {
+        if index == NO_OUTPUT {
+            return String::new();
+        }
+        list.read()
+            .get(usize::from(index))
+            .map_or_else(|| OTHER.to_owned(), |n| n.to_string())
+    }
+}
+
+/// A v2 prediction count's key: model, output (indices into [`Names`]) and class (`None`:
+/// unparsed).
+type V2Key = (u16, u16, Option<usize>);
+
 /// All metrics of one proxy and the registry that renders them.
 ///
 /// What changes on every request (request counts, latencies, requests in flight, predicted
@@ -158,6 +224,7 @@ struct Shards {
     /// Configured class names, in output order.
     class_names: Vec<String>,
     rare: Arc<Rare>,
+    names: Arc<Names>,
 }
 
 /// Counts too rare for a slot of their own: status codes outside 100–599 and predicted
@@ -181,6 +248,10 @@ pub(crate) struct Shard {
     /// Predictions of each configured class, then "unparsed".
     classes: Box<[AtomicU64]>,
     rare: Arc<Rare>,
+    /// Predictions of v2 answers. Only this worker and a scrape lock it, so the lock is
+    /// uncontended on the request path.
+    v2: Mutex<HashMap<V2Key, u64>>,
+    names: Arc<Names>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
@@ -188,7 +259,7 @@ fn lock<T>(mutex: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
 }
 
 impl Shard {
-    fn new(classes: usize, rare: Arc<Rare>) -> Self {
+    fn new(classes: usize, rare: Arc<Rare>, names: Arc<Names>) -> Self {
         Self {
             requests: (0..METHODS * CACHED_CODES.len())
                 .map(|_| AtomicU64::new(0))
@@ -198,6 +269,8 @@ impl Shard {
             in_flight: AtomicI64::new(0),
             classes: (0..=classes).map(|_| AtomicU64::new(0)).collect(),
             rare,
+            v2: Mutex::new(HashMap::new()),
+            names,
         }
     }
 
@@ -239,6 +312,32 @@ impl Shard {
     pub(crate) fn unparsed(&self) {
         if let Some(unparsed) = self.classes.last() {
             unparsed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a v2 answer of `model`: every row's class of every output, an output whose
+    /// classes could not be read as one "unparsed" of that output, and an answer that could
+    /// not be read at all (`None`) as one "unparsed" with an empty output name.
+    pub(crate) fn predicted_v2(&self, model: &str, outputs: Option<&[V2Output]>) {
+        let model = Names::index(&self.names.models, MAX_MODELS, model);
+        let Some(outputs) = outputs else {
+            *lock(&self.v2).entry((model, NO_OUTPUT, None)).or_default() += 1;
+            return;
+        };
+        let keys: Vec<(u16, &V2Output)> = outputs
+            .iter()
+            .map(|o| (Names::index(&self.names.outputs, MAX_OUTPUTS, &o.name), o))
+            .collect();
+        let mut counts = lock(&self.v2);
+        for (output, o) in keys {
+            match &o.classes {
+                Some(classes) => {
+                    for &class in classes {
+                        *counts.entry((model, output, Some(class))).or_default() += 1;
+                    }
+                }
+                None => *counts.entry((model, output, None)).or_default() += 1,
+            }
         }
     }
 }
@@ -319,7 +418,7 @@ impl Collector for Shards {
         }
         let mut family = encoder.encode_descriptor(
             "predictions",
-            "Predicted classes (argmax of TensorFlow-Serving answers); other answer shapes count as \"unparsed\"",
+            "Predicted classes: argmax of v1 (TensorFlow-Serving/KServe) `predictions` rows, labelled by class; of v2 (Open Inference Protocol) `outputs`, labelled by class, protocol, model and output; answers whose classes cannot be read count as \"unparsed\"",
             None,
             MetricType::Counter,
         )?;
@@ -344,6 +443,25 @@ impl Collector for Shards {
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(count, None)?;
+        }
+        // v2 counts by name, summed over the shards, in a stable order.
+        let mut v2: BTreeMap<V2Key, u64> = BTreeMap::new();
+        for shard in &self.shards {
+            for (key, count) in lock(&shard.v2).iter() {
+                *v2.entry(*key).or_default() += count;
+            }
+        }
+        let classes = ClassNames::new(self.class_names.clone());
+        for ((model, output, class), count) in v2 {
+            let labels = V2ClassLabels {
+                class: class.map_or_else(|| UNPARSED.to_owned(), |i| classes.name(i).into_owned()),
+                protocol: "v2",
+                model: Names::name(&self.names.models, model),
+                output: Names::name(&self.names.outputs, output),
+            };
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
         }
         Ok(())
     }
@@ -378,14 +496,16 @@ impl Metrics {
             query_log_lost.clone(),
         );
         let rare = Arc::new(Rare::default());
+        let names = Arc::new(Names::default());
         let shards = Arc::new(Shards {
             shards: (0..workers.max(1))
-                .map(|_| Arc::new(Shard::new(classes.len(), rare.clone())))
+                .map(|_| Arc::new(Shard::new(classes.len(), rare.clone(), names.clone())))
                 .collect(),
             class_names: (0..classes.len())
                 .map(|i| classes.name(i).into_owned())
                 .collect(),
             rare,
+            names,
         });
         registry.register_collector(Box::new(shards.clone()));
         Self {
@@ -480,5 +600,43 @@ mod tests {
             text.matches("# TYPE ds_proxy_predictions counter").count(),
             1
         );
+    }
+
+    #[test]
+    fn v2_counts_add_up_by_model_and_output_and_output_names_are_capped() {
+        let classes = ClassNames::new(vec!["cat".into(), "dog".into()]);
+        let metrics = Metrics::new(&classes, 2);
+        let (a, b) = (metrics.shard(0), metrics.shard(1));
+        let output = |name: &str, classes: Option<Vec<usize>>| V2Output {
+            name: name.into(),
+            classes,
+        };
+        let answer = [output("p", Some(vec![1, 1, 4])), output("text", None)];
+        a.predicted_v2("pets", Some(&answer));
+        b.predicted_v2("pets", Some(&answer));
+        b.predicted_v2("pets", None);
+        // Ten output names: the first 8 in all (`p` and `text` among them) get a label.
+        let many: Vec<V2Output> = (0..8)
+            .map(|i| output(&format!("o{i}"), Some(vec![0])))
+            .collect();
+        a.predicted_v2("zoo", Some(&many));
+        let text = metrics.encode();
+        for line in [
+            r#"ds_proxy_predictions_total{class="dog",protocol="v2",model="pets",output="p"} 4"#,
+            r#"ds_proxy_predictions_total{class="4",protocol="v2",model="pets",output="p"} 2"#,
+            r#"ds_proxy_predictions_total{class="unparsed",protocol="v2",model="pets",output="text"} 2"#,
+            r#"ds_proxy_predictions_total{class="unparsed",protocol="v2",model="pets",output=""} 1"#,
+            r#"ds_proxy_predictions_total{class="cat",protocol="v2",model="zoo",output="o5"} 1"#,
+            r#"ds_proxy_predictions_total{class="cat",protocol="v2",model="zoo",output="other"} 2"#,
+            // The v1 series are untouched by v2 answers.
+            r#"ds_proxy_predictions_total{class="dog"} 0"#,
+            r#"ds_proxy_predictions_total{class="unparsed"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(!text.contains(r#"output="o6""#), "{text}");
     }
 }

@@ -322,7 +322,11 @@ fn allowed_verbs(group: &str, resource: &str) -> &'static [&'static str] {
         "get", "list", "watch", "create", "update", "patch", "delete",
     ];
     match (group, resource) {
-        ("apps", "deployments") | ("", "services") | ("networking.k8s.io", "ingresses") => RW,
+        ("apps", "deployments")
+        | ("", "services")
+        | ("networking.k8s.io", "ingresses")
+        | ("autoscaling", "horizontalpodautoscalers")
+        | ("policy", "poddisruptionbudgets") => RW,
         ("coordination.k8s.io", "leases") => &["get", "create", "update", "patch"],
         // Its own events, and reading those of its objects for `ds deployment describe`.
         ("", "events") => &["get", "list", "create", "patch"],
@@ -504,6 +508,69 @@ fn every_variant_lets_the_agent_read_pods_and_only_read_them() {
                 "{variant}: {}",
                 role["metadata"]["name"]
             );
+        }
+    }
+}
+
+#[test]
+fn every_variant_lets_the_agent_write_every_kind_it_owns() {
+    // The agent watches and applies these (crates/ds-agent/src/desired.rs): a missing
+    // rule is a watch that fails for ever with 403.
+    let owned = [
+        ("apps", "deployments"),
+        ("", "services"),
+        ("networking.k8s.io", "ingresses"),
+        ("autoscaling", "horizontalpodautoscalers"),
+        ("policy", "poddisruptionbudgets"),
+    ];
+    for (variant, yaml) in variants() {
+        let docs = parse(&yaml);
+        let roles: Vec<&Value> = find(&docs, "ClusterRole")
+            .into_iter()
+            .chain(find(&docs, "Role"))
+            .filter(|r| {
+                !r["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-namespaces")
+            })
+            // The roles over the target namespaces (not the one for the agent's Lease).
+            .filter(|r| {
+                r["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|rule| rule["resources"] == serde_json::json!(["deployments"]))
+            })
+            .collect();
+        assert!(!roles.is_empty(), "{variant}: no role of the agent");
+        for role in roles {
+            for (group, resource) in owned {
+                let verbs: BTreeSet<&str> = role["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|rule| {
+                        rule["apiGroups"]
+                            .as_array()
+                            .unwrap()
+                            .contains(&group.into())
+                            && rule["resources"]
+                                .as_array()
+                                .unwrap()
+                                .contains(&resource.into())
+                    })
+                    .flat_map(|rule| rule["verbs"].as_array().unwrap())
+                    .filter_map(Value::as_str)
+                    .collect();
+                for verb in ["get", "list", "watch", "patch", "delete"] {
+                    assert!(
+                        verbs.contains(verb),
+                        "{variant}: {} may not {verb} {group}/{resource}",
+                        role["metadata"]["name"]
+                    );
+                }
+            }
         }
     }
 }

@@ -143,6 +143,7 @@ impl ClientConn {
             error: Some(rejected.error),
             complete: written,
             count_classes: false,
+            v2_path: None,
             response: None,
             log: time.map(|time| LogPart {
                 time,
@@ -233,6 +234,7 @@ impl ClientConn {
             error: st.error,
             complete,
             count_classes: st.response.count_classes,
+            v2_path: head.v2_path.take(),
             response: st.response.capture.take(),
             log: time.map(|time| LogPart {
                 time,

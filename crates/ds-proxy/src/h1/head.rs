@@ -20,6 +20,9 @@ pub(crate) struct RequestHead {
     pub(crate) method: Method,
     /// The target as the client sent it, for the query log (empty when the log is off).
     pub(crate) path: String,
+    /// A POST's path and query when the path starts with `/v2/`, for reading the answer as
+    /// an Open Inference Protocol one; `None` otherwise, so other requests allocate nothing.
+    pub(crate) v2_path: Option<Box<str>>,
     pub(crate) http10: bool,
     /// The client wants the connection kept after this exchange.
     pub(crate) keep_alive: bool,
@@ -351,7 +354,9 @@ pub(crate) fn parse_request(
     }
     out.extend_from_slice(b"\r\n");
 
+    let v2_path = (method == Method::POST && path.starts_with("/v2/")).then(|| path.into());
     let head = RequestHead {
+        v2_path,
         path: if cx.keep_target {
             target.to_owned()
         } else {

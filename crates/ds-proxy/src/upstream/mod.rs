@@ -151,7 +151,8 @@ pub(crate) enum UpstreamError {
     /// An answer that had begun stopped coming for longer than `--timeout` (h2c body).
     #[error("the model server stopped sending its answer")]
     Stalled,
-    /// The readiness probe's answer was a server error.
+    /// The readiness probe's answer was not a ready one (a server error; with
+    /// `--protocol v2`, anything but 2xx).
     #[error("upstream answered {0}")]
     Status(StatusCode),
     /// The readiness path makes no valid request target.

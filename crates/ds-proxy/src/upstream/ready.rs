@@ -28,17 +28,22 @@ pub(crate) struct Probe {
     /// of that URL, as an HTTP client sends it; `None` if the URL is invalid.
     request: Option<(Uri, HeaderValue)>,
     timeout: Duration,
+    /// Only a 2xx answer means ready (the Open Inference Protocol's health endpoints
+    /// answer 200 when ready, 4xx when not); otherwise anything below 500 does.
+    success_only: bool,
     pool: Pool<ProbeBody>,
     slot: Slot<ProbeBody>,
 }
 
 impl Probe {
-    /// A probe of `ready_path` that waits at most `timeout` for the answer's head.
+    /// A probe of `ready_path` that waits at most `timeout` for the answer's head; with
+    /// `success_only`, only a 2xx answer means ready.
     pub(crate) fn new(
         upstream: &Upstream,
         ready_path: &str,
         mut settings: Settings,
         timeout: Duration,
+        success_only: bool,
     ) -> Self {
         let request = upstream.uri_for_str(ready_path).and_then(|url| {
             let host = HeaderValue::from_str(url.authority()?.as_str()).ok()?;
@@ -49,13 +54,15 @@ impl Probe {
             path: ready_path.to_owned(),
             request,
             timeout,
+            success_only,
             pool: Pool::new(settings),
             slot: Slot::default(),
         }
     }
 
     /// Asks the upstream; any answer below 500 means a server is listening and working
-    /// (TensorFlow Serving answers 404 on `/`, and that is fine).
+    /// (TensorFlow Serving answers 404 on `/`, and that is fine), or with `success_only`
+    /// only a 2xx answer does (a v2 server answers 4xx while its models load).
     pub(crate) async fn check(&self) -> Result<(), UpstreamError> {
         let (target, host) = self
             .request
@@ -78,7 +85,12 @@ impl Probe {
         {
             self.pool.put(&self.slot, conn);
         }
-        if status.as_u16() < 500 {
+        let ready = if self.success_only {
+            status.is_success()
+        } else {
+            status.as_u16() < 500
+        };
+        if ready {
             Ok(())
         } else {
             Err(UpstreamError::Status(status))
