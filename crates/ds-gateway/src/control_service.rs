@@ -439,6 +439,54 @@ impl ControlSvc {
             .map_err(store_status)
     }
 
+    /// Creates a validated deployment on `deployer` as a new revision made `by`, after the
+    /// deployer's namespace rights and stage policy: the one path of every new deployment.
+    async fn create_in(
+        &self,
+        caller: &Caller,
+        by: &ChangeBy,
+        deployer: DeployerRecord,
+        name: String,
+        namespace: String,
+        spec: DeploymentSpec,
+    ) -> Result<DeploymentView, Status> {
+        let deployer_id = deployer.id.clone();
+        let deployer_name = deployer.name.clone();
+        if !deployer.agent_namespaces.is_empty() && !deployer.agent_namespaces.contains(&namespace)
+        {
+            // The agent could never write there: say so now rather than as a Failed status.
+            return Err(invalid(ds_core::ValidationError {
+                field: "namespace".into(),
+                value: namespace,
+                rule: format!(
+                    "deployer {deployer_name}'s agent only has rights in: {} (installed with --namespaces); use one of them, or reinstall the agent with this namespace",
+                    deployer.agent_namespaces.join(", ")
+                ),
+            }));
+        }
+        let event = AuditEvent::new(
+            "deployment.create",
+            audit::DEPLOYMENT,
+            format!("{namespace}/{name}"),
+        )
+        .of_deployer(&deployer_id);
+        self.check_stage_policy(caller, by, &deployer.stage, event)
+            .await?;
+        let record = self
+            .shared
+            .store
+            .create_deployment_by(by, &deployer_id, &name, &namespace, &spec)
+            .await
+            .map_err(store_status)?;
+        self.shared.metrics.deployment_changes.inc();
+        tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
+        let presence = AgentPresence::of(&self.shared, &deployer_id, deployer.last_seen);
+        let mut view = make_view(record, deployer_name, None);
+        view.deployer_stage = deployer.stage;
+        mark(&mut view, presence);
+        Ok(view)
+    }
+
     /// Changes a deployment's spec by `edit`, retrying on concurrent changes: validated,
     /// stored as a new revision made `by`, and sent to the agent. An edit that changes
     /// nothing makes no revision and answers `changed: false`.
@@ -1070,7 +1118,7 @@ impl ControlService for ControlSvc {
         let caller = self.authorize(&request, Rpc::CreateDeployment).await?;
         let by = caller.by(String::new());
         let req = request.into_inner();
-        let (deployer_id, deployer_name) = self.resolve(&req.deployer).await?;
+        let (deployer_id, _) = self.resolve(&req.deployer).await?;
         self.guard(&caller, &deployer_id, &req.deployer).await?;
         let spec: DeploymentSpec = req
             .spec
@@ -1093,38 +1141,9 @@ impl ControlService for ControlSvc {
             .get_deployer(&deployer_id)
             .await
             .map_err(store_status)?;
-        if !deployer.agent_namespaces.is_empty() && !deployer.agent_namespaces.contains(&namespace)
-        {
-            // The agent could never write there: say so now rather than as a Failed status.
-            return Err(invalid(ds_core::ValidationError {
-                field: "namespace".into(),
-                value: namespace,
-                rule: format!(
-                    "deployer {deployer_name}'s agent only has rights in: {} (installed with --namespaces); use one of them, or reinstall the agent with this namespace",
-                    deployer.agent_namespaces.join(", ")
-                ),
-            }));
-        }
-        let event = AuditEvent::new(
-            "deployment.create",
-            audit::DEPLOYMENT,
-            format!("{namespace}/{name}"),
-        )
-        .of_deployer(&deployer_id);
-        self.check_stage_policy(&caller, &by, &deployer.stage, event)
+        let view = self
+            .create_in(&caller, &by, deployer, name, namespace, spec)
             .await?;
-        let record = self
-            .shared
-            .store
-            .create_deployment_by(&by, &deployer_id, &name, &namespace, &spec)
-            .await
-            .map_err(store_status)?;
-        self.shared.metrics.deployment_changes.inc();
-        tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
-        let presence = AgentPresence::of(&self.shared, &deployer_id, deployer.last_seen);
-        let mut view = make_view(record, deployer_name, None);
-        view.deployer_stage = deployer.stage;
-        mark(&mut view, presence);
         Ok(Response::new(view))
     }
 
