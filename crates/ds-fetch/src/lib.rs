@@ -479,7 +479,8 @@ impl<'a> Store<'a> {
                 query.push_str("&continuation-token=");
                 query.push_str(&sigv4::encode_query(t));
             }
-            let url = Url::parse(&format!("{}/?{query}", self.root))
+            // Path-style: `/BUCKET?list-type=2…` (what S3-compatible servers sign), virtual-hosted: `/?…`.
+            let url = Url::parse(&format!("{}?{query}", self.root))
                 .map_err(|e| FetchError::Usage(format!("--uri: {e}")))?;
             let response = self.get(http, &url).await?;
             if !response.status().is_success() {
