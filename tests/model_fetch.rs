@@ -171,7 +171,22 @@ async fn serve(model: Vec<u8>) -> String {
                  <Contents><Key>p/../../escape.txt</Key></Contents></ListBucketResult>"
             }),
         )
-        .route("/evil/p/ok.txt", get(|| async { "ok" }));
+        .route("/evil/p/ok.txt", get(|| async { "ok" }))
+        .route(
+            "/paged",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                match q.get("continuation-token").map(String::as_str) {
+                    None => "<ListBucketResult><IsTruncated>true</IsTruncated>\
+                             <Contents><Key>p/a.txt</Key></Contents>\
+                             <NextContinuationToken>tok/+=1</NextContinuationToken></ListBucketResult>",
+                    Some("tok/+=1") => "<ListBucketResult><IsTruncated>false</IsTruncated>\
+                             <Contents><Key>p/deep/b.txt</Key></Contents></ListBucketResult>",
+                    Some(other) => panic!("unexpected continuation token {other:?}"),
+                }
+            }),
+        )
+        .route("/paged/p/a.txt", get(|| async { "first page" }))
+        .route("/paged/p/deep/b.txt", get(|| async { "second page" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -259,6 +274,40 @@ async fn a_listing_with_a_key_outside_the_prefix_writes_nothing() {
     assert!(s.files().is_empty(), "{:?}", s.files().keys());
     assert!(!s.dir.path().join("escape.txt").exists());
     assert!(!s.dir.path().parent().unwrap().join("escape.txt").exists());
+}
+
+#[tokio::test]
+async fn a_listing_in_pages_is_followed_to_its_end() {
+    let base = serve(Vec::new()).await;
+    let s = Scratch::new();
+    s.fetch(&["--uri", "s3://paged/p/", "--endpoint", &base], &[])
+        .await
+        .ok();
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([
+            ("a.txt".to_string(), b"first page".to_vec()),
+            ("deep/b.txt".to_string(), b"second page".to_vec()),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_named_after_the_retries() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scratch::new();
+    let uri = format!("http://127.0.0.1:{port}/m.onnx");
+    let run = s.fetch(&["--uri", &uri], &[]).await;
+    let reason = s.reason(&run);
+    assert!(
+        reason.starts_with(&format!("model-fetch: {uri}: cannot connect: ")),
+        "{reason}"
+    );
+    assert_eq!(run.stderr.matches("retrying").count(), 3, "{}", run.stderr);
 }
 
 // === moto's S3 server ===

@@ -71,8 +71,8 @@ impl Http {
                 Ok(Ok(response)) if !response.status().is_server_error() => return Ok(response),
                 Ok(Ok(response)) if attempt >= RETRIES => return Ok(response),
                 Ok(Ok(response)) => format!("HTTP {}", response.status().as_u16()),
-                Ok(Err(e)) if attempt >= RETRIES => return Err(FetchError::Connect(chain(&e))),
-                Ok(Err(e)) => chain(&e),
+                Ok(Err(e)) if attempt >= RETRIES => return Err(FetchError::Connect(request_error(&e))),
+                Ok(Err(e)) => request_error(&e),
                 Err(_) if attempt >= RETRIES => {
                     return Err(FetchError::Connect(format!(
                         "no answer within {}s",
@@ -86,6 +86,16 @@ impl Http {
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
+    }
+}
+
+/// A failed request in plain words: "cannot connect: tcp connect error: Connection refused".
+fn request_error(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    match e.source() {
+        // The top level only says "client error (Connect)"; the causes say why.
+        Some(cause) if e.is_connect() => format!("cannot connect: {}", chain(cause)),
+        _ => chain(e),
     }
 }
 
