@@ -142,6 +142,8 @@ impl Scratch {
 async fn serve(model: Vec<u8>) -> String {
     let model = Bytes::from(model);
     let plain = model.clone();
+    let flaky = model.clone();
+    let failures_left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(2));
     let gcs = model.clone();
     let app = Router::new()
         .route("/files/model.bin", get(move || async move { plain.clone() }))
@@ -169,6 +171,17 @@ async fn serve(model: Vec<u8>) -> String {
                 "<ListBucketResult><IsTruncated>false</IsTruncated>\
                  <Contents><Key>p/ok.txt</Key></Contents>\
                  <Contents><Key>p/../../escape.txt</Key></Contents></ListBucketResult>"
+            }),
+        )
+        .route(
+            "/flaky/model.bin",
+            get(move || async move {
+                let left = failures_left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                if left > 0 && left <= 2 {
+                    (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response()
+                } else {
+                    flaky.clone().into_response()
+                }
             }),
         )
         .route("/evil/p/ok.txt", get(|| async { "ok" }))
@@ -232,7 +245,20 @@ async fn http_missing_file_names_the_404() {
         s.reason(&run),
         format!("model-fetch: {uri}: HTTP 404 Not Found")
     );
+    assert!(!run.stderr.contains("retrying"), "a 4xx is final: {}", run.stderr);
     assert!(s.files().is_empty());
+}
+
+#[tokio::test]
+async fn http_5xx_is_retried() {
+    let model = model_bytes(1_000, 7);
+    let base = serve(model.clone()).await;
+    let s = Scratch::new();
+    let uri = format!("{base}/flaky/model.bin");
+    let run = s.fetch(&["--uri", &uri], &[]).await;
+    run.ok();
+    assert_eq!(run.stderr.matches("retrying").count(), 2, "{}", run.stderr);
+    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
 }
 
 #[tokio::test]
