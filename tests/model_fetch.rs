@@ -303,6 +303,37 @@ async fn a_listing_with_a_key_outside_the_prefix_writes_nothing() {
 }
 
 #[tokio::test]
+async fn a_body_cut_off_is_downloaded_again() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let model = model_bytes(20_000, 8);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = model.clone();
+    tokio::spawn(async move {
+        for attempt in 0.. {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                served.len()
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            // The first answer stops halfway, as a dropped connection does.
+            let body = if attempt == 0 { &served[..served.len() / 2] } else { &served[..] };
+            conn.write_all(body).await.unwrap();
+            conn.shutdown().await.unwrap();
+        }
+    });
+    let s = Scratch::new();
+    let uri = format!("http://{addr}/cut/model.bin");
+    let run = s.fetch(&["--uri", &uri, "--sha256", &sha256_hex(&model)], &[]).await;
+    run.ok();
+    assert_eq!(run.stderr.matches("retrying").count(), 1, "{}", run.stderr);
+    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
+}
+
+#[tokio::test]
 async fn a_listing_in_pages_is_followed_to_its_end() {
     let base = serve(Vec::new()).await;
     let s = Scratch::new();

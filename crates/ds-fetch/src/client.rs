@@ -89,6 +89,28 @@ impl Http {
     }
 }
 
+/// Runs a whole download again (a new request) when its body was cut off or stalled;
+/// `send` already retries failures before the answer.
+pub(crate) async fn retry_interrupted<T, F, Fut>(mut attempt: F) -> Result<T, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, FetchError>>,
+{
+    let mut pause = BACKOFF;
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(FetchError::Interrupted(reason)) if retries < RETRIES => {
+                retries += 1;
+                tracing::warn!(attempt = retries, %reason, "retrying");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A failed request in plain words: "cannot connect: tcp connect error: Connection refused".
 fn request_error(e: &hyper_util::client::legacy::Error) -> String {
     use std::error::Error as _;

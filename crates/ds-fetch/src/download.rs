@@ -68,14 +68,14 @@ pub(crate) async fn to_file(
     loop {
         let frame = match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
             Err(_) => {
-                return Err(FetchError::Connect(format!(
+                return Err(FetchError::Interrupted(format!(
                     "no data for {}s after {written} bytes",
                     STALL_TIMEOUT.as_secs()
                 )));
             }
             Ok(None) => break,
             Ok(Some(frame)) => frame.map_err(|e| {
-                FetchError::Connect(format!("reading the body after {written} bytes: {e}"))
+                FetchError::Interrupted(format!("reading the body after {written} bytes: {e}"))
             })?,
         };
         let Ok(data) = frame.into_data() else {

@@ -10,7 +10,7 @@ mod download;
 pub mod sigv4;
 mod xml;
 
-use client::{Http, read_limited};
+use client::{Http, read_limited, retry_interrupted};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
@@ -67,6 +67,9 @@ pub enum FetchError {
     Setup(String),
     #[error("{0}")]
     Connect(String),
+    /// The body was cut off or stalled (the download is retried from the start).
+    #[error("{0}")]
+    Interrupted(String),
     /// An error answer: S3's `Code (HTTP n): Message`, or `HTTP n Reason`.
     #[error("{0}")]
     Status(String),
@@ -210,9 +213,11 @@ async fn fetch(args: &FetchArgs, secrets: &Secrets) -> Result<(), Failure> {
                 .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
                 .unwrap_or_default();
             let target = safe_join(&args.dest, &name).map_err(Failure::at(&shown))?;
-            let bytes = fetch_url(&http, url, &target, expect.as_deref(), &shown)
-                .await
-                .map_err(Failure::at(&shown))?;
+            let bytes = retry_interrupted(|| {
+                fetch_url(&http, url.clone(), &target, expect.as_deref(), &shown)
+            })
+            .await
+            .map_err(Failure::at(&shown))?;
             tracing::info!(object = %shown, bytes, file = %target.display(), "fetched");
             Ok(())
         }
@@ -465,8 +470,12 @@ impl<'a> Store<'a> {
         expect: Option<&str>,
     ) -> Result<u64, FetchError> {
         let url = self.object_url(key)?;
-        let response = self.get(http, &url).await?;
-        body_to_file(response, target, expect, &self.shown(key)).await
+        let shown = self.shown(key);
+        retry_interrupted(|| async {
+            let response = self.get(http, &url).await?;
+            body_to_file(response, target, expect, &shown).await
+        })
+        .await
     }
 
     /// Every key under `prefix` (ListObjectsV2, following continuation tokens).
