@@ -123,7 +123,11 @@ impl Scratch {
                 if path.is_dir() {
                     walk(root, &path, out);
                 } else {
-                    let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                    let rel = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
                     out.insert(rel, std::fs::read(&path).unwrap());
                 }
             }
@@ -212,9 +216,14 @@ async fn http_with_the_right_checksum_writes_the_file() {
     let base = serve(model.clone()).await;
     let s = Scratch::new();
     let uri = format!("{base}/files/model.bin");
-    let run = s.fetch(&["--uri", &uri, "--sha256", &sha256_hex(&model)], &[]).await;
+    let run = s
+        .fetch(&["--uri", &uri, "--sha256", &sha256_hex(&model)], &[])
+        .await;
     run.ok();
-    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([("model.bin".to_string(), model)])
+    );
 }
 
 #[tokio::test]
@@ -245,7 +254,11 @@ async fn http_missing_file_names_the_404() {
         s.reason(&run),
         format!("model-fetch: {uri}: HTTP 404 Not Found")
     );
-    assert!(!run.stderr.contains("retrying"), "a 4xx is final: {}", run.stderr);
+    assert!(
+        !run.stderr.contains("retrying"),
+        "a 4xx is final: {}",
+        run.stderr
+    );
     assert!(s.files().is_empty());
 }
 
@@ -258,7 +271,10 @@ async fn http_5xx_is_retried() {
     let run = s.fetch(&["--uri", &uri], &[]).await;
     run.ok();
     assert_eq!(run.stderr.matches("retrying").count(), 2, "{}", run.stderr);
-    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([("model.bin".to_string(), model)])
+    );
 }
 
 #[tokio::test]
@@ -266,11 +282,19 @@ async fn gs_sends_the_bearer_token_and_never_prints_it() {
     let model = model_bytes(50_000, 4);
     let base = serve(model.clone()).await;
     let endpoint = format!("{base}/gcs");
-    let args = ["--uri", "gs://bucket/dir/model.bin", "--endpoint", &endpoint];
+    let args = [
+        "--uri",
+        "gs://bucket/dir/model.bin",
+        "--endpoint",
+        &endpoint,
+    ];
 
     let s = Scratch::new();
     s.fetch(&args, &[("GCS_TOKEN", GCS_TOKEN)]).await.ok();
-    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([("model.bin".to_string(), model)])
+    );
 
     let s = Scratch::new();
     let wrong = "ya29.wrong-token";
@@ -320,17 +344,26 @@ async fn a_body_cut_off_is_downloaded_again() {
             );
             conn.write_all(head.as_bytes()).await.unwrap();
             // The first answer stops halfway, as a dropped connection does.
-            let body = if attempt == 0 { &served[..served.len() / 2] } else { &served[..] };
+            let body = if attempt == 0 {
+                &served[..served.len() / 2]
+            } else {
+                &served[..]
+            };
             conn.write_all(body).await.unwrap();
             conn.shutdown().await.unwrap();
         }
     });
     let s = Scratch::new();
     let uri = format!("http://{addr}/cut/model.bin");
-    let run = s.fetch(&["--uri", &uri, "--sha256", &sha256_hex(&model)], &[]).await;
+    let run = s
+        .fetch(&["--uri", &uri, "--sha256", &sha256_hex(&model)], &[])
+        .await;
     run.ok();
     assert_eq!(run.stderr.matches("retrying").count(), 1, "{}", run.stderr);
-    assert_eq!(s.files(), BTreeMap::from([("model.bin".to_string(), model)]));
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([("model.bin".to_string(), model)])
+    );
 }
 
 #[tokio::test]
@@ -422,7 +455,9 @@ async fn send(
 }
 
 fn xml_text(doc: &str, tag: &str) -> String {
-    let start = doc.find(&format!("<{tag}>")).unwrap_or_else(|| panic!("no {tag}: {doc}"));
+    let start = doc
+        .find(&format!("<{tag}>"))
+        .unwrap_or_else(|| panic!("no {tag}: {doc}"));
     let rest = &doc[start + tag.len() + 2..];
     rest[..rest.find(&format!("</{tag}>")).unwrap()].to_string()
 }
@@ -450,7 +485,14 @@ impl Moto {
             .unwrap()
             .port();
         let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -482,7 +524,8 @@ impl Moto {
             let url = url.clone();
             let bootstrap = bootstrap.clone();
             async move {
-                let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let pairs: Vec<(&str, &str)> =
+                    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 let body = form(&pairs);
                 let ct = "application/x-www-form-urlencoded";
                 let (status, doc) = send(
@@ -499,8 +542,18 @@ impl Moto {
             }
         };
         let v = || ("Version", "2010-05-08".to_string());
-        iam(vec![("Action", "CreateUser".into()), ("UserName", "fetch".into()), v()]).await;
-        let key = iam(vec![("Action", "CreateAccessKey".into()), ("UserName", "fetch".into()), v()]).await;
+        iam(vec![
+            ("Action", "CreateUser".into()),
+            ("UserName", "fetch".into()),
+            v(),
+        ])
+        .await;
+        let key = iam(vec![
+            ("Action", "CreateAccessKey".into()),
+            ("UserName", "fetch".into()),
+            v(),
+        ])
+        .await;
         let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}"#;
         iam(vec![
             ("Action", "PutUserPolicy".into()),
@@ -556,7 +609,15 @@ impl Moto {
     /// PUTs with our signer; moto checks the signature.
     async fn put(&self, path: &str, body: &[u8]) {
         let url = format!("{}/{}", self.url, sigv4::encode_key(path));
-        let (status, doc) = send(&self.http, "PUT", &url, body, None, Some((&self.creds, "s3"))).await;
+        let (status, doc) = send(
+            &self.http,
+            "PUT",
+            &url,
+            body,
+            None,
+            Some((&self.creds, "s3")),
+        )
+        .await;
         assert_eq!(status, 200, "PUT {path}: {doc}");
     }
 
@@ -565,9 +626,13 @@ impl Moto {
     async fn with_models(self) -> Self {
         self.put("models", b"").await;
         self.put("models/iris.onnx", &model_bytes(200_000, 5)).await;
-        self.put("models/prefix/v1/config.json", b"{\"classes\":3}").await;
-        self.put("models/prefix/v1/sub dir/weights.bin", &model_bytes(70_000, 6))
+        self.put("models/prefix/v1/config.json", b"{\"classes\":3}")
             .await;
+        self.put(
+            "models/prefix/v1/sub dir/weights.bin",
+            &model_bytes(70_000, 6),
+        )
+        .await;
         self.put("models/prefix/v2/other.bin", b"other").await;
         self
     }
@@ -576,7 +641,10 @@ impl Moto {
         use secrecy::ExposeSecret as _;
         vec![
             ("AWS_ACCESS_KEY_ID", self.creds.access_key_id.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.creds.secret_access_key.expose_secret()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                self.creds.secret_access_key.expose_secret(),
+            ),
             ("AWS_ENDPOINT_URL", self.url.as_str()),
         ]
     }
@@ -589,12 +657,20 @@ async fn s3_single_object_with_its_checksum() {
     let model = model_bytes(200_000, 5);
     let run = s
         .fetch(
-            &["--uri", "s3://models/iris.onnx", "--sha256", &sha256_hex(&model)],
+            &[
+                "--uri",
+                "s3://models/iris.onnx",
+                "--sha256",
+                &sha256_hex(&model),
+            ],
             &moto.env(),
         )
         .await;
     run.ok();
-    assert_eq!(s.files(), BTreeMap::from([("iris.onnx".to_string(), model)]));
+    assert_eq!(
+        s.files(),
+        BTreeMap::from([("iris.onnx".to_string(), model)])
+    );
 }
 
 #[tokio::test]
@@ -606,7 +682,9 @@ async fn s3_prefix_fetches_every_object_with_its_relative_path() {
     // listing below with the bucket's root (an empty prefix).
     moto.accept_any_signature().await;
     let s = Scratch::new();
-    s.fetch(&["--uri", "s3://models/prefix/v1/"], &moto.env()).await.ok();
+    s.fetch(&["--uri", "s3://models/prefix/v1/"], &moto.env())
+        .await
+        .ok();
     assert_eq!(
         s.files(),
         BTreeMap::from([
@@ -634,7 +712,9 @@ async fn s3_prefix_fetches_every_object_with_its_relative_path() {
 async fn s3_missing_key_is_no_such_key() {
     let moto = Moto::start().await.with_models().await;
     let s = Scratch::new();
-    let run = s.fetch(&["--uri", "s3://models/absent.onnx"], &moto.env()).await;
+    let run = s
+        .fetch(&["--uri", "s3://models/absent.onnx"], &moto.env())
+        .await;
     assert_eq!(
         s.reason(&run),
         "model-fetch: s3://models/absent.onnx: NoSuchKey (HTTP 404): The specified key does not exist."

@@ -71,7 +71,9 @@ impl Http {
                 Ok(Ok(response)) if !response.status().is_server_error() => return Ok(response),
                 Ok(Ok(response)) if attempt >= RETRIES => return Ok(response),
                 Ok(Ok(response)) => format!("HTTP {}", response.status().as_u16()),
-                Ok(Err(e)) if attempt >= RETRIES => return Err(FetchError::Connect(request_error(&e))),
+                Ok(Err(e)) if attempt >= RETRIES => {
+                    return Err(FetchError::Connect(request_error(&e)));
+                }
                 Ok(Err(e)) => request_error(&e),
                 Err(_) if attempt >= RETRIES => {
                     return Err(FetchError::Connect(format!(

@@ -346,15 +346,20 @@ fn describe_status(status: StatusCode, doc: &str) -> String {
             }
             if matches!(
                 name.as_str(),
-                "PermanentRedirect" | "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException"
+                "PermanentRedirect"
+                    | "AuthorizationHeaderMalformed"
+                    | "IllegalLocationConstraintException"
             ) {
                 out.push_str(" (set AWS_REGION to the bucket's region)");
             }
             out
         }
-        None => format!("HTTP {code} {}", status.canonical_reason().unwrap_or_default())
-            .trim_end()
-            .to_string(),
+        None => format!(
+            "HTTP {code} {}",
+            status.canonical_reason().unwrap_or_default()
+        )
+        .trim_end()
+        .to_string(),
     }
 }
 
@@ -512,7 +517,12 @@ impl<'a> Store<'a> {
 }
 
 /// Downloads every object under `prefix`, keeping the paths below it.
-async fn fetch_prefix(http: &Http, store: &Store<'_>, prefix: &str, dest: &Path) -> Result<(), Failure> {
+async fn fetch_prefix(
+    http: &Http,
+    store: &Store<'_>,
+    prefix: &str,
+    dest: &Path,
+) -> Result<(), Failure> {
     let keys = store
         .list(http, prefix)
         .await

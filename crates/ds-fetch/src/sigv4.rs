@@ -140,7 +140,11 @@ pub fn sign(
         .map(|(n, _)| n.as_str())
         .collect::<Vec<_>>()
         .join(";");
-    let path = if url.path().is_empty() { "/" } else { url.path() };
+    let path = if url.path().is_empty() {
+        "/"
+    } else {
+        url.path()
+    };
     let canonical_request = format!(
         "{method}\n{path}\n{canonical_query}\n{canonical_headers}\n{signed_headers}\n{payload_sha256}"
     );
@@ -219,7 +223,8 @@ mod tests {
     #[test]
     fn list_objects_matches_the_aws_documented_example() {
         // The query is canonicalized sorted, whatever order the URL has.
-        let url = Url::parse("https://examplebucket.s3.amazonaws.com/?prefix=J&max-keys=2").unwrap();
+        let url =
+            Url::parse("https://examplebucket.s3.amazonaws.com/?prefix=J&max-keys=2").unwrap();
         let mut headers = HeaderMap::new();
         sign(
             "GET",
