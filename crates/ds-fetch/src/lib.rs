@@ -402,6 +402,11 @@ impl<'a> Store<'a> {
         let (scheme, root, auth) = if url.scheme() == "s3" {
             let root = match endpoint {
                 Some(e) => format!("{e}/{bucket}"),
+                // A dotted name would not match the `*.s3.REGION.amazonaws.com`
+                // certificate: such buckets are addressed path-style.
+                None if bucket.contains('.') => {
+                    format!("https://s3.{}.amazonaws.com/{bucket}", args.region)
+                }
                 None => format!("https://{bucket}.s3.{}.amazonaws.com", args.region),
             };
             let auth = secrets.aws.as_ref().map_or(Auth::None, Auth::SigV4);
@@ -562,6 +567,56 @@ async fn fetch_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(uri: &str, endpoint: Option<&str>) -> FetchArgs {
+        FetchArgs {
+            uri: uri.into(),
+            dest: "/models".into(),
+            sha256: None,
+            endpoint: endpoint.map(Into::into),
+            region: "eu-west-1".into(),
+            termination_log: DEFAULT_TERMINATION_LOG.into(),
+        }
+    }
+
+    #[test]
+    fn bucket_addresses() {
+        let none = Secrets {
+            aws: None,
+            gcs_token: None,
+        };
+        let root = |uri: &str, endpoint: Option<&str>| {
+            let a = args(uri, endpoint);
+            let url = Url::parse(uri).unwrap();
+            let store = Store::new(&url, &a, &none).unwrap();
+            (
+                store.root.clone(),
+                store.object_url("m/a b.onnx").unwrap().to_string(),
+            )
+        };
+        assert_eq!(
+            root("s3://models/m/a.onnx", None),
+            (
+                "https://models.s3.eu-west-1.amazonaws.com".into(),
+                "https://models.s3.eu-west-1.amazonaws.com/m/a%20b.onnx".into()
+            )
+        );
+        assert_eq!(
+            root("s3://my.models/m/", None).0,
+            "https://s3.eu-west-1.amazonaws.com/my.models"
+        );
+        assert_eq!(
+            root("s3://models/m/", Some("http://minio.svc:9000/")).1,
+            "http://minio.svc:9000/models/m/a%20b.onnx"
+        );
+        assert_eq!(
+            root("gs://models/m/", None).0,
+            "https://storage.googleapis.com/models"
+        );
+        let a = args("s3://models/x", Some("ftp://x"));
+        let url = Url::parse(&a.uri).unwrap();
+        assert!(Store::new(&url, &a, &none).is_err());
+    }
 
     #[test]
     fn safe_join_refuses_escapes() {
