@@ -5,6 +5,8 @@
 //! - `ds-agent`: the in-cluster agent (`ds agent`);
 //! - `ds-cli`: the kubectl-like commands (`ds deployer …`, `ds deployment …`, `ds login`);
 //! - `ds-proxy`: the model-proxy sidecar (`ds model-proxy`);
+//! - `ds-fetch`: the model download of the model-from-storage init container
+//!   (`ds model-fetch`);
 //! - `ds-kube-sim`: the simulated Kubernetes API server (`ds sim-cluster`), only with the
 //!   `dev` feature (on by default), which also brings [`dev`] (`ds dev`).
 //!
@@ -47,6 +49,9 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Run the model-proxy sidecar.
     ModelProxy(proxy::ProxyArgs),
+    /// Download a model from S3, GCS or HTTP(S) into a directory (the init container of
+    /// a deployment with `--model-uri`).
+    ModelFetch(ds_fetch::FetchArgs),
     /// Run a simulated Kubernetes API server (for tests and `ds dev`).
     #[cfg(feature = "dev")]
     SimCluster(kube_sim::SimArgs),
@@ -88,6 +93,14 @@ pub fn main_with(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Its own failure report: one line naming the object, also in the termination log.
+    let cli = match cli.command {
+        Command::ModelFetch(args) => {
+            telemetry::init_logging();
+            return runtime.block_on(ds_fetch::run(args));
+        }
+        command => Cli { command },
+    };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -116,6 +129,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SimCluster(args) => {
             telemetry::init_logging();
             kube_sim::run(args, telemetry::shutdown_signal()).await?
+        }
+        Command::ModelFetch(args) => {
+            telemetry::init_logging();
+            if ds_fetch::run(args).await != ExitCode::SUCCESS {
+                anyhow::bail!("model-fetch failed");
+            }
         }
         Command::Deployer(args) => cli::deployer(args).await?,
         Command::User(args) => cli::user(args).await?,

@@ -83,6 +83,7 @@ on_both!(
     unpullable_image_fails_the_wait_with_the_pull_reason,
     history_diff_and_rollback_restore_a_spec_in_place,
     pod_options_are_applied_in_place_and_removed_when_turned_off,
+    model_from_storage_is_an_init_container_or_a_claim_applied_in_place,
     autoscaling_leaves_replicas_to_the_hpa_and_the_budget_follows_the_pod_count,
 );
 const PROXY_IMAGE: &str = "ds:test";
@@ -2839,5 +2840,102 @@ async fn autoscaling_leaves_replicas_to_the_hpa_and_the_budget_follows_the_pod_c
         gone.then_some(())
     })
     .await;
+    agent.shutdown().await;
+}
+
+async fn model_from_storage_is_an_init_container_or_a_claim_applied_in_place(b: Backend) {
+    let mut e = env(b).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let (_, token) = e.deployer("storage").await;
+    let agent = e.agent(&token).await;
+    let mut spec = DeploymentSpec::test("iris");
+    spec.model_uri = Some("s3://models/iris.onnx".into());
+    spec.model_path = Some("/mnt/model".into());
+    spec.storage_secret = Some("s3-creds".into());
+    spec.model_sha256 = Some("ab".repeat(32));
+    let id = e.deploy("storage", "iris", ns, spec).await;
+
+    // What admission accepted and stored: the init container with the agent's image,
+    // the Secret as its environment, the emptyDir, the read-only mount.
+    let before = e
+        .wait_deployment(
+            ns,
+            "iris",
+            "the Deployment with the model-fetch init container",
+            |d| pod_spec(d).init_containers.is_some(),
+        )
+        .await;
+    let p = pod_spec(&before);
+    let init = &p.init_containers.as_ref().unwrap()[0];
+    assert_eq!(init.name, "model-fetch");
+    assert_eq!(init.image.as_deref(), Some(PROXY_IMAGE));
+    let args = init.args.clone().unwrap();
+    assert_eq!(
+        args[..4],
+        ["--uri", "s3://models/iris.onnx", "--dest", "/models"]
+    );
+    assert_eq!(
+        init.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "s3-creds"
+    );
+    assert_eq!(
+        init.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    let volume = &p.volumes.as_ref().unwrap()[0];
+    assert!(volume.empty_dir.is_some(), "{volume:?}");
+    let mount = &model(&before).volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            mount.name.as_str(),
+            mount.mount_path.as_str(),
+            mount.read_only
+        ),
+        ("model", "/mnt/model", Some(true))
+    );
+
+    // To a claim: no init container, the PVC mounted read-only with its subPath, in place.
+    e.update(&id, |r| {
+        r.model_uri = Some("pvc://weights/iris/v1".into());
+        r.storage_secret = Some(String::new());
+        r.model_sha256 = Some(String::new());
+    })
+    .await;
+    let claimed = e
+        .wait_deployment(ns, "iris", "the model on a claim", |d| {
+            pod_spec(d)
+                .init_containers
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        })
+        .await;
+    assert_eq!(uid(&claimed), uid(&before));
+    let claim = pod_spec(&claimed).volumes.as_ref().unwrap()[0]
+        .persistent_volume_claim
+        .clone()
+        .expect("a claim volume");
+    assert_eq!(claim.claim_name, "weights");
+    let mount = &model(&claimed).volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(mount.sub_path.as_deref(), Some("iris/v1"));
+    assert_eq!(mount.read_only, Some(true));
+
+    // Off: no volume, no mount, still the same Deployment.
+    e.update(&id, |r| r.model_uri = Some(String::new())).await;
+    let off = e
+        .wait_deployment(ns, "iris", "the model volume gone", |d| {
+            pod_spec(d).volumes.as_ref().is_none_or(Vec::is_empty)
+        })
+        .await;
+    assert_eq!(uid(&off), uid(&before));
+    assert!(
+        model(&off).volume_mounts.as_ref().is_none_or(Vec::is_empty),
+        "{:?}",
+        model(&off)
+    );
     agent.shutdown().await;
 }

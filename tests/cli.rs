@@ -2227,3 +2227,78 @@ async fn request_ids_are_returned_and_audited() {
     assert_eq!(created["request_id"], "ci-run-42");
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn bad_model_storage_options_are_refused_naming_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    let base = [
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+    ];
+    let sum = "ab".repeat(32);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--model-uri", "ftp://host/iris.onnx"],
+            "invalid --model-uri",
+        ),
+        (
+            &["--model-uri", "s3://models/iris/", "--model-path", "models"],
+            "invalid --model-path",
+        ),
+        (
+            &[
+                "--model-uri",
+                "s3://models/iris.onnx",
+                "--model-sha256",
+                "abc",
+            ],
+            "invalid --model-sha256",
+        ),
+        (
+            &["--model-uri", "pvc://weights", "--storage-secret", "creds"],
+            "invalid --storage-secret",
+        ),
+        (&["--model-sha256", &sum], "invalid --model-sha256"),
+    ];
+    for (extra, expected) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let line = t.run(&args).await.one_line_error().to_string();
+        assert!(line.contains(expected), "{extra:?}: {line}");
+    }
+    // The unknown scheme's error lists the schemes there are.
+    let run = t
+        .run(&[base.as_slice(), &["--model-uri", "ftp://host/iris.onnx"]].concat())
+        .await;
+    let line = run.one_line_error();
+    assert!(line.contains("s3://") && line.contains("pvc://"), "{line}");
+    // Accepted, and shown by get.
+    t.run(
+        &[
+            base.as_slice(),
+            &[
+                "--model-uri",
+                "s3://models/iris/",
+                "--storage-secret",
+                "s3-creds",
+            ],
+        ]
+        .concat(),
+    )
+    .await
+    .ok();
+    let text = t.run(&["deployment", "get", "iris"]).await;
+    let out = text.ok();
+    assert!(
+        out.contains("s3://models/iris/") && out.contains("/models"),
+        "{out}"
+    );
+    assert!(out.contains("s3-creds"), "{out}");
+    t.gw.shutdown().await;
+}

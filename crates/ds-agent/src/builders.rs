@@ -273,6 +273,7 @@ fn model_container(obj: &DeployedObject) -> Container {
         startup_probe: startup_probe(obj, port),
         command: non_empty(obj.spec.command.clone()),
         args: non_empty(obj.spec.args.clone()),
+        volume_mounts: super::model_volume::model_mount(obj).map(|m| vec![m]),
         ..Default::default()
     }
 }
@@ -403,6 +404,10 @@ pub fn desired_deployment(obj: &DeployedObject, proxy_image: &str) -> Deployment
                     node_selector: Some(obj.spec.node_selector.clone()).filter(|m| !m.is_empty()),
                     tolerations: non_empty(obj.spec.tolerations.iter().map(toleration).collect()),
                     priority_class_name: obj.spec.priority_class.clone().filter(|c| !c.is_empty()),
+                    // The model from storage: downloaded first, or a mounted claim.
+                    init_containers: super::model_volume::fetch_container(obj, proxy_image)
+                        .map(|c| vec![c]),
+                    volumes: super::model_volume::volume(obj).map(|v| vec![v]),
                     ..Default::default()
                 }),
             },
@@ -1165,6 +1170,101 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_object_store_model_is_fetched_by_an_init_container_into_a_shared_volume() {
+        let mut spec = DeploymentSpec::test("iris");
+        spec.model_uri = Some("s3://models/iris.onnx".into());
+        spec.model_path = Some("/mnt/model".into());
+        spec.storage_secret = Some("s3-creds".into());
+        spec.model_sha256 = Some("AB".repeat(32));
+        let d = desired_deployment(&obj(spec), IMAGE);
+        let p = pod(&d);
+        let init = &p.init_containers.as_ref().expect("an init container")[0];
+        assert_eq!(init.name, "model-fetch");
+        assert_eq!(init.image.as_deref(), Some(IMAGE), "the agent's own image");
+        assert_eq!(
+            init.command.as_deref(),
+            Some(&["ds".to_string(), "model-fetch".to_string()][..])
+        );
+        assert_eq!(
+            init.args.clone().unwrap(),
+            [
+                "--uri",
+                "s3://models/iris.onnx",
+                "--dest",
+                "/models",
+                "--sha256",
+                &"ab".repeat(32)
+            ]
+        );
+        let from = &init.env_from.as_ref().unwrap()[0];
+        assert_eq!(from.secret_ref.as_ref().unwrap().name, "s3-creds");
+        assert_eq!(
+            init.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        let init_mount = &init.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (init_mount.name.as_str(), init_mount.read_only),
+            ("model", None)
+        );
+        let vols = p.volumes.as_ref().unwrap();
+        assert_eq!(vols.len(), 1);
+        assert!(vols[0].empty_dir.is_some() && vols[0].name == "model");
+        let model = container(&d, MODEL_CONTAINER).unwrap();
+        let m = &model.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                m.name.as_str(),
+                m.mount_path.as_str(),
+                m.read_only,
+                m.sub_path.as_deref()
+            ),
+            ("model", "/mnt/model", Some(true), None)
+        );
+        // Not the proxy's: the sidecar does not see the model.
+        let proxy = container(&d, PROXY_CONTAINER).unwrap();
+        assert!(proxy.volume_mounts.is_none());
+    }
+
+    #[test]
+    fn a_pvc_model_is_mounted_read_only_with_its_sub_path_and_no_init_container() {
+        let mut spec = DeploymentSpec::test("iris");
+        spec.model_uri = Some("pvc://weights/iris/v1".into());
+        let d = desired_deployment(&obj(spec), IMAGE);
+        let p = pod(&d);
+        assert!(p.init_containers.is_none());
+        let claim = p.volumes.as_ref().unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (claim.claim_name.as_str(), claim.read_only),
+            ("weights", Some(true))
+        );
+        let m = &container(&d, MODEL_CONTAINER)
+            .unwrap()
+            .volume_mounts
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only, m.sub_path.as_deref()),
+            ("/models", Some(true), Some("iris/v1"))
+        );
+    }
+
+    #[test]
+    fn without_a_model_uri_the_pod_has_no_volumes_and_no_secret_reference() {
+        let d = desired_deployment(&obj(DeploymentSpec::test("iris")), IMAGE);
+        let p = pod(&d);
+        assert!(p.init_containers.is_none() && p.volumes.is_none());
+        assert!(
+            container(&d, MODEL_CONTAINER)
+                .unwrap()
+                .volume_mounts
+                .is_none()
+        );
+    }
     fn autoscaled(min: u32, max: u32) -> DeploymentSpec {
         let mut spec = DeploymentSpec::test("iris").replicas(3);
         spec.resources.cpu_request = Some("500m".into());

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`builders`]: pure functions from a deployment to its Deployment, Service, Ingress,
 //!   HorizontalPodAutoscaler and PodDisruptionBudget.
+//! - `model_volume`: the model from storage in the pod (init container, volume, mount).
 //! - [`desired`]: the kinds and desired objects (as JSON) of a deployment, and its digest.
 //! - [`compare`]: whether an observed object matches its desired one.
 //! - [`sync`]: the gateway side: Watch, List, status reports (one task each).
@@ -23,6 +24,7 @@ pub mod desired;
 mod inspect;
 mod leader;
 mod metrics;
+mod model_volume;
 mod pages;
 pub mod pods;
 mod reconcile;

@@ -184,6 +184,8 @@ pub fn project(name: &str, status: &Value) -> proto::PodStatus {
             }
         })
         .collect();
+    let mut containers = containers;
+    containers.extend(failed_init_containers(status));
     let unschedulable = status
         .get("conditions")
         .and_then(Value::as_array)
@@ -213,6 +215,60 @@ pub fn project(name: &str, status: &Value) -> proto::PodStatus {
     }
 }
 
+/// The name prefix of the init containers [`project`] reports (only failing ones).
+const INIT_PREFIX: &str = "init:";
+
+/// The init containers that failed (exited non-zero, or wait to be restarted after
+/// that), with the reason and the termination message they left (`ds model-fetch`
+/// writes its one-line reason there): while one fails the pod never starts.
+fn failed_init_containers(status: &Value) -> Vec<proto::ContainerState> {
+    let exit = |t: &Value| t.get("exitCode").and_then(Value::as_i64).unwrap_or(0);
+    status
+        .get("initContainerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            let state = c.get("state").unwrap_or(&Value::Null);
+            let (word, reason, t) = if let Some(t) = state.get("terminated") {
+                ("terminated", text(t, "reason"), t)
+            } else if let Some(w) = state.get("waiting") {
+                let t = c.pointer("/lastState/terminated")?;
+                ("waiting", text(w, "reason"), t)
+            } else {
+                return None;
+            };
+            let code = exit(t);
+            if code == 0 {
+                return None;
+            }
+            let why = text(t, "message");
+            let why = why.trim();
+            let message = if why.is_empty() {
+                format!("exit code {code}")
+            } else {
+                format!("{why} (exit code {code})")
+            };
+            Some(proto::ContainerState {
+                name: format!("{INIT_PREFIX}{}", text(c, "name")),
+                ready: false,
+                restarts: c
+                    .get("restartCount")
+                    .and_then(Value::as_u64)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .unwrap_or(0),
+                state: word.into(),
+                reason: if reason.is_empty() {
+                    "Error".into()
+                } else {
+                    reason
+                },
+                message: cut(message),
+            })
+        })
+        .collect()
+}
+
 /// Why `pod` will not become ready by itself, in one line; `None` if nothing says so.
 pub fn failure(pod: &proto::PodStatus) -> Option<String> {
     let line = |reason: &str, message: &str| {
@@ -226,6 +282,13 @@ pub fn failure(pod: &proto::PodStatus) -> Option<String> {
         return Some(line("Unschedulable", &pod.unschedulable));
     }
     for c in &pod.containers {
+        // Only failing init containers are reported, as kubectl shows them (Init:REASON).
+        if let Some(name) = c.name.strip_prefix(INIT_PREFIX) {
+            return Some(line(
+                &format!("Init:{}", c.reason),
+                &format!("init container {name}: {}", c.message),
+            ));
+        }
         if c.state == "waiting" && FAILING_WAITING.contains(&c.reason.as_str()) {
             return Some(line(&c.reason, &c.message));
         }
@@ -738,6 +801,54 @@ mod tests {
                 "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
         );
         assert_eq!(failure(&creating), None);
+    }
+
+    #[test]
+    fn a_failed_model_fetch_init_container_fails_the_rollout_with_its_message() {
+        let why = "model-fetch: sha256 mismatch for https://models.example.com/iris.onnx: want 00ab…, got 9f86…";
+        let looping = project(
+            "iris-7c9-abcde",
+            &json!({"phase": "Pending",
+                "initContainerStatuses": [{"name": "model-fetch", "ready": false, "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "message": format!("{why}\n")}}}],
+                "containerStatuses": [{"name": "model", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "PodInitializing"}}}]}),
+        );
+        assert!(!looping.ready);
+        let mut s = progressing();
+        overlay(&mut s, vec![looping]);
+        assert_eq!(s.phase, Phase::Failed as i32);
+        assert_eq!(
+            s.reason,
+            format!(
+                "Init:CrashLoopBackOff: pod iris-7c9-abcde: init container model-fetch: {why} (exit code 1)"
+            )
+        );
+        // The first failure, before any back-off: terminated with the message.
+        let first = project(
+            "p1",
+            &json!({"phase": "Pending", "initContainerStatuses": [{"name": "model-fetch", "restartCount": 0,
+                "state": {"terminated": {"reason": "Error", "exitCode": 2, "message": "model-fetch: s3://models/iris.onnx: 404 Not Found"}}}]}),
+        );
+        assert_eq!(
+            failure(&first).as_deref(),
+            Some(
+                "Init:Error: pod p1: init container model-fetch: model-fetch: s3://models/iris.onnx: 404 Not Found (exit code 2)"
+            )
+        );
+        // A finished (exit 0) or running download is not a failure.
+        for state in [
+            json!({"terminated": {"reason": "Completed", "exitCode": 0}}),
+            json!({"running": {}}),
+        ] {
+            let ok = project(
+                "p2",
+                &json!({"phase": "Pending", "initContainerStatuses": [{"name": "model-fetch", "state": state}]}),
+            );
+            assert_eq!(failure(&ok), None);
+            assert!(ok.containers.is_empty());
+        }
     }
 
     #[test]

@@ -315,12 +315,18 @@ fn create_spec(args: &CreateArgs) -> DeploymentSpec {
         priority_class: None,
         ready_path: None,
         startup_timeout_seconds: 0,
+        // Off here; the model-from-storage flags fill them in below.
+        model_uri: None,
+        model_path: None,
+        storage_secret: None,
+        model_sha256: None,
         min_replicas: 0,
         max_replicas: 0,
         target_cpu_percent: None,
         max_unavailable: None,
     };
     args.pod.fill(&mut spec);
+    args.storage.fill(&mut spec);
     args.scale.fill(&mut spec);
     spec
 }
@@ -406,8 +412,10 @@ fn update_request(args: &UpdateArgs) -> Result<proto::UpdateDeploymentRequest, C
         ..Default::default()
     };
     let pod_changes = args.pod.fill(&mut req);
+    let storage_changes = args.storage.fill(&mut req);
     let scale_changes = args.scale.fill(&mut req);
     let changes_something = pod_changes
+        || storage_changes
         || scale_changes
         || req.image.is_some()
         || req.replicas.is_some()

@@ -42,6 +42,11 @@ pub fn for_field(field: &str) -> Option<&'static str> {
         "command" => "--command",
         "args" => "--arg",
         "tolerations" => "--toleration",
+        // The model from storage (issue 16).
+        "model_uri" => "--model-uri",
+        "model_path" => "--model-path",
+        "storage_secret" => "--storage-secret",
+        "model_sha256" => "--model-sha256",
         f if f.starts_with("image_pull_secrets[") => "--image-pull-secret",
         f if f.starts_with("ingress_annotations[") => "--ingress-annotation",
         f if f.starts_with("command[") => "--command",

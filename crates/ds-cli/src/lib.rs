@@ -12,6 +12,7 @@
 //! - `parse`: flag value parsers (durations, `K=V`).
 //! - `flags`: which CLI flag sets which spec field, to name flags in errors.
 //! - `pod_flags`: the pod-level flags of create/update (GPUs, secrets, TLS, scheduling…).
+//! - `storage_flags`: the model-from-storage flags of create/update (`--model-uri`…).
 //! - `teams_cmd`: `ds user|apikey|group …` and `ds deployer grant|revoke`.
 //! - `scale_flags`: the autoscaling and disruption-budget flags of create/update.
 //! - `version`: `ds version`.
@@ -30,6 +31,7 @@ mod parse;
 mod pod_flags;
 mod scale_flags;
 mod stage_cmd;
+mod storage_flags;
 mod teams_cmd;
 mod version;
 mod wait;
@@ -390,6 +392,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub pod: pod_flags::PodCreateArgs,
     #[command(flatten)]
+    pub storage: storage_flags::StorageCreateArgs,
+    #[command(flatten)]
     pub scale: scale_flags::ScaleCreateArgs,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -462,6 +466,8 @@ pub struct UpdateArgs {
     pub ingress_class: Option<String>,
     #[command(flatten)]
     pub pod: pod_flags::PodUpdateArgs,
+    #[command(flatten)]
+    pub storage: storage_flags::StorageUpdateArgs,
     #[command(flatten)]
     pub scale: scale_flags::ScaleUpdateArgs,
     #[command(flatten)]

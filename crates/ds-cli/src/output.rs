@@ -608,6 +608,7 @@ pub fn deployment_fields(d: &DeploymentView) -> String {
     ];
     // The pod-level options, only those that are set.
     pairs.extend(super::pod_flags::shown(s));
+    pairs.extend(super::storage_flags::shown(s));
     pairs.extend(super::scale_flags::shown(s));
     pairs.extend([
         ("Revision", d.revision.to_string()),

@@ -6,6 +6,7 @@
 pub mod convert;
 pub mod diff;
 pub mod duration;
+pub mod model_source;
 pub mod ownership;
 pub mod proto;
 pub mod spec;

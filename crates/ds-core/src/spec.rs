@@ -110,6 +110,22 @@ pub struct DeploymentSpec {
     /// How long the model may take to start (a startup probe), in seconds; 0: no probe.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub startup_timeout_seconds: u32,
+    // --- the model from storage (issue 16). Off by default and left out of the stored
+    // JSON when off, so specs from before serialize as before.
+    /// Where the model comes from: `s3://`, `gs://`, `https://` (fetched by an init
+    /// container) or `pvc://CLAIM/PATH` (mounted); see [`crate::model_source`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_uri: Option<String>,
+    /// Where the model container sees the model; `None`: [`crate::model_source::DEFAULT_MODEL_PATH`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_path: Option<String>,
+    /// A Secret in the namespace whose keys become the fetching init container's
+    /// environment (e.g. `AWS_ACCESS_KEY_ID`); only its name is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_secret: Option<String>,
+    /// The SHA-256 (hex) of a single-file download, checked before the model is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     // --- autoscaling and disruption budget (issue 16), off and left out when unset. ---
     /// Fewest replicas of the HorizontalPodAutoscaler; only with [`Self::max_replicas`].
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -221,6 +237,10 @@ impl DeploymentSpec {
             priority_class: None,
             ready_path: None,
             startup_timeout_seconds: 0,
+            model_uri: None,
+            model_path: None,
+            storage_secret: None,
+            model_sha256: None,
             min_replicas: 0,
             max_replicas: 0,
             target_cpu_percent: None,

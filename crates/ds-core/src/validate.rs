@@ -10,6 +10,7 @@ use regex::Regex;
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
+pub mod model_rules;
 pub mod pod_rules;
 pub mod scaling_rules;
 
@@ -214,6 +215,7 @@ pub fn validate_deployment(
         check_label(key, value)?;
     }
     pod_rules::check(spec)?;
+    model_rules::check(spec)?;
     scaling_rules::check(spec)?;
     check_spec_size(spec)
 }

@@ -804,6 +804,7 @@ fn apply_update(spec: &mut DeploymentSpec, req: &UpdateDeploymentRequest) {
         spec.model_name.clone_from(model);
     }
     super::pod_update::apply(spec, req);
+    super::model_update::apply(spec, req);
     super::scale_update::apply(spec, req);
 }
 

@@ -36,6 +36,7 @@ pub mod install;
 mod jwt;
 mod manifest;
 mod metrics;
+mod model_update;
 mod paging;
 mod pod_update;
 pub mod postgres;
