@@ -53,8 +53,9 @@ pub fn stage_json(s: &StageRecord) -> Value {
 /// A hook as the audit log shows it.
 pub fn hook_json(h: &HookRecord) -> Value {
     let (kind, target) = match &h.target {
-        HookTarget::Command(c) => ("command", c),
-        HookTarget::Url(u) => ("url", u),
+        HookTarget::Command(c) => ("command", c.clone()),
+        // Without the path and query: they may hold the webhook's secret.
+        HookTarget::Url(u) => ("url", super::hooks::shown_url(u)),
     };
     let mut value = json!({
         "id": h.id,
