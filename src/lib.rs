@@ -67,6 +67,8 @@ pub enum Command {
     Group(cli::GroupArgs),
     /// Manage lifecycle stages (Development, Test, Production…).
     Stage(cli::StageArgs),
+    /// Manage a deployer's pre- and post-deployment hooks.
+    Hook(cli::HookArgs),
     /// Read the audit log.
     Audit(cli::AuditArgs),
     /// Save the gateway address and API key to the CLI config file.
@@ -142,6 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(args) => cli::group(args).await?,
         Command::Deployment(args) => cli::deployment(args).await?,
         Command::Stage(args) => cli::stage(args).await?,
+        Command::Hook(args) => cli::hook(args).await?,
         Command::Audit(args) => cli::audit(args).await?,
         Command::Login(args) => cli::login(args).await?,
         Command::Version(args) => cli::version(args).await?,

@@ -3,6 +3,7 @@
 
 use super::client::{Control, request, status_error};
 use super::history_cmd::{self, RevisionView};
+use super::hook_cmd::{self, HookRunView};
 use super::output::{self, DeploymentView, OutputFormat, print};
 use super::{CliError, LogsArgs, SelectArgs};
 use ds_core::proto;
@@ -28,6 +29,8 @@ struct DescriptionView {
     cluster_error: Option<String>,
     /// Its most recent revisions, oldest first.
     history: Vec<RevisionView>,
+    /// Its most recent hook runs, oldest first.
+    hook_runs: Vec<HookRunView>,
 }
 
 #[derive(Serialize)]
@@ -164,6 +167,7 @@ pub async fn describe(
             .collect(),
         cluster_error: (!answer.cluster_error.is_empty()).then_some(answer.cluster_error),
         history: answer.history.iter().map(RevisionView::from).collect(),
+        hook_runs: answer.hook_runs.iter().map(HookRunView::from).collect(),
     };
     print(format, &described, || description_text(&described))
 }
@@ -186,6 +190,12 @@ fn description_text(d: &DescriptionView) -> String {
     out.push_str("\nRecent revisions:\n");
     out.extend(
         history_cmd::table(&d.history)
+            .lines()
+            .map(|l| format!("  {l}\n")),
+    );
+    out.push_str("\nRecent hook runs:\n");
+    out.extend(
+        hook_cmd::runs_table(&d.hook_runs)
             .lines()
             .map(|l| format!("  {l}\n")),
     );

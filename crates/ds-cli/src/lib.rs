@@ -7,6 +7,7 @@
 //! - `output`: tables, `-o json|yaml`, kubectl-style ages.
 //! - `deployer_cmd`, `deployment_cmd`: the subcommands.
 //! - `stage_cmd`, `audit_cmd`: `ds stage …` and `ds audit ls`.
+//! - `hook_cmd`: `ds hook add|ls|rm`, a deployer's pre- and post-deployment hooks.
 //! - `inspect_cmd`: `ds deployment logs|describe`, answered by the deployer's agent.
 //! - `wait`: `--wait`, following a deployment's status until it is Available.
 //! - `parse`: flag value parsers (durations, `K=V`).
@@ -25,6 +26,7 @@ mod deployer_cmd;
 mod deployment_cmd;
 mod flags;
 mod history_cmd;
+mod hook_cmd;
 mod inspect_cmd;
 mod output;
 mod parse;
@@ -536,6 +538,62 @@ pub enum StageCommand {
     },
 }
 
+/// `ds hook …`
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: HookCommand,
+}
+
+/// When a hook runs (`--phase`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookPhaseArg {
+    /// Before a create, update or rollback is stored; a failure refuses the change.
+    Pre,
+    /// After the agent reports the change Available or Failed.
+    Post,
+}
+
+/// The hook subcommands.
+#[derive(Debug, Subcommand)]
+pub enum HookCommand {
+    /// Add a pre- or post-deployment hook to a deployer (deployer Admin).
+    Add {
+        /// Deployer name or ID.
+        #[arg(short, long)]
+        deployer: String,
+        /// `pre`: runs before a change is stored and refuses it when it fails; `post`:
+        /// runs after the agent reports the change Available or Failed.
+        #[arg(long, value_enum)]
+        phase: HookPhaseArg,
+        /// The file name of an executable in the gateway's --hooks-dir (no path); it gets
+        /// the deployment as JSON on stdin and DS_HOOK_* variables.
+        #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+        command: Option<String>,
+        /// An http:// or https:// URL the deployment is POSTed to as JSON (2xx: success).
+        #[arg(long)]
+        url: Option<String>,
+        /// How long one run may take (e.g. `30s`, `2m`); killed then.
+        #[arg(long, default_value = "60s", value_parser = ds_core::duration::parse)]
+        timeout: std::time::Duration,
+    },
+    /// List hooks, of one deployer or of every deployer you may see.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this deployer's (name or ID).
+        #[arg(short, long)]
+        deployer: Option<String>,
+    },
+    /// Remove a hook (deployer Admin); its past runs stay recorded.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// The hook's ID (`ds hook ls`).
+        id: u64,
+    },
+}
+
 /// `ds audit …`
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -755,6 +813,14 @@ pub async fn deployment(args: DeploymentArgs) -> Result<(), CliError> {
 /// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
 pub async fn stage(args: StageArgs) -> Result<(), CliError> {
     stage_cmd::run(args).await
+}
+
+/// `ds hook …`
+///
+/// # Errors
+/// Bad flags, missing credentials, an unreachable gateway, or the gateway's refusal.
+pub async fn hook(args: HookArgs) -> Result<(), CliError> {
+    hook_cmd::run(args).await
 }
 
 /// `ds audit …`

@@ -65,12 +65,15 @@ pub enum Rpc {
     UpdateStage,
     UpdateDeployer,
     ListAudit,
+    AddHook,
+    ListHooks,
+    RemoveHook,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order (the test that holds the table to the proto).
     #[cfg(test)]
-    pub const ALL: [Rpc; 38] = [
+    pub const ALL: [Rpc; 41] = [
         Rpc::CreateDeployer,
         Rpc::ListDeployers,
         Rpc::GetDeployer,
@@ -109,6 +112,9 @@ impl Rpc {
         Rpc::UpdateStage,
         Rpc::UpdateDeployer,
         Rpc::ListAudit,
+        Rpc::AddHook,
+        Rpc::ListHooks,
+        Rpc::RemoveHook,
     ];
 
     /// THE permission table: what each RPC needs, and what it does in the words of a
@@ -160,6 +166,10 @@ impl Rpc {
             // Moving a deployer out of a restricted stage would lift its policy.
             Rpc::UpdateDeployer => (GatewayAdmin, "changing a deployer's stage"),
             Rpc::ListAudit => (GatewayAdmin, "reading the audit log"),
+            // A hook runs with the gateway's rights on every change: a deployer setting.
+            Rpc::AddHook => (Deployer(Admin), "adding hooks"),
+            Rpc::ListHooks => (Deployer(View), "listing hooks"),
+            Rpc::RemoveHook => (Deployer(Admin), "removing hooks"),
         }
     }
 

@@ -10,6 +10,7 @@ use super::convert::{
 };
 use super::credentials;
 use super::history;
+use super::hooks;
 use super::paging;
 use super::presence::{AgentPresence, mark};
 use super::request_id;
@@ -42,6 +43,7 @@ use ds_core::proto::{
     RotateDeployerTokenResponse, Stage, UpdateDeployerRequest, UpdateDeploymentRequest,
     UpdateStageRequest, inspect_reply, inspect_request,
 };
+use ds_core::proto::{AddHookRequest, Hook, ListHooksRequest, ListHooksResponse, RemoveHookRequest};
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -472,12 +474,14 @@ impl ControlSvc {
         .of_deployer(&deployer_id);
         self.check_stage_policy(caller, by, &deployer.stage, event)
             .await?;
+        hooks::before_create(&self.shared, by, &deployer, &name, &namespace, &spec).await?;
         let record = self
             .shared
             .store
             .create_deployment_by(by, &deployer_id, &name, &namespace, &spec)
             .await
             .map_err(store_status)?;
+        hooks::after_commit(&self.shared, by, &record);
         self.shared.metrics.deployment_changes.inc();
         tracing::info!(deployment = %record.id, deployer = %deployer_id, namespace = %record.namespace, name = %record.name, revision = record.revision, "deployment created");
         let presence = AgentPresence::of(&self.shared, &deployer_id, deployer.last_seen);
@@ -496,6 +500,8 @@ impl ControlSvc {
         mut record: DeploymentRecord,
         edit: impl Fn(&mut DeploymentSpec),
     ) -> Result<DeploymentView, Status> {
+        // Pre-hooks run once per request, not again on a retry after a concurrent change.
+        let mut hooked = false;
         for _ in 0..UPDATE_ATTEMPTS {
             let mut spec = record.spec.clone();
             edit(&mut spec);
@@ -509,6 +515,10 @@ impl ControlSvc {
             }
             ds_core::validate_deployment(&record.name, &record.namespace, &spec)
                 .map_err(invalid)?;
+            if !hooked {
+                hooks::before_update(&self.shared, by, &record, &spec).await?;
+                hooked = true;
+            }
             match self
                 .shared
                 .store
@@ -516,6 +526,7 @@ impl ControlSvc {
                 .await
             {
                 Ok(updated) => {
+                    hooks::after_commit(&self.shared, by, &updated);
                     self.shared.metrics.deployment_changes.inc();
                     tracing::info!(deployment = %updated.id, revision = updated.revision, actor = %by.actor, "deployment updated");
                     let view = self.view(updated).await?;
@@ -901,12 +912,19 @@ impl ControlService for ControlSvc {
         let revisions = self.revisions(&record.id).await?;
         let mut history = history::to_proto(&revisions);
         history.drain(..history.len().saturating_sub(history::DESCRIBE_HISTORY));
+        let hook_runs = self
+            .shared
+            .store
+            .list_hook_runs(&record.id, hooks::DESCRIBE_RUNS)
+            .await
+            .map_err(store_status)?;
         let view = self.view(record).await?;
         Ok(Response::new(DeploymentDescription {
             view: Some(view),
             cluster,
             cluster_error,
             history,
+            hook_runs: hook_runs.iter().map(hooks::run_to_proto).collect(),
         }))
     }
 
@@ -1924,6 +1942,24 @@ impl ControlService for ControlSvc {
         Ok(Response::new(self.deployer_view(updated)))
     }
 
+    async fn add_hook(&self, request: Request<AddHookRequest>) -> Result<Response<Hook>, Status> {
+        self.add_hook_rpc(request).await.map(Response::new)
+    }
+
+    async fn list_hooks(
+        &self,
+        request: Request<ListHooksRequest>,
+    ) -> Result<Response<ListHooksResponse>, Status> {
+        self.list_hooks_rpc(request).await.map(Response::new)
+    }
+
+    async fn remove_hook(
+        &self,
+        request: Request<RemoveHookRequest>,
+    ) -> Result<Response<Hook>, Status> {
+        self.remove_hook_rpc(request).await.map(Response::new)
+    }
+
     async fn list_audit(
         &self,
         request: Request<ListAuditRequest>,
@@ -1988,6 +2024,91 @@ impl ControlService for ControlSvc {
             entries: rows.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+// The hooks' RPCs: access checks here, the rules and conversions in hooks.rs.
+impl ControlSvc {
+    async fn add_hook_rpc(&self, request: Request<AddHookRequest>) -> Result<Hook, Status> {
+        let caller = self.authorize(&request, Rpc::AddHook).await?;
+        let req = request.into_inner();
+        let (id, name) = self.resolve(&req.deployer).await?;
+        self.guard(&caller, &id, &req.deployer).await?;
+        let new = hooks::new_hook(&self.shared.hooks, &req)?;
+        let record = self
+            .shared
+            .store
+            .create_hook(&caller.by(String::new()), &id, &new)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(hook = record.id, deployer = %id, phase = record.phase.as_str(), by = %caller.principal.actor(), "hook added");
+        Ok(hooks::hook_to_proto(&record, &name))
+    }
+
+    async fn list_hooks_rpc(
+        &self,
+        request: Request<ListHooksRequest>,
+    ) -> Result<ListHooksResponse, Status> {
+        let caller = self.authorize(&request, Rpc::ListHooks).await?;
+        let given = request.into_inner().deployer;
+        let store = &self.shared.store;
+        let names: HashMap<String, String> = if given.is_empty() {
+            store
+                .list_deployers()
+                .await
+                .map_err(store_status)?
+                .into_iter()
+                .filter(|d| caller.principal.can_view(&d.id))
+                .map(|d| (d.id, d.name))
+                .collect()
+        } else {
+            let (id, name) = self.resolve(&given).await?;
+            self.guard(&caller, &id, &given).await?;
+            HashMap::from([(id, name)])
+        };
+        let only = (!given.is_empty()).then(|| names.keys().next().cloned().unwrap_or_default());
+        let found = store
+            .list_hooks(only.as_deref())
+            .await
+            .map_err(store_status)?;
+        Ok(ListHooksResponse {
+            hooks: found
+                .iter()
+                .filter_map(|h| {
+                    let name = names.get(&h.deployer_id)?;
+                    Some(hooks::hook_to_proto(h, name))
+                })
+                .collect(),
+        })
+    }
+
+    async fn remove_hook_rpc(&self, request: Request<RemoveHookRequest>) -> Result<Hook, Status> {
+        let caller = self.authorize(&request, Rpc::RemoveHook).await?;
+        let id = request.into_inner().id;
+        let not_found = || Status::not_found(format!("hook {id} not found; see `ds hook ls`"));
+        let hook = match self.shared.store.get_hook(id).await {
+            Ok(hook) => hook,
+            Err(StoreError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(store_status(e)),
+        };
+        // A hook of a deployer the caller cannot see does not exist for it.
+        if !caller.principal.can_view(&hook.deployer_id) {
+            return Err(not_found());
+        }
+        self.guard(&caller, &hook.deployer_id, "").await?;
+        let removed = match self
+            .shared
+            .store
+            .delete_hook(&caller.by(String::new()), id)
+            .await
+        {
+            Ok(removed) => removed,
+            Err(StoreError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(store_status(e)),
+        };
+        let (_, name) = self.resolve(&removed.deployer_id).await?;
+        tracing::info!(hook = id, deployer = %removed.deployer_id, by = %caller.principal.actor(), "hook removed");
+        Ok(hooks::hook_to_proto(&removed, &name))
     }
 }
 

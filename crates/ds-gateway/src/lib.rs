@@ -19,6 +19,7 @@
 //! - `audit`: what the audit log records of each change, and refused attempts.
 //! - `request_id`: the `x-request-id` of every gRPC call.
 //! - `stages`: the stage policy (who may deploy on a stage).
+//! - `hooks`: pre- and post-deployment hooks, run with a gateway-wide limit of slots.
 //! - `jwt`: OIDC / JWT bearer tokens (`--jwt-*`), checked against the issuer's keys.
 //! - [`metrics`]: Prometheus metrics under the `ds_gateway_` prefix.
 //! - [`presence`]: whether a deployer's agent is connected; Unknown phases of offline deployers.
@@ -31,6 +32,7 @@ mod convert;
 pub mod credentials;
 mod group_commit;
 mod history;
+mod hooks;
 mod inspect;
 pub mod install;
 mod jwt;
@@ -106,6 +108,23 @@ pub struct GatewayArgs {
     #[arg(long, env = "DS_REVISION_HISTORY", default_value_t = store::DEFAULT_REVISION_HISTORY,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub revision_history: u32,
+    /// Directory of the executables command hooks may name (`ds hook add --command
+    /// NAME`); without it, command hooks are refused (URL hooks still work).
+    #[arg(long, env = "DS_HOOKS_DIR")]
+    pub hooks_dir: Option<PathBuf>,
+    /// Hooks running at once on this gateway; more wait for a free slot.
+    #[arg(long, env = "DS_HOOK_SLOTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub hook_slots: u32,
+    /// How long a pre-deployment hook waits for a free slot before the change is refused.
+    #[arg(long, env = "DS_HOOK_PRE_WAIT", default_value = "10s", value_parser = ds_core::duration::parse)]
+    pub hook_pre_wait: Duration,
+    /// How long a post-deployment hook waits for a free slot before its run fails.
+    #[arg(long, env = "DS_HOOK_POST_WAIT", default_value = "60s", value_parser = ds_core::duration::parse)]
+    pub hook_post_wait: Duration,
+    /// The longest timeout a hook may be given (`ds hook add --timeout`).
+    #[arg(long, env = "DS_HOOK_MAX_TIMEOUT", default_value = "10m", value_parser = ds_core::duration::parse)]
+    pub hook_max_timeout: Duration,
     /// OIDC / JWT bearer tokens on the control API (`--jwt-*`).
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -129,6 +148,11 @@ impl GatewayArgs {
             agent_image: install::DEFAULT_AGENT_IMAGE.to_string(),
             agent_ca_cert: None,
             revision_history: store::DEFAULT_REVISION_HISTORY,
+            hooks_dir: None,
+            hook_slots: 3,
+            hook_pre_wait: Duration::from_secs(10),
+            hook_post_wait: Duration::from_secs(60),
+            hook_max_timeout: Duration::from_secs(600),
             jwt: JwtArgs::default(),
         }
     }
@@ -184,6 +208,8 @@ pub(crate) struct Shared {
     pub jwt: Option<jwt::Verifier>,
     /// Cancelled at shutdown: long-lived streams end so connections can close.
     pub shutdown: CancellationToken,
+    /// The deployment hooks' runner and slots.
+    pub hooks: Arc<hooks::Hooks>,
 }
 
 /// A gateway serving in the background (in tests, or embedded in `ds dev`).
@@ -333,6 +359,13 @@ impl RunningGateway {
             },
             jwt,
             shutdown: shutdown.clone(),
+            hooks: Arc::new(hooks::Hooks::new(hooks::HookSettings {
+                dir: args.hooks_dir.clone().filter(|d| !d.as_os_str().is_empty()),
+                slots: args.hook_slots,
+                pre_wait: args.hook_pre_wait,
+                post_wait: args.hook_post_wait,
+                max_timeout: args.hook_max_timeout,
+            })),
         });
         let app = server::router(shared.clone()).merge(install::router(shared));
         let is_tls = tls.is_some();

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub deployment_changes: Counter,
     /// Status reports received from agents.
     pub status_reports: Counter,
+    /// Hooks running now (at most `--hook-slots`).
+    pub hooks_running: Gauge,
+    /// Hook runs waiting for a free slot.
+    pub hooks_waiting: Gauge,
 }
 
 impl Metrics {
@@ -33,6 +37,8 @@ impl Metrics {
             auth_failures: Counter::default(),
             deployment_changes: Counter::default(),
             status_reports: Counter::default(),
+            hooks_running: Gauge::default(),
+            hooks_waiting: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -64,6 +70,16 @@ impl Metrics {
             "status_reports",
             "Status reports received from agents",
             m.status_reports.clone(),
+        );
+        registry.register(
+            "hooks_running",
+            "Deployment hooks running now",
+            m.hooks_running.clone(),
+        );
+        registry.register(
+            "hooks_waiting",
+            "Deployment hook runs waiting for a free slot",
+            m.hooks_waiting.clone(),
         );
         Self { registry, ..m }
     }

@@ -4,7 +4,7 @@
 
 use super::store::{
     ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
-    ObjectCount, Outcome, RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind,
+    HookOutcome, HookPhase, HookRecord, HookRunRecord, HookTarget, ObjectCount, Outcome, RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind,
     UserRecord,
 };
 use chrono::{DateTime, Utc};
@@ -283,4 +283,51 @@ pub(super) fn audit_from_row(row: &impl StoreRow) -> Result<AuditRecord, StoreEr
 pub(super) fn deploy_by_from(stored: &str) -> Result<DeployBy, StoreError> {
     DeployBy::parse(stored)
         .ok_or_else(|| StoreError::Corrupt(format!("stage deploy_by {stored:?}")))
+}
+
+/// A stored hook phase.
+fn hook_phase_from(stored: &str) -> Result<HookPhase, StoreError> {
+    HookPhase::parse(stored).ok_or_else(|| StoreError::Corrupt(format!("hook phase {stored:?}")))
+}
+
+/// A `hooks` row.
+pub(super) fn hook_from_row(row: &impl StoreRow) -> Result<HookRecord, StoreError> {
+    let target = match (row.opt_text("command")?, row.opt_text("url")?) {
+        (Some(command), None) => HookTarget::Command(command),
+        (None, Some(url)) => HookTarget::Url(url),
+        _ => return Err(StoreError::Corrupt("hook with no or two targets".into())),
+    };
+    Ok(HookRecord {
+        id: to_u64(row.int("id")?),
+        deployer_id: row.text("deployer_id")?,
+        phase: hook_phase_from(&row.text("phase")?)?,
+        target,
+        timeout_ms: to_u64(row.int("timeout_ms")?),
+        created_at: ts(row.int("created_at")?),
+        created_by: row.text("created_by")?,
+    })
+}
+
+/// A `hook_runs` row.
+pub(super) fn hook_run_from_row(row: &impl StoreRow) -> Result<HookRunRecord, StoreError> {
+    let outcome = row.text("outcome")?;
+    Ok(HookRunRecord {
+        id: to_u64(row.int("id")?),
+        hook_id: to_u64(row.int("hook_id")?),
+        deployer_id: row.text("deployer_id")?,
+        deployment_id: row.text("deployment_id")?,
+        deployment: row.text("deployment")?,
+        revision: to_u64(row.int("revision")?),
+        phase: hook_phase_from(&row.text("phase")?)?,
+        target: row.text("target")?,
+        started_at: ts(row.int("started_at")?),
+        finished_at: ts(row.int("finished_at")?),
+        outcome: HookOutcome::parse(&outcome)
+            .ok_or_else(|| StoreError::Corrupt(format!("hook outcome {outcome:?}")))?,
+        exit_code: row
+            .opt_int("exit_code")?
+            .map(|c| i32::try_from(c).unwrap_or(i32::MIN)),
+        output_tail: row.text("output_tail")?,
+        actor: row.text("actor")?,
+    })
 }

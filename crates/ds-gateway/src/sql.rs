@@ -11,14 +11,16 @@ use super::group_commit::{CommitBatch, GroupCommit};
 use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
     StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row,
-    deployment_from_row, encode_pods, grant_from_row, is_foreign_key_violation,
+    deployment_from_row, encode_pods, grant_from_row, hook_from_row, hook_run_from_row,
+    is_foreign_key_violation,
     is_unique_violation, key_from_row, now_ms, retryable, revision_from_row, spec_json,
     status_from_row, to_i64, to_u64, token_from_row, ts, user_from_row,
 };
 use super::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
     DEFAULT_REVISION_HISTORY, DeployBy, DeployerRecord, DeployerUpdate, DeploymentKey,
-    DeploymentRecord, DeploymentSelector, GrantRecord, GroupRecord, KeyOwner, Outcome,
+    DeploymentRecord, DeploymentSelector, GrantRecord, GroupRecord, HookRecord, HookRunRecord,
+    HookTarget, KeyOwner, NewHook, Outcome,
     RevisionRecord, Role, SnapshotItem, StagePlace, StageRecord, StatusRecord, Store, StoreError,
     TokenRecord, UserKind, UserRecord,
 };
@@ -1856,6 +1858,176 @@ where
         self.try_update_stage(by, name, deploy_by)
             .await
             .map_err(retryable(&format!("stage {name}")))
+    }
+
+    async fn create_hook(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        hook: &NewHook,
+    ) -> Result<HookRecord, StoreError> {
+        let _w = self.serial().await;
+        let now = now_ms();
+        let (command, url) = match &hook.target {
+            HookTarget::Command(c) => (Some(c.as_str()), None),
+            HookTarget::Url(u) => (None, Some(u.as_str())),
+        };
+        let mut tx = self.pool().begin().await?;
+        let deployer = sqlx::query(SELECT_REVISION)
+            .bind(deployer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if deployer.is_none() {
+            return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+        }
+        let row = sqlx::query(
+            "INSERT INTO hooks (deployer_id, phase, command, url, timeout_ms, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(deployer_id)
+        .bind(hook.phase.as_str())
+        .bind(command)
+        .bind(url)
+        .bind(to_i64(hook.timeout_ms))
+        .bind(now)
+        .bind(by.actor.as_str())
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match row {
+            // PostgreSQL's foreign key: the deployer was deleted meanwhile.
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("deployer {deployer_id}")));
+            }
+            other => other?,
+        };
+        let record = HookRecord {
+            id: to_u64(row.int("id")?),
+            deployer_id: deployer_id.to_string(),
+            phase: hook.phase,
+            target: hook.target.clone(),
+            timeout_ms: hook.timeout_ms,
+            created_at: ts(now),
+            created_by: by.actor.clone(),
+        };
+        let event = AuditEvent::new("hook.add", audit::HOOK, record.id.to_string())
+            .of_deployer(deployer_id)
+            .after(audit::hook_json(&record));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn list_hooks(&self, deployer_id: Option<&str>) -> Result<Vec<HookRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM hooks WHERE (CAST($1 AS TEXT) IS NULL OR deployer_id = $1) \
+             ORDER BY deployer_id, phase DESC, id",
+        )
+        .bind(deployer_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(hook_from_row).collect()
+    }
+
+    async fn get_hook(&self, id: u64) -> Result<HookRecord, StoreError> {
+        let row = sqlx::query("SELECT * FROM hooks WHERE id = $1")
+            .bind(to_i64(id))
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("hook {id}")))?;
+        hook_from_row(&row)
+    }
+
+    async fn delete_hook(&self, by: &ChangeBy, id: u64) -> Result<HookRecord, StoreError> {
+        let _w = self.serial().await;
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query("DELETE FROM hooks WHERE id = $1 RETURNING *")
+            .bind(to_i64(id))
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("hook {id}")))?;
+        let record = hook_from_row(&row)?;
+        let event = AuditEvent::new("hook.remove", audit::HOOK, id.to_string())
+            .of_deployer(&record.deployer_id)
+            .before(audit::hook_json(&record));
+        self.audit(&mut tx, by, event).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn record_hook_run(
+        &self,
+        by: &ChangeBy,
+        run: &HookRunRecord,
+    ) -> Result<HookRunRecord, StoreError> {
+        let _w = self.serial().await;
+        // The exit code is the one nullable integer the store writes: NULL is spelled in
+        // the statement rather than bound, so the back ends need no extra bound.
+        let exit_code = if run.exit_code.is_some() { "$13" } else { "NULL" };
+        let sql = format!(
+            "INSERT INTO hook_runs (hook_id, deployer_id, deployment_id, deployment, revision, \
+             phase, target, started_at, finished_at, outcome, output_tail, actor, exit_code) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {exit_code}) RETURNING id"
+        );
+        let mut tx = self.pool().begin().await?;
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(run.hook_id))
+            .bind(run.deployer_id.as_str())
+            .bind(run.deployment_id.as_str())
+            .bind(run.deployment.as_str())
+            .bind(to_i64(run.revision))
+            .bind(run.phase.as_str())
+            .bind(run.target.as_str())
+            .bind(run.started_at.timestamp_millis())
+            .bind(run.finished_at.timestamp_millis())
+            .bind(run.outcome.as_str())
+            .bind(run.output_tail.as_str())
+            .bind(run.actor.as_str());
+        if let Some(code) = run.exit_code {
+            query = query.bind(i64::from(code));
+        }
+        let row = match query.fetch_one(&mut *tx).await {
+            Err(e) if is_foreign_key_violation(&e) => {
+                return Err(StoreError::NotFound(format!("deployer {}", run.deployer_id)));
+            }
+            other => other?,
+        };
+        let recorded = HookRunRecord {
+            id: to_u64(row.int("id")?),
+            ..run.clone()
+        };
+        let event = AuditEvent::new("hook.run", audit::HOOK, run.hook_id.to_string())
+            .of_deployer(&run.deployer_id)
+            .after(audit::hook_run_json(&recorded));
+        write_audit(
+            &mut tx,
+            by,
+            &event,
+            Outcome::Ok,
+            &audit::hook_run_reason(&recorded),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(recorded)
+    }
+
+    async fn list_hook_runs(
+        &self,
+        deployment_id: &str,
+        limit: u32,
+    ) -> Result<Vec<HookRunRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM hook_runs WHERE deployment_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(deployment_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        let mut runs = rows
+            .iter()
+            .map(hook_run_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        runs.reverse();
+        Ok(runs)
     }
 
     async fn record_denied(

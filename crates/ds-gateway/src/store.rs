@@ -466,6 +466,136 @@ pub struct GrantRecord {
     pub role: Role,
 }
 
+/// When a hook runs: before a change is stored, or after the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookPhase {
+    /// Before a create, update or rollback is stored; a failure refuses the change.
+    Pre,
+    /// After the agent reports the change's revision Available or Failed.
+    Post,
+}
+
+impl HookPhase {
+    /// The stored and shown word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookPhase::Pre => "pre",
+            HookPhase::Post => "post",
+        }
+    }
+
+    /// The phase a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "pre" => Some(HookPhase::Pre),
+            "post" => Some(HookPhase::Post),
+            _ => None,
+        }
+    }
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookTarget {
+    /// An executable's file name inside the gateway's `--hooks-dir`.
+    Command(String),
+    /// An `http://` or `https://` URL the deployment is POSTed to.
+    Url(String),
+}
+
+impl HookTarget {
+    /// The command name or the URL.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HookTarget::Command(s) | HookTarget::Url(s) => s,
+        }
+    }
+}
+
+/// A hook to add to a deployer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewHook {
+    pub phase: HookPhase,
+    pub target: HookTarget,
+    /// How long one run may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A deployer's hook as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRecord {
+    pub id: u64,
+    pub deployer_id: String,
+    pub phase: HookPhase,
+    pub target: HookTarget,
+    pub timeout_ms: u64,
+    pub created_at: DateTime<Utc>,
+    /// Who added it.
+    pub created_by: String,
+}
+
+/// How a hook run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookOutcome {
+    /// Exit code 0, or an HTTP 2xx answer.
+    Ok,
+    /// Another exit code, a non-2xx answer, or it could not be started or reached.
+    Failed,
+    /// Killed (or abandoned) at its timeout.
+    TimedOut,
+    /// No hook slot of the gateway came free within the phase's wait.
+    NoSlot,
+}
+
+impl HookOutcome {
+    /// The stored and shown word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookOutcome::Ok => "ok",
+            HookOutcome::Failed => "failed",
+            HookOutcome::TimedOut => "timed_out",
+            HookOutcome::NoSlot => "no_slot",
+        }
+    }
+
+    /// The outcome a stored word names.
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "ok" => Some(HookOutcome::Ok),
+            "failed" => Some(HookOutcome::Failed),
+            "timed_out" => Some(HookOutcome::TimedOut),
+            "no_slot" => Some(HookOutcome::NoSlot),
+            _ => None,
+        }
+    }
+}
+
+/// One run of a hook, to record or as recorded (`id` 0 before it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookRunRecord {
+    pub id: u64,
+    pub hook_id: u64,
+    pub deployer_id: String,
+    /// Empty for a create the hook refused.
+    pub deployment_id: String,
+    /// `namespace/name`.
+    pub deployment: String,
+    /// The deployment revision (1, 2, 3…) the change makes or made.
+    pub revision: u64,
+    pub phase: HookPhase,
+    /// The command name or URL that ran.
+    pub target: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: HookOutcome,
+    /// The exit code or HTTP status, if there is one.
+    pub exit_code: Option<i32>,
+    /// The end of its output (capped), or why it did not run.
+    pub output_tail: String,
+    /// Who made the change it ran for.
+    pub actor: String,
+}
+
 /// What an agent observed for one deployment (mirrors the proto's DeploymentStatus).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusRecord {
@@ -834,6 +964,34 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         deploy_by: DeployBy,
     ) -> Result<StageRecord, StoreError>;
+
+    /// Adds a hook to a deployer (`NotFound` for no such deployer), audited as
+    /// `hook.add`.
+    async fn create_hook(
+        &self,
+        by: &ChangeBy,
+        deployer_id: &str,
+        hook: &NewHook,
+    ) -> Result<HookRecord, StoreError>;
+    /// Hooks, of one deployer or all, by deployer, phase and ID.
+    async fn list_hooks(&self, deployer_id: Option<&str>) -> Result<Vec<HookRecord>, StoreError>;
+    /// One hook by ID.
+    async fn get_hook(&self, id: u64) -> Result<HookRecord, StoreError>;
+    /// Removes a hook, audited as `hook.remove`; returns it.
+    async fn delete_hook(&self, by: &ChangeBy, id: u64) -> Result<HookRecord, StoreError>;
+    /// Records a hook run and its `hook.run` audit row (made `by`) together; returns it
+    /// with its ID.
+    async fn record_hook_run(
+        &self,
+        by: &ChangeBy,
+        run: &HookRunRecord,
+    ) -> Result<HookRunRecord, StoreError>;
+    /// The latest `limit` runs of hooks for a deployment, oldest first.
+    async fn list_hook_runs(
+        &self,
+        deployment_id: &str,
+        limit: u32,
+    ) -> Result<Vec<HookRunRecord>, StoreError>;
 
     /// Records a refused attempt (outcome `denied`) with why; changes nothing else.
     async fn record_denied(
