@@ -8,6 +8,7 @@ pub mod diff;
 pub mod duration;
 pub mod ownership;
 pub mod proto;
+pub mod remap;
 pub mod spec;
 pub mod validate;
 
