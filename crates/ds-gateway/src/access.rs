@@ -65,12 +65,14 @@ pub enum Rpc {
     UpdateStage,
     UpdateDeployer,
     ListAudit,
+    SetDeployerRemap,
+    PromoteDeployment,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order (the test that holds the table to the proto).
     #[cfg(test)]
-    pub const ALL: [Rpc; 38] = [
+    pub const ALL: [Rpc; 40] = [
         Rpc::CreateDeployer,
         Rpc::ListDeployers,
         Rpc::GetDeployer,
@@ -109,6 +111,8 @@ impl Rpc {
         Rpc::UpdateStage,
         Rpc::UpdateDeployer,
         Rpc::ListAudit,
+        Rpc::SetDeployerRemap,
+        Rpc::PromoteDeployment,
     ];
 
     /// THE permission table: what each RPC needs, and what it does in the words of a
@@ -160,6 +164,10 @@ impl Rpc {
             // Moving a deployer out of a restricted stage would lift its policy.
             Rpc::UpdateDeployer => (GatewayAdmin, "changing a deployer's stage"),
             Rpc::ListAudit => (GatewayAdmin, "reading the audit log"),
+            Rpc::SetDeployerRemap => (Deployer(Admin), "changing the deployer's remapping"),
+            // Deploy on the target; the source needs only View (being visible), checked
+            // when it is selected.
+            Rpc::PromoteDeployment => (Deployer(Deploy), "promoting deployments to it"),
         }
     }
 
