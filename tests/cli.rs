@@ -2227,3 +2227,235 @@ async fn request_ids_are_returned_and_audited() {
     assert_eq!(created["request_id"], "ci-run-42");
     t.gw.shutdown().await;
 }
+
+// === remapping and promotion ===
+
+/// `ds deployment get NAME -d DEPLOYER -o json`, parsed.
+async fn get_on(t: &TestGateway, name: &str, deployer: &str) -> Value {
+    t.run(&["deployment", "get", name, "-d", deployer, "-o", "json"])
+        .await
+        .json()
+}
+
+fn env_value(view: &Value, name: &str) -> String {
+    view["spec"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no env {name} in {view}"))
+}
+
+#[tokio::test]
+async fn remapping_applies_on_create_and_promote_never_retroactively_and_describe_shows_it() {
+    let t = start().await;
+    t.deployer("dev").await;
+    t.run(&["deployer", "create", "prod", "--stage", "Production"])
+        .await
+        .ok();
+    let set = t
+        .run(&[
+            "deployer",
+            "remap",
+            "prod",
+            "--env",
+            "DB_CONN=sql-dev:sql-prod",
+            "--secret",
+            "creds-dev:creds-prod",
+        ])
+        .await;
+    assert!(set.ok().contains("env DB_CONN sql-dev → sql-prod"), "{}", set.stdout);
+    let got = t.run(&["deployer", "get", "prod"]).await;
+    assert!(
+        got.ok()
+            .contains("env DB_CONN sql-dev → sql-prod; secret creds-dev → creds-prod"),
+        "{}",
+        got.stdout
+    );
+    let spec_flags = [
+        "--env",
+        "DB_CONN=sql-dev",
+        "--env",
+        "OTHER=sql-dev",
+        "--image-pull-secret",
+        "creds-dev",
+    ];
+    t.deployment("dev", "iris", &spec_flags).await;
+    // Created on dev (no map): as given.
+    let dev = get_on(&t, "iris", "dev").await;
+    assert_eq!(env_value(&dev, "DB_CONN"), "sql-dev");
+
+    // Created on prod directly: remapped there too.
+    let direct = t.deployment("prod", "wine", &spec_flags).await;
+    assert_eq!(env_value(&direct, "DB_CONN"), "sql-prod");
+    assert_eq!(env_value(&direct, "OTHER"), "sql-dev", "only the mapped name");
+    assert_eq!(direct["spec"]["image_pull_secrets"][0], "creds-prod");
+
+    // Promoted: the source's spec with the target's map.
+    let promoted = t
+        .run(&["deployment", "promote", "iris", "-d", "dev", "--to", "prod"])
+        .await;
+    let line = promoted.ok();
+    assert!(
+        line.contains("promoted to prod (created")
+            && line.contains("remapped: env DB_CONN sql-dev → sql-prod"),
+        "{line}"
+    );
+    let prod = get_on(&t, "iris", "prod").await;
+    assert_eq!(env_value(&prod, "DB_CONN"), "sql-prod");
+    assert_eq!(prod["spec"]["image_pull_secrets"][0], "creds-prod");
+    assert_eq!(prod["spec"]["image"], dev["spec"]["image"]);
+    assert_eq!(
+        env_value(&get_on(&t, "iris", "dev").await, "DB_CONN"),
+        "sql-dev",
+        "the source is untouched"
+    );
+    let described = t
+        .run(&["deployment", "describe", "iris", "-d", "prod"])
+        .await;
+    assert!(
+        described.ok().contains(
+            "Remapped: env DB_CONN sql-dev → sql-prod; secret creds-dev → creds-prod (image_pull_secrets)"
+        ),
+        "{}",
+        described.stdout
+    );
+    let history = t
+        .run(&["deployment", "history", "iris", "-d", "prod"])
+        .await;
+    assert!(
+        history.ok().contains("promoted from dev revision 1"),
+        "{}",
+        history.stdout
+    );
+
+    // Changing the map touches no existing deployment.
+    t.run(&[
+        "deployer",
+        "remap",
+        "prod",
+        "--env",
+        "DB_CONN=sql-dev:sql-other",
+    ])
+    .await
+    .ok();
+    let unchanged = get_on(&t, "iris", "prod").await;
+    assert_eq!(env_value(&unchanged, "DB_CONN"), "sql-prod");
+    assert_eq!(unchanged["revision"], prod["revision"]);
+    // An update is not remapped.
+    let updated = t
+        .run(&[
+            "deployment", "update", "wine", "-d", "prod", "--env", "DB_CONN=sql-dev", "-o", "json",
+        ])
+        .await
+        .json();
+    assert_eq!(env_value(&updated, "DB_CONN"), "sql-dev");
+    // Promoting again changes the one there, with the map as it is now.
+    let again = t
+        .run(&[
+            "deployment", "promote", "iris", "-d", "dev", "--to", "prod", "-o", "json",
+        ])
+        .await
+        .json();
+    assert_eq!(again[0]["outcome"], "promoted");
+    assert_eq!(again[0]["created"], false);
+    assert_eq!(env_value(&get_on(&t, "iris", "prod").await, "DB_CONN"), "sql-other");
+    let audit = audit_summary(&t, &[]).await;
+    let actions: Vec<&str> = audit.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(actions.iter().filter(|a| **a == "deployer.remap").count(), 2);
+    assert_eq!(actions.iter().filter(|a| **a == "deployment.promote").count(), 2);
+}
+
+#[tokio::test]
+async fn remap_flag_errors_name_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    for (args, flag, rule) in [
+        (vec!["--env", "DB_CONN"], "--env", "NAME=FROM:TO"),
+        (vec!["--env", "DB_CONN=a:a"], "--env", "the same"),
+        (vec!["--env", "1X=a:b"], "--env", "environment variable name"),
+        (vec!["--secret", "creds"], "--secret", "FROM:TO"),
+        (vec!["--secret", "Creds_Dev:creds"], "--secret", "Secret names"),
+        (vec!["--remove-env", "NOPE"], "--remove-env", "no env entry"),
+        (vec![], "--env", "nothing to change"),
+    ] {
+        let mut all = vec!["deployer", "remap", "prod"];
+        all.extend(args.iter().copied());
+        let run = t.run(&all).await;
+        let line = run.one_line_error();
+        assert!(line.contains(flag) && line.contains(rule), "{args:?}: {line}");
+    }
+    let got = t.run(&["deployer", "get", "prod", "-o", "json"]).await.json();
+    assert!(got.get("remap").is_none(), "nothing was stored: {got}");
+}
+
+#[tokio::test]
+async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal() {
+    let t = start().await;
+    t.deployer("dev").await;
+    let mut tokens = Vec::new();
+    for name in ["prod-a", "prod-b", "prod-c"] {
+        let created = t
+            .run(&["deployer", "create", name, "--stage", "Production", "-o", "json"])
+            .await
+            .json();
+        tokens.push(created["token"].as_str().unwrap().to_string());
+    }
+    // prod-b's agent has rights in one other namespace only: the gateway refuses there.
+    let mut agent = ds_test_support::agent_service(&t.gw.url(), &tokens[1]);
+    agent
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "test-agent".into(),
+                cluster: "test".into(),
+                namespaces: vec!["restricted".into()],
+                ..Default::default()
+            }),
+            statuses: vec![],
+            objects: None,
+        })
+        .await
+        .expect("heartbeat accepted");
+    t.deployment("dev", "iris", &[]).await;
+    let run = t
+        .run(&[
+            "deployment", "promote", "iris", "-d", "dev", "--to-stage", "Production", "-o", "json",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b")
+            && line.contains("restricted")
+            && line.contains("done: prod-a")
+            && line.contains("not run: prod-c"),
+        "{line}"
+    );
+    let results: Value = serde_json::from_str(&run.stdout).expect("per-target results");
+    let outcomes: Vec<(&str, &str)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["deployer"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [("prod-a", "promoted"), ("prod-b", "failed"), ("prod-c", "not-run")]
+    );
+    assert_eq!(get_on(&t, "iris", "prod-a").await["name"], "iris");
+    for untouched in ["prod-b", "prod-c"] {
+        let ls = t
+            .run(&["deployment", "ls", "-d", untouched, "-o", "json"])
+            .await;
+        let listed: Value = serde_json::from_str(&ls.stdout).unwrap_or(Value::Array(vec![]));
+        assert_eq!(listed, Value::Array(vec![]), "{untouched}: {}", ls.stdout);
+    }
+    let unknown = t
+        .run(&["deployment", "promote", "iris", "-d", "dev", "--to-stage", "Prod"])
+        .await;
+    assert!(
+        unknown.one_line_error().contains("--to-stage"),
+        "{}",
+        unknown.stderr
+    );
+}
