@@ -2265,7 +2265,11 @@ async fn remapping_applies_on_create_and_promote_never_retroactively_and_describ
             "creds-dev:creds-prod",
         ])
         .await;
-    assert!(set.ok().contains("env DB_CONN sql-dev → sql-prod"), "{}", set.stdout);
+    assert!(
+        set.ok().contains("env DB_CONN sql-dev → sql-prod"),
+        "{}",
+        set.stdout
+    );
     let got = t.run(&["deployer", "get", "prod"]).await;
     assert!(
         got.ok()
@@ -2289,7 +2293,11 @@ async fn remapping_applies_on_create_and_promote_never_retroactively_and_describ
     // Created on prod directly: remapped there too.
     let direct = t.deployment("prod", "wine", &spec_flags).await;
     assert_eq!(env_value(&direct, "DB_CONN"), "sql-prod");
-    assert_eq!(env_value(&direct, "OTHER"), "sql-dev", "only the mapped name");
+    assert_eq!(
+        env_value(&direct, "OTHER"),
+        "sql-dev",
+        "only the mapped name"
+    );
     assert_eq!(direct["spec"]["image_pull_secrets"][0], "creds-prod");
 
     // Promoted: the source's spec with the target's map.
@@ -2346,7 +2354,15 @@ async fn remapping_applies_on_create_and_promote_never_retroactively_and_describ
     // An update is not remapped.
     let updated = t
         .run(&[
-            "deployment", "update", "wine", "-d", "prod", "--env", "DB_CONN=sql-dev", "-o", "json",
+            "deployment",
+            "update",
+            "wine",
+            "-d",
+            "prod",
+            "--env",
+            "DB_CONN=sql-dev",
+            "-o",
+            "json",
         ])
         .await
         .json();
@@ -2354,17 +2370,37 @@ async fn remapping_applies_on_create_and_promote_never_retroactively_and_describ
     // Promoting again changes the one there, with the map as it is now.
     let again = t
         .run(&[
-            "deployment", "promote", "iris", "-d", "dev", "--to", "prod", "-o", "json",
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod",
+            "-o",
+            "json",
         ])
         .await
         .json();
     assert_eq!(again[0]["outcome"], "promoted");
     assert_eq!(again[0]["created"], false);
-    assert_eq!(env_value(&get_on(&t, "iris", "prod").await, "DB_CONN"), "sql-other");
+    assert_eq!(
+        env_value(&get_on(&t, "iris", "prod").await, "DB_CONN"),
+        "sql-other"
+    );
     let audit = audit_summary(&t, &[]).await;
     let actions: Vec<&str> = audit.iter().map(|r| r.1.as_str()).collect();
-    assert_eq!(actions.iter().filter(|a| **a == "deployer.remap").count(), 2);
-    assert_eq!(actions.iter().filter(|a| **a == "deployment.promote").count(), 2);
+    assert_eq!(
+        actions.iter().filter(|a| **a == "deployer.remap").count(),
+        2
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "deployment.promote")
+            .count(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -2374,9 +2410,17 @@ async fn remap_flag_errors_name_the_flag() {
     for (args, flag, rule) in [
         (vec!["--env", "DB_CONN"], "--env", "NAME=FROM:TO"),
         (vec!["--env", "DB_CONN=a:a"], "--env", "the same"),
-        (vec!["--env", "1X=a:b"], "--env", "environment variable name"),
+        (
+            vec!["--env", "1X=a:b"],
+            "--env",
+            "environment variable name",
+        ),
         (vec!["--secret", "creds"], "--secret", "FROM:TO"),
-        (vec!["--secret", "Creds_Dev:creds"], "--secret", "Secret names"),
+        (
+            vec!["--secret", "Creds_Dev:creds"],
+            "--secret",
+            "Secret names",
+        ),
         (vec!["--remove-env", "NOPE"], "--remove-env", "no env entry"),
         (vec![], "--env", "nothing to change"),
     ] {
@@ -2384,9 +2428,15 @@ async fn remap_flag_errors_name_the_flag() {
         all.extend(args.iter().copied());
         let run = t.run(&all).await;
         let line = run.one_line_error();
-        assert!(line.contains(flag) && line.contains(rule), "{args:?}: {line}");
+        assert!(
+            line.contains(flag) && line.contains(rule),
+            "{args:?}: {line}"
+        );
     }
-    let got = t.run(&["deployer", "get", "prod", "-o", "json"]).await.json();
+    let got = t
+        .run(&["deployer", "get", "prod", "-o", "json"])
+        .await
+        .json();
     assert!(got.get("remap").is_none(), "nothing was stored: {got}");
 }
 
@@ -2397,7 +2447,15 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
     let mut tokens = Vec::new();
     for name in ["prod-a", "prod-b", "prod-c"] {
         let created = t
-            .run(&["deployer", "create", name, "--stage", "Production", "-o", "json"])
+            .run(&[
+                "deployer",
+                "create",
+                name,
+                "--stage",
+                "Production",
+                "-o",
+                "json",
+            ])
             .await
             .json();
         tokens.push(created["token"].as_str().unwrap().to_string());
@@ -2420,7 +2478,15 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
     t.deployment("dev", "iris", &[]).await;
     let run = t
         .run(&[
-            "deployment", "promote", "iris", "-d", "dev", "--to-stage", "Production", "-o", "json",
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Production",
+            "-o",
+            "json",
         ])
         .await;
     let line = run.one_line_error();
@@ -2436,11 +2502,20 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| (r["deployer"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["deployer"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         outcomes,
-        [("prod-a", "promoted"), ("prod-b", "failed"), ("prod-c", "not-run")]
+        [
+            ("prod-a", "promoted"),
+            ("prod-b", "failed"),
+            ("prod-c", "not-run")
+        ]
     );
     assert_eq!(get_on(&t, "iris", "prod-a").await["name"], "iris");
     for untouched in ["prod-b", "prod-c"] {
@@ -2451,7 +2526,15 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
         assert_eq!(listed, Value::Array(vec![]), "{untouched}: {}", ls.stdout);
     }
     let unknown = t
-        .run(&["deployment", "promote", "iris", "-d", "dev", "--to-stage", "Prod"])
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Prod",
+        ])
         .await;
     assert!(
         unknown.one_line_error().contains("--to-stage"),

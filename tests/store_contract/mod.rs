@@ -2440,7 +2440,10 @@ async fn a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_
     assert_eq!(mapped.remap.env[0].to, "sql-prod");
     assert_eq!(mapped.remap.secrets[0].to, "creds-prod");
     // Read back on its own, and in the list.
-    assert_eq!(store.get_deployer("prod").await.unwrap().remap, mapped.remap);
+    assert_eq!(
+        store.get_deployer("prod").await.unwrap().remap,
+        mapped.remap
+    );
     assert_eq!(store.list_deployers().await.unwrap()[0].remap, mapped.remap);
     // An edit applies to the map as stored: this one removes the env entry only.
     let removal = DeployerUpdate {
@@ -2477,7 +2480,10 @@ async fn a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_
         })
         .await
         .unwrap();
-    let remaps: Vec<_> = rows.iter().filter(|r| r.action == "deployer.remap").collect();
+    let remaps: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == "deployer.remap")
+        .collect();
     assert_eq!(remaps.len(), 2, "one row per change: {rows:?}");
     assert_eq!(remaps[0].object, "prod");
     assert_eq!(remaps[0].deployer_id.as_deref(), Some(d.id.as_str()));

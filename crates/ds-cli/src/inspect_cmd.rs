@@ -61,7 +61,11 @@ impl std::fmt::Display for RemappedView {
         if self.kind == "env" {
             write!(f, "env {} {} → {}", self.name, self.from, self.to)
         } else {
-            write!(f, "{} {} → {} ({})", self.kind, self.from, self.to, self.name)
+            write!(
+                f,
+                "{} {} → {} ({})",
+                self.kind, self.from, self.to, self.name
+            )
         }
     }
 }

@@ -28,8 +28,8 @@ mod history_cmd;
 mod inspect_cmd;
 mod output;
 mod parse;
-mod promote_cmd;
 mod pod_flags;
+mod promote_cmd;
 mod scale_flags;
 mod stage_cmd;
 mod teams_cmd;
@@ -281,7 +281,12 @@ pub struct PromoteArgs {
     #[command(flatten)]
     pub select: SelectArgs,
     /// The target deployer (name or ID).
-    #[arg(long, value_name = "DEPLOYER", required_unless_present = "to_stage", conflicts_with = "to_stage")]
+    #[arg(
+        long,
+        value_name = "DEPLOYER",
+        required_unless_present = "to_stage",
+        conflicts_with = "to_stage"
+    )]
     pub to: Option<String>,
     /// Every deployer of this stage you can see, by name, one after the other; a
     /// target that is refused or fails stops the rest.

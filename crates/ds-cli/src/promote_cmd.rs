@@ -244,12 +244,20 @@ pub fn remap_request(args: &RemapArgs) -> Result<proto::SetDeployerRemapRequest,
     };
     let mut added = Remap::default();
     for text in &args.env {
-        let (name, rest) = text
-            .split_once('=')
-            .ok_or_else(|| bad("--env", text, "expected NAME=FROM:TO, e.g. DB_CONN=sql-dev:sql-prod"))?;
-        let (from, to) = rest
-            .split_once(':')
-            .ok_or_else(|| bad("--env", text, "expected NAME=FROM:TO, e.g. DB_CONN=sql-dev:sql-prod"))?;
+        let (name, rest) = text.split_once('=').ok_or_else(|| {
+            bad(
+                "--env",
+                text,
+                "expected NAME=FROM:TO, e.g. DB_CONN=sql-dev:sql-prod",
+            )
+        })?;
+        let (from, to) = rest.split_once(':').ok_or_else(|| {
+            bad(
+                "--env",
+                text,
+                "expected NAME=FROM:TO, e.g. DB_CONN=sql-dev:sql-prod",
+            )
+        })?;
         added.env.push(EnvRemap {
             name: name.to_string(),
             from: from.to_string(),
@@ -257,9 +265,13 @@ pub fn remap_request(args: &RemapArgs) -> Result<proto::SetDeployerRemapRequest,
         });
     }
     for text in &args.secret {
-        let (from, to) = text
-            .split_once(':')
-            .ok_or_else(|| bad("--secret", text, "expected FROM:TO, e.g. creds-dev:creds-prod"))?;
+        let (from, to) = text.split_once(':').ok_or_else(|| {
+            bad(
+                "--secret",
+                text,
+                "expected FROM:TO, e.g. creds-dev:creds-prod",
+            )
+        })?;
         added.secrets.push(SecretRemap {
             from: from.to_string(),
             to: to.to_string(),

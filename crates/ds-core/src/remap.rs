@@ -67,7 +67,8 @@ impl RemapEdit {
             current.clone()
         };
         out.env.retain(|e| !self.remove_env.contains(&e.name));
-        out.secrets.retain(|s| !self.remove_secrets.contains(&s.from));
+        out.secrets
+            .retain(|s| !self.remove_secrets.contains(&s.from));
         for e in &self.set_env {
             match out
                 .env
@@ -169,7 +170,9 @@ pub fn validate(remap: &Remap) -> Result<(), ValidationError> {
         return Err(ValidationError::new(
             "--env/--secret",
             format!("{total} entries"),
-            format!("a deployer's remapping has at most {MAX_REMAP_ENTRIES} entries, env and secrets together"),
+            format!(
+                "a deployer's remapping has at most {MAX_REMAP_ENTRIES} entries, env and secrets together"
+            ),
         ));
     }
     let mut seen = HashSet::new();
@@ -292,7 +295,10 @@ mod tests {
         };
         let (out, done) = apply(&spec(), &remap);
         assert_eq!(out.env[0].value, "sql-prod");
-        assert_eq!(out.env[1].value, "sql-dev", "another variable keeps its value");
+        assert_eq!(
+            out.env[1].value, "sql-dev",
+            "another variable keeps its value"
+        );
         assert_eq!(out.image_pull_secrets, vec!["creds-prod", "registry"]);
         assert_eq!(out.tls_secret.as_deref(), Some("creds-prod"));
         let shown: Vec<String> = done.iter().map(ToString::to_string).collect();
@@ -320,8 +326,14 @@ mod tests {
     #[test]
     fn one_pass_does_not_chain_entries() {
         let remap = Remap {
-            env: vec![env("DB_CONN", "sql-dev", "sql-test"), env("DB_CONN", "sql-test", "sql-prod")],
-            secrets: vec![secret("creds-dev", "creds-test"), secret("creds-test", "creds-prod")],
+            env: vec![
+                env("DB_CONN", "sql-dev", "sql-test"),
+                env("DB_CONN", "sql-test", "sql-prod"),
+            ],
+            secrets: vec![
+                secret("creds-dev", "creds-test"),
+                secret("creds-test", "creds-prod"),
+            ],
         };
         let (out, done) = apply(&spec(), &remap);
         assert_eq!(out.env[0].value, "sql-test");
@@ -340,11 +352,20 @@ mod tests {
     #[test]
     fn an_edit_clears_then_removes_then_adds_or_replaces() {
         let current = Remap {
-            env: vec![env("DB_CONN", "sql-dev", "sql-prod"), env("CACHE", "c-dev", "c-prod")],
-            secrets: vec![secret("creds-dev", "creds-prod"), secret("tls-dev", "tls-prod")],
+            env: vec![
+                env("DB_CONN", "sql-dev", "sql-prod"),
+                env("CACHE", "c-dev", "c-prod"),
+            ],
+            secrets: vec![
+                secret("creds-dev", "creds-prod"),
+                secret("tls-dev", "tls-prod"),
+            ],
         };
         let edit = RemapEdit {
-            set_env: vec![env("DB_CONN", "sql-dev", "sql-prod-2"), env("Q", "q1", "q2")],
+            set_env: vec![
+                env("DB_CONN", "sql-dev", "sql-prod-2"),
+                env("Q", "q1", "q2"),
+            ],
             set_secrets: vec![secret("x", "y")],
             remove_env: vec!["CACHE".into()],
             remove_secrets: vec!["tls-dev".into()],
@@ -353,9 +374,15 @@ mod tests {
         let out = edit.apply_to(&current);
         assert_eq!(
             out.env,
-            vec![env("DB_CONN", "sql-dev", "sql-prod-2"), env("Q", "q1", "q2")]
+            vec![
+                env("DB_CONN", "sql-dev", "sql-prod-2"),
+                env("Q", "q1", "q2")
+            ]
         );
-        assert_eq!(out.secrets, vec![secret("creds-dev", "creds-prod"), secret("x", "y")]);
+        assert_eq!(
+            out.secrets,
+            vec![secret("creds-dev", "creds-prod"), secret("x", "y")]
+        );
         let cleared = RemapEdit {
             set_secrets: vec![secret("a", "b")],
             clear: true,
@@ -414,7 +441,10 @@ mod tests {
         });
         assert!(e.to_string().contains("at most 200"), "{e}");
         validate(&Remap {
-            env: vec![env("DB_CONN", "sql-dev", "postgres://db:5432"), env("DB_CONN", "sql-test", "")],
+            env: vec![
+                env("DB_CONN", "sql-dev", "postgres://db:5432"),
+                env("DB_CONN", "sql-test", ""),
+            ],
             secrets: vec![secret("creds-dev", "creds-prod")],
         })
         .expect("a good map");

@@ -42,7 +42,9 @@ use ds_core::proto::{
     RotateDeployerTokenResponse, Stage, UpdateDeployerRequest, UpdateDeploymentRequest,
     UpdateStageRequest, inspect_reply, inspect_request,
 };
-use ds_core::proto::{PromoteDeploymentRequest, PromoteDeploymentResponse, SetDeployerRemapRequest};
+use ds_core::proto::{
+    PromoteDeploymentRequest, PromoteDeploymentResponse, SetDeployerRemapRequest,
+};
 use ds_core::remap::RemapEdit;
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;

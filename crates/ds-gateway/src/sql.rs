@@ -13,8 +13,8 @@ use super::rows::{
     StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row,
     deployment_from_row, encode_pods, grant_from_row, is_foreign_key_violation,
     is_unique_violation, key_from_row, now_ms, remap_from, remap_json, remapped_json, retryable,
-    revision_from_row, spec_json,
-    status_from_row, to_i64, to_u64, token_from_row, ts, user_from_row,
+    revision_from_row, spec_json, status_from_row, to_i64, to_u64, token_from_row, ts,
+    user_from_row,
 };
 use super::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
