@@ -2542,3 +2542,203 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
         unknown.stderr
     );
 }
+
+/// The model container's env value `name` and the pod's image pull secrets, as the
+/// simulated cluster at `client` stores the Deployment `iris` in `default`.
+async fn sim_pod(client: kube::Client, what: &str) -> (String, Vec<String>) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(client, "default");
+    ds_test_support::eventually(what, || {
+        let api = api.clone();
+        async move {
+            let d = api.get_opt("iris").await.ok()??;
+            let pod = d.spec?.template.spec?;
+            let model = pod.containers.iter().find(|c| c.name == "model")?;
+            let conn = model
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "DB_CONN")?
+                .value
+                .clone()?;
+            let secrets = pod
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect();
+            Some((conn, secrets))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn promote_with_wait_across_two_agents_on_two_simulated_clusters_remaps_in_the_target_cluster()
+ {
+    use ds_kube_sim::{SimCluster, SimConfig};
+    let t = start().await;
+    let sim_config = |failing: Option<&str>| SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        failing_image: failing.map(str::to_string),
+        ..Default::default()
+    };
+    let dev_sim = SimCluster::start(sim_config(None)).await.expect("dev sim");
+    let prod_sim = SimCluster::start(sim_config(None)).await.expect("prod sim");
+    // The image of the deployment fails in this cluster only.
+    let broken_sim = SimCluster::start(sim_config(Some("^tensorflow/")))
+        .await
+        .expect("broken sim");
+    let (_, dev_token) = t.deployer("dev").await;
+    let prod = t
+        .run(&[
+            "deployer",
+            "create",
+            "prod",
+            "--stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    let (_, broken_token) = t.deployer("broken").await;
+    let url = t.gw.url();
+    let dev_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, &dev_token),
+        dev_sim.client(),
+    )
+    .await;
+    let prod_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, prod["token"].as_str().unwrap()),
+        prod_sim.client(),
+    )
+    .await;
+    let broken_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, &broken_token),
+        broken_sim.client(),
+    )
+    .await;
+    t.run(&[
+        "deployer",
+        "remap",
+        "prod",
+        "--env",
+        "DB_CONN=sql-dev:sql-prod",
+        "--secret",
+        "creds-dev:creds-prod",
+    ])
+    .await
+    .ok();
+
+    let created = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "dev",
+            "-i",
+            IMAGE,
+            "--env",
+            "DB_CONN=sql-dev",
+            "--image-pull-secret",
+            "creds-dev",
+            "--wait",
+        ])
+        .await;
+    assert!(
+        created.ok().contains("Name:      iris")
+            && created
+                .stderr
+                .contains("deployment default/iris is available"),
+        "{}\n{}",
+        created.stdout,
+        created.stderr
+    );
+
+    let promoted = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod",
+            "--wait",
+        ])
+        .await;
+    let line = promoted.ok();
+    assert!(
+        line.contains("promoted to prod (created")
+            && line.contains("remapped: env DB_CONN sql-dev → sql-prod"),
+        "{line}"
+    );
+    assert!(
+        promoted
+            .stderr
+            .contains("waiting for deployment default/iris on prod")
+            && promoted
+                .stderr
+                .contains("default/iris: Available, 1/1 ready")
+            && promoted
+                .stderr
+                .contains("deployment default/iris is available"),
+        "{}",
+        promoted.stderr
+    );
+    assert_eq!(
+        get_on(&t, "iris", "prod").await["status"]["phase"],
+        "Available"
+    );
+
+    // What each agent applied to its own cluster.
+    let (conn, secrets) = sim_pod(prod_sim.client(), "the Deployment on the prod cluster").await;
+    assert_eq!(conn, "sql-prod");
+    assert_eq!(secrets, ["creds-prod"]);
+    let (conn, secrets) = sim_pod(dev_sim.client(), "the Deployment on the dev cluster").await;
+    assert_eq!(conn, "sql-dev", "the source's cluster is untouched");
+    assert_eq!(secrets, ["creds-dev"]);
+
+    // A target whose cluster fails the image: --wait reports it and names the target.
+    let failed = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "broken",
+            "--wait",
+        ])
+        .await;
+    let stderr = failed.failed();
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        stderr.contains("default/iris: Failed")
+            && error.starts_with("error: promotion of default/iris stopped at deployer broken")
+            && error.contains("Back-off pulling image"),
+        "{stderr}"
+    );
+    assert_eq!(
+        get_on(&t, "iris", "broken").await["status"]["phase"],
+        "Failed"
+    );
+    // No map on that deployer: its cluster got the source's values.
+    let (conn, secrets) =
+        sim_pod(broken_sim.client(), "the Deployment on the broken cluster").await;
+    assert_eq!(
+        (conn.as_str(), secrets),
+        ("sql-dev", vec!["creds-dev".to_string()])
+    );
+    // The cluster the failing one came after keeps what it had.
+    let (conn, _) = sim_pod(prod_sim.client(), "the Deployment on the prod cluster").await;
+    assert_eq!(conn, "sql-prod");
+
+    for agent in [dev_agent, prod_agent, broken_agent] {
+        agent.shutdown().await;
+    }
+}
