@@ -1,6 +1,7 @@
 //! The `ds` CLI tested as a process (`CARGO_BIN_EXE_ds`) against a real gateway running
 //! in the test on 127.0.0.1:0, with a temporary SQLite file. Where a status is needed
-//! (`--wait`), the test plays the agent with a tonic client and the deployer's token.
+//! (`--wait`), the test plays the agent with a tonic client and the deployer's token;
+//! the promotion test across clusters runs real agents on `ds-kube-sim` clusters instead.
 
 use ds_core::proto::{self, Phase};
 use ds_gateway::{GatewayArgs, RunningGateway};
@@ -2543,7 +2544,7 @@ async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal
     );
 }
 
-/// The model container's env value `name` and the pod's image pull secrets, as the
+/// The model container's `DB_CONN` value and the pod's image pull secrets, as the
 /// simulated cluster at `client` stores the Deployment `iris` in `default`.
 async fn sim_pod(client: kube::Client, what: &str) -> (String, Vec<String>) {
     use k8s_openapi::api::apps::v1::Deployment;
