@@ -1,6 +1,7 @@
 //! The `ds` CLI tested as a process (`CARGO_BIN_EXE_ds`) against a real gateway running
 //! in the test on 127.0.0.1:0, with a temporary SQLite file. Where a status is needed
-//! (`--wait`), the test plays the agent with a tonic client and the deployer's token.
+//! (`--wait`), the test plays the agent with a tonic client and the deployer's token;
+//! the promotion test across clusters runs real agents on `ds-kube-sim` clusters instead.
 
 use ds_core::proto::{self, Phase};
 use ds_gateway::{GatewayArgs, RunningGateway};
@@ -2301,4 +2302,520 @@ async fn bad_model_storage_options_are_refused_naming_the_flag() {
     );
     assert!(out.contains("s3-creds"), "{out}");
     t.gw.shutdown().await;
+}
+
+
+// === remapping and promotion ===
+
+/// `ds deployment get NAME -d DEPLOYER -o json`, parsed.
+async fn get_on(t: &TestGateway, name: &str, deployer: &str) -> Value {
+    t.run(&["deployment", "get", name, "-d", deployer, "-o", "json"])
+        .await
+        .json()
+}
+
+fn env_value(view: &Value, name: &str) -> String {
+    view["spec"]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no env {name} in {view}"))
+}
+
+#[tokio::test]
+async fn remapping_applies_on_create_and_promote_never_retroactively_and_describe_shows_it() {
+    let t = start().await;
+    t.deployer("dev").await;
+    t.run(&["deployer", "create", "prod", "--stage", "Production"])
+        .await
+        .ok();
+    let set = t
+        .run(&[
+            "deployer",
+            "remap",
+            "prod",
+            "--env",
+            "DB_CONN=sql-dev:sql-prod",
+            "--secret",
+            "creds-dev:creds-prod",
+        ])
+        .await;
+    assert!(
+        set.ok().contains("env DB_CONN sql-dev → sql-prod"),
+        "{}",
+        set.stdout
+    );
+    let got = t.run(&["deployer", "get", "prod"]).await;
+    assert!(
+        got.ok()
+            .contains("env DB_CONN sql-dev → sql-prod; secret creds-dev → creds-prod"),
+        "{}",
+        got.stdout
+    );
+    let spec_flags = [
+        "--env",
+        "DB_CONN=sql-dev",
+        "--env",
+        "OTHER=sql-dev",
+        "--image-pull-secret",
+        "creds-dev",
+    ];
+    t.deployment("dev", "iris", &spec_flags).await;
+    // Created on dev (no map): as given.
+    let dev = get_on(&t, "iris", "dev").await;
+    assert_eq!(env_value(&dev, "DB_CONN"), "sql-dev");
+
+    // Created on prod directly: remapped there too.
+    let direct = t.deployment("prod", "wine", &spec_flags).await;
+    assert_eq!(env_value(&direct, "DB_CONN"), "sql-prod");
+    assert_eq!(
+        env_value(&direct, "OTHER"),
+        "sql-dev",
+        "only the mapped name"
+    );
+    assert_eq!(direct["spec"]["image_pull_secrets"][0], "creds-prod");
+
+    // Promoted: the source's spec with the target's map.
+    let promoted = t
+        .run(&["deployment", "promote", "iris", "-d", "dev", "--to", "prod"])
+        .await;
+    let line = promoted.ok();
+    assert!(
+        line.contains("promoted to prod (created")
+            && line.contains("remapped: env DB_CONN sql-dev → sql-prod"),
+        "{line}"
+    );
+    let prod = get_on(&t, "iris", "prod").await;
+    assert_eq!(env_value(&prod, "DB_CONN"), "sql-prod");
+    assert_eq!(prod["spec"]["image_pull_secrets"][0], "creds-prod");
+    assert_eq!(prod["spec"]["image"], dev["spec"]["image"]);
+    assert_eq!(
+        env_value(&get_on(&t, "iris", "dev").await, "DB_CONN"),
+        "sql-dev",
+        "the source is untouched"
+    );
+    let described = t
+        .run(&["deployment", "describe", "iris", "-d", "prod"])
+        .await;
+    assert!(
+        described.ok().contains(
+            "Remapped: env DB_CONN sql-dev → sql-prod; secret creds-dev → creds-prod (image_pull_secrets)"
+        ),
+        "{}",
+        described.stdout
+    );
+    let history = t
+        .run(&["deployment", "history", "iris", "-d", "prod"])
+        .await;
+    assert!(
+        history.ok().contains("promoted from dev revision 1"),
+        "{}",
+        history.stdout
+    );
+
+    // Changing the map touches no existing deployment.
+    t.run(&[
+        "deployer",
+        "remap",
+        "prod",
+        "--env",
+        "DB_CONN=sql-dev:sql-other",
+    ])
+    .await
+    .ok();
+    let unchanged = get_on(&t, "iris", "prod").await;
+    assert_eq!(env_value(&unchanged, "DB_CONN"), "sql-prod");
+    assert_eq!(unchanged["revision"], prod["revision"]);
+    // An update is not remapped.
+    let updated = t
+        .run(&[
+            "deployment",
+            "update",
+            "wine",
+            "-d",
+            "prod",
+            "--env",
+            "DB_CONN=sql-dev",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(env_value(&updated, "DB_CONN"), "sql-dev");
+    // Promoting again changes the one there, with the map as it is now.
+    let again = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    assert_eq!(again[0]["outcome"], "promoted");
+    assert_eq!(again[0]["created"], false);
+    assert_eq!(
+        env_value(&get_on(&t, "iris", "prod").await, "DB_CONN"),
+        "sql-other"
+    );
+    let audit = audit_summary(&t, &[]).await;
+    let actions: Vec<&str> = audit.iter().map(|r| r.1.as_str()).collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "deployer.remap").count(),
+        2
+    );
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "deployment.promote")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn remap_flag_errors_name_the_flag() {
+    let t = start().await;
+    t.deployer("prod").await;
+    for (args, flag, rule) in [
+        (vec!["--env", "DB_CONN"], "--env", "NAME=FROM:TO"),
+        (vec!["--env", "DB_CONN=a:a"], "--env", "the same"),
+        (
+            vec!["--env", "1X=a:b"],
+            "--env",
+            "environment variable name",
+        ),
+        (vec!["--secret", "creds"], "--secret", "FROM:TO"),
+        (
+            vec!["--secret", "Creds_Dev:creds"],
+            "--secret",
+            "Secret names",
+        ),
+        (vec!["--remove-env", "NOPE"], "--remove-env", "no env entry"),
+        (vec![], "--env", "nothing to change"),
+    ] {
+        let mut all = vec!["deployer", "remap", "prod"];
+        all.extend(args.iter().copied());
+        let run = t.run(&all).await;
+        let line = run.one_line_error();
+        assert!(
+            line.contains(flag) && line.contains(rule),
+            "{args:?}: {line}"
+        );
+    }
+    let got = t
+        .run(&["deployer", "get", "prod", "-o", "json"])
+        .await
+        .json();
+    assert!(got.get("remap").is_none(), "nothing was stored: {got}");
+}
+
+#[tokio::test]
+async fn promote_to_a_stage_goes_target_by_target_and_stops_at_the_first_refusal() {
+    let t = start().await;
+    t.deployer("dev").await;
+    let mut tokens = Vec::new();
+    for name in ["prod-a", "prod-b", "prod-c"] {
+        let created = t
+            .run(&[
+                "deployer",
+                "create",
+                name,
+                "--stage",
+                "Production",
+                "-o",
+                "json",
+            ])
+            .await
+            .json();
+        tokens.push(created["token"].as_str().unwrap().to_string());
+    }
+    // prod-b's agent has rights in one other namespace only: the gateway refuses there.
+    let mut agent = ds_test_support::agent_service(&t.gw.url(), &tokens[1]);
+    agent
+        .report_status(proto::StatusReport {
+            agent: Some(proto::AgentInfo {
+                version: "test-agent".into(),
+                cluster: "test".into(),
+                namespaces: vec!["restricted".into()],
+                ..Default::default()
+            }),
+            statuses: vec![],
+            objects: None,
+        })
+        .await
+        .expect("heartbeat accepted");
+    t.deployment("dev", "iris", &[]).await;
+    let run = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b")
+            && line.contains("restricted")
+            && line.contains("done: prod-a")
+            && line.contains("not run: prod-c"),
+        "{line}"
+    );
+    let results: Value = serde_json::from_str(&run.stdout).expect("per-target results");
+    let outcomes: Vec<(&str, &str)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["deployer"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("prod-a", "promoted"),
+            ("prod-b", "failed"),
+            ("prod-c", "not-run")
+        ]
+    );
+    assert_eq!(get_on(&t, "iris", "prod-a").await["name"], "iris");
+    for untouched in ["prod-b", "prod-c"] {
+        let ls = t
+            .run(&["deployment", "ls", "-d", untouched, "-o", "json"])
+            .await;
+        let listed: Value = serde_json::from_str(&ls.stdout).unwrap_or(Value::Array(vec![]));
+        assert_eq!(listed, Value::Array(vec![]), "{untouched}: {}", ls.stdout);
+    }
+    let unknown = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Prod",
+        ])
+        .await;
+    assert!(
+        unknown.one_line_error().contains("--to-stage"),
+        "{}",
+        unknown.stderr
+    );
+}
+
+/// The model container's `DB_CONN` value and the pod's image pull secrets, as the
+/// simulated cluster at `client` stores the Deployment `iris` in `default`.
+async fn sim_pod(client: kube::Client, what: &str) -> (String, Vec<String>) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(client, "default");
+    ds_test_support::eventually(what, || {
+        let api = api.clone();
+        async move {
+            let d = api.get_opt("iris").await.ok()??;
+            let pod = d.spec?.template.spec?;
+            let model = pod.containers.iter().find(|c| c.name == "model")?;
+            let conn = model
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "DB_CONN")?
+                .value
+                .clone()?;
+            let secrets = pod
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect();
+            Some((conn, secrets))
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn promote_with_wait_across_two_agents_on_two_simulated_clusters_remaps_in_the_target_cluster()
+ {
+    use ds_kube_sim::{SimCluster, SimConfig};
+    let t = start().await;
+    let sim_config = |failing: Option<&str>| SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        failing_image: failing.map(str::to_string),
+        ..Default::default()
+    };
+    let dev_sim = SimCluster::start(sim_config(None)).await.expect("dev sim");
+    let prod_sim = SimCluster::start(sim_config(None)).await.expect("prod sim");
+    // The image of the deployment fails in this cluster only.
+    let broken_sim = SimCluster::start(sim_config(Some("^tensorflow/")))
+        .await
+        .expect("broken sim");
+    let (_, dev_token) = t.deployer("dev").await;
+    let prod = t
+        .run(&[
+            "deployer",
+            "create",
+            "prod",
+            "--stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await
+        .json();
+    let (_, broken_token) = t.deployer("broken").await;
+    let url = t.gw.url();
+    let dev_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, &dev_token),
+        dev_sim.client(),
+    )
+    .await;
+    let prod_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, prod["token"].as_str().unwrap()),
+        prod_sim.client(),
+    )
+    .await;
+    let broken_agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&url, &broken_token),
+        broken_sim.client(),
+    )
+    .await;
+    t.run(&[
+        "deployer",
+        "remap",
+        "prod",
+        "--env",
+        "DB_CONN=sql-dev:sql-prod",
+        "--secret",
+        "creds-dev:creds-prod",
+    ])
+    .await
+    .ok();
+
+    let created = t
+        .run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            "iris",
+            "-d",
+            "dev",
+            "-i",
+            IMAGE,
+            "--env",
+            "DB_CONN=sql-dev",
+            "--image-pull-secret",
+            "creds-dev",
+            "--wait",
+        ])
+        .await;
+    assert!(
+        created.ok().contains("Name:      iris")
+            && created
+                .stderr
+                .contains("deployment default/iris is available"),
+        "{}\n{}",
+        created.stdout,
+        created.stderr
+    );
+
+    let promoted = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod",
+            "--wait",
+        ])
+        .await;
+    let line = promoted.ok();
+    assert!(
+        line.contains("promoted to prod (created")
+            && line.contains("remapped: env DB_CONN sql-dev → sql-prod"),
+        "{line}"
+    );
+    assert!(
+        promoted
+            .stderr
+            .contains("waiting for deployment default/iris on prod")
+            && promoted
+                .stderr
+                .contains("default/iris: Available, 1/1 ready")
+            && promoted
+                .stderr
+                .contains("deployment default/iris is available"),
+        "{}",
+        promoted.stderr
+    );
+    assert_eq!(
+        get_on(&t, "iris", "prod").await["status"]["phase"],
+        "Available"
+    );
+
+    // What each agent applied to its own cluster.
+    let (conn, secrets) = sim_pod(prod_sim.client(), "the Deployment on the prod cluster").await;
+    assert_eq!(conn, "sql-prod");
+    assert_eq!(secrets, ["creds-prod"]);
+    let (conn, secrets) = sim_pod(dev_sim.client(), "the Deployment on the dev cluster").await;
+    assert_eq!(conn, "sql-dev", "the source's cluster is untouched");
+    assert_eq!(secrets, ["creds-dev"]);
+
+    // A target whose cluster fails the image: --wait reports it and names the target.
+    let failed = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "broken",
+            "--wait",
+        ])
+        .await;
+    let stderr = failed.failed();
+    let error = stderr.lines().last().unwrap_or_default();
+    assert!(
+        stderr.contains("default/iris: Failed")
+            && error.starts_with("error: promotion of default/iris stopped at deployer broken")
+            && error.contains("Back-off pulling image"),
+        "{stderr}"
+    );
+    assert_eq!(
+        get_on(&t, "iris", "broken").await["status"]["phase"],
+        "Failed"
+    );
+    // No map on that deployer: its cluster got the source's values.
+    let (conn, secrets) =
+        sim_pod(broken_sim.client(), "the Deployment on the broken cluster").await;
+    assert_eq!(
+        (conn.as_str(), secrets),
+        ("sql-dev", vec!["creds-dev".to_string()])
+    );
+    // The cluster the failing one came after keeps what it had.
+    let (conn, _) = sim_pod(prod_sim.client(), "the Deployment on the prod cluster").await;
+    assert_eq!(conn, "sql-prod");
+
+    for agent in [dev_agent, prod_agent, broken_agent] {
+        agent.shutdown().await;
+    }
 }

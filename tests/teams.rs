@@ -71,6 +71,9 @@ const TABLE: &[(&str, Need)] = &[
     ("UpdateStage", Need::GatewayAdmin),
     ("UpdateDeployer", Need::GatewayAdmin),
     ("ListAudit", Need::GatewayAdmin),
+    ("SetDeployerRemap", ADMIN),
+    // Deploy on the target `d`; every case sees the source (View on `src`).
+    ("PromoteDeployment", DEPLOY),
 ];
 
 /// Who calls: a role on deployer `d` through its group (0 none … 3 Admin), or a gateway
@@ -224,6 +227,9 @@ async fn prepare(admin: &mut Control, url: &str, case: Case) -> Control {
         })
         .await
         .unwrap();
+    // The source of PromoteDeployment: visible to every case, so that only the role on
+    // the target decides.
+    grant(admin, "src", &format!("g-{n}"), 1).await;
     if case.role > 0 {
         grant(admin, "d", &format!("g-{n}"), case.role).await;
         grant(admin, &format!("x-{n}"), &format!("g-{n}"), case.role).await;
@@ -461,6 +467,28 @@ async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result
             .list_audit(proto::ListAuditRequest::default())
             .await
             .map(ok),
+        "SetDeployerRemap" => c
+            .set_deployer_remap(proto::SetDeployerRemapRequest {
+                deployer: "d".into(),
+                set_secrets: vec![proto::SecretRemap {
+                    from: format!("creds-{n}"),
+                    to: "creds-prod".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .map(ok),
+        "PromoteDeployment" => c
+            .promote_deployment(proto::PromoteDeploymentRequest {
+                selector: Some(proto::GetDeploymentRequest {
+                    deployment: "promo".into(),
+                    deployer: "src".into(),
+                    ..Default::default()
+                }),
+                to_deployer: "d".into(),
+            })
+            .await
+            .map(ok),
         other => panic!("no call for RPC {other}: add one to the matrix"),
     }
 }
@@ -495,6 +523,14 @@ async fn every_rpc_is_allowed_or_denied_per_role_as_the_table_says() {
         .await
         .unwrap();
     create_deployment(&mut admin, "d", "iris").await.unwrap();
+    admin
+        .create_deployer(proto::CreateDeployerRequest {
+            name: "src".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    create_deployment(&mut admin, "src", "promo").await.unwrap();
     create_user(&mut admin, "other", false).await;
     create_group(&mut admin, "spare", &[]).await;
 

@@ -194,6 +194,7 @@ contract!(
     grants_are_one_role_per_group_and_deployer,
     an_upgraded_database_gives_its_api_keys_to_the_admin_user,
     team_changes_are_audited_once_with_their_actor,
+    a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_made,
 );
 
 /// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
@@ -1373,6 +1374,7 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
             &dev.id,
             &DeployerUpdate {
                 stage: Some("Staging".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -1385,6 +1387,7 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
                 &dev.id,
                 &DeployerUpdate {
                     stage: Some("Nope".into()),
+                    ..DeployerUpdate::default()
                 },
             )
             .await,
@@ -1435,6 +1438,7 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
             &dev.id,
             &DeployerUpdate {
                 stage: Some("Test".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -1454,6 +1458,7 @@ async fn stages_are_ordered_renamed_and_removed_only_when_empty(b: Backend) -> B
             &prod.id,
             &DeployerUpdate {
                 stage: Some("Test".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -1557,6 +1562,7 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
             &d.id,
             &DeployerUpdate {
                 stage: Some("Production".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -1582,6 +1588,7 @@ async fn every_change_writes_one_audit_row_with_its_actor(b: Backend) -> Backend
             &d.id,
             &DeployerUpdate {
                 stage: Some("Production".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -1801,6 +1808,7 @@ async fn check_upgraded(store: Arc<dyn Store>) {
             "d-old",
             &DeployerUpdate {
                 stage: Some("Production".into()),
+                ..DeployerUpdate::default()
             },
         )
         .await
@@ -2399,5 +2407,115 @@ async fn team_changes_are_audited_once_with_their_actor(b: Backend) -> Backend {
     );
     let everything = format!("{rows:?}");
     assert!(!everything.contains("bob-secret"), "no secret in the log");
+    b
+}
+
+// === remapping ===
+
+async fn a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_made(
+    b: Backend,
+) -> Backend {
+    use ds_core::remap::{EnvRemap, RemapEdit, RemapKind, Remapped, SecretRemap};
+    let store = b.store();
+    let by = by("alice (key 0123456789abcdef)");
+    let d = register(&store, "prod").await;
+    assert!(d.remap.is_empty(), "a new deployer maps nothing");
+    let edit = RemapEdit {
+        set_env: vec![EnvRemap {
+            name: "DB_CONN".into(),
+            from: "sql-dev".into(),
+            to: "sql-prod".into(),
+        }],
+        set_secrets: vec![SecretRemap {
+            from: "creds-dev".into(),
+            to: "creds-prod".into(),
+        }],
+        ..RemapEdit::default()
+    };
+    let update = DeployerUpdate {
+        remap: Some(edit),
+        ..DeployerUpdate::default()
+    };
+    let mapped = store.update_deployer(&by, &d.id, &update).await.unwrap();
+    assert_eq!(mapped.remap.env[0].to, "sql-prod");
+    assert_eq!(mapped.remap.secrets[0].to, "creds-prod");
+    // Read back on its own, and in the list.
+    assert_eq!(
+        store.get_deployer("prod").await.unwrap().remap,
+        mapped.remap
+    );
+    assert_eq!(store.list_deployers().await.unwrap()[0].remap, mapped.remap);
+    // An edit applies to the map as stored: this one removes the env entry only.
+    let removal = DeployerUpdate {
+        remap: Some(RemapEdit {
+            remove_env: vec!["DB_CONN".into()],
+            ..RemapEdit::default()
+        }),
+        ..DeployerUpdate::default()
+    };
+    let after = store.update_deployer(&by, &d.id, &removal).await.unwrap();
+    assert!(after.remap.env.is_empty());
+    assert_eq!(after.remap.secrets, mapped.remap.secrets);
+    // An edit whose result breaks a rule changes nothing and writes no row.
+    let bad = DeployerUpdate {
+        remap: Some(RemapEdit {
+            set_secrets: vec![SecretRemap {
+                from: "x".into(),
+                to: "x".into(),
+            }],
+            ..RemapEdit::default()
+        }),
+        ..DeployerUpdate::default()
+    };
+    match store.update_deployer(&by, &d.id, &bad).await {
+        Err(StoreError::Invalid(e)) => assert_eq!(e.field, "--secret"),
+        other => panic!("an invalid map must be Invalid, got {other:?}"),
+    }
+    assert_eq!(store.get_deployer(&d.id).await.unwrap().remap, after.remap);
+    let rows = store
+        .list_audit(&AuditQuery {
+            actor: Some(by.actor.clone()),
+            limit: 100,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let remaps: Vec<_> = rows
+        .iter()
+        .filter(|r| r.action == "deployer.remap")
+        .collect();
+    assert_eq!(remaps.len(), 2, "one row per change: {rows:?}");
+    assert_eq!(remaps[0].object, "prod");
+    assert_eq!(remaps[0].deployer_id.as_deref(), Some(d.id.as_str()));
+    assert!(remaps[0].after.as_ref().unwrap().contains("sql-prod"));
+    assert!(remaps[1].before.as_ref().unwrap().contains("sql-prod"));
+
+    // What a create and an update remapped is kept with their revisions; a change that
+    // remapped nothing keeps nothing.
+    let replaced = vec![Remapped {
+        kind: RemapKind::Secret,
+        name: "image_pull_secrets".into(),
+        from: "creds-dev".into(),
+        to: "creds-prod".into(),
+    }];
+    let with = ChangeBy {
+        remapped: replaced.clone(),
+        ..by.clone()
+    };
+    let iris = store
+        .create_deployment_by(&with, &d.id, "iris", "default", &spec("iris", 1))
+        .await
+        .unwrap();
+    let iris2 = store
+        .update_deployment_by(&by, &iris.id, iris.revision, &spec("iris", 2))
+        .await
+        .unwrap();
+    store
+        .update_deployment_by(&with, &iris.id, iris2.revision, &spec("iris", 3))
+        .await
+        .unwrap();
+    let revisions = store.list_revisions(&iris.id).await.unwrap();
+    let kept: Vec<&[Remapped]> = revisions.iter().map(|r| r.remapped.as_slice()).collect();
+    assert_eq!(kept, [&replaced[..], &[][..], &replaced[..]]);
     b
 }

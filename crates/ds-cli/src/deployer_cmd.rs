@@ -63,6 +63,10 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
     {
         return Err(CliError::NothingToUpdateDeployer(deployer.clone()));
     }
+    let remap = match &args.command {
+        DeployerCommand::Remap(remap) => Some(super::promote_cmd::remap_request(remap)?),
+        _ => None,
+    };
     let connection = config::resolve(&args.global)?;
     let url = connection.url.clone();
     let mut control = client::connect(&connection).await?;
@@ -134,6 +138,29 @@ pub async fn run(args: DeployerArgs) -> Result<(), CliError> {
                     || output::deployer_names(&views),
                 )?;
             }
+        }
+        DeployerCommand::Remap(_) => {
+            let req = remap.expect("built above for remap");
+            let updated = control
+                .set_deployer_remap(request(req))
+                .await
+                .map_err(err)?
+                .into_inner();
+            let view = DeployerView::from(&updated);
+            let one = std::slice::from_ref(&view);
+            output::print_resource(
+                format,
+                &view,
+                || {
+                    format!(
+                        "deployer {} remapping: {}\n(applies to deployments created on or promoted to it from now on)",
+                        view.name,
+                        output::remap_text(view.remap.as_ref())
+                    )
+                },
+                || output::deployers_wide_table(one),
+                || output::deployer_names(one),
+            )?;
         }
         DeployerCommand::Get { deployer } => {
             let found = control

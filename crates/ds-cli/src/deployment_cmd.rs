@@ -182,6 +182,9 @@ pub async fn run(args: DeploymentArgs) -> Result<(), CliError> {
         DeploymentCommand::Diff(diff) => {
             super::history_cmd::diff(&mut control, &url, &diff, format).await?;
         }
+        DeploymentCommand::Promote(promote) => {
+            super::promote_cmd::promote(&mut control, &url, &promote, format).await?;
+        }
         DeploymentCommand::Rollback(rollback) => {
             let updated = super::history_cmd::rollback(&mut control, &url, &rollback).await?;
             let view = DeploymentView::from(&updated);

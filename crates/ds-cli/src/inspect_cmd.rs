@@ -31,6 +31,55 @@ struct DescriptionView {
     history: Vec<RevisionView>,
     /// Its most recent hook runs, oldest first.
     hook_runs: Vec<HookRunView>,
+    /// What its deployer's remapping replaced when it was created or promoted there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    remapped: Vec<RemappedView>,
+}
+
+/// One replacement of a deployer's remapping, as `-o json|yaml` shows it.
+#[derive(Serialize)]
+pub(crate) struct RemappedView {
+    /// `env` or `secret`.
+    pub kind: String,
+    /// The variable's name (env) or the spec field naming the Secret.
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+impl From<&proto::Remapped> for RemappedView {
+    fn from(r: &proto::Remapped) -> Self {
+        Self {
+            kind: r.kind.clone(),
+            name: r.name.clone(),
+            from: r.from.clone(),
+            to: r.to.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RemappedView {
+    /// `env DB_CONN sql-dev → sql-prod`, `secret creds-dev → creds-prod (tls_secret)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kind == "env" {
+            write!(f, "env {} {} → {}", self.name, self.from, self.to)
+        } else {
+            write!(
+                f,
+                "{} {} → {} ({})",
+                self.kind, self.from, self.to, self.name
+            )
+        }
+    }
+}
+
+/// Replacements as one line: `env DB_CONN sql-dev → sql-prod; secret …`.
+pub(crate) fn remapped_line(remapped: &[RemappedView]) -> String {
+    remapped
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Serialize)]
@@ -168,6 +217,7 @@ pub async fn describe(
         cluster_error: (!answer.cluster_error.is_empty()).then_some(answer.cluster_error),
         history: answer.history.iter().map(RevisionView::from).collect(),
         hook_runs: answer.hook_runs.iter().map(HookRunView::from).collect(),
+        remapped: answer.remapped.iter().map(RemappedView::from).collect(),
     };
     print(format, &described, || description_text(&described))
 }
@@ -187,6 +237,9 @@ fn pod_view(p: proto::PodDescription) -> PodView {
 
 fn description_text(d: &DescriptionView) -> String {
     let mut out = output::deployment_fields(&d.deployment);
+    if !d.remapped.is_empty() {
+        out.push_str(&format!("Remapped: {}\n", remapped_line(&d.remapped)));
+    }
     out.push_str("\nRecent revisions:\n");
     out.extend(
         history_cmd::table(&d.history)

@@ -18,6 +18,7 @@
 //! - `scale_flags`: the autoscaling and disruption-budget flags of create/update.
 //! - `version`: `ds version`.
 //! - `watch`: `ls -w` / `get -w`.
+//! - `promote_cmd`: `ds deployment promote` (and the parsing of `ds deployer remap`).
 
 mod audit_cmd;
 mod client;
@@ -31,6 +32,7 @@ mod inspect_cmd;
 mod output;
 mod parse;
 mod pod_flags;
+mod promote_cmd;
 mod scale_flags;
 mod stage_cmd;
 mod storage_flags;
@@ -123,6 +125,9 @@ pub enum DeployerCommand {
         /// Deployer name or ID.
         deployer: String,
     },
+    /// Change a deployer's remapping: env values and Secret names replaced in the
+    /// deployments created on or promoted to it from now on (existing ones keep theirs).
+    Remap(RemapArgs),
     /// Delete a deployer; its tokens stop working. Refused while it has deployments,
     /// unless `--cascade` or `--orphan` says what becomes of them.
     #[command(visible_alias = "delete")]
@@ -244,6 +249,56 @@ pub enum DeploymentCommand {
     Diff(DiffArgs),
     /// Restore the spec of an earlier revision (as a new revision).
     Rollback(RollbackArgs),
+    /// Copy a deployment's current spec to another deployer (or every deployer of a
+    /// stage, one after the other), with that deployer's remapping.
+    Promote(PromoteArgs),
+}
+
+/// `ds deployer remap`: `--clear` first, then the removals, then the additions.
+#[derive(Debug, Clone, Args)]
+pub struct RemapArgs {
+    /// Deployer name or ID.
+    pub deployer: String,
+    /// Replace value FROM of env variable NAME by TO: `NAME=FROM:TO` (FROM ends at the
+    /// first ':'). Repeatable.
+    #[arg(long = "env", value_name = "NAME=FROM:TO")]
+    pub env: Vec<String>,
+    /// Replace Secret FROM by Secret TO wherever a spec names a Secret (image pull
+    /// secrets, TLS secret): `FROM:TO`. Repeatable.
+    #[arg(long = "secret", value_name = "FROM:TO")]
+    pub secret: Vec<String>,
+    /// Remove the env entries of variable NAME. Repeatable.
+    #[arg(long = "remove-env", value_name = "NAME")]
+    pub remove_env: Vec<String>,
+    /// Remove the entry of Secret FROM. Repeatable.
+    #[arg(long = "remove-secret", value_name = "FROM")]
+    pub remove_secret: Vec<String>,
+    /// Remove every entry (before the additions given with it).
+    #[arg(long)]
+    pub clear: bool,
+}
+
+/// `ds deployment promote`
+#[derive(Debug, Clone, Args)]
+pub struct PromoteArgs {
+    /// The deployment to promote (ID or name; `-d` names its deployer).
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The target deployer (name or ID).
+    #[arg(
+        long,
+        value_name = "DEPLOYER",
+        required_unless_present = "to_stage",
+        conflicts_with = "to_stage"
+    )]
+    pub to: Option<String>,
+    /// Every deployer of this stage you can see, by name, one after the other; a
+    /// target that is refused or fails stops the rest.
+    #[arg(long = "to-stage", value_name = "STAGE")]
+    pub to_stage: Option<String>,
+    /// Wait for each target to be Available before the next.
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 /// `ds deployment diff`
@@ -716,6 +771,27 @@ pub enum CliError {
     NothingToUpdate(String),
     #[error("nothing to change for deployer {0}: give --stage")]
     NothingToUpdateDeployer(String),
+    #[error(
+        "nothing to change in deployer {0}'s remapping: give --env, --secret, --remove-env, --remove-secret or --clear"
+    )]
+    NothingToRemap(String),
+    #[error("no deployer of stage {stage} to promote {deployment} to{why}")]
+    NoPromotionTarget {
+        stage: String,
+        deployment: String,
+        why: String,
+    },
+    /// A target of a promotion was refused or failed: the ones after it were not tried.
+    #[error(
+        "promotion of {deployment} stopped at deployer {target}: {error} (done: {done}; not run: {not_run})"
+    )]
+    PromotionStopped {
+        deployment: String,
+        target: String,
+        error: String,
+        done: String,
+        not_run: String,
+    },
     #[error(transparent)]
     Invalid(#[from] ValidationError),
     /// A validation error said with the flag that set the value.

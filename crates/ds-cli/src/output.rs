@@ -183,6 +183,39 @@ pub struct DeployerView {
     pub grants: Vec<super::teams_cmd::GrantView>,
     /// The lifecycle stage it is in.
     pub stage: String,
+    /// Its remapping: env values and Secret names replaced in deployments created on or
+    /// promoted to it. Left out when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remap: Option<RemapView>,
+}
+
+/// A deployer's remapping as `-o json|yaml` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemapView {
+    pub env: Vec<ds_core::remap::EnvRemap>,
+    pub secrets: Vec<ds_core::remap::SecretRemap>,
+}
+
+/// A remapping as `ds deployer get` shows it: `env DB_CONN sql-dev → sql-prod; secret
+/// creds-dev → creds-prod`, or `<none>`.
+pub fn remap_text(remap: Option<&RemapView>) -> String {
+    let Some(r) = remap else {
+        return "<none>".to_string();
+    };
+    let env = r
+        .env
+        .iter()
+        .map(|e| format!("env {} {} → {}", e.name, e.from, e.to));
+    let secrets = r
+        .secrets
+        .iter()
+        .map(|s| format!("secret {} → {}", s.from, s.to));
+    let all: Vec<String> = env.chain(secrets).collect();
+    if all.is_empty() {
+        "<none>".to_string()
+    } else {
+        all.join("; ")
+    }
 }
 
 impl From<&proto::Deployer> for DeployerView {
@@ -209,6 +242,13 @@ impl From<&proto::Deployer> for DeployerView {
                 .map(super::teams_cmd::GrantView::from)
                 .collect(),
             stage: d.stage.clone(),
+            remap: d.remap.clone().map(|r| {
+                let r = ds_core::remap::Remap::from(r);
+                RemapView {
+                    env: r.env,
+                    secrets: r.secrets,
+                }
+            }),
         }
     }
 }
@@ -304,6 +344,7 @@ pub fn deployer_fields(d: &DeployerView) -> String {
         ("Deployments", d.deployments.to_string()),
         ("Revision", d.revision.to_string()),
         ("Grants", super::teams_cmd::grants_text(&d.grants)),
+        ("Remap", remap_text(d.remap.as_ref())),
         (
             "Created",
             format!("{} ({} ago)", d.created_at, format_age(&d.created_at)),

@@ -186,6 +186,79 @@ impl From<DeployedObject> for proto::Deployment {
     }
 }
 
+// === remapping ===
+
+impl From<crate::remap::Remap> for proto::Remap {
+    fn from(r: crate::remap::Remap) -> Self {
+        proto::Remap {
+            env: r.env.into_iter().map(Into::into).collect(),
+            secrets: r.secrets.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<proto::Remap> for crate::remap::Remap {
+    fn from(r: proto::Remap) -> Self {
+        crate::remap::Remap {
+            env: r.env.into_iter().map(Into::into).collect(),
+            secrets: r.secrets.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<crate::remap::EnvRemap> for proto::EnvRemap {
+    fn from(r: crate::remap::EnvRemap) -> Self {
+        proto::EnvRemap {
+            name: r.name,
+            from: r.from,
+            to: r.to,
+        }
+    }
+}
+
+impl From<proto::EnvRemap> for crate::remap::EnvRemap {
+    fn from(r: proto::EnvRemap) -> Self {
+        crate::remap::EnvRemap {
+            name: r.name,
+            from: r.from,
+            to: r.to,
+        }
+    }
+}
+
+impl From<crate::remap::SecretRemap> for proto::SecretRemap {
+    fn from(r: crate::remap::SecretRemap) -> Self {
+        proto::SecretRemap {
+            from: r.from,
+            to: r.to,
+        }
+    }
+}
+
+impl From<proto::SecretRemap> for crate::remap::SecretRemap {
+    fn from(r: proto::SecretRemap) -> Self {
+        crate::remap::SecretRemap {
+            from: r.from,
+            to: r.to,
+        }
+    }
+}
+
+impl From<crate::remap::Remapped> for proto::Remapped {
+    fn from(r: crate::remap::Remapped) -> Self {
+        let kind = match r.kind {
+            crate::remap::RemapKind::Env => "env",
+            crate::remap::RemapKind::Secret => "secret",
+        };
+        proto::Remapped {
+            kind: kind.to_string(),
+            name: r.name,
+            from: r.from,
+            to: r.to,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod model_source;
 pub mod ownership;
 pub mod proto;
+pub mod remap;
 pub mod spec;
 pub mod validate;
 

@@ -29,7 +29,11 @@ pub struct ValidationError {
 }
 
 impl ValidationError {
-    fn new(field: impl Into<String>, value: impl Into<String>, rule: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        field: impl Into<String>,
+        value: impl Into<String>,
+        rule: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.into(),
             value: value.into(),
@@ -330,6 +334,19 @@ pub fn validate_stage_name(field: &str, name: &str) -> Result<(), ValidationErro
 /// The rule broken, naming `field`.
 pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), ValidationError> {
     check_dns1123_label(field, namespace)
+}
+
+/// Whether `name` is a Kubernetes environment variable name (the rule of `env[i].name`).
+pub(crate) fn env_name_ok(name: &str) -> bool {
+    ENV_NAME.is_match(name) && name != "." && name != ".."
+}
+
+/// Checks a Secret's name given in `field`: a DNS-1123 subdomain.
+pub(crate) fn check_secret_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(field, name, "must not be empty"));
+    }
+    check_dns1123_subdomain(field, name)
 }
 
 // === names ===

@@ -68,12 +68,14 @@ pub enum Rpc {
     AddHook,
     ListHooks,
     RemoveHook,
+    SetDeployerRemap,
+    PromoteDeployment,
 }
 
 impl Rpc {
     /// Every RPC, in the proto's order (the test that holds the table to the proto).
     #[cfg(test)]
-    pub const ALL: [Rpc; 41] = [
+    pub const ALL: [Rpc; 43] = [
         Rpc::CreateDeployer,
         Rpc::ListDeployers,
         Rpc::GetDeployer,
@@ -115,6 +117,8 @@ impl Rpc {
         Rpc::AddHook,
         Rpc::ListHooks,
         Rpc::RemoveHook,
+        Rpc::SetDeployerRemap,
+        Rpc::PromoteDeployment,
     ];
 
     /// THE permission table: what each RPC needs, and what it does in the words of a
@@ -170,6 +174,10 @@ impl Rpc {
             Rpc::AddHook => (Deployer(Admin), "adding hooks"),
             Rpc::ListHooks => (Deployer(View), "listing hooks"),
             Rpc::RemoveHook => (Deployer(Admin), "removing hooks"),
+            Rpc::SetDeployerRemap => (Deployer(Admin), "changing the deployer's remapping"),
+            // Deploy on the target; the source needs only View (being visible), checked
+            // when it is selected.
+            Rpc::PromoteDeployment => (Deployer(Deploy), "promoting deployments to it"),
         }
     }
 

@@ -44,6 +44,10 @@ use ds_core::proto::{
     UpdateStageRequest, inspect_reply, inspect_request,
 };
 use ds_core::proto::{AddHookRequest, Hook, ListHooksRequest, ListHooksResponse, RemoveHookRequest};
+use ds_core::proto::{
+    PromoteDeploymentRequest, PromoteDeploymentResponse, SetDeployerRemapRequest,
+};
+use ds_core::remap::RemapEdit;
 use ds_core::{DeploymentSpec, NewDeployment};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -441,8 +445,9 @@ impl ControlSvc {
             .map_err(store_status)
     }
 
-    /// Creates a validated deployment on `deployer` as a new revision made `by`, after the
-    /// deployer's namespace rights and stage policy: the one path of every new deployment.
+    /// Creates a validated deployment on `deployer` as a new revision made `by`, with the
+    /// deployer's remapping applied, after its namespace rights and stage policy: the one
+    /// path of every new deployment (a create, a promotion to a deployer without it).
     async fn create_in(
         &self,
         caller: &Caller,
@@ -454,6 +459,15 @@ impl ControlSvc {
     ) -> Result<DeploymentView, Status> {
         let deployer_id = deployer.id.clone();
         let deployer_name = deployer.name.clone();
+        // The deployer's remapping, first: everything after (validation, policy, the
+        // store) sees the spec that will run there. Validated again: a remapped Secret
+        // may now be named twice.
+        let (spec, remapped) = ds_core::remap::apply(&spec, &deployer.remap);
+        ds_core::validate_deployment(&name, &namespace, &spec).map_err(invalid)?;
+        let by = &ChangeBy {
+            remapped,
+            ..by.clone()
+        };
         if !deployer.agent_namespaces.is_empty() && !deployer.agent_namespaces.contains(&namespace)
         {
             // The agent could never write there: say so now rather than as a Failed status.
@@ -467,7 +481,7 @@ impl ControlSvc {
             }));
         }
         let event = AuditEvent::new(
-            "deployment.create",
+            by.action_or("deployment.create"),
             audit::DEPLOYMENT,
             format!("{namespace}/{name}"),
         )
@@ -918,6 +932,14 @@ impl ControlService for ControlSvc {
             .list_hook_runs(&record.id, hooks::DESCRIBE_RUNS)
             .await
             .map_err(store_status)?;
+        // Updates do not remap: the last create or promotion that did says what the
+        // current spec owes to the deployer's map.
+        let remapped = revisions
+            .iter()
+            .rev()
+            .find(|r| !r.remapped.is_empty())
+            .map(|r| r.remapped.iter().cloned().map(Into::into).collect())
+            .unwrap_or_default();
         let view = self.view(record).await?;
         Ok(Response::new(DeploymentDescription {
             view: Some(view),
@@ -925,6 +947,7 @@ impl ControlService for ControlSvc {
             cluster_error,
             history,
             hook_runs: hook_runs.iter().map(hooks::run_to_proto).collect(),
+            remapped,
         }))
     }
 
@@ -1931,7 +1954,10 @@ impl ControlService for ControlSvc {
             }
             self.known_stage(stage).await?;
         }
-        let update = DeployerUpdate { stage: req.stage };
+        let update = DeployerUpdate {
+            stage: req.stage,
+            ..DeployerUpdate::default()
+        };
         let updated = self
             .shared
             .store
@@ -2023,6 +2049,146 @@ impl ControlService for ControlSvc {
         Ok(Response::new(ListAuditResponse {
             entries: rows.into_iter().map(Into::into).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn set_deployer_remap(
+        &self,
+        request: Request<SetDeployerRemapRequest>,
+    ) -> Result<Response<Deployer>, Status> {
+        let caller = self.authorize(&request, Rpc::SetDeployerRemap).await?;
+        let req = request.into_inner();
+        let record = self.deployer(&req.deployer).await?;
+        self.guard(&caller, &record.id, &req.deployer).await?;
+        for name in &req.remove_env {
+            if !req.clear && !record.remap.env.iter().any(|e| &e.name == name) {
+                return Err(Status::invalid_argument(format!(
+                    "--remove-env: deployer {} has no env entry for {:?} (see `ds deployer get {}`)",
+                    record.name,
+                    ds_core::validate::cut(name),
+                    record.name
+                )));
+            }
+        }
+        for from in &req.remove_secrets {
+            if !req.clear && !record.remap.secrets.iter().any(|s| &s.from == from) {
+                return Err(Status::invalid_argument(format!(
+                    "--remove-secret: deployer {} has no secret entry for {:?} (see `ds deployer get {}`)",
+                    record.name,
+                    ds_core::validate::cut(from),
+                    record.name
+                )));
+            }
+        }
+        let edit = RemapEdit {
+            set_env: req.set_env.into_iter().map(Into::into).collect(),
+            set_secrets: req.set_secrets.into_iter().map(Into::into).collect(),
+            remove_env: req.remove_env,
+            remove_secrets: req.remove_secrets,
+            clear: req.clear,
+        };
+        // Checked on the map as read here for a clear answer; the store applies the edit
+        // (and checks it again) on the map as its transaction reads it.
+        ds_core::remap::validate(&edit.apply_to(&record.remap)).map_err(invalid)?;
+        let by = caller.by(String::new());
+        let update = DeployerUpdate {
+            remap: Some(edit),
+            ..DeployerUpdate::default()
+        };
+        let updated = self
+            .shared
+            .store
+            .update_deployer(&by, &record.id, &update)
+            .await
+            .map_err(store_status)?;
+        tracing::info!(deployer = %updated.id, env = updated.remap.env.len(), secrets = updated.remap.secrets.len(), actor = %by.actor, "deployer remapping changed");
+        Ok(Response::new(self.deployer_view(updated)))
+    }
+
+    async fn promote_deployment(
+        &self,
+        request: Request<PromoteDeploymentRequest>,
+    ) -> Result<Response<PromoteDeploymentResponse>, Status> {
+        let caller = self.authorize(&request, Rpc::PromoteDeployment).await?;
+        let req = request.into_inner();
+        let selector = req.selector.ok_or_else(no_selector)?;
+        if req.to_deployer.is_empty() {
+            return Err(Status::invalid_argument(
+                "to_deployer: the target deployer (ID or name) is required (--to)",
+            ));
+        }
+        // View on the source: being visible is enough to copy it.
+        let source = self.select_visible(&caller, &selector).await?;
+        // Deploy on the target (NOT_FOUND when invisible, as everywhere).
+        let target_id = self.guarded_deployer(&caller, &req.to_deployer).await?;
+        let (_, source_deployer) = self.resolve(&source.deployer_id).await?;
+        if target_id == source.deployer_id {
+            return Err(Status::invalid_argument(format!(
+                "to_deployer: deployment {} is on deployer {source_deployer} already; promote it to another deployer",
+                source.name
+            )));
+        }
+        let source_revision = self
+            .revisions(&source.id)
+            .await?
+            .last()
+            .map_or(0, |r| r.number);
+        let target = self.deployer(&target_id).await?;
+        let by = ChangeBy {
+            action: Some("deployment.promote"),
+            ..caller.by(format!(
+                "promoted from {source_deployer} revision {source_revision}"
+            ))
+        };
+        let existing = self
+            .shared
+            .store
+            .find_deployments(&DeploymentSelector {
+                deployment: source.name.clone(),
+                deployer_id: Some(target_id.clone()),
+                namespace: Some(source.namespace.clone()),
+            })
+            .await
+            .map_err(store_status)?
+            .into_iter()
+            .find(|d| d.name == source.name && d.namespace == source.namespace);
+        let (spec, remapped) = ds_core::remap::apply(&source.spec, &target.remap);
+        let target_name = target.name.clone();
+        // Through the paths every create and change takes, so that validation, the stage
+        // policy, revisions and the audit log apply to a promotion as to any change.
+        let (view, created) = match existing {
+            None => {
+                let view = self
+                    .create_in(
+                        &caller,
+                        &by,
+                        target,
+                        source.name.clone(),
+                        source.namespace.clone(),
+                        source.spec.clone(),
+                    )
+                    .await?;
+                (view, true)
+            }
+            Some(record) => {
+                self.check_deployment_policy(&caller, &by, &record, "deployment.promote")
+                    .await?;
+                let by = ChangeBy {
+                    remapped: remapped.clone(),
+                    ..by
+                };
+                let view = self
+                    .change_spec(&by, record, |s| s.clone_from(&spec))
+                    .await?;
+                (view, false)
+            }
+        };
+        tracing::info!(deployment = %source.id, from = %source_deployer, to = %target_name, source_revision, created, remapped = remapped.len(), actor = %caller.principal.actor(), "deployment promoted");
+        Ok(Response::new(PromoteDeploymentResponse {
+            view: Some(view),
+            created,
+            source_revision,
+            remapped: remapped.into_iter().map(Into::into).collect(),
         }))
     }
 }

@@ -89,6 +89,8 @@ pub fn deployer_to_proto(d: DeployerRecord, online: bool) -> proto::Deployer {
         agent_namespaces: d.agent_namespaces,
         grants: Vec::new(),
         stage: d.stage,
+        // Unset without a map, so a deployer without one looks as before.
+        remap: (!d.remap.is_empty()).then(|| d.remap.into()),
     }
 }
 

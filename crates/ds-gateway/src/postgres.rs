@@ -23,7 +23,7 @@
 
 use super::audit;
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
-use super::rows::{StoreRow, to_i64, to_u64, ts};
+use super::rows::{self, StoreRow, to_i64, to_u64, ts};
 use super::sql::{Backend, SET_REVISION, SqlStore};
 use super::store::{Change, ChangeBy, ChangeHub, DeploymentRecord, StoreError};
 use ds_core::DeploymentSpec;
@@ -80,6 +80,8 @@ struct BatchColumns {
     objects: Vec<String>,
     afters: Vec<String>,
     request_ids: Vec<String>,
+    /// What each create's remapping replaced (JSON, '' for none).
+    remapped: Vec<String>,
 }
 
 impl BatchColumns {
@@ -107,6 +109,8 @@ impl BatchColumns {
     fn push_by(&mut self, r: &DeploymentRecord, by: &ChangeBy) {
         self.actors.push(by.actor.clone());
         self.notes.push(by.note.clone());
+        self.remapped
+            .push(rows::remapped_json(&by.remapped).unwrap_or_default());
         self.actions
             .push(by.action_or("deployment.create").to_string());
         self.objects.push(audit::deployment_object(r));
@@ -732,10 +736,10 @@ impl CommitBatch for PgBackend {
             }
             sqlx::query(
                 "INSERT INTO deployment_revisions \
-                 (deployment_id, number, deployer_revision, spec, actor, note, created_at) \
-                 SELECT id, 1, revision, spec, actor, note, created_at \
-                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[]) \
-                 AS q(id, revision, spec, actor, note, created_at)",
+                 (deployment_id, number, deployer_revision, spec, actor, note, created_at, remapped) \
+                 SELECT id, 1, revision, spec, actor, note, created_at, remapped \
+                 FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], $7::TEXT[]) \
+                 AS q(id, revision, spec, actor, note, created_at, remapped)",
             )
             .bind(&cols.ids)
             .bind(&cols.revisions)
@@ -743,6 +747,7 @@ impl CommitBatch for PgBackend {
             .bind(&cols.actors)
             .bind(&cols.notes)
             .bind(&cols.created)
+            .bind(&cols.remapped)
             .execute(&mut *tx)
             .await?;
             // Each create's audit row, in the same transaction as the create.

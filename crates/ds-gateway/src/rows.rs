@@ -126,7 +126,33 @@ pub(super) fn deployer_from_row(row: &impl StoreRow) -> Result<DeployerRecord, S
             _ => None,
         },
         stage: row.text("stage")?,
+        remap: remap_from(&row.text("remap")?)?,
     })
+}
+
+/// A stored remapping: JSON, or '' for none.
+pub(super) fn remap_from(text: &str) -> Result<ds_core::remap::Remap, StoreError> {
+    if text.is_empty() {
+        return Ok(ds_core::remap::Remap::default());
+    }
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("deployer remap: {e}")))
+}
+
+/// A remapping as stored: '' for none, so unmapped deployers keep their rows as before.
+pub(super) fn remap_json(remap: &ds_core::remap::Remap) -> Result<String, StoreError> {
+    if remap.is_empty() {
+        return Ok(String::new());
+    }
+    serde_json::to_string(remap).map_err(|e| StoreError::Corrupt(format!("deployer remap: {e}")))
+}
+
+/// What a revision's remapping replaced, as stored: a JSON list, '' for none.
+pub(super) fn remapped_json(remapped: &[ds_core::remap::Remapped]) -> Result<String, StoreError> {
+    if remapped.is_empty() {
+        return Ok(String::new());
+    }
+    serde_json::to_string(remapped)
+        .map_err(|e| StoreError::Corrupt(format!("revision remapped: {e}")))
 }
 
 pub(super) fn deployment_from_row(row: &impl StoreRow) -> Result<DeploymentRecord, StoreError> {
@@ -178,6 +204,11 @@ pub(super) fn revision_from_row(row: &impl StoreRow) -> Result<RevisionRecord, S
         note: row.text("note")?,
         created_at: ts(row.int("created_at")?),
         phase: row.opt_int("phase")?.map(|p| i32::try_from(p).unwrap_or(0)),
+        remapped: match row.text("remapped")?.as_str() {
+            "" => Vec::new(),
+            text => serde_json::from_str(text)
+                .map_err(|e| StoreError::Corrupt(format!("revision remapped: {e}")))?,
+        },
     })
 }
 

@@ -34,6 +34,7 @@ pub fn store_status(error: StoreError) -> Status {
         }
         StoreError::Refused(why) => Status::failed_precondition(why),
         StoreError::InUse(why) => Status::failed_precondition(why),
+        StoreError::Invalid(e) => Status::invalid_argument(e.to_string()),
         StoreError::Conflict(what) => {
             Status::aborted(format!("{} was changed concurrently; retry", cut(&what)))
         }

@@ -12,9 +12,9 @@ use super::install::{InstallCodes, InstallOptions, KEEP_EXPIRED, RedeemError};
 use super::rows::{
     StoreRow, api_key_from_row, audit_from_row, deploy_by_from, deployer_from_row,
     deployment_from_row, encode_pods, grant_from_row, hook_from_row, hook_run_from_row,
-    is_foreign_key_violation,
-    is_unique_violation, key_from_row, now_ms, retryable, revision_from_row, spec_json,
-    status_from_row, to_i64, to_u64, token_from_row, ts, user_from_row,
+    is_foreign_key_violation, is_unique_violation, key_from_row, now_ms, remap_from, remap_json,
+    remapped_json, retryable, revision_from_row, spec_json, status_from_row, to_i64, to_u64,
+    token_from_row, ts, user_from_row,
 };
 use super::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
@@ -48,8 +48,8 @@ pub(super) const SELECT_REVISION: &str = "SELECT revision FROM deployers WHERE i
 pub(super) const SET_REVISION: &str = "UPDATE deployers SET revision = $1 WHERE id = $2";
 /// Records a revision of a deployment's spec.
 pub(super) const INSERT_REVISION: &str = "INSERT INTO deployment_revisions \
-     (deployment_id, number, deployer_revision, spec, actor, note, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+     (deployment_id, number, deployer_revision, spec, actor, note, created_at, remapped) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Writes one audit row.
 pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
@@ -262,12 +262,31 @@ where
     ) -> Result<(), StoreError> {
         let _w = self.serial().await;
         let mut tx = self.pool().begin().await?;
-        let row = sqlx::query("SELECT name, stage FROM deployers WHERE id = $1")
+        let row = sqlx::query("SELECT name, stage, remap FROM deployers WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("deployer {id}")))?;
         let (name, current) = (row.text("name")?, row.text("stage")?);
+        if let Some(edit) = &update.remap {
+            // Edited here, on the map as this transaction reads it: two admins' edits
+            // of one deployer both count.
+            let before = remap_from(&row.text("remap")?)?;
+            let after = edit.apply_to(&before);
+            ds_core::remap::validate(&after)?;
+            if after != before {
+                sqlx::query("UPDATE deployers SET remap = $1 WHERE id = $2")
+                    .bind(remap_json(&after)?.as_str())
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let event = AuditEvent::new("deployer.remap", audit::DEPLOYER, name.as_str())
+                    .of_deployer(id)
+                    .before(json!({ "remap": before }))
+                    .after(json!({ "remap": after }));
+                self.audit(&mut tx, by, event).await?;
+            }
+        }
         if let Some(stage) = &update.stage {
             let stage = self.existing_stage(&mut tx, stage).await?;
             if stage != current {
@@ -658,6 +677,7 @@ where
             .bind(by.actor.as_str())
             .bind(by.note.as_str())
             .bind(now)
+            .bind(remapped_json(&by.remapped)?.as_str())
             .execute(&mut *tx)
             .await?;
         let keep = i64::from(self.revision_history.load(Ordering::Relaxed).max(1));

@@ -4,7 +4,7 @@
 
 use super::audit::{self, deployment_json, deployment_object};
 use super::group_commit::{BatchOutcome, CommitBatch, CreateJob};
-use super::rows::{StoreRow, is_unique_violation, to_i64, to_u64};
+use super::rows::{StoreRow, is_unique_violation, remapped_json, to_i64, to_u64};
 use super::sql::{Backend, INSERT_REVISION, SELECT_REVISION, SET_REVISION, SqlStore, write_audit};
 use super::store::{AuditEvent, Change, ChangeHub, Outcome, StoreError};
 use sqlx::sqlite::{
@@ -172,6 +172,7 @@ impl CommitBatch for SqliteBackend {
                         .bind(&job.by.actor)
                         .bind(&job.by.note)
                         .bind(created)
+                        .bind(remapped_json(&job.by.remapped)?)
                         .execute(&mut *tx)
                         .await?;
                     let event = AuditEvent::new(

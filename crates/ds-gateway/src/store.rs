@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
+use ds_core::remap::{Remap, RemapEdit, Remapped};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The change breaks a rule of the domain (e.g. a remapping entry); nothing changed.
+    #[error("{0}")]
+    Invalid(#[from] ds_core::ValidationError),
     /// Applying the built-in schema migrations failed.
     #[error("migrating the database schema: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -69,6 +73,8 @@ pub struct DeployerRecord {
     pub objects: Option<ObjectCount>,
     /// The lifecycle stage it is in.
     pub stage: String,
+    /// Env values and Secret names replaced in deployments created on or promoted to it.
+    pub remap: Remap,
 }
 
 /// How many of a deployer's objects its agent sees in its cluster, counted while it held
@@ -95,6 +101,7 @@ impl DeployerRecord {
             deployments: 0,
             objects: None,
             stage: stage.to_string(),
+            remap: Remap::default(),
         }
     }
 }
@@ -132,6 +139,8 @@ pub struct RevisionRecord {
     /// The status reached at this revision (the proto `Phase` number of Available or
     /// Failed); `None` until the agent reports one of them.
     pub phase: Option<i32>,
+    /// What the deployer's remapping replaced for it (a create or a promotion).
+    pub remapped: Vec<Remapped>,
 }
 
 /// Who makes a change, in which request, and why: the context every mutating store
@@ -147,6 +156,9 @@ pub struct ChangeBy {
     /// The audit action when the change is more than the store operation (a rollback is
     /// an update); `None`: the operation's own, e.g. `deployment.update`.
     pub action: Option<&'static str>,
+    /// What the deployer's remapping replaced in the spec written, recorded with the
+    /// revision the change makes.
+    pub remapped: Vec<Remapped>,
 }
 
 impl ChangeBy {
@@ -231,6 +243,9 @@ pub enum StagePlace {
 pub struct DeployerUpdate {
     /// The stage to move it to.
     pub stage: Option<String>,
+    /// An edit of its remapping (`SetDeployerRemap`), applied to the stored map in the
+    /// transaction; `Invalid` when the result breaks a rule.
+    pub remap: Option<RemapEdit>,
 }
 
 /// Whether an audited attempt was carried out or refused.
