@@ -10,8 +10,7 @@ use ds_gateway::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, DeployBy,
     DeployerRecord, DeployerUpdate, DeploymentKey, DeploymentRecord, DeploymentSelector,
     GrantRecord, HookOutcome, HookPhase, HookRunRecord, HookTarget, NewHook, ObjectCount, Outcome,
-    Role, SnapshotItem, StagePlace, StatusRecord, Store,
-    StoreError, UserKind,
+    Role, SnapshotItem, StagePlace, StatusRecord, Store, StoreError, UserKind,
 };
 use std::sync::Arc;
 
@@ -2406,9 +2405,7 @@ async fn team_changes_are_audited_once_with_their_actor(b: Backend) -> Backend {
 
 // === hooks ===
 
-async fn hooks_are_added_listed_removed_and_their_runs_recorded_and_audited(
-    b: Backend,
-) -> Backend {
+async fn hooks_are_added_listed_removed_and_their_runs_recorded_and_audited(b: Backend) -> Backend {
     let store = b.store();
     let d = register(&store, "hooked").await;
     let other = register(&store, "other").await;
@@ -2509,7 +2506,10 @@ async fn hooks_are_added_listed_removed_and_their_runs_recorded_and_audited(
         .collect();
     assert_eq!(
         seen,
-        [(2, HookOutcome::Failed, Some(1)), (3, HookOutcome::NoSlot, None)]
+        [
+            (2, HookOutcome::Failed, Some(1)),
+            (3, HookOutcome::NoSlot, None)
+        ]
     );
     assert_eq!(runs[0].output_tail, "run 2");
     assert_eq!(runs[0].actor, alice.actor);
