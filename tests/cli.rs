@@ -2304,7 +2304,6 @@ async fn bad_model_storage_options_are_refused_naming_the_flag() {
     t.gw.shutdown().await;
 }
 
-
 // === remapping and promotion ===
 
 /// `ds deployment get NAME -d DEPLOYER -o json`, parsed.

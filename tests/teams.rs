@@ -74,6 +74,9 @@ const TABLE: &[(&str, Need)] = &[
     ("SetDeployerRemap", ADMIN),
     // Deploy on the target `d`; every case sees the source (View on `src`).
     ("PromoteDeployment", DEPLOY),
+    ("AddHook", ADMIN),
+    ("ListHooks", VIEW),
+    ("RemoveHook", ADMIN),
 ];
 
 /// Who calls: a role on deployer `d` through its group (0 none … 3 Admin), or a gateway
@@ -260,7 +263,32 @@ async fn prepare(admin: &mut Control, url: &str, case: Case) -> Control {
 fn ok<T>(_: T) {}
 
 /// Calls `rpc` as the case's user; `other_key` is a key of user `other` to delete.
-async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result<(), Status> {
+/// A URL hook on deployer `d`, added by the admin for a case's RemoveHook; its ID.
+async fn spare_hook(admin: &mut Control) -> u64 {
+    admin
+        .add_hook(proto::AddHookRequest {
+            deployer: "d".into(),
+            phase: proto::HookPhase::Post as i32,
+            target: Some(proto::add_hook_request::Target::Url(
+                "http://127.0.0.1:9/spare".into(),
+            )),
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+/// Calls `rpc` as the case's user; `other_key` is a key of user `other` to delete,
+/// `hook` a hook of `d` to remove.
+async fn call(
+    rpc: &str,
+    c: &mut Control,
+    case: Case,
+    other_key: &str,
+    hook: u64,
+) -> Result<(), Status> {
     let n = case.name;
     match rpc {
         "CreateDeployer" => c
@@ -489,6 +517,27 @@ async fn call(rpc: &str, c: &mut Control, case: Case, other_key: &str) -> Result
             })
             .await
             .map(ok),
+        "AddHook" => c
+            .add_hook(proto::AddHookRequest {
+                deployer: "d".into(),
+                phase: proto::HookPhase::Post as i32,
+                target: Some(proto::add_hook_request::Target::Url(format!(
+                    "http://127.0.0.1:9/{n}"
+                ))),
+                timeout_ms: 0,
+            })
+            .await
+            .map(ok),
+        "ListHooks" => c
+            .list_hooks(proto::ListHooksRequest {
+                deployer: "d".into(),
+            })
+            .await
+            .map(ok),
+        "RemoveHook" => c
+            .remove_hook(proto::RemoveHookRequest { id: hook })
+            .await
+            .map(ok),
         other => panic!("no call for RPC {other}: add one to the matrix"),
     }
 }
@@ -538,12 +587,22 @@ async fn every_rpc_is_allowed_or_denied_per_role_as_the_table_says() {
     for case in CASES {
         let mut c = prepare(&mut admin, &gw.url(), case).await;
         let (other_key, _) = key_of(&mut admin, "other").await;
+        let hook = spare_hook(&mut admin).await;
         for (rpc, need) in TABLE {
             let want = expected(*need, case);
-            let got = match call(rpc, &mut c, case, &other_key).await {
+            let got = match call(rpc, &mut c, case, &other_key, hook).await {
                 Ok(()) => Outcome::Allowed,
                 // Exactly what a missing deployer answers.
                 Err(s) if s.code() == Code::NotFound && s.message() == "deployer d not found" => {
+                    Outcome::NotFound
+                }
+                // A hook is named by its ID alone: one of an invisible deployer is a
+                // missing hook.
+                Err(s)
+                    if rpc == &"RemoveHook"
+                        && s.code() == Code::NotFound
+                        && s.message().starts_with(&format!("hook {hook} not found")) =>
+                {
                     Outcome::NotFound
                 }
                 Err(s) if s.code() == Code::PermissionDenied => Outcome::PermissionDenied,

@@ -9,8 +9,8 @@ use ds_gateway::sqlite::SqliteStore;
 use ds_gateway::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, DeployBy,
     DeployerRecord, DeployerUpdate, DeploymentKey, DeploymentRecord, DeploymentSelector,
-    GrantRecord, ObjectCount, Outcome, Role, SnapshotItem, StagePlace, StatusRecord, Store,
-    StoreError, UserKind,
+    GrantRecord, HookOutcome, HookPhase, HookRunRecord, HookTarget, NewHook, ObjectCount, Outcome,
+    Role, SnapshotItem, StagePlace, StatusRecord, Store, StoreError, UserKind,
 };
 use std::sync::Arc;
 
@@ -195,6 +195,7 @@ contract!(
     an_upgraded_database_gives_its_api_keys_to_the_admin_user,
     team_changes_are_audited_once_with_their_actor,
     a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_made,
+    hooks_are_added_listed_removed_and_their_runs_recorded_and_audited,
 );
 
 /// Registers deployer `name` with the token `tok-NAME`, secret `NAME`.
@@ -2517,5 +2518,162 @@ async fn a_deployers_remapping_is_edited_audited_and_kept_with_the_revisions_it_
     let revisions = store.list_revisions(&iris.id).await.unwrap();
     let kept: Vec<&[Remapped]> = revisions.iter().map(|r| r.remapped.as_slice()).collect();
     assert_eq!(kept, [&replaced[..], &[][..], &replaced[..]]);
+    b
+}
+
+// === hooks ===
+
+async fn hooks_are_added_listed_removed_and_their_runs_recorded_and_audited(b: Backend) -> Backend {
+    let store = b.store();
+    let d = register(&store, "hooked").await;
+    let other = register(&store, "other").await;
+    let alice = by("alice (key 0123456789abcdef)");
+    let pre = store
+        .create_hook(
+            &alice,
+            &d.id,
+            &NewHook {
+                phase: HookPhase::Pre,
+                target: HookTarget::Command("check.sh".into()),
+                timeout_ms: 5_000,
+            },
+        )
+        .await
+        .unwrap();
+    let post = store
+        .create_hook(
+            &alice,
+            &d.id,
+            &NewHook {
+                phase: HookPhase::Post,
+                target: HookTarget::Url("https://hooks.example.com/services/SECRET".into()),
+                timeout_ms: 60_000,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .create_hook(
+            &alice,
+            &other.id,
+            &NewHook {
+                phase: HookPhase::Post,
+                target: HookTarget::Command("notify".into()),
+                timeout_ms: 1_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(pre.id, post.id);
+    assert_eq!(pre.created_by, alice.actor);
+    assert!(matches!(
+        store
+            .create_hook(
+                &alice,
+                "no-such-deployer",
+                &NewHook {
+                    phase: HookPhase::Pre,
+                    target: HookTarget::Command("x".into()),
+                    timeout_ms: 1,
+                },
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Pre before post, then by ID; only the deployer's own.
+    let listed = store.list_hooks(Some(&d.id)).await.unwrap();
+    assert_eq!(listed, vec![pre.clone(), post.clone()]);
+    assert_eq!(store.list_hooks(None).await.unwrap().len(), 3);
+    assert_eq!(store.get_hook(post.id).await.unwrap(), post);
+
+    // Runs: kept oldest first, the latest `limit`, with an exit code or none.
+    let dep = deploy(&store, &d.id, "default", "iris").await;
+    let run = |n: u64, outcome: HookOutcome, exit_code: Option<i32>| HookRunRecord {
+        id: 0,
+        hook_id: pre.id,
+        deployer_id: d.id.clone(),
+        deployment_id: dep.id.clone(),
+        deployment: "default/iris".into(),
+        revision: n,
+        phase: HookPhase::Pre,
+        target: "check.sh".into(),
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+        outcome,
+        exit_code,
+        output_tail: format!("run {n}"),
+        actor: alice.actor.clone(),
+    };
+    let first = store
+        .record_hook_run(&alice, &run(1, HookOutcome::Ok, Some(0)))
+        .await
+        .unwrap();
+    assert!(first.id > 0);
+    store
+        .record_hook_run(&alice, &run(2, HookOutcome::Failed, Some(1)))
+        .await
+        .unwrap();
+    store
+        .record_hook_run(&by("gateway"), &run(3, HookOutcome::NoSlot, None))
+        .await
+        .unwrap();
+    let runs = store.list_hook_runs(&dep.id, 2).await.unwrap();
+    let seen: Vec<(u64, HookOutcome, Option<i32>)> = runs
+        .iter()
+        .map(|r| (r.revision, r.outcome, r.exit_code))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (2, HookOutcome::Failed, Some(1)),
+            (3, HookOutcome::NoSlot, None)
+        ]
+    );
+    assert_eq!(runs[0].output_tail, "run 2");
+    assert_eq!(runs[0].actor, alice.actor);
+
+    let removed = store.delete_hook(&alice, pre.id).await.unwrap();
+    assert_eq!(removed, pre);
+    assert!(matches!(
+        store.delete_hook(&alice, pre.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A removed hook's runs stay.
+    assert_eq!(store.list_hook_runs(&dep.id, 10).await.unwrap().len(), 3);
+
+    let rows = store
+        .list_audit(&AuditQuery {
+            deployer_id: Some(d.id.clone()),
+            limit: 1000,
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    let hook_rows: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r.object_kind == "hook")
+        .map(|r| (r.action.as_str(), r.actor.as_str(), r.reason.as_str()))
+        .collect();
+    let a = alice.actor.as_str();
+    assert_eq!(
+        hook_rows,
+        [
+            ("hook.add", a, ""),
+            ("hook.add", a, ""),
+            ("hook.run", a, "ok (exit 0)"),
+            ("hook.run", a, "failed (exit 1)"),
+            ("hook.run", "gateway", "no_slot"),
+            ("hook.remove", a, ""),
+        ]
+    );
+    let everything = format!("{rows:?}");
+    assert!(
+        !everything.contains("SECRET"),
+        "a webhook URL's path stays out of the audit log"
+    );
+    // The deployer's hooks and runs go with it.
+    store.delete_deployer(&alice, &d.id).await.unwrap();
+    assert!(store.list_hooks(Some(&d.id)).await.unwrap().is_empty());
+    assert!(store.list_hook_runs(&dep.id, 10).await.unwrap().is_empty());
     b
 }

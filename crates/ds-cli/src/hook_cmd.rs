@@ -54,7 +54,7 @@ impl From<&proto::Hook> for HookView {
 
 /// `60s`, `2m`, `1m30s`, `250ms`.
 fn short_duration(ms: u64) -> String {
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     match (ms / 60_000, (ms / 1000) % 60) {
@@ -163,7 +163,9 @@ pub async fn run(args: HookArgs) -> Result<(), CliError> {
         return Err(CliError::BadFlag {
             flag: "--command".into(),
             value: name.clone(),
-            reason: "must be the file name of an executable in the gateway's --hooks-dir, without '/'".into(),
+            reason:
+                "must be the file name of an executable in the gateway's --hooks-dir, without '/'"
+                    .into(),
         });
     }
     let connection = config::resolve(&args.global)?;

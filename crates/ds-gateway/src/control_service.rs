@@ -24,6 +24,9 @@ use super::store::{
 use chrono::Utc;
 use ds_core::proto::control_service_server::ControlService;
 use ds_core::proto::{
+    AddHookRequest, Hook, ListHooksRequest, ListHooksResponse, RemoveHookRequest,
+};
+use ds_core::proto::{
     CreateApiKeyRequest, CreateApiKeyResponse, CreateGroupRequest, CreateUserRequest,
     DeleteApiKeyRequest, DeleteApiKeyResponse, DeleteGroupRequest, DeleteGroupResponse,
     DeleteUserRequest, DeleteUserResponse, DeployerGrants, DeployerRole, GrantDeployerRequest,
@@ -43,7 +46,6 @@ use ds_core::proto::{
     RotateDeployerTokenResponse, Stage, UpdateDeployerRequest, UpdateDeploymentRequest,
     UpdateStageRequest, inspect_reply, inspect_request,
 };
-use ds_core::proto::{AddHookRequest, Hook, ListHooksRequest, ListHooksResponse, RemoveHookRequest};
 use ds_core::proto::{
     PromoteDeploymentRequest, PromoteDeploymentResponse, SetDeployerRemapRequest,
 };

@@ -435,7 +435,10 @@ impl Hooks {
         };
         writer.abort();
         for mut reader in readers.into_iter().flatten() {
-            if tokio::time::timeout(OUTPUT_DRAIN, &mut reader).await.is_err() {
+            if tokio::time::timeout(OUTPUT_DRAIN, &mut reader)
+                .await
+                .is_err()
+            {
                 reader.abort();
                 tracing::debug!(hook = name, "a hook's output stayed open after it exited");
             }
@@ -549,8 +552,7 @@ impl Hooks {
     ) {
         let hooks = self.clone();
         tokio::spawn(async move {
-            let post: Vec<HookRecord> = match store.list_hooks(Some(&changed.deployer_id)).await
-            {
+            let post: Vec<HookRecord> = match store.list_hooks(Some(&changed.deployer_id)).await {
                 Ok(all) => all
                     .into_iter()
                     .filter(|h| h.phase == HookPhase::Post)
@@ -881,10 +883,7 @@ async fn wait_for_outcome(
         loop {
             match tokio::time::timeout_at(deadline, touched.recv()).await {
                 Err(_) => {
-                    return Err(format!(
-                        "none within {}",
-                        humanize(POST_STATUS_WAIT)
-                    ));
+                    return Err(format!("none within {}", humanize(POST_STATUS_WAIT)));
                 }
                 Ok(Ok(id)) if id != deployment_id => continue,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => break,
@@ -1023,7 +1022,11 @@ mod tests {
         assert!(escape.contains("outside"), "{escape}");
         let plain = resolve_command(&hooks, "plain.txt").unwrap_err();
         assert!(plain.contains("not executable"), "{plain}");
-        assert!(resolve_command(&hooks, "sub").unwrap_err().contains("regular"));
+        assert!(
+            resolve_command(&hooks, "sub")
+                .unwrap_err()
+                .contains("regular")
+        );
         assert!(
             resolve_command(&hooks, "missing")
                 .unwrap_err()
@@ -1036,7 +1039,11 @@ mod tests {
     fn urls_are_http_or_https_with_a_host() {
         assert!(check_url("https://hooks.example.com/x").is_ok());
         assert!(check_url("http://127.0.0.1:9/x").is_ok());
-        assert!(check_url("ftp://example.com/").unwrap_err().contains("http"));
+        assert!(
+            check_url("ftp://example.com/")
+                .unwrap_err()
+                .contains("http")
+        );
         assert!(check_url("file:///etc/passwd").is_err());
         assert!(check_url("not a url").is_err());
     }
@@ -1047,8 +1054,14 @@ mod tests {
             shown_url("https://hooks.slack.com/services/T000/B000/XXXXSECRET"),
             "https://hooks.slack.com/…"
         );
-        assert_eq!(shown_url("http://u:pw@127.0.0.1:8080/"), "http://127.0.0.1:8080");
-        assert_eq!(shown_url("https://h.example.com?token=s"), "https://h.example.com/…");
+        assert_eq!(
+            shown_url("http://u:pw@127.0.0.1:8080/"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            shown_url("https://h.example.com?token=s"),
+            "https://h.example.com/…"
+        );
     }
 
     #[test]
@@ -1130,9 +1143,17 @@ mod tests {
             .await;
         assert_eq!(result.outcome, HookOutcome::Failed);
         assert_eq!(result.exit_code, Some(3));
-        assert!(result.output.contains("DS_HOOK_DEPLOYMENT=iris"), "{}", result.output);
+        assert!(
+            result.output.contains("DS_HOOK_DEPLOYMENT=iris"),
+            "{}",
+            result.output
+        );
         assert!(result.output.contains("PATH=/usr/bin:/bin"));
-        assert!(result.output.contains("\"phase\":\"pre\""), "{}", result.output);
+        assert!(
+            result.output.contains("\"phase\":\"pre\""),
+            "{}",
+            result.output
+        );
         assert!(result.output.contains("oops"));
         // Nothing of the gateway's environment (HOME, CARGO_*) reaches the hook.
         assert!(!result.output.contains("HOME="), "{}", result.output);

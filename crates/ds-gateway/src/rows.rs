@@ -4,8 +4,8 @@
 
 use super::store::{
     ApiKeyRecord, AuditRecord, DeployBy, DeployerRecord, DeploymentRecord, GrantRecord,
-    HookOutcome, HookPhase, HookRecord, HookRunRecord, HookTarget, ObjectCount, Outcome, RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind,
-    UserRecord,
+    HookOutcome, HookPhase, HookRecord, HookRunRecord, HookTarget, ObjectCount, Outcome,
+    RevisionRecord, Role, StatusRecord, StoreError, TokenRecord, UserKind, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;

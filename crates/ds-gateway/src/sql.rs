@@ -20,9 +20,8 @@ use super::store::{
     AgentHeartbeat, ApiKeyRecord, AuditEvent, AuditQuery, AuditRecord, Change, ChangeBy, ChangeHub,
     DEFAULT_REVISION_HISTORY, DeployBy, DeployerRecord, DeployerUpdate, DeploymentKey,
     DeploymentRecord, DeploymentSelector, GrantRecord, GroupRecord, HookRecord, HookRunRecord,
-    HookTarget, KeyOwner, NewHook, Outcome,
-    RevisionRecord, Role, SnapshotItem, StagePlace, StageRecord, StatusRecord, Store, StoreError,
-    TokenRecord, UserKind, UserRecord,
+    HookTarget, KeyOwner, NewHook, Outcome, RevisionRecord, Role, SnapshotItem, StagePlace,
+    StageRecord, StatusRecord, Store, StoreError, TokenRecord, UserKind, UserRecord,
 };
 use chrono::{DateTime, Utc};
 use ds_core::DeploymentSpec;
@@ -1982,7 +1981,11 @@ where
         let _w = self.serial().await;
         // The exit code is the one nullable integer the store writes: NULL is spelled in
         // the statement rather than bound, so the back ends need no extra bound.
-        let exit_code = if run.exit_code.is_some() { "$13" } else { "NULL" };
+        let exit_code = if run.exit_code.is_some() {
+            "$13"
+        } else {
+            "NULL"
+        };
         let sql = format!(
             "INSERT INTO hook_runs (hook_id, deployer_id, deployment_id, deployment, revision, \
              phase, target, started_at, finished_at, outcome, output_tail, actor, exit_code) \
@@ -2007,7 +2010,10 @@ where
         }
         let row = match query.fetch_one(&mut *tx).await {
             Err(e) if is_foreign_key_violation(&e) => {
-                return Err(StoreError::NotFound(format!("deployer {}", run.deployer_id)));
+                return Err(StoreError::NotFound(format!(
+                    "deployer {}",
+                    run.deployer_id
+                )));
             }
             other => other?,
         };
