@@ -187,6 +187,16 @@ async fn main() {
     })
     .await
     .expect("sim");
+    // SIM_ONLY=1 measures the simulator's own apply rate alone (to profile it).
+    if std::env::var_os("SIM_ONLY").is_some() {
+        let (took, rate) = sim_apply_rate(&sim, cold).await;
+        println!(
+            "simulator alone: {} applies in {:.2} s, {rate:.0}/s",
+            2 * cold,
+            took.as_secs_f64()
+        );
+        std::process::exit(0);
+    }
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
     let mut control = ds_test_support::control_client(&gw.url(), &gw.admin_key);

@@ -6,6 +6,7 @@
 # restarts with it: A/B in one run), RSS_TIMELINE=1 (the restart's RSS over time on stderr),
 # AGENT_WRAP="heaptrack -o /tmp/ht" (run the restarted agent under a profiler),
 # FIRST_START_WRAP=… (the same for the first start's agent).
+# SIM_ONLY=1 (only the simulator's own apply rate, e.g. under perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin ds --example agent_bench

@@ -31,11 +31,8 @@ fn i(v: &Value, p: &str) -> Option<i64> {
 
 /// Short stable hash of the pod template (like `pod-template-hash`).
 fn template_hash(dep: &Value) -> String {
-    let t = dep
-        .pointer("/spec/template")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let digest = sha2::Sha256::digest(serde_json::to_vec(&t).unwrap_or_default());
+    let t = dep.pointer("/spec/template").unwrap_or(&Value::Null);
+    let digest = sha2::Sha256::digest(serde_json::to_vec(t).unwrap_or_default());
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     digest[..10]
         .iter()

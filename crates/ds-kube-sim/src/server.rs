@@ -1211,7 +1211,7 @@ fn render(
     };
     Some(match table {
         Some(kind) => tables::event_line(ty, kind, &ev.obj),
-        None if ty == ev.ty.as_str() => ev.line.clone(),
+        None if ty == ev.ty.as_str() => ev.line(),
         None => event_line(ty, &ev.obj),
     })
 }

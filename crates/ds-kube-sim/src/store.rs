@@ -6,7 +6,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 /// Kind of a watch event.
@@ -44,8 +44,19 @@ pub struct Event {
     pub obj: Arc<Value>,
     /// The object before a modification (selected watches need it).
     pub prev: Option<Arc<Value>>,
-    /// `{"type":…,"object":…}\n`, ready for the wire.
-    pub line: Bytes,
+    /// `{"type":…,"object":…}\n`, made by the first watch that sends it: most events
+    /// (a rollout's ReplicaSets and pods, writes while nobody watches) are never sent, and
+    /// serializing each under the store's lock cost a sixth of a server-side apply.
+    line: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// The event as a watch stream line, `{"type":…,"object":…}\n`.
+    pub fn line(&self) -> Bytes {
+        self.line
+            .get_or_init(|| watch_line(self.ty.as_str(), &*self.obj))
+            .clone()
+    }
 }
 
 /// Key of an object within one resource: (namespace or "", name).
@@ -353,15 +364,13 @@ impl Store {
         obj: Arc<Value>,
         prev: Option<Arc<Value>>,
     ) {
-        let rv = st.rv;
-        let line = watch_line(ty.as_str(), &*obj);
         let ev = Arc::new(Event {
-            rv,
+            rv: st.rv,
             rt,
             ty,
             obj,
             prev,
-            line,
+            line: OnceLock::new(),
         });
         st.history.push_back(ev.clone());
         while st.history.len() > self.history_limit {
