@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -60,8 +61,9 @@ impl ApplyError {
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum PathElement {
-    /// A map field.
-    Field(String),
+    /// A map field: shared, as every path below it repeats it (a field set holds one path
+    /// per leaf, and cloning a path is then a count increment per step, not a string copy).
+    Field(Arc<str>),
     /// An associative list item, by its key fields.
     Key(Parsed),
     /// A set member.
@@ -148,7 +150,7 @@ impl PathElement {
     fn decode(s: &str) -> Result<Self, ApplyError> {
         let bad = || ApplyError::InvalidManagedFields(format!("bad path element {s:?}"));
         if let Some(f) = s.strip_prefix("f:") {
-            Ok(Self::Field(f.to_owned()))
+            Ok(Self::Field(f.into()))
         } else if let Some(k) = s.strip_prefix("k:") {
             match serde_json::from_str::<Value>(k) {
                 Ok(v @ Value::Object(_)) => Ok(Self::Key(Parsed::new(v))),
@@ -292,7 +294,7 @@ impl Collector {
             if is_server_owned(&self.names, k) {
                 continue;
             }
-            self.path.push(PathElement::Field(k.clone()));
+            self.path.push(PathElement::Field(k.as_str().into()));
             self.field(k, v);
             self.path.pop();
         }
@@ -357,7 +359,7 @@ fn has_descendant(set: &FieldSet, path: &Path) -> bool {
 
 fn step<'a>(value: &'a Value, pe: &PathElement) -> Option<&'a Value> {
     match (pe, value) {
-        (PathElement::Field(f), Value::Object(m)) => m.get(f),
+        (PathElement::Field(f), Value::Object(m)) => m.get(&**f),
         (_, Value::Array(items)) => pe.find(items).map(|i| &items[i]),
         _ => None,
     }
@@ -365,7 +367,7 @@ fn step<'a>(value: &'a Value, pe: &PathElement) -> Option<&'a Value> {
 
 fn step_mut<'a>(value: &'a mut Value, pe: &PathElement) -> Option<&'a mut Value> {
     match (pe, value) {
-        (PathElement::Field(f), Value::Object(m)) => m.get_mut(f),
+        (PathElement::Field(f), Value::Object(m)) => m.get_mut(&**f),
         (_, Value::Array(items)) => pe.find(items).map(|i| &mut items[i]),
         _ => None,
     }
@@ -385,7 +387,7 @@ fn remove(obj: &mut Value, path: &Path) {
     };
     match (last, container) {
         (PathElement::Field(f), Value::Object(m)) => {
-            m.remove(f);
+            m.remove(&**f);
         }
         (_, Value::Array(items)) => {
             // Every match goes: a duplicated key or member is not half-removed.
@@ -1033,7 +1035,7 @@ fn in_zero_object(kind: &str, path: &[PathElement]) -> bool {
     let mut names = Vec::new();
     for pe in path {
         match pe {
-            PathElement::Field(f) => names.push(f.as_str()),
+            PathElement::Field(f) => names.push(&**f),
             _ => return false,
         }
     }

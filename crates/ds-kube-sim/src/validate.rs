@@ -62,28 +62,34 @@ fn typed(rt: &ResourceType, v: &Value) -> Result<Value, String> {
     }
 }
 
-/// Paths present (non-null) in `input` but absent from `model`.
-fn unknown(input: &Value, model: &Value, path: &str, out: &mut Vec<String>) {
+/// Paths present (non-null) in `input` but absent from `model`. `path` is a buffer the
+/// walk extends and truncates in place: a path is only formatted for a field that is
+/// missing, not for each of the thousands that are there.
+fn unknown(input: &Value, model: &Value, path: &mut String, out: &mut Vec<String>) {
+    let len = path.len();
     match (input, model) {
         (Value::Object(i), Value::Object(m)) => {
             for (k, v) in i {
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match m.get(k) {
-                    Some(mv) => unknown(v, mv, &p, out),
-                    None => out.push(p),
+                if len > 0 {
+                    path.push('.');
                 }
+                path.push_str(k);
+                match m.get(k) {
+                    Some(mv) => unknown(v, mv, path, out),
+                    None => out.push(path.clone()),
+                }
+                path.truncate(len);
             }
         }
         (Value::Array(i), Value::Array(m)) => {
+            use std::fmt::Write;
             for (n, (iv, mv)) in i.iter().zip(m).enumerate() {
-                unknown(iv, mv, &format!("{path}[{n}]"), out);
+                let _ = write!(path, "[{n}]");
+                unknown(iv, mv, path, out);
+                path.truncate(len);
             }
         }
         _ => {}
@@ -127,7 +133,7 @@ pub fn check(
         ))
     })?;
     let mut fields = Vec::new();
-    unknown(obj, &model, "", &mut fields);
+    unknown(obj, &model, &mut String::new(), &mut fields);
     let causes = semantic(rt, obj);
     if !causes.is_empty() {
         let name = obj
