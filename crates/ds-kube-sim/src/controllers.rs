@@ -432,15 +432,18 @@ fn sync_pods(
             selector["matchLabels"]["pod-template-hash"] = json!(hash);
             let mut rs_template = template.clone();
             rs_template["metadata"]["labels"] = labels.clone();
-            let rs = json!({
+            let mut rs = json!({
                 "apiVersion": "apps/v1", "kind": "ReplicaSet",
-                "metadata": {"name": rs_name, "namespace": ns, "labels": labels,
-                    "annotations": annotations, "uid": uid, "creationTimestamp": now,
-                    "generation": 1,
-                    "ownerReferences": owner_ref("Deployment", name, &dep_uid)},
-                "spec": {"replicas": replicas, "selector": selector, "template": rs_template},
-                "status": rs_status(1),
+                "metadata": {"name": rs_name, "namespace": ns,
+                    "uid": uid, "creationTimestamp": now, "generation": 1},
+                "spec": {"replicas": replicas},
             });
+            rs["metadata"]["labels"] = labels.clone();
+            rs["metadata"]["annotations"] = annotations;
+            rs["metadata"]["ownerReferences"] = owner_ref("Deployment", name, &dep_uid);
+            rs["spec"]["selector"] = selector;
+            rs["spec"]["template"] = rs_template;
+            rs["status"] = rs_status(1);
             let _ = shared.store.create(REPLICASETS, rs, false);
             uid
         }
@@ -499,15 +502,15 @@ fn sync_replicaset_pods(
         let ready = if fails { "False" } else { "True" };
         let mut spec = template.pointer("/spec").cloned().unwrap_or(json!({}));
         spec["nodeName"] = json!("sim-node");
+        // Values built elsewhere are moved in after `json!`, which would copy each of them
+        // through the serializer.
         let mut pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
-                "name": pod_name, "namespace": ns, "labels": labels,
+                "name": pod_name, "namespace": ns,
                 "uid": uuid::Uuid::new_v4().to_string(), "creationTimestamp": now,
                 "generation": 1,
-                "ownerReferences": owner_ref("ReplicaSet", rs_name, rs_uid),
             },
-            "spec": spec,
             "status": {
                 "phase": if fails { "Pending" } else { "Running" },
                 "conditions": [
@@ -516,9 +519,12 @@ fn sync_replicaset_pods(
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}
                 ],
                 "hostIP": "10.0.0.1", "podIP": "10.244.0.2", "startTime": now,
-                "containerStatuses": statuses
             }
         });
+        pod["metadata"]["labels"] = labels.clone();
+        pod["metadata"]["ownerReferences"] = owner_ref("ReplicaSet", rs_name, rs_uid);
+        pod["spec"] = spec;
+        pod["status"]["containerStatuses"] = Value::Array(statuses);
         super::defaults::admit_pod(&mut pod);
         pod["spec"]["enableServiceLinks"] = json!(true);
         pod["status"]["qosClass"] = json!(super::defaults::qos_class(&pod));

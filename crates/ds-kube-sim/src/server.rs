@@ -845,12 +845,12 @@ fn update(
             warnings = validate::check(r, &mut new, mode)?;
             Ok(Change::Put(new))
         })?;
-    let out = if scale {
-        scale_of(&written.obj)
+    let response = if scale {
+        ok(&scale_of(&written.obj))
     } else {
-        (*written.obj).clone()
+        ok(&written.obj)
     };
-    Ok(with_warnings(ok(&out), &warnings))
+    Ok(with_warnings(response, &warnings))
 }
 
 fn patch(
@@ -876,7 +876,7 @@ fn patch(
     let now = now();
     let force = params.get("force").is_some_and(|f| f == "true");
     let is_apply = ct == "application/apply-patch+yaml";
-    let patch_body = if is_apply {
+    let mut patch_body = if is_apply {
         parse_yaml_or_json(body)?
     } else {
         parse_body(body)?
@@ -900,7 +900,12 @@ fn patch(
     } else {
         manager_of(params, headers)
     };
-    let mut applied = patch_body.clone();
+    // An apply reads only `applied`; the other patch types only `patch_body`.
+    let mut applied = if is_apply {
+        std::mem::take(&mut patch_body)
+    } else {
+        Value::Null
+    };
     if is_apply {
         if scale {
             return Err(ApiError::unsupported_patch_type(&ct));
@@ -1011,12 +1016,12 @@ fn patch(
     } else {
         StatusCode::OK
     };
-    let out = if scale {
-        scale_of(&written.obj)
+    let response = if scale {
+        json_response(code, &scale_of(&written.obj))
     } else {
-        (*written.obj).clone()
+        json_response(code, &written.obj)
     };
-    Ok(with_warnings(json_response(code, &out), &warnings))
+    Ok(with_warnings(response, &warnings))
 }
 
 /// DeleteOptions from the body and query parameters.
