@@ -138,13 +138,20 @@ type Path = Vec<PathElement>;
 type FieldSet = BTreeSet<Path>;
 
 impl PathElement {
-    fn encode(&self) -> String {
-        match self {
-            Self::Field(f) => format!("f:{f}"),
-            Self::Key(k) => format!("k:{}", k.text),
-            Self::Value(v) => format!("v:{}", v.text),
-            Self::Index(i) => format!("i:{i}"),
-        }
+    /// Appends the FieldsV1 key (`f:name`, `k:{…}`, `v:…`, `i:N`) to `out`.
+    fn encode_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (prefix, text) = match self {
+            Self::Field(f) => ("f:", &**f),
+            Self::Key(k) => ("k:", k.text.as_str()),
+            Self::Value(v) => ("v:", v.text.as_str()),
+            Self::Index(i) => {
+                let _ = write!(out, "i:{i}");
+                return;
+            }
+        };
+        out.push_str(prefix);
+        out.push_str(text);
     }
 
     fn decode(s: &str) -> Result<Self, ApplyError> {
@@ -447,10 +454,21 @@ impl Node {
 
 fn to_fields_v1(set: &FieldSet) -> Value {
     let mut root = Node::default();
+    // The key is encoded into one buffer and only copied for a node not seen yet: paths
+    // share most of their steps.
+    let mut key = String::new();
     for path in set {
         let mut node = &mut root;
         for pe in path {
-            node = node.children.entry(pe.encode()).or_default();
+            key.clear();
+            pe.encode_into(&mut key);
+            if !node.children.contains_key(key.as_str()) {
+                node.children.insert(key.clone(), Node::default());
+            }
+            node = node
+                .children
+                .get_mut(key.as_str())
+                .expect("inserted above");
         }
         node.member = true;
     }
