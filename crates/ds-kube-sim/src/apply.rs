@@ -465,10 +465,7 @@ fn to_fields_v1(set: &FieldSet) -> Value {
             if !node.children.contains_key(key.as_str()) {
                 node.children.insert(key.clone(), Node::default());
             }
-            node = node
-                .children
-                .get_mut(key.as_str())
-                .expect("inserted above");
+            node = node.children.get_mut(key.as_str()).expect("inserted above");
         }
         node.member = true;
     }
