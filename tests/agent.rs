@@ -3171,7 +3171,17 @@ async fn real_a_failed_model_fetch_fails_the_deployment_with_its_reason() {
     );
     no_secret_in("the status", &format!("{s:?}"));
     let got = e
-        .run_ds(&["deployment", "get", "iris", "-d", "fetch", "-n", ns, "-o", "json"])
+        .run_ds(&[
+            "deployment",
+            "get",
+            "iris",
+            "-d",
+            "fetch",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ])
         .await;
     let got: serde_json::Value = serde_json::from_str(got.ok()).expect("JSON");
     assert_eq!(got["status"]["phase"], "Failed", "{got}");
@@ -3199,7 +3209,10 @@ async fn real_a_failed_model_fetch_fails_the_deployment_with_its_reason() {
         .run_ds(&["deployment", "get", "wine", "-d", "fetch", "-n", ns])
         .await;
     let text = got.ok();
-    assert!(text.contains("Failed") && text.contains("NoSuchKey"), "{text}");
+    assert!(
+        text.contains("Failed") && text.contains("NoSuchKey"),
+        "{text}"
+    );
     no_secret_in("ds deployment get", text);
 
     // The right checksum: the new pod's download succeeds and it starts.

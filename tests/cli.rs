@@ -2876,7 +2876,15 @@ async fn promote_is_refused_by_the_target_stage_policy_and_needs_deploy_on_the_t
     // A person (the admin) promoting to a service-accounts stage: refused, saying what
     // to do, nothing created there, the refusal audited.
     let refused = t
-        .run(&["deployment", "promote", "iris", "-d", "dev", "--to", "prod-a"])
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-a",
+        ])
         .await;
     let line = refused.one_line_error();
     assert!(policy(line), "{line}");
@@ -2954,10 +2962,20 @@ async fn promote_is_refused_by_the_target_stage_policy_and_needs_deploy_on_the_t
     };
 
     // View on the target is not enough.
-    let denied = as_ci(&["deployment", "promote", "iris", "-d", "dev", "--to", "prod-b"]).await;
+    let denied = as_ci(&[
+        "deployment",
+        "promote",
+        "iris",
+        "-d",
+        "dev",
+        "--to",
+        "prod-b",
+    ])
+    .await;
     let line = denied.one_line_error();
     assert!(
-        line.to_lowercase().contains("permission") && line.contains("prod-b"),
+        line.contains("stopped at deployer prod-b: permission denied: ")
+            && line.contains("needs the Deploy role; you have View"),
         "{line}"
     );
     assert!(!policy(line), "{line}");
@@ -2995,11 +3013,27 @@ async fn promote_is_refused_by_the_target_stage_policy_and_needs_deploy_on_the_t
 
     // The admin promoting a change onto the deployment now there: refused as well, and
     // the one there keeps its spec.
-    t.run(&["deployment", "update", "iris", "-d", "dev", "--replicas", "3"])
-        .await
-        .ok();
+    t.run(&[
+        "deployment",
+        "update",
+        "iris",
+        "-d",
+        "dev",
+        "--replicas",
+        "3",
+    ])
+    .await
+    .ok();
     let refused = t
-        .run(&["deployment", "promote", "iris", "-d", "dev", "--to", "prod-a"])
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-a",
+        ])
         .await;
     let line = refused.one_line_error();
     assert!(policy(line), "{line}");
