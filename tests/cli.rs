@@ -3042,3 +3042,89 @@ async fn promote_is_refused_by_the_target_stage_policy_and_needs_deploy_on_the_t
     assert_eq!(kept["revision"], promoted["revision"], "{kept}");
     t.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn promote_to_a_stage_stops_at_a_target_whose_pre_hook_refuses_and_keeps_the_first() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("change-freeze");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"change freeze on $DS_HOOK_DEPLOYER until Monday\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = hooks.path().to_path_buf();
+    let t = start_with(move |a| a.hooks_dir = Some(dir)).await;
+    t.deployer("dev").await;
+    for name in ["prod-a", "prod-b"] {
+        t.run(&["deployer", "create", name, "--stage", "Production"])
+            .await
+            .ok();
+    }
+    t.run(&[
+        "hook",
+        "add",
+        "--deployer",
+        "prod-b",
+        "--phase",
+        "pre",
+        "--command",
+        "change-freeze",
+    ])
+    .await
+    .ok();
+    t.deployment("dev", "iris", &["--replicas", "2"]).await;
+
+    let run = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b")
+            && line.contains("change freeze on prod-b until Monday")
+            && line.contains("done: prod-a"),
+        "{line}"
+    );
+    assert_eq!(
+        outcomes(&run),
+        [
+            ("prod-a".to_string(), "promoted".to_string()),
+            ("prod-b".to_string(), "failed".to_string())
+        ]
+    );
+    assert_eq!(get_on(&t, "iris", "prod-a").await["spec"]["replicas"], 2);
+    assert!(names_on(&t, "prod-b").await.is_empty());
+
+    // Straight to it: refused the same way, still nothing there.
+    let refused = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-b",
+        ])
+        .await;
+    assert!(
+        refused
+            .one_line_error()
+            .contains("change freeze on prod-b until Monday"),
+        "{}",
+        refused.stderr
+    );
+    assert!(names_on(&t, "prod-b").await.is_empty());
+    t.gw.shutdown().await;
+}
