@@ -2939,3 +2939,295 @@ async fn model_from_storage_is_an_init_container_or_a_claim_applied_in_place(b: 
     );
     agent.shutdown().await;
 }
+
+// === the model from storage, end to end (issue 16) ===
+
+/// The origin the tests' `https://` model URIs name; the kubelet the test plays fetches
+/// from the local server instead.
+const MODEL_ORIGIN: &str = "https://models.example.com";
+/// A presigned URL's signature: never part of a reported reason.
+const SIGNATURE: &str = "X-Amz-Signature=5ec12e7deadbeef";
+/// The storage Secret's secret access key: never part of a reported reason.
+const SECRET_KEY: &str = "wJalrXUtnFEMI-s3cr3t-k3y";
+
+/// Serves `/models/iris.onnx` (`model`); any other path is S3's `NoSuchKey`.
+async fn serve_models(model: Vec<u8>) -> String {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let model = bytes::Bytes::from(model);
+    let app = axum::Router::new()
+        .route(
+            "/models/iris.onnx",
+            axum::routing::get(move || async move { model.clone() }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code>\
+                 <Message>The specified key does not exist.</Message></Error>",
+            )
+                .into_response()
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+impl Env {
+    /// Plays the kubelet for the `model-fetch` init container of the pod of deployment
+    /// `name`'s current template: runs the real `ds model-fetch` with the command and
+    /// arguments the agent put in the Deployment (the URI's [`MODEL_ORIGIN`] pointed at
+    /// `server`, `--dest` at a scratch emptyDir) and the storage Secret's keys as its only
+    /// environment, then writes how it ended into the pod's status as the kubelet does.
+    /// Returns the exit code and the termination message.
+    async fn kubelet_runs_model_fetch(&self, ns: &str, name: &str, server: &str) -> (i32, String) {
+        use k8s_openapi::api::core::v1::{Pod, Secret};
+        let d = self
+            .wait_deployment(ns, name, "the Deployment", |_| true)
+            .await;
+        let init = pod_spec(&d)
+            .init_containers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.name == "model-fetch")
+            .expect("the model-fetch init container");
+        let selector = d
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .match_labels
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client(), ns);
+        // The pod of the current template: its init container runs the current arguments.
+        let pod = eventually("the pod of the current template", || async {
+            let list = pods
+                .list(&kube::api::ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            list.items.into_iter().find(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && p.spec
+                        .as_ref()
+                        .and_then(|s| s.init_containers.as_ref())
+                        .and_then(|i| i.iter().find(|c| c.name == init.name))
+                        .is_some_and(|c| c.args == init.args)
+            })
+        })
+        .await;
+
+        // What the kubelet gives the container: the Secret's keys (envFrom), a volume.
+        let mut env = Vec::new();
+        for from in init.env_from.iter().flatten() {
+            let secret = from.secret_ref.as_ref().expect("a Secret reference");
+            let s: Secret = Api::namespaced(self.cluster.client(), ns)
+                .get(&secret.name)
+                .await
+                .expect("the storage Secret");
+            for (k, v) in s.data.unwrap_or_default() {
+                env.push((k, String::from_utf8(v.0).unwrap()));
+            }
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let dest = scratch.path().join("models");
+        let log = scratch.path().join("termination-log");
+        let command = init.command.clone().expect("a command");
+        assert_eq!(command[0], "ds");
+        let mut args: Vec<String> = command[1..].to_vec();
+        let mut given = init.args.clone().unwrap_or_default().into_iter();
+        while let Some(a) = given.next() {
+            let value = given.next().expect("a flag's value");
+            let value = match a.as_str() {
+                "--dest" => dest.to_str().unwrap().to_string(),
+                "--uri" => value.replace(MODEL_ORIGIN, server),
+                _ => value,
+            };
+            args.extend([a, value]);
+        }
+        args.extend([
+            "--termination-log".to_string(),
+            log.to_str().unwrap().to_string(),
+        ]);
+        let bin = std::env::var_os("DS_TEST_BIN")
+            .map_or_else(|| env!("CARGO_BIN_EXE_ds").into(), std::path::PathBuf::from);
+        let out = tokio::time::timeout(
+            DEADLINE,
+            tokio::process::Command::new(bin)
+                .args(&args)
+                .env_clear()
+                .envs(env)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("ds model-fetch finishes")
+        .expect("ds model-fetch runs");
+        let code = out.status.code().expect("an exit code");
+        let message = std::fs::read_to_string(&log).unwrap_or_default();
+
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let waiting: Vec<_> = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| {
+                serde_json::json!({"name": c.name, "image": c.image, "imageID": "",
+                    "ready": false, "restartCount": 0, "started": false,
+                    "state": {"waiting": {"reason": "PodInitializing"}}})
+            })
+            .collect();
+        let status = serde_json::json!({"status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized",
+                 "lastTransitionTime": now},
+            ],
+            "initContainerStatuses": [{"name": init.name, "image": init.image, "imageID": "",
+                "ready": false, "restartCount": 0, "started": false,
+                "state": {"terminated": {"exitCode": code, "reason": reason, "message": message,
+                    "startedAt": now, "finishedAt": now}}}],
+            "containerStatuses": waiting,
+        }});
+        pods.patch_status(
+            pod.metadata.name.as_deref().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(&status),
+        )
+        .await
+        .expect("the pod's status is written");
+        (code, message)
+    }
+}
+
+/// A model download that fails (a wrong checksum, a missing object) fails the deployment
+/// with `ds model-fetch`'s reason, shown by `ds deployment get`, with no secret in it; the
+/// right checksum then lets the pod start. The test plays the kubelet for the init
+/// container (no kubelet runs here): the real `ds model-fetch`, run as the pod spec says.
+#[tokio::test]
+async fn real_a_failed_model_fetch_fails_the_deployment_with_its_reason() {
+    use k8s_openapi::api::core::v1::Secret;
+    let mut e = env(Backend::Real).await;
+    let ns = e.ns.clone();
+    let ns = ns.as_str();
+    let model = b"onnx model bytes, version 1".repeat(1_000);
+    let server = serve_models(model.clone()).await;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": server,
+        },
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(e.cluster.client(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the storage Secret");
+    let (_, token) = e.deployer("fetch").await;
+    let agent = e.agent(&token).await;
+    let no_secret_in = |what: &str, text: &str| {
+        for secret in [SIGNATURE, "5ec12e7deadbeef", SECRET_KEY] {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+    };
+
+    // A presigned https:// URL and a checksum the object does not have.
+    let uri = format!("{MODEL_ORIGIN}/models/iris.onnx?{SIGNATURE}");
+    let wrong = sha256_hex(b"another model");
+    let mut spec = DeploymentSpec::test("iris");
+    spec.model_uri = Some(uri);
+    spec.model_sha256 = Some(wrong.clone());
+    let iris = e.deploy("fetch", "iris", ns, spec).await;
+    let (code, message) = e.kubelet_runs_model_fetch(ns, "iris", &server).await;
+    assert_eq!(code, 1, "{message}");
+    let s = e.wait_phase(&iris, Phase::Failed).await;
+    let mismatch = format!(
+        "sha256 mismatch: expected {wrong}, got {}",
+        sha256_hex(&model)
+    );
+    assert!(
+        s.reason.starts_with("Init:Error: pod iris-")
+            && s.reason.contains("init container model-fetch: ")
+            && s.reason.contains(&mismatch),
+        "{s:?}"
+    );
+    no_secret_in("the status", &format!("{s:?}"));
+    let got = e
+        .run_ds(&[
+            "deployment",
+            "get",
+            "iris",
+            "-d",
+            "fetch",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ])
+        .await;
+    let got: serde_json::Value = serde_json::from_str(got.ok()).expect("JSON");
+    assert_eq!(got["status"]["phase"], "Failed", "{got}");
+    let reason = got["status"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&mismatch), "{got}");
+    no_secret_in("ds deployment get", &got["status"].to_string());
+
+    // s3:// with the Secret's credentials and endpoint: the object is not there.
+    let mut spec = DeploymentSpec::test("wine");
+    spec.model_uri = Some("s3://models/absent/wine.onnx".into());
+    spec.storage_secret = Some("s3-creds".into());
+    let wine = e.deploy("fetch", "wine", ns, spec).await;
+    let (code, message) = e.kubelet_runs_model_fetch(ns, "wine", &server).await;
+    assert_eq!(code, 1, "{message}");
+    let s = e.wait_phase(&wine, Phase::Failed).await;
+    assert!(
+        s.reason.contains(
+            "model-fetch: s3://models/absent/wine.onnx: NoSuchKey (HTTP 404): \
+             The specified key does not exist."
+        ),
+        "{s:?}"
+    );
+    no_secret_in("the status", &format!("{s:?}"));
+    let got = e
+        .run_ds(&["deployment", "get", "wine", "-d", "fetch", "-n", ns])
+        .await;
+    let text = got.ok();
+    assert!(
+        text.contains("Failed") && text.contains("NoSuchKey"),
+        "{text}"
+    );
+    no_secret_in("ds deployment get", text);
+
+    // The right checksum: the new pod's download succeeds and it starts.
+    e.update(&iris, |r| r.model_sha256 = Some(sha256_hex(&model)))
+        .await;
+    e.wait_deployment(ns, "iris", "the new checksum", |d| {
+        pod_spec(d).init_containers.as_ref().is_some_and(|i| {
+            i[0].args
+                .as_ref()
+                .is_some_and(|a| a.contains(&sha256_hex(&model)))
+        })
+    })
+    .await;
+    let (code, message) = e.kubelet_runs_model_fetch(ns, "iris", &server).await;
+    assert_eq!((code, message.as_str()), (0, ""));
+    e.wait_phase(&iris, Phase::Available).await;
+    agent.shutdown().await;
+}

@@ -2818,3 +2818,313 @@ async fn promote_with_wait_across_two_agents_on_two_simulated_clusters_remaps_in
         agent.shutdown().await;
     }
 }
+
+/// The deployments on `deployer`, by name.
+async fn names_on(t: &TestGateway, deployer: &str) -> Vec<String> {
+    let listed = t
+        .run(&["deployment", "ls", "-d", deployer, "-o", "json"])
+        .await
+        .json();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Each target's `(deployer, outcome)` in `promote -o json`'s output.
+fn outcomes(run: &Run) -> Vec<(String, String)> {
+    let results: Value = serde_json::from_str(&run.stdout).expect("per-target results");
+    results
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["deployer"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn promote_is_refused_by_the_target_stage_policy_and_needs_deploy_on_the_target() {
+    let t = start().await;
+    t.deployer("dev").await;
+    for name in ["prod-a", "prod-b"] {
+        t.run(&["deployer", "create", name, "--stage", "Production"])
+            .await
+            .ok();
+    }
+    t.deployment("dev", "iris", &["--replicas", "2"]).await;
+    t.run(&[
+        "stage",
+        "update",
+        "Production",
+        "--deploy-by",
+        "service-accounts",
+    ])
+    .await
+    .ok();
+    let policy = |line: &str| {
+        line.contains("stage Production allows deployments by service accounts only")
+            && line.contains("ds stage update Production --deploy-by anyone")
+    };
+
+    // A person (the admin) promoting to a service-accounts stage: refused, saying what
+    // to do, nothing created there, the refusal audited.
+    let refused = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-a",
+        ])
+        .await;
+    let line = refused.one_line_error();
+    assert!(policy(line), "{line}");
+    assert!(names_on(&t, "prod-a").await.is_empty());
+    let denied: Vec<_> = audit_summary(&t, &[])
+        .await
+        .into_iter()
+        .filter(|e| e.3 == "denied")
+        .collect();
+    assert_eq!(
+        denied,
+        [(
+            admin_actor(&t),
+            "deployment.promote".to_string(),
+            "deployment/default/iris".to_string(),
+            "denied".to_string()
+        )]
+    );
+
+    // To the whole stage: the first target refuses, so it stops there, names it and
+    // runs none of the rest.
+    let refused = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await;
+    let line = refused.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-a") && line.contains("not run: prod-b"),
+        "{line}"
+    );
+    assert!(policy(line), "{line}");
+    assert_eq!(
+        outcomes(&refused),
+        [
+            ("prod-a".to_string(), "failed".to_string()),
+            ("prod-b".to_string(), "not-run".to_string())
+        ]
+    );
+    for target in ["prod-a", "prod-b"] {
+        assert!(names_on(&t, target).await.is_empty(), "{target}");
+    }
+
+    // A service account, as the policy wants, with Deploy on prod-a and only View on
+    // prod-b (and View on the source).
+    t.run(&["user", "create", "ci", "--service-account"])
+        .await
+        .ok();
+    t.run(&["group", "create", "release"]).await.ok();
+    t.run(&["group", "add-member", "release", "ci"]).await.ok();
+    for (deployer, role) in [("dev", "view"), ("prod-a", "deploy"), ("prod-b", "view")] {
+        t.run(&[
+            "deployer", "grant", deployer, "--group", "release", "--role", role,
+        ])
+        .await
+        .ok();
+    }
+    let key = t
+        .run(&["apikey", "create", "--user", "ci", "-o", "json"])
+        .await
+        .json();
+    let ci_key = key["secret"].as_str().expect("the key, shown once");
+    let as_ci = |args: &[&str]| {
+        let mut cmd = t.bare(args);
+        cmd.env("DS_GATEWAY", t.gw.url()).env("DS_API_KEY", ci_key);
+        output(cmd)
+    };
+
+    // View on the target is not enough.
+    let denied = as_ci(&[
+        "deployment",
+        "promote",
+        "iris",
+        "-d",
+        "dev",
+        "--to",
+        "prod-b",
+    ])
+    .await;
+    let line = denied.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b: permission denied: ")
+            && line.contains("needs the Deploy role; you have View"),
+        "{line}"
+    );
+    assert!(!policy(line), "{line}");
+    assert!(names_on(&t, "prod-b").await.is_empty());
+
+    // To the stage: prod-a is promoted, prod-b refuses; the error names it and what was
+    // done, and prod-a keeps its promotion.
+    let run = as_ci(&[
+        "deployment",
+        "promote",
+        "iris",
+        "-d",
+        "dev",
+        "--to-stage",
+        "Production",
+        "-o",
+        "json",
+    ])
+    .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b") && line.contains("done: prod-a"),
+        "{line}"
+    );
+    assert_eq!(
+        outcomes(&run),
+        [
+            ("prod-a".to_string(), "promoted".to_string()),
+            ("prod-b".to_string(), "failed".to_string())
+        ]
+    );
+    let promoted = get_on(&t, "iris", "prod-a").await;
+    assert_eq!(promoted["spec"]["replicas"], 2, "{promoted}");
+    assert!(names_on(&t, "prod-b").await.is_empty());
+
+    // The admin promoting a change onto the deployment now there: refused as well, and
+    // the one there keeps its spec.
+    t.run(&[
+        "deployment",
+        "update",
+        "iris",
+        "-d",
+        "dev",
+        "--replicas",
+        "3",
+    ])
+    .await
+    .ok();
+    let refused = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-a",
+        ])
+        .await;
+    let line = refused.one_line_error();
+    assert!(policy(line), "{line}");
+    let kept = get_on(&t, "iris", "prod-a").await;
+    assert_eq!(kept["spec"]["replicas"], 2, "{kept}");
+    assert_eq!(kept["revision"], promoted["revision"], "{kept}");
+    t.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn promote_to_a_stage_stops_at_a_target_whose_pre_hook_refuses_and_keeps_the_first() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hooks = tempfile::tempdir().unwrap();
+    let script = hooks.path().join("change-freeze");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"change freeze on $DS_HOOK_DEPLOYER until Monday\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = hooks.path().to_path_buf();
+    let t = start_with(move |a| a.hooks_dir = Some(dir)).await;
+    t.deployer("dev").await;
+    for name in ["prod-a", "prod-b"] {
+        t.run(&["deployer", "create", name, "--stage", "Production"])
+            .await
+            .ok();
+    }
+    t.run(&[
+        "hook",
+        "add",
+        "--deployer",
+        "prod-b",
+        "--phase",
+        "pre",
+        "--command",
+        "change-freeze",
+    ])
+    .await
+    .ok();
+    t.deployment("dev", "iris", &["--replicas", "2"]).await;
+
+    let run = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to-stage",
+            "Production",
+            "-o",
+            "json",
+        ])
+        .await;
+    let line = run.one_line_error();
+    assert!(
+        line.contains("stopped at deployer prod-b")
+            && line.contains("change freeze on prod-b until Monday")
+            && line.contains("done: prod-a"),
+        "{line}"
+    );
+    assert_eq!(
+        outcomes(&run),
+        [
+            ("prod-a".to_string(), "promoted".to_string()),
+            ("prod-b".to_string(), "failed".to_string())
+        ]
+    );
+    assert_eq!(get_on(&t, "iris", "prod-a").await["spec"]["replicas"], 2);
+    assert!(names_on(&t, "prod-b").await.is_empty());
+
+    // Straight to it: refused the same way, still nothing there.
+    let refused = t
+        .run(&[
+            "deployment",
+            "promote",
+            "iris",
+            "-d",
+            "dev",
+            "--to",
+            "prod-b",
+        ])
+        .await;
+    assert!(
+        refused
+            .one_line_error()
+            .contains("change freeze on prod-b until Monday"),
+        "{}",
+        refused.stderr
+    );
+    assert!(names_on(&t, "prod-b").await.is_empty());
+    t.gw.shutdown().await;
+}

@@ -9,7 +9,9 @@
 //! deletion, and leaves pods whose image starts with [`FAILING_IMAGE_PREFIX`] or
 //! [`UNPULLABLE_REGISTRY`] waiting in `ImagePullBackOff` (the latter first in
 //! `ErrImagePull`, as a kubelet's first pull fails), and pods whose image names
-//! [`CRASHING_IMAGE`] in `CrashLoopBackOff` with restarts. It also serves the kubelet's
+//! [`CRASHING_IMAGE`] in `CrashLoopBackOff` with restarts. Pods with init containers stay
+//! Pending until their init container statuses (written by the test, which plays the
+//! kubelet for them) say every one exited 0. It also serves the kubelet's
 //! log endpoint, which the API server calls (over TLS it verifies) for `pods/log`: see
 //! [`fake_kubelet`].
 //!
@@ -665,6 +667,27 @@ async fn act_on(client: &kube::Client, pod: &Pod, next_ip: &mut u32) -> Result<(
             ..Default::default()
         };
         return ignore_gone(api.delete(name, &dp).await.map(|_| ()));
+    }
+    // A kubelet starts the containers only once every init container exited 0. Nothing
+    // runs init containers here: such a pod stays Pending until its init container
+    // statuses say so, which the test that plays the kubelet for them writes.
+    if let Some(inits) = spec.init_containers.as_ref().filter(|i| !i.is_empty()) {
+        let statuses = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref());
+        let succeeded = |name: &str| {
+            statuses.into_iter().flatten().any(|s| {
+                s.name == name
+                    && s.state
+                        .as_ref()
+                        .and_then(|st| st.terminated.as_ref())
+                        .is_some_and(|t| t.exit_code == 0)
+            })
+        };
+        if !inits.iter().all(|c| succeeded(&c.name)) {
+            return Ok(());
+        }
     }
     let status = pod.status.clone().unwrap_or_default();
     let waiting_reason = |name: &str| -> Option<String> {
