@@ -18,6 +18,147 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 const IMAGE: &str = "tensorflow/serving:2.15.0";
 
+/// The gateway's hook slots (`--hook-slots 3`): with three slow pre-hooks running, a
+/// fourth change waits for a slot and runs when one is freed; a fifth that finds none
+/// within `--hook-pre-wait` is refused naming the limit, and nothing of it is stored.
+/// Concurrency is read from what the hooks write, not from timings.
+#[tokio::test]
+async fn three_hook_slots_make_a_fourth_change_wait_and_a_fifth_give_up() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let hooks = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let st = state.path().display();
+    // Hooks run with a clean environment: the state directory is written into the script.
+    let script = hooks.path().join("slow");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             echo \"start $DS_HOOK_DEPLOYMENT\" >> {st}/log\n\
+             touch {st}/running-$DS_HOOK_DEPLOYMENT\n\
+             while [ ! -e {st}/release-$DS_HOOK_DEPLOYMENT ] && [ ! -e {st}/release-all ]; do sleep 0.05; done\n\
+             echo \"end $DS_HOOK_DEPLOYMENT\" >> {st}/log\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = hooks.path().to_path_buf();
+    let t = start_with(move |a| {
+        a.hooks_dir = Some(dir);
+        a.hook_slots = 3;
+        a.hook_pre_wait = Duration::from_secs(5);
+    })
+    .await;
+    t.deployer("d").await;
+    t.run(&[
+        "hook",
+        "add",
+        "--deployer",
+        "d",
+        "--phase",
+        "pre",
+        "--command",
+        "slow",
+    ])
+    .await
+    .ok();
+    let create = |name: &str| {
+        let cmd = t.ds(&[
+            "deployment",
+            "create",
+            "--model-name",
+            name,
+            "-d",
+            "d",
+            "-i",
+            IMAGE,
+        ]);
+        tokio::spawn(output(cmd))
+    };
+    let exists = |f: String| {
+        let path = state.path().join(f);
+        move || {
+            let path = path.clone();
+            async move { path.exists().then_some(()) }
+        }
+    };
+    let waiting = |n: u64| {
+        let addr = t.gw.addr;
+        move || async move {
+            let metrics = http_get(addr, "/metrics").await;
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with("ds_gateway_hooks_waiting "))?
+                .to_string();
+            (line.split_whitespace().nth(1)? == n.to_string()).then_some(())
+        }
+    };
+
+    let first: Vec<_> = ["m1", "m2", "m3"].into_iter().map(create).collect();
+    for m in ["m1", "m2", "m3"] {
+        ds_test_support::eventually("three hooks running", exists(format!("running-{m}"))).await;
+    }
+    let fourth = create("m4");
+    ds_test_support::eventually("the fourth waits for a slot", waiting(1)).await;
+    let fifth = create("m5");
+    ds_test_support::eventually("the fifth waits too", waiting(2)).await;
+    // A freed slot goes to the change that waited longest.
+    std::fs::write(state.path().join("release-m1"), "").unwrap();
+    ds_test_support::eventually("the fourth's hook runs", exists("running-m4".into())).await;
+    assert!(!state.path().join("running-m5").exists());
+
+    let refused = fifth.await.unwrap();
+    let line = refused.one_line_error();
+    assert!(
+        line.contains("no free hook slot within 5s") && line.contains("--hook-slots 3"),
+        "{line}"
+    );
+    std::fs::write(state.path().join("release-all"), "").unwrap();
+    for run in first {
+        run.await.unwrap().ok();
+    }
+    fourth.await.unwrap().ok();
+
+    // At most three at once, and the fifth never started.
+    let log = std::fs::read_to_string(state.path().join("log")).unwrap();
+    let (mut now, mut most) = (0, 0);
+    for l in log.lines() {
+        if l.starts_with("start ") {
+            now += 1;
+            most = std::cmp::max(most, now);
+        } else {
+            now -= 1;
+        }
+    }
+    assert_eq!(most, 3, "{log}");
+    assert!(!log.contains("m5"), "{log}");
+    let listed = t
+        .run(&["deployment", "ls", "-d", "d", "-o", "json"])
+        .await
+        .json();
+    let mut names: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["m1", "m2", "m3", "m4"]);
+    t.gw.shutdown().await;
+}
+
+/// A plain HTTP/1.1 GET on the gateway's port; the whole answer.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 // === helpers ===
 
 struct TestGateway {
