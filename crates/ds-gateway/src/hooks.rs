@@ -58,10 +58,6 @@ pub(crate) const OUTPUT_CAP: usize = 4096;
 /// A hook's timeout unless it names one.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a post-hook waits for the agent's Available or Failed: a Kubernetes
-/// Deployment's default progress deadline (10 minutes), plus a margin for the report.
-const POST_STATUS_WAIT: Duration = Duration::from_secs(11 * 60);
-
 /// After a command exits, how long its output is still read (a child it left behind may
 /// hold the pipes open).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -83,6 +79,8 @@ pub(crate) struct HookSettings {
     pub pre_wait: Duration,
     /// How long a post-hook waits for a slot.
     pub post_wait: Duration,
+    /// How long a post-hook waits for the agent's Available or Failed of its revision.
+    pub post_status_wait: Duration,
     /// The longest timeout a hook may have.
     pub max_timeout: Duration,
 }
@@ -567,18 +565,15 @@ impl Hooks {
             }
             let status = tokio::select! {
                 () = shutdown.cancelled() => return,
-                s = wait_for_outcome(store.as_ref(), &changed.id, changed.revision) => s,
+                s = wait_for_outcome(store.as_ref(), &changed.id, changed.revision, hooks.settings.post_status_wait) => s,
             };
             let status = match status {
-                Ok(Some(status)) => status,
+                Ok(Some(status)) => Ok(status),
                 Ok(None) => {
                     tracing::debug!(deployment = %changed.id, "a newer change supersedes the post-deployment hooks' wait");
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, deployment = %changed.id, revision = changed.revision, "post-deployment hooks not run: no Available or Failed report");
-                    return;
-                }
+                Err(why) => Err(why),
             };
             let deployer_name = store
                 .resolve_deployer(&changed.deployer_id)
@@ -604,6 +599,26 @@ impl Hooks {
             };
             // The gateway runs post-hooks on its own, for the change's author.
             let gateway = ChangeBy::new(GATEWAY_ACTOR, by.request_id.clone());
+            let status = match status {
+                Ok(status) => status,
+                Err(why) => {
+                    // Recorded, so that describe and the audit show why they did not run.
+                    let reason = match why {
+                        NoOutcome::Expired(wait) => format!(
+                            "not run: the agent reported no Available or Failed status for revision {} within {} (--hook-post-status-wait)",
+                            ctx.revision,
+                            humanize(wait)
+                        ),
+                        NoOutcome::Error(e) => format!("not run: reading the deployment's status failed: {e}"),
+                    };
+                    tracing::warn!(deployment = %ctx.deployment_id, revision = ctx.revision, %reason, "post-deployment hooks not run");
+                    for hook in &post {
+                        let now = Utc::now();
+                        record(store.as_ref(), &gateway, hook, &ctx, now, &RunResult::failed(reason.clone())).await;
+                    }
+                    return;
+                }
+            };
             for hook in &post {
                 let started = Utc::now();
                 let result = tokio::select! {
@@ -853,27 +868,28 @@ fn phase_to_proto(phase: HookPhase) -> proto::HookPhase {
 pub(crate) const GATEWAY_ACTOR: &str = "gateway";
 
 /// Waits until the deployment's status reports deployer revision `revision` Available
-/// or Failed (its word), bounded by [`POST_STATUS_WAIT`]. `Ok(None)` when the deployment
-/// changed again or was deleted meanwhile.
+/// or Failed (its word), bounded by `wait` (`--hook-post-status-wait`). `Ok(None)` when
+/// the deployment changed again or was deleted meanwhile.
 async fn wait_for_outcome(
     store: &dyn Store,
     deployment_id: &str,
     revision: u64,
-) -> Result<Option<&'static str>, String> {
+    wait: Duration,
+) -> Result<Option<&'static str>, NoOutcome> {
     // Subscribed before the first look, so that no report between the two is missed.
     let mut touched = store.hub().subscribe_touched();
-    let deadline = tokio::time::Instant::now() + POST_STATUS_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         match store.get_deployment(deployment_id).await {
             Ok(d) if d.revision != revision => return Ok(None),
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(NoOutcome::Error(e.to_string())),
         }
         let status = store
             .get_status(deployment_id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoOutcome::Error(e.to_string()))?;
         if let Some(s) = status
             && s.applied_revision == revision
             && let Some(word) = status_word(s.phase)
@@ -883,16 +899,24 @@ async fn wait_for_outcome(
         loop {
             match tokio::time::timeout_at(deadline, touched.recv()).await {
                 Err(_) => {
-                    return Err(format!("none within {}", humanize(POST_STATUS_WAIT)));
+                    return Err(NoOutcome::Expired(wait));
                 }
                 Ok(Ok(id)) if id != deployment_id => continue,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => break,
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err("the store closed".into());
+                    return Err(NoOutcome::Error("the store closed".into()));
                 }
             }
         }
     }
+}
+
+/// Why a post-hook's wait for the agent's report ended without one.
+#[derive(Debug)]
+enum NoOutcome {
+    /// `--hook-post-status-wait` passed.
+    Expired(Duration),
+    Error(String),
 }
 
 /// Records a run and its audit row; a failure to record is logged, the run's effect
@@ -1122,6 +1146,7 @@ mod tests {
             slots: 1,
             pre_wait: Duration::from_secs(30),
             post_wait: Duration::from_secs(30),
+            post_status_wait: Duration::from_secs(30),
             max_timeout: Duration::from_secs(600),
         })
     }
