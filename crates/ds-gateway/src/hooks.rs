@@ -396,11 +396,14 @@ impl Hooks {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            // Its own process group, so that what it starts dies with it at its timeout.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return RunResult::failed(format!("could not be started: {e}")),
         };
+        let mut group = ProcessGroup::of(&child);
         let input = body.to_string().into_bytes();
         let stdin = child.stdin.take();
         let writer = tokio::spawn(async move {
@@ -415,6 +418,11 @@ impl Hooks {
             child.stderr.take().map(|e| read_into(e, output.clone())),
         ];
         let waited = tokio::time::timeout(timeout, child.wait()).await;
+        if matches!(waited, Ok(Ok(_))) {
+            // Waited for: its group ID may be reused from now on. What it left behind is
+            // its author's to manage (the output is read only OUTPUT_DRAIN longer).
+            group.disarm();
+        }
         let (outcome, exit_code) = match waited {
             Ok(Ok(status)) => match status.code() {
                 Some(0) => (HookOutcome::Ok, Some(0)),
@@ -423,10 +431,12 @@ impl Hooks {
                 None => (HookOutcome::Failed, None),
             },
             Ok(Err(e)) => {
+                group.kill();
                 let _ = child.kill().await;
                 return RunResult::failed(format!("waiting for it failed: {e}"));
             }
             Err(_) => {
+                group.kill();
                 let _ = child.kill().await;
                 (HookOutcome::TimedOut, None)
             }
@@ -911,6 +921,41 @@ async fn wait_for_outcome(
     }
 }
 
+/// The process group of a command hook (it leads it: `process_group(0)`). Killed at the
+/// hook's timeout, and when the run is dropped before the hook was waited for (the
+/// gateway shutting down), so that nothing a hook started outlives it.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        Self(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
+        )
+    }
+
+    /// Kills the group once; after that (or [`Self::disarm`]) the group ID is not used
+    /// again, as it may be reused once the hook was waited for.
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // The group may be gone already (ESRCH): nothing left to kill.
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Why a post-hook's wait for the agent's report ended without one.
 #[derive(Debug)]
 enum NoOutcome {
@@ -1219,5 +1264,49 @@ mod tests {
             refused,
             "pre-deployment hook 7 (slow.sh) timed out after 300ms: started"
         );
+    }
+
+    /// Whether a process is gone: no /proc entry, or a zombie not reaped yet (in a
+    /// container, PID 1 may not reap orphans).
+    fn gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            Err(_) => true,
+            Ok(status) => status
+                .lines()
+                .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_command_started_dies_with_it_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        script(
+            dir.path(),
+            "spawner.sh",
+            &format!(
+                "sleep 300 & echo $! > {}; echo started; sleep 300",
+                pid_file.display()
+            ),
+            0o755,
+        );
+        let hooks = hooks_in(dir.path());
+        let body = payload(&ctx(), HookPhase::Pre, None);
+        let result = hooks
+            .run_command("spawner.sh", Duration::from_secs(3), &body, &[])
+            .await;
+        assert_eq!(result.outcome, HookOutcome::TimedOut);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim().to_string();
+        assert!(pid.parse::<u32>().is_ok(), "{pid:?}");
+        // Polled, not timed: the kill is sent, its delivery is the kernel's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !gone(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hook's child {pid} outlived the hook"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
