@@ -1,0 +1,140 @@
+//! Deployment hooks end to end: the `ds` CLI as a process against a real gateway (with a
+//! temporary SQLite file and a real --hooks-dir of shell scripts), checking what a user
+//! sees — a refused change, the stored deployments, and the runs `describe` shows.
+
+use ds_gateway::{GatewayArgs, RunningGateway};
+use ds_test_support::cli::{self, Run};
+use ds_test_support::eventually;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// Generous bound for a `ds` run on a loaded 2-core machine.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+const IMAGE: &str = "tensorflow/serving:2.15.0";
+
+struct TestGateway {
+    gw: RunningGateway,
+    dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// A gateway with `hooks/` of its directory as --hooks-dir, after `change`.
+    async fn start(change: impl FnOnce(&mut GatewayArgs)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("hooks")).unwrap();
+        let mut args =
+            GatewayArgs::insecure("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+        args.hooks_dir = Some(dir.path().join("hooks"));
+        change(&mut args);
+        let gw = RunningGateway::start(args).await.expect("gateway starts");
+        Self { gw, dir }
+    }
+
+    fn hooks_dir(&self) -> PathBuf {
+        self.dir.path().join("hooks")
+    }
+
+    /// An executable script `name` in the hooks directory.
+    fn script(&self, name: &str, body: &str) {
+        let path = self.hooks_dir().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        let mut cmd: Command = cli::bare(
+            &PathBuf::from(env!("CARGO_BIN_EXE_ds")),
+            &self.dir.path().join("ds-config.yaml"),
+            args,
+        );
+        cmd.env("DS_GATEWAY", self.gw.url())
+            .env("DS_API_KEY", &self.gw.admin_key);
+        cli::output(cmd, DEADLINE).await
+    }
+
+    async fn create(&self, deployer: &str, model: &str) -> Run {
+        self.run(&[
+            "deployment",
+            "create",
+            "--model-name",
+            model,
+            "-d",
+            deployer,
+            "-i",
+            IMAGE,
+            "-o",
+            "json",
+        ])
+        .await
+    }
+
+    async fn deployments(&self) -> Value {
+        self.run(&["deployment", "ls", "-o", "json"]).await.json()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothing() {
+    let t = TestGateway::start(|_| {}).await;
+    t.script("quota.sh", "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1");
+    t.run(&["deployer", "create", "prod"]).await.ok();
+    t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--command", "quota.sh"])
+        .await
+        .ok();
+
+    let refused = t.create("prod", "iris").await;
+    let message = refused.failed();
+    assert!(message.contains("team ml is over its GPU quota"), "{message}");
+    assert!(message.contains("quota.sh"), "{message}");
+
+    let listed = t.deployments().await;
+    let empty = match &listed {
+        Value::Array(items) => items.is_empty(),
+        Value::Object(o) => o
+            .get("deployments")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty),
+        _ => false,
+    };
+    assert!(empty, "nothing stored: {listed}");
+    let got = t.run(&["deployment", "get", "iris"]).await;
+    got.failed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
+    let t = TestGateway::start(|a| a.hook_post_status_wait = Duration::from_secs(1)).await;
+    let marker = t.dir.path().join("post-ran");
+    t.script("notify.sh", &format!("touch {}", marker.display()));
+    t.run(&["deployer", "create", "prod"]).await.ok();
+    t.run(&["hook", "add", "-d", "prod", "--phase", "post", "--command", "notify.sh"])
+        .await
+        .ok();
+    // No agent: nothing ever reports the revision Available or Failed.
+    t.create("prod", "iris").await.ok();
+
+    let run = eventually("the post-hook's run is shown by describe", || async {
+        let described = t
+            .run(&["deployment", "describe", "iris", "-o", "json"])
+            .await
+            .json();
+        described["hook_runs"]
+            .as_array()
+            .and_then(|runs| runs.first().cloned())
+    })
+    .await;
+    assert_eq!(run["phase"], "post", "{run}");
+    assert_eq!(run["outcome"], "failed", "{run}");
+    assert_eq!(run["revision"], 1, "{run}");
+    let tail = run["output_tail"].as_str().unwrap();
+    assert!(
+        tail.contains("no Available or Failed status for revision 1 within 1s"),
+        "{tail}"
+    );
+    assert!(tail.contains("--hook-post-status-wait"), "{tail}");
+    assert!(!marker.exists(), "the hook did not run");
+}
