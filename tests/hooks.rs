@@ -82,27 +82,27 @@ async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothin
     let t = TestGateway::start(|_| {}).await;
     t.script("quota.sh", "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1");
     t.run(&["deployer", "create", "prod"]).await.ok();
-    t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--command", "quota.sh"])
+    let hook = t
+        .run(&[
+            "hook", "add", "-d", "prod", "--phase", "pre", "--command", "quota.sh", "-o", "json",
+        ])
         .await
-        .ok();
+        .json();
+    let hook_id = hook["id"].to_string();
 
     let refused = t.create("prod", "iris").await;
     let message = refused.failed();
     assert!(message.contains("team ml is over its GPU quota"), "{message}");
     assert!(message.contains("quota.sh"), "{message}");
 
+    assert_eq!(t.deployments().await, serde_json::json!([]), "nothing stored");
+    t.run(&["deployment", "get", "iris"]).await.failed();
+
+    // Without the hook, the same create passes: it was the hook that refused it.
+    t.run(&["hook", "rm", &hook_id]).await.ok();
+    t.create("prod", "iris").await.ok();
     let listed = t.deployments().await;
-    let empty = match &listed {
-        Value::Array(items) => items.is_empty(),
-        Value::Object(o) => o
-            .get("deployments")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty),
-        _ => false,
-    };
-    assert!(empty, "nothing stored: {listed}");
-    let got = t.run(&["deployment", "get", "iris"]).await;
-    got.failed();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
