@@ -56,6 +56,17 @@ impl TestGateway {
         cli::output(cmd, DEADLINE).await
     }
 
+    /// `ds ARGS` with another API key.
+    async fn run_as(&self, key: &str, args: &[&str]) -> Run {
+        let mut cmd: Command = cli::bare(
+            &PathBuf::from(env!("CARGO_BIN_EXE_ds")),
+            &self.dir.path().join("ds-config.yaml"),
+            args,
+        );
+        cmd.env("DS_GATEWAY", self.gw.url()).env("DS_API_KEY", key);
+        cli::output(cmd, DEADLINE).await
+    }
+
     async fn create(&self, deployer: &str, model: &str) -> Run {
         self.run(&[
             "deployment",
@@ -137,4 +148,79 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
     );
     assert!(tail.contains("--hook-post-status-wait"), "{tail}");
     assert!(!marker.exists(), "the hook did not run");
+}
+
+/// `ds hook add -d prod --phase pre --command NAME`: what it printed.
+async fn add_command(t: &TestGateway, name: &str) -> Run {
+    t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--command", name])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_add_refuses_what_is_not_an_executable_of_the_hooks_dir_and_says_why() {
+    let t = TestGateway::start(|_| {}).await;
+    t.run(&["deployer", "create", "prod"]).await.ok();
+    let outside = t.dir.path().join("outside.sh");
+    std::fs::write(&outside, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(&outside, t.hooks_dir().join("link.sh")).unwrap();
+    t.script(".hidden.sh", "exit 0");
+    t.script("plain.sh", "exit 0");
+    std::fs::set_permissions(
+        t.hooks_dir().join("plain.sh"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+
+    for (name, rule) in [
+        ("../outside.sh", "without '/'"),
+        ("sub/x.sh", "without '/'"),
+        ("..", "must not contain '..'"),
+        (".hidden.sh", "must not be a hidden file"),
+        ("link.sh", "a symlink to a file outside the gateway's hooks directory"),
+        ("plain.sh", "is not executable"),
+        ("missing.sh", "no such file in the gateway's hooks directory"),
+    ] {
+        let refused = add_command(&t, name).await;
+        let message = refused.failed();
+        assert!(message.contains("--command"), "{name}: {message}");
+        assert!(message.contains(rule), "{name}: {message}");
+    }
+    let listed = t.run(&["hook", "ls", "-d", "prod", "-o", "json"]).await.json();
+    assert_eq!(listed, serde_json::json!([]), "none added");
+
+    // A user with Deploy on the deployer may deploy, not change its hooks.
+    t.script("ok.sh", "exit 0");
+    t.run(&["user", "create", "ci", "--service-account"]).await.ok();
+    t.run(&["group", "create", "release"]).await.ok();
+    t.run(&["group", "add-member", "release", "ci"]).await.ok();
+    t.run(&["deployer", "grant", "prod", "--group", "release", "--role", "deploy"])
+        .await
+        .ok();
+    let key = t
+        .run(&["apikey", "create", "--user", "ci", "-o", "json"])
+        .await
+        .json();
+    let ci_key = key["secret"].as_str().expect("the key, shown once");
+    let denied = t
+        .run_as(
+            ci_key,
+            &["hook", "add", "-d", "prod", "--phase", "pre", "--command", "ok.sh"],
+        )
+        .await;
+    let message = denied.failed();
+    assert!(message.to_lowercase().contains("permission"), "{message}");
+    assert!(!message.contains(ci_key), "no secret in the message");
+    // The same request as the admin passes: it was the role that was refused.
+    add_command(&t, "ok.sh").await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hook_add_of_a_command_is_refused_on_a_gateway_without_hooks_dir() {
+    let t = TestGateway::start(|a| a.hooks_dir = None).await;
+    t.run(&["deployer", "create", "prod"]).await.ok();
+    let refused = add_command(&t, "ok.sh").await;
+    let message = refused.failed();
+    assert!(message.contains("--hooks-dir"), "{message}");
+    assert!(message.contains("command hooks are off"), "{message}");
 }
