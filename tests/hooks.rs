@@ -8,6 +8,8 @@ use ds_test_support::eventually;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -223,4 +225,76 @@ async fn hook_add_of_a_command_is_refused_on_a_gateway_without_hooks_dir() {
     let message = refused.failed();
     assert!(message.contains("--hooks-dir"), "{message}");
     assert!(message.contains("command hooks are off"), "{message}");
+}
+
+/// What a URL hook's server received: (content type, JSON body) of each request.
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A webhook receiver on a loopback port answering `answer`'s status code.
+async fn receiver(answer: Arc<AtomicU16>) -> (String, Received) {
+    let received: Received = Arc::default();
+    let seen = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let seen = seen.clone();
+            let answer = answer.clone();
+            async move {
+                let content_type = headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                seen.lock().unwrap().push((content_type, json));
+                axum::http::StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/hook"), received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_hook_receives_the_documented_json_and_a_non_2xx_answer_refuses() {
+    let t = TestGateway::start(|_| {}).await;
+    let answer = Arc::new(AtomicU16::new(200));
+    let (url, received) = receiver(answer.clone()).await;
+    let deployer = t.run(&["deployer", "create", "prod", "-o", "json"]).await.json();
+    t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--url", &url])
+        .await
+        .ok();
+
+    t.create("prod", "iris").await.ok();
+    let (content_type, body) = received.lock().unwrap().first().cloned().expect("a request");
+    assert!(content_type.starts_with("application/json"), "{content_type}");
+    assert_eq!(body["phase"], "pre", "{body}");
+    assert_eq!(body["deployer"]["id"], deployer["id"], "{body}");
+    assert_eq!(body["deployer"]["name"], "prod", "{body}");
+    // A create: nothing is stored before the pre-hooks pass, so no ID yet.
+    assert_eq!(body["deployment"]["id"], "", "{body}");
+    assert_eq!(body["deployment"]["name"], "iris", "{body}");
+    assert_eq!(body["deployment"]["namespace"], "default", "{body}");
+    assert_eq!(body["revision"], 1, "{body}");
+    assert!(body["actor"].as_str().is_some_and(|a| !a.is_empty()), "{body}");
+    assert_eq!(body["spec"]["model_name"], "iris", "{body}");
+    assert_eq!(body["spec"]["image"], IMAGE, "{body}");
+    assert!(body.get("status").is_none(), "a pre-hook has no status: {body}");
+
+    answer.store(503, Ordering::SeqCst);
+    let refused = t.create("prod", "wine").await;
+    let message = refused.failed();
+    assert!(message.contains("503"), "{message}");
+    assert_eq!(received.lock().unwrap().len(), 2);
+    let names: Vec<Value> = t
+        .deployments()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].clone())
+        .collect();
+    assert_eq!(names, [Value::from("iris")], "wine not stored");
 }
