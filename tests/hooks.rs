@@ -58,6 +58,34 @@ impl TestGateway {
         cli::output(cmd, DEADLINE).await
     }
 
+    /// `ds deployment create` of `model` on `deployer`, to run in the background.
+    fn create_command(&self, deployer: &str, model: &str) -> Command {
+        let mut cmd: Command = cli::bare(
+            &PathBuf::from(env!("CARGO_BIN_EXE_ds")),
+            &self.dir.path().join("ds-config.yaml"),
+            &[
+                "deployment", "create", "--model-name", model, "-d", deployer, "-i", IMAGE,
+            ],
+        );
+        cmd.env("DS_GATEWAY", self.gw.url())
+            .env("DS_API_KEY", &self.gw.admin_key);
+        cmd
+    }
+
+    /// `ds_gateway_hooks_waiting` of the gateway's /metrics.
+    async fn hooks_waiting(&self) -> Option<u64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.gw.addr).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("ds_gateway_hooks_waiting "))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// `ds ARGS` with another API key.
     async fn run_as(&self, key: &str, args: &[&str]) -> Run {
         let mut cmd: Command = cli::bare(
@@ -297,4 +325,88 @@ async fn a_url_hook_receives_the_documented_json_and_a_non_2xx_answer_refuses() 
         .map(|d| d["name"].clone())
         .collect();
     assert_eq!(names, [Value::from("iris")], "wine not stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_refused() {
+    let t = TestGateway::start(|a| {
+        a.hook_slots = 3;
+        a.hook_pre_wait = Duration::from_secs(3);
+    })
+    .await;
+    let files = t.dir.path().join("files");
+    std::fs::create_dir(&files).unwrap();
+    let f = files.display();
+    // Runs until the test releases its deployment.
+    t.script(
+        "hold.sh",
+        &format!(
+            "touch {f}/running-$DS_HOOK_DEPLOYMENT\n\
+             while [ ! -e {f}/release-$DS_HOOK_DEPLOYMENT ]; do sleep 0.1; done"
+        ),
+    );
+    t.run(&["deployer", "create", "prod"]).await.ok();
+    t.run(&[
+        "hook", "add", "-d", "prod", "--phase", "pre", "--command", "hold.sh", "--timeout", "5m",
+    ])
+    .await
+    .ok();
+    let running = || {
+        let mut names: Vec<String> = std::fs::read_dir(&files)
+            .unwrap()
+            .filter_map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("running-"))
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let release = |name: &str| std::fs::write(files.join(format!("release-{name}")), "").unwrap();
+    let start = |name: &str| tokio::spawn(cli::output(t.create_command("prod", name), DEADLINE));
+
+    let held: Vec<_> = ["a", "b", "c"].into_iter().map(|n| (n, start(n))).collect();
+    eventually("three hooks run", || async { (running().len() == 3).then_some(()) }).await;
+
+    // A fourth change finds every slot taken: it waits for its --hook-pre-wait, then the
+    // change is refused, its hook never started.
+    let e = start("e").await.unwrap();
+    let message = e.failed();
+    assert!(message.contains("no free hook slot within 3s"), "{message}");
+    assert!(message.contains("--hook-slots 3"), "{message}");
+    assert_eq!(running(), ["a", "b", "c"]);
+
+    // Another one waits — and runs once a slot comes free.
+    let d = start("d");
+    eventually("the fourth change waits for a slot", || async {
+        (t.hooks_waiting().await == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(running(), ["a", "b", "c"], "still three at once");
+    release("a");
+    eventually("the waiting hook runs", || async {
+        running().contains(&"d".to_string()).then_some(())
+    })
+    .await;
+    for name in ["b", "c", "d"] {
+        release(name);
+    }
+    d.await.unwrap().ok();
+    for (name, handle) in held {
+        let run = handle.await.unwrap();
+        assert_eq!(run.code, Some(0), "{name}: {}", run.stderr);
+    }
+    let mut stored: Vec<String> = t
+        .deployments()
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["a", "b", "c", "d"], "e was refused");
 }
