@@ -178,6 +178,19 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
     );
     assert!(tail.contains("--hook-post-status-wait"), "{tail}");
     assert!(!marker.exists(), "the hook did not run");
+
+    let audit = t.run(&["audit", "ls", "-o", "json"]).await.json();
+    let row = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "hook.run")
+        .cloned()
+        .expect("the run is in the audit log");
+    assert_eq!(row["actor"], "gateway", "{row}");
+    assert_eq!(row["after"]["outcome"], "failed", "{row}");
+    assert_eq!(row["after"]["phase"], "post", "{row}");
+    assert_eq!(row["after"]["deployment"], "default/iris", "{row}");
 }
 
 /// `ds hook add -d prod --phase pre --command NAME`: what it printed.
