@@ -64,7 +64,14 @@ impl TestGateway {
             &PathBuf::from(env!("CARGO_BIN_EXE_ds")),
             &self.dir.path().join("ds-config.yaml"),
             &[
-                "deployment", "create", "--model-name", model, "-d", deployer, "-i", IMAGE,
+                "deployment",
+                "create",
+                "--model-name",
+                model,
+                "-d",
+                deployer,
+                "-i",
+                IMAGE,
             ],
         );
         cmd.env("DS_GATEWAY", self.gw.url())
@@ -121,11 +128,23 @@ impl TestGateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothing() {
     let t = TestGateway::start(|_| {}).await;
-    t.script("quota.sh", "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1");
+    t.script(
+        "quota.sh",
+        "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1",
+    );
     t.run(&["deployer", "create", "prod"]).await.ok();
     let hook = t
         .run(&[
-            "hook", "add", "-d", "prod", "--phase", "pre", "--command", "quota.sh", "-o", "json",
+            "hook",
+            "add",
+            "-d",
+            "prod",
+            "--phase",
+            "pre",
+            "--command",
+            "quota.sh",
+            "-o",
+            "json",
         ])
         .await
         .json();
@@ -133,10 +152,17 @@ async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothin
 
     let refused = t.create("prod", "iris").await;
     let message = refused.failed();
-    assert!(message.contains("team ml is over its GPU quota"), "{message}");
+    assert!(
+        message.contains("team ml is over its GPU quota"),
+        "{message}"
+    );
     assert!(message.contains("quota.sh"), "{message}");
 
-    assert_eq!(t.deployments().await, serde_json::json!([]), "nothing stored");
+    assert_eq!(
+        t.deployments().await,
+        serde_json::json!([]),
+        "nothing stored"
+    );
     t.run(&["deployment", "get", "iris"]).await.failed();
 
     // Without the hook, the same create passes: it was the hook that refused it.
@@ -152,9 +178,18 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
     let marker = t.dir.path().join("post-ran");
     t.script("notify.sh", &format!("touch {}", marker.display()));
     t.run(&["deployer", "create", "prod"]).await.ok();
-    t.run(&["hook", "add", "-d", "prod", "--phase", "post", "--command", "notify.sh"])
-        .await
-        .ok();
+    t.run(&[
+        "hook",
+        "add",
+        "-d",
+        "prod",
+        "--phase",
+        "post",
+        "--command",
+        "notify.sh",
+    ])
+    .await
+    .ok();
     // No agent: nothing ever reports the revision Available or Failed.
     t.create("prod", "iris").await.ok();
 
@@ -195,8 +230,17 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
 
 /// `ds hook add -d prod --phase pre --command NAME`: what it printed.
 async fn add_command(t: &TestGateway, name: &str) -> Run {
-    t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--command", name])
-        .await
+    t.run(&[
+        "hook",
+        "add",
+        "-d",
+        "prod",
+        "--phase",
+        "pre",
+        "--command",
+        name,
+    ])
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,26 +264,39 @@ async fn hook_add_refuses_what_is_not_an_executable_of_the_hooks_dir_and_says_wh
         ("sub/x.sh", "without '/'"),
         ("..", "must not contain '..'"),
         (".hidden.sh", "must not be a hidden file"),
-        ("link.sh", "a symlink to a file outside the gateway's hooks directory"),
+        (
+            "link.sh",
+            "a symlink to a file outside the gateway's hooks directory",
+        ),
         ("plain.sh", "is not executable"),
-        ("missing.sh", "no such file in the gateway's hooks directory"),
+        (
+            "missing.sh",
+            "no such file in the gateway's hooks directory",
+        ),
     ] {
         let refused = add_command(&t, name).await;
         let message = refused.failed();
         assert!(message.contains("--command"), "{name}: {message}");
         assert!(message.contains(rule), "{name}: {message}");
     }
-    let listed = t.run(&["hook", "ls", "-d", "prod", "-o", "json"]).await.json();
+    let listed = t
+        .run(&["hook", "ls", "-d", "prod", "-o", "json"])
+        .await
+        .json();
     assert_eq!(listed, serde_json::json!([]), "none added");
 
     // A user with Deploy on the deployer may deploy, not change its hooks.
     t.script("ok.sh", "exit 0");
-    t.run(&["user", "create", "ci", "--service-account"]).await.ok();
-    t.run(&["group", "create", "release"]).await.ok();
-    t.run(&["group", "add-member", "release", "ci"]).await.ok();
-    t.run(&["deployer", "grant", "prod", "--group", "release", "--role", "deploy"])
+    t.run(&["user", "create", "ci", "--service-account"])
         .await
         .ok();
+    t.run(&["group", "create", "release"]).await.ok();
+    t.run(&["group", "add-member", "release", "ci"]).await.ok();
+    t.run(&[
+        "deployer", "grant", "prod", "--group", "release", "--role", "deploy",
+    ])
+    .await
+    .ok();
     let key = t
         .run(&["apikey", "create", "--user", "ci", "-o", "json"])
         .await
@@ -248,7 +305,16 @@ async fn hook_add_refuses_what_is_not_an_executable_of_the_hooks_dir_and_says_wh
     let denied = t
         .run_as(
             ci_key,
-            &["hook", "add", "-d", "prod", "--phase", "pre", "--command", "ok.sh"],
+            &[
+                "hook",
+                "add",
+                "-d",
+                "prod",
+                "--phase",
+                "pre",
+                "--command",
+                "ok.sh",
+            ],
         )
         .await;
     let message = denied.failed();
@@ -277,20 +343,22 @@ async fn receiver(answer: Arc<AtomicU16>) -> (String, Received) {
     let seen = received.clone();
     let app = axum::Router::new().route(
         "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-            let seen = seen.clone();
-            let answer = answer.clone();
-            async move {
-                let content_type = headers
-                    .get(axum::http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                seen.lock().unwrap().push((content_type, json));
-                axum::http::StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                let answer = answer.clone();
+                async move {
+                    let content_type = headers
+                        .get(axum::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock().unwrap().push((content_type, json));
+                    axum::http::StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -303,14 +371,25 @@ async fn a_url_hook_receives_the_documented_json_and_a_non_2xx_answer_refuses() 
     let t = TestGateway::start(|_| {}).await;
     let answer = Arc::new(AtomicU16::new(200));
     let (url, received) = receiver(answer.clone()).await;
-    let deployer = t.run(&["deployer", "create", "prod", "-o", "json"]).await.json();
+    let deployer = t
+        .run(&["deployer", "create", "prod", "-o", "json"])
+        .await
+        .json();
     t.run(&["hook", "add", "-d", "prod", "--phase", "pre", "--url", &url])
         .await
         .ok();
 
     t.create("prod", "iris").await.ok();
-    let (content_type, body) = received.lock().unwrap().first().cloned().expect("a request");
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let (content_type, body) = received
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("a request");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     assert_eq!(body["phase"], "pre", "{body}");
     assert_eq!(body["deployer"]["id"], deployer["id"], "{body}");
     assert_eq!(body["deployer"]["name"], "prod", "{body}");
@@ -319,10 +398,16 @@ async fn a_url_hook_receives_the_documented_json_and_a_non_2xx_answer_refuses() 
     assert_eq!(body["deployment"]["name"], "iris", "{body}");
     assert_eq!(body["deployment"]["namespace"], "default", "{body}");
     assert_eq!(body["revision"], 1, "{body}");
-    assert!(body["actor"].as_str().is_some_and(|a| !a.is_empty()), "{body}");
+    assert!(
+        body["actor"].as_str().is_some_and(|a| !a.is_empty()),
+        "{body}"
+    );
     assert_eq!(body["spec"]["model_name"], "iris", "{body}");
     assert_eq!(body["spec"]["image"], IMAGE, "{body}");
-    assert!(body.get("status").is_none(), "a pre-hook has no status: {body}");
+    assert!(
+        body.get("status").is_none(),
+        "a pre-hook has no status: {body}"
+    );
 
     answer.store(503, Ordering::SeqCst);
     let refused = t.create("prod", "wine").await;
@@ -360,7 +445,16 @@ async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_ref
     );
     t.run(&["deployer", "create", "prod"]).await.ok();
     t.run(&[
-        "hook", "add", "-d", "prod", "--phase", "pre", "--command", "hold.sh", "--timeout", "5m",
+        "hook",
+        "add",
+        "-d",
+        "prod",
+        "--phase",
+        "pre",
+        "--command",
+        "hold.sh",
+        "--timeout",
+        "5m",
     ])
     .await
     .ok();
@@ -382,7 +476,10 @@ async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_ref
     let start = |name: &str| tokio::spawn(cli::output(t.create_command("prod", name), DEADLINE));
 
     let held: Vec<_> = ["a", "b", "c"].into_iter().map(|n| (n, start(n))).collect();
-    eventually("three hooks run", || async { (running().len() == 3).then_some(()) }).await;
+    eventually("three hooks run", || async {
+        (running().len() == 3).then_some(())
+    })
+    .await;
 
     // A fourth change finds every slot taken: it waits for its --hook-pre-wait, then the
     // change is refused, its hook never started.

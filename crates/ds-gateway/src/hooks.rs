@@ -619,12 +619,22 @@ impl Hooks {
                             ctx.revision,
                             humanize(wait)
                         ),
-                        NoOutcome::Error(e) => format!("not run: reading the deployment's status failed: {e}"),
+                        NoOutcome::Error(e) => {
+                            format!("not run: reading the deployment's status failed: {e}")
+                        }
                     };
                     tracing::warn!(deployment = %ctx.deployment_id, revision = ctx.revision, %reason, "post-deployment hooks not run");
                     for hook in &post {
                         let now = Utc::now();
-                        record(store.as_ref(), &gateway, hook, &ctx, now, &RunResult::failed(reason.clone())).await;
+                        record(
+                            store.as_ref(),
+                            &gateway,
+                            hook,
+                            &ctx,
+                            now,
+                            &RunResult::failed(reason.clone()),
+                        )
+                        .await;
                     }
                     return;
                 }
