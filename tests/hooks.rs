@@ -520,3 +520,101 @@ async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_ref
     stored.sort();
     assert_eq!(stored, ["a", "b", "c", "d"], "e was refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_hook_runs_after_the_agent_reports_available_on_a_simulated_cluster() {
+    use ds_kube_sim::{SimCluster, SimConfig};
+    let t = TestGateway::start(|_| {}).await;
+    let sim = SimCluster::start(SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("simulated cluster");
+    let out = t.dir.path().join("post");
+    std::fs::create_dir(&out).unwrap();
+    let o = out.display();
+    // Writes what it received; the last file written tells the test it is done.
+    t.script(
+        "notify.sh",
+        &format!("cat > {o}/stdin.json\nenv > {o}/env.txt\necho notified\ntouch {o}/done"),
+    );
+    let deployer = t
+        .run(&["deployer", "create", "prod", "-o", "json"])
+        .await
+        .json();
+    let token = deployer["token"].as_str().unwrap();
+    let _agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&t.gw.url(), token),
+        sim.client(),
+    )
+    .await;
+    t.run(&[
+        "hook",
+        "add",
+        "-d",
+        "prod",
+        "--phase",
+        "post",
+        "--command",
+        "notify.sh",
+    ])
+    .await
+    .ok();
+    let created = t.create("prod", "iris").await.json();
+
+    eventually("the post-hook ran", || async {
+        out.join("done").exists().then_some(())
+    })
+    .await;
+    let body: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("stdin.json")).unwrap()).unwrap();
+    assert_eq!(body["phase"], "post", "{body}");
+    assert_eq!(body["status"], "available", "{body}");
+    assert_eq!(body["deployment"]["id"], created["id"], "{body}");
+    assert_eq!(body["revision"], 1, "{body}");
+    let env = std::fs::read_to_string(out.join("env.txt")).unwrap();
+    assert!(
+        env.lines().any(|l| l == "DS_HOOK_STATUS=available"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == "DS_HOOK_PHASE=post"), "{env}");
+    let status = t
+        .run(&["deployment", "get", "iris", "-o", "json"])
+        .await
+        .json();
+    assert!(
+        status.to_string().to_lowercase().contains("available"),
+        "{status}"
+    );
+
+    let run = eventually("describe shows the run", || async {
+        let described = t
+            .run(&["deployment", "describe", "iris", "-o", "json"])
+            .await
+            .json();
+        described["hook_runs"]
+            .as_array()
+            .and_then(|runs| runs.iter().find(|r| r["phase"] == "post").cloned())
+    })
+    .await;
+    assert_eq!(run["outcome"], "ok", "{run}");
+    assert_eq!(run["exit_code"], 0, "{run}");
+    assert!(
+        run["output_tail"].as_str().unwrap().contains("notified"),
+        "{run}"
+    );
+    let text = t.run(&["deployment", "describe", "iris"]).await;
+    assert!(text.ok().contains("notify.sh"), "{}", text.stdout);
+
+    let audit = t.run(&["audit", "ls", "-o", "json"]).await.json();
+    let row = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "hook.run")
+        .cloned()
+        .expect("the run is in the audit log");
+    assert_eq!(row["after"]["outcome"], "ok", "{row}");
+    assert_eq!(row["after"]["phase"], "post", "{row}");
+}
