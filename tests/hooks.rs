@@ -127,12 +127,24 @@ impl TestGateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothing() {
+    use ds_kube_sim::{SimCluster, SimConfig};
     let t = TestGateway::start(|_| {}).await;
+    let sim = SimCluster::start(SimConfig::default())
+        .await
+        .expect("simulated cluster");
     t.script(
         "quota.sh",
         "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1",
     );
-    t.run(&["deployer", "create", "prod"]).await.ok();
+    let deployer = t
+        .run(&["deployer", "create", "prod", "-o", "json"])
+        .await
+        .json();
+    let _agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
+        sim.client(),
+    )
+    .await;
     let hook = t
         .run(&[
             "hook",
@@ -157,6 +169,7 @@ async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothin
         "{message}"
     );
     assert!(message.contains("quota.sh"), "{message}");
+    assert!(message.contains("exit 1"), "{message}");
 
     assert_eq!(
         t.deployments().await,
@@ -165,9 +178,26 @@ async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothin
     );
     t.run(&["deployment", "get", "iris"]).await.failed();
 
-    // Without the hook, the same create passes: it was the hook that refused it.
+    // Without the hook, a create passes: it was the hook that refused. The agent applies
+    // changes in order, so once the later one is in the cluster, the refused one would be
+    // there too had the agent been sent it.
     t.run(&["hook", "rm", &hook_id]).await.ok();
-    t.create("prod", "iris").await.ok();
+    t.create("prod", "wine").await.ok();
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::all(sim.client());
+    let names = eventually("the agent applies the later create", || async {
+        let names: Vec<String> = deployments
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|d| d.metadata.name)
+            .collect();
+        names.iter().any(|n| n.contains("wine")).then_some(names)
+    })
+    .await;
+    assert!(!names.iter().any(|n| n.contains("iris")), "{names:?}");
     let listed = t.deployments().await;
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
