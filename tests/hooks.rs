@@ -459,7 +459,9 @@ async fn a_url_hook_receives_the_documented_json_and_a_non_2xx_answer_refuses() 
 async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_refused() {
     let t = TestGateway::start(|a| {
         a.hook_slots = 3;
-        a.hook_pre_wait = Duration::from_secs(3);
+        // Long enough that the waiting change surely gets the slot released for it (the
+        // release takes a poll of the hook's loop), short enough to wait out once.
+        a.hook_pre_wait = Duration::from_secs(6);
     })
     .await;
     let files = t.dir.path().join("files");
@@ -515,7 +517,7 @@ async fn at_most_hook_slots_hooks_run_at_once_and_a_change_without_a_slot_is_ref
     // change is refused, its hook never started.
     let e = start("e").await.unwrap();
     let message = e.failed();
-    assert!(message.contains("no free hook slot within 3s"), "{message}");
+    assert!(message.contains("no free hook slot within 6s"), "{message}");
     assert!(message.contains("--hook-slots 3"), "{message}");
     assert_eq!(running(), ["a", "b", "c"]);
 
