@@ -650,3 +650,51 @@ async fn a_post_hook_runs_after_the_agent_reports_available_on_a_simulated_clust
     assert_eq!(row["after"]["outcome"], "ok", "{row}");
     assert_eq!(row["after"]["phase"], "post", "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_hook_gets_failed_when_the_rollout_fails() {
+    use ds_kube_sim::{SimCluster, SimConfig};
+    let t = TestGateway::start(|_| {}).await;
+    let sim = SimCluster::start(SimConfig {
+        rollout_delay: Duration::from_millis(200),
+        failing_image: Some("^tensorflow/".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("simulated cluster");
+    let out = t.dir.path().join("status");
+    t.script(
+        "notify.sh",
+        &format!(
+            "echo $DS_HOOK_STATUS > {}.tmp; mv {0}.tmp {0}",
+            out.display()
+        ),
+    );
+    let deployer = t
+        .run(&["deployer", "create", "prod", "-o", "json"])
+        .await
+        .json();
+    let _agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
+        sim.client(),
+    )
+    .await;
+    t.run(&[
+        "hook",
+        "add",
+        "-d",
+        "prod",
+        "--phase",
+        "post",
+        "--command",
+        "notify.sh",
+    ])
+    .await
+    .ok();
+    t.create("prod", "iris").await.ok();
+    let status = eventually("the post-hook ran", || async {
+        std::fs::read_to_string(&out).ok()
+    })
+    .await;
+    assert_eq!(status.trim(), "failed");
+}
