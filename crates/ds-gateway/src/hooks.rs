@@ -58,10 +58,6 @@ pub(crate) const OUTPUT_CAP: usize = 4096;
 /// A hook's timeout unless it names one.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a post-hook waits for the agent's Available or Failed: a Kubernetes
-/// Deployment's default progress deadline (10 minutes), plus a margin for the report.
-const POST_STATUS_WAIT: Duration = Duration::from_secs(11 * 60);
-
 /// After a command exits, how long its output is still read (a child it left behind may
 /// hold the pipes open).
 const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
@@ -83,6 +79,8 @@ pub(crate) struct HookSettings {
     pub pre_wait: Duration,
     /// How long a post-hook waits for a slot.
     pub post_wait: Duration,
+    /// How long a post-hook waits for the agent's Available or Failed of its revision.
+    pub post_status_wait: Duration,
     /// The longest timeout a hook may have.
     pub max_timeout: Duration,
 }
@@ -398,11 +396,14 @@ impl Hooks {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            // Its own process group, so that what it starts dies with it at its timeout.
+            .process_group(0)
             .kill_on_drop(true);
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(e) => return RunResult::failed(format!("could not be started: {e}")),
         };
+        let mut group = ProcessGroup::of(&child);
         let input = body.to_string().into_bytes();
         let stdin = child.stdin.take();
         let writer = tokio::spawn(async move {
@@ -417,6 +418,11 @@ impl Hooks {
             child.stderr.take().map(|e| read_into(e, output.clone())),
         ];
         let waited = tokio::time::timeout(timeout, child.wait()).await;
+        if matches!(waited, Ok(Ok(_))) {
+            // Waited for: its group ID may be reused from now on. What it left behind is
+            // its author's to manage (the output is read only OUTPUT_DRAIN longer).
+            group.disarm();
+        }
         let (outcome, exit_code) = match waited {
             Ok(Ok(status)) => match status.code() {
                 Some(0) => (HookOutcome::Ok, Some(0)),
@@ -425,10 +431,12 @@ impl Hooks {
                 None => (HookOutcome::Failed, None),
             },
             Ok(Err(e)) => {
+                group.kill();
                 let _ = child.kill().await;
                 return RunResult::failed(format!("waiting for it failed: {e}"));
             }
             Err(_) => {
+                group.kill();
                 let _ = child.kill().await;
                 (HookOutcome::TimedOut, None)
             }
@@ -567,18 +575,15 @@ impl Hooks {
             }
             let status = tokio::select! {
                 () = shutdown.cancelled() => return,
-                s = wait_for_outcome(store.as_ref(), &changed.id, changed.revision) => s,
+                s = wait_for_outcome(store.as_ref(), &changed.id, changed.revision, hooks.settings.post_status_wait) => s,
             };
             let status = match status {
-                Ok(Some(status)) => status,
+                Ok(Some(status)) => Ok(status),
                 Ok(None) => {
                     tracing::debug!(deployment = %changed.id, "a newer change supersedes the post-deployment hooks' wait");
                     return;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, deployment = %changed.id, revision = changed.revision, "post-deployment hooks not run: no Available or Failed report");
-                    return;
-                }
+                Err(why) => Err(why),
             };
             let deployer_name = store
                 .resolve_deployer(&changed.deployer_id)
@@ -604,6 +609,36 @@ impl Hooks {
             };
             // The gateway runs post-hooks on its own, for the change's author.
             let gateway = ChangeBy::new(GATEWAY_ACTOR, by.request_id.clone());
+            let status = match status {
+                Ok(status) => status,
+                Err(why) => {
+                    // Recorded, so that describe and the audit show why they did not run.
+                    let reason = match why {
+                        NoOutcome::Expired(wait) => format!(
+                            "not run: the agent reported no Available or Failed status for revision {} within {} (--hook-post-status-wait)",
+                            ctx.revision,
+                            humanize(wait)
+                        ),
+                        NoOutcome::Error(e) => {
+                            format!("not run: reading the deployment's status failed: {e}")
+                        }
+                    };
+                    tracing::warn!(deployment = %ctx.deployment_id, revision = ctx.revision, %reason, "post-deployment hooks not run");
+                    for hook in &post {
+                        let now = Utc::now();
+                        record(
+                            store.as_ref(),
+                            &gateway,
+                            hook,
+                            &ctx,
+                            now,
+                            &RunResult::failed(reason.clone()),
+                        )
+                        .await;
+                    }
+                    return;
+                }
+            };
             for hook in &post {
                 let started = Utc::now();
                 let result = tokio::select! {
@@ -853,27 +888,28 @@ fn phase_to_proto(phase: HookPhase) -> proto::HookPhase {
 pub(crate) const GATEWAY_ACTOR: &str = "gateway";
 
 /// Waits until the deployment's status reports deployer revision `revision` Available
-/// or Failed (its word), bounded by [`POST_STATUS_WAIT`]. `Ok(None)` when the deployment
-/// changed again or was deleted meanwhile.
+/// or Failed (its word), bounded by `wait` (`--hook-post-status-wait`). `Ok(None)` when
+/// the deployment changed again or was deleted meanwhile.
 async fn wait_for_outcome(
     store: &dyn Store,
     deployment_id: &str,
     revision: u64,
-) -> Result<Option<&'static str>, String> {
+    wait: Duration,
+) -> Result<Option<&'static str>, NoOutcome> {
     // Subscribed before the first look, so that no report between the two is missed.
     let mut touched = store.hub().subscribe_touched();
-    let deadline = tokio::time::Instant::now() + POST_STATUS_WAIT;
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         match store.get_deployment(deployment_id).await {
             Ok(d) if d.revision != revision => return Ok(None),
             Ok(_) => {}
             Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(NoOutcome::Error(e.to_string())),
         }
         let status = store
             .get_status(deployment_id)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NoOutcome::Error(e.to_string()))?;
         if let Some(s) = status
             && s.applied_revision == revision
             && let Some(word) = status_word(s.phase)
@@ -883,16 +919,59 @@ async fn wait_for_outcome(
         loop {
             match tokio::time::timeout_at(deadline, touched.recv()).await {
                 Err(_) => {
-                    return Err(format!("none within {}", humanize(POST_STATUS_WAIT)));
+                    return Err(NoOutcome::Expired(wait));
                 }
                 Ok(Ok(id)) if id != deployment_id => continue,
                 Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => break,
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err("the store closed".into());
+                    return Err(NoOutcome::Error("the store closed".into()));
                 }
             }
         }
     }
+}
+
+/// The process group of a command hook (it leads it: `process_group(0)`). Killed at the
+/// hook's timeout, and when the run is dropped before the hook was waited for (the
+/// gateway shutting down), so that nothing a hook started outlives it.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        Self(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
+        )
+    }
+
+    /// Kills the group once; after that (or [`Self::disarm`]) the group ID is not used
+    /// again, as it may be reused once the hook was waited for.
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            // The group may be gone already (ESRCH): nothing left to kill.
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Why a post-hook's wait for the agent's report ended without one.
+#[derive(Debug)]
+enum NoOutcome {
+    /// `--hook-post-status-wait` passed.
+    Expired(Duration),
+    Error(String),
 }
 
 /// Records a run and its audit row; a failure to record is logged, the run's effect
@@ -1122,6 +1201,7 @@ mod tests {
             slots: 1,
             pre_wait: Duration::from_secs(30),
             post_wait: Duration::from_secs(30),
+            post_status_wait: Duration::from_secs(30),
             max_timeout: Duration::from_secs(600),
         })
     }
@@ -1194,5 +1274,49 @@ mod tests {
             refused,
             "pre-deployment hook 7 (slow.sh) timed out after 300ms: started"
         );
+    }
+
+    /// Whether a process is gone: no /proc entry, or a zombie not reaped yet (in a
+    /// container, PID 1 may not reap orphans).
+    fn gone(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            Err(_) => true,
+            Ok(status) => status
+                .lines()
+                .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains('X'))),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_a_command_started_dies_with_it_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        script(
+            dir.path(),
+            "spawner.sh",
+            &format!(
+                "sleep 300 & echo $! > {}; echo started; sleep 300",
+                pid_file.display()
+            ),
+            0o755,
+        );
+        let hooks = hooks_in(dir.path());
+        let body = payload(&ctx(), HookPhase::Pre, None);
+        let result = hooks
+            .run_command("spawner.sh", Duration::from_secs(3), &body, &[])
+            .await;
+        assert_eq!(result.outcome, HookOutcome::TimedOut);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let pid = pid.trim().to_string();
+        assert!(pid.parse::<u32>().is_ok(), "{pid:?}");
+        // Polled, not timed: the kill is sent, its delivery is the kernel's.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !gone(&pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hook's child {pid} outlived the hook"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

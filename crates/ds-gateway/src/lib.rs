@@ -122,6 +122,11 @@ pub struct GatewayArgs {
     /// How long a post-deployment hook waits for a free slot before its run fails.
     #[arg(long, env = "DS_HOOK_POST_WAIT", default_value = "60s", value_parser = ds_core::duration::parse)]
     pub hook_post_wait: Duration,
+    /// How long a post-deployment hook waits for the agent to report the change's revision
+    /// Available or Failed; at the end its run is recorded as failed, not run. The default
+    /// is a Kubernetes Deployment's progress deadline (10 minutes) plus a margin.
+    #[arg(long, env = "DS_HOOK_POST_STATUS_WAIT", default_value = "11m", value_parser = ds_core::duration::parse)]
+    pub hook_post_status_wait: Duration,
     /// The longest timeout a hook may be given (`ds hook add --timeout`).
     #[arg(long, env = "DS_HOOK_MAX_TIMEOUT", default_value = "10m", value_parser = ds_core::duration::parse)]
     pub hook_max_timeout: Duration,
@@ -152,6 +157,7 @@ impl GatewayArgs {
             hook_slots: 3,
             hook_pre_wait: Duration::from_secs(10),
             hook_post_wait: Duration::from_secs(60),
+            hook_post_status_wait: Duration::from_secs(11 * 60),
             hook_max_timeout: Duration::from_secs(600),
             jwt: JwtArgs::default(),
         }
@@ -364,6 +370,7 @@ impl RunningGateway {
                 slots: args.hook_slots,
                 pre_wait: args.hook_pre_wait,
                 post_wait: args.hook_post_wait,
+                post_status_wait: args.hook_post_status_wait,
                 max_timeout: args.hook_max_timeout,
             })),
         });
