@@ -104,6 +104,21 @@ impl TestGateway {
         cli::output(cmd, DEADLINE).await
     }
 
+    /// `ds hook add -d prod --phase PHASE --command NAME`.
+    async fn add_hook(&self, phase: &str, command: &str) -> Run {
+        self.run(&[
+            "hook",
+            "add",
+            "-d",
+            "prod",
+            "--phase",
+            phase,
+            "--command",
+            command,
+        ])
+        .await
+    }
+
     async fn create(&self, deployer: &str, model: &str) -> Run {
         self.run(&[
             "deployment",
@@ -208,18 +223,7 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
     let marker = t.dir.path().join("post-ran");
     t.script("notify.sh", &format!("touch {}", marker.display()));
     t.run(&["deployer", "create", "prod"]).await.ok();
-    t.run(&[
-        "hook",
-        "add",
-        "-d",
-        "prod",
-        "--phase",
-        "post",
-        "--command",
-        "notify.sh",
-    ])
-    .await
-    .ok();
+    t.add_hook("post", "notify.sh").await.ok();
     // No agent: nothing ever reports the revision Available or Failed.
     t.create("prod", "iris").await.ok();
 
@@ -260,17 +264,7 @@ async fn a_post_hook_whose_revision_gets_no_status_is_recorded_as_not_run() {
 
 /// `ds hook add -d prod --phase pre --command NAME`: what it printed.
 async fn add_command(t: &TestGateway, name: &str) -> Run {
-    t.run(&[
-        "hook",
-        "add",
-        "-d",
-        "prod",
-        "--phase",
-        "pre",
-        "--command",
-        name,
-    ])
-    .await
+    t.add_hook("pre", name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,18 +575,7 @@ async fn a_post_hook_runs_after_the_agent_reports_available_on_a_simulated_clust
         sim.client(),
     )
     .await;
-    t.run(&[
-        "hook",
-        "add",
-        "-d",
-        "prod",
-        "--phase",
-        "post",
-        "--command",
-        "notify.sh",
-    ])
-    .await
-    .ok();
+    t.add_hook("post", "notify.sh").await.ok();
     let created = t.create("prod", "iris").await.json();
 
     eventually("the post-hook ran", || async {
@@ -679,18 +662,7 @@ async fn a_post_hook_gets_failed_when_the_rollout_fails() {
         sim.client(),
     )
     .await;
-    t.run(&[
-        "hook",
-        "add",
-        "-d",
-        "prod",
-        "--phase",
-        "post",
-        "--command",
-        "notify.sh",
-    ])
-    .await
-    .ok();
+    t.add_hook("post", "notify.sh").await.ok();
     t.create("prod", "iris").await.ok();
     let status = eventually("the post-hook ran", || async {
         std::fs::read_to_string(&out).ok()
