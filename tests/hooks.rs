@@ -670,3 +670,172 @@ async fn a_post_hook_gets_failed_when_the_rollout_fails() {
     .await;
     assert_eq!(status.trim(), "failed");
 }
+
+/// The image of the cluster's Deployment whose name contains `model`, with its uid, once
+/// the agent has applied a spec whose env has `MARK=mark`.
+async fn applied_with_mark(
+    sim: &ds_kube_sim::SimCluster,
+    model: &str,
+    mark: &str,
+) -> (String, String) {
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::all(sim.client());
+    eventually("the agent applies the marked revision", || async {
+        let list = deployments.list(&Default::default()).await.ok()?;
+        let d = list.items.into_iter().find(|d| {
+            d.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.contains(model))
+        })?;
+        let container = d.spec?.template.spec?.containers.into_iter().next()?;
+        let marked = container
+            .env
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.name == "MARK" && e.value.as_deref() == Some(mark));
+        marked.then(|| (container.image.unwrap_or_default(), d.metadata.uid.unwrap()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_hooks_gate_updates_and_rollbacks_and_a_refused_one_never_reaches_the_cluster() {
+    use ds_kube_sim::{SimCluster, SimConfig};
+    let t = TestGateway::start(|_| {}).await;
+    let sim = SimCluster::start(SimConfig::default())
+        .await
+        .expect("simulated cluster");
+    let seen = t.dir.path().join("seen");
+    std::fs::create_dir(&seen).unwrap();
+    let s = seen.display();
+    // A change freeze (the file `freeze`) and an unapproved image refuse; every change the
+    // hook is asked about is kept as `<revision>.json`.
+    t.script(
+        "gate.sh",
+        &format!(
+            "body=$(cat)\n\
+             rev=$(printf '%s' \"$DS_HOOK_REVISION\")\n\
+             printf '%s' \"$body\" > {s}/$rev.json\n\
+             if [ -e {s}/freeze ]; then echo 'change freeze until Monday' >&2; exit 1; fi\n\
+             case \"$body\" in *serving:2.16.0*) echo 'image 2.16.0 is not approved' >&2; exit 1;; esac"
+        ),
+    );
+    let deployer = t
+        .run(&["deployer", "create", "prod", "-o", "json"])
+        .await
+        .json();
+    let _agent = ds_test_support::start_agent(
+        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
+        sim.client(),
+    )
+    .await;
+    t.run(&[
+        "deployment",
+        "create",
+        "--model-name",
+        "iris",
+        "-d",
+        "prod",
+        "-i",
+        IMAGE,
+        "-e",
+        "MARK=r1",
+    ])
+    .await
+    .ok();
+    let (image, uid) = applied_with_mark(&sim, "iris", "r1").await;
+    assert_eq!(image, IMAGE);
+    t.add_hook("pre", "gate.sh").await.ok();
+    let hook_input = |revision: u32| -> Value {
+        let path = seen.join(format!("{revision}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("the pre-hook was not asked about revision {revision}: {e}")
+        }))
+        .unwrap()
+    };
+
+    // An approved update passes the hook, which sees the new spec as revision 2.
+    let new = "tensorflow/serving:2.17.0";
+    t.run(&["deployment", "update", "iris", "-i", new, "-e", "MARK=r2"])
+        .await
+        .ok();
+    let body = hook_input(2);
+    assert_eq!(body["phase"], "pre", "{body}");
+    assert_eq!(body["revision"], 2, "{body}");
+    assert!(body.to_string().contains(new), "{body}");
+    assert_eq!(
+        applied_with_mark(&sim, "iris", "r2").await,
+        (new.into(), uid.clone())
+    );
+
+    // An unapproved image is refused with the hook's words, and makes no revision.
+    let refused = t
+        .run(&[
+            "deployment",
+            "update",
+            "iris",
+            "-i",
+            "tensorflow/serving:2.16.0",
+            "-e",
+            "MARK=bad",
+        ])
+        .await;
+    let message = refused.failed();
+    assert!(
+        message.contains("image 2.16.0 is not approved"),
+        "{message}"
+    );
+    assert!(message.contains("gate.sh"), "{message}");
+    let history = t
+        .run(&["deployment", "history", "iris", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+
+    // A rollback is a change like any other: the hook sees revision 1's spec as revision 3.
+    t.run(&["deployment", "rollback", "iris", "--to", "1"])
+        .await
+        .ok();
+    let body = hook_input(3);
+    assert!(body.to_string().contains(IMAGE), "{body}");
+    assert!(!body.to_string().contains("MARK=bad") && !body.to_string().contains("2.16.0"));
+    assert_eq!(
+        applied_with_mark(&sim, "iris", "r1").await,
+        (IMAGE.into(), uid.clone())
+    );
+
+    // Under a freeze the hook refuses a rollback too, and the deployment keeps revision 3.
+    std::fs::write(seen.join("freeze"), "").unwrap();
+    let refused = t
+        .run(&["deployment", "rollback", "iris", "--to", "2"])
+        .await;
+    assert!(refused.failed().contains("change freeze until Monday"));
+    std::fs::remove_file(seen.join("freeze")).unwrap();
+
+    // The agent applies revisions in order: once a later one is in the cluster, neither
+    // refused change (2.16.0, or revision 2's 2.17.0) was ever sent.
+    t.run(&["deployment", "update", "iris", "-e", "MARK=r4"])
+        .await
+        .ok();
+    assert_eq!(
+        applied_with_mark(&sim, "iris", "r4").await,
+        (IMAGE.into(), uid)
+    );
+    let history = t
+        .run(&["deployment", "history", "iris", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(history.as_array().map(Vec::len), Some(4), "{history}");
+    let runs = t
+        .run(&["deployment", "describe", "iris", "-o", "json"])
+        .await
+        .json();
+    let refusals = runs["hook_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["phase"] == "pre" && r["outcome"] != "ok")
+        .count();
+    assert_eq!(refusals, 2, "{runs}");
+}
