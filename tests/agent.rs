@@ -2945,7 +2945,7 @@ async fn model_from_storage_is_an_init_container_or_a_claim_applied_in_place(b: 
 /// The origin the tests' `https://` model URIs name; the kubelet the test plays fetches
 /// from the local server instead.
 const MODEL_ORIGIN: &str = "https://models.example.com";
-/// A presigned URL's signature: never part of a reported reason.
+/// A presigned URL's signature: refused by the gateway, never repeated.
 const SIGNATURE: &str = "X-Amz-Signature=5ec12e7deadbeef";
 /// The storage Secret's secret access key: never part of a reported reason.
 const SECRET_KEY: &str = "wJalrXUtnFEMI-s3cr3t-k3y";
@@ -3149,8 +3149,25 @@ async fn real_a_failed_model_fetch_fails_the_deployment_with_its_reason() {
         }
     };
 
-    // A presigned https:// URL and a checksum the object does not have.
-    let uri = format!("{MODEL_ORIGIN}/models/iris.onnx?{SIGNATURE}");
+    // A presigned https:// URL is refused at the gateway: it would be stored and shown.
+    let mut spec = DeploymentSpec::test("iris");
+    spec.model_uri = Some(format!("{MODEL_ORIGIN}/models/iris.onnx?{SIGNATURE}"));
+    let refused = e
+        .control
+        .create_deployment(proto::CreateDeploymentRequest {
+            deployer: "fetch".into(),
+            name: "iris".into(),
+            namespace: ns.into(),
+            spec: Some(spec.into()),
+        })
+        .await
+        .expect_err("a presigned URL is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("model_uri"), "{refused:?}");
+    no_secret_in("the refusal", refused.message());
+
+    // An https:// URL and a checksum the object does not have.
+    let uri = format!("{MODEL_ORIGIN}/models/iris.onnx");
     let wrong = sha256_hex(b"another model");
     let mut spec = DeploymentSpec::test("iris");
     spec.model_uri = Some(uri);

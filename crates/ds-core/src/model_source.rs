@@ -118,6 +118,35 @@ impl ModelUri {
             .unwrap_or("")
             .contains('@')
     }
+
+    /// The first query parameter of an `http(s)://` URI that carries a credential: the
+    /// signature or token of an S3 or GCS presigned URL, an Azure SAS, or an OAuth token.
+    pub fn signed_query(&self) -> Option<&str> {
+        // Lowercase: S3 and GCS spell them X-Amz-Signature and X-Goog-Signature.
+        const CREDENTIALS: [&str; 9] = [
+            "x-amz-signature",
+            "x-amz-credential",
+            "x-amz-security-token",
+            "x-goog-signature",
+            "x-goog-credential",
+            "signature",
+            "sig",
+            "token",
+            "access_token",
+        ];
+        let Self::Http { url, .. } = self else {
+            return None;
+        };
+        let query = url.split_once('?')?.1;
+        let query = query.split('#').next().unwrap_or(query);
+        query.split('&').find_map(|pair| {
+            let name = pair.split('=').next().unwrap_or(pair);
+            CREDENTIALS
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c))
+                .then_some(name)
+        })
+    }
 }
 
 /// The path the model container sees the model at.
@@ -161,6 +190,15 @@ mod tests {
         let https = ModelUri::parse("https://u:p@Example.com:8443/m.bin?x=1").unwrap();
         assert_eq!(https.http_host(), Some("Example.com"));
         assert!(https.has_user_info());
+        assert_eq!(https.signed_query(), None);
+        let presigned = ModelUri::parse(
+            "https://m.s3.amazonaws.com/iris.onnx?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=5ec",
+        )
+        .unwrap();
+        assert_eq!(presigned.signed_query(), Some("X-Amz-Signature"));
+        let sas =
+            ModelUri::parse("https://a.blob.core.windows.net/c/m.bin?sv=2022&sig=abc").unwrap();
+        assert_eq!(sas.signed_query(), Some("sig"));
         assert!(https.is_fetched());
         assert!(!ModelUri::parse("pvc://weights").unwrap().is_fetched());
     }

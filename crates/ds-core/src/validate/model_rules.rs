@@ -65,7 +65,7 @@ pub(super) fn check(spec: &DeploymentSpec) -> Result<(), ValidationError> {
 fn check_uri(text: &str) -> Result<ModelUri, ValidationError> {
     // Never repeat a URI with credentials in it.
     let shown = |uri: &ModelUri| {
-        if uri.has_user_info() {
+        if uri.has_user_info() || uri.signed_query().is_some() {
             "(not shown: it holds credentials)".to_string()
         } else {
             text.to_string()
@@ -121,6 +121,16 @@ fn check_uri(text: &str) -> Result<ModelUri, ValidationError> {
                     "model_uri",
                     shown(&uri),
                     "must not hold credentials (user:password@): put them in the --storage-secret Secret",
+                ));
+            }
+            if let Some(param) = uri.signed_query() {
+                // Stored, listed and sent to the agent as given: a signature would leak.
+                return Err(ValidationError::new(
+                    "model_uri",
+                    shown(&uri),
+                    format!(
+                        "must not hold a credential in its query ({param}=…): a presigned URL would be stored and shown by the gateway; use s3://BUCKET/KEY or gs://BUCKET/KEY with --storage-secret"
+                    ),
                 ));
             }
             let host = uri.http_host().unwrap_or("").to_ascii_lowercase();
@@ -261,6 +271,23 @@ mod tests {
         assert_eq!(field, "model_uri");
         assert!(!msg.contains("hunter2"), "{msg}");
         assert!(msg.contains("--storage-secret"), "{msg}");
+        let (field, msg) = refused(&with(|s| {
+            s.model_uri = Some(
+                "https://m.s3.amazonaws.com/iris.onnx?X-Amz-Date=20261203&X-Amz-Signature=5ec12e7"
+                    .into(),
+            );
+        }));
+        assert_eq!(field, "model_uri");
+        assert!(!msg.contains("5ec12e7"), "{msg}");
+        assert!(
+            msg.contains("X-Amz-Signature") && msg.contains("--storage-secret"),
+            "{msg}"
+        );
+        // An ordinary query is no credential.
+        let plain = with(|s| {
+            s.model_uri = Some("https://models.example.com/iris.onnx?version=3".into());
+        });
+        validate_deployment("iris", "default", &plain).expect("an ordinary query is accepted");
     }
 
     #[test]
