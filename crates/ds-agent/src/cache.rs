@@ -16,8 +16,8 @@
 use super::builders::{
     AUTOSCALED_ANNOTATION, DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION,
 };
-use super::compare::{Verdict, verdict_against};
-use super::desired::{KINDS, Kind, SpecDigest, wants};
+use super::compare::{Verdict, verdict_against, verdict_built};
+use super::desired::{Built, KINDS, Kind, SpecDigest, wants};
 use super::sync::DesiredState;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -375,14 +375,23 @@ impl Cached {
 pub struct Judge {
     pub desired: watch::Receiver<DesiredState>,
     pub proxy_image: Arc<str>,
+    /// What the reconciler built last: the objects its own writes are compared with.
+    pub built: Arc<Built>,
 }
 
 impl Judge {
     fn verdict(&self, kind: Kind, cached: &Cached, value: Value) -> Option<Verdict> {
         let id = cached.deployment_id.as_deref()?;
         let obj = self.desired.borrow().deployments.get(id)?.clone();
-        wants(&obj, kind, &cached.namespace, &cached.name)
-            .then(|| verdict_against(&obj, kind, &self.proxy_image, &value))
+        if !wants(&obj, kind, &cached.namespace, &cached.name) {
+            return None;
+        }
+        // Not kept when built here: on a restart every object is judged once, and keeping
+        // them would only hold memory.
+        Some(match self.built.get(&obj, kind) {
+            Some(b) => verdict_built(&b, &value),
+            None => verdict_against(&obj, kind, &self.proxy_image, &value),
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! what the API server adds. Pure: used by the caches on receipt and by the reconciler after
 //! a read by name, so both judge alike.
 
-use super::desired::{Kind, SpecDigest, build_kind, digest};
+use super::desired::{BuiltObject, Kind, SpecDigest, build_kind, digest};
 use ds_core::DeployedObject;
 use serde_json::Value;
 
@@ -25,6 +25,14 @@ pub fn verdict_against(
     Verdict {
         digest: digest(obj),
         in_sync: is_subset(&build_kind(obj, kind, proxy_image), value),
+    }
+}
+
+/// Compares `value` with a desired object already built (see [`super::desired::Built`]).
+pub fn verdict_built(built: &BuiltObject, value: &Value) -> Verdict {
+    Verdict {
+        digest: built.digest,
+        in_sync: is_subset(&built.value, value),
     }
 }
 

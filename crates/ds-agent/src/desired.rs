@@ -132,6 +132,85 @@ pub fn digest(obj: &DeployedObject) -> SpecDigest {
     }
 }
 
+/// How many desired objects [`Built`] keeps: enough to span the time between a write and
+/// the last watch events it causes (the rollout's status writes) at thousands of writes a
+/// second, small enough not to matter to the agent's memory (a few MiB at most).
+pub const BUILT_CAPACITY: usize = 256;
+
+/// The desired objects built last, shared by the reconciler (which builds one to write
+/// it) and the watches (which compare every event the write causes with the same object):
+/// without it a first start builds each Deployment's desired object about four times.
+///
+/// Keyed by deployment ID and kind, valid for one deployment revision (a deployment's
+/// revision changes with every change of its spec); oldest entries go first.
+pub struct Built {
+    inner: parking_lot::Mutex<BuiltInner>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct BuiltInner {
+    map: std::collections::HashMap<(Kind, String), BuiltObject>,
+    order: std::collections::VecDeque<(Kind, String)>,
+}
+
+/// One built desired object with the digest of the deployment it was built from.
+#[derive(Clone)]
+pub struct BuiltObject {
+    pub digest: SpecDigest,
+    pub value: std::sync::Arc<Value>,
+}
+
+impl Built {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: parking_lot::Mutex::default(),
+            capacity,
+        }
+    }
+
+    /// The desired object of `kind` for `obj`, if built at its current revision.
+    pub fn get(&self, obj: &DeployedObject, kind: Kind) -> Option<BuiltObject> {
+        let inner = self.inner.lock();
+        // The key is built to look up; a borrowed (Kind, &str) key would need a wrapper.
+        let b = inner.map.get(&(kind, obj.id.clone()))?;
+        (b.digest.revision == obj.revision).then(|| b.clone())
+    }
+
+    /// The desired object of `kind` for `obj`: the one built at its revision, or built now
+    /// and kept.
+    pub fn get_or_build(&self, obj: &DeployedObject, kind: Kind, proxy_image: &str) -> BuiltObject {
+        if let Some(b) = self.get(obj, kind) {
+            return b;
+        }
+        // Built outside the lock: the watches' lookups never wait for a build.
+        let b = BuiltObject {
+            digest: digest(obj),
+            value: std::sync::Arc::new(build_kind(obj, kind, proxy_image)),
+        };
+        let mut inner = self.inner.lock();
+        let key = (kind, obj.id.clone());
+        if inner.map.insert(key.clone(), b.clone()).is_none() {
+            inner.order.push_back(key);
+            while inner.order.len() > self.capacity {
+                if let Some(old) = inner.order.pop_front() {
+                    inner.map.remove(&old);
+                }
+            }
+        }
+        b
+    }
+
+    /// How many objects are kept (tests).
+    pub fn len(&self) -> usize {
+        self.inner.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The deployment "iris" in "models" of deployer "owner-1" (unit tests of the agent).
 #[cfg(test)]
 pub(crate) fn test_object(spec: ds_core::DeploymentSpec) -> DeployedObject {
@@ -226,6 +305,42 @@ mod tests {
             build_kind(&o, Kind::HorizontalPodAutoscaler, "p:1")["kind"],
             "HorizontalPodAutoscaler"
         );
+    }
+
+    #[test]
+    fn built_objects_are_reused_for_one_revision_and_the_oldest_go_first() {
+        let built = Built::new(2);
+        let a = obj(None);
+        let first = built.get_or_build(&a, Kind::Deployment, "p:1");
+        assert_eq!(*first.value, build_kind(&a, Kind::Deployment, "p:1"));
+        assert_eq!(first.digest, digest(&a));
+        let again = built.get(&a, Kind::Deployment).expect("kept");
+        assert!(
+            std::sync::Arc::ptr_eq(&first.value, &again.value),
+            "not rebuilt"
+        );
+        assert!(built.get(&a, Kind::Service).is_none(), "per kind");
+
+        // A new revision of the deployment is built again, in the same slot.
+        let mut changed = a.clone();
+        changed.revision += 1;
+        changed.spec = changed.spec.replicas(4);
+        assert!(built.get(&changed, Kind::Deployment).is_none());
+        let rebuilt = built.get_or_build(&changed, Kind::Deployment, "p:1");
+        assert_eq!(rebuilt.value["spec"]["replicas"], 4);
+        assert_eq!(built.len(), 1);
+
+        // Beyond the capacity the oldest entry goes.
+        built.get_or_build(&a, Kind::Service, "p:1");
+        let mut other = a.clone();
+        other.id = "dep-2".into();
+        built.get_or_build(&other, Kind::Deployment, "p:1");
+        assert_eq!(built.len(), 2);
+        assert!(
+            built.get(&changed, Kind::Deployment).is_none(),
+            "oldest evicted"
+        );
+        assert!(built.get(&other, Kind::Deployment).is_some());
     }
 
     #[test]

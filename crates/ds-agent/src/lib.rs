@@ -545,9 +545,11 @@ async fn controller(
     };
     info!(deployer = %deployer_id, "deployer known: watching owned objects");
     let (touched_tx, touched) = tokio::sync::mpsc::unbounded_channel();
+    let built = Arc::new(desired::Built::new(desired::BUILT_CAPACITY));
     let judge = cache::Judge {
         desired: c.desired.clone(),
         proxy_image: args.proxy_image.as_str().into(),
+        built: built.clone(),
     };
     let (stores, watch_tasks) = cache::start_watches(
         &client,
@@ -645,7 +647,7 @@ async fn controller(
         namespaces: args.namespaces.clone(),
         concurrency: args.concurrency,
     };
-    let rec = reconcile::Reconciler::new(client, config, stores, c.metrics.clone(), fence);
+    let rec = reconcile::Reconciler::new(client, config, stores, c.metrics.clone(), fence, built);
     let io = scheduler::LoopIo {
         desired: c.desired,
         leader: c.leader_rx,

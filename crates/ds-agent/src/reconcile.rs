@@ -21,8 +21,8 @@
 use super::AgentError;
 use super::builders::{HANDOVER_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, endpoint};
 use super::cache::{Cached, RolloutStatus, Slim, Stores, Written};
-use super::compare::verdict_against;
-use super::desired::{Kind, SpecDigest, build_kind, digest, wanted_kinds, wants};
+use super::compare::verdict_built;
+use super::desired::{Built, BuiltObject, Kind, SpecDigest, digest, wanted_kinds, wants};
 use super::leader::{Fence, WritePermit};
 use super::metrics::Metrics;
 use super::sync::DesiredState;
@@ -171,6 +171,7 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     fence: Arc<Fence>,
     memo: Mutex<Memo>,
+    built: Arc<Built>,
     /// Whether each namespace exists, looked up once per pass (concurrent askers wait for
     /// the one lookup).
     namespaces: Mutex<HashMap<String, Arc<OnceCell<bool>>>>,
@@ -189,6 +190,7 @@ impl Reconciler {
         stores: Stores,
         metrics: Arc<Metrics>,
         fence: Arc<Fence>,
+        built: Arc<Built>,
     ) -> Self {
         Self {
             client,
@@ -197,6 +199,7 @@ impl Reconciler {
             metrics,
             fence,
             memo: Mutex::default(),
+            built,
             namespaces: Mutex::default(),
         }
     }
@@ -269,6 +272,12 @@ impl Reconciler {
         d
     }
 
+    /// The desired object of `kind` for `obj`, shared with the watches that will judge
+    /// what its write causes.
+    fn build(&self, obj: &DeployedObject, kind: Kind) -> BuiltObject {
+        self.built.get_or_build(obj, kind, &self.config.proxy_image)
+    }
+
     /// Whether `actual` is a version already known to match `digest`.
     fn known_in_sync(&self, key: &Key, digest: SpecDigest, actual: &Cached) -> bool {
         let Some(seen) = actual.resource_version.as_deref().and_then(rv_number) else {
@@ -298,7 +307,7 @@ impl Reconciler {
         let found = self.api(kind, &obj.namespace).get_opt(&obj.name).await?;
         Ok(found.map(|o| {
             Arc::new(Cached::project(kind, o, |_, value| {
-                Some(verdict_against(obj, kind, &self.config.proxy_image, &value))
+                Some(verdict_built(&self.build(obj, kind), &value))
             }))
         }))
     }
@@ -673,7 +682,7 @@ impl Reconciler {
                 self.hand_over_replicas(obj, a.replicas.unwrap_or(1))
                     .await?;
             }
-            let value = build_kind(obj, kind, &self.config.proxy_image);
+            let value = self.build(obj, kind).value;
             let written = self.apply(kind, obj, &value).await?;
             if handover && actual.is_none() {
                 // Created without a count (the server's default, 1): start at the minimum
