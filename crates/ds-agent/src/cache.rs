@@ -17,7 +17,7 @@ use super::builders::{
     AUTOSCALED_ANNOTATION, DEPLOYMENT_ID_LABEL, OWNER_LABEL, REVISION_ANNOTATION,
 };
 use super::compare::{Verdict, verdict_against, verdict_built};
-use super::desired::{Built, KINDS, Kind, SpecDigest, wants};
+use super::desired::{Built, KINDS, Kind, SpecDigest};
 use super::sync::DesiredState;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -382,15 +382,15 @@ pub struct Judge {
 impl Judge {
     fn verdict(&self, kind: Kind, cached: &Cached, value: Value) -> Option<Verdict> {
         let id = cached.deployment_id.as_deref()?;
-        let obj = self.desired.borrow().deployments.get(id)?.clone();
-        if !wants(&obj, kind, &cached.namespace, &cached.name) {
+        let held = self.desired.borrow().deployments.get(id)?.clone();
+        if !held.wants(kind, &cached.namespace, &cached.name) {
             return None;
         }
         // Not kept when built here: on a restart every object is judged once, and keeping
         // them would only hold memory.
-        Some(match self.built.get(&obj, kind) {
+        Some(match self.built.get(&held.id, held.revision, kind) {
             Some(b) => verdict_built(&b, &value),
-            None => verdict_against(&obj, kind, &self.proxy_image, &value),
+            None => verdict_against(&held.object(), kind, &self.proxy_image, &value),
         })
     }
 }

@@ -169,18 +169,18 @@ impl Built {
         }
     }
 
-    /// The desired object of `kind` for `obj`, if built at its current revision.
-    pub fn get(&self, obj: &DeployedObject, kind: Kind) -> Option<BuiltObject> {
+    /// The desired object of `kind` for deployment `id`, if built at `revision`.
+    pub fn get(&self, id: &str, revision: u64, kind: Kind) -> Option<BuiltObject> {
         let inner = self.inner.lock();
         // The key is built to look up; a borrowed (Kind, &str) key would need a wrapper.
-        let b = inner.map.get(&(kind, obj.id.clone()))?;
-        (b.digest.revision == obj.revision).then(|| b.clone())
+        let b = inner.map.get(&(kind, id.to_string()))?;
+        (b.digest.revision == revision).then(|| b.clone())
     }
 
     /// The desired object of `kind` for `obj`: the one built at its revision, or built now
     /// and kept.
     pub fn get_or_build(&self, obj: &DeployedObject, kind: Kind, proxy_image: &str) -> BuiltObject {
-        if let Some(b) = self.get(obj, kind) {
+        if let Some(b) = self.get(&obj.id, obj.revision, kind) {
             return b;
         }
         // Built outside the lock: the watches' lookups never wait for a build.
@@ -314,18 +314,27 @@ mod tests {
         let first = built.get_or_build(&a, Kind::Deployment, "p:1");
         assert_eq!(*first.value, build_kind(&a, Kind::Deployment, "p:1"));
         assert_eq!(first.digest, digest(&a));
-        let again = built.get(&a, Kind::Deployment).expect("kept");
+        let again = built
+            .get(&a.id, a.revision, Kind::Deployment)
+            .expect("kept");
         assert!(
             std::sync::Arc::ptr_eq(&first.value, &again.value),
             "not rebuilt"
         );
-        assert!(built.get(&a, Kind::Service).is_none(), "per kind");
+        assert!(
+            built.get(&a.id, a.revision, Kind::Service).is_none(),
+            "per kind"
+        );
 
         // A new revision of the deployment is built again, in the same slot.
         let mut changed = a.clone();
         changed.revision += 1;
         changed.spec = changed.spec.replicas(4);
-        assert!(built.get(&changed, Kind::Deployment).is_none());
+        assert!(
+            built
+                .get(&changed.id, changed.revision, Kind::Deployment)
+                .is_none()
+        );
         let rebuilt = built.get_or_build(&changed, Kind::Deployment, "p:1");
         assert_eq!(rebuilt.value["spec"]["replicas"], 4);
         assert_eq!(built.len(), 1);
@@ -337,10 +346,16 @@ mod tests {
         built.get_or_build(&other, Kind::Deployment, "p:1");
         assert_eq!(built.len(), 2);
         assert!(
-            built.get(&changed, Kind::Deployment).is_none(),
+            built
+                .get(&changed.id, changed.revision, Kind::Deployment)
+                .is_none(),
             "oldest evicted"
         );
-        assert!(built.get(&other, Kind::Deployment).is_some());
+        assert!(
+            built
+                .get(&other.id, other.revision, Kind::Deployment)
+                .is_some()
+        );
     }
 
     #[test]

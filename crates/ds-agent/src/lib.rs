@@ -21,6 +21,7 @@ pub mod builders;
 pub mod cache;
 mod compare;
 pub mod desired;
+mod held;
 mod inspect;
 mod leader;
 mod metrics;

@@ -2,13 +2,14 @@
 //! last page (`complete` set) of one consistent sequence makes a snapshot the agent may
 //! prune from; a stream cut before it leaves nothing applied.
 
+use super::held::Held;
 use ds_core::{DeployedObject, proto};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The deployments the agent already holds, by ID: a snapshot's unchanged deployments are
 /// taken from here instead of being kept a second time.
-pub type Known = Arc<HashMap<String, Arc<DeployedObject>>>;
+pub type Known = Arc<HashMap<Arc<str>, Arc<Held>>>;
 
 /// A snapshot as the agent applies it: its deployments already converted, page by page,
 /// so that the pages' protobuf messages never accumulate (a restart with thousands of
@@ -24,7 +25,7 @@ pub struct Assembled {
     pub complete: bool,
     /// Its deployments, in the gateway's order; a deployment without a deployer ID has
     /// `deployer_id` filled in.
-    pub deployments: Vec<Arc<DeployedObject>>,
+    pub deployments: Vec<Arc<Held>>,
 }
 
 impl Assembled {
@@ -43,16 +44,15 @@ impl Assembled {
     /// copy of every spec beside the one applied.
     fn add(&mut self, page: proto::Snapshot, known: Option<&Known>) {
         self.deployments.reserve(page.deployments.len());
+        let owner: Arc<str> = self.deployer_id.as_str().into();
         for d in page.deployments {
-            let mut obj = DeployedObject::from(d);
-            if obj.deployer_id.is_empty() {
-                obj.deployer_id.clone_from(&self.deployer_id);
-            }
+            let held = Held::new(DeployedObject::from(d), &owner);
             let same = known
-                .and_then(|k| k.get(&obj.id))
-                .filter(|k| ***k == obj)
+                .and_then(|k| k.get(&held.id))
+                .filter(|k| ***k == held)
                 .cloned();
-            self.deployments.push(same.unwrap_or_else(|| Arc::new(obj)));
+            self.deployments
+                .push(same.unwrap_or_else(|| Arc::new(held)));
         }
     }
 }
@@ -148,7 +148,7 @@ mod tests {
     }
 
     fn ids(s: &Assembled) -> Vec<&str> {
-        s.deployments.iter().map(|d| d.id.as_str()).collect()
+        s.deployments.iter().map(|d| &*d.id).collect()
     }
 
     #[test]

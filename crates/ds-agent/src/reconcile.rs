@@ -22,7 +22,7 @@ use super::AgentError;
 use super::builders::{HANDOVER_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, endpoint};
 use super::cache::{Cached, RolloutStatus, Slim, Stores, Written};
 use super::compare::verdict_built;
-use super::desired::{Built, BuiltObject, Kind, SpecDigest, digest, wanted_kinds, wants};
+use super::desired::{Built, BuiltObject, Kind, SpecDigest, digest, wanted_kinds};
 use super::leader::{Fence, WritePermit};
 use super::metrics::Metrics;
 use super::sync::DesiredState;
@@ -244,7 +244,7 @@ impl Reconciler {
             .collect();
         let mut memo = self.memo();
         memo.digests
-            .retain(|id, _| desired.deployments.contains_key(id));
+            .retain(|id, _| desired.deployments.contains_key(id.as_str()));
         memo.deleted.retain(|uid| live.contains(uid));
         drop(memo);
         self.count_owned();
@@ -547,7 +547,7 @@ impl Reconciler {
         }
         let dep_id = actual.deployment_id.as_deref().unwrap_or_default();
         let wanted = match desired.deployments.get(dep_id) {
-            Some(obj) => wants(obj, actual.kind, &actual.namespace, &actual.name),
+            Some(obj) => obj.wants(actual.kind, &actual.namespace, &actual.name),
             // Safe start: absence proves nothing until the state is known complete.
             None => !desired.complete,
         };

@@ -10,11 +10,11 @@
 
 use super::AgentError;
 use super::cache::Cached;
-use super::desired::{Kind, wants_kind};
+use super::desired::Kind;
+use super::held::Held;
 use super::pods::{KeptStatus, Pods};
 use super::reconcile::{PruneOutcome, Reconciler};
 use super::sync::{DesiredState, StatusTable, Statuses};
-use ds_core::DeployedObject;
 use ds_core::proto;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -210,12 +210,12 @@ struct Pass {
 
 /// Whether the change from `old` to `new` may leave an owned object unwanted (moved, or
 /// a kind no longer wanted: host, autoscaler or disruption budget removed).
-fn moved(old: &DeployedObject, new: &DeployedObject) -> bool {
+fn moved(old: &Held, new: &Held) -> bool {
     old.name != new.name
         || old.namespace != new.namespace
         || Kind::ALL
             .into_iter()
-            .any(|k| wants_kind(old, k) && !wants_kind(new, k))
+            .any(|k| old.wants_kind(k) && !new.wants_kind(k))
 }
 
 async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task, Done) {
@@ -223,7 +223,7 @@ async fn run_task(rec: &Reconciler, task: Task, desired: DesiredState) -> (Task,
         Task::Deployment(id) => {
             let (status, result) = match desired.deployments.get(&**id) {
                 Some(obj) => {
-                    let (status, result) = rec.reconcile(obj, &desired).await;
+                    let (status, result) = rec.reconcile(&obj.object(), &desired).await;
                     (Some(Box::new(status)), result)
                 }
                 // Removed meanwhile: the prune sweep deals with its objects.
@@ -267,7 +267,7 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
             let mut remaining: HashSet<Task> = desired
                 .deployments
                 .keys()
-                .map(|id| Task::Deployment(Arc::from(id.as_str())))
+                .map(|id| Task::Deployment(id.clone()))
                 .collect();
             remaining.insert(Task::Prune);
             // In ID order, as passes always went: the order is then the same on every replica.
@@ -387,14 +387,14 @@ pub async fn run(rec: Reconciler, mut io: LoopIo, cfg: SchedulerConfig, cancel: 
                             Some(old) if Arc::ptr_eq(old, obj) => {}
                             old => {
                                 prune |= old.is_some_and(|o| moved(o, obj));
-                                q.schedule(Task::Deployment(Arc::from(id.as_str())));
+                                q.schedule(Task::Deployment(id.clone()));
                             }
                         }
                     }
                     for id in known.deployments.keys() {
                         if !desired.deployments.contains_key(id) {
                             prune = true;
-                            if statuses.remove(id.as_str()).is_some() {
+                            if statuses.remove(&**id).is_some() {
                                 publish_at.get_or_insert_with(|| Instant::now() + STATUS_DELAY);
                             }
                         }
@@ -533,13 +533,15 @@ mod tests {
 
     #[test]
     fn dropping_the_autoscaler_or_the_budget_calls_for_a_prune() {
+        let held = |o| Held::new(o, &Arc::from("owner-1"));
         let base = crate::desired::test_object(ds_core::DeploymentSpec::test("iris").replicas(3));
         let mut scaled = base.clone();
         scaled.spec.min_replicas = 1;
         scaled.spec.max_replicas = 4;
+        let (base, scaled) = (held(base), held(scaled));
         assert!(moved(&scaled, &base), "autoscaler no longer wanted");
         assert!(moved(&base, &scaled), "min 1: the budget goes");
-        let one = crate::desired::test_object(ds_core::DeploymentSpec::test("iris"));
+        let one = held(crate::desired::test_object(ds_core::DeploymentSpec::test("iris")));
         assert!(moved(&base, &one), "one replica: the budget goes");
         assert!(!moved(&one, &base), "only new objects: nothing to prune");
         assert!(!moved(&base, &base.clone()));

@@ -12,6 +12,7 @@
 use super::AgentError;
 use super::cache::Stores;
 use super::desired::Kind;
+use super::held::Held;
 use super::metrics::Metrics;
 use super::pages::{Assembled, Known, PageOutcome, SnapshotPages};
 use super::pods::{KeptStatus, Pods};
@@ -57,7 +58,7 @@ pub struct DesiredState {
     pub complete: bool,
     /// Desired deployments by ID. Shared, so that a reconcile pass holding the state does
     /// not copy the map; an update while a pass holds it copies it once (`Arc::make_mut`).
-    pub deployments: Arc<HashMap<String, Arc<DeployedObject>>>,
+    pub deployments: Arc<HashMap<Arc<str>, Arc<Held>>>,
 }
 
 /// Where the desired state lives: the sync tasks write, the reconciler reads.
@@ -112,9 +113,9 @@ pub fn apply_snapshot(
     }
     let deployer_id = state.deployer_id.clone().unwrap_or_default();
     // A gateway that names no deployer in its snapshot: the one this agent knows.
-    let owned = |mut obj: Arc<DeployedObject>| {
+    let owned = |mut obj: Arc<Held>| {
         if obj.deployer_id.is_empty() {
-            Arc::make_mut(&mut obj).deployer_id.clone_from(&deployer_id);
+            Arc::make_mut(&mut obj).set_deployer_if_unset(&deployer_id);
         }
         obj
     };
@@ -214,14 +215,14 @@ pub fn apply_event(state: &mut DesiredState, event: proto::watch_event::Event) -
             let Some(d) = u.deployment else {
                 return EventOutcome::Ignored;
             };
-            let deployer_id = state.deployer_id.clone().unwrap_or_default();
-            let obj = Arc::new(from_proto(d, &deployer_id));
+            let deployer_id: Arc<str> = state.deployer_id.as_deref().unwrap_or_default().into();
+            let obj = Arc::new(Held::new(from_proto(d, &deployer_id), &deployer_id));
             apply_ordered(state, u.revision, |s| {
                 Arc::make_mut(&mut s.deployments).insert(obj.id.clone(), obj);
             })
         }
         Event::Removal(r) => apply_ordered(state, r.revision, |s| {
-            Arc::make_mut(&mut s.deployments).remove(&r.deployment_id);
+            Arc::make_mut(&mut s.deployments).remove(r.deployment_id.as_str());
         }),
         Event::Heartbeat(h) => {
             if h.revision > state.revision {
@@ -777,7 +778,7 @@ mod tests {
             false
         ));
         assert!(Arc::ptr_eq(&a, &s.deployments["a"]));
-        assert_eq!(s.deployments["b"].spec.image, "img:2");
+        assert_eq!(s.deployments["b"].spec().image, "img:2");
         assert!(!Arc::ptr_eq(&b, &s.deployments["b"]));
         // Same revision, one fewer deployment: a change.
         assert!(apply_snapshot(
