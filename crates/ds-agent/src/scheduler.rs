@@ -541,7 +541,9 @@ mod tests {
         let (base, scaled) = (held(base), held(scaled));
         assert!(moved(&scaled, &base), "autoscaler no longer wanted");
         assert!(moved(&base, &scaled), "min 1: the budget goes");
-        let one = held(crate::desired::test_object(ds_core::DeploymentSpec::test("iris")));
+        let one = held(crate::desired::test_object(ds_core::DeploymentSpec::test(
+            "iris",
+        )));
         assert!(moved(&base, &one), "one replica: the budget goes");
         assert!(!moved(&one, &base), "only new objects: nothing to prune");
         assert!(!moved(&base, &base.clone()));
