@@ -296,8 +296,9 @@ pub struct Cached {
     /// Value of the owner label (the deployer ID), if any.
     /// Shared between the objects of one watch (they all carry the same value).
     pub owner: Option<Arc<str>>,
-    /// Value of the deployment-ID label, if any.
-    pub deployment_id: Option<String>,
+    /// Value of the deployment-ID label, if any (shared with the desired state's key
+    /// when that deployment is desired).
+    pub deployment_id: Option<Arc<str>>,
     /// The deployer revision the object was last applied with (0 if unknown).
     pub revision: u64,
     /// The object is being deleted.
@@ -334,7 +335,7 @@ impl Cached {
             uid: meta.uid.clone(),
             resource_version: meta.resource_version.clone(),
             owner: label(OWNER_LABEL).map(Arc::from),
-            deployment_id: label(DEPLOYMENT_ID_LABEL),
+            deployment_id: label(DEPLOYMENT_ID_LABEL).map(Arc::from),
             revision: meta
                 .annotations
                 .as_ref()
@@ -528,6 +529,11 @@ fn spawn_watch(w: &Watches<'_>, kind: Kind) -> (Cache, tokio::task::JoinHandle<(
             None => {
                 namespaces.insert(c.namespace.clone());
             }
+        }
+        if let Some(id) = &c.deployment_id
+            && let Some((key, _)) = judge.desired.borrow().deployments.get_key_value(&**id)
+        {
+            c.deployment_id = Some(key.clone());
         }
         Arc::new(c)
     };

@@ -157,7 +157,8 @@ pub struct PruneOutcome {
 /// What the reconciler remembers between runs; shared by the deployments reconciled at once.
 #[derive(Default)]
 struct Memo {
-    digests: HashMap<String, SpecDigest>,
+    /// Keyed by the desired state's own ID strings.
+    digests: HashMap<Arc<str>, SpecDigest>,
     known: HashMap<Key, Known>,
     /// UIDs of objects whose delete was accepted (pruned; not sent twice).
     deleted: HashSet<String>,
@@ -244,7 +245,7 @@ impl Reconciler {
             .collect();
         let mut memo = self.memo();
         memo.digests
-            .retain(|id, _| desired.deployments.contains_key(id.as_str()));
+            .retain(|id, _| desired.deployments.contains_key(&**id));
         memo.deleted.retain(|uid| live.contains(uid));
         drop(memo);
         self.count_owned();
@@ -261,14 +262,18 @@ impl Reconciler {
         }
     }
 
-    fn digest(&self, obj: &DeployedObject) -> SpecDigest {
-        if let Some(d) = self.memo().digests.get(&obj.id)
+    fn digest(&self, obj: &DeployedObject, desired: &DesiredState) -> SpecDigest {
+        if let Some(d) = self.memo().digests.get(obj.id.as_str())
             && d.revision == obj.revision
         {
             return *d;
         }
         let d = digest(obj);
-        self.memo().digests.insert(obj.id.clone(), d);
+        let id = match desired.deployments.get_key_value(obj.id.as_str()) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(obj.id.as_str()),
+        };
+        self.memo().digests.insert(id, d);
         d
     }
 
@@ -609,7 +614,7 @@ impl Reconciler {
                 watched: self.config.namespaces.join(","),
             });
         }
-        let digest = self.digest(obj);
+        let digest = self.digest(obj, desired);
         // Each kind to write, with the object it replaces (none: a create).
         let mut to_write: Vec<(Kind, Option<Arc<Cached>>)> = Vec::new();
         let mut needs_namespace = false;
