@@ -104,6 +104,19 @@ impl TestGateway {
         cli::output(cmd, DEADLINE).await
     }
 
+    /// Deployer "prod" with an agent on `sim`, running until dropped.
+    async fn prod_with_agent(&self, sim: &ds_kube_sim::SimCluster) -> ds_agent::RunningAgent {
+        let deployer = self
+            .run(&["deployer", "create", "prod", "-o", "json"])
+            .await
+            .json();
+        ds_test_support::start_agent(
+            ds_test_support::agent_args(&self.gw.url(), deployer["token"].as_str().unwrap()),
+            sim.client(),
+        )
+        .await
+    }
+
     /// `ds hook add -d prod --phase PHASE --command NAME`.
     async fn add_hook(&self, phase: &str, command: &str) -> Run {
         self.run(&[
@@ -151,15 +164,7 @@ async fn a_failing_pre_hook_refuses_the_create_with_its_output_and_stores_nothin
         "quota.sh",
         "echo 'checking quota'; echo 'team ml is over its GPU quota' >&2; exit 1",
     );
-    let deployer = t
-        .run(&["deployer", "create", "prod", "-o", "json"])
-        .await
-        .json();
-    let _agent = ds_test_support::start_agent(
-        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
-        sim.client(),
-    )
-    .await;
+    let _agent = t.prod_with_agent(&sim).await;
     let hook = t
         .run(&[
             "hook",
@@ -565,16 +570,7 @@ async fn a_post_hook_runs_after_the_agent_reports_available_on_a_simulated_clust
         "notify.sh",
         &format!("cat > {o}/stdin.json\nenv > {o}/env.txt\necho notified\ntouch {o}/done"),
     );
-    let deployer = t
-        .run(&["deployer", "create", "prod", "-o", "json"])
-        .await
-        .json();
-    let token = deployer["token"].as_str().unwrap();
-    let _agent = ds_test_support::start_agent(
-        ds_test_support::agent_args(&t.gw.url(), token),
-        sim.client(),
-    )
-    .await;
+    let _agent = t.prod_with_agent(&sim).await;
     t.add_hook("post", "notify.sh").await.ok();
     let created = t.create("prod", "iris").await.json();
 
@@ -653,15 +649,7 @@ async fn a_post_hook_gets_failed_when_the_rollout_fails() {
             out.display()
         ),
     );
-    let deployer = t
-        .run(&["deployer", "create", "prod", "-o", "json"])
-        .await
-        .json();
-    let _agent = ds_test_support::start_agent(
-        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
-        sim.client(),
-    )
-    .await;
+    let _agent = t.prod_with_agent(&sim).await;
     t.add_hook("post", "notify.sh").await.ok();
     t.create("prod", "iris").await.ok();
     let status = eventually("the post-hook ran", || async {
@@ -721,15 +709,7 @@ async fn pre_hooks_gate_updates_and_rollbacks_and_a_refused_one_never_reaches_th
              case \"$body\" in *serving:2.16.0*) echo 'image 2.16.0 is not approved' >&2; exit 1;; esac"
         ),
     );
-    let deployer = t
-        .run(&["deployer", "create", "prod", "-o", "json"])
-        .await
-        .json();
-    let _agent = ds_test_support::start_agent(
-        ds_test_support::agent_args(&t.gw.url(), deployer["token"].as_str().unwrap()),
-        sim.client(),
-    )
-    .await;
+    let _agent = t.prod_with_agent(&sim).await;
     t.run(&[
         "deployment",
         "create",

@@ -132,17 +132,17 @@ pub fn digest(obj: &DeployedObject) -> SpecDigest {
     }
 }
 
-/// How many desired objects [`Built`] keeps: enough to span the time between a write and
-/// the last watch events it causes (the rollout's status writes) at thousands of writes a
-/// second, small enough not to matter to the agent's memory (a few MiB at most).
+/// How many deployments' desired objects [`Built`] keeps: enough to span the time between
+/// a write and the last watch events it causes (the rollout's status writes) at thousands
+/// of writes a second, small enough not to matter to the agent's memory (a few MiB).
 pub const BUILT_CAPACITY: usize = 256;
 
 /// The desired objects built last, shared by the reconciler (which builds one to write
 /// it) and the watches (which compare every event the write causes with the same object):
 /// without it a first start builds each Deployment's desired object about four times.
 ///
-/// Keyed by deployment ID and kind, valid for one deployment revision (a deployment's
-/// revision changes with every change of its spec); oldest entries go first.
+/// Per deployment ID, one slot per kind, valid for one deployment revision (a deployment's
+/// revision changes with every change of its spec); the oldest deployments go first.
 pub struct Built {
     inner: parking_lot::Mutex<BuiltInner>,
     capacity: usize,
@@ -150,8 +150,9 @@ pub struct Built {
 
 #[derive(Default)]
 struct BuiltInner {
-    map: std::collections::HashMap<(Kind, String), BuiltObject>,
-    order: std::collections::VecDeque<(Kind, String)>,
+    /// Looked up by `&str` on every watch event: no key is built to ask.
+    map: std::collections::HashMap<String, [Option<BuiltObject>; KINDS]>,
+    order: std::collections::VecDeque<String>,
 }
 
 /// One built desired object with the digest of the deployment it was built from.
@@ -172,8 +173,7 @@ impl Built {
     /// The desired object of `kind` for deployment `id`, if built at `revision`.
     pub fn get(&self, id: &str, revision: u64, kind: Kind) -> Option<BuiltObject> {
         let inner = self.inner.lock();
-        // The key is built to look up; a borrowed (Kind, &str) key would need a wrapper.
-        let b = inner.map.get(&(kind, id.to_string()))?;
+        let b = inner.map.get(id)?[kind as usize].as_ref()?;
         (b.digest.revision == revision).then(|| b.clone())
     }
 
@@ -189,21 +189,35 @@ impl Built {
             value: std::sync::Arc::new(build_kind(obj, kind, proxy_image)),
         };
         let mut inner = self.inner.lock();
-        let key = (kind, obj.id.clone());
-        if inner.map.insert(key.clone(), b.clone()).is_none() {
-            inner.order.push_back(key);
-            while inner.order.len() > self.capacity {
-                if let Some(old) = inner.order.pop_front() {
+        let inner = &mut *inner;
+        let slots = match inner.map.get_mut(obj.id.as_str()) {
+            Some(slots) => slots,
+            None => {
+                while inner.order.len() >= self.capacity {
+                    let Some(old) = inner.order.pop_front() else {
+                        break;
+                    };
                     inner.map.remove(&old);
                 }
+                inner.order.push_back(obj.id.clone());
+                inner.map.entry(obj.id.clone()).or_default()
             }
+        };
+        // Another revision's objects of this deployment are stale now.
+        if slots
+            .iter()
+            .flatten()
+            .any(|s| s.digest.revision != obj.revision)
+        {
+            *slots = Default::default();
         }
+        slots[kind as usize] = Some(b.clone());
         b
     }
 
     /// How many objects are kept (tests).
     pub fn len(&self) -> usize {
-        self.inner.lock().map.len()
+        self.inner.lock().map.values().flatten().flatten().count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -86,7 +86,7 @@ impl Held {
         *self.name == *name && *self.namespace == *namespace && self.wants_kind(kind)
     }
 
-    /// Whether it names no deployer of its own (a gateway that sent none).
+    /// Gives it `deployer_id` when it names none (from a gateway that sent none).
     pub fn set_deployer_if_unset(&mut self, deployer_id: &str) {
         if self.deployer_id.is_empty() {
             self.deployer_id = deployer_id.into();
